@@ -1,0 +1,1 @@
+"""Compiled Cython kernels (built from ``kernels_pyx/``). Import the submodules directly."""

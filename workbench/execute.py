@@ -1,0 +1,97 @@
+"""Executors.  :class:`Interpreter` walks the layers in topological order; subclasses say how
+one layer runs (the NumPy reference here; routines, profiling and checking in later modules).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+from .errors import InputError, WorkbenchError, where
+
+
+def check_inputs(graph, feeds):
+    """Validate run-time inputs against the graph's input specs (names, shapes, dtypes)."""
+    unknown = [n for n in feeds if n not in graph.inputs]
+    if unknown:
+        raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {list(graph.inputs)}")
+    missing = [n for n in graph.inputs if n not in feeds]
+    if missing:
+        raise InputError(f"missing input(s) {missing}; expected {', '.join(f'{n}: {s}' for n, s in graph.inputs.items())}")
+    arrays = {}
+    for name, spec in graph.inputs.items():
+        a = feeds[name]
+        if not isinstance(a, np.ndarray):
+            a = np.asarray(a)
+        if a.dtype.name != spec.dtype:
+            raise InputError(f"input {name!r}: dtype {a.dtype.name}, the model expects {spec.dtype}")
+        if tuple(a.shape) != spec.shape:
+            raise InputError(f"input {name!r}: shape {tuple(a.shape)}, the model expects {spec.shape}")
+        arrays[name] = a
+    return arrays
+
+
+def random_inputs(graph, seed=0):
+    """Seeded random inputs of the right shapes and dtypes (standard normal for floats)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, spec in graph.inputs.items():
+        dt = np.dtype(spec.dtype)
+        if dt.kind == "f":
+            feeds[name] = rng.standard_normal(spec.shape).astype(dt)
+        elif dt.kind == "b":
+            feeds[name] = rng.integers(0, 2, spec.shape).astype(dt)
+        else:
+            feeds[name] = rng.integers(0, 10, spec.shape).astype(dt)
+    return feeds
+
+
+class Interpreter:
+    """Run a :class:`~workbench.graph.Graph` layer by layer.
+
+    Subclasses override :meth:`run_layer`.  Intermediate tensors are released as soon as their
+    last reader has run.
+    """
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.order = list(graph)
+        last_use = {}
+        for step, layer in enumerate(self.order):
+            for t in layer.activation_inputs:
+                last_use[t] = step
+        self._release = [[] for _ in self.order]
+        for t, step in last_use.items():
+            if t not in graph.outputs:
+                self._release[step].append(t)
+
+    def run(self, feeds):
+        """Run the model; returns ``{output name: array}``."""
+        env = dict(check_inputs(self.graph, feeds))
+        for step, layer in enumerate(self.order):
+            args = [layer.consts[i] if i in layer.consts else (env[t] if t else None)
+                    for i, t in enumerate(layer.inputs)]
+            try:
+                results = self.run_layer(layer, args)
+            except WorkbenchError:
+                raise
+            except Exception as e:
+                raise RuntimeError(f"{where(layer)} failed: {type(e).__name__}: {e}") from e
+            for name, value in zip(layer.outputs, results):
+                if name:
+                    env[name] = value
+            for t in self._release[step]:
+                env.pop(t, None)
+        out = {}
+        for name in self.graph.outputs:
+            out[name] = self.graph.constants[name] if name in self.graph.constants else env[name]
+        return out
+
+    def run_layer(self, layer, args):
+        raise NotImplementedError
+
+
+class ReferenceExecutor(Interpreter):
+    """Runs every layer with its NumPy reference (:meth:`workbench.ops.Op.compute`)."""
+
+    def run_layer(self, layer, args):
+        return ops.get(layer.op).compute(layer, args)

@@ -1,0 +1,227 @@
+"""Elementwise ops with NumPy broadcasting: arithmetic, comparison, unary math, Cast, Identity."""
+import numpy as np
+
+from . import Op, check, same_as_input
+from ..graph import TensorSpec
+from .activation import _erf, epilogue
+
+
+def broadcast_spec(layer, specs, dtype=None):
+    shapes = [s.shape for s in specs if s is not None]
+    try:
+        shape = np.broadcast_shapes(*shapes)
+    except ValueError:
+        check(False, layer, f"inputs of shapes {', '.join(map(str, shapes))} do not broadcast")
+    return [TensorSpec(shape, dtype or specs[0].dtype)]
+
+
+def _int_div(a, b):
+    # ONNX (like C) truncates integer division toward zero; NumPy's // floors.
+    q = np.abs(a) // np.abs(b)
+    return np.where((a < 0) != (b < 0), -q, q).astype(a.dtype)
+
+
+class _Binary(Op, register=False):
+    fn = None
+
+    @classmethod
+    def infer(cls, layer, specs):
+        return broadcast_spec(layer, specs)
+
+    @classmethod
+    def compute(cls, layer, args):
+        a, b = args
+        return [np.asarray(cls.fn(a, b)).astype(a.dtype, copy=False)]
+
+
+class _FusableBinary(_Binary, register=False):
+    fusable = True
+
+    @classmethod
+    def compute(cls, layer, args):
+        return [epilogue(layer, super().compute(layer, args)[0])]
+
+
+class Add(_FusableBinary): fn = staticmethod(np.add)
+class Sub(_FusableBinary): fn = staticmethod(np.subtract)
+class Mul(_FusableBinary): fn = staticmethod(np.multiply)
+
+
+class Div(_FusableBinary):
+    @staticmethod
+    def fn(a, b):
+        return _int_div(a, b) if np.issubdtype(np.asarray(a).dtype, np.integer) else np.divide(a, b)
+
+
+class Pow(_Binary):
+    @classmethod
+    def compute(cls, layer, args):
+        a, b = args
+        if np.issubdtype(a.dtype, np.floating):
+            b = b.astype(a.dtype)
+        return [np.power(a, b).astype(a.dtype, copy=False)]
+
+
+class Mod(_Binary):
+    @classmethod
+    def normalize(cls, node):
+        return {"fmod": node.attr("fmod", 0)}
+
+    @classmethod
+    def compute(cls, layer, args):
+        a, b = args
+        return [(np.fmod(a, b) if layer.attrs["fmod"] else np.mod(a, b)).astype(a.dtype, copy=False)]
+
+
+class _Variadic(Op, register=False):
+    fn = None
+
+    @classmethod
+    def infer(cls, layer, specs):
+        return broadcast_spec(layer, specs)
+
+    @classmethod
+    def compute(cls, layer, args):
+        out = args[0]
+        for a in args[1:]:
+            out = cls.fn(out, a)
+        return [np.asarray(out).astype(args[0].dtype, copy=False)]
+
+
+class Max(_Variadic): fn = staticmethod(np.maximum)
+class Min(_Variadic): fn = staticmethod(np.minimum)
+class Sum(_Variadic): fn = staticmethod(np.add)
+
+
+class Mean(_Variadic):
+    @classmethod
+    def compute(cls, layer, args):
+        return [(sum(args[1:], args[0]) / len(args)).astype(args[0].dtype, copy=False)]
+
+
+class _Compare(Op, register=False):
+    fn = None
+
+    @classmethod
+    def infer(cls, layer, specs):
+        return broadcast_spec(layer, specs, dtype="bool")
+
+    @classmethod
+    def compute(cls, layer, args):
+        return [np.asarray(cls.fn(*args))]
+
+
+class Equal(_Compare): fn = staticmethod(np.equal)
+class Less(_Compare): fn = staticmethod(np.less)
+class Greater(_Compare): fn = staticmethod(np.greater)
+class LessOrEqual(_Compare): fn = staticmethod(np.less_equal)
+class GreaterOrEqual(_Compare): fn = staticmethod(np.greater_equal)
+class And(_Compare): fn = staticmethod(np.logical_and)
+class Or(_Compare): fn = staticmethod(np.logical_or)
+class Xor(_Compare): fn = staticmethod(np.logical_xor)
+
+
+class Not(Op):
+    @classmethod
+    def infer(cls, layer, specs):
+        return same_as_input(layer, specs)
+
+    @classmethod
+    def compute(cls, layer, args):
+        return [np.logical_not(args[0])]
+
+
+class Where(Op):
+    @classmethod
+    def infer(cls, layer, specs):
+        return broadcast_spec(layer, specs, dtype=specs[1].dtype)
+
+    @classmethod
+    def compute(cls, layer, args):
+        return [np.where(*args).astype(args[1].dtype, copy=False)]
+
+
+class _Unary(Op, register=False):
+    fn = None
+
+    @classmethod
+    def infer(cls, layer, specs):
+        return same_as_input(layer, specs)
+
+    @classmethod
+    def compute(cls, layer, args):
+        return [np.asarray(cls.fn(args[0])).astype(args[0].dtype, copy=False)]
+
+
+class Sqrt(_Unary): fn = staticmethod(np.sqrt)
+class Exp(_Unary): fn = staticmethod(np.exp)
+class Log(_Unary): fn = staticmethod(np.log)
+class Neg(_Unary): fn = staticmethod(np.negative)
+class Abs(_Unary): fn = staticmethod(np.abs)
+class Floor(_Unary): fn = staticmethod(np.floor)
+class Ceil(_Unary): fn = staticmethod(np.ceil)
+class Round(_Unary): fn = staticmethod(np.round)  # half to even, as ONNX specifies
+class Sin(_Unary): fn = staticmethod(np.sin)
+class Cos(_Unary): fn = staticmethod(np.cos)
+class Erf(_Unary): fn = staticmethod(_erf)
+class Sign(_Unary): fn = staticmethod(np.sign)
+
+
+class Reciprocal(_Unary):
+    @staticmethod
+    def fn(x):
+        return np.reciprocal(x)
+
+
+class Identity(_Unary):
+    @staticmethod
+    def fn(x):
+        return x
+
+
+class Dropout(Op):
+    """Inference-mode Dropout: the identity (and an all-true mask when asked for)."""
+
+    @classmethod
+    def normalize(cls, node):
+        node.take(1, "ratio")
+        mode = node.take(2, "training_mode")
+        if mode is not None and bool(np.asarray(mode)):
+            node.fail("training_mode=True is not supported for inference")
+        return {}
+
+    @classmethod
+    def infer(cls, layer, specs):
+        out = [TensorSpec(specs[0].shape, specs[0].dtype)]
+        if len(layer.outputs) > 1:
+            out.append(TensorSpec(specs[0].shape, "bool"))
+        return out
+
+    @classmethod
+    def compute(cls, layer, args):
+        x = args[0]
+        return [x, np.ones(x.shape, bool)][: len(layer.outputs)]
+
+
+class Cast(Op):
+    @classmethod
+    def normalize(cls, node):
+        return {"to": node.dtype_attr("to")}
+
+    @classmethod
+    def infer(cls, layer, specs):
+        return [TensorSpec(specs[0].shape, layer.attrs["to"])]
+
+    @classmethod
+    def compute(cls, layer, args):
+        return [args[0].astype(layer.attrs["to"])]
+
+
+class CastLike(Op):
+    @classmethod
+    def infer(cls, layer, specs):
+        return [TensorSpec(specs[0].shape, specs[1].dtype)]
+
+    @classmethod
+    def compute(cls, layer, args):
+        return [args[0].astype(args[1].dtype)]

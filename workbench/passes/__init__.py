@@ -1,0 +1,27 @@
+"""Graph rewrites, one module each.  :func:`optimize` runs the default pipeline in order."""
+from .constant_folding import fold_constants
+from .dead_nodes import remove_dead_layers
+from .identity import remove_identities
+from .fold_batchnorm import fold_batchnorm
+from .fuse_activation import fuse_activations
+from .fuse_residual import fuse_residual_adds
+
+#: The default pipeline: (name, pass).  Each pass takes a Graph, edits it in place and returns
+#: the names of the layers it removed or rewrote, for the report.
+PIPELINE = (
+    ("fold_constants", fold_constants),
+    ("remove_identities", remove_identities),
+    ("remove_dead_layers", remove_dead_layers),
+    ("fold_batchnorm", fold_batchnorm),
+    ("fuse_activations", fuse_activations),
+    ("fuse_residual_adds", fuse_residual_adds),
+)
+
+
+def optimize(graph, passes=PIPELINE):
+    """Run ``passes`` over ``graph`` in place; return ``{pass name: [layers touched]}``."""
+    report = {}
+    for name, run in passes:
+        report[name] = run(graph)
+    graph.meta["passes"] = report
+    return report

@@ -3,6 +3,8 @@ one layer runs (the NumPy reference here; routines, profiling and checking in la
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from . import ops
@@ -95,3 +97,17 @@ class ReferenceExecutor(Interpreter):
 
     def run_layer(self, layer, args):
         return ops.get(layer.op).compute(layer, args)
+
+
+class TimedReferenceExecutor(ReferenceExecutor):
+    """The reference executor, recording each layer's wall time (seconds) of the last run in ``times``."""
+
+    def __init__(self, graph):
+        super().__init__(graph)
+        self.times = {}
+
+    def run_layer(self, layer, args):
+        start = time.perf_counter()
+        out = super().run_layer(layer, args)
+        self.times[layer.name] = time.perf_counter() - start
+        return out

@@ -58,7 +58,7 @@ def read_model(source) -> onnx.ModelProto:
     if where != "<bytes>":
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(Path(where).parent))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:
             raise ModelFileError(f"{where}: cannot read its external data: {e}") from None
     return model
 

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian machine with Python 3.11 and nothing else prepared:
+# installs the system packages it lacks (compiler, venv), creates .venv, builds the Cython kernels,
+# installs the project (editable), then runs what was asked:
+#   scripts/dev.sh demo [ARGS]   the main job (import, fuse, run a zoo model, compare with ONNX Runtime)
+#   scripts/dev.sh test [ARGS]   the whole test suite (what .ci/run runs)
+#   scripts/dev.sh setup         only the set-up
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-demo}"; shift || true
+PY="${PYTHON:-python3}"
+
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+"$PY" -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
+"$PY" -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+  || missing+=(python3-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${missing[*]}"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$PY" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip -q --disable-pip-version-check)
+extras="ui"
+[ "$what" = "test" ] && extras="ui,test"
+echo "== installing build requirements and the project (.[${extras}]), building the Cython kernels"
+"${pip[@]}" install "setuptools>=68" wheel "cython>=3.0" "numpy>=1.26" "scipy>=1.11"
+"${pip[@]}" install --no-build-isolation -e ".[${extras}]"
+
+if [ "$what" = "test" ]; then
+  # The PyTorch export tests need the CPU build of torch 2.13.0. Install it only where that wheel is
+  # available locally (pip's find-links): from the public index, plain torch pulls GBs of CUDA.
+  if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    links="$("${pip[@]}" config get global.find-links 2>/dev/null || true)"
+    if [ -n "$links" ] && ls "$links"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+      echo "== installing torch 2.13.0 (CPU) from $links for the PyTorch export tests"
+      "${pip[@]}" install "torch==2.13.0" onnxscript
+    else
+      echo "== no local CPU torch 2.13.0 wheel: the PyTorch export tests will be skipped"
+    fi
+  fi
+fi
+
+case "$what" in
+  setup) ;;
+  demo) exec .venv/bin/workbench demo "$@" ;;
+  test) exec .venv/bin/python -m pytest -n 2 -q "$@" ;;
+  *) echo "usage: scripts/dev.sh [demo|test|setup] [ARGS]" >&2; exit 2 ;;
+esac

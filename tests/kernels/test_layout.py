@@ -1,0 +1,38 @@
+"""The Cython layout adapts against NumPy's transpose, and their refusal of bad shapes."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from workbench._kernels import layout
+
+dims = st.integers(1, 37)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(n=st.integers(1, 3), c=dims, h=dims, w=dims, threads=st.sampled_from([0, 1, 2]))
+def test_round_trip_matches_numpy(n, c, h, w, threads):
+    x = np.random.default_rng(n * 1000 + c).standard_normal((n, c, h, w)).astype(np.float32)
+    y = layout.nchw_to_nhwc(x, num_threads=threads)
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1))
+    z = layout.nhwc_to_nchw(y, num_threads=threads)
+    np.testing.assert_array_equal(z, x)
+
+
+def test_writes_into_given_buffer():
+    x = np.arange(2 * 3 * 5 * 7, dtype=np.float32).reshape(2, 3, 5, 7)
+    out = np.full((2, 5, 7, 3), -1, np.float32)
+    assert layout.nchw_to_nhwc(x, out) is out
+    np.testing.assert_array_equal(out, x.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("src, dst, message", [
+    (np.zeros((2, 3, 4, 5), np.float32), np.zeros((2, 4, 5, 4), np.float32), "needs destination"),
+    (np.zeros((2, 3, 4), np.float32), None, "4-D"),
+    (np.zeros((2, 3, 4, 5), np.float64), None, "float32"),
+    (np.zeros((2, 3, 4, 5), np.float32)[:, :, :, ::2], None, "contiguous"),
+    (np.zeros((2, 3, 4, 5), np.float32), np.zeros((2, 4, 5, 3), np.float32)[::-1], "contiguous"),
+    (np.zeros((2, 3, 4, 5), np.float32), [[0.0]], "NumPy array"),
+])
+def test_bad_shapes_raise_instead_of_crashing(src, dst, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        layout.nchw_to_nhwc(src, dst)

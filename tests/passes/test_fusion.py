@@ -1,0 +1,125 @@
+"""Each graph pass keeps the outputs equal to ONNX Runtime's and does what it claims."""
+import numpy as np
+import pytest
+from onnx import helper
+
+import workbench
+from conftest import assert_matches_onnxruntime, make_model
+
+
+def bn_params(rng, c):
+    return [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.3, 2.0, c)]
+
+
+def bn_node(name, x, y, prefix):
+    return helper.make_node("BatchNormalization", [x] + [f"{prefix}.{p}" for p in ("s", "b", "m", "v")], [y],
+                            name=name, epsilon=1e-3)
+
+
+def bn_inits(rng, c, prefix):
+    return [(f"{prefix}.{p}", v.astype(np.float32)) for p, v in zip(("s", "b", "m", "v"), bn_params(rng, c))]
+
+
+@pytest.mark.parametrize("group", [1, 2])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_batchnorm_folds_into_conv_and_convtranspose(rng, group, with_bias):
+    w = rng.standard_normal((6, 4 // group, 3, 2)).astype(np.float32)
+    wt = rng.standard_normal((6, 4 // group, 3, 3)).astype(np.float32)   # ConvTranspose: (C_in, M/g, k, k)
+    inits = [("w", w), ("wt", wt)] + bn_inits(rng, 6, "bn1") + bn_inits(rng, 4, "bn2")
+    conv_in = ["x", "w"] + (["cb"] if with_bias else [])
+    convt_in = ["c1", "wt"] + (["tb"] if with_bias else [])
+    if with_bias:
+        inits += [("cb", rng.standard_normal(6).astype(np.float32)), ("tb", rng.standard_normal(4).astype(np.float32))]
+    nodes = [helper.make_node("Conv", conv_in, ["c0"], name="conv", group=group, pads=[1, 0, 1, 1]),
+             bn_node("bn1", "c0", "c1", "bn1"),
+             helper.make_node("ConvTranspose", convt_in, ["t0"], name="convt", group=group, strides=[2, 2]),
+             bn_node("bn2", "t0", "y", "bn2")]
+    model = make_model(nodes, [("x", [2, 4, 7, 6])], [("y", None)], inits)
+    graph, _ = assert_matches_onnxruntime(model)
+    assert graph.op_counts() == {"Conv": 1, "ConvTranspose": 1}
+    assert graph.layer("conv").fused == ["conv", "bn1"]
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_batchnorm_folds_into_gemm(rng, trans_b):
+    b = rng.standard_normal((5, 7) if trans_b else (7, 5)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "b", "c"], ["g"], name="fc", transB=trans_b, beta=0.5, alpha=1.5),
+             bn_node("bn", "g", "y", "bn")]
+    model = make_model(nodes, [("x", [3, 7])], [("y", None)],
+                       [("b", b), ("c", rng.standard_normal(5).astype(np.float32))] + bn_inits(rng, 5, "bn"))
+    graph, _ = assert_matches_onnxruntime(model)
+    assert graph.op_counts() == {"Gemm": 1}
+
+
+def test_standalone_batchnorm_becomes_channel_affine(rng):
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), bn_node("bn", "r", "y", "bn")]
+    model = make_model(nodes, [("x", [2, 3, 5, 4])], [("y", None)], bn_inits(rng, 3, "bn"))
+    graph, _ = assert_matches_onnxruntime(model)
+    assert graph.op_counts() == {"ChannelAffine": 1, "Relu": 1}
+
+
+ACTIVATIONS = [("Relu", {}, []), ("LeakyRelu", {"alpha": 0.2}, []), ("Sigmoid", {}, []), ("HardSwish", {}, []),
+               ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, []), ("Tanh", {}, []),
+               ("Clip", {}, [("lo", np.array(0, np.float32)), ("hi", np.array(6, np.float32))]),
+               ("PRelu", {}, [("slope", np.linspace(-0.5, 0.5, 4, dtype=np.float32).reshape(4, 1, 1))])]
+
+
+@pytest.mark.parametrize("act, attrs, extra", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+@pytest.mark.parametrize("producer", ["Conv", "Add"])
+def test_activation_fuses_into_producer(rng, act, attrs, extra, producer):
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    if producer == "Conv":
+        first = helper.make_node("Conv", ["x", "w"], ["p"], name="prod", pads=[1, 1, 1, 1])
+        inits = [("w", w)]
+    else:
+        first = helper.make_node("Add", ["x", "x2"], ["p"], name="prod")
+        inits = []
+    nodes = [first, helper.make_node(act, ["p"] + [n for n, _ in extra], ["y"], name="act", **attrs)]
+    inputs = [("x", [2, 3 if producer == "Conv" else 4, 6, 5])] + ([("x2", [2, 4, 6, 5])] if producer == "Add" else [])
+    model = make_model(nodes, inputs, [("y", None)], inits + extra)
+    graph, _ = assert_matches_onnxruntime(model)
+    assert len(graph) == 1
+    layer = graph.layer("prod")
+    assert layer.attrs["activation"] == act and layer.fused == ["prod", "act"]
+
+
+def test_residual_fusion_and_no_fusion_across_graph_outputs(rng):
+    w1 = rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.3
+    w2 = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"], name="conv_b"),
+             helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["r"], name="relu"),
+             # second block: the conv output is also a graph output, so nothing may fuse into it
+             helper.make_node("Conv", ["r", "w2"], ["c"], name="conv_c"),
+             helper.make_node("Add", ["c", "r"], ["y"], name="add2")]
+    model = make_model(nodes, [("x", [1, 4, 5, 7])], [("y", None), ("c", None)], [("w1", w1), ("w2", w2)])
+    graph, _ = assert_matches_onnxruntime(model)
+    fused = graph.layer("conv_b")   # both operands are convs: the later one absorbs the add
+    assert fused.attrs["residual"] and fused.attrs["activation"] == "Relu"
+    assert fused.inputs[3] == "a" and fused.fused == ["conv_b", "add", "relu"]
+    assert "add2" in graph and not graph.layer("conv_c").attrs.get("residual")
+
+
+def test_dead_layers_and_constant_subgraphs_are_removed(rng):
+    nodes = [helper.make_node("Relu", ["x"], ["unused"], name="dead"),
+             helper.make_node("Mul", ["k", "k"], ["k2"], name="const_mul"),   # constant: folded
+             helper.make_node("Add", ["x", "k2"], ["y"], name="add")]
+    model = make_model(nodes, [("x", [2, 3])], [("y", None)], [("k", np.arange(3, dtype=np.float32))])
+    graph, _ = assert_matches_onnxruntime(model)
+    assert [l.name for l in graph] == ["add"]
+    np.testing.assert_array_equal(graph.layer("add").consts[1], np.arange(3, dtype=np.float32) ** 2)
+
+
+def test_fold_constants_pass_on_a_built_graph():
+    # A layer whose input becomes constant after import is folded by the pass, consumers get the value.
+    from workbench.graph import Graph, Layer, TensorSpec
+    from workbench.passes import fold_constants
+    g = Graph(inputs={"x": TensorSpec((3,))}, outputs=["y"])
+    g.add_layer(Layer("neg", "Neg", ["c"], ["n"], consts={0: np.array([1.0, 2.0, 3.0], np.float32)},
+                      out_specs=[TensorSpec((3,))]))
+    g.add_layer(Layer("add", "Add", ["x", "n"], ["y"], out_specs=[TensorSpec((3,))]))
+    assert fold_constants(g) == ["neg"]
+    assert [l.name for l in g] == ["add"]
+    out = workbench.ReferenceExecutor(g).run({"x": np.ones(3, np.float32)})["y"]
+    np.testing.assert_array_equal(out, [0.0, -1.0, -2.0])

@@ -1,0 +1,212 @@
+"""The ``workbench`` command.
+
+Exit codes: 0 success, 1 a ``--check`` beyond tolerance, 2 bad input (missing/corrupt file,
+unsupported op, wrong input name/shape/dtype), with a one-line (or one-block) message, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, zoo
+from .errors import InputError, WorkbenchError
+
+
+def _parse_shape(text):
+    try:
+        name, dims = text.split("=", 1)
+        shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
+        if not name or any(d <= 0 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=D1xD2x..., e.g. input=1x3x224x224, got {text!r}") from None
+    return name, shape
+
+
+def _parse_input(text):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
+    name, path = text.split("=", 1)
+    return name, path
+
+
+def _load_arrays(pairs):
+    arrays = {}
+    for name, path in pairs:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"--input {name}={path}: no such file")
+        try:
+            arrays[name] = np.load(p, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001 - numpy raises several types for bad files
+            raise InputError(f"--input {name}={path}: not a readable .npy file ({e})") from None
+        if not isinstance(arrays[name], np.ndarray):
+            raise InputError(f"--input {name}={path}: expected one array (.npy), got an archive")
+    return arrays
+
+
+def _load_graph(args, arrays=None, fuse=True):
+    from . import load
+    shapes = dict(args.shape or [])
+    for name, a in (arrays or {}).items():
+        shapes.setdefault(name, a.shape)
+    model = _read(args.model)
+    names = _input_names(model)
+    unknown = [n for n in shapes if n not in names]
+    if unknown:
+        raise InputError(f"unknown input name(s) {unknown}; {args.model} has inputs {names}")
+    return model, load(model, batch=args.batch, shapes=shapes or None, fuse=fuse)
+
+
+def _read(path):
+    from .onnx_import import read_model
+    return read_model(path)
+
+
+def _input_names(model):
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def cmd_info(args):
+    from . import report
+    from .onnx_import import unsupported_ops
+    model = _read(args.model)
+    bad = unsupported_ops(model)
+    if bad:
+        from .errors import UnsupportedOpsError
+        raise UnsupportedOpsError(bad)
+    _, graph = _load_graph(args)
+    print(report.summary(graph))
+    print()
+    print(report.format_table(report.layer_rows(graph), report.LAYER_COLUMNS))
+    return 0
+
+
+def cmd_run(args):
+    from .check import compare_outputs, run_onnxruntime
+    from .execute import ReferenceExecutor, random_inputs
+    arrays = _load_arrays(args.input or [])
+    model, graph = _load_graph(args, arrays, fuse=not args.no_fuse)
+    feeds = random_inputs(graph, seed=args.seed)
+    feeds.update(arrays)
+    outputs = ReferenceExecutor(graph).run(feeds)
+    for name, value in outputs.items():
+        print(f"{name}: {value.shape} {value.dtype}  mean {value.mean():.6g}  std {value.std():.6g}")
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, value in outputs.items():
+            np.save(out / f"{_safe(name)}.npy", value)
+        print(f"wrote {len(outputs)} output(s) to {out}/")
+    if args.check:
+        errors = compare_outputs(outputs, run_onnxruntime(model, feeds))
+        worst = 0.0
+        for name, err in errors.items():
+            print(f"check {name}: max relative error vs onnxruntime {err:.3g} (rtol {args.rtol:g})")
+            worst = max(worst, err)
+        if worst > args.rtol:
+            print("check FAILED", file=sys.stderr)
+            return 1
+        print("check passed")
+    return 0
+
+
+def _safe(name):
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def cmd_zoo(args):
+    if not args.name:
+        print("\n".join(zoo.NAMES))
+        return 0
+    if args.name not in zoo.NAMES:
+        raise WorkbenchError(f"unknown zoo model {args.name!r}; known: {', '.join(zoo.NAMES)}")
+    if not args.output:
+        raise WorkbenchError("give the output file with -o FILE.onnx")
+    kwargs = dict(batch=args.batch or 1, seed=args.seed)
+    if args.resolution:
+        kwargs["resolution"] = args.resolution
+    path = zoo.save(args.name, args.output, **kwargs)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args):
+    """Until the tuner exists, the main job: import a zoo model, fuse, run, check, summarise."""
+    from . import load, report
+    from .check import compare_outputs, run_onnxruntime
+    from .execute import TimedReferenceExecutor, random_inputs
+    kwargs = {"resolution": args.resolution} if args.resolution else {}
+    model = zoo.build(args.name, batch=args.batch or 1, **kwargs)
+    graph = load(model)
+    print(report.summary(graph))
+    feeds = random_inputs(graph)
+    executor = TimedReferenceExecutor(graph)
+    outputs = executor.run(feeds)
+    print()
+    print(report.format_table(report.layer_rows(graph, executor.times), report.LAYER_COLUMNS + [("ms", "ref ms")]))
+    errors = compare_outputs(outputs, run_onnxruntime(model, feeds))
+    print()
+    for name, err in errors.items():
+        print(f"{name}: max relative error of the fused reference vs onnxruntime: {err:.3g}")
+    return 0 if max(errors.values()) <= 1e-4 else 1
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="workbench", description="Routine Workbench: import, inspect and run CNN models.")
+    p.add_argument("--version", action="version", version=f"workbench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp):
+        sp.add_argument("model", help="ONNX model file")
+        sp.add_argument("--shape", action="append", type=_parse_shape, metavar="NAME=1x3x224x224",
+                        help="shape of an input with symbolic dimensions (repeatable)")
+        sp.add_argument("--batch", type=int, help="batch size, when the batch dimension is symbolic")
+
+    sp = sub.add_parser("info", help="layers before and after fusion, parameters, MACs per layer")
+    model_args(sp)
+    sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("run", help="run a model with the reference executor")
+    model_args(sp)
+    sp.add_argument("--input", action="append", type=_parse_input, metavar="NAME=FILE.npy")
+    sp.add_argument("--output-dir", help="write each output as NAME.npy here")
+    sp.add_argument("--check", action="store_true", help="compare with ONNX Runtime; exit 1 beyond --rtol")
+    sp.add_argument("--rtol", type=float, default=1e-4)
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs not given with --input")
+    sp.add_argument("--no-fuse", action="store_true", help="skip the fusion passes")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("zoo", help="write a zoo model (no name: list them)")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("-o", "--output")
+    sp.add_argument("--batch", type=int)
+    sp.add_argument("--resolution", type=int)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_zoo)
+
+    sp = sub.add_parser("demo", help="import, fuse and run a zoo model; compare with ONNX Runtime")
+    sp.add_argument("name", nargs="?", default="resnet50", choices=zoo.NAMES)
+    sp.add_argument("--batch", type=int)
+    sp.add_argument("--resolution", type=int)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WorkbenchError as e:
+        print(f"workbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

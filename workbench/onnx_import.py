@@ -1,7 +1,8 @@
 """ONNX -> :class:`~workbench.graph.Graph`: read, check support, fix shapes, fold constants.
 
 The import walks the nodes in dependency order.  A node whose inputs are all constant (weights,
-Constant nodes, or the static shape of a tensor, for Shape/Size) is computed right away with the
+Constant nodes, or the static spec of a tensor, for Shape/Size and CastLike's target type; see
+:data:`~workbench.passes.constant_folding.SPEC_ONLY_INPUTS`) is computed right away with the
 NumPy reference and becomes a constant: this folds the shape subgraphs that exporters write.
 Every other node becomes a :class:`~workbench.graph.Layer` with normalised attributes and
 inferred output specs.  Unsupported ops are all reported in one error before anything runs.
@@ -26,8 +27,6 @@ _MISSING = object()
 STRUCTURAL_OPS = ("Constant",)
 #: Our own ops: valid inside a Graph, never accepted from a file.
 INTERNAL_OPS = ("ChannelAffine",)
-#: Ops whose result depends only on their input's static shape.
-SHAPE_ONLY_OPS = ("Shape", "Size")
 
 
 def read_model(source) -> onnx.ModelProto:
@@ -277,7 +276,7 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
             continue
         view = NodeView(node, name, opset, consts, spec_of)
         layer = _make_layer(view, index, spec_of)
-        if fold_node(layer, consts, spec_of, shape_only=node.op_type in SHAPE_ONLY_OPS):
+        if fold_node(layer, consts, spec_of):
             continue
         graph.add_layer(layer)
         layer.out_specs = ops.get(layer.op).infer(layer, graph.input_specs(layer))

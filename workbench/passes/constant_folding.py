@@ -9,22 +9,33 @@ import numpy as np
 from .. import ops
 
 
-def _shape_stand_in(spec):
-    # Shape/Size read only the shape: a zero-stride view costs no memory.
+#: Inputs that an op reads only for their spec (shape, dtype), never for their values: with static
+#: shapes the op folds even when such an input is computed at run time.  The torch.export-based
+#: exporter writes ``CastLike(0, x)`` for the zero bias of a bias-free Conv, for instance.
+SPEC_ONLY_INPUTS = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
+
+
+def _spec_stand_in(spec):
+    # The values are never read: a zero-stride view of the right shape and dtype costs no memory.
     return np.lib.stride_tricks.as_strided(np.zeros(1, spec.dtype), spec.shape, [0] * len(spec.shape))
 
 
-def fold_node(layer, consts, spec_of, shape_only=False):
+def fold_node(layer, consts, spec_of):
     """Compute ``layer`` now if its result is known before run time; store outputs in ``consts``.
 
     Returns True when the layer was folded.
     """
-    if shape_only:
-        args = [_shape_stand_in(spec_of(layer.inputs[0]))]
-    elif all(not t or i in layer.consts for i, t in enumerate(layer.inputs)) and layer.inputs:
-        args = [layer.consts.get(i) for i in range(len(layer.inputs))]
-    else:
+    if not layer.inputs:
         return False
+    spec_only = SPEC_ONLY_INPUTS.get(layer.op, ())
+    args = []
+    for i, t in enumerate(layer.inputs):
+        if i in layer.consts or not t:
+            args.append(layer.consts.get(i))
+        elif i in spec_only:
+            args.append(_spec_stand_in(spec_of(t)))
+        else:
+            return False
     results = ops.get(layer.op).compute(layer, args)
     for name, value in zip(layer.outputs, results):
         if name:

@@ -2,7 +2,12 @@
 
 Applies when the producer's op can carry an epilogue (Conv, ConvTranspose, Gemm, MatMul, Add,
 Sub, Mul, Div, ChannelAffine), has none yet, and its output feeds only the activation.
+
+Before opset 14 there is no HardSwish op, and exporters write ``x * HardSigmoid(x)`` (alpha 1/6,
+beta 0.5) instead; that pair is first merged into one HardSwish layer, which then fuses as usual.
 """
+import numpy as np
+
 from .. import ops
 from ..ops.activation import FUSABLE
 
@@ -13,8 +18,33 @@ def _params(act):
     return dict(act.attrs)
 
 
+def _is_hardswish_gate(layer):
+    return (layer.op == "HardSigmoid" and np.isclose(layer.attrs["alpha"], 1 / 6, rtol=1e-6, atol=0)
+            and np.isclose(layer.attrs["beta"], 0.5, rtol=1e-6, atol=0))
+
+
+def merge_hardswish(graph):
+    """Rewrite ``Mul(x, HardSigmoid(x, 1/6, 0.5))`` (either operand order) as ``HardSwish(x)``."""
+    merged = []
+    for gate in list(graph):
+        if not _is_hardswish_gate(gate):
+            continue
+        x = gate.inputs[0]
+        mul = graph.single_consumer(gate.outputs[0])
+        if (mul is None or mul.op != "Mul" or mul.consts or mul.attrs.get("activation")
+                or sorted(mul.inputs) != sorted([x, gate.outputs[0]]) or mul.out_specs[0] != gate.out_specs[0]):
+            continue
+        gate.op, gate.attrs = "HardSwish", {}
+        gate.outputs = list(mul.outputs)
+        gate.fused = gate.fused + mul.fused
+        graph.remove_layer(mul.name)
+        graph.touch()
+        merged.append(mul.name)
+    return merged
+
+
 def fuse_activations(graph):
-    fused = []
+    fused = merge_hardswish(graph)
     for act in list(graph):
         if act.op not in FUSABLE or (act.op == "PRelu" and 1 not in act.consts):
             continue

@@ -10,7 +10,7 @@ from onnx import helper
 import workbench
 from workbench.cli import main
 from workbench.check import run_onnxruntime
-from conftest import make_model
+from onnx_helpers import make_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 import workbench
 from workbench import zoo
 from workbench.errors import InputError, ModelFileError, ModelImportError, ShapeError, UnsupportedOpsError
-from conftest import assert_matches_onnxruntime, make_model
+from onnx_helpers import assert_matches_onnxruntime, make_model
 
 
 def conv_relu_model(rng, batch_dim=2, height=9, width=11):

@@ -4,7 +4,7 @@ import pytest
 from onnx import helper
 
 import workbench
-from conftest import assert_matches_onnxruntime, make_model
+from onnx_helpers import assert_matches_onnxruntime, make_model
 
 
 def bn_params(rng, c):

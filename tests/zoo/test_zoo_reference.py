@@ -3,7 +3,7 @@ import pytest
 
 import workbench
 from workbench import zoo
-from conftest import assert_matches_onnxruntime
+from onnx_helpers import assert_matches_onnxruntime
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)

@@ -23,6 +23,17 @@ def _erf(x):
         return np.vectorize(math.erf)(x).astype(x.dtype)
 
 
+def _sigmoid(x):
+    # exp of a non-positive argument only: no overflow warning for large |x|.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def _expm1_neg(x):
+    # np.where evaluates both branches: clamp so the unused positive side cannot overflow.
+    return np.expm1(np.minimum(x, 0))
+
+
 def _softplus(x):
     return np.logaddexp(np.zeros((), x.dtype), x).astype(x.dtype, copy=False)
 
@@ -32,12 +43,12 @@ ACTIVATIONS = {
     "LeakyRelu": lambda x, p: np.where(x >= 0, x, x * np.asarray(p["alpha"], x.dtype)),
     "PRelu": lambda x, p: np.where(x >= 0, x, x * p["slope"]).astype(x.dtype, copy=False),
     "Clip": lambda x, p: np.clip(x, p["min"], p["max"]).astype(x.dtype, copy=False),
-    "Sigmoid": lambda x, p: (1 / (1 + np.exp(-x))).astype(x.dtype, copy=False),
+    "Sigmoid": lambda x, p: _sigmoid(x),
     "HardSigmoid": lambda x, p: _hard_sigmoid(x, p["alpha"], p["beta"]),
     "HardSwish": lambda x, p: x * _hard_sigmoid(x, 1 / 6, 0.5),
     "Tanh": lambda x, p: np.tanh(x),
-    "Elu": lambda x, p: np.where(x > 0, x, p["alpha"] * np.expm1(x)).astype(x.dtype, copy=False),
-    "Selu": lambda x, p: (p["gamma"] * np.where(x > 0, x, p["alpha"] * np.expm1(x))).astype(x.dtype, copy=False),
+    "Elu": lambda x, p: np.where(x > 0, x, p["alpha"] * _expm1_neg(x)).astype(x.dtype, copy=False),
+    "Selu": lambda x, p: (p["gamma"] * np.where(x > 0, x, p["alpha"] * _expm1_neg(x))).astype(x.dtype, copy=False),
     "Softplus": lambda x, p: _softplus(x),
     "Softsign": lambda x, p: x / (1 + np.abs(x)),
     "Mish": lambda x, p: x * np.tanh(_softplus(x)),

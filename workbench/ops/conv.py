@@ -158,9 +158,14 @@ class ConvTranspose(_Windowed):
             begin, end = [], []
             for size, k, s, d, op, o in zip(x.shape[2:], kernel, strides, dilations, out_pad, out_shape):
                 total = s * (size - 1) + op + ((k - 1) * d + 1) - o
-                if auto == "SAME_UPPER":
+                if total < 0:
+                    # As ONNX Runtime does: padding is never negative.  An explicit output_shape
+                    # beyond the full size gets zeros (+ bias) at the end (a negative end pad
+                    # here); SAME with a kernel smaller than the stride keeps the full size.
+                    begin.append(0), end.append(total if node.attr("output_shape", None) is not None else 0)
+                elif auto == "SAME_UPPER":
                     begin.append(total // 2), end.append(total - total // 2)
-                else:
+                else:  # SAME_LOWER, or output_shape without auto_pad: the odd pixel at the begin
                     begin.append(total - total // 2), end.append(total // 2)
             pads = begin + end
         elif auto == "VALID":

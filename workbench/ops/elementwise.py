@@ -180,27 +180,36 @@ class Identity(_Unary):
 
 
 class Dropout(Op):
-    """Inference-mode Dropout: the identity (and an all-true mask when asked for)."""
+    """Inference-mode Dropout: the identity, and a constant mask when asked for.
+
+    The mask is all true from opset 12 on (the spec says so).  Before, the spec leaves it unfilled
+    in inference; we give what ONNX Runtime gives: zeros, of the input's type before opset 10
+    (when the mask had type T) and bool from 10.
+    """
 
     @classmethod
     def normalize(cls, node):
-        node.take(1, "ratio")
-        mode = node.take(2, "training_mode")
-        if mode is not None and bool(np.asarray(mode)):
-            node.fail("training_mode=True is not supported for inference")
-        return {}
+        if node.opset >= 12:
+            node.take(1, "ratio")
+            mode = node.take(2, "training_mode")
+            if mode is not None and bool(np.asarray(mode)):
+                node.fail("training_mode=True is not supported for inference")
+        mask_dtype = "bool" if node.opset >= 10 else node.spec(0).dtype
+        return {"mask_value": node.opset >= 12, "mask_dtype": mask_dtype}
 
     @classmethod
     def infer(cls, layer, specs):
         out = [TensorSpec(specs[0].shape, specs[0].dtype)]
         if len(layer.outputs) > 1:
-            out.append(TensorSpec(specs[0].shape, "bool"))
+            out.append(TensorSpec(specs[0].shape, layer.attrs.get("mask_dtype", "bool")))
         return out
 
     @classmethod
     def compute(cls, layer, args):
         x = args[0]
-        return [x, np.ones(x.shape, bool)][: len(layer.outputs)]
+        if len(layer.outputs) < 2:
+            return [x]
+        return [x, np.full(x.shape, layer.attrs.get("mask_value", True), layer.attrs.get("mask_dtype", "bool"))]
 
 
 class Cast(Op):

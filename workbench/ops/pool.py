@@ -69,7 +69,9 @@ class MaxPool(_Pool):
     @classmethod
     def compute(cls, layer, args):
         x = args[0]
-        lowest = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+        # The lowest finite value, not -inf: a window that lies wholly in the padding (possible
+        # with dilation) gives it, as in ONNX Runtime.
+        lowest = np.finfo(x.dtype).min if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
         out = None
         for view in cls._windows(layer, x, lowest):
             out = view.copy() if out is None else np.maximum(out, view, out=out)
@@ -94,7 +96,8 @@ class AveragePool(_Pool):
             lo, hi = (-pb, size + pe) if a["count_include_pad"] else (0, size)
             pos = np.arange(o)[:, None] * s + np.arange(k)[None, :] * d - pb
             count = np.multiply.outer(count, ((pos >= lo) & (pos < hi)).sum(axis=1))
-        return [(total / count).astype(x.dtype)]
+        # A window wholly in the padding (dilation) sums nothing: 0, as ONNX Runtime gives, not 0/0.
+        return [(total / np.maximum(count, 1)).astype(x.dtype)]
 
 
 class _GlobalPool(Op, register=False):

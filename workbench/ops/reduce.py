@@ -40,9 +40,9 @@ class _Reduce(Op, register=False):
     @classmethod
     def compute(cls, layer, args):
         x = args[0]
+        # No axes (noop_with_empty_axes) still reduces each element alone: the identity for
+        # Mean/Max/..., but |x| for ReduceL2 and x^2 for ReduceSumSquare, as ONNX Runtime does.
         axes = cls._axes(layer, x.ndim)
-        if not axes:
-            return [x]
         return [np.asarray(cls.fn(x, axis=axes, keepdims=bool(layer.attrs["keepdims"]))).astype(x.dtype, copy=False)]
 
 

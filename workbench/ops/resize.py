@@ -22,7 +22,9 @@ class Resize(Op):
             scales = node.take(1, "scales") if len(node.inputs) > 1 else node.attr("scales", None)
             sizes, coord = None, "asymmetric"
             mode = node.attr("mode", "nearest")
-            nearest = "floor"
+            # No nearest_mode before opset 11; ONNX Runtime rounds down when upsampling and up
+            # when downsampling (its "simple" mode), so we do the same.
+            nearest = "simple"
         else:
             node.take(1, "roi")
             scales, sizes = node.take(2, "scales"), node.take(3, "sizes")
@@ -34,7 +36,7 @@ class Resize(Op):
             node.fail(f"mode {mode!r} is not supported (nearest and linear are)")
         if coord not in COORD_MODES:
             node.fail(f"coordinate_transformation_mode {coord!r} is not supported")
-        if nearest not in NEAREST_MODES:
+        if nearest not in NEAREST_MODES + ("simple",):
             node.fail(f"nearest_mode {nearest!r} is not supported")
         if node.attr("antialias", 0):
             node.fail("antialias=1 is not supported")
@@ -47,7 +49,7 @@ class Resize(Op):
         if sizes is not None and np.asarray(sizes).size:
             for a, s in zip(axes, np.asarray(sizes).reshape(-1)):
                 full_sizes[a] = int(s)
-                full_scales[a] = int(s) / x.shape[a]
+                full_scales[a] = float(np.float32(int(s)) / np.float32(x.shape[a]))
         elif scales is not None and np.asarray(scales).size:
             for a, s in zip(axes, np.asarray(scales, np.float64).reshape(-1)):
                 full_scales[a] = float(np.float32(s))
@@ -68,7 +70,10 @@ class Resize(Op):
 
     @staticmethod
     def source_coords(mode, out_len, in_len, scale):
-        x = np.arange(out_len, dtype=np.float64)
+        # In float32, in ONNX Runtime's order of operations: where a coordinate is an integer in
+        # exact arithmetic (4.5 / 0.6 - 0.5 = 7), float32 gives 6.9999995 and ORT floors to 6.
+        x = np.arange(out_len, dtype=np.float32)
+        scale, out_len, in_len = np.float32(scale), np.float32(out_len), np.float32(in_len)
         if mode == "half_pixel":
             return (x + 0.5) / scale - 0.5
         if mode == "pytorch_half_pixel":
@@ -80,15 +85,19 @@ class Resize(Op):
         if mode == "tf_half_pixel_for_nn":
             return (x + 0.5) / scale
         adjustment = out_len / (scale * in_len)  # half_pixel_symmetric
-        center = in_len / 2
-        return center * (1 - adjustment) + (x + 0.5) / scale - 0.5
+        offset = in_len / np.float32(2) * (1 - adjustment)
+        return (offset + (x.astype(np.float64) + 0.5) / scale - 0.5).astype(np.float32)  # ORT: in double
 
     @staticmethod
-    def nearest_index(coords, mode, in_len):
-        if mode == "round_prefer_floor":
-            idx = np.where(coords % 1 == 0.5, np.floor(coords), np.round(coords))
-        elif mode == "round_prefer_ceil":
-            idx = np.where(coords % 1 == 0.5, np.ceil(coords), np.round(coords))
+    def nearest_index(coords, mode, in_len, scale=1.0):
+        if mode == "simple":  # before opset 11 (see normalize)
+            mode = "ceil" if scale < 1 else "floor"
+        if mode in ("round_prefer_floor", "round_prefer_ceil"):
+            # A float32 coordinate within rounding noise of a half is a tie (1 / (2/7) = 3.5
+            # comes out 3.4999998): ONNX Runtime breaks such ties by the mode, so we do too.
+            tie = np.abs(coords % 1 - 0.5) <= 1e-6 * np.maximum(np.abs(coords), 1)
+            half = np.floor(coords) + 0.5
+            idx = np.where(tie, np.floor(half) if mode == "round_prefer_floor" else np.ceil(half), np.round(coords))
         elif mode == "floor":
             idx = np.floor(coords)
         else:
@@ -99,6 +108,10 @@ class Resize(Op):
     def compute(cls, layer, args):
         x = args[0]
         a = layer.attrs
+        if tuple(a["sizes"]) == x.shape:
+            # ONNX Runtime copies the input whenever the output shape equals it, even where a
+            # scale != 1 (e.g. 3 * 1.25 -> 3) would move the sampling points; we match it.
+            return [x.copy()]
         y = x
         for axis in range(x.ndim):
             out_len, in_len = a["sizes"][axis], x.shape[axis]
@@ -106,7 +119,7 @@ class Resize(Op):
                 continue
             coords = cls.source_coords(a["coordinate_transformation_mode"], out_len, in_len, a["scales"][axis])
             if a["mode"] == "nearest":
-                y = np.take(y, cls.nearest_index(coords, a["nearest_mode"], in_len), axis=axis)
+                y = np.take(y, cls.nearest_index(coords, a["nearest_mode"], in_len, a["scales"][axis]), axis=axis)
                 continue
             coords = np.clip(coords, 0, in_len - 1)
             lo = np.floor(coords).astype(np.int64)

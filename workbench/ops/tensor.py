@@ -1,7 +1,6 @@
 """Data-movement ops: Reshape, Transpose, Concat, Split, Slice, Pad, Gather, Expand, Tile, ...
 
-Also the ops of the shape subgraphs that exporters write (Shape, ConstantOfShape, Range, Size):
-with static shapes they are folded to constants at import, so their reference is all they need.
+The ops that only compute shapes (Shape, Size, ConstantOfShape, Range) are in :mod:`.shape`.
 """
 import numpy as np
 
@@ -14,6 +13,11 @@ INT64_MAX = np.iinfo(np.int64).max
 def _axis(layer, axis, rank):
     check(-rank <= axis < rank, layer, f"axis {axis} out of range for rank {rank}")
     return axis % rank
+
+
+def _contiguous(a):
+    # Not np.ascontiguousarray: that turns a 0-d result (Expand/Transpose of a scalar) into 1-D.
+    return np.asarray(a, order="C")
 
 
 def _ints(value):
@@ -93,7 +97,7 @@ class Transpose(Op):
 
     @classmethod
     def compute(cls, layer, args):
-        return [np.ascontiguousarray(np.transpose(args[0], cls._perm(layer, args[0].ndim)))]
+        return [_contiguous(np.transpose(args[0], cls._perm(layer, args[0].ndim)))]
 
 
 class Squeeze(Op):
@@ -226,6 +230,10 @@ class Slice(Op):
         for start, end, axis, step in zip(a["starts"], a["ends"], a["axes"], a["steps"]):
             axis = _axis(layer, axis, len(shape))
             dim = shape[axis]
+            if step < 0 and end == INT64_MAX:
+                # ONNX Runtime reads an INT64_MAX end as "to the end in the step's direction",
+                # i.e. through index 0 when slicing backward (the spec would clamp it to dim - 1).
+                end = -INT64_MAX
             start, end = start + dim if start < 0 else start, end + dim if end < 0 else end
             if step > 0:
                 start, end = min(max(start, 0), dim), min(max(end, 0), dim)
@@ -243,7 +251,7 @@ class Slice(Op):
 
     @classmethod
     def compute(cls, layer, args):
-        return [np.ascontiguousarray(args[0][cls._index(layer, args[0].shape)])]
+        return [_contiguous(args[0][cls._index(layer, args[0].shape)])]
 
 
 class Pad(Op):
@@ -329,7 +337,7 @@ class Expand(Op):
     @classmethod
     def compute(cls, layer, args):
         shape = np.broadcast_shapes(args[0].shape, tuple(layer.attrs["shape"]))
-        return [np.ascontiguousarray(np.broadcast_to(args[0], shape))]
+        return [_contiguous(np.broadcast_to(args[0], shape))]
 
 
 class Tile(Op):
@@ -391,51 +399,3 @@ class SpaceToDepth(Op):
         b = layer.attrs["blocksize"]
         y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
         return [np.ascontiguousarray(y).reshape(n, c * b * b, h // b, w // b)]
-
-
-class Shape(Op):
-    @classmethod
-    def normalize(cls, node):
-        return {"start": int(node.attr("start", 0)), "end": node.attr("end", None)}
-
-    @classmethod
-    def _dims(cls, layer, shape):
-        end = layer.attrs["end"]
-        return list(shape)[slice(layer.attrs["start"], None if end is None else int(end))]
-
-    @classmethod
-    def infer(cls, layer, specs):
-        return [TensorSpec((len(cls._dims(layer, specs[0].shape)),), "int64")]
-
-    @classmethod
-    def compute(cls, layer, args):
-        return [np.array(cls._dims(layer, args[0].shape), np.int64)]
-
-
-class Size(Op):
-    @classmethod
-    def infer(cls, layer, specs):
-        return [TensorSpec((), "int64")]
-
-    @classmethod
-    def compute(cls, layer, args):
-        return [np.array(args[0].size, np.int64)]
-
-
-class ConstantOfShape(Op):
-    @classmethod
-    def normalize(cls, node):
-        value = node.attr("value", None)
-        return {"value": np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(1)}
-
-    @classmethod
-    def compute(cls, layer, args):
-        value = layer.attrs["value"]
-        return [np.full(tuple(int(d) for d in args[0]), value[0], dtype=value.dtype)]
-
-
-class Range(Op):
-    @classmethod
-    def compute(cls, layer, args):
-        start, limit, delta = (np.asarray(a).reshape(()) for a in args)
-        return [np.arange(start, limit, delta, dtype=start.dtype)]

@@ -37,7 +37,7 @@ if [ "$what" = "test" ]; then
   # The PyTorch export tests need the CPU build of torch 2.13.0. Install it only where that wheel is
   # available locally (pip's find-links): from the public index, plain torch pulls GBs of CUDA.
   if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-    links="$("${pip[@]}" config get global.find-links 2>/dev/null || true)"
+    links="${PIP_FIND_LINKS:-$(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true)}"
     if [ -n "$links" ] && ls "$links"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
       echo "== installing torch 2.13.0 (CPU) from $links for the PyTorch export tests"
       "${pip[@]}" install "torch==2.13.0" onnxscript

@@ -1,3 +1,4 @@
+# isa-variants: avx2, avx512
 # cython: language_level=3
 """Layout adapts between channels-first (NCHW) and channels-last (NHWC) float32 tensors.
 

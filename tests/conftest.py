@@ -1,4 +1,5 @@
-"""Test set-up: the helper modules (tests/onnx_helpers.py, tests/ops/_onnx_case.py) are importable
+"""Test set-up: the helper modules (tests/onnx_helpers.py, tests/routine_helpers.py,
+tests/ops/_onnx_case.py) are importable
 by name from any test file; pytest runs with --import-mode=importlib so test file names may repeat
 across folders."""
 import os

@@ -1,0 +1,74 @@
+# The fused epilogue of Conv/Gemm/elementwise routines: bias, residual add, activation.
+# Activation codes (see workbench/routines/epilogue.py, which encodes a layer's attributes):
+#   0 none, 1 Relu, 2 Clip(p0, p1), 3 LeakyRelu(p0), 4 HardSigmoid(p0, p1), 5 HardSwish,
+#   6 Sigmoid, 7 PRelu(per-channel slope), 8 Tanh
+from libc.math cimport expf, tanhf
+
+cdef enum:
+    ACT_NONE = 0
+    ACT_RELU = 1
+    ACT_CLIP = 2
+    ACT_LEAKY = 3
+    ACT_HARDSIGMOID = 4
+    ACT_HARDSWISH = 5
+    ACT_SIGMOID = 6
+    ACT_PRELU = 7
+    ACT_TANH = 8
+
+
+cdef inline float activate(float v, int act, float p0, float p1, float slope) noexcept nogil:
+    cdef float t
+    if act == ACT_RELU:
+        return v if v > 0 else 0
+    if act == ACT_CLIP:
+        return p0 if v < p0 else (p1 if v > p1 else v)
+    if act == ACT_LEAKY:
+        return v if v >= 0 else v * p0
+    if act == ACT_HARDSIGMOID:
+        t = p0 * v + p1
+        return 0 if t < 0 else (1 if t > 1 else t)
+    if act == ACT_HARDSWISH:
+        t = v * (1.0 / 6.0) + 0.5
+        return v * (0 if t < 0 else (1 if t > 1 else t))
+    if act == ACT_SIGMOID:
+        return 1 / (1 + expf(-v))
+    if act == ACT_PRELU:
+        return v if v >= 0 else v * slope
+    if act == ACT_TANH:
+        return tanhf(v)
+    return v
+
+
+cdef inline void epilogue_rows(float* out, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                               bint channel_is_row, const float* bias, const float* residual,
+                               Py_ssize_t ld_res, int act, float p0, float p1,
+                               const float* slope) noexcept nogil:
+    """Apply bias + residual + activation to a (rows, cols) block with leading dimension ``ld``.
+
+    ``channel_is_row``: channels index rows (channels-first output, NCHW) or columns (NHWC).
+    ``bias``/``residual``/``slope`` may be NULL.  The channel of row r / column j is r / j
+    relative to the block's first row/column: callers offset the pointers for sub-blocks.
+    """
+    cdef Py_ssize_t r, j
+    cdef float v, b = 0, s = 0
+    cdef float* o
+    cdef const float* res
+    for r in range(rows):
+        o = out + r * ld
+        res = residual + r * ld_res if residual != NULL else NULL
+        if channel_is_row:
+            b = bias[r] if bias != NULL else 0
+            s = slope[r] if slope != NULL else 0
+        for j in range(cols):
+            v = o[j]
+            if channel_is_row:
+                v = v + b
+            elif bias != NULL:
+                v = v + bias[j]
+            if res != NULL:
+                v = v + res[j]
+            if act != ACT_NONE:
+                if not channel_is_row and slope != NULL:
+                    s = slope[j]
+                v = activate(v, act, p0, p1, s)
+            o[j] = v

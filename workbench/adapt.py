@@ -1,0 +1,88 @@
+"""Adapt layers: declared conversions between tensor formats (layout now; dtype and device later).
+
+An :class:`Adapt` converts a tensor from one :class:`~workbench.graph.TensorSpec` format to
+another.  :func:`path` finds the cheapest chain of declared adapts between two formats
+(shortest path over the formats graph), so a missing direct pair is composed.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import networkx as nx
+import numpy as np
+
+from .graph import NCHW, NHWC, TensorSpec
+
+_ADAPTS: dict = {}   # (src layout, dst layout, dtype) -> Adapt subclass
+
+
+def physical_shape(spec: TensorSpec):
+    """Shape of the array that holds ``spec`` in memory (NHWC stores (N, H, W, C))."""
+    if spec.layout == NHWC and len(spec.shape) == 4:
+        n, c, h, w = spec.shape
+        return (n, h, w, c)
+    return spec.shape
+
+
+class Adapt:
+    src_layout: ClassVar[str] = NCHW
+    dst_layout: ClassVar[str] = NCHW
+    dtype: ClassVar[str] = "float32"
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.name or f"{cls.dtype}:{cls.src_layout}->{cls.dst_layout}"
+        _ADAPTS[(cls.src_layout, cls.dst_layout, cls.dtype)] = cls
+
+    @classmethod
+    def applies(cls, spec: TensorSpec) -> bool:
+        return len(spec.shape) == 4 and spec.dtype == cls.dtype
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        raise NotImplementedError
+
+
+class NchwToNhwc(Adapt):
+    src_layout, dst_layout = NCHW, NHWC
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        from ._kernels import layout
+        layout.nchw_to_nhwc(src, dst, num_threads)
+
+
+class NhwcToNchw(Adapt):
+    src_layout, dst_layout = NHWC, NCHW
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        from ._kernels import layout
+        layout.nhwc_to_nchw(src, dst, num_threads)
+
+
+class _CopyAdapt(Adapt):
+    """Layouts other than 4-D ones are all the native order: converting them is a copy."""
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        np.copyto(dst, src.reshape(dst.shape))
+
+
+def path(spec: TensorSpec, dst_layout: str):
+    """Adapts converting ``spec`` (in its layout) to ``dst_layout``, cheapest chain first.
+
+    Raises ValueError when no chain exists.
+    """
+    if spec.layout == dst_layout:
+        return []
+    g = nx.DiGraph()
+    for (src, dst, dtype), adapt in _ADAPTS.items():
+        if dtype == spec.dtype and adapt.applies(spec):
+            g.add_edge(src, dst, adapt=adapt)
+    try:
+        nodes = nx.shortest_path(g, spec.layout, dst_layout)
+    except (nx.NetworkXNoPath, nx.NodeNotFound):
+        raise ValueError(f"no adapt converts {spec} from {spec.layout} to {dst_layout}") from None
+    return [g.edges[a, b]["adapt"] for a, b in zip(nodes, nodes[1:])]

@@ -1,0 +1,174 @@
+"""The planned executor: a model compiled for one assignment of routines to layers.
+
+Compilation resolves the format of every tensor (the layout its producer's routine writes),
+inserts adapt steps where a reader wants another layout (one adapt per tensor and target
+format, shared by all readers), runs every routine's ``prepare`` once, and plans all buffers
+ahead (:mod:`workbench.memory`).  :meth:`CompiledModel.run` is then a walk over bound steps
+with no allocation but the returned outputs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import adapt, routines
+from .errors import WorkbenchError, where
+from .execute import check_inputs
+from .graph import NCHW
+from .memory import Value, plan_memory
+
+
+def default_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+_controller = None
+
+
+def blas_limit(num_threads):
+    """Context manager limiting BLAS threads (threadpoolctl); one setting with the OpenMP kernels."""
+    global _controller
+    from threadpoolctl import ThreadpoolController
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=num_threads, user_api="blas")
+
+
+@dataclass
+class Step:
+    """One bound unit of work: a layer under its routine, or an adapt on one tensor."""
+
+    kind: str          # "layer" or "adapt"
+    name: str          # layer name, or "adapt:<tensor>:<src>-><dst>"
+    what: str          # routine descriptor or adapt name
+    run: object        # zero-argument callable
+    layer: object = None
+
+
+class CompiledModel:
+    """A graph compiled for an assignment ``{layer name: routine descriptor}``.
+
+    Parameters
+    ----------
+    graph : Graph
+    assignment : dict[str, str]
+        Routine descriptor per layer; every layer must be assigned.
+    num_threads : int, optional
+        Threads for OpenMP kernels and BLAS alike (default: the CPUs this process may use).
+    """
+
+    def __init__(self, graph, assignment, num_threads=None):
+        self.graph = graph
+        self.num_threads = int(num_threads or default_threads())
+        self.assignment = dict(assignment)
+        self.routines = {}
+        for layer in graph:
+            if layer.name not in self.assignment:
+                raise WorkbenchError(f"{where(layer)} has no routine assigned")
+            r = routines.get(layer.op, self.assignment[layer.name])
+            if not r.applies(layer, graph.input_specs(layer)):
+                raise WorkbenchError(f"{where(layer)}: routine {r.descriptor} does not apply to it")
+            self.routines[layer.name] = r
+        self._build()
+
+    # -- compilation -----------------------------------------------------------------------
+    def _build(self):
+        g = self.graph
+        home = {t: NCHW for t in g.inputs}
+        ready = {(t, NCHW) for t in g.inputs}
+        plan = []   # (kind, payload, input keys, output keys)
+
+        def need(tensor, layout):
+            key = (tensor, layout)
+            if key not in ready:
+                cur = (tensor, home[tensor])
+                for a in adapt.path(g.spec(tensor).with_layout(home[tensor]), layout):
+                    nxt = (tensor, a.dst_layout)
+                    if nxt not in ready:
+                        plan.append(("adapt", a, [cur], [nxt]))
+                        ready.add(nxt)
+                    cur = nxt
+            return key
+
+        for layer in g:
+            r = self.routines[layer.name]
+            layouts = r.input_layouts(layer, g.input_specs(layer))
+            in_keys = [None if (i in layer.consts or not t) else need(t, layouts[i]) for i, t in enumerate(layer.inputs)]
+            out_keys = []
+            for j, (t, lay) in enumerate(zip(layer.outputs, r.output_layouts(layer))):
+                t = t or f"{layer.name}:unused{j}"
+                home[t] = lay
+                ready.add((t, lay))
+                out_keys.append((t, lay))
+            plan.append(("layer", layer, in_keys, out_keys))
+        self.output_keys = {o: need(o, NCHW) for o in g.outputs if o not in g.constants}
+
+        values = {}
+        for key in ready:
+            spec = self._spec(key)
+            values[key] = Value(key, adapt.physical_shape(spec), spec.dtype, first=-1, last=-1)
+        for step, (_, _, ins, outs) in enumerate(plan):
+            for k in outs:
+                values[k].first = step
+            for k in ins:
+                if k is not None:
+                    values[k].last = max(values[k].last, step)
+        for k in self.output_keys.values():
+            values[k].last = len(plan)
+        for v in values.values():
+            v.last = max(v.last, v.first)
+        self.memory = plan_memory(values.values())
+        self._arenas, self._views = self.memory.allocate()
+        self.steps = [self._bind(*p) for p in plan]
+
+    def _spec(self, key):
+        tensor, layout = key
+        if ":unused" in tensor:
+            layer = self.graph.layer(tensor.split(":unused")[0])
+            return layer.out_specs[int(tensor.split(":unused")[1])].with_layout(layout)
+        return self.graph.spec(tensor).with_layout(layout)
+
+    def _bind(self, kind, payload, in_keys, out_keys):
+        views, threads = self._views, self.num_threads
+        if kind == "adapt":
+            src, dst = views[in_keys[0]], views[out_keys[0]]
+            a = payload
+            return Step("adapt", f"adapt:{in_keys[0][0]}:{a.src_layout}->{a.dst_layout}", a.name,
+                        lambda: a.run(src, dst, threads))
+        layer, r = payload, self.routines[payload.name]
+        try:
+            state = r.prepare(layer)
+        except WorkbenchError:
+            raise
+        except Exception as e:
+            raise WorkbenchError(f"{where(layer)} with routine {r.descriptor}: prepare failed: {e}") from e
+        args = [layer.consts[i] if i in layer.consts else (views[k] if k is not None else None)
+                for i, k in enumerate(in_keys)]
+        outs = [views[k] for k in out_keys]
+        return Step("layer", layer.name, r.descriptor, lambda: r.run(layer, state, args, outs, threads), layer)
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self, feeds):
+        """Run the model; returns ``{output name: array}`` (copies, safe to keep)."""
+        arrays = check_inputs(self.graph, feeds)
+        for name, a in arrays.items():
+            np.copyto(self._views[(name, NCHW)], a)
+        with blas_limit(self.num_threads):
+            for step in self.steps:
+                step.run()
+        return {o: (self.graph.constants[o].copy() if o in self.graph.constants else self._views[self.output_keys[o]].copy())
+                for o in self.graph.outputs}
+
+    @property
+    def adapts(self):
+        return [s for s in self.steps if s.kind == "adapt"]
+
+    def __repr__(self):
+        return (f"CompiledModel({self.graph.name!r}, {len(self.steps)} steps, {len(self.adapts)} adapts, "
+                f"{self.memory.total_bytes / 2**20:.1f} MiB in {len(self.memory.slot_sizes)} buffers, "
+                f"{self.num_threads} threads)")

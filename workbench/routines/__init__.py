@@ -1,0 +1,126 @@
+"""The routine registry: every concrete way of computing a layer, named by a descriptor.
+
+A descriptor is ``DEVICE:DTYPE:LAYOUT/ALGO``, e.g. ``cpu:float32:nhwc/im2col``; together with
+the op it implements it identifies a routine everywhere (plans, profiles, UI, CLI).  A routine
+is a :class:`Routine` subclass in one of this package's modules; defining the class registers
+it, and every module here is imported by :func:`load_all`, so adding a routine touches only
+its own module.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import ClassVar
+
+from ..graph import NCHW
+
+_REGISTRY: dict = {}   # op -> {descriptor: Routine subclass}
+_loaded = False
+
+
+def parse_descriptor(descriptor: str):
+    """``'cpu:float32:nhwc/im2col'`` -> ``('cpu', 'float32', 'nhwc', 'im2col')``; ValueError if malformed."""
+    try:
+        head, algo = descriptor.split("/", 1)
+        device, dtype, layout = head.split(":")
+    except ValueError:
+        raise ValueError(f"malformed routine descriptor {descriptor!r}: expected DEVICE:DTYPE:LAYOUT/ALGO, "
+                         f"e.g. cpu:float32:nhwc/im2col") from None
+    if not all((device, dtype, layout, algo)):
+        raise ValueError(f"malformed routine descriptor {descriptor!r}: an empty part")
+    return device, dtype, layout, algo
+
+
+class Routine:
+    """One way of computing one op.
+
+    Subclasses set ``op``, ``layout`` and ``algo`` (and ``device``/``dtype`` when not cpu/float32)
+    and implement :meth:`applies` and :meth:`run`; :meth:`prepare` when weights need packing.
+    """
+
+    op: ClassVar[str] = ""
+    device: ClassVar[str] = "cpu"
+    dtype: ClassVar[str] = "float32"
+    layout: ClassVar[str] = NCHW
+    algo: ClassVar[str] = ""
+    #: Preference when no measurement says otherwise (higher first); the reference is lowest.
+    priority: ClassVar[int] = 0
+    descriptor: ClassVar[str] = ""
+
+    def __init_subclass__(cls, register=True, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not register:
+            return
+        cls.descriptor = f"{cls.device}:{cls.dtype}:{cls.layout}/{cls.algo}"
+        parse_descriptor(cls.descriptor)
+        ops = cls.op if isinstance(cls.op, tuple) else (cls.op,)
+        for op in ops:
+            table = _REGISTRY.setdefault(op, {})
+            if cls.descriptor in table and table[cls.descriptor].__qualname__ != cls.__qualname__:
+                raise ValueError(f"two routines for {op} named {cls.descriptor}: "
+                                 f"{table[cls.descriptor].__qualname__} and {cls.__qualname__}")
+            table[cls.descriptor] = cls
+
+    # -- what it accepts -------------------------------------------------------------------
+    @classmethod
+    def applies(cls, layer, specs) -> bool:
+        """Pure, cheap: can this routine compute ``layer`` with inputs of ``specs``?"""
+        return False
+
+    @classmethod
+    def input_layouts(cls, layer, specs):
+        """Layout each input must arrive in: this routine's layout for 4-D activations, else NCHW."""
+        return [cls.layout if s is not None and len(s.shape) == 4 and i not in layer.consts else NCHW
+                for i, s in enumerate(specs)]
+
+    @classmethod
+    def output_layouts(cls, layer):
+        return [cls.layout if len(s.shape) == 4 else NCHW for s in layer.out_specs]
+
+    # -- how it runs -----------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, layer):
+        """Once per layer: packed weights and other state for :meth:`run` (cached by the caller)."""
+        return None
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        """Compute ``layer``: read ``args`` (arrays in :meth:`input_layouts`, None for omitted
+        inputs, constants included), write every array of ``outs`` in :meth:`output_layouts`."""
+        raise NotImplementedError
+
+
+def load_all():
+    """Import every routine module of this package (registration happens on import)."""
+    global _loaded
+    if not _loaded:
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+        _loaded = True
+
+
+def routines_for(op):
+    """``{descriptor: Routine}`` registered for ``op``."""
+    load_all()
+    return dict(_REGISTRY.get(op, {}))
+
+
+def all_routines():
+    """Every ``(op, descriptor, Routine)``, sorted."""
+    load_all()
+    return [(op, d, r) for op in sorted(_REGISTRY) for d, r in sorted(_REGISTRY[op].items())]
+
+
+def get(op, descriptor):
+    """The routine named ``descriptor`` for ``op``; KeyError naming the known ones otherwise."""
+    table = routines_for(op)
+    if descriptor not in table:
+        raise KeyError(f"no routine {descriptor!r} for {op}; {op} has: {', '.join(sorted(table)) or 'none'}")
+    return table[descriptor]
+
+
+def applicable(graph, layer):
+    """Routines that apply to ``layer`` (a graph layer), best default first."""
+    specs = graph.input_specs(layer)
+    found = [r for r in routines_for(layer.op).values() if r.applies(layer, specs)]
+    return sorted(found, key=lambda r: (-r.priority, r.descriptor))

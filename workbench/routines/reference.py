@@ -1,0 +1,29 @@
+"""``cpu:float32:nchw/reference``: the NumPy reference of every op, as a routine.
+
+The fallback that always applies (any dtype, despite the name's ``float32``: the descriptor
+names the family).  It allocates its result and copies it into the output buffer, so it is
+never fast; the fast families exist for that.
+"""
+import numpy as np
+
+from .. import ops
+from . import Routine
+
+
+class _Reference(Routine, register=False):
+    algo = "reference"
+    priority = -100
+    op_impl = None
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return True
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        for out, value in zip(outs, cls.op_impl.compute(layer, args)):
+            np.copyto(out, value, casting="unsafe")
+
+
+for _name, _impl in sorted(ops.OPS.items()):
+    type(f"Reference{_name}", (_Reference,), {"op": _name, "op_impl": _impl, "__module__": __name__})

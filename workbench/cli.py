@@ -87,13 +87,19 @@ def cmd_info(args):
 
 
 def cmd_run(args):
+    from .assign import assign
     from .check import compare_outputs, run_onnxruntime
-    from .execute import ReferenceExecutor, random_inputs
+    from .compiled import CompiledModel
+    from .execute import random_inputs
     arrays = _load_arrays(args.input or [])
     model, graph = _load_graph(args, arrays, fuse=not args.no_fuse)
+    assignment, fallbacks = assign(graph, args.routine or ())
+    for fb in fallbacks:
+        print(f"note: layer {fb.layer!r}: no {fb.wanted} routine applies; using {fb.chosen}")
+    compiled = CompiledModel(graph, assignment, num_threads=args.threads)
     feeds = random_inputs(graph, seed=args.seed)
     feeds.update(arrays)
-    outputs = ReferenceExecutor(graph).run(feeds)
+    outputs = compiled.run(feeds)
     for name, value in outputs.items():
         print(f"{name}: {value.shape} {value.dtype}  mean {value.mean():.6g}  std {value.std():.6g}")
     if args.output_dir:
@@ -112,6 +118,24 @@ def cmd_run(args):
             print("check FAILED", file=sys.stderr)
             return 1
         print("check passed")
+    return 0
+
+
+def cmd_routines(args):
+    from . import routines
+    if not args.model:
+        for op, descriptor, _ in routines.all_routines():
+            print(f"{op:22s} {descriptor}")
+        return 0
+    from .assign import assign
+    _, graph = _load_graph(args)
+    assignment, fallbacks = assign(graph, args.routine or ())
+    for i, layer in enumerate(graph):
+        options = [r.descriptor for r in routines.applicable(graph, layer)]
+        marked = [f"[{d}]" if d == assignment[layer.name] else d for d in options]
+        print(f"{i:3d} {layer.name:28s} {layer.op:18s} {' '.join(marked)}")
+    for fb in fallbacks:
+        print(f"note: layer {fb.layer!r}: no {fb.wanted} routine applies; using {fb.chosen}")
     return 0
 
 
@@ -167,11 +191,19 @@ def build_parser():
                         help="shape of an input with symbolic dimensions (repeatable)")
         sp.add_argument("--batch", type=int, help="batch size, when the batch dimension is symbolic")
 
+    def routine_args(sp):
+        sp.add_argument("--routine", action="append", metavar="FILTER",
+                        help="run layers with routines matching this filter: 'cpu:float32:nhwc/*' (every layer it "
+                             "can; others fall back, reported) or 'cpu:float32:nchw/im2col@3,5..9' (those layers only; "
+                             "indices as `workbench info` prints them, or layer names). Repeatable; the last filter "
+                             "selecting a layer decides")
+        sp.add_argument("--threads", type=int, help="threads for kernels and BLAS (default: all available)")
+
     sp = sub.add_parser("info", help="layers before and after fusion, parameters, MACs per layer")
     model_args(sp)
     sp.set_defaults(func=cmd_info)
 
-    sp = sub.add_parser("run", help="run a model with the reference executor")
+    sp = sub.add_parser("run", help="run a model (fast routines by default; see --routine)")
     model_args(sp)
     sp.add_argument("--input", action="append", type=_parse_input, metavar="NAME=FILE.npy")
     sp.add_argument("--output-dir", help="write each output as NAME.npy here")
@@ -179,7 +211,16 @@ def build_parser():
     sp.add_argument("--rtol", type=float, default=1e-4)
     sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs not given with --input")
     sp.add_argument("--no-fuse", action="store_true", help="skip the fusion passes")
+    routine_args(sp)
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("routines", help="list routines; with MODEL, the routines that apply to each layer")
+    sp.add_argument("model", nargs="?", help="ONNX model file")
+    sp.add_argument("--shape", action="append", type=_parse_shape, metavar="NAME=1x3x224x224")
+    sp.add_argument("--batch", type=int)
+    sp.add_argument("--routine", action="append", metavar="FILTER",
+                    help="routine filter, e.g. 'cpu:float32:nhwc/*' or 'cpu:float32:nchw/im2col@3,5..9'")
+    sp.set_defaults(func=cmd_routines)
 
     sp = sub.add_parser("zoo", help="write a zoo model (no name: list them)")
     sp.add_argument("name", nargs="?")

@@ -1,0 +1,99 @@
+"""The planned executor: same outputs as the reference, adapts where layouts differ, buffer reuse."""
+import numpy as np
+import pytest
+from onnx import helper
+
+import workbench
+from workbench import routines, zoo
+from workbench.compiled import CompiledModel
+from workbench.errors import WorkbenchError
+from workbench.graph import NHWC
+from onnx_helpers import make_model
+
+REFERENCE = "cpu:float32:nchw/reference"
+
+
+@pytest.fixture
+def nhwc_relu():
+    """A test-only NHWC Relu routine (NumPy), removed from the registry afterwards."""
+    class TestReluNhwc(routines.Routine):
+        op, layout, algo = "Relu", NHWC, "testonly"
+
+        @classmethod
+        def applies(cls, layer, specs):
+            return len(specs[0].shape) == 4
+
+        @classmethod
+        def run(cls, layer, state, args, outs, num_threads):
+            assert args[0].shape == outs[0].shape and args[0].shape[-1] == layer.out_specs[0].shape[1]
+            np.maximum(args[0], 0, out=outs[0])
+
+    yield TestReluNhwc.descriptor
+    del routines._REGISTRY["Relu"][TestReluNhwc.descriptor]
+
+
+def chain_graph(rng, n_relu=4, readers_of_first=1):
+    nodes, prev = [], "x"
+    for i in range(n_relu):
+        nodes.append(helper.make_node("Relu", [prev], [f"r{i}"], name=f"relu{i}"))
+        nodes.append(helper.make_node("Add", [f"r{i}", "bias"], [f"a{i}"], name=f"add{i}"))
+        prev = f"a{i}"
+    for j in range(readers_of_first - 1):
+        nodes.append(helper.make_node("Relu", ["a0"], [f"extra{j}"], name=f"extra{j}"))
+    outputs = [(prev, None)] + [(f"extra{j}", None) for j in range(readers_of_first - 1)]
+    model = make_model(nodes, [("x", [2, 3, 5, 7])], outputs,
+                       [("bias", rng.standard_normal((3, 1, 1)).astype(np.float32))])
+    return workbench.load(model.SerializeToString(), fuse=False)
+
+
+@pytest.mark.parametrize("name", ["tiny", "mobilenet_v3_large"])
+def test_reference_assignment_matches_reference_executor(name):
+    graph = workbench.load(zoo.build(name, resolution=64 if name != "tiny" else None))
+    feeds = workbench.random_inputs(graph, seed=3)
+    compiled = CompiledModel(graph, {l.name: REFERENCE for l in graph}, num_threads=2)
+    ours = compiled.run(feeds)
+    ref = workbench.ReferenceExecutor(graph).run(feeds)
+    np.testing.assert_array_equal(ours["logits"], ref["logits"])
+    # Buffers are reused: below one buffer per tensor, and within 1.5x of the lower bound (the
+    # most bytes simultaneously live at any step).
+    values = compiled.memory.values.values()
+    peak_live = max(sum(v.nbytes for v in values if v.first <= step <= v.last) for step in range(-1, len(compiled.steps)))
+    assert peak_live <= compiled.memory.total_bytes <= 1.5 * peak_live
+    assert compiled.memory.total_bytes < 0.8 * sum(v.nbytes for v in values)
+    # Running twice gives the same answer (no state leaks between runs through reused buffers).
+    np.testing.assert_array_equal(compiled.run(feeds)["logits"], ours["logits"])
+
+
+def test_adapts_inserted_between_layouts_and_shared(rng, nhwc_relu):
+    graph = chain_graph(rng, n_relu=3, readers_of_first=3)
+    assignment = {l.name: REFERENCE for l in graph}
+    for name in ("relu1", "extra0", "extra1", "relu2"):
+        assignment[name] = nhwc_relu
+    compiled = CompiledModel(graph, assignment, num_threads=2)
+    adapts = [(s.name, s.what) for s in compiled.adapts]
+    # a0 is read in NHWC by relu1, extra0, extra1: converted once.  r1 and r2 come back to NCHW for
+    # the adds; extra0/extra1 are graph outputs, which are NCHW.
+    assert adapts.count(("adapt:a0:nchw->nhwc", "float32:nchw->nhwc")) == 1
+    assert len(adapts) == 1 + 1 + 1 + 2 + 1   # a0 in, r1 out, a1 in, extras out, r2 out
+    feeds = workbench.random_inputs(graph, seed=1)
+    ours, ref = compiled.run(feeds), workbench.ReferenceExecutor(graph).run(feeds)
+    for k in ref:
+        np.testing.assert_array_equal(ours[k], ref[k])
+
+
+def test_unassigned_or_inapplicable_routine_is_an_error(rng, nhwc_relu):
+    graph = chain_graph(rng, n_relu=1)
+    with pytest.raises(WorkbenchError, match="add0.*no routine assigned"):
+        CompiledModel(graph, {"relu0": REFERENCE})
+    with pytest.raises(KeyError, match="no routine 'cpu:float32:nhwc/testonly' for Add"):
+        CompiledModel(graph, {"relu0": REFERENCE, "add0": nhwc_relu})
+
+
+def test_outputs_are_copies(rng):
+    graph = chain_graph(rng, n_relu=1)
+    compiled = CompiledModel(graph, {l.name: REFERENCE for l in graph})
+    feeds = workbench.random_inputs(graph)
+    first = compiled.run(feeds)["a0"]
+    kept = first.copy()
+    compiled.run({"x": feeds["x"] * 2})
+    np.testing.assert_array_equal(first, kept)

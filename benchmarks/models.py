@@ -1,0 +1,103 @@
+"""Whole-model latency of each zoo model under each single routine family, beside ONNX Runtime.
+
+    python benchmarks/models.py [--models resnet50 mobilenet_v2 mobilenet_v3_large vgg16] [--runs 30]
+
+A family is one routine filter (``cpu:float32:nhwc/im2col``: every layer it applies to, the
+nearest applicable routine elsewhere), the families being every (layout, algorithm) pair of the
+Conv routines plus the plain layout families.  Batch 1, 224x224, 2 threads for everyone.  Runs
+are interleaved (ORT, family 1, family 2, ..., repeat) so machine noise hits all alike; medians
+of ``--runs`` runs after warm-up.  Writes artifacts/benchmarks/models.{md,json}.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import workbench
+from workbench import routines, zoo
+from workbench.assign import assign
+from workbench.check import relative_error
+from workbench.compiled import CompiledModel
+from workbench.cpu import cpu_name
+
+
+def families():
+    conv = sorted({(r.layout, r.algo) for _, _, r in routines.all_routines() if r.algo != "reference" and
+                   _is_conv(r)})
+    layouts = sorted({lay for lay, _ in conv})
+    return [f"cpu:float32:{lay}/*" for lay in layouts] + [f"cpu:float32:{lay}/{algo}" for lay, algo in conv]
+
+
+def _is_conv(r):
+    return r.op == "Conv" or (isinstance(r.op, tuple) and "Conv" in r.op)
+
+
+def ort_session(model, threads):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", default="artifacts/benchmarks")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.models:
+        model = zoo.build(name)
+        graph = workbench.load(model)
+        feeds = workbench.random_inputs(graph)
+        sess = ort_session(model, args.threads)
+        reference = sess.run(None, feeds)[0]
+        runners = {"onnxruntime": lambda: sess.run(None, feeds)}
+        info = {}
+        for fam in families():
+            assignment, fallbacks = assign(graph, [fam])
+            compiled = CompiledModel(graph, assignment, num_threads=args.threads)
+            err = relative_error(compiled.run(feeds)["logits"], reference)
+            info[fam] = dict(fallbacks=len(fallbacks), adapts=len(compiled.adapts), rel_error=err,
+                             reference_layers=sum(d.endswith("/reference") for d in assignment.values()))
+            runners[fam] = (lambda c=compiled: c.run(feeds))
+        samples = {k: [] for k in runners}
+        for _ in range(args.warmup):
+            for run in runners.values():
+                run()
+        for _ in range(args.runs):
+            for k, run in runners.items():
+                t0 = time.perf_counter()
+                run()
+                samples[k].append(time.perf_counter() - t0)
+        ort_ms = float(np.median(samples["onnxruntime"])) * 1e3
+        for k, s in samples.items():
+            ms = float(np.median(s)) * 1e3
+            results.append(dict(model=name, config=k, median_ms=ms, iqr_ms=float(np.subtract(*np.percentile(s, [75, 25]))) * 1e3,
+                                ratio_vs_ort=ms / ort_ms, **info.get(k, {})))
+            print(f"{name:20s} {k:28s} {ms:8.2f} ms  x{ms / ort_ms:.2f} vs ORT", file=sys.stderr)
+    (out / "models.json").write_text(json.dumps({"machine": cpu_name(), "threads": args.threads, "runs": args.runs,
+                                                 "results": results}, indent=1))
+    lines = [f"# Whole-model latency, batch 1, 224x224, {args.threads} threads, median of {args.runs} interleaved runs",
+             f"machine: {cpu_name()}", "",
+             "| model | configuration | median ms | IQR ms | ours / ORT | adapts | fallbacks | reference layers | rel. error |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} | `{r['config']}` | {r['median_ms']:.2f} | {r['iqr_ms']:.2f} | {r['ratio_vs_ort']:.2f} "
+                     f"| {r.get('adapts', '')} | {r.get('fallbacks', '')} | {r.get('reference_layers', '')} "
+                     f"| {r['rel_error']:.1e} |" if "rel_error" in r else
+                     f"| {r['model']} | {r['config']} | {r['median_ms']:.2f} | {r['iqr_ms']:.2f} | 1.00 | | | | |")
+    (out / "models.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Timing one routine on one layer, in isolation, on the layer's real shapes.
+
+The inputs are made in the routine's own layouts, the output buffers preallocated, ``prepare``
+done (and timed) once; then warm-up runs and timed repeats.  This is the unit the profiler
+builds on; benchmarks use it directly.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .adapt import physical_shape
+from .compiled import blas_limit, default_threads
+
+
+@dataclass
+class Timing:
+    """Samples in seconds; ``median`` is the cost, ``spread`` the interquartile range."""
+
+    samples: list = field(default_factory=list)
+    prepare_s: float = 0.0
+
+    @property
+    def median(self):
+        return float(np.median(self.samples))
+
+    @property
+    def spread(self):
+        q1, q3 = np.percentile(self.samples, [25, 75])
+        return float(q3 - q1)
+
+
+def layer_arrays(graph, layer, routine, seed=0):
+    """Random inputs (in the routine's input layouts) and output buffers for ``layer``."""
+    rng = np.random.default_rng(seed)
+    specs = graph.input_specs(layer)
+    layouts = routine.input_layouts(layer, specs)
+    args = []
+    for i, (spec, lay) in enumerate(zip(specs, layouts)):
+        if i in layer.consts:
+            args.append(layer.consts[i])
+        elif spec is None:
+            args.append(None)
+        elif np.dtype(spec.dtype).kind == "f":
+            args.append(rng.standard_normal(physical_shape(spec.with_layout(lay))).astype(spec.dtype))
+        else:
+            args.append(np.zeros(physical_shape(spec.with_layout(lay)), spec.dtype))
+    outs = [np.empty(physical_shape(s.with_layout(lay)), s.dtype)
+            for s, lay in zip(layer.out_specs, routine.output_layouts(layer))]
+    return args, outs
+
+
+def time_routine(graph, layer, routine, repeats=20, warmup=3, num_threads=None, min_time=0.0):
+    """Time ``routine`` on ``layer``: :class:`Timing` with ``repeats`` samples (more until
+    ``min_time`` seconds of samples are collected)."""
+    threads = int(num_threads or default_threads())
+    args, outs = layer_arrays(graph, layer, routine)
+    start = time.perf_counter()
+    state = routine.prepare(layer)
+    timing = Timing(prepare_s=time.perf_counter() - start)
+    with blas_limit(threads):
+        for _ in range(warmup):
+            routine.run(layer, state, args, outs, threads)
+        total = 0.0
+        while len(timing.samples) < repeats or total < min_time:
+            t0 = time.perf_counter()
+            routine.run(layer, state, args, outs, threads)
+            dt = time.perf_counter() - t0
+            timing.samples.append(dt)
+            total += dt
+    return timing
+
+
+def matmul_gflops(n=1024, repeats=10, num_threads=None):
+    """NumPy float32 matmul rate (GFLOP/s, median) under the same thread limit: the yardstick."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.T.copy()
+    c = np.empty_like(a)
+    with blas_limit(int(num_threads or default_threads())):
+        np.matmul(a, b, out=c)
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            samples.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / float(np.median(samples)) / 1e9

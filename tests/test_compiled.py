@@ -97,3 +97,29 @@ def test_outputs_are_copies(rng):
     kept = first.copy()
     compiled.run({"x": feeds["x"] * 2})
     np.testing.assert_array_equal(first, kept)
+
+
+def test_view_routines_share_their_input_buffer(rng):
+    class FlattenView(routines.Routine):
+        op, algo, view_of_input = "Flatten", "testview", 0
+
+        @classmethod
+        def applies(cls, layer, specs):
+            return True
+
+    try:
+        nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                 helper.make_node("Flatten", ["r"], ["f"], name="flat", axis=1),
+                 helper.make_node("Sigmoid", ["f"], ["y"], name="sig")]
+        graph = workbench.load(make_model(nodes, [("x", [2, 3, 4, 5])], [("y", None), ("f", None)]).SerializeToString())
+        assignment = {l.name: REFERENCE for l in graph}
+        assignment["flat"] = FlattenView.descriptor
+        compiled = CompiledModel(graph, assignment)
+        assert ("f", "nchw") not in compiled.memory.values          # no buffer of its own
+        assert np.shares_memory(compiled._views[("f", "nchw")], compiled._views[("r", "nchw")])
+        feeds = workbench.random_inputs(graph)
+        ours, ref = compiled.run(feeds), workbench.ReferenceExecutor(graph).run(feeds)
+        for k in ref:
+            np.testing.assert_array_equal(ours[k], ref[k])
+    finally:
+        del routines._REGISTRY["Flatten"][FlattenView.descriptor]

@@ -95,6 +95,7 @@ class CompiledModel:
                     cur = nxt
             return key
 
+        alias = {}   # key -> the key whose buffer it shares (view routines)
         for layer in g:
             r = self.routines[layer.name]
             layouts = r.input_layouts(layer, g.input_specs(layer))
@@ -105,25 +106,35 @@ class CompiledModel:
                 home[t] = lay
                 ready.add((t, lay))
                 out_keys.append((t, lay))
+            if r.view_of_input is not None:
+                base = in_keys[r.view_of_input]
+                alias[out_keys[0]] = alias.get(base, base)
             plan.append(("layer", layer, in_keys, out_keys))
         self.output_keys = {o: need(o, NCHW) for o in g.outputs if o not in g.constants}
 
+        def owner(key):
+            return alias.get(key, key)
+
         values = {}
         for key in ready:
-            spec = self._spec(key)
-            values[key] = Value(key, adapt.physical_shape(spec), spec.dtype, first=-1, last=-1)
+            if key not in alias:
+                spec = self._spec(key)
+                values[key] = Value(key, adapt.physical_shape(spec), spec.dtype, first=-1, last=-1)
         for step, (_, _, ins, outs) in enumerate(plan):
             for k in outs:
-                values[k].first = step
-            for k in ins:
+                if k not in alias:
+                    values[k].first = step
+            for k in ins + outs:   # a view's base stays alive while the view is written or read
                 if k is not None:
-                    values[k].last = max(values[k].last, step)
+                    values[owner(k)].last = max(values[owner(k)].last, step)
         for k in self.output_keys.values():
-            values[k].last = len(plan)
+            values[owner(k)].last = len(plan)
         for v in values.values():
             v.last = max(v.last, v.first)
         self.memory = plan_memory(values.values())
         self._arenas, self._views = self.memory.allocate()
+        for key, base in alias.items():
+            self._views[key] = self._views[base].reshape(adapt.physical_shape(self._spec(key)))
         self.steps = [self._bind(*p) for p in plan]
 
     def _spec(self, key):
@@ -141,6 +152,8 @@ class CompiledModel:
             return Step("adapt", f"adapt:{in_keys[0][0]}:{a.src_layout}->{a.dst_layout}", a.name,
                         lambda: a.run(src, dst, threads))
         layer, r = payload, self.routines[payload.name]
+        if r.view_of_input is not None:
+            return Step("layer", layer.name, r.descriptor, lambda: None, layer)
         try:
             state = r.prepare(layer)
         except WorkbenchError:

@@ -45,6 +45,9 @@ class Routine:
     algo: ClassVar[str] = ""
     #: Preference when no measurement says otherwise (higher first); the reference is lowest.
     priority: ClassVar[int] = 0
+    #: When set, output 0 is input ``view_of_input`` reinterpreted with the output's shape (a
+    #: reshape of a contiguous buffer): the executor gives it no buffer and skips ``run``.
+    view_of_input: ClassVar = None
     descriptor: ClassVar[str] = ""
 
     def __init_subclass__(cls, register=True, **kwargs):

@@ -1,0 +1,87 @@
+"""Selection: the DP's optimum equals brute force and the exact MILP; it beats greedy where adapts matter."""
+import math
+
+import networkx as nx
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from workbench.search import Candidate, Node, Problem, brute_force, evaluate, greedy, solve, solve_milp
+
+FORMATS = ("nchw", "nhwc")
+
+
+@st.composite
+def problems(draw, max_nodes=7):
+    n = draw(st.integers(1, max_nodes))
+    nodes, tensors = [], ["in"]
+    for i in range(n):
+        k = draw(st.integers(1, min(3, len(tensors))))
+        inputs = tuple(draw(st.lists(st.sampled_from(tensors), min_size=k, max_size=k, unique=True)))
+        cands = []
+        for j in range(draw(st.integers(1, 3))):
+            fmt = draw(st.sampled_from(FORMATS))
+            cands.append(Candidate(f"r{j}", draw(st.floats(0.1, 10)), tuple(fmt for _ in inputs), fmt))
+        out = f"t{i}"
+        nodes.append(Node(f"n{i}", inputs, (out,), tuple(cands)))
+        tensors.append(out)
+    read = {t for node in nodes for t in node.inputs}
+    outputs = {t: "nchw" for t in tensors[1:] if t not in read} or {tensors[-1]: "nchw"}
+    outputs[draw(st.sampled_from(tensors[1:]))] = draw(st.sampled_from(FORMATS))   # maybe also read later
+    adapt = {(t, s, d): draw(st.floats(0.05, 5)) for t in tensors for s in FORMATS for d in FORMATS if s != d}
+    return Problem(nodes, adapt, {"in": "nchw"}, outputs)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(problems())
+def test_dp_equals_brute_force_and_milp(problem):
+    dp = solve(problem)
+    bf = brute_force(problem)
+    assert dp.cost == pytest.approx(bf.cost, rel=1e-9, abs=1e-9)
+    assert evaluate(problem, dp.choice)[0] == pytest.approx(dp.cost)
+    assert solve_milp(problem).cost == pytest.approx(dp.cost, rel=1e-6, abs=1e-6)
+    assert dp.cost <= greedy(problem).cost + 1e-9
+
+
+def test_adapt_shared_by_readers_of_the_same_format():
+    # One NCHW tensor read by three NHWC layers: a single adapt, not three.
+    fast_nhwc = (Candidate("nhwc", 1.0, ("nhwc",), "nhwc"), Candidate("nchw", 1.5, ("nchw",), "nchw"))
+    nodes = [Node(f"b{i}", ("x",), (f"y{i}",), fast_nhwc) for i in range(3)]
+    adapts = {("x", "nchw", "nhwc"): 0.8}
+    adapts.update({(f"y{i}", "nhwc", "nchw"): 0.1 for i in range(3)})
+    problem = Problem(nodes, adapts, {"x": "nchw"}, {f"y{i}": "nchw" for i in range(3)})
+    plan = solve(problem)
+    # all NHWC: 3*1.0 + 0.8 (shared) + 3*0.1 = 4.1 < all NCHW 4.5
+    assert plan.cost == pytest.approx(4.1) and set(plan.choice.values()) == {"nhwc"}
+    assert plan.adapts.count(("x", "nchw", "nhwc")) == 1
+
+
+def test_dp_beats_greedy_when_adapts_couple_neighbours():
+    a = (Candidate("nhwc", 1.0, ("nchw",), "nhwc"), Candidate("nchw", 1.2, ("nchw",), "nchw"))
+    b = (Candidate("nchw", 1.0, ("nchw",), "nchw"), Candidate("nhwc", 1.1, ("nhwc",), "nhwc"))
+    problem = Problem([Node("a", ("x",), ("y",), a), Node("b", ("y",), ("z",), b)],
+                      {("y", "nhwc", "nchw"): 1.0, ("z", "nhwc", "nchw"): 1.0, ("y", "nchw", "nhwc"): 1.0},
+                      {"x": "nchw"}, {"z": "nchw"})
+    assert greedy(problem).cost == pytest.approx(3.0)      # 1.0 + 1.0 + adapt y 1.0
+    assert solve(problem).cost == pytest.approx(2.2)       # both NCHW
+    table = solve(problem).table
+    assert table["a"]["nchw"][0] == pytest.approx(1.2) and table["a"]["nhwc"][0] == pytest.approx(1.0)
+
+
+def test_wide_frontier_falls_back_to_milp():
+    # 12 parallel branches from one input, joined by a concat: the DP state space explodes
+    branches = [Node(f"b{i}", ("x",), (f"y{i}",), (Candidate("nhwc", 1.0, ("nhwc",), "nhwc"),
+                                                    Candidate("nchw", 1.05, ("nchw",), "nchw")))
+                for i in range(12)]
+    join = Node("cat", tuple(f"y{i}" for i in range(12)), ("z",), (Candidate("c", 1.0, ("nchw",) * 12, "nchw"),))
+    adapt = {(f"y{i}", "nhwc", "nchw"): 0.01 for i in range(12)}
+    adapt[("x", "nchw", "nhwc")] = 0.5
+    problem = Problem(branches + [join], adapt, {"x": "nchw"}, {"z": "nchw"})
+    plan = solve(problem, max_states=50)
+    assert plan.method.startswith("milp")
+    assert plan.cost == pytest.approx(solve(problem).cost)
+
+
+def test_infeasible_is_an_error():
+    node = Node("a", ("x",), ("y",), (Candidate("nhwc", 1.0, ("nhwc",), "nhwc"),))
+    with pytest.raises(ValueError, match="no feasible"):
+        solve(Problem([node], {}, {"x": "nchw"}, {"y": "nchw"}))

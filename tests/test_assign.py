@@ -23,6 +23,12 @@ def graph(rng):
 
 @pytest.fixture
 def fake_nhwc():
+    """Relu/Sigmoid/Tanh with only the reference routine, plus a fake NHWC Relu routine."""
+    routines.load_all()
+    saved = {op: routines._REGISTRY[op] for op in ("Relu", "Sigmoid", "Tanh")}
+    for op, table in saved.items():
+        routines._REGISTRY[op] = {REFERENCE: table[REFERENCE]}
+
     class FakeRelu(routines.Routine):
         op, layout, algo, priority = "Relu", NHWC, "fake", 5
 
@@ -31,7 +37,7 @@ def fake_nhwc():
             return True
 
     yield FakeRelu.descriptor
-    del routines._REGISTRY["Relu"][FakeRelu.descriptor]
+    routines._REGISTRY.update(saved)
 
 
 def test_default_is_best_priority(graph, fake_nhwc):
@@ -61,7 +67,7 @@ def test_selection_by_index_range_and_name_last_filter_wins(graph, fake_nhwc):
     (f"{REFERENCE}@conv9", "no layer named 'conv9'"),
     (f"{REFERENCE}@1,,2", "empty layer selection"),
 ])
-def test_malformed_filters(graph, text, message):
+def test_malformed_filters(graph, fake_nhwc, text, message):
     with pytest.raises(FilterError, match=message):
         parse_filter(text, graph)
 

@@ -35,6 +35,8 @@ def encode(layer, channels, channel_axis=1, rank=4):
     if act == "HardSigmoid":
         return Epilogue(4, p["alpha"], p["beta"])
     if act == "PRelu":
+        if rank <= channel_axis:
+            return None
         slope = np.asarray(p["slope"], np.float32)
         # Per-channel only: the slope broadcast against the output must vary along the channel axis alone.
         full = np.ones([1] * rank, np.float32)

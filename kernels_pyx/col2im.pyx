@@ -1,0 +1,204 @@
+# cython: language_level=3
+"""2-D ConvTranspose as GEMM + col2im, NCHW and NHWC, with the fused bias/activation epilogue.
+
+Per image and group, one SGEMM gives every kernel tap's contribution of every input pixel
+(``cols``, kept in a caller-owned scratch buffer); col2im then adds each tap's block into the
+output at ``o = i * stride + k * dilation - pad_begin``, skipping what falls outside, which is how
+positive and negative end pads and ``output_padding`` come out (uncovered outputs stay 0 + bias).
+
+- NCHW: ``cols (M*KH*KW, H*W) = W_g^T @ X_g``; col2im is parallel over output channels
+  (a thread owns whole planes, so the scatter has no races).
+- NHWC: ``cols (H*W, G, KH*KW, Mg) = X_g @ W'_g`` with W' packed (C, KH, KW, Mg); col2im is
+  parallel over output rows, each gathering the taps that land in it, vectorised over channels.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+
+from _gemm cimport gemm_rm
+from _epilogue cimport epilogue_rows
+
+cnp.import_array()
+
+
+# Below this many elements of work a parallel region costs more than it saves (and on a busy
+# machine a second thread may wait a whole scheduler slice): run on one thread.
+cdef Py_ssize_t GRAIN = 32768
+
+
+cdef inline int _threads(Py_ssize_t work, int num_threads) noexcept:
+    return 1 if work < GRAIN else max(num_threads, 1)
+
+
+def set_grain(Py_ssize_t elements):
+    """Set the work size below which kernels run on one thread; returns the previous one.
+
+    Tests set 1 so that small inputs take the parallel paths too.
+    """
+    global GRAIN
+    old, GRAIN = GRAIN, max(elements, 0)
+    return old
+
+
+cdef inline Py_ssize_t _floordiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # b > 0; C division truncates toward zero.
+    cdef Py_ssize_t q = a / b
+    return q - 1 if (a % b != 0 and a < 0) else q
+
+
+cdef inline Py_ssize_t _lo(Py_ssize_t k, Py_ssize_t d, Py_ssize_t s, Py_ssize_t p) noexcept nogil:
+    """First input i whose tap k lands at or after output 0: ceil((p - k*d) / s), at least 0."""
+    return max(-_floordiv(k * d - p, s), 0)
+
+
+cdef inline Py_ssize_t _hi(Py_ssize_t k, Py_ssize_t d, Py_ssize_t s, Py_ssize_t p, Py_ssize_t in_len,
+                           Py_ssize_t out_len) noexcept nogil:
+    """One past the last input i whose tap k lands before ``out_len`` (may be <= _lo: empty)."""
+    return min(_floordiv(out_len - 1 + p - k * d, s) + 1, in_len)
+
+
+cdef struct Geometry:
+    Py_ssize_t N, C, H, W, M, OH, OW, G, Cg, Mg, KH, KW, sh, sw, dh, dw, pt, pl
+
+
+cdef void _nchw(const float* x, const float* w, float* out, float* cols, Geometry g, const float* bias,
+                int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
+    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, n, grp, mo, kh, kw, ih, iw, lo, hi, wlo, whi, oh, base, i
+    cdef float* plane
+    cdef const float* c
+    for n in range(g.N):
+        for grp in range(g.G):
+            gemm_rm(True, False, g.Mg * KK, HW, g.Cg, 1, w + grp * g.Cg * g.Mg * KK, g.Mg * KK,
+                    x + (n * g.C + grp * g.Cg) * HW, HW, 0, cols + grp * g.Mg * KK * HW, HW)
+        for mo in prange(g.M, schedule="static", num_threads=nt):
+            plane = out + (n * g.M + mo) * g.OH * g.OW
+            for i in range(g.OH * g.OW):
+                plane[i] = 0
+            for kh in range(g.KH):
+                lo = _lo(kh, g.dh, g.sh, g.pt)
+                hi = _hi(kh, g.dh, g.sh, g.pt, g.H, g.OH)
+                for kw in range(g.KW):
+                    wlo = _lo(kw, g.dw, g.sw, g.pl)
+                    whi = _hi(kw, g.dw, g.sw, g.pl, g.W, g.OW)
+                    c = cols + ((mo * g.KH + kh) * g.KW + kw) * HW
+                    base = kw * g.dw - g.pl
+                    for ih in range(lo, hi):
+                        oh = ih * g.sh + kh * g.dh - g.pt
+                        for iw in range(wlo, whi):
+                            plane[oh * g.OW + iw * g.sw + base] += c[ih * g.W + iw]
+            epilogue_rows(plane, 1, g.OH * g.OW, g.OH * g.OW, True, bias + mo if bias != NULL else NULL, NULL, 0,
+                          act, p0, p1, slope + mo if slope != NULL else NULL)
+
+
+cdef void _nhwc(const float* x, const float* w, float* out, float* cols, Geometry g, const float* bias,
+                int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
+    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, ld = g.G * KK * g.Mg
+    cdef Py_ssize_t n, grp, job, oh, kh, kw, t, ih, iw, wlo, whi, ow, m
+    cdef float* row
+    cdef float* dst
+    cdef const float* src
+    for n in range(g.N):
+        for grp in range(g.G):
+            gemm_rm(False, False, HW, KK * g.Mg, g.Cg, 1, x + n * HW * g.C + grp * g.Cg, g.C,
+                    w + grp * g.Cg * KK * g.Mg, KK * g.Mg, 0, cols + grp * KK * g.Mg, ld)
+        for oh in prange(g.OH, schedule="static", num_threads=nt):
+            row = out + (n * g.OH + oh) * g.OW * g.M
+            for ow in range(g.OW * g.M):
+                row[ow] = 0
+            for kh in range(g.KH):
+                t = oh + g.pt - kh * g.dh
+                if t < 0 or t % g.sh != 0 or t / g.sh >= g.H:
+                    continue
+                ih = t / g.sh
+                for kw in range(g.KW):
+                    wlo = _lo(kw, g.dw, g.sw, g.pl)
+                    whi = _hi(kw, g.dw, g.sw, g.pl, g.W, g.OW)
+                    for iw in range(wlo, whi):
+                        ow = iw * g.sw + kw * g.dw - g.pl
+                        for grp in range(g.G):
+                            src = cols + (ih * g.W + iw) * ld + (grp * KK + kh * g.KW + kw) * g.Mg
+                            dst = row + ow * g.M + grp * g.Mg
+                            for m in range(g.Mg):
+                                dst[m] += src[m]
+            epilogue_rows(row, g.OW, g.M, g.M, False, bias, NULL, 0, act, p0, p1, slope)
+
+
+def _array(a, name, shape=None, size=None, writeable=False):
+    what = "conv_transpose"
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what}: {name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{what}: {name} must be float32, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what}: {name} must be C-contiguous")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{what}: {name} is read-only")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{what}: {name} has shape {a.shape}, expected {tuple(shape)}")
+    if size is not None and a.size < size:
+        raise ValueError(f"{what}: {name} has {a.size} elements, needs {size}")
+
+
+cdef inline float* _p(a) noexcept:
+    return <float*> cnp.PyArray_DATA(<cnp.ndarray> a) if a is not None else NULL
+
+
+def conv_transpose(x, w, out, scratch, bint nhwc, int group, kernel, strides, dilations, pads, bias=None,
+                   int act=0, float p0=0, float p1=0, slope=None, int num_threads=1):
+    """``out = act(conv_transpose(x, w) + bias)`` for 2-D float32 tensors.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W), or (N, H, W, C) with ``nhwc``
+    w : ndarray, (C, M/group, KH, KW), or packed (C, KH, KW, M/group) with ``nhwc``
+    out : ndarray, (N, M, OH, OW), or (N, OH, OW, M) with ``nhwc``
+    scratch : ndarray, float32, at least M*KH*KW*H*W elements (the GEMM's columns)
+    kernel, strides, dilations : (int, int)
+    pads : (top, left): the begin pads (>= 0); end pads are implied by the output size
+    bias, slope : ndarray, float32, (M,), optional; act, p0, p1: the fused activation code
+    """
+    cdef Geometry g
+    _array(x, "x")
+    _array(w, "w")
+    _array(out, "out", writeable=True)
+    _array(scratch, "scratch", writeable=True)
+    if x.ndim != 4 or w.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"conv_transpose: x {x.shape}, w {w.shape} and out {out.shape} must be 4-D")
+    g.N, g.C, g.H, g.W = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
+    g.M, g.OH, g.OW = (out.shape[3], out.shape[1], out.shape[2]) if nhwc else out.shape[1:]
+    g.KH, g.KW = kernel
+    g.sh, g.sw = strides
+    g.dh, g.dw = dilations
+    g.pt, g.pl = pads
+    g.G = group
+    if min(g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.G) < 1 or g.pt < 0 or g.pl < 0:
+        raise ValueError(f"conv_transpose: kernel {kernel}, strides {strides}, dilations {dilations} and group "
+                         f"{group} must be positive, begin pads {pads} non-negative")
+    if g.C % g.G or g.M % g.G or out.shape[0] != g.N:
+        raise ValueError(f"conv_transpose: x {x.shape} and out {out.shape} do not fit group {group}")
+    g.Cg, g.Mg = g.C // g.G, g.M // g.G
+    _array(w, "w", shape=(g.C, g.KH, g.KW, g.Mg) if nhwc else (g.C, g.Mg, g.KH, g.KW))
+    _array(scratch, "scratch", size=g.M * g.KH * g.KW * g.H * g.W)
+    if (act == 7) != (slope is not None) or not 0 <= act <= 8:
+        raise ValueError(f"conv_transpose: activation code {act} with slope {'given' if slope is not None else 'None'}")
+    for name, v in (("bias", bias), ("slope", slope)):
+        if v is not None:
+            _array(v, name, shape=(g.M,))
+    if max(g.M * g.KH * g.KW, g.H * g.W, g.C, g.G * g.KH * g.KW * g.Mg) > 2**31 - 1:
+        raise ValueError("conv_transpose: dimensions exceed BLAS's 32-bit range")
+    if out.size == 0 or x.size == 0:
+        out[...] = 0
+        return out
+    cdef float* px = _p(x)
+    cdef float* pw = _p(w)
+    cdef float* po = _p(out)
+    cdef float* pc = _p(scratch)
+    cdef float* pb = _p(bias)
+    cdef float* ps = _p(slope)
+    cdef int nt = _threads(out.size * g.KH * g.KW, num_threads)
+    with nogil:
+        if nhwc:
+            _nhwc(px, pw, po, pc, g, pb, act, p0, p1, ps, nt)
+        else:
+            _nchw(px, pw, po, pc, g, pb, act, p0, p1, ps, nt)
+    return out

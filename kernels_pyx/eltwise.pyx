@@ -1,0 +1,360 @@
+# isa-variants: avx2, avx512
+# cython: language_level=3
+"""Elementwise float32 kernels: broadcasting binary arithmetic and per-channel affine/activation.
+
+:func:`binary` walks up to four coalesced loop dimensions with an element stride per operand
+(0 where it broadcasts), so one kernel serves same-shape, scalar, per-channel and per-(n, c)
+operands in either memory layout: the caller (``workbench.routines.eltwise``) turns logical
+broadcasting into strides.  The innermost loop is specialised, per op at compile time through a
+fused type, for the three stride pairs that vectorise: (1, 1), (1, 0) and (0, 1).
+
+:func:`channel_rows` is ``act(x * scale[c] + shift[c])`` over a (rows, cols) matrix whose channel
+is the row (NCHW, modulo C) or the column (NHWC); with no scale/shift it is a plain activation.
+Both run the fused activation on each block while it is still in cache.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+
+from _epilogue cimport (activate, ACT_NONE, ACT_RELU, ACT_CLIP, ACT_LEAKY, ACT_HARDSIGMOID, ACT_HARDSWISH,
+                        ACT_SIGMOID, ACT_PRELU)
+
+cnp.import_array()
+
+
+# Below this many elements of work a parallel region costs more than it saves (and on a busy
+# machine a second thread may wait a whole scheduler slice): run on one thread.
+cdef Py_ssize_t GRAIN = 32768
+
+
+cdef inline int _threads(Py_ssize_t work, int num_threads) noexcept:
+    return 1 if work < GRAIN else max(num_threads, 1)
+
+
+def set_grain(Py_ssize_t elements):
+    """Set the work size below which kernels run on one thread; returns the previous one.
+
+    Tests set 1 so that small inputs take the parallel paths too.
+    """
+    global GRAIN
+    old, GRAIN = GRAIN, max(elements, 0)
+    return old
+
+
+ctypedef struct AddT:
+    char _
+ctypedef struct SubT:
+    char _
+ctypedef struct MulT:
+    char _
+ctypedef struct DivT:
+    char _
+ctypedef fused OpT:
+    AddT
+    SubT
+    MulT
+    DivT
+
+OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3}
+
+
+cdef inline float _apply(OpT* tag, float a, float b) noexcept nogil:
+    if OpT is AddT:
+        return a + b
+    elif OpT is SubT:
+        return a - b
+    elif OpT is MulT:
+        return a * b
+    else:
+        return a / b
+
+
+cdef inline void _row(OpT* tag, float* o, const float* a, Py_ssize_t sa, const float* b, Py_ssize_t sb,
+                      Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float s
+    if sa == 1 and sb == 1:
+        for i in range(n):
+            o[i] = _apply(tag, a[i], b[i])
+    elif sa == 1 and sb == 0:
+        s = b[0]
+        for i in range(n):
+            o[i] = _apply(tag, a[i], s)
+    elif sa == 0 and sb == 1:
+        s = a[0]
+        for i in range(n):
+            o[i] = _apply(tag, s, b[i])
+    else:
+        for i in range(n):
+            o[i] = _apply(tag, a[i * sa], b[i * sb])
+
+
+cdef union FloatBits:
+    float f
+    int i
+
+
+cdef inline float _exp_neg_abs(float v) noexcept nogil:
+    """exp(-|v|), ~1 ulp, branch-free so that a loop of it vectorises (a loop of expf does not).
+
+    Cephes' expf: -|v| = n ln2 + r with |r| <= ln2 / 2, a degree-7 polynomial in r, then 2^n
+    through the exponent bits.  -|v| and its clamp at -87 (below which 2^n would leave the
+    normal range) are done on the bits: a float comparison there stops GCC's if-conversion.
+    exp(-87) = 1.6e-38 stands for anything smaller, which no sigmoid can tell from 0.
+    """
+    cdef FloatBits u, scale
+    cdef float x, n, r, p
+    cdef int ni
+    u.f = v
+    u.i = u.i | <int> 0x80000000                                   # -|v|: set the sign bit
+    u.i = <int> 0xC2AE0000 if u.i > <int> 0xC2AE0000 else u.i      # max(-|v|, -87): bits of negatives order reversed
+    x = u.f
+    ni = <int> (x * <float> 1.44269504088896341 - <float> 0.5)     # round(x / ln2), half down (x <= 0)
+    n = <float> ni
+    r = x - n * <float> 0.693359375 + n * <float> 2.12194440e-4
+    p = <float> 1.9875691500e-4
+    p = p * r + <float> 1.3981999507e-3
+    p = p * r + <float> 8.3334519073e-3
+    p = p * r + <float> 4.1665795894e-2
+    p = p * r + <float> 1.6666665459e-1
+    p = p * r + <float> 5.0000001201e-1
+    p = p * r * r + r + 1
+    scale.i = (ni + 127) << 23
+    return p * scale.f
+
+
+cdef inline void _act_row(float* o, Py_ssize_t n, int act, float p0, float p1, float slope) noexcept nogil:
+    # The branch-free activations get loops of their own, which vectorise (the compiler does not
+    # unswitch activate()'s chain of tests); Tanh goes through activate().
+    cdef Py_ssize_t i
+    cdef float v, t
+    if act == ACT_NONE:
+        return
+    if act == ACT_RELU:
+        for i in range(n):
+            v = o[i]
+            o[i] = v if v > 0 else 0
+    elif act == ACT_CLIP:
+        for i in range(n):
+            v = o[i]
+            v = p0 if v < p0 else v
+            o[i] = p1 if v > p1 else v
+    elif act == ACT_LEAKY or act == ACT_PRELU:
+        t = p0 if act == ACT_LEAKY else slope
+        for i in range(n):
+            v = o[i]
+            o[i] = v if v >= 0 else v * t
+    elif act == ACT_HARDSIGMOID:
+        for i in range(n):
+            v = p0 * o[i] + p1
+            v = 0 if v < 0 else v
+            o[i] = 1 if v > 1 else v
+    elif act == ACT_HARDSWISH:
+        for i in range(n):
+            v = o[i]
+            t = v * <float> (1.0 / 6.0) + <float> 0.5
+            t = 0 if t < 0 else t
+            o[i] = v * (1 if t > 1 else t)
+    elif act == ACT_SIGMOID:
+        # The reference's stable form: e = exp(-|v|), then 1 / (1 + e) or e / (1 + e).
+        for i in range(n):
+            v = o[i]
+            t = _exp_neg_abs(v)
+            o[i] = (1 if v >= 0 else t) / (1 + t)
+    else:
+        for i in range(n):
+            o[i] = activate(o[i], act, p0, p1, slope)
+
+
+cdef void _binary(OpT* tag, float* out, const float* a, const float* b, const Py_ssize_t* d,
+                  const Py_ssize_t* sa, const Py_ssize_t* sb, Py_ssize_t chunk, int act, float p0, float p1,
+                  int nt) noexcept nogil:
+    cdef Py_ssize_t chunks = (d[3] + chunk - 1) // chunk
+    cdef Py_ssize_t jobs = d[0] * d[1] * d[2] * chunks
+    cdef Py_ssize_t job, i0, i1, i2, r0, n, rest
+    cdef const float* pa
+    cdef const float* pb
+    cdef float* po
+    for job in prange(jobs, schedule="static", num_threads=nt):
+        r0 = (job % chunks) * chunk
+        rest = job // chunks
+        i2 = rest % d[2]
+        rest = rest // d[2]
+        i1 = rest % d[1]
+        i0 = rest // d[1]
+        n = min(chunk, d[3] - r0)
+        pa = a + i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + r0 * sa[3]
+        pb = b + i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + r0 * sb[3]
+        po = out + ((i0 * d[1] + i1) * d[2] + i2) * d[3] + r0
+        _row(tag, po, pa, sa[3], pb, sb[3], n)
+        _act_row(po, n, act, p0, p1, 0)
+
+
+def _float32_array(a, name, what, writeable=False, contiguous=True):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what}: {name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{what}: {name} must be float32, got {a.dtype}")
+    if contiguous and not a.flags.c_contiguous:
+        raise ValueError(f"{what}: {name} must be C-contiguous")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{what}: {name} is read-only")
+
+
+def _chunk(Py_ssize_t outer, Py_ssize_t inner, int nt):
+    """Split the inner loop only when the outer ones give too few jobs to share out."""
+    want = 8 * nt if nt > 1 else 1
+    if outer >= want:
+        return max(inner, 1)
+    return max(min(inner, max(1024, -(-inner * outer // want))), 1)
+
+
+def binary(a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0, float p1=0,
+           int num_threads=1):
+    """``out = act(a <op> b)`` over a loop nest of up to 4 dims with per-operand element strides.
+
+    Parameters
+    ----------
+    a, b : ndarray, float32, C-contiguous
+        Operands, read at ``sum(i_k * strides[k])`` elements from their start (0 strides broadcast).
+    out : ndarray, float32, C-contiguous, ``prod(dims)`` elements, written in loop order
+    dims, a_strides, b_strides : sequences of 4 ints (outermost first)
+    op : {"Add", "Sub", "Mul", "Div"}
+    act, p0, p1 : fused activation code and parameters (see ``_epilogue.pxd``; not PRelu)
+    num_threads : int
+    """
+    what = "binary"
+    for name, arr, w in (("a", a, False), ("b", b, False), ("out", out, True)):
+        _float32_array(arr, name, what, writeable=w)
+    if op not in OPS:
+        raise ValueError(f"{what}: unknown op {op!r}; expected one of {sorted(OPS)}")
+    if act == ACT_PRELU or not 0 <= act <= 8:
+        raise ValueError(f"{what}: activation code {act} is not supported here")
+    cdef Py_ssize_t d[4]
+    cdef Py_ssize_t sa[4]
+    cdef Py_ssize_t sb[4]
+    if not (len(dims) == len(a_strides) == len(b_strides) == 4):
+        raise ValueError(f"{what}: dims and strides need 4 values each, got {dims}, {a_strides}, {b_strides}")
+    size = 1
+    for k in range(4):
+        d[k], sa[k], sb[k] = dims[k], a_strides[k], b_strides[k]
+        if d[k] < 1 or sa[k] < 0 or sb[k] < 0:
+            raise ValueError(f"{what}: dims {tuple(dims)} must be positive and strides non-negative")
+        size *= d[k]
+    if out.size != size:
+        raise ValueError(f"{what}: out has {out.size} elements, the loop nest {tuple(dims)} writes {size}")
+    for name, arr, s in (("a", a, a_strides), ("b", b, b_strides)):
+        last = sum((dd - 1) * st for dd, st in zip(dims, s))
+        if last >= arr.size:
+            raise ValueError(f"{what}: {name} has {arr.size} elements; dims {tuple(dims)} with strides "
+                             f"{tuple(s)} read up to element {last}")
+    cdef int code = OPS[op], nt = _threads(size, num_threads)
+    cdef Py_ssize_t chunk = _chunk(d[0] * d[1] * d[2], d[3], nt)
+    cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    cdef const float* pa = <const float*> cnp.PyArray_DATA(<cnp.ndarray> a)
+    cdef const float* pb = <const float*> cnp.PyArray_DATA(<cnp.ndarray> b)
+    with nogil:
+        if code == 0:
+            _binary(<AddT*> NULL, po, pa, pb, d, sa, sb, chunk, act, p0, p1, nt)
+        elif code == 1:
+            _binary(<SubT*> NULL, po, pa, pb, d, sa, sb, chunk, act, p0, p1, nt)
+        elif code == 2:
+            _binary(<MulT*> NULL, po, pa, pb, d, sa, sb, chunk, act, p0, p1, nt)
+        else:
+            _binary(<DivT*> NULL, po, pa, pb, d, sa, sb, chunk, act, p0, p1, nt)
+    return out
+
+
+cdef void _channel_rows(const float* x, float* out, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t C,
+                        bint channel_is_row, const float* scale, const float* shift, int act, float p0,
+                        float p1, const float* slope, Py_ssize_t chunk, int nt) noexcept nogil:
+    cdef Py_ssize_t chunks = (cols + chunk - 1) // chunk
+    cdef Py_ssize_t job, r, j, j0, j1, ch
+    cdef float sc, sh, sl
+    cdef const float* xr
+    cdef float* o
+    for job in prange(rows * chunks, schedule="static", num_threads=nt):
+        r = job // chunks
+        j0 = (job % chunks) * chunk
+        j1 = min(j0 + chunk, cols)
+        xr = x + r * cols
+        o = out + r * cols
+        if channel_is_row:
+            ch = r % C
+            sc = scale[ch] if scale != NULL else 1
+            sh = shift[ch] if shift != NULL else 0
+            sl = slope[ch] if slope != NULL else 0
+            if scale != NULL or shift != NULL:
+                for j in range(j0, j1):
+                    o[j] = xr[j] * sc + sh
+            elif o != xr:
+                for j in range(j0, j1):
+                    o[j] = xr[j]
+            _act_row(o + j0, j1 - j0, act, p0, p1, sl)
+        else:
+            if scale != NULL and shift != NULL:
+                for j in range(j0, j1):
+                    o[j] = xr[j] * scale[j] + shift[j]
+            elif o != xr:
+                for j in range(j0, j1):
+                    o[j] = xr[j]
+            if slope != NULL:
+                for j in range(j0, j1):
+                    o[j] = activate(o[j], act, p0, p1, slope[j])
+            else:
+                _act_row(o + j0, j1 - j0, act, p0, p1, 0)
+
+
+def channel_rows(x, out, Py_ssize_t rows, Py_ssize_t cols, bint channel_is_row, scale=None, shift=None,
+                 int act=0, float p0=0, float p1=0, slope=None, int num_threads=1):
+    """``out = act(x * scale[c] + shift[c])`` on a (rows, cols) float32 matrix.
+
+    Parameters
+    ----------
+    x, out : ndarray, float32, C-contiguous, ``rows * cols`` elements (``out`` may be ``x``)
+    channel_is_row : bool
+        The channel of row r is ``r % C`` (channels-first data), else the channel is the column
+        (channels-last data, C == cols).
+    scale, shift : ndarray, float32, (C,), optional
+        Both or neither (then the data passes through to the activation).
+    act, p0, p1 : fused activation (see ``_epilogue.pxd``)
+    slope : ndarray, float32, (C,), optional
+        Per-channel PRelu slope (``act`` == 7).
+    """
+    what = "channel_rows"
+    _float32_array(x, "x", what)
+    _float32_array(out, "out", what, writeable=True)
+    if rows < 0 or cols < 0 or x.size != rows * cols or out.size != rows * cols:
+        raise ValueError(f"{what}: x ({x.size}) and out ({out.size}) must both have rows * cols = "
+                         f"{rows} * {cols} elements")
+    if (scale is None) != (shift is None):
+        raise ValueError(f"{what}: give both scale and shift, or neither")
+    if not 0 <= act <= 8 or (act == ACT_PRELU) != (slope is not None):
+        raise ValueError(f"{what}: activation code {act} with slope {'given' if slope is not None else 'None'}")
+    vectors = [v for v in (scale, shift, slope) if v is not None]
+    cdef Py_ssize_t C = vectors[0].size if vectors else 1
+    for name, v in (("scale", scale), ("shift", shift), ("slope", slope)):
+        if v is not None:
+            _float32_array(v, name, what)
+            if v.ndim != 1 or v.size != C or C == 0:
+                raise ValueError(f"{what}: {name} has shape {v.shape}; scale, shift and slope need one "
+                                 f"equal non-zero length C")
+    if vectors and not channel_is_row and C != cols:
+        raise ValueError(f"{what}: channels-last data needs C == cols, got C={C}, cols={cols}")
+    if rows * cols == 0:
+        return out
+    cdef int nt = _threads(rows * cols, num_threads)
+    cdef Py_ssize_t chunk = _chunk(rows, cols, nt)
+    cdef const float* p_scale = NULL
+    cdef const float* p_shift = NULL
+    cdef const float* p_slope = NULL
+    if scale is not None:
+        p_scale = <const float*> cnp.PyArray_DATA(<cnp.ndarray> scale)
+        p_shift = <const float*> cnp.PyArray_DATA(<cnp.ndarray> shift)
+    if slope is not None:
+        p_slope = <const float*> cnp.PyArray_DATA(<cnp.ndarray> slope)
+    cdef const float* px = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x)
+    cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    with nogil:
+        _channel_rows(px, po, rows, cols, C, channel_is_row, p_scale, p_shift, act, p0, p1, p_slope, chunk, nt)
+    return out

@@ -1,0 +1,183 @@
+# cython: language_level=3
+"""Gemm and (batched) MatMul on float32: SGEMM through ``_gemm.gemm_rm``, then the fused epilogue.
+
+A product with one row or one column (the batch-1 classifier) goes to SGEMV instead: OpenBLAS's
+SGEMM packs the whole weight matrix on every call, which makes it ~10x slower than SGEMV there.
+BLAS does the multiply (threaded by the BLAS pool, which the executor limits to the run's thread
+count); the epilogue (bias per column, a full (M, N) addend, activation) is one more pass over the
+output rows, parallel over row blocks.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+
+from _gemm cimport gemm_rm
+from scipy.linalg.cython_blas cimport sgemv
+from _epilogue cimport epilogue_rows
+
+cnp.import_array()
+
+
+# Below this many elements of work a parallel region costs more than it saves (and on a busy
+# machine a second thread may wait a whole scheduler slice): run on one thread.
+cdef Py_ssize_t GRAIN = 32768
+
+
+cdef inline int _threads(Py_ssize_t work, int num_threads) noexcept:
+    return 1 if work < GRAIN else max(num_threads, 1)
+
+
+def set_grain(Py_ssize_t elements):
+    """Set the work size below which kernels run on one thread; returns the previous one.
+
+    Tests set 1 so that small inputs take the parallel paths too.
+    """
+    global GRAIN
+    old, GRAIN = GRAIN, max(elements, 0)
+    return old
+
+
+cdef inline float* _p(a) noexcept:
+    return <float*> cnp.PyArray_DATA(<cnp.ndarray> a) if a is not None else NULL
+
+
+def _check(a, name, what, shape=None, size=None, writeable=False):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what}: {name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{what}: {name} must be float32, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what}: {name} must be C-contiguous")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{what}: {name} is read-only")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{what}: {name} has shape {a.shape}, expected {tuple(shape)}")
+    if size is not None and a.size != size:
+        raise ValueError(f"{what}: {name} has {a.size} elements, expected {size}")
+
+
+def _check_epilogue(what, bias, residual, slope, int act, Py_ssize_t m, Py_ssize_t n):
+    if bias is not None:
+        _check(bias, "bias", what, size=n)
+    if residual is not None:
+        _check(residual, "residual", what, size=m * n)
+    if (act == 7) != (slope is not None) or not 0 <= act <= 8:
+        raise ValueError(f"{what}: activation code {act} with slope {'given' if slope is not None else 'None'}")
+    if slope is not None:
+        _check(slope, "slope", what, size=n)
+
+
+cdef inline void _product(bint trans_a, bint trans_b, int m, int n, int k, float alpha, const float* a, int lda,
+                         const float* b, int ldb, float* c) noexcept nogil:
+    """Row-major ``c (m, n) = alpha * op(a) @ op(b)`` (contiguous c), by SGEMV when m or n is 1."""
+    cdef char t
+    cdef int one = 1, rows, cols, ld
+    cdef float zero = 0
+    if m == 1:
+        # c = op(b)^T a: b's memory read column-major is (n, k) with ld n, or its transpose.
+        t = b'T' if trans_b else b'N'
+        rows, cols, ld = (k, n, ldb) if trans_b else (n, k, ldb)
+        sgemv(&t, &rows, &cols, &alpha, <float*> b, &ld, <float*> a, &one, &zero, c, &one)
+    elif n == 1:
+        t = b'N' if trans_a else b'T'
+        rows, cols, ld = (m, k, lda) if trans_a else (k, m, lda)
+        sgemv(&t, &rows, &cols, &alpha, <float*> a, &ld, <float*> b, &one, &zero, c, &one)
+    else:
+        gemm_rm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, 0, c, n)
+
+
+cdef void _epilogue(float* out, Py_ssize_t m, Py_ssize_t n, const float* bias, const float* residual, int act,
+                    float p0, float p1, const float* slope, int nt) noexcept nogil:
+    cdef Py_ssize_t block = 16, blocks = (m + block - 1) // block, i, r0
+    if bias == NULL and residual == NULL and act == 0:
+        return
+    for i in prange(blocks, schedule="static", num_threads=nt):
+        r0 = i * block
+        epilogue_rows(out + r0 * n, min(block, m - r0), n, n, False, bias,
+                      residual + r0 * n if residual != NULL else NULL, n, act, p0, p1, slope)
+
+
+def gemm(a, b, out, bint trans_a, bint trans_b, float alpha=1, bias=None, residual=None, int act=0,
+         float p0=0, float p1=0, slope=None, int num_threads=1):
+    """``out = act(alpha * op(a) @ op(b) + bias[col] + residual)``.
+
+    Parameters
+    ----------
+    a : ndarray, float32, (M, K), or (K, M) with ``trans_a``
+    b : ndarray, float32, (K, N), or (N, K) with ``trans_b``
+    out : ndarray, float32, (M, N), C-contiguous
+    bias : ndarray, float32, N elements, optional
+    residual : ndarray, float32, M * N elements, optional
+    act, p0, p1, slope : fused activation (``_epilogue.pxd`` codes; ``slope`` per column for PRelu)
+    """
+    what = "gemm"
+    for name, arr in (("a", a), ("b", b)):
+        _check(arr, name, what)
+        if arr.ndim != 2:
+            raise ValueError(f"{what}: {name} must be 2-D, got shape {arr.shape}")
+    cdef Py_ssize_t m = a.shape[1] if trans_a else a.shape[0]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t kb = b.shape[1] if trans_b else b.shape[0]
+    cdef Py_ssize_t n = b.shape[0] if trans_b else b.shape[1]
+    if k != kb:
+        raise ValueError(f"{what}: inner dimensions differ: a {a.shape} (trans_a={trans_a}), b {b.shape} (trans_b={trans_b})")
+    _check(out, "out", what, shape=(m, n), writeable=True)
+    _check_epilogue(what, bias, residual, slope, act, m, n)
+    if max(m, n, k) > 2**31 - 1:
+        raise ValueError(f"{what}: dimensions ({m}, {n}, {k}) exceed BLAS's 32-bit range")
+    cdef float* pa = _p(a)
+    cdef float* pb = _p(b)
+    cdef float* po = _p(out)
+    cdef float* pbias = _p(bias)
+    cdef float* pres = _p(residual)
+    cdef float* pslope = _p(slope)
+    cdef int lda = a.shape[1], ldb = b.shape[1], nt = _threads(m * n, num_threads)
+    cdef Py_ssize_t i
+    with nogil:
+        if k == 0:
+            for i in range(m * n):
+                po[i] = 0
+        else:
+            _product(trans_a, trans_b, m, n, k, alpha, pa, lda, pb, ldb, po)
+        _epilogue(po, m, n, pbias, pres, act, p0, p1, pslope, nt)
+    return out
+
+
+def batched_matmul(a, b, out, a_offsets, b_offsets, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int act=0,
+                   float p0=0, float p1=0, slope=None, int num_threads=1):
+    """``out[i] = act(A_i @ B_i)`` for row-major A_i (m, k) at ``a_offsets[i]`` elements into ``a``
+    and B_i (k, n) at ``b_offsets[i]`` into ``b`` (broadcast batches repeat an offset).
+
+    Parameters
+    ----------
+    a, b : ndarray, float32, C-contiguous
+    out : ndarray, float32, C-contiguous, ``len(a_offsets) * m * n`` elements
+    a_offsets, b_offsets : ndarray, int64, one per batch
+    """
+    what = "batched_matmul"
+    _check(a, "a", what)
+    _check(b, "b", what)
+    if m < 1 or n < 1 or k < 1 or max(m, n, k) > 2**31 - 1:
+        raise ValueError(f"{what}: m, n, k = {m}, {n}, {k} must be positive (and within BLAS's 32-bit range)")
+    for name, off, arr, span in (("a_offsets", a_offsets, a, m * k), ("b_offsets", b_offsets, b, k * n)):
+        if not isinstance(off, np.ndarray) or off.dtype != np.int64 or off.ndim != 1 or not off.flags.c_contiguous:
+            raise TypeError(f"{what}: {name} must be a contiguous 1-D int64 array")
+        if off.size and (off.min() < 0 or off.max() + span > arr.size):
+            raise ValueError(f"{what}: {name} reach outside the {arr.size} elements of its operand")
+    if a_offsets.size != b_offsets.size:
+        raise ValueError(f"{what}: {a_offsets.size} a_offsets but {b_offsets.size} b_offsets")
+    cdef Py_ssize_t batches = a_offsets.size, i
+    _check(out, "out", what, size=batches * m * n, writeable=True)
+    _check_epilogue(what, None, None, slope, act, batches * m, n)
+    cdef const long long* ao = <const long long*> cnp.PyArray_DATA(<cnp.ndarray> a_offsets)
+    cdef const long long* bo = <const long long*> cnp.PyArray_DATA(<cnp.ndarray> b_offsets)
+    cdef float* pa = _p(a)
+    cdef float* pb = _p(b)
+    cdef float* po = _p(out)
+    cdef float* pslope = _p(slope)
+    cdef int nt = _threads(out.size, num_threads)
+    with nogil:
+        for i in range(batches):
+            _product(False, False, m, n, k, 1, pa + ao[i], k, pb + bo[i], n, po + i * m * n)
+        _epilogue(po, batches * m, n, NULL, NULL, act, p0, p1, pslope, nt)
+    return out

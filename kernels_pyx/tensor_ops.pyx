@@ -1,0 +1,253 @@
+# cython: language_level=3
+"""Data movement: block copies (Concat, Split, reshape-like copies), index-table gathers (Pad,
+Slice, nearest Resize) and the bilinear Resize lerp, for NCHW and NHWC tensors.
+
+The routines (``workbench.routines.tensor_ops``) compute every index and weight table once, with
+the reference's own functions; these kernels only move data.  Each ``def`` checks shapes, dtypes,
+contiguity and every table entry against the arrays before the ``nogil`` loop runs.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
+cnp.import_array()
+
+
+# Below this many elements of work a parallel region costs more than it saves (and on a busy
+# machine a second thread may wait a whole scheduler slice): run on one thread.
+cdef Py_ssize_t GRAIN = 32768
+
+
+cdef inline int _threads(Py_ssize_t work, int num_threads) noexcept:
+    return 1 if work < GRAIN else max(num_threads, 1)
+
+
+def set_grain(Py_ssize_t elements):
+    """Set the work size below which kernels run on one thread; returns the previous one.
+
+    Tests set 1 so that small inputs take the parallel paths too.
+    """
+    global GRAIN
+    old, GRAIN = GRAIN, max(elements, 0)
+    return old
+
+
+def _array(a, name, what, dtype=None, writeable=False):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what}: {name} must be a NumPy array, got {type(a).__name__}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{what}: {name} must be {np.dtype(dtype)}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what}: {name} must be C-contiguous")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{what}: {name} is read-only")
+
+
+cdef inline char* _data(a) noexcept:
+    return <char*> cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+# -- block copies -----------------------------------------------------------------------------------
+cdef void _copy_blocks(const char* src, char* dst, Py_ssize_t outer, Py_ssize_t width, Py_ssize_t src_ld,
+                       Py_ssize_t dst_ld, Py_ssize_t chunk, int nt) noexcept nogil:
+    cdef Py_ssize_t chunks = (width + chunk - 1) // chunk
+    cdef Py_ssize_t job, o, j0
+    for job in prange(outer * chunks, schedule="static", num_threads=nt):
+        o = job // chunks
+        j0 = (job % chunks) * chunk
+        memcpy(dst + o * dst_ld + j0, src + o * src_ld + j0, min(chunk, width - j0))
+
+
+def copy_blocks(src, dst, Py_ssize_t outer, Py_ssize_t width, Py_ssize_t src_ld, Py_ssize_t src_offset,
+                Py_ssize_t dst_ld, Py_ssize_t dst_offset, int num_threads=1):
+    """Copy ``outer`` rows of ``width`` elements: row o from ``src[o * src_ld + src_offset:]`` to
+    ``dst[o * dst_ld + dst_offset:]`` (flat element indices; any dtype, the same in both).
+
+    Concat is one call per input (``dst_ld`` the concatenated row), Split one per output, and a
+    plain copy ``outer=1``.  Rows are split into chunks when there are fewer rows than threads.
+    """
+    what = "copy_blocks"
+    _array(src, "src", what)
+    _array(dst, "dst", what, writeable=True)
+    if src.dtype != dst.dtype:
+        raise TypeError(f"{what}: src is {src.dtype}, dst is {dst.dtype}")
+    if min(outer, width, src_ld, dst_ld, src_offset, dst_offset) < 0:
+        raise ValueError(f"{what}: negative sizes or offsets")
+    for name, arr, ld, off in (("src", src, src_ld, src_offset), ("dst", dst, dst_ld, dst_offset)):
+        if outer and width and (off + width > ld and outer > 1 or (outer - 1) * ld + off + width > arr.size):
+            raise ValueError(f"{what}: {outer} rows of {width} at offset {off}, stride {ld} overrun {name} "
+                             f"({arr.size} elements)")
+    if outer == 0 or width == 0:
+        return dst
+    cdef Py_ssize_t item = src.itemsize, nt = _threads(outer * width * item // 4, num_threads)
+    # Split a row only when the rows alone cannot feed the threads, and never below 64 KiB.
+    cdef Py_ssize_t chunk = width * item
+    if outer < 4 * nt and nt > 1:
+        chunk = max(65536, -(-width * item * outer // (4 * nt)))
+    cdef const char* s = _data(src) + src_offset * item
+    cdef char* d = _data(dst) + dst_offset * item
+    with nogil:
+        _copy_blocks(s, d, outer, width * item, src_ld * item, dst_ld * item, min(chunk, width * item), nt)
+    return dst
+
+
+# -- index-table gather -------------------------------------------------------------------------------
+cdef void _gather4(const float* x, float* out, const Py_ssize_t* xs, const Py_ssize_t* os,
+                   const int* t0, const int* t1, const int* t2, const int* t3, bint t3_run, float fill,
+                   int nt) noexcept nogil:
+    cdef Py_ssize_t job, i0, i1, i2, l, rest
+    cdef const float* src
+    cdef float* o
+    for job in prange(os[0] * os[1] * os[2], schedule="static", num_threads=nt):
+        i2 = job % os[2]
+        rest = job // os[2]
+        i1 = rest % os[1]
+        i0 = rest // os[1]
+        o = out + job * os[3]
+        if t0[i0] < 0 or t1[i1] < 0 or t2[i2] < 0:
+            for l in range(os[3]):
+                o[l] = fill
+            continue
+        src = x + ((t0[i0] * xs[1] + t1[i1]) * xs[2] + t2[i2]) * xs[3]
+        if t3_run:
+            memcpy(o, src + t3[0], os[3] * sizeof(float))
+        else:
+            for l in range(os[3]):
+                o[l] = src[t3[l]] if t3[l] >= 0 else fill
+
+
+def gather4(x, out, tables, float fill=0, int num_threads=1):
+    """``out[i, j, k, l] = x[t0[i], t1[j], t2[k], t3[l]]``, or ``fill`` where any index is -1.
+
+    Parameters
+    ----------
+    x, out : ndarray, float32, 4-D, C-contiguous (physical order, whatever the layout)
+    tables : 4 ndarrays, int32, one per axis of ``out``, entries in ``[-1, x.shape[axis])``
+    """
+    what = "gather4"
+    _array(x, "x", what, np.float32)
+    _array(out, "out", what, np.float32, writeable=True)
+    if x.ndim != 4 or out.ndim != 4 or len(tables) != 4:
+        raise ValueError(f"{what}: needs 4-D x and out and 4 tables, got {x.shape}, {out.shape}, {len(tables)} tables")
+    for axis, t in enumerate(tables):
+        _array(t, f"table {axis}", what, np.int32)
+        if t.ndim != 1 or t.size != out.shape[axis]:
+            raise ValueError(f"{what}: table {axis} has {t.size} entries, out has {out.shape[axis]} on that axis")
+        if t.size and (t.min() < -1 or t.max() >= x.shape[axis]):
+            raise ValueError(f"{what}: table {axis} indexes outside [-1, {x.shape[axis]})")
+    if out.size == 0:
+        return out
+    t3 = tables[3]
+    run = bool(t3[0] >= 0 and np.array_equal(t3, np.arange(t3[0], t3[0] + t3.size, dtype=np.int32)))
+    cdef Py_ssize_t xs[4]
+    cdef Py_ssize_t os[4]
+    for axis in range(4):
+        xs[axis], os[axis] = x.shape[axis], out.shape[axis]
+    if x.size == 0 and not all((t < 0).any() or t.size == 0 for t in tables):
+        raise ValueError(f"{what}: x is empty but the tables read from it")
+    cdef const int* p0 = <const int*> _data(tables[0])
+    cdef const int* p1 = <const int*> _data(tables[1])
+    cdef const int* p2 = <const int*> _data(tables[2])
+    cdef const int* p3 = <const int*> _data(t3)
+    cdef bint t3_run = run
+    cdef int nt = _threads(out.size, num_threads)
+    cdef const float* px = <const float*> _data(x)
+    cdef float* po = <float*> _data(out)
+    with nogil:
+        _gather4(px, po, xs, os, p0, p1, p2, p3, t3_run, fill, nt)
+    return out
+
+
+# -- bilinear resize -----------------------------------------------------------------------------------
+cdef void _lerp_nchw(const float* x, float* out, Py_ssize_t planes, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                     Py_ssize_t OW, const int* hl, const int* hh, const float* hw, const int* wl, const int* wh,
+                     const float* ww, int nt) noexcept nogil:
+    cdef Py_ssize_t job, p, oh, ow
+    cdef const float* r0
+    cdef const float* r1
+    cdef float* o
+    cdef float a, b, u, v
+    for job in prange(planes * OH, schedule="static", num_threads=nt):
+        p = job // OH
+        oh = job % OH
+        r0 = x + (p * H + hl[oh]) * W
+        r1 = x + (p * H + hh[oh]) * W
+        u = hw[oh]
+        o = out + job * OW
+        for ow in range(OW):
+            # The reference's order: along H first (rows r0, r1), then along W.
+            a = r0[wl[ow]] * (1 - u) + r1[wl[ow]] * u
+            b = r0[wh[ow]] * (1 - u) + r1[wh[ow]] * u
+            v = ww[ow]
+            o[ow] = a * (1 - v) + b * v
+
+
+cdef void _lerp_nhwc(const float* x, float* out, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                     Py_ssize_t OH, Py_ssize_t OW, const int* hl, const int* hh, const float* hw, const int* wl,
+                     const int* wh, const float* ww, int nt) noexcept nogil:
+    cdef Py_ssize_t job, n, oh, ow, c
+    cdef const float* r0
+    cdef const float* r1
+    cdef float* o
+    cdef float u, v, a, b
+    for job in prange(N * OH, schedule="static", num_threads=nt):
+        n = job // OH
+        oh = job % OH
+        r0 = x + (n * H + hl[oh]) * W * C
+        r1 = x + (n * H + hh[oh]) * W * C
+        u = hw[oh]
+        for ow in range(OW):
+            o = out + (job * OW + ow) * C
+            v = ww[ow]
+            for c in range(C):
+                a = r0[wl[ow] * C + c] * (1 - u) + r1[wl[ow] * C + c] * u
+                b = r0[wh[ow] * C + c] * (1 - u) + r1[wh[ow] * C + c] * u
+                o[c] = a * (1 - v) + b * v
+
+
+def lerp2d(x, out, bint nhwc, h_tables, w_tables, int num_threads=1):
+    """Bilinear resampling of the spatial axes of a 4-D float32 tensor.
+
+    Parameters
+    ----------
+    x, out : ndarray, float32, C-contiguous, (N, C, H, W) / (N, C, OH, OW), or NHWC with ``nhwc``
+    h_tables, w_tables : (lo int32, hi int32, weight float32), one entry per output row / column:
+        ``out = x[lo] * (1 - weight) + x[hi] * weight`` along each axis, H first.
+    """
+    what = "lerp2d"
+    _array(x, "x", what, np.float32)
+    _array(out, "out", what, np.float32, writeable=True)
+    if x.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"{what}: needs 4-D x and out, got {x.shape} and {out.shape}")
+    n, c, h, w = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
+    on, oc, oh, ow = (out.shape[0], out.shape[3], out.shape[1], out.shape[2]) if nhwc else out.shape
+    if (on, oc) != (n, c):
+        raise ValueError(f"{what}: x {x.shape} and out {out.shape} differ in batch or channels")
+    for name, tabs, size, length in (("h_tables", h_tables, h, oh), ("w_tables", w_tables, w, ow)):
+        if len(tabs) != 3:
+            raise ValueError(f"{what}: {name} must be (lo, hi, weight)")
+        for t, dt in zip(tabs, (np.int32, np.int32, np.float32)):
+            _array(t, name, what, dt)
+            if t.ndim != 1 or t.size != length:
+                raise ValueError(f"{what}: {name} entries {t.size}, out has {length} on that axis")
+        if length and min(tabs[0].min(), tabs[1].min()) < 0 or length and max(tabs[0].max(), tabs[1].max()) >= size:
+            raise ValueError(f"{what}: {name} index outside [0, {size})")
+    if out.size == 0:
+        return out
+    cdef int nt = _threads(out.size * 4, num_threads)
+    cdef const int* hl = <const int*> _data(h_tables[0])
+    cdef const int* hh = <const int*> _data(h_tables[1])
+    cdef const float* hw = <const float*> _data(h_tables[2])
+    cdef const int* wl = <const int*> _data(w_tables[0])
+    cdef const int* wh = <const int*> _data(w_tables[1])
+    cdef const float* ww = <const float*> _data(w_tables[2])
+    cdef const float* px = <const float*> _data(x)
+    cdef float* po = <float*> _data(out)
+    cdef Py_ssize_t N = n, C = c, H = h, W = w, OH = oh, OW = ow
+    with nogil:
+        if nhwc:
+            _lerp_nhwc(px, po, N, H, W, C, OH, OW, hl, hh, hw, wl, wh, ww, nt)
+        else:
+            _lerp_nchw(px, po, N * C, H, W, OH, OW, hl, hh, hw, wl, wh, ww, nt)
+    return out

@@ -1,0 +1,120 @@
+"""ConvTranspose (GEMM + col2im) against the reference: groups, strides, dilations, pads (negative
+end pads included), output_padding, output_shape, fused activations, both layouts, 1-D."""
+import importlib
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+from onnx import helper
+
+import workbench
+from onnx_helpers import make_model
+from routine_helpers import assert_routine_matches
+from workbench import routines
+from workbench.routines.eltwise import kernels
+
+SETTINGS = settings(deadline=None, derandomize=True, max_examples=25)
+DESCRIPTORS = ["cpu:float32:nchw/gemm", "cpu:float32:nhwc/gemm"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _parallel_even_when_small():
+    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
+    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
+    modules = list(dict.fromkeys(m for name in ("col2im",)
+                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
+    old = [m.set_grain(1) for m in modules]
+    yield
+    for m, grain in zip(modules, old):
+        m.set_grain(grain)
+
+
+def _graph(x_shape, w, bias=None, act=None, **attrs):
+    inits, names = [("W", w)], ["x", "W"]
+    if bias is not None:
+        inits.append(("B", bias))
+        names.append("B")
+    nodes = [helper.make_node("ConvTranspose", names, ["t" if act else "y"], **attrs)]
+    if act == "PRelu":
+        nodes.append(helper.make_node("PRelu", ["t", "s"], ["y"]))
+        inits.append(("s", np.linspace(0.1, 0.5, w.shape[1] * attrs.get("group", 1), dtype=np.float32)
+                      .reshape(-1, 1, 1)))
+    elif act:
+        nodes.append(helper.make_node(act, ["t"], ["y"]))
+    g = workbench.load(make_model(nodes, [("x", list(x_shape))], [("y", None)], initializers=inits).SerializeToString())
+    assert [layer.op for layer in g] == ["ConvTranspose"]
+    return g
+
+
+@st.composite
+def cases(draw):
+    group = draw(st.sampled_from([1, 1, 2, 3]))
+    cg, mg = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    k = [draw(st.integers(1, 4)), draw(st.integers(1, 4))]
+    s = [draw(st.integers(1, 3)), draw(st.integers(1, 3))]
+    d = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    x_shape = (draw(st.integers(1, 2)), cg * group, draw(st.integers(1, 7)), draw(st.integers(1, 8)))
+    begin = [draw(st.integers(0, 2)) for _ in range(2)]
+    end = [draw(st.integers(-2, 2)) for _ in range(2)]
+    out_pad = [draw(st.integers(0, max(s[i], d[i]) - 1)) for i in range(2)]
+    for i in range(2):
+        full = s[i] * (x_shape[2 + i] - 1) + out_pad[i] + (k[i] - 1) * d[i] + 1
+        assume(full - begin[i] - end[i] > 0)
+    rng = np.random.default_rng(sum(k) * 7 + sum(x_shape))
+    w = rng.standard_normal((x_shape[1], mg, *k)).astype(np.float32)
+    bias = rng.standard_normal(mg * group).astype(np.float32) if draw(st.booleans()) else None
+    attrs = dict(kernel_shape=k, strides=s, dilations=d, pads=begin + end, output_padding=out_pad, group=group)
+    return x_shape, w, bias, attrs, draw(st.sampled_from([None, "Relu", "Sigmoid", "PRelu"]))
+
+
+@SETTINGS
+@given(cases(), st.sampled_from(DESCRIPTORS))
+def test_conv_transpose(case, descriptor):
+    x_shape, w, bias, attrs, act = case
+    assert_routine_matches(_graph(x_shape, w, bias, act, **attrs), descriptor)
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+@pytest.mark.parametrize("descriptor", DESCRIPTORS)
+def test_auto_pad_and_output_shape(auto_pad, descriptor):
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    assert_routine_matches(_graph((2, 4, 5, 6), w, auto_pad=auto_pad, strides=[2, 2]), descriptor)
+    # An output_shape past the full size: zeros (+ bias) at the end, a negative end pad.
+    assert_routine_matches(_graph((2, 4, 5, 6), w, np.ones(3, np.float32), strides=[2, 2], output_shape=[14, 15]),
+                           descriptor)
+
+
+def test_1d_channels_first_only():
+    w = np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float32)
+    g = _graph((2, 4, 9), w, strides=[2], pads=[1, 0])
+    assert_routine_matches(g, DESCRIPTORS[0])
+    layer = next(iter(g))
+    assert not routines.get("ConvTranspose", DESCRIPTORS[1]).applies(layer, g.input_specs(layer))
+
+
+def test_depthwise_upsampling_like_a_decoder():
+    w = np.random.default_rng(2).standard_normal((8, 1, 4, 4)).astype(np.float32)
+    for d in DESCRIPTORS:
+        assert_routine_matches(_graph((1, 8, 6, 6), w, group=8, strides=[2, 2], pads=[1, 1, 1, 1]), d)
+
+
+def test_kernel_twin_checks_shapes():
+    from workbench._kernels import col2im
+    x = np.ones((1, 4, 3, 3), np.float32)
+    w = np.ones((4, 2, 2, 2), np.float32)
+    out = np.empty((1, 2, 4, 4), np.float32)
+    scratch = np.empty(2 * 4 * 9, np.float32)
+    col2im.conv_transpose(x, w, out, scratch, False, 1, (2, 2), (1, 1), (1, 1), (0, 0))
+    np.testing.assert_allclose(out[0, 0, 1, 1], 16)
+    with pytest.raises(ValueError, match="scratch"):
+        col2im.conv_transpose(x, w, out, scratch[:10], False, 1, (2, 2), (1, 1), (1, 1), (0, 0))
+    with pytest.raises(ValueError, match="w has shape"):
+        col2im.conv_transpose(x, w, out, scratch, False, 1, (3, 3), (1, 1), (1, 1), (0, 0))
+    with pytest.raises(ValueError, match="group"):
+        col2im.conv_transpose(x, w, out, scratch, False, 3, (2, 2), (1, 1), (1, 1), (0, 0))
+    with pytest.raises(ValueError, match="non-negative"):
+        col2im.conv_transpose(x, w, out, scratch, False, 1, (2, 2), (1, 1), (1, 1), (-1, 0))
+    with pytest.raises(ValueError, match="bias"):
+        col2im.conv_transpose(x, w, out, scratch, False, 1, (2, 2), (1, 1), (1, 1), (0, 0), bias=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="4-D"):
+        col2im.conv_transpose(x[0], w, out, scratch, False, 1, (2, 2), (1, 1), (1, 1), (0, 0))

@@ -1,0 +1,226 @@
+"""Elementwise routines (broadcasting binary ops, activations, ChannelAffine, ufuncs) against the
+reference inside the compiled executor, in both layouts."""
+import importlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import TensorProto, helper
+
+import workbench
+from onnx_helpers import make_model
+from routine_helpers import assert_routine_matches
+from workbench import routines
+from workbench.routines.eltwise import kernels
+from workbench.graph import Graph, Layer, TensorSpec
+from workbench.routines.eltwise import broadcast_loops
+
+SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
+NCHW, NHWC = "cpu:float32:nchw/direct", "cpu:float32:nhwc/direct"
+ACTS = [None, ("Relu", {}), ("Clip", {"min": -0.5, "max": 0.7}), ("LeakyRelu", {"alpha": 0.1}),
+        ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSwish", {}), ("Sigmoid", {}), ("Tanh", {})]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _parallel_even_when_small():
+    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
+    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
+    modules = list(dict.fromkeys(m for name in ("eltwise",)
+                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
+    old = [m.set_grain(1) for m in modules]
+    yield
+    for m, grain in zip(modules, old):
+        m.set_grain(grain)
+
+
+def _load(nodes, inputs, inits=(), opset=17):
+    return workbench.load(make_model(nodes, inputs, [("y", None)], initializers=inits, opset=opset).SerializeToString())
+
+
+def _act_node(act, src, dst):
+    op, params = act
+    if op == "Clip":
+        return [helper.make_node("Clip", [src, "lo", "hi"], [dst])], [("lo", np.float32(params["min"])),
+                                                                       ("hi", np.float32(params["max"]))]
+    return [helper.make_node(op, [src], [dst], **params)], []
+
+
+# Operand shapes against an (N, C, H, W) output: same shape, per channel, per (n, c) (squeeze-excite),
+# scalar, spatial, and a few odd ones (rank 3, a row, a column).
+def _operand_shapes(n, c, h, w):
+    return [(n, c, h, w), (1, c, 1, 1), (c, 1, 1), (n, c, 1, 1), (1,), (), (1, 1, h, w), (h, w), (c, h, 1),
+            (1, c, h, w), (n, 1, 1, w), (w,)]
+
+
+@SETTINGS
+@given(st.sampled_from(["Add", "Sub", "Mul", "Div"]), st.integers(1, 3), st.integers(1, 19), st.integers(1, 7),
+       st.integers(1, 9), st.integers(0, 11), st.booleans(), st.booleans(), st.sampled_from(ACTS),
+       st.sampled_from([NCHW, NHWC]))
+def test_binary_broadcasts(op, n, c, h, w, which, const, swap, act, descriptor):
+    x_shape, o_shape = (n, c, h, w), _operand_shapes(n, c, h, w)[which]
+    rng = np.random.default_rng(n * 100 + c)
+    inputs, inits = [("x", list(x_shape))], []
+    other = rng.uniform(0.5, 2, o_shape).astype(np.float32)
+    if const:
+        inits.append(("b", other))
+    else:
+        inputs.append(("b", list(o_shape)))
+    operands = ["b", "x"] if swap else ["x", "b"]
+    nodes = [helper.make_node(op, operands, ["t" if act else "y"])]
+    if act:
+        more, extra = _act_node(act, "t", "y")
+        nodes += more
+        inits += extra
+    g = _load(nodes, inputs, inits)
+    assert [layer.op for layer in g] == [op], "the activation should be fused"
+    assert_routine_matches(g, descriptor)
+
+
+@SETTINGS
+@given(st.sampled_from(["Add", "Mul"]), st.integers(1, 3), st.integers(1, 9), st.integers(1, 5), st.booleans())
+def test_binary_non_4d_channels_first_only(op, a, b, c, same):
+    shapes = [(a, b, c), (a, b, c) if same else (b, 1)]
+    g = _load([helper.make_node(op, ["x", "z"], ["y"])], [("x", list(shapes[0])), ("z", list(shapes[1]))])
+    assert_routine_matches(g, NCHW)
+    layer = next(iter(g))
+    assert not routines.get(op, NHWC).applies(layer, g.input_specs(layer))
+
+
+def test_binary_fused_prelu_per_channel_and_uniform():
+    for slope in (np.linspace(0.1, 0.5, 6, dtype=np.float32).reshape(6, 1, 1), np.full((1,), 0.2, np.float32)):
+        g = _load([helper.make_node("Add", ["x", "z"], ["t"]), helper.make_node("PRelu", ["t", "s"], ["y"])],
+                  [("x", [2, 6, 3, 5]), ("z", [2, 6, 3, 5])], [("s", slope)])
+        assert [layer.op for layer in g] == ["Add"]
+        for d in (NCHW, NHWC):
+            assert_routine_matches(g, d)
+
+
+def test_binary_rejects_what_it_cannot_do():
+    # Integer operands; a 5-D broadcast needing five loops.
+    g = _load([helper.make_node("Add", ["x", "z"], ["y"])],
+              [("x", [2, 3], TensorProto.INT64), ("z", [2, 3], TensorProto.INT64)])
+    layer = next(iter(g))
+    assert not routines.get("Add", NCHW).applies(layer, g.input_specs(layer))
+    g = _load([helper.make_node("Mul", ["x", "z"], ["y"])], [("x", [2, 3, 4, 5, 6]), ("z", [2, 1, 4, 1, 6])])
+    layer = next(iter(g))
+    assert not routines.get("Mul", NCHW).applies(layer, g.input_specs(layer))
+    assert broadcast_loops((2, 3, 4, 5, 6), [((2, 3, 4, 5, 6), False), ((2, 1, 4, 1, 6), False)], False) is None
+
+
+def test_broadcast_loops_coalesce():
+    # Same shape: one flat loop; squeeze-excite in NHWC: (n, h*w, c) with the scale strided by c on n.
+    dims, (sa, sb) = broadcast_loops((2, 3, 4, 5), [((2, 3, 4, 5), True), ((2, 3, 4, 5), True)], True)
+    assert dims == [1, 1, 1, 120] and sa == sb == [0, 0, 0, 1]
+    dims, (sa, sb) = broadcast_loops((2, 3, 4, 5), [((2, 3, 4, 5), True), ((2, 3, 1, 1), False)], True)
+    assert dims == [1, 2, 20, 3] and sa == [0, 60, 3, 1] and sb == [0, 3, 0, 1]
+    dims, (sa, sb) = broadcast_loops((2, 3, 4, 5), [((2, 3, 4, 5), False), ((2, 3, 1, 1), False)], False)
+    assert dims == [1, 1, 6, 20] and sb == [0, 0, 1, 0]
+
+
+@SETTINGS
+@given(st.sampled_from(ACTS[1:] + [("PRelu", {})]), st.sampled_from([(2, 5, 3, 7), (1, 16, 9, 9), (3, 7), (4, 2, 6)]),
+       st.sampled_from([NCHW, NHWC]))
+def test_activation_layers(act, shape, descriptor):
+    inits = []
+    if act[0] == "PRelu":
+        slope = np.linspace(0.05, 0.5, shape[1], dtype=np.float32).reshape((shape[1],) + (1,) * (len(shape) - 2))
+        nodes, inits = [helper.make_node("PRelu", ["x", "s"], ["y"])], [("s", slope)]
+    else:
+        nodes, inits = _act_node(act, "x", "y")
+    g = _load(nodes, [("x", list(shape))], inits)
+    layer = next(iter(g))
+    applies = routines.get(layer.op, descriptor).applies(layer, g.input_specs(layer))
+    assert applies == (descriptor == NCHW or len(shape) == 4)
+    if applies:
+        assert_routine_matches(g, descriptor)
+
+
+def _affine_graph(shape, act=None):
+    c = shape[1]
+    rng = np.random.default_rng(c)
+    layer = Layer("aff", "ChannelAffine", ["x", "scale", "shift"], ["y"],
+                  consts={1: rng.standard_normal(c).astype(np.float32), 2: rng.standard_normal(c).astype(np.float32)},
+                  out_specs=[TensorSpec(shape)])
+    if act:
+        layer.attrs.update(activation=act[0], activation_params=act[1])
+    g = Graph("affine", {"x": TensorSpec(shape)}, ["y"])
+    g.add_layer(layer)
+    return g
+
+
+@SETTINGS
+@given(st.sampled_from([(2, 5, 3, 7), (1, 33, 4, 4), (3, 7), (2, 4, 9)]), st.sampled_from(ACTS),
+       st.sampled_from([NCHW, NHWC]))
+def test_channel_affine(shape, act, descriptor):
+    g = _affine_graph(shape, act)
+    layer = next(iter(g))
+    if descriptor == NHWC and len(shape) != 4:
+        assert not routines.get("ChannelAffine", descriptor).applies(layer, g.input_specs(layer))
+    else:
+        assert_routine_matches(g, descriptor)
+
+
+def test_channel_affine_fused_prelu():
+    g = _affine_graph((2, 4, 3, 3), ("PRelu", {"slope": np.array([0.1, 0.2, 0.3, 0.4], np.float32).reshape(4, 1, 1)}))
+    for d in (NCHW, NHWC):
+        assert_routine_matches(g, d)
+
+
+@pytest.mark.parametrize("op", ["Sqrt", "Exp", "Erf", "Pow"])
+@pytest.mark.parametrize("descriptor", ["cpu:float32:nchw/ufunc", "cpu:float32:nhwc/ufunc"])
+def test_ufuncs(op, descriptor):
+    inits = [("e", np.int64(3))] if op == "Pow" else []
+    nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node(op, ["a", "e"] if op == "Pow" else ["a"], ["y"])]
+    g = _load(nodes, [("x", [2, 3, 4, 5])], inits)
+    assert_routine_matches(g, descriptor)
+
+
+def test_pow_needs_a_scalar_constant_exponent_and_cast_runs():
+    g = _load([helper.make_node("Pow", ["x", "e"], ["y"])], [("x", [2, 3]), ("e", [2, 3])])
+    layer = next(iter(g))
+    assert not routines.get("Pow", "cpu:float32:nchw/ufunc").applies(layer, g.input_specs(layer))
+    g = _load([helper.make_node("Cast", ["x"], ["t"], to=TensorProto.INT32),
+               helper.make_node("Cast", ["t"], ["y"], to=TensorProto.FLOAT)], [("x", [2, 3, 4])])
+    assert_routine_matches(g, "cpu:float32:nchw/ufunc", expect_layers=[layer.name for layer in g])
+
+
+def test_kernel_twins_check_shapes():
+    from workbench._kernels import eltwise as k
+    a = np.ones(12, np.float32)
+    out = np.empty(12, np.float32)
+    k.binary(a, a, out, (1, 1, 3, 4), (0, 0, 4, 1), (0, 0, 0, 1), "Add")
+    with pytest.raises(ValueError, match="read up to"):
+        k.binary(a, a, out, (1, 1, 3, 4), (0, 0, 5, 1), (0, 0, 0, 1), "Add")
+    with pytest.raises(ValueError, match="elements"):
+        k.binary(a, a, np.empty(11, np.float32), (1, 1, 3, 4), (0, 0, 4, 1), (0, 0, 4, 1), "Add")
+    with pytest.raises(ValueError, match="unknown op"):
+        k.binary(a, a, out, (1, 1, 3, 4), (0, 0, 4, 1), (0, 0, 4, 1), "Pow")
+    with pytest.raises(ValueError, match="non-negative"):
+        k.binary(a, a, out, (1, 1, 3, 4), (0, 0, -4, 1), (0, 0, 4, 1), "Add")
+    with pytest.raises(ValueError, match="4 values"):
+        k.binary(a, a, out, (3, 4), (4, 1), (4, 1), "Add")
+    with pytest.raises(TypeError, match="float32"):
+        k.binary(a.astype(np.float64), a, out, (1, 1, 3, 4), (0, 0, 4, 1), (0, 0, 4, 1), "Add")
+    with pytest.raises(ValueError, match="contiguous"):
+        k.binary(np.ones(24, np.float32)[::2], a, out, (1, 1, 3, 4), (0, 0, 4, 1), (0, 0, 4, 1), "Add")
+    with pytest.raises(ValueError, match="rows \\* cols"):
+        k.channel_rows(a, out, 3, 5, True)
+    with pytest.raises(ValueError, match="both"):
+        k.channel_rows(a, out, 3, 4, True, scale=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="C == cols"):
+        k.channel_rows(a, out, 4, 3, False, np.ones(4, np.float32), np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="slope"):
+        k.channel_rows(a, out, 3, 4, True, act=7)
+    with pytest.raises(ValueError, match="equal"):
+        k.channel_rows(a, out, 3, 4, True, np.ones(3, np.float32), np.ones(2, np.float32))
+
+
+def test_sigmoid_kernel_is_accurate_at_the_extremes():
+    # The vectorised exp is clamped at exp(-87): below that the sigmoid is ~1e-38 instead of smaller.
+    from workbench.ops.activation import ACTIVATIONS
+    x = np.concatenate([np.array([np.inf, -np.inf, 0, -0.0, 87, -87, -100, 1e-8, -1e-8], np.float32),
+                        np.linspace(-40, 40, 4001, dtype=np.float32)])
+    for module in dict.fromkeys((kernels("eltwise"), importlib.import_module("workbench._kernels.eltwise"))):
+        out = module.channel_rows(x, np.empty_like(x), 1, x.size, True, act=6)
+        ref = ACTIVATIONS["Sigmoid"](x, {})
+        np.testing.assert_allclose(out, ref, rtol=3e-7, atol=2e-38)

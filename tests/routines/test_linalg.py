@@ -1,0 +1,135 @@
+"""Gemm and MatMul through SGEMM against the reference (alpha, beta, transposes, C broadcasts,
+fused activations, batched and broadcast MatMul)."""
+import importlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import helper
+
+import workbench
+from onnx_helpers import make_model
+from routine_helpers import assert_routine_matches
+from workbench import routines
+from workbench.routines.eltwise import kernels
+
+SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
+BLAS = "cpu:float32:nchw/blas"
+ACTS = [None, "Relu", "HardSwish", "Sigmoid", "PRelu-uniform", "PRelu"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _parallel_even_when_small():
+    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
+    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
+    modules = list(dict.fromkeys(m for name in ("linalg",)
+                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
+    old = [m.set_grain(1) for m in modules]
+    yield
+    for m, grain in zip(modules, old):
+        m.set_grain(grain)
+
+
+def _load(nodes, inputs, inits=()):
+    return workbench.load(make_model(nodes, inputs, [("y", None)], initializers=inits).SerializeToString())
+
+
+def _with_act(nodes, inits, act, n, src="t"):
+    if act is None:
+        nodes[-1].output[0] = "y"
+        return nodes, inits
+    if act.startswith("PRelu"):
+        slope = np.full(n, 0.2, np.float32) if act == "PRelu-uniform" else np.linspace(0.1, 0.9, n, dtype=np.float32)
+        return nodes + [helper.make_node("PRelu", [src, "s"], ["y"])], inits + [("s", slope)]
+    return nodes + [helper.make_node(act, [src], ["y"])], inits
+
+
+@SETTINGS
+@given(st.integers(1, 5), st.integers(1, 40), st.integers(1, 30), st.booleans(), st.booleans(),
+       st.sampled_from([None, "n", "1n", "mn", "m1", "1"]), st.sampled_from([1.0, 0.5]), st.sampled_from([1.0, -2.0]),
+       st.sampled_from(ACTS))
+def test_gemm(m, k, n, trans_a, trans_b, c_shape, alpha, beta, act):
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    inits, names = [("B", b)], ["A", "B"]
+    if c_shape:
+        shape = {"n": (n,), "1n": (1, n), "mn": (m, n), "m1": (m, 1), "1": (1,)}[c_shape]
+        inits.append(("C", rng.standard_normal(shape).astype(np.float32)))
+        names.append("C")
+    nodes = [helper.make_node("Gemm", names, ["t"], alpha=alpha, beta=beta, transA=int(trans_a), transB=int(trans_b))]
+    nodes, inits = _with_act(nodes, inits, act, n)
+    g = _load(nodes, [("A", [k, m] if trans_a else [m, k])], inits)
+    assert [layer.op for layer in g] == ["Gemm"]
+    assert_routine_matches(g, BLAS)
+
+
+MATMUL_SHAPES = [((3, 7), (7, 5)), ((2, 3, 7), (7, 5)), ((7,), (7, 5)), ((3, 7), (7,)), ((2, 3, 7), (2, 7, 4)),
+                 ((1, 3, 7), (4, 7, 2)), ((4, 3, 7), (1, 7, 2)), ((3, 7), (2, 7, 5)), ((6,), (6,)), ((1, 5), (5, 1))]
+
+
+@SETTINGS
+@given(st.sampled_from(MATMUL_SHAPES), st.booleans(), st.sampled_from(ACTS))
+def test_matmul(shapes, const_b, act):
+    a_shape, b_shape = shapes
+    rng = np.random.default_rng(len(a_shape) * 10 + len(b_shape))
+    inputs, inits = [("A", list(a_shape))], []
+    if const_b:
+        inits.append(("B", rng.standard_normal(b_shape).astype(np.float32)))
+    else:
+        inputs.append(("B", list(b_shape)))
+    n = b_shape[-1] if len(b_shape) > 1 else 1
+    nodes, inits = _with_act([helper.make_node("MatMul", ["A", "B"], ["t"])], inits, act, n)
+    g = _load(nodes, inputs, inits)
+    layer = next(iter(g))
+    out_rank = len(layer.out_specs[0].shape)
+    applies = routines.get("MatMul", BLAS).applies(layer, g.input_specs(layer))
+    if [l.op for l in g] != ["MatMul"]:
+        return  # the activation did not fuse (e.g. PRelu on a rank-1 output)
+    assert applies == (act != "PRelu" or n == 1 or out_rank == 2)
+    if applies:
+        assert_routine_matches(g, BLAS)
+
+
+def test_rejects_4d_matmul():
+    g = _load([helper.make_node("MatMul", ["A", "B"], ["y"])], [("A", [2, 2, 3, 4]), ("B", [2, 2, 4, 5])])
+    layer = next(iter(g))
+    assert not routines.get("MatMul", BLAS).applies(layer, g.input_specs(layer))
+
+
+@pytest.mark.parametrize("c_shape, beta, applies", [((4,), 1.0, True), ((1, 4), 1.0, True), ((2, 4), 1.0, True),
+                                                    ((2, 1), 1.0, False), ((4,), 0.5, False)])
+def test_gemm_run_time_b_and_c(c_shape, beta, applies):
+    g = _load([helper.make_node("Gemm", ["A", "B", "C"], ["y"], beta=beta)],
+              [("A", [2, 3]), ("B", [3, 4]), ("C", list(c_shape))])
+    layer = next(iter(g))
+    assert routines.get("Gemm", BLAS).applies(layer, g.input_specs(layer)) == applies
+    if applies:
+        assert_routine_matches(g, BLAS)
+
+
+def test_kernel_twins_check_shapes():
+    from workbench._kernels import linalg as k
+    a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
+    out = np.empty((3, 5), np.float32)
+    k.gemm(a, b, out, False, False)
+    np.testing.assert_allclose(out, 4)
+    with pytest.raises(ValueError, match="inner"):
+        k.gemm(a, b, out, False, True)
+    with pytest.raises(ValueError, match="shape"):
+        k.gemm(a, b, np.empty((3, 4), np.float32), False, False)
+    with pytest.raises(ValueError, match="bias"):
+        k.gemm(a, b, out, False, False, bias=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="slope"):
+        k.gemm(a, b, out, False, False, act=7)
+    with pytest.raises(TypeError, match="float32"):
+        k.gemm(a.astype(np.float64), b, out, False, False)
+    with pytest.raises(ValueError, match="2-D"):
+        k.gemm(np.ones(4, np.float32), b, out, False, False)
+    offs = np.zeros(2, np.int64)
+    k.batched_matmul(a, b, np.empty(30, np.float32), offs, offs, 3, 5, 4)
+    with pytest.raises(ValueError, match="reach outside"):
+        k.batched_matmul(a, b, np.empty(30, np.float32), offs + 1, offs, 3, 5, 4)
+    with pytest.raises(TypeError, match="int64"):
+        k.batched_matmul(a, b, np.empty(30, np.float32), offs.astype(np.int32), offs, 3, 5, 4)
+    with pytest.raises(ValueError, match="elements"):
+        k.batched_matmul(a, b, np.empty(29, np.float32), offs, offs, 3, 5, 4)

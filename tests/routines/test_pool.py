@@ -1,0 +1,132 @@
+"""Pooling routines (NCHW and NHWC) against the reference, inside the compiled executor."""
+import importlib
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+from onnx import helper
+
+import workbench
+from onnx_helpers import make_model
+from routine_helpers import assert_routine_matches
+from workbench import routines
+from workbench.routines.eltwise import kernels
+from workbench._kernels import pool as pool_kernels
+
+SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
+DESCRIPTORS = ["cpu:float32:nchw/direct", "cpu:float32:nhwc/direct"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _parallel_even_when_small():
+    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
+    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
+    modules = list(dict.fromkeys(m for name in ("pool",)
+                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
+    old = [m.set_grain(1) for m in modules]
+    yield
+    for m, grain in zip(modules, old):
+        m.set_grain(grain)
+
+
+def _graph(op, shape, opset=19, **attrs):
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    return workbench.load(make_model([node], [("x", shape)], [("y", None)], opset=opset).SerializeToString())
+
+
+@st.composite
+def windows(draw, dilations=True):
+    k = [draw(st.integers(1, 4)) for _ in range(2)]
+    attrs = dict(kernel_shape=k, strides=[draw(st.integers(1, 3)) for _ in range(2)],
+                 pads=[draw(st.integers(0, kk - 1)) for kk in k * 2], ceil_mode=draw(st.integers(0, 1)))
+    if dilations:
+        attrs["dilations"] = [draw(st.integers(1, 3)) for _ in range(2)]
+    shape = [draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 13)), draw(st.integers(1, 13))]
+    d = attrs.get("dilations", [1, 1])
+    for i in range(2):
+        assume(shape[2 + i] + attrs["pads"][i] + attrs["pads"][i + 2] >= (k[i] - 1) * d[i] + 1)
+    return shape, attrs
+
+
+@SETTINGS
+@given(windows(), st.sampled_from(DESCRIPTORS))
+def test_max_pool(case, descriptor):
+    shape, attrs = case
+    assert_routine_matches(_graph("MaxPool", shape, **attrs), descriptor, rtol=0)
+
+
+@SETTINGS
+@given(windows(), st.integers(0, 1), st.sampled_from(DESCRIPTORS))
+def test_average_pool(case, include_pad, descriptor):
+    shape, attrs = case
+    assert_routine_matches(_graph("AveragePool", shape, count_include_pad=include_pad, **attrs), descriptor)
+
+
+@SETTINGS
+@given(st.sampled_from(["MaxPool", "AveragePool"]), st.integers(1, 4), st.integers(1, 3), st.integers(0, 1),
+       st.integers(4, 20))
+def test_1d_pool_runs_channels_first(op, k, s, pad, length):
+    attrs = dict(kernel_shape=[k], strides=[s], pads=[min(pad, k - 1)] * 2)
+    assert_routine_matches(_graph(op, [2, 3, length], **attrs), DESCRIPTORS[0])
+    g = _graph(op, [2, 3, length], **attrs)
+    layer = next(iter(g))
+    assert not routines.get(op, DESCRIPTORS[1]).applies(layer, g.input_specs(layer))
+
+
+@SETTINGS
+@given(st.sampled_from(["GlobalAveragePool", "GlobalMaxPool"]), st.integers(1, 3), st.integers(1, 150),
+       st.integers(1, 9), st.integers(1, 9), st.sampled_from(DESCRIPTORS))
+def test_global_pool(op, n, c, h, w, descriptor):
+    assert_routine_matches(_graph(op, [n, c, h, w]), descriptor)
+
+
+def test_global_pool_other_ranks_only_channels_first():
+    g = _graph("GlobalAveragePool", [2, 5, 7])
+    assert_routine_matches(g, DESCRIPTORS[0])
+    layer = next(iter(g))
+    assert not routines.get("GlobalAveragePool", DESCRIPTORS[1]).applies(layer, g.input_specs(layer))
+
+
+def test_rejects_non_float32_and_3d_pools():
+    g = _graph("MaxPool", [1, 2, 4, 4, 4], kernel_shape=[2, 2, 2])
+    layer = next(iter(g))
+    for d in DESCRIPTORS:
+        assert not routines.get("MaxPool", d).applies(layer, g.input_specs(layer))
+    g = _graph("MaxPool", [1, 2, 4, 4], kernel_shape=[2, 2])
+    layer = next(iter(g))
+    specs = [s.__class__(s.shape, "float64") for s in g.input_specs(layer)]
+    assert not routines.get("MaxPool", DESCRIPTORS[0]).applies(layer, specs)
+
+
+def test_window_in_padding_gives_lowest_and_zero():
+    # Dilation 3, pads 2, a 2-wide input: output 1 reads input -1 and 2, both in the padding.
+    for op in ("MaxPool", "AveragePool"):
+        g = _graph(op, [1, 2, 2, 2], kernel_shape=[2, 2], dilations=[3, 3], pads=[2, 2, 2, 2])
+        assert_routine_matches(g, DESCRIPTORS[0], rtol=0)
+        assert_routine_matches(g, DESCRIPTORS[1], rtol=0)
+
+
+def test_kernel_twins_check_shapes():
+    plan = pool_kernels.Pool2d((5, 6), (2, 3), (2, 2), (2, 2), (1, 1), (0, 0, 0, 0), True)
+    x = np.zeros((1, 3, 5, 6), np.float32)
+    plan.nchw(x, np.zeros((1, 3, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="needs output"):
+        plan.nchw(x, np.zeros((1, 3, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="expected input"):
+        plan.nchw(np.zeros((1, 3, 5, 7), np.float32), np.zeros((1, 3, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="expected input"):
+        plan.nhwc(x, np.zeros((1, 2, 3, 6), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        plan.nchw(x.astype(np.float64), np.zeros((1, 3, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        plan.nchw(np.zeros((1, 3, 5, 12), np.float32)[..., ::2], np.zeros((1, 3, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="positive"):
+        pool_kernels.Pool2d((5, 6), (2, 3), (0, 2), (2, 2), (1, 1), (0, 0, 0, 0), True)
+    with pytest.raises(ValueError, match="needs output"):
+        pool_kernels.global_pool_nhwc(np.zeros((2, 3, 4, 5), np.float32), np.zeros((2, 1, 1, 4), np.float32), True)
+    with pytest.raises(ValueError, match="rank"):
+        pool_kernels.global_pool_nchw(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), False)
+    with pytest.raises(ValueError, match="read-only"):
+        y = np.zeros((2, 3, 1, 1), np.float32)
+        y.flags.writeable = False
+        pool_kernels.global_pool_nchw(np.zeros((2, 3, 4, 5), np.float32), y, False)

@@ -1,0 +1,267 @@
+"""Concat, Split, copies, Transpose, Pad, Slice, Resize and Softmax routines against the reference,
+in both layouts where the layout matters."""
+import importlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import TensorProto, helper
+
+import workbench
+from onnx_helpers import make_model
+from routine_helpers import assert_routine_matches
+from workbench import routines
+from workbench.compiled import CompiledModel
+from workbench.routines.eltwise import kernels
+
+SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
+LAYOUTS = ["nchw", "nhwc"]
+REFERENCE = "cpu:float32:nchw/reference"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _parallel_even_when_small():
+    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
+    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
+    modules = list(dict.fromkeys(m for name in ("tensor_ops", "softmax", "pool", "eltwise", "linalg", "col2im")
+                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
+    old = [m.set_grain(1) for m in modules]
+    yield
+    for m, grain in zip(modules, old):
+        m.set_grain(grain)
+
+
+def _load(nodes, inputs, inits=(), outputs=("y",), opset=17):
+    return workbench.load(make_model(nodes, inputs, [(o, None) for o in outputs], initializers=inits,
+                                     opset=opset).SerializeToString())
+
+
+def _applies(g, descriptor):
+    layer = next(iter(g))
+    return routines.get(layer.op, descriptor).applies(layer, g.input_specs(layer))
+
+
+shapes4 = st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 7), st.integers(1, 8))
+
+
+@SETTINGS
+@given(shapes4, st.integers(0, 3), st.integers(2, 3), st.booleans(), st.sampled_from(LAYOUTS))
+def test_concat(shape, axis, parts, with_const, layout):
+    rng = np.random.default_rng(sum(shape) + axis)
+    sizes = [int(rng.integers(1, 5)) for _ in range(parts)]
+    inputs, inits, names = [], [], []
+    for i, s in enumerate(sizes):
+        sh = list(shape)
+        sh[axis] = s
+        if with_const and i == 1:
+            inits.append((f"x{i}", rng.standard_normal(sh).astype(np.float32)))
+        else:
+            inputs.append((f"x{i}", sh))
+        names.append(f"x{i}")
+    g = _load([helper.make_node("Concat", names, ["y"], axis=axis - 4 if axis % 2 else axis)], inputs, inits)
+    assert_routine_matches(g, f"cpu:float32:{layout}/copy")
+
+
+@SETTINGS
+@given(shapes4, st.integers(0, 3), st.sampled_from(LAYOUTS))
+def test_split(shape, axis, layout):
+    shape = list(shape)
+    shape[axis] += 2
+    sizes = np.array([1, shape[axis] - 2, 1], np.int64)
+    g = _load([helper.make_node("Split", ["x", "s"], ["a", "b", "c"], axis=axis)], [("x", shape)], [("s", sizes)],
+              outputs=["a", "b", "c"])
+    assert_routine_matches(g, f"cpu:float32:{layout}/copy")
+
+
+def test_concat_2d_and_int64_channels_first_only():
+    g = _load([helper.make_node("Concat", ["a", "b"], ["y"], axis=1)], [("a", [2, 3]), ("b", [2, 4])])
+    assert_routine_matches(g, "cpu:float32:nchw/copy")
+    assert not _applies(g, "cpu:float32:nhwc/copy")
+    g = _load([helper.make_node("Concat", ["a", "b"], ["y"], axis=0)],
+              [("a", [2, 3], TensorProto.INT64), ("b", [1, 3], TensorProto.INT64)])
+    assert_routine_matches(g, "cpu:float32:nchw/copy")
+    assert not _applies(g, "cpu:float32:nhwc/copy")
+
+
+@pytest.mark.parametrize("node, shape, inits", [
+    (helper.make_node("Flatten", ["x"], ["y"], axis=2), [2, 3, 4, 5], []),
+    (helper.make_node("Reshape", ["x", "s"], ["y"]), [2, 3, 4, 5], [("s", np.array([2, -1], np.int64))]),
+    (helper.make_node("Squeeze", ["x", "s"], ["y"]), [2, 1, 4, 1], [("s", np.array([1, 3], np.int64))]),
+    (helper.make_node("Unsqueeze", ["x", "s"], ["y"]), [2, 3, 4], [("s", np.array([0], np.int64))]),
+])
+def test_copies(node, shape, inits):
+    g = _load([helper.make_node("Relu", ["x"], ["r"]), node], [("x", shape)], inits)
+    node_layer = [layer for layer in g][-1]
+    assert node_layer.op == node.op_type
+    assert_routine_matches(g, "cpu:float32:nchw/copy", expect_layers=[node_layer.name])
+    assert_routine_matches(g, "cpu:float32:nchw/view", expect_layers=[node_layer.name])
+    # In the executor the view owns no buffer; run on its own it copies.
+    compiled = CompiledModel(g, {layer.name: "cpu:float32:nchw/view" if layer is node_layer else REFERENCE for layer in g})
+    views = compiled._views
+    assert np.shares_memory(views[(node_layer.outputs[0], "nchw")], views[(node_layer.inputs[0], "nchw")])
+    view = routines.get(node.op_type, "cpu:float32:nchw/view")
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    y = np.zeros(node_layer.out_specs[0].shape, np.float32)
+    view.run(node_layer, view.prepare(node_layer), [x] + [None] * (len(node_layer.inputs) - 1), [y], 2)
+    np.testing.assert_array_equal(y.reshape(-1), x.reshape(-1))
+
+
+@pytest.mark.parametrize("perm", [[0, 2, 3, 1], [0, 3, 1, 2], [1, 0, 3, 2], [2, 0, 1]])
+def test_transpose(perm):
+    shape = [2, 3, 4, 5][:len(perm)]
+    g = _load([helper.make_node("Transpose", ["x"], ["y"], perm=perm)], [("x", shape)])
+    assert_routine_matches(g, "cpu:float32:nchw/copy", rtol=0)
+
+
+@SETTINGS
+@given(shapes4, st.sampled_from(["constant", "edge", "reflect", "wrap"]),
+       st.lists(st.integers(-1, 3), min_size=8, max_size=8), st.sampled_from(LAYOUTS))
+def test_pad(shape, mode, pads, layout):
+    shape = [d + 2 for d in shape]   # room for crops and reflections
+    inits = [("p", np.array(pads, np.int64))]
+    names = ["x", "p"]
+    if mode == "constant":
+        inits.append(("v", np.array(1.5, np.float32)))
+        names.append("v")
+    g = _load([helper.make_node("Pad", names, ["y"], mode=mode)], [("x", shape)], inits)
+    assert_routine_matches(g, f"cpu:float32:{layout}/gather", rtol=0)
+
+
+@SETTINGS
+@given(shapes4, st.lists(st.tuples(st.integers(-6, 6), st.integers(-6, 8), st.sampled_from([1, 2, -1, -2])),
+                         min_size=1, max_size=4, unique_by=lambda t: id(t)), st.sampled_from(LAYOUTS))
+def test_slice(shape, spec, layout):
+    shape = [d + 3 for d in shape]
+    axes = list(range(len(spec)))
+    starts, ends, steps = zip(*spec)
+    inits = [("s", np.array(starts, np.int64)), ("e", np.array(ends, np.int64)), ("a", np.array(axes, np.int64)),
+             ("t", np.array(steps, np.int64))]
+    g = _load([helper.make_node("Slice", ["x", "s", "e", "a", "t"], ["y"])], [("x", shape)], inits)
+    if any(d == 0 for d in next(iter(g)).out_specs[0].shape):
+        return
+    assert_routine_matches(g, f"cpu:float32:{layout}/gather", rtol=0)
+
+
+COORDS = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+          "half_pixel_symmetric"]
+
+
+@SETTINGS
+@given(shapes4, st.sampled_from(["nearest", "linear"]), st.sampled_from(COORDS),
+       st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]),
+       st.tuples(st.sampled_from([0.5, 0.6, 1.0, 1.5, 2.0, 3.0]), st.sampled_from([0.7, 1.0, 2.0, 2.5])),
+       st.sampled_from(LAYOUTS))
+def test_resize(shape, mode, coord, nearest, scales, layout):
+    shape = [shape[0], shape[1], shape[2] + 1, shape[3] + 1]
+    inits = [("scales", np.array([1, 1, *scales], np.float32))]
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode=mode, coordinate_transformation_mode=coord,
+                            nearest_mode=nearest)
+    g = _load([node], [("x", shape)], inits, opset=19)
+    if any(d == 0 for d in next(iter(g)).out_specs[0].shape):
+        return
+    algo = "gather" if mode == "nearest" else "bilinear"
+    assert_routine_matches(g, f"cpu:float32:{layout}/{algo}", rtol=0 if mode == "nearest" else 1e-5)
+
+
+@pytest.mark.parametrize("mode, algo", [("nearest", "gather"), ("linear", "bilinear")])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_upsample_opset9(mode, algo, layout):
+    g = _load([helper.make_node("Upsample", ["x", "s"], ["y"], mode=mode)], [("x", [2, 3, 5, 4])],
+              [("s", np.array([1, 1, 2, 3], np.float32))], opset=9)
+    assert next(iter(g)).op == "Upsample"
+    assert_routine_matches(g, f"cpu:float32:{layout}/{algo}", rtol=1e-5)
+
+
+def test_resize_sizes_and_channel_scales():
+    inits = [("sizes", np.array([2, 3, 8, 8], np.int64))]
+    g = _load([helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear")], [("x", [2, 3, 4, 4])], inits,
+              opset=19)
+    assert _applies(g, "cpu:float32:nhwc/bilinear") and not _applies(g, "cpu:float32:nhwc/gather")
+    assert_routine_matches(g, "cpu:float32:nhwc/bilinear")
+    # A channel scale that keeps the size (the reference still resamples), or a 1-D resize: the reference's.
+    for shape, scales in (([2, 3, 4, 4], [1, 1.2, 2, 1]), ([2, 3, 4], [1, 1, 2])):
+        g = _load([helper.make_node("Resize", ["x", "", "s"], ["y"], mode="nearest")], [("x", shape)],
+                  [("s", np.array(scales, np.float32))], opset=19)
+        assert not any(_applies(g, f"cpu:float32:{lay}/gather") for lay in LAYOUTS)
+
+
+@SETTINGS
+@given(st.sampled_from([(2, 10), (3, 1000), (2, 3, 5), (1, 7, 3, 3)]), st.integers(-1, 1), st.sampled_from([11, 13]),
+       st.sampled_from(["Softmax", "LogSoftmax"]), st.sampled_from(LAYOUTS))
+def test_softmax(shape, axis, opset, op, layout):
+    g = _load([helper.make_node(op, ["x"], ["y"], axis=axis)], [("x", list(shape))], opset=opset)
+    layer = next(iter(g))
+    descriptor = f"cpu:float32:{layout}/rows"
+    rank = len(shape)
+    a = axis % rank
+    if layout == "nhwc":
+        expected = rank == 4 and (a == 1 if opset >= 13 else a in (0, 1))
+    else:
+        expected = opset < 13 or all(d == 1 for d in shape[a + 1:])
+    assert _applies(g, descriptor) == expected, (shape, axis, opset)
+    if expected:
+        assert_routine_matches(g, descriptor)
+
+
+def test_kernel_twins_check_shapes():
+    from workbench._kernels import softmax, tensor_ops as k
+    a = np.arange(12, dtype=np.float32)
+    with pytest.raises(ValueError, match="overrun"):
+        k.copy_blocks(a, np.empty(12, np.float32), 3, 4, 4, 1, 4, 0)
+    with pytest.raises(ValueError, match="overrun"):
+        k.copy_blocks(a, np.empty(12, np.float32), 2, 4, 4, 0, 3, 0)
+    with pytest.raises(TypeError, match="float64"):
+        k.copy_blocks(a, np.empty(12, np.float64), 1, 12, 12, 0, 12, 0)
+    x = np.zeros((1, 2, 3, 4), np.float32)
+    t = [np.arange(n, dtype=np.int32) for n in (1, 2, 3, 4)]
+    k.gather4(x, np.empty((1, 2, 3, 4), np.float32), t)
+    with pytest.raises(ValueError, match="outside"):
+        k.gather4(x, np.empty((1, 2, 3, 4), np.float32), t[:3] + [np.array([0, 1, 2, 4], np.int32)])
+    with pytest.raises(ValueError, match="entries"):
+        k.gather4(x, np.empty((1, 2, 3, 5), np.float32), t)
+    with pytest.raises(TypeError, match="int32"):
+        k.gather4(x, np.empty((1, 2, 3, 4), np.float32), t[:3] + [t[3].astype(np.int64)])
+    h = (np.zeros(2, np.int32), np.ones(2, np.int32), np.zeros(2, np.float32))
+    w = (np.zeros(5, np.int32), np.full(5, 3, np.int32), np.zeros(5, np.float32))
+    k.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), False, h, w)
+    with pytest.raises(ValueError, match="outside"):
+        k.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), False, h, (w[0], w[1] + 1, w[2]))
+    with pytest.raises(ValueError, match="batch or channels"):
+        k.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), True, h, w)
+    with pytest.raises(ValueError, match="rows"):
+        softmax.softmax_rows(a, np.empty(12, np.float32), 5, 3)
+
+
+# -- the zoo: every non-Conv layer has a fast routine, and a whole model runs on them ----------------------
+ZOO = {"tiny": 64, "resnet50": 64, "mobilenet_v2": 64, "mobilenet_v3_large": 96, "vgg16": 32}
+OURS = {f"workbench.routines.{m}" for m in ("pool", "eltwise", "linalg", "tensor_ops", "conv_transpose")}
+
+
+def _ours(graph, layer, layout):
+    """Our routines that apply to ``layer``, ``layout`` ones first."""
+    found = [r for r in routines.applicable(graph, layer) if r.__module__ in OURS]
+    return sorted(found, key=lambda r: (r.layout != layout, -r.priority, r.descriptor))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_non_conv_layers_run_on_fast_routines(name):
+    from workbench import zoo
+    from workbench.compiled import CompiledModel
+    graph = workbench.load(zoo.build(name, batch=2, resolution=ZOO[name]).SerializeToString())
+    assert set(workbench.zoo.NAMES) == set(ZOO)
+    feeds = workbench.random_inputs(graph, seed=3)
+    ref = workbench.ReferenceExecutor(graph).run(feeds)
+    for layout in ("nchw", "nhwc"):
+        assignment = {}
+        for layer in graph:
+            if layer.op == "Conv":
+                assignment[layer.name] = "cpu:float32:nchw/reference"
+                continue
+            found = _ours(graph, layer, layout)
+            assert found, f"{name}: no fast routine for {layer.name} ({layer.op})"
+            assignment[layer.name] = found[0].descriptor
+        assert any(f":{layout}/" in d for d in assignment.values())
+        ours = CompiledModel(graph, assignment, num_threads=2).run(feeds)
+        for out, r in ref.items():
+            err = float(np.abs(ours[out].astype(np.float64) - r).max()) / max(float(np.abs(r).max()), 1e-6)
+            assert err <= 1e-4, (name, layout, out, err)

@@ -1,0 +1,74 @@
+"""``cpu:float32:{nchw,nhwc}/gemm``: 2-D ConvTranspose as SGEMM + col2im (``workbench._kernels.col2im``).
+
+Weights are packed once in :meth:`prepare` (NHWC wants them as (C, KH, KW, M/group)); the GEMM's
+column buffer is scratch in the layer state, sized on the first run (prepare does not see the
+input shape).  Begin pads must be non-negative (the reference's slicing gives something else for
+negative ones); negative end pads, ``output_padding`` and ``output_shape`` beyond the full size
+come out of the output size.  1-D ConvTranspose runs channels-first as a 2-D one of height 1.
+"""
+import numpy as np
+
+from ..graph import NCHW, NHWC
+from . import Routine
+from .eltwise import all_float32, fused_activation, kernels
+
+
+def _geometry(attrs):
+    """kernel, strides, dilations, begin pads as 2-D pairs (1-D ops get a unit height)."""
+    k, s, d, p = attrs["kernel_shape"], attrs["strides"], attrs["dilations"], attrs["pads"]
+    if len(k) == 1:
+        return (1, k[0]), (1, s[0]), (1, d[0]), (0, p[0])
+    return tuple(k), tuple(s), tuple(d), (p[0], p[1])
+
+
+class _ConvTranspose(Routine, register=False):
+    op = "ConvTranspose"
+    algo = "gemm"
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        x = specs[0].shape
+        a = layer.attrs
+        n = len(a["kernel_shape"])
+        return (all_float32(specs, layer.out_specs) and 1 in layer.consts
+                and (len(specs) < 3 or specs[2] is None or 2 in layer.consts)
+                and len(x) == n + 2 and (len(x) == 4 or (cls.layout == NCHW and len(x) == 3))
+                and min(a["pads"][:n]) >= 0 and not a.get("residual")
+                and fused_activation(layer, layer.out_specs[0].shape) is not None)
+
+    @classmethod
+    def prepare(cls, layer):
+        w = np.asarray(layer.consts[1], np.float32)
+        if w.ndim == 3:
+            w = w[:, :, None, :]
+        if cls.layout == NHWC:
+            w = w.transpose(0, 2, 3, 1)     # (C, Mg, KH, KW) -> (C, KH, KW, Mg)
+        b = layer.consts.get(2)
+        code, p0, p1, slope = fused_activation(layer, layer.out_specs[0].shape)
+        return {"w": np.ascontiguousarray(w), "bias": None if b is None else np.ascontiguousarray(b, np.float32),
+                "act": (code, p0, p1, slope), "scratch": None}
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        x, y = args[0], outs[0]
+        if x.ndim == 3:
+            x, y = x[:, :, None, :], y[:, :, None, :]
+        h, w = (x.shape[1], x.shape[2]) if cls.layout == NHWC else x.shape[2:]
+        m = y.shape[3] if cls.layout == NHWC else y.shape[1]
+        need = m * int(np.prod(layer.attrs["kernel_shape"])) * h * w
+        if state["scratch"] is None or state["scratch"].size < need:
+            state["scratch"] = np.empty(need, np.float32)
+        kernel, strides, dilations, pads = _geometry(layer.attrs)
+        code, p0, p1, slope = state["act"]
+        kernels("col2im").conv_transpose(x, state["w"], y, state["scratch"], cls.layout == NHWC, layer.attrs["group"],
+                                         kernel, strides, dilations, pads, state["bias"], code, p0, p1, slope,
+                                         num_threads)
+
+
+class ConvTransposeNchw(_ConvTranspose):
+    layout = NCHW
+
+
+class ConvTransposeNhwc(_ConvTranspose):
+    layout = NHWC

@@ -1,0 +1,84 @@
+"""``cpu:float32:{nchw,nhwc}/direct``: MaxPool, AveragePool and the global pools.
+
+The window tables (``workbench._kernels.pool.Pool2d``) depend on the input's spatial size, which
+:meth:`prepare` does not see (it gets the layer alone): they are built on the first run and kept
+in the layer's state, keyed by the input shape.  NCHW runs one output row per job; NHWC one row
+of pixels per job, vectorised over channels.  1-D pools (rank-3, always channels-first) run as
+2-D ones of height 1.
+"""
+from ..graph import NCHW, NHWC
+from . import Routine
+from .eltwise import all_float32, kernels, memo
+
+
+def _as_2d(attrs):
+    """Kernel, strides, dilations and (top, left, bottom, right) pads of a 1-D or 2-D pool."""
+    k, s, d, p = attrs["kernel_shape"], attrs["strides"], attrs["dilations"], attrs["pads"]
+    if len(k) == 1:
+        return (1, k[0]), (1, s[0]), (1, d[0]), (0, p[0], 0, p[1])
+    return tuple(k), tuple(s), tuple(d), tuple(p)
+
+
+class _Window(Routine, register=False):
+    op = ("MaxPool", "AveragePool")
+    algo = "direct"
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        rank = len(specs[0].shape)
+        return (rank in ((3, 4) if cls.layout == NCHW else (4,)) and len(layer.attrs["kernel_shape"]) == rank - 2
+                and len(layer.outputs) == 1 and all_float32(specs, layer.out_specs))
+
+    @classmethod
+    def prepare(cls, layer):
+        return {}
+
+    @classmethod
+    def _plan(cls, layer, x, y):
+        """The window tables for 4-D physical arrays ``x`` -> ``y``."""
+        hw = (lambda a: a.shape[1:3]) if cls.layout == NHWC else (lambda a: a.shape[2:])
+        kernel, strides, dilations, pads = _as_2d(layer.attrs)
+        return kernels("pool").Pool2d(hw(x), hw(y), kernel, strides, dilations, pads, layer.op == "MaxPool",
+                                      bool(layer.attrs.get("count_include_pad", 0)))
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        x, y = args[0], outs[0]
+        if x.ndim == 3:
+            x, y = x[:, :, None, :], y[:, :, None, :]
+        plan = memo(state, x.shape, lambda: cls._plan(layer, x, y))
+        (plan.nchw if cls.layout == NCHW else plan.nhwc)(x, y, num_threads)
+
+
+class PoolNchw(_Window):
+    layout = NCHW
+
+
+class PoolNhwc(_Window):
+    layout = NHWC
+
+
+class _Global(Routine, register=False):
+    op = ("GlobalAveragePool", "GlobalMaxPool")
+    algo = "direct"
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        rank = len(specs[0].shape)
+        return (rank >= 3 if cls.layout == NCHW else rank == 4) and all_float32(specs, layer.out_specs)
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        k = kernels("pool")
+        (k.global_pool_nchw if cls.layout == NCHW else k.global_pool_nhwc)(
+            args[0], outs[0], layer.op == "GlobalMaxPool", num_threads)
+
+
+class GlobalPoolNchw(_Global):
+    layout = NCHW
+
+
+class GlobalPoolNhwc(_Global):
+    layout = NHWC

@@ -1,0 +1,333 @@
+"""Data-movement and normalisation layers: Concat, Split, Softmax, Resize, Pad, Slice, Transpose and
+the reshape-like copies.
+
+- ``{nchw,nhwc}/copy``: Concat and Split as row-block copies along the concatenated axis in the
+  *physical* order (NHWC: logical axis 1 is the last physical axis); constants are stored in the
+  routine's layout once, in :meth:`prepare`.
+- ``nchw/view`` and ``nchw/copy``: Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout as a
+  view of the input's buffer (no work at all in the compiled executor), or as a parallel copy
+  (channels-first only: a 4-D NHWC tensor is adapted first, so its inputs stay NCHW).
+- ``nchw/copy``: Transpose; (0, 2, 3, 1) and (0, 3, 1, 2) through the layout kernels.
+- ``{nchw,nhwc}/gather``: Pad (every mode), Slice and nearest Resize as index-table gathers;
+  ``{nchw,nhwc}/bilinear``: linear Resize.  The tables come from the reference's own functions
+  (``np.pad`` of an index range, ``Resize.source_coords``/``nearest_index``), so the semantics
+  cannot drift; they depend on the input shape, which :meth:`prepare` does not see, so they are
+  built on the first run of each input shape.
+- ``{nchw,nhwc}/rows``: Softmax/LogSoftmax over a contiguous axis (the classifier case).
+"""
+import numpy as np
+
+from ..graph import NCHW, NHWC
+from ..ops.resize import Resize
+from ..ops.tensor import Pad, Slice
+from . import Routine
+from .eltwise import all_float32, as_stored, kernels, memo
+
+#: Logical (NCHW) axis -> physical axis of a 4-D NHWC array.
+NHWC_AXIS = (0, 3, 1, 2)
+#: Physical NHWC axis -> logical axis.
+NHWC_ORDER = (0, 2, 3, 1)
+
+
+def _physical_axis(axis, rank, layout):
+    axis %= rank
+    return NHWC_AXIS[axis] if layout == NHWC and rank == 4 else axis
+
+
+def _layout_ok(cls, specs, layer):
+    """NHWC variants take 4-D float32 tensors only (the layout adapts are 4-D float32 ones)."""
+    specs = [s for s in specs if s is not None]
+    return cls.layout == NCHW or (all(len(s.shape) == 4 for s in specs + list(layer.out_specs))
+                                  and all_float32(specs, layer.out_specs))
+
+
+class _Blocks(Routine, register=False):
+    """Concat and Split: rows of ``outer`` blocks along the physical axis."""
+
+    op = ("Concat", "Split")
+    algo = "copy"
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        specs = [s for s in specs if s is not None]
+        dtypes = {s.dtype for s in specs + list(layer.out_specs)}
+        return len(dtypes) == 1 and _layout_ok(cls, specs, layer) and all(s.size > 0 for s in layer.out_specs)
+
+    @classmethod
+    def prepare(cls, layer):
+        return {i: as_stored(v, cls.layout == NHWC) if np.asarray(v).dtype == np.float32 else np.ascontiguousarray(v)
+                for i, v in layer.consts.items()}
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        copy = kernels("tensor_ops").copy_blocks
+        parts = [state.get(i, a) for i, a in enumerate(args) if a is not None] if layer.op == "Concat" else outs
+        whole = outs[0] if layer.op == "Concat" else args[0]
+        axis = _physical_axis(layer.attrs["axis"], whole.ndim, cls.layout)
+        outer = int(np.prod(whole.shape[:axis], dtype=np.int64))
+        inner = int(np.prod(whole.shape[axis + 1:], dtype=np.int64))
+        ld, offset = whole.shape[axis] * inner, 0
+        for part in parts:
+            width = part.shape[axis] * inner
+            if layer.op == "Concat":
+                copy(part, whole, outer, width, width, 0, ld, offset, num_threads)
+            else:
+                copy(whole, part, outer, width, ld, offset, width, 0, num_threads)
+            offset += width
+
+
+class BlocksNchw(_Blocks):
+    layout = NCHW
+
+
+class BlocksNhwc(_Blocks):
+    layout = NHWC
+
+
+class CopyNchw(Routine):
+    """Reshape-like ops: the output is the input's elements in the same order."""
+
+    op = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout")
+    layout = NCHW
+    algo = "copy"
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return len(layer.outputs) == 1 and specs[0].dtype == layer.out_specs[0].dtype and 0 not in layer.consts
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        x, y = args[0], outs[0]
+        kernels("tensor_ops").copy_blocks(x, y, 1, x.size, x.size, 0, y.size, 0, num_threads)
+
+
+class ViewNchw(CopyNchw):
+    """The reshape-like ops as views: the executor gives the output no buffer of its own (it is
+    the input's, reinterpreted) and skips :meth:`run`; run directly, on separate buffers, it copies."""
+
+    algo = "view"
+    priority = 20
+    view_of_input = 0
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        if not np.may_share_memory(args[0], outs[0]):
+            super().run(layer, state, args, outs, num_threads)
+
+
+class TransposeNchw(Routine):
+    op = "Transpose"
+    layout = NCHW
+    algo = "copy"
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return 0 not in layer.consts and specs[0].size > 0
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        x, y = args[0], outs[0]
+        perm = layer.attrs["perm"]
+        perm = list(range(x.ndim))[::-1] if perm is None else [p % x.ndim for p in perm]
+        if x.ndim == 4 and x.dtype == np.float32 and perm in ([0, 2, 3, 1], [0, 3, 1, 2]):
+            from .._kernels import layout
+            (layout.nchw_to_nhwc if perm == [0, 2, 3, 1] else layout.nhwc_to_nchw)(x, y, num_threads)
+        else:
+            np.copyto(y, x.transpose(perm))
+
+
+# -- gathers: Pad, Slice, nearest Resize; bilinear Resize -------------------------------------------------
+def _to4(tables):
+    """Pad a list of per-axis tables to four axes with leading one-entry tables."""
+    return [np.zeros(1, np.int32)] * (4 - len(tables)) + [np.ascontiguousarray(t, np.int32) for t in tables]
+
+
+def pad_tables(layer, shape):
+    """Per logical axis, the source index of every output position (-1: the constant)."""
+    widths = Pad._widths(layer, len(shape))
+    mode = layer.attrs["mode"]
+    tables = []
+    for size, (b, e) in zip(shape, widths):
+        idx = np.arange(size)[max(-b, 0): size - max(-e, 0)]
+        b, e = max(b, 0), max(e, 0)
+        if mode == "constant":
+            tables.append(np.pad(idx, (b, e), constant_values=-1))
+        else:
+            tables.append(np.pad(idx, (b, e), mode=mode))
+    return tables
+
+
+def slice_tables(layer, shape):
+    """Per axis, the source index of every output position of the reference's slice."""
+    index = Slice._index(layer, shape)
+    return [np.arange(size)[i] for size, i in zip(shape, index)]
+
+
+def resize_tables(layer, shape):
+    """Per spatial axis (lo, hi, weight), from the reference's coordinate functions."""
+    a = layer.attrs
+    copy = tuple(a["sizes"]) == tuple(shape)
+    out = []
+    for axis in (2, 3):
+        in_len, out_len, scale = shape[axis], a["sizes"][axis], a["scales"][axis]
+        if copy or (out_len == in_len and scale == 1.0):
+            idx = np.arange(in_len)
+            out.append((idx, idx, np.zeros(in_len, np.float32)))
+            continue
+        coords = Resize.source_coords(a["coordinate_transformation_mode"], out_len, in_len, scale)
+        if a["mode"] == "nearest":
+            idx = Resize.nearest_index(coords, a["nearest_mode"], in_len, scale)
+            out.append((idx, idx, np.zeros(out_len, np.float32)))
+            continue
+        coords = np.clip(coords, 0, in_len - 1)
+        lo = np.floor(coords).astype(np.int64)
+        out.append((lo, np.minimum(lo + 1, in_len - 1), (coords - lo).astype(np.float32)))
+    as32 = np.ascontiguousarray
+    return [(as32(lo, np.int32), as32(hi, np.int32), as32(w, np.float32)) for lo, hi, w in out]
+
+
+def _resize_ok(layer, shape):
+    a = layer.attrs
+    copy = tuple(a["sizes"]) == tuple(shape)
+    # Batch and channel axes untouched (a scale != 1 there resamples them even at the same size).
+    same_nc = a["scales"][0] == a["scales"][1] == 1.0 and list(a["sizes"][:2]) == list(shape[:2])
+    return len(shape) == 4 and (copy or same_nc)
+
+
+class _Gather(Routine, register=False):
+    op = ("Pad", "Slice", "Resize", "Upsample")
+    algo = "gather"
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        shape = specs[0].shape
+        if not (all_float32(specs[:1], layer.out_specs) and _layout_ok(cls, specs[:1], layer)) or len(shape) > 4:
+            return False
+        if layer.op in ("Resize", "Upsample"):
+            return layer.attrs["mode"] == "nearest" and _resize_ok(layer, shape)
+        if layer.op == "Pad":
+            try:
+                pad_tables(layer, shape)
+            except (ValueError, IndexError):
+                return False   # e.g. reflecting an axis cropped to nothing: the reference raises too
+        return True
+
+    @classmethod
+    def prepare(cls, layer):
+        return {}
+
+    @classmethod
+    def _tables(cls, layer, shape):
+        if layer.op == "Pad":
+            tables = pad_tables(layer, shape)
+        elif layer.op == "Slice":
+            tables = slice_tables(layer, shape)
+        else:
+            (hl, _, _), (wl, _, _) = resize_tables(layer, shape)
+            tables = [np.arange(shape[0]), np.arange(shape[1]), hl, wl]
+        if cls.layout == NHWC:
+            tables = [tables[i] for i in NHWC_ORDER]
+        return _to4(tables)
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        x, y = args[0], outs[0]
+        logical = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if cls.layout == NHWC else x.shape
+        tables = memo(state, x.shape, lambda: cls._tables(layer, logical))
+        fill = np.float32(layer.attrs.get("value", 0.0)) if layer.op == "Pad" else 0.0
+        x4 = x.reshape((1,) * (4 - x.ndim) + x.shape)
+        y4 = y.reshape((1,) * (4 - y.ndim) + y.shape)
+        kernels("tensor_ops").gather4(x4, y4, tables, fill, num_threads)
+
+
+class GatherNchw(_Gather):
+    layout = NCHW
+
+
+class GatherNhwc(_Gather):
+    layout = NHWC
+
+
+class _Bilinear(Routine, register=False):
+    op = ("Resize", "Upsample")
+    algo = "bilinear"
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return (layer.attrs["mode"] == "linear" and all_float32(specs[:1], layer.out_specs)
+                and _layout_ok(cls, specs[:1], layer) and _resize_ok(layer, specs[0].shape))
+
+    @classmethod
+    def prepare(cls, layer):
+        return {}
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        x = args[0]
+        logical = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if cls.layout == NHWC else x.shape
+        h, w = memo(state, x.shape, lambda: resize_tables(layer, logical))
+        kernels("tensor_ops").lerp2d(x, outs[0], cls.layout == NHWC, h, w, num_threads)
+
+
+class BilinearNchw(_Bilinear):
+    layout = NCHW
+
+
+class BilinearNhwc(_Bilinear):
+    layout = NHWC
+
+
+# -- Softmax ------------------------------------------------------------------------------------------------
+def softmax_rows(layer, shape, layout):
+    """(rows, cols) of the contiguous reduction, or None when the reduced axis is not contiguous."""
+    rank = max(len(shape), 1)
+    axis = layer.attrs["axis"] % rank
+    size = int(np.prod(shape, dtype=np.int64))
+    if layout == NHWC:
+        # Coerced at axis 0/1 the reduced set is the same in any order; a plain axis-1 softmax
+        # reduces the channels, the contiguous axis of NHWC.
+        if layer.attrs["coerce_2d"] and axis in (0, 1):
+            rows = 1 if axis == 0 else shape[0]
+        elif not layer.attrs["coerce_2d"] and axis == 1:
+            rows = size // shape[1]
+        else:
+            return None
+        return rows, size // max(rows, 1)
+    rows = int(np.prod(shape[:axis], dtype=np.int64))
+    if not layer.attrs["coerce_2d"] and int(np.prod(shape[axis + 1:], dtype=np.int64)) != 1:
+        return None
+    return rows, size // max(rows, 1)
+
+
+class _Softmax(Routine, register=False):
+    op = ("Softmax", "LogSoftmax")
+    algo = "rows"
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        shape = specs[0].shape
+        return (all_float32(specs, layer.out_specs) and _layout_ok(cls, specs, layer) and specs[0].size > 0
+                and softmax_rows(layer, shape, cls.layout) is not None)
+
+    @classmethod
+    def prepare(cls, layer):
+        return softmax_rows(layer, layer.out_specs[0].shape, cls.layout)
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        rows, cols = state
+        kernels("softmax").softmax_rows(args[0], outs[0], rows, cols, layer.op == "LogSoftmax", num_threads)
+
+
+class SoftmaxNchw(_Softmax):
+    layout = NCHW
+
+
+class SoftmaxNhwc(_Softmax):
+    layout = NHWC

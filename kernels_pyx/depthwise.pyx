@@ -1,0 +1,473 @@
+# isa-variants: avx2, avx512
+# cython: language_level=3
+"""Direct depthwise convolution (one KxK filter per channel, dilation 1), float32, fused epilogue.
+
+NHWC: the innermost loop runs over channels, which are contiguous in both the input and the
+packed (K*K, C) weights; one kernel row of K taps is summed per pass so the output pixel is
+loaded and stored K times, not K*K.  Parallel over (image, output row).
+
+NCHW: each (image, channel) plane is first copied into a zero-bordered per-thread scratch plane
+(for a horizontal stride of 2 its columns are split into even and odd halves), so every tap of
+every output row reads a contiguous, in-bounds run and the inner loop over the output width
+vectorises without bounds checks.  Parallel over (image, channel).
+
+Pointers carry ``__restrict__`` (through the ``fptr`` typedefs) so that GCC vectorises the
+multi-stream inner loops without run-time alias checks, which it gives up on past ~10 streams.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange, threadid
+from libc.string cimport memset, memcpy
+from _epilogue cimport activate
+
+cnp.import_array()
+
+cdef extern from *:
+    ctypedef float* fptr "float * __restrict__"
+    ctypedef const float* cfptr "const float * __restrict__"
+
+
+# -- epilogue: residual + activation with the activation code constant in each loop ------------
+
+cdef inline void _act_run(float* y, Py_ssize_t n, int act, float p0, float p1, float s) noexcept nogil:
+    """Activation on n values sharing one PRelu slope; one loop per code so each vectorises."""
+    cdef Py_ssize_t i
+    cdef float t, sixth = <float> (1.0 / 6.0), half = 0.5
+    if act == 1:
+        for i in range(n):
+            y[i] = activate(y[i], 1, p0, p1, s)
+    elif act == 2:
+        for i in range(n):
+            y[i] = activate(y[i], 2, p0, p1, s)
+    elif act == 3:
+        for i in range(n):
+            y[i] = activate(y[i], 3, p0, p1, s)
+    elif act == 4:
+        for i in range(n):
+            y[i] = activate(y[i], 4, p0, p1, s)
+    elif act == 5:
+        # Single precision throughout (the shared activate() computes HardSwish in double).
+        for i in range(n):
+            t = y[i] * sixth + half
+            y[i] = y[i] * (0 if t < 0 else (1 if t > 1 else t))
+    elif act == 7:
+        for i in range(n):
+            y[i] = activate(y[i], 7, p0, p1, s)
+    elif act != 0:
+        for i in range(n):
+            y[i] = activate(y[i], act, p0, p1, s)
+
+
+cdef inline void _add(fptr y, cfptr r, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = y[i] + r[i]
+
+
+cdef inline void _prelu_cols(fptr y, cfptr slope, Py_ssize_t rows, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t r, c
+    cdef float v
+    for r in range(rows):
+        for c in range(C):
+            v = y[r * C + c]
+            y[r * C + c] = v if v >= 0 else v * slope[c]
+
+
+# -- NHWC ---------------------------------------------------------------------------------------
+
+cdef inline void _row3_set(fptr o, cfptr base, cfptr x, cfptr w, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        o[c] = base[c] + x[c] * w[c] + x[c + C] * w[c + C] + x[c + 2 * C] * w[c + 2 * C]
+
+
+cdef inline void _row3_add(fptr o, cfptr x, cfptr w, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        o[c] = o[c] + x[c] * w[c] + x[c + C] * w[c + C] + x[c + 2 * C] * w[c + 2 * C]
+
+
+cdef inline void _row5_set(fptr o, cfptr base, cfptr x, cfptr w, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        o[c] = (base[c] + x[c] * w[c] + x[c + C] * w[c + C] + x[c + 2 * C] * w[c + 2 * C]
+                + x[c + 3 * C] * w[c + 3 * C] + x[c + 4 * C] * w[c + 4 * C])
+
+
+cdef inline void _row5_add(fptr o, cfptr x, cfptr w, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        o[c] = (o[c] + x[c] * w[c] + x[c + C] * w[c + C] + x[c + 2 * C] * w[c + 2 * C]
+                + x[c + 3 * C] * w[c + 3 * C] + x[c + 4 * C] * w[c + 4 * C])
+
+
+cdef inline void _tap_add(fptr o, cfptr x, cfptr w, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        o[c] = o[c] + x[c] * w[c]
+
+
+cdef inline void _copy(fptr o, cfptr src, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        o[c] = src[c]
+
+
+# Four adjacent output pixels per pass share each weight load (the loads, not the FMAs, bound a
+# depthwise kernel).  Separate output pointers let GCC see the four streams never overlap.
+cdef inline void _row3x4(fptr o0, fptr o1, fptr o2, fptr o3, cfptr base, cfptr x, cfptr w,
+                         Py_ssize_t C, Py_ssize_t sC, bint add) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float w0, w1, w2
+    if add:
+        for c in range(C):
+            w0, w1, w2 = w[c], w[c + C], w[c + 2 * C]
+            o0[c] = o0[c] + x[c] * w0 + x[c + C] * w1 + x[c + 2 * C] * w2
+            o1[c] = o1[c] + x[c + sC] * w0 + x[c + sC + C] * w1 + x[c + sC + 2 * C] * w2
+            o2[c] = o2[c] + x[c + 2 * sC] * w0 + x[c + 2 * sC + C] * w1 + x[c + 2 * sC + 2 * C] * w2
+            o3[c] = o3[c] + x[c + 3 * sC] * w0 + x[c + 3 * sC + C] * w1 + x[c + 3 * sC + 2 * C] * w2
+    else:
+        for c in range(C):
+            w0, w1, w2 = w[c], w[c + C], w[c + 2 * C]
+            o0[c] = base[c] + x[c] * w0 + x[c + C] * w1 + x[c + 2 * C] * w2
+            o1[c] = base[c] + x[c + sC] * w0 + x[c + sC + C] * w1 + x[c + sC + 2 * C] * w2
+            o2[c] = base[c] + x[c + 2 * sC] * w0 + x[c + 2 * sC + C] * w1 + x[c + 2 * sC + 2 * C] * w2
+            o3[c] = base[c] + x[c + 3 * sC] * w0 + x[c + 3 * sC + C] * w1 + x[c + 3 * sC + 2 * C] * w2
+
+
+cdef inline void _row5x4(fptr o0, fptr o1, fptr o2, fptr o3, cfptr base, cfptr x, cfptr w,
+                         Py_ssize_t C, Py_ssize_t sC, bint add) noexcept nogil:
+    cdef Py_ssize_t c, q
+    cdef float w0, w1, w2, w3, w4, a0, a1, a2, a3
+    for c in range(C):
+        w0, w1, w2, w3, w4 = w[c], w[c + C], w[c + 2 * C], w[c + 3 * C], w[c + 4 * C]
+        if add:
+            a0, a1, a2, a3 = o0[c], o1[c], o2[c], o3[c]
+        else:
+            a0 = base[c]
+            a1, a2, a3 = a0, a0, a0
+        q = c
+        o0[c] = a0 + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        q = c + sC
+        o1[c] = a1 + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        q = c + 2 * sC
+        o2[c] = a2 + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        q = c + 3 * sC
+        o3[c] = a3 + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+
+
+cdef void _nhwc_row(const float* x, const float* w, const float* bias, float* yrow,
+                    Py_ssize_t n, Py_ssize_t oh, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                    Py_ssize_t OW, Py_ssize_t K, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t pt, Py_ssize_t pl) noexcept nogil:
+    """One output row (OW pixels x C channels) before the epilogue, bias included."""
+    cdef Py_ssize_t ow = 0, kh, kw, ih, iw, iw0, P
+    cdef float* o
+    cdef const float* xr
+    cdef const float* wr
+    cdef bint first, interior, fast = K == 3 or K == 5
+    while ow < OW:
+        iw0 = ow * sw - pl
+        o = yrow + ow * C
+        interior = fast and iw0 >= 0 and iw0 + K <= W
+        P = 4 if interior and ow + 4 <= OW and iw0 + 3 * sw + K <= W else 1
+        first = True
+        for kh in range(K):
+            ih = oh * sh - pt + kh
+            if ih < 0 or ih >= H:
+                continue
+            xr = x + ((n * H + ih) * W + iw0) * C
+            wr = w + kh * K * C
+            if P == 4 and K == 3:
+                _row3x4(o, o + C, o + 2 * C, o + 3 * C, bias, xr, wr, C, sw * C, not first)
+            elif P == 4:
+                _row5x4(o, o + C, o + 2 * C, o + 3 * C, bias, xr, wr, C, sw * C, not first)
+            elif interior and K == 3:
+                if first:
+                    _row3_set(o, bias, xr, wr, C)
+                else:
+                    _row3_add(o, xr, wr, C)
+            elif interior:
+                if first:
+                    _row5_set(o, bias, xr, wr, C)
+                else:
+                    _row5_add(o, xr, wr, C)
+            else:
+                if first:
+                    _copy(o, bias, C)
+                for kw in range(K):
+                    iw = iw0 + kw
+                    if 0 <= iw < W:
+                        _tap_add(o, xr + kw * C, wr + kw * C, C)
+            first = False
+        if first:
+            for kw in range(P):
+                _copy(o + kw * C, bias, C)
+        ow = ow + P
+
+
+cdef void _dw_nhwc(const float* x, const float* w, const float* bias, const float* res, float* y,
+                   Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OH, Py_ssize_t OW,
+                   Py_ssize_t K, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                   int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
+    cdef Py_ssize_t job, n, oh, row = OW * C
+    cdef float* yrow
+    for job in prange(N * OH, nogil=True, schedule="static", num_threads=nt):
+        n = job // OH
+        oh = job % OH
+        yrow = y + job * row
+        _nhwc_row(x, w, bias, yrow, n, oh, H, W, C, OW, K, sh, sw, pt, pl)
+        if res != NULL:
+            _add(yrow, res + job * row, row)
+        if act == 7:
+            _prelu_cols(yrow, slope, OW, C)
+        else:
+            _act_run(yrow, row, act, p0, p1, 0)
+
+
+# -- NCHW ---------------------------------------------------------------------------------------
+#
+# The plane is copied into sh*sw zero-bordered sub-planes (rows and columns split by their
+# residue modulo the stride), each with row stride Wq.  Tap (kh, kw) of output (oh, ow) then
+# sits at a fixed offset from index oh*Wq + ow of its sub-plane, so the whole plane is ONE
+# contiguous loop over i = oh*Wq + ow: long vectors even for 7x7 planes, at the price of
+# computing Wq - OW unused columns per row, which the epilogue pass skips.
+
+cdef inline void _flat9(fptr o, cfptr a, cfptr b, cfptr c, cfptr d, cfptr e, cfptr f, cfptr g,
+                        cfptr h, cfptr k, const float* w, float base, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6]
+    cdef float w7 = w[7], w8 = w[8]
+    for i in range(n):
+        o[i] = (base + a[i] * w0 + b[i] * w1 + c[i] * w2 + d[i] * w3 + e[i] * w4 + f[i] * w5
+                + g[i] * w6 + h[i] * w7 + k[i] * w8)
+
+
+cdef inline void _flat5(fptr o, cfptr a, cfptr b, cfptr c, cfptr d, cfptr e, const float* w,
+                        float base, bint add, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4]
+    if add:
+        for i in range(n):
+            o[i] = o[i] + a[i] * w0 + b[i] * w1 + c[i] * w2 + d[i] * w3 + e[i] * w4
+    else:
+        for i in range(n):
+            o[i] = base + a[i] * w0 + b[i] * w1 + c[i] * w2 + d[i] * w3 + e[i] * w4
+
+
+cdef inline void _flat1(float* o, const float* a, float w, float base, bint add, Py_ssize_t n) noexcept nogil:
+    # Generic K (the routine takes 3x3 and 5x5 only; kept for the kernel's own generality).
+    cdef Py_ssize_t i
+    if not add:
+        for i in range(n):
+            o[i] = base
+    for i in range(n):
+        o[i] = o[i] + a[i] * w
+
+
+cdef inline void _split(fptr even, fptr odd, cfptr row, Py_ssize_t q0, Py_ssize_t q1,
+                        Py_ssize_t pl) noexcept nogil:
+    """even[q // 2] / odd[q // 2] = row[q - pl] for the scratch columns q in [q0, q1)."""
+    cdef Py_ssize_t j
+    for j in range((q0 + 1) // 2, (q1 + 1) // 2):
+        even[j] = row[2 * j - pl]
+    for j in range(q0 // 2, q1 // 2):
+        odd[j] = row[2 * j + 1 - pl]
+
+
+cdef inline void _finish_row(fptr o, cfptr t, const float* res, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if res != NULL:
+        _add2(o, t, res, n)
+    else:
+        for i in range(n):
+            o[i] = t[i]
+
+
+cdef inline void _add2(fptr o, cfptr t, cfptr r, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        o[i] = t[i] + r[i]
+
+
+cdef inline Py_ssize_t _tap(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                            Py_ssize_t SP, Py_ssize_t Wq) noexcept nogil:
+    return ((kh % sh) * sw + kw % sw) * SP + (kh // sh) * Wq + kw // sw
+
+
+cdef void _dw_nchw(const float* x, const float* w, const float* bias, const float* res, float* y,
+                   float* scratch, Py_ssize_t plane, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
+                   Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K, Py_ssize_t sh,
+                   Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hp, Py_ssize_t Wp,
+                   int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
+    cdef Py_ssize_t Wq = (Wp + sw - 1) // sw, Hq = (Hp + sh - 1) // sh
+    cdef Py_ssize_t SP = Hq * Wq + K                         # sub-plane (+ slack for the tail)
+    cdef Py_ssize_t n_out = OH * Wq
+    cdef Py_ssize_t r0 = pt, r1 = min(Hp, pt + H)             # scratch rows holding input
+    cdef Py_ssize_t q0 = pl, q1 = min(Wp, pl + W)             # scratch cols holding input
+    cdef Py_ssize_t job, n, c, r, oh, kh, kw, tid
+    cdef float* pad
+    cdef float* dst
+    cdef float* t
+    cdef float* o
+    cdef const float* src
+    cdef const float* wc
+    cdef float b, s
+    memset(scratch, 0, nt * plane * sizeof(float))
+    for job in prange(N * C, nogil=True, schedule="static", num_threads=nt):
+        tid = threadid()
+        n = job // C
+        c = job % C
+        pad = scratch + tid * plane
+        t = pad + sh * sw * SP
+        src = x + job * H * W
+        for r in range(r0, r1):
+            dst = pad + (r % sh) * sw * SP + (r // sh) * Wq
+            if sw == 1:
+                memcpy(dst + q0, src + (r - pt) * W, (q1 - q0) * sizeof(float))
+            else:
+                _split(dst, dst + SP, src + (r - pt) * W, q0, q1, pl)
+        wc = w + c * K * K
+        b = bias[c]
+        if K == 3:
+            _flat9(t, pad + _tap(0, 0, sh, sw, SP, Wq), pad + _tap(0, 1, sh, sw, SP, Wq),
+                   pad + _tap(0, 2, sh, sw, SP, Wq), pad + _tap(1, 0, sh, sw, SP, Wq),
+                   pad + _tap(1, 1, sh, sw, SP, Wq), pad + _tap(1, 2, sh, sw, SP, Wq),
+                   pad + _tap(2, 0, sh, sw, SP, Wq), pad + _tap(2, 1, sh, sw, SP, Wq),
+                   pad + _tap(2, 2, sh, sw, SP, Wq), wc, b, n_out)
+        elif K == 5:
+            for kh in range(5):
+                _flat5(t, pad + _tap(kh, 0, sh, sw, SP, Wq), pad + _tap(kh, 1, sh, sw, SP, Wq),
+                       pad + _tap(kh, 2, sh, sw, SP, Wq), pad + _tap(kh, 3, sh, sw, SP, Wq),
+                       pad + _tap(kh, 4, sh, sw, SP, Wq), wc + kh * 5, b, kh > 0, n_out)
+        else:
+            for kh in range(K):
+                for kw in range(K):
+                    _flat1(t, pad + _tap(kh, kw, sh, sw, SP, Wq), wc[kh * K + kw], b,
+                           kh > 0 or kw > 0, n_out)
+        o = y + job * OH * OW
+        for oh in range(OH):
+            _finish_row(o + oh * OW, t + oh * Wq, res + (job * OH + oh) * OW if res != NULL else NULL, OW)
+        s = slope[c] if slope != NULL else 0
+        _act_run(o, OH * OW, act, p0, p1, s)
+
+
+# -- Python-visible twins: every shape checked before the nogil code ---------------------------
+
+def _f32(a, what, shape=None, writeable=False):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{what} must be float32, got {a.dtype}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{what} has shape {a.shape}, expected {tuple(shape)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what} must be C-contiguous")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{what} is read-only")
+    return a
+
+
+def _geometry(kernel, strides, pads, H, W):
+    K, sh, sw = int(kernel), int(strides[0]), int(strides[1])
+    pt, pl, pb, pr = (int(p) for p in pads)
+    if K < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
+        raise ValueError(f"bad geometry: kernel {K}, strides {tuple(strides)}, pads {tuple(pads)}")
+    if sw > 2 or sh > 2:
+        raise ValueError(f"strides {(sh, sw)} not supported (1 or 2)")
+    OH, OW = (H + pt + pb - K) // sh + 1, (W + pl + pr - K) // sw + 1
+    if OH < 1 or OW < 1:
+        raise ValueError(f"empty output {OH}x{OW} for input {H}x{W}, kernel {K}, pads {tuple(pads)}")
+    return K, sh, sw, pt, pl, OH, OW
+
+
+def _epilogue_args(act, slope, C, out, residual):
+    if not 0 <= act <= 8:
+        raise ValueError(f"unknown activation code {act}")
+    if act == 7 and slope is None:
+        raise ValueError("PRelu (code 7) needs a per-channel slope")
+    if slope is not None:
+        _f32(slope, "slope", (C,))
+    if residual is not None:
+        _f32(residual, "residual", out.shape)
+
+
+cdef float* _ptr(a):
+    return NULL if a is None else <float*> cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+def nhwc(x, w, bias, out, kernel, strides, pads, residual=None, int act=0, float p0=0, float p1=0,
+         slope=None, int num_threads=1):
+    """Depthwise convolution of an NHWC tensor, written into ``out``.
+
+    Parameters
+    ----------
+    x : ndarray, float32, (N, H, W, C)
+    w : ndarray, float32, (K*K, C)
+        Filter taps row-major over (kh, kw), channels innermost.
+    bias : ndarray, float32, (C,)
+    out : ndarray, float32, (N, OH, OW, C)
+    kernel : int
+        K (square kernel).
+    strides : (int, int)
+        Vertical stride, horizontal stride (1 or 2).
+    pads : (int, int, int, int)
+        Top, left, bottom, right.
+    residual : ndarray, float32, shape of ``out``, optional
+        Added after the bias, before the activation.
+    act, p0, p1, slope
+        Activation code and parameters (see ``_epilogue.pxd``); ``slope`` (C,) for PRelu.
+    num_threads : int
+        OpenMP threads.
+    """
+    _f32(x, "input")
+    if x.ndim != 4:
+        raise ValueError(f"input must be 4-D (N, H, W, C), got shape {x.shape}")
+    N, H, W, C = x.shape
+    K, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
+    _f32(w, "weights", (K * K, C))
+    _f32(bias, "bias", (C,))
+    _f32(out, "output", (N, OH, OW, C), writeable=True)
+    _epilogue_args(act, slope, C, out, residual)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    _dw_nhwc(_ptr(x), _ptr(w), _ptr(bias), _ptr(residual), <float*> cnp.PyArray_DATA(<cnp.ndarray> out),
+             N, H, W, C, OH, OW, K, sh, sw, pt, pl, act, p0, p1, _ptr(slope), num_threads)
+    return out
+
+
+def nchw_scratch_floats(kernel, strides, pads, H, W):
+    """Floats of scratch one thread of :func:`nchw` needs for an ``H`` x ``W`` input plane."""
+    K, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
+    Hp, Wp = (OH - 1) * sh + K, (OW - 1) * sw + K
+    Hq, Wq = -(-Hp // sh), -(-Wp // sw)
+    return sh * sw * (Hq * Wq + K) + OH * Wq
+
+
+def nchw(x, w, bias, out, scratch, kernel, strides, pads, residual=None, int act=0, float p0=0,
+         float p1=0, slope=None, int num_threads=1):
+    """Depthwise convolution of an NCHW tensor, written into ``out``.
+
+    As :func:`nhwc`, with ``x`` (N, C, H, W), ``w`` (C, K*K), ``out`` (N, C, OH, OW) and a float32
+    ``scratch`` of at least ``num_threads * nchw_scratch_floats(...)`` elements.
+    """
+    _f32(x, "input")
+    if x.ndim != 4:
+        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {x.shape}")
+    N, C, H, W = x.shape
+    K, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
+    _f32(w, "weights", (C, K * K))
+    _f32(bias, "bias", (C,))
+    _f32(out, "output", (N, C, OH, OW), writeable=True)
+    _epilogue_args(act, slope, C, out, residual)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    plane = nchw_scratch_floats(kernel, strides, pads, H, W)
+    _f32(scratch, "scratch", writeable=True)
+    if scratch.size < num_threads * plane:
+        raise ValueError(f"scratch has {scratch.size} floats, {num_threads} threads need {num_threads * plane}")
+    Hp, Wp = (OH - 1) * sh + K, (OW - 1) * sw + K
+    _dw_nchw(_ptr(x), _ptr(w), _ptr(bias), _ptr(residual), <float*> cnp.PyArray_DATA(<cnp.ndarray> out),
+             <float*> cnp.PyArray_DATA(<cnp.ndarray> scratch), plane, N, C, H, W, OH, OW, K, sh, sw,
+             pt, pl, Hp, Wp, act, p0, p1, _ptr(slope), num_threads)
+    return out

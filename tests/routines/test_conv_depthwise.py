@@ -1,0 +1,187 @@
+"""The depthwise Conv routines (NHWC and NCHW, every ISA variant this CPU runs) against the NumPy
+reference: 3x3/5x5, stride 1/2, asymmetric pads, every fused activation, residual and bias; what
+they refuse; the kernels' refusal of inconsistent buffers; a whole MobileNetV2 on them."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import helper
+
+import workbench
+from onnx_helpers import make_model
+from routine_helpers import assert_routine_matches
+from workbench import cpu, routines, zoo
+from workbench.ops.conv import conv_out_size
+from workbench.routines import conv_depthwise
+
+SETTINGS = dict(deadline=None, derandomize=True, database=None)
+ALL = sorted(d for d in routines.routines_for("Conv") if "/depthwise" in d)
+RUNNABLE = [d for d in ALL if routines.get("Conv", d).isa is None or cpu.supports(routines.get("Conv", d).isa)]
+ACTIVATIONS = (None, "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "PRelu", "Tanh")
+
+
+def dw_graph(x_shape, w, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), group=None, activation=None,
+             residual=False, slope=None, dilations=(1, 1)):
+    """A one-Conv graph (layer ``conv``), optionally followed by ``Add(skip)`` and an activation."""
+    m, k = w.shape[0], list(w.shape[2:])
+    inits = [("w", w)] + ([("b", bias)] if bias is not None else [])
+    attrs = dict(kernel_shape=k, strides=list(strides), pads=list(pads), dilations=list(dilations),
+                 group=group or x_shape[1])
+    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias is not None else []), ["y0"], name="conv", **attrs)]
+    inputs, last = [("x", list(x_shape))], "y0"
+    out = [x_shape[0], m] + [conv_out_size(x_shape[2 + i], k[i], strides[i], dilations[i], pads[i], pads[i + 2])
+                             for i in range(2)]
+    if residual:
+        inputs.append(("skip", out))
+        nodes.append(helper.make_node("Add", [last, "skip"], ["y1"], name="add"))
+        last = "y1"
+    if activation is not None:
+        act_inputs, act_attrs = [last], {"LeakyRelu": dict(alpha=0.15), "HardSigmoid": dict(alpha=0.3, beta=0.4)}
+        if activation == "PRelu":
+            inits.append(("slope", slope if slope is not None else
+                          np.linspace(-0.5, 0.7, m, dtype=np.float32).reshape(m, 1, 1)))
+            act_inputs.append("slope")
+        elif activation == "Clip":
+            inits += [("lo", np.float32(-0.4)), ("hi", np.float32(0.9))]
+            act_inputs += ["lo", "hi"]
+        nodes.append(helper.make_node(activation, act_inputs, ["y"], name="act", **act_attrs.get(activation, {})))
+        last = "y"
+    model = make_model(nodes, inputs, [(last, out)], initializers=inits)
+    return workbench.load(model.SerializeToString())
+
+
+@st.composite
+def dw_cases(draw):
+    k = draw(st.sampled_from([3, 5]))
+    strides = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    pads = [draw(st.integers(0, k - 1)) for _ in range(4)]
+    size = [draw(st.integers(max(1, k - pads[i] - pads[i + 2]), k + 12)) for i in range(2)]
+    return dict(batch=draw(st.integers(1, 3)), c=draw(st.integers(1, 40)), k=k, strides=strides, pads=pads,
+                size=size, bias=draw(st.booleans()), residual=draw(st.booleans()),
+                activation=draw(st.sampled_from(ACTIVATIONS)), seed=draw(st.integers(0, 2 ** 16)))
+
+
+def build(p):
+    rng = np.random.default_rng(p["seed"])
+    w = rng.standard_normal((p["c"], 1, p["k"], p["k"])).astype(np.float32)
+    bias = rng.standard_normal(p["c"]).astype(np.float32) if p["bias"] else None
+    return dw_graph([p["batch"], p["c"], *p["size"]], w, bias, p["strides"], p["pads"],
+                    activation=p["activation"], residual=p["residual"])
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(dw_cases(), st.sampled_from([1, 2]))
+def test_matches_reference(p, threads):
+    graph = build(p)
+    for descriptor in RUNNABLE:
+        assert_routine_matches(graph, descriptor, expect_layers=["conv"], num_threads=threads, seed=p["seed"])
+
+
+def _one(x_shape, w_shape, **kw):
+    return dw_graph(x_shape, np.ones(w_shape, np.float32), **kw)
+
+
+@pytest.mark.parametrize("make, accepted", [
+    (lambda: _one([1, 4, 9, 9], [4, 1, 3, 3]), True),
+    (lambda: _one([1, 4, 9, 9], [4, 1, 5, 5], strides=(2, 1), pads=(2, 0, 1, 2)), True),
+    (lambda: _one([1, 4, 9, 9], [8, 1, 3, 3]), False),                       # channel multiplier 2
+    (lambda: _one([1, 4, 9, 9], [4, 1, 7, 7]), False),                       # 7x7
+    (lambda: _one([1, 4, 9, 9], [4, 1, 3, 5]), False),                       # not square
+    (lambda: _one([1, 4, 9, 9], [4, 1, 1, 1]), False),                       # 1x1
+    (lambda: _one([1, 4, 9, 9], [4, 1, 3, 3], strides=(3, 3)), False),
+    (lambda: _one([1, 4, 9, 9], [4, 1, 3, 3], dilations=(2, 2)), False),
+    (lambda: _one([1, 4, 9, 9], [4, 2, 3, 3], group=2), False),              # grouped, not depthwise
+    (lambda: _one([1, 4, 9, 9], [4, 4, 3, 3], group=1), False),
+    # A PRelu slope varying along the width has no per-channel epilogue code.
+    (lambda: _one([1, 4, 9, 9], [4, 1, 3, 3], pads=(1, 1, 1, 1), activation="PRelu",
+                  slope=np.linspace(0, 1, 9, dtype=np.float32)), False),
+    (lambda: _one([1, 4, 9, 9], [4, 1, 3, 3], activation="PRelu", slope=np.float32([0.25])), True),
+])
+def test_applies(make, accepted):
+    graph = make()
+    conv = graph.layer("conv")
+    for d in RUNNABLE:
+        assert routines.get("Conv", d).applies(conv, graph.input_specs(conv)) == accepted, d
+
+
+def test_isa_variants_check_the_cpu(monkeypatch):
+    graph = _one([1, 4, 9, 9], [4, 1, 3, 3])
+    conv = graph.layer("conv")
+    monkeypatch.setattr(cpu, "supports", lambda isa: False)
+    for d in ALL:
+        r = routines.get("Conv", d)
+        assert r.applies(conv, graph.input_specs(conv)) == (r.isa is None), d
+
+
+def test_mobilenet_v2_depthwise_layers():
+    graph = workbench.load(zoo.build("mobilenet_v2", resolution=64).SerializeToString())
+    dw = [l.name for l in graph if conv_depthwise.depthwise_applies(l, graph.input_specs(l))]
+    assert len(dw) == 17
+    for layout in ("nhwc", "nchw"):
+        best = max((d for d in RUNNABLE if f":{layout}/" in d), key=lambda d: routines.get("Conv", d).priority)
+        assert_routine_matches(graph, best, expect_layers=dw, seed=5)
+
+
+# -- the kernels themselves ---------------------------------------------------------------------
+@pytest.fixture(params=[None, "avx2", "avx512"])
+def kern(request):
+    mod = cpu.kernel_module("depthwise", request.param)
+    if mod is None:
+        pytest.skip(f"depthwise kernels for {request.param} not runnable here")
+    return mod
+
+
+def _nhwc_case(**change):
+    case = dict(x=np.zeros((2, 8, 9, 5), np.float32), w=np.zeros((9, 5), np.float32), bias=np.zeros(5, np.float32),
+                out=np.zeros((2, 8, 9, 5), np.float32), kernel=3, strides=(1, 1), pads=(1, 1, 1, 1))
+    case.update(change)
+    return case
+
+
+def _nchw_case(kern, **change):
+    case = dict(x=np.zeros((2, 5, 8, 9), np.float32), w=np.zeros((5, 9), np.float32), bias=np.zeros(5, np.float32),
+                out=np.zeros((2, 5, 8, 9), np.float32), kernel=3, strides=(1, 1), pads=(1, 1, 1, 1), num_threads=2)
+    case["scratch"] = np.zeros(2 * kern.nchw_scratch_floats(3, (1, 1), (1, 1, 1, 1), 8, 9), np.float32)
+    case.update(change)
+    return case
+
+
+def test_valid_kernel_cases_run(kern):
+    kern.nhwc(**_nhwc_case())
+    kern.nchw(**_nchw_case(kern))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x=np.zeros((2, 8, 9), np.float32)), "4-D"),
+    (dict(x=np.zeros((2, 8, 9, 5), np.float64)), "float32"),
+    (dict(x=np.zeros((2, 8, 18, 5), np.float32)[:, :, ::2]), "contiguous"),
+    (dict(w=np.zeros((9, 4), np.float32)), "weights"),
+    (dict(w=np.zeros((25, 5), np.float32)), "weights"),
+    (dict(bias=np.zeros(4, np.float32)), "bias"),
+    (dict(out=np.zeros((2, 8, 9, 4), np.float32)), "output"),
+    (dict(out=np.zeros((2, 4, 5, 5), np.float32), strides=(1, 1)), "output"),
+    (dict(residual=np.zeros((2, 8, 9, 4), np.float32)), "residual"),
+    (dict(act=7), "slope"),
+    (dict(act=7, slope=np.zeros(3, np.float32)), "slope"),
+    (dict(act=42), "activation"),
+    (dict(pads=(1, 1, 1, -1)), "geometry"),
+    (dict(strides=(1, 3)), "strides"),
+    (dict(kernel=20), "empty output"),
+    (dict(out=[[0.0]]), "NumPy array"),
+    (dict(num_threads=0), "num_threads"),
+])
+def test_nhwc_kernel_refuses_bad_buffers(kern, change, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        kern.nhwc(**_nhwc_case(**change))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(w=np.zeros((9, 5), np.float32)), "weights"),
+    (dict(out=np.zeros((2, 8, 9, 5), np.float32)), "output"),
+    (dict(scratch=np.zeros(10, np.float32)), "scratch"),
+    (dict(scratch=np.zeros(10 ** 4, np.float64)), "float32"),
+    (dict(num_threads=3), "scratch"),
+    (dict(x=np.zeros((5, 8, 9), np.float32)), "4-D"),
+])
+def test_nchw_kernel_refuses_bad_buffers(kern, change, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        kern.nchw(**_nchw_case(kern, **change))

@@ -1,0 +1,181 @@
+"""The Winograd Conv routines (F(2x2,3x3) and F(4x4,3x3), NCHW) against the NumPy reference within
+their stated error bounds: odd sizes, asymmetric pads, every fused activation, residual and bias,
+every parallel mode; what they refuse; the kernel's refusal of inconsistent buffers; a whole
+ResNet-50 with every eligible 3x3 layer on them."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import helper
+
+import workbench
+from onnx_helpers import make_model
+from routine_helpers import assert_routine_matches
+from workbench import cpu, routines, zoo
+from workbench.graph import Layer
+from workbench.ops.conv import Conv
+from workbench.routines import conv_winograd as cw
+
+SETTINGS = dict(deadline=None, derandomize=True, database=None)
+DESCRIPTORS = {"cpu:float32:nchw/winograd2": 2, "cpu:float32:nchw/winograd4": 4}
+ACTIVATIONS = (None, "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "PRelu", "Tanh")
+
+
+def conv_graph(x_shape, w, bias=None, attrs=None, activation=None, residual=False, slope=None):
+    """A one-Conv graph (layer ``conv``), optionally followed by ``Add(skip)`` and an activation."""
+    m = w.shape[0]
+    a = dict(kernel_shape=list(w.shape[2:]), strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1)
+    a.update(attrs or {})
+    inits = [("w", w)] + ([("b", bias)] if bias is not None else [])
+    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias is not None else []), ["y0"], name="conv", **a)]
+    inputs, last = [("x", list(x_shape))], "y0"
+    out = [x_shape[0], m] + [(x_shape[2 + i] + a["pads"][i] + a["pads"][i + 2] - (a["kernel_shape"][i] - 1)
+                              * a["dilations"][i] - 1) // a["strides"][i] + 1 for i in range(2)]
+    if residual:
+        inputs.append(("skip", out))
+        nodes.append(helper.make_node("Add", [last, "skip"], ["y1"], name="add"))
+        last = "y1"
+    if activation is not None:
+        act_inputs, act_attrs = [last], {"LeakyRelu": dict(alpha=0.15), "HardSigmoid": dict(alpha=0.3, beta=0.4)}
+        if activation == "PRelu":
+            inits.append(("slope", slope if slope is not None else
+                          np.linspace(-0.5, 0.7, m, dtype=np.float32).reshape(m, 1, 1)))
+            act_inputs.append("slope")
+        elif activation == "Clip":
+            inits += [("lo", np.float32(-0.4)), ("hi", np.float32(0.9))]
+            act_inputs += ["lo", "hi"]
+        nodes.append(helper.make_node(activation, act_inputs, ["y"], name="act", **act_attrs.get(activation, {})))
+        last = "y"
+    model = make_model(nodes, inputs, [(last, out)], initializers=inits)
+    return workbench.load(model.SerializeToString())
+
+
+@st.composite
+def cases(draw):
+    pads = [draw(st.integers(0, 2)) for _ in range(4)]
+    size = [draw(st.integers(max(1, 3 - pads[i] - pads[i + 2]), 19)) for i in range(2)]
+    return dict(batch=draw(st.integers(1, 3)), c=draw(st.integers(1, 24)), m=draw(st.integers(1, 24)), pads=pads,
+                size=size, bias=draw(st.booleans()), residual=draw(st.booleans()),
+                activation=draw(st.sampled_from(ACTIVATIONS)), seed=draw(st.integers(0, 2 ** 16)))
+
+
+def build(p):
+    rng = np.random.default_rng(p["seed"])
+    w = rng.standard_normal((p["m"], p["c"], 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(p["m"]).astype(np.float32) if p["bias"] else None
+    return conv_graph([p["batch"], p["c"], *p["size"]], w, bias, dict(pads=p["pads"]), p["activation"], p["residual"])
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(cases(), st.sampled_from([1, 2]))
+def test_matches_reference(p, threads):
+    graph = build(p)
+    for descriptor, m in DESCRIPTORS.items():
+        assert_routine_matches(graph, descriptor, rtol=cw.RTOL[m], expect_layers=["conv"], num_threads=threads,
+                               seed=p["seed"])
+
+
+def _one(x_shape, w_shape, **attrs):
+    return conv_graph(x_shape, np.ones(w_shape, np.float32), attrs=attrs)
+
+
+@pytest.mark.parametrize("make, accepted", [
+    (lambda: _one([1, 4, 9, 9], [5, 4, 3, 3]), True),
+    (lambda: _one([1, 4, 9, 9], [5, 4, 3, 3], pads=[0, 2, 1, 0]), True),
+    (lambda: _one([1, 4, 9, 9], [5, 4, 3, 3], strides=[2, 2]), False),
+    (lambda: _one([1, 4, 9, 9], [5, 4, 3, 3], strides=[1, 2]), False),
+    (lambda: _one([1, 4, 9, 9], [5, 4, 3, 3], dilations=[2, 2]), False),
+    (lambda: _one([1, 4, 9, 9], [5, 4, 5, 5], pads=[2, 2, 2, 2]), False),
+    (lambda: _one([1, 4, 9, 9], [5, 4, 1, 1], pads=[0, 0, 0, 0]), False),
+    (lambda: _one([1, 4, 9, 9], [6, 2, 3, 3], group=2), False),
+    (lambda: _one([1, 4, 9, 9], [4, 1, 3, 3], group=4), False),
+])
+def test_applies(make, accepted):
+    graph = make()
+    conv = graph.layer("conv")
+    for d in DESCRIPTORS:
+        assert routines.get("Conv", d).applies(conv, graph.input_specs(conv)) == accepted, d
+
+
+def test_resnet50_3x3_layers():
+    graph = workbench.load(zoo.build("resnet50", resolution=64).SerializeToString())
+    eligible = [l.name for l in graph if cw.winograd_applies(l, graph.input_specs(l))]
+    assert len(eligible) == 13          # 16 bottleneck 3x3 convs, 3 of them stride 2
+    for descriptor, m in DESCRIPTORS.items():
+        assert_routine_matches(graph, descriptor, rtol=cw.RTOL[m], expect_layers=eligible, seed=7)
+
+
+# -- the kernel itself ----------------------------------------------------------------------------
+@pytest.fixture(params=[None, "avx2", "avx512"])
+def kern(request):
+    mod = cpu.kernel_module("winograd", request.param)
+    if mod is None:
+        pytest.skip(f"winograd kernels for {request.param} not runnable here")
+    return mod
+
+
+@settings(max_examples=20, **SETTINGS)
+@given(cases(), st.sampled_from([2, 4]), st.sampled_from([0, 1]), st.integers(1, 4), st.sampled_from([1, 2]))
+def test_kernel_plans(p, m, mode, rows, threads):
+    """Every parallel mode and block size, beyond the plan the routine picks for a layer."""
+    k = cpu.kernel_module("winograd")
+    rng = np.random.default_rng(p["seed"])
+    x = rng.standard_normal((p["batch"], p["c"], *p["size"])).astype(np.float32)
+    w = rng.standard_normal((p["m"], p["c"], 3, 3)).astype(np.float32)
+    bias, slope = rng.standard_normal(p["m"]).astype(np.float32), rng.standard_normal(p["m"]).astype(np.float32)
+    layer = Layer("probe", "Conv", [], [], attrs=dict(kernel_shape=[3, 3], strides=[1, 1], dilations=[1, 1],
+                                                      pads=p["pads"], group=1))
+    conv = Conv.compute(layer, [x.astype(np.float64), w.astype(np.float64), bias.astype(np.float64)])[0]
+    res = rng.standard_normal(conv.shape).astype(np.float32)
+    ref = conv + res
+    ref = np.where(ref >= 0, ref, ref * slope.reshape(1, -1, 1, 1))
+    sizes = k.scratch_floats(m, *x.shape, p["m"], p["pads"], rows, mode, threads)
+    out = np.empty(ref.shape, np.float32)
+    k.nchw(x, cw.transform_weights(w, m), bias, out, *[np.empty(s, np.float32) for s in sizes], m, p["pads"],
+           residual=res, act=7, slope=slope, rows=rows, mode=mode, num_threads=threads)
+    assert np.abs(out - ref).max() <= cw.RTOL[m] * np.abs(ref).max()
+
+
+def _kernel_case(k, tile=2, **change):
+    """Keyword arguments of a valid 2x3x8x8 -> 2x4x8x8 F(m) convolution, with ``change`` applied."""
+    case = dict(x=np.zeros((2, 3, 8, 8), np.float32), U=np.zeros(((tile + 2) ** 2, 4, 3), np.float32),
+                bias=np.zeros(4, np.float32), out=np.zeros((2, 4, 8, 8), np.float32), m=tile, pads=(1, 1, 1, 1),
+                rows=2, mode=1, num_threads=2)
+    sizes = k.scratch_floats(tile, 2, 3, 8, 8, 4, (1, 1, 1, 1), 2, 1, 2)
+    case.update({n: np.zeros(s, np.float32) for n, s in zip(("V", "Mo", "tmp"), sizes)})
+    case.update(change)
+    return case
+
+
+def test_valid_kernel_case_runs(kern):
+    for m in (2, 4):
+        out = kern.nchw(**_kernel_case(kern, m))
+        assert not out.any()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x=np.zeros((2, 3, 8), np.float32)), "4-D"),
+    (dict(x=np.zeros((2, 3, 8, 8), np.float64)), "float32"),
+    (dict(x=np.zeros((2, 3, 8, 16), np.float32)[..., ::2]), "contiguous"),
+    (dict(U=np.zeros((36, 4, 3), np.float32)), "U"),
+    (dict(U=np.zeros((16, 4, 5), np.float32)), "U"),
+    (dict(U=np.zeros((16, 4, 3), np.float64)), "float32"),
+    (dict(bias=np.zeros(3, np.float32)), "bias"),
+    (dict(out=np.zeros((2, 4, 8, 7), np.float32)), "output"),
+    (dict(out=np.zeros((2, 4, 8, 8), np.float32)[::-1]), "contiguous"),
+    (dict(V=np.zeros(3, np.float32)), "scratch V"),
+    (dict(Mo=np.zeros(3, np.float32)), "scratch Mo"),
+    (dict(tmp=np.zeros(3, np.float32)), "scratch tmp"),
+    (dict(num_threads=4), "scratch"),
+    (dict(rows=4), "scratch"),
+    (dict(m=3), "bad m"),
+    (dict(mode=5), "bad m"),
+    (dict(act=7), "slope"),
+    (dict(act=1, slope=np.zeros(3, np.float32)), "slope"),
+    (dict(residual=np.zeros((2, 4, 8, 8, 1), np.float32)), "residual"),
+    (dict(pads=(0, 0, 0, -5)), "bad pads"),
+    (dict(x=np.zeros((2, 3, 1, 1), np.float32), pads=(0, 0, 0, 0)), "empty output"),
+    (dict(out=None), "NumPy array"),
+])
+def test_kernel_refuses_bad_buffers(kern, change, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        kern.nchw(**_kernel_case(kern, **change))

@@ -123,3 +123,27 @@ def test_view_routines_share_their_input_buffer(rng):
             np.testing.assert_array_equal(ours[k], ref[k])
     finally:
         del routines._REGISTRY["Flatten"][FlattenView.descriptor]
+
+
+@pytest.mark.parametrize("name, resolution", [("resnet50", 64), ("mobilenet_v2", 64), ("mobilenet_v3_large", 96),
+                                              ("vgg16", 32)])
+@pytest.mark.parametrize("family", ["cpu:float32:nchw/*", "cpu:float32:nhwc/*"])
+def test_zoo_runs_without_reference_routines_and_without_allocating(name, resolution, family):
+    import tracemalloc
+    from workbench.assign import assign
+    graph = workbench.load(zoo.build(name, resolution=resolution, batch=2))
+    assignment, _ = assign(graph, [family])
+    assert not [n for n, d in assignment.items() if d.endswith("/reference")]
+    compiled = CompiledModel(graph, assignment, num_threads=2)
+    feeds = workbench.random_inputs(graph, seed=7)
+    ours = compiled.run(feeds)["logits"]
+    ref = workbench.ReferenceExecutor(graph).run(feeds)["logits"]
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+    # Steady state: no tensor is allocated per inference (Python bookkeeping only, a few KB,
+    # against activations of several MB).
+    tracemalloc.start()
+    compiled.run(feeds)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    activations = sum(v.nbytes for v in compiled.memory.values.values())
+    assert peak < 64 * 1024 + ours.nbytes and activations > 20 * peak

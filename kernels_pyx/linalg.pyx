@@ -68,8 +68,8 @@ def _check_epilogue(what, bias, residual, slope, int act, Py_ssize_t m, Py_ssize
 
 
 cdef inline void _product(bint trans_a, bint trans_b, int m, int n, int k, float alpha, const float* a, int lda,
-                         const float* b, int ldb, float* c) noexcept nogil:
-    """Row-major ``c (m, n) = alpha * op(a) @ op(b)`` (contiguous c), by SGEMV when m or n is 1."""
+                         const float* b, int ldb, float* c, int ldc) noexcept nogil:
+    """Row-major ``c (m, n) = alpha * op(a) @ op(b)`` (row stride ldc), by SGEMV when m or n is 1."""
     cdef char t
     cdef int one = 1, rows, cols, ld
     cdef float zero = 0
@@ -83,7 +83,28 @@ cdef inline void _product(bint trans_a, bint trans_b, int m, int n, int k, float
         rows, cols, ld = (m, k, lda) if trans_a else (k, m, lda)
         sgemv(&t, &rows, &cols, &alpha, <float*> a, &ld, <float*> b, &one, &zero, c, &one)
     else:
-        gemm_rm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, 0, c, n)
+        gemm_rm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, 0, c, ldc)
+
+
+cdef void _parallel_product(bint trans_a, bint trans_b, int m, int n, int k, float alpha, const float* a, int lda,
+                            const float* b, int ldb, float* c, int nt) noexcept nogil:
+    """:func:`_product` split over column blocks of ``c``, one per thread.
+
+    The executor keeps BLAS single-threaded (OpenBLAS's idle workers spin and steal cores from
+    the OpenMP kernels), so the classifier GEMMs/GEMVs get their parallelism here.
+    """
+    cdef int chunks = nt if n >= 64 * nt and m != 0 else 1
+    cdef int width = (n + chunks - 1) // chunks
+    cdef int i, n0, w
+    if chunks == 1 or n == 1:
+        _product(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, c, n)
+        return
+    for i in prange(chunks, schedule="static", num_threads=chunks):
+        n0 = i * width
+        w = min(width, n - n0)
+        if w > 0:
+            # op(b)'s columns n0.. are rows n0.. of b when transposed, else columns n0.. of b.
+            _product(trans_a, trans_b, m, w, k, alpha, a, lda, b + (n0 * ldb if trans_b else n0), ldb, c + n0, n)
 
 
 cdef void _epilogue(float* out, Py_ssize_t m, Py_ssize_t n, const float* bias, const float* residual, int act,
@@ -138,7 +159,7 @@ def gemm(a, b, out, bint trans_a, bint trans_b, float alpha=1, bias=None, residu
             for i in range(m * n):
                 po[i] = 0
         else:
-            _product(trans_a, trans_b, m, n, k, alpha, pa, lda, pb, ldb, po)
+            _parallel_product(trans_a, trans_b, m, n, k, alpha, pa, lda, pb, ldb, po, max(num_threads, 1))
         _epilogue(po, m, n, pbias, pres, act, p0, p1, pslope, nt)
     return out
 
@@ -178,6 +199,6 @@ def batched_matmul(a, b, out, a_offsets, b_offsets, Py_ssize_t m, Py_ssize_t n, 
     cdef int nt = _threads(out.size, num_threads)
     with nogil:
         for i in range(batches):
-            _product(False, False, m, n, k, 1, pa + ao[i], k, pb + bo[i], n, po + i * m * n)
+            _product(False, False, m, n, k, 1, pa + ao[i], k, pb + bo[i], n, po + i * m * n, n)
         _epilogue(po, batches * m, n, NULL, NULL, act, p0, p1, pslope, nt)
     return out

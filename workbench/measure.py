@@ -62,7 +62,7 @@ def time_routine(graph, layer, routine, repeats=20, warmup=3, num_threads=None, 
     start = time.perf_counter()
     state = routine.prepare(layer)
     timing = Timing(prepare_s=time.perf_counter() - start)
-    with blas_limit(threads):
+    with blas_limit(1):   # as the executor runs: OpenMP threads only (see compiled.blas_limit)
         for _ in range(warmup):
             routine.run(layer, state, args, outs, threads)
         total = 0.0

@@ -179,6 +179,8 @@ def _conv2d(bint nhwc, x, w, bias, residual, out, scratch, kernel, strides, dila
     g.sh, g.sw = _ints(strides, 2, "strides", 1)
     g.dh, g.dw = _ints(dilations, 2, "dilations", 1)
     g.pt, g.pl, pb, pr = _ints(pads, 4, "pads", 0)
+    if g.c < 1:
+        raise ValueError(f"conv2d: input {x.shape} has no channels")
     if group < 1 or g.c % group or g.m % group:
         raise ValueError(f"conv2d: group {group} must divide the {g.c} input and {g.m} output channels")
     g.g, g.cg, g.mg = group, g.c // group, g.m // group
@@ -208,9 +210,15 @@ def _conv2d(bint nhwc, x, w, bias, residual, out, scratch, kernel, strides, dila
         raise ValueError(f"conv2d: unknown activation code {act}")
     if act == 7 and (slope is None or _array(slope, "slope").shape != (g.m,)):
         raise ValueError(f"conv2d: PRelu needs a float32 slope of shape ({g.m},)")
-    for other, what in ((x, "input"), (residual, "residual"), (w, "weights"), (bias, "bias")):
-        if other is not None and np.may_share_memory(out, other):
-            raise ValueError(f"conv2d: the output overlaps the {what}")
+    if scratch is not None:
+        _array(scratch, "scratch", writeable=True)
+    for a, b, what in ((out, x, "output overlaps the input"), (out, residual, "output overlaps the residual"),
+                       (out, w, "output overlaps the weights"), (out, bias, "output overlaps the bias"),
+                       (scratch, x, "scratch overlaps the input"), (scratch, out, "scratch overlaps the output"),
+                       (scratch, residual, "scratch overlaps the residual"),
+                       (scratch, w, "scratch overlaps the weights")):
+        if a is not None and b is not None and np.may_share_memory(a, b):
+            raise ValueError(f"conv2d: the {what}")
     if direct and ((g.kh, g.kw, g.sh, g.sw) != (1, 1, 1, 1) or (g.pt, g.pl, pb, pr) != (0, 0, 0, 0)):
         raise ValueError("conv2d: direct (no im2col) needs a 1x1 kernel, stride 1 and no padding")
     total = g.n * g.p if nhwc else g.p
@@ -225,6 +233,8 @@ def _conv2d(bint nhwc, x, w, bias, residual, out, scratch, kernel, strides, dila
     cdef const float* wp = _ptr(w)
     cdef float* op = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
     cdef float* sp = _ptr(scratch) if need else NULL
+    if out.size == 0:
+        return out
     with nogil:
         _run(nhwc, &g, xp, wp, op, sp, &e, tile, parallel_tiles, direct, num_threads)
     return out

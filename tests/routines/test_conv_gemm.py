@@ -234,10 +234,25 @@ def test_kernel_refuses_inconsistent_buffers(change, message):
         k.conv2d_nchw(**_kernel_case(**change))
 
 
+def test_kernel_empty_batch_or_channels():
+    out = k.conv2d_nchw(**_kernel_case(x=np.zeros((0, 3, 8, 8), np.float32), out=np.zeros((0, 4, 8, 8), np.float32)))
+    assert out.shape == (0, 4, 8, 8)
+    k.conv2d_nchw(**_kernel_case(w=np.zeros((0, 27), np.float32), out=np.zeros((2, 0, 8, 8), np.float32)))
+    with pytest.raises(ValueError, match="no channels"):
+        k.conv2d_nchw(**_kernel_case(x=np.zeros((2, 0, 8, 8), np.float32), w=np.zeros((4, 0), np.float32)))
+
+
 def test_kernel_refuses_overlap_and_bad_nhwc_weights():
     big = np.zeros((2, 4, 8, 8), np.float32)
-    with pytest.raises(ValueError, match="overlaps"):
+    with pytest.raises(ValueError, match="output overlaps the residual"):
         k.conv2d_nchw(**_kernel_case(x=big[:, :3].copy(), residual=big, out=big))
+    x = np.zeros(3 * 2 * 3 * 64, np.float32)
+    with pytest.raises(ValueError, match="scratch overlaps the input"):
+        k.conv2d_nchw(**_kernel_case(x=x[: 2 * 3 * 64].reshape(2, 3, 8, 8), scratch=x))
+    ro = np.zeros(27 * 64, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        k.conv2d_nchw(**_kernel_case(scratch=ro))
     nhwc = dict(x=np.zeros((2, 8, 8, 3), np.float32), w=np.zeros((4, 27), np.float32), bias=None, residual=None,
                 out=np.zeros((2, 8, 8, 4), np.float32), scratch=np.zeros(27 * 128, np.float32), kernel=(3, 3),
                 strides=(1, 1), dilations=(1, 1), pads=(1, 1, 1, 1))

@@ -74,7 +74,8 @@ def geometry(layer):
     """``(kernel, strides, dilations, pads as (top, left, bottom, right), group)`` of a 2-D Conv."""
     a = layer.attrs
     p = a["pads"]
-    return tuple(a["kernel_shape"]), tuple(a["strides"]), tuple(a["dilations"]), (p[0], p[1], p[2], p[3]), a["group"]
+    return (tuple(a["kernel_shape"]), tuple(a["strides"]), tuple(a["dilations"]), (p[0], p[1], p[2], p[3]),
+            a["group"])
 
 
 def schedule(pixels, images, groups, kg, mg, num_threads, nhwc, direct=False):
@@ -82,16 +83,17 @@ def schedule(pixels, images, groups, kg, mg, num_threads, nhwc, direct=False):
 
     ``pixels`` are the pixels one job may span (an image's for NCHW, the whole batch's for NHWC)
     and ``images`` how many such spans there are.  Measured on ResNet-50's and VGG-16's layers
-    (2 threads): one job per thread is best wherever there are enough pixels, with tiles capped
-    at :data:`TILE_BYTES` of columns; small images, and NCHW layers with at least half as many
-    output channels as GEMM depth (the weights outweigh the columns), are faster with each GEMM
-    split over output channels, all threads sharing one column tile.  (Their depth ``kg`` >= 64:
-    VGG's first layer, 27 deep, is faster in tiles.)
+    with 2 threads: one job per thread is best wherever there are enough pixels, tiles capped at
+    :data:`TILE_BYTES` of columns.  Small images are faster with each GEMM split over output
+    channels, all threads sharing one column tile; so are NCHW layers with at least half as many
+    output channels as GEMM depth (the weights outweigh the columns), unless that depth is tiny
+    (VGG's first layer, 27, runs faster in tiles).
     """
     cap = pixels if direct else max(16, TILE_BYTES // (4 * kg))
     if num_threads <= 1:
         return min(pixels, cap), False
-    if pixels * images * groups < MIN_PIXELS[NHWC if nhwc else NCHW] * num_threads or (not nhwc and 2 * mg >= kg >= 64):
+    few_pixels = pixels * images * groups < MIN_PIXELS[NHWC if nhwc else NCHW] * num_threads
+    if few_pixels or (not nhwc and 2 * mg >= kg >= 64):
         return min(pixels, cap), False
     tiles = -(-pixels // cap)
     while (images * groups * tiles) % num_threads and tiles < pixels:

@@ -5,8 +5,9 @@
 A family is one routine filter (``cpu:float32:nhwc/im2col``: every layer it applies to, the
 nearest applicable routine elsewhere), the families being every (layout, algorithm) pair of the
 Conv routines plus the plain layout families.  Batch 1, 224x224, 2 threads for everyone.  Runs
-are interleaved (ORT, family 1, family 2, ..., repeat) so machine noise hits all alike; medians
-of ``--runs`` runs after warm-up.  Writes artifacts/benchmarks/models.{md,json}.
+are interleaved (ORT, family 1, family 2, ..., repeat) so machine noise hits all alike, with a
+short pause before each run so that the previous runtime's spinning worker threads (ORT's pool,
+OpenMP's) are idle and do not steal cores from the next; medians of ``--runs`` runs after warm-up.  Writes artifacts/benchmarks/models.{md,json}.
 """
 import argparse
 import json
@@ -49,6 +50,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--pause", type=float, default=0.03, help="seconds of idle before each timed run")
     p.add_argument("--out", default="artifacts/benchmarks")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -78,6 +80,7 @@ def main(argv=None):
                 run()
         for _ in range(args.runs):
             for k, run in runners.items():
+                time.sleep(args.pause)
                 t0 = time.perf_counter()
                 run()
                 samples[k].append(time.perf_counter() - t0)

@@ -264,7 +264,7 @@ def solve_milp(problem):
                     # w - src_s - need_f >= fixed - 1
                     row([(("w", t, s, f), 1), (("need", t, f), -1)] + [(k, -v) for k, v in src_terms], fixed - 1, np.inf)
     res = milp(c=np.array(costs), constraints=LinearConstraint(np.array(rows), lo, hi),
-               integrality=np.ones(len(costs)), bounds=Bounds(0, 1))
+               integrality=np.ones(len(costs)), bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
     if not res.success:
         raise ValueError(f"MILP found no plan: {res.message}")
     choice = {}

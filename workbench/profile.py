@@ -1,0 +1,145 @@
+"""The profiler: time every applicable routine of every layer, and every layout adapt on every
+tensor, on this machine and the model's real shapes, through the profile database.
+
+Identical layers (same :func:`~workbench.profiledb.signature`) are measured once; records already
+in the database for this machine fingerprint are reused unless ``reprofile``.  The result is a
+:class:`Profile`: plain numbers that :func:`problem` turns into the selection problem.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import adapt as adapts_mod
+from . import routines
+from .compiled import default_threads
+from .graph import NCHW, NHWC
+from .measure import Timing, time_routine
+from .profiledb import ProfileDatabase, Record, signature
+from .search import Candidate, Node, Problem
+
+LAYOUTS = (NCHW, NHWC)
+
+
+@dataclass
+class Profile:
+    """``routine[layer][descriptor]`` and ``adapt[(tensor, src, dst)]``: :class:`Record` each."""
+
+    routine: dict = field(default_factory=dict)
+    adapt: dict = field(default_factory=dict)
+    num_threads: int = 1
+    measured: int = 0     # records measured now (the rest came from the database)
+    reused: int = 0
+
+
+def _adapt_signature(spec, a):
+    return f"{a.name}:{'x'.join(map(str, spec.shape))}:{spec.dtype}"
+
+
+def _time_adapt(spec, a, repeats, threads):
+    import time
+
+    import numpy as np
+    src = np.random.default_rng(0).standard_normal(adapts_mod.physical_shape(spec.with_layout(a.src_layout))).astype(spec.dtype)
+    dst = np.empty(adapts_mod.physical_shape(spec.with_layout(a.dst_layout)), spec.dtype)
+    a.run(src, dst, threads)
+    t = Timing()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.run(src, dst, threads)
+        t.samples.append(time.perf_counter() - t0)
+    return t
+
+
+def adaptable_tensors(graph):
+    """Tensors an adapt may sit on: 4-D float32 activations (graph inputs and layer outputs)."""
+    tensors = {t: s for t, s in graph.inputs.items()}
+    for layer in graph:
+        for t, s in zip(layer.outputs, layer.out_specs):
+            if t:
+                tensors[t] = s
+    return {t: s for t, s in tensors.items() if len(s.shape) == 4 and s.dtype == "float32"}
+
+
+def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progress=False, layers=None):
+    """Measure ``graph``'s routines and adapts (see module docstring); returns a :class:`Profile`.
+
+    ``layers`` limits routine measurement to those layer names (reprofiling a selection).
+    """
+    threads = int(num_threads or default_threads())
+    db = db or ProfileDatabase(num_threads=threads)
+    result = Profile(num_threads=threads)
+    jobs = []
+    for layer in graph:
+        specs = graph.input_specs(layer)
+        sig = signature(layer, specs)
+        for r in routines.applicable(graph, layer):
+            jobs.append(("routine", sig, r.descriptor, layer, r))
+    for t, spec in adaptable_tensors(graph).items():
+        for src in LAYOUTS:
+            for a in adapts_mod.path(spec.with_layout(src), NHWC if src == NCHW else NCHW):
+                jobs.append(("adapt", _adapt_signature(spec, a), a.name, (t, spec), a))
+    fresh = {}
+    bar = _progress(len(jobs), progress)
+    for kind, sig, name, what, impl in jobs:
+        key = (kind, sig, name)
+        rec = fresh.get(key)   # an identical layer or tensor measured earlier in this run
+        if rec is None and not (reprofile or (layers is not None and kind == "routine" and what.name in layers)):
+            rec = db.get(kind, sig, name)
+        if rec is None:
+            if kind == "routine":
+                t = time_routine(graph, what, impl, repeats=repeats, num_threads=threads)
+            else:
+                t = _time_adapt(what[1], impl, repeats, threads)
+            rec = Record(kind, sig, name, t.median, t.spread, t.samples, t.prepare_s)
+            db.put([rec])
+            result.measured += 1
+        else:
+            result.reused += 1
+        fresh[key] = rec
+        if kind == "routine":
+            result.routine.setdefault(what.name, {})[name] = rec
+        else:
+            result.adapt[(what[0], impl.src_layout, impl.dst_layout)] = rec
+        bar.update(1)
+    bar.close()
+    return result
+
+
+def _progress(total, enabled):
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+            return tqdm(total=total, desc="profiling", unit="job")
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            pass
+
+    class _Null:
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+    return _Null()
+
+
+def problem(graph, costs, adapt_costs, allowed=None, io_format=NCHW):
+    """The selection :class:`~workbench.search.Problem` of ``graph``.
+
+    ``costs[layer][descriptor]`` (seconds), ``adapt_costs[(tensor, src, dst)]``; ``allowed`` maps
+    a layer to the descriptors it may use (filters and pins), default every costed one.
+    """
+    nodes = []
+    for layer in graph:
+        specs = graph.input_specs(layer)
+        acts = [(i, t) for i, t in enumerate(layer.inputs) if t and i not in layer.consts]
+        cands = []
+        for descriptor, cost in sorted(costs[layer.name].items()):
+            if allowed is not None and descriptor not in allowed.get(layer.name, ()):
+                continue
+            r = routines.get(layer.op, descriptor)
+            layouts = r.input_layouts(layer, specs)
+            out = r.output_layouts(layer)
+            cands.append(Candidate(descriptor, float(cost), tuple(layouts[i] for i, _ in acts), out[0] if out else NCHW))
+        nodes.append(Node(layer.name, tuple(t for _, t in acts), tuple(t for t in layer.outputs if t), tuple(cands)))
+    return Problem(nodes, dict(adapt_costs), {t: io_format for t in graph.inputs},
+                   {t: io_format for t in graph.outputs if t not in graph.constants})

@@ -1,0 +1,420 @@
+# isa-variants: avx512
+# cython: language_level=3
+"""Our own SGEMM (``sgemm_avx512.h``) and the 1x1 convolutions built on it, for the AVX-512 variant.
+
+The environment caps OpenBLAS at its Haswell kernels; this module's ``_avx512`` build carries an
+AVX-512 micro-kernel instead.  The baseline build compiles the same C with a scalar micro-kernel
+and says so with ``available = False``: routines use only ``gemm512_avx512``.
+
+Work is split into *jobs*, (row tile, column tile) blocks of C, run in a ``prange``, each thread
+packing A into its own buffer; B is packed once per call (or ahead, for weights) and shared.  The
+fused epilogue is applied to each block right after it is written, while it is in cache.
+Shapes are checked in the Python-visible functions before any ``nogil`` code.
+"""
+import numpy as np
+cimport numpy as cnp
+from cython.parallel cimport prange, threadid
+
+from conv_gemm cimport Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epilogue
+
+cnp.import_array()
+
+
+cdef extern from "sgemm_avx512.h" nogil:
+    int WB512_NATIVE
+    int WB512_NR
+    Py_ssize_t wb512_packed_b_floats(Py_ssize_t k, Py_ssize_t n)
+    Py_ssize_t wb512_abuf_floats()
+    void wb512_pack_b(Py_ssize_t k, Py_ssize_t n, const float* b, Py_ssize_t ldb, int trans_b, float* dst,
+                      Py_ssize_t p0, Py_ssize_t p1)
+    void wb512_gemm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
+                           const float* pb, float* c, Py_ssize_t ldc, int accumulate, float* abuf,
+                           Py_ssize_t j0, Py_ssize_t j1)
+
+#: True when this build runs the AVX-512 micro-kernel (only the ``_avx512`` variant does).
+available = bool(WB512_NATIVE)
+#: Columns per packed panel (packed B holds ``k * ceil(n / NR) * NR`` floats).
+NR = WB512_NR
+
+# Job tile: rows a multiple of the micro-kernel's 12 and of the A block (144); columns a
+# multiple of the 32-column panel, B block (256 x 512 floats) and C block both fit in L2.
+cdef enum:
+    TILE_M = 144
+    TILE_N = 512
+
+
+cdef struct Job:
+    Py_ssize_t m, n, k, lda, ldc, ld_res
+    Py_ssize_t tm, tn    # tile shape, set by gemm_jobs
+    const float* a
+    const float* pb
+    float* c
+    int accumulate
+    int channel_is_row   # 0: channels index columns (NHWC), 1: rows (NCHW), -1: no epilogue
+    const Epi* e
+    const float* res     # residual of this C, same layout, leading dimension ld_res
+
+
+cdef inline void _tile(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
+    cdef Py_ssize_t nt = (j.n + j.tn - 1) // j.tn
+    cdef Py_ssize_t i0 = (t // nt) * j.tm, j0 = (t % nt) * j.tn
+    cdef Py_ssize_t i1 = i0 + j.tm if i0 + j.tm < j.m else j.m
+    cdef Py_ssize_t j1 = j0 + j.tn if j0 + j.tn < j.n else j.n
+    cdef const Epi* e = j.e
+    cdef float* o = j.c + i0 * j.ldc + j0
+    wb512_gemm_packed(i1 - i0, j.n, j.k, j.a + i0 * j.lda, j.lda, j.pb, j.c + i0 * j.ldc, j.ldc,
+                      j.accumulate, abuf, j0, j1)
+    if j.channel_is_row < 0 or e == NULL or (e.bias == NULL and j.res == NULL and e.act == 0):
+        return
+    if j.channel_is_row:
+        _epilogue(o, i1 - i0, j1 - j0, j.ldc, True, e.bias + i0 if e.bias != NULL else NULL,
+                  j.res + i0 * j.ld_res + j0 if j.res != NULL else NULL, j.ld_res, e,
+                  e.slope + i0 if e.slope != NULL else NULL)
+    else:
+        _epilogue(o, i1 - i0, j1 - j0, j.ldc, False, e.bias + j0 if e.bias != NULL else NULL,
+                  j.res + i0 * j.ld_res + j0 if j.res != NULL else NULL, j.ld_res, e,
+                  e.slope + j0 if e.slope != NULL else NULL)
+
+
+cdef inline Py_ssize_t _count(Py_ssize_t m, Py_ssize_t n, Py_ssize_t tm, Py_ssize_t tn) noexcept nogil:
+    return ((m + tm - 1) // tm) * ((n + tn - 1) // tn)
+
+
+cdef void gemm_jobs(Job* j, float* abufs, int nt) noexcept nogil:
+    """All tiles of ``j`` (B already packed); ``abufs`` holds ``nt`` A buffers, one per thread.
+    With threads, tiles shrink (to 128 columns, 48 rows) until each thread has about 4, so the
+    dynamic schedule can even out a ragged last tile."""
+    cdef Py_ssize_t t, tiles
+    j.tm, j.tn = TILE_M, TILE_N
+    while nt > 1 and _count(j.m, j.n, j.tm, j.tn) < 4 * nt:
+        if j.tn > 128 and j.n > 128 and (j.tn >= j.tm or j.m <= 48):
+            j.tn //= 2
+        elif j.tm > 48 and j.m > 48:
+            j.tm -= 48
+        else:
+            break
+    tiles = _count(j.m, j.n, j.tm, j.tn)
+    cdef Py_ssize_t per = wb512_abuf_floats()
+    if nt > 1 and tiles > 1:
+        for t in prange(tiles, nogil=True, schedule="dynamic", num_threads=nt):
+            _tile(j, abufs + threadid() * per, t)
+    else:
+        for t in range(tiles):
+            _tile(j, abufs, t)
+
+
+cdef void pack_b_par(Py_ssize_t k, Py_ssize_t n, const float* b, Py_ssize_t ldb, int trans_b, float* dst,
+                     int nt) noexcept nogil:
+    """:c:func:`wb512_pack_b` over all panels, split between ``nt`` threads."""
+    cdef Py_ssize_t panels = (n + WB512_NR - 1) // WB512_NR, p
+    if nt > 1 and panels > 1:
+        for p in prange(panels, nogil=True, schedule="static", num_threads=nt):
+            wb512_pack_b(k, n, b, ldb, trans_b, dst, p, p + 1)
+    else:
+        wb512_pack_b(k, n, b, ldb, trans_b, dst, 0, panels)
+
+
+def _array(a, what, ndim=None, writeable=False):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"gemm512: {what} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"gemm512: {what} must be float32, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"gemm512: {what} must be {ndim}-D, got shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"gemm512: {what} must be C-contiguous")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"gemm512: {what} is read-only")
+    return a
+
+
+cdef float* _ptr(a):
+    return NULL if a is None else <float*> cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+def _threads(int num_threads):
+    if num_threads < 1:
+        raise ValueError(f"gemm512: num_threads must be >= 1, got {num_threads}")
+    return num_threads
+
+
+def abuf_floats(int num_threads=1):
+    """Floats of the A-packing scratch a call with ``num_threads`` threads needs."""
+    return wb512_abuf_floats() * num_threads
+
+
+def packed_b_floats(Py_ssize_t k, Py_ssize_t n):
+    return wb512_packed_b_floats(k, n)
+
+
+def pack_b(b, bint trans_b=False, int num_threads=1):
+    """``op(B)`` (k, n) packed into panels for :func:`sgemm_packed` / :func:`conv1x1_nhwc`;
+    ``trans_b``: ``b`` is stored (n, k).  Returns a 1-D float32 array."""
+    b = _array(b, "b", 2)
+    _threads(num_threads)
+    k, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    out = np.empty(max(wb512_packed_b_floats(k, n), 1), np.float32)
+    cdef const float* bp = _ptr(b)
+    cdef float* dp = _ptr(out)
+    cdef Py_ssize_t kk = k, nn = n, ldb = b.shape[1]
+    with nogil:
+        pack_b_par(kk, nn, bp, ldb, trans_b, dp, num_threads)
+    return out
+
+
+def sgemm(a, b, c, bint trans_b=False, bint accumulate=False, int num_threads=1):
+    """Row-major ``c (+)= a @ op(b)``: ``a`` (m, k), ``b`` (k, n) or (n, k) with ``trans_b``,
+    ``c`` (m, n), all float32 and C-contiguous; ``c`` overwritten unless ``accumulate``.
+
+    Returns
+    -------
+    ndarray
+        ``c``.
+    """
+    a, b, c = _array(a, "a", 2), _array(b, "b", 2), _array(c, "c", 2, writeable=True)
+    _threads(num_threads)
+    m, k = a.shape
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if kb != k or c.shape != (m, n):
+        raise ValueError(f"gemm512: a {a.shape} @ b{'^T' if trans_b else ''} {b.shape} does not give c {c.shape}")
+    if np.may_share_memory(c, a) or np.may_share_memory(c, b):
+        raise ValueError("gemm512: c overlaps an input")
+    if m == 0 or n == 0:
+        return c
+    pb = np.empty(max(wb512_packed_b_floats(k, n), 1), np.float32)
+    abufs = np.empty(abuf_floats(num_threads), np.float32)
+    cdef Job j
+    j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = m, n, k, k, n, 0
+    j.a, j.pb, j.c = _ptr(a), _ptr(pb), _ptr(c)
+    j.accumulate, j.channel_is_row, j.e, j.res = accumulate, -1, NULL, NULL
+    cdef const float* bp = _ptr(b)
+    cdef float* pbp = _ptr(pb)
+    cdef float* ab = _ptr(abufs)
+    cdef Py_ssize_t ldb = b.shape[1]
+    with nogil:
+        pack_b_par(j.k, j.n, bp, ldb, trans_b, pbp, num_threads)
+        gemm_jobs(&j, ab, num_threads)
+    return c
+
+
+cdef int _epi(Epi* e, Py_ssize_t m, bias, slope, int act, double p0, double p1) except -1:
+    if bias is not None and _array(bias, "bias").shape != (m,):
+        raise ValueError(f"gemm512: bias must have shape ({m},), got {bias.shape}")
+    if not 0 <= act <= 8:
+        raise ValueError(f"gemm512: unknown activation code {act}")
+    if act == 7 and (slope is None or _array(slope, "slope").shape != (m,)):
+        raise ValueError(f"gemm512: PRelu needs a float32 slope of shape ({m},)")
+    e.bias, e.slope = _ptr(bias), _ptr(slope if act == 7 else None)
+    e.res, e.act, e.p0, e.p1 = NULL, act, p0, p1
+    return 0
+
+
+def _no_overlap(out, *others):
+    for o in others:
+        if o is not None and np.may_share_memory(out, o):
+            raise ValueError("gemm512: the output overlaps an input")
+
+
+def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
+                 int num_threads=1):
+    """1x1 stride-1 unpadded NHWC convolution ``out = act(x @ W^T + bias + residual)``.
+
+    ``x`` (N, H, W, C), ``out`` (N, H, W, M); ``wp`` the weights (C, M) packed by :func:`pack_b`;
+    ``bias``/``slope`` (M,) or None, ``residual`` as ``out`` or None.  Returns ``out``.
+    """
+    x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
+    wp = _array(wp, "packed weights", 1)
+    _threads(num_threads)
+    n, h, w, c = x.shape
+    m = out.shape[3]
+    if out.shape[:3] != (n, h, w):
+        raise ValueError(f"gemm512: a 1x1 stride-1 conv of input {x.shape} gives (N, H, W) = {(n, h, w)}, "
+                         f"output is {out.shape}")
+    if wp.size < wb512_packed_b_floats(c, m):
+        raise ValueError(f"gemm512: packed weights hold {wp.size} floats, {c}x{m} needs "
+                         f"{wb512_packed_b_floats(c, m)}")
+    if residual is not None and _array(residual, "residual").shape != out.shape:
+        raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
+    cdef Epi e
+    _epi(&e, m, bias, slope, act, p0, p1)
+    _no_overlap(out, x, wp, bias, residual, slope)
+    if out.size == 0:
+        return out
+    abufs = np.empty(abuf_floats(num_threads), np.float32)
+    cdef Job j
+    j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = n * h * w, m, c, c, m, m
+    j.a, j.pb, j.c = _ptr(x), _ptr(wp), _ptr(out)
+    j.accumulate, j.channel_is_row, j.e, j.res = 0, 0, &e, _ptr(residual)
+    cdef float* ab = _ptr(abufs)
+    with nogil:
+        gemm_jobs(&j, ab, num_threads)
+    return out
+
+
+def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
+                 int num_threads=1):
+    """1x1 stride-1 unpadded NCHW convolution ``out[n] = act(W @ x[n] + bias + residual[n])``.
+
+    ``x`` (N, C, H, W), ``w`` (M, C) (or (M, C, 1, 1)), ``out`` (N, M, H, W); each image's pixels
+    are packed as B, then the jobs of that image run in parallel.  Returns ``out``.
+    """
+    x, out, w = _array(x, "input", 4), _array(out, "output", 4, writeable=True), _array(w, "weights")
+    _threads(num_threads)
+    n, c, h, wd = x.shape
+    m = out.shape[1]
+    if (out.shape[0], out.shape[2], out.shape[3]) != (n, h, wd):
+        raise ValueError(f"gemm512: a 1x1 stride-1 conv of input {x.shape} gives {(n, m, h, wd)}, "
+                         f"output is {out.shape}")
+    if w.shape not in ((m, c), (m, c, 1, 1)):
+        raise ValueError(f"gemm512: weights must have shape ({m}, {c}), got {w.shape}")
+    if residual is not None and _array(residual, "residual").shape != out.shape:
+        raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
+    cdef Epi e
+    _epi(&e, m, bias, slope, act, p0, p1)
+    _no_overlap(out, x, w, bias, residual, slope)
+    if out.size == 0:
+        return out
+    cdef Py_ssize_t p = h * wd, i
+    pb = np.empty(max(wb512_packed_b_floats(c, p), 1), np.float32)
+    abufs = np.empty(abuf_floats(num_threads), np.float32)
+    cdef Job j
+    j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = m, p, c, c, p, p
+    j.a, j.pb = _ptr(w), _ptr(pb)
+    j.accumulate, j.channel_is_row, j.e = 0, 1, &e
+    cdef const float* xp = _ptr(x)
+    cdef float* op = _ptr(out)
+    cdef const float* rp = _ptr(residual)
+    cdef float* ab = _ptr(abufs)
+    cdef float* pbp = _ptr(pb)
+    cdef Py_ssize_t images = n, cc = c, mm = m
+    with nogil:
+        for i in range(images):
+            pack_b_par(cc, p, xp + i * cc * p, p, 0, pbp, num_threads)
+            j.c = op + i * mm * p
+            j.res = rp + i * mm * p if rp != NULL else NULL
+            gemm_jobs(&j, ab, num_threads)
+    return out
+
+
+# --- im2col convolutions (group 1) -------------------------------------------------------------
+# A job is one tile of output pixels: gather its im2col columns into this thread's buffer,
+# multiply, apply the epilogue.  NHWC tiles span the batch (rows of x @ W^T); NCHW tiles are one
+# image's pixels, whose columns are the GEMM's B and so are packed after the gather.
+
+cdef enum:
+    IM2COL_ROWS = 144     # NHWC pixels per job: one A block
+    IM2COL_PIXELS = 128   # NCHW pixels per job: four B panels
+
+
+cdef void _im2col_nhwc_job(const Geo* g, const float* x, const float* pw, float* out, const Epi* e,
+                           float* cols, float* abuf, Py_ssize_t t) noexcept nogil:
+    cdef Py_ssize_t q0 = t * IM2COL_ROWS, q1 = q0 + IM2COL_ROWS, q
+    if q1 > g.n * g.p:
+        q1 = g.n * g.p
+    for q in range(q0, q1):
+        _cols_nhwc_pixel(g, x, cols + (q - q0) * g.kg, q, 0)
+    wb512_gemm_packed(q1 - q0, g.m, g.kg, cols, g.kg, pw, out + q0 * g.m, g.m, 0, abuf, 0, g.m)
+    if e.bias != NULL or e.res != NULL or e.act != 0:
+        _epilogue(out + q0 * g.m, q1 - q0, g.m, g.m, False, e.bias,
+                  e.res + q0 * g.m if e.res != NULL else NULL, g.m, e, e.slope)
+
+
+cdef void _im2col_nchw_job(const Geo* g, const float* x, const float* w, float* out, const Epi* e,
+                           float* cols, float* pb, float* abuf, Py_ssize_t t) noexcept nogil:
+    cdef Py_ssize_t tiles = (g.p + IM2COL_PIXELS - 1) // IM2COL_PIXELS
+    cdef Py_ssize_t nn = t // tiles, p0 = (t % tiles) * IM2COL_PIXELS, p1 = p0 + IM2COL_PIXELS, r
+    if p1 > g.p:
+        p1 = g.p
+    cdef const float* src = x + nn * g.c * g.h * g.w
+    for r in range(g.kg):
+        _cols_nchw_row(g, src, cols + r * (p1 - p0), r, p0, p1)
+    wb512_pack_b(g.kg, p1 - p0, cols, p1 - p0, 0, pb, 0, (p1 - p0 + WB512_NR - 1) // WB512_NR)
+    cdef float* o = out + nn * g.m * g.p + p0
+    wb512_gemm_packed(g.m, p1 - p0, g.kg, w, g.kg, pb, o, g.p, 0, abuf, 0, p1 - p0)
+    if e.bias != NULL or e.res != NULL or e.act != 0:
+        _epilogue(o, g.m, p1 - p0, g.p, True, e.bias,
+                  e.res + nn * g.m * g.p + p0 if e.res != NULL else NULL, g.p, e, e.slope)
+
+
+def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1):
+    """Floats of the per-call scratch of :func:`conv_im2col` (column, packing buffers per thread)."""
+    if nhwc:
+        per = IM2COL_ROWS * kg + wb512_abuf_floats()
+    else:
+        per = IM2COL_PIXELS * kg + wb512_packed_b_floats(kg, IM2COL_PIXELS) + wb512_abuf_floats()
+    return per * num_threads
+
+
+def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,
+                double p0=0, double p1=0, slope=None, int num_threads=1):
+    """Group-1 convolution by im2col on our SGEMM, either layout.
+
+    ``x`` (N, C, H, W) or (N, H, W, C), ``out`` likewise; ``w`` for NCHW the weights (M, C*KH*KW),
+    for NHWC ``pack_b`` of the weights (KH*KW*C, M) ordered (ki, kj, channel).  ``pads`` are
+    (top, left, bottom, right).  Returns ``out``.
+    """
+    cdef Geo g
+    cdef Epi e
+    x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
+    w = _array(w, "weights")
+    _threads(num_threads)
+    if nhwc:
+        (g.n, g.h, g.w, g.c), (on, g.oh, g.ow, g.m) = x.shape, out.shape
+    else:
+        (g.n, g.c, g.h, g.w), (on, g.m, g.oh, g.ow) = x.shape, out.shape
+    g.kh, g.kw = kernel
+    g.sh, g.sw = strides
+    g.dh, g.dw = dilations
+    g.pt, g.pl, pb_, pr = pads
+    if min(g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) < 1 or min(g.pt, g.pl, pb_, pr) < 0 or g.c < 1:
+        raise ValueError(f"gemm512: bad geometry kernel {kernel} strides {strides} dilations {dilations} "
+                         f"pads {pads} for input {x.shape}")
+    g.g, g.cg, g.mg = 1, g.c, g.m
+    g.kg = g.c * g.kh * g.kw
+    oh = (g.h + g.pt + pb_ - (g.kh - 1) * g.dh - 1) // g.sh + 1
+    ow = (g.w + g.pl + pr - (g.kw - 1) * g.dw - 1) // g.sw + 1
+    if on != g.n or (oh, ow) != (g.oh, g.ow) or oh <= 0 or ow <= 0:
+        raise ValueError(f"gemm512: input {x.shape} with this kernel/strides/pads gives {g.n} images of "
+                         f"{oh}x{ow} pixels, but the output is {out.shape}")
+    g.p = g.oh * g.ow
+    if nhwc:
+        if w.ndim != 1 or w.size < wb512_packed_b_floats(g.kg, g.m):
+            raise ValueError(f"gemm512: NHWC weights must be pack_b of ({g.kg}, {g.m}), got {w.shape}")
+    elif w.shape != (g.m, g.kg):
+        raise ValueError(f"gemm512: weights must have shape ({g.m}, {g.kg}), got {w.shape}")
+    if residual is not None and _array(residual, "residual").shape != out.shape:
+        raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
+    _epi(&e, g.m, bias, slope, act, p0, p1)
+    e.res = _ptr(residual)
+    _no_overlap(out, x, w, bias, residual, slope)
+    if out.size == 0:
+        return out
+    buf = np.empty(im2col_scratch_floats(nhwc, g.kg, num_threads), np.float32)
+    cdef float* bp = _ptr(buf)
+    cdef const float* xp = _ptr(x)
+    cdef const float* wp = _ptr(w)
+    cdef float* op = _ptr(out)
+    cdef Py_ssize_t per = im2col_scratch_floats(nhwc, g.kg, 1), t, tiles, tid
+    cdef Py_ssize_t ncols = (IM2COL_ROWS if nhwc else IM2COL_PIXELS) * g.kg
+    cdef Py_ssize_t npb = 0 if nhwc else wb512_packed_b_floats(g.kg, IM2COL_PIXELS)
+    cdef bint nh = nhwc
+    if nhwc:
+        tiles = (g.n * g.p + IM2COL_ROWS - 1) // IM2COL_ROWS
+    else:
+        tiles = g.n * ((g.p + IM2COL_PIXELS - 1) // IM2COL_PIXELS)
+    with nogil:
+        if num_threads > 1 and tiles > 1:
+            for t in prange(tiles, schedule="dynamic", num_threads=num_threads):
+                tid = threadid()
+                if nh:
+                    _im2col_nhwc_job(&g, xp, wp, op, &e, bp + tid * per, bp + tid * per + ncols, t)
+                else:
+                    _im2col_nchw_job(&g, xp, wp, op, &e, bp + tid * per, bp + tid * per + ncols,
+                                     bp + tid * per + ncols + npb, t)
+        else:
+            for t in range(tiles):
+                if nh:
+                    _im2col_nhwc_job(&g, xp, wp, op, &e, bp, bp + ncols, t)
+                else:
+                    _im2col_nchw_job(&g, xp, wp, op, &e, bp, bp + ncols, bp + ncols + npb, t)
+    return out

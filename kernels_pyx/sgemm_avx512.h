@@ -1,0 +1,194 @@
+/* Cache-blocked single-threaded SGEMM for row-major C(m, n) (+)= A(m, k) @ op(B), AVX-512.
+ *
+ * Goto/BLIS scheme: B is packed once into K-blocks of WB512_KC rows, each a run of panels of
+ * WB512_NR (32) columns stored k-major (kcb x 32 contiguous, zero padded past n); the caller can
+ * pack it ahead (weights, at prepare time) and share it read-only between threads.  A is packed
+ * per call into strips of WB512_MR (12) rows (kcb x 12, zero padded past m) in a caller-owned
+ * buffer of wb512_abuf_floats() floats, so every thread of a prange brings its own.
+ * The 12x32 micro-kernel keeps 24 zmm accumulators, 2 for the B row and one broadcast (27 of
+ * 32 registers); edges are handled by masked stores (columns) and row counts (rows), never by
+ * reading outside A, B or C.
+ *
+ * Built without AVX-512 (the baseline module of an `isa-variants` .pyx) the same functions run a
+ * scalar micro-kernel on the same packed layout: correct, slow, and reported by WB512_NATIVE = 0.
+ */
+#ifndef WB_SGEMM_AVX512_H
+#define WB_SGEMM_AVX512_H
+
+#include <stddef.h>
+#include <string.h>
+#include <stdlib.h>
+
+#define WB512_MR 12
+#define WB512_NR 32
+#define WB512_KC 256
+#define WB512_MC 144
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#define WB512_NATIVE 1
+#else
+#define WB512_NATIVE 0
+#endif
+
+static inline ptrdiff_t wb512_round_up(ptrdiff_t v, ptrdiff_t to) { return (v + to - 1) / to * to; }
+
+/* Floats of a packed B of k rows, n columns. */
+static inline ptrdiff_t wb512_packed_b_floats(ptrdiff_t k, ptrdiff_t n) {
+    return k * wb512_round_up(n, WB512_NR);
+}
+
+/* Floats of the per-thread A packing buffer. */
+static inline ptrdiff_t wb512_abuf_floats(void) { return (ptrdiff_t)WB512_MC * WB512_KC; }
+
+/* Pack panels p0..p1-1 (of WB512_NR columns) of op(B) (k x n); trans_b: B is stored (n, k).
+ * Layout: K-block starting at row kb holds its panels at dst + kb * npad + jp * kcb * NR. */
+static inline void wb512_pack_b(ptrdiff_t k, ptrdiff_t n, const float* b, ptrdiff_t ldb, int trans_b,
+                                float* dst, ptrdiff_t p0, ptrdiff_t p1) {
+    ptrdiff_t npad = wb512_round_up(n, WB512_NR), kb, jp, kk, j;
+    for (kb = 0; kb < k; kb += WB512_KC) {
+        ptrdiff_t kcb = k - kb < WB512_KC ? k - kb : WB512_KC;
+        for (jp = p0; jp < p1; jp++) {
+            float* d = dst + kb * npad + jp * kcb * WB512_NR;
+            ptrdiff_t j0 = jp * WB512_NR, nr = n - j0 < WB512_NR ? n - j0 : WB512_NR;
+            if (!trans_b) {
+                for (kk = 0; kk < kcb; kk++) {
+                    const float* s = b + (kb + kk) * ldb + j0;
+                    memcpy(d + kk * WB512_NR, s, nr * sizeof(float));
+                    if (nr < WB512_NR) memset(d + kk * WB512_NR + nr, 0, (WB512_NR - nr) * sizeof(float));
+                }
+            } else {
+                for (kk = 0; kk < kcb; kk++)
+                    for (j = 0; j < WB512_NR; j++)
+                        d[kk * WB512_NR + j] = j < nr ? b[(j0 + j) * ldb + kb + kk] : 0.0f;
+            }
+        }
+    }
+}
+
+/* Pack rows 0..mcb-1, depth kb..kb+kcb-1 of A into strips of MR rows, k-major. */
+static inline void wb512_pack_a(ptrdiff_t mcb, ptrdiff_t kcb, const float* a, ptrdiff_t lda, float* dst) {
+    ptrdiff_t i0, i, kk;
+    for (i0 = 0; i0 < mcb; i0 += WB512_MR) {
+        ptrdiff_t mr = mcb - i0 < WB512_MR ? mcb - i0 : WB512_MR;
+        float* d = dst + i0 * kcb;
+        if (mr == WB512_MR) {
+            const float* r[WB512_MR];
+            for (i = 0; i < WB512_MR; i++) r[i] = a + (i0 + i) * lda;
+            for (kk = 0; kk < kcb; kk++)
+                for (i = 0; i < WB512_MR; i++) d[kk * WB512_MR + i] = r[i][kk];
+        } else {
+            for (kk = 0; kk < kcb; kk++)
+                for (i = 0; i < WB512_MR; i++) d[kk * WB512_MR + i] = i < mr ? a[(i0 + i) * lda + kk] : 0.0f;
+        }
+    }
+}
+
+#if WB512_NATIVE
+#define WB512_ROW(i) \
+    bc = _mm512_set1_ps(pa[i]); \
+    c##i##0 = _mm512_fmadd_ps(bc, b0, c##i##0); \
+    c##i##1 = _mm512_fmadd_ps(bc, b1, c##i##1);
+#define WB512_STORE(i) \
+    if (i < mr) { \
+        float* cr = c + (i) * ldc; \
+        if (load) { \
+            c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr)); \
+            c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, cr + 16)); \
+        } \
+        _mm512_mask_storeu_ps(cr, m0, c##i##0); \
+        _mm512_mask_storeu_ps(cr + 16, m1, c##i##1); \
+    }
+
+/* C(mr x nr) (+)= packed A strip (kcb x 12) @ packed B panel (kcb x 32). */
+static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
+                               int mr, int nr, int load) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00,
+           c70 = c00, c71 = c00, c80 = c00, c81 = c00, c90 = c00, c91 = c00,
+           c100 = c00, c101 = c00, c110 = c00, c111 = c00;
+    __m512 b0, b1, bc;
+    ptrdiff_t kk;
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+    for (kk = 0; kk < kcb; kk++) {
+        b0 = _mm512_loadu_ps(pb);
+        b1 = _mm512_loadu_ps(pb + 16);
+        _mm_prefetch((const char*)(pb + 8 * WB512_NR), _MM_HINT_T0);
+        WB512_ROW(0) WB512_ROW(1) WB512_ROW(2) WB512_ROW(3) WB512_ROW(4) WB512_ROW(5)
+        WB512_ROW(6) WB512_ROW(7) WB512_ROW(8) WB512_ROW(9) WB512_ROW(10) WB512_ROW(11)
+        pa += WB512_MR;
+        pb += WB512_NR;
+    }
+    WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3) WB512_STORE(4) WB512_STORE(5)
+    WB512_STORE(6) WB512_STORE(7) WB512_STORE(8) WB512_STORE(9) WB512_STORE(10) WB512_STORE(11)
+}
+#undef WB512_ROW
+#undef WB512_STORE
+#else
+static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
+                               int mr, int nr, int load) {
+    float acc[WB512_MR][WB512_NR];
+    ptrdiff_t kk;
+    int i, j;
+    memset(acc, 0, sizeof(acc));
+    for (kk = 0; kk < kcb; kk++)
+        for (i = 0; i < WB512_MR; i++)
+            for (j = 0; j < WB512_NR; j++) acc[i][j] += pa[kk * WB512_MR + i] * pb[kk * WB512_NR + j];
+    for (i = 0; i < mr; i++)
+        for (j = 0; j < nr; j++) c[i * ldc + j] = (load ? c[i * ldc + j] : 0.0f) + acc[i][j];
+}
+#endif
+
+/* C[0:m, j0:j1] (+)= A(m, k) @ B[:, j0:j1] with B packed by wb512_pack_b (n columns in all);
+ * j0 a multiple of WB512_NR.  abuf: wb512_abuf_floats() floats, this thread's own. */
+static inline void wb512_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
+                                     const float* pb, float* c, ptrdiff_t ldc, int accumulate,
+                                     float* abuf, ptrdiff_t j0, ptrdiff_t j1) {
+    ptrdiff_t npad = wb512_round_up(n, WB512_NR), ic, kb, jp, ir;
+    if (m <= 0 || j1 <= j0) return;
+    if (k <= 0) {
+        if (!accumulate)
+            for (ic = 0; ic < m; ic++) memset(c + ic * ldc + j0, 0, (j1 - j0) * sizeof(float));
+        return;
+    }
+    for (ic = 0; ic < m; ic += WB512_MC) {
+        ptrdiff_t mcb = m - ic < WB512_MC ? m - ic : WB512_MC;
+        for (kb = 0; kb < k; kb += WB512_KC) {
+            ptrdiff_t kcb = k - kb < WB512_KC ? k - kb : WB512_KC;
+            int load = accumulate || kb > 0;
+            wb512_pack_a(mcb, kcb, a + ic * lda + kb, lda, abuf);
+            for (jp = j0 / WB512_NR; jp * WB512_NR < j1; jp++) {
+                const float* panel = pb + kb * npad + jp * kcb * WB512_NR;
+                ptrdiff_t col = jp * WB512_NR, nr = j1 - col < WB512_NR ? j1 - col : WB512_NR;
+                for (ir = 0; ir < mcb; ir += WB512_MR) {
+                    int mr = (int)(mcb - ir < WB512_MR ? mcb - ir : WB512_MR);
+                    wb512_micro(kcb, abuf + ir * kcb, panel, c + (ic + ir) * ldc + col, ldc, mr, (int)nr, load);
+                }
+            }
+        }
+    }
+}
+
+/* Whole C(m, n) (+)= A(m, k) @ op(B), single-threaded; buffers from malloc.  Returns -1 when
+ * out of memory (C untouched), else 0. */
+static inline int wb512_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
+                              const float* b, ptrdiff_t ldb, int trans_b, float* c, ptrdiff_t ldc,
+                              int accumulate) {
+    float *pb, *abuf;
+    if (m <= 0 || n <= 0) return 0;
+    pb = (float*)malloc((size_t)(wb512_packed_b_floats(k, n) + 16) * sizeof(float));
+    abuf = (float*)malloc((size_t)(wb512_abuf_floats() + 16) * sizeof(float));
+    if (pb == NULL || abuf == NULL) {
+        free(pb);
+        free(abuf);
+        return -1;
+    }
+    wb512_pack_b(k, n, b, ldb, trans_b, pb, 0, wb512_round_up(n, WB512_NR) / WB512_NR);
+    wb512_gemm_packed(m, n, k, a, lda, pb, c, ldc, accumulate, abuf, 0, n);
+    free(pb);
+    free(abuf);
+    return 0;
+}
+
+#endif

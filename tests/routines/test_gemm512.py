@@ -1,0 +1,170 @@
+"""Our AVX-512 SGEMM (kernels_pyx/gemm512.pyx) against NumPy on odd sizes, its refusal of bad
+buffers, and the gemm1x1_avx512 routines against the NumPy reference, epilogues included."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import helper
+
+import workbench
+from onnx_helpers import make_model
+from routine_helpers import assert_routine_matches
+from workbench import cpu, routines
+
+if not cpu.supports("avx512"):
+    pytest.skip("this CPU lacks AVX-512", allow_module_level=True)
+g = cpu.kernel_module("gemm512", "avx512")
+if g is None:
+    pytest.skip("workbench._kernels.gemm512_avx512 is not built", allow_module_level=True)
+
+ROUTINES = ("cpu:float32:nchw/gemm1x1_avx512", "cpu:float32:nhwc/gemm1x1_avx512")
+IM2COL = ("cpu:float32:nchw/im2col_avx512", "cpu:float32:nhwc/im2col_avx512")
+SETTINGS = dict(deadline=None, derandomize=True, database=None)
+
+
+def _rel_err(got, want):
+    return float(np.abs(got.astype(np.float64) - want).max()) / max(float(np.abs(want).max()), 1.0)
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(st.integers(1, 300), st.integers(1, 300), st.integers(1, 300), st.booleans(), st.booleans(),
+       st.sampled_from([1, 2, 3]), st.integers(0, 2 ** 16))
+def test_sgemm_matches_numpy(m, n, k, trans_b, accumulate, threads, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    c = c0.copy()
+    assert g.sgemm(a, b, c, trans_b=trans_b, accumulate=accumulate, num_threads=threads) is c
+    want = a.astype(np.float64) @ (b.T if trans_b else b).astype(np.float64) + (c0 if accumulate else 0)
+    assert _rel_err(c, want) < 1e-5
+
+
+def test_baseline_build_is_scalar_but_correct():
+    base = cpu.kernel_module("gemm512")
+    if base is None:
+        pytest.skip("baseline gemm512 not built")
+    assert not base.available and g.available
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((37, 50)).astype(np.float32), rng.standard_normal((50, 45)).astype(np.float32)
+    c = np.empty((37, 45), np.float32)
+    base.sgemm(a, b, c)
+    assert _rel_err(c, a.astype(np.float64) @ b) < 1e-5
+
+
+def _f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: g.sgemm(_f32(3, 4), _f32(5, 6), _f32(3, 6)), ValueError),
+    (lambda: g.sgemm(_f32(3, 4), _f32(4, 6), _f32(3, 7)), ValueError),
+    (lambda: g.sgemm(_f32(3, 4), _f32(4, 6), _f32(3, 6), trans_b=True), ValueError),
+    (lambda: g.sgemm(_f32(3, 4), _f32(4, 6).astype(np.float64), _f32(3, 6)), TypeError),
+    (lambda: g.sgemm(_f32(4, 3).T, _f32(4, 6), _f32(3, 6)), ValueError),
+    (lambda: g.sgemm(_f32(3, 4), _f32(4, 6), _f32(6, 3).T), ValueError),
+    (lambda: g.sgemm(_f32(3, 4), [[0.0] * 6] * 4, _f32(3, 6)), TypeError),
+    (lambda: g.sgemm(_f32(3, 4, 1), _f32(4, 6), _f32(3, 6)), ValueError),
+    (lambda: g.sgemm(_f32(3, 4), _f32(4, 6), _f32(3, 6), num_threads=0), ValueError),
+    (lambda: (lambda c: g.sgemm(c[:, :4], _f32(4, 4), c))(_f32(4, 4)), ValueError),
+    (lambda: g.conv1x1_nhwc(_f32(1, 3, 3, 8), np.zeros(10, np.float32), None, None, _f32(1, 3, 3, 5)),
+     ValueError),
+    (lambda: g.conv1x1_nhwc(_f32(1, 3, 3, 8), g.pack_b(_f32(8, 5)), None, None, _f32(1, 3, 4, 5)), ValueError),
+    (lambda: g.conv1x1_nhwc(_f32(1, 3, 3, 8), g.pack_b(_f32(8, 5)), _f32(4), None, _f32(1, 3, 3, 5)),
+     ValueError),
+    (lambda: g.conv1x1_nhwc(_f32(1, 3, 3, 8), g.pack_b(_f32(8, 5)), None, None, _f32(1, 3, 3, 5), act=7),
+     ValueError),
+    (lambda: g.conv1x1_nchw(_f32(1, 8, 3, 3), _f32(5, 7), None, None, _f32(1, 5, 3, 3)), ValueError),
+    (lambda: g.conv1x1_nchw(_f32(1, 8, 3, 3), _f32(5, 8), None, _f32(1, 5, 3, 4), _f32(1, 5, 3, 3)),
+     ValueError),
+])
+def test_bad_buffers_raise(call, error):
+    with pytest.raises(error):
+        call()
+
+
+def conv_graph(x_shape, m, seed, bias=True, residual=False, activation=None, strides=(1, 1), group=1,
+               kernel=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
+    rng = np.random.default_rng(seed)
+    c = x_shape[1]
+    w = rng.standard_normal((m, c // group, *kernel)).astype(np.float32)
+    inits = [("w", w)] + ([("b", rng.standard_normal(m).astype(np.float32))] if bias else [])
+    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias else []), ["y0"], name="conv",
+                              kernel_shape=list(kernel), strides=list(strides), group=group, pads=list(pads),
+                              dilations=list(dilations))]
+    inputs, last = [("x", list(x_shape))], "y0"
+    out_shape = [x_shape[0], m] + [(x_shape[2 + i] + pads[i] + pads[i + 2] - (kernel[i] - 1) * dilations[i] - 1)
+                                   // strides[i] + 1 for i in range(2)]
+    if residual:
+        inputs.append(("skip", out_shape))
+        nodes.append(helper.make_node("Add", [last, "skip"], ["y1"], name="add"))
+        last = "y1"
+    if activation is not None:
+        args = [last]
+        if activation == "PRelu":
+            inits.append(("slope", np.linspace(-0.5, 0.7, m, dtype=np.float32).reshape(m, 1, 1)))
+            args.append("slope")
+        elif activation == "Clip":
+            inits += [("lo", np.float32(-0.4)), ("hi", np.float32(0.9))]
+            args += ["lo", "hi"]
+        nodes.append(helper.make_node(activation, args, ["y"], name="act"))
+        last = "y"
+    model = make_model(nodes, inputs, [(last, None)], initializers=inits)
+    return workbench.load(model.SerializeToString())
+
+
+@pytest.mark.parametrize("descriptor", ROUTINES)
+@pytest.mark.parametrize("x_shape, m, kw", [
+    ([1, 37, 9, 11], 70, dict()),
+    ([2, 64, 7, 7], 33, dict(bias=False, activation="Relu")),
+    ([1, 300, 5, 13], 145, dict(residual=True, activation="Relu")),
+    ([3, 17, 6, 5], 530, dict(residual=True)),
+    ([1, 8, 20, 21], 16, dict(activation="Clip")),
+    ([1, 24, 4, 4], 40, dict(activation="PRelu")),
+    ([1, 24, 4, 4], 40, dict(activation="HardSwish", residual=True)),
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_routines_match_reference(descriptor, x_shape, m, kw, threads):
+    graph = conv_graph(x_shape, m, seed=x_shape[1] + m, **kw)
+    assert_routine_matches(graph, descriptor, expect_layers=["conv"], num_threads=threads, seed=m)
+
+
+@pytest.mark.parametrize("descriptor", IM2COL)
+@pytest.mark.parametrize("x_shape, m, kw", [
+    ([1, 5, 9, 11], 7, dict(kernel=(3, 3), pads=(1, 1, 1, 1))),
+    ([2, 19, 14, 13], 40, dict(kernel=(3, 3), strides=(2, 2), pads=(1, 0, 1, 2), residual=True,
+                               activation="Relu")),
+    ([1, 64, 15, 15], 33, dict(kernel=(3, 2), dilations=(2, 1), activation="PRelu")),
+    ([3, 3, 30, 31], 16, dict(kernel=(7, 7), strides=(2, 2), pads=(3, 3, 3, 3), activation="Clip")),
+    ([1, 40, 6, 6], 50, dict(kernel=(1, 1), strides=(2, 2), bias=False)),
+    ([1, 300, 7, 7], 70, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="HardSwish")),
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_im2col_matches_reference(descriptor, x_shape, m, kw, threads):
+    graph = conv_graph(x_shape, m, seed=x_shape[1] + m, **kw)
+    assert_routine_matches(graph, descriptor, expect_layers=["conv"], num_threads=threads, seed=m)
+
+
+@pytest.mark.parametrize("kw, gemm1x1, im2col", [
+    (dict(), True, True),
+    (dict(strides=(2, 2)), False, True),
+    (dict(group=2), False, False),
+    (dict(kernel=(3, 3)), False, True),
+    (dict(pads=(1, 0, 0, 0)), False, True),
+])
+def test_applies(kw, gemm1x1, im2col):
+    graph = conv_graph([1, 8, 9, 9], 6, seed=0, **kw)
+    conv = graph.layer("conv")
+    for d in ROUTINES + IM2COL:
+        want = gemm1x1 if d in ROUTINES else im2col
+        assert routines.get("Conv", d).applies(conv, graph.input_specs(conv)) == want, d
+
+
+def test_im2col_bad_weights_raise():
+    x, out = _f32(1, 4, 5, 5), _f32(1, 3, 3, 3)
+    with pytest.raises(ValueError):
+        g.conv_im2col(False, x, _f32(3, 35), None, None, out, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0))
+    with pytest.raises(ValueError):
+        g.conv_im2col(True, _f32(1, 5, 5, 4), np.zeros(10, np.float32), None, None, _f32(1, 3, 3, 3), (3, 3),
+                      (1, 1), (1, 1), (0, 0, 0, 0))
+    with pytest.raises(ValueError):
+        g.conv_im2col(False, x, _f32(3, 36), None, None, _f32(1, 3, 4, 3), (3, 3), (1, 1), (1, 1), (0, 0, 0, 0))

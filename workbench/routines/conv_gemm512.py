@@ -1,0 +1,131 @@
+"""1x1 float32 convolutions on our own AVX-512 SGEMM (``kernels_pyx/gemm512.pyx``).
+
+``cpu:float32:nhwc/gemm1x1_avx512`` computes ``out(NHW, M) = x(NHW, C) @ W^T(C, M)`` with the
+weights packed into the kernel's panels once, in :meth:`prepare`; ``cpu:float32:nchw/gemm1x1_avx512``
+computes ``out[n](M, HW) = W(M, C) @ x[n](C, HW)``, packing each image's pixels per call.  Both
+apply the fused bias/residual/activation to each output tile right after computing it.
+
+The environment pins OpenBLAS to its Haswell (AVX2) kernels; these routines are the
+runtime-dispatched AVX-512 alternative to ``gemm1x1``, offered only where the CPU has AVX-512
+and the ``gemm512_avx512`` module is built.  They never call the BLAS, so need no BLAS limit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import cpu
+from ..graph import NCHW, NHWC
+from .conv_gemm import _ConvGemm, geometry
+from .epilogue import encode
+
+
+def _kernels():
+    mod = cpu.kernel_module("gemm512", "avx512")
+    return mod if mod is not None and mod.available else None
+
+
+class _Gemm512(_ConvGemm, register=False):
+    algo = "gemm1x1_avx512"
+    # Same as gemm1x1: without a measurement the default stays the BLAS routine (ties break by
+    # descriptor); the profiler picks this one where it is faster.
+    priority = 12
+    one_by_one = True
+
+    @classmethod
+    def applies(cls, layer, specs):
+        if _kernels() is None or not super().applies(layer, specs):
+            return False
+        _, strides, _, _, group = geometry(layer)
+        return tuple(strides) == (1, 1) and group == 1
+
+    @classmethod
+    def prepare(cls, layer):
+        w = np.asarray(layer.consts[1], np.float32)
+        m = w.shape[0]
+        bias = layer.consts.get(2)
+        return {"w": cls._pack(w.reshape(m, -1)), "epi": encode(layer, m),
+                "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        bias = state["bias"]
+        if bias is None and len(args) > 2 and args[2] is not None:
+            bias = np.ascontiguousarray(args[2], np.float32)
+        residual = args[3] if layer.attrs.get("residual") else None
+        epi = state["epi"]
+        cls._conv(args[0], state["w"], bias, residual, outs[0], epi.code, epi.p0, epi.p1, epi.slope,
+                  num_threads)
+
+
+class NchwGemm1x1Avx512(_Gemm512):
+    layout = NCHW
+
+    @staticmethod
+    def _pack(w):
+        return np.ascontiguousarray(w)
+
+    @staticmethod
+    def _conv(*args):
+        _kernels().conv1x1_nchw(*args)
+
+
+class NhwcGemm1x1Avx512(_Gemm512):
+    layout = NHWC
+
+    @staticmethod
+    def _pack(w):
+        # (M, C) read transposed: the kernel's panels of W^T (C, M).
+        return _kernels().pack_b(np.ascontiguousarray(w), trans_b=True)
+
+    @staticmethod
+    def _conv(*args):
+        _kernels().conv1x1_nhwc(*args)
+
+
+class _Im2col512(_ConvGemm, register=False):
+    """Group-1 convolutions of any kernel, stride, dilation and padding: the column tile of each
+    job gathered by the same im2col code as ``im2col`` (``conv_gemm.pxd``), then our SGEMM."""
+
+    algo = "im2col_avx512"
+    priority = 10   # as im2col; the profiler picks between them
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return _kernels() is not None and super().applies(layer, specs) and geometry(layer)[4] == 1
+
+    @classmethod
+    def prepare(cls, layer):
+        w = np.asarray(layer.consts[1], np.float32)
+        m = w.shape[0]
+        bias = layer.consts.get(2)
+        return {"w": cls._pack(w), "epi": encode(layer, m), "geometry": geometry(layer),
+                "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        kernel, strides, dilations, pads, _ = state["geometry"]
+        bias = state["bias"]
+        if bias is None and len(args) > 2 and args[2] is not None:
+            bias = np.ascontiguousarray(args[2], np.float32)
+        residual = args[3] if layer.attrs.get("residual") else None
+        epi = state["epi"]
+        _kernels().conv_im2col(cls.layout == NHWC, args[0], state["w"], bias, residual, outs[0], kernel,
+                               strides, dilations, pads, epi.code, epi.p0, epi.p1, epi.slope, num_threads)
+
+
+class NchwIm2colAvx512(_Im2col512):
+    layout = NCHW
+
+    @staticmethod
+    def _pack(w):
+        return np.ascontiguousarray(w.reshape(w.shape[0], -1))
+
+
+class NhwcIm2colAvx512(_Im2col512):
+    layout = NHWC
+
+    @staticmethod
+    def _pack(w):
+        # GEMM depth in the NHWC gather's order (ki, kj, channel); (M, K) read transposed.
+        m = w.shape[0]
+        return _kernels().pack_b(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(m, -1)), trans_b=True)

@@ -17,7 +17,7 @@ multi-stream inner loops without run-time alias checks, which it gives up on pas
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
-from libc.string cimport memset, memcpy
+from libc.string cimport memset
 from _epilogue cimport activate
 
 cnp.import_array()
@@ -30,29 +30,35 @@ cdef extern from *:
 # -- epilogue: residual + activation with the activation code constant in each loop ------------
 
 cdef inline void _act_run(float* y, Py_ssize_t n, int act, float p0, float p1, float s) noexcept nogil:
-    """Activation on n values sharing one PRelu slope; one loop per code so each vectorises."""
+    """Activation on n values sharing one PRelu slope, as ``activate`` in _epilogue.pxd computes
+    it, with one loop per code and float constants so that each loop vectorises."""
     cdef Py_ssize_t i
-    cdef float t, sixth = <float> (1.0 / 6.0), half = 0.5
+    cdef float t, v, zero = 0, one = 1, sixth = <float> (1.0 / 6.0), half = 0.5
     if act == 1:
         for i in range(n):
-            y[i] = activate(y[i], 1, p0, p1, s)
+            v = y[i]
+            y[i] = v if v > zero else zero
     elif act == 2:
         for i in range(n):
-            y[i] = activate(y[i], 2, p0, p1, s)
-    elif act == 3:
+            v = y[i]
+            v = p0 if v < p0 else v
+            y[i] = p1 if v > p1 else v
+    elif act == 3 or act == 7:
+        s = p0 if act == 3 else s
+        for i in range(n):  # max(v, 0) + s * min(v, 0): two selects GCC vectorises
+            v = y[i]
+            t = v if v < zero else zero
+            v = v if v > zero else zero
+            y[i] = v + s * t
+    elif act == 4 or act == 5:
+        if act == 5:
+            p0, p1 = sixth, half
         for i in range(n):
-            y[i] = activate(y[i], 3, p0, p1, s)
-    elif act == 4:
-        for i in range(n):
-            y[i] = activate(y[i], 4, p0, p1, s)
-    elif act == 5:
-        # Single precision throughout (the shared activate() computes HardSwish in double).
-        for i in range(n):
-            t = y[i] * sixth + half
-            y[i] = y[i] * (0 if t < 0 else (1 if t > 1 else t))
-    elif act == 7:
-        for i in range(n):
-            y[i] = activate(y[i], 7, p0, p1, s)
+            v = y[i]
+            t = v * p0 + p1
+            t = zero if t < zero else t
+            t = one if t > one else t
+            y[i] = v * t if act == 5 else t
     elif act != 0:
         for i in range(n):
             y[i] = activate(y[i], act, p0, p1, s)
@@ -66,11 +72,13 @@ cdef inline void _add(fptr y, cfptr r, Py_ssize_t n) noexcept nogil:
 
 cdef inline void _prelu_cols(fptr y, cfptr slope, Py_ssize_t rows, Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t r, c
-    cdef float v
+    cdef float v, t, zero = 0
     for r in range(rows):
         for c in range(C):
             v = y[r * C + c]
-            y[r * C + c] = v if v >= 0 else v * slope[c]
+            t = v if v < zero else zero
+            v = v if v > zero else zero
+            y[r * C + c] = v + slope[c] * t
 
 
 # -- NHWC ---------------------------------------------------------------------------------------
@@ -137,23 +145,42 @@ cdef inline void _row3x4(fptr o0, fptr o1, fptr o2, fptr o3, cfptr base, cfptr x
 
 cdef inline void _row5x4(fptr o0, fptr o1, fptr o2, fptr o3, cfptr base, cfptr x, cfptr w,
                          Py_ssize_t C, Py_ssize_t sC, bint add) noexcept nogil:
+    if add:
+        _row5x4_add(o0, o1, o2, o3, x, w, C, sC)
+    else:
+        _row5x4_set(o0, o1, o2, o3, base, x, w, C, sC)
+
+
+cdef inline void _row5x4_set(fptr o0, fptr o1, fptr o2, fptr o3, cfptr base, cfptr x, cfptr w,
+                             Py_ssize_t C, Py_ssize_t sC) noexcept nogil:
     cdef Py_ssize_t c, q
-    cdef float w0, w1, w2, w3, w4, a0, a1, a2, a3
+    cdef float w0, w1, w2, w3, w4
     for c in range(C):
         w0, w1, w2, w3, w4 = w[c], w[c + C], w[c + 2 * C], w[c + 3 * C], w[c + 4 * C]
-        if add:
-            a0, a1, a2, a3 = o0[c], o1[c], o2[c], o3[c]
-        else:
-            a0 = base[c]
-            a1, a2, a3 = a0, a0, a0
         q = c
-        o0[c] = a0 + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        o0[c] = base[c] + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
         q = c + sC
-        o1[c] = a1 + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        o1[c] = base[c] + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
         q = c + 2 * sC
-        o2[c] = a2 + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        o2[c] = base[c] + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
         q = c + 3 * sC
-        o3[c] = a3 + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        o3[c] = base[c] + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+
+
+cdef inline void _row5x4_add(fptr o0, fptr o1, fptr o2, fptr o3, cfptr x, cfptr w,
+                             Py_ssize_t C, Py_ssize_t sC) noexcept nogil:
+    cdef Py_ssize_t c, q
+    cdef float w0, w1, w2, w3, w4
+    for c in range(C):
+        w0, w1, w2, w3, w4 = w[c], w[c + C], w[c + 2 * C], w[c + 3 * C], w[c + 4 * C]
+        q = c
+        o0[c] = o0[c] + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        q = c + sC
+        o1[c] = o1[c] + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        q = c + 2 * sC
+        o2[c] = o2[c] + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
+        q = c + 3 * sC
+        o3[c] = o3[c] + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
 
 
 cdef void _nhwc_row(const float* x, const float* w, const float* bias, float* yrow,
@@ -265,6 +292,15 @@ cdef inline void _flat1(float* o, const float* a, float w, float base, bint add,
         o[i] = o[i] + a[i] * w
 
 
+cdef inline void _copy_row(fptr dst, cfptr src, Py_ssize_t n) noexcept nogil:
+    # "+ zero" keeps GCC from turning the loop into a glibc memcpy call: a memcpy followed by
+    # reads of the copy ran several times slower on two threads than on one (winograd.pyx).
+    cdef Py_ssize_t i
+    cdef float zero = 0
+    for i in range(n):
+        dst[i] = src[i] + zero
+
+
 cdef inline void _split(fptr even, fptr odd, cfptr row, Py_ssize_t q0, Py_ssize_t q1,
                         Py_ssize_t pl) noexcept nogil:
     """even[q // 2] / odd[q // 2] = row[q - pl] for the scratch columns q in [q0, q1)."""
@@ -324,7 +360,7 @@ cdef void _dw_nchw(const float* x, const float* w, const float* bias, const floa
         for r in range(r0, r1):
             dst = pad + (r % sh) * sw * SP + (r // sh) * Wq
             if sw == 1:
-                memcpy(dst + q0, src + (r - pt) * W, (q1 - q0) * sizeof(float))
+                _copy_row(dst + q0, src + (r - pt) * W, q1 - q0)
             else:
                 _split(dst, dst + SP, src + (r - pt) * W, q0, q1, pl)
         wc = w + c * K * K

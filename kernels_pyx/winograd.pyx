@@ -1,4 +1,3 @@
-# isa-variants: avx2, avx512
 # cython: language_level=3
 """Winograd F(2x2,3x3) and F(4x4,3x3) convolution of NCHW float32 tensors, fused epilogue.
 
@@ -144,17 +143,36 @@ cdef inline void _finish(fptr o, cfptr t, cfptr res, float b, Py_ssize_t n) noex
 
 
 cdef inline void _act_run(float* y, Py_ssize_t n, int act, float p0, float p1, float s) noexcept nogil:
-    """Activation with the code constant inside each loop, so that each loop vectorises."""
+    """Activation on n values sharing one PRelu slope, as ``activate`` in _epilogue.pxd computes
+    it, with one loop per code and float constants so that each loop vectorises (as in
+    depthwise.pyx)."""
     cdef Py_ssize_t i
+    cdef float t, v, zero = 0, one = 1, sixth = <float> (1.0 / 6.0), half = 0.5
     if act == 1:
         for i in range(n):
-            y[i] = activate(y[i], 1, p0, p1, s)
+            v = y[i]
+            y[i] = v if v > zero else zero
     elif act == 2:
         for i in range(n):
-            y[i] = activate(y[i], 2, p0, p1, s)
-    elif act == 7:
+            v = y[i]
+            v = p0 if v < p0 else v
+            y[i] = p1 if v > p1 else v
+    elif act == 3 or act == 7:
+        s = p0 if act == 3 else s
+        for i in range(n):  # max(v, 0) + s * min(v, 0): two selects GCC vectorises
+            v = y[i]
+            t = v if v < zero else zero
+            v = v if v > zero else zero
+            y[i] = v + s * t
+    elif act == 4 or act == 5:
+        if act == 5:
+            p0, p1 = sixth, half
         for i in range(n):
-            y[i] = activate(y[i], 7, p0, p1, s)
+            v = y[i]
+            t = v * p0 + p1
+            t = zero if t < zero else t
+            t = one if t > one else t
+            y[i] = v * t if act == 5 else t
     elif act != 0:
         for i in range(n):
             y[i] = activate(y[i], act, p0, p1, s)
@@ -170,7 +188,7 @@ cdef struct Geo:
     const float* slope
     float* y
     Py_ssize_t N, C, H, W, M, OH, OW, pt, pl, th, tw, G
-    int m, A2, act
+    int m, A2, act, nhwc
     float p0, p1
 
 
@@ -276,25 +294,146 @@ cdef void _output_block(Geo* g, Py_ssize_t mc, Py_ssize_t g0, Py_ssize_t R, cons
             _act_run(orow, g.OW, g.act, g.p0, g.p1, sl)
 
 
-cdef void _inputs(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssize_t c0, Py_ssize_t c1, float* V,
+# -- NHWC: the same transforms, vectorised over channels (contiguous in NHWC) --------------------
+
+cdef void _input_tiles_nhwc(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssize_t t0, Py_ssize_t t1,
+                            float* V, float* tmp) noexcept nogil:
+    """V[k][t][0:C] for tiles t0 .. t1-1 of the block (V laid out (A2, R*tw, C))."""
+    cdef int m = g.m, alpha = g.m + 2, a, b, l
+    cdef Py_ssize_t C = g.C, Tb = R * g.tw, t, gr, i, j, y, col, q
+    cdef float* h = tmp                         # h[a][l][C]
+    cdef const float* zeros = tmp + alpha * alpha * C
+    cdef float* ha
+    cdef float* v
+    cdef const float* xn
+    cdef const float* d[6]
+    for q in range(C):
+        tmp[alpha * alpha * C + q] = 0
+    for t in range(t0, t1):
+        gr = g0 + t // g.tw
+        i, j = gr % g.th, t % g.tw
+        xn = g.x + (gr // g.th) * g.H * g.W * C
+        for a in range(alpha):      # along each patch row: B^T over the row's alpha pixels
+            y = i * m - g.pt + a
+            for b in range(alpha):
+                col = j * m - g.pl + b
+                d[b] = xn + (y * g.W + col) * C if 0 <= y < g.H and 0 <= col < g.W else zeros
+            ha = h + a * alpha * C
+            if m == 2:
+                _bt2(ha, ha + C, ha + 2 * C, ha + 3 * C, d[0], d[1], d[2], d[3], C)
+            else:
+                _bt4(ha, ha + C, ha + 2 * C, ha + 3 * C, ha + 4 * C, ha + 5 * C, d[0], d[1], d[2], d[3],
+                     d[4], d[5], C)
+        for l in range(alpha):      # down each patch column, into V
+            ha = h + l * C
+            v = V + (l * Tb + t) * C
+            if m == 2:
+                _bt2(v, v + 4 * Tb * C, v + 8 * Tb * C, v + 12 * Tb * C, ha, ha + 4 * C, ha + 8 * C,
+                     ha + 12 * C, C)
+            else:
+                _bt4(v, v + 6 * Tb * C, v + 12 * Tb * C, v + 18 * Tb * C, v + 24 * Tb * C, v + 30 * Tb * C,
+                     ha, ha + 6 * C, ha + 12 * C, ha + 18 * C, ha + 24 * C, ha + 30 * C, C)
+
+
+cdef inline void _finish_vec(fptr o, cfptr t, cfptr bias, const float* res, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if res != NULL:
+        _finish_vec_res(o, t, bias, res, n)
+    else:
+        for i in range(n):
+            o[i] = t[i] + bias[i]
+
+
+cdef inline void _finish_vec_res(fptr o, cfptr t, cfptr bias, cfptr res, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        o[i] = t[i] + bias[i] + res[i]
+
+
+cdef inline void _prelu_vec(fptr y, cfptr slope, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float v, t, zero = 0
+    for i in range(n):
+        v = y[i]
+        t = v if v < zero else zero
+        v = v if v > zero else zero
+        y[i] = v + slope[i] * t
+
+
+cdef void _output_tiles_nhwc(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssize_t t0, Py_ssize_t t1,
+                             const float* Mo, float* tmp) noexcept nogil:
+    """Output pixels of tiles t0 .. t1-1, from Mo laid out (A2, R*tw, M)."""
+    cdef int m = g.m, alpha = g.m + 2, a, r, l
+    cdef Py_ssize_t M = g.M, Tb = R * g.tw, t, gr, i, j, n, yy, xx, px
+    cdef float* s = tmp                         # s[a][l][M]
+    cdef float* o = tmp + alpha * m * M         # o[r][l][M]
+    cdef float* sa
+    cdef const float* mo
+    for t in range(t0, t1):
+        gr = g0 + t // g.tw
+        n, i, j = gr // g.th, gr % g.th, t % g.tw
+        for a in range(alpha):
+            sa = s + a * m * M
+            mo = Mo + (a * alpha * Tb + t) * M
+            if m == 2:
+                _at2(sa, sa + M, mo, mo + Tb * M, mo + 2 * Tb * M, mo + 3 * Tb * M, M)
+            else:
+                _at4(sa, sa + M, sa + 2 * M, sa + 3 * M, mo, mo + Tb * M, mo + 2 * Tb * M,
+                     mo + 3 * Tb * M, mo + 4 * Tb * M, mo + 5 * Tb * M, M)
+        for l in range(m):
+            sa = s + l * M
+            if m == 2:
+                _at2(o + l * M, o + (2 + l) * M, sa, sa + 2 * M, sa + 4 * M, sa + 6 * M, M)
+            else:
+                _at4(o + l * M, o + (4 + l) * M, o + (8 + l) * M, o + (12 + l) * M,
+                     sa, sa + 4 * M, sa + 8 * M, sa + 12 * M, sa + 16 * M, sa + 20 * M, M)
+        for r in range(m):
+            yy = i * m + r
+            for l in range(m):
+                xx = j * m + l
+                if yy >= g.OH or xx >= g.OW:
+                    continue
+                px = ((n * g.OH + yy) * g.OW + xx) * M
+                _finish_vec(g.y + px, o + (r * m + l) * M, g.bias, g.res + px if g.res != NULL else NULL, M)
+                if g.act == 7:
+                    _prelu_vec(g.y + px, g.slope, M)
+                else:
+                    _act_run(g.y + px, M, g.act, g.p0, g.p1, 0)
+
+
+# -- drivers ---------------------------------------------------------------------------------------
+
+cdef void _inputs(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssize_t j0, Py_ssize_t j1, float* V,
                   float* tmp) noexcept nogil:
+    """Jobs j0 .. j1-1 of the input stage: channels (NCHW) or tiles (NHWC)."""
     cdef Py_ssize_t c
-    for c in range(c0, c1):
+    if g.nhwc:
+        _input_tiles_nhwc(g, g0, R, j0, j1, V, tmp)
+        return
+    for c in range(j0, j1):
         _input_block(g, c, g0, R, V, tmp)
 
 
-cdef void _outputs(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssize_t m0, Py_ssize_t m1, float* Mo,
+cdef void _outputs(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssize_t j0, Py_ssize_t j1, float* Mo,
                    float* tmp) noexcept nogil:
+    """Jobs j0 .. j1-1 of the output stage: channels (NCHW) or tiles (NHWC)."""
     cdef Py_ssize_t mc
-    for mc in range(m0, m1):
+    if g.nhwc:
+        _output_tiles_nhwc(g, g0, R, j0, j1, Mo, tmp)
+        return
+    for mc in range(j0, j1):
         _output_block(g, mc, g0, R, Mo, tmp)
 
 
 cdef void _gemms(Geo* g, Py_ssize_t Tb, Py_ssize_t k0, Py_ssize_t k1, const float* V, float* Mo) noexcept nogil:
     cdef Py_ssize_t k
     for k in range(k0, k1):
-        gemm_rm(False, False, g.M, Tb, g.C, 1.0, g.U + k * g.M * g.C, g.C, V + k * g.C * Tb, Tb, 0.0,
-                Mo + k * g.M * Tb, Tb)
+        if g.nhwc:      # Mo[k] (Tb, M) = V[k] (Tb, C) @ U[k] (C, M)
+            gemm_rm(False, False, Tb, g.M, g.C, 1.0, V + k * g.C * Tb, g.C, g.U + k * g.M * g.C, g.M,
+                    0.0, Mo + k * g.M * Tb, g.M)
+        else:           # Mo[k] (M, Tb) = U[k] (M, C) @ V[k] (C, Tb)
+            gemm_rm(False, False, g.M, Tb, g.C, 1.0, g.U + k * g.M * g.C, g.C, V + k * g.C * Tb, Tb,
+                    0.0, Mo + k * g.M * Tb, Tb)
 
 
 cdef void _run(Geo* g, Py_ssize_t rows, int mode, float* V, float* Mo, float* tmp, Py_ssize_t tmp_sz,
@@ -306,9 +445,9 @@ cdef void _run(Geo* g, Py_ssize_t rows, int mode, float* V, float* Mo, float* tm
             tid = threadid()
             g0 = blk * rows
             R = min(rows, g.G - g0)
-            _inputs(g, g0, R, 0, g.C, V + tid * vsz, tmp + tid * tmp_sz)
+            _inputs(g, g0, R, 0, R * g.tw if g.nhwc else g.C, V + tid * vsz, tmp + tid * tmp_sz)
             _gemms(g, R * g.tw, 0, g.A2, V + tid * vsz, Mo + tid * msz)
-            _outputs(g, g0, R, 0, g.M, Mo + tid * msz, tmp + tid * tmp_sz)
+            _outputs(g, g0, R, 0, R * g.tw if g.nhwc else g.M, Mo + tid * msz, tmp + tid * tmp_sz)
         return
     # One parallel region for all stages of all blocks: the team is woken once (waking it took
     # ~8 us per region here), the stages meet at the loops' barriers.
@@ -317,11 +456,11 @@ cdef void _run(Geo* g, Py_ssize_t rows, int mode, float* V, float* Mo, float* tm
         for blk in range(nblk):
             g0 = blk * rows
             R = min(rows, g.G - g0)
-            for job in prange(g.C, schedule="static"):
+            for job in prange(R * g.tw if g.nhwc else g.C, schedule="static"):
                 _inputs(g, g0, R, job, job + 1, V, tmp + tid * tmp_sz)
             for job in prange(g.A2, schedule="dynamic"):
                 _gemms(g, R * g.tw, job, job + 1, V, Mo)
-            for job in prange(g.M, schedule="static"):
+            for job in prange(R * g.tw if g.nhwc else g.M, schedule="static"):
                 _outputs(g, g0, R, job, job + 1, Mo, tmp + tid * tmp_sz)
 
 
@@ -341,8 +480,8 @@ def _f32(a, what, shape=None, writeable=False):
     return a
 
 
-def scratch_floats(int m, N, C, H, W, M, pads, int rows, int mode, int num_threads):
-    """Floats of (V, Mo, tmp) scratch that :func:`nchw` needs for this layer and plan."""
+def scratch_floats(int m, N, C, H, W, M, pads, int rows, int mode, int num_threads, bint nhwc=False):
+    """Floats of (V, Mo, tmp) scratch that :func:`nchw` / :func:`nhwc` need for a layer and plan."""
     if m not in (2, 4):
         raise ValueError(f"tile size m must be 2 or 4, got {m}")
     if len(pads) != 4 or min(pads) < 0:
@@ -354,9 +493,12 @@ def scratch_floats(int m, N, C, H, W, M, pads, int rows, int mode, int num_threa
     rows = max(1, min(rows, N * th))
     copies = num_threads if mode == 1 else 1
     tb = rows * tw
-    tmp = max(a * a * tb + (rows * m + 2) * (tw * m + 2), a * m * tb + m * m * tb + m * tw)
+    if nhwc:
+        tmp = max(a * a * C + C, a * m * M + m * m * M)
+    else:
+        tmp = max(a * a * tb + (rows * m + 2) * (tw * m + 2), a * m * tb + m * m * tb + m * tw)
     tmp = -(-tmp // 16) * 16   # whole cache lines per thread
-    return copies * a * a * C * rows * tw, copies * a * a * M * rows * tw, num_threads * tmp
+    return copies * a * a * C * tb, copies * a * a * M * tb, num_threads * tmp
 
 
 cdef float* _p(a):
@@ -390,22 +532,39 @@ def nchw(x, U, bias, out, V, Mo, tmp, int m, pads, residual=None, int act=0, flo
     num_threads : int
         OpenMP threads.
     """
+    return _conv(False, x, U, bias, out, V, Mo, tmp, m, pads, residual, act, p0, p1, slope, rows, mode,
+                 num_threads)
+
+
+def nhwc(x, U, bias, out, V, Mo, tmp, int m, pads, residual=None, int act=0, float p0=0, float p1=0,
+         slope=None, int rows=1, int mode=0, int num_threads=1):
+    """As :func:`nchw` for channels-last tensors: ``x`` (N, H, W, C), ``U`` ((m+2)**2, C, M),
+    ``out`` and ``residual`` (N, OH, OW, M); scratch sizes from ``scratch_floats(..., nhwc=True)``."""
+    return _conv(True, x, U, bias, out, V, Mo, tmp, m, pads, residual, act, p0, p1, slope, rows, mode,
+                 num_threads)
+
+
+def _conv(bint nhwc, x, U, bias, out, V, Mo, tmp, int m, pads, residual, int act, float p0, float p1,
+          slope, int rows, int mode, int num_threads):
     _f32(x, "input")
     if x.ndim != 4:
-        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {x.shape}")
+        raise ValueError(f"input must be 4-D ({'N, H, W, C' if nhwc else 'N, C, H, W'}), got shape {x.shape}")
     if m not in (2, 4) or mode not in (0, 1) or num_threads < 1 or not 0 <= act <= 8:
         raise ValueError(f"bad m={m}, mode={mode}, num_threads={num_threads} or act={act}")
-    N, C, H, W = x.shape
+    if nhwc:
+        N, H, W, C = x.shape
+    else:
+        N, C, H, W = x.shape
     pt, pl, pb, pr = (int(p) for p in pads)
     A2 = (m + 2) ** 2
     _f32(U, "U")
-    if U.ndim != 3 or U.shape[0] != A2 or U.shape[2] != C:
-        raise ValueError(f"weights U {U.shape} do not fit ({A2}, M, {C})")
-    M = U.shape[1]
-    nv, nm, nt = scratch_floats(m, N, C, H, W, M, (pt, pl, pb, pr), rows, mode, num_threads)
+    if U.ndim != 3 or U.shape[0] != A2 or U.shape[2 if not nhwc else 1] != C:
+        raise ValueError(f"weights U {U.shape} do not fit ({A2}, {'C, M' if nhwc else 'M, C'}) with C={C}")
+    M = U.shape[2] if nhwc else U.shape[1]
+    nv, nm, nt = scratch_floats(m, N, C, H, W, M, (pt, pl, pb, pr), rows, mode, num_threads, nhwc)
     OH, OW = H + pt + pb - 2, W + pl + pr - 2
     _f32(bias, "bias", (M,))
-    _f32(out, "output", (N, M, OH, OW), writeable=True)
+    _f32(out, "output", (N, OH, OW, M) if nhwc else (N, M, OH, OW), writeable=True)
     for a, what, need in ((V, "V", nv), (Mo, "Mo", nm), (tmp, "tmp", nt)):
         _f32(a, what, writeable=True)
         if a.size < need:
@@ -419,7 +578,7 @@ def nchw(x, U, bias, out, V, Mo, tmp, int m, pads, residual=None, int act=0, flo
     cdef Geo g
     g.x, g.U, g.bias, g.res, g.slope, g.y = _p(x), _p(U), _p(bias), _p(residual), _p(slope), _p(out)
     g.N, g.C, g.H, g.W, g.M, g.OH, g.OW, g.pt, g.pl = N, C, H, W, M, OH, OW, pt, pl
-    g.th, g.tw, g.m, g.A2 = -(-OH // m), -(-OW // m), m, A2
+    g.th, g.tw, g.m, g.A2, g.nhwc = -(-OH // m), -(-OW // m), m, A2, nhwc
     g.G = N * g.th
     g.act, g.p0, g.p1 = act, p0, p1
     rows = max(1, min(rows, g.G))

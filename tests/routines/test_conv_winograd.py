@@ -16,7 +16,7 @@ from workbench.ops.conv import Conv
 from workbench.routines import conv_winograd as cw
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None)
-DESCRIPTORS = {"cpu:float32:nchw/winograd2": 2, "cpu:float32:nchw/winograd4": 4}
+DESCRIPTORS = {f"cpu:float32:{layout}/winograd{m}": m for layout in ("nchw", "nhwc") for m in (2, 4)}
 ACTIVATIONS = (None, "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "PRelu", "Tanh")
 
 
@@ -105,12 +105,9 @@ def test_resnet50_3x3_layers():
 
 
 # -- the kernel itself ----------------------------------------------------------------------------
-@pytest.fixture(params=[None, "avx2", "avx512"])
-def kern(request):
-    mod = cpu.kernel_module("winograd", request.param)
-    if mod is None:
-        pytest.skip(f"winograd kernels for {request.param} not runnable here")
-    return mod
+@pytest.fixture
+def kern():
+    return cpu.kernel_module("winograd")
 
 
 @settings(max_examples=20, **SETTINGS)

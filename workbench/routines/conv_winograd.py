@@ -1,5 +1,5 @@
-"""Winograd Conv routines for 3x3, stride-1 convolutions: ``cpu:float32:nchw/winograd2`` (F(2x2,3x3))
-and ``cpu:float32:nchw/winograd4`` (F(4x4,3x3)).
+"""Winograd Conv routines for 3x3, stride-1 convolutions: ``cpu:float32:{nchw,nhwc}/winograd2``
+(F(2x2,3x3)) and ``cpu:float32:{nchw,nhwc}/winograd4`` (F(4x4,3x3)).
 
 Weights are transformed once in :meth:`prepare` (U = G g G^T, computed in float64 and rounded
 once); the input tile transform, the (m+2)^2 transform-domain GEMMs and the output transform
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import cpu
-from ..graph import NCHW
+from ..graph import NCHW, NHWC
 from . import Routine
 from .epilogue import encode
 
@@ -89,64 +89,74 @@ class _SingleThreadedBlas:
 
 
 def plan(m, n, c, h, w, mo, num_threads):
-    """(tile rows per block, parallel mode) for a layer; see kernels_pyx/winograd.pyx."""
+    """(tile rows per block, parallel mode) for a layer with output ``h`` x ``w``.
+
+    Measured on ResNet-50's and VGG-16's layers (2 threads): the whole layer at once in mode 0
+    while its transform-domain data (V and Mo) stays under ~12 MB for F4, ~20 MB for F2 (whose
+    GEMMs gain more from size); beyond that, blocks of
+    ~4 MB in mode 0 for wide layers (C + M > 256: the stage-parallel GEMMs are bigger), or
+    blocks of ~3.5 MB per thread in mode 1 for narrow ones (the 224x224 and 112x112 layers).
+    """
     tw, th = -(-w // m), -(-h // m)
-    a2 = (m + 2) ** 2
-    tiles = n * th * tw
-    per_tile = a2 * (c + mo) * 4           # bytes of V and Mo per tile
-    if num_threads > 1 and per_tile * tw * 2 <= 1 << 20 and tiles >= 8 * tw:
-        # Small channel counts, many tiles: a thread's blocks of tile rows stay in its L2.
-        rows = max(1, (768 << 10) // (per_tile * tw))
-        return rows, 1
-    # Whole layer at once (blocks only bound the scratch for big images), GEMMs spread over threads.
-    rows = max(1, min(n * th, (24 << 20) // (per_tile * tw)))
-    return rows, 0
+    per_row = (m + 2) ** 2 * (c + mo) * 4 * tw      # bytes of V and Mo per tile row
+    if per_row * n * th <= (20 << 20 if m == 2 else 12 << 20):
+        return n * th, 0
+    if c + mo > 256 or num_threads == 1:
+        return max(1, (4 << 20) // per_row), 0
+    return max(1, (7 << 19) // per_row), 1
 
 
 class _Winograd(Routine, register=False):
     op = "Conv"
-    layout = NCHW
     m = 2
-    isa = None
     priority = 5
 
     @classmethod
     def applies(cls, layer, specs):
-        return ((cls.isa is None or cpu.supports(cls.isa)) and cpu.kernel_module("winograd", cls.isa) is not None
-                and winograd_applies(layer, specs))
+        return cpu.kernel_module("winograd") is not None and winograd_applies(layer, specs)
 
     @classmethod
     def prepare(cls, layer):
         w = layer.const(1)
         b = layer.const(2) if len(layer.inputs) > 2 else None
-        return {"U": transform_weights(w, cls.m), "ep": encode(layer, w.shape[0]),
+        u = transform_weights(w, cls.m)
+        return {"U": np.ascontiguousarray(u.transpose(0, 2, 1)) if cls.layout == NHWC else u,
+                "ep": encode(layer, w.shape[0]),
                 "bias": np.ascontiguousarray(b if b is not None else np.zeros(w.shape[0]), np.float32),
                 "scratch": {}, "plan": None}
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         x, out, ep, a = args[0], outs[0], state["ep"], layer.attrs
-        k = cpu.kernel_module("winograd", cls.isa)
-        n, c, h, w = x.shape
-        rows, mode = state["plan"] or plan(cls.m, n, c, out.shape[2], out.shape[3], out.shape[1], num_threads)
+        k = cpu.kernel_module("winograd")
+        nhwc = cls.layout == NHWC
+        (n, h, w, c), mo = (x.shape, out.shape[3]) if nhwc else ((x.shape[0], *x.shape[2:], x.shape[1]), out.shape[1])
+        oh, ow = (out.shape[1], out.shape[2]) if nhwc else out.shape[2:]
+        rows, mode = state["plan"] or plan(cls.m, n, c, oh, ow, mo, num_threads)
         key = (x.shape, rows, mode, num_threads)
         if key not in state["scratch"]:
             # Input sizes are only known at run time: allocate once per shape and plan.
-            sizes = k.scratch_floats(cls.m, n, c, h, w, out.shape[1], a["pads"], rows, mode, num_threads)
+            sizes = k.scratch_floats(cls.m, n, c, h, w, mo, a["pads"], rows, mode, num_threads, nhwc)
             state["scratch"] = {key: [np.empty(s, np.float32) for s in sizes]}
-        v, mo, tmp = state["scratch"][key]
-
+        v, m_, tmp = state["scratch"][key]
         with _SingleThreadedBlas():
-            k.nchw(x, state["U"], state["bias"], out, v, mo, tmp, cls.m, a["pads"],
-                   residual=args[3] if a.get("residual") else None, act=ep.code, p0=ep.p0, p1=ep.p1,
-                   slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads)
+            (k.nhwc if nhwc else k.nchw)(
+                x, state["U"], state["bias"], out, v, m_, tmp, cls.m, a["pads"],
+                residual=args[3] if a.get("residual") else None, act=ep.code, p0=ep.p0, p1=ep.p1,
+                slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads)
 
 
 class Winograd2(_Winograd):
-    algo = "winograd2"
-    m = 2
+    algo, m, layout = "winograd2", 2, NCHW
 
 
 class Winograd4(_Winograd):
-    algo = "winograd4"
-    m = 4
+    algo, m, layout = "winograd4", 4, NCHW
+
+
+class Winograd2NHWC(_Winograd):
+    algo, m, layout = "winograd2", 2, NHWC
+
+
+class Winograd4NHWC(_Winograd):
+    algo, m, layout = "winograd4", 4, NHWC

@@ -3,13 +3,14 @@
 """Direct depthwise convolution (one KxK filter per channel, dilation 1), float32, fused epilogue.
 
 NHWC: the innermost loop runs over channels, which are contiguous in both the input and the
-packed (K*K, C) weights; one kernel row of K taps is summed per pass so the output pixel is
-loaded and stored K times, not K*K.  Parallel over (image, output row).
+packed (K*K, C) weights; one kernel row of K taps is summed per pass for four adjacent output
+pixels at once, so each weight load serves four pixels and each output is loaded and stored K
+times, not K*K.  Parallel over (image, output row).
 
-NCHW: each (image, channel) plane is first copied into a zero-bordered per-thread scratch plane
-(for a horizontal stride of 2 its columns are split into even and odd halves), so every tap of
-every output row reads a contiguous, in-bounds run and the inner loop over the output width
-vectorises without bounds checks.  Parallel over (image, channel).
+NCHW: each (image, channel) plane is copied into a per-thread scratch of zero-bordered
+sub-planes, its rows and columns split by their residue modulo the stride; every tap then sits
+at a fixed offset, so the whole plane is one contiguous loop (see the NCHW section).  Parallel
+over (image, channel).
 
 Pointers carry ``__restrict__`` (through the ``fptr`` typedefs) so that GCC vectorises the
 multi-stream inner loops without run-time alias checks, which it gives up on past ~10 streams.
@@ -192,11 +193,11 @@ cdef void _nhwc_row(const float* x, const float* w, const float* bias, float* yr
     cdef float* o
     cdef const float* xr
     cdef const float* wr
-    cdef bint first, interior, fast = K == 3 or K == 5
+    cdef bint first, interior
     while ow < OW:
         iw0 = ow * sw - pl
         o = yrow + ow * C
-        interior = fast and iw0 >= 0 and iw0 + K <= W
+        interior = iw0 >= 0 and iw0 + K <= W
         P = 4 if interior and ow + 4 <= OW and iw0 + 3 * sw + K <= W else 1
         first = True
         for kh in range(K):
@@ -282,16 +283,6 @@ cdef inline void _flat5(fptr o, cfptr a, cfptr b, cfptr c, cfptr d, cfptr e, con
             o[i] = base + a[i] * w0 + b[i] * w1 + c[i] * w2 + d[i] * w3 + e[i] * w4
 
 
-cdef inline void _flat1(float* o, const float* a, float w, float base, bint add, Py_ssize_t n) noexcept nogil:
-    # Generic K (the routine takes 3x3 and 5x5 only; kept for the kernel's own generality).
-    cdef Py_ssize_t i
-    if not add:
-        for i in range(n):
-            o[i] = base
-    for i in range(n):
-        o[i] = o[i] + a[i] * w
-
-
 cdef inline void _copy_row(fptr dst, cfptr src, Py_ssize_t n) noexcept nogil:
     # "+ zero" keeps GCC from turning the loop into a glibc memcpy call: a memcpy followed by
     # reads of the copy ran several times slower on two threads than on one (winograd.pyx).
@@ -371,16 +362,11 @@ cdef void _dw_nchw(const float* x, const float* w, const float* bias, const floa
                    pad + _tap(1, 1, sh, sw, SP, Wq), pad + _tap(1, 2, sh, sw, SP, Wq),
                    pad + _tap(2, 0, sh, sw, SP, Wq), pad + _tap(2, 1, sh, sw, SP, Wq),
                    pad + _tap(2, 2, sh, sw, SP, Wq), wc, b, n_out)
-        elif K == 5:
+        else:
             for kh in range(5):
                 _flat5(t, pad + _tap(kh, 0, sh, sw, SP, Wq), pad + _tap(kh, 1, sh, sw, SP, Wq),
                        pad + _tap(kh, 2, sh, sw, SP, Wq), pad + _tap(kh, 3, sh, sw, SP, Wq),
                        pad + _tap(kh, 4, sh, sw, SP, Wq), wc + kh * 5, b, kh > 0, n_out)
-        else:
-            for kh in range(K):
-                for kw in range(K):
-                    _flat1(t, pad + _tap(kh, kw, sh, sw, SP, Wq), wc[kh * K + kw], b,
-                           kh > 0 or kw > 0, n_out)
         o = y + job * OH * OW
         for oh in range(OH):
             _finish_row(o + oh * OW, t + oh * Wq, res + (job * OH + oh) * OW if res != NULL else NULL, OW)
@@ -407,7 +393,7 @@ def _f32(a, what, shape=None, writeable=False):
 def _geometry(kernel, strides, pads, H, W):
     K, sh, sw = int(kernel), int(strides[0]), int(strides[1])
     pt, pl, pb, pr = (int(p) for p in pads)
-    if K < 1 or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
+    if K not in (3, 5) or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
         raise ValueError(f"bad geometry: kernel {K}, strides {tuple(strides)}, pads {tuple(pads)}")
     if sw > 2 or sh > 2:
         raise ValueError(f"strides {(sh, sw)} not supported (1 or 2)")
@@ -444,7 +430,7 @@ def nhwc(x, w, bias, out, kernel, strides, pads, residual=None, int act=0, float
     bias : ndarray, float32, (C,)
     out : ndarray, float32, (N, OH, OW, C)
     kernel : int
-        K (square kernel).
+        K (square kernel): 3 or 5.
     strides : (int, int)
         Vertical stride, horizontal stride (1 or 2).
     pads : (int, int, int, int)

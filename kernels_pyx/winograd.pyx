@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Winograd F(2x2,3x3) and F(4x4,3x3) convolution of NCHW float32 tensors, fused epilogue.
+"""Winograd F(2x2,3x3) and F(4x4,3x3) convolution of float32 NCHW and NHWC tensors, fused epilogue.
 
 Tiles are m x m output pixels (m = 2 or 4) read from alpha x alpha input patches (alpha = m + 2).
 The tiles of one image form ``th`` tile rows of ``tw`` tiles; tile rows of all images are
@@ -12,6 +12,9 @@ numbered globally and processed in blocks of ``rows`` tile rows (Tb = rows * tw 
 2. alpha^2 GEMMs Mo[k] (M x Tb) = U[k] (M x C) @ V[k] (C x Tb) through ``gemm_rm``;
 3. output transform A^T Mo A per (output channel, block), again over all Tb tiles at once, then
    bias, residual and activation on each output row as it is written.
+
+NHWC runs the same three stages per tile with every transform a loop over channels (contiguous
+there): V is laid out (alpha^2, Tb, C), the GEMMs are Mo[k] (Tb x M) = V[k] @ U[k] (C x M).
 
 Parallel modes: 0 = the stages of each block spread over the threads (input channels, GEMMs,
 output channels); 1 = whole blocks spread over the threads, each with its own scratch.  Both

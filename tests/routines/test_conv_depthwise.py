@@ -165,7 +165,8 @@ def test_valid_kernel_cases_run(kern):
     (dict(act=42), "activation"),
     (dict(pads=(1, 1, 1, -1)), "geometry"),
     (dict(strides=(1, 3)), "strides"),
-    (dict(kernel=20), "empty output"),
+    (dict(kernel=7), "geometry"),
+    (dict(x=np.zeros((2, 1, 9, 5), np.float32), pads=(0, 0, 0, 0)), "empty output"),
     (dict(out=[[0.0]]), "NumPy array"),
     (dict(num_threads=0), "num_threads"),
 ])

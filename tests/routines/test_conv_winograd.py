@@ -111,8 +111,9 @@ def kern():
 
 
 @settings(max_examples=20, **SETTINGS)
-@given(cases(), st.sampled_from([2, 4]), st.sampled_from([0, 1]), st.integers(1, 4), st.sampled_from([1, 2]))
-def test_kernel_plans(p, m, mode, rows, threads):
+@given(cases(), st.sampled_from([2, 4]), st.sampled_from([0, 1]), st.integers(1, 4), st.sampled_from([1, 2]),
+       st.booleans())
+def test_kernel_plans(p, m, mode, rows, threads, nhwc):
     """Every parallel mode and block size, beyond the plan the routine picks for a layer."""
     k = cpu.kernel_module("winograd")
     rng = np.random.default_rng(p["seed"])
@@ -125,10 +126,14 @@ def test_kernel_plans(p, m, mode, rows, threads):
     res = rng.standard_normal(conv.shape).astype(np.float32)
     ref = conv + res
     ref = np.where(ref >= 0, ref, ref * slope.reshape(1, -1, 1, 1))
-    sizes = k.scratch_floats(m, *x.shape, p["m"], p["pads"], rows, mode, threads)
+    sizes = k.scratch_floats(m, *x.shape, p["m"], p["pads"], rows, mode, threads, nhwc)
+    u = cw.transform_weights(w, m)
+    if nhwc:
+        x, u, res, ref = (np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(u.transpose(0, 2, 1)),
+                          np.ascontiguousarray(res.transpose(0, 2, 3, 1)), ref.transpose(0, 2, 3, 1))
     out = np.empty(ref.shape, np.float32)
-    k.nchw(x, cw.transform_weights(w, m), bias, out, *[np.empty(s, np.float32) for s in sizes], m, p["pads"],
-           residual=res, act=7, slope=slope, rows=rows, mode=mode, num_threads=threads)
+    (k.nhwc if nhwc else k.nchw)(x, u, bias, out, *[np.empty(s, np.float32) for s in sizes], m, p["pads"],
+                                 residual=res, act=7, slope=slope, rows=rows, mode=mode, num_threads=threads)
     assert np.abs(out - ref).max() <= cw.RTOL[m] * np.abs(ref).max()
 
 
@@ -176,3 +181,29 @@ def test_valid_kernel_case_runs(kern):
 def test_kernel_refuses_bad_buffers(kern, change, message):
     with pytest.raises((ValueError, TypeError), match=message):
         kern.nchw(**_kernel_case(kern, **change))
+
+
+def _nhwc_case(k, **change):
+    """A valid 2x8x8x3 -> 2x8x8x4 F(2) NHWC case (U is ((m+2)^2, C, M) here), ``change`` applied."""
+    case = _kernel_case(k, U=np.zeros((16, 3, 4), np.float32), x=np.zeros((2, 8, 8, 3), np.float32),
+                        out=np.zeros((2, 8, 8, 4), np.float32))
+    sizes = k.scratch_floats(2, 2, 3, 8, 8, 4, (1, 1, 1, 1), 2, 1, 2, True)
+    case.update({n: np.zeros(s, np.float32) for n, s in zip(("V", "Mo", "tmp"), sizes)})
+    case.update(change)
+    return case
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(), None),
+    (dict(U=np.zeros((16, 4, 3), np.float32)), "U"),                 # the NCHW (M, C) order
+    (dict(x=np.zeros((2, 3, 8, 8), np.float32)), "U"),              # NCHW input: C = 8
+    (dict(out=np.zeros((2, 4, 8, 8), np.float32)), "output"),
+    (dict(residual=np.zeros((2, 4, 8, 8), np.float32)), "residual"),
+    (dict(tmp=np.zeros(20, np.float32)), "scratch tmp"),
+])
+def test_nhwc_kernel_refuses_bad_buffers(kern, change, message):
+    if message is None:
+        assert not kern.nhwc(**_nhwc_case(kern)).any()
+        return
+    with pytest.raises((ValueError, TypeError), match=message):
+        kern.nhwc(**_nhwc_case(kern, **change))

@@ -157,7 +157,7 @@ class Winograd2(_Winograd):
 
 
 class Winograd4(_Winograd):
-    algo, m, layout = "winograd4", 4, NCHW
+    algo, m, layout, priority = "winograd4", 4, NCHW, 12   # measured fastest on 3x3 stride-1 at 56 and 28
 
 
 class Winograd2NHWC(_Winograd):
@@ -165,4 +165,4 @@ class Winograd2NHWC(_Winograd):
 
 
 class Winograd4NHWC(_Winograd):
-    algo, m, layout = "winograd4", 4, NHWC
+    algo, m, layout, priority = "winograd4", 4, NHWC, 12

@@ -11,6 +11,8 @@ packing A into its own buffer; B is packed once per call (or ahead, for weights)
 fused epilogue is applied to each block right after it is written, while it is in cache.
 Shapes are checked in the Python-visible functions before any ``nogil`` code.
 """
+import threading
+
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
@@ -215,6 +217,19 @@ def _no_overlap(out, *others):
             raise ValueError("gemm512: the output overlaps an input")
 
 
+_local = threading.local()
+
+
+def _scratch(Py_ssize_t floats):
+    """A float32 work buffer of at least ``floats`` elements: one per Python thread, grown on
+    demand and reused, so steady-state inference allocates (and page-faults) nothing."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < floats:
+        buf = np.empty(max(floats, 1), np.float32)
+        _local.buf = buf
+    return buf[:max(floats, 1)]
+
+
 def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
                  int num_threads=1):
     """1x1 stride-1 unpadded NHWC convolution ``out = act(x @ W^T + bias + residual)``.
@@ -240,7 +255,7 @@ def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0
     _no_overlap(out, x, wp, bias, residual, slope)
     if out.size == 0:
         return out
-    abufs = np.empty(abuf_floats(num_threads), np.float32)
+    abufs = _scratch(abuf_floats(num_threads))
     cdef Job j
     j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = n * h * w, m, c, c, m, m
     j.a, j.pb, j.c = _ptr(x), _ptr(wp), _ptr(out)
@@ -275,8 +290,9 @@ def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0,
     if out.size == 0:
         return out
     cdef Py_ssize_t p = h * wd, i
-    pb = np.empty(max(wb512_packed_b_floats(c, p), 1), np.float32)
-    abufs = np.empty(abuf_floats(num_threads), np.float32)
+    cdef Py_ssize_t npb = max(wb512_packed_b_floats(c, p), 1)
+    work = _scratch(npb + abuf_floats(num_threads))
+    pb, abufs = work[:npb], work[npb:]
     cdef Job j
     j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = m, p, c, c, p, p
     j.a, j.pb = _ptr(w), _ptr(pb)
@@ -389,7 +405,7 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
     _no_overlap(out, x, w, bias, residual, slope)
     if out.size == 0:
         return out
-    buf = np.empty(im2col_scratch_floats(nhwc, g.kg, num_threads), np.float32)
+    buf = _scratch(im2col_scratch_floats(nhwc, g.kg, num_threads))
     cdef float* bp = _ptr(buf)
     cdef const float* xp = _ptr(x)
     cdef const float* wp = _ptr(w)

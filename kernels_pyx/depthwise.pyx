@@ -18,8 +18,8 @@ multi-stream inner loops without run-time alias checks, which it gives up on pas
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
-from libc.string cimport memset
-from _epilogue cimport activate
+from libc.string cimport memcpy, memset
+from _epilogue cimport activate, activate_run
 
 cnp.import_array()
 
@@ -30,39 +30,6 @@ cdef extern from *:
 
 # -- epilogue: residual + activation with the activation code constant in each loop ------------
 
-cdef inline void _act_run(float* y, Py_ssize_t n, int act, float p0, float p1, float s) noexcept nogil:
-    """Activation on n values sharing one PRelu slope, as ``activate`` in _epilogue.pxd computes
-    it, with one loop per code and float constants so that each loop vectorises."""
-    cdef Py_ssize_t i
-    cdef float t, v, zero = 0, one = 1, sixth = <float> (1.0 / 6.0), half = 0.5
-    if act == 1:
-        for i in range(n):
-            v = y[i]
-            y[i] = v if v > zero else zero
-    elif act == 2:
-        for i in range(n):
-            v = y[i]
-            v = p0 if v < p0 else v
-            y[i] = p1 if v > p1 else v
-    elif act == 3 or act == 7:
-        s = p0 if act == 3 else s
-        for i in range(n):  # max(v, 0) + s * min(v, 0): two selects GCC vectorises
-            v = y[i]
-            t = v if v < zero else zero
-            v = v if v > zero else zero
-            y[i] = v + s * t
-    elif act == 4 or act == 5:
-        if act == 5:
-            p0, p1 = sixth, half
-        for i in range(n):
-            v = y[i]
-            t = v * p0 + p1
-            t = zero if t < zero else t
-            t = one if t > one else t
-            y[i] = v * t if act == 5 else t
-    elif act != 0:
-        for i in range(n):
-            y[i] = activate(y[i], act, p0, p1, s)
 
 
 cdef inline void _add(fptr y, cfptr r, Py_ssize_t n) noexcept nogil:
@@ -250,7 +217,7 @@ cdef void _dw_nhwc(const float* x, const float* w, const float* bias, const floa
         if act == 7:
             _prelu_cols(yrow, slope, OW, C)
         else:
-            _act_run(yrow, row, act, p0, p1, 0)
+            activate_run(yrow, row, act, p0, p1, 0)
 
 
 # -- NCHW ---------------------------------------------------------------------------------------
@@ -281,15 +248,6 @@ cdef inline void _flat5(fptr o, cfptr a, cfptr b, cfptr c, cfptr d, cfptr e, con
     else:
         for i in range(n):
             o[i] = base + a[i] * w0 + b[i] * w1 + c[i] * w2 + d[i] * w3 + e[i] * w4
-
-
-cdef inline void _copy_row(fptr dst, cfptr src, Py_ssize_t n) noexcept nogil:
-    # "+ zero" keeps GCC from turning the loop into a glibc memcpy call: a memcpy followed by
-    # reads of the copy ran several times slower on two threads than on one (winograd.pyx).
-    cdef Py_ssize_t i
-    cdef float zero = 0
-    for i in range(n):
-        dst[i] = src[i] + zero
 
 
 cdef inline void _split(fptr even, fptr odd, cfptr row, Py_ssize_t q0, Py_ssize_t q1,
@@ -351,7 +309,7 @@ cdef void _dw_nchw(const float* x, const float* w, const float* bias, const floa
         for r in range(r0, r1):
             dst = pad + (r % sh) * sw * SP + (r // sh) * Wq
             if sw == 1:
-                _copy_row(dst + q0, src + (r - pt) * W, q1 - q0)
+                memcpy(dst + q0, src + (r - pt) * W, (q1 - q0) * sizeof(float))
             else:
                 _split(dst, dst + SP, src + (r - pt) * W, q0, q1, pl)
         wc = w + c * K * K
@@ -371,7 +329,7 @@ cdef void _dw_nchw(const float* x, const float* w, const float* bias, const floa
         for oh in range(OH):
             _finish_row(o + oh * OW, t + oh * Wq, res + (job * OH + oh) * OW if res != NULL else NULL, OW)
         s = slope[c] if slope != NULL else 0
-        _act_run(o, OH * OW, act, p0, p1, s)
+        activate_run(o, OH * OW, act, p0, p1, s)
 
 
 # -- Python-visible twins: every shape checked before the nogil code ---------------------------

@@ -24,8 +24,9 @@ Calling the alpha^2 GEMMs one after another with BLAS threads instead measured 2
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport parallel, prange, threadid
+from libc.string cimport memcpy, memset
 from _gemm cimport gemm_rm
-from _epilogue cimport activate
+from _epilogue cimport activate, activate_run
 
 cnp.import_array()
 
@@ -145,40 +146,6 @@ cdef inline void _finish(fptr o, cfptr t, cfptr res, float b, Py_ssize_t n) noex
             o[x] = t[x] + b
 
 
-cdef inline void _act_run(float* y, Py_ssize_t n, int act, float p0, float p1, float s) noexcept nogil:
-    """Activation on n values sharing one PRelu slope, as ``activate`` in _epilogue.pxd computes
-    it, with one loop per code and float constants so that each loop vectorises (as in
-    depthwise.pyx)."""
-    cdef Py_ssize_t i
-    cdef float t, v, zero = 0, one = 1, sixth = <float> (1.0 / 6.0), half = 0.5
-    if act == 1:
-        for i in range(n):
-            v = y[i]
-            y[i] = v if v > zero else zero
-    elif act == 2:
-        for i in range(n):
-            v = y[i]
-            v = p0 if v < p0 else v
-            y[i] = p1 if v > p1 else v
-    elif act == 3 or act == 7:
-        s = p0 if act == 3 else s
-        for i in range(n):  # max(v, 0) + s * min(v, 0): two selects GCC vectorises
-            v = y[i]
-            t = v if v < zero else zero
-            v = v if v > zero else zero
-            y[i] = v + s * t
-    elif act == 4 or act == 5:
-        if act == 5:
-            p0, p1 = sixth, half
-        for i in range(n):
-            v = y[i]
-            t = v * p0 + p1
-            t = zero if t < zero else t
-            t = one if t > one else t
-            y[i] = v * t if act == 5 else t
-    elif act != 0:
-        for i in range(n):
-            y[i] = activate(y[i], act, p0, p1, s)
 
 
 # -- per (channel, block of tile rows) transforms ---------------------------------------------------
@@ -195,17 +162,11 @@ cdef struct Geo:
     float p0, p1
 
 
-cdef inline void _pad_row(fptr dst, cfptr src, Py_ssize_t pl, Py_ssize_t n, Py_ssize_t L) noexcept nogil:
-    """dst[0:L] = zeros(pl), src[0:n], zeros.  ``+ zero`` keeps GCC from making the copy a glibc
-    memcpy: a memcpy of the row followed by strided loads ran 5x slower on two threads."""
-    cdef Py_ssize_t q
-    cdef float zero = 0
-    for q in range(pl):
-        dst[q] = 0
-    for q in range(n):
-        dst[pl + q] = src[q] + zero
-    for q in range(pl + n, L):
-        dst[q] = 0
+cdef inline void _pad_row(float* dst, const float* src, Py_ssize_t pl, Py_ssize_t n, Py_ssize_t L) noexcept nogil:
+    """dst[0:L] = zeros(pl), src[0:n], zeros."""
+    memset(dst, 0, pl * sizeof(float))
+    memcpy(dst + pl, src, n * sizeof(float))
+    memset(dst + pl + n, 0, (L - pl - n) * sizeof(float))
 
 
 cdef void _input_block(Geo* g, Py_ssize_t c, Py_ssize_t g0, Py_ssize_t R, float* V,
@@ -294,7 +255,7 @@ cdef void _output_block(Geo* g, Py_ssize_t mc, Py_ssize_t g0, Py_ssize_t R, cons
             orow = g.y + (n * g.M + mc) * plane + yy * g.OW
             _finish(orow, trow, g.res + (n * g.M + mc) * plane + yy * g.OW if g.res != NULL else NULL,
                     b, g.OW)
-            _act_run(orow, g.OW, g.act, g.p0, g.p1, sl)
+            activate_run(orow, g.OW, g.act, g.p0, g.p1, sl)
 
 
 # -- NHWC: the same transforms, vectorised over channels (contiguous in NHWC) --------------------
@@ -401,7 +362,7 @@ cdef void _output_tiles_nhwc(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssize_t t0,
                 if g.act == 7:
                     _prelu_vec(g.y + px, g.slope, M)
                 else:
-                    _act_run(g.y + px, M, g.act, g.p0, g.p1, 0)
+                    activate_run(g.y + px, M, g.act, g.p0, g.p1, 0)
 
 
 # -- drivers ---------------------------------------------------------------------------------------
@@ -452,8 +413,8 @@ cdef void _run(Geo* g, Py_ssize_t rows, int mode, float* V, float* Mo, float* tm
             _gemms(g, R * g.tw, 0, g.A2, V + tid * vsz, Mo + tid * msz)
             _outputs(g, g0, R, 0, R * g.tw if g.nhwc else g.M, Mo + tid * msz, tmp + tid * tmp_sz)
         return
-    # One parallel region for all stages of all blocks: the team is woken once (waking it took
-    # ~8 us per region here), the stages meet at the loops' barriers.
+    # One parallel region for all stages of all blocks: the team is woken once (a region cost
+    # ~8 us here, against 0.2-2 ms layers), the stages meet at the loops' barriers.
     with nogil, parallel(num_threads=nt):
         tid = threadid()
         for blk in range(nblk):

@@ -38,3 +38,43 @@ def assert_routine_matches(graph, descriptor, rtol=1e-4, expect_layers=None, **k
         err = float(np.abs(ours[name].astype(np.float64) - r).max()) / scale
         assert err <= rtol, (descriptor, name, err)
     return used
+
+
+#: Non-default attributes for the activations the conv tests fuse (defaults would hide mistakes).
+ACTIVATION_ATTRS = {"LeakyRelu": dict(alpha=0.15), "HardSigmoid": dict(alpha=0.3, beta=0.4)}
+
+
+def conv_graph(x_shape, w, bias=None, attrs=None, activation=None, residual=False, act_attrs=None, slope=None):
+    """A one-Conv graph (layer ``conv``), optionally followed by ``Add(skip)`` and an activation,
+    imported with fusion (so the routines see the fused epilogue).  ``attrs`` override the Conv
+    defaults (stride 1, no pads, dilation 1, group 1, kernel from ``w``; residual only in 2-D)."""
+    from onnx import helper
+    from onnx_helpers import make_model
+    from workbench.ops.conv import conv_out_size
+    m = w.shape[0]
+    n = w.ndim - 2
+    a = dict(kernel_shape=list(w.shape[2:]), strides=[1] * n, pads=[0] * 2 * n, dilations=[1] * n, group=1)
+    a.update(attrs or {})
+    inits = [("w", w)] + ([("b", bias)] if bias is not None else [])
+    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias is not None else []), ["y0"], name="conv", **a)]
+    inputs, last = [("x", list(x_shape))], "y0"
+    if residual:
+        out = [x_shape[0], m] + [conv_out_size(x_shape[2 + i], a["kernel_shape"][i], a["strides"][i],
+                                               a["dilations"][i], a["pads"][i], a["pads"][i + 2]) for i in range(2)]
+        inputs.append(("skip", out))
+        nodes.append(helper.make_node("Add", [last, "skip"], ["y1"], name="add"))
+        last = "y1"
+    if activation is not None:
+        act_inputs = [last]
+        if activation == "PRelu":
+            inits.append(("slope", slope if slope is not None else
+                          np.linspace(-0.5, 0.7, m, dtype=np.float32).reshape(m, 1, 1)))
+            act_inputs.append("slope")
+        elif activation == "Clip":
+            inits += [("lo", np.float32(-0.4)), ("hi", np.float32(0.9))]
+            act_inputs += ["lo", "hi"]
+        params = act_attrs if act_attrs is not None else ACTIVATION_ATTRS.get(activation, {})
+        nodes.append(helper.make_node(activation, act_inputs, ["y"], name="act", **params))
+        last = "y"
+    model = make_model(nodes, inputs, [(last, None)], initializers=inits)
+    return workbench.load(model.SerializeToString())

@@ -4,13 +4,10 @@ they refuse; the kernels' refusal of inconsistent buffers; a whole MobileNetV2 o
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from onnx import helper
 
 import workbench
-from onnx_helpers import make_model
-from routine_helpers import assert_routine_matches
+from routine_helpers import assert_routine_matches, conv_graph
 from workbench import cpu, routines, zoo
-from workbench.ops.conv import conv_out_size
 from workbench.routines import conv_depthwise
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None)
@@ -21,32 +18,9 @@ ACTIVATIONS = (None, "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "S
 
 def dw_graph(x_shape, w, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), group=None, activation=None,
              residual=False, slope=None, dilations=(1, 1)):
-    """A one-Conv graph (layer ``conv``), optionally followed by ``Add(skip)`` and an activation."""
-    m, k = w.shape[0], list(w.shape[2:])
-    inits = [("w", w)] + ([("b", bias)] if bias is not None else [])
-    attrs = dict(kernel_shape=k, strides=list(strides), pads=list(pads), dilations=list(dilations),
-                 group=group or x_shape[1])
-    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias is not None else []), ["y0"], name="conv", **attrs)]
-    inputs, last = [("x", list(x_shape))], "y0"
-    out = [x_shape[0], m] + [conv_out_size(x_shape[2 + i], k[i], strides[i], dilations[i], pads[i], pads[i + 2])
-                             for i in range(2)]
-    if residual:
-        inputs.append(("skip", out))
-        nodes.append(helper.make_node("Add", [last, "skip"], ["y1"], name="add"))
-        last = "y1"
-    if activation is not None:
-        act_inputs, act_attrs = [last], {"LeakyRelu": dict(alpha=0.15), "HardSigmoid": dict(alpha=0.3, beta=0.4)}
-        if activation == "PRelu":
-            inits.append(("slope", slope if slope is not None else
-                          np.linspace(-0.5, 0.7, m, dtype=np.float32).reshape(m, 1, 1)))
-            act_inputs.append("slope")
-        elif activation == "Clip":
-            inits += [("lo", np.float32(-0.4)), ("hi", np.float32(0.9))]
-            act_inputs += ["lo", "hi"]
-        nodes.append(helper.make_node(activation, act_inputs, ["y"], name="act", **act_attrs.get(activation, {})))
-        last = "y"
-    model = make_model(nodes, inputs, [(last, out)], initializers=inits)
-    return workbench.load(model.SerializeToString())
+    """The shared one-Conv graph with depthwise defaults (group = input channels)."""
+    attrs = dict(strides=list(strides), pads=list(pads), dilations=list(dilations), group=group or x_shape[1])
+    return conv_graph(x_shape, w, bias, attrs, activation, residual, slope=slope)
 
 
 @st.composite

@@ -4,14 +4,12 @@ the kernel's refusal of inconsistent buffers, and a whole ResNet-50 on them."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from onnx import helper
 
 import workbench
-from onnx_helpers import make_model
-from routine_helpers import REFERENCE, assert_routine_matches
+from routine_helpers import REFERENCE, assert_routine_matches, conv_graph
 from workbench import routines, zoo
 from workbench.compiled import CompiledModel
-from workbench.ops.conv import Conv, conv_out_size
+from workbench.ops.conv import Conv
 
 k = pytest.importorskip("workbench._kernels.conv_gemm")
 
@@ -19,37 +17,6 @@ IM2COL = ("cpu:float32:nchw/im2col", "cpu:float32:nhwc/im2col")
 GEMM1X1 = ("cpu:float32:nchw/gemm1x1", "cpu:float32:nhwc/gemm1x1")
 ACTIVATIONS = (None, "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "PRelu", "Tanh")
 SETTINGS = dict(deadline=None, derandomize=True, database=None)
-
-
-def conv_graph(x_shape, w, bias=None, attrs=None, activation=None, residual=False, act_attrs=None, slope=None):
-    """A one-Conv graph (``conv``), optionally followed by ``Add(skip)`` and an activation."""
-    m = w.shape[0]
-    inits = [("w", w)] + ([("b", bias)] if bias is not None else [])
-    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias is not None else []), ["y0"], name="conv",
-                              **(attrs or {}))]
-    inputs, last = [("x", list(x_shape))], "y0"
-    if residual:
-        a = _probe_layer(attrs, w).attrs
-        out_shape = [x_shape[0], m] + [conv_out_size(x_shape[2 + i], a["kernel_shape"][i], a["strides"][i],
-                                                     a["dilations"][i], a["pads"][i], a["pads"][i + 2])
-                                       for i in range(2)]
-        inputs.append(("skip", list(out_shape)))
-        nodes.append(helper.make_node("Add", [last, "skip"], ["y1"], name="add"))
-        last = "y1"
-    if activation is not None:
-        act_inputs = [last]
-        if activation == "PRelu":
-            if slope is None:
-                slope = np.linspace(-0.5, 0.7, m, dtype=np.float32).reshape(m, 1, 1)
-            inits.append(("slope", slope))
-            act_inputs.append("slope")
-        elif activation == "Clip":
-            inits += [("lo", np.float32(-0.4)), ("hi", np.float32(0.9))]
-            act_inputs += ["lo", "hi"]
-        nodes.append(helper.make_node(activation, act_inputs, ["y"], name="act", **(act_attrs or {})))
-        last = "y"
-    model = make_model(nodes, inputs, [(last, None)], initializers=inits)
-    return workbench.load(model.SerializeToString())
 
 
 def _probe_layer(attrs, w):

@@ -5,11 +5,10 @@ ResNet-50 with every eligible 3x3 layer on them."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from onnx import helper
 
 import workbench
-from onnx_helpers import make_model
 from routine_helpers import assert_routine_matches
+from routine_helpers import conv_graph as shared_conv_graph
 from workbench import cpu, routines, zoo
 from workbench.graph import Layer
 from workbench.ops.conv import Conv
@@ -21,32 +20,9 @@ ACTIVATIONS = (None, "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "S
 
 
 def conv_graph(x_shape, w, bias=None, attrs=None, activation=None, residual=False, slope=None):
-    """A one-Conv graph (layer ``conv``), optionally followed by ``Add(skip)`` and an activation."""
-    m = w.shape[0]
-    a = dict(kernel_shape=list(w.shape[2:]), strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1)
-    a.update(attrs or {})
-    inits = [("w", w)] + ([("b", bias)] if bias is not None else [])
-    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias is not None else []), ["y0"], name="conv", **a)]
-    inputs, last = [("x", list(x_shape))], "y0"
-    out = [x_shape[0], m] + [(x_shape[2 + i] + a["pads"][i] + a["pads"][i + 2] - (a["kernel_shape"][i] - 1)
-                              * a["dilations"][i] - 1) // a["strides"][i] + 1 for i in range(2)]
-    if residual:
-        inputs.append(("skip", out))
-        nodes.append(helper.make_node("Add", [last, "skip"], ["y1"], name="add"))
-        last = "y1"
-    if activation is not None:
-        act_inputs, act_attrs = [last], {"LeakyRelu": dict(alpha=0.15), "HardSigmoid": dict(alpha=0.3, beta=0.4)}
-        if activation == "PRelu":
-            inits.append(("slope", slope if slope is not None else
-                          np.linspace(-0.5, 0.7, m, dtype=np.float32).reshape(m, 1, 1)))
-            act_inputs.append("slope")
-        elif activation == "Clip":
-            inits += [("lo", np.float32(-0.4)), ("hi", np.float32(0.9))]
-            act_inputs += ["lo", "hi"]
-        nodes.append(helper.make_node(activation, act_inputs, ["y"], name="act", **act_attrs.get(activation, {})))
-        last = "y"
-    model = make_model(nodes, inputs, [(last, out)], initializers=inits)
-    return workbench.load(model.SerializeToString())
+    """The shared one-Conv graph, padded by 1 unless ``attrs`` say otherwise (the Winograd case)."""
+    return shared_conv_graph(x_shape, w, bias, {"pads": [1, 1, 1, 1], **(attrs or {})}, activation, residual,
+                             slope=slope)
 
 
 @st.composite

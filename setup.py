@@ -36,11 +36,23 @@ class BuildExtRecordingFlags(build_ext):
     def run(self):
         super().run()
         info = {"compile_args": COMPILE_ARGS, "link_args": LINK_ARGS, "isa_variants": ISA_FLAGS,
-                "cython": __import__("Cython").__version__, "numpy": numpy.__version__}
+                "cython": __import__("Cython").__version__, "numpy": numpy.__version__,
+                "kernel_sources": _sources_digest()}
         for root in {Path(self.build_lib), HERE}:
             out = root / "workbench" / "_kernels" / "build_info.json"
             if out.parent.is_dir():
                 out.write_text(json.dumps(info, indent=1))
+
+
+def _sources_digest():
+    """A hash of the kernel sources: changed kernels time differently, so a rebuild from changed
+    sources must not reuse the profile records of the old build."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted((HERE / "kernels_pyx").glob("*")):
+        if f.suffix in (".pyx", ".pxd", ".h"):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _isa_variants(pyx):

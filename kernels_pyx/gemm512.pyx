@@ -352,8 +352,47 @@ cdef void _im2col_nchw_job(const Geo* g, const float* x, const float* w, float* 
                   e.res + nn * g.m * g.p + p0 if e.res != NULL else NULL, g.p, e, e.slope)
 
 
-def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1):
-    """Floats of the per-call scratch of :func:`conv_im2col` (column, packing buffers per thread)."""
+cdef void _im2col_whole(const Geo* g, bint nhwc, const float* x, const float* w, float* out, const Epi* e,
+                        float* cols, float* pb, float* abufs, int nt) noexcept nogil:
+    """Gather every column first (in parallel), then one :c:func:`gemm_jobs` over the whole
+    output: for small outputs, whose few pixel tiles would leave threads idle; the GEMM's jobs
+    split output channels too."""
+    cdef Py_ssize_t q, r, nn
+    cdef Job j
+    j.k, j.accumulate, j.e = g.kg, 0, e
+    if nhwc:
+        for q in prange(g.n * g.p, nogil=True, schedule="static", num_threads=nt):
+            _cols_nhwc_pixel(g, x, cols + q * g.kg, q, 0)
+        j.m, j.n, j.lda, j.ldc, j.ld_res = g.n * g.p, g.m, g.kg, g.m, g.m
+        j.a, j.pb, j.c, j.res, j.channel_is_row = cols, w, out, e.res, 0
+        gemm_jobs(&j, abufs, nt)
+        return
+    j.m, j.n, j.lda, j.ldc, j.ld_res = g.m, g.p, g.kg, g.p, g.p
+    j.a, j.pb, j.channel_is_row = w, pb, 1
+    for nn in range(g.n):
+        for r in prange(g.kg, nogil=True, schedule="static", num_threads=nt):
+            _cols_nchw_row(g, x + nn * g.c * g.h * g.w, cols + r * g.p, r, 0, g.p)
+        pack_b_par(g.kg, g.p, cols, g.p, 0, pb, nt)
+        j.c = out + nn * g.m * g.p
+        j.res = e.res + nn * g.m * g.p if e.res != NULL else NULL
+        gemm_jobs(&j, abufs, nt)
+
+
+cdef inline bint _whole(bint nhwc, Py_ssize_t n, Py_ssize_t p, Py_ssize_t kg, int nt) noexcept nogil:
+    """Whether :func:`conv_im2col` gathers everything first: with threads, when pixel tiles are
+    too few to share out (under 4 per thread) and the columns fit in 64 MiB."""
+    cdef Py_ssize_t tiles = (n * p + IM2COL_ROWS - 1) // IM2COL_ROWS if nhwc else \
+        n * ((p + IM2COL_PIXELS - 1) // IM2COL_PIXELS)
+    return nt > 1 and tiles < 4 * nt and (n if nhwc else 1) * p * kg <= 16 * 1024 * 1024
+
+
+def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1, Py_ssize_t n=0, Py_ssize_t p=0):
+    """Floats of the per-call scratch of :func:`conv_im2col` for ``n`` images of ``p`` output
+    pixels (column and packing buffers, per thread or for the whole output)."""
+    if _whole(nhwc, n, p, kg, num_threads):
+        if nhwc:
+            return n * p * kg + wb512_abuf_floats() * num_threads
+        return p * kg + wb512_packed_b_floats(kg, p) + wb512_abuf_floats() * num_threads
     if nhwc:
         per = IM2COL_ROWS * kg + wb512_abuf_floats()
     else:
@@ -405,7 +444,7 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
     _no_overlap(out, x, w, bias, residual, slope)
     if out.size == 0:
         return out
-    buf = _scratch(im2col_scratch_floats(nhwc, g.kg, num_threads))
+    buf = _scratch(im2col_scratch_floats(nhwc, g.kg, num_threads, g.n, g.p))
     cdef float* bp = _ptr(buf)
     cdef const float* xp = _ptr(x)
     cdef const float* wp = _ptr(w)
@@ -418,6 +457,12 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
         tiles = (g.n * g.p + IM2COL_ROWS - 1) // IM2COL_ROWS
     else:
         tiles = g.n * ((g.p + IM2COL_PIXELS - 1) // IM2COL_PIXELS)
+    cdef int nt = num_threads
+    if _whole(nhwc, g.n, g.p, g.kg, num_threads):
+        with nogil:
+            _im2col_whole(&g, nh, xp, wp, op, &e, bp, bp + (g.n * g.p * g.kg if nh else g.p * g.kg),
+                          bp + (g.n * g.p * g.kg if nh else g.p * g.kg + wb512_packed_b_floats(g.kg, g.p)), nt)
+        return out
     with nogil:
         if num_threads > 1 and tiles > 1:
             for t in prange(tiles, schedule="dynamic", num_threads=num_threads):

@@ -105,7 +105,8 @@ def assign(graph, filters=()):
                               f"matching routine applies to it; applicable: "
                               f"{', '.join(r.descriptor for r in options)}")
         layout = _layout_of(decisive.pattern)
-        nearest = sorted(options, key=lambda r: (r.layout != layout, -r.priority, r.descriptor))[0]
+        nearest = [r for r in options if r.layout == layout] or options   # kept in preference order
+        nearest = nearest[0]
         assignment[layer.name] = nearest.descriptor
         fallbacks.append(Fallback(layer.name, decisive.pattern, nearest.descriptor))
     return assignment, fallbacks

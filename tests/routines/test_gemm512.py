@@ -137,6 +137,9 @@ def test_routines_match_reference(descriptor, x_shape, m, kw, threads):
     ([3, 3, 30, 31], 16, dict(kernel=(7, 7), strides=(2, 2), pads=(3, 3, 3, 3), activation="Clip")),
     ([1, 40, 6, 6], 50, dict(kernel=(1, 1), strides=(2, 2), bias=False)),
     ([1, 300, 7, 7], 70, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="HardSwish")),
+    # Enough pixel tiles (>= 4 per thread) for the tiled schedule; the cases above, with two
+    # threads, gather the whole im2col first and split the GEMM over channels too.
+    ([2, 6, 30, 36], 20, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="Relu")),
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_im2col_matches_reference(descriptor, x_shape, m, kw, threads):

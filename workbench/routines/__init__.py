@@ -44,7 +44,7 @@ class Routine:
     layout: ClassVar[str] = NCHW
     algo: ClassVar[str] = ""
     #: Preference when no measurement says otherwise (higher first); the reference is lowest.
-    priority: ClassVar[int] = 0
+    priority: ClassVar[float] = 0
     #: When set, output 0 is input ``view_of_input`` reinterpreted with the output's shape (a
     #: reshape of a contiguous buffer): the executor gives it no buffer and skips ``run``.
     view_of_input: ClassVar = None
@@ -79,6 +79,12 @@ class Routine:
     @classmethod
     def output_layouts(cls, layer):
         return [cls.layout if len(s.shape) == 4 else NCHW for s in layer.out_specs]
+
+    @classmethod
+    def preference(cls, layer, specs):
+        """Default rank among the routines that apply to ``layer`` (higher first), for when no
+        profile says otherwise: :attr:`priority`, unless a routine knows its shape limits."""
+        return cls.priority
 
     # -- how it runs -----------------------------------------------------------------------
     @classmethod
@@ -126,4 +132,4 @@ def applicable(graph, layer):
     """Routines that apply to ``layer`` (a graph layer), best default first."""
     specs = graph.input_specs(layer)
     found = [r for r in routines_for(layer.op).values() if r.applies(layer, specs)]
-    return sorted(found, key=lambda r: (-r.priority, r.descriptor))
+    return sorted(found, key=lambda r: (-r.preference(layer, specs), r.descriptor))

@@ -152,17 +152,29 @@ class _Winograd(Routine, register=False):
                 slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads)
 
 
+class _Winograd4(_Winograd, register=False):
+    m, priority = 4, 12   # measured fastest on 3x3 stride-1 at 56x56 and 28x28 outputs
+    #: Output pixels below which im2col on our SGEMM is measured faster (the 4x4 tiles of a
+    #: small output are few and ragged): 14x14 in NHWC, 7x7 in NCHW.
+    min_pixels = 28 * 28
+
+    @classmethod
+    def preference(cls, layer, specs):
+        out = layer.out_specs[0].shape
+        return cls.priority if out[2] * out[3] >= cls.min_pixels else 10.5
+
+
 class Winograd2(_Winograd):
     algo, m, layout = "winograd2", 2, NCHW
 
 
-class Winograd4(_Winograd):
-    algo, m, layout, priority = "winograd4", 4, NCHW, 12   # measured fastest on 3x3 stride-1 at 56 and 28
+class Winograd4(_Winograd4):
+    algo, layout, min_pixels = "winograd4", NCHW, 14 * 14
 
 
 class Winograd2NHWC(_Winograd):
     algo, m, layout = "winograd2", 2, NHWC
 
 
-class Winograd4NHWC(_Winograd):
-    algo, m, layout, priority = "winograd4", 4, NHWC, 12
+class Winograd4NHWC(_Winograd4):
+    algo, layout = "winograd4", NHWC

@@ -4,18 +4,22 @@
 >>> graph = workbench.load("resnet50.onnx")          # import + fusion passes
 >>> outputs = workbench.ReferenceExecutor(graph).run(workbench.random_inputs(graph))
 """
+import os
+
 from .errors import (InputError, ModelFileError, ModelImportError, ShapeError, UnsupportedOpsError,
                      WorkbenchError)
 from .execute import Interpreter, ReferenceExecutor, random_inputs
 from .graph import Graph, Layer, TensorSpec
 from .onnx_import import import_onnx
 from .passes import optimize
+from .session import Session
 
 __version__ = "0.1.0"
 
 
-def load(source, batch=None, resolution=None, shapes=None, fuse=True):
-    """Import an ONNX model and (by default) run the fusion pipeline.
+def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_threads=None):
+    """Import an ONNX model and (by default) run the fusion pipeline; a tuned file (written by
+    :meth:`Session.export` / ``workbench tune``) comes back ready to run instead.
 
     Parameters
     ----------
@@ -24,17 +28,28 @@ def load(source, batch=None, resolution=None, shapes=None, fuse=True):
         Values for symbolic input dimensions; see :func:`workbench.onnx_import.import_onnx`.
     fuse : bool
         Run :func:`workbench.passes.optimize` (folding, BatchNorm/activation/residual fusion).
+    num_threads : int, optional
+        For a tuned file: threads to run with (default: those it was tuned with).
 
     Returns
     -------
-    Graph
+    Graph, or Session for a tuned file (``.run(inputs)``; warns when tuned on another machine)
     """
-    graph = import_onnx(source, batch=batch, resolution=resolution, shapes=shapes)
+    from . import tuned
+    from .onnx_import import read_model
+    model = read_model(source)
+    if tuned.is_tuned(model):
+        return tuned.load(model, num_threads=num_threads, name=_name(source))
+    graph = import_onnx(model, batch=batch, resolution=resolution, shapes=shapes)
     if fuse:
         optimize(graph)
     return graph
 
 
-__all__ = ["load", "import_onnx", "optimize", "Graph", "Layer", "TensorSpec", "Interpreter", "ReferenceExecutor",
+def _name(source):
+    return str(source) if isinstance(source, (str, os.PathLike)) else None
+
+
+__all__ = ["load", "Session", "import_onnx", "optimize", "Graph", "Layer", "TensorSpec", "Interpreter", "ReferenceExecutor",
            "random_inputs", "WorkbenchError", "ModelFileError", "ModelImportError", "UnsupportedOpsError",
            "ShapeError", "InputError"]

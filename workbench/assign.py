@@ -110,3 +110,32 @@ def assign(graph, filters=()):
         assignment[layer.name] = nearest.descriptor
         fallbacks.append(Fallback(layer.name, decisive.pattern, nearest.descriptor))
     return assignment, fallbacks
+
+
+def allowed(graph, filters=()):
+    """What tuning may choose from under ``filters``: ``({layer name: [descriptor, ...]}, fallbacks)``.
+
+    A layer a filter selects may use the matching routines only; one a filter without ``@``
+    selects but cannot serve keeps every applicable routine (reported as a fallback to
+    ``"*"``); one a filter names explicitly must match (else :class:`FilterError`).
+    """
+    parsed = [f if isinstance(f, RoutineFilter) else parse_filter(f, graph) for f in filters]
+    result, fallbacks = {}, []
+    for index, layer in enumerate(graph):
+        options = [r.descriptor for r in routines.applicable(graph, layer)]
+        if not options:
+            raise WorkbenchError(f"{where(layer)}: no routine applies")
+        decisive = next((f for f in reversed(parsed) if f.selects(index, layer.name)), None)
+        if decisive is None:
+            result[layer.name] = options
+            continue
+        matching = [d for d in options if fnmatch.fnmatchcase(d, decisive.pattern)]
+        if matching:
+            result[layer.name] = matching
+        elif decisive.selection is not None:
+            raise FilterError(f"routine filter {decisive.text!r} selects layer {index} {where(layer)}, but no "
+                              f"matching routine applies to it; applicable: {', '.join(options)}")
+        else:
+            result[layer.name] = options
+            fallbacks.append(Fallback(layer.name, decisive.pattern, "*"))
+    return result, fallbacks

@@ -173,14 +173,33 @@ class CompiledModel:
     # -- running ---------------------------------------------------------------------------
     def run(self, feeds):
         """Run the model; returns ``{output name: array}`` (copies, safe to keep)."""
-        arrays = check_inputs(self.graph, feeds)
-        for name, a in arrays.items():
-            np.copyto(self._views[(name, NCHW)], a)
+        self._load(feeds)
         with blas_limit(1):
             for step in self.steps:
                 step.run()
+        return self._outputs()
+
+    def _load(self, feeds):
+        for name, a in check_inputs(self.graph, feeds).items():
+            np.copyto(self._views[(name, NCHW)], a)
+
+    def _outputs(self):
         return {o: (self.graph.constants[o].copy() if o in self.graph.constants else self._views[self.output_keys[o]].copy())
                 for o in self.graph.outputs}
+
+    def run_timed(self, feeds):
+        """Run once, timing every step: ``(outputs, [(step, start s, duration s), ...])`` with
+        start times from the beginning of the run (for traces and per-layer tables)."""
+        import time
+        self._load(feeds)
+        times = []
+        with blas_limit(1):
+            origin = time.perf_counter()
+            for step in self.steps:
+                t0 = time.perf_counter()
+                step.run()
+                times.append((step, t0 - origin, time.perf_counter() - t0))
+        return self._outputs(), times
 
     @property
     def adapts(self):

@@ -318,5 +318,15 @@ def _make_layer(view, index, spec_of):
     while inputs and inputs[-1] == "":
         inputs.pop()
     consts = {i: view.const(i) for i, t in enumerate(inputs) if t and view.const(i) is not None}
+    # What export needs to write the node back as ONNX: its attributes as they were, and the
+    # constant inputs that normalisation turned into attributes.
+    source = {"op_type": view.op_type, "attributes": [copy_attr(a) for a in view.proto.attribute],
+              "taken": {i: (view.inputs[i], view.const(i)) for i in sorted(view.consumed)}}
     return Layer(name=view.name, op=view.op_type, inputs=inputs, outputs=list(view.outputs), attrs=attrs,
-                 consts=consts, meta={"index": index})
+                 consts=consts, meta={"index": index, "onnx": source})
+
+
+def copy_attr(attribute):
+    a = onnx.AttributeProto()
+    a.CopyFrom(attribute)
+    return a

@@ -40,11 +40,13 @@ def default_path() -> Path:
 def fingerprint_facts(num_threads):
     """What the measurements depend on, as a dict (stored next to the records, shown to users)."""
     from . import __version__, cpu
+    from .measure import METHOD
     build = Path(__file__).parent / "_kernels" / "build_info.json"
     isa = sorted(f for f in cpu.flags() if f.startswith(("avx", "fma", "f16c", "sse4", "amx")))
     return {"cpu": cpu.cpu_name(), "isa": isa, "threads": int(num_threads),
             "build": json.loads(build.read_text()) if build.exists() else None,
-            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "workbench": __version__}
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "workbench": __version__,
+            "measurement": METHOD}
 
 
 def fingerprint(num_threads) -> str:

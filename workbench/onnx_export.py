@@ -1,0 +1,164 @@
+"""Write a (fused) :class:`~workbench.graph.Graph` back as a standard ONNX model.
+
+Every layer becomes the ONNX node it came from, under the layer's name, with its current
+constants (folded BatchNorm weights included) and its original attributes; what fusion added is
+spelled out again in standard ops after it, each node named ``<layer>/<part>``:
+
+- a fused residual add: ``Add(<layer>/raw, skip)``;
+- a fused activation: its own op (``HardSwish`` as ``HardSigmoid`` + ``Mul`` before opset 14);
+- a :class:`~workbench.ops.normalization.ChannelAffine` is written as the
+  ``BatchNormalization`` it came from, with mean 0, variance 1 and epsilon 0 (exact).
+
+Importing the result runs the same fusion passes and gives back the same layers with the same
+names, which is how a tuned file finds its routine annotations again; ONNX Runtime runs it as
+any ONNX model.  ``node_metadata[layer]`` (a dict of strings) goes into the layer's node's
+``metadata_props``, ``model_metadata`` into the model's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+#: IR version 10 is the first whose NodeProto carries metadata_props.
+MIN_IR_VERSION = 10
+
+
+class _Writer:
+    def __init__(self, opset):
+        self.opset = opset
+        self.nodes = []
+        self.initializers = {}   # name -> TensorProto
+        self._values = {}        # name -> the array it holds
+
+    def const(self, name, value):
+        """An initializer named ``name`` (renamed when the name holds another value already)."""
+        value = np.asarray(value)
+        base, k = name, 0
+        while name in self._values and not (self._values[name].dtype == value.dtype
+                                            and self._values[name].shape == value.shape
+                                            and np.array_equal(self._values[name], value)):
+            k += 1
+            name = f"{base}.{k}"
+        if name not in self._values:
+            self._values[name] = value
+            self.initializers[name] = numpy_helper.from_array(value, name)
+        return name
+
+    def node(self, op, inputs, outputs, name, attributes=(), metadata=None, **attrs):
+        n = helper.make_node(op, inputs, outputs, name=name, **attrs)
+        n.attribute.extend(attributes)
+        for k, v in (metadata or {}).items():
+            n.metadata_props.add(key=k, value=str(v))
+        self.nodes.append(n)
+        return n
+
+
+def _activation(w, layer, x, y, metadata):
+    act, p = layer.attrs["activation"], layer.attrs.get("activation_params", {})
+    name = f"{layer.name}/activation"
+    if act == "Clip":
+        lo = "" if not np.isfinite(p["min"]) else p["min"]
+        hi = "" if not np.isfinite(p["max"]) else p["max"]
+        if w.opset < 11:
+            kw = {k: float(v) for k, v in (("min", lo), ("max", hi)) if v != ""}
+            w.node("Clip", [x], [y], name, metadata=metadata, **kw)
+        else:
+            ins = [x] + ["" if v == "" else w.const(f"{name}.{k}", np.float32(v)) for k, v in (("min", lo), ("max", hi))]
+            while ins[-1] == "":
+                ins.pop()
+            w.node("Clip", ins, [y], name, metadata=metadata)
+    elif act == "PRelu":
+        w.node("PRelu", [x, w.const(f"{name}.slope", p["slope"])], [y], name, metadata=metadata)
+    elif act == "HardSwish" and w.opset < 14:
+        gate = f"{name}.gate"
+        w.node("HardSigmoid", [x], [gate], f"{name}/gate", metadata=metadata, alpha=1 / 6, beta=0.5)
+        w.node("Mul", [x, gate], [y], name, metadata=metadata)
+    elif act in ("LeakyRelu", "HardSigmoid"):
+        kw = {k: float(v) for k, v in p.items() if k in ("alpha", "beta")}
+        w.node(act, [x], [y], name, metadata=metadata, **kw)
+    else:   # Relu, Sigmoid, Tanh, HardSwish
+        w.node(act, [x], [y], name, metadata=metadata)
+
+
+def _source_attributes(layer):
+    """The layer's original ONNX attributes, updated where fusion changed their value."""
+    source = layer.meta.get("onnx") or {}
+    if source.get("op_type") != layer.op:
+        return [], {}
+    attributes = list(source.get("attributes", ()))
+    if layer.op == "Gemm":   # BatchNorm folding rescales C into a plain bias (beta = 1)
+        attributes = [a for a in attributes if a.name not in ("alpha", "beta")]
+        attributes += [helper.make_attribute("alpha", float(layer.attrs["alpha"])),
+                       helper.make_attribute("beta", float(layer.attrs["beta"]))]
+    return attributes, source.get("taken", {})
+
+
+def _emit(w, layer, metadata):
+    part_of = {"workbench.part_of": layer.name}
+    a = layer.attrs
+    residual, act = bool(a.get("residual")), a.get("activation")
+    out = layer.outputs[0] if layer.outputs else ""
+    raw = f"{layer.name}/raw" if (residual or act) else out
+    if layer.op == "ChannelAffine":
+        c = layer.consts[1].shape[0]
+        dt = layer.consts[1].dtype
+        ins = [layer.inputs[0], w.const(f"{layer.name}.scale", layer.consts[1]),
+               w.const(f"{layer.name}.shift", layer.consts[2]), w.const(f"{layer.name}.mean", np.zeros(c, dt)),
+               w.const(f"{layer.name}.var", np.ones(c, dt))]
+        w.node("BatchNormalization", ins, [raw], layer.name, metadata=metadata, epsilon=0.0)
+    else:
+        attributes, taken = _source_attributes(layer)
+        n_inputs = 3 if (layer.op == "Conv" and residual) else len(layer.inputs)
+        ins = list(layer.inputs[:n_inputs])
+        for i, (name, value) in taken.items():
+            ins += [""] * (i + 1 - len(ins))
+            ins[i] = w.const(name, value)
+        for i, value in layer.consts.items():
+            if i < n_inputs:
+                ins[i] = w.const(ins[i], value)
+        while ins and ins[-1] == "":
+            ins.pop()
+        outs = [raw] + list(layer.outputs[1:])
+        w.node(layer.op, ins, outs, layer.name, attributes=attributes, metadata=metadata)
+    x = raw
+    if residual:
+        y = out if not act else f"{layer.name}/sum"
+        w.node("Add", [x, layer.inputs[3]], [y], f"{layer.name}/residual", metadata=part_of)
+        x = y
+    if act:
+        _activation(w, layer, x, out, part_of)
+
+
+def export_graph(graph, node_metadata=None, model_metadata=None, producer="workbench"):
+    """``graph`` as an :class:`onnx.ModelProto` (see the module docstring)."""
+    from . import __version__
+    opset = int(graph.meta.get("opset", 17))
+    w = _Writer(opset)
+    node_metadata = node_metadata or {}
+    for layer in graph:
+        _emit(w, layer, node_metadata.get(layer.name))
+    inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), list(s.shape))
+              for t, s in graph.inputs.items()]
+    outputs = []
+    for t in graph.outputs:
+        if t in graph.constants:   # an output that folded to a constant
+            w.node("Identity", [w.const(f"{t}.value", graph.constants[t])], [t], f"{t}/constant")
+            spec = graph.constants[t]
+            outputs.append(helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(spec.dtype), list(spec.shape)))
+        else:
+            s = graph.spec(t)
+            outputs.append(helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)),
+                                                         list(s.shape)))
+    g = helper.make_graph(w.nodes, graph.name, inputs, outputs, initializer=list(w.initializers.values()))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer,
+                              producer_version=__version__)
+    model.ir_version = max(MIN_IR_VERSION, helper.find_min_ir_version_for(list(model.opset_import)))
+    for k, v in (model_metadata or {}).items():
+        model.metadata_props.add(key=k, value=str(v))
+    return model
+
+
+def save(model, path):
+    """Write ``model`` to ``path`` (weights inline; one file)."""
+    onnx.save_model(model, str(path))

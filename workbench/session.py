@@ -1,0 +1,333 @@
+"""The tuning session: one model on this machine, from import to a tuned, exported file.
+
+>>> s = Session.from_onnx("resnet50.onnx")
+>>> s.tune()                       # profile (through the database), then select by DP
+>>> s.pin("layer4.1.conv2", "cpu:float32:nchw/winograd2").retune()
+>>> s.run({"input": x}); s.measure(); s.export("resnet50.tuned.onnx")
+
+Everything the notebook widgets show is an attribute or a method result of a :class:`Session`;
+it works the same without Jupyter.  Profiling goes through :mod:`workbench.profile` (and its
+database), selection through :mod:`workbench.search` (pure), execution through
+:class:`~workbench.compiled.CompiledModel`.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import assign as assign_mod
+from . import routines, search
+from .compiled import CompiledModel, default_threads
+from .errors import WorkbenchError, where
+from .graph import NCHW, NHWC
+from .measure import Timing
+from .profile import problem as make_problem
+from .profile import profile as run_profile
+
+
+class PinError(WorkbenchError):
+    """A pin that names an unknown layer, an unknown routine, or a routine that does not apply."""
+
+
+class NotTunedError(WorkbenchError):
+    """An operation that needs a plan was asked of a session that has none yet."""
+
+
+def conv_families(graph=None):
+    """Every single-family filter: each layout's ``*`` and each (layout, algorithm) of Conv."""
+    conv = sorted({(r.layout, r.algo) for _, _, r in routines.all_routines()
+                   if r.algo != "reference" and (r.op == "Conv" or (isinstance(r.op, tuple) and "Conv" in r.op))})
+    layouts = sorted({lay for lay, _ in conv})
+    return [f"cpu:float32:{lay}/*" for lay in layouts] + [f"cpu:float32:{lay}/{algo}" for lay, algo in conv]
+
+
+class Session:
+    """A model being tuned.
+
+    Parameters
+    ----------
+    graph : Graph
+        The imported, fused model.
+    num_threads : int, optional
+        Threads for kernels and BLAS alike, in profiling and running (default: this process's CPUs).
+    db : ProfileDatabase, str or Path, optional
+        The profile database (default: :func:`workbench.profiledb.default_path`).
+    io_format : str
+        Layout of the graph's inputs and outputs (``"nchw"`` or ``"nhwc"``).
+    """
+
+    def __init__(self, graph, num_threads=None, db=None, io_format=NCHW):
+        if io_format not in (NCHW, NHWC):
+            raise WorkbenchError(f"io_format must be {NCHW!r} or {NHWC!r}, got {io_format!r}")
+        self.graph = graph
+        self.num_threads = int(num_threads or default_threads())
+        self.io_format = io_format
+        self._db = db
+        self.profiled = None        # Profile
+        self.filters = []           # filter strings
+        self.pins = {}              # layer name -> descriptor
+        self.plan = None            # search.Plan
+        self.fallbacks = []
+        self.search_s = None        # seconds the last selection took
+        self.profile_s = None       # seconds the last profile() took
+        self.measured = None        # Timing of the whole tuned model
+        self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
+        self.tuned_metadata = None  # model metadata of a loaded tuned file
+        self._compiled = None
+
+    @classmethod
+    def from_onnx(cls, source, num_threads=None, db=None, batch=None, resolution=None, shapes=None, io_format=NCHW):
+        """Import ``source`` (path, bytes or ModelProto) with fusion; see :func:`workbench.load`."""
+        from .onnx_import import import_onnx
+        from .passes import optimize
+        graph = import_onnx(source, batch=batch, resolution=resolution, shapes=shapes)
+        optimize(graph)
+        return cls(graph, num_threads=num_threads, db=db, io_format=io_format)
+
+    # -- the pieces --------------------------------------------------------------------------
+    @property
+    def db(self):
+        from .profiledb import ProfileDatabase
+        if not isinstance(self._db, ProfileDatabase):
+            self._db = ProfileDatabase(path=self._db, num_threads=self.num_threads)
+        return self._db
+
+    def layer(self, key):
+        """A layer by name, or by index as ``workbench info`` prints it (int or digit string)."""
+        layers = list(self.graph)
+        if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.isdigit()):
+            i = int(key)
+            if not 0 <= i < len(layers):
+                raise PinError(f"no layer {i}: the model has layers 0..{len(layers) - 1}")
+            return layers[i]
+        try:
+            return self.graph.layer(key)
+        except KeyError:
+            raise PinError(f"no layer named {key!r} in {self.graph.name!r}") from None
+
+    # -- profiling and selection -------------------------------------------------------------
+    def profile(self, reprofile=False, progress=False, repeats=10, layers=None):
+        """Measure every applicable routine of every layer and every adapt (database first).
+
+        ``reprofile`` measures again instead of reusing records; ``layers`` (names or indices)
+        limits the re-measurement to those layers.  Returns the :class:`~workbench.profile.Profile`.
+        """
+        names = None if layers is None else {self.layer(k).name for k in layers}
+        t0 = time.perf_counter()
+        self.profiled = run_profile(self.graph, db=self.db, num_threads=self.num_threads, repeats=repeats,
+                                    reprofile=reprofile and names is None, progress=progress, layers=names)
+        self.profile_s = time.perf_counter() - t0
+        return self.profiled
+
+    def costs(self):
+        """``(routine costs {layer: {descriptor: s}}, adapt costs {(tensor, src, dst): s})``."""
+        if self.profiled is None:
+            raise NotTunedError("not profiled yet: call profile() or tune() first")
+        return ({l: {d: r.median for d, r in recs.items()} for l, recs in self.profiled.routine.items()},
+                {k: r.median for k, r in self.profiled.adapt.items()})
+
+    def problem(self, allowed=None):
+        costs, adapt_costs = self.costs()
+        return make_problem(self.graph, costs, adapt_costs, allowed, self.io_format)
+
+    def tune(self, filters=None, pins=None, progress=False):
+        """Profile (what the database lacks) and select the fastest plan; returns the :class:`~workbench.search.Plan`.
+
+        ``filters``: routine filter strings (see :mod:`workbench.assign`); ``pins``:
+        ``{layer: descriptor}``.  Both replace the session's current ones when given.
+        """
+        if filters is not None:
+            for f in filters:
+                assign_mod.parse_filter(f, self.graph)   # validate before anything runs
+            self.filters = list(filters)
+        if pins is not None:
+            old, self.pins = self.pins, {}
+            try:
+                for layer, descriptor in dict(pins).items():
+                    self.pin(layer, descriptor)
+            except WorkbenchError:
+                self.pins = old
+                raise
+        if self.profiled is None:
+            self.profile(progress=progress)
+        return self.retune()
+
+    def allowed(self):
+        """``{layer: [descriptor, ...]}`` under the current filters and pins."""
+        allowed, self.fallbacks = assign_mod.allowed(self.graph, self.filters)
+        for layer, descriptor in self.pins.items():
+            allowed[layer] = [descriptor]
+        return allowed
+
+    def retune(self):
+        """Select again under the current filters and pins, reusing the profile."""
+        if self.profiled is None:
+            self.profile()
+        prob = self.problem(self.allowed())
+        t0 = time.perf_counter()
+        self.plan = search.solve(prob)
+        self.search_s = time.perf_counter() - t0
+        self._compiled, self.measured = None, None
+        return self.plan
+
+    def pin(self, layer, descriptor):
+        """Force ``layer`` (name or index) onto routine ``descriptor``; takes effect at the next
+        :meth:`retune`.  Returns the session."""
+        target = self.layer(layer)
+        try:
+            r = routines.get(target.op, descriptor)
+        except KeyError as e:
+            raise PinError(f"pin {target.name}={descriptor}: {e.args[0]}") from None
+        if not r.applies(target, self.graph.input_specs(target)):
+            ok = ", ".join(x.descriptor for x in routines.applicable(self.graph, target))
+            raise PinError(f"pin {target.name}={descriptor}: the routine does not apply to {where(target)} "
+                           f"(input {self.graph.input_specs(target)[0]}); applicable: {ok}")
+        self.pins[target.name] = descriptor
+        return self
+
+    def unpin(self, layer):
+        """Drop the pin of ``layer``; returns the session."""
+        name = self.layer(layer).name
+        if name not in self.pins:
+            raise PinError(f"layer {name!r} is not pinned (pinned: {', '.join(self.pins) or 'none'})")
+        del self.pins[name]
+        return self
+
+    # -- comparison plans ----------------------------------------------------------------------
+    def greedy_plan(self):
+        """The cheapest routine per layer (under filters and pins), ignoring adapts, costed with them."""
+        return search.greedy(self.problem(self.allowed()))
+
+    def family_plans(self):
+        """``{filter: Plan}`` for every single-family assignment (the fixed choice each filter
+        gives, as ``workbench run --routine`` runs it), costed on this profile."""
+        prob = self.problem()
+        plans = {}
+        for fam in conv_families():
+            choice, fallbacks = assign_mod.assign(self.graph, [fam])
+            n_conv = sum(l.op == "Conv" for l in self.graph)
+            if fam.split("/")[1] != "*" and sum(self.graph.layer(f.layer).op == "Conv" for f in fallbacks) == n_conv:
+                continue   # this family's conv algorithm applies to none of the model's convs
+            cost, adapts = search.evaluate(prob, choice)
+            plans[fam] = search.Plan(choice, cost, adapts, f"family {fam}")
+        return plans
+
+    # -- running --------------------------------------------------------------------------------
+    def _need_plan(self):
+        if self.plan is None:
+            raise NotTunedError("no plan yet: call tune() first")
+        return self.plan
+
+    @property
+    def assignment(self):
+        return dict(self._need_plan().choice)
+
+    def compile(self):
+        """The :class:`~workbench.compiled.CompiledModel` of the current plan (cached)."""
+        if self._compiled is None:
+            self._compiled = CompiledModel(self.graph, self.assignment, num_threads=self.num_threads)
+        return self._compiled
+
+    def run(self, inputs):
+        """Run the tuned model on ``{input name: array}``; returns ``{output name: array}``."""
+        return self.compile().run(inputs)
+
+    def measure(self, runs=30, warmup=3, inputs=None):
+        """Whole-model latency of the tuned plan (median of ``runs`` after ``warmup``); a
+        :class:`~workbench.measure.Timing`, kept as :attr:`measured`."""
+        from .execute import random_inputs
+        model = self.compile()
+        feeds = inputs if inputs is not None else random_inputs(self.graph)
+        for _ in range(warmup):
+            model.run(feeds)
+        t = Timing()
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model.run(feeds)
+            t.samples.append(time.perf_counter() - t0)
+        self.measured = t
+        return t
+
+    @property
+    def predicted_s(self):
+        """Predicted latency of the plan: the sum of its routines' and adapts' profiled costs."""
+        return self._need_plan().cost
+
+    def timed_run(self, inputs=None):
+        """One inference with every step timed: ``[(Step, start s, duration s)]``."""
+        from .execute import random_inputs
+        model = self.compile()
+        feeds = inputs if inputs is not None else random_inputs(self.graph)
+        model.run(feeds)   # warm
+        return model.run_timed(feeds)[1]
+
+    # -- what the plan is, layer by layer ---------------------------------------------------
+    def layer_rows(self):
+        """One dict per layer: index, name, op, routine, cost (ms), its spread, the best other
+        routine and its cost, whether pinned, the adapts feeding it."""
+        plan = self._need_plan()
+        costs, _ = self.costs()
+        adapts_in = {}
+        readers = {}
+        for layer in self.graph:
+            for t in layer.inputs:
+                readers.setdefault(t, []).append(layer)
+        compiled = self.compile()
+        for step in compiled.adapts:
+            tensor = step.name.split(":")[1]
+            for layer in readers.get(tensor, ()):
+                adapts_in.setdefault(layer.name, []).append(step.name)
+        rows = []
+        for i, layer in enumerate(self.graph):
+            chosen = plan.choice[layer.name]
+            c = costs.get(layer.name, {})
+            others = sorted((v, d) for d, v in c.items() if d != chosen)
+            rec = self.profiled.routine.get(layer.name, {}).get(chosen)
+            rows.append(dict(index=i, name=layer.name, op=layer.op, routine=chosen,
+                             cost_ms=c.get(chosen, float("nan")) * 1e3,
+                             spread_ms=(rec.spread * 1e3) if rec else float("nan"),
+                             runner_up=others[0][1] if others else "", runner_up_ms=others[0][0] * 1e3 if others else float("nan"),
+                             candidates=len(c), pinned=layer.name in self.pins,
+                             adapts=adapts_in.get(layer.name, [])))
+        return rows
+
+    # -- files ------------------------------------------------------------------------------------
+    def export(self, path, measure_runs=30):
+        """Save the tuned model as one ONNX file (see :mod:`workbench.tuned`); measures the
+        plan first (``measure_runs`` runs) unless already measured.  Returns ``path``."""
+        from . import tuned
+        self._need_plan()
+        if self.measured is None and measure_runs:
+            self.measure(runs=measure_runs)
+        tuned.save(self, path)
+        return path
+
+    def export_profile(self, path):
+        """The profile records as JSON lines (one per layer x routine and per adapt)."""
+        from . import exports
+        if self.profiled is None:
+            raise NotTunedError("not profiled yet: call profile() or tune() first")
+        exports.write_text(path, exports.profile_jsonl(self.graph, self.profiled))
+        return path
+
+    def export_trace(self, path, inputs=None):
+        """A Chrome-trace JSON of one tuned inference (opens in Perfetto / chrome://tracing)."""
+        from . import exports
+        exports.write_text(path, exports.chrome_trace(self.timed_run(inputs), self.graph.name, self.num_threads))
+        return path
+
+    def export_csv(self, path, inputs=None):
+        """Per-layer CSV: the plan's routine, profiled and measured ms, runner-up, adapts."""
+        from . import exports
+        measured = {}
+        for step, _, dt in self.timed_run(inputs):
+            measured[step.name] = measured.get(step.name, 0.0) + dt
+        exports.write_text(path, exports.layer_csv(self.layer_rows(), measured))
+        return path
+
+    def __repr__(self):
+        state = "untuned" if self.plan is None else (f"tuned ({self.plan.method}), predicted "
+                                                       f"{self.plan.cost * 1e3:.2f} ms")
+        return (f"Session({self.graph.name!r}, {len(self.graph)} layers, {self.num_threads} threads, "
+                f"{len(self.pins)} pins, {state})")

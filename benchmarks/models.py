@@ -12,36 +12,18 @@ OpenMP's) are idle and do not steal cores from the next; medians of ``--runs`` r
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
 import workbench
-from workbench import routines, zoo
+from workbench import zoo
 from workbench.assign import assign
 from workbench.check import relative_error
 from workbench.compiled import CompiledModel
 from workbench.cpu import cpu_name
+from workbench.session import conv_families
 
-
-def families():
-    conv = sorted({(r.layout, r.algo) for _, _, r in routines.all_routines() if r.algo != "reference" and
-                   _is_conv(r)})
-    layouts = sorted({lay for lay, _ in conv})
-    return [f"cpu:float32:{lay}/*" for lay in layouts] + [f"cpu:float32:{lay}/{algo}" for lay, algo in conv]
-
-
-def _is_conv(r):
-    return r.op == "Conv" or (isinstance(r.op, tuple) and "Conv" in r.op)
-
-
-def ort_session(model, threads):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import iqr_ms, median_ms, ort_session, time_interleaved  # noqa: E402
 
 
 def main(argv=None):
@@ -65,7 +47,7 @@ def main(argv=None):
         runners = {"onnxruntime": lambda: sess.run(None, feeds)}
         info = {}
         n_conv = sum(l.op == "Conv" for l in graph)
-        for fam in families():
+        for fam in conv_families():
             assignment, fallbacks = assign(graph, [fam])
             if fam.split("/")[1] != "*" and sum(graph.layer(f.layer).op == "Conv" for f in fallbacks) == n_conv:
                 continue   # the family's conv algorithm applies to none of this model's convs
@@ -74,20 +56,11 @@ def main(argv=None):
             info[fam] = dict(fallbacks=len(fallbacks), adapts=len(compiled.adapts), rel_error=err,
                              reference_layers=sum(d.endswith("/reference") for d in assignment.values()))
             runners[fam] = (lambda c=compiled: c.run(feeds))
-        samples = {k: [] for k in runners}
-        for _ in range(args.warmup):
-            for run in runners.values():
-                run()
-        for _ in range(args.runs):
-            for k, run in runners.items():
-                time.sleep(args.pause)
-                t0 = time.perf_counter()
-                run()
-                samples[k].append(time.perf_counter() - t0)
-        ort_ms = float(np.median(samples["onnxruntime"])) * 1e3
+        samples = time_interleaved(runners, args.runs, args.warmup, args.pause)
+        ort_ms = median_ms(samples["onnxruntime"])
         for k, s in samples.items():
-            ms = float(np.median(s)) * 1e3
-            results.append(dict(model=name, config=k, median_ms=ms, iqr_ms=float(np.subtract(*np.percentile(s, [75, 25]))) * 1e3,
+            ms = median_ms(s)
+            results.append(dict(model=name, config=k, median_ms=ms, iqr_ms=iqr_ms(s),
                                 ratio_vs_ort=ms / ort_ms, **info.get(k, {})))
             print(f"{name:20s} {k:28s} {ms:8.2f} ms  x{ms / ort_ms:.2f} vs ORT", file=sys.stderr)
     (out / "models.json").write_text(json.dumps({"machine": cpu_name(), "threads": args.threads, "runs": args.runs,

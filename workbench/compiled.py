@@ -15,7 +15,7 @@ import numpy as np
 
 from . import adapt, routines
 from .errors import WorkbenchError, where
-from .execute import check_inputs
+from .execute import check_inputs, io_layout
 from .graph import NCHW
 from .memory import Value, plan_memory
 
@@ -65,11 +65,15 @@ class CompiledModel:
         Routine descriptor per layer; every layer must be assigned.
     num_threads : int, optional
         Threads for OpenMP kernels and BLAS alike (default: the CPUs this process may use).
+    io_format : str
+        Layout of 4-D float inputs and outputs at the model's boundary: ``"nchw"`` (default) or
+        ``"nhwc"`` (arrays given and returned as (N, H, W, C)).
     """
 
-    def __init__(self, graph, assignment, num_threads=None):
+    def __init__(self, graph, assignment, num_threads=None, io_format=NCHW):
         self.graph = graph
         self.num_threads = int(num_threads or default_threads())
+        self.io_format = io_format
         self.assignment = dict(assignment)
         self.routines = {}
         for layer in graph:
@@ -84,8 +88,8 @@ class CompiledModel:
     # -- compilation -----------------------------------------------------------------------
     def _build(self):
         g = self.graph
-        home = {t: NCHW for t in g.inputs}
-        ready = {(t, NCHW) for t in g.inputs}
+        home = {t: io_layout(s, self.io_format) for t, s in g.inputs.items()}
+        ready = {(t, lay) for t, lay in home.items()}
         plan = []   # (kind, payload, input keys, output keys)
 
         def need(tensor, layout):
@@ -115,7 +119,8 @@ class CompiledModel:
                 base = in_keys[r.view_of_input]
                 alias[out_keys[0]] = alias.get(base, base)
             plan.append(("layer", layer, in_keys, out_keys))
-        self.output_keys = {o: need(o, NCHW) for o in g.outputs if o not in g.constants}
+        self.output_keys = {o: need(o, io_layout(g.spec(o), self.io_format)) for o in g.outputs if o not in g.constants}
+        self.input_keys = {t: (t, lay) for t, lay in home.items()}
 
         def owner(key):
             return alias.get(key, key)
@@ -180,8 +185,8 @@ class CompiledModel:
         return self._outputs()
 
     def _load(self, feeds):
-        for name, a in check_inputs(self.graph, feeds).items():
-            np.copyto(self._views[(name, NCHW)], a)
+        for name, a in check_inputs(self.graph, feeds, self.io_format).items():
+            np.copyto(self._views[self.input_keys[name]], a)
 
     def _outputs(self):
         return {o: (self.graph.constants[o].copy() if o in self.graph.constants else self._views[self.output_keys[o]].copy())

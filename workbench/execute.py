@@ -9,10 +9,12 @@ import numpy as np
 
 from . import ops
 from .errors import InputError, WorkbenchError, where
+from .graph import NCHW
 
 
-def check_inputs(graph, feeds):
-    """Validate run-time inputs against the graph's input specs (names, shapes, dtypes)."""
+def check_inputs(graph, feeds, io_format=NCHW):
+    """Validate run-time inputs against the graph's input specs (names, shapes, dtypes); with
+    ``io_format="nhwc"`` 4-D float inputs are expected channels-last, (N, H, W, C)."""
     unknown = [n for n in feeds if n not in graph.inputs]
     if unknown:
         raise InputError(f"unknown input name(s) {unknown}; the model's inputs are {list(graph.inputs)}")
@@ -26,10 +28,23 @@ def check_inputs(graph, feeds):
             a = np.asarray(a)
         if a.dtype.name != spec.dtype:
             raise InputError(f"input {name!r}: dtype {a.dtype.name}, the model expects {spec.dtype}")
-        if tuple(a.shape) != spec.shape:
-            raise InputError(f"input {name!r}: shape {tuple(a.shape)}, the model expects {spec.shape}")
+        shape = io_shape(spec, io_format)
+        if tuple(a.shape) != shape:
+            raise InputError(f"input {name!r}: shape {tuple(a.shape)}, the model expects {shape}"
+                             + (f" ({io_format})" if shape != spec.shape else ""))
         arrays[name] = a
     return arrays
+
+
+def io_layout(spec, io_format):
+    """The layout a graph input or output of ``spec`` has at the model's boundary: ``io_format``
+    for 4-D float tensors, NCHW (plain row-major) for everything else."""
+    return io_format if len(spec.shape) == 4 and np.dtype(spec.dtype).kind == "f" else NCHW
+
+
+def io_shape(spec, io_format):
+    from .adapt import physical_shape
+    return physical_shape(spec.with_layout(io_layout(spec, io_format)))
 
 
 def random_inputs(graph, seed=0):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from . import adapt as adapts_mod
 from . import routines
 from .compiled import default_threads
+from .execute import io_layout
 from .graph import NCHW, NHWC
 from .measure import Timing, time_routine
 from .profiledb import ProfileDatabase, Record, signature
@@ -141,5 +142,5 @@ def problem(graph, costs, adapt_costs, allowed=None, io_format=NCHW):
             out = r.output_layouts(layer)
             cands.append(Candidate(descriptor, float(cost), tuple(layouts[i] for i, _ in acts), out[0] if out else NCHW))
         nodes.append(Node(layer.name, tuple(t for _, t in acts), tuple(t for t in layer.outputs if t), tuple(cands)))
-    return Problem(nodes, dict(adapt_costs), {t: io_format for t in graph.inputs},
-                   {t: io_format for t in graph.outputs if t not in graph.constants})
+    return Problem(nodes, dict(adapt_costs), {t: io_layout(s, io_format) for t, s in graph.inputs.items()},
+                   {t: io_layout(graph.spec(t), io_format) for t in graph.outputs if t not in graph.constants})

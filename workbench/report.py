@@ -36,7 +36,7 @@ def format_table(rows, columns):
     """Plain-text table of ``rows`` (dicts) with the given ``(key, header)`` columns."""
     cells = [[h for _, h in columns]]
     for r in rows:
-        cells.append([_human(r[k]) if k in ("params", "macs") else (f"{r[k]:.3f}" if k == "ms" else str(r[k]))
+        cells.append([_human(r[k]) if k in ("params", "macs") else (f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]))
                       for k, _ in columns])
     widths = [max(len(row[c]) for row in cells) for c in range(len(columns))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]

@@ -138,9 +138,9 @@ class Session:
         ``{layer: descriptor}``.  Both replace the session's current ones when given.
         """
         if filters is not None:
-            for f in filters:
-                assign_mod.parse_filter(f, self.graph)   # validate before anything runs
-            self.filters = list(filters)
+            filters = list(filters)
+            assign_mod.allowed(self.graph, filters)   # validate (syntax, explicit selections) before anything runs
+            self.filters = filters
         if pins is not None:
             old, self.pins = self.pins, {}
             try:
@@ -226,19 +226,26 @@ class Session:
     def compile(self):
         """The :class:`~workbench.compiled.CompiledModel` of the current plan (cached)."""
         if self._compiled is None:
-            self._compiled = CompiledModel(self.graph, self.assignment, num_threads=self.num_threads)
+            self._compiled = CompiledModel(self.graph, self.assignment, num_threads=self.num_threads,
+                                           io_format=self.io_format)
         return self._compiled
 
     def run(self, inputs):
         """Run the tuned model on ``{input name: array}``; returns ``{output name: array}``."""
         return self.compile().run(inputs)
 
+    def random_inputs(self, seed=0):
+        """Seeded random inputs in this session's ``io_format``."""
+        from .execute import io_shape, random_inputs
+        feeds = random_inputs(self.graph, seed)
+        return {k: (v.transpose(0, 2, 3, 1).copy() if io_shape(self.graph.inputs[k], self.io_format) != v.shape else v)
+                for k, v in feeds.items()}
+
     def measure(self, runs=30, warmup=3, inputs=None):
         """Whole-model latency of the tuned plan (median of ``runs`` after ``warmup``); a
         :class:`~workbench.measure.Timing`, kept as :attr:`measured`."""
-        from .execute import random_inputs
         model = self.compile()
-        feeds = inputs if inputs is not None else random_inputs(self.graph)
+        feeds = inputs if inputs is not None else self.random_inputs()
         for _ in range(warmup):
             model.run(feeds)
         t = Timing()
@@ -256,9 +263,8 @@ class Session:
 
     def timed_run(self, inputs=None):
         """One inference with every step timed: ``[(Step, start s, duration s)]``."""
-        from .execute import random_inputs
         model = self.compile()
-        feeds = inputs if inputs is not None else random_inputs(self.graph)
+        feeds = inputs if inputs is not None else self.random_inputs()
         model.run(feeds)   # warm
         return model.run_timed(feeds)[1]
 

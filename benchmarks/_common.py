@@ -1,0 +1,38 @@
+"""What the benchmark scripts share: the ONNX Runtime peer and interleaved timing."""
+import time
+
+import numpy as np
+
+
+def ort_session(model, threads):
+    """ONNX Runtime on the CPU with ``threads`` intra-op threads (the peer of every benchmark)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def time_interleaved(runners, runs, warmup=3, pause=0.03):
+    """``{name: [seconds, ...]}``: ``warmup`` rounds, then ``runs`` rounds of every runner in turn,
+    each after ``pause`` seconds of idle (so the previous runtime's spinning worker threads,
+    ORT's pool or OpenMP's, are asleep and do not steal cores from the next)."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    samples = {k: [] for k in runners}
+    for _ in range(runs):
+        for k, run in runners.items():
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            run()
+            samples[k].append(time.perf_counter() - t0)
+    return samples
+
+
+def median_ms(samples):
+    return float(np.median(samples)) * 1e3
+
+
+def iqr_ms(samples):
+    return float(np.subtract(*np.percentile(samples, [75, 25]))) * 1e3

@@ -1,0 +1,112 @@
+"""Tuning end to end on each zoo model: how long it takes, and how fast the tuned plan runs.
+
+    python benchmarks/tune.py [--models resnet50 mobilenet_v2 mobilenet_v3_large vgg16] [--runs 30]
+
+Per model, in one run (batch 1, 224x224, 2 threads for everyone):
+
+- tuning time from an empty profile database (profiling + search) and again from the now warm
+  one (a fresh session on the same file), and the search time alone;
+- latency of the tuned plan beside the greedy plan, every single-family plan and ONNX Runtime:
+  medians of ``--runs`` interleaved runs after warm-up (see ``_common.time_interleaved``);
+- the tuned plan's predicted latency (sum of profiled costs) against its measured one.
+
+The profile database is a temporary file, so the user's own is neither used nor touched.
+Writes artifacts/benchmarks/tune.{md,json}.
+"""
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import workbench
+from workbench import zoo
+from workbench.check import relative_error
+from workbench.compiled import CompiledModel
+from workbench.cpu import cpu_name
+from workbench.session import Session
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import iqr_ms, median_ms, ort_session, time_interleaved  # noqa: E402
+
+
+def tune_twice(model, db, threads):
+    """``(session tuned from an empty db, seconds, seconds from the warm db)``."""
+    t0 = time.perf_counter()
+    s = Session.from_onnx(model, num_threads=threads, db=db)
+    s.tune()
+    empty_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    warm = Session.from_onnx(model, num_threads=threads, db=db)
+    warm.tune()
+    warm_s = time.perf_counter() - t0
+    assert warm.profiled.measured == 0, "the warm database should hold every record"
+    return s, empty_s, warm_s, warm.search_s
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--pause", type=float, default=0.03, help="seconds of idle before each timed run")
+    p.add_argument("--out", default="artifacts/benchmarks")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            model = zoo.build(name)
+            session, empty_s, warm_s, search_s = tune_twice(model, Path(tmp) / f"{name}.sqlite", args.threads)
+            graph = session.graph
+            feeds = workbench.random_inputs(graph)
+            ort = ort_session(model, args.threads)
+            reference = ort.run(None, feeds)[0]
+            plans = {"tuned": session.plan, "greedy": session.greedy_plan(), **session.family_plans()}
+            runners = {"onnxruntime": lambda: ort.run(None, feeds)}
+            errors = {}
+            for key, plan in plans.items():
+                compiled = session.compile() if key == "tuned" else CompiledModel(graph, plan.choice, args.threads)
+                errors[key] = relative_error(next(iter(compiled.run(feeds).values())), reference)
+                runners[key] = (lambda c=compiled: c.run(feeds))
+            samples = time_interleaved(runners, args.runs, args.warmup, args.pause)
+            ms = {k: median_ms(v) for k, v in samples.items()}
+            families = {k: v for k, v in ms.items() if k.startswith("cpu:")}
+            best_family = min(families, key=families.get)
+            row = dict(model=name, layers=len(graph), tuning_empty_s=empty_s, tuning_warm_s=warm_s, search_s=search_s,
+                       plan_method=session.plan.method, dp_states=session.plan.states,
+                       ort_ms=ms["onnxruntime"], tuned_ms=ms["tuned"], tuned_iqr_ms=iqr_ms(samples["tuned"]),
+                       greedy_ms=ms["greedy"], best_family=best_family, best_family_ms=ms[best_family],
+                       predicted_ms=session.plan.cost * 1e3, greedy_predicted_ms=plans["greedy"].cost * 1e3,
+                       best_family_predicted_ms=plans[best_family].cost * 1e3,
+                       adapts=len(session.plan.adapts), rel_error=errors["tuned"],
+                       all_ms=ms, all_predicted_ms={k: p.cost * 1e3 for k, p in plans.items()})
+            row["tuned_vs_ort"] = row["tuned_ms"] / row["ort_ms"]
+            row["tuned_vs_best_family"] = row["tuned_ms"] / row["best_family_ms"]
+            row["predicted_vs_measured"] = row["predicted_ms"] / row["tuned_ms"]
+            results.append(row)
+            print(f"{name}: tuned {row['tuned_ms']:.2f} ms (predicted {row['predicted_ms']:.2f}), ORT "
+                  f"{row['ort_ms']:.2f}, best family {best_family} {row['best_family_ms']:.2f}, greedy "
+                  f"{row['greedy_ms']:.2f}; tuning {empty_s:.1f} s empty / {warm_s:.2f} s warm", file=sys.stderr)
+    (out / "tune.json").write_text(json.dumps({"machine": cpu_name(), "threads": args.threads, "runs": args.runs,
+                                               "results": results}, indent=1))
+    lines = [f"# Tuning, batch 1, 224x224, {args.threads} threads, median of {args.runs} interleaved runs",
+             f"machine: {cpu_name()}", "",
+             "| model | tune s (empty db) | tune s (warm db) | search ms | method | tuned ms | predicted ms "
+             "| pred / meas | greedy ms | best family | family ms | ORT ms | tuned / ORT | tuned / family | rel. error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['tuning_empty_s']:.1f} | {r['tuning_warm_s']:.2f} | {r['search_s'] * 1e3:.1f} "
+                     f"| {r['plan_method']} | {r['tuned_ms']:.2f} | {r['predicted_ms']:.2f} "
+                     f"| {r['predicted_vs_measured']:.2f} | {r['greedy_ms']:.2f} | `{r['best_family']}` "
+                     f"| {r['best_family_ms']:.2f} | {r['ort_ms']:.2f} | **{r['tuned_vs_ort']:.2f}** "
+                     f"| {r['tuned_vs_best_family']:.2f} | {r['rel_error']:.1e} |")
+    (out / "tune.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

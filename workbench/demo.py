@@ -1,0 +1,75 @@
+"""The main job, end to end on a zoo model: import and fuse, profile (through the database),
+select by DP, run and measure the tuned plan beside ONNX Runtime, export the tuned file, load
+it back and check it.  ``workbench demo`` and ``scripts/dev.sh demo`` run this."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import zoo
+from .check import compare_outputs, run_onnxruntime
+from .execute import random_inputs
+from .report import format_table
+from .session import Session
+
+
+def _ort_latency(model, feeds, threads, runs):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        sess.run(None, feeds)
+    samples = []
+    for _ in range(runs):
+        time.sleep(0.03)   # let the previous runtime's spinning threads go idle
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        samples.append(time.perf_counter() - t0)
+    return float(np.median(samples))
+
+
+def run_demo(name="resnet50", batch=1, resolution=None, output=None, num_threads=None, db=None, runs=30,
+             out=print):
+    """Tune zoo model ``name`` and export it to ``output`` (default ``artifacts/<name>.tuned.onnx``).
+    Returns the worst relative error of the loaded tuned file against ONNX Runtime."""
+    kwargs = {"resolution": resolution} if resolution else {}
+    model = zoo.build(name, batch=batch, **kwargs)
+    session = Session.from_onnx(model, num_threads=num_threads, db=db)
+    out(f"{name}: {len(session.graph)} layers after fusion, {session.num_threads} threads, "
+        f"profile database {session.db.path}")
+    t0 = time.perf_counter()
+    plan = session.tune(progress=True)
+    out(f"tuned in {time.perf_counter() - t0:.1f} s ({session.profiled.measured} measurements, "
+        f"{session.profiled.reused} reused; selection by {plan.method} in {session.search_s * 1e3:.1f} ms)")
+    rows = [dict(r, adapts=len(r["adapts"])) for r in session.layer_rows()]
+    out("")
+    out(format_table(rows, [("index", "#"), ("name", "layer"), ("op", "op"), ("routine", "routine"),
+                            ("cost_ms", "ms"), ("runner_up", "runner-up"), ("runner_up_ms", "ms"),
+                            ("adapts", "adapts in")]))
+    greedy = session.greedy_plan()
+    families = session.family_plans()
+    best = min(families, key=lambda k: families[k].cost)
+    feeds = random_inputs(session.graph)
+    session.measure(runs=runs, inputs=feeds)
+    ort_s = _ort_latency(model, feeds, session.num_threads, runs)
+    out("")
+    out(f"predicted {plan.cost * 1e3:.2f} ms (greedy {greedy.cost * 1e3:.2f}, best single family {best} "
+        f"{families[best].cost * 1e3:.2f}); measured {session.measured.median * 1e3:.2f} ms; "
+        f"ONNX Runtime {ort_s * 1e3:.2f} ms ({session.measured.median / ort_s:.2f}x)")
+    path = Path(output or Path("artifacts") / f"{name}.tuned.onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    session.export(path)
+    from . import load
+    loaded = load(path)
+    ours = loaded.run(feeds)
+    errors = compare_outputs(ours, run_onnxruntime(model, feeds, threads=session.num_threads))
+    again = compare_outputs(ours, run_onnxruntime(path, feeds, threads=session.num_threads))
+    out(f"exported {path} ({path.stat().st_size / 2**20:.1f} MiB); loaded back: same plan "
+        f"{loaded.plan.choice == plan.choice}; max relative error vs ONNX Runtime on the original "
+        f"{max(errors.values()):.2g}, ONNX Runtime on the tuned file {max(again.values()):.2g}")
+    return max(max(errors.values()), max(again.values()))

@@ -1,7 +1,23 @@
 """What the benchmark scripts share: the ONNX Runtime peer and interleaved timing."""
+import argparse
 import time
+from pathlib import Path
 
 import numpy as np
+
+
+def parse_args(doc, argv=None):
+    """The options every whole-model benchmark takes; makes the output folder."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--pause", type=float, default=0.03, help="seconds of idle before each timed run")
+    p.add_argument("--out", default="artifacts/benchmarks")
+    args = p.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return args
 
 
 def ort_session(model, threads):

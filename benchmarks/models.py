@@ -9,7 +9,6 @@ are interleaved (ORT, family 1, family 2, ..., repeat) so machine noise hits all
 short pause before each run so that the previous runtime's spinning worker threads (ORT's pool,
 OpenMP's) are idle and do not steal cores from the next; medians of ``--runs`` runs after warm-up.  Writes artifacts/benchmarks/models.{md,json}.
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -23,20 +22,12 @@ from workbench.cpu import cpu_name
 from workbench.session import conv_families
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import iqr_ms, median_ms, ort_session, time_interleaved  # noqa: E402
+from _common import iqr_ms, median_ms, ort_session, parse_args, time_interleaved  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16"])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--pause", type=float, default=0.03, help="seconds of idle before each timed run")
-    p.add_argument("--out", default="artifacts/benchmarks")
-    args = p.parse_args(argv)
+    args = parse_args(__doc__, argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.models:
         model = zoo.build(name)

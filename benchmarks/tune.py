@@ -13,7 +13,6 @@ Per model, in one run (batch 1, 224x224, 2 threads for everyone):
 The profile database is a temporary file, so the user's own is neither used nor touched.
 Writes artifacts/benchmarks/tune.{md,json}.
 """
-import argparse
 import json
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from workbench.cpu import cpu_name
 from workbench.session import Session
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import iqr_ms, median_ms, ort_session, time_interleaved  # noqa: E402
+from _common import iqr_ms, median_ms, ort_session, parse_args, time_interleaved  # noqa: E402
 
 
 def tune_twice(model, db, threads):
@@ -46,16 +45,8 @@ def tune_twice(model, db, threads):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16"])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--pause", type=float, default=0.03, help="seconds of idle before each timed run")
-    p.add_argument("--out", default="artifacts/benchmarks")
-    args = p.parse_args(argv)
+    args = parse_args(__doc__, argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

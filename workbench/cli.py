@@ -1,4 +1,5 @@
-"""The ``workbench`` command.
+"""The ``workbench`` command: info, run, routines, zoo, demo here; profile and tune in
+:mod:`workbench.cli_tune` (which also handles tuned files given to run/routines/info).
 
 Exit codes: 0 success, 1 a ``--check`` beyond tolerance, 2 bad input (missing/corrupt file,
 unsupported op, wrong input name/shape/dtype), with a one-line (or one-block) message, never a traceback.
@@ -48,17 +49,27 @@ def _load_arrays(pairs):
     return arrays
 
 
-def _load_graph(args, arrays=None, fuse=True):
-    from . import load
+def _shapes(args, model, arrays=None):
+    """``--shape`` values (and the shapes of ``--input`` arrays), checked against the model's inputs."""
     shapes = dict(args.shape or [])
     for name, a in (arrays or {}).items():
         shapes.setdefault(name, a.shape)
-    model = _read(args.model)
     names = _input_names(model)
     unknown = [n for n in shapes if n not in names]
     if unknown:
         raise InputError(f"unknown input name(s) {unknown}; {args.model} has inputs {names}")
-    return model, load(model, batch=args.batch, shapes=shapes or None, fuse=fuse)
+    return shapes or None
+
+
+def _load_graph(args, arrays=None, fuse=True, model=None):
+    """``(model, Graph)``: always the imported graph, a tuned file's included (its plan is ignored)."""
+    from .onnx_import import import_onnx
+    from .passes import optimize
+    model = model if model is not None else _read(args.model)
+    graph = import_onnx(model, batch=args.batch, shapes=_shapes(args, model, arrays))
+    if fuse:
+        optimize(graph)
+    return model, graph
 
 
 def _read(path):
@@ -79,8 +90,12 @@ def cmd_info(args):
     if bad:
         from .errors import UnsupportedOpsError
         raise UnsupportedOpsError(bad)
-    _, graph = _load_graph(args)
+    _, graph = _load_graph(args, model=model)
     print(report.summary(graph))
+    from .tuned import is_tuned
+    if is_tuned(model):
+        from .cli_tune import tuned_summary
+        print(tuned_summary(model))
     print()
     print(report.format_table(report.layer_rows(graph), report.LAYER_COLUMNS))
     return 0
@@ -88,11 +103,16 @@ def cmd_info(args):
 
 def cmd_run(args):
     from .assign import assign
-    from .check import compare_outputs, run_onnxruntime
+    from .check import run_onnxruntime
     from .compiled import CompiledModel
     from .execute import random_inputs
+    from .tuned import is_tuned
+    model = _read(args.model)
+    if is_tuned(model):
+        from .cli_tune import run_tuned
+        return run_tuned(args, model)
     arrays = _load_arrays(args.input or [])
-    model, graph = _load_graph(args, arrays, fuse=not args.no_fuse)
+    model, graph = _load_graph(args, arrays, fuse=not args.no_fuse, model=model)
     assignment, fallbacks = assign(graph, args.routine or ())
     for fb in fallbacks:
         print(f"note: layer {fb.layer!r}: no {fb.wanted} routine applies; using {fb.chosen}")
@@ -100,6 +120,12 @@ def cmd_run(args):
     feeds = random_inputs(graph, seed=args.seed)
     feeds.update(arrays)
     outputs = compiled.run(feeds)
+    return _report_outputs(args, outputs, lambda: run_onnxruntime(model, feeds))
+
+
+def _report_outputs(args, outputs, reference, before_check=None):
+    """Print ``outputs``, write them (``--output-dir``), compare with ``reference()`` (``--check``)."""
+    from .check import compare_outputs
     for name, value in outputs.items():
         print(f"{name}: {value.shape} {value.dtype}  mean {value.mean():.6g}  std {value.std():.6g}")
     if args.output_dir:
@@ -108,8 +134,10 @@ def cmd_run(args):
         for name, value in outputs.items():
             np.save(out / f"{_safe(name)}.npy", value)
         print(f"wrote {len(outputs)} output(s) to {out}/")
+    if before_check:
+        print(before_check)
     if args.check:
-        errors = compare_outputs(outputs, run_onnxruntime(model, feeds))
+        errors = compare_outputs(outputs, reference())
         worst = 0.0
         for name, err in errors.items():
             print(f"check {name}: max relative error vs onnxruntime {err:.3g} (rtol {args.rtol:g})")
@@ -128,7 +156,12 @@ def cmd_routines(args):
             print(f"{op:22s} {descriptor}")
         return 0
     from .assign import assign
-    _, graph = _load_graph(args)
+    from .tuned import is_tuned
+    model = _read(args.model)
+    if is_tuned(model):
+        from .cli_tune import routines_tuned
+        return routines_tuned(args, model)
+    _, graph = _load_graph(args, model=model)
     assignment, fallbacks = assign(graph, args.routine or ())
     for i, layer in enumerate(graph):
         options = [r.descriptor for r in routines.applicable(graph, layer)]
@@ -160,24 +193,11 @@ def cmd_zoo(args):
 
 
 def cmd_demo(args):
-    """Until the tuner exists, the main job: import a zoo model, fuse, run, check, summarise."""
-    from . import load, report
-    from .check import compare_outputs, run_onnxruntime
-    from .execute import TimedReferenceExecutor, random_inputs
-    kwargs = {"resolution": args.resolution} if args.resolution else {}
-    model = zoo.build(args.name, batch=args.batch or 1, **kwargs)
-    graph = load(model)
-    print(report.summary(graph))
-    feeds = random_inputs(graph)
-    executor = TimedReferenceExecutor(graph)
-    outputs = executor.run(feeds)
-    print()
-    print(report.format_table(report.layer_rows(graph, executor.times), report.LAYER_COLUMNS + [("ms", "ref ms")]))
-    errors = compare_outputs(outputs, run_onnxruntime(model, feeds))
-    print()
-    for name, err in errors.items():
-        print(f"{name}: max relative error of the fused reference vs onnxruntime: {err:.3g}")
-    return 0 if max(errors.values()) <= 1e-4 else 1
+    """The main job end to end: tune a zoo model, run it beside ONNX Runtime, export it, reload it."""
+    from .demo import run_demo
+    worst = run_demo(args.name, batch=args.batch or 1, resolution=args.resolution, output=args.output,
+                     num_threads=args.threads, db=args.db, runs=args.runs)
+    return 0 if worst <= 1e-4 else 1
 
 
 def build_parser():
@@ -203,7 +223,7 @@ def build_parser():
     model_args(sp)
     sp.set_defaults(func=cmd_info)
 
-    sp = sub.add_parser("run", help="run a model (fast routines by default; see --routine)")
+    sp = sub.add_parser("run", help="run a model (fast routines by default; see --routine); a tuned file runs its plan")
     model_args(sp)
     sp.add_argument("--input", action="append", type=_parse_input, metavar="NAME=FILE.npy")
     sp.add_argument("--output-dir", help="write each output as NAME.npy here")
@@ -214,13 +234,17 @@ def build_parser():
     routine_args(sp)
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("routines", help="list routines; with MODEL, the routines that apply to each layer")
-    sp.add_argument("model", nargs="?", help="ONNX model file")
+    sp = sub.add_parser("routines", help="list routines; with MODEL, the routines that apply to each layer "
+                                         "(a tuned file: each layer's routine and why)")
+    sp.add_argument("model", nargs="?", help="ONNX model file, or a tuned file")
     sp.add_argument("--shape", action="append", type=_parse_shape, metavar="NAME=1x3x224x224")
     sp.add_argument("--batch", type=int)
     sp.add_argument("--routine", action="append", metavar="FILTER",
                     help="routine filter, e.g. 'cpu:float32:nhwc/*' or 'cpu:float32:nchw/im2col@3,5..9'")
     sp.set_defaults(func=cmd_routines)
+
+    from .cli_tune import add_parsers
+    add_parsers(sub, model_args)
 
     sp = sub.add_parser("zoo", help="write a zoo model (no name: list them)")
     sp.add_argument("name", nargs="?")
@@ -230,10 +254,15 @@ def build_parser():
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_zoo)
 
-    sp = sub.add_parser("demo", help="import, fuse and run a zoo model; compare with ONNX Runtime")
+    sp = sub.add_parser("demo", help="tune a zoo model end to end (profile, select, run beside ONNX Runtime, "
+                                     "export, reload, check)")
     sp.add_argument("name", nargs="?", default="resnet50", choices=zoo.NAMES)
     sp.add_argument("--batch", type=int)
     sp.add_argument("--resolution", type=int)
+    sp.add_argument("-o", "--output", help="tuned file (default artifacts/NAME.tuned.onnx)")
+    sp.add_argument("--threads", type=int, help="threads for kernels and BLAS (default: all available)")
+    sp.add_argument("--db", help="profile database (default: the user cache; $WORKBENCH_PROFILE_DB)")
+    sp.add_argument("--runs", type=int, default=30, help="timed runs for the latencies (default 30)")
     sp.set_defaults(func=cmd_demo)
     return p
 

@@ -5,7 +5,8 @@ constants (folded BatchNorm weights included) and its original attributes; what 
 spelled out again in standard ops after it, each node named ``<layer>/<part>``:
 
 - a fused residual add: ``Add(<layer>/raw, skip)``;
-- a fused activation: its own op (``HardSwish`` as ``HardSigmoid`` + ``Mul`` before opset 14);
+- a fused activation: its own op (``HardSwish`` as ``HardSigmoid`` + ``Mul`` before opset 14, as
+  is a HardSwish layer of its own, whose ``HardSigmoid`` node keeps the layer's name);
 - a :class:`~workbench.ops.normalization.ChannelAffine` is written as the
   ``BatchNormalization`` it came from, with mean 0, variance 1 and epsilon 0 (exact).
 
@@ -107,6 +108,10 @@ def _emit(w, layer, metadata):
                w.const(f"{layer.name}.shift", layer.consts[2]), w.const(f"{layer.name}.mean", np.zeros(c, dt)),
                w.const(f"{layer.name}.var", np.ones(c, dt))]
         w.node("BatchNormalization", ins, [raw], layer.name, metadata=metadata, epsilon=0.0)
+    elif layer.op == "HardSwish" and w.opset < 14:   # merged from HardSigmoid + Mul: written so again
+        gate = f"{layer.name}/gate"
+        w.node("HardSigmoid", [layer.inputs[0]], [gate], layer.name, metadata=metadata, alpha=1 / 6, beta=0.5)
+        w.node("Mul", [layer.inputs[0], gate], [raw], f"{layer.name}/mul", metadata=part_of)
     else:
         attributes, taken = _source_attributes(layer)
         n_inputs = 3 if (layer.op == "Conv" and residual) else len(layer.inputs)

@@ -28,8 +28,19 @@ class Profile:
     routine: dict = field(default_factory=dict)
     adapt: dict = field(default_factory=dict)
     num_threads: int = 1
-    measured: int = 0     # records measured now (the rest came from the database)
-    reused: int = 0
+    measured: int = 0     # records measured now
+    reused: int = 0       # records taken from the database
+    shared: int = 0       # records of a layer or tensor identical to one measured in this run
+
+    def merge(self, other):
+        """Add ``other``'s records and counts (a later, partial profile) to this one."""
+        for layer, recs in other.routine.items():
+            self.routine.setdefault(layer, {}).update(recs)
+        self.adapt.update(other.adapt)
+        self.measured += other.measured
+        self.reused += other.reused
+        self.shared += other.shared
+        return self
 
 
 def _adapt_signature(spec, a):
@@ -61,21 +72,36 @@ def adaptable_tensors(graph):
     return {t: s for t, s in tensors.items() if len(s.shape) == 4 and s.dtype == "float32"}
 
 
-def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progress=False, layers=None):
+def candidates(graph, layer):
+    """The routines tuning considers for ``layer`` by default: every applicable one but the NumPy
+    reference (the correctness oracle, which allocates per run), unless nothing else applies."""
+    found = routines.applicable(graph, layer)
+    fast = [r for r in found if r.algo != "reference"]
+    return fast or found
+
+
+def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progress=False, layers=None,
+            wanted=None, adapts=True):
     """Measure ``graph``'s routines and adapts (see module docstring); returns a :class:`Profile`.
 
-    ``layers`` limits routine measurement to those layer names (reprofiling a selection).
+    ``wanted`` maps layer names to the descriptors to measure (default: :func:`candidates` of
+    every layer); ``layers`` limits re-measurement (``reprofile``) to those layer names;
+    ``adapts=False`` skips the adapts.
     """
     threads = int(num_threads or default_threads())
     db = db or ProfileDatabase(num_threads=threads)
     result = Profile(num_threads=threads)
     jobs = []
     for layer in graph:
+        if wanted is not None and layer.name not in wanted:
+            continue
         specs = graph.input_specs(layer)
         sig = signature(layer, specs)
-        for r in routines.applicable(graph, layer):
+        chosen = (candidates(graph, layer) if wanted is None else
+                  [routines.get(layer.op, d) for d in wanted[layer.name]])
+        for r in chosen:
             jobs.append(("routine", sig, r.descriptor, layer, r))
-    for t, spec in adaptable_tensors(graph).items():
+    for t, spec in (adaptable_tensors(graph) if adapts else {}).items():
         for src in LAYOUTS:
             for a in adapts_mod.path(spec.with_layout(src), NHWC if src == NCHW else NCHW):
                 jobs.append(("adapt", _adapt_signature(spec, a), a.name, (t, spec), a))
@@ -84,8 +110,11 @@ def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progr
     for kind, sig, name, what, impl in jobs:
         key = (kind, sig, name)
         rec = fresh.get(key)   # an identical layer or tensor measured earlier in this run
-        if rec is None and not (reprofile or (layers is not None and kind == "routine" and what.name in layers)):
+        if rec is not None:
+            result.shared += 1
+        elif not (reprofile or (layers is not None and kind == "routine" and what.name in layers)):
             rec = db.get(kind, sig, name)
+            result.reused += rec is not None
         if rec is None:
             if kind == "routine":
                 t = time_routine(graph, what, impl, repeats=repeats, num_threads=threads)
@@ -94,8 +123,6 @@ def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progr
             rec = Record(kind, sig, name, t.median, t.spread, t.samples, t.prepare_s)
             db.put([rec])
             result.measured += 1
-        else:
-            result.reused += 1
         fresh[key] = rec
         if kind == "routine":
             result.routine.setdefault(what.name, {})[name] = rec

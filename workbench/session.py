@@ -281,7 +281,7 @@ class Session:
                 readers.setdefault(t, []).append(layer)
         compiled = self.compile()
         for step in compiled.adapts:
-            tensor = step.name.split(":")[1]
+            tensor = step.name[len("adapt:"):].rsplit(":", 1)[0]   # "adapt:<tensor>:<src>-><dst>"; names may hold ":"
             for layer in readers.get(tensor, ()):
                 adapts_in.setdefault(layer.name, []).append(step.name)
         rows = []

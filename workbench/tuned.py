@@ -24,6 +24,7 @@ import warnings
 
 from . import routines, search
 from .errors import WorkbenchError, where
+from .graph import NCHW, NHWC
 
 FORMAT = "routine-workbench tuned model 1"
 PREFIX = "workbench."
@@ -102,6 +103,7 @@ def load(source, num_threads=None, db=None, warn=True, name=None):
     ModelProto; ``name`` for messages).  ``num_threads`` defaults to the tuned thread count."""
     from .onnx_import import import_onnx, read_model
     from .passes import optimize
+    from .profile import problem as make_problem
     from .profiledb import fingerprint, fingerprint_facts
     from .session import Session
     model = read_model(source)
@@ -117,6 +119,9 @@ def load(source, num_threads=None, db=None, warn=True, name=None):
     threads = _field(where_, PREFIX + "num_threads", meta["num_threads"], int)
     if threads < 1:
         raise TunedModelError(f"{where_}: field {PREFIX}num_threads must be >= 1, got {threads}")
+    if meta["io_format"] not in (NCHW, NHWC):
+        raise TunedModelError(f"{where_}: field {PREFIX}io_format must be {NCHW!r} or {NHWC!r}, "
+                              f"got {meta['io_format']!r}")
     predicted = _field(where_, PREFIX + "predicted_ms", meta["predicted_ms"], float)
     pins = _field(where_, PREFIX + "pins", meta.get("pins", "{}"), json.loads)
     filters = _field(where_, PREFIX + "filters", meta.get("filters", "[]"), json.loads)
@@ -153,7 +158,10 @@ def load(source, num_threads=None, db=None, warn=True, name=None):
     session = Session(graph, num_threads=num_threads or threads, db=db, io_format=meta["io_format"])
     session.filters = list(filters)
     session.pins = dict(pins)
-    session.plan = search.Plan(choice, predicted / 1e3, [], f"loaded ({meta.get('plan_method', '?')})")
+    # The adapts follow from the choice (the same ones the tuned plan had, graph outputs included).
+    structure = make_problem(graph, {n: {d: 0.0} for n, d in choice.items()}, {}, None, session.io_format)
+    adapts = search.evaluate(structure, choice)[1]
+    session.plan = search.Plan(choice, predicted / 1e3, adapts, f"loaded ({meta.get('plan_method', '?')})")
     session.tuned_on = facts
     session.tuned_metadata = meta
     here = fingerprint(session.num_threads)

@@ -2,7 +2,6 @@
 problem (checked with the MILP), beats greedy and every single-family plan, computes the model
 (reference executor and ONNX Runtime), honours pins and filters, reuses the profile, and reports
 bad requests with errors that name the layer and the problem."""
-import dataclasses
 import functools
 import time
 
@@ -45,14 +44,8 @@ def session_of(name, db, resolution=64, profile=True):
 
 
 def milp_cost(problem):
-    """The optimum by :func:`search.solve_milp`, with costs in microseconds: HiGHS stops within an
-    absolute gap of 1e-6, which in seconds would be several percent of a small model."""
-    k = 1e6
-    nodes = [dataclasses.replace(n, candidates=tuple(dataclasses.replace(c, cost=c.cost * k) for c in n.candidates))
-             for n in problem.nodes]
-    scaled = search.Problem(nodes, {a: v * k for a, v in problem.adapt_cost.items()},
-                            problem.input_formats, problem.output_formats)
-    return search.evaluate(problem, search.solve_milp(scaled).choice)[0]
+    """The optimum by :func:`search.solve_milp` (an independent exact method)."""
+    return search.solve_milp(problem).cost
 
 
 def assert_close(ours, ref, rtol=1e-4):
@@ -302,3 +295,28 @@ def test_tensor_names_with_colons(tmp_path):
     assert rows == {"c1": [], "c2": ["adapt:a:0:nchw->nhwc"], "c3": ["adapt:b:0:nhwc->nchw"]}
     feeds = s.random_inputs()
     assert_close(s.run(feeds), run_onnxruntime(model, feeds))
+
+
+def test_reference_is_profiled_only_when_a_filter_or_pin_names_it(db_path):
+    s, _ = session_of("tiny", db_path, resolution=None)
+    first = s.graph.layer("stem.conv")
+    assert not any(d.endswith("/reference") for d in s.profiled.routine[first.name])   # the oracle is no candidate
+    plan = s.tune(filters=["cpu:float32:nchw/reference@stem.conv"])
+    assert plan.choice["stem.conv"] == "cpu:float32:nchw/reference"
+    assert "cpu:float32:nchw/reference" in s.profiled.routine["stem.conv"]   # measured on demand
+    feeds = workbench.random_inputs(s.graph)
+    assert_close(s.run(feeds), workbench.ReferenceExecutor(s.graph).run(feeds))
+    s.tune(filters=[])
+    s.pin("fc", "cpu:float32:nchw/reference").retune()
+    assert s.plan.choice["fc"] == "cpu:float32:nchw/reference"
+
+
+def test_milp_is_exact_with_costs_in_seconds():
+    # Costs of 1e-5 s differ by less than HiGHS's absolute gap (1e-6) unless solve_milp scales them.
+    from workbench.search import Candidate, Node, Problem
+    nodes = [Node(f"n{i}", (f"t{i - 1}",) if i else ("x",), (f"t{i}",),
+                  (Candidate("a", 1e-5 + 3e-7 * (i % 3), ("nchw",), "nchw"),
+                   Candidate("b", 1e-5 + 2e-7 * ((i + 1) % 3), ("nhwc",), "nhwc"))) for i in range(12)]
+    adapt = {(t, s, d): 4e-7 for t in ["x"] + [f"t{i}" for i in range(12)] for s, d in (("nchw", "nhwc"), ("nhwc", "nchw"))}
+    problem = Problem(nodes, adapt, {"x": "nchw"}, {"t11": "nchw"})
+    assert search.solve_milp(problem).cost == pytest.approx(search.brute_force(problem).cost, rel=1e-12, abs=0)

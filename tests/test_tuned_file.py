@@ -442,3 +442,14 @@ def test_export_graph_of_fused_layers(case, opset, rng, tmp_path):
     assert loaded.plan.choice == s.plan.choice
     assert_close(loaded.run(feeds), reference)
     assert_close(run_onnxruntime(path, feeds), reference)
+
+
+def test_loaded_session_explains_its_plan_from_the_file(tiny_file):
+    s, path = tiny_file
+    loaded = workbench.load(path)
+    assert loaded.profiled is None   # nothing measured on load
+    rows, original = loaded.layer_rows(), s.layer_rows()
+    assert [r["routine"] for r in rows] == [r["routine"] for r in original]
+    for r, o in zip(rows, original):
+        assert r["cost_ms"] == pytest.approx(o["cost_ms"], abs=1e-5)   # the file keeps ms to 6 decimals
+        assert r["pinned"] == o["pinned"] and r["adapts"] == o["adapts"]

@@ -39,7 +39,7 @@ def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_thread
     from .onnx_import import read_model
     model = read_model(source)
     if tuned.is_tuned(model):
-        return tuned.load(model, num_threads=num_threads, name=_name(source))
+        return tuned.load(model, num_threads=num_threads, name=_name(source), stacklevel=3)
     graph = import_onnx(model, batch=batch, resolution=resolution, shapes=shapes)
     if fuse:
         optimize(graph)

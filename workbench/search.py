@@ -263,7 +263,12 @@ def solve_milp(problem):
                 if s != f:
                     # w - src_s - need_f >= fixed - 1
                     row([(("w", t, s, f), 1), (("need", t, f), -1)] + [(k, -v) for k, v in src_terms], fixed - 1, np.inf)
-    res = milp(c=np.array(costs), constraints=LinearConstraint(np.array(rows), lo, hi),
+    # HiGHS stops within an absolute gap of 1e-6 as well as the relative one: costs in seconds
+    # (1e-5..1e-2) would let it stop short of the optimum, so the objective is scaled to ~1e6.
+    c = np.array(costs)
+    finite = c[(c > 0) & (c < 1e9)]
+    c = c * (1e6 / finite.sum() if finite.size else 1.0)
+    res = milp(c=c, constraints=LinearConstraint(np.array(rows), lo, hi),
                integrality=np.ones(len(costs)), bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0})
     if not res.success:
         raise ValueError(f"MILP found no plan: {res.message}")

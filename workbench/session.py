@@ -74,6 +74,7 @@ class Session:
         self.measured = None        # Timing of the whole tuned model
         self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
         self.tuned_metadata = None  # model metadata of a loaded tuned file
+        self.loaded_costs = None    # {layer: {descriptor: s}} a loaded tuned file was tuned with
         self._compiled = None
 
     @classmethod
@@ -160,11 +161,24 @@ class Session:
             allowed[layer] = [descriptor]
         return allowed
 
+    def _ensure_profiled(self, wanted):
+        """Measure (or fetch from the database) the records of ``{layer: [descriptor]}`` that the
+        profile lacks: a filter or pin may name a routine the default profile leaves out (the
+        reference)."""
+        have = self.profiled.routine
+        missing = {layer: [d for d in ds if d not in have.get(layer, {})] for layer, ds in wanted.items()}
+        missing = {layer: ds for layer, ds in missing.items() if ds}
+        if missing:
+            self.profiled.merge(run_profile(self.graph, db=self.db, num_threads=self.num_threads,
+                                            wanted=missing, adapts=False))
+
     def retune(self):
         """Select again under the current filters and pins, reusing the profile."""
         if self.profiled is None:
             self.profile()
-        prob = self.problem(self.allowed())
+        allowed = self.allowed()
+        self._ensure_profiled(allowed)
+        prob = self.problem(allowed)
         t0 = time.perf_counter()
         self.plan = search.solve(prob)
         self.search_s = time.perf_counter() - t0
@@ -202,10 +216,11 @@ class Session:
     def family_plans(self):
         """``{filter: Plan}`` for every single-family assignment (the fixed choice each filter
         gives, as ``workbench run --routine`` runs it), costed on this profile."""
+        assignments = {fam: assign_mod.assign(self.graph, [fam]) for fam in conv_families()}
+        self._ensure_profiled({layer: [d] for choice, _ in assignments.values() for layer, d in choice.items()})
         prob = self.problem()
         plans = {}
-        for fam in conv_families():
-            choice, fallbacks = assign_mod.assign(self.graph, [fam])
+        for fam, (choice, fallbacks) in assignments.items():
             n_conv = sum(l.op == "Conv" for l in self.graph)
             if fam.split("/")[1] != "*" and sum(self.graph.layer(f.layer).op == "Conv" for f in fallbacks) == n_conv:
                 continue   # this family's conv algorithm applies to none of the model's convs
@@ -273,7 +288,10 @@ class Session:
         """One dict per layer: index, name, op, routine, cost (ms), its spread, the best other
         routine and its cost, whether pinned, the adapts feeding it."""
         plan = self._need_plan()
-        costs, _ = self.costs()
+        if self.profiled is None and self.loaded_costs is not None:
+            costs = self.loaded_costs   # a loaded tuned file: the costs it was tuned with
+        else:
+            costs, _ = self.costs()
         adapts_in = {}
         readers = {}
         for layer in self.graph:
@@ -289,7 +307,7 @@ class Session:
             chosen = plan.choice[layer.name]
             c = costs.get(layer.name, {})
             others = sorted((v, d) for d, v in c.items() if d != chosen)
-            rec = self.profiled.routine.get(layer.name, {}).get(chosen)
+            rec = self.profiled.routine.get(layer.name, {}).get(chosen) if self.profiled is not None else None
             rows.append(dict(index=i, name=layer.name, op=layer.op, routine=chosen,
                              cost_ms=c.get(chosen, float("nan")) * 1e3,
                              spread_ms=(rec.spread * 1e3) if rec else float("nan"),

@@ -98,9 +98,10 @@ def _field(where_, key, text, parse):
         raise TunedModelError(f"{where_}: field {key!r} is malformed ({e}): {text[:80]!r}") from None
 
 
-def load(source, num_threads=None, db=None, warn=True, name=None):
+def load(source, num_threads=None, db=None, warn=True, name=None, stacklevel=2):
     """A ready-to-run :class:`~workbench.session.Session` from a tuned file (path, bytes or
-    ModelProto; ``name`` for messages).  ``num_threads`` defaults to the tuned thread count."""
+    ModelProto; ``name`` for messages).  ``num_threads`` defaults to the tuned thread count;
+    ``stacklevel`` places the :class:`FingerprintWarning` at the caller's line."""
     from .onnx_import import import_onnx, read_model
     from .passes import optimize
     from .profile import problem as make_problem
@@ -139,7 +140,7 @@ def load(source, num_threads=None, db=None, warn=True, name=None):
     if stray:
         raise TunedModelError(f"{where_}: node(s) {stray[:5]} carry {PREFIX}routine but are no layer of the "
                               f"imported graph (the file was edited after tuning)")
-    choice = {}
+    choice, costs = {}, {}
     for layer in graph:
         props = annotated.get(layer.name)
         if props is None:
@@ -154,6 +155,11 @@ def load(source, num_threads=None, db=None, warn=True, name=None):
             raise TunedModelError(f"{where_}: {where(layer)} field {PREFIX}routine: {descriptor} does not apply "
                                   f"to this layer")
         _field(f"{where_}: {where(layer)}", PREFIX + "adapts", props.get(PREFIX + "adapts", "[]"), json.loads)
+        candidates = _field(f"{where_}: {where(layer)}", PREFIX + "candidates",
+                            props.get(PREFIX + "candidates", "{}"), json.loads)
+        if not isinstance(candidates, dict):
+            raise TunedModelError(f"{where_}: {where(layer)} field {PREFIX}candidates must be a JSON object")
+        costs[layer.name] = {d: float(ms) / 1e3 for d, ms in candidates.items()}
         choice[layer.name] = descriptor
     session = Session(graph, num_threads=num_threads or threads, db=db, io_format=meta["io_format"])
     session.filters = list(filters)
@@ -164,6 +170,7 @@ def load(source, num_threads=None, db=None, warn=True, name=None):
     session.plan = search.Plan(choice, predicted / 1e3, adapts, f"loaded ({meta.get('plan_method', '?')})")
     session.tuned_on = facts
     session.tuned_metadata = meta
+    session.loaded_costs = costs
     here = fingerprint(session.num_threads)
     if warn and here != meta["fingerprint"]:
         mine = fingerprint_facts(session.num_threads)
@@ -171,5 +178,5 @@ def load(source, num_threads=None, db=None, warn=True, name=None):
         warnings.warn(FingerprintWarning(
             f"{name} was tuned on another machine or setup (differs in: {', '.join(diff) or 'fingerprint'}); "
             f"it runs, but its routines may not be the fastest here: retune with session.retune() or "
-            f"`workbench tune`"), stacklevel=2)
+            f"`workbench tune`"), stacklevel=stacklevel)
     return session

@@ -85,3 +85,40 @@ def test_infeasible_is_an_error():
     node = Node("a", ("x",), ("y",), (Candidate("nhwc", 1.0, ("nhwc",), "nhwc"),))
     with pytest.raises(ValueError, match="no feasible"):
         solve(Problem([node], {}, {"x": "nchw"}, {"y": "nchw"}))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.integers(2, 8), st.randoms(use_true_random=False))
+def test_dp_table_traces_the_optimal_path_of_a_chain(n, rnd):
+    """On a chain every output format is one DP state, so the table's cells along the plan are
+    the plan: walking the predecessors back from the output gives the chosen routines, and each
+    cell's cost is the plan's cost of the prefix (brute force over the prefix agrees)."""
+    nodes = []
+    for i in range(n):
+        cands = tuple(Candidate(f"r{j}", rnd.uniform(0.1, 10), (fmt,), fmt)
+                      for j, fmt in enumerate(rnd.sample(FORMATS * 2, rnd.randint(1, 3))))
+        nodes.append(Node(f"n{i}", (f"t{i - 1}" if i else "in",), (f"t{i}",), cands))
+    adapt = {(t, s, d): rnd.uniform(0.05, 5) for t in ["in"] + [f"t{i}" for i in range(n)]
+             for s in FORMATS for d in FORMATS if s != d}
+    problem = Problem(nodes, adapt, {"in": "nchw"}, {f"t{n - 1}": "nchw"})
+    plan = solve(problem)
+    out_format = {nd.name: next(c.out_format for c in nd.candidates if c.name == plan.choice[nd.name]) for nd in nodes}
+    node, fmt = nodes[-1].name, out_format[nodes[-1].name]
+    while node is not None:
+        entry = plan.table[node][fmt]
+        assert entry.routine == plan.choice[node]
+        i = int(node[1:])
+        prefix = Problem(nodes[:i + 1], adapt, {"in": "nchw"}, {f"t{i}": fmt})
+        # the cell is the cheapest way to run nodes 0..i with node i writing ``fmt``
+        assert entry.cost == pytest.approx(min(brute_force_with_output(prefix, fmt)), rel=1e-9)
+        ((tensor, node, fmt),) = entry.predecessors
+        assert node is None or fmt == out_format[node]
+
+
+def brute_force_with_output(problem, fmt):
+    """Costs (adapts of the last tensor excluded) of every choice whose last node writes ``fmt``."""
+    import itertools
+    free = Problem(problem.nodes, problem.adapt_cost, problem.input_formats, {})
+    for combo in itertools.product(*[n.candidates for n in problem.nodes]):
+        if combo[-1].out_format == fmt:
+            yield evaluate(free, {n.name: c.name for n, c in zip(problem.nodes, combo)})[0]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ class Problem:
         return 0.0 if src == dst else self.adapt_cost.get((tensor, src, dst), math.inf)
 
 
+class TableEntry(NamedTuple):
+    """One cell of the DP table: the cheapest way to have run a node with its output in one
+    format: total cost so far (every node up to this one in topological order, and their
+    adapts), the node's routine, and per input ``(tensor, producing node or None for a graph
+    input, the format that producer wrote it in)``."""
+
+    cost: float
+    routine: str
+    predecessors: tuple
+
+
 @dataclass
 class Plan:
     """The chosen candidate per node, the adapts ``(tensor, src, dst)`` it implies, its cost."""
@@ -67,7 +79,7 @@ class Plan:
     cost: float
     adapts: list = field(default_factory=list)
     method: str = "dp"
-    table: dict = field(default_factory=dict)   # node -> {out format: (cost to here, predecessor node)}
+    table: dict = field(default_factory=dict)   # node -> {out format: TableEntry}
     states: int = 0
 
 
@@ -115,6 +127,7 @@ def evaluate(problem, choice):
 def solve(problem, max_states=20000):
     """The optimal :class:`Plan` (DP; MILP fallback when the DP's state space is too large)."""
     last = _last_use(problem)
+    producer = {t: n.name for n in problem.nodes for t in n.outputs}
     # state: tuple of (tensor, src format, frozenset of formats already adapted to), sorted
     start = tuple(sorted((t, f, frozenset()) for t, f in problem.input_formats.items() if t in last))
     frontier = {start: (0.0, None)}
@@ -158,8 +171,9 @@ def solve(problem, max_states=20000):
         per_format = {}
         for key, (c, prev, name) in nxt.items():
             fmt = next(cd.out_format for cd in node.candidates if cd.name == name)
-            if fmt not in per_format or c < per_format[fmt][0]:
-                per_format[fmt] = (c, name)
+            if fmt not in per_format or c < per_format[fmt].cost:
+                src = {t: f for t, f, _ in prev}
+                per_format[fmt] = TableEntry(c, name, tuple((t, producer.get(t), src[t]) for t in node.inputs))
         table[node.name] = per_format
         frontier = {k: (v[0], v[1]) for k, v in nxt.items()}
     # close the graph outputs

@@ -1,0 +1,106 @@
+"""Winograd Conv routines on our own AVX-512 SGEMM: ``cpu:float32:{nchw,nhwc}/winograd{2,4}_avx512``.
+
+The same transforms and numerics as ``winograd2``/``winograd4`` (``conv_winograd.py``, whose
+:data:`~.conv_winograd.RTOL` bounds hold here too); the (m+2)^2 transform-domain GEMMs run on
+``kernels_pyx/winograd512.pyx`` (``sgemm_avx512.h``) instead of OpenBLAS, which the environment
+caps at its Haswell kernels, with the transformed weights packed once in :meth:`prepare`.
+Offered only where the CPU has AVX-512 and ``winograd512_avx512`` is built; never calls the
+BLAS, so needs no BLAS limit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import cpu
+from ..graph import NCHW, NHWC
+from .conv_winograd import _Winograd, transform_weights, winograd_applies
+from .epilogue import encode
+
+
+def _kernels():
+    mod = cpu.kernel_module("winograd512", "avx512")
+    return mod if mod is not None and mod.available else None
+
+
+def plan(m, n, c, h, w, mo, num_threads, nhwc=False):
+    """(tile rows per block, parallel mode) for a layer with output ``h`` x ``w``.
+
+    Measured on ResNet-50's and VGG-16's 3x3 layers (2 threads): the whole layer at once in
+    mode 0 while V and Mo stay under ~16 MB (up to VGG's 56x56x256); beyond that (VGG's 224x224
+    and 112x112 layers) blocks of ~2 MB of V and Mo per thread in mode 1, which measured as fast
+    as mode 0 on an idle machine and 2-4x faster than it under load (no barriers to wait at).
+    """
+    tw, th = -(-w // m), -(-h // m)
+    per_row = (m + 2) ** 2 * (c + mo) * 4 * tw      # bytes of V and Mo per tile row
+    if per_row * n * th <= 16 << 20:
+        return n * th, 0
+    return max(1, min((2 << 20) // per_row, -(-n * th // num_threads))), 1
+
+
+class _Winograd512(_Winograd, register=False):
+    #: Preference where measured faster than the BLAS Winograd routines (``winograd4``: 12),
+    #: ``im2col_avx512`` (11.5) and each other: 3x3 stride-1 layers with ``min_pixels`` <= output
+    #: pixels < ``max_pixels`` and at least ``min_channels`` inputs; ``slow_priority`` elsewhere.
+    fast_priority, slow_priority = None, 5
+    min_pixels, max_pixels, min_channels = 0, float("inf"), 1
+
+    @classmethod
+    def preference(cls, layer, specs):
+        out = layer.out_specs[0].shape
+        fast = (cls.fast_priority is not None and cls.min_pixels <= out[2] * out[3] < cls.max_pixels
+                and specs[0].shape[1] >= cls.min_channels)
+        return cls.fast_priority if fast else cls.slow_priority
+
+    @classmethod
+    def prepare(cls, layer):
+        w = layer.const(1)
+        b = layer.const(2) if len(layer.inputs) > 2 else None
+        u = transform_weights(w, cls.m)
+        nhwc = cls.layout == NHWC
+        return {"U": _kernels().pack_u(np.ascontiguousarray(u.transpose(0, 2, 1)) if nhwc else u, nhwc),
+                "ep": encode(layer, w.shape[0]),
+                "bias": np.ascontiguousarray(b if b is not None else np.zeros(w.shape[0]), np.float32),
+                "scratch": {}, "plan": None}
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        x, out, ep, a = args[0], outs[0], state["ep"], layer.attrs
+        k = _kernels()
+        nhwc = cls.layout == NHWC
+        (n, h, w, c), mo = (x.shape, out.shape[3]) if nhwc else ((x.shape[0], *x.shape[2:], x.shape[1]), out.shape[1])
+        oh, ow = (out.shape[1], out.shape[2]) if nhwc else out.shape[2:]
+        rows, mode = state["plan"] or plan(cls.m, n, c, oh, ow, mo, num_threads, nhwc)
+        key = (x.shape, rows, mode, num_threads)
+        if key not in state["scratch"]:
+            sizes = k.scratch_floats(cls.m, n, c, h, w, mo, a["pads"], rows, mode, num_threads, nhwc)
+            state["scratch"] = {key: [np.empty(s, np.float32) for s in sizes]}
+        (k.nhwc if nhwc else k.nchw)(
+            x, state["U"], state["bias"], out, *state["scratch"][key], cls.m, a["pads"],
+            residual=args[3] if a.get("residual") else None, act=ep.code, p0=ep.p0, p1=ep.p1,
+            slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads)
+
+
+class Winograd2Avx512(_Winograd512):
+    algo, m, layout = "winograd2_avx512", 2, NCHW
+    # ResNet-50's 14x14 and 7x7 layers: 1.3x / 1.1x faster than winograd4_avx512 / im2col_avx512.
+    fast_priority, max_pixels = 12.6, 28 * 28
+
+
+class Winograd4Avx512(_Winograd512):
+    algo, m, layout = "winograd4_avx512", 4, NCHW
+    # 7x7 outputs: slower than winograd4 and im2col_avx512 (an image's 4 tiles, the GEMM's
+    # columns, fill an eighth of a 32-wide panel).
+    fast_priority, slow_priority, min_pixels = 12.5, 10.4, 14 * 14
+
+
+class Winograd2NhwcAvx512(_Winograd512):
+    algo, m, layout = "winograd2_avx512", 2, NHWC
+    # ResNet-50's 14x14 and 7x7 layers: faster than winograd4_avx512 and im2col_avx512.
+    fast_priority, max_pixels = 12.6, 28 * 28
+
+
+class Winograd4NhwcAvx512(_Winograd512):
+    algo, m, layout = "winograd4_avx512", 4, NHWC
+    # 7x7 outputs: tied with im2col_avx512; VGG's first layer (3 input channels): im2col_avx512
+    # measured 1.3x faster.
+    fast_priority, slow_priority, min_pixels, min_channels = 12.5, 11, 14 * 14, 16

@@ -13,7 +13,8 @@ def parse_args(doc, argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--pause", type=float, default=0.03, help="seconds of idle before each timed run")
+    p.add_argument("--pause", type=float, default=0.03, help="seconds of idle at the start of each turn")
+    p.add_argument("--lead-in", type=int, default=1, help="untimed runs before each timed run")
     p.add_argument("--out", default="artifacts/benchmarks")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -29,10 +30,13 @@ def ort_session(model, threads):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def time_interleaved(runners, runs, warmup=3, pause=0.03):
-    """``{name: [seconds, ...]}``: ``warmup`` rounds, then ``runs`` rounds of every runner in turn,
-    each after ``pause`` seconds of idle (so the previous runtime's spinning worker threads,
-    ORT's pool or OpenMP's, are asleep and do not steal cores from the next)."""
+def time_interleaved(runners, runs, warmup=3, pause=0.03, lead_in=1):
+    """``{name: [seconds, ...]}``: ``warmup`` rounds, then ``runs`` rounds of every runner in
+    turn.  A turn is: ``pause`` seconds idle, so the previous runtime's spinning worker threads
+    (ORT's pool, OpenMP's) go to sleep instead of stealing cores; ``lead_in`` untimed runs,
+    which bring the runner's data back into the caches and wake the vCPUs the pause let sleep
+    (on this VM their wake-up alone costs MobileNetV2 1 to 10 ms); one timed run.  The timed run
+    so sees back-to-back inference, and machine noise hits every runner alike."""
     for _ in range(warmup):
         for run in runners.values():
             run()
@@ -40,6 +44,8 @@ def time_interleaved(runners, runs, warmup=3, pause=0.03):
     for _ in range(runs):
         for k, run in runners.items():
             time.sleep(pause)
+            for _ in range(lead_in):
+                run()
             t0 = time.perf_counter()
             run()
             samples[k].append(time.perf_counter() - t0)

@@ -5,9 +5,9 @@
 A family is one routine filter (``cpu:float32:nhwc/im2col``: every layer it applies to, the
 nearest applicable routine elsewhere), the families being every (layout, algorithm) pair of the
 Conv routines plus the plain layout families.  Batch 1, 224x224, 2 threads for everyone.  Runs
-are interleaved (ORT, family 1, family 2, ..., repeat) so machine noise hits all alike, with a
-short pause before each run so that the previous runtime's spinning worker threads (ORT's pool,
-OpenMP's) are idle and do not steal cores from the next; medians of ``--runs`` runs after warm-up.  Writes artifacts/benchmarks/models.{md,json}.
+are interleaved (ORT, family 1, family 2, ..., repeat) so machine noise hits all alike, each
+turn one untimed run then one timed run (see ``_common.time_interleaved``); medians of
+``--runs`` timed runs after warm-up.  Writes artifacts/benchmarks/models.{md,json}.
 """
 import json
 import sys
@@ -47,7 +47,7 @@ def main(argv=None):
             info[fam] = dict(fallbacks=len(fallbacks), adapts=len(compiled.adapts), rel_error=err,
                              reference_layers=sum(d.endswith("/reference") for d in assignment.values()))
             runners[fam] = (lambda c=compiled: c.run(feeds))
-        samples = time_interleaved(runners, args.runs, args.warmup, args.pause)
+        samples = time_interleaved(runners, args.runs, args.warmup, args.pause, args.lead_in)
         ort_ms = median_ms(samples["onnxruntime"])
         for k, s in samples.items():
             ms = median_ms(s)

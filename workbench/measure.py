@@ -54,7 +54,7 @@ def layer_arrays(graph, layer, routine, seed=0):
 
 #: How :func:`time_routine` measures; part of the profile database's machine fingerprint, so
 #: that records taken another way are not mixed in.
-METHOD = "cold-weights/1"
+METHOD = "cold-weights-and-outputs/2"
 
 
 def _arrays_in(obj, found):
@@ -74,10 +74,11 @@ def time_routine(graph, layer, routine, repeats=20, warmup=3, num_threads=None, 
     """Time ``routine`` on ``layer``: :class:`Timing` with ``repeats`` samples (more until
     ``min_time`` seconds of samples are collected).
 
-    With ``cold_weights`` (the default) the layer's constants and the routine's prepared state
-    (packed or transformed weights, work buffers) are evicted from the caches before every run,
-    as they are inside a model, where the other layers' data has pushed them out since the
-    last inference; the activations stay warm, as the producer just wrote them.  (Timed hot, a
+    With ``cold_weights`` (the default) the layer's constants, the routine's prepared state
+    (packed or transformed weights, work buffers) and its output buffers are evicted from the
+    caches before every run, as they are inside a model, where the other layers' data has
+    pushed them out since the last inference; the inputs stay warm, as the producer just wrote
+    them.  (Timed hot, a
     routine with big transformed weights, such as Winograd F(4x4), looks up to 1.5x faster
     than it runs in the model.)
     """
@@ -92,7 +93,7 @@ def time_routine(graph, layer, routine, repeats=20, warmup=3, num_threads=None, 
         for _ in range(warmup):
             routine.run(layer, state, args, outs, threads)
         # Collected after the warm-up: a first run may add work buffers to the state.
-        evict = _evictor(_arrays_in([state, list(layer.consts.values())], []) if cold_weights else [])
+        evict = _evictor(_arrays_in([state, list(layer.consts.values()), outs], []) if cold_weights else [])
         total = 0.0
         while len(timing.samples) < repeats or total < min_time:
             evict()

@@ -100,9 +100,11 @@ static inline void wb512_pack_a(ptrdiff_t mcb, ptrdiff_t kcb, const float* a, pt
         _mm512_mask_storeu_ps(cr + 16, m1, c##i##1); \
     }
 
-/* C(mr x nr) (+)= packed A strip (kcb x 12) @ packed B panel (kcb x 32). */
-static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
-                               int mr, int nr, int load) {
+/* C(mr x nr) (+)= packed A strip (kcb x 12) @ packed B panel (kcb x 32); while streaming the
+ * panel, prefetch the same stretch of ``pf`` (the next panel, cold in memory, or any readable
+ * kcb x 32 floats) into L2, so the next panel's first strip does not wait on memory. */
+static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
+                                  int mr, int nr, int load, const float* pf) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00,
            c70 = c00, c71 = c00, c80 = c00, c81 = c00, c90 = c00, c91 = c00,
@@ -115,6 +117,9 @@ static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, 
         b0 = _mm512_loadu_ps(pb);
         b1 = _mm512_loadu_ps(pb + 16);
         _mm_prefetch((const char*)(pb + 8 * WB512_NR), _MM_HINT_T0);
+        _mm_prefetch((const char*)pf, _MM_HINT_T1);
+        _mm_prefetch((const char*)(pf + 16), _MM_HINT_T1);
+        pf += WB512_NR;
         WB512_ROW(0) WB512_ROW(1) WB512_ROW(2) WB512_ROW(3) WB512_ROW(4) WB512_ROW(5)
         WB512_ROW(6) WB512_ROW(7) WB512_ROW(8) WB512_ROW(9) WB512_ROW(10) WB512_ROW(11)
         pa += WB512_MR;
@@ -126,8 +131,8 @@ static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, 
 #undef WB512_ROW
 #undef WB512_STORE
 #else
-static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
-                               int mr, int nr, int load) {
+static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
+                                  int mr, int nr, int load, const float* pf) {
     float acc[WB512_MR][WB512_NR];
     ptrdiff_t kk;
     int i, j;
@@ -139,6 +144,12 @@ static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, 
         for (j = 0; j < nr; j++) c[i * ldc + j] = (load ? c[i * ldc + j] : 0.0f) + acc[i][j];
 }
 #endif
+
+/* The micro-kernel without prefetching ahead (the panel itself is the prefetch target). */
+static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
+                               int mr, int nr, int load) {
+    wb512_micro_pf(kcb, pa, pb, c, ldc, mr, nr, load, pb);
+}
 
 /* C[0:m, j0:j1] (+)= A(m, k) @ B[:, j0:j1] with B packed by wb512_pack_b (n columns in all);
  * j0 a multiple of WB512_NR.  abuf: wb512_abuf_floats() floats, this thread's own. */
@@ -161,9 +172,12 @@ static inline void wb512_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
             for (jp = j0 / WB512_NR; jp * WB512_NR < j1; jp++) {
                 const float* panel = pb + kb * npad + jp * kcb * WB512_NR;
                 ptrdiff_t col = jp * WB512_NR, nr = j1 - col < WB512_NR ? j1 - col : WB512_NR;
+                /* The first strip streams this panel from memory: have it fetch the next one. */
+                const float* next = (jp + 1) * WB512_NR < j1 ? panel + kcb * WB512_NR : panel;
                 for (ir = 0; ir < mcb; ir += WB512_MR) {
                     int mr = (int)(mcb - ir < WB512_MR ? mcb - ir : WB512_MR);
-                    wb512_micro(kcb, abuf + ir * kcb, panel, c + (ic + ir) * ldc + col, ldc, mr, (int)nr, load);
+                    wb512_micro_pf(kcb, abuf + ir * kcb, panel, c + (ic + ir) * ldc + col, ldc, mr, (int)nr, load,
+                                   ir == 0 ? next : panel);
                 }
             }
         }

@@ -12,6 +12,7 @@ import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch not installed: PyTorch export tests need the 2.13.0 CPU wheel")
@@ -22,6 +23,7 @@ from torch import nn  # noqa: E402
 
 import workbench  # noqa: E402
 from workbench import ReferenceExecutor, ShapeError  # noqa: E402
+from workbench.onnx_export import export_graph  # noqa: E402
 
 RTOL = 1e-4
 BATCH, RES = 2, (32, 48)
@@ -374,6 +376,14 @@ def check_case(case, path, x, torch_out, **load_kwargs):
         assert_close(o, r, f"output {i} vs onnxruntime")
         assert_close(o, t, f"output {i} vs torch")
     case.check(graph)
+    # The fused graph written back as ONNX (what a tuned file holds) runs in ONNX Runtime with
+    # the same outputs, and imports again to the same layers.
+    exported = path.with_name(path.stem + ".fused.onnx")
+    onnx.save_model(export_graph(graph), str(exported))
+    for i, (e, r) in enumerate(zip(run_ort(exported, feeds), ref)):
+        assert_close(e, r, f"output {i} of the exported fused graph vs onnxruntime on the original")
+    again = workbench.load(exported)
+    assert [(l.name, l.op) for l in again] == [(l.name, l.op) for l in graph]
     return graph
 
 

@@ -128,6 +128,25 @@ static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* p
     WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3) WB512_STORE(4) WB512_STORE(5)
     WB512_STORE(6) WB512_STORE(7) WB512_STORE(8) WB512_STORE(9) WB512_STORE(10) WB512_STORE(11)
 }
+/* The same product for a tail strip of at most 4 rows (mr <= 4): a third of the FMAs the
+ * 12-row kernel would spend on it (m = 49, ResNet's 7x7 layers, ends in a 1-row strip). */
+static inline void wb512_micro4(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
+                                int mr, int nr, int load) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00;
+    __m512 b0, b1, bc;
+    ptrdiff_t kk;
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+    for (kk = 0; kk < kcb; kk++) {
+        b0 = _mm512_loadu_ps(pb);
+        b1 = _mm512_loadu_ps(pb + 16);
+        WB512_ROW(0) WB512_ROW(1) WB512_ROW(2) WB512_ROW(3)
+        pa += WB512_MR;
+        pb += WB512_NR;
+    }
+    WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3)
+}
 #undef WB512_ROW
 #undef WB512_STORE
 #else
@@ -136,12 +155,20 @@ static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* p
     float acc[WB512_MR][WB512_NR];
     ptrdiff_t kk;
     int i, j;
+    (void)pf;
     memset(acc, 0, sizeof(acc));
     for (kk = 0; kk < kcb; kk++)
         for (i = 0; i < WB512_MR; i++)
             for (j = 0; j < WB512_NR; j++) acc[i][j] += pa[kk * WB512_MR + i] * pb[kk * WB512_NR + j];
     for (i = 0; i < mr; i++)
         for (j = 0; j < nr; j++) c[i * ldc + j] = (load ? c[i * ldc + j] : 0.0f) + acc[i][j];
+}
+#endif
+
+#if !WB512_NATIVE
+static inline void wb512_micro4(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
+                                int mr, int nr, int load) {
+    wb512_micro_pf(kcb, pa, pb, c, ldc, mr, nr, load, pb);
 }
 #endif
 
@@ -176,8 +203,11 @@ static inline void wb512_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
                 const float* next = (jp + 1) * WB512_NR < j1 ? panel + kcb * WB512_NR : panel;
                 for (ir = 0; ir < mcb; ir += WB512_MR) {
                     int mr = (int)(mcb - ir < WB512_MR ? mcb - ir : WB512_MR);
-                    wb512_micro_pf(kcb, abuf + ir * kcb, panel, c + (ic + ir) * ldc + col, ldc, mr, (int)nr, load,
-                                   ir == 0 ? next : panel);
+                    if (mr <= 4 && ir > 0)
+                        wb512_micro4(kcb, abuf + ir * kcb, panel, c + (ic + ir) * ldc + col, ldc, mr, (int)nr, load);
+                    else
+                        wb512_micro_pf(kcb, abuf + ir * kcb, panel, c + (ic + ir) * ldc + col, ldc, mr, (int)nr,
+                                       load, ir == 0 ? next : panel);
                 }
             }
         }

@@ -39,6 +39,23 @@ def test_sgemm_matches_numpy(m, n, k, trans_b, accumulate, threads, seed):
     assert _rel_err(c, want) < 1e-5
 
 
+@pytest.mark.parametrize("m", [13, 15, 16, 49, 145, 148, 292])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sgemm_tail_strips(m, accumulate, threads):
+    """Row counts that end in a strip of 1 to 4 rows (the 4-row tail kernel), with several
+    K blocks (so partial sums are loaded back) and a ragged last column panel."""
+    rng = np.random.default_rng(m)
+    k, n = 600, 70
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    c = c0.copy()
+    g.sgemm(a, b, c, accumulate=accumulate, num_threads=threads)
+    want = a.astype(np.float64) @ b.astype(np.float64) + (c0 if accumulate else 0)
+    assert _rel_err(c, want) < 1e-5
+
+
 def test_baseline_build_is_scalar_but_correct():
     base = cpu.kernel_module("gemm512")
     if base is None:

@@ -32,7 +32,7 @@ def ort_session(model, threads):
 
 def time_interleaved(runners, runs, warmup=3, pause=0.03, lead_in=1):
     """``{name: [seconds, ...]}``: ``warmup`` rounds, then ``runs`` rounds of every runner in
-    turn.  A turn is: ``pause`` seconds idle, so the previous runtime's spinning worker threads
+    turn, the order rotating from round to round.  A turn is: ``pause`` seconds idle, so the previous runtime's spinning worker threads
     (ORT's pool, OpenMP's) go to sleep instead of stealing cores; ``lead_in`` untimed runs,
     which bring the runner's data back into the caches and wake the vCPUs the pause let sleep
     (on this VM their wake-up alone costs MobileNetV2 1 to 10 ms); one timed run.  The timed run
@@ -41,8 +41,11 @@ def time_interleaved(runners, runs, warmup=3, pause=0.03, lead_in=1):
         for run in runners.values():
             run()
     samples = {k: [] for k in runners}
-    for _ in range(runs):
-        for k, run in runners.items():
+    order = list(runners)
+    for r in range(runs):
+        # The order rotates every round, so no runner always follows the same other one.
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            run = runners[k]
             time.sleep(pause)
             for _ in range(lead_in):
                 run()

@@ -6,8 +6,8 @@ The environment caps OpenBLAS at its Haswell kernels; this module's ``_avx512`` 
 AVX-512 micro-kernel instead.  The baseline build compiles the same C with a scalar micro-kernel
 and says so with ``available = False``: routines use only ``gemm512_avx512``.
 
-Work is split into *jobs*, (row tile, column tile) blocks of C, run in a ``prange``, each thread
-packing A into its own buffer; B is packed once per call (or ahead, for weights) and shared.  The
+Work is split into *jobs* (``_gemm512_jobs.pxd``), (row tile, column tile) blocks of C, run in a
+``prange``, each thread packing A into its own buffer; B is packed once per call (or ahead, for weights) and shared.  The
 fused epilogue is applied to each block right after it is written, while it is in cache.
 Shapes are checked in the Python-visible functions before any ``nogil`` code.
 """
@@ -17,103 +17,17 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 
-from conv_gemm cimport Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epilogue
+from _gemm512_jobs cimport (IM2COL_PIXELS, IM2COL_ROWS, WB512_NATIVE, WB512_NR, Job, _im2col_nchw_job,
+                            _im2col_nhwc_job, _im2col_whole, _whole, gemm_jobs, pack_b_par,
+                            wb512_abuf_floats, wb512_packed_b_floats)
+from conv_gemm cimport Epi, Geo
 
 cnp.import_array()
-
-
-cdef extern from "sgemm_avx512.h" nogil:
-    int WB512_NATIVE
-    int WB512_NR
-    Py_ssize_t wb512_packed_b_floats(Py_ssize_t k, Py_ssize_t n)
-    Py_ssize_t wb512_abuf_floats()
-    void wb512_pack_b(Py_ssize_t k, Py_ssize_t n, const float* b, Py_ssize_t ldb, int trans_b, float* dst,
-                      Py_ssize_t p0, Py_ssize_t p1)
-    void wb512_gemm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
-                           const float* pb, float* c, Py_ssize_t ldc, int accumulate, float* abuf,
-                           Py_ssize_t j0, Py_ssize_t j1)
 
 #: True when this build runs the AVX-512 micro-kernel (only the ``_avx512`` variant does).
 available = bool(WB512_NATIVE)
 #: Columns per packed panel (packed B holds ``k * ceil(n / NR) * NR`` floats).
 NR = WB512_NR
-
-# Job tile: rows a multiple of the micro-kernel's 12 and of the A block (144); columns a
-# multiple of the 32-column panel, B block (256 x 512 floats) and C block both fit in L2.
-cdef enum:
-    TILE_M = 144
-    TILE_N = 512
-
-
-cdef struct Job:
-    Py_ssize_t m, n, k, lda, ldc, ld_res
-    Py_ssize_t tm, tn    # tile shape, set by gemm_jobs
-    const float* a
-    const float* pb
-    float* c
-    int accumulate
-    int channel_is_row   # 0: channels index columns (NHWC), 1: rows (NCHW), -1: no epilogue
-    const Epi* e
-    const float* res     # residual of this C, same layout, leading dimension ld_res
-
-
-cdef inline void _tile(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
-    cdef Py_ssize_t nt = (j.n + j.tn - 1) // j.tn
-    cdef Py_ssize_t i0 = (t // nt) * j.tm, j0 = (t % nt) * j.tn
-    cdef Py_ssize_t i1 = i0 + j.tm if i0 + j.tm < j.m else j.m
-    cdef Py_ssize_t j1 = j0 + j.tn if j0 + j.tn < j.n else j.n
-    cdef const Epi* e = j.e
-    cdef float* o = j.c + i0 * j.ldc + j0
-    wb512_gemm_packed(i1 - i0, j.n, j.k, j.a + i0 * j.lda, j.lda, j.pb, j.c + i0 * j.ldc, j.ldc,
-                      j.accumulate, abuf, j0, j1)
-    if j.channel_is_row < 0 or e == NULL or (e.bias == NULL and j.res == NULL and e.act == 0):
-        return
-    if j.channel_is_row:
-        _epilogue(o, i1 - i0, j1 - j0, j.ldc, True, e.bias + i0 if e.bias != NULL else NULL,
-                  j.res + i0 * j.ld_res + j0 if j.res != NULL else NULL, j.ld_res, e,
-                  e.slope + i0 if e.slope != NULL else NULL)
-    else:
-        _epilogue(o, i1 - i0, j1 - j0, j.ldc, False, e.bias + j0 if e.bias != NULL else NULL,
-                  j.res + i0 * j.ld_res + j0 if j.res != NULL else NULL, j.ld_res, e,
-                  e.slope + j0 if e.slope != NULL else NULL)
-
-
-cdef inline Py_ssize_t _count(Py_ssize_t m, Py_ssize_t n, Py_ssize_t tm, Py_ssize_t tn) noexcept nogil:
-    return ((m + tm - 1) // tm) * ((n + tn - 1) // tn)
-
-
-cdef void gemm_jobs(Job* j, float* abufs, int nt) noexcept nogil:
-    """All tiles of ``j`` (B already packed); ``abufs`` holds ``nt`` A buffers, one per thread.
-    With threads, tiles shrink (to 128 columns, 48 rows) until each thread has about 4, so the
-    dynamic schedule can even out a ragged last tile."""
-    cdef Py_ssize_t t, tiles
-    j.tm, j.tn = TILE_M, TILE_N
-    while nt > 1 and _count(j.m, j.n, j.tm, j.tn) < 4 * nt:
-        if j.tn > 128 and j.n > 128 and (j.tn >= j.tm or j.m <= 48):
-            j.tn //= 2
-        elif j.tm > 48 and j.m > 48:
-            j.tm -= 48
-        else:
-            break
-    tiles = _count(j.m, j.n, j.tm, j.tn)
-    cdef Py_ssize_t per = wb512_abuf_floats()
-    if nt > 1 and tiles > 1:
-        for t in prange(tiles, nogil=True, schedule="dynamic", num_threads=nt):
-            _tile(j, abufs + threadid() * per, t)
-    else:
-        for t in range(tiles):
-            _tile(j, abufs, t)
-
-
-cdef void pack_b_par(Py_ssize_t k, Py_ssize_t n, const float* b, Py_ssize_t ldb, int trans_b, float* dst,
-                     int nt) noexcept nogil:
-    """:c:func:`wb512_pack_b` over all panels, split between ``nt`` threads."""
-    cdef Py_ssize_t panels = (n + WB512_NR - 1) // WB512_NR, p
-    if nt > 1 and panels > 1:
-        for p in prange(panels, nogil=True, schedule="static", num_threads=nt):
-            wb512_pack_b(k, n, b, ldb, trans_b, dst, p, p + 1)
-    else:
-        wb512_pack_b(k, n, b, ldb, trans_b, dst, 0, panels)
 
 
 def _array(a, what, ndim=None, writeable=False):
@@ -310,80 +224,6 @@ def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0,
             j.res = rp + i * mm * p if rp != NULL else NULL
             gemm_jobs(&j, ab, num_threads)
     return out
-
-
-# --- im2col convolutions (group 1) -------------------------------------------------------------
-# A job is one tile of output pixels: gather its im2col columns into this thread's buffer,
-# multiply, apply the epilogue.  NHWC tiles span the batch (rows of x @ W^T); NCHW tiles are one
-# image's pixels, whose columns are the GEMM's B and so are packed after the gather.
-
-cdef enum:
-    IM2COL_ROWS = 144     # NHWC pixels per job: one A block
-    IM2COL_PIXELS = 128   # NCHW pixels per job: four B panels
-
-
-cdef void _im2col_nhwc_job(const Geo* g, const float* x, const float* pw, float* out, const Epi* e,
-                           float* cols, float* abuf, Py_ssize_t t) noexcept nogil:
-    cdef Py_ssize_t q0 = t * IM2COL_ROWS, q1 = q0 + IM2COL_ROWS, q
-    if q1 > g.n * g.p:
-        q1 = g.n * g.p
-    for q in range(q0, q1):
-        _cols_nhwc_pixel(g, x, cols + (q - q0) * g.kg, q, 0)
-    wb512_gemm_packed(q1 - q0, g.m, g.kg, cols, g.kg, pw, out + q0 * g.m, g.m, 0, abuf, 0, g.m)
-    if e.bias != NULL or e.res != NULL or e.act != 0:
-        _epilogue(out + q0 * g.m, q1 - q0, g.m, g.m, False, e.bias,
-                  e.res + q0 * g.m if e.res != NULL else NULL, g.m, e, e.slope)
-
-
-cdef void _im2col_nchw_job(const Geo* g, const float* x, const float* w, float* out, const Epi* e,
-                           float* cols, float* pb, float* abuf, Py_ssize_t t) noexcept nogil:
-    cdef Py_ssize_t tiles = (g.p + IM2COL_PIXELS - 1) // IM2COL_PIXELS
-    cdef Py_ssize_t nn = t // tiles, p0 = (t % tiles) * IM2COL_PIXELS, p1 = p0 + IM2COL_PIXELS, r
-    if p1 > g.p:
-        p1 = g.p
-    cdef const float* src = x + nn * g.c * g.h * g.w
-    for r in range(g.kg):
-        _cols_nchw_row(g, src, cols + r * (p1 - p0), r, p0, p1)
-    wb512_pack_b(g.kg, p1 - p0, cols, p1 - p0, 0, pb, 0, (p1 - p0 + WB512_NR - 1) // WB512_NR)
-    cdef float* o = out + nn * g.m * g.p + p0
-    wb512_gemm_packed(g.m, p1 - p0, g.kg, w, g.kg, pb, o, g.p, 0, abuf, 0, p1 - p0)
-    if e.bias != NULL or e.res != NULL or e.act != 0:
-        _epilogue(o, g.m, p1 - p0, g.p, True, e.bias,
-                  e.res + nn * g.m * g.p + p0 if e.res != NULL else NULL, g.p, e, e.slope)
-
-
-cdef void _im2col_whole(const Geo* g, bint nhwc, const float* x, const float* w, float* out, const Epi* e,
-                        float* cols, float* pb, float* abufs, int nt) noexcept nogil:
-    """Gather every column first (in parallel), then one :c:func:`gemm_jobs` over the whole
-    output: for small outputs, whose few pixel tiles would leave threads idle; the GEMM's jobs
-    split output channels too."""
-    cdef Py_ssize_t q, r, nn
-    cdef Job j
-    j.k, j.accumulate, j.e = g.kg, 0, e
-    if nhwc:
-        for q in prange(g.n * g.p, nogil=True, schedule="static", num_threads=nt):
-            _cols_nhwc_pixel(g, x, cols + q * g.kg, q, 0)
-        j.m, j.n, j.lda, j.ldc, j.ld_res = g.n * g.p, g.m, g.kg, g.m, g.m
-        j.a, j.pb, j.c, j.res, j.channel_is_row = cols, w, out, e.res, 0
-        gemm_jobs(&j, abufs, nt)
-        return
-    j.m, j.n, j.lda, j.ldc, j.ld_res = g.m, g.p, g.kg, g.p, g.p
-    j.a, j.pb, j.channel_is_row = w, pb, 1
-    for nn in range(g.n):
-        for r in prange(g.kg, nogil=True, schedule="static", num_threads=nt):
-            _cols_nchw_row(g, x + nn * g.c * g.h * g.w, cols + r * g.p, r, 0, g.p)
-        pack_b_par(g.kg, g.p, cols, g.p, 0, pb, nt)
-        j.c = out + nn * g.m * g.p
-        j.res = e.res + nn * g.m * g.p if e.res != NULL else NULL
-        gemm_jobs(&j, abufs, nt)
-
-
-cdef inline bint _whole(bint nhwc, Py_ssize_t n, Py_ssize_t p, Py_ssize_t kg, int nt) noexcept nogil:
-    """Whether :func:`conv_im2col` gathers everything first: with threads, when pixel tiles are
-    too few to share out (under 4 per thread) and the columns fit in 64 MiB."""
-    cdef Py_ssize_t tiles = (n * p + IM2COL_ROWS - 1) // IM2COL_ROWS if nhwc else \
-        n * ((p + IM2COL_PIXELS - 1) // IM2COL_PIXELS)
-    return nt > 1 and tiles < 4 * nt and (n if nhwc else 1) * p * kg <= 16 * 1024 * 1024
 
 
 def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1, Py_ssize_t n=0, Py_ssize_t p=0):

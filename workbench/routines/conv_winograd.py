@@ -113,43 +113,63 @@ def plan(m, n, c, h, w, mo, num_threads, nhwc=False):
 
 
 class _Winograd(Routine, register=False):
+    """The Winograd routine; subclasses on another GEMM (``conv_winograd512``) override the
+    hooks :meth:`kernels`, :meth:`pack`, :meth:`tile_plan` and :meth:`call`."""
+
     op = "Conv"
     m = 2
     priority = 5
 
     @classmethod
+    def kernels(cls):
+        """The kernel module (``nchw``/``nhwc``/``scratch_floats``), or None where unavailable."""
+        return cpu.kernel_module("winograd")
+
+    @classmethod
+    def pack(cls, k, u):
+        """Transformed weights, (A2, M, C) for NCHW or (A2, C, M) for NHWC, as the kernel takes them."""
+        return u
+
+    @classmethod
+    def tile_plan(cls, n, c, h, w, mo, num_threads):
+        return plan(cls.m, n, c, h, w, mo, num_threads, cls.layout == NHWC)
+
+    @classmethod
+    def call(cls, kernel, *args, **kwargs):
+        with _SingleThreadedBlas():
+            kernel(*args, **kwargs)
+
+    @classmethod
     def applies(cls, layer, specs):
-        return cpu.kernel_module("winograd") is not None and winograd_applies(layer, specs)
+        return cls.kernels() is not None and winograd_applies(layer, specs)
 
     @classmethod
     def prepare(cls, layer):
         w = layer.const(1)
         b = layer.const(2) if len(layer.inputs) > 2 else None
         u = transform_weights(w, cls.m)
-        return {"U": np.ascontiguousarray(u.transpose(0, 2, 1)) if cls.layout == NHWC else u,
-                "ep": encode(layer, w.shape[0]),
+        u = np.ascontiguousarray(u.transpose(0, 2, 1)) if cls.layout == NHWC else u
+        return {"U": cls.pack(cls.kernels(), u), "ep": encode(layer, w.shape[0]),
                 "bias": np.ascontiguousarray(b if b is not None else np.zeros(w.shape[0]), np.float32),
                 "scratch": {}, "plan": None}
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         x, out, ep, a = args[0], outs[0], state["ep"], layer.attrs
-        k = cpu.kernel_module("winograd")
+        k = cls.kernels()
         nhwc = cls.layout == NHWC
         (n, h, w, c), mo = (x.shape, out.shape[3]) if nhwc else ((x.shape[0], *x.shape[2:], x.shape[1]), out.shape[1])
         oh, ow = (out.shape[1], out.shape[2]) if nhwc else out.shape[2:]
-        rows, mode = state["plan"] or plan(cls.m, n, c, oh, ow, mo, num_threads, nhwc)
+        rows, mode = state["plan"] or cls.tile_plan(n, c, oh, ow, mo, num_threads)
         key = (x.shape, rows, mode, num_threads)
         if key not in state["scratch"]:
             # Input sizes are only known at run time: allocate once per shape and plan.
             sizes = k.scratch_floats(cls.m, n, c, h, w, mo, a["pads"], rows, mode, num_threads, nhwc)
             state["scratch"] = {key: [np.empty(s, np.float32) for s in sizes]}
-        v, m_, tmp = state["scratch"][key]
-        with _SingleThreadedBlas():
-            (k.nhwc if nhwc else k.nchw)(
-                x, state["U"], state["bias"], out, v, m_, tmp, cls.m, a["pads"],
-                residual=args[3] if a.get("residual") else None, act=ep.code, p0=ep.p0, p1=ep.p1,
-                slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads)
+        cls.call(k.nhwc if nhwc else k.nchw,
+                 x, state["U"], state["bias"], out, *state["scratch"][key], cls.m, a["pads"],
+                 residual=args[3] if a.get("residual") else None, act=ep.code, p0=ep.p0, p1=ep.p1,
+                 slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads)
 
 
 class _Winograd4(_Winograd, register=False):

@@ -9,12 +9,9 @@ BLAS, so needs no BLAS limit.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import cpu
 from ..graph import NCHW, NHWC
-from .conv_winograd import _Winograd, transform_weights, winograd_applies
-from .epilogue import encode
+from .conv_winograd import _Winograd
 
 
 def _kernels():
@@ -52,32 +49,20 @@ class _Winograd512(_Winograd, register=False):
         return cls.fast_priority if fast else cls.slow_priority
 
     @classmethod
-    def prepare(cls, layer):
-        w = layer.const(1)
-        b = layer.const(2) if len(layer.inputs) > 2 else None
-        u = transform_weights(w, cls.m)
-        nhwc = cls.layout == NHWC
-        return {"U": _kernels().pack_u(np.ascontiguousarray(u.transpose(0, 2, 1)) if nhwc else u, nhwc),
-                "ep": encode(layer, w.shape[0]),
-                "bias": np.ascontiguousarray(b if b is not None else np.zeros(w.shape[0]), np.float32),
-                "scratch": {}, "plan": None}
+    def kernels(cls):
+        return _kernels()
 
     @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
-        x, out, ep, a = args[0], outs[0], state["ep"], layer.attrs
-        k = _kernels()
-        nhwc = cls.layout == NHWC
-        (n, h, w, c), mo = (x.shape, out.shape[3]) if nhwc else ((x.shape[0], *x.shape[2:], x.shape[1]), out.shape[1])
-        oh, ow = (out.shape[1], out.shape[2]) if nhwc else out.shape[2:]
-        rows, mode = state["plan"] or plan(cls.m, n, c, oh, ow, mo, num_threads, nhwc)
-        key = (x.shape, rows, mode, num_threads)
-        if key not in state["scratch"]:
-            sizes = k.scratch_floats(cls.m, n, c, h, w, mo, a["pads"], rows, mode, num_threads, nhwc)
-            state["scratch"] = {key: [np.empty(s, np.float32) for s in sizes]}
-        (k.nhwc if nhwc else k.nchw)(
-            x, state["U"], state["bias"], out, *state["scratch"][key], cls.m, a["pads"],
-            residual=args[3] if a.get("residual") else None, act=ep.code, p0=ep.p0, p1=ep.p1,
-            slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads)
+    def pack(cls, k, u):
+        return k.pack_u(u, cls.layout == NHWC)   # per frequency, once
+
+    @classmethod
+    def tile_plan(cls, n, c, h, w, mo, num_threads):
+        return plan(cls.m, n, c, h, w, mo, num_threads, cls.layout == NHWC)
+
+    @classmethod
+    def call(cls, kernel, *args, **kwargs):
+        kernel(*args, **kwargs)   # our own SGEMM: no BLAS to limit
 
 
 class Winograd2Avx512(_Winograd512):

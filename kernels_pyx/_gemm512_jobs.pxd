@@ -15,7 +15,7 @@ cdef extern from "sgemm_avx512.h" nogil:
     Py_ssize_t wb512_abuf_floats()
     void wb512_pack_b(Py_ssize_t k, Py_ssize_t n, const float* b, Py_ssize_t ldb, int trans_b, float* dst,
                       Py_ssize_t p0, Py_ssize_t p1)
-    void wb512_gemm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
+    void wb512_gemm_direct(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
                            const float* pb, float* c, Py_ssize_t ldc, int accumulate, float* abuf,
                            Py_ssize_t j0, Py_ssize_t j1)
 
@@ -46,7 +46,7 @@ cdef inline void _tile(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
     cdef Py_ssize_t j1 = j0 + j.tn if j0 + j.tn < j.n else j.n
     cdef const Epi* e = j.e
     cdef float* o = j.c + i0 * j.ldc + j0
-    wb512_gemm_packed(i1 - i0, j.n, j.k, j.a + i0 * j.lda, j.lda, j.pb, j.c + i0 * j.ldc, j.ldc,
+    wb512_gemm_direct(i1 - i0, j.n, j.k, j.a + i0 * j.lda, j.lda, j.pb, j.c + i0 * j.ldc, j.ldc,
                       j.accumulate, abuf, j0, j1)
     if j.channel_is_row < 0 or e == NULL or (e.bias == NULL and j.res == NULL and e.act == 0):
         return
@@ -115,7 +115,7 @@ cdef inline void _im2col_nhwc_job(const Geo* g, const float* x, const float* pw,
         q1 = g.n * g.p
     for q in range(q0, q1):
         _cols_nhwc_pixel(g, x, cols + (q - q0) * g.kg, q, 0)
-    wb512_gemm_packed(q1 - q0, g.m, g.kg, cols, g.kg, pw, out + q0 * g.m, g.m, 0, abuf, 0, g.m)
+    wb512_gemm_direct(q1 - q0, g.m, g.kg, cols, g.kg, pw, out + q0 * g.m, g.m, 0, abuf, 0, g.m)
     if e.bias != NULL or e.res != NULL or e.act != 0:
         _epilogue(out + q0 * g.m, q1 - q0, g.m, g.m, False, e.bias,
                   e.res + q0 * g.m if e.res != NULL else NULL, g.m, e, e.slope)
@@ -132,7 +132,7 @@ cdef inline void _im2col_nchw_job(const Geo* g, const float* x, const float* w, 
         _cols_nchw_row(g, src, cols + r * (p1 - p0), r, p0, p1)
     wb512_pack_b(g.kg, p1 - p0, cols, p1 - p0, 0, pb, 0, (p1 - p0 + WB512_NR - 1) // WB512_NR)
     cdef float* o = out + nn * g.m * g.p + p0
-    wb512_gemm_packed(g.m, p1 - p0, g.kg, w, g.kg, pb, o, g.p, 0, abuf, 0, p1 - p0)
+    wb512_gemm_direct(g.m, p1 - p0, g.kg, w, g.kg, pb, o, g.p, 0, abuf, 0, p1 - p0)
     if e.bias != NULL or e.res != NULL or e.act != 0:
         _epilogue(o, g.m, p1 - p0, g.p, True, e.bias,
                   e.res + nn * g.m * g.p + p0 if e.res != NULL else NULL, g.p, e, e.slope)

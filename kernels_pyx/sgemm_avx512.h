@@ -89,6 +89,10 @@ static inline void wb512_pack_a(ptrdiff_t mcb, ptrdiff_t kcb, const float* a, pt
     bc = _mm512_set1_ps(pa[i]); \
     c##i##0 = _mm512_fmadd_ps(bc, b0, c##i##0); \
     c##i##1 = _mm512_fmadd_ps(bc, b1, c##i##1);
+#define WB512_ROWD(i, v) \
+    bc = _mm512_set1_ps(v); \
+    c##i##0 = _mm512_fmadd_ps(bc, b0, c##i##0); \
+    c##i##1 = _mm512_fmadd_ps(bc, b1, c##i##1);
 #define WB512_STORE(i) \
     if (i < mr) { \
         float* cr = c + (i) * ldc; \
@@ -147,6 +151,40 @@ static inline void wb512_micro4(ptrdiff_t kcb, const float* pa, const float* pb,
     }
     WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3)
 }
+/* The 12x32 product reading A straight from its rows (row i at a + i * lda), unpacked: for A
+ * that is an activation (NHWC pixels x channels, im2col columns) packing it cost a pass over it
+ * per column tile, as much as a quarter of the FMAs' time when n is 64-128.  Four row bases
+ * stepping one float a k and two row offsets keep the addressing in 8 registers. */
+static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
+                                  ptrdiff_t ldc, int nr, int load, const float* pf) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00,
+           c70 = c00, c71 = c00, c80 = c00, c81 = c00, c90 = c00, c91 = c00,
+           c100 = c00, c101 = c00, c110 = c00, c111 = c00;
+    __m512 b0, b1, bc;
+    ptrdiff_t kk, l1 = lda, l2 = 2 * lda;
+    const float *q0 = a, *q3 = a + 3 * lda, *q6 = a + 6 * lda, *q9 = a + 9 * lda;
+    const int mr = WB512_MR;
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+    for (kk = 0; kk < kcb; kk++) {
+        b0 = _mm512_loadu_ps(pb);
+        b1 = _mm512_loadu_ps(pb + 16);
+        _mm_prefetch((const char*)(pb + 8 * WB512_NR), _MM_HINT_T0);
+        _mm_prefetch((const char*)pf, _MM_HINT_T1);
+        _mm_prefetch((const char*)(pf + 16), _MM_HINT_T1);
+        pf += WB512_NR;
+        WB512_ROWD(0, q0[0]) WB512_ROWD(1, q0[l1]) WB512_ROWD(2, q0[l2])
+        WB512_ROWD(3, q3[0]) WB512_ROWD(4, q3[l1]) WB512_ROWD(5, q3[l2])
+        WB512_ROWD(6, q6[0]) WB512_ROWD(7, q6[l1]) WB512_ROWD(8, q6[l2])
+        WB512_ROWD(9, q9[0]) WB512_ROWD(10, q9[l1]) WB512_ROWD(11, q9[l2])
+        q0++; q3++; q6++; q9++;
+        pb += WB512_NR;
+    }
+    WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3) WB512_STORE(4) WB512_STORE(5)
+    WB512_STORE(6) WB512_STORE(7) WB512_STORE(8) WB512_STORE(9) WB512_STORE(10) WB512_STORE(11)
+}
+#undef WB512_ROWD
 #undef WB512_ROW
 #undef WB512_STORE
 #else
@@ -161,6 +199,22 @@ static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* p
         for (i = 0; i < WB512_MR; i++)
             for (j = 0; j < WB512_NR; j++) acc[i][j] += pa[kk * WB512_MR + i] * pb[kk * WB512_NR + j];
     for (i = 0; i < mr; i++)
+        for (j = 0; j < nr; j++) c[i * ldc + j] = (load ? c[i * ldc + j] : 0.0f) + acc[i][j];
+}
+#endif
+
+#if !WB512_NATIVE
+static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
+                                  ptrdiff_t ldc, int nr, int load, const float* pf) {
+    float acc[WB512_MR][WB512_NR];
+    ptrdiff_t kk;
+    int i, j;
+    (void)pf;
+    memset(acc, 0, sizeof(acc));
+    for (kk = 0; kk < kcb; kk++)
+        for (i = 0; i < WB512_MR; i++)
+            for (j = 0; j < WB512_NR; j++) acc[i][j] += a[i * lda + kk] * pb[kk * WB512_NR + j];
+    for (i = 0; i < WB512_MR; i++)
         for (j = 0; j < nr; j++) c[i * ldc + j] = (load ? c[i * ldc + j] : 0.0f) + acc[i][j];
 }
 #endif
@@ -209,6 +263,43 @@ static inline void wb512_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
                         wb512_micro_pf(kcb, abuf + ir * kcb, panel, c + (ic + ir) * ldc + col, ldc, mr, (int)nr,
                                        load, ir == 0 ? next : panel);
                 }
+            }
+        }
+    }
+}
+
+/* As wb512_gemm_packed, but full 12-row strips read A in place (wb512_micro_da); only a last
+ * strip of fewer rows is packed (into abuf), so nothing is read past row m. */
+static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
+                                     const float* pb, float* c, ptrdiff_t ldc, int accumulate,
+                                     float* abuf, ptrdiff_t j0, ptrdiff_t j1) {
+    ptrdiff_t npad = wb512_round_up(n, WB512_NR), ic, kb, jp, ir;
+    if (m <= 0 || j1 <= j0) return;
+    if (k <= 0) {
+        if (!accumulate)
+            for (ic = 0; ic < m; ic++) memset(c + ic * ldc + j0, 0, (j1 - j0) * sizeof(float));
+        return;
+    }
+    for (ic = 0; ic < m; ic += WB512_MC) {
+        ptrdiff_t mcb = m - ic < WB512_MC ? m - ic : WB512_MC, full = mcb / WB512_MR * WB512_MR;
+        for (kb = 0; kb < k; kb += WB512_KC) {
+            ptrdiff_t kcb = k - kb < WB512_KC ? k - kb : WB512_KC;
+            int load = accumulate || kb > 0, tail = (int)(mcb - full);
+            const float* ab = a + ic * lda + kb;
+            if (tail) wb512_pack_a(tail, kcb, ab + full * lda, lda, abuf);
+            for (jp = j0 / WB512_NR; jp * WB512_NR < j1; jp++) {
+                const float* panel = pb + kb * npad + jp * kcb * WB512_NR;
+                ptrdiff_t col = jp * WB512_NR, nr = j1 - col < WB512_NR ? j1 - col : WB512_NR;
+                const float* next = (jp + 1) * WB512_NR < j1 ? panel + kcb * WB512_NR : panel;
+                float* cc = c + ic * ldc + col;
+                for (ir = 0; ir < full; ir += WB512_MR)
+                    wb512_micro_da(kcb, ab + ir * lda, lda, panel, cc + ir * ldc, ldc, (int)nr, load,
+                                   ir == 0 ? next : panel);
+                if (tail && tail <= 4 && full > 0)
+                    wb512_micro4(kcb, abuf, panel, cc + full * ldc, ldc, tail, (int)nr, load);
+                else if (tail)
+                    wb512_micro_pf(kcb, abuf, panel, cc + full * ldc, ldc, tail, (int)nr, load,
+                                   full == 0 ? next : panel);
             }
         }
     }

@@ -40,7 +40,7 @@ cdef extern from "sgemm_avx512.h" nogil:
     void wb512_pack_a(Py_ssize_t mcb, Py_ssize_t kcb, const float* a, Py_ssize_t lda, float* dst)
     void wb512_micro(Py_ssize_t kcb, const float* pa, const float* pb, float* c, Py_ssize_t ldc, int mr, int nr,
                      int load)
-    void wb512_gemm_packed(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
+    void wb512_gemm_direct(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
                            const float* pb, float* c, Py_ssize_t ldc, int accumulate, float* abuf,
                            Py_ssize_t j0, Py_ssize_t j1)
 
@@ -108,7 +108,7 @@ cdef void _gemm_job(Geo* g, Py_ssize_t us, Py_ssize_t tb, Py_ssize_t job, const 
     if g.nhwc:
         i0 = (job % nj) * TILE_ROWS
         i1 = min(i0 + TILE_ROWS, tb)
-        wb512_gemm_packed(i1 - i0, g.M, g.C, V + (k * tb + i0) * g.C, g.C, g.U + k * us,
+        wb512_gemm_direct(i1 - i0, g.M, g.C, V + (k * tb + i0) * g.C, g.C, g.U + k * us,
                           Mo + (k * tb + i0) * g.M, g.M, 0, work, 0, g.M)
         return
     i0 = (job % nj) * TILE_COLS

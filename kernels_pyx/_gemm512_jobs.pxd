@@ -15,9 +15,17 @@ cdef extern from "sgemm_avx512.h" nogil:
     Py_ssize_t wb512_abuf_floats()
     void wb512_pack_b(Py_ssize_t k, Py_ssize_t n, const float* b, Py_ssize_t ldb, int trans_b, float* dst,
                       Py_ssize_t p0, Py_ssize_t p1)
+    ctypedef struct wb512_epi:
+        const float* bias
+        int bias_per_row
+        const float* res
+        Py_ssize_t ld_res
+        int act
+        float p0, p1
+    int wb512_epi_handles(int act)
     void wb512_gemm_direct(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
                            const float* pb, float* c, Py_ssize_t ldc, int accumulate, float* abuf,
-                           Py_ssize_t j0, Py_ssize_t j1)
+                           Py_ssize_t j0, Py_ssize_t j1, const wb512_epi* ep)
 
 
 # Job tile: rows a multiple of the micro-kernel's 12 and of the A block (144); columns a
@@ -39,6 +47,20 @@ cdef struct Job:
     const float* res     # residual of this C, same layout, leading dimension ld_res
 
 
+cdef inline bint _fused_epi(wb512_epi* ep, const Epi* e, const float* res, Py_ssize_t ld_res,
+                            bint channel_is_row, Py_ssize_t row0) noexcept nogil:
+    """Fill ``ep`` for :c:func:`wb512_gemm_direct` to apply ``e`` (with residual ``res``) block by
+    block, for C starting at row ``row0``; False when ``e`` has an activation it does not handle
+    (those run as a separate pass, :c:func:`_epilogue`)."""
+    if not wb512_epi_handles(e.act):
+        return False
+    ep.bias = e.bias + row0 if e.bias != NULL and channel_is_row else e.bias
+    ep.bias_per_row = channel_is_row
+    ep.res = res + row0 * ld_res if res != NULL else NULL
+    ep.ld_res, ep.act, ep.p0, ep.p1 = ld_res, e.act, e.p0, e.p1
+    return True
+
+
 cdef inline void _tile(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
     cdef Py_ssize_t nt = (j.n + j.tn - 1) // j.tn
     cdef Py_ssize_t i0 = (t // nt) * j.tm, j0 = (t % nt) * j.tn
@@ -46,9 +68,15 @@ cdef inline void _tile(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
     cdef Py_ssize_t j1 = j0 + j.tn if j0 + j.tn < j.n else j.n
     cdef const Epi* e = j.e
     cdef float* o = j.c + i0 * j.ldc + j0
+    cdef wb512_epi ep
+    cdef bint plain = j.channel_is_row < 0 or e == NULL or (e.bias == NULL and j.res == NULL and e.act == 0)
+    if not plain and _fused_epi(&ep, e, j.res, j.ld_res, j.channel_is_row == 1, i0):
+        wb512_gemm_direct(i1 - i0, j.n, j.k, j.a + i0 * j.lda, j.lda, j.pb, j.c + i0 * j.ldc, j.ldc,
+                          j.accumulate, abuf, j0, j1, &ep)
+        return
     wb512_gemm_direct(i1 - i0, j.n, j.k, j.a + i0 * j.lda, j.lda, j.pb, j.c + i0 * j.ldc, j.ldc,
-                      j.accumulate, abuf, j0, j1)
-    if j.channel_is_row < 0 or e == NULL or (e.bias == NULL and j.res == NULL and e.act == 0):
+                      j.accumulate, abuf, j0, j1, NULL)
+    if plain:
         return
     if j.channel_is_row:
         _epilogue(o, i1 - i0, j1 - j0, j.ldc, True, e.bias + i0 if e.bias != NULL else NULL,
@@ -115,7 +143,11 @@ cdef inline void _im2col_nhwc_job(const Geo* g, const float* x, const float* pw,
         q1 = g.n * g.p
     for q in range(q0, q1):
         _cols_nhwc_pixel(g, x, cols + (q - q0) * g.kg, q, 0)
-    wb512_gemm_direct(q1 - q0, g.m, g.kg, cols, g.kg, pw, out + q0 * g.m, g.m, 0, abuf, 0, g.m)
+    cdef wb512_epi ep
+    if _fused_epi(&ep, e, e.res, g.m, False, q0):
+        wb512_gemm_direct(q1 - q0, g.m, g.kg, cols, g.kg, pw, out + q0 * g.m, g.m, 0, abuf, 0, g.m, &ep)
+        return
+    wb512_gemm_direct(q1 - q0, g.m, g.kg, cols, g.kg, pw, out + q0 * g.m, g.m, 0, abuf, 0, g.m, NULL)
     if e.bias != NULL or e.res != NULL or e.act != 0:
         _epilogue(out + q0 * g.m, q1 - q0, g.m, g.m, False, e.bias,
                   e.res + q0 * g.m if e.res != NULL else NULL, g.m, e, e.slope)
@@ -132,7 +164,12 @@ cdef inline void _im2col_nchw_job(const Geo* g, const float* x, const float* w, 
         _cols_nchw_row(g, src, cols + r * (p1 - p0), r, p0, p1)
     wb512_pack_b(g.kg, p1 - p0, cols, p1 - p0, 0, pb, 0, (p1 - p0 + WB512_NR - 1) // WB512_NR)
     cdef float* o = out + nn * g.m * g.p + p0
-    wb512_gemm_direct(g.m, p1 - p0, g.kg, w, g.kg, pb, o, g.p, 0, abuf, 0, p1 - p0)
+    cdef wb512_epi ep
+    cdef const float* res = e.res + nn * g.m * g.p + p0 if e.res != NULL else NULL
+    if _fused_epi(&ep, e, res, g.p, True, 0):
+        wb512_gemm_direct(g.m, p1 - p0, g.kg, w, g.kg, pb, o, g.p, 0, abuf, 0, p1 - p0, &ep)
+        return
+    wb512_gemm_direct(g.m, p1 - p0, g.kg, w, g.kg, pb, o, g.p, 0, abuf, 0, p1 - p0, NULL)
     if e.bias != NULL or e.res != NULL or e.act != 0:
         _epilogue(o, g.m, p1 - p0, g.p, True, e.bias,
                   e.res + nn * g.m * g.p + p0 if e.res != NULL else NULL, g.p, e, e.slope)

@@ -31,6 +31,82 @@
 #define WB512_NATIVE 0
 #endif
 
+/* A fused epilogue applied to each block of C on its last K block, in registers before the
+ * store (wb512_micro_da) or right after it (short tail strips, wb512_epi_block): bias (per
+ * column, or per row when bias_per_row), a residual of C's
+ * layout (leading dimension ld_res), then an activation: 0 none, 1 ReLU, 2 clip to [p0, p1],
+ * 3 leaky ReLU with slope p0 (the codes of conv_gemm's Epi; wb512_epi_handles says which).
+ * bias and res point at C's row 0 (the caller offsets them), columns are absolute. */
+typedef struct {
+    const float* bias;
+    int bias_per_row;
+    const float* res;
+    ptrdiff_t ld_res;
+    int act;
+    float p0, p1;
+} wb512_epi;
+
+static inline int wb512_epi_handles(int act) { return act >= 0 && act <= 3; }
+
+static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, const wb512_epi* ep,
+                                   ptrdiff_t row0, ptrdiff_t col0) {
+    int i;
+#if WB512_NATIVE
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+    __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
+    __m512 bv0 = zero, bv1 = zero;
+    if (ep->bias != NULL && !ep->bias_per_row) {
+        bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
+        bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
+    }
+    for (i = 0; i < mr; i++) {
+        float* cr = c + i * ldc;
+        __m512 v0 = _mm512_maskz_loadu_ps(m0, cr), v1 = _mm512_maskz_loadu_ps(m1, cr + 16);
+        if (ep->bias != NULL) {
+            if (ep->bias_per_row) {
+                __m512 b = _mm512_set1_ps(ep->bias[row0 + i]);
+                v0 = _mm512_add_ps(v0, b);
+                v1 = _mm512_add_ps(v1, b);
+            } else {
+                v0 = _mm512_add_ps(v0, bv0);
+                v1 = _mm512_add_ps(v1, bv1);
+            }
+        }
+        if (ep->res != NULL) {
+            const float* rr = ep->res + (row0 + i) * ep->ld_res + col0;
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, rr));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, rr + 16));
+        }
+        if (ep->act == 1) {
+            v0 = _mm512_max_ps(v0, zero);
+            v1 = _mm512_max_ps(v1, zero);
+        } else if (ep->act == 2) {
+            v0 = _mm512_min_ps(_mm512_max_ps(v0, lo), hi);
+            v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
+        } else if (ep->act == 3) {
+            v0 = _mm512_mask_mul_ps(v0, _mm512_cmp_ps_mask(v0, zero, _CMP_LT_OQ), v0, lo);
+            v1 = _mm512_mask_mul_ps(v1, _mm512_cmp_ps_mask(v1, zero, _CMP_LT_OQ), v1, lo);
+        }
+        _mm512_mask_storeu_ps(cr, m0, v0);
+        _mm512_mask_storeu_ps(cr + 16, m1, v1);
+    }
+#else
+    int j;
+    for (i = 0; i < mr; i++)
+        for (j = 0; j < nr; j++) {
+            float t = c[i * ldc + j];
+            if (ep->bias != NULL) t += ep->bias_per_row ? ep->bias[row0 + i] : ep->bias[col0 + j];
+            if (ep->res != NULL) t += ep->res[(row0 + i) * ep->ld_res + col0 + j];
+            if (ep->act == 1) t = t > 0 ? t : 0;
+            else if (ep->act == 2) t = t < ep->p0 ? ep->p0 : (t > ep->p1 ? ep->p1 : t);
+            else if (ep->act == 3) t = t >= 0 ? t : t * ep->p0;
+            c[i * ldc + j] = t;
+        }
+#endif
+}
+
+
 static inline ptrdiff_t wb512_round_up(ptrdiff_t v, ptrdiff_t to) { return (v + to - 1) / to * to; }
 
 /* Floats of a packed B of k rows, n columns. */
@@ -85,6 +161,39 @@ static inline void wb512_pack_a(ptrdiff_t mcb, ptrdiff_t kcb, const float* a, pt
 }
 
 #if WB512_NATIVE
+/* The epilogue on one row of a block held in two registers (bv0/bv1: the per-column bias). */
+static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m512* v1, const wb512_epi* ep,
+                                                                 ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
+                                                                 __m512 bv1, __mmask16 m0, __mmask16 m1) {
+    __m512 zero = _mm512_setzero_ps();
+    if (ep->bias != NULL) {
+        if (ep->bias_per_row) {
+            __m512 b = _mm512_set1_ps(ep->bias[row]);
+            *v0 = _mm512_add_ps(*v0, b);
+            *v1 = _mm512_add_ps(*v1, b);
+        } else {
+            *v0 = _mm512_add_ps(*v0, bv0);
+            *v1 = _mm512_add_ps(*v1, bv1);
+        }
+    }
+    if (ep->res != NULL) {
+        const float* rr = ep->res + row * ep->ld_res + col0;
+        *v0 = _mm512_add_ps(*v0, _mm512_maskz_loadu_ps(m0, rr));
+        *v1 = _mm512_add_ps(*v1, _mm512_maskz_loadu_ps(m1, rr + 16));
+    }
+    if (ep->act == 1) {
+        *v0 = _mm512_max_ps(*v0, zero);
+        *v1 = _mm512_max_ps(*v1, zero);
+    } else if (ep->act == 2) {
+        __m512 lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
+        *v0 = _mm512_min_ps(_mm512_max_ps(*v0, lo), hi);
+        *v1 = _mm512_min_ps(_mm512_max_ps(*v1, lo), hi);
+    } else if (ep->act == 3) {
+        __m512 sl = _mm512_set1_ps(ep->p0);
+        *v0 = _mm512_mask_mul_ps(*v0, _mm512_cmp_ps_mask(*v0, zero, _CMP_LT_OQ), *v0, sl);
+        *v1 = _mm512_mask_mul_ps(*v1, _mm512_cmp_ps_mask(*v1, zero, _CMP_LT_OQ), *v1, sl);
+    }
+}
 #define WB512_ROW(i) \
     bc = _mm512_set1_ps(pa[i]); \
     c##i##0 = _mm512_fmadd_ps(bc, b0, c##i##0); \
@@ -100,6 +209,17 @@ static inline void wb512_pack_a(ptrdiff_t mcb, ptrdiff_t kcb, const float* a, pt
             c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr)); \
             c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, cr + 16)); \
         } \
+        _mm512_mask_storeu_ps(cr, m0, c##i##0); \
+        _mm512_mask_storeu_ps(cr + 16, m1, c##i##1); \
+    }
+#define WB512_STORE_EPI(i) \
+    { \
+        float* cr = c + (i) * ldc; \
+        if (load) { \
+            c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr)); \
+            c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, cr + 16)); \
+        } \
+        wb512_epi_regs(&c##i##0, &c##i##1, ep, row0 + (i), col0, bv0, bv1, m0, m1); \
         _mm512_mask_storeu_ps(cr, m0, c##i##0); \
         _mm512_mask_storeu_ps(cr + 16, m1, c##i##1); \
     }
@@ -156,7 +276,8 @@ static inline void wb512_micro4(ptrdiff_t kcb, const float* pa, const float* pb,
  * per column tile, as much as a quarter of the FMAs' time when n is 64-128.  Four row bases
  * stepping one float a k and two row offsets keep the addressing in 8 registers. */
 static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
-                                  ptrdiff_t ldc, int nr, int load, const float* pf) {
+                                  ptrdiff_t ldc, int nr, int load, const float* pf, const wb512_epi* ep,
+                                  ptrdiff_t row0, ptrdiff_t col0) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00,
            c70 = c00, c71 = c00, c80 = c00, c81 = c00, c90 = c00, c91 = c00,
@@ -167,6 +288,20 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
     const int mr = WB512_MR;
     __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+    int i;
+    /* What the stores will read (C from the previous K block, the residual): fetch it now, so
+     * the loads after the k loop do not wait on L2 or memory. */
+    for (i = 0; i < WB512_MR; i++) {
+        if (load) {
+            _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
+            _mm_prefetch((const char*)(c + i * ldc + 16), _MM_HINT_T0);
+        }
+        if (ep != NULL && ep->res != NULL) {
+            const float* rr = ep->res + (row0 + i) * ep->ld_res + col0;
+            _mm_prefetch((const char*)rr, _MM_HINT_T0);
+            _mm_prefetch((const char*)(rr + 16), _MM_HINT_T0);
+        }
+    }
     for (kk = 0; kk < kcb; kk++) {
         b0 = _mm512_loadu_ps(pb);
         b1 = _mm512_loadu_ps(pb + 16);
@@ -181,10 +316,22 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
         q0++; q3++; q6++; q9++;
         pb += WB512_NR;
     }
-    WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3) WB512_STORE(4) WB512_STORE(5)
-    WB512_STORE(6) WB512_STORE(7) WB512_STORE(8) WB512_STORE(9) WB512_STORE(10) WB512_STORE(11)
+    if (ep == NULL) {
+        WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3) WB512_STORE(4) WB512_STORE(5)
+        WB512_STORE(6) WB512_STORE(7) WB512_STORE(8) WB512_STORE(9) WB512_STORE(10) WB512_STORE(11)
+    } else {
+        __m512 bv0 = _mm512_setzero_ps(), bv1 = bv0;
+        if (ep->bias != NULL && !ep->bias_per_row) {
+            bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
+            bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
+        }
+        WB512_STORE_EPI(0) WB512_STORE_EPI(1) WB512_STORE_EPI(2) WB512_STORE_EPI(3)
+        WB512_STORE_EPI(4) WB512_STORE_EPI(5) WB512_STORE_EPI(6) WB512_STORE_EPI(7)
+        WB512_STORE_EPI(8) WB512_STORE_EPI(9) WB512_STORE_EPI(10) WB512_STORE_EPI(11)
+    }
 }
 #undef WB512_ROWD
+#undef WB512_STORE_EPI
 #undef WB512_ROW
 #undef WB512_STORE
 #else
@@ -205,7 +352,8 @@ static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* p
 
 #if !WB512_NATIVE
 static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
-                                  ptrdiff_t ldc, int nr, int load, const float* pf) {
+                                  ptrdiff_t ldc, int nr, int load, const float* pf, const wb512_epi* ep,
+                                  ptrdiff_t row0, ptrdiff_t col0) {
     float acc[WB512_MR][WB512_NR];
     ptrdiff_t kk;
     int i, j;
@@ -216,6 +364,7 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
             for (j = 0; j < WB512_NR; j++) acc[i][j] += a[i * lda + kk] * pb[kk * WB512_NR + j];
     for (i = 0; i < WB512_MR; i++)
         for (j = 0; j < nr; j++) c[i * ldc + j] = (load ? c[i * ldc + j] : 0.0f) + acc[i][j];
+    if (ep != NULL) wb512_epi_block(c, ldc, WB512_MR, nr, ep, row0, col0);
 }
 #endif
 
@@ -269,10 +418,11 @@ static inline void wb512_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
 }
 
 /* As wb512_gemm_packed, but full 12-row strips read A in place (wb512_micro_da); only a last
- * strip of fewer rows is packed (into abuf), so nothing is read past row m. */
+ * strip of fewer rows is packed (into abuf), so nothing is read past row m.  ep: the epilogue
+ * applied to each block after its last K block (NULL: none). */
 static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
                                      const float* pb, float* c, ptrdiff_t ldc, int accumulate,
-                                     float* abuf, ptrdiff_t j0, ptrdiff_t j1) {
+                                     float* abuf, ptrdiff_t j0, ptrdiff_t j1, const wb512_epi* ep) {
     ptrdiff_t npad = wb512_round_up(n, WB512_NR), ic, kb, jp, ir;
     if (m <= 0 || j1 <= j0) return;
     if (k <= 0) {
@@ -285,6 +435,7 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
         for (kb = 0; kb < k; kb += WB512_KC) {
             ptrdiff_t kcb = k - kb < WB512_KC ? k - kb : WB512_KC;
             int load = accumulate || kb > 0, tail = (int)(mcb - full);
+            const wb512_epi* last = kb + kcb >= k ? ep : NULL;
             const float* ab = a + ic * lda + kb;
             if (tail) wb512_pack_a(tail, kcb, ab + full * lda, lda, abuf);
             for (jp = j0 / WB512_NR; jp * WB512_NR < j1; jp++) {
@@ -294,12 +445,13 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
                 float* cc = c + ic * ldc + col;
                 for (ir = 0; ir < full; ir += WB512_MR)
                     wb512_micro_da(kcb, ab + ir * lda, lda, panel, cc + ir * ldc, ldc, (int)nr, load,
-                                   ir == 0 ? next : panel);
+                                   ir == 0 ? next : panel, last, ic + ir, col);
                 if (tail && tail <= 4 && full > 0)
                     wb512_micro4(kcb, abuf, panel, cc + full * ldc, ldc, tail, (int)nr, load);
                 else if (tail)
                     wb512_micro_pf(kcb, abuf, panel, cc + full * ldc, ldc, tail, (int)nr, load,
                                    full == 0 ? next : panel);
+                if (tail && last) wb512_epi_block(cc + full * ldc, ldc, tail, (int)nr, last, ic + full, col);
             }
         }
     }

@@ -42,7 +42,7 @@ cdef extern from "sgemm_avx512.h" nogil:
                      int load)
     void wb512_gemm_direct(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
                            const float* pb, float* c, Py_ssize_t ldc, int accumulate, float* abuf,
-                           Py_ssize_t j0, Py_ssize_t j1)
+                           Py_ssize_t j0, Py_ssize_t j1, const void* ep)
 
 #: True when this build runs the AVX-512 micro-kernel (only the ``_avx512`` variant does).
 available = bool(WB512_NATIVE)
@@ -109,7 +109,7 @@ cdef void _gemm_job(Geo* g, Py_ssize_t us, Py_ssize_t tb, Py_ssize_t job, const 
         i0 = (job % nj) * TILE_ROWS
         i1 = min(i0 + TILE_ROWS, tb)
         wb512_gemm_direct(i1 - i0, g.M, g.C, V + (k * tb + i0) * g.C, g.C, g.U + k * us,
-                          Mo + (k * tb + i0) * g.M, g.M, 0, work, 0, g.M)
+                          Mo + (k * tb + i0) * g.M, g.M, 0, work, 0, g.M, NULL)
         return
     i0 = (job % nj) * TILE_COLS
     i1 = min(i0 + TILE_COLS, tb)

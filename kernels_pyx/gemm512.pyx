@@ -18,8 +18,8 @@ cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 
 from _gemm512_jobs cimport (IM2COL_PIXELS, IM2COL_ROWS, WB512_NATIVE, WB512_NR, Job, _im2col_nchw_job,
-                            _im2col_nhwc_job, _im2col_whole, _whole, gemm_jobs, pack_b_par,
-                            wb512_abuf_floats, wb512_packed_b_floats)
+                            _im2col_nhwc_job, _im2col_whole, _implicit_nhwc_row, _implicit_ok, _whole,
+                            gemm_jobs, pack_b_par, wb512_abuf_floats, wb512_packed_b_floats)
 from conv_gemm cimport Epi, Geo
 
 cnp.import_array()
@@ -241,12 +241,14 @@ def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1, Py_ssize_
 
 
 def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,
-                double p0=0, double p1=0, slope=None, int num_threads=1):
+                double p0=0, double p1=0, slope=None, int num_threads=1, bint implicit=False):
     """Group-1 convolution by im2col on our SGEMM, either layout.
 
     ``x`` (N, C, H, W) or (N, H, W, C), ``out`` likewise; ``w`` for NCHW the weights (M, C*KH*KW),
     for NHWC ``pack_b`` of the weights (KH*KW*C, M) ordered (ki, kj, channel).  ``pads`` are
-    (top, left, bottom, right).  Returns ``out``.
+    (top, left, bottom, right).  ``implicit`` (NHWC, unit horizontal dilation): no im2col
+    buffer where the taps lie inside the input; the GEMM reads them in place, one output row
+    per job.  Returns ``out``.
     """
     cdef Geo g
     cdef Epi e
@@ -279,11 +281,16 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
         raise ValueError(f"gemm512: weights must have shape ({g.m}, {g.kg}), got {w.shape}")
     if residual is not None and _array(residual, "residual").shape != out.shape:
         raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
+    if implicit and not (nhwc and _implicit_ok(&g)):
+        raise ValueError(f"gemm512: implicit GEMM needs NHWC and unit horizontal dilation, got "
+                         f"{'NHWC' if nhwc else 'NCHW'} with dilations {dilations}")
     _epi(&e, g.m, bias, slope, act, p0, p1)
     e.res = _ptr(residual)
     _no_overlap(out, x, w, bias, residual, slope)
     if out.size == 0:
         return out
+    if implicit:
+        return _conv_implicit(&g, x, w, out, &e, num_threads)
     buf = _scratch(im2col_scratch_floats(nhwc, g.kg, num_threads, g.n, g.p))
     cdef float* bp = _ptr(buf)
     cdef const float* xp = _ptr(x)
@@ -318,4 +325,24 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
                     _im2col_nhwc_job(&g, xp, wp, op, &e, bp, bp + ncols, t)
                 else:
                     _im2col_nchw_job(&g, xp, wp, op, &e, bp, bp + ncols, bp + ncols + npb, t)
+    return out
+
+
+cdef _conv_implicit(Geo* g, x, w, out, Epi* e, int nt):
+    """:func:`conv_im2col` with ``implicit``: one job per output row (:c:func:`_implicit_nhwc_row`)."""
+    cdef Py_ssize_t per = IM2COL_ROWS * g.kg + wb512_abuf_floats(), t, tid, rows = g.n * g.oh
+    buf = _scratch(per * nt)
+    cdef float* bp = _ptr(buf)
+    cdef const float* xp = _ptr(x)
+    cdef const float* wp = _ptr(w)
+    cdef float* op = _ptr(out)
+    cdef Py_ssize_t ncols = IM2COL_ROWS * g.kg
+    with nogil:
+        if nt > 1 and rows > 1:
+            for t in prange(rows, schedule="dynamic", num_threads=nt):
+                tid = threadid()
+                _implicit_nhwc_row(g, xp, wp, op, e, bp + tid * per, bp + tid * per + ncols, t)
+        else:
+            for t in range(rows):
+                _implicit_nhwc_row(g, xp, wp, op, e, bp, bp + ncols, t)
     return out

@@ -274,16 +274,20 @@ static inline void wb512_micro4(ptrdiff_t kcb, const float* pa, const float* pb,
 /* The 12x32 product reading A straight from its rows (row i at a + i * lda), unpacked: for A
  * that is an activation (NHWC pixels x channels, im2col columns) packing it cost a pass over it
  * per column tile, as much as a quarter of the FMAs' time when n is 64-128.  Four row bases
- * stepping one float a k and two row offsets keep the addressing in 8 registers. */
+ * stepping one float a k and two row offsets keep the addressing in 8 registers.  A row may be
+ * made of runs (implicit GEMM: one kernel row of an NHWC convolution's taps): the first run0
+ * floats, then runs of chunk floats, each jump floats past the end of the one before; a plain
+ * matrix row is one run (run0 = kcb). */
 static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
                                   ptrdiff_t ldc, int nr, int load, const float* pf, const wb512_epi* ep,
-                                  ptrdiff_t row0, ptrdiff_t col0) {
+                                  ptrdiff_t row0, ptrdiff_t col0, ptrdiff_t run0, ptrdiff_t chunk,
+                                  ptrdiff_t jump) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00,
            c70 = c00, c71 = c00, c80 = c00, c81 = c00, c90 = c00, c91 = c00,
            c100 = c00, c101 = c00, c110 = c00, c111 = c00;
     __m512 b0, b1, bc;
-    ptrdiff_t kk, l1 = lda, l2 = 2 * lda;
+    ptrdiff_t kk, l1 = lda, l2 = 2 * lda, left = run0;
     const float *q0 = a, *q3 = a + 3 * lda, *q6 = a + 6 * lda, *q9 = a + 9 * lda;
     const int mr = WB512_MR;
     __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
@@ -315,6 +319,10 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
         WB512_ROWD(9, q9[0]) WB512_ROWD(10, q9[l1]) WB512_ROWD(11, q9[l2])
         q0++; q3++; q6++; q9++;
         pb += WB512_NR;
+        if (--left == 0) {   /* the end of a run of A's row: on to the next (implicit GEMM) */
+            q0 += jump; q3 += jump; q6 += jump; q9 += jump;
+            left = chunk;
+        }
     }
     if (ep == NULL) {
         WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3) WB512_STORE(4) WB512_STORE(5)
@@ -353,15 +361,23 @@ static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* p
 #if !WB512_NATIVE
 static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
                                   ptrdiff_t ldc, int nr, int load, const float* pf, const wb512_epi* ep,
-                                  ptrdiff_t row0, ptrdiff_t col0) {
+                                  ptrdiff_t row0, ptrdiff_t col0, ptrdiff_t run0, ptrdiff_t chunk,
+                                  ptrdiff_t jump) {
     float acc[WB512_MR][WB512_NR];
     ptrdiff_t kk;
     int i, j;
     (void)pf;
     memset(acc, 0, sizeof(acc));
-    for (kk = 0; kk < kcb; kk++)
+    ptrdiff_t off = 0, left = run0;
+    for (kk = 0; kk < kcb; kk++) {
         for (i = 0; i < WB512_MR; i++)
-            for (j = 0; j < WB512_NR; j++) acc[i][j] += a[i * lda + kk] * pb[kk * WB512_NR + j];
+            for (j = 0; j < WB512_NR; j++) acc[i][j] += a[i * lda + off] * pb[kk * WB512_NR + j];
+        off++;
+        if (--left == 0) {
+            off += jump;
+            left = chunk;
+        }
+    }
     for (i = 0; i < WB512_MR; i++)
         for (j = 0; j < nr; j++) c[i * ldc + j] = (load ? c[i * ldc + j] : 0.0f) + acc[i][j];
     if (ep != NULL) wb512_epi_block(c, ldc, WB512_MR, nr, ep, row0, col0);
@@ -445,7 +461,7 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
                 float* cc = c + ic * ldc + col;
                 for (ir = 0; ir < full; ir += WB512_MR)
                     wb512_micro_da(kcb, ab + ir * lda, lda, panel, cc + ir * ldc, ldc, (int)nr, load,
-                                   ir == 0 ? next : panel, last, ic + ir, col);
+                                   ir == 0 ? next : panel, last, ic + ir, col, kcb, kcb, 0);
                 if (tail && tail <= 4 && full > 0)
                     wb512_micro4(kcb, abuf, panel, cc + full * ldc, ldc, tail, (int)nr, load);
                 else if (tail)
@@ -453,6 +469,33 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
                                    full == 0 ? next : panel);
                 if (tail && last) wb512_epi_block(cc + full * ldc, ldc, tail, (int)nr, last, ic + full, col);
             }
+        }
+    }
+}
+
+/* Implicit-GEMM strips of a group-1 NHWC convolution with unit horizontal dilation: strip s is
+ * 12 consecutive output pixels of one output row whose taps are all inside the input, its A read
+ * in place: row i of the strip starts at a[s] + i * lda (lda = stride_w * C) and the depth
+ * kg = KH * KW * C, ordered (ki, kj, channel) like the packed weights pb, is KH runs of chunk =
+ * KW * C floats, rowstep floats apart (dilation_h * W * C).  C rows of strip s at c[s] (ldc),
+ * epilogue row index row0[s]; ep NULL: no epilogue.  No im2col buffer, no gather. */
+static inline void wb512_conv_strips(int ns, const float* const* a, ptrdiff_t lda, ptrdiff_t kg,
+                                     ptrdiff_t chunk, ptrdiff_t rowstep, const float* pb, ptrdiff_t n,
+                                     float* const* c, ptrdiff_t ldc, const ptrdiff_t* row0,
+                                     const wb512_epi* ep) {
+    ptrdiff_t npad = wb512_round_up(n, WB512_NR), kb, jp;
+    int s;
+    for (kb = 0; kb < kg; kb += WB512_KC) {
+        ptrdiff_t kcb = kg - kb < WB512_KC ? kg - kb : WB512_KC;
+        ptrdiff_t t = kb % chunk, off = (kb / chunk) * rowstep + t;
+        const wb512_epi* last = kb + kcb >= kg ? ep : NULL;
+        for (jp = 0; jp * WB512_NR < n; jp++) {
+            const float* panel = pb + kb * npad + jp * kcb * WB512_NR;
+            ptrdiff_t col = jp * WB512_NR, nr = n - col < WB512_NR ? n - col : WB512_NR;
+            const float* next = (jp + 1) * WB512_NR < n ? panel + kcb * WB512_NR : panel;
+            for (s = 0; s < ns; s++)
+                wb512_micro_da(kcb, a[s] + off, lda, panel, c[s] + col, ldc, (int)nr, kb > 0,
+                               s == 0 ? next : panel, last, row0[s], col, chunk - t, chunk, rowstep - chunk);
         }
     }
 }

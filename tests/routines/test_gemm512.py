@@ -1,5 +1,6 @@
 """Our AVX-512 SGEMM (kernels_pyx/gemm512.pyx) against NumPy on odd sizes, its refusal of bad
-buffers, and the gemm1x1_avx512 routines against the NumPy reference, epilogues included."""
+buffers, and the gemm1x1_avx512, im2col_avx512 and implicit_avx512 routines against the NumPy
+reference, epilogues included."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -17,7 +18,7 @@ if g is None:
     pytest.skip("workbench._kernels.gemm512_avx512 is not built", allow_module_level=True)
 
 ROUTINES = ("cpu:float32:nchw/gemm1x1_avx512", "cpu:float32:nhwc/gemm1x1_avx512")
-IM2COL = ("cpu:float32:nchw/im2col_avx512", "cpu:float32:nhwc/im2col_avx512")
+IM2COL = ("cpu:float32:nchw/im2col_avx512", "cpu:float32:nhwc/im2col_avx512", "cpu:float32:nhwc/implicit_avx512")
 SETTINGS = dict(deadline=None, derandomize=True, database=None)
 
 
@@ -157,6 +158,14 @@ def test_routines_match_reference(descriptor, x_shape, m, kw, threads):
     # Enough pixel tiles (>= 4 per thread) for the tiled schedule; the cases above, with two
     # threads, gather the whole im2col first and split the GEMM over channels too.
     ([2, 6, 30, 36], 20, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="Relu")),
+    # Output rows wide enough for implicit GEMM's in-place strips of 12 pixels: depth 900 in runs
+    # of 300 crossing the 256-deep K blocks; vertical dilation and stride; epilogues that run as a
+    # separate pass (HardSwish, PRelu) after the strips.
+    ([1, 100, 5, 16], 40, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="Relu")),
+    ([2, 20, 12, 30], 35, dict(kernel=(3, 3), strides=(2, 1), dilations=(2, 1), pads=(2, 1, 2, 1),
+                               activation="LeakyRelu")),
+    ([1, 12, 6, 40], 24, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="HardSwish")),
+    ([1, 9, 7, 29], 70, dict(kernel=(2, 5), pads=(0, 2, 1, 0), activation="PRelu")),
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_im2col_matches_reference(descriptor, x_shape, m, kw, threads):
@@ -179,6 +188,34 @@ def test_applies(kw, gemm1x1, im2col):
         assert routines.get("Conv", d).applies(conv, graph.input_specs(conv)) == want, d
 
 
+@st.composite
+def wide_convs(draw):
+    kernel = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilations = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    h = draw(st.integers(max(1, (kernel[0] - 1) * dilations[0] + 1 - pads[0] - pads[2]), 12))
+    w = draw(st.integers(max(1, (kernel[1] - 1) * dilations[1] + 1 - pads[1] - pads[3]), 70))
+    return dict(x_shape=[draw(st.integers(1, 2)), draw(st.integers(1, 40)), h, w], m=draw(st.integers(1, 70)),
+                kernel=kernel, strides=strides, dilations=dilations, pads=pads, bias=draw(st.booleans()),
+                residual=draw(st.booleans()),
+                activation=draw(st.sampled_from([None, "Relu", "Clip", "LeakyRelu", "HardSwish", "PRelu"])))
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(wide_convs(), st.sampled_from(IM2COL), st.sampled_from([1, 2]))
+def test_im2col_and_implicit_on_random_layers(p, descriptor, threads):
+    """Random geometry with output rows up to 70 wide, so implicit GEMM mixes in-place strips with
+    gathered borders (and, with dilation, does not apply)."""
+    x_shape, m = p.pop("x_shape"), p.pop("m")
+    graph = conv_graph(x_shape, m, seed=x_shape[1] * 7 + m, **p)
+    conv = graph.layer("conv")
+    if not routines.get("Conv", descriptor).applies(conv, graph.input_specs(conv)):
+        assert descriptor.endswith("implicit_avx512") and p["dilations"][1] > 1
+        return
+    assert_routine_matches(graph, descriptor, expect_layers=["conv"], num_threads=threads, seed=m)
+
+
 def test_im2col_bad_weights_raise():
     x, out = _f32(1, 4, 5, 5), _f32(1, 3, 3, 3)
     with pytest.raises(ValueError):
@@ -188,3 +225,8 @@ def test_im2col_bad_weights_raise():
                       (1, 1), (1, 1), (0, 0, 0, 0))
     with pytest.raises(ValueError):
         g.conv_im2col(False, x, _f32(3, 36), None, None, _f32(1, 3, 4, 3), (3, 3), (1, 1), (1, 1), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="implicit GEMM needs NHWC"):
+        g.conv_im2col(False, x, _f32(3, 36), None, None, out, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0), implicit=True)
+    with pytest.raises(ValueError, match="unit horizontal dilation"):
+        g.conv_im2col(True, _f32(1, 5, 5, 4), g.pack_b(_f32(36, 3)), None, None, _f32(1, 3, 1, 3), (3, 3),
+                      (1, 1), (1, 2), (0, 0, 0, 0), implicit=True)

@@ -88,6 +88,7 @@ class _Im2col512(_ConvGemm, register=False):
 
     algo = "im2col_avx512"
     priority = 11.5   # measured faster than BLAS im2col and gemm1x1; the profiler has the last word
+    implicit = False
 
     @classmethod
     def applies(cls, layer, specs):
@@ -110,7 +111,8 @@ class _Im2col512(_ConvGemm, register=False):
         residual = args[3] if layer.attrs.get("residual") else None
         epi = state["epi"]
         _kernels().conv_im2col(cls.layout == NHWC, args[0], state["w"], bias, residual, outs[0], kernel,
-                               strides, dilations, pads, epi.code, epi.p0, epi.p1, epi.slope, num_threads)
+                               strides, dilations, pads, epi.code, epi.p0, epi.p1, epi.slope, num_threads,
+                               cls.implicit)
 
 
 class NchwIm2colAvx512(_Im2col512):
@@ -129,3 +131,23 @@ class NhwcIm2colAvx512(_Im2col512):
         # GEMM depth in the NHWC gather's order (ki, kj, channel); (M, K) read transposed.
         m = w.shape[0]
         return _kernels().pack_b(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(m, -1)), trans_b=True)
+
+
+class NhwcImplicitAvx512(NhwcIm2colAvx512):
+    """Implicit GEMM: the same weights and SGEMM as ``im2col_avx512``, but each output row's
+    pixels whose taps lie inside the input are multiplied straight from the input (a kernel
+    row's KW x C taps are one contiguous run of NHWC memory), with no im2col buffer to write and
+    read back; only the padded border is gathered.  Horizontal dilation 1 only.
+
+    A job is one output row, so every job streams all the weights: this pays where rows are wide
+    and the weights small (a first layer on RGB: VGG-16's features.0 1.02 -> 0.74 ms, ResNet-50's
+    conv1 a tie) and loses on deep, narrow layers (ResNet-50's 14x14 ones 1.5-1.7x slower); the
+    profiler measures it beside im2col_avx512 and picks per layer."""
+
+    algo = "implicit_avx512"
+    priority = 11.4   # below im2col_avx512 until measured: the profiler has the last word
+    implicit = True
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return super().applies(layer, specs) and tuple(geometry(layer)[2])[1] == 1

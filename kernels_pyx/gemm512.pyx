@@ -7,8 +7,10 @@ AVX-512 micro-kernel instead.  The baseline build compiles the same C with a sca
 and says so with ``available = False``: routines use only ``gemm512_avx512``.
 
 Work is split into *jobs* (``_gemm512_jobs.pxd``), (row tile, column tile) blocks of C, run in a
-``prange``, each thread packing A into its own buffer; B is packed once per call (or ahead, for weights) and shared.  The
-fused epilogue is applied to each block right after it is written, while it is in cache.
+``prange``; A is read in place (each thread packs only a last short strip, into its own buffer);
+B is packed once per call (or ahead, for weights) and shared.  The fused epilogue (bias,
+residual, ReLU/clip/leaky) is applied in registers before each block's store; other
+activations run as a pass over each block right after it is written, while it is in cache.
 Shapes are checked in the Python-visible functions before any ``nogil`` code.
 """
 import threading
@@ -64,7 +66,7 @@ def packed_b_floats(Py_ssize_t k, Py_ssize_t n):
 
 
 def pack_b(b, bint trans_b=False, int num_threads=1):
-    """``op(B)`` (k, n) packed into panels for :func:`sgemm_packed` / :func:`conv1x1_nhwc`;
+    """``op(B)`` (k, n) packed into panels for :func:`conv1x1_nhwc` / :func:`conv_im2col`;
     ``trans_b``: ``b`` is stored (n, k).  Returns a 1-D float32 array."""
     b = _array(b, "b", 2)
     _threads(num_threads)

@@ -2,9 +2,12 @@
  *
  * Goto/BLIS scheme: B is packed once into K-blocks of WB512_KC rows, each a run of panels of
  * WB512_NR (32) columns stored k-major (kcb x 32 contiguous, zero padded past n); the caller can
- * pack it ahead (weights, at prepare time) and share it read-only between threads.  A is packed
- * per call into strips of WB512_MR (12) rows (kcb x 12, zero padded past m) in a caller-owned
- * buffer of wb512_abuf_floats() floats, so every thread of a prange brings its own.
+ * pack it ahead (weights, at prepare time) and share it read-only between threads.  A (an
+ * activation in every caller) is read in place, 12 rows at a time (wb512_micro_da); only a last
+ * strip of fewer rows is packed (kcb x 12, zero padded past m) into a caller-owned buffer of
+ * wb512_abuf_floats() floats, so every thread of a prange brings its own.  Packed-A kernels
+ * (wb512_micro_pf, wb512_micro4) serve those strips and callers that pack A ahead (Winograd's
+ * NCHW weights).
  * The 12x32 micro-kernel keeps 24 zmm accumulators, 2 for the B row and one broadcast (27 of
  * 32 registers); edges are handled by masked stores (columns) and row counts (rows), never by
  * reading outside A, B or C.
@@ -398,44 +401,10 @@ static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, 
 }
 
 /* C[0:m, j0:j1] (+)= A(m, k) @ B[:, j0:j1] with B packed by wb512_pack_b (n columns in all);
- * j0 a multiple of WB512_NR.  abuf: wb512_abuf_floats() floats, this thread's own. */
-static inline void wb512_gemm_packed(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
-                                     const float* pb, float* c, ptrdiff_t ldc, int accumulate,
-                                     float* abuf, ptrdiff_t j0, ptrdiff_t j1) {
-    ptrdiff_t npad = wb512_round_up(n, WB512_NR), ic, kb, jp, ir;
-    if (m <= 0 || j1 <= j0) return;
-    if (k <= 0) {
-        if (!accumulate)
-            for (ic = 0; ic < m; ic++) memset(c + ic * ldc + j0, 0, (j1 - j0) * sizeof(float));
-        return;
-    }
-    for (ic = 0; ic < m; ic += WB512_MC) {
-        ptrdiff_t mcb = m - ic < WB512_MC ? m - ic : WB512_MC;
-        for (kb = 0; kb < k; kb += WB512_KC) {
-            ptrdiff_t kcb = k - kb < WB512_KC ? k - kb : WB512_KC;
-            int load = accumulate || kb > 0;
-            wb512_pack_a(mcb, kcb, a + ic * lda + kb, lda, abuf);
-            for (jp = j0 / WB512_NR; jp * WB512_NR < j1; jp++) {
-                const float* panel = pb + kb * npad + jp * kcb * WB512_NR;
-                ptrdiff_t col = jp * WB512_NR, nr = j1 - col < WB512_NR ? j1 - col : WB512_NR;
-                /* The first strip streams this panel from memory: have it fetch the next one. */
-                const float* next = (jp + 1) * WB512_NR < j1 ? panel + kcb * WB512_NR : panel;
-                for (ir = 0; ir < mcb; ir += WB512_MR) {
-                    int mr = (int)(mcb - ir < WB512_MR ? mcb - ir : WB512_MR);
-                    if (mr <= 4 && ir > 0)
-                        wb512_micro4(kcb, abuf + ir * kcb, panel, c + (ic + ir) * ldc + col, ldc, mr, (int)nr, load);
-                    else
-                        wb512_micro_pf(kcb, abuf + ir * kcb, panel, c + (ic + ir) * ldc + col, ldc, mr, (int)nr,
-                                       load, ir == 0 ? next : panel);
-                }
-            }
-        }
-    }
-}
-
-/* As wb512_gemm_packed, but full 12-row strips read A in place (wb512_micro_da); only a last
- * strip of fewer rows is packed (into abuf), so nothing is read past row m.  ep: the epilogue
- * applied to each block after its last K block (NULL: none). */
+ * j0 a multiple of WB512_NR.  Full 12-row strips read A in place (wb512_micro_da); only a last
+ * strip of fewer rows is packed, into abuf (wb512_abuf_floats() floats, this thread's own), so
+ * nothing is read past row m.  ep: the epilogue applied to each block on its last K block
+ * (NULL: none). */
 static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
                                      const float* pb, float* c, ptrdiff_t ldc, int accumulate,
                                      float* abuf, ptrdiff_t j0, ptrdiff_t j1, const wb512_epi* ep) {
@@ -498,27 +467,6 @@ static inline void wb512_conv_strips(int ns, const float* const* a, ptrdiff_t ld
                                s == 0 ? next : panel, last, row0[s], col, chunk - t, chunk, rowstep - chunk);
         }
     }
-}
-
-/* Whole C(m, n) (+)= A(m, k) @ op(B), single-threaded; buffers from malloc.  Returns -1 when
- * out of memory (C untouched), else 0. */
-static inline int wb512_sgemm(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a, ptrdiff_t lda,
-                              const float* b, ptrdiff_t ldb, int trans_b, float* c, ptrdiff_t ldc,
-                              int accumulate) {
-    float *pb, *abuf;
-    if (m <= 0 || n <= 0) return 0;
-    pb = (float*)malloc((size_t)(wb512_packed_b_floats(k, n) + 16) * sizeof(float));
-    abuf = (float*)malloc((size_t)(wb512_abuf_floats() + 16) * sizeof(float));
-    if (pb == NULL || abuf == NULL) {
-        free(pb);
-        free(abuf);
-        return -1;
-    }
-    wb512_pack_b(k, n, b, ldb, trans_b, pb, 0, wb512_round_up(n, WB512_NR) / WB512_NR);
-    wb512_gemm_packed(m, n, k, a, lda, pb, c, ldc, accumulate, abuf, 0, n);
-    free(pb);
-    free(abuf);
-    return 0;
 }
 
 #endif

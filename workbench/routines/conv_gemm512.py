@@ -3,7 +3,8 @@
 ``cpu:float32:nhwc/gemm1x1_avx512`` computes ``out(NHW, M) = x(NHW, C) @ W^T(C, M)`` with the
 weights packed into the kernel's panels once, in :meth:`prepare`; ``cpu:float32:nchw/gemm1x1_avx512``
 computes ``out[n](M, HW) = W(M, C) @ x[n](C, HW)``, packing each image's pixels per call.  Both
-apply the fused bias/residual/activation to each output tile right after computing it.
+apply the fused bias/residual/activation in registers before each block of the output is stored
+(ReLU, clip, leaky ReLU; other activations as a pass over each tile right after it is written).
 
 The environment pins OpenBLAS to its Haswell (AVX2) kernels; these routines are the
 runtime-dispatched AVX-512 alternative to ``gemm1x1``, offered only where the CPU has AVX-512

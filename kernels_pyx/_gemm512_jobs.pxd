@@ -10,6 +10,7 @@ from conv_gemm cimport Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epilogue, _i
 
 cdef extern from "sgemm_avx512.h" nogil:
     int WB512_NATIVE
+    int WB512_MR
     int WB512_NR
     Py_ssize_t wb512_packed_b_floats(Py_ssize_t k, Py_ssize_t n)
     Py_ssize_t wb512_abuf_floats()
@@ -36,6 +37,7 @@ cdef extern from "sgemm_avx512.h" nogil:
 cdef enum:
     TILE_M = 144
     TILE_N = 512
+    ROW_SPLIT_STRIPS = 8   # strips of 12 rows a thread needs before threads split C by rows
 
 
 cdef struct Job:
@@ -64,11 +66,9 @@ cdef inline bint _fused_epi(wb512_epi* ep, const Epi* e, const float* res, Py_ss
     return True
 
 
-cdef inline void _tile(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
-    cdef Py_ssize_t nt = (j.n + j.tn - 1) // j.tn
-    cdef Py_ssize_t i0 = (t // nt) * j.tm, j0 = (t % nt) * j.tn
-    cdef Py_ssize_t i1 = i0 + j.tm if i0 + j.tm < j.m else j.m
-    cdef Py_ssize_t j1 = j0 + j.tn if j0 + j.tn < j.n else j.n
+cdef inline void _block(const Job* j, float* abuf, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                       Py_ssize_t j1) noexcept nogil:
+    """Rows i0..i1-1, columns j0..j1-1 of C, epilogue included."""
     cdef const Epi* e = j.e
     cdef float* o = j.c + i0 * j.ldc + j0
     cdef wb512_epi ep
@@ -91,15 +91,50 @@ cdef inline void _tile(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
                   e.slope + j0 if e.slope != NULL else NULL)
 
 
+cdef inline void _tile(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
+    """Tile ``t`` of the (j.tm x j.tn) tiling of C, row-major."""
+    cdef Py_ssize_t nt = (j.n + j.tn - 1) // j.tn
+    cdef Py_ssize_t i0 = (t // nt) * j.tm, j0 = (t % nt) * j.tn
+    _block(j, abuf, i0, _imin(i0 + j.tm, j.m), j0, _imin(j0 + j.tn, j.n))
+
+
+cdef inline void _rows(const Job* j, float* abuf, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Rows r0..r1-1 of C, all columns, in TILE_M x TILE_N blocks."""
+    cdef Py_ssize_t i0 = r0, j0
+    while i0 < r1:
+        j0 = 0
+        while j0 < j.n:
+            _block(j, abuf, i0, _imin(i0 + TILE_M, r1), j0, _imin(j0 + TILE_N, j.n))
+            j0 += TILE_N
+        i0 += TILE_M
+
+
 cdef inline Py_ssize_t _count(Py_ssize_t m, Py_ssize_t n, Py_ssize_t tm, Py_ssize_t tn) noexcept nogil:
     return ((m + tm - 1) // tm) * ((n + tn - 1) // tn)
 
 
+cdef inline Py_ssize_t row_split(Py_ssize_t units, Py_ssize_t t, int nt) noexcept nogil:
+    """First of the ``units`` (micro-kernel strips, pixels) that thread ``t`` of ``nt`` owns in a
+    split into contiguous, nearly equal ranges."""
+    return units * t // nt
+
+
 cdef inline void gemm_jobs(Job* j, float* abufs, int nt) noexcept nogil:
     """All tiles of ``j`` (B already packed); ``abufs`` holds ``nt`` A buffers, one per thread.
-    With threads, tiles shrink (to 128 columns, 48 rows) until each thread has about 4, so the
-    dynamic schedule can even out a ragged last tile."""
-    cdef Py_ssize_t t, tiles
+
+    With enough rows (ROW_SPLIT_STRIPS micro-kernel strips a thread), each thread owns a
+    contiguous range of C's rows, which in a convolution are output pixels: the next layer's
+    thread then finds most of its input in its own L2, written there by the same core (a
+    row-to-thread map that changes from layer to layer makes every read a cross-core transfer).
+    Otherwise tiles shrink (to 128 columns, 48 rows) until each thread has about 4, on a dynamic
+    schedule that evens out a ragged last tile."""
+    cdef Py_ssize_t t, tiles, strips = (j.m + WB512_MR - 1) // WB512_MR
+    cdef Py_ssize_t per = wb512_abuf_floats()
+    if nt > 1 and strips >= ROW_SPLIT_STRIPS * nt:
+        for t in prange(nt, nogil=True, schedule="static", num_threads=nt):
+            _rows(j, abufs + threadid() * per, _imin(j.m, row_split(strips, t, nt) * WB512_MR),
+                  _imin(j.m, row_split(strips, t + 1, nt) * WB512_MR))
+        return
     j.tm, j.tn = TILE_M, TILE_N
     while nt > 1 and _count(j.m, j.n, j.tm, j.tn) < 4 * nt:
         if j.tn > 128 and j.n > 128 and (j.tn >= j.tm or j.m <= 48):
@@ -109,7 +144,6 @@ cdef inline void gemm_jobs(Job* j, float* abufs, int nt) noexcept nogil:
         else:
             break
     tiles = _count(j.m, j.n, j.tm, j.tn)
-    cdef Py_ssize_t per = wb512_abuf_floats()
     if nt > 1 and tiles > 1:
         for t in prange(tiles, nogil=True, schedule="dynamic", num_threads=nt):
             _tile(j, abufs + threadid() * per, t)
@@ -150,13 +184,17 @@ cdef inline void _gather_run(const Geo* g, const float* x, const float* pw, floa
                       &ep if _fused_epi(&ep, e, e.res, g.m, False, q0) else NULL)
 
 
-cdef inline void _im2col_nhwc_job(const Geo* g, const float* x, const float* pw, float* out, const Epi* e,
-                           float* cols, float* abuf, Py_ssize_t t) noexcept nogil:
-    cdef Py_ssize_t q0 = t * IM2COL_ROWS, q1 = _imin(q0 + IM2COL_ROWS, g.n * g.p)
-    _gather_run(g, x, pw, out, e, cols, abuf, q0, q1)
-    if not wb512_epi_handles(e.act):
-        _epilogue(out + q0 * g.m, q1 - q0, g.m, g.m, False, e.bias,
-                  e.res + q0 * g.m if e.res != NULL else NULL, g.m, e, e.slope)
+cdef inline void im2col_nhwc_pixels(const Geo* g, const float* x, const float* pw, float* out, const Epi* e,
+                                    float* cols, float* abuf, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Output pixels p0..p1-1 (over the batch) of an NHWC im2col convolution, IM2COL_ROWS at a time."""
+    cdef Py_ssize_t q0 = p0, q1
+    while q0 < p1:
+        q1 = _imin(q0 + IM2COL_ROWS, p1)
+        _gather_run(g, x, pw, out, e, cols, abuf, q0, q1)
+        if not wb512_epi_handles(e.act):
+            _epilogue(out + q0 * g.m, q1 - q0, g.m, g.m, False, e.bias,
+                      e.res + q0 * g.m if e.res != NULL else NULL, g.m, e, e.slope)
+        q0 = q1
 
 
 cdef inline bint _implicit_ok(const Geo* g) noexcept nogil:

@@ -6,8 +6,12 @@ The environment caps OpenBLAS at its Haswell kernels; this module's ``_avx512`` 
 AVX-512 micro-kernel instead.  The baseline build compiles the same C with a scalar micro-kernel
 and says so with ``available = False``: routines use only ``gemm512_avx512``.
 
-Work is split into *jobs* (``_gemm512_jobs.pxd``), (row tile, column tile) blocks of C, run in a
-``prange``; A is read in place (each thread packs only a last short strip, into its own buffer);
+Work is split between threads by output pixels where there are enough of them: each thread owns
+one contiguous range of C's rows (NHWC pixels), so that the next layer's thread, which owns about
+the same pixels, reads what its own core just wrote (in its L2) instead of pulling lines from the
+other core (conv1 -> maxpool of ResNet-50: 0.25 -> 0.16 ms; the whole model 19.7 -> 18.6 ms).
+Small outputs fall back to (row tile, column tile) jobs on a dynamic schedule
+(``_gemm512_jobs.pxd``).  A is read in place (each thread packs only a last short strip, into its own buffer);
 B is packed once per call (or ahead, for weights) and shared.  The fused epilogue (bias,
 residual, ReLU/clip/leaky) is applied in registers before each block's store; other
 activations run as a pass over each block right after it is written, while it is in cache.
@@ -20,9 +24,9 @@ cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 
 from _gemm512_jobs cimport (IM2COL_PIXELS, IM2COL_ROWS, WB512_NATIVE, WB512_NR, Job, _im2col_nchw_job,
-                            _im2col_nhwc_job, _im2col_whole, _implicit_nhwc_row, _implicit_ok, _whole,
-                            gemm_jobs, pack_b_par, wb512_abuf_floats, wb512_packed_b_floats)
-from conv_gemm cimport Epi, Geo
+                            im2col_nhwc_pixels, _im2col_whole, _implicit_nhwc_row, _implicit_ok, _whole,
+                            gemm_jobs, pack_b_par, row_split, wb512_abuf_floats, wb512_packed_b_floats)
+from conv_gemm cimport Epi, Geo, _imin
 
 cnp.import_array()
 
@@ -312,26 +316,31 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
             _im2col_whole(&g, nh, xp, wp, op, &e, bp, bp + (g.n * g.p * g.kg if nh else g.p * g.kg),
                           bp + (g.n * g.p * g.kg if nh else g.p * g.kg + wb512_packed_b_floats(g.kg, g.p)), nt)
         return out
+    cdef Py_ssize_t pixels = g.n * g.p, strips = (pixels + 11) // 12
     with nogil:
-        if num_threads > 1 and tiles > 1:
+        if nh:   # each thread owns a contiguous range of output pixels (see gemm_jobs)
+            if num_threads > 1 and tiles > 1:
+                for t in prange(num_threads, schedule="static", num_threads=num_threads):
+                    tid = threadid()
+                    im2col_nhwc_pixels(&g, xp, wp, op, &e, bp + tid * per, bp + tid * per + ncols,
+                                       _imin(pixels, row_split(strips, t, nt) * 12),
+                                       _imin(pixels, row_split(strips, t + 1, nt) * 12))
+            else:
+                im2col_nhwc_pixels(&g, xp, wp, op, &e, bp, bp + ncols, 0, pixels)
+        elif num_threads > 1 and tiles > 1:
             for t in prange(tiles, schedule="dynamic", num_threads=num_threads):
                 tid = threadid()
-                if nh:
-                    _im2col_nhwc_job(&g, xp, wp, op, &e, bp + tid * per, bp + tid * per + ncols, t)
-                else:
-                    _im2col_nchw_job(&g, xp, wp, op, &e, bp + tid * per, bp + tid * per + ncols,
-                                     bp + tid * per + ncols + npb, t)
+                _im2col_nchw_job(&g, xp, wp, op, &e, bp + tid * per, bp + tid * per + ncols,
+                                 bp + tid * per + ncols + npb, t)
         else:
             for t in range(tiles):
-                if nh:
-                    _im2col_nhwc_job(&g, xp, wp, op, &e, bp, bp + ncols, t)
-                else:
-                    _im2col_nchw_job(&g, xp, wp, op, &e, bp, bp + ncols, bp + ncols + npb, t)
+                _im2col_nchw_job(&g, xp, wp, op, &e, bp, bp + ncols, bp + ncols + npb, t)
     return out
 
 
 cdef _conv_implicit(Geo* g, x, w, out, Epi* e, int nt):
-    """:func:`conv_im2col` with ``implicit``: one job per output row (:c:func:`_implicit_nhwc_row`)."""
+    """:func:`conv_im2col` with ``implicit``: one job per output row (:c:func:`_implicit_nhwc_row`),
+    contiguous ranges of rows per thread (a static schedule: see the module doc)."""
     cdef Py_ssize_t per = IM2COL_ROWS * g.kg + wb512_abuf_floats(), t, tid, rows = g.n * g.oh
     buf = _scratch(per * nt)
     cdef float* bp = _ptr(buf)
@@ -341,7 +350,7 @@ cdef _conv_implicit(Geo* g, x, w, out, Epi* e, int nt):
     cdef Py_ssize_t ncols = IM2COL_ROWS * g.kg
     with nogil:
         if nt > 1 and rows > 1:
-            for t in prange(rows, schedule="dynamic", num_threads=nt):
+            for t in prange(rows, schedule="static", num_threads=nt):
                 tid = threadid()
                 _implicit_nhwc_row(g, xp, wp, op, e, bp + tid * per, bp + tid * per + ncols, t)
         else:

@@ -139,8 +139,11 @@ def conv_graph(x_shape, m, seed, bias=True, residual=False, activation=None, str
     ([1, 8, 20, 21], 16, dict(activation="Clip")),
     ([1, 24, 4, 4], 40, dict(activation="PRelu")),
     ([1, 24, 4, 4], 40, dict(activation="HardSwish", residual=True)),
+    # Enough pixels (35 strips of 12) for threads to split C by contiguous rows, 2 or 3 ranges
+    # that end inside a 144-row block.
+    ([1, 40, 20, 21], 70, dict(residual=True, activation="Relu")),
 ])
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 def test_routines_match_reference(descriptor, x_shape, m, kw, threads):
     graph = conv_graph(x_shape, m, seed=x_shape[1] + m, **kw)
     assert_routine_matches(graph, descriptor, expect_layers=["conv"], num_threads=threads, seed=m)
@@ -167,7 +170,7 @@ def test_routines_match_reference(descriptor, x_shape, m, kw, threads):
     ([1, 12, 6, 40], 24, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="HardSwish")),
     ([1, 9, 7, 29], 70, dict(kernel=(2, 5), pads=(0, 2, 1, 0), activation="PRelu")),
 ])
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 def test_im2col_matches_reference(descriptor, x_shape, m, kw, threads):
     graph = conv_graph(x_shape, m, seed=x_shape[1] + m, **kw)
     assert_routine_matches(graph, descriptor, expect_layers=["conv"], num_threads=threads, seed=m)

@@ -302,8 +302,10 @@ cdef inline void _im2col_whole(const Geo* g, bint nhwc, const float* x, const fl
 
 
 cdef inline bint _whole(bint nhwc, Py_ssize_t n, Py_ssize_t p, Py_ssize_t kg, int nt) noexcept nogil:
-    """Whether :func:`conv_im2col` gathers everything first: with threads, when pixel tiles are
-    too few to share out (under 4 per thread) and the columns fit in 64 MiB."""
-    cdef Py_ssize_t tiles = (n * p + IM2COL_ROWS - 1) // IM2COL_ROWS if nhwc else \
-        n * ((p + IM2COL_PIXELS - 1) // IM2COL_PIXELS)
-    return nt > 1 and tiles < 4 * nt and (n if nhwc else 1) * p * kg <= 16 * 1024 * 1024
+    """Whether :func:`conv_im2col` gathers everything first (the columns fitting in 64 MiB): with
+    threads, when the output is too small to share out by pixels, NHWC under ROW_SPLIT_STRIPS
+    strips a thread (as :c:func:`gemm_jobs`), NCHW under 4 pixel tiles a thread.  The GEMM's
+    jobs then split output channels too."""
+    cdef Py_ssize_t few = (n * p + WB512_MR - 1) // WB512_MR < ROW_SPLIT_STRIPS * nt if nhwc else \
+        n * ((p + IM2COL_PIXELS - 1) // IM2COL_PIXELS) < 4 * nt
+    return nt > 1 and few and (n if nhwc else 1) * p * kg <= 16 * 1024 * 1024

@@ -124,10 +124,18 @@ cdef inline Py_ssize_t row_split(Py_ssize_t units, Py_ssize_t t, int nt) noexcep
     return units * t // nt
 
 
+cdef inline bint split_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int nt) noexcept nogil:
+    """Whether ``nt`` threads split an (m x k) @ (k x n) product by contiguous ranges of C's rows:
+    with ROW_SPLIT_STRIPS strips of 12 rows a thread, and B no bigger than A and C together
+    (every thread streams all of B; a bigger one is better split by columns, each thread
+    streaming its share: ResNet-50's 14x14 512->1024 downsample, 2 MB of weights)."""
+    return nt > 1 and (m + WB512_MR - 1) // WB512_MR >= ROW_SPLIT_STRIPS * nt and k * n <= (k + n) * m
+
+
 cdef inline void gemm_jobs(Job* j, float* abufs, int nt) noexcept nogil:
     """All tiles of ``j`` (B already packed); ``abufs`` holds ``nt`` A buffers, one per thread.
 
-    With enough rows (ROW_SPLIT_STRIPS micro-kernel strips a thread), each thread owns a
+    Where :c:func:`split_rows` says so, each thread owns a
     contiguous range of C's rows, which in a convolution are output pixels: the next layer's
     thread then finds most of its input in its own L2, written there by the same core (a
     row-to-thread map that changes from layer to layer makes every read a cross-core transfer).
@@ -137,7 +145,7 @@ cdef inline void gemm_jobs(Job* j, float* abufs, int nt) noexcept nogil:
     row: ResNet-50's 7x7 2048->512 layers 0.26 -> 0.23 ms)."""
     cdef Py_ssize_t t, tiles, strips = (j.m + WB512_MR - 1) // WB512_MR
     cdef Py_ssize_t per = wb512_abuf_floats()
-    if nt > 1 and strips >= ROW_SPLIT_STRIPS * nt:
+    if split_rows(j.m, j.n, j.k, nt):
         for t in prange(nt, nogil=True, schedule="static", num_threads=nt):
             _rows(j, abufs + threadid() * per, _imin(j.m, row_split(strips, t, nt) * WB512_MR),
                   _imin(j.m, row_split(strips, t + 1, nt) * WB512_MR))
@@ -301,11 +309,11 @@ cdef inline void _im2col_whole(const Geo* g, bint nhwc, const float* x, const fl
         gemm_jobs(&j, abufs, nt)
 
 
-cdef inline bint _whole(bint nhwc, Py_ssize_t n, Py_ssize_t p, Py_ssize_t kg, int nt) noexcept nogil:
-    """Whether :func:`conv_im2col` gathers everything first (the columns fitting in 64 MiB): with
-    threads, when the output is too small to share out by pixels, NHWC under ROW_SPLIT_STRIPS
-    strips a thread (as :c:func:`gemm_jobs`), NCHW under 4 pixel tiles a thread.  The GEMM's
-    jobs then split output channels too."""
-    cdef Py_ssize_t few = (n * p + WB512_MR - 1) // WB512_MR < ROW_SPLIT_STRIPS * nt if nhwc else \
+cdef inline bint _whole(bint nhwc, Py_ssize_t n, Py_ssize_t p, Py_ssize_t kg, Py_ssize_t m, int nt) noexcept nogil:
+    """Whether :func:`conv_im2col` (``m`` output channels) gathers everything first (the columns
+    fitting in 64 MiB): with threads, when the output is not to be shared out by pixels (NHWC:
+    :c:func:`split_rows` says no; NCHW: under 4 pixel tiles a thread).  The GEMM's jobs then
+    split output channels too."""
+    cdef bint few = not split_rows(n * p, m, kg, nt) if nhwc else \
         n * ((p + IM2COL_PIXELS - 1) // IM2COL_PIXELS) < 4 * nt
     return nt > 1 and few and (n if nhwc else 1) * p * kg <= 16 * 1024 * 1024

@@ -232,10 +232,11 @@ def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0,
     return out
 
 
-def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1, Py_ssize_t n=0, Py_ssize_t p=0):
+def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1, Py_ssize_t n=0, Py_ssize_t p=0,
+                          Py_ssize_t m=0):
     """Floats of the per-call scratch of :func:`conv_im2col` for ``n`` images of ``p`` output
-    pixels (column and packing buffers, per thread or for the whole output)."""
-    if _whole(nhwc, n, p, kg, num_threads):
+    pixels and ``m`` channels (column and packing buffers, per thread or for the whole output)."""
+    if _whole(nhwc, n, p, kg, m, num_threads):
         if nhwc:
             return n * p * kg + wb512_abuf_floats() * num_threads
         return p * kg + wb512_packed_b_floats(kg, p) + wb512_abuf_floats() * num_threads
@@ -297,7 +298,7 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
         return out
     if implicit:
         return _conv_implicit(&g, x, w, out, &e, num_threads)
-    buf = _scratch(im2col_scratch_floats(nhwc, g.kg, num_threads, g.n, g.p))
+    buf = _scratch(im2col_scratch_floats(nhwc, g.kg, num_threads, g.n, g.p, g.m))
     cdef float* bp = _ptr(buf)
     cdef const float* xp = _ptr(x)
     cdef const float* wp = _ptr(w)
@@ -311,7 +312,7 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
     else:
         tiles = g.n * ((g.p + IM2COL_PIXELS - 1) // IM2COL_PIXELS)
     cdef int nt = num_threads
-    if _whole(nhwc, g.n, g.p, g.kg, num_threads):
+    if _whole(nhwc, g.n, g.p, g.kg, g.m, num_threads):
         with nogil:
             _im2col_whole(&g, nh, xp, wp, op, &e, bp, bp + (g.n * g.p * g.kg if nh else g.p * g.kg),
                           bp + (g.n * g.p * g.kg if nh else g.p * g.kg + wb512_packed_b_floats(g.kg, g.p)), nt)

@@ -12,7 +12,8 @@ OpenBLAS, with the transformed weights packed once, ahead (:func:`pack_u`):
   (point k, block of up to 256 tile columns), each packing its columns of V[k] as B panels.
 
 Every thread packs into its own part of ``work``.  Parallel modes as in ``winograd.pyx``: 0 = the
-stages of each block of tile rows spread over the threads, 1 = whole blocks per thread.  The
+stages of each block of tile rows spread over the threads, 1 = whole blocks per thread, here each
+thread's blocks one contiguous range of tile rows (the layers around it split pixels the same way).  The
 baseline build compiles a scalar micro-kernel and says so with ``available = False``.
 """
 import numpy as np
@@ -119,18 +120,22 @@ cdef void _gemm_job(Geo* g, Py_ssize_t us, Py_ssize_t tb, Py_ssize_t job, const 
 
 cdef void _run(Geo* g, Py_ssize_t us, Py_ssize_t rows, int mode, float* V, float* Mo, float* tmp,
                Py_ssize_t tmp_sz, float* work, Py_ssize_t work_sz, int nt) noexcept nogil:
-    cdef Py_ssize_t nblk = (g.G + rows - 1) // rows, blk, g0, R, job, tid, tb
+    cdef Py_ssize_t nblk = (g.G + rows - 1) // rows, blk, g0, g1, R, job, tid, tb
     cdef Py_ssize_t vsz = g.A2 * g.C * rows * g.tw, msz = g.A2 * g.M * rows * g.tw
     if mode == 1:
-        for blk in prange(nblk, nogil=True, schedule="dynamic", num_threads=nt):
-            tid = threadid()
-            g0 = blk * rows
-            R = min(rows, g.G - g0)
-            tb = R * g.tw
-            _inputs(g, g0, R, 0, tb if g.nhwc else g.C, V + tid * vsz, tmp + tid * tmp_sz)
-            for job in range(g.A2 * _jobs(g.nhwc, tb)):
-                _gemm_job(g, us, tb, job, V + tid * vsz, Mo + tid * msz, work + tid * work_sz)
-            _outputs(g, g0, R, 0, tb if g.nhwc else g.M, Mo + tid * msz, tmp + tid * tmp_sz)
+        # Thread t owns tile rows G*t/nt .. G*(t+1)/nt, in blocks of up to ``rows``: the pixels
+        # it reads and writes are about those its core handles in the layers before and after.
+        for tid in prange(nt, nogil=True, schedule="static", num_threads=nt):
+            g0 = g.G * tid // nt
+            g1 = g.G * (tid + 1) // nt
+            while g0 < g1:
+                R = min(rows, g1 - g0)
+                tb = R * g.tw
+                _inputs(g, g0, R, 0, tb if g.nhwc else g.C, V + tid * vsz, tmp + tid * tmp_sz)
+                for job in range(g.A2 * _jobs(g.nhwc, tb)):
+                    _gemm_job(g, us, tb, job, V + tid * vsz, Mo + tid * msz, work + tid * work_sz)
+                _outputs(g, g0, R, 0, tb if g.nhwc else g.M, Mo + tid * msz, tmp + tid * tmp_sz)
+                g0 = g0 + R
         return
     with nogil, parallel(num_threads=nt):
         tid = threadid()

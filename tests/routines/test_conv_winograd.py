@@ -229,7 +229,7 @@ def _reference(x, w, bias, pads, residual=None, slope=None):
 
 @needs_512
 @settings(max_examples=20, **SETTINGS)
-@given(cases(), st.sampled_from([2, 4]), st.sampled_from([0, 1]), st.integers(1, 4), st.sampled_from([1, 2]),
+@given(cases(), st.sampled_from([2, 4]), st.sampled_from([0, 1]), st.integers(1, 4), st.sampled_from([1, 2, 3]),
        st.booleans())
 def test_kernel512_plans(p, m, mode, rows, threads, nhwc):
     """Every parallel mode and block size of the AVX-512 driver, PRelu and residual fused."""

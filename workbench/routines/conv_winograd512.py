@@ -32,12 +32,15 @@ def plan(m, n, c, h, w, mo, num_threads, nhwc=False):
     as mode 0 on an idle machine and 2-4x faster than it under load (no barriers to wait at).
     NHWC with threads and at least NHWC_LOCAL_TILES tiles a thread: mode 1, each thread its own
     tile rows in blocks of up to ~1 MB of V and Mo (its L2), so that nothing crosses cores
-    (measured in the model: ResNet-50's 56x56x64 layers 0.50 -> 0.36 ms, 28x28x128 0.345 ->
-    0.32; with fewer tiles the 12-row micro-kernel runs part-empty and mode 0 is faster).
+    (measured in the model: ResNet-50's 56x56x64 layers 0.50 -> 0.31-0.43 ms); with fewer
+    tiles the 12-row micro-kernel runs part-empty, and with few tile rows that do not divide
+    among the threads (28x28: 7 rows, 3 + 4) one thread waits for the other, so mode 0.
     """
     tw, th = -(-w // m), -(-h // m)
     per_row = (m + 2) ** 2 * (c + mo) * 4 * tw      # bytes of V and Mo per tile row
-    if nhwc and num_threads > 1 and n * th * tw >= NHWC_LOCAL_TILES * num_threads:
+    rows = n * th
+    if (nhwc and num_threads > 1 and rows * tw >= NHWC_LOCAL_TILES * num_threads
+            and (rows % num_threads == 0 or rows >= 8 * num_threads)):
         return max(1, min((1 << 20) // per_row, -(-n * th // num_threads))), 1
     if per_row * n * th <= 16 << 20:
         return n * th, 0

@@ -13,24 +13,28 @@ from cython.parallel cimport prange
 cnp.import_array()
 
 cdef Py_ssize_t TILE = 32
+cdef Py_ssize_t BLOCK = 1024   # columns per job (a multiple of TILE)
 
 
 cdef void _transpose_tiles(const float* src, float* dst, Py_ssize_t batch, Py_ssize_t rows,
                            Py_ssize_t cols, int num_threads) noexcept nogil:
-    """dst[b, c, r] = src[b, r, c] for a batch of (rows, cols) row-major matrices."""
-    cdef Py_ssize_t row_tiles = (rows + TILE - 1) // TILE
-    cdef Py_ssize_t job, b, r0, c0, r, c, r_end, c_end
+    """dst[b, c, r] = src[b, r, c] for a batch of (rows, cols) row-major matrices.  Jobs are
+    (image, tile row, block of BLOCK columns), so that an image with few channels (an RGB input,
+    3 rows) still splits between threads, each writing one contiguous stretch of pixels."""
+    cdef Py_ssize_t row_tiles = (rows + TILE - 1) // TILE, col_blocks = (cols + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t job, b, r0, c0, r, c, r_end, c_end, c1
     cdef const float* s
     cdef float* d
-    for job in prange(batch * row_tiles, nogil=True, schedule="static", num_threads=num_threads):
-        b = job // row_tiles
+    for job in prange(batch * col_blocks * row_tiles, nogil=True, schedule="static", num_threads=num_threads):
+        b = job // (col_blocks * row_tiles)
+        c0 = (job // row_tiles) % col_blocks * BLOCK
         r0 = (job % row_tiles) * TILE
         r_end = min(r0 + TILE, rows)
+        c1 = min(c0 + BLOCK, cols)
         s = src + b * rows * cols
         d = dst + b * rows * cols
-        c0 = 0
-        while c0 < cols:
-            c_end = min(c0 + TILE, cols)
+        while c0 < c1:
+            c_end = min(c0 + TILE, c1)
             for r in range(r0, r_end):
                 for c in range(c0, c_end):
                     d[c * rows + r] = s[r * cols + c]

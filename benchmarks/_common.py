@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 
 
-def parse_args(doc, argv=None):
-    """The options every whole-model benchmark takes; makes the output folder."""
+def parse_args(doc, argv=None, screen_runs=None):
+    """The options every whole-model benchmark takes (and ``--screen-runs``, default
+    ``screen_runs``, where given); makes the output folder."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16"])
     p.add_argument("--threads", type=int, default=2)
@@ -16,6 +17,9 @@ def parse_args(doc, argv=None):
     p.add_argument("--pause", type=float, default=0.03, help="seconds of idle at the start of each turn")
     p.add_argument("--lead-in", type=int, default=1, help="untimed runs before each timed run")
     p.add_argument("--out", default="artifacts/benchmarks")
+    if screen_runs is not None:
+        p.add_argument("--screen-runs", type=int, default=screen_runs,
+                       help="interleaved runs of every single-family plan, to pick the best one")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     return args

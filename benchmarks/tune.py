@@ -6,11 +6,15 @@ Per model, in one run (batch 1, 224x224, 2 threads for everyone):
 
 - tuning time from an empty profile database (profiling + search) and again from the now warm
   one (a fresh session on the same file), and the search time alone;
-- latency of the tuned plan beside the greedy plan, every single-family plan and ONNX Runtime:
-  medians of ``--runs`` interleaved runs after warm-up (see ``_common.time_interleaved``);
+- latency of the tuned plan beside the greedy plan, the best single-family plan and ONNX
+  Runtime: medians of ``--runs`` interleaved runs after warm-up (see
+  ``_common.time_interleaved``).  The best family is picked first, in a screening round of
+  ``--screen-runs`` interleaved runs of every family's plan with ONNX Runtime, and then measured
+  again beside the others: the minimum of ~17 noisy medians is biased low, and 19 runners taking
+  turns push each other's data out of the caches;
 - the tuned plan's predicted latency (sum of profiled costs) against its latency measured alone,
-  back to back (``Session.measure``: how it runs deployed; the interleaved runs, with 17 other
-  runners pushing its data out of the caches between turns, are for the ratios to the peers).
+  back to back (``Session.measure``: how it runs deployed; the interleaved runs are for the
+  ratios to the peers).
 
 The profile database is a temporary file, so the user's own is neither used nor touched.
 Writes artifacts/benchmarks/tune.{md,json}.
@@ -47,7 +51,7 @@ def tune_twice(model, db, threads):
 
 
 def main(argv=None):
-    args = parse_args(__doc__, argv)
+    args = parse_args(__doc__, argv, screen_runs=10)
     out = Path(args.out)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,10 +70,14 @@ def main(argv=None):
                 errors[key] = relative_error(next(iter(compiled.run(feeds).values())), reference)
                 runners[key] = (lambda c=compiled: c.run(feeds))
             alone = session.measure(runs=args.runs, inputs=feeds)   # back to back, as deployed
-            samples = time_interleaved(runners, args.runs, args.warmup, args.pause, args.lead_in)
+            families = [k for k in plans if k.startswith("cpu:")]
+            screen = time_interleaved({k: runners[k] for k in ["onnxruntime", *families]}, args.screen_runs,
+                                      args.warmup, args.pause, args.lead_in)
+            screen_ms = {k: median_ms(v) for k, v in screen.items()}
+            best_family = min(families, key=screen_ms.get)
+            samples = time_interleaved({k: runners[k] for k in ["onnxruntime", "tuned", "greedy", best_family]},
+                                       args.runs, args.warmup, args.pause, args.lead_in)
             ms = {k: median_ms(v) for k, v in samples.items()}
-            families = {k: v for k, v in ms.items() if k.startswith("cpu:")}
-            best_family = min(families, key=families.get)
             row = dict(model=name, layers=len(graph), tuning_empty_s=empty_s, tuning_warm_s=warm_s, search_s=search_s,
                        plan_method=session.plan.method, dp_states=session.plan.states,
                        ort_ms=ms["onnxruntime"], tuned_ms=ms["tuned"], tuned_iqr_ms=iqr_ms(samples["tuned"]),
@@ -77,7 +85,7 @@ def main(argv=None):
                        predicted_ms=session.plan.cost * 1e3, greedy_predicted_ms=plans["greedy"].cost * 1e3,
                        best_family_predicted_ms=plans[best_family].cost * 1e3,
                        adapts=len(session.plan.adapts), rel_error=errors["tuned"],
-                       all_ms=ms, all_predicted_ms={k: p.cost * 1e3 for k, p in plans.items()})
+                       screen_ms=screen_ms, all_predicted_ms={k: p.cost * 1e3 for k, p in plans.items()})
             row["tuned_vs_ort"] = row["tuned_ms"] / row["ort_ms"]
             row["tuned_vs_best_family"] = row["tuned_ms"] / row["best_family_ms"]
             row["alone_ms"] = alone.median * 1e3
@@ -87,8 +95,9 @@ def main(argv=None):
                   f"{row['ort_ms']:.2f}, best family {best_family} {row['best_family_ms']:.2f}, greedy "
                   f"{row['greedy_ms']:.2f}; tuning {empty_s:.1f} s empty / {warm_s:.2f} s warm", file=sys.stderr)
     (out / "tune.json").write_text(json.dumps({"machine": cpu_name(), "threads": args.threads, "runs": args.runs,
-                                               "results": results}, indent=1))
-    lines = [f"# Tuning, batch 1, 224x224, {args.threads} threads, median of {args.runs} interleaved runs",
+                                               "screen_runs": args.screen_runs, "results": results}, indent=1))
+    lines = [f"# Tuning, batch 1, 224x224, {args.threads} threads, median of {args.runs} interleaved runs "
+             f"(best family screened in {args.screen_runs})",
              f"machine: {cpu_name()}", "",
              "| model | tune s (empty db) | tune s (warm db) | search ms | method | predicted ms | measured alone ms "
              "| pred / meas | tuned ms | greedy ms | best family | family ms | ORT ms | tuned / ORT | tuned / family "

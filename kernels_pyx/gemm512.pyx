@@ -137,6 +137,14 @@ def _no_overlap(out, *others):
             raise ValueError("gemm512: the output overlaps an input")
 
 
+def _in_place(out, residual):
+    """Whether ``residual`` is ``out`` itself (same memory, shape and strides): the product is
+    then accumulated onto it, which saves reading one tensor and fetching the other for
+    writing.  Any other overlap is refused by :func:`_no_overlap`."""
+    return (residual is not None and residual.shape == out.shape and residual.strides == out.strides
+            and residual.__array_interface__["data"][0] == out.__array_interface__["data"][0])
+
+
 _local = threading.local()
 
 
@@ -155,7 +163,8 @@ def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0
     """1x1 stride-1 unpadded NHWC convolution ``out = act(x @ W^T + bias + residual)``.
 
     ``x`` (N, H, W, C), ``out`` (N, H, W, M); ``wp`` the weights (C, M) packed by :func:`pack_b`;
-    ``bias``/``slope`` (M,) or None, ``residual`` as ``out`` or None.  Returns ``out``.
+    ``bias``/``slope`` (M,) or None, ``residual`` as ``out`` or None, or ``out`` itself (the
+    product is then added onto it in place).  Returns ``out``.
     """
     x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
     wp = _array(wp, "packed weights", 1)
@@ -172,6 +181,9 @@ def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0
         raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
     cdef Epi e
     _epi(&e, m, bias, slope, act, p0, p1)
+    cdef bint in_place = _in_place(out, residual)
+    if in_place:
+        residual = None
     _no_overlap(out, x, wp, bias, residual, slope)
     if out.size == 0:
         return out
@@ -179,7 +191,7 @@ def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0
     cdef Job j
     j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = n * h * w, m, c, c, m, m
     j.a, j.pb, j.c = _ptr(x), _ptr(wp), _ptr(out)
-    j.accumulate, j.channel_is_row, j.e, j.res = 0, 0, &e, _ptr(residual)
+    j.accumulate, j.channel_is_row, j.e, j.res = in_place, 0, &e, _ptr(residual)
     cdef float* ab = _ptr(abufs)
     with nogil:
         gemm_jobs(&j, ab, num_threads)
@@ -191,7 +203,8 @@ def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0,
     """1x1 stride-1 unpadded NCHW convolution ``out[n] = act(W @ x[n] + bias + residual[n])``.
 
     ``x`` (N, C, H, W), ``w`` (M, C) (or (M, C, 1, 1)), ``out`` (N, M, H, W); each image's pixels
-    are packed as B, then the jobs of that image run in parallel.  Returns ``out``.
+    are packed as B, then the jobs of that image run in parallel.  ``residual`` may be ``out``
+    itself (added onto in place).  Returns ``out``.
     """
     x, out, w = _array(x, "input", 4), _array(out, "output", 4, writeable=True), _array(w, "weights")
     _threads(num_threads)
@@ -206,6 +219,9 @@ def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0,
         raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
     cdef Epi e
     _epi(&e, m, bias, slope, act, p0, p1)
+    cdef bint in_place = _in_place(out, residual)
+    if in_place:
+        residual = None
     _no_overlap(out, x, w, bias, residual, slope)
     if out.size == 0:
         return out
@@ -216,7 +232,7 @@ def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0,
     cdef Job j
     j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = m, p, c, c, p, p
     j.a, j.pb = _ptr(w), _ptr(pb)
-    j.accumulate, j.channel_is_row, j.e = 0, 1, &e
+    j.accumulate, j.channel_is_row, j.e = in_place, 1, &e
     cdef const float* xp = _ptr(x)
     cdef float* op = _ptr(out)
     cdef const float* rp = _ptr(residual)

@@ -148,3 +148,49 @@ def test_zoo_runs_without_reference_routines_and_without_allocating(name, resolu
     tracemalloc.stop()
     activations = sum(v.nbytes for v in compiled.memory.values.values())
     assert peak < 64 * 1024 + ours.nbytes and activations > 20 * peak
+
+
+def residual_graph(rng, later_reader=False, residual_from_input=False):
+    """c1(x) -> t, c2(t) -> u, c3(u) + t -> z (Add fused into c3 as its residual); optionally a
+    Relu reading t after c3, or the residual a second graph input instead of t."""
+    def conv(name, src, dst):
+        return helper.make_node("Conv", [src, f"{name}_w", f"{name}_b"], [dst], name=name)
+    nodes = [conv("c1", "x", "t"), conv("c2", "t", "u"), conv("c3", "u", "v"),
+             helper.make_node("Add", ["v", "x2" if residual_from_input else "t"], ["z"], name="add")]
+    outputs = [("z", None)]
+    if later_reader:
+        nodes.append(helper.make_node("Relu", ["t"], ["later"], name="later"))
+        outputs.append(("later", None))
+    inits = [(f"{n}_{k}", rng.standard_normal((16, 16, 1, 1) if k == "w" else (16,)).astype(np.float32))
+             for n in ("c1", "c2", "c3") for k in ("w", "b")]
+    inputs = [("x", [1, 16, 13, 15])] + ([("x2", [1, 16, 13, 15])] if residual_from_input else [])
+    return workbench.load(make_model(nodes, inputs, outputs, inits).SerializeToString())
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case, in_place", [(dict(), {"c3": 3}), (dict(later_reader=True), {}),
+                                            (dict(residual_from_input=True), {})])
+def test_dead_residual_is_overwritten_in_place(rng, layout, case, in_place):
+    """A fused residual that nothing reads afterwards becomes the output buffer of a routine that
+    accumulates onto it; one still read later, or a graph input's own buffer, is left alone (an
+    input's NHWC copy made by an adapt is not).  Either way the outputs match the reference
+    executor, on a first and a second run."""
+    descriptor = f"cpu:float32:{layout}/gemm1x1_avx512"
+    if case.get("residual_from_input") and layout == "nhwc":
+        in_place = {"c3": 3}
+    graph = residual_graph(rng, **case)
+    c3 = graph.layer("c3")
+    if not routines.get("Conv", descriptor).applies(c3, graph.input_specs(c3)):
+        pytest.skip("this CPU lacks AVX-512 or gemm512_avx512 is not built")
+    assert c3.attrs.get("residual")
+    compiled = CompiledModel(graph, {l.name: descriptor if l.op == "Conv" else REFERENCE for l in graph}, 2)
+    assert compiled.in_place == in_place
+    if in_place:
+        t = ("x2" if case.get("residual_from_input") else "t", layout)
+        assert t in compiled.memory.values and np.shares_memory(compiled._views[t], compiled._views[("z", layout)])
+    ref = workbench.ReferenceExecutor(graph)
+    for seed in (0, 1):
+        feeds = workbench.random_inputs(graph, seed=seed)
+        ours, want = compiled.run(feeds), ref.run(feeds)
+        for k in want:
+            np.testing.assert_allclose(ours[k], want[k], rtol=1e-4, atol=1e-4 * np.abs(want[k]).max())

@@ -44,6 +44,13 @@ def blas_limit(num_threads=1):
     return _controller.limit(limits=num_threads, user_api="blas")
 
 
+def _root(alias, key):
+    """The key whose buffer ``key`` finally shares (following chains of aliases)."""
+    while key in alias:
+        key = alias[key]
+    return key
+
+
 @dataclass
 class Step:
     """One bound unit of work: a layer under its routine, or an adapt on one tensor."""
@@ -121,6 +128,8 @@ class CompiledModel:
             plan.append(("layer", layer, in_keys, out_keys))
         self.output_keys = {o: need(o, io_layout(g.spec(o), self.io_format)) for o in g.outputs if o not in g.constants}
         self.input_keys = {t: (t, lay) for t, lay in home.items()}
+        self.in_place = self._in_place(plan, alias)
+        alias = {k: _root(alias, k) for k in alias}
 
         def owner(key):
             return alias.get(key, key)
@@ -146,6 +155,32 @@ class CompiledModel:
         for key, base in alias.items():
             self._views[key] = self._views[base].reshape(adapt.physical_shape(self._spec(key)))
         self.steps = [self._bind(*p) for p in plan]
+
+    def _in_place(self, plan, alias):
+        """Let each layer whose routine may overwrite an input (``Routine.in_place_input``, a
+        fused residual) write its output into that input's buffer, where the input is read by
+        nothing after it (nor twice by the layer), is no graph input or output, and has the
+        output's shape and dtype.  Adds the aliases; returns ``{layer name: input index}``."""
+        g = self.graph
+        graph_inputs = {key for t, key in self.input_keys.items() if t in g.inputs}
+        done = {}
+        for step, (kind, layer, ins, outs) in enumerate(plan):
+            if kind != "layer":
+                continue
+            i = self.routines[layer.name].in_place_input(layer)
+            if i is None or i >= len(ins) or ins[i] is None:
+                continue
+            base = _root(alias, ins[i])
+            if (base in graph_inputs or outs[0] in alias or sum(_root(alias, k) == base for k in ins if k) != 1
+                    or adapt.physical_shape(self._spec(base)) != adapt.physical_shape(self._spec(outs[0]))
+                    or self._spec(base).dtype != self._spec(outs[0]).dtype):
+                continue
+            later = [k for _, _, ks, _ in plan[step + 1:] for k in ks if k is not None]
+            if any(_root(alias, k) == base for k in later + list(self.output_keys.values())):
+                continue
+            alias[outs[0]] = base
+            done[layer.name] = i
+        return done
 
     def _spec(self, key):
         tensor, layout = key

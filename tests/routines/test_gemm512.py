@@ -233,3 +233,32 @@ def test_im2col_bad_weights_raise():
     with pytest.raises(ValueError, match="unit horizontal dilation"):
         g.conv_im2col(True, _f32(1, 5, 5, 4), g.pack_b(_f32(36, 3)), None, None, _f32(1, 3, 1, 3), (3, 3),
                       (1, 1), (1, 2), (0, 0, 0, 0), implicit=True)
+
+
+@pytest.mark.parametrize("nhwc", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_residual_given_as_the_output_is_added_in_place(nhwc, threads):
+    """``residual is out``: the product (depth over two K blocks) is accumulated onto it, bias and
+    ReLU applied after; a residual that only partly overlaps the output is refused."""
+    rng = np.random.default_rng(threads)
+    n, c, h, w, m = 2, 300, 9, 23, 40
+    x = rng.standard_normal((n, h, w, c) if nhwc else (n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((m, c)).astype(np.float32)
+    bias = rng.standard_normal(m).astype(np.float32)
+    out = rng.standard_normal((n, h, w, m) if nhwc else (n, m, h, w)).astype(np.float32)
+    prod = (np.einsum("nhwc,mc->nhwm", x, wt) + bias if nhwc
+            else np.einsum("nchw,mc->nmhw", x, wt) + bias[:, None, None])
+    want = np.maximum(prod + out.astype(np.float64), 0)
+    if nhwc:
+        g.conv1x1_nhwc(x, g.pack_b(wt, trans_b=True), bias, out, out, 1, num_threads=threads)
+    else:
+        g.conv1x1_nchw(x, wt, bias, out, out, 1, num_threads=threads)
+    assert _rel_err(out, want) < 1e-5
+    shifted = np.zeros(out.size + 1, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        if nhwc:
+            g.conv1x1_nhwc(x, g.pack_b(wt, trans_b=True), bias, shifted[1:].reshape(out.shape),
+                           shifted[:-1].reshape(out.shape), 1, num_threads=threads)
+        else:
+            g.conv1x1_nchw(x, wt, bias, shifted[1:].reshape(out.shape), shifted[:-1].reshape(out.shape), 1,
+                           num_threads=threads)

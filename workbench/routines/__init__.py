@@ -81,6 +81,13 @@ class Routine:
         return [cls.layout if len(s.shape) == 4 else NCHW for s in layer.out_specs]
 
     @classmethod
+    def in_place_input(cls, layer):
+        """Index of an input that :meth:`run` may be given as the output buffer itself (a fused
+        residual the kernel adds onto in place), or None.  The executor does so only where that
+        input has the output's shape and layout and nothing reads it afterwards."""
+        return None
+
+    @classmethod
     def preference(cls, layer, specs):
         """Default rank among the routines that apply to ``layer`` (higher first), for when no
         profile says otherwise: :attr:`priority`, unless a routine knows its shape limits."""

@@ -5,6 +5,8 @@ weights packed into the kernel's panels once, in :meth:`prepare`; ``cpu:float32:
 computes ``out[n](M, HW) = W(M, C) @ x[n](C, HW)``, packing each image's pixels per call.  Both
 apply the fused bias/residual/activation in registers before each block of the output is stored
 (ReLU, clip, leaky ReLU; other activations as a pass over each tile right after it is written).
+A residual that dies at the layer is overwritten in place (:meth:`Routine.in_place_input`): the
+executor passes its buffer as the output, and the product is accumulated onto it.
 
 The environment pins OpenBLAS to its Haswell (AVX2) kernels; these routines are the
 runtime-dispatched AVX-512 alternative to ``gemm1x1``, offered only where the CPU has AVX-512
@@ -38,6 +40,10 @@ class _Gemm512(_ConvGemm, register=False):
             return False
         _, strides, _, _, group = geometry(layer)
         return tuple(strides) == (1, 1) and group == 1
+
+    @classmethod
+    def in_place_input(cls, layer):
+        return 3 if layer.attrs.get("residual") else None   # the kernels accumulate onto it
 
     @classmethod
     def prepare(cls, layer):

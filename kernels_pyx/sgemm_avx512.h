@@ -309,23 +309,24 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
             _mm_prefetch((const char*)(rr + 16), _MM_HINT_T0);
         }
     }
-    for (kk = 0; kk < kcb; kk++) {
-        b0 = _mm512_loadu_ps(pb);
-        b1 = _mm512_loadu_ps(pb + 16);
-        _mm_prefetch((const char*)(pb + 8 * WB512_NR), _MM_HINT_T0);
-        _mm_prefetch((const char*)pf, _MM_HINT_T1);
-        _mm_prefetch((const char*)(pf + 16), _MM_HINT_T1);
-        pf += WB512_NR;
-        WB512_ROWD(0, q0[0]) WB512_ROWD(1, q0[l1]) WB512_ROWD(2, q0[l2])
-        WB512_ROWD(3, q3[0]) WB512_ROWD(4, q3[l1]) WB512_ROWD(5, q3[l2])
-        WB512_ROWD(6, q6[0]) WB512_ROWD(7, q6[l1]) WB512_ROWD(8, q6[l2])
-        WB512_ROWD(9, q9[0]) WB512_ROWD(10, q9[l1]) WB512_ROWD(11, q9[l2])
-        q0++; q3++; q6++; q9++;
-        pb += WB512_NR;
-        if (--left == 0) {   /* the end of a run of A's row: on to the next (implicit GEMM) */
-            q0 += jump; q3 += jump; q6 += jump; q9 += jump;
-            left = chunk;
+    for (kk = 0; kk < kcb; kk += left, left = chunk) {   /* one run of A's rows at a time */
+        const float* end;
+        if (left > kcb - kk) left = kcb - kk;
+        for (end = q0 + left; q0 < end;) {
+            b0 = _mm512_loadu_ps(pb);
+            b1 = _mm512_loadu_ps(pb + 16);
+            _mm_prefetch((const char*)(pb + 8 * WB512_NR), _MM_HINT_T0);
+            _mm_prefetch((const char*)pf, _MM_HINT_T1);
+            _mm_prefetch((const char*)(pf + 16), _MM_HINT_T1);
+            pf += WB512_NR;
+            WB512_ROWD(0, q0[0]) WB512_ROWD(1, q0[l1]) WB512_ROWD(2, q0[l2])
+            WB512_ROWD(3, q3[0]) WB512_ROWD(4, q3[l1]) WB512_ROWD(5, q3[l2])
+            WB512_ROWD(6, q6[0]) WB512_ROWD(7, q6[l1]) WB512_ROWD(8, q6[l2])
+            WB512_ROWD(9, q9[0]) WB512_ROWD(10, q9[l1]) WB512_ROWD(11, q9[l2])
+            q0++; q3++; q6++; q9++;
+            pb += WB512_NR;
         }
+        q0 += jump; q3 += jump; q6 += jump; q9 += jump;   /* on to the next run (implicit GEMM) */
     }
     if (ep == NULL) {
         WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3) WB512_STORE(4) WB512_STORE(5)

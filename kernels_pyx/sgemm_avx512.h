@@ -427,7 +427,12 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
             for (jp = j0 / WB512_NR; jp * WB512_NR < j1; jp++) {
                 const float* panel = pb + kb * npad + jp * kcb * WB512_NR;
                 ptrdiff_t col = jp * WB512_NR, nr = j1 - col < WB512_NR ? j1 - col : WB512_NR;
-                const float* next = (jp + 1) * WB512_NR < j1 ? panel + kcb * WB512_NR : panel;
+                /* prefetched while this panel's first strip runs: the next panel, or past the
+                 * last one the first panel of the next K block (cold weights stream from memory) */
+                const float* next = (jp + 1) * WB512_NR < j1 ? panel + kcb * WB512_NR
+                                    : kb + kcb < k ? pb + (kb + kcb) * npad + (j0 / WB512_NR) * WB512_NR *
+                                                     (k - kb - kcb < WB512_KC ? k - kb - kcb : WB512_KC)
+                                    : panel;
                 float* cc = c + ic * ldc + col;
                 for (ir = 0; ir < full; ir += WB512_MR)
                     wb512_micro_da(kcb, ab + ir * lda, lda, panel, cc + ir * ldc, ldc, (int)nr, load,

@@ -194,3 +194,22 @@ def test_dead_residual_is_overwritten_in_place(rng, layout, case, in_place):
         ours, want = compiled.run(feeds), ref.run(feeds)
         for k in want:
             np.testing.assert_allclose(ours[k], want[k], rtol=1e-4, atol=1e-4 * np.abs(want[k]).max())
+
+
+@pytest.mark.parametrize("shape", [[2, 5, 1, 1], [2, 1, 4, 3]])
+def test_layout_adapt_of_identical_bytes_is_a_view(rng, nhwc_relu, shape):
+    """An (N, C, 1, 1) or (N, 1, H, W) tensor is the same bytes in NCHW and NHWC: the executor
+    shares the buffer instead of running an adapt, and the profiler prices it at zero."""
+    from workbench import adapt, profile
+    from workbench.graph import TensorSpec
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Sigmoid", ["r"], ["y"], name="sig")]
+    graph = workbench.load(make_model(nodes, [("x", shape)], [("y", None)]).SerializeToString(), fuse=False)
+    compiled = CompiledModel(graph, {"relu": nhwc_relu, "sig": REFERENCE})
+    assert compiled.adapts == []
+    assert np.shares_memory(compiled._views[("r", "nhwc")], compiled._views[("r", "nchw")])
+    feeds = workbench.random_inputs(graph)
+    np.testing.assert_array_equal(compiled.run(feeds)["y"], workbench.ReferenceExecutor(graph).run(feeds)["y"])
+    a = adapt.path(TensorSpec(tuple(shape), layout="nhwc"), "nchw")[0]
+    assert profile._time_adapt(TensorSpec(tuple(shape), layout="nhwc"), a, 3, 1).median == 0
+    assert not a.is_view(TensorSpec((2, 5, 2, 1), layout="nhwc"))

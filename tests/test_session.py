@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import workbench
-from workbench import routines, search, zoo
+from workbench import adapt, routines, search, zoo
 from workbench.assign import FilterError, assign
 from workbench.check import relative_error, run_onnxruntime
 from workbench.profiledb import ProfileDatabase
@@ -77,7 +77,10 @@ def test_tuned_plan_is_optimal_and_computes_the_model(db_path, name):
     ours = s.run(feeds)
     assert_close(ours, workbench.ReferenceExecutor(s.graph).run(feeds))
     assert_close(ours, run_onnxruntime(model, feeds))
-    assert len(s.compile().adapts) == len(plan.adapts)
+    # Every adapt of the plan runs, but those between identical bytes (a pooled (N, C, 1, 1)),
+    # which share the buffer.
+    views = [1 for t, src, dst in plan.adapts if adapt.is_view(s.graph.spec(t).with_layout(src), dst)]
+    assert len(s.compile().adapts) == len(plan.adapts) - len(views)
 
 
 def test_family_plans_are_what_each_filter_assigns(db_path):
@@ -272,7 +275,10 @@ def test_nhwc_io_format_runs_in_nhwc(db_path):
     nchw = {"input": np.ascontiguousarray(feeds["input"].transpose(0, 3, 1, 2))}
     assert_close(s.run(feeds), workbench.ReferenceExecutor(s.graph).run(nchw))
     # the compiled model converts exactly where the plan said it would
-    assert len(s.compile().adapts) == len(plan.adapts)
+    # Every adapt of the plan runs, but those between identical bytes (a pooled (N, C, 1, 1)),
+    # which share the buffer.
+    views = [1 for t, src, dst in plan.adapts if adapt.is_view(s.graph.spec(t).with_layout(src), dst)]
+    assert len(s.compile().adapts) == len(plan.adapts) - len(views)
 
 
 def test_tensor_names_with_colons(tmp_path):

@@ -30,9 +30,11 @@ class Adapt:
     dtype: ClassVar[str] = "float32"
     name: ClassVar[str] = ""
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, register=True, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.name = cls.name or f"{cls.dtype}:{cls.src_layout}->{cls.dst_layout}"
+        if not register:
+            return
+        cls.name = cls.__dict__.get("name") or f"{cls.dtype}:{cls.src_layout}->{cls.dst_layout}"
         _ADAPTS[(cls.src_layout, cls.dst_layout, cls.dtype)] = cls
 
     @classmethod
@@ -40,11 +42,25 @@ class Adapt:
         return len(spec.shape) == 4 and spec.dtype == cls.dtype
 
     @classmethod
+    def is_view(cls, spec: TensorSpec) -> bool:
+        """Whether ``spec`` holds the same bytes in the same order in both layouts, so that the
+        executor reinterprets the buffer instead of running the adapt (and it costs nothing)."""
+        return False
+
+    @classmethod
     def run(cls, src, dst, num_threads):
         raise NotImplementedError
 
 
-class NchwToNhwc(Adapt):
+class _Transpose(Adapt, register=False):
+    @classmethod
+    def is_view(cls, spec):
+        # (N, C, 1, 1), a pooled classifier input, or (N, 1, H, W): nothing moves.
+        _, c, h, w = spec.shape
+        return c == 1 or h * w == 1
+
+
+class NchwToNhwc(_Transpose):
     src_layout, dst_layout = NCHW, NHWC
 
     @classmethod
@@ -53,7 +69,7 @@ class NchwToNhwc(Adapt):
         layout.nchw_to_nhwc(src, dst, num_threads)
 
 
-class NhwcToNchw(Adapt):
+class NhwcToNchw(_Transpose):
     src_layout, dst_layout = NHWC, NCHW
 
     @classmethod
@@ -86,3 +102,9 @@ def path(spec: TensorSpec, dst_layout: str):
     except (nx.NetworkXNoPath, nx.NodeNotFound):
         raise ValueError(f"no adapt converts {spec} from {spec.layout} to {dst_layout}") from None
     return [g.edges[a, b]["adapt"] for a, b in zip(nodes, nodes[1:])]
+
+
+def is_view(spec: TensorSpec, dst_layout: str) -> bool:
+    """Whether converting ``spec`` (in its layout) to ``dst_layout`` moves no bytes: every adapt
+    on the way is a view (the executor shares the buffer; the profiler prices it at zero)."""
+    return all(a.is_view(spec) for a in path(spec, dst_layout))

@@ -98,6 +98,7 @@ class CompiledModel:
         home = {t: io_layout(s, self.io_format) for t, s in g.inputs.items()}
         ready = {(t, lay) for t, lay in home.items()}
         plan = []   # (kind, payload, input keys, output keys)
+        alias = {}   # key -> the key whose buffer it shares (view routines and adapts, in place)
 
         def need(tensor, layout):
             key = (tensor, layout)
@@ -106,12 +107,14 @@ class CompiledModel:
                 for a in adapt.path(g.spec(tensor).with_layout(home[tensor]), layout):
                     nxt = (tensor, a.dst_layout)
                     if nxt not in ready:
-                        plan.append(("adapt", a, [cur], [nxt]))
+                        if a.is_view(g.spec(tensor)):
+                            alias[nxt] = alias.get(cur, cur)
+                        else:
+                            plan.append(("adapt", a, [cur], [nxt]))
                         ready.add(nxt)
                     cur = nxt
             return key
 
-        alias = {}   # key -> the key whose buffer it shares (view routines)
         for layer in g:
             r = self.routines[layer.name]
             layouts = r.input_layouts(layer, g.input_specs(layer))

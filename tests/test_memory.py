@@ -2,7 +2,28 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from workbench.memory import Value, plan_memory
+from workbench.memory import PAGE, STAGGER, Value, plan_memory
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.integers(-1, 30), st.integers(0, 12), st.integers(1, 5000)), min_size=1, max_size=40))
+def test_slots_in_one_arena_are_disjoint_and_staggered(spans):
+    """Each slot's view lies inside the one arena, apart from every other slot's, and starts
+    ``slot * STAGGER`` bytes past a page boundary (mod a page): slots never share cache-set
+    alignment, whatever addresses the allocator returns."""
+    values = [Value(("t%d" % i, "nchw"), (size,), "float32", first, first + length)
+              for i, (first, length, size) in enumerate(spans)]
+    plan = plan_memory(values)
+    (arena,), views = plan.allocate()
+    lo, hi = arena.ctypes.data, arena.ctypes.data + arena.nbytes
+    spans_of = {}
+    for v in values:
+        addr = views[v.key].ctypes.data
+        assert lo <= addr and addr + v.nbytes <= hi
+        assert addr % PAGE == (v.slot * STAGGER) % PAGE
+        spans_of.setdefault(v.slot, (addr, addr + plan.slot_sizes[v.slot]))
+    ordered = sorted(spans_of.values())
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ordered, ordered[1:]))
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

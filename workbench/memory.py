@@ -1,11 +1,16 @@
-"""Buffer planning: every intermediate tensor gets a slot in a few preallocated arenas, reused
-once the tensor is dead (liveness over the step list), so steady-state inference allocates nothing.
+"""Buffer planning: every intermediate tensor gets a slot in one preallocated arena, reused once
+the tensor is dead (liveness over the step list), so steady-state inference allocates nothing.
+Slots are laid out at staggered cache-set alignments (:meth:`MemoryPlan.slot_offsets`), so that a
+compiled model's speed does not depend on where the allocator happened to put its buffers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+
+PAGE = 4096
+STAGGER = 17 * 64   # bytes: an odd number of cache lines between slots' cache-set alignments
 
 
 @dataclass
@@ -33,15 +38,30 @@ class MemoryPlan:
     def total_bytes(self):
         return sum(self.slot_sizes)
 
+    def slot_offsets(self):
+        """Byte offset of each slot in the one arena: page aligned, then slot ``k`` shifted by
+        ``k * STAGGER`` bytes (mod a page), so that tensors of different slots do not start on
+        the same cache sets.  Separate allocations start wherever the allocator puts them, and
+        the same plan compiled twice ran MobileNetV2 2.6% apart (a depthwise layer whose input
+        and output landed on the same L1/L2 sets 20% slower)."""
+        offsets, end = [], 0
+        for k, size in enumerate(self.slot_sizes):
+            start = -(-end // PAGE) * PAGE + (k * STAGGER) % PAGE
+            offsets.append(start)
+            end = start + size
+        return offsets, end
+
     def allocate(self):
-        """The arenas, and a ``{key: ndarray view}`` into them."""
-        arenas = [np.empty(max(size, 1), np.uint8) for size in self.slot_sizes]
+        """The arena (one array, page aligned), and a ``{key: ndarray view}`` into it."""
+        offsets, total = self.slot_offsets()
+        raw = np.empty(total + PAGE, np.uint8)
+        base = -raw.ctypes.data % PAGE
+        arena = raw[base: base + max(total, 1)]
         views = {}
         for key, v in self.values.items():
-            # 64-byte aligned start: arenas come from NumPy's allocator, views start at offset 0.
-            raw = arenas[v.slot][: v.nbytes]
-            views[key] = raw.view(v.dtype).reshape(v.shape)
-        return arenas, views
+            start = offsets[v.slot]
+            views[key] = arena[start: start + v.nbytes].view(v.dtype).reshape(v.shape)
+        return [arena], views
 
 
 def plan_memory(values) -> MemoryPlan:

@@ -13,13 +13,13 @@ from cython.parallel cimport prange
 cnp.import_array()
 
 cdef Py_ssize_t TILE = 32
-cdef Py_ssize_t BLOCK = 1024   # columns per job (a multiple of TILE)
+cdef Py_ssize_t BLOCK = 256    # columns per job (a multiple of TILE)
 
 
 cdef void _transpose_tiles(const float* src, float* dst, Py_ssize_t batch, Py_ssize_t rows,
                            Py_ssize_t cols, int num_threads) noexcept nogil:
     """dst[b, c, r] = src[b, r, c] for a batch of (rows, cols) row-major matrices.  Jobs are
-    (image, tile row, block of BLOCK columns), so that an image with few channels (an RGB input,
+    (image, block of BLOCK columns, tile row), so that an image with few channels (an RGB input,
     3 rows) still splits between threads, each writing one contiguous stretch of pixels."""
     cdef Py_ssize_t row_tiles = (rows + TILE - 1) // TILE, col_blocks = (cols + BLOCK - 1) // BLOCK
     cdef Py_ssize_t job, b, r0, c0, r, c, r_end, c_end, c1

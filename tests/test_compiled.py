@@ -213,3 +213,20 @@ def test_layout_adapt_of_identical_bytes_is_a_view(rng, nhwc_relu, shape):
     a = adapt.path(TensorSpec(tuple(shape), layout="nhwc"), "nchw")[0]
     assert profile._time_adapt(TensorSpec(tuple(shape), layout="nhwc"), a, 3, 1).median == 0
     assert not a.is_view(TensorSpec((2, 5, 2, 1), layout="nhwc"))
+
+
+def test_input_read_only_by_an_adapt_is_not_copied_first(rng, nhwc_relu):
+    """A graph input whose only readers want another layout is adapted straight from the
+    caller's array (no copy into our buffer first); non-contiguous arrays are accepted, and the
+    results match the reference for each new input."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Sigmoid", ["r"], ["y"], name="sig")]
+    graph = workbench.load(make_model(nodes, [("x", [2, 3, 5, 7])], [("y", None)]).SerializeToString(), fuse=False)
+    compiled = CompiledModel(graph, {"relu": nhwc_relu, "sig": REFERENCE})
+    assert compiled._direct == {"x"} and [s.name for s in compiled.adapts][0] == "adapt:x:nchw->nhwc"
+    ref = workbench.ReferenceExecutor(graph)
+    for seed in (0, 1):
+        x = np.random.default_rng(seed).standard_normal((2, 7, 5, 3)).astype(np.float32).transpose(0, 3, 2, 1)
+        np.testing.assert_array_equal(compiled.run({"x": x})["y"], ref.run({"x": np.ascontiguousarray(x)})["y"])
+    # An input a layer reads in its own layout is still copied in.
+    assert CompiledModel(graph, {"relu": REFERENCE, "sig": REFERENCE})._direct == set()

@@ -133,6 +133,16 @@ class CompiledModel:
         self.input_keys = {t: (t, lay) for t, lay in home.items()}
         self.in_place = self._in_place(plan, alias)
         alias = {k: _root(alias, k) for k in alias}
+        # Graph inputs read only by adapts: the adapts read the caller's array itself (no copy
+        # into a buffer of ours first, which also left it all in the loading core's cache).
+        readers = {}
+        for kind, _, ins, _ in plan:
+            for k in ins:
+                if k is not None:
+                    readers.setdefault(k, set()).add(kind)
+        self._direct = {t for t, k in self.input_keys.items() if t in g.inputs and readers.get(k) == {"adapt"}
+                        and k not in alias.values() and k not in self.output_keys.values()}
+        self._fed = {}
 
         def owner(key):
             return alias.get(key, key)
@@ -196,9 +206,10 @@ class CompiledModel:
         views, threads = self._views, self.num_threads
         if kind == "adapt":
             src, dst = views[in_keys[0]], views[out_keys[0]]
-            a = payload
-            return Step("adapt", f"adapt:{in_keys[0][0]}:{a.src_layout}->{a.dst_layout}", a.name,
-                        lambda: a.run(src, dst, threads))
+            a, t, fed = payload, in_keys[0][0], self._fed
+            run = ((lambda: a.run(fed[t], dst, threads)) if t in self._direct and in_keys[0] == self.input_keys[t]
+                   else (lambda: a.run(src, dst, threads)))
+            return Step("adapt", f"adapt:{t}:{a.src_layout}->{a.dst_layout}", a.name, run)
         layer, r = payload, self.routines[payload.name]
         if r.view_of_input is not None:
             return Step("layer", layer.name, r.descriptor, lambda: None, layer)
@@ -224,7 +235,10 @@ class CompiledModel:
 
     def _load(self, feeds):
         for name, a in check_inputs(self.graph, feeds, self.io_format).items():
-            np.copyto(self._views[self.input_keys[name]], a)
+            if name in self._direct:
+                self._fed[name] = np.ascontiguousarray(a)
+            else:
+                np.copyto(self._views[self.input_keys[name]], a)
 
     def _outputs(self):
         return {o: (self.graph.constants[o].copy() if o in self.graph.constants else self._views[self.output_keys[o]].copy())

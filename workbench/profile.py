@@ -14,7 +14,7 @@ from . import routines
 from .compiled import default_threads
 from .execute import io_layout
 from .graph import NCHW, NHWC
-from .measure import Timing, time_routine
+from .measure import Timing, time_routines
 from .profiledb import ProfileDatabase, Record, signature
 from .search import Candidate, Node, Problem
 
@@ -107,28 +107,55 @@ def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progr
         for src in LAYOUTS:
             for a in adapts_mod.path(spec.with_layout(src), NHWC if src == NCHW else NCHW):
                 jobs.append(("adapt", _adapt_signature(spec, a), a.name, (t, spec), a))
-    fresh = {}
+
+    def stale(kind, what):   # to be measured again whatever the database holds
+        return reprofile or (layers is not None and kind == "routine" and what.name in layers)
+
     bar = _progress(len(jobs), progress)
+    # Routines: the database's records first; the others are timed a layer at a time, its
+    # candidates in turns (so that the machine's drifts and bursts hit them alike), identical
+    # layers (same signature) once.
+    records, pending = {}, {}   # (signature, descriptor) -> Record; signature -> (layer, [routine])
     for kind, sig, name, what, impl in jobs:
-        key = (kind, sig, name)
-        rec = fresh.get(key)   # an identical layer or tensor measured earlier in this run
-        if rec is not None:
-            result.shared += 1
-        elif not (reprofile or (layers is not None and kind == "routine" and what.name in layers)):
-            rec = db.get(kind, sig, name)
-            result.reused += rec is not None
+        if kind != "routine" or (sig, name) in records:
+            continue
+        rec = records[(sig, name)] = None if stale(kind, what) else db.get(kind, sig, name)
         if rec is None:
-            if kind == "routine":
-                t = time_routine(graph, what, impl, repeats=repeats, num_threads=threads)
-            else:
-                t = _time_adapt(what[1], impl, repeats, threads)
-            rec = Record(kind, sig, name, t.median, t.spread, t.samples, t.prepare_s)
-            db.put([rec])
-            result.measured += 1
-        fresh[key] = rec
-        if kind == "routine":
-            result.routine.setdefault(what.name, {})[name] = rec
+            pending.setdefault(sig, (what, []))[1].append(impl)
         else:
+            result.reused += 1
+    timed = set()
+    for sig, (layer, chosen) in pending.items():
+        for r, t in zip(chosen, time_routines(graph, layer, chosen, repeats=repeats, num_threads=threads)):
+            rec = records[(sig, r.descriptor)] = Record("routine", sig, r.descriptor, t.median, t.spread,
+                                                         t.samples, t.prepare_s)
+            db.put([rec])
+            timed.add((sig, r.descriptor))
+            result.measured += 1
+            bar.update(1)
+    seen = set()
+    for kind, sig, name, what, impl in jobs:
+        first = (kind, sig, name) not in seen
+        seen.add((kind, sig, name))
+        if kind == "routine":
+            result.routine.setdefault(what.name, {})[name] = records[(sig, name)]
+            result.shared += not first   # an identical layer met earlier in this run
+            if first and (sig, name) in timed:
+                continue   # on the bar already
+        else:
+            rec = records.get((kind, sig, name))
+            if rec is not None:
+                result.shared += 1
+            else:
+                rec = None if stale(kind, what) else db.get(kind, sig, name)
+                if rec is not None:
+                    result.reused += 1
+                else:
+                    t = _time_adapt(what[1], impl, repeats, threads)
+                    rec = Record(kind, sig, name, t.median, t.spread, t.samples, t.prepare_s)
+                    db.put([rec])
+                    result.measured += 1
+                records[(kind, sig, name)] = rec
             result.adapt[(what[0], impl.src_layout, impl.dst_layout)] = rec
         bar.update(1)
     bar.close()

@@ -1,4 +1,5 @@
-"""Timing routines on a layer: several candidates are sampled in turns, each keeps its own samples."""
+"""Timing routines on a layer: several candidates are sampled in turns (each turn a lead-in run and
+a timed one), each keeps its own samples."""
 import time
 
 import numpy as np
@@ -43,8 +44,8 @@ def test_candidates_are_sampled_in_turns_and_keep_their_own_timings():
         slow, view, fast = time_routines(graph, graph.layer("relu"), [Slow, View, Fast], repeats=5, warmup=1)
         assert len(slow.samples) == len(fast.samples) == len(view.samples) == 5
         assert slow.median >= 0.002 > fast.median and view.median == 0
-        # warm-up of each, then one sample of each per round
-        assert calls == ["slow", "fast"] * 6
+        # warm-up of each, then a turn of each per round: an untimed run, then the timed one
+        assert calls == ["slow", "fast"] + ["slow", "slow", "fast", "fast"] * 5
     finally:
         for r in (Slow, Fast, View):
             del routines._REGISTRY["Relu"][r.descriptor]

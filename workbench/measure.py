@@ -54,7 +54,7 @@ def layer_arrays(graph, layer, routine, seed=0):
 
 #: How :func:`time_routine` measures; part of the profile database's machine fingerprint, so
 #: that records taken another way are not mixed in.
-METHOD = "cold-weights-interleaved/5"
+METHOD = "cold-weights-interleaved-2ms/7"
 
 
 def _arrays_in(obj, found):
@@ -91,7 +91,10 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
     """:func:`time_routine` for several routines of one layer, their samples taken in turn (one
     of each per round) so that the machine's drifts and bursts hit them all alike: timed one
     after the other, two routines measured 0.103 ms each where the model ran them in 0.18 and
-    0.115 ms.  Returns a :class:`Timing` per routine, in order."""
+    0.115 ms.  Each turn is an untimed run, the eviction of the routine's weights, and the timed
+    run: its inputs and outputs are then as warm as the executor's buffers are in the model,
+    whatever the other routines' turns touched (routines of the same layouts share them).
+    Returns a :class:`Timing` per routine, in order."""
     threads = int(num_threads or default_threads())
     timings = [Timing(samples=[0.0] * repeats) if r.view_of_input is not None else None for r in candidates]
     runs = []   # (index, zero-argument run, evict)
@@ -116,6 +119,8 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
         total = 0.0
         while runs and (len(timings[runs[0][0]].samples) < repeats or total < min_time):
             for (i, run, _, _), evict in zip(runs, evicts):
+                if len(runs) > 1:
+                    run()   # untimed: its inputs and outputs back in the caches after the others' turns
                 evict()
                 t0 = time.perf_counter()
                 run()

@@ -11,7 +11,10 @@ Per model, in one run (batch 1, 224x224, 2 threads for everyone):
   ``_common.time_interleaved``).  The best family is picked first, in a screening round of
   ``--screen-runs`` interleaved runs of every family's plan with ONNX Runtime, and then measured
   again beside the others: the minimum of ~17 noisy medians is biased low, and 19 runners taking
-  turns push each other's data out of the caches;
+  turns push each other's data out of the caches.  Beside the ratios of medians, the paired
+  ratios (median over rounds of the ratio within a round), how many layers the tuned plan
+  chooses differently from the best family's, and the ratio of their predicted costs: plans
+  that differ in three layers by 0.2% predicted measure within the noise of each other;
 - the tuned plan's predicted latency (sum of profiled costs) against its latency measured alone,
   back to back (``Session.measure``: how it runs deployed; the interleaved runs are for the
   ratios to the peers).
@@ -21,6 +24,8 @@ Writes artifacts/benchmarks/tune.{md,json}.
 """
 import json
 import sys
+
+import numpy as np
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +39,11 @@ from workbench.session import Session
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import iqr_ms, median_ms, ort_session, parse_args, time_interleaved  # noqa: E402
+
+
+def paired_ratio(a, b):
+    """Median over rounds of ``a[i] / b[i]`` (samples of two interleaved runners, round by round)."""
+    return float(np.median(np.asarray(a) / np.asarray(b)))
 
 
 def tune_twice(model, db, threads):
@@ -88,6 +98,14 @@ def main(argv=None):
                        screen_ms=screen_ms, all_predicted_ms={k: p.cost * 1e3 for k, p in plans.items()})
             row["tuned_vs_ort"] = row["tuned_ms"] / row["ort_ms"]
             row["tuned_vs_best_family"] = row["tuned_ms"] / row["best_family_ms"]
+            # Paired: the median over rounds of the two runs' ratio within a round (the runners
+            # take turns, so a round's two runs see the same machine), and how much the plans
+            # differ at all: where they differ in a few layers, a ratio of medians near 1 is noise.
+            row["tuned_vs_best_family_paired"] = paired_ratio(samples["tuned"], samples[best_family])
+            row["tuned_vs_ort_paired"] = paired_ratio(samples["tuned"], samples["onnxruntime"])
+            row["layers_unlike_best_family"] = sum(plans["tuned"].choice[k] != plans[best_family].choice[k]
+                                                   for k in plans["tuned"].choice)
+            row["predicted_vs_best_family"] = plans["tuned"].cost / plans[best_family].cost
             row["alone_ms"] = alone.median * 1e3
             row["predicted_vs_measured"] = row["predicted_ms"] / row["alone_ms"]
             results.append(row)
@@ -100,15 +118,17 @@ def main(argv=None):
              f"(best family screened in {args.screen_runs})",
              f"machine: {cpu_name()}", "",
              "| model | tune s (empty db) | tune s (warm db) | search ms | method | predicted ms | measured alone ms "
-             "| pred / meas | tuned ms | greedy ms | best family | family ms | ORT ms | tuned / ORT | tuned / family "
-             "| rel. error |",
+             "| pred / meas | tuned ms | greedy ms | best family | family ms | ORT ms | tuned / ORT (paired) "
+             "| tuned / family (paired; layers unlike, predicted) | rel. error |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['tuning_empty_s']:.1f} | {r['tuning_warm_s']:.2f} | {r['search_s'] * 1e3:.1f} "
                      f"| {r['plan_method']} | {r['predicted_ms']:.2f} | {r['alone_ms']:.2f} "
                      f"| {r['predicted_vs_measured']:.2f} | {r['tuned_ms']:.2f} | {r['greedy_ms']:.2f} | `{r['best_family']}` "
                      f"| {r['best_family_ms']:.2f} | {r['ort_ms']:.2f} | **{r['tuned_vs_ort']:.2f}** "
-                     f"| {r['tuned_vs_best_family']:.2f} | {r['rel_error']:.1e} |")
+                     f"({r['tuned_vs_ort_paired']:.2f}) | {r['tuned_vs_best_family']:.3f} "
+                     f"({r['tuned_vs_best_family_paired']:.3f}; {r['layers_unlike_best_family']}, "
+                     f"{r['predicted_vs_best_family']:.3f}) | {r['rel_error']:.1e} |")
     (out / "tune.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

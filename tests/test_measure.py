@@ -49,3 +49,41 @@ def test_candidates_are_sampled_in_turns_and_keep_their_own_timings():
     finally:
         for r in (Slow, Fast, View):
             del routines._REGISTRY["Relu"][r.descriptor]
+
+
+def test_routine_that_adds_in_place_is_timed_doing_so():
+    """A routine that may accumulate onto an input (``in_place_input``) gets the output array as
+    that input, as the executor gives it where the input dies; the others get their own."""
+    seen = {}
+
+    class InPlace(routines.Routine):
+        op, algo = "Add", "testinplace"
+
+        @classmethod
+        def applies(cls, layer, specs):
+            return True
+
+        @classmethod
+        def in_place_input(cls, layer):
+            return 1
+
+        @classmethod
+        def run(cls, layer, state, args, outs, num_threads):
+            seen[cls.algo] = args[1] is outs[0]
+            np.add(args[0], args[1], out=outs[0])
+
+    class Plain(InPlace):
+        algo = "testplain"
+
+        @classmethod
+        def in_place_input(cls, layer):
+            return None
+
+    try:
+        graph = workbench.load(make_model([helper.make_node("Add", ["a", "b"], ["y"], name="add")],
+                                          [("a", [1, 2, 3, 4]), ("b", [1, 2, 3, 4])], [("y", None)]).SerializeToString())
+        time_routines(graph, graph.layer("add"), [InPlace, Plain], repeats=2, warmup=1)
+        assert seen == {"testinplace": True, "testplain": False}
+    finally:
+        for r in (InPlace, Plain):
+            del routines._REGISTRY["Add"][r.descriptor]

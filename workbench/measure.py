@@ -54,7 +54,7 @@ def layer_arrays(graph, layer, routine, seed=0):
 
 #: How :func:`time_routine` measures; part of the profile database's machine fingerprint, so
 #: that records taken another way are not mixed in.
-METHOD = "cold-weights-interleaved-2ms-inplace/8"
+METHOD = "cold-weights-interleaved-2ms/7"
 
 
 def _arrays_in(obj, found):
@@ -93,8 +93,7 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
     after the other, two routines measured 0.103 ms each where the model ran them in 0.18 and
     0.115 ms.  Each turn is an untimed run, the eviction of the routine's weights, and the timed
     run: its inputs and outputs are then as warm as the executor's buffers are in the model,
-    whatever the other routines' turns touched (routines of the same layouts share them).  A
-    routine that can add a residual in place (``Routine.in_place_input``) is timed doing so.
+    whatever the other routines' turns touched (routines of the same layouts share them).
     Returns a :class:`Timing` per routine, in order."""
     threads = int(num_threads or default_threads())
     timings = [Timing(samples=[0.0] * repeats) if r.view_of_input is not None else None for r in candidates]
@@ -106,11 +105,6 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
             continue
         key = (tuple(routine.input_layouts(layer, specs)), tuple(routine.output_layouts(layer)))
         args, outs = arrays[key] if key in arrays else arrays.setdefault(key, layer_arrays(graph, layer, routine))
-        j = routine.in_place_input(layer)
-        if j is not None and j < len(args) and args[j] is not None and args[j].shape == outs[0].shape:
-            # As the executor runs it where that input dies at the layer (a fused residual,
-            # nearly always): given the output buffer itself, accumulated onto in place.
-            args = [outs[0] if k == j else a for k, a in enumerate(args)]
         start = time.perf_counter()
         state = routine.prepare(layer)
         timings[i] = Timing(prepare_s=time.perf_counter() - start)

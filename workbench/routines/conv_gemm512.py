@@ -99,7 +99,12 @@ class _Im2col512(_ConvGemm, register=False):
 
     @classmethod
     def applies(cls, layer, specs):
-        return _kernels() is not None and super().applies(layer, specs) and geometry(layer)[4] == 1
+        kernel, strides, _, pads, group = geometry(layer)
+        # A 1x1 stride-1 unpadded layer is gemm1x1_avx512's: the same GEMM on the input read in
+        # place, where this one copies it first (and cannot add a dying residual in place).
+        # Offered too, it tied in the profile and lost in the model (ResNet-50's conv3 layers).
+        dominated = tuple(kernel) == (1, 1) and tuple(strides) == (1, 1) and not any(pads)
+        return _kernels() is not None and super().applies(layer, specs) and group == 1 and not dominated
 
     @classmethod
     def prepare(cls, layer):

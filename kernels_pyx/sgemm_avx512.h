@@ -12,6 +12,8 @@
  * 32 registers); edges are handled by masked stores (columns) and row counts (rows), never by
  * reading outside A, B or C.
  *
+ * The fused epilogue (bias, residual, activation) and the column masks are in sgemm_epi512.h.
+ *
  * Built without AVX-512 (the baseline module of an `isa-variants` .pyx) the same functions run a
  * scalar micro-kernel on the same packed layout: correct, slow, and reported by WB512_NATIVE = 0.
  */
@@ -34,81 +36,7 @@
 #define WB512_NATIVE 0
 #endif
 
-/* A fused epilogue applied to each block of C on its last K block, in registers before the
- * store (wb512_micro_da) or right after it (short tail strips, wb512_epi_block): bias (per
- * column, or per row when bias_per_row), a residual of C's
- * layout (leading dimension ld_res), then an activation: 0 none, 1 ReLU, 2 clip to [p0, p1],
- * 3 leaky ReLU with slope p0 (the codes of conv_gemm's Epi; wb512_epi_handles says which).
- * bias and res point at C's row 0 (the caller offsets them), columns are absolute. */
-typedef struct {
-    const float* bias;
-    int bias_per_row;
-    const float* res;
-    ptrdiff_t ld_res;
-    int act;
-    float p0, p1;
-} wb512_epi;
-
-static inline int wb512_epi_handles(int act) { return act >= 0 && act <= 3; }
-
-static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, const wb512_epi* ep,
-                                   ptrdiff_t row0, ptrdiff_t col0) {
-    int i;
-#if WB512_NATIVE
-    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
-    __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
-    __m512 bv0 = zero, bv1 = zero;
-    if (ep->bias != NULL && !ep->bias_per_row) {
-        bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
-        bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
-    }
-    for (i = 0; i < mr; i++) {
-        float* cr = c + i * ldc;
-        __m512 v0 = _mm512_maskz_loadu_ps(m0, cr), v1 = _mm512_maskz_loadu_ps(m1, cr + 16);
-        if (ep->bias != NULL) {
-            if (ep->bias_per_row) {
-                __m512 b = _mm512_set1_ps(ep->bias[row0 + i]);
-                v0 = _mm512_add_ps(v0, b);
-                v1 = _mm512_add_ps(v1, b);
-            } else {
-                v0 = _mm512_add_ps(v0, bv0);
-                v1 = _mm512_add_ps(v1, bv1);
-            }
-        }
-        if (ep->res != NULL) {
-            const float* rr = ep->res + (row0 + i) * ep->ld_res + col0;
-            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, rr));
-            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, rr + 16));
-        }
-        if (ep->act == 1) {
-            v0 = _mm512_max_ps(v0, zero);
-            v1 = _mm512_max_ps(v1, zero);
-        } else if (ep->act == 2) {
-            v0 = _mm512_min_ps(_mm512_max_ps(v0, lo), hi);
-            v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
-        } else if (ep->act == 3) {
-            v0 = _mm512_mask_mul_ps(v0, _mm512_cmp_ps_mask(v0, zero, _CMP_LT_OQ), v0, lo);
-            v1 = _mm512_mask_mul_ps(v1, _mm512_cmp_ps_mask(v1, zero, _CMP_LT_OQ), v1, lo);
-        }
-        _mm512_mask_storeu_ps(cr, m0, v0);
-        _mm512_mask_storeu_ps(cr + 16, m1, v1);
-    }
-#else
-    int j;
-    for (i = 0; i < mr; i++)
-        for (j = 0; j < nr; j++) {
-            float t = c[i * ldc + j];
-            if (ep->bias != NULL) t += ep->bias_per_row ? ep->bias[row0 + i] : ep->bias[col0 + j];
-            if (ep->res != NULL) t += ep->res[(row0 + i) * ep->ld_res + col0 + j];
-            if (ep->act == 1) t = t > 0 ? t : 0;
-            else if (ep->act == 2) t = t < ep->p0 ? ep->p0 : (t > ep->p1 ? ep->p1 : t);
-            else if (ep->act == 3) t = t >= 0 ? t : t * ep->p0;
-            c[i * ldc + j] = t;
-        }
-#endif
-}
-
+#include "sgemm_epi512.h"
 
 static inline ptrdiff_t wb512_round_up(ptrdiff_t v, ptrdiff_t to) { return (v + to - 1) / to * to; }
 
@@ -164,39 +92,6 @@ static inline void wb512_pack_a(ptrdiff_t mcb, ptrdiff_t kcb, const float* a, pt
 }
 
 #if WB512_NATIVE
-/* The epilogue on one row of a block held in two registers (bv0/bv1: the per-column bias). */
-static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m512* v1, const wb512_epi* ep,
-                                                                 ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
-                                                                 __m512 bv1, __mmask16 m0, __mmask16 m1) {
-    __m512 zero = _mm512_setzero_ps();
-    if (ep->bias != NULL) {
-        if (ep->bias_per_row) {
-            __m512 b = _mm512_set1_ps(ep->bias[row]);
-            *v0 = _mm512_add_ps(*v0, b);
-            *v1 = _mm512_add_ps(*v1, b);
-        } else {
-            *v0 = _mm512_add_ps(*v0, bv0);
-            *v1 = _mm512_add_ps(*v1, bv1);
-        }
-    }
-    if (ep->res != NULL) {
-        const float* rr = ep->res + row * ep->ld_res + col0;
-        *v0 = _mm512_add_ps(*v0, _mm512_maskz_loadu_ps(m0, rr));
-        *v1 = _mm512_add_ps(*v1, _mm512_maskz_loadu_ps(m1, rr + 16));
-    }
-    if (ep->act == 1) {
-        *v0 = _mm512_max_ps(*v0, zero);
-        *v1 = _mm512_max_ps(*v1, zero);
-    } else if (ep->act == 2) {
-        __m512 lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
-        *v0 = _mm512_min_ps(_mm512_max_ps(*v0, lo), hi);
-        *v1 = _mm512_min_ps(_mm512_max_ps(*v1, lo), hi);
-    } else if (ep->act == 3) {
-        __m512 sl = _mm512_set1_ps(ep->p0);
-        *v0 = _mm512_mask_mul_ps(*v0, _mm512_cmp_ps_mask(*v0, zero, _CMP_LT_OQ), *v0, sl);
-        *v1 = _mm512_mask_mul_ps(*v1, _mm512_cmp_ps_mask(*v1, zero, _CMP_LT_OQ), *v1, sl);
-    }
-}
 #define WB512_ROW(i) \
     bc = _mm512_set1_ps(pa[i]); \
     c##i##0 = _mm512_fmadd_ps(bc, b0, c##i##0); \
@@ -238,8 +133,7 @@ static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* p
            c100 = c00, c101 = c00, c110 = c00, c111 = c00;
     __m512 b0, b1, bc;
     ptrdiff_t kk;
-    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
     for (kk = 0; kk < kcb; kk++) {
         b0 = _mm512_loadu_ps(pb);
         b1 = _mm512_loadu_ps(pb + 16);
@@ -263,8 +157,7 @@ static inline void wb512_micro4(ptrdiff_t kcb, const float* pa, const float* pb,
            c30 = c00, c31 = c00;
     __m512 b0, b1, bc;
     ptrdiff_t kk;
-    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
     for (kk = 0; kk < kcb; kk++) {
         b0 = _mm512_loadu_ps(pb);
         b1 = _mm512_loadu_ps(pb + 16);
@@ -293,8 +186,7 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
     ptrdiff_t kk, l1 = lda, l2 = 2 * lda, left = run0;
     const float *q0 = a, *q3 = a + 3 * lda, *q6 = a + 6 * lda, *q9 = a + 9 * lda;
     const int mr = WB512_MR;
-    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
     int i;
     /* What the stores will read (C from the previous K block, the residual): fetch it now, so
      * the loads after the k loop do not wait on L2 or memory. */

@@ -1,0 +1,126 @@
+/* The fused epilogue of our AVX-512 SGEMM (sgemm_avx512.h, which includes this after defining
+ * WB512_NATIVE): bias, residual and ReLU/clip/leaky on a block of C, in registers before the
+ * micro-kernel's store (wb512_epi_regs) or as a pass right after it (wb512_epi_block), and the
+ * column masks of a panel of up to 32 columns. */
+#ifndef WB_SGEMM_EPI512_H
+#define WB_SGEMM_EPI512_H
+
+#if WB512_NATIVE
+/* Masks of the two 16-column halves of a panel with nr (<= 32) live columns. */
+static inline __mmask16 wb512_mask_lo(int nr) { return nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1); }
+static inline __mmask16 wb512_mask_hi(int nr) {
+    return nr >= 32 ? (__mmask16)0xFFFF : nr <= 16 ? (__mmask16)0 : (__mmask16)((1u << (nr - 16)) - 1);
+}
+#endif
+
+/* A fused epilogue applied to each block of C on its last K block, in registers before the
+ * store (wb512_micro_da) or right after it (short tail strips, wb512_epi_block): bias (per
+ * column, or per row when bias_per_row), a residual of C's
+ * layout (leading dimension ld_res), then an activation: 0 none, 1 ReLU, 2 clip to [p0, p1],
+ * 3 leaky ReLU with slope p0 (the codes of conv_gemm's Epi; wb512_epi_handles says which).
+ * bias and res point at C's row 0 (the caller offsets them), columns are absolute. */
+typedef struct {
+    const float* bias;
+    int bias_per_row;
+    const float* res;
+    ptrdiff_t ld_res;
+    int act;
+    float p0, p1;
+} wb512_epi;
+
+static inline int wb512_epi_handles(int act) { return act >= 0 && act <= 3; }
+
+static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, const wb512_epi* ep,
+                                   ptrdiff_t row0, ptrdiff_t col0) {
+    int i;
+#if WB512_NATIVE
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
+    __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
+    __m512 bv0 = zero, bv1 = zero;
+    if (ep->bias != NULL && !ep->bias_per_row) {
+        bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
+        bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
+    }
+    for (i = 0; i < mr; i++) {
+        float* cr = c + i * ldc;
+        __m512 v0 = _mm512_maskz_loadu_ps(m0, cr), v1 = _mm512_maskz_loadu_ps(m1, cr + 16);
+        if (ep->bias != NULL) {
+            if (ep->bias_per_row) {
+                __m512 b = _mm512_set1_ps(ep->bias[row0 + i]);
+                v0 = _mm512_add_ps(v0, b);
+                v1 = _mm512_add_ps(v1, b);
+            } else {
+                v0 = _mm512_add_ps(v0, bv0);
+                v1 = _mm512_add_ps(v1, bv1);
+            }
+        }
+        if (ep->res != NULL) {
+            const float* rr = ep->res + (row0 + i) * ep->ld_res + col0;
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, rr));
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, rr + 16));
+        }
+        if (ep->act == 1) {
+            v0 = _mm512_max_ps(v0, zero);
+            v1 = _mm512_max_ps(v1, zero);
+        } else if (ep->act == 2) {
+            v0 = _mm512_min_ps(_mm512_max_ps(v0, lo), hi);
+            v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
+        } else if (ep->act == 3) {
+            v0 = _mm512_mask_mul_ps(v0, _mm512_cmp_ps_mask(v0, zero, _CMP_LT_OQ), v0, lo);
+            v1 = _mm512_mask_mul_ps(v1, _mm512_cmp_ps_mask(v1, zero, _CMP_LT_OQ), v1, lo);
+        }
+        _mm512_mask_storeu_ps(cr, m0, v0);
+        _mm512_mask_storeu_ps(cr + 16, m1, v1);
+    }
+#else
+    int j;
+    for (i = 0; i < mr; i++)
+        for (j = 0; j < nr; j++) {
+            float t = c[i * ldc + j];
+            if (ep->bias != NULL) t += ep->bias_per_row ? ep->bias[row0 + i] : ep->bias[col0 + j];
+            if (ep->res != NULL) t += ep->res[(row0 + i) * ep->ld_res + col0 + j];
+            if (ep->act == 1) t = t > 0 ? t : 0;
+            else if (ep->act == 2) t = t < ep->p0 ? ep->p0 : (t > ep->p1 ? ep->p1 : t);
+            else if (ep->act == 3) t = t >= 0 ? t : t * ep->p0;
+            c[i * ldc + j] = t;
+        }
+#endif
+}
+
+#if WB512_NATIVE
+/* The epilogue on one row of a block held in two registers (bv0/bv1: the per-column bias). */
+static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m512* v1, const wb512_epi* ep,
+                                                                 ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
+                                                                 __m512 bv1, __mmask16 m0, __mmask16 m1) {
+    __m512 zero = _mm512_setzero_ps();
+    if (ep->bias != NULL) {
+        if (ep->bias_per_row) {
+            __m512 b = _mm512_set1_ps(ep->bias[row]);
+            *v0 = _mm512_add_ps(*v0, b);
+            *v1 = _mm512_add_ps(*v1, b);
+        } else {
+            *v0 = _mm512_add_ps(*v0, bv0);
+            *v1 = _mm512_add_ps(*v1, bv1);
+        }
+    }
+    if (ep->res != NULL) {
+        const float* rr = ep->res + row * ep->ld_res + col0;
+        *v0 = _mm512_add_ps(*v0, _mm512_maskz_loadu_ps(m0, rr));
+        *v1 = _mm512_add_ps(*v1, _mm512_maskz_loadu_ps(m1, rr + 16));
+    }
+    if (ep->act == 1) {
+        *v0 = _mm512_max_ps(*v0, zero);
+        *v1 = _mm512_max_ps(*v1, zero);
+    } else if (ep->act == 2) {
+        __m512 lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
+        *v0 = _mm512_min_ps(_mm512_max_ps(*v0, lo), hi);
+        *v1 = _mm512_min_ps(_mm512_max_ps(*v1, lo), hi);
+    } else if (ep->act == 3) {
+        __m512 sl = _mm512_set1_ps(ep->p0);
+        *v0 = _mm512_mask_mul_ps(*v0, _mm512_cmp_ps_mask(*v0, zero, _CMP_LT_OQ), *v0, sl);
+        *v1 = _mm512_mask_mul_ps(*v1, _mm512_cmp_ps_mask(*v1, zero, _CMP_LT_OQ), *v1, sl);
+    }
+}
+#endif
+
+#endif

@@ -32,6 +32,31 @@ class Timing:
         return float(q3 - q1)
 
 
+def time_interleaved(runners, runs, warmup=3, pause=0.03, lead_in=1):
+    """``{name: [seconds, ...]}``: ``warmup`` rounds, then ``runs`` rounds of every runner in
+    turn, the order rotating from round to round.  A turn is: ``pause`` seconds idle, so the previous runtime's spinning worker threads
+    (ORT's pool, OpenMP's) go to sleep instead of stealing cores; ``lead_in`` untimed runs,
+    which bring the runner's data back into the caches and wake the vCPUs the pause let sleep
+    (on this VM their wake-up alone costs MobileNetV2 1 to 10 ms); one timed run.  The timed run
+    so sees back-to-back inference, and machine noise hits every runner alike."""
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    samples = {k: [] for k in runners}
+    order = list(runners)
+    for r in range(runs):
+        # The order rotates every round, so no runner always follows the same other one.
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            run = runners[k]
+            time.sleep(pause)
+            for _ in range(lead_in):
+                run()
+            t0 = time.perf_counter()
+            run()
+            samples[k].append(time.perf_counter() - t0)
+    return samples
+
+
 def layer_arrays(graph, layer, routine, seed=0):
     """Random inputs (in the routine's input layouts) and output buffers for ``layer``."""
     rng = np.random.default_rng(seed)

@@ -72,6 +72,7 @@ class Session:
         self.search_s = None        # seconds the last selection took
         self.profile_s = None       # seconds the last profile() took
         self.measured = None        # Timing of the whole tuned model
+        self.comparison = None      # compare.Comparison of the plan against the others
         self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
         self.tuned_metadata = None  # model metadata of a loaded tuned file
         self.loaded_costs = None    # {layer: {descriptor: s}} a loaded tuned file was tuned with
@@ -182,7 +183,7 @@ class Session:
         t0 = time.perf_counter()
         self.plan = search.solve(prob)
         self.search_s = time.perf_counter() - t0
-        self._compiled, self.measured = None, None
+        self._compiled, self.measured, self.comparison = None, None, None
         return self.plan
 
     def pin(self, layer, descriptor):
@@ -270,6 +271,13 @@ class Session:
             t.samples.append(time.perf_counter() - t0)
         self.measured = t
         return t
+
+    def compare(self, runs=10, families=True, greedy=True, onnxruntime=True):
+        """The plan measured beside every single-family plan, the greedy plan and ONNX Runtime,
+        interleaved (see :mod:`workbench.compare`); kept as :attr:`comparison`."""
+        from .compare import compare
+        self._need_plan()
+        return compare(self, runs=runs, families=families, greedy=greedy, onnxruntime=onnxruntime)
 
     @property
     def predicted_s(self):

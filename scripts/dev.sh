@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian machine with Python 3.11 and nothing else prepared:
-# installs the system packages it lacks (compiler, venv), creates .venv, builds the Cython kernels,
-# installs the project (editable), then runs what was asked:
-#   scripts/dev.sh demo [ARGS]   the main job (import, fuse, run a zoo model, compare with ONNX Runtime)
+# installs the system packages it lacks (compiler, venv; chromium for the tests), creates .venv,
+# builds the Cython kernels, installs the project (editable), then runs what was asked:
+#   scripts/dev.sh [lab] [ARGS]  the main job: JupyterLab on notebooks/ (the workbench)
+#   scripts/dev.sh demo [ARGS]   import, fuse, run a zoo model, compare with ONNX Runtime
 #   scripts/dev.sh test [ARGS]   the whole test suite (what .ci/run runs)
 #   scripts/dev.sh setup         only the set-up
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what="${1:-demo}"; shift || true
+what="${1:-lab}"; shift || true
 PY="${PYTHON:-python3}"
 
 missing=()
@@ -15,6 +16,8 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 "$PY" -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 "$PY" -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
   || missing+=(python3-dev)
+# The browser test drives Debian's chromium (Playwright's own browser download cannot work here).
+if [ "$what" = "test" ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${missing[*]}"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -49,7 +52,10 @@ fi
 
 case "$what" in
   setup) ;;
+  lab)
+    root=(); [ "$(id -u)" -eq 0 ] && root=(--allow-root)
+    exec .venv/bin/jupyter lab --ServerApp.root_dir=notebooks "${root[@]}" "$@" ;;
   demo) exec .venv/bin/workbench demo "$@" ;;
   test) exec .venv/bin/python -m pytest -n 2 -q "$@" ;;
-  *) echo "usage: scripts/dev.sh [demo|test|setup] [ARGS]" >&2; exit 2 ;;
+  *) echo "usage: scripts/dev.sh [lab|demo|test|setup] [ARGS]" >&2; exit 2 ;;
 esac

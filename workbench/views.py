@@ -33,7 +33,7 @@ class Heatmap:
     ms: np.ndarray
     spread_ms: np.ndarray
     chosen: list          # column index per row (None: the plan uses a routine left unprofiled)
-    pinned: list          # bool per row
+    pinned: list          # column of the routine each row is pinned to, None where not pinned
     hover: list           # per row, per column: text
 
     def cell(self, layer, routine):
@@ -69,7 +69,7 @@ def heatmap(session):
             hover[i][j] = (f"{layer.name} ({layer.op})<br>in {shapes}<br>out {out}<br>{d}<br>"
                            f"median {ms[i, j]:.4f} ms, spread {spread[i, j]:.4f} ms ({len(rec.samples)} samples)")
         chosen.append(col.get(choice.get(layer.name)))
-        pinned.append(layer.name in session.pins)
+        pinned.append(col.get(session.pins.get(layer.name)))
     return Heatmap(names, ops, columns, ms, spread, chosen, pinned, hover)
 
 
@@ -140,47 +140,67 @@ class GraphDrawing:
     edges: list = field(default_factory=list)   # (producer, consumer, tensor)
     adapts: list = field(default_factory=list)  # (producer, consumer, "tensor: src->dst", ms)
 
+    def edge_path(self, producer, consumer, points=17):
+        """``(xs, ys)`` of the edge's drawing: a straight segment between neighbouring depths,
+        an arc above the row for a skip connection (so it does not run through the layers it
+        skips); the adapt of an edge sits at its middle point."""
+        i, j = self.nodes.index(producer), self.nodes.index(consumer)
+        x0, y0, x1, y1 = self.x[i], self.y[i], self.x[j], self.y[j]
+        if x1 - x0 <= 1:
+            return [x0, (x0 + x1) / 2, x1], [y0, (y0 + y1) / 2, y1]
+        rise = 0.3 + 0.05 * (x1 - x0)
+        s = [k / (points - 1) for k in range(points)]
+        return ([x0 + (x1 - x0) * t for t in s], [y0 + (y1 - y0) * t + rise * 4 * t * (1 - t) for t in s])
+
 
 def graph_drawing(session):
-    """The :class:`GraphDrawing` of the plan: x is the layer's depth (longest path from an
-    input), y spreads the layers of one depth; an edge whose tensor is adapted for its reader
-    carries the adapt."""
+    """The :class:`GraphDrawing` of the plan: graph inputs, layers and graph outputs, x the
+    depth (longest path from an input), y spreading the nodes of one depth; an edge whose tensor
+    is adapted for its reader (or for the graph output's fixed format) carries the adapt.
+    Graph inputs and outputs are the nodes ``input:<tensor>`` and ``output:<tensor>``."""
     graph, plan = session.graph, session._need_plan()
+    io = session.io_format
     dg = nx.DiGraph()
-    dg.add_nodes_from(l.name for l in graph)
-    edges = []
+    edges, info = [], {}
+    for t, spec in graph.inputs.items():
+        info[f"input:{t}"] = (f"graph input/{io}", f"graph input {t}<br>{spec} ({io})")
     for layer in graph:
+        _, dtype, layout, _ = routines.parse_descriptor(plan.choice[layer.name])
+        info[layer.name] = (f"{dtype}/{layout}", f"{layer.name} ({layer.op})<br>{plan.choice[layer.name]}<br>out "
+                            + ", ".join(str(s) for s in layer.out_specs) + "<br>fused: " + (", ".join(layer.fused) or "-"))
         for t in layer.activation_inputs:
             p = graph.producer(t)
-            if p is not None:
-                dg.add_edge(p.name, layer.name)
-                edges.append((p.name, layer.name, t))
+            edges.append((p.name if p is not None else f"input:{t}", layer.name, t))
+    for t in graph.outputs:
+        p = graph.producer(t)
+        if p is not None:
+            info[f"output:{t}"] = (f"graph output/{io}", f"graph output {t}<br>{graph.spec(t)} ({io})")
+            edges.append((p.name, f"output:{t}", t))
+    dg.add_nodes_from(info)
+    dg.add_edges_from((p, c) for p, c, _ in edges)
     depth = {}
     for name in nx.topological_sort(dg):
         depth[name] = max((depth[p] + 1 for p in dg.predecessors(name)), default=0)
-    lanes = {}
-    x, y, fmt, hover, names = [], [], [], [], []
-    _, adapt_costs = session.costs() if session.profiled is not None else ({}, {})
-    for layer in graph:
-        d = depth[layer.name]
-        lane = lanes.get(d, 0)
-        lanes[d] = lane + 1
-        _, dtype, layout, _ = routines.parse_descriptor(plan.choice[layer.name])
-        names.append(layer.name)
-        x.append(d)
+    lanes, x, y = {}, [], []
+    for name in info:
+        lane = lanes.get(depth[name], 0)
+        lanes[depth[name]] = lane + 1
+        x.append(depth[name])
         y.append(-lane)
-        fmt.append(f"{dtype}/{layout}")
-        hover.append(f"{layer.name} ({layer.op})<br>{plan.choice[layer.name]}<br>out "
-                     + ", ".join(str(s) for s in layer.out_specs)
-                     + "<br>fused: " + (", ".join(layer.fused) or "-"))
+    _, adapt_costs = session.costs() if session.profiled is not None else ({}, {})
     adapts = []
     for tensor, src, dst in plan.adapts:
         for p, c, t in edges:
-            reader = graph.layer(c)
-            if t == tensor and dst in routines.get(reader.op, plan.choice[c]).input_layouts(
-                    reader, graph.input_specs(reader)):
+            if t != tensor:
+                continue
+            if c.startswith("output:") and c not in graph:
+                wants = [io]
+            else:
+                reader = graph.layer(c)
+                wants = routines.get(reader.op, plan.choice[c]).input_layouts(reader, graph.input_specs(reader))
+            if dst in wants:
                 adapts.append((p, c, f"{tensor}: {src}->{dst}", _ms(adapt_costs.get((tensor, src, dst), math.nan))))
-    return GraphDrawing(names, x, y, fmt, hover, edges, adapts)
+    return GraphDrawing(list(info), x, y, [f for f, _ in info.values()], [h for _, h in info.values()], edges, adapts)
 
 
 # -- the summary ------------------------------------------------------------------------------------
@@ -191,7 +211,7 @@ def summary(session):
     and the tuned plan's speed-up over it, measured where both are, else predicted."""
     plan = session._need_plan()
     measured = session.measured.median * 1e3 if session.measured is not None else None
-    comparison = getattr(session, "comparison", None)
+    comparison = session.comparison
     measured_of = dict(comparison.measured_ms) if comparison is not None else {}
     rows = [dict(name="tuned", predicted_ms=_ms(plan.cost), measured_ms=measured_of.get("tuned"), speedup=1.0)]
     others = {"greedy": session.greedy_plan(), **session.family_plans()}

@@ -23,8 +23,9 @@ class HeatmapView:
                                          marker=dict(symbol="circle-open", size=11, color="#ff2d55", line=dict(width=2))))
         self.figure.add_trace(go.Scatter(name="pinned", mode="markers", hoverinfo="skip",
                                          marker=dict(symbol="star", size=11, color="#ff2d55")))
-        self.figure.update_layout(title="Profile: median time per layer x routine (log colour; o chosen, * pinned)",
-                                  margin=dict(l=10, r=10, t=40, b=10), showlegend=False,
+        self.figure.update_layout(title=dict(text="Profile: median time per layer x routine (log colour; o chosen, * pinned)",
+                                             yref="container", y=0.995, yanchor="top"),
+                                  margin=dict(l=10, r=10, t=230, b=10), meta="wb-heatmap", showlegend=False,
                                   xaxis=dict(type="category", side="top", tickangle=-40),
                                   yaxis=dict(type="category", autorange="reversed"))
         self.figure.data[0].on_click(self._on_click)
@@ -38,13 +39,13 @@ class HeatmapView:
         ticks = 10.0 ** np.arange(np.floor(np.log10(finite.min())), np.ceil(np.log10(finite.max())) + 1) \
             if finite.size else np.array([1.0])
         chosen = [(hm.routines[j], layer) for layer, j in zip(hm.layers, hm.chosen) if j is not None]
-        pinned = [(hm.routines[j], layer) for layer, j, p in zip(hm.layers, hm.chosen, hm.pinned) if p and j is not None]
+        pinned = [(hm.routines[j], layer) for layer, j in zip(hm.layers, hm.pinned) if j is not None]
         with self.figure.batch_update():
             self.figure.data[0].update(z=z, x=hm.routines, y=hm.layers, text=hm.hover,
                                        colorbar=dict(tickvals=np.log10(ticks), ticktext=[f"{t:g}" for t in ticks]))
             self.figure.data[1].update(x=[c[0] for c in chosen], y=[c[1] for c in chosen])
             self.figure.data[2].update(x=[c[0] for c in pinned], y=[c[1] for c in pinned])
-            self.figure.layout.height = 160 + 16 * len(hm.layers)
+            self.figure.layout.height = 260 + 16 * len(hm.layers)
             self.figure.layout.width = max(700, 220 + 34 * len(hm.routines))
 
     def _on_click(self, trace, points, state):

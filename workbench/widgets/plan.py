@@ -17,7 +17,7 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#7
 class PlanTable:
     def __init__(self, bench):
         self.bench = bench
-        self.widget = w.HTML()
+        self.widget = w.HTML(layout=w.Layout(max_height="640px", overflow="auto"))
         self.widget.add_class("wb-plan")
 
     def refresh(self):
@@ -31,7 +31,7 @@ class PlanGraph:
         self.bench = bench
         self.figure = go.FigureWidget()
         self.figure.update_layout(title="Plan graph (colour: dtype/layout; red diamonds: adapts; outline: DP path)",
-                                  margin=dict(l=10, r=10, t=40, b=10), height=360,
+                                  margin=dict(l=10, r=10, t=40, b=10), meta="wb-plan-graph",
                                   xaxis=dict(showgrid=False, zeroline=False, showticklabels=False),
                                   yaxis=dict(showgrid=False, zeroline=False, showticklabels=False))
         self.widget = self.figure
@@ -43,8 +43,9 @@ class PlanGraph:
         traces = []
         ex, ey = [], []
         for p, c, _ in d.edges:
-            ex += [pos[p][0], pos[c][0], None]
-            ey += [pos[p][1], pos[c][1], None]
+            xs, ys = d.edge_path(p, c)
+            ex += xs + [None]
+            ey += ys + [None]
         traces.append(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color="#bbb", width=1), hoverinfo="skip",
                                  name="edges", showlegend=False))
         for k, fmt in enumerate(sorted(set(d.format))):
@@ -52,8 +53,8 @@ class PlanGraph:
             traces.append(go.Scatter(x=[d.x[i] for i in idx], y=[d.y[i] for i in idx], mode="markers", name=fmt,
                                      text=[d.hover[i] for i in idx], hoverinfo="text",
                                      marker=dict(size=9, color=PALETTE[k % len(PALETTE)])))
-        traces.append(go.Scatter(x=[(pos[p][0] + pos[c][0]) / 2 for p, c, _, _ in d.adapts],
-                                 y=[(pos[p][1] + pos[c][1]) / 2 for p, c, _, _ in d.adapts],
+        middles = [d.edge_path(p, c) for p, c, _, _ in d.adapts]
+        traces.append(go.Scatter(x=[xs[len(xs) // 2] for xs, _ in middles], y=[ys[len(ys) // 2] for _, ys in middles],
                                  text=[f"adapt {label}<br>{ms:.4f} ms" for _, _, label, ms in d.adapts],
                                  mode="markers", name="adapt", hoverinfo="text",
                                  marker=dict(symbol="diamond", size=9, color="#d62728")))
@@ -64,4 +65,5 @@ class PlanGraph:
         with self.figure.batch_update():
             self.figure.data = []
             self.figure.add_traces(traces)
-            self.figure.layout.width = max(700, 40 + 14 * (max(d.x) + 1))
+            self.figure.layout.width = max(700, 200 + 14 * (max(d.x) + 1))
+            self.figure.layout.height = 220 + 70 * (max(d.y) - min(d.y))

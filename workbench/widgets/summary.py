@@ -23,17 +23,18 @@ class SummaryView:
         self.bars.add_trace(go.Bar(name="routine", hoverinfo="x+y+name"))
         self.bars.add_trace(go.Bar(name="adapts", hoverinfo="x+y+name"))
         self.bars.update_layout(barmode="stack", title="Profiled time per layer (ms)", height=320,
-                                margin=dict(l=10, r=10, t=40, b=10), xaxis=dict(type="category", showticklabels=False))
-        self.widget = w.VBox([self.headline, self.table, self.bars])
+                                margin=dict(l=10, r=10, t=40, b=10), meta="wb-layer-times", xaxis=dict(type="category", showticklabels=False))
+        self.widget = w.HBox([self.table, self.bars])   # the headline sits above the tabs
 
     def refresh(self):
         session = self.bench.session
         s = views.summary(session)
-        measured = "not measured yet (Measure)" if s["measured_ms"] is None else f"{s['measured_ms']:.2f} ms"
+        measured = "not measured yet (Measure)" if s["measured_ms"] is None else f"{s['measured_ms']:.3f} ms"
         compared = session.comparison
         note = "measured side by side" if compared is not None else "predicted (Compare measures them)"
         self.headline.value = (f"<b>{session.graph.name}</b>, {session.num_threads} threads: predicted "
-                               f"<b>{s['predicted_ms']:.2f} ms</b>, measured <b>{measured}</b>; "
+                               f"<b>{s['predicted_ms']:.3f} ms</b> ({session.plan.method}, {len(session.pins)} pinned, "
+                               f"{len(session.plan.adapts)} adapts), measured <b>{measured}</b>; "
                                f"speed-ups {note}" + ("".join(f"<br>{n}" for n in compared.notes) if compared else ""))
         self.table.value = table(s["rows"], COLUMNS, "wb-summary-table", marked=lambda r: r["name"] == "tuned")
         times = views.layer_times(session)

@@ -13,12 +13,12 @@ from .plan import PlanGraph, PlanTable
 from .summary import SummaryView
 
 
-def _section(title, *children):
-    return w.VBox([w.HTML(f"<h3 style='margin:12px 0 4px'>{html.escape(title)}</h3>"), *children])
-
-
 class Workbench(w.VBox):
     """``Workbench(session)``: every view of the session, and the actions on it.
+
+    The controls and the headline (predicted and measured latency) on top, then one tab per
+    view: the profile heatmap (click a cell to pin), the plan (graph and table), the DP table of
+    the selected layer, the summary against the other plans.
 
     Each action (:meth:`pin`, :meth:`unpin`, :meth:`retune`, :meth:`set_filters`,
     :meth:`reprofile`, :meth:`measure`, :meth:`compare`, :meth:`export`) is one Session method
@@ -40,12 +40,10 @@ class Workbench(w.VBox):
         self.plan_graph = PlanGraph(self)
         self.dp = DPView(self)
         self.views = [self.controls, self.summary, self.heatmap, self.plan_table, self.plan_graph, self.dp]
-        super().__init__([
-            self.controls.widget,
-            _section("Summary", self.summary.widget),
-            _section("Profile (click a cell to pin that routine)", self.heatmap.widget),
-            _section("Plan", self.plan_graph.widget, self.plan_table.widget),
-            _section("DP table of the selected layer", self.dp.widget)])
+        self.tabs = w.Tab(children=[self.heatmap.widget, w.VBox([self.plan_graph.widget, self.plan_table.widget]),
+                                    self.dp.widget, self.summary.widget],
+                          titles=["Profile", "Plan", "DP table", "Summary"])
+        super().__init__([self.controls.widget, self.summary.headline, self.tabs])
         self.add_class("wb-workbench")
         self.refresh()
         self.status("ready: " + repr(session))

@@ -1,0 +1,70 @@
+"""Every notebook, executed headless on a fresh kernel (nbclient) with a small model size and a
+temporary profile database, with no error cell, and the key numbers it printed checked."""
+import numpy as np
+import pytest
+
+import workbench
+from notebook_helpers import NOTEBOOKS, error_outputs, execute, results, with_parameters
+from workbench import zoo
+
+RTOL = 1e-4
+
+
+def run(name, tmp_path, **overrides):
+    overrides.setdefault("PROFILE_DB", str(tmp_path / "profiles.sqlite"))
+    nb = execute(with_parameters(NOTEBOOKS / f"{name}.ipynb", overrides), tmp_path)
+    assert error_outputs(nb) == []
+    return results(nb)
+
+
+def test_every_notebook_is_tested():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == [
+        "01_quickstart", "02_pin_and_retune", "03_routine_families", "04_your_model"]
+
+
+def test_01_quickstart(tmp_path):
+    out = tmp_path / "q.tuned.onnx"
+    r = run("01_quickstart", tmp_path, MODEL="mobilenet_v2", RESOLUTION=64, EXPORT_TO=str(out))
+    graph = workbench.load(zoo.build("mobilenet_v2", resolution=64))
+    assert r["layers"] == len(graph)
+    assert r["max_error"] < RTOL and r["ort_error"] < RTOL
+    assert r["same_plan"] and r["same_outputs"]
+    assert r["predicted_ms"] <= r["best_family_predicted_ms"] * (1 + 1e-9)
+    assert r["measured_ms"] > 0
+    tuned = workbench.load(out)   # the file it exported runs here, without profiling
+    feeds = workbench.random_inputs(graph)
+    ref = workbench.ReferenceExecutor(graph).run(feeds)
+    got = tuned.run(feeds)
+    for k, v in ref.items():
+        assert np.max(np.abs(got[k] - v)) <= RTOL * np.max(np.abs(v))
+
+
+def test_02_pin_and_retune(tmp_path):
+    r = run("02_pin_and_retune", tmp_path, MODEL="mobilenet_v2", RESOLUTION=64)
+    assert r["pin_respected"] and r["back_to_optimal"]
+    assert r["pinned_routine"] != r["plan_routine"]
+    assert r["pinned_ms"] >= r["optimal_ms"] and r["unpinned_ms"] == pytest.approx(r["optimal_ms"])
+    assert r["changed"] >= 1
+    assert r["retune_s"] < 1.0
+
+
+def test_03_routine_families(tmp_path):
+    r = run("03_routine_families", tmp_path, MODEL="mobilenet_v2", RESOLUTION=64, RUNS=3)
+    families = r["family_predicted_ms"]
+    assert len(families) >= 10
+    assert r["tuned_predicted_ms"] <= min(families.values()) * (1 + 1e-9)
+    assert set(r["measured_ms"]) == {"tuned", "greedy", "onnxruntime", *families}
+    assert all(e < RTOL for e in r["errors"].values())
+    assert r["best_family"] in families
+
+
+def test_04_your_model(tmp_path):
+    r = run("04_your_model", tmp_path, RESOLUTION=64, EXPORT_TO=str(tmp_path / "yours.tuned.onnx"))
+    try:
+        import torch
+        assert r["source"] == f"a CNN exported from PyTorch {torch.__version__}"
+    except ImportError:
+        assert "zoo" in r["source"]
+    assert r["checked_with"] == "ONNX Runtime"
+    assert r["max_error"] < RTOL and r["same_outputs"]
+    assert r["layers"] >= 6

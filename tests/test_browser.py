@@ -146,8 +146,14 @@ def test_quickstart_in_chromium_pin_by_click_and_retune(jupyterlab):
             plan_after = page.inner_text(".wb-plan-table")
             row = page.inner_text(f".wb-plan-table tr[data-layer='{cell['layer']}']")
             bench.screenshot(path=str(SHOTS / "3_plan_after_retune.png"))
+            page.locator(".wb-workbench .lm-TabBar-tab", has_text="DP table").click()
+            dp = page.inner_text(".wb-dp")
+            bench.screenshot(path=str(SHOTS / "4_dp_table.png"))
+            page.locator(".wb-workbench .lm-TabBar-tab", has_text="Summary").click()
+            bench.screenshot(path=str(SHOTS / "5_summary.png"))
         finally:
             browser.close()
     assert plan_after != plan_before
     assert cell["routine"] in row and "pinned" in row, row
     assert "1 pins" in retuned, retuned
+    assert cell["routine"] in dp   # the selected (pinned) layer's DP table: only the pinned routine

@@ -136,6 +136,12 @@ def test_filters_reprofile_measure_export(bench):
     feeds = s.random_inputs()
     ours, theirs = s.run(feeds), loaded.run(feeds)
     assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    # the loaded file in a workbench: its plan kept, profiled for the heatmap, no DP table
+    loaded._db = s.db
+    again = Workbench(loaded)
+    assert loaded.assignment == s.assignment and loaded.profiled is not None
+    assert all(s.plan.choice[y] == x for x, y in zip(again.heatmap.figure.data[1].x, again.heatmap.figure.data[1].y))
+    assert "no DP table" in again.dp.title.value
 
 
 def test_compare_button_fills_the_summary(bench):

@@ -21,6 +21,12 @@ def _ms(seconds):
     return seconds * 1e3
 
 
+def _plan(session):
+    if session.plan is None:
+        raise NotTunedError("no plan yet: call tune() first")
+    return session.plan
+
+
 # -- the profiling heatmap ----------------------------------------------------------------------
 @dataclass
 class Heatmap:
@@ -83,7 +89,7 @@ def dp_table(session, layer):
     """One dict per output format the DP reached at ``layer`` (name or index): the cost of every
     layer up to it in topological order with their adapts, the routine, each input's producer
     and the format it was written in, and whether the plan uses this format."""
-    plan = session._need_plan()
+    plan = _plan(session)
     name = session.layer(layer).name
     if not plan.table:
         raise NotTunedError(f"the plan was found by {plan.method}: there is no DP table")
@@ -99,7 +105,7 @@ def dp_table(session, layer):
 def dp_path(session, layer):
     """``[(layer, format)]``: the optimal path into ``layer`` through the DP table, from the entry
     of the format the plan uses back along each chosen predecessor (every branch of a merge)."""
-    plan = session._need_plan()
+    plan = _plan(session)
     if not plan.table:
         return []
     name = session.layer(layer).name
@@ -158,7 +164,7 @@ def graph_drawing(session):
     depth (longest path from an input), y spreading the nodes of one depth; an edge whose tensor
     is adapted for its reader (or for the graph output's fixed format) carries the adapt.
     Graph inputs and outputs are the nodes ``input:<tensor>`` and ``output:<tensor>``."""
-    graph, plan = session.graph, session._need_plan()
+    graph, plan = session.graph, _plan(session)
     io = session.io_format
     dg = nx.DiGraph()
     edges, info = [], {}
@@ -209,7 +215,7 @@ def summary(session):
     ``predicted_ms``, ``measured_ms`` (None until measured) and ``rows``, one per plan
     (tuned first): name, predicted ms, measured ms (None unless :meth:`Session.compare` ran),
     and the tuned plan's speed-up over it, measured where both are, else predicted."""
-    plan = session._need_plan()
+    plan = _plan(session)
     measured = session.measured.median * 1e3 if session.measured is not None else None
     comparison = session.comparison
     measured_of = dict(comparison.measured_ms) if comparison is not None else {}
@@ -233,7 +239,7 @@ def layer_times(session):
     first layer that reads the adapted tensor, or for its producer when only the graph output does."""
     _, adapt_costs = session.costs()
     rows = session.layer_rows()
-    graph, plan = session.graph, session._need_plan()
+    graph, plan = session.graph, _plan(session)
     into = {r["name"]: 0.0 for r in rows}
     for tensor, src, dst in plan.adapts:
         readers = [l for l in graph.consumers(tensor)

@@ -24,7 +24,8 @@ class Workbench(w.VBox):
     :meth:`reprofile`, :meth:`measure`, :meth:`compare`, :meth:`export`) is one Session method
     followed by :meth:`refresh` of every view; called from Python they raise as the Session
     does, and from a button or a click (:meth:`act`) the error shows in the status line instead.
-    The session is tuned first if it has no plan yet.
+    The session is tuned first if it has no plan yet; one with a plan but no profile (a loaded
+    tuned file) keeps its plan and is profiled (through the database) for the views.
     """
 
     def __init__(self, session, export_path="tuned.onnx"):
@@ -32,6 +33,8 @@ class Workbench(w.VBox):
         self.export_path = export_path
         if session.plan is None:
             session.tune()
+        elif session.profiled is None:   # a loaded tuned file: keep its plan, profile for the views
+            session.profile()
         self.selected = next(iter(session.graph)).name
         self.controls = Controls(self)
         self.summary = SummaryView(self)

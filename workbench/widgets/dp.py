@@ -3,11 +3,14 @@ reached there, with the routine and the predecessors it chose; the format the pl
 highlighted, and the optimal path into the layer is drawn on the graph view."""
 from __future__ import annotations
 
+import html
+
 import ipywidgets as w
 
 from .. import views
 from .html import table
 
+PATH_SHOWN = 8   # layers of the path listed above the table (the graph outlines all of them)
 COLUMNS = [("format", "output format"), ("cost_ms", "cost to here (ms)"), ("routine", "routine"),
            ("predecessors", "inputs: tensor <- producer (its format)")]
 
@@ -29,6 +32,9 @@ class DPView:
             return
         rows = views.dp_table(session, layer)
         path = views.dp_path(session, layer)
-        self.title.value = (f"<b>DP table at {layer}</b> ({session.graph.layer(layer).op}); "
-                            f"the optimal path into it runs through {len(path)} layers (outlined on the graph)")
+        shown = [f"{html.escape(n)} ({f})" for n, f in path[-PATH_SHOWN:]]
+        more = f"{len(path) - PATH_SHOWN} more, then " if len(path) > PATH_SHOWN else ""
+        self.title.value = (f"<b>DP table at {html.escape(layer)}</b> ({session.graph.layer(layer).op}); the optimal "
+                            f"path into it runs through {len(path)} layers (outlined on the Plan graph): "
+                            f"{more}{' &rarr; '.join(shown)}")
         self.table.value = table(rows, COLUMNS, "wb-dp-table", marked=lambda r: r["in_plan"])

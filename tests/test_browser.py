@@ -68,7 +68,7 @@ def jupyterlab(tmp_path):
     """A JupyterLab server on 127.0.0.1 serving ``tmp_path``; yields its base URL."""
     nb = with_parameters(NOTEBOOKS / "01_quickstart.ipynb",
                          dict(MODEL="mobilenet_v2", RESOLUTION=64, PROFILE_DB=str(tmp_path / "profiles.sqlite"),
-                              EXPORT_TO=str(tmp_path / "quickstart.tuned.onnx")))
+                              EXPORT_TO=str(tmp_path / "quickstart.tuned.onnx"), COMPARE_RUNS=3))
     nbformat.write(nb, str(tmp_path / "01_quickstart.ipynb"))
     _settings(tmp_path / "settings")
     port = _free_port()
@@ -125,6 +125,10 @@ def test_quickstart_in_chromium_pin_by_click_and_retune(jupyterlab):
             bench.screenshot(path=str(SHOTS / "1_heatmap.png"))
             page.screenshot(path=str(SHOTS / "0_notebook.png"))
 
+            page.locator(".wb-workbench .lm-TabBar-tab", has_text="Summary").click()
+            compared = page.inner_text(".wb-summary-table")   # the notebook ran Session.compare
+            headline_before = page.inner_text(".wb-summary")
+            bench.screenshot(path=str(SHOTS / "1b_summary_compared.png"))
             heatmap = page.evaluate_handle(HEATMAP)
             cell = page.evaluate(PICK_CELL, heatmap)
             assert cell is not None, "no heatmap cell with another layout than the plan's choice"
@@ -142,6 +146,7 @@ def test_quickstart_in_chromium_pin_by_click_and_retune(jupyterlab):
             page.locator("button.wb-retune").click()
             page.wait_for_function("document.querySelector('.wb-status').innerText.includes('retuned')", timeout=30_000)
             retuned = page.inner_text(".wb-status")
+            headline_after = page.inner_text(".wb-summary")
             page.locator(".wb-workbench .lm-TabBar-tab", has_text="Plan").click()
             plan_after = page.inner_text(".wb-plan-table")
             row = page.inner_text(f".wb-plan-table tr[data-layer='{cell['layer']}']")
@@ -157,3 +162,6 @@ def test_quickstart_in_chromium_pin_by_click_and_retune(jupyterlab):
     assert cell["routine"] in row and "pinned" in row, row
     assert "1 pins" in retuned, retuned
     assert cell["routine"] in dp   # the selected (pinned) layer's DP table: only the pinned routine
+    # measured side by side before the pin; the new plan's figures are predictions until compared again
+    assert "onnxruntime" in compared and "measured side by side" in headline_before
+    assert "Compare measures them" in headline_after

@@ -24,13 +24,15 @@ def test_every_notebook_is_tested():
 
 def test_01_quickstart(tmp_path):
     out = tmp_path / "q.tuned.onnx"
-    r = run("01_quickstart", tmp_path, MODEL="mobilenet_v2", RESOLUTION=64, EXPORT_TO=str(out))
+    r = run("01_quickstart", tmp_path, MODEL="mobilenet_v2", RESOLUTION=64, EXPORT_TO=str(out), COMPARE_RUNS=3)
     graph = workbench.load(zoo.build("mobilenet_v2", resolution=64))
     assert r["layers"] == len(graph)
     assert r["max_error"] < RTOL and r["ort_error"] < RTOL
     assert r["same_plan"] and r["same_outputs"]
     assert r["predicted_ms"] <= r["best_family_predicted_ms"] * (1 + 1e-9)
     assert r["measured_ms"] > 0
+    assert {"tuned", "greedy", "onnxruntime"} <= set(r["compared_ms"]) and len(r["compared_ms"]) >= 13
+    assert all(v > 0 for v in r["compared_ms"].values()) and all(e < RTOL for e in r["compare_errors"].values())
     tuned = workbench.load(out)   # the file it exported runs here, without profiling
     feeds = workbench.random_inputs(graph)
     ref = workbench.ReferenceExecutor(graph).run(feeds)

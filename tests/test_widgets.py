@@ -118,11 +118,18 @@ def test_filters_reprofile_measure_export(bench):
     bench.controls.buttons["filters"].click()
     assert s.filters == [] and any(":nhwc/" in d for d in s.plan.choice.values())
 
-    layer = bench.selected
-    old = {r.descriptor: s.profiled.routine[layer][r.descriptor].samples
-           for r in profile.candidates(s.graph, s.graph.layer(layer))}
-    bench.controls.buttons["reprofile"].click()
+    layer, other = bench.selected, list(s.graph)[7].name
+
+    def samples(name):
+        return {r.descriptor: s.profiled.routine[name][r.descriptor].samples
+                for r in profile.candidates(s.graph, s.graph.layer(name))}
+    old, old_other = samples(layer), samples(other)
+    bench.controls.buttons["reprofile"].click()   # the field empty: the selected layer
     assert all(s.profiled.routine[layer][d].samples != old[d] for d in old)   # measured again
+    assert samples(other) == old_other                                        # from the database
+    bench.controls.reprofile_layers.value = "7"
+    bench.controls.buttons["reprofile"].click()
+    assert all(samples(other)[d] != old_other[d] for d in old_other)
 
     bench.controls.runs.value = 5
     bench.controls.buttons["measure"].click()

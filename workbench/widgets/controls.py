@@ -1,5 +1,5 @@
 """The controls: the selected layer, pin/unpin it (a dropdown of the routines that apply to it),
-routine filters, retune, reprofile the selected layer, measure, compare, export.  Each button
+routine filters, retune, reprofile layers (the selected one, or those named), measure, compare, export.  Each button
 calls one :class:`Workbench` action (a Session method, then every view refreshes)."""
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class Controls:
         self.routine = w.Dropdown(description="routine", layout=w.Layout(width="360px"))
         self.filters = w.Text(description="filters", placeholder="e.g. cpu:float32:nhwc/*, Conv=*/winograd*",
                               layout=w.Layout(width="420px"))
+        self.reprofile_layers = w.Text(placeholder="the selected layer, or names/indices, comma-separated",
+                                       layout=w.Layout(width="340px"))
         self.export_path = w.Text(value=bench.export_path, description="export to")
         self.runs = w.BoundedIntText(value=10, min=1, max=1000, description="runs", layout=w.Layout(width="140px"))
         self.status = w.HTML()
@@ -35,8 +37,8 @@ class Controls:
             "filters": _button("Apply filters", "wb-filters", "retune under these routine filters",
                                lambda: b.act(b.set_filters, [f.strip() for f in self.filters.value.split(",") if f.strip()])),
             "retune": _button("Retune", "wb-retune", "select again on the cached profiles", lambda: b.act(b.retune)),
-            "reprofile": _button("Reprofile layer", "wb-reprofile", "measure the selected layer again, then retune",
-                                 lambda: b.act(b.reprofile, [self.layer.value])),
+            "reprofile": _button("Reprofile", "wb-reprofile", "measure these layers again, then retune",
+                                 lambda: b.act(b.reprofile, self.layers_to_reprofile())),
             "measure": _button("Measure", "wb-measure", "time the tuned model", lambda: b.act(b.measure, self.runs.value)),
             "compare": _button("Compare", "wb-compare", "time every family, greedy and ONNX Runtime beside the plan",
                                lambda: b.act(b.compare, self.runs.value)),
@@ -44,10 +46,16 @@ class Controls:
         }
         bt = self.buttons
         self.widget = w.VBox([
-            w.HBox([self.layer, self.routine, bt["pin"], bt["unpin"], bt["reprofile"]]),
+            w.HBox([self.layer, self.routine, bt["pin"], bt["unpin"]]),
+            w.HBox([self.reprofile_layers, bt["reprofile"]]),
             w.HBox([self.filters, bt["filters"], bt["retune"]]),
             w.HBox([self.runs, bt["measure"], bt["compare"], self.export_path, bt["export"]]),
             self.status])
+
+    def layers_to_reprofile(self):
+        """The layers the Reprofile field names (comma-separated names or indices), else the selected one."""
+        named = [k.strip() for k in self.reprofile_layers.value.split(",") if k.strip()]
+        return named or [self.layer.value]
 
     def refresh(self):
         session, selected = self.bench.session, self.bench.selected

@@ -1,6 +1,10 @@
 """The profiling heatmap: layers x routines, colour log10 of the median time, blank where a
 routine does not apply; the plan's routine marked in each row (a star where pinned); clicking a
-cell pins that routine to that layer (through :meth:`Workbench.pin`)."""
+cell pins that routine to that layer (through :meth:`Workbench.pin`).
+
+Plotly's ``FigureWidget`` is enough here: its trace ``on_click`` brings the clicked cell's
+(routine, layer) back to Python, in JupyterLab as in the browser test, so the workbench needs no
+widget of its own."""
 from __future__ import annotations
 
 import numpy as np

@@ -307,6 +307,13 @@ def test_reference_is_profiled_only_when_a_filter_or_pin_names_it(db_path):
     s, _ = session_of("tiny", db_path, resolution=None)
     first = s.graph.layer("stem.conv")
     assert not any(d.endswith("/reference") for d in s.profiled.routine[first.name])   # the oracle is no candidate
+    s.tune()
+    s.tune(filters=["cpu:float32:nchw/*"])   # a wildcard does not take it in either
+    profiled = {d for recs in s.profiled.routine.values() for d in recs}
+    only_reference = [l.name for l in s.graph
+                      if [r.algo for r in workbench.routines.applicable(s.graph, l)] == ["reference"]]
+    assert not any(d.endswith("/reference") for l in s.graph if l.name not in only_reference
+                   for d in s.profiled.routine[l.name]), profiled
     plan = s.tune(filters=["cpu:float32:nchw/reference@stem.conv"])
     assert plan.choice["stem.conv"] == "cpu:float32:nchw/reference"
     assert "cpu:float32:nchw/reference" in s.profiled.routine["stem.conv"]   # measured on demand

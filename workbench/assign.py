@@ -115,6 +115,10 @@ def assign(graph, filters=()):
 def allowed(graph, filters=()):
     """What tuning may choose from under ``filters``: ``({layer name: [descriptor, ...]}, fallbacks)``.
 
+    Without a filter, a layer may use every applicable routine but the NumPy reference (unless
+    only the reference applies); a filter's wildcard leaves the reference out the same way, and a
+    pattern that says ``reference`` takes it in.
+
     A layer a filter selects may use the matching routines only; one a filter without ``@``
     selects but cannot serve keeps every applicable routine (reported as a fallback to
     ``"*"``); one a filter names explicitly must match (else :class:`FilterError`).
@@ -122,14 +126,21 @@ def allowed(graph, filters=()):
     parsed = [f if isinstance(f, RoutineFilter) else parse_filter(f, graph) for f in filters]
     result, fallbacks = {}, []
     for index, layer in enumerate(graph):
-        options = [r.descriptor for r in routines.applicable(graph, layer)]
+        found = routines.applicable(graph, layer)
+        options = [r.descriptor for r in found]
         if not options:
             raise WorkbenchError(f"{where(layer)}: no routine applies")
+        # The NumPy reference is the correctness oracle, not a candidate: it is offered only where
+        # nothing else applies, or where a filter names it ("*/reference"), as the profiler's
+        # default candidates (profile.candidates) leave it out.
+        usual = [r.descriptor for r in found if r.algo != "reference"] or options
         decisive = next((f for f in reversed(parsed) if f.selects(index, layer.name)), None)
         if decisive is None:
-            result[layer.name] = options
+            result[layer.name] = usual
             continue
         matching = [d for d in options if fnmatch.fnmatchcase(d, decisive.pattern)]
+        if "reference" not in decisive.pattern:
+            matching = [d for d in matching if d in usual] or matching
         if matching:
             result[layer.name] = matching
         elif decisive.selection is not None:

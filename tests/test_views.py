@@ -106,7 +106,7 @@ def test_summary_rows_are_the_plans(session):
 
 
 def test_compare_measures_every_plan(session):
-    ort = pytest.importorskip("onnxruntime")  # noqa: F841  (the test extra installs it)
+    pytest.importorskip("onnxruntime")   # the test extra installs it
     c = session.compare(runs=3)
     assert session.comparison is c
     assert set(c.measured_ms) == {"tuned", "greedy", "onnxruntime", *session.family_plans()}

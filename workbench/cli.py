@@ -245,6 +245,8 @@ def build_parser():
 
     from .cli_tune import add_parsers
     add_parsers(sub, model_args)
+    from .cli_bench import add_parser as add_bench_parser
+    add_bench_parser(sub, model_args)
 
     sp = sub.add_parser("zoo", help="write a zoo model (no name: list them)")
     sp.add_argument("name", nargs="?")

@@ -15,7 +15,7 @@ import numpy as np
 
 from .check import relative_error
 from .compiled import CompiledModel
-from .measure import time_interleaved
+from .measure import measure_latencies
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Comparison:
     error: dict = field(default_factory=dict)
     runs: int = 0
     notes: list = field(default_factory=list)
+    latency: dict = field(default_factory=dict)   # name -> measure.Latency
 
     def speedup(self, name):
         """How many times faster the tuned plan ran than ``name``."""
@@ -74,9 +75,11 @@ def compare(session, runs=10, families=True, greedy=True, onnxruntime=True, warm
             result.notes.append("onnxruntime is not installed: no ONNX Runtime row")
         else:
             runners["onnxruntime"] = lambda: ort_run(nchw_feeds)
-    samples = time_interleaved(runners, runs, warmup=warmup)
-    for name, s in samples.items():
-        result.measured_ms[name] = float(np.median(s)) * 1e3
-        result.spread_ms[name] = float(np.subtract(*np.percentile(s, [75, 25]))) * 1e3
+    latencies = measure_latencies(runners, runs, warmup=warmup)
+    for name, lat in latencies.items():
+        result.measured_ms[name] = lat.median_ms
+        result.spread_ms[name] = lat.spread_ms
+    result.latency = latencies
     session.comparison = result
+    session.measured = latencies["tuned"]   # the headline shows the same statistic Compare just took
     return result

@@ -21,7 +21,6 @@ from . import routines, search
 from .compiled import CompiledModel, default_threads
 from .errors import WorkbenchError, where
 from .graph import NCHW, NHWC
-from .measure import Timing
 from .profile import problem as make_problem
 from .profile import profile as run_profile
 
@@ -71,7 +70,7 @@ class Session:
         self.fallbacks = []
         self.search_s = None        # seconds the last selection took
         self.profile_s = None       # seconds the last profile() took
-        self.measured = None        # Timing of the whole tuned model
+        self.measured = None        # measure.Latency of the whole tuned model
         self.comparison = None      # compare.Comparison of the plan against the others
         self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
         self.tuned_metadata = None  # model metadata of a loaded tuned file
@@ -258,19 +257,14 @@ class Session:
                 for k, v in feeds.items()}
 
     def measure(self, runs=30, warmup=3, inputs=None):
-        """Whole-model latency of the tuned plan (median of ``runs`` after ``warmup``); a
-        :class:`~workbench.measure.Timing`, kept as :attr:`measured`."""
+        """Whole-model latency of the tuned plan: a :class:`~workbench.measure.Latency` of
+        ``runs`` turns after ``warmup`` (:func:`~workbench.measure.measure_latencies`, the
+        statistic :meth:`compare` and ``workbench bench`` report too), kept as :attr:`measured`."""
+        from .measure import measure_latencies
         model = self.compile()
         feeds = inputs if inputs is not None else self.random_inputs()
-        for _ in range(warmup):
-            model.run(feeds)
-        t = Timing()
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model.run(feeds)
-            t.samples.append(time.perf_counter() - t0)
-        self.measured = t
-        return t
+        self.measured = measure_latencies({"tuned": lambda: model.run(feeds)}, runs, warmup=warmup)["tuned"]
+        return self.measured
 
     def compare(self, runs=10, families=True, greedy=True, onnxruntime=True):
         """The plan measured beside every single-family plan, the greedy plan and ONNX Runtime,

@@ -1,0 +1,145 @@
+"""The engines a benchmark times side by side: our compiled plan, ONNX Runtime and OpenVINO.
+
+An :class:`Engine` is a zero-argument ``run`` plus ``outputs()`` (``{name: array}`` in NCHW,
+whatever the session's io_format, so that every engine's outputs compare directly).  Peers run
+the model file as given (NCHW inputs); they are optional: a peer that is not installed comes
+back as ``None`` with a note saying why.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import WorkbenchError
+
+#: Peer names accepted by ``--peers`` -> engine names in reports.
+PEERS = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "openvino": "openvino", "ov": "openvino"}
+
+
+class BenchError(WorkbenchError):
+    """Bad benchmark input: an unknown peer, an option that does not apply."""
+
+
+@dataclass
+class Engine:
+    name: str
+    run: object                  # zero-argument callable: one inference
+    outputs: object              # zero-argument callable: {output name: NCHW array}
+    version: str = ""
+    settings: dict = field(default_factory=dict)
+
+
+def parse_peers(text):
+    """``"ort,openvino"`` -> ``["onnxruntime", "openvino"]``; ``"none"`` or ``""`` -> ``[]``."""
+    names = [p.strip().lower() for p in (text or "").split(",") if p.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [p for p in names if p not in PEERS]
+    if unknown:
+        raise BenchError(f"unknown peer(s) {', '.join(map(repr, unknown))}; known: ort, openvino (or none)")
+    return list(dict.fromkeys(PEERS[p] for p in names))
+
+
+def to_nchw(outputs, graph, io_format):
+    """Our outputs as the peers give them: 4-D float outputs of an NHWC session transposed back."""
+    from ..execute import io_shape
+    result = {}
+    for name, value in outputs.items():
+        spec = graph.spec(name)
+        nhwc = value.ndim == 4 and io_shape(spec, io_format) != tuple(spec.shape)
+        result[name] = value.transpose(0, 3, 1, 2) if nhwc else value
+    return result
+
+
+def ours(session, feeds, name="tuned"):
+    """The session's compiled plan on ``feeds`` (in the session's io_format)."""
+    from .. import __version__
+    model = session.compile()
+    return Engine(name, lambda: model.run(feeds), lambda: to_nchw(model.run(feeds), session.graph, session.io_format),
+                  version=__version__, settings={"threads": model.num_threads, "io_format": session.io_format})
+
+
+def ort_session(model, threads, profile_prefix=None):
+    """An ONNX Runtime CPU session on ``model`` (ModelProto, bytes or path): ORT_ENABLE_ALL,
+    ``threads`` intra-op threads, one inter-op thread; profiling when ``profile_prefix`` is
+    given.  None when onnxruntime is not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime(model, feeds, threads):
+    """ONNX Runtime on ``model`` with NCHW ``feeds``, or None when it is not installed."""
+    sess = ort_session(model, threads)
+    if sess is None:
+        return None
+    import onnxruntime as ort
+    names = [o.name for o in sess.get_outputs()]
+    return Engine("onnxruntime", lambda: sess.run(names, feeds),
+                  lambda: dict(zip(names, sess.run(names, feeds))), version=ort.__version__,
+                  settings={"threads": int(threads), "inter_op_threads": 1,
+                            "graph_optimization_level": "ORT_ENABLE_ALL", "provider": "CPUExecutionProvider"})
+
+
+def openvino(model, feeds, threads):
+    """OpenVINO on the CPU in f32, reshaped to the static shapes of ``feeds``; None when it is
+    not installed (a benchmark-only dependency)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    if hasattr(model, "SerializeToString") or isinstance(model, bytes):
+        # read_model wants a file for ONNX; a temporary one is read whole before it goes away.
+        data = model.SerializeToString() if hasattr(model, "SerializeToString") else model
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(data)
+            net = core.read_model(path)
+    else:
+        net = core.read_model(os.fspath(model))
+    net.reshape({name: list(value.shape) for name, value in feeds.items()})
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
+              "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(net, "CPU", config)
+    request = compiled.create_infer_request()
+    names = [o.get_any_name() for o in compiled.outputs]
+
+    def outputs():
+        result = request.infer(feeds)
+        return {n: np.array(result[compiled.outputs[i]]) for i, n in enumerate(names)}
+    return Engine("openvino", lambda: request.infer(feeds), outputs, version=ov.get_version(),
+                  settings={"threads": int(threads), "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                            "device": "CPU"})
+
+
+def peer(name, model, feeds, threads):
+    """The engine of peer ``name`` (``"onnxruntime"`` or ``"openvino"``), or None if not installed."""
+    return {"onnxruntime": onnxruntime, "openvino": openvino}[name](model, feeds, threads)
+
+
+def output_errors(reference, engine_outputs):
+    """Max relative error (:func:`workbench.check.relative_error`) of an engine's outputs against
+    ours, over the outputs both have; ``inf`` when they share none."""
+    from ..check import relative_error
+    shared = [n for n in reference if n in engine_outputs]
+    if not shared:
+        return float("inf")
+    return max(relative_error(engine_outputs[n], reference[n]) for n in shared)

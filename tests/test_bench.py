@@ -294,3 +294,21 @@ def test_compare_fills_per_op_totals(session):
     assert c.error["onnxruntime"] < 1e-4
     assert c.measured_ms["tuned"] == pytest.approx(c.latency["tuned"].median_ms)
     assert session.measured is c.latency["tuned"]
+
+
+def test_openvino_peer_agrees_with_ours(session, files):
+    pytest.importorskip("openvino")   # optional, benchmark-only
+    from workbench.onnx_import import read_model
+    result = bench_mod.bench(session, read_model(files["model"]), peers=["openvino"], runs=3, warmup=1,
+                             idle_runs=0, op_runs=0)
+    assert set(result.latency) == {"tuned", "openvino"} and result.errors["openvino"] < 1e-4
+    assert result.settings["openvino"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_json_report_is_strict_json(session, files, tmp_path):
+    from workbench.onnx_import import read_model
+    result = bench_mod.bench(session, read_model(files["model"]), peers=[], runs=2, warmup=0, idle_runs=0, op_runs=0)
+    result.errors["tuned"] = float("inf")   # as for a peer whose outputs share no name with ours
+    json_path, _ = bench_mod.report.write(result, tmp_path / "r")
+    report = json.loads(json_path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert report["engines"]["tuned"]["max_relative_error_vs_tuned"] is None

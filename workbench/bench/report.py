@@ -158,9 +158,21 @@ def write(result, prefix):
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = prefix.with_name(prefix.name + ".json"), prefix.with_name(prefix.name + ".md")
-    json_path.write_text(json.dumps(summary(result), indent=1, default=_jsonable))
+    json_path.write_text(json.dumps(_finite(summary(result)), indent=1, default=_jsonable, allow_nan=False))
     md_path.write_text(markdown(result))
     return json_path, md_path
+
+
+def _finite(value):
+    """``value`` with every NaN or infinity (an error over outputs that share no name) as None:
+    strict JSON readers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value):

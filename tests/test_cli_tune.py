@@ -14,6 +14,7 @@ import pytest
 import workbench
 from workbench.check import run_onnxruntime
 from workbench.cli import main
+from onnx_helpers import make_model
 
 FAST = ["--threads", "1", "--repeats", "2"]
 PINS = {"stem.maxpool": "cpu:float32:nchw/direct", "branch.a": "cpu:float32:nchw/gemm1x1"}  # branch.a is layer 4
@@ -127,18 +128,52 @@ def test_run_tuned_file_uses_its_plan_and_matches_onnxruntime(tuned, tiny, tmp_p
     meta = workbench.load(files["onnx"]).tuned_metadata
     assert (f"tuned plan: predicted {float(meta['predicted_ms']):.4f} ms, measured at tune time "
             f"{float(meta['measured_ms']):.4f} ms") in out
-    assert "check logits: max relative error vs onnxruntime" in out and "check passed" in out
+    assert "check logits: passed, 0 of 1000 element(s) beyond" in out and "check passed" in out
     ours = np.load(tmp_path / "out" / "logits.npy")
     expected = run_onnxruntime(onnx.load(tiny), {"input": x})["logits"]   # the original, untuned model
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert f"logits: (1, 1000) float32  mean {ours.mean():.6g}" in out
 
 
-def test_run_tuned_file_rejects_filters(tuned, capsys):
-    assert main(["run", str(tuned[0]["onnx"]), "--routine", "cpu:float32:nhwc/*"]) == 2
+def test_run_tuned_file_rejects_filters_and_the_suggested_retune_works(tuned, tmp_path, capsys):
+    path = str(tuned[0]["onnx"])
+    assert main(["run", path, "--routine", "cpu:float32:nhwc/*"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("workbench: error:") and err.count("\n") == 1
-    assert "tuned file" in err and "--routine" in err and "does not apply" in err and "retune" in err
+    assert "tuned file" in err and "--routine" in err and "does not apply" in err
+    assert f"retune instead: workbench tune {path} -o NEW.onnx [--routine FILTER]" in err
+    new = tmp_path / "new.onnx"
+    assert main(["tune", path, "-o", str(new), "--routine", "cpu:float32:nchw/*", "--db", str(tmp_path / "db"),
+                 *FAST, "--runs", "0"]) == 0
+    assert main(["run", str(new), "--check"]) == 0
+    assert "check passed" in capsys.readouterr().out
+    assert all(d.startswith("cpu:float32:nchw/") for d in workbench.load(new).plan.choice.values())
+
+
+def test_tuned_file_shapes_are_fixed_and_the_suggested_command_works(tmp_path, capsys):
+    """Other shapes need the original model tuned again: the message says so with the flags given,
+    and that command (sizes and the original's path filled in) runs."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    model = make_model([onnx.helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                        onnx.helper.make_node("Relu", ["c"], ["y"], name="relu")],
+                       [("x", ["N", 3, "H", "W"])], [("y", None)], [("w", w)])
+    original, tuned, new, db = (tmp_path / n for n in ("dyn.onnx", "dyn.tuned.onnx", "new.onnx", "db.sqlite"))
+    onnx.save(model, original)
+    assert main(["tune", str(original), "--batch", "1", "--resolution", "8x12", "-o", str(tuned), "--db", str(db),
+                 *FAST, "--runs", "0"]) == 0
+    capsys.readouterr()
+    for argv in (["run", str(tuned)], ["routines", str(tuned)], ["tune", str(tuned), "-o", str(new)]):
+        assert main([*argv, "--batch", "2", "--resolution", "5x7"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{tuned} is a tuned file with fixed input shapes (x 1x3x8x12" in err
+        assert "workbench tune ORIGINAL.onnx --batch N --resolution R -o NEW.onnx" in err, err
+        assert not new.exists()
+    assert main(["tune", str(original), "--batch", "2", "--resolution", "5x7", "-o", str(new), "--db", str(db),
+                 *FAST, "--runs", "0"]) == 0
+    assert main(["run", str(new), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "y: (2, 6, 5, 7) float32" in out and "check passed" in out
 
 
 def test_fingerprint_warning_is_one_line(tuned, capsys, recwarn):

@@ -157,3 +157,37 @@ def test_graph_outputs_keep_their_names_through_identity_and_fusion(rng):
     graph, ours = assert_matches_onnxruntime(model)
     assert graph.outputs == ["out_a", "out_b"]
     assert graph.op_counts() == {"Conv": 1, "Relu": 1}   # conv output is read twice: Relu not fused
+
+
+def test_every_symbolic_dim_of_every_input_in_one_error(rng):
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    model = make_model([helper.make_node("Conv", ["image", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                        helper.make_node("Add", ["c", "mask"], ["y"], name="add")],
+                       [("image", ["N", 3, "H", "W"]), ("mask", ["N", 4, "H", "W"])], [("y", None)], [("w", w)])
+    with pytest.raises(ShapeError) as e:
+        workbench.load(model)
+    text = str(e.value)
+    assert text.startswith("6 symbolic input dimension(s) have no value:")
+    assert "'image' (N, 3, H, W): dim 0 'N' (batch), dim 2 'H' (resolution), dim 3 'W' (resolution)" in text
+    assert "'mask' (N, 4, H, W): dim 0 'N' (batch), dim 2 'H' (resolution), dim 3 'W' (resolution)" in text
+    assert "(Python: batch=N, resolution=R or (H, W))" in text
+    assert "shapes={'image': (N, 3, H, W), 'mask': (N, 4, H, W)}" in text
+    # Given only the batch, the same error lists just H and W of both inputs.
+    with pytest.raises(ShapeError, match=r"^4 symbolic") as e:
+        workbench.load(model, batch=2)
+    assert "dim 0" not in str(e.value)
+    # The keywords it names work, and agree with ONNX Runtime.
+    assert_matches_onnxruntime(model, batch=2, resolution=(5, 7))
+    assert_matches_onnxruntime(model, shapes={"image": (1, 3, 6, 4), "mask": (1, 4, 6, 4)})
+
+
+def test_dims_other_than_batch_and_resolution_need_shape(rng):
+    model = make_model([helper.make_node("Add", ["a", "b"], ["y"], name="add")],
+                       [("a", ["N", "K"]), ("b", ["N", "K"])], [("y", None)])
+    with pytest.raises(ShapeError) as e:
+        workbench.load(model, batch=3)
+    text = str(e.value)
+    assert "'a' (N, K): dim 1 'K'" in text and "'b' (N, K): dim 1 'K'" in text
+    assert "give them per input with --shape a=NxK --shape b=NxK" in text and "--batch N --resolution" not in text
+    graph = workbench.load(model, shapes={"a": (3, 5), "b": (3, 5)})
+    assert graph.spec("y").shape == (3, 5)

@@ -88,11 +88,15 @@ def _session(args):
     from .cli import _read, _shapes
     from .compiled import default_threads
     from .session import Session
+    from .tuned import is_tuned
     model = _read(args.model)
+    if is_tuned(model):
+        _reject_shape_options(args, model, "tuning it again keeps them")
     shapes = _shapes(args, model)
     threads = int(args.threads or default_threads())
     db = _open_db(args, threads)
-    session = Session.from_onnx(model, num_threads=threads, db=db, batch=args.batch, shapes=shapes)
+    session = Session.from_onnx(model, num_threads=threads, db=db, batch=args.batch, resolution=args.resolution,
+                                shapes=shapes)
     return session, db
 
 
@@ -202,17 +206,36 @@ def _saving(tuned_s, other_s):
 
 
 # -- tuned files in run / routines / info ---------------------------------------------------
-def _reject_options(args, what):
+def _fixed_shapes(model):
+    from .cli import _model_inputs
+    from .onnx_import import _dims
+    return ", ".join(f"{vi.name} {'x'.join(str(d) for d in _dims(vi) or ['?'])}" for vi in _model_inputs(model))
+
+
+def _reject_shape_options(args, model, what):
+    """A tuned file's input shapes are fixed (its plan was measured for them): other shapes need
+    the original model tuned again, which the tuned file does not name."""
+    bad = [opt for opt in ("shape", "batch", "resolution") if getattr(args, opt, None)]
+    if bad:
+        flags = ", ".join(f"--{opt}" for opt in bad)
+        raise WorkbenchError(
+            f"{args.model} is a tuned file with fixed input shapes ({_fixed_shapes(model)}; {what}): {flags} "
+            f"cannot change them; tune the original model for other shapes: workbench tune ORIGINAL.onnx "
+            f"{' '.join(_SHAPE_HINT[opt] for opt in bad)} -o NEW.onnx")
+
+
+_SHAPE_HINT = {"shape": "--shape NAME=1x3xHxW", "batch": "--batch N", "resolution": "--resolution R"}
+
+
+def _reject_options(args, model, what):
+    _reject_shape_options(args, model, f"{what} its stored plan at them")
     bad = [opt for opt, given in (("--routine (routine filters)", getattr(args, "routine", None)),
-                                  ("--shape", getattr(args, "shape", None)),
-                                  ("--batch", getattr(args, "batch", None)),
                                   ("--no-fuse", getattr(args, "no_fuse", False))) if given]
     if bad:
         verb = "does" if len(bad) == 1 else "do"
         raise WorkbenchError(
-            f"{args.model} is a tuned file: {', '.join(bad)} {verb} not apply to it ({what} its stored plan, "
-            f"with the shapes it was tuned for); retune instead: workbench tune {args.model} "
-            f"[--routine FILTER] [--batch N] -o NEW.onnx")
+            f"{args.model} is a tuned file: {', '.join(bad)} {verb} not apply to it ({what} its stored plan); "
+            f"retune instead: workbench tune {args.model} -o NEW.onnx [--routine FILTER]")
 
 
 def _meta_ms(meta, key, missing):
@@ -236,10 +259,10 @@ def tuned_summary(model, hint=True):
 def run_tuned(args, model):
     """``workbench run TUNED.onnx``: the stored plan, no profiling."""
     from .check import run_onnxruntime
-    from .cli import _load_arrays, _report_outputs
+    from .cli import _load_inputs, _report_outputs
     from .execute import random_inputs
-    _reject_options(args, "it runs")
-    arrays = _load_arrays(args.input or [])
+    _reject_options(args, model, "it runs")
+    arrays = _load_inputs(args, model)
     session = load_tuned(model, args.model, num_threads=args.threads)
     unknown = [n for n in arrays if n not in session.graph.inputs]
     if unknown:
@@ -249,7 +272,8 @@ def run_tuned(args, model):
     outputs = session.run(feeds)
     meta = session.tuned_metadata
     measured = _meta_ms(meta, "measured_ms", "not measured")
-    code = _report_outputs(args, outputs, lambda: run_onnxruntime(model, feeds), before_check=(
+    code = _report_outputs(args, outputs, lambda optimize=True: run_onnxruntime(model, feeds, optimize=optimize),
+                           before_check=(
         f"tuned plan: predicted {session.predicted_s * 1e3:.4f} ms, measured at tune time {measured} "
         f"({meta.get('plan_method', '?')}, {session.num_threads} thread(s))"))
     return code
@@ -258,7 +282,7 @@ def run_tuned(args, model):
 def routines_tuned(args, model):
     """``workbench routines TUNED.onnx``: each layer's routine and why (from the node metadata)."""
     from .tuned import PREFIX
-    _reject_options(args, "it lists")
+    _reject_options(args, model, "it lists")
     session = load_tuned(model, args.model)
     props = {n.name: {p.key[len(PREFIX):]: p.value for p in n.metadata_props if p.key.startswith(PREFIX)}
              for n in model.graph.node}

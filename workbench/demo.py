@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import zoo
-from .check import compare_outputs, run_onnxruntime
+from .check import compare_all, run_onnxruntime
 from .execute import random_inputs
 from .report import format_table
 from .session import Session
@@ -36,7 +36,8 @@ def _ort_latency(model, feeds, threads, runs):
 def run_demo(name="resnet50", batch=1, resolution=None, output=None, num_threads=None, db=None, runs=30,
              out=print):
     """Tune zoo model ``name`` and export it to ``output`` (default ``artifacts/<name>.tuned.onnx``).
-    Returns the worst relative error of the loaded tuned file against ONNX Runtime."""
+    Returns ``{reference: {output: OutputCheck}}``: the loaded tuned file's outputs compared
+    (:func:`workbench.check.compare`) with ONNX Runtime on the original and on the tuned file."""
     kwargs = {"resolution": resolution} if resolution else {}
     model = zoo.build(name, batch=batch, **kwargs)
     session = Session.from_onnx(model, num_threads=num_threads, db=db)
@@ -67,9 +68,13 @@ def run_demo(name="resnet50", batch=1, resolution=None, output=None, num_threads
     from . import load
     loaded = load(path)
     ours = loaded.run(feeds)
-    errors = compare_outputs(ours, run_onnxruntime(model, feeds, threads=session.num_threads))
-    again = compare_outputs(ours, run_onnxruntime(path, feeds, threads=session.num_threads))
+    checks = {"the original": compare_all(ours, run_onnxruntime(model, feeds, threads=session.num_threads)),
+              "the tuned file": compare_all(ours, run_onnxruntime(path, feeds, threads=session.num_threads))}
     out(f"exported {path} ({path.stat().st_size / 2**20:.1f} MiB); loaded back: same plan "
-        f"{loaded.plan.choice == plan.choice}; max relative error vs ONNX Runtime on the original "
-        f"{max(errors.values()):.2g}, ONNX Runtime on the tuned file {max(again.values()):.2g}")
-    return max(max(errors.values()), max(again.values()))
+        f"{loaded.plan.choice == plan.choice}")
+    for where, by_output in checks.items():
+        for c in by_output.values():
+            out(f"vs ONNX Runtime on {where}: " + c.summary())
+            for line in c.details():
+                out(line)
+    return checks

@@ -152,7 +152,17 @@ def unsupported_ops(model):
     return bad
 
 
-def _resolve_input_shape(vi, batch, resolution, shapes):
+def _dims(vi):
+    """Declared dims of a graph input: ints where fixed, the dim_param (or '?') where symbolic."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def _resolve_input_shape(vi, batch, resolution, shapes, missing):
+    """The input's TensorSpec, or None after appending ``(input, dim index, label, kind)`` to
+    ``missing`` for each symbolic dim nothing gives a value (all are reported at once)."""
     name = vi.name
     t = vi.type.tensor_type
     if not vi.type.HasField("tensor_type"):
@@ -171,8 +181,8 @@ def _resolve_input_shape(vi, batch, resolution, shapes):
                                      f"the given shape {given} says {g}")
         return TensorSpec(given, dtype)
     if dims is None:
-        raise ShapeError(f"graph input {name!r} has no declared shape; give it with shapes={{{name!r}: (...)}} "
-                         f"(CLI: --shape {name}=...)")
+        missing.append((name, None, None, "shape"))
+        return None
     out = []
     for i, d in enumerate(dims):
         fixed = d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
@@ -185,11 +195,48 @@ def _resolve_input_shape(vi, batch, resolution, shapes):
         elif len(dims) == 4 and i in (2, 3) and resolution is not None:
             out.append(resolution[i - 2])
         else:
-            label = d.dim_param or "?"
-            what = "batch size" if i == 0 else "input resolution" if len(dims) == 4 and i in (2, 3) else "value"
-            raise ShapeError(f"graph input {name!r}: dim {i} is symbolic ({label!r}); give its {what} "
-                             f"(batch=/resolution=/shapes=, CLI --batch/--shape {name}=...)")
-    return TensorSpec(out, dtype)
+            kind = "batch" if i == 0 else "resolution" if len(dims) == 4 and i in (2, 3) else "other"
+            missing.append((name, i, d.dim_param or "?", kind))
+            out.append(None)
+    return None if None in out else TensorSpec(out, dtype)
+
+
+def symbolic_dims_message(model_inputs, missing):
+    """One message for every symbolic dim without a value, with the CLI flags and the Python
+    keywords that give them.  ``model_inputs``: the graph's non-initializer ValueInfos."""
+    by_input = {}
+    for name, i, label, kind in missing:
+        by_input.setdefault(name, []).append((i, label, kind))
+    declared = {vi.name: _dims(vi) for vi in model_inputs}
+    kinds = {kind for _, _, _, kind in missing}
+    lines = [f"{len(missing)} symbolic input dimension(s) have no value:"]
+    shape_flags, shape_kw = [], []
+    for name, items in by_input.items():
+        dims = declared.get(name)
+        if dims is None:
+            lines.append(f"  {name!r}: no declared shape; give it whole with --shape {name}=D1xD2x...")
+            shape_flags.append(f"--shape {name}=D1xD2x...")
+            continue
+        what = {"batch": " (batch)", "resolution": " (resolution)", "other": ""}
+        lines.append(f"  {name!r} ({', '.join(str(d) for d in dims)}): "
+                     + ", ".join(f"dim {i} {label!r}{what[kind]}" for i, label, kind in items))
+        shape_flags.append(f"--shape {name}={'x'.join(str(d) for d in dims)}")
+        shape_kw.append(f"{name!r}: ({', '.join(str(d) for d in dims)})")
+    quick, kw = [], []
+    if "batch" in kinds:
+        quick.append("--batch N")
+        kw.append("batch=N")
+    if "resolution" in kinds:
+        quick.append("--resolution R (or --resolution HxW)")
+        kw.append("resolution=R or (H, W)")
+    if quick and not kinds & {"other", "shape"}:
+        lines.append(f"give them with {' '.join(quick)} (Python: {', '.join(kw)}), or per input with "
+                     f"{' '.join(shape_flags)} (Python: shapes={{{', '.join(shape_kw)}}})")
+    else:
+        lines.append(f"give them per input with {' '.join(shape_flags)} (Python: shapes={{{', '.join(shape_kw)}}})"
+                     + (f"; --batch N / --resolution R cover batch and H, W only" if quick else ""))
+    lines.append("with sizes in place of the names; --shape takes precedence over --batch and --resolution")
+    return "\n".join(lines)
 
 
 def _node_order(nodes, known):
@@ -225,7 +272,10 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
     batch : int, optional
         Value of the batch dimension (dim 0 of every input) when it is symbolic.
     resolution : int or (int, int), optional
-        Height and width of 4-D inputs when they are symbolic.
+        Height and width (dims 2 and 3) of 4-D inputs when they are symbolic.
+
+    Every symbolic dimension left without a value is listed in one :class:`ShapeError`, with
+    the CLI flags and keywords that give them.
     shapes : dict[str, tuple], optional
         Full shape per input name; takes precedence over ``batch``/``resolution``.
     """
@@ -243,10 +293,12 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
             consts[init.name] = numpy_helper.to_array(init)
         except Exception as e:  # noqa: BLE001 - onnx raises several types for bad tensors
             raise ModelFileError(f"initializer {init.name!r}: cannot be read ({e})") from None
-    inputs = {}
-    for vi in g.input:
-        if vi.name not in consts:
-            inputs[vi.name] = _resolve_input_shape(vi, batch, resolution, shapes)
+    inputs, missing = {}, []
+    model_inputs = [vi for vi in g.input if vi.name not in consts]
+    for vi in model_inputs:
+        inputs[vi.name] = _resolve_input_shape(vi, batch, resolution, shapes, missing)
+    if missing:
+        raise ShapeError(symbolic_dims_message(model_inputs, missing))
     if shapes:
         unknown = set(shapes) - set(inputs)
         if unknown:

@@ -191,3 +191,17 @@ def test_dims_other_than_batch_and_resolution_need_shape(rng):
     assert "give them per input with --shape a=NxK --shape b=NxK" in text and "--batch N --resolution" not in text
     graph = workbench.load(model, shapes={"a": (3, 5), "b": (3, 5)})
     assert graph.spec("y").shape == (3, 5)
+
+
+def test_exporters_long_dim_names_become_readable_placeholders_in_the_suggested_shape():
+    # Paddle2ONNX names every free dim 'p2o.DynamicDimension.<k>': the suggested flag writes N, H, W.
+    dims = ["p2o.DynamicDimension.0", 3, "p2o.DynamicDimension.1", "p2o.DynamicDimension.2"]
+    model = make_model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [("x", dims)], [("y", None)])
+    with pytest.raises(ShapeError) as e:
+        workbench.load(model)
+    text = str(e.value)
+    assert "3 symbolic input dimension(s)" in text
+    assert "--shape x=Nx3xHxW" in text and "shapes={'x': (N, 3, H, W)}" in text
+    assert "--batch N --resolution R" in text
+    graph = workbench.load(model, batch=2, resolution=(32, 48))
+    assert graph.spec("y").shape == (2, 3, 32, 48)

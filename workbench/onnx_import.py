@@ -160,6 +160,21 @@ def _dims(vi):
     return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in t.shape.dim]
 
 
+def _placeholder(dim, i, rank):
+    """How a suggested ``--shape`` writes a declared dim: its size where fixed, else N for the
+    batch, H and W for an image's height and width, D<i> for any other, unless the model's own
+    name is short (exporters' names, such as 'p2o.DynamicDimension.0', make the flag unreadable)."""
+    if isinstance(dim, int):
+        return str(dim)
+    if len(dim) <= 3 and dim.isalnum():   # the model's own short name ('N', 'K') reads best
+        return dim
+    if i == 0:
+        return "N"
+    if rank == 4 and i in (2, 3):
+        return "HW"[i - 2]
+    return f"D{i}"
+
+
 def _resolve_input_shape(vi, batch, resolution, shapes, missing):
     """The input's TensorSpec, or None after appending ``(input, dim index, label, kind)`` to
     ``missing`` for each symbolic dim nothing gives a value (all are reported at once)."""
@@ -220,8 +235,9 @@ def symbolic_dims_message(model_inputs, missing):
         what = {"batch": " (batch)", "resolution": " (resolution)", "other": ""}
         lines.append(f"  {name!r} ({', '.join(str(d) for d in dims)}): "
                      + ", ".join(f"dim {i} {label!r}{what[kind]}" for i, label, kind in items))
-        shape_flags.append(f"--shape {name}={'x'.join(str(d) for d in dims)}")
-        shape_kw.append(f"{name!r}: ({', '.join(str(d) for d in dims)})")
+        shown = [_placeholder(d, i, len(dims)) for i, d in enumerate(dims)]
+        shape_flags.append(f"--shape {name}={'x'.join(shown)}")
+        shape_kw.append(f"{name!r}: ({', '.join(shown)})")
     quick, kw = [], []
     if "batch" in kinds:
         quick.append("--batch N")
@@ -235,7 +251,8 @@ def symbolic_dims_message(model_inputs, missing):
     else:
         lines.append(f"give them per input with {' '.join(shape_flags)} (Python: shapes={{{', '.join(shape_kw)}}})"
                      + (f"; --batch N / --resolution R cover batch and H, W only" if quick else ""))
-    lines.append("with sizes in place of the names; --shape takes precedence over --batch and --resolution")
+    lines.append("with sizes in place of the names; --shape takes precedence over "
+                 "--batch and --resolution")
     return "\n".join(lines)
 
 

@@ -268,6 +268,11 @@ def test_bad_options_exit_2(files, argv, message):
     assert code == 2 and message in err and out == ""
 
 
+def test_zoo_model_takes_a_square_resolution_only():
+    code, out, err = _main_quiet(["bench", "tiny", "--resolution", "32x48", "--peers", "none"])
+    assert code == 2 and "takes a square --resolution R, got 32x48" in err and out == ""
+
+
 def test_missing_file_exits_2(tmp_path):
     code, out, err = _main_quiet(["bench", str(tmp_path / "nope.onnx"), "--peers", "none"])
     assert code == 2 and "nope.onnx: no such file" in err

@@ -21,8 +21,6 @@ def add_parser(sub, model_args):
     for action in sp._actions:
         if action.dest == "model":
             action.help = "ONNX model file (tuned first), tuned file (its plan as stored) or zoo name"
-    if "--resolution" not in sp._option_string_actions:
-        sp.add_argument("--resolution", type=int, help="input height and width, when symbolic (or of a zoo model)")
     sp.add_argument("--peers", default="ort", metavar="ort,openvino",
                     help="engines timed beside ours: ort, openvino, or none (default: ort)")
     sp.add_argument("--runs", type=int, default=30, help="interleaved timed rounds (default 30)")
@@ -64,7 +62,12 @@ def open_model(args):
     from .tuned import is_tuned
     path = Path(args.model)
     if not path.exists() and args.model in zoo.NAMES:
-        model = zoo.build(args.model, batch=args.batch or 1, resolution=args.resolution)
+        resolution = args.resolution
+        if isinstance(resolution, tuple):   # the zoo builds square inputs
+            if resolution[0] != resolution[1]:
+                raise BenchError(f"zoo model {args.model} takes a square --resolution R, got {resolution[0]}x{resolution[1]}")
+            resolution = resolution[0]
+        model = zoo.build(args.model, batch=args.batch or 1, resolution=resolution)
         stem, shapes = args.model, None
     else:
         model = _read(args.model)   # a missing or broken file raises ModelFileError here

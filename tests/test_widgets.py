@@ -1,11 +1,14 @@
 """workbench.widgets, at the level of their traits: what each view holds after each action, checked
 against the Session (which the views only draw) and against files the actions write."""
+import json
+
 import numpy as np
 import pytest
 
 import workbench
-from workbench import Session, profile, routines, zoo
-from workbench.widgets import Workbench
+from workbench import Session, profile, routines, views, zoo
+from workbench.widgets import Workbench, plan
+from workbench.widgets.html import cell
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def snapshot(b):
     """What every view shows, as plain values."""
     return dict(heatmap_chosen=list(zip(b.heatmap.figure.data[1].x, b.heatmap.figure.data[1].y)),
                 heatmap_pinned=list(zip(b.heatmap.figure.data[2].x, b.heatmap.figure.data[2].y)),
-                plan_table=b.plan_table.widget.value,
+                plan_table=b.plan_table.html.value,
                 graph=[(t.name, tuple(t.x or ())) for t in b.plan_graph.figure.data],
                 dp=b.dp.table.value, summary=b.summary.table.value, headline=b.summary.headline.value,
                 bars=tuple(b.summary.bars.data[0].y))
@@ -50,9 +53,11 @@ def test_views_show_the_session(bench):
     rec = s.profiled.routine[hm.y[0]]
     j = list(hm.x).index(next(iter(rec)))
     assert 10 ** hm.z[0][j] == pytest.approx(max(rec[hm.x[j]].median * 1e3, 1e-4))
+    for i, layer in enumerate(hm.y):   # blank exactly where the routine was not profiled
+        assert [z is not None for z in hm.z[i]] == [d in s.profiled.routine[layer] for d in hm.x]
     for layer in s.graph:
-        assert f'data-layer="{layer.name}"' in bench.plan_table.widget.value
-        assert s.plan.choice[layer.name] in bench.plan_table.widget.value
+        assert f'data-layer="{layer.name}"' in bench.plan_table.html.value
+        assert s.plan.choice[layer.name] in bench.plan_table.html.value
     assert f"{s.plan.cost * 1e3:.3f} ms" in bench.summary.headline.value
     assert sum(bench.summary.bars.data[0].y) + sum(bench.summary.bars.data[1].y) == pytest.approx(s.plan.cost * 1e3)
     assert set(bench.controls.routine.options) == {r.descriptor for r in routines.applicable(s.graph, s.graph.layer(bench.selected))}
@@ -73,7 +78,7 @@ def test_heatmap_click_pins_and_retune_updates_every_view(bench):
     after = snapshot(bench)
     changed = {k for k in before if before[k] != after[k]}
     assert changed == set(before), f"views that did not update: {set(before) - changed}"
-    row = bench.plan_table.widget.value.split(f'data-layer="{layer}"')[1].split("</tr>")[0]
+    row = bench.plan_table.html.value.split(f'data-layer="{layer}"')[1].split("</tr>")[0]
     assert routine in row and "pinned" in row
     assert s.plan.cost >= optimal_cost   # a pin can only cost
     # the DP table of the pinned layer has only the pinned routine's format
@@ -100,7 +105,7 @@ def test_controls_pin_unpin_and_errors(bench):
     assert s.pins == {} and "PinError" in bench.controls.status.value and layer in bench.controls.status.value
     hm = bench.heatmap.figure.data[0]
     i = list(hm.y).index(layer)
-    blank = next(x for j, x in enumerate(hm.x) if not np.isfinite(hm.z[i][j]))
+    blank = next(x for j, x in enumerate(hm.x) if hm.z[i][j] is None)
     bench.act(bench.heatmap.click, layer, blank)
     assert s.pins == {} and "does not apply" in bench.controls.status.value
     with pytest.raises(workbench.WorkbenchError):
@@ -159,3 +164,167 @@ def test_compare_button_fills_the_summary(bench):
     assert c is not None and "onnxruntime" in c.measured_ms
     assert f"{c.measured_ms['onnxruntime']:.4f}"[:5] in bench.summary.table.value
     assert "measured side by side" in bench.summary.headline.value
+
+
+def plotly_json(figure):
+    """The figure as the kernel sends it, refusing NaN and infinities as JSON does."""
+    return json.dumps(figure.to_plotly_json(), allow_nan=False,
+                      default=lambda o: o.tolist() if isinstance(o, (np.ndarray, np.generic)) else str(o))
+
+
+def figures(b):
+    return [b.heatmap.figure, b.plan_graph.figure, b.summary.bars]
+
+
+def test_one_statistic_in_headline_measure_and_compare(bench):
+    """Measure and Compare report the median and IQR of their interleaved runs, with the run
+    count; the headline shows the same figure, and after Compare it is the tuned plan's figure
+    from Compare's own rounds."""
+    s = bench.session
+    assert "not yet (Measure or Compare)" in bench.summary.headline.value
+    bench.controls.runs.value = 7
+    bench.controls.buttons["measure"].click()
+    median, (q1, q3) = np.median(s.measured.samples) * 1e3, np.percentile(s.measured.samples, [25, 75]) * 1e3
+    assert len(s.measured.samples) == 7
+    for shown in (bench.summary.headline.value, bench.controls.status.value):
+        assert f"{median:.3f} ms (IQR {q3 - q1:.3f}, 7 runs" in shown
+    tuned_row = bench.summary.table.value.split('data-layer="tuned"')[1].split("</tr>")[0]
+    assert f"{median:.4f}"[:5] in tuned_row and "<td>7</td>" in tuned_row
+
+    pytest.importorskip("onnxruntime")
+    bench.controls.runs.value = 3
+    bench.controls.buttons["compare"].click()
+    c = s.comparison
+    tuned = np.median(c.latency["tuned"].samples) * 1e3
+    assert c.measured_ms["tuned"] == pytest.approx(tuned) and s.measured is c.latency["tuned"]
+    assert f"{tuned:.3f} ms (IQR" in bench.summary.headline.value and "3 runs" in bench.summary.headline.value
+    assert "interleaved with greedy, onnxruntime and" in bench.summary.headline.value
+    assert f"{tuned:.3f} ms" in bench.controls.status.value and "not yet" not in bench.summary.headline.value
+    tuned_row = bench.summary.table.value.split('data-layer="tuned"')[1].split("</tr>")[0]
+    assert f"{tuned:.4f}"[:5] in tuned_row and "<td>3</td>" in tuned_row
+
+
+def test_busy_while_an_action_runs(bench, monkeypatch):
+    """During Measure and Compare every button is disabled, the workbench has the class wb-busy
+    and the status says what is measured; all restored afterwards, also when the action fails."""
+    s = bench.session
+    seen = []
+
+    def recording(method):
+        def run(*args, **kwargs):
+            seen.append(dict(disabled=[b.disabled for b in bench.controls.buttons.values()],
+                             busy="wb-busy" in bench._dom_classes, status=bench.controls.status.value))
+            return method(*args, **kwargs)
+        return run
+    monkeypatch.setattr(s, "measure", recording(s.measure))
+    bench.controls.runs.value = 2
+    bench.controls.buttons["measure"].click()
+    assert seen[-1]["disabled"] == [True] * len(bench.controls.buttons) and seen[-1]["busy"]
+    assert "measuring: the tuned plan, 2 rounds" in seen[-1]["status"]
+    assert not any(b.disabled for b in bench.controls.buttons.values()) and "wb-busy" not in bench._dom_classes
+
+    def fails(*args, **kwargs):
+        recording(lambda: None)()
+        raise workbench.WorkbenchError("the machine is on fire")
+    monkeypatch.setattr(s, "compare", fails)
+    bench.controls.buttons["compare"].click()
+    assert seen[-1]["busy"] and all(seen[-1]["disabled"])
+    assert "measuring: tuned, greedy, " in seen[-1]["status"] and f"{len(s.family_plans())} families" in seen[-1]["status"]
+    assert "the machine is on fire" in bench.controls.status.value
+    assert not any(b.disabled for b in bench.controls.buttons.values()) and "wb-busy" not in bench._dom_classes
+
+
+def test_reprofile_says_what_it_measured(bench):
+    s = bench.session
+    names = [l.name for l in s.graph][3:5]
+    bench.controls.reprofile_layers.value = "3, 4"
+    bench.controls.buttons["reprofile"].click()
+    records = sum(len(s.profiled.routine[n]) for n in names)
+    status = bench.controls.status.value
+    assert f"reprofiled 2 layer(s) ({names[0]}, {names[1]}): {records} routine records" in status
+    assert f"in {s.profile_s:.2f} s" in status and "retuned" in status
+
+
+def test_plan_table_sorts_and_shows_the_runner_up(bench):
+    s = bench.session
+    costs, _ = s.costs()
+    ms = {n: costs[n][s.plan.choice[n]] for n in costs}
+    index = {l.name: i for i, l in enumerate(s.graph)}
+
+    def order():
+        return [part.split('"')[0] for part in bench.plan_table.html.value.split('data-layer="')[1:]]
+    assert order() == [l.name for l in s.graph]
+    bench.plan_table.sort.value = "routine ms"
+    assert order() == sorted(ms, key=lambda n: (-ms[n], index[n]))
+    bench.plan_table.sort.value = "op"
+    assert order() == sorted(ms, key=lambda n: (s.graph.layer(n).op, index[n]))
+    for name in list(costs)[:12]:
+        others = {d: c for d, c in costs[name].items() if d != s.plan.choice[name]}
+        row = bench.plan_table.html.value.split(f'data-layer="{name}"')[1].split("</tr>")[0]
+        if others:
+            best = min(others, key=lambda d: (others[d], d))
+            assert f"<td>{best}</td>" in row and f"{others[best] * 1e3:.4f}"[:5] in row
+
+
+def test_heatmap_relative_toggle_order_and_op_filter(bench):
+    s = bench.session
+    hm = bench.heatmap.figure.data[0]
+    bench.heatmap.colour.value = "relative"
+    for i, layer in enumerate(hm.y):
+        recs = s.profiled.routine[layer]
+        values = {d: max(r.median * 1e3, 1e-4) for d, r in recs.items()}
+        ratios = [10 ** z for z in hm.z[i] if z is not None]
+        assert min(ratios) == pytest.approx(1.0, abs=1e-12)
+        for j, d in enumerate(hm.x):
+            if d in recs:
+                assert 10 ** hm.z[i][j] == pytest.approx(values[d] / min(values.values()), rel=1e-9)
+    assert "fastest" in bench.heatmap.figure.layout.title.text
+    assert bench.heatmap.figure.layout.xaxis.title.text.startswith("routine")
+    bench.heatmap.order.value = "slowest first"
+    costs, _ = s.costs()
+    chosen = [costs[n][s.plan.choice[n]] for n in hm.y]
+    assert chosen == sorted(chosen, reverse=True) and set(hm.y) == set(costs)
+    bench.heatmap.op.value = "Conv"
+    assert set(hm.y) == {l.name for l in s.graph if l.op == "Conv"}
+    assert {y for y in bench.heatmap.figure.data[1].y} <= set(hm.y)   # no marker on a hidden row
+    assert bench.heatmap.figure.layout.height < 170 + 14 * len(s.graph)
+    bench.heatmap.colour.value = "absolute"
+    bench.heatmap.op.value = ""
+    assert len(hm.y) == len(s.graph)
+
+
+def test_figures_are_json_and_fit(bench):
+    """No NaN reaches plotly's JSON (the heatmap's blank cells are None), every figure sizes
+    itself to the notebook's width, the tall ones scroll in a pane of fixed height."""
+    assert any(z is None for row in bench.heatmap.figure.data[0].z for z in row)
+    for colour in ("absolute", "relative"):
+        bench.heatmap.colour.value = colour
+        for figure in figures(bench):
+            plotly_json(figure)
+    for figure in figures(bench):
+        assert figure.layout.width is None   # autosized to the output area
+    assert bench.heatmap.pane.layout.max_height == "600px" and bench.heatmap.pane.layout.overflow == "auto"
+    assert bench.plan_graph.pane.layout.max_height == "700px"
+    # the graph's nodes carry their labels, and a long chain wraps into bands of WRAP columns
+    labelled = [t for t in bench.plan_graph.figure.data if t.mode == "markers+text"]
+    labels = [x for t in labelled for x in t.text]
+    assert len(labels) == len(bench.session.graph) + len(bench.session.graph.inputs) + len(bench.session.graph.outputs)
+    assert max(x for t in labelled for x in t.x) < plan.WRAP
+    # the bar chart is labelled by layer, its hover names op and routine
+    s = bench.session
+    bars = bench.summary.bars.data[0]
+    assert list(bars.x) == [l.name for l in s.graph]
+    for name, hover in zip(bars.x, bars.customdata):
+        assert s.graph.layer(name).op in hover and s.plan.choice[name] in hover
+
+
+def test_summary_shows_op_breakdown_and_top_layers(bench):
+    s = bench.session
+    times = views.layer_times(s)
+    ops = {l.name: l.op for l in s.graph}
+    conv = sum(r + a for n, r, a in times if ops[n] == "Conv")
+    row = bench.summary.ops.value.split("<td>Conv</td>")[1].split("</tr>")[0]
+    assert f"<td>{sum(ops[n] == 'Conv' for n, _, _ in times)}</td>" in row and f"<td>{cell(conv)}</td>" in row
+    slowest = max(times, key=lambda t: t[1] + t[2])[0]
+    first = bench.summary.top.value.split('data-layer="')[1].split('"')[0]
+    assert first == slowest and bench.summary.top.value.count("data-layer=") == 10

@@ -43,3 +43,19 @@ def error_outputs(nb):
     """``[(cell index, ename)]`` of every error output."""
     return [(i, out.get("ename")) for i, c in enumerate(nb.cells) for out in c.get("outputs", [])
             if out.get("output_type") == "error"]
+
+
+def detector_path():
+    """The PaddleOCR v4 detector (281 layers after fusion) from ``benchmarks/realmodels.py``:
+    pinned, SHA-256 checked, cached; the test is skipped where it cannot be fetched (offline)."""
+    import sys
+
+    import pytest
+    sys.path.insert(0, str(NOTEBOOKS.parent / "benchmarks"))
+    try:
+        import realmodels
+        return realmodels.fetch("ppocr_v4_det")
+    except Exception as e:   # FetchError, or pip without network
+        pytest.skip(f"the detector could not be fetched: {e}")
+    finally:
+        sys.path.remove(str(NOTEBOOKS.parent / "benchmarks"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import workbench
-from notebook_helpers import NOTEBOOKS, error_outputs, execute, results, with_parameters
+from notebook_helpers import NOTEBOOKS, detector_path, error_outputs, execute, results, with_parameters
 from workbench import zoo
 
 RTOL = 1e-4
@@ -19,7 +19,7 @@ def run(name, tmp_path, **overrides):
 
 def test_every_notebook_is_tested():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == [
-        "01_quickstart", "02_pin_and_retune", "03_routine_families", "04_your_model"]
+        "01_quickstart", "02_pin_and_retune", "03_routine_families", "04_your_model", "05_detector"]
 
 
 def test_01_quickstart(tmp_path):
@@ -70,3 +70,13 @@ def test_04_your_model(tmp_path):
     assert r["checked_with"] == "ONNX Runtime"
     assert r["max_error"] < RTOL and r["same_outputs"]
     assert r["layers"] >= 6
+
+
+def test_05_detector(tmp_path):
+    path = detector_path()
+    r = run("05_detector", tmp_path, MODEL_PATH=str(path), RESOLUTION=64)
+    graph = workbench.load(str(path), batch=1, resolution=64)
+    assert r["layers"] == len(graph) >= 250
+    assert r["ops"] == {op: sum(l.op == op for l in graph) for op in r["ops"]} and sum(r["ops"].values()) == len(graph)
+    assert r["op_total_ms"] == pytest.approx(r["predicted_ms"], rel=1e-9)
+    assert r["compared_ms"] is None   # COMPARE_RUNS = 0: Compare is left to the button

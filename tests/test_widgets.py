@@ -278,7 +278,7 @@ def test_heatmap_relative_toggle_order_and_op_filter(bench):
         for j, d in enumerate(hm.x):
             if d in recs:
                 assert 10 ** hm.z[i][j] == pytest.approx(values[d] / min(values.values()), rel=1e-9)
-    assert "fastest" in bench.heatmap.figure.layout.title.text
+    assert "fastest" in bench.heatmap.caption.value
     assert bench.heatmap.figure.layout.xaxis.title.text.startswith("routine")
     bench.heatmap.order.value = "slowest first"
     costs, _ = s.costs()

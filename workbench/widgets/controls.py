@@ -28,6 +28,7 @@ class Controls:
                                        layout=w.Layout(width="340px"))
         self.export_path = w.Text(value=bench.export_path, description="export to")
         self.runs = w.BoundedIntText(value=10, min=1, max=1000, description="runs", layout=w.Layout(width="140px"))
+        self.runs.add_class("wb-runs")
         self.status = w.HTML()
         self.status.add_class("wb-status")
         b = bench

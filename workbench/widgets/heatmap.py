@@ -48,13 +48,16 @@ class HeatmapView:
         self.figure.add_trace(go.Scatter(name="pinned", mode="markers", hoverinfo="skip",
                                          marker=dict(symbol="star", size=10, color="#ff2d55")))
         self.figure.update_layout(showlegend=False, meta="wb-heatmap", margin=dict(l=10, r=10, t=150, b=10),
-                                  title=dict(text="Profile: median time per layer x routine (o chosen, * pinned)", y=0.995,
-                                             yanchor="top", yref="container"),
                                   xaxis=dict(type="category", side="top", tickangle=-50, tickfont=dict(size=10)),
-                                  yaxis=dict(type="category", autorange="reversed", tickfont=dict(size=9)))
+                                  yaxis=dict(type="category", tickfont=dict(size=9)))
         self.figure.data[0].on_click(self._on_click)
         self.pane = pane(self.figure, "600px", "wb-heatmap-pane")
-        self.widget = w.VBox([w.HBox([self.colour, self.order, self.op], layout=w.Layout(flex_flow="row wrap")), self.pane])
+        # the caption is HTML, not the figure's title: above the top axis's labels and title a
+        # figure title collides with them, and the pane scrolls the figure away
+        self.caption = w.HTML()
+        self.caption.add_class("wb-heatmap-caption")
+        self.widget = w.VBox([w.HBox([self.colour, self.order, self.op], layout=w.Layout(flex_flow="row wrap")),
+                              self.caption, self.pane])
 
     def shown(self):
         """The :class:`~workbench.views.Heatmap` these controls select."""
@@ -87,13 +90,14 @@ class HeatmapView:
             self.figure.data[0].update(z=finite(z), x=hm.routines, y=hm.layers, text=hover, colorbar=colorbar)
             self.figure.data[1].update(x=[c[0] for c in chosen], y=[c[1] for c in chosen])
             self.figure.data[2].update(x=[c[0] for c in pinned], y=[c[1] for c in pinned])
-            self.figure.layout.xaxis.update(tickvals=hm.routines, ticktext=labels,
+            # explicit ranges: the marker traces would pad an autorange by a dozen empty rows
+            self.figure.layout.xaxis.update(tickvals=hm.routines, ticktext=labels, range=[-0.5, len(hm.routines) - 0.5],
                                             title=dict(text=f"routine ({common}...)" if common else "routine"))
-            self.figure.layout.yaxis.update(categoryorder="array", categoryarray=hm.layers,
+            self.figure.layout.yaxis.update(categoryorder="array", categoryarray=hm.layers, range=[len(hm.layers) - 0.5, -0.5],
                                             title=dict(text=f"layer ({order}; {len(hm.layers)} shown)"))
-            self.figure.layout.title.text = ("Profile: each routine's median over its row's fastest (log colour; "
-                                             "o chosen, * pinned)" if relative else
-                                             "Profile: median time per layer x routine (log colour; o chosen, * pinned)")
+            what = "each routine's median over its layer's fastest" if relative else "median time per layer x routine"
+            self.caption.value = (f"<div style='line-height: 1.4'><b>Profile</b>: {what}, log colour; o the plan's "
+                                  f"choice, * pinned; {len(hm.layers)} layers, {order}; click a cell to pin it</div>")
             self.figure.layout.height = 170 + ROW_PX * len(hm.layers)
 
     def _on_click(self, trace, points, state):

@@ -5,7 +5,7 @@ import html
 import math
 
 STYLE = """<style>
-.wb-table {border-collapse: collapse; font-size: 12px; font-family: monospace}
+.wb-table {border-collapse: collapse; font-size: 11px; font-family: monospace; line-height: 1.35}
 .wb-table th, .wb-table td {border-bottom: 1px solid #ddd; padding: 1px 6px; text-align: left; white-space: nowrap}
 .wb-table tr.wb-mark td {background: #fff3c4}
 .wb-table tr.wb-pinned td {color: #a0007a}

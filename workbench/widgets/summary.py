@@ -11,7 +11,7 @@ import ipywidgets as w
 import plotly.graph_objects as go
 
 from .. import views
-from .figures import finite
+from .figures import finite, pane
 from .html import table
 
 COLUMNS = [("name", "plan"), ("predicted_ms", "predicted ms"), ("measured_ms", "measured ms (median)"),
@@ -51,7 +51,7 @@ class SummaryView:
         self.widget = w.VBox([   # the headline sits above the tabs
             w.Box([_section("The plans, measured side by side (Compare) or predicted", self.table),
                    _section("Per op type (predicted from the profile; measured once compared)", self.ops)], layout=wrap),
-            _section(f"The {TOP} slowest layers, with the adapts they need", self.top),
+            _section(f"The {TOP} slowest layers, with the adapts they need", pane(self.top, "none", "wb-top-pane")),
             self.bars])
 
     def refresh(self):
@@ -61,11 +61,11 @@ class SummaryView:
         measured = "not yet (Measure or Compare)" if m is None else m["text"]
         compared = session.comparison
         note = "measured side by side" if compared is not None else "predicted (Compare measures them)"
-        self.headline.value = (f"<b>{html.escape(session.graph.name)}</b>, {len(session.graph)} layers, "
+        self.headline.value = (f"<div style='line-height: 1.4'><b>{html.escape(session.graph.name)}</b>, {len(session.graph)} layers, "
                                f"{session.num_threads} threads: predicted <b>{s['predicted_ms']:.3f} ms</b> "
                                f"({session.plan.method}, {len(session.pins)} pinned, {len(session.plan.adapts)} adapts); "
                                f"measured <b>{html.escape(measured)}</b>; speed-ups {note}"
-                               + ("".join(f"<br>{html.escape(n)}" for n in compared.notes) if compared else ""))
+                               + ("".join(f"<br>{html.escape(n)}" for n in compared.notes) if compared else "") + "</div>")
         self.table.value = table(s["rows"], COLUMNS, "wb-summary-table", marked=lambda r: r["name"] == "tuned")
         self.ops.value = table(views.op_breakdown(session), OP_COLUMNS, "wb-op-table")
         rows = views.plan_rows(session)

@@ -51,7 +51,9 @@ class Workbench(w.VBox):
         self.tabs = w.Tab(children=[self.heatmap.widget, w.VBox([self.plan_graph.widget, self.plan_table.widget]),
                                     self.dp.widget, self.summary.widget],
                           titles=["Profile", "Plan", "DP table", "Summary"])
-        super().__init__([self.controls.widget, self.summary.headline, self.tabs])
+        style = w.HTML("<style>.wb-busy {cursor: progress} .wb-busy .wb-status {color: #8a5300; font-weight: bold}</style>",
+                       layout=w.Layout(height="0px"))
+        super().__init__([style, self.controls.widget, self.summary.headline, self.tabs])
         self.add_class("wb-workbench")
         self.refresh()
         self.status("ready: " + repr(session))
@@ -64,7 +66,7 @@ class Workbench(w.VBox):
 
     def status(self, text, error=False):
         colour = "#b00020" if error else "#333"
-        self.controls.status.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
+        self.controls.status.value = f"<div style='color:{colour}; line-height: 1.4'>{html.escape(text)}</div>"
 
     @contextmanager
     def busy(self, what):

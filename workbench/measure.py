@@ -58,9 +58,17 @@ class Latency(Timing):
     def spread_ms(self):
         return self.spread * 1e3
 
-    def describe(self):
-        """``"20.41 ms (IQR 0.32, 30 runs; interleaved with greedy, onnxruntime; at 12:03:05)"``."""
-        beside = f"interleaved with {', '.join(self.side_by_side)}" if self.side_by_side else "alone"
+    def describe(self, max_named=None):
+        """``"20.41 ms (IQR 0.32, 30 runs; interleaved with greedy, onnxruntime; ...; at 12:03:05)"``.
+        Past ``max_named`` other runners, the routine families among them (``cpu:...``) are
+        counted instead of named."""
+        peers = list(self.side_by_side)
+        if max_named is not None and len(peers) > max_named:
+            families = sum(p.startswith("cpu:") for p in peers)
+            peers = [p for p in peers if not p.startswith("cpu:")] + ([f"{families} families"] if families else [])
+            if len(peers) > 1:
+                peers = [", ".join(peers[:-1]) + " and " + peers[-1]]
+        beside = f"interleaved with {', '.join(peers)}" if peers else "alone"
         at = time.strftime("%H:%M:%S", time.localtime(self.measured_at)) if self.measured_at else "?"
         return f"{self.median_ms:.3f} ms (IQR {self.spread_ms:.3f}, {self.runs} runs; {beside}; {self.method}; at {at})"
 

@@ -2,8 +2,6 @@
 every report shows: :class:`~workbench.measure.Latency`), and each plan it is compared with."""
 from __future__ import annotations
 
-import time
-
 from .base import ms, need_plan
 
 #: Past this many other runners, a latency's text counts them instead of naming them.
@@ -19,17 +17,9 @@ def latency(session):
     lat = session.measured
     if lat is None:
         return None
-    peers = tuple(getattr(lat, "side_by_side", ()))
-    at = getattr(lat, "measured_at", 0.0)
-    if len(peers) <= NAMED_PEERS and hasattr(lat, "describe"):
-        text = lat.describe()
-    else:
-        clock = time.strftime("%H:%M:%S", time.localtime(at)) if at else "?"
-        named = ", ".join(p for p in peers if not p.startswith("cpu:"))
-        families = sum(p.startswith("cpu:") for p in peers)
-        beside = f"interleaved with {named}" + (f" and {families} families" if families else "")
-        text = (f"{ms(lat.median):.3f} ms (IQR {ms(lat.spread):.3f}, {len(lat.samples)} runs; {beside}; "
-                f"{getattr(lat, 'method', '')}; at {clock})")
+    peers = tuple(lat.side_by_side)
+    at = lat.measured_at
+    text = lat.describe(max_named=NAMED_PEERS)
     return dict(median_ms=ms(lat.median), spread_ms=ms(lat.spread), runs=len(lat.samples), side_by_side=peers,
                 at=at, text=text)
 

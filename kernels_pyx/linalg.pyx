@@ -196,9 +196,14 @@ def batched_matmul(a, b, out, a_offsets, b_offsets, Py_ssize_t m, Py_ssize_t n, 
     cdef float* pb = _p(b)
     cdef float* po = _p(out)
     cdef float* pslope = _p(slope)
-    cdef int nt = _threads(out.size, num_threads)
+    cdef int nt = _threads(out.size * k, num_threads), nt_epi = _threads(out.size, num_threads)
     with nogil:
-        for i in range(batches):
-            _product(False, False, m, n, k, 1, pa + ao[i], k, pb + bo[i], n, po + i * m * n, n)
-        _epilogue(po, batches * m, n, NULL, NULL, act, p0, p1, pslope, nt)
+        if batches >= nt:
+            # Attention's (B, H) batches: one whole product per thread at a time.
+            for i in prange(batches, schedule="dynamic", num_threads=nt):
+                _product(False, False, m, n, k, 1, pa + ao[i], k, pb + bo[i], n, po + i * m * n, n)
+        else:
+            for i in range(batches):
+                _parallel_product(False, False, m, n, k, 1, pa + ao[i], k, pb + bo[i], n, po + i * m * n, nt)
+        _epilogue(po, batches * m, n, NULL, NULL, act, p0, p1, pslope, nt_epi)
     return out

@@ -2,18 +2,17 @@
 # cython: language_level=3
 """Max and average pooling of float32 tensors (NCHW and NHWC) and the global pools.
 
-The window geometry is turned into tables once (:class:`Pool2d`): for every output row the
-range of kernel rows that land inside the input, and for every kernel column the range of
-output columns whose tap lands inside.  The inner loops then run without bounds tests: over
-output columns (NCHW; strides 1 and 2 get constant-stride loops) or over channels (NHWC,
-unit-stride), both vectorisable.  Taps in the
-padding are skipped, which is what the reference's padding fill amounts to: the lowest float
+The window geometry is turned into tables once (:class:`Pool2d`): for every output row and
+column the range of kernel taps that land inside the input.  Windows are folded separably
+(rows first, then columns of folded rows), and the inner loops run without bounds tests: over
+output columns (NCHW) or over channels (NHWC), both vectorisable.  Taps in the padding are
+skipped, which is what the reference's padding fill amounts to: the lowest float
 for MaxPool (a window wholly in the padding gives it), zero for AveragePool, whose divisor
 counts the taps exactly as the reference does (``count_include_pad``, never ceil_mode's extra).
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 
 cnp.import_array()
 
@@ -38,6 +37,9 @@ def set_grain(Py_ssize_t elements):
 
 
 cdef float LOWEST = -3.4028234663852886e38
+
+cdef enum:
+    CBLOCK = 64   # NHWC channels per job: the scratch rows of a band stay in L2
 
 
 cdef inline float* _f(cnp.ndarray a) noexcept:
@@ -78,30 +80,87 @@ def _axis_tables(size, out, k, s, d, pb, pe, include_pad):
     return as32(t_lo), as32(t_hi), as32(o_lo), as32(o_hi), inv
 
 
-cdef inline void _tap_row(float* yr, const float* xs, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t sw,
-                          bint is_max) noexcept nogil:
-    """Fold one kernel tap into an output row: yr[o] = max/sum(yr[o], xs[o * sw]) for o in [lo, hi).
+cdef inline float _max(float u, float v) noexcept nogil:
+    # NaN wins from either side, as in the reference (np.max).  ONNX Runtime's MaxPool folds with
+    # MAXPS alone, so a NaN survives there only where its vector kernels fold it last; every NaN
+    # it gives is one of ours, and windows without NaN agree exactly.
+    return u if ((u > v) | (u != u)) else v
 
-    Strides 1 and 2 get loops with a constant stride, which the compiler vectorises.
-    """
+
+cdef inline float _fold(float acc, float v, bint is_max) noexcept nogil:
+    return _max(acc, v) if is_max else acc + v
+
+
+cdef inline void _fold_row(float* y, const float* a, Py_ssize_t n, Py_ssize_t step, bint first,
+                           bint is_max) noexcept nogil:
+    """y[o] = fold(y[o], a[o * step]) (or a copy when ``first``): one loop per case, without a
+    branch inside, so that each vectorises."""
     cdef Py_ssize_t o
-    cdef float v
-    if sw == 1:
-        for o in range(lo, hi):
-            v = xs[o]
-            yr[o] = (v if v > yr[o] else yr[o]) if is_max else yr[o] + v
-    elif sw == 2:
-        for o in range(lo, hi):
-            v = xs[2 * o]
-            yr[o] = (v if v > yr[o] else yr[o]) if is_max else yr[o] + v
+    if first:
+        if step == 1:
+            for o in range(n):
+                y[o] = a[o]
+        else:
+            for o in range(n):
+                y[o] = a[o * step]
+    elif is_max:
+        if step == 1:
+            for o in range(n):
+                y[o] = _max(y[o], a[o])
+        elif step == 2:
+            for o in range(n):
+                y[o] = _max(y[o], a[2 * o])
+        else:
+            for o in range(n):
+                y[o] = _max(y[o], a[o * step])
     else:
-        for o in range(lo, hi):
-            v = xs[o * sw]
-            yr[o] = (v if v > yr[o] else yr[o]) if is_max else yr[o] + v
+        if step == 1:
+            for o in range(n):
+                y[o] = y[o] + a[o]
+        elif step == 2:
+            for o in range(n):
+                y[o] = y[o] + a[2 * o]
+        else:
+            for o in range(n):
+                y[o] = y[o] + a[o * step]
+
+
+cdef inline void _hrow(const float* xr, float* h, Py_ssize_t OW, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t dw,
+                       Py_ssize_t pl, const int* kw_lo, const int* kw_hi, Py_ssize_t o_a, Py_ssize_t o_b,
+                       bint is_max) noexcept nogil:
+    """h[o] = fold of input row ``xr`` over the horizontal taps of output column o.
+
+    Columns whose taps all fall inside ([o_a, o_b)) run tap by tap over the whole range, which
+    the compiler vectorises; the few border columns run tap by tap each."""
+    cdef Py_ssize_t o, kw
+    cdef float acc
+    for o in range(OW):
+        if o_a <= o < o_b:
+            continue
+        acc = LOWEST if is_max else 0
+        for kw in range(kw_lo[o], kw_hi[o]):
+            acc = _fold(acc, xr[o * sw + kw * dw - pl], is_max)
+        h[o] = acc
+    if o_b <= o_a:
+        return
+    for kw in range(KW):
+        _fold_row(h + o_a, xr + o_a * sw + kw * dw - pl, o_b - o_a, sw, kw == 0, is_max)
+
+
+cdef inline void _fill(float* y, Py_ssize_t n, float v) noexcept nogil:
+    cdef Py_ssize_t o
+    for o in range(n):
+        y[o] = v
 
 
 cdef class Pool2d:
     """A 2-D pooling window over an (H, W) input giving (OH, OW), with its precomputed tables.
+
+    Both layouts pool separably: each input row is first folded over the horizontal taps (a row
+    of OW values, or OW pixels of a channel block), then output rows fold those rows over the
+    vertical taps, so a KxK window costs about 2K operations per output instead of K^2 (what
+    YOLO's 5x5/9x9/13x13 stride-1 pools need).  Jobs are (plane or channel block, band of output
+    rows); each job keeps the folded input rows of its band in its own scratch.
 
     Parameters
     ----------
@@ -114,7 +173,7 @@ cdef class Pool2d:
         AveragePool's divisor counts the explicit padding.
     """
 
-    cdef readonly int H, W, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl
+    cdef readonly int H, W, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl, o_a, o_b
     cdef readonly bint is_max
     cdef cnp.ndarray kh_lo, kh_hi, oh_lo, oh_hi, kw_lo, kw_hi, ow_lo, ow_hi, inv_h, inv_w
 
@@ -133,6 +192,17 @@ cdef class Pool2d:
             self.H, self.OH, self.KH, self.sh, self.dh, pads[0], pads[2], count_include_pad)
         self.kw_lo, self.kw_hi, self.ow_lo, self.ow_hi, self.inv_w = _axis_tables(
             self.W, self.OW, self.KW, self.sw, self.dw, pads[1], pads[3], count_include_pad)
+        full = np.flatnonzero((self.kw_lo == 0) & (self.kw_hi == self.KW))
+        # Columns with every tap inside form one run (the window slides monotonically).
+        self.o_a, self.o_b = (int(full[0]), int(full[-1]) + 1) if full.size else (0, 0)
+
+    def _bands(self, Py_ssize_t jobs, int nt):
+        """Output rows per band: enough bands that every thread gets several jobs."""
+        cdef Py_ssize_t want = max(1, min(self.OH, (4 * nt + max(jobs, 1) - 1) // max(jobs, 1))) if nt > 1 else 1
+        return (self.OH + want - 1) // want
+
+    def _rows_in(self, Py_ssize_t band):
+        return min(self.H, (band - 1) * self.sh + (self.KH - 1) * self.dh + 1)
 
     def nchw(self, x, y, int num_threads=1):
         """Pool ``x`` (N, C, H, W) into ``y`` (N, C, OH, OW); both float32, C-contiguous."""
@@ -140,8 +210,13 @@ cdef class Pool2d:
             raise ValueError(f"Pool2d.nchw: expected input (N, C, {self.H}, {self.W}), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
         _check(x, y, (x.shape[0], x.shape[1], self.OH, self.OW), "Pool2d.nchw")
-        if x.size:
-            self._nchw(_f(x), _f(y), x.shape[0] * x.shape[1], _threads(x.size + y.size, num_threads))
+        if not x.size:
+            return y
+        cdef int nt = _threads(x.size + y.size, num_threads)
+        cdef Py_ssize_t planes = x.shape[0] * x.shape[1], band = self._bands(planes, nt)
+        cdef Py_ssize_t per = self._rows_in(band) * self.OW
+        scratch = np.empty(per * nt, np.float32)
+        self._nchw(_f(x), _f(y), planes, band, _f(scratch), per, nt)
         return y
 
     def nhwc(self, x, y, int num_threads=1):
@@ -150,76 +225,99 @@ cdef class Pool2d:
             raise ValueError(f"Pool2d.nhwc: expected input (N, {self.H}, {self.W}, C), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
         _check(x, y, (x.shape[0], self.OH, self.OW, x.shape[3]), "Pool2d.nhwc")
-        if x.size:
-            self._nhwc(_f(x), _f(y), x.shape[0], x.shape[3], _threads(x.size + y.size, num_threads))
+        if not x.size:
+            return y
+        cdef int nt = _threads(x.size + y.size, num_threads)
+        cdef Py_ssize_t C = x.shape[3], cb = min(C, CBLOCK), blocks = (C + cb - 1) // cb
+        cdef Py_ssize_t band = self._bands(x.shape[0] * blocks, nt)
+        cdef Py_ssize_t per = self._rows_in(band) * self.OW * cb
+        scratch = np.empty(per * nt, np.float32)
+        self._nhwc(_f(x), _f(y), x.shape[0], C, cb, band, _f(scratch), per, nt)
         return y
 
-    cdef void _nchw(self, const float* x, float* y, Py_ssize_t planes, int nt) noexcept:
-        cdef int* kh_lo = _i(self.kh_lo)
-        cdef int* kh_hi = _i(self.kh_hi)
-        cdef int* ow_lo = _i(self.ow_lo)
-        cdef int* ow_hi = _i(self.ow_hi)
-        cdef float* inv_h = _f(self.inv_h)
-        cdef float* inv_w = _f(self.inv_w)
-        cdef Py_ssize_t job, p, oh, ow, kh, kw, H = self.H, W = self.W, OH = self.OH, OW = self.OW
-        cdef Py_ssize_t KW = self.KW, sh = self.sh, sw = self.sw, dh = self.dh, dw = self.dw
-        cdef Py_ssize_t pt = self.pt, pl = self.pl, base
-        cdef bint is_max = self.is_max
-        cdef const float* xr
-        cdef float* yr
-        cdef float v, s
-        # One job per output row: every row is written by exactly one thread.
-        for job in prange(planes * OH, nogil=True, schedule="static", num_threads=nt):
-            p = job // OH
-            oh = job % OH
-            yr = y + job * OW
-            for ow in range(OW):
-                yr[ow] = LOWEST if is_max else 0
-            for kh in range(kh_lo[oh], kh_hi[oh]):
-                xr = x + p * H * W + (oh * sh + kh * dh - pt) * W
-                for kw in range(KW):
-                    _tap_row(yr, xr + kw * dw - pl, ow_lo[kw], ow_hi[kw], sw, is_max)
-            if not is_max:
-                s = inv_h[oh]
-                for ow in range(OW):
-                    yr[ow] = yr[ow] * (s * inv_w[ow])
-
-    cdef void _nhwc(self, const float* x, float* y, Py_ssize_t n, Py_ssize_t C, int nt) noexcept:
+    cdef void _nchw(self, const float* x, float* y, Py_ssize_t planes, Py_ssize_t band, float* scratch,
+                    Py_ssize_t per, int nt) noexcept:
         cdef int* kh_lo = _i(self.kh_lo)
         cdef int* kh_hi = _i(self.kh_hi)
         cdef int* kw_lo = _i(self.kw_lo)
         cdef int* kw_hi = _i(self.kw_hi)
         cdef float* inv_h = _f(self.inv_h)
         cdef float* inv_w = _f(self.inv_w)
-        cdef Py_ssize_t job, b, oh, ow, kh, kw, c, ih, iw, H = self.H, W = self.W, OH = self.OH, OW = self.OW
+        cdef Py_ssize_t H = self.H, W = self.W, OH = self.OH, OW = self.OW, KW = self.KW, KH = self.KH
         cdef Py_ssize_t sh = self.sh, sw = self.sw, dh = self.dh, dw = self.dw, pt = self.pt, pl = self.pl
+        cdef Py_ssize_t o_a = self.o_a, o_b = self.o_b, bands = (OH + band - 1) // band
+        cdef Py_ssize_t job, p, oh, oh0, oh1, r0, r1, ih, kh, ow
         cdef bint is_max = self.is_max
-        cdef const float* xv
-        cdef float* yv
-        cdef float v, s
-        for job in prange(n * OH, nogil=True, schedule="static", num_threads=nt):
-            b = job // OH
-            oh = job % OH
-            for ow in range(OW):
-                yv = y + (job * OW + ow) * C
-                for c in range(C):
-                    yv[c] = LOWEST if is_max else 0
+        cdef float* h
+        cdef float* yr
+        cdef float s
+        for job in prange(planes * bands, nogil=True, schedule="static", num_threads=nt):
+            p = job // bands
+            oh0 = (job % bands) * band
+            oh1 = min(oh0 + band, OH)
+            h = scratch + threadid() * per
+            r0 = max(oh0 * sh - pt, 0)
+            r1 = min((oh1 - 1) * sh - pt + (KH - 1) * dh + 1, H)
+            for ih in range(r0, r1):
+                _hrow(x + (p * H + ih) * W, h + (ih - r0) * OW, OW, KW, sw, dw, pl, kw_lo, kw_hi, o_a, o_b, is_max)
+            for oh in range(oh0, oh1):
+                yr = y + (p * OH + oh) * OW
+                if kh_hi[oh] <= kh_lo[oh]:
+                    _fill(yr, OW, LOWEST if is_max else 0)
                 for kh in range(kh_lo[oh], kh_hi[oh]):
-                    ih = oh * sh + kh * dh - pt
-                    for kw in range(kw_lo[ow], kw_hi[ow]):
-                        iw = ow * sw + kw * dw - pl
-                        xv = x + ((b * H + ih) * W + iw) * C
-                        if is_max:
-                            for c in range(C):
-                                v = xv[c]
-                                yv[c] = v if v > yv[c] else yv[c]
-                        else:
-                            for c in range(C):
-                                yv[c] = yv[c] + xv[c]
+                    _fold_row(yr, h + (oh * sh + kh * dh - pt - r0) * OW, OW, 1, kh == kh_lo[oh], is_max)
                 if not is_max:
-                    s = inv_h[oh] * inv_w[ow]
-                    for c in range(C):
-                        yv[c] = yv[c] * s
+                    s = inv_h[oh]
+                    for ow in range(OW):
+                        yr[ow] = yr[ow] * (s * inv_w[ow])
+
+    cdef void _nhwc(self, const float* x, float* y, Py_ssize_t n, Py_ssize_t C, Py_ssize_t cb, Py_ssize_t band,
+                    float* scratch, Py_ssize_t per, int nt) noexcept:
+        cdef int* kh_lo = _i(self.kh_lo)
+        cdef int* kh_hi = _i(self.kh_hi)
+        cdef int* kw_lo = _i(self.kw_lo)
+        cdef int* kw_hi = _i(self.kw_hi)
+        cdef float* inv_h = _f(self.inv_h)
+        cdef float* inv_w = _f(self.inv_w)
+        cdef Py_ssize_t H = self.H, W = self.W, OH = self.OH, OW = self.OW, KH = self.KH
+        cdef Py_ssize_t sh = self.sh, sw = self.sw, dh = self.dh, dw = self.dw, pt = self.pt, pl = self.pl
+        cdef Py_ssize_t blocks = (C + cb - 1) // cb, bands = (OH + band - 1) // band
+        cdef Py_ssize_t job, b, c0, w, oh0, oh1, r0, r1, ih, oh, ow, kh, kw, c, rest
+        cdef bint is_max = self.is_max
+        cdef float* h
+        cdef float* hv
+        cdef float* yv
+        cdef const float* xv
+        cdef float s
+        for job in prange(n * blocks * bands, nogil=True, schedule="static", num_threads=nt):
+            oh0 = (job % bands) * band
+            rest = job // bands
+            c0 = (rest % blocks) * cb
+            b = rest // blocks
+            w = min(cb, C - c0)
+            oh1 = min(oh0 + band, OH)
+            h = scratch + threadid() * per
+            r0 = max(oh0 * sh - pt, 0)
+            r1 = min((oh1 - 1) * sh - pt + (KH - 1) * dh + 1, H)
+            for ih in range(r0, r1):
+                for ow in range(OW):
+                    hv = h + ((ih - r0) * OW + ow) * cb
+                    if kw_hi[ow] <= kw_lo[ow]:
+                        _fill(hv, w, LOWEST if is_max else 0)
+                    for kw in range(kw_lo[ow], kw_hi[ow]):
+                        xv = x + ((b * H + ih) * W + ow * sw + kw * dw - pl) * C + c0
+                        _fold_row(hv, xv, w, 1, kw == kw_lo[ow], is_max)
+            for oh in range(oh0, oh1):
+                for ow in range(OW):
+                    yv = y + ((b * OH + oh) * OW + ow) * C + c0
+                    if kh_hi[oh] <= kh_lo[oh]:
+                        _fill(yv, w, LOWEST if is_max else 0)
+                    for kh in range(kh_lo[oh], kh_hi[oh]):
+                        _fold_row(yv, h + ((oh * sh + kh * dh - pt - r0) * OW + ow) * cb, w, 1, kh == kh_lo[oh], is_max)
+                    if not is_max:
+                        s = inv_h[oh] * inv_w[ow]
+                        for c in range(w):
+                            yv[c] = yv[c] * s
 
 
 def global_pool_nchw(x, y, bint is_max, int num_threads=1):
@@ -251,16 +349,16 @@ cdef inline float _reduce_row(const float* xr, Py_ssize_t cols, bint is_max) noe
         if is_max:
             for l in range(LANES):
                 v = xr[j + l]
-                acc[l] = v if v > acc[l] else acc[l]
+                acc[l] = _max(acc[l], v)
         else:
             for l in range(LANES):
                 acc[l] = acc[l] + xr[j + l]
     total = acc[0]
     for l in range(1, LANES):
-        total = (acc[l] if acc[l] > total else total) if is_max else total + acc[l]
+        total = _max(total, acc[l]) if is_max else total + acc[l]
     for j in range(body, cols):
         v = xr[j]
-        total = (v if v > total else total) if is_max else total + v
+        total = _max(total, v) if is_max else total + v
     return total
 
 
@@ -304,7 +402,7 @@ cdef void _global_nhwc(const float* x, float* y, Py_ssize_t n, Py_ssize_t hw, Py
             if is_max:
                 for c in range(c0, c1):
                     v = xv[c]
-                    yv[c] = v if v > yv[c] else yv[c]
+                    yv[c] = _max(yv[c], v)
             else:
                 for c in range(c0, c1):
                     yv[c] = yv[c] + xv[c]

@@ -1,21 +1,34 @@
+# isa-variants: avx2, avx512
 # cython: language_level=3
-"""Softmax and LogSoftmax over the rows of a float32 matrix (the reduced axis made contiguous).
+"""Softmax and LogSoftmax of float32 tensors over one axis, viewed as (outer, length, inner).
 
-Per row: the maximum, ``e = exp(x - max)`` and its sum (float64, as the reference's pairwise
-float32 sum is closer to exact than a running float32 one), then ``e / sum`` or
-``x - max - log(sum)``; rows are shared among the threads.
+- ``inner == 1`` (the reduced axis is contiguous, e.g. the last one): per row one pass for the
+  maximum, one for ``exp(x - max)`` and its sum, one to scale (or ``x - max - log(sum)``).
+- ``inner > 1``: the same three passes run across the inner axis, a block of up to 256 lanes at
+  a time with per-lane maxima and sums, so every load is contiguous.
+exp is the polynomial of ``wb_vexp.h`` (no libm call per element).  Jobs (rows, or (outer, lane
+block) pairs) are shared among the threads.
 """
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport expf, log
+from libc.math cimport logf
 
 cnp.import_array()
+
+cdef extern from "wb_vexp.h" nogil:
+    float wb_row_max(const float* x, Py_ssize_t n)
+    float wb_exp_shift_sum(const float* x, float shift, float* out, Py_ssize_t n)
+    void wb_exp_shiftv_acc(const float* x, const float* shift, float* out, float* acc, Py_ssize_t n)
+    float wb_expf(float x)
 
 
 # Below this many elements of work a parallel region costs more than it saves (and on a busy
 # machine a second thread may wait a whole scheduler slice): run on one thread.
 cdef Py_ssize_t GRAIN = 32768
+
+cdef enum:
+    LANES = 256
 
 
 cdef inline int _threads(Py_ssize_t work, int num_threads) noexcept:
@@ -32,56 +45,114 @@ def set_grain(Py_ssize_t elements):
     return old
 
 
-cdef void _softmax_rows(const float* x, float* out, Py_ssize_t rows, Py_ssize_t cols, bint log_out,
-                        int nt) noexcept nogil:
-    cdef Py_ssize_t r, j
+cdef inline void _row(const float* x, float* o, Py_ssize_t n, bint log_out) noexcept nogil:
+    cdef float mx = wb_row_max(x, n), shift, inv
+    cdef Py_ssize_t j
+    cdef float total = wb_exp_shift_sum(x, mx, o, n)
+    if log_out:
+        shift = logf(total)
+        for j in range(n):
+            o[j] = (x[j] - mx) - shift
+    else:
+        inv = 1.0 / total
+        for j in range(n):
+            o[j] = o[j] * inv
+
+
+cdef inline void _lanes(const float* x, float* o, Py_ssize_t length, Py_ssize_t inner, Py_ssize_t w,
+                        bint log_out) noexcept nogil:
+    """Softmax along stride ``inner`` for ``w`` (<= LANES) adjacent lanes starting at x."""
+    cdef float mx[LANES]
+    cdef float total[LANES]
+    cdef Py_ssize_t a, l
     cdef const float* xr
-    cdef float* o
-    cdef float mx, inv, shift
-    cdef double total
-    for r in prange(rows, schedule="static", num_threads=nt):
-        xr = x + r * cols
-        o = out + r * cols
-        mx = xr[0]
-        for j in range(1, cols):
-            mx = xr[j] if xr[j] > mx else mx
-        total = 0
-        for j in range(cols):
-            o[j] = expf(xr[j] - mx)
-            total = total + o[j]
-        if log_out:
-            shift = <float> log(total)
-            for j in range(cols):
-                o[j] = (xr[j] - mx) - shift
-        else:
-            inv = <float> (1.0 / total)
-            for j in range(cols):
-                o[j] = o[j] * inv
+    cdef float* orow
+    cdef float v
+    for l in range(w):
+        mx[l] = x[l]
+        total[l] = 0
+    for a in range(1, length):
+        xr = x + a * inner
+        for l in range(w):
+            v = xr[l]
+            mx[l] = v if v > mx[l] else mx[l]
+    for a in range(length):
+        wb_exp_shiftv_acc(x + a * inner, mx, o + a * inner, total, w)
+    if log_out:
+        for l in range(w):
+            total[l] = logf(total[l])
+        for a in range(length):
+            xr = x + a * inner
+            orow = o + a * inner
+            for l in range(w):
+                orow[l] = (xr[l] - mx[l]) - total[l]
+    else:
+        for l in range(w):
+            total[l] = 1.0 / total[l]
+        for a in range(length):
+            orow = o + a * inner
+            for l in range(w):
+                orow[l] = orow[l] * total[l]
 
 
-def softmax_rows(x, out, Py_ssize_t rows, Py_ssize_t cols, bint log_out=False, int num_threads=1):
-    """Softmax (or LogSoftmax with ``log_out``) of each row of ``x`` viewed as (rows, cols), into ``out``.
+cdef void _softmax(const float* x, float* out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner,
+                   bint log_out, int nt) noexcept nogil:
+    cdef Py_ssize_t job, b, l0, blocks = (inner + LANES - 1) // LANES
+    if inner == 1:
+        for job in prange(outer, schedule="static", num_threads=nt):
+            _row(x + job * length, out + job * length, length, log_out)
+        return
+    for job in prange(outer * blocks, schedule="static", num_threads=nt):
+        b = job // blocks
+        l0 = (job % blocks) * LANES
+        _lanes(x + b * length * inner + l0, out + b * length * inner + l0, length, inner,
+               min(LANES, inner - l0), log_out)
+
+
+def softmax(x, out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner, bint log_out=False, int num_threads=1):
+    """Softmax (or LogSoftmax with ``log_out``) of ``x`` viewed as (outer, length, inner) over
+    its middle axis, into ``out``.
 
     Parameters
     ----------
-    x, out : ndarray, float32, C-contiguous, ``rows * cols`` elements each
+    x, out : ndarray, float32, C-contiguous, ``outer * length * inner`` elements each
     """
     for name, a in (("x", x), ("out", out)):
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"softmax_rows: {name} must be a NumPy array, got {type(a).__name__}")
+            raise TypeError(f"softmax: {name} must be a NumPy array, got {type(a).__name__}")
         if a.dtype != np.float32:
-            raise TypeError(f"softmax_rows: {name} must be float32, got {a.dtype}")
+            raise TypeError(f"softmax: {name} must be float32, got {a.dtype}")
         if not a.flags.c_contiguous:
-            raise ValueError(f"softmax_rows: {name} must be C-contiguous")
-        if a.size != rows * cols or rows < 0 or cols < 0:
-            raise ValueError(f"softmax_rows: {name} has {a.size} elements, rows * cols = {rows} * {cols}")
+            raise ValueError(f"softmax: {name} must be C-contiguous")
+        if outer < 0 or length < 0 or inner < 0 or a.size != outer * length * inner:
+            raise ValueError(f"softmax: {name} has {a.size} elements, (outer, length, inner) = "
+                             f"({outer}, {length}, {inner})")
     if not out.flags.writeable:
-        raise ValueError("softmax_rows: out is read-only")
-    if rows * cols == 0:
+        raise ValueError("softmax: out is read-only")
+    if out.size == 0:
         return out
-    cdef int nt = _threads(rows * cols, num_threads)
+    cdef int nt = _threads(out.size, num_threads)
     cdef const float* px = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x)
     cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
     with nogil:
-        _softmax_rows(px, po, rows, cols, log_out, nt)
+        _softmax(px, po, outer, length, inner, log_out, nt)
+    return out
+
+
+def softmax_rows(x, out, Py_ssize_t rows, Py_ssize_t cols, bint log_out=False, int num_threads=1):
+    """Softmax (or LogSoftmax) of each row of ``x`` viewed as (rows, cols): :func:`softmax` with inner 1."""
+    return softmax(x, out, rows, cols, 1, log_out, num_threads)
+
+
+def exp(x, out):
+    """``out = exp(x)`` elementwise by the kernels' polynomial (for tests of its accuracy)."""
+    if not (isinstance(x, np.ndarray) and isinstance(out, np.ndarray) and x.dtype == out.dtype == np.float32
+            and x.flags.c_contiguous and out.flags.c_contiguous and x.size == out.size and out.flags.writeable):
+        raise ValueError("exp: x and out must be writable C-contiguous float32 arrays of one size")
+    cdef const float* px = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x)
+    cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    cdef Py_ssize_t n = x.size
+    if n:
+        with nogil:
+            wb_exp_shift_sum(px, 0, po, n)
     return out

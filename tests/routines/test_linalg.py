@@ -90,10 +90,44 @@ def test_matmul(shapes, const_b, act):
         assert_routine_matches(g, BLAS)
 
 
-def test_rejects_4d_matmul():
-    g = _load([helper.make_node("MatMul", ["A", "B"], ["y"])], [("A", [2, 2, 3, 4]), ("B", [2, 2, 4, 5])])
-    layer = next(iter(g))
-    assert not routines.get("MatMul", BLAS).applies(layer, g.input_specs(layer))
+ATTENTION_SHAPES = [((2, 3, 5, 7), (2, 3, 7, 4)), ((1, 3, 5, 7), (2, 1, 7, 4)), ((2, 3, 5, 7), (7, 4)),
+                    ((3, 5, 7), (2, 3, 7, 4)), ((2, 1, 5, 7), (1, 3, 7, 6)), ((1, 4, 9, 2), (1, 4, 2, 9)),
+                    ((2, 2, 2, 3, 5), (2, 1, 5, 3)), ((4, 1, 7), (4, 7, 1))]
+
+
+@SETTINGS
+@given(st.sampled_from(ATTENTION_SHAPES), st.booleans(), st.sampled_from([None, "Relu", "Sigmoid"]),
+       st.sampled_from([1, 2, 3]))
+def test_batched_matmul_any_rank(shapes, const_b, act, threads):
+    """(B, H, M, K) @ (B, H, K, N) with broadcast batch dimensions, as attention blocks write it."""
+    a_shape, b_shape = shapes
+    rng = np.random.default_rng(sum(a_shape) + 7 * sum(b_shape))
+    inputs, inits = [("A", list(a_shape))], []
+    if const_b:
+        inits.append(("B", rng.standard_normal(b_shape).astype(np.float32)))
+    else:
+        inputs.append(("B", list(b_shape)))
+    nodes, inits = _with_act([helper.make_node("MatMul", ["A", "B"], ["t"])], inits, act, b_shape[-1])
+    g = _load(nodes, inputs, inits)
+    assert [layer.op for layer in g] == ["MatMul"]
+    assert_routine_matches(g, BLAS, num_threads=threads)
+
+
+def test_matmul_nan_and_inf_propagate():
+    from routine_helpers import run_with_routine
+    g = _load([helper.make_node("MatMul", ["A", "B"], ["y"])], [("A", [2, 3, 4, 5]), ("B", [2, 3, 5, 6])])
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    b = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)
+    a[0, 1, 2, 3] = np.nan
+    b[1, 2, 0, 4] = np.inf
+    ours, ref, used = run_with_routine(g, BLAS, feeds={"A": a, "B": b})
+    assert used
+    np.testing.assert_array_equal(np.isnan(ours["y"]), np.isnan(ref["y"]))
+    np.testing.assert_array_equal(np.isinf(ours["y"]), np.isinf(ref["y"]))
+    assert np.isnan(ours["y"]).any() and np.isinf(ours["y"]).any()
+    finite = np.isfinite(ref["y"])
+    np.testing.assert_allclose(ours["y"][finite], ref["y"][finite], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("c_shape, beta, applies", [((4,), 1.0, True), ((1, 4), 1.0, True), ((2, 4), 1.0, True),

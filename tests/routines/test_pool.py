@@ -130,3 +130,39 @@ def test_kernel_twins_check_shapes():
         y = np.zeros((2, 3, 1, 1), np.float32)
         y.flags.writeable = False
         pool_kernels.global_pool_nchw(np.zeros((2, 3, 4, 5), np.float32), y, False)
+
+
+@SETTINGS
+@given(st.sampled_from([5, 9, 13]), st.integers(1, 2), st.integers(1, 3), st.integers(6, 24), st.integers(6, 24),
+       st.sampled_from(["MaxPool", "AveragePool"]), st.sampled_from(DESCRIPTORS))
+def test_large_same_windows(k, n, c, h, w, op, descriptor):
+    # YOLO's SPP/SPPF pools: large stride-1 windows padded to keep the size, over non-square maps.
+    attrs = dict(kernel_shape=[k, k], strides=[1, 1], pads=[k // 2] * 4)
+    assert_routine_matches(_graph(op, [n, c, h, w], **attrs), descriptor, rtol=0 if op == "MaxPool" else 1e-5)
+
+
+@pytest.mark.parametrize("descriptor", DESCRIPTORS)
+@pytest.mark.parametrize("k, s, p", [(3, 2, 1), (2, 2, 0), (5, 1, 2), (3, 1, 1), (9, 1, 4)])
+def test_max_pool_nan_and_inf_as_onnxruntime(descriptor, k, s, p):
+    """A NaN in a window gives NaN, as in the reference.  ONNX Runtime's MaxPool folds taps with
+    MAXPS alone, so its NaN survives only where its vector kernels happen to fold it last: every
+    NaN it gives must be ours too, and every window without NaN must agree exactly (Inf too)."""
+    from workbench.check import run_onnxruntime
+    from routine_helpers import run_with_routine
+    c, h, w = 24, 11, 13
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
+    model = make_model([node], [("x", [1, c, h, w])], [("y", None)])
+    g = workbench.load(model.SerializeToString())
+    rng = np.random.default_rng(k * 10 + s)
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    x[rng.random(x.shape) < 0.02] = np.nan
+    x[0, 1, 4, 4] = np.inf
+    x[0, 2, 6, 6] = -np.inf
+    ours, ref, used = run_with_routine(g, descriptor, feeds={"x": x})
+    assert used
+    np.testing.assert_array_equal(ours["y"], ref["y"])
+    theirs = run_onnxruntime(model, {"x": x})["y"]
+    assert np.isnan(theirs).any() and np.isinf(theirs).any()
+    assert not (np.isnan(theirs) & ~np.isnan(ours["y"])).any()
+    clean = ~np.isnan(ours["y"])
+    np.testing.assert_array_equal(ours["y"][clean], theirs[clean])

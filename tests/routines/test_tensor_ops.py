@@ -1,4 +1,4 @@
-"""Concat, Split, copies, Transpose, Pad, Slice, Resize and Softmax routines against the reference,
+"""Concat, Split, copies, Transpose, Pad, Slice and Resize routines against the reference,
 in both layouts where the layout matters."""
 import importlib
 
@@ -185,26 +185,8 @@ def test_resize_sizes_and_channel_scales():
         assert not any(_applies(g, f"cpu:float32:{lay}/gather") for lay in LAYOUTS)
 
 
-@SETTINGS
-@given(st.sampled_from([(2, 10), (3, 1000), (2, 3, 5), (1, 7, 3, 3)]), st.integers(-1, 1), st.sampled_from([11, 13]),
-       st.sampled_from(["Softmax", "LogSoftmax"]), st.sampled_from(LAYOUTS))
-def test_softmax(shape, axis, opset, op, layout):
-    g = _load([helper.make_node(op, ["x"], ["y"], axis=axis)], [("x", list(shape))], opset=opset)
-    layer = next(iter(g))
-    descriptor = f"cpu:float32:{layout}/rows"
-    rank = len(shape)
-    a = axis % rank
-    if layout == "nhwc":
-        expected = rank == 4 and (a == 1 if opset >= 13 else a in (0, 1))
-    else:
-        expected = opset < 13 or all(d == 1 for d in shape[a + 1:])
-    assert _applies(g, descriptor) == expected, (shape, axis, opset)
-    if expected:
-        assert_routine_matches(g, descriptor)
-
-
 def test_kernel_twins_check_shapes():
-    from workbench._kernels import softmax, tensor_ops as k
+    from workbench._kernels import tensor_ops as k
     a = np.arange(12, dtype=np.float32)
     with pytest.raises(ValueError, match="overrun"):
         k.copy_blocks(a, np.empty(12, np.float32), 3, 4, 4, 1, 4, 0)
@@ -228,13 +210,12 @@ def test_kernel_twins_check_shapes():
         k.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), False, h, (w[0], w[1] + 1, w[2]))
     with pytest.raises(ValueError, match="batch or channels"):
         k.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), True, h, w)
-    with pytest.raises(ValueError, match="rows"):
-        softmax.softmax_rows(a, np.empty(12, np.float32), 5, 3)
 
 
 # -- the zoo: every non-Conv layer has a fast routine, and a whole model runs on them ----------------------
 ZOO = {"tiny": 64, "resnet50": 64, "mobilenet_v2": 64, "mobilenet_v3_large": 96, "vgg16": 32}
-OURS = {f"workbench.routines.{m}" for m in ("pool", "eltwise", "linalg", "tensor_ops", "conv_transpose")}
+OURS = {f"workbench.routines.{m}" for m in ("pool", "eltwise", "linalg", "tensor_ops", "conv_transpose",
+                                                      "softmax")}
 
 
 def _ours(graph, layer, layout):

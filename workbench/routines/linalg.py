@@ -4,7 +4,9 @@ Gemm folds ``beta * C`` into a per-column bias or a full (M, N) addend once, in 
 and applies it with the fused activation in the kernel's epilogue.  MatMul with a 2-D (or 1-D)
 right operand is one GEMM over all the left operand's rows; a batched right operand runs one GEMM
 per batch with NumPy broadcasting of the batch dimensions (offset tables built once per shape).
-Both are 2-D/3-D ops in native order: a 4-D MatMul (rare in CNNs) stays with the reference.
+MatMul of any rank (attention's (B, H, M, K) @ (B, H, K, N)) runs its batches in parallel, one whole
+product per thread at a time.  Inputs and outputs are in native (channels-first) order: 4-D
+operands are not activations in a spatial layout.
 """
 import numpy as np
 
@@ -101,7 +103,7 @@ class MatMulBlas(Routine):
     @classmethod
     def applies(cls, layer, specs):
         ranks = [len(s.shape) for s in specs] + [len(layer.out_specs[0].shape)]
-        return (all_float32(specs, layer.out_specs) and max(ranks) <= 3 and min(ranks[:2]) >= 1
+        return (all_float32(specs, layer.out_specs) and min(ranks[:2]) >= 1
                 and int(np.prod(layer.out_specs[0].shape, dtype=np.int64)) > 0
                 and specs[0].shape[-1] > 0 and _activation(layer) is not None)
 

@@ -1,5 +1,5 @@
-"""Data-movement and normalisation layers: Concat, Split, Softmax, Resize, Pad, Slice, Transpose and
-the reshape-like copies.
+"""Data-movement layers: Concat, Split, Resize, Pad, Slice, Transpose and the reshape-like copies
+(Softmax is in ``softmax.py``).
 
 - ``{nchw,nhwc}/copy``: Concat and Split as row-block copies along the concatenated axis in the
   *physical* order (NHWC: logical axis 1 is the last physical axis); constants are stored in the
@@ -13,7 +13,6 @@ the reshape-like copies.
   (``np.pad`` of an index range, ``Resize.source_coords``/``nearest_index``), so the semantics
   cannot drift; they depend on the input shape, which :meth:`prepare` does not see, so they are
   built on the first run of each input shape.
-- ``{nchw,nhwc}/rows``: Softmax/LogSoftmax over a contiguous axis (the classifier case).
 """
 import numpy as np
 
@@ -279,55 +278,4 @@ class BilinearNchw(_Bilinear):
 
 
 class BilinearNhwc(_Bilinear):
-    layout = NHWC
-
-
-# -- Softmax ------------------------------------------------------------------------------------------------
-def softmax_rows(layer, shape, layout):
-    """(rows, cols) of the contiguous reduction, or None when the reduced axis is not contiguous."""
-    rank = max(len(shape), 1)
-    axis = layer.attrs["axis"] % rank
-    size = int(np.prod(shape, dtype=np.int64))
-    if layout == NHWC:
-        # Coerced at axis 0/1 the reduced set is the same in any order; a plain axis-1 softmax
-        # reduces the channels, the contiguous axis of NHWC.
-        if layer.attrs["coerce_2d"] and axis in (0, 1):
-            rows = 1 if axis == 0 else shape[0]
-        elif not layer.attrs["coerce_2d"] and axis == 1:
-            rows = size // shape[1]
-        else:
-            return None
-        return rows, size // max(rows, 1)
-    rows = int(np.prod(shape[:axis], dtype=np.int64))
-    if not layer.attrs["coerce_2d"] and int(np.prod(shape[axis + 1:], dtype=np.int64)) != 1:
-        return None
-    return rows, size // max(rows, 1)
-
-
-class _Softmax(Routine, register=False):
-    op = ("Softmax", "LogSoftmax")
-    algo = "rows"
-    priority = 10
-
-    @classmethod
-    def applies(cls, layer, specs):
-        shape = specs[0].shape
-        return (all_float32(specs, layer.out_specs) and _layout_ok(cls, specs, layer) and specs[0].size > 0
-                and softmax_rows(layer, shape, cls.layout) is not None)
-
-    @classmethod
-    def prepare(cls, layer):
-        return softmax_rows(layer, layer.out_specs[0].shape, cls.layout)
-
-    @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
-        rows, cols = state
-        kernels("softmax").softmax_rows(args[0], outs[0], rows, cols, layer.op == "LogSoftmax", num_threads)
-
-
-class SoftmaxNchw(_Softmax):
-    layout = NCHW
-
-
-class SoftmaxNhwc(_Softmax):
     layout = NHWC

@@ -17,6 +17,7 @@ from cython.parallel cimport prange
 
 from _gemm cimport gemm_rm
 from _epilogue cimport epilogue_rows
+from libc.string cimport memcpy
 
 cnp.import_array()
 
@@ -201,4 +202,111 @@ def conv_transpose(x, w, out, scratch, bint nhwc, int group, kernel, strides, di
             _nhwc(px, pw, po, pc, g, pb, act, p0, p1, ps, nt)
         else:
             _nchw(px, pw, po, pc, g, pb, act, p0, p1, ps, nt)
+    return out
+
+
+# -- kernel == stride, no padding: every output pixel takes exactly one tap --------------------------
+cdef void _shuffle_nhwc(const float* x, const float* w, float* out, float* cols, Geometry g, const float* bias,
+                        int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
+    """Per thread a block of input rows: its GEMM rows (W pixels x KH*KW*M), then each (row, kh)
+    lands as W contiguous runs of KW*M floats in output row i*KH + kh (KW == stride)."""
+    cdef Py_ssize_t KK = g.KH * g.KW, ld = KK * g.M, run = g.KW * g.M, n, blk, i0, i1, i, kh, j
+    cdef Py_ssize_t rows_per = max(1, (g.H + 4 * nt - 1) // (4 * nt)), blocks = (g.H + rows_per - 1) // rows_per
+    cdef float* row
+    for n in range(g.N):
+        for blk in prange(blocks, schedule="dynamic", num_threads=nt):
+            i0 = blk * rows_per
+            i1 = min(i0 + rows_per, g.H)
+            gemm_rm(False, False, (i1 - i0) * g.W, ld, g.C, 1, x + (n * g.H + i0) * g.W * g.C, g.C, w, ld, 0,
+                    cols + i0 * g.W * ld, ld)
+            for i in range(i0, i1):
+                for kh in range(g.KH):
+                    row = out + ((n * g.OH + i * g.KH + kh) * g.OW) * g.M
+                    for j in range(g.W):
+                        memcpy(row + j * run, cols + ((i * g.W + j) * KK + kh * g.KW) * g.M, run * sizeof(float))
+                    epilogue_rows(row, g.OW, g.M, g.M, False, bias, NULL, 0, act, p0, p1, slope)
+
+
+cdef void _shuffle_nchw(const float* x, const float* w, float* out, float* cols, Geometry g, const float* bias,
+                        int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
+    """Per thread a block of output channels: its GEMM rows (m, kh, kw) x H*W pixels, then output
+    row (m, i*KH + kh) interleaves the KW rows of that (m, kh) (KW == stride)."""
+    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, n, blk, m0, m1, m, kh, kw, i, j
+    cdef Py_ssize_t per = max(1, (g.M + 4 * nt - 1) // (4 * nt)), blocks = (g.M + per - 1) // per
+    cdef float* plane
+    cdef float* row
+    cdef const float* c
+    for n in range(g.N):
+        for blk in prange(blocks, schedule="dynamic", num_threads=nt):
+            m0 = blk * per
+            m1 = min(m0 + per, g.M)
+            gemm_rm(True, False, (m1 - m0) * KK, HW, g.C, 1, w + m0 * KK, g.M * KK, x + n * g.C * HW, HW, 0,
+                    cols + m0 * KK * HW, HW)
+            for m in range(m0, m1):
+                plane = out + (n * g.M + m) * g.OH * g.OW
+                for kh in range(g.KH):
+                    for kw in range(g.KW):
+                        c = cols + ((m * g.KH + kh) * g.KW + kw) * HW
+                        for i in range(g.H):
+                            row = plane + (i * g.KH + kh) * g.OW + kw
+                            if g.KW == 2:
+                                for j in range(g.W):
+                                    row[2 * j] = c[i * g.W + j]
+                            else:
+                                for j in range(g.W):
+                                    row[j * g.KW] = c[i * g.W + j]
+                epilogue_rows(plane, 1, g.OH * g.OW, g.OH * g.OW, True, bias + m if bias != NULL else NULL, NULL, 0,
+                              act, p0, p1, slope + m if slope != NULL else NULL)
+
+
+def conv_transpose_shuffle(x, w, out, scratch, bint nhwc, bias=None, int act=0, float p0=0, float p1=0, slope=None,
+                           int num_threads=1):
+    """:func:`conv_transpose` for kernel == stride, no padding, dilation 1, group 1: one GEMM and a
+    pixel shuffle (each output pixel is one tap of one input pixel; nothing accumulates).
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W), or (N, H, W, C) with ``nhwc``
+    w : ndarray, (C, M, KH, KW), or packed (C, KH, KW, M) with ``nhwc``
+    out : ndarray, (N, M, H*KH, W*KW), or (N, H*KH, W*KW, M) with ``nhwc``
+    scratch : ndarray, float32, at least M*KH*KW*H*W elements
+    """
+    cdef Geometry g
+    _array(x, "x")
+    _array(w, "w")
+    _array(out, "out", writeable=True)
+    _array(scratch, "scratch", writeable=True)
+    if x.ndim != 4 or w.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"conv_transpose_shuffle: x {x.shape}, w {w.shape} and out {out.shape} must be 4-D")
+    g.N, g.C, g.H, g.W = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if nhwc else x.shape
+    if nhwc:
+        _, g.KH, g.KW, g.M = w.shape
+    else:
+        _, g.M, g.KH, g.KW = w.shape
+    g.OH, g.OW = g.H * g.KH, g.W * g.KW
+    _array(w, "w", shape=(g.C, g.KH, g.KW, g.M) if nhwc else (g.C, g.M, g.KH, g.KW))
+    _array(out, "out", shape=(g.N, g.OH, g.OW, g.M) if nhwc else (g.N, g.M, g.OH, g.OW))
+    _array(scratch, "scratch", size=g.M * g.KH * g.KW * g.H * g.W)
+    if (act == 7) != (slope is not None) or not 0 <= act <= 8:
+        raise ValueError(f"conv_transpose_shuffle: activation code {act} with slope "
+                         f"{'given' if slope is not None else 'None'}")
+    for name, v in (("bias", bias), ("slope", slope)):
+        if v is not None:
+            _array(v, name, shape=(g.M,))
+    if max(g.M * g.KH * g.KW, g.H * g.W, g.C) > 2**31 - 1:
+        raise ValueError("conv_transpose_shuffle: dimensions exceed BLAS's 32-bit range")
+    if x.size == 0:
+        raise ValueError(f"conv_transpose_shuffle: empty input {x.shape}")
+    cdef float* px = _p(x)
+    cdef float* pw = _p(w)
+    cdef float* po = _p(out)
+    cdef float* pc = _p(scratch)
+    cdef float* pb = _p(bias)
+    cdef float* ps = _p(slope)
+    cdef int nt = _threads(out.size * g.C // 8, num_threads)
+    with nogil:
+        if nhwc:
+            _shuffle_nhwc(px, pw, po, pc, g, pb, act, p0, p1, ps, nt)
+        else:
+            _shuffle_nchw(px, pw, po, pc, g, pb, act, p0, p1, ps, nt)
     return out

@@ -118,3 +118,47 @@ def test_kernel_twin_checks_shapes():
         col2im.conv_transpose(x, w, out, scratch, False, 1, (2, 2), (1, 1), (1, 1), (0, 0), bias=np.ones(3, np.float32))
     with pytest.raises(ValueError, match="4-D"):
         col2im.conv_transpose(x[0], w, out, scratch, False, 1, (2, 2), (1, 1), (1, 1), (0, 0))
+
+
+SHUFFLE = ["cpu:float32:nchw/shuffle", "cpu:float32:nhwc/shuffle"]
+
+
+@settings(deadline=None, derandomize=True, max_examples=30)
+@given(st.integers(1, 2), st.integers(1, 9), st.integers(1, 7), st.integers(1, 6), st.integers(1, 7),
+       st.tuples(st.integers(1, 4), st.integers(1, 4)), st.booleans(), st.sampled_from([None, "Relu", "PRelu"]),
+       st.sampled_from(SHUFFLE), st.sampled_from([1, 2, 3]))
+def test_kernel_equals_stride_shuffle(n, c, m, h, w, k, bias, act, descriptor, threads):
+    """kernel == stride, no pads: the GEMM + pixel shuffle path, against the reference; one-hot
+    weights would hide nothing here (every output pixel is one tap), so weights are random."""
+    rng = np.random.default_rng(n + 10 * c + 100 * m + h * w)
+    wt = rng.standard_normal((c, m, *k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32) if bias else None
+    g = _graph((n, c, h, w), wt, b, act, kernel_shape=list(k), strides=list(k))
+    assert_routine_matches(g, descriptor, num_threads=threads)
+
+
+@pytest.mark.parametrize("attrs", [dict(pads=[1, 0, 1, 0]), dict(output_padding=[1, 0], strides=[2, 2]),
+                                   dict(group=2), dict(strides=[2, 1]), dict(dilations=[2, 1])])
+def test_shuffle_applies_only_to_kernel_equals_stride(attrs):
+    a = dict(kernel_shape=[2, 2], strides=[2, 2])
+    a.update(attrs)
+    g = _graph((1, 4, 3, 5), np.ones((4, 2 // a.get("group", 1) * a.get("group", 1), 2, 2), np.float32), **a)
+    layer = next(iter(g))
+    for d in SHUFFLE:
+        assert not routines.get("ConvTranspose", d).applies(layer, g.input_specs(layer))
+    g = _graph((1, 4, 3, 5), np.ones((4, 2, 2, 2), np.float32), kernel_shape=[2, 2], strides=[2, 2])
+    layer = next(iter(g))
+    assert all(routines.get("ConvTranspose", d).applies(layer, g.input_specs(layer)) for d in SHUFFLE)
+
+
+def test_shuffle_nan_propagates():
+    from routine_helpers import run_with_routine
+    g = _graph((1, 3, 4, 5), np.random.default_rng(0).standard_normal((3, 2, 2, 2)).astype(np.float32),
+               kernel_shape=[2, 2], strides=[2, 2])
+    x = np.random.default_rng(1).standard_normal((1, 3, 4, 5)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    for d in SHUFFLE:
+        ours, ref, used = run_with_routine(g, d, feeds={"x": x})
+        assert used
+        np.testing.assert_array_equal(np.isnan(ours["y"]), np.isnan(ref["y"]))
+        assert np.isnan(ours["y"]).sum() == 2 * 4

@@ -4,7 +4,8 @@ Weights are packed once in :meth:`prepare` (NHWC wants them as (C, KH, KW, M/gro
 column buffer is scratch in the layer state, sized on the first run (prepare does not see the
 input shape).  Begin pads must be non-negative (the reference's slicing gives something else for
 negative ones); negative end pads, ``output_padding`` and ``output_shape`` beyond the full size
-come out of the output size.  1-D ConvTranspose runs channels-first as a 2-D one of height 1.
+come out of the output size.  1-D ConvTranspose runs channels-first as a 2-D one of height 1.  ``{nchw,nhwc}/shuffle`` serves
+kernel == stride without padding (the 2x upsampling of UNet/FPN decoders).
 """
 import numpy as np
 
@@ -64,6 +65,42 @@ class _ConvTranspose(Routine, register=False):
         kernels("col2im").conv_transpose(x, state["w"], y, state["scratch"], cls.layout == NHWC, layer.attrs["group"],
                                          kernel, strides, dilations, pads, state["bias"], code, p0, p1, slope,
                                          num_threads)
+
+
+class _Shuffle(_ConvTranspose, register=False):
+    """kernel == stride, no padding: each output pixel is one tap of one input pixel, so the
+    GEMM's columns go straight to their pixels (a pixel shuffle), with no col2im accumulation and
+    no zeroing; each thread runs the GEMM of its own block and shuffles it while it is in cache."""
+
+    algo = "shuffle"
+    priority = 11
+
+    @classmethod
+    def applies(cls, layer, specs):
+        a = layer.attrs
+        x, y = specs[0].shape, layer.out_specs[0].shape
+        return (super().applies(layer, specs) and len(x) == 4 and a["group"] == 1
+                and tuple(a["kernel_shape"]) == tuple(a["strides"]) and not any(a["pads"])
+                and tuple(a["dilations"]) == (1, 1) and min(x) > 0
+                and tuple(y[2:]) == (x[2] * a["strides"][0], x[3] * a["strides"][1]))
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        x, y = args[0], outs[0]
+        need = y.size // y.shape[0]   # M*KH*KW*H*W: one image's GEMM columns
+        if state["scratch"] is None or state["scratch"].size < need:
+            state["scratch"] = np.empty(need, np.float32)
+        code, p0, p1, slope = state["act"]
+        kernels("col2im").conv_transpose_shuffle(x, state["w"], y, state["scratch"], cls.layout == NHWC,
+                                                 state["bias"], code, p0, p1, slope, num_threads)
+
+
+class ShuffleNchw(_Shuffle):
+    layout = NCHW
+
+
+class ShuffleNhwc(_Shuffle):
+    layout = NHWC
 
 
 class ConvTransposeNchw(_ConvTranspose):

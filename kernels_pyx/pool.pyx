@@ -214,10 +214,45 @@ cdef class Pool2d:
             return y
         cdef int nt = _threads(x.size + y.size, num_threads)
         cdef Py_ssize_t planes = x.shape[0] * x.shape[1], band = self._bands(planes, nt)
+        if self.sh > 1 or self.KH < 3:
+            # Few overlapping rows: folding every tap straight into the output row costs no more
+            # taps and skips the scratch rows (strided 2x2/3x3 pools run ~2x faster so).
+            self._nchw_direct(_f(x), _f(y), planes, nt)
+            return y
         cdef Py_ssize_t per = self._rows_in(band) * self.OW
         scratch = np.empty(per * nt, np.float32)
         self._nchw(_f(x), _f(y), planes, band, _f(scratch), per, nt)
         return y
+
+    cdef void _nchw_direct(self, const float* x, float* y, Py_ssize_t planes, int nt) noexcept:
+        cdef int* kh_lo = _i(self.kh_lo)
+        cdef int* kh_hi = _i(self.kh_hi)
+        cdef int* ow_lo = _i(self.ow_lo)
+        cdef int* ow_hi = _i(self.ow_hi)
+        cdef float* inv_h = _f(self.inv_h)
+        cdef float* inv_w = _f(self.inv_w)
+        cdef Py_ssize_t job, p, oh, ow, kh, kw, lo, hi, H = self.H, W = self.W, OH = self.OH, OW = self.OW
+        cdef Py_ssize_t KW = self.KW, sh = self.sh, sw = self.sw, dh = self.dh, dw = self.dw, pt = self.pt, pl = self.pl
+        cdef bint is_max = self.is_max
+        cdef const float* xr
+        cdef float* yr
+        cdef float s
+        for job in prange(planes * OH, nogil=True, schedule="static", num_threads=nt):
+            p = job // OH
+            oh = job % OH
+            yr = y + job * OW
+            _fill(yr, OW, LOWEST if is_max else 0)
+            for kh in range(kh_lo[oh], kh_hi[oh]):
+                xr = x + p * H * W + (oh * sh + kh * dh - pt) * W
+                for kw in range(KW):
+                    lo = ow_lo[kw]
+                    hi = ow_hi[kw]
+                    if hi > lo:
+                        _fold_row(yr + lo, xr + kw * dw - pl + lo * sw, hi - lo, sw, False, is_max)
+            if not is_max:
+                s = inv_h[oh]
+                for ow in range(OW):
+                    yr[ow] = yr[ow] * (s * inv_w[ow])
 
     def nhwc(self, x, y, int num_threads=1):
         """Pool ``x`` (N, H, W, C) into ``y`` (N, OH, OW, C); both float32, C-contiguous."""

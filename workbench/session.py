@@ -12,6 +12,7 @@ database), selection through :mod:`workbench.search` (pure), execution through
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -54,14 +55,22 @@ class Session:
         The profile database (default: :func:`workbench.profiledb.default_path`).
     io_format : str
         Layout of the graph's inputs and outputs (``"nchw"`` or ``"nhwc"``).
+    max_concurrency : int, optional
+        Most :meth:`run` calls in progress at once (default: CPUs // ``num_threads``, so that
+        concurrent calls do not oversubscribe the cores; 1, i.e. serialised calls, when the
+        kernels' threads take every CPU).  :meth:`run` is thread-safe: each concurrent caller runs
+        on an executor of its own (its own buffers and prepared weights, created when first
+        needed and then reused); beyond ``max_concurrency`` callers wait their turn.  Tuning,
+        pinning and retuning are not thread-safe; do them from one thread.
     """
 
-    def __init__(self, graph, num_threads=None, db=None, io_format=NCHW):
+    def __init__(self, graph, num_threads=None, db=None, io_format=NCHW, max_concurrency=None):
         if io_format not in (NCHW, NHWC):
             raise WorkbenchError(f"io_format must be {NCHW!r} or {NHWC!r}, got {io_format!r}")
         self.graph = graph
         self.num_threads = int(num_threads or default_threads())
         self.io_format = io_format
+        self.max_concurrency = max_concurrency
         self._db = db
         self.profiled = None        # Profile
         self.filters = []           # filter strings
@@ -76,6 +85,7 @@ class Session:
         self.tuned_metadata = None  # model metadata of a loaded tuned file
         self.loaded_costs = None    # {layer: {descriptor: s}} a loaded tuned file was tuned with
         self._compiled = None
+        self._compile_lock = threading.Lock()
 
     @classmethod
     def from_onnx(cls, source, num_threads=None, db=None, batch=None, resolution=None, shapes=None, io_format=NCHW):
@@ -240,13 +250,15 @@ class Session:
 
     def compile(self):
         """The :class:`~workbench.compiled.CompiledModel` of the current plan (cached)."""
-        if self._compiled is None:
-            self._compiled = CompiledModel(self.graph, self.assignment, num_threads=self.num_threads,
-                                           io_format=self.io_format)
-        return self._compiled
+        with self._compile_lock:   # concurrent first runs compile (and prepare) once
+            if self._compiled is None:
+                self._compiled = CompiledModel(self.graph, self.assignment, num_threads=self.num_threads,
+                                               io_format=self.io_format, max_concurrency=self.max_concurrency)
+            return self._compiled
 
     def run(self, inputs):
-        """Run the tuned model on ``{input name: array}``; returns ``{output name: array}``."""
+        """Run the tuned model on ``{input name: array}``; returns ``{output name: array}``
+        (new arrays; the inputs are not kept).  Thread-safe (see ``max_concurrency``)."""
         return self.compile().run(inputs)
 
     def random_inputs(self, seed=0):

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 
 from .. import cpu
-from ..compiled import default_threads
+from ..compiled import _set_blas_threads, default_threads
 from ..graph import NCHW, NHWC
 from . import Routine
 from .epilogue import encode
@@ -61,13 +61,13 @@ class _SerialBlas:
         if _SerialBlas.libs is None:
             from threadpoolctl import ThreadpoolController
             _SerialBlas.libs = ThreadpoolController().select(user_api="blas").lib_controllers
-        self.prev = [lib.num_threads for lib in self.libs]
+        self.prev = [lib.get_num_threads() for lib in self.libs]
         for lib in self.libs:
-            lib.set_num_threads(1)
+            _set_blas_threads(lib, 1)   # from any thread (threadpoolctl's own setter is not)
 
     def __exit__(self, *exc):
         for lib, n in zip(self.libs, self.prev):
-            lib.set_num_threads(n)
+            _set_blas_threads(lib, n)
 
 
 def geometry(layer):

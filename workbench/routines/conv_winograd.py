@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import cpu
+from ..compiled import _set_blas_threads
 from ..graph import NCHW, NHWC
 from . import Routine
 from .epilogue import encode
@@ -82,11 +83,11 @@ class _SingleThreadedBlas:
             _blas = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
         self.saved = [lc.get_num_threads() for lc in _blas]
         for lc in _blas:
-            lc.set_num_threads(1)
+            _set_blas_threads(lc, 1)   # from any thread (threadpoolctl's own setter is not)
 
     def __exit__(self, *exc):
         for lc, n in zip(_blas, self.saved):
-            lc.set_num_threads(n)
+            _set_blas_threads(lc, n)
 
 
 def plan(m, n, c, h, w, mo, num_threads, nhwc=False):

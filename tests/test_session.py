@@ -333,3 +333,45 @@ def test_milp_is_exact_with_costs_in_seconds():
     adapt = {(t, s, d): 4e-7 for t in ["x"] + [f"t{i}" for i in range(12)] for s, d in (("nchw", "nhwc"), ("nhwc", "nchw"))}
     problem = Problem(nodes, adapt, {"x": "nchw"}, {"t11": "nchw"})
     assert search.solve_milp(problem).cost == pytest.approx(search.brute_force(problem).cost, rel=1e-12, abs=0)
+
+
+def test_family_plans_price_a_reference_fallback(tmp_path, monkeypatch):
+    """A layer with only the reference routine in one layout (here Softmax without its NCHW
+    kernels, as on YOLOv8 before Softmax took any axis): that family runs the reference, which
+    family_plans profiles and prices; every other family's choice for it is priced too (all
+    families' routines of a layer are profiled, not the last family's only), also for a loaded
+    tuned file, which holds no profile."""
+    from onnx import TensorProto, helper, numpy_helper
+    routines.load_all()
+    table = dict(routines._REGISTRY["Softmax"])
+    monkeypatch.setitem(routines._REGISTRY, "Softmax",
+                        {d: r for d, r in table.items() if not d.startswith("cpu:float32:nchw/direct")})
+    w = numpy_helper.from_array(np.random.default_rng(3).standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Softmax", ["c"], ["y"], axis=1, name="sm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    s = Session.from_onnx(model, num_threads=2, db=tmp_path / "p.sqlite")
+    s.profile(repeats=REPEATS)
+    s.tune()
+    assert "cpu:float32:nchw/reference" not in s.profiled.routine["sm"]   # not a default candidate
+    families = s.family_plans()
+    assert families["cpu:float32:nchw/*"].choice["sm"] == "cpu:float32:nchw/reference"
+    assert families["cpu:float32:nhwc/*"].choice["sm"].startswith("cpu:float32:nhwc/direct")
+    costs, _ = s.costs()
+    prob = s.problem()
+    for fam, plan in families.items():
+        assert plan.choice == assign(s.graph, [fam])[0]
+        assert plan.cost == pytest.approx(search.evaluate(prob, plan.choice)[0])
+        assert plan.cost >= sum(costs[layer][d] for layer, d in plan.choice.items())
+    x = np.random.default_rng(0).standard_normal((1, 3, 12, 10)).astype(np.float32)
+    ref = run_onnxruntime(model, {"x": x})["y"]
+    s.plan = families["cpu:float32:nchw/*"]
+    s._compiled = None
+    np.testing.assert_allclose(s.run({"x": x})["y"], ref, rtol=1e-4, atol=1e-6)
+    s.tune()
+    path = tmp_path / "t.tuned.onnx"
+    s.export(path, measure_runs=2)
+    loaded = workbench.load(str(path))
+    assert set(loaded.family_plans()) == set(families)

@@ -77,6 +77,7 @@ class Session:
         self.pins = {}              # layer name -> descriptor
         self.plan = None            # search.Plan
         self.fallbacks = []
+        self.family_notes = {}      # family filter -> its fallbacks, or why family_plans left it out
         self.search_s = None        # seconds the last selection took
         self.profile_s = None       # seconds the last profile() took
         self.measured = None        # measure.Latency of the whole tuned model
@@ -225,15 +226,37 @@ class Session:
 
     def family_plans(self):
         """``{filter: Plan}`` for every single-family assignment (the fixed choice each filter
-        gives, as ``workbench run --routine`` runs it), costed on this profile."""
+        gives, as ``workbench run --routine`` runs it), costed on this profile.
+
+        A layer a family cannot serve runs the routine it falls back to (see
+        :func:`workbench.assign.assign`), profiled here if the profile lacks it, and priced like
+        any other.  A family with a routine that still has no cost is left out;
+        :attr:`family_notes` says why, and names each family's fallbacks.
+        """
+        if self.profiled is None:
+            self.profile()   # a loaded tuned file holds the plan's costs only
         assignments = {fam: assign_mod.assign(self.graph, [fam]) for fam in conv_families()}
-        self._ensure_profiled({layer: [d] for choice, _ in assignments.values() for layer, d in choice.items()})
+        wanted = {}
+        for choice, _ in assignments.values():   # every family's routine of each layer
+            for layer, d in choice.items():
+                wanted.setdefault(layer, set()).add(d)
+        self._ensure_profiled({layer: sorted(ds) for layer, ds in wanted.items()})
         prob = self.problem()
-        plans = {}
+        costed = {node.name: {c.name for c in node.candidates} for node in prob.nodes}
+        n_conv = sum(l.op == "Conv" for l in self.graph)
+        plans, self.family_notes = {}, {}
         for fam, (choice, fallbacks) in assignments.items():
-            n_conv = sum(l.op == "Conv" for l in self.graph)
             if fam.split("/")[1] != "*" and sum(self.graph.layer(f.layer).op == "Conv" for f in fallbacks) == n_conv:
                 continue   # this family's conv algorithm applies to none of the model's convs
+            unpriced = [(layer, d) for layer, d in choice.items() if d not in costed[layer]]
+            if unpriced:
+                self.family_notes[fam] = (f"left out: no cost for {len(unpriced)} layer(s), e.g. "
+                                          f"{unpriced[0][0]} with {unpriced[0][1]}")
+                continue
+            if fallbacks:
+                self.family_notes[fam] = (f"{len(fallbacks)} layer(s) fall back: "
+                                          + ", ".join(f"{f.layer} to {f.chosen}" for f in fallbacks[:3])
+                                          + (", ..." if len(fallbacks) > 3 else ""))
             cost, adapts = search.evaluate(prob, choice)
             plans[fam] = search.Plan(choice, cost, adapts, f"family {fam}")
         return plans

@@ -3,7 +3,7 @@
 # for both layouts.  Shared as inline functions so that each driver compiles them with its own
 # instruction set.
 from libc.string cimport memcpy, memset
-from _epilogue cimport activate_run
+from conv_gemm cimport act_run   # NaN-propagating (the shared activate_run turns a NaN into 0)
 from _winograd cimport fptr, cfptr, _row_bt2, _row_bt4, _bt2, _bt4, _at2, _at4, _interleave2, _interleave4, _finish
 
 # -- per (channel, block of tile rows) transforms ---------------------------------------------------
@@ -113,7 +113,7 @@ cdef inline void _output_block(Geo* g, Py_ssize_t mc, Py_ssize_t g0, Py_ssize_t 
             orow = g.y + (n * g.M + mc) * plane + yy * g.OW
             _finish(orow, trow, g.res + (n * g.M + mc) * plane + yy * g.OW if g.res != NULL else NULL,
                     b, g.OW)
-            activate_run(orow, g.OW, g.act, g.p0, g.p1, sl)
+            act_run(orow, g.OW, g.act, g.p0, g.p1, sl)
 
 
 # -- NHWC: the same transforms, vectorised over channels (contiguous in NHWC) --------------------
@@ -177,8 +177,8 @@ cdef inline void _prelu_vec(fptr y, cfptr slope, Py_ssize_t n) noexcept nogil:
     cdef float v, t, zero = 0
     for i in range(n):
         v = y[i]
-        t = v if v < zero else zero
-        v = v if v > zero else zero
+        t = zero if v > zero else v   # min(v, 0) and max(v, 0) that keep a NaN
+        v = zero if v < zero else v
         y[i] = v + slope[i] * t
 
 
@@ -220,7 +220,7 @@ cdef inline void _output_tiles_nhwc(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssiz
                 if g.act == 7:
                     _prelu_vec(g.y + px, g.slope, M)
                 else:
-                    activate_run(g.y + px, M, g.act, g.p0, g.p1, 0)
+                    act_run(g.y + px, M, g.act, g.p0, g.p1, 0)
 
 
 # -- drivers ---------------------------------------------------------------------------------------

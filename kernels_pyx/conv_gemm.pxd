@@ -97,6 +97,44 @@ cdef inline void _cols_nhwc_pixel(const Geo* g, const float* x, float* d, Py_ssi
         d += seg
 
 
+cdef inline void act_run(float* o, Py_ssize_t n, int act, float p0, float p1, float s) noexcept nogil:
+    """The fused activation on ``n`` values (one PRelu slope ``s``), one simple loop per code.
+
+    NaN propagates as in ONNX Runtime: each select keeps the value itself when its comparison is
+    false, as it is for NaN (``0 if t < 0 else t``; ``t if t > 0 else 0`` made NaN a 0).  GCC
+    vectorises these as it did the old form (one MAXPS with the value second, a blend).
+    """
+    cdef Py_ssize_t j
+    cdef float t, zero = 0, one = 1
+    if act == 1:
+        for j in range(n):
+            t = o[j]
+            o[j] = zero if t < zero else t
+    elif act == 2:
+        for j in range(n):
+            t = o[j]
+            t = p0 if t < p0 else t
+            o[j] = p1 if t > p1 else t
+    elif act == 3 or act == 7:
+        s = p0 if act == 3 else s
+        for j in range(n):
+            t = o[j]
+            o[j] = t * s if t < zero else t
+    elif act == 4:
+        for j in range(n):
+            t = p0 * o[j] + p1
+            t = zero if t < zero else t
+            o[j] = one if t > one else t
+    elif act == 5:
+        for j in range(n):
+            t = o[j] * (1.0 / 6.0) + 0.5
+            t = zero if t < zero else t
+            o[j] = o[j] * (one if t > one else t)
+    elif act != 0:
+        for j in range(n):
+            o[j] = activate(o[j], act, p0, p1, s)
+
+
 cdef inline void _epi_row(float* o, Py_ssize_t n, const float* bias, bint per_col, const float* res,
                           int act, float p0, float p1, const float* slope) noexcept nogil:
     """Bias, residual, activation on one output row, in separate simple loops the compiler can
@@ -122,41 +160,12 @@ cdef inline void _epi_row(float* o, Py_ssize_t n, const float* bias, bint per_co
         elif bias != NULL:
             for j in range(n):
                 o[j] = o[j] + b
-    if act == 1:
-        for j in range(n):
-            t = o[j]
-            o[j] = t if t > 0 else 0
-    elif act == 2:
-        for j in range(n):
-            t = o[j]
-            t = p0 if t < p0 else t
-            o[j] = p1 if t > p1 else t
-    elif act == 3:
-        for j in range(n):
-            t = o[j]
-            o[j] = t if t >= 0 else t * p0
-    elif act == 4:
-        for j in range(n):
-            t = p0 * o[j] + p1
-            t = 0 if t < 0 else t
-            o[j] = 1 if t > 1 else t
-    elif act == 5:
-        for j in range(n):
-            t = o[j] * (1.0 / 6.0) + 0.5
-            t = 0 if t < 0 else t
-            o[j] = o[j] * (1 if t > 1 else t)
-    elif act == 7 and per_col:
+    if act == 7 and per_col:
         for j in range(n):
             t = o[j]
             o[j] = t if t >= 0 else t * slope[j]
-    elif act == 7:
-        s = slope[0]
-        for j in range(n):
-            t = o[j]
-            o[j] = t if t >= 0 else t * s
-    elif act != 0:
-        for j in range(n):
-            o[j] = activate(o[j], act, p0, p1, 0)
+    else:
+        act_run(o, n, act, p0, p1, slope[0] if act == 7 else 0)
 
 
 cdef inline void _epilogue(float* o, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld, bint channel_is_row,

@@ -19,7 +19,8 @@ import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
-from _epilogue cimport activate, activate_run
+from _epilogue cimport activate
+from conv_gemm cimport act_run   # NaN-propagating (the shared activate_run turns a NaN into 0)
 
 cnp.import_array()
 
@@ -44,8 +45,8 @@ cdef inline void _prelu_cols(fptr y, cfptr slope, Py_ssize_t rows, Py_ssize_t C)
     for r in range(rows):
         for c in range(C):
             v = y[r * C + c]
-            t = v if v < zero else zero
-            v = v if v > zero else zero
+            t = zero if v > zero else v   # min(v, 0) and max(v, 0) that keep a NaN
+            v = zero if v < zero else v
             y[r * C + c] = v + slope[c] * t
 
 
@@ -217,7 +218,7 @@ cdef void _dw_nhwc(const float* x, const float* w, const float* bias, const floa
         if act == 7:
             _prelu_cols(yrow, slope, OW, C)
         else:
-            activate_run(yrow, row, act, p0, p1, 0)
+            act_run(yrow, row, act, p0, p1, 0)
 
 
 # -- NCHW ---------------------------------------------------------------------------------------
@@ -329,7 +330,7 @@ cdef void _dw_nchw(const float* x, const float* w, const float* bias, const floa
         for oh in range(OH):
             _finish_row(o + oh * OW, t + oh * Wq, res + (job * OH + oh) * OW if res != NULL else NULL, OW)
         s = slope[c] if slope != NULL else 0
-        activate_run(o, OH * OW, act, p0, p1, s)
+        act_run(o, OH * OW, act, p0, p1, s)
 
 
 # -- Python-visible twins: every shape checked before the nogil code ---------------------------

@@ -59,12 +59,14 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
             v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, rr));
             v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, rr + 16));
         }
+        /* MAXPS/MINPS return their second operand when either is NaN: the value goes second,
+         * so NaN propagates as in ONNX Runtime. */
         if (ep->act == 1) {
-            v0 = _mm512_max_ps(v0, zero);
-            v1 = _mm512_max_ps(v1, zero);
+            v0 = _mm512_max_ps(zero, v0);
+            v1 = _mm512_max_ps(zero, v1);
         } else if (ep->act == 2) {
-            v0 = _mm512_min_ps(_mm512_max_ps(v0, lo), hi);
-            v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
+            v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, v0));
+            v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, v1));
         } else if (ep->act == 3) {
             v0 = _mm512_mask_mul_ps(v0, _mm512_cmp_ps_mask(v0, zero, _CMP_LT_OQ), v0, lo);
             v1 = _mm512_mask_mul_ps(v1, _mm512_cmp_ps_mask(v1, zero, _CMP_LT_OQ), v1, lo);
@@ -79,7 +81,7 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
             float t = c[i * ldc + j];
             if (ep->bias != NULL) t += ep->bias_per_row ? ep->bias[row0 + i] : ep->bias[col0 + j];
             if (ep->res != NULL) t += ep->res[(row0 + i) * ep->ld_res + col0 + j];
-            if (ep->act == 1) t = t > 0 ? t : 0;
+            if (ep->act == 1) t = t < 0 ? 0 : t;   /* NaN stays NaN */
             else if (ep->act == 2) t = t < ep->p0 ? ep->p0 : (t > ep->p1 ? ep->p1 : t);
             else if (ep->act == 3) t = t >= 0 ? t : t * ep->p0;
             c[i * ldc + j] = t;
@@ -108,13 +110,13 @@ static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m
         *v0 = _mm512_add_ps(*v0, _mm512_maskz_loadu_ps(m0, rr));
         *v1 = _mm512_add_ps(*v1, _mm512_maskz_loadu_ps(m1, rr + 16));
     }
-    if (ep->act == 1) {
-        *v0 = _mm512_max_ps(*v0, zero);
-        *v1 = _mm512_max_ps(*v1, zero);
+    if (ep->act == 1) {   /* the value second: MAXPS/MINPS return the second operand on NaN */
+        *v0 = _mm512_max_ps(zero, *v0);
+        *v1 = _mm512_max_ps(zero, *v1);
     } else if (ep->act == 2) {
         __m512 lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
-        *v0 = _mm512_min_ps(_mm512_max_ps(*v0, lo), hi);
-        *v1 = _mm512_min_ps(_mm512_max_ps(*v1, lo), hi);
+        *v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, *v0));
+        *v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, *v1));
     } else if (ep->act == 3) {
         __m512 sl = _mm512_set1_ps(ep->p0);
         *v0 = _mm512_mask_mul_ps(*v0, _mm512_cmp_ps_mask(*v0, zero, _CMP_LT_OQ), *v0, sl);

@@ -72,6 +72,20 @@ def winograd_applies(layer, specs):
 _blas = None
 
 
+def _all_finite(x):
+    """Whether ``x`` holds no NaN or infinity: one pass over its bits (10 us on a 56x56x64
+    input, 2 us on 14x14x256, against ~300 us for the layer)."""
+    global _finite_check
+    if _finite_check is None:
+        mods = [cpu.kernel_module("layout", isa) for isa in ("avx512", "avx2", None)]
+        _finite_check = next((m.all_finite for m in mods if m is not None and hasattr(m, "all_finite")),
+                             lambda a: bool(np.isfinite(a).all()))
+    return _finite_check(x) if x.flags.c_contiguous else bool(np.isfinite(x).all())
+
+
+_finite_check = None
+
+
 class _SingleThreadedBlas:
     """BLAS limited to one thread while the kernel calls it from several OpenMP threads at once
     (else OpenBLAS's threaded GEMMs would queue on its pool); cheaper than threadpoolctl.limit."""
@@ -156,6 +170,8 @@ class _Winograd(Routine, register=False):
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
+        if not _all_finite(args[0]):
+            return cls._exact(layer, state, args, outs, num_threads)
         x, out, ep, a = args[0], outs[0], state["ep"], layer.attrs
         k = cls.kernels()
         nhwc = cls.layout == NHWC
@@ -172,6 +188,18 @@ class _Winograd(Routine, register=False):
                  residual=args[3] if a.get("residual") else None, act=ep.code, p0=ep.p0, p1=ep.p1,
                  slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads)
 
+
+    @classmethod
+    def _exact(cls, layer, state, args, outs, num_threads):
+        """The layer by im2col, for an input holding NaN or infinity: the transforms add and
+        subtract inputs across a whole tile (inf - inf is NaN), so a NaN or an infinity would
+        reach outputs whose window never saw it and turn infinities into NaN, where ONNX
+        Runtime's direct GEMM gives each output its own window's result."""
+        from .conv_gemm import NchwIm2col, NhwcIm2col
+        exact = NhwcIm2col if cls.layout == NHWC else NchwIm2col
+        if state.get("exact") is None:
+            state["exact"] = exact.prepare(layer)   # once, on the first non-finite input
+        exact.run(layer, state["exact"], args, outs, num_threads)
 
 class _Winograd4(_Winograd, register=False):
     m, priority = 4, 12   # measured fastest on 3x3 stride-1 at 56x56 and 28x28 outputs

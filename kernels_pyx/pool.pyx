@@ -176,6 +176,7 @@ cdef class Pool2d:
     cdef readonly int H, W, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl, o_a, o_b
     cdef readonly bint is_max
     cdef cnp.ndarray kh_lo, kh_hi, oh_lo, oh_hi, kw_lo, kw_hi, ow_lo, ow_hi, inv_h, inv_w
+    cdef object _scratch   # kept between calls: the executor allocates nothing per inference
 
     def __init__(self, in_hw, out_hw, kernel, strides, dilations, pads, bint is_max, bint count_include_pad=False):
         self.H, self.W = in_hw
@@ -201,6 +202,13 @@ cdef class Pool2d:
         cdef Py_ssize_t want = max(1, min(self.OH, (4 * nt + max(jobs, 1) - 1) // max(jobs, 1))) if nt > 1 else 1
         return (self.OH + want - 1) // want
 
+    def _scratch_of(self, Py_ssize_t n):
+        """A float32 work array of at least ``n`` floats, reused from call to call (each executor
+        has its own Pool2d in its prepared state, so concurrent runs never share it)."""
+        if self._scratch is None or self._scratch.size < n:
+            self._scratch = np.empty(n, np.float32)
+        return self._scratch
+
     def _rows_in(self, Py_ssize_t band):
         return min(self.H, (band - 1) * self.sh + (self.KH - 1) * self.dh + 1)
 
@@ -220,7 +228,7 @@ cdef class Pool2d:
             self._nchw_direct(_f(x), _f(y), planes, nt)
             return y
         cdef Py_ssize_t per = self._rows_in(band) * self.OW
-        scratch = np.empty(per * nt, np.float32)
+        scratch = self._scratch_of(per * nt)
         self._nchw(_f(x), _f(y), planes, band, _f(scratch), per, nt)
         return y
 
@@ -266,7 +274,7 @@ cdef class Pool2d:
         cdef Py_ssize_t C = x.shape[3], cb = min(C, CBLOCK), blocks = (C + cb - 1) // cb
         cdef Py_ssize_t band = self._bands(x.shape[0] * blocks, nt)
         cdef Py_ssize_t per = self._rows_in(band) * self.OW * cb
-        scratch = np.empty(per * nt, np.float32)
+        scratch = self._scratch_of(per * nt)
         self._nhwc(_f(x), _f(y), x.shape[0], C, cb, band, _f(scratch), per, nt)
         return y
 

@@ -19,7 +19,7 @@ cdef enum:
 cdef inline float activate(float v, int act, float p0, float p1, float slope) noexcept nogil:
     cdef float t
     if act == ACT_RELU:
-        return v if v > 0 else 0
+        return 0 if v < 0 else v   # NaN fails the test and stays NaN, as in ONNX Runtime
     if act == ACT_CLIP:
         return p0 if v < p0 else (p1 if v > p1 else v)
     if act == ACT_LEAKY:
@@ -47,7 +47,7 @@ cdef inline void activate_run(float* y, Py_ssize_t n, int act, float p0, float p
     if act == 1:
         for i in range(n):
             v = y[i]
-            y[i] = v if v > zero else zero
+            y[i] = zero if v < zero else v   # NaN stays NaN
     elif act == 2:
         for i in range(n):
             v = y[i]
@@ -55,10 +55,10 @@ cdef inline void activate_run(float* y, Py_ssize_t n, int act, float p0, float p
             y[i] = p1 if v > p1 else v
     elif act == 3 or act == 7:
         s = p0 if act == 3 else s
-        for i in range(n):  # max(v, 0) + s * min(v, 0): two selects GCC vectorises
+        for i in range(n):  # max(v, 0) + s * min(v, 0): two selects GCC vectorises, NaN kept by both
             v = y[i]
-            t = v if v < zero else zero
-            v = v if v > zero else zero
+            t = zero if v > zero else v
+            v = zero if v < zero else v
             y[i] = v + s * t
     elif act == 4 or act == 5:
         if act == 5:

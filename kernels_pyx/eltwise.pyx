@@ -133,7 +133,7 @@ cdef inline void _act_row(float* o, Py_ssize_t n, int act, float p0, float p1, f
     if act == ACT_RELU:
         for i in range(n):
             v = o[i]
-            o[i] = v if v > 0 else 0
+            o[i] = 0 if v < 0 else v   # NaN stays NaN, as in ONNX Runtime
     elif act == ACT_CLIP:
         for i in range(n):
             v = o[i]

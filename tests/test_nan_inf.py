@@ -28,7 +28,6 @@ SPECIALS = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}
 #: LeakyRelu/PRelu's min/max selects at line 60 too) and in eltwise.pyx ``_act_row`` (line 135,
 #: the Relu layer).  Owned by the elementwise/epilogue developer; ``0 if v < 0 else v`` fixes each
 #: at no cost (see conv_gemm.pxd ``act_run``).
-EPILOGUE_RELU = "kernels_pyx/_epilogue.pxd activate() line 22: Relu turns NaN into 0 (Gemm+Relu, nchw/blas)"
 
 
 def positions(shape):
@@ -184,8 +183,6 @@ def test_conv_with_fused_activation_under_every_routine(kind, act):
 
 #: Failing today in routines of other owners (see the module docstring).
 OP_XFAIL = {
-    "Relu": "Relu layer (routines/eltwise.py -> eltwise.pyx _act_row line 135: `v if v > 0 else 0`) "
-            "turns NaN into 0; ONNX Runtime keeps NaN",
     "Resize_linear": "Resize linear (routines/tensor_ops.py bilinear and the NumPy reference): w0*a + w1*b "
                      "with a zero weight on an infinite input gives 0*inf = NaN where ONNX Runtime gives "
                      "the other tap's value or the infinity",
@@ -255,7 +252,6 @@ def test_zoo_families(name, family):
     check_plans(model, graph, {family: assign(graph, [family])[0]})
 
 
-@pytest.mark.xfail(strict=True, reason=EPILOGUE_RELU)
 def test_vgg16_classifier_gemm_relu():
     """VGG-16's classifier is Gemm+Relu (cpu:float32:nchw/blas in every family)."""
     model = zoo.build("vgg16", resolution=ZOO["vgg16"])

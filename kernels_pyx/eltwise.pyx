@@ -11,15 +11,34 @@ fused type, for the three stride pairs that vectorise: (1, 1), (1, 0) and (0, 1)
 :func:`channel_rows` is ``act(x * scale[c] + shift[c])`` over a (rows, cols) matrix whose channel
 is the row (NCHW, modulo C) or the column (NHWC); with no scale/shift it is a plain activation.
 Both run the fused activation on each block while it is still in cache.
+
+:func:`unary` maps exp, erf, tanh, sigmoid, SiLU or GELU over an array with the branch-free
+polynomials of ``wb_vmath.h`` (vectorised per ISA variant, no libm call per element); the same
+functions serve as activation codes 6, 8-13 here.  Codes 9-13 exist only in this module: the
+convolution kernels share ``_epilogue.pxd``'s codes 0-8.
 """
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange
 
 from _epilogue cimport (activate, ACT_NONE, ACT_RELU, ACT_CLIP, ACT_LEAKY, ACT_HARDSIGMOID, ACT_HARDSWISH,
-                        ACT_SIGMOID, ACT_PRELU)
+                        ACT_SIGMOID, ACT_PRELU, ACT_TANH)
 
 cnp.import_array()
+
+cdef extern from "wb_vmath.h" nogil:
+    int wbm_map(int code, const float* x, float* y, Py_ssize_t n)
+
+# Codes beyond _epilogue.pxd's: the fused epilogue of elementwise layers and standalone unary maps.
+cdef enum:
+    ACT_SILU = 9
+    ACT_GELU = 10
+    ACT_GELU_TANH = 11
+    ACT_ERF = 12
+    ACT_EXP = 13
+    ACT_LAST = 13
+
+UNARY = {"Sigmoid": 6, "Tanh": 8, "Silu": 9, "Gelu": 10, "GeluTanh": 11, "Erf": 12, "Exp": 13}
 
 
 # Below this many elements of work a parallel region costs more than it saves (and on a busy
@@ -89,43 +108,9 @@ cdef inline void _row(OpT* tag, float* o, const float* a, Py_ssize_t sa, const f
             o[i] = _apply(tag, a[i * sa], b[i * sb])
 
 
-cdef union FloatBits:
-    float f
-    int i
-
-
-cdef inline float _exp_neg_abs(float v) noexcept nogil:
-    """exp(-|v|), ~1 ulp, branch-free so that a loop of it vectorises (a loop of expf does not).
-
-    Cephes' expf: -|v| = n ln2 + r with |r| <= ln2 / 2, a degree-7 polynomial in r, then 2^n
-    through the exponent bits.  -|v| and its clamp at -87 (below which 2^n would leave the
-    normal range) are done on the bits: a float comparison there stops GCC's if-conversion.
-    exp(-87) = 1.6e-38 stands for anything smaller, which no sigmoid can tell from 0.
-    """
-    cdef FloatBits u, scale
-    cdef float x, n, r, p
-    cdef int ni
-    u.f = v
-    u.i = u.i | <int> 0x80000000                                   # -|v|: set the sign bit
-    u.i = <int> 0xC2AE0000 if u.i > <int> 0xC2AE0000 else u.i      # max(-|v|, -87): bits of negatives order reversed
-    x = u.f
-    ni = <int> (x * <float> 1.44269504088896341 - <float> 0.5)     # round(x / ln2), half down (x <= 0)
-    n = <float> ni
-    r = x - n * <float> 0.693359375 + n * <float> 2.12194440e-4
-    p = <float> 1.9875691500e-4
-    p = p * r + <float> 1.3981999507e-3
-    p = p * r + <float> 8.3334519073e-3
-    p = p * r + <float> 4.1665795894e-2
-    p = p * r + <float> 1.6666665459e-1
-    p = p * r + <float> 5.0000001201e-1
-    p = p * r * r + r + 1
-    scale.i = (ni + 127) << 23
-    return p * scale.f
-
-
 cdef inline void _act_row(float* o, Py_ssize_t n, int act, float p0, float p1, float slope) noexcept nogil:
     # The branch-free activations get loops of their own, which vectorise (the compiler does not
-    # unswitch activate()'s chain of tests); Tanh goes through activate().
+    # unswitch activate()'s chain of tests); the transcendental ones are wb_vmath.h's loops.
     cdef Py_ssize_t i
     cdef float v, t
     if act == ACT_NONE:
@@ -155,12 +140,8 @@ cdef inline void _act_row(float* o, Py_ssize_t n, int act, float p0, float p1, f
             t = v * <float> (1.0 / 6.0) + <float> 0.5
             t = 0 if t < 0 else t
             o[i] = v * (1 if t > 1 else t)
-    elif act == ACT_SIGMOID:
-        # The reference's stable form: e = exp(-|v|), then 1 / (1 + e) or e / (1 + e).
-        for i in range(n):
-            v = o[i]
-            t = _exp_neg_abs(v)
-            o[i] = (1 if v >= 0 else t) / (1 + t)
+    elif act == ACT_SIGMOID or act == ACT_TANH or ACT_SILU <= act <= ACT_LAST:
+        wbm_map(act, o, o, n)
     else:
         for i in range(n):
             o[i] = activate(o[i], act, p0, p1, slope)
@@ -228,7 +209,7 @@ def binary(a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0,
         _float32_array(arr, name, what, writeable=w)
     if op not in OPS:
         raise ValueError(f"{what}: unknown op {op!r}; expected one of {sorted(OPS)}")
-    if act == ACT_PRELU or not 0 <= act <= 8:
+    if act == ACT_PRELU or not 0 <= act <= ACT_LAST:
         raise ValueError(f"{what}: activation code {act} is not supported here")
     cdef Py_ssize_t d[4]
     cdef Py_ssize_t sa[4]
@@ -329,7 +310,7 @@ def channel_rows(x, out, Py_ssize_t rows, Py_ssize_t cols, bint channel_is_row, 
                          f"{rows} * {cols} elements")
     if (scale is None) != (shift is None):
         raise ValueError(f"{what}: give both scale and shift, or neither")
-    if not 0 <= act <= 8 or (act == ACT_PRELU) != (slope is not None):
+    if not 0 <= act <= ACT_LAST or (act == ACT_PRELU) != (slope is not None):
         raise ValueError(f"{what}: activation code {act} with slope {'given' if slope is not None else 'None'}")
     vectors = [v for v in (scale, shift, slope) if v is not None]
     cdef Py_ssize_t C = vectors[0].size if vectors else 1
@@ -357,4 +338,33 @@ def channel_rows(x, out, Py_ssize_t rows, Py_ssize_t cols, bint channel_is_row, 
     cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
     with nogil:
         _channel_rows(px, po, rows, cols, C, channel_is_row, p_scale, p_shift, act, p0, p1, p_slope, chunk, nt)
+    return out
+
+
+cdef void _unary(const float* x, float* out, Py_ssize_t n, int code, Py_ssize_t chunk, int nt) noexcept nogil:
+    cdef Py_ssize_t job, j0
+    for job in prange((n + chunk - 1) // chunk, schedule="static", num_threads=nt):
+        j0 = job * chunk
+        wbm_map(code, x + j0, out + j0, min(chunk, n - j0))
+
+
+def unary(x, out, str fn, int num_threads=1):
+    """``out = fn(x)`` elementwise, for ``fn`` in :data:`UNARY` (x and out float32, C-contiguous,
+    the same size; ``out`` may be ``x``)."""
+    what = "unary"
+    _float32_array(x, "x", what)
+    _float32_array(out, "out", what, writeable=True)
+    if fn not in UNARY:
+        raise ValueError(f"{what}: unknown function {fn!r}; expected one of {sorted(UNARY)}")
+    if x.size != out.size:
+        raise ValueError(f"{what}: x has {x.size} elements, out {out.size}")
+    cdef Py_ssize_t n = x.size
+    if n == 0:
+        return out
+    cdef int nt = _threads(n, num_threads), code = UNARY[fn]
+    cdef Py_ssize_t chunk = _chunk(1, n, nt)
+    cdef const float* px = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x)
+    cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    with nogil:
+        _unary(px, po, n, code, chunk, nt)
     return out

@@ -8,7 +8,10 @@ spelled out again in standard ops after it, each node named ``<layer>/<part>``:
 - a fused activation: its own op (``HardSwish`` as ``HardSigmoid`` + ``Mul`` before opset 14, as
   is a HardSwish layer of its own, whose ``HardSigmoid`` node keeps the layer's name);
 - a :class:`~workbench.ops.normalization.ChannelAffine` is written as the
-  ``BatchNormalization`` it came from, with mean 0, variance 1 and epsilon 0 (exact).
+  ``BatchNormalization`` it came from, with mean 0, variance 1 and epsilon 0 (exact);
+- ``Silu`` (not an ONNX op) as ``Sigmoid`` + ``Mul``; ``Gelu`` before opset 20 as the Erf or Tanh
+  formula; ``LayerNormalization`` before opset 17 as ReduceMean/Sub/Pow/.../Add.  The node that
+  the fusion passes anchor on (Sigmoid, Erf, Tanh, the first ReduceMean) carries the layer's name.
 
 Importing the result runs the same fusion passes and gives back the same layers with the same
 names, which is how a tuned file finds its routine annotations again; ONNX Runtime runs it as
@@ -55,10 +58,73 @@ class _Writer:
         return n
 
 
+def _silu(w, name, x, y, metadata, part_of):
+    w.node("Sigmoid", [x], [f"{name}.sigmoid"], name, metadata=metadata)
+    w.node("Mul", [x, f"{name}.sigmoid"], [y], f"{name}/mul", metadata=part_of)
+
+
+def _gelu(w, name, x, y, approximate, metadata, part_of):
+    if w.opset >= 20:
+        w.node("Gelu", [x], [y], name, metadata=metadata, approximate=approximate)
+        return
+
+    def const(tag, v):
+        return w.const(f"{name}.{tag}", np.array(v, np.float32))
+
+    def step(op, a, b, tag, anchor=False):
+        out = f"{name}.{tag}"
+        w.node(op, [a] + ([b] if b else []), [out], name if anchor else f"{name}/{tag}",
+               metadata=metadata if anchor else part_of)
+        return out
+    if approximate == "tanh":
+        t = step("Mul", x, x, "sq")
+        t = step("Mul", t, x, "cube")
+        t = step("Mul", t, const("c", 0.044715), "cubic")
+        t = step("Add", x, t, "inner")
+        t = step("Mul", t, const("k", np.sqrt(2 / np.pi)), "scaled")
+        t = step("Tanh", t, None, "tanh", anchor=True)
+    else:
+        t = step("Mul", x, const("rsqrt2", 1 / np.sqrt(2)), "scaled")
+        t = step("Erf", t, None, "erf", anchor=True)
+    t = step("Add", t, const("one", 1.0), "plus1")
+    t = step("Mul", x, t, "times_x")
+    w.node("Mul", [t, const("half", 0.5)], [y], f"{name}/half", metadata=part_of)
+
+
+def _layernorm(w, layer, y, metadata, part_of):
+    """LayerNormalization as exporters spelled it before opset 17 (the first ReduceMean anchors it)."""
+    name, x = layer.name, layer.inputs[0]
+    rank = len(layer.out_specs[0].shape)
+    axes = list(range(layer.attrs["axis"] % rank, rank))
+
+    def step(op, ins, tag, anchor=False, **attrs):
+        out = f"{name}.{tag}"
+        w.node(op, ins, [out], name if anchor else f"{name}/{tag}", metadata=metadata if anchor else part_of, **attrs)
+        return out
+    mean = step("ReduceMean", [x], "mean", anchor=True, axes=axes)
+    d = step("Sub", [x, mean], "centered")
+    sq = step("Pow", [d, w.const(f"{name}.two", np.array(2.0, np.float32))], "sq")
+    var = step("ReduceMean", [sq], "var", axes=axes)
+    var = step("Add", [var, w.const(f"{name}.eps", np.array(layer.attrs["epsilon"], np.float32))], "var_eps")
+    std = step("Sqrt", [var], "std")
+    t = step("Div", [d, std], "normed")
+    scale = layer.consts.get(1)
+    bias = layer.consts.get(2) if len(layer.inputs) > 2 and layer.inputs[2] else None
+    if bias is None:
+        w.node("Mul", [t, w.const(f"{name}.scale", scale)], [y], f"{name}/scale", metadata=part_of)
+    else:
+        t = step("Mul", [t, w.const(f"{name}.scale", scale)], "scaled")
+        w.node("Add", [t, w.const(f"{name}.bias", bias)], [y], f"{name}/bias", metadata=part_of)
+
+
 def _activation(w, layer, x, y, metadata):
     act, p = layer.attrs["activation"], layer.attrs.get("activation_params", {})
     name = f"{layer.name}/activation"
-    if act == "Clip":
+    if act == "Silu":
+        _silu(w, name, x, y, metadata, metadata)
+    elif act == "Gelu":
+        _gelu(w, name, x, y, p.get("approximate", "none"), metadata, metadata)
+    elif act == "Clip":
         lo = "" if not np.isfinite(p["min"]) else p["min"]
         hi = "" if not np.isfinite(p["max"]) else p["max"]
         if w.opset < 11:
@@ -108,6 +174,20 @@ def _emit(w, layer, metadata):
                w.const(f"{layer.name}.shift", layer.consts[2]), w.const(f"{layer.name}.mean", np.zeros(c, dt)),
                w.const(f"{layer.name}.var", np.ones(c, dt))]
         w.node("BatchNormalization", ins, [raw], layer.name, metadata=metadata, epsilon=0.0)
+    elif layer.op == "Silu":
+        _silu(w, layer.name, layer.inputs[0], raw, metadata, part_of)
+    elif layer.op == "Gelu":
+        _gelu(w, layer.name, layer.inputs[0], raw, layer.attrs.get("approximate", "none"), metadata, part_of)
+    elif layer.op == "LayerNormalization" and w.opset < 17:
+        _layernorm(w, layer, raw, metadata, part_of)
+    elif layer.op == "LayerNormalization":   # possibly merged from ReduceMean/...: the attributes are the layer's
+        ins = [layer.inputs[0]] + [w.const(layer.inputs[i], layer.consts[i]) for i in (1, 2)
+                                   if i < len(layer.inputs) and layer.inputs[i]]
+        w.node("LayerNormalization", ins, [raw], layer.name, metadata=metadata, axis=int(a["axis"]),
+               epsilon=float(a["epsilon"]))
+    elif layer.op == "HardSigmoid":   # may come from a Clip spelling: the attributes are the layer's
+        w.node("HardSigmoid", [layer.inputs[0]], [raw], layer.name, metadata=metadata,
+               alpha=float(a["alpha"]), beta=float(a["beta"]))
     elif layer.op == "HardSwish" and w.opset < 14:   # merged from HardSigmoid + Mul: written so again
         gate = f"{layer.name}/gate"
         w.node("HardSigmoid", [layer.inputs[0]], [gate], layer.name, metadata=metadata, alpha=1 / 6, beta=0.5)

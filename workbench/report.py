@@ -14,6 +14,8 @@ def layer_rows(graph, times=None):
             extra.append("+residual")
         if layer.attrs.get("activation"):
             extra.append("+" + layer.attrs["activation"])
+        if layer.attrs.get("fusion"):
+            extra.append(f" [{layer.attrs['fusion']}]")
         row = dict(index=i, name=layer.name, op=layer.op + "".join(extra),
                    input=str(specs[0]) if specs and specs[0] is not None else "",
                    output=", ".join(str(s) for s in layer.out_specs),

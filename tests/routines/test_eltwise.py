@@ -18,7 +18,8 @@ from workbench.routines.eltwise import broadcast_loops
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
 NCHW, NHWC = "cpu:float32:nchw/direct", "cpu:float32:nhwc/direct"
 ACTS = [None, ("Relu", {}), ("Clip", {"min": -0.5, "max": 0.7}), ("LeakyRelu", {"alpha": 0.1}),
-        ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSwish", {}), ("Sigmoid", {}), ("Tanh", {})]
+        ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSwish", {}), ("Sigmoid", {}), ("Tanh", {}),
+        ("Silu", {}), ("Gelu", {"approximate": "none"}), ("Gelu", {"approximate": "tanh"})]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -167,8 +168,9 @@ def test_channel_affine_fused_prelu():
 
 
 @pytest.mark.parametrize("op", ["Sqrt", "Exp", "Erf", "Pow"])
-@pytest.mark.parametrize("descriptor", ["cpu:float32:nchw/ufunc", "cpu:float32:nhwc/ufunc"])
-def test_ufuncs(op, descriptor):
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_ufuncs(op, layout):
+    descriptor = f"cpu:float32:{layout}/" + ("direct" if op in ("Exp", "Erf") else "ufunc")
     inits = [("e", np.int64(3))] if op == "Pow" else []
     nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node(op, ["a", "e"] if op == "Pow" else ["a"], ["y"])]
     g = _load(nodes, [("x", [2, 3, 4, 5])], inits)
@@ -224,3 +226,57 @@ def test_sigmoid_kernel_is_accurate_at_the_extremes():
         out = module.channel_rows(x, np.empty_like(x), 1, x.size, True, act=6)
         ref = ACTIVATIONS["Sigmoid"](x, {})
         np.testing.assert_allclose(out, ref, rtol=3e-7, atol=2e-38)
+
+
+def _vmath_reference(fn, x):
+    """float64 truths (scipy) for eltwise.unary's functions."""
+    from scipy.special import erf, erfc, expit
+    x = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        return {"Sigmoid": lambda: expit(x), "Tanh": lambda: np.tanh(x), "Silu": lambda: x * expit(x),
+                "Gelu": lambda: 0.5 * x * erfc(-x / np.sqrt(2)), "Erf": lambda: erf(x), "Exp": lambda: np.exp(x),
+                "GeluTanh": lambda: x * expit(2 * np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))}[fn]()
+
+
+# Relative error bound per function on normal float32 results.  GELU's erf form loses to the
+# rounding of exp's argument on the negative side (erfc = exp(Q), |Q| up to 16): 4e-6 there, and
+# it returns -0 below x = -5.66 where |GELU| < 6e-8 (ONNX Runtime's erf spelling does from -5.54);
+# GELU-tanh and SiLU inherit the rounding of their sigmoid's argument (|v| 2^-24 relative).
+VMATH_RTOL = {"Sigmoid": 3e-7, "Tanh": 3e-7, "Erf": 3e-7, "Exp": 3e-7, "Silu": 6e-6, "Gelu": 4e-6, "GeluTanh": 1.5e-5}
+FLOATS = st.floats(width=32, allow_nan=True, allow_infinity=True, allow_subnormal=True)
+
+
+@SETTINGS
+@given(st.sampled_from(sorted(VMATH_RTOL)), st.lists(FLOATS, min_size=1, max_size=300),
+       st.floats(0.0625, 120, width=32))
+def test_vector_math_against_float64(fn, values, spread):
+    rng = np.random.default_rng(len(values))
+    dense = (rng.standard_normal(257) * spread).astype(np.float32)   # the interesting range, densely
+    x = np.concatenate([np.asarray(values, np.float32), dense, np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)])
+    for module in dict.fromkeys((kernels("eltwise"), importlib.import_module("workbench._kernels.eltwise"))):
+        out = module.unary(x, np.empty_like(x), fn, num_threads=2)
+        ref = _vmath_reference(fn, x)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref32 = ref.astype(np.float32)
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(ref32), err_msg=f"{fn}: NaN where the reference has none")
+        inf = np.isinf(ref32)
+        np.testing.assert_array_equal(out[inf], ref32[inf])
+        normal = np.isfinite(ref32) & (np.abs(ref32) >= np.finfo(np.float32).tiny)
+        tail = np.isfinite(x) & (x <= -5.6) if fn == "Gelu" else np.zeros(x.shape, bool)
+        normal &= ~tail
+        assert np.all(np.abs(out[tail] - ref[tail]) <= 6e-8), fn
+        rel = np.abs(out[normal] - ref[normal]) / np.abs(ref[normal])
+        assert rel.size == 0 or rel.max() <= VMATH_RTOL[fn], (fn, rel.max(), x[normal][np.argmax(rel)])
+        tiny = np.isfinite(ref32) & ~normal & ~tail & (np.abs(x) < 1e30)
+        assert np.all(np.abs(out[tiny] - ref[tiny]) <= 2e-37), fn
+
+
+def test_unary_kernel_checks_its_arguments():
+    k = kernels("eltwise")
+    a = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="unknown function"):
+        k.unary(a, a, "Cos")
+    with pytest.raises(ValueError, match="elements"):
+        k.unary(a, np.empty(7, np.float32), "Exp")
+    with pytest.raises(TypeError, match="float32"):
+        k.unary(a.astype(np.float64), a, "Exp")

@@ -50,6 +50,7 @@ ACTIVATIONS = {
     "Elu": lambda x, p: np.where(x > 0, x, p["alpha"] * _expm1_neg(x)).astype(x.dtype, copy=False),
     "Selu": lambda x, p: (p["gamma"] * np.where(x > 0, x, p["alpha"] * _expm1_neg(x))).astype(x.dtype, copy=False),
     "Softplus": lambda x, p: _softplus(x),
+    "Silu": lambda x, p: (x * _sigmoid(x)).astype(x.dtype, copy=False),
     "Softsign": lambda x, p: x / (1 + np.abs(x)),
     "Mish": lambda x, p: x * np.tanh(_softplus(x)),
     "Gelu": lambda x, p: (0.5 * x * (1 + (np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))
@@ -59,6 +60,10 @@ ACTIVATIONS = {
 
 #: Activations that the fusion pass may move into a producer's epilogue.
 FUSABLE = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu", "PRelu", "Tanh")
+#: Activations only the elementwise kernels run as an epilogue (not the convolution/GEMM ones):
+#: they fuse into these producers only.
+FUSABLE_ELTWISE = ("Silu", "Gelu")
+ELTWISE_PRODUCERS = ("Add", "Sub", "Mul", "Div", "ChannelAffine")
 
 
 def epilogue(layer, y):
@@ -88,6 +93,11 @@ class Tanh(_Activation): pass
 class Softplus(_Activation): pass
 class Softsign(_Activation): pass
 class Mish(_Activation): pass
+
+
+class Silu(_Activation):
+    """``x * sigmoid(x)`` (SiLU, Swish-1).  Not an ONNX op: the fusion pass makes it from the
+    Sigmoid + Mul that exporters write, and export writes it back so."""
 
 
 class LeakyRelu(_Activation):

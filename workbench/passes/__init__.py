@@ -3,6 +3,9 @@ from .constant_folding import fold_constants
 from .dead_nodes import remove_dead_layers
 from .identity import remove_identities
 from .fold_batchnorm import fold_batchnorm
+from .fuse_layernorm import fuse_layernorm
+from .fuse_patterns import fuse_patterns
+from .fold_affine import fold_affine
 from .fuse_activation import fuse_activations
 from .fuse_residual import fuse_residual_adds
 
@@ -13,6 +16,9 @@ PIPELINE = (
     ("remove_identities", remove_identities),
     ("remove_dead_layers", remove_dead_layers),
     ("fold_batchnorm", fold_batchnorm),
+    ("fuse_layernorm", fuse_layernorm),
+    ("fuse_patterns", fuse_patterns),
+    ("fold_affine", fold_affine),
     ("fuse_activations", fuse_activations),
     ("fuse_residual_adds", fuse_residual_adds),
 )

@@ -25,17 +25,51 @@ def _scale_output_channels(producer, s):
     return w * (s[:, None] if producer.attrs["transB"] else s[None, :])  # Gemm
 
 
-def _foldable(graph, bn):
-    producer = graph.producer(bn.inputs[0])
+def _foldable(graph, layer, x, channels):
+    """The Conv/ConvTranspose/Gemm writing ``x``, read only by ``layer``, if ``channels`` scales fold into it."""
+    producer = graph.producer(x)
     if producer is None or producer.op not in ("Conv", "ConvTranspose", "Gemm"):
         return None
-    if graph.single_consumer(bn.inputs[0]) is not bn or producer.attrs.get("activation") or producer.attrs.get("residual"):
+    if graph.single_consumer(x) is not layer or producer.attrs.get("activation") or producer.attrs.get("residual"):
+        return None
+    c = producer.consts.get(2)
+    if c is not None and c.size not in (1, channels):
         return None
     if 1 not in producer.consts or (len(producer.inputs) > 2 and producer.inputs[2] and 2 not in producer.consts):
         return None
-    if producer.op == "Gemm" and producer.out_specs[0].shape[1] != bn.consts[1].shape[0]:
+    if producer.out_specs[0].shape[1] != channels or len(producer.outputs) != 1:
         return None
     return producer
+
+
+def fold_into_producer(graph, run, s, t, x=None):
+    """Fold ``y = x * s[c] + t[c]`` into the layer producing ``x``: ``run`` is the layer (or list of
+    consecutive layers) computing it, reading ``x`` (default: the first one's input 0), ``s``, ``t``
+    float64 vectors over channels.  Returns True when done (the run's layers are then removed)."""
+    run = run if isinstance(run, list) else [run]
+    x = run[0].inputs[0] if x is None else x
+    producer = _foldable(graph, run[0], x, s.shape[0])
+    if producer is None:
+        return False
+    dtype = producer.consts[1].dtype
+    producer.consts[1] = _scale_output_channels(producer, s).astype(dtype)
+    if producer.op == "Gemm":
+        c = producer.consts.get(2)
+        c = np.zeros(s.shape) if c is None else np.broadcast_to(c.astype(np.float64) * producer.attrs["beta"], s.shape)
+        bias = c * s + t
+        producer.attrs["beta"] = 1.0
+    else:
+        b = producer.consts.get(2)
+        bias = (np.zeros(s.shape) if b is None else b.astype(np.float64)) * s + t
+    producer.inputs = (producer.inputs + [""] * 3)[:max(3, len(producer.inputs))]
+    producer.inputs[2] = producer.inputs[2] or f"{producer.name}.bias"
+    producer.consts[2] = bias.astype(dtype)
+    producer.outputs = [run[-1].outputs[0]]
+    for layer in run:
+        producer.fused = producer.fused + layer.fused
+        graph.remove_layer(layer.name)
+    graph.touch()
+    return True
 
 
 def fold_batchnorm(graph):
@@ -44,31 +78,13 @@ def fold_batchnorm(graph):
         if bn.op != "BatchNormalization" or not all(i in bn.consts for i in (1, 2, 3, 4)):
             continue
         s, t = BatchNormalization.scale_shift(*(bn.consts[i] for i in (1, 2, 3, 4)), bn.attrs["epsilon"])
-        producer = _foldable(graph, bn)
-        if producer is None:
-            affine = Layer(name=bn.name, op="ChannelAffine", inputs=[bn.inputs[0], f"{bn.name}.scale", f"{bn.name}.shift"],
-                           outputs=[bn.outputs[0]], consts={1: s.astype(bn.consts[1].dtype), 2: t.astype(bn.consts[2].dtype)},
-                           out_specs=bn.out_specs, fused=bn.fused, meta=bn.meta)
-            graph.remove_layer(bn.name)
-            graph.add_layer(affine)
+        if fold_into_producer(graph, bn, s, t):
             touched.append(bn.name)
             continue
-        dtype = producer.consts[1].dtype
-        producer.consts[1] = _scale_output_channels(producer, s).astype(dtype)
-        if producer.op == "Gemm":
-            c = producer.consts.get(2)
-            c = np.zeros(s.shape) if c is None else c.astype(np.float64) * producer.attrs["beta"]
-            bias = c * s + t
-            producer.attrs["beta"] = 1.0
-        else:
-            b = producer.consts.get(2)
-            bias = (np.zeros(s.shape) if b is None else b.astype(np.float64)) * s + t
-        producer.inputs = (producer.inputs + [""] * 3)[:max(3, len(producer.inputs))]
-        producer.inputs[2] = producer.inputs[2] or f"{producer.name}.bias"
-        producer.consts[2] = bias.astype(dtype)
-        producer.outputs = [bn.outputs[0]]
-        producer.fused = producer.fused + bn.fused
+        affine = Layer(name=bn.name, op="ChannelAffine", inputs=[bn.inputs[0], f"{bn.name}.scale", f"{bn.name}.shift"],
+                       outputs=[bn.outputs[0]], consts={1: s.astype(bn.consts[1].dtype), 2: t.astype(bn.consts[2].dtype)},
+                       out_specs=bn.out_specs, fused=bn.fused, meta=bn.meta)
         graph.remove_layer(bn.name)
-        graph.touch()
+        graph.add_layer(affine)
         touched.append(bn.name)
     return touched

@@ -1,7 +1,9 @@
 """Fuse an activation layer into the epilogue of the layer that produces its input.
 
 Applies when the producer's op can carry an epilogue (Conv, ConvTranspose, Gemm, MatMul, Add,
-Sub, Mul, Div, ChannelAffine), has none yet, and its output feeds only the activation.
+Sub, Mul, Div, ChannelAffine), has none yet, and its output feeds only the activation.  SiLU and
+GELU fuse into the elementwise producers only (Add/Sub/Mul/Div/ChannelAffine): the convolution
+and GEMM kernels' epilogues do not have them.  The activation's ``fusion`` tag moves with it.
 
 Before opset 14 there is no HardSwish op, and exporters write ``x * HardSigmoid(x)`` (alpha 1/6,
 beta 0.5) instead; that pair is first merged into one HardSwish layer, which then fuses as usual.
@@ -9,13 +11,13 @@ beta 0.5) instead; that pair is first merged into one HardSwish layer, which the
 import numpy as np
 
 from .. import ops
-from ..ops.activation import FUSABLE
+from ..ops.activation import ELTWISE_PRODUCERS, FUSABLE, FUSABLE_ELTWISE
 
 
 def _params(act):
     if act.op == "PRelu":
         return {"slope": act.consts[1]}
-    return dict(act.attrs)
+    return {k: v for k, v in act.attrs.items() if k != "fusion"}
 
 
 def _is_hardswish_gate(layer):
@@ -46,15 +48,20 @@ def merge_hardswish(graph):
 def fuse_activations(graph):
     fused = merge_hardswish(graph)
     for act in list(graph):
-        if act.op not in FUSABLE or (act.op == "PRelu" and 1 not in act.consts):
+        if act.op not in FUSABLE + FUSABLE_ELTWISE or (act.op == "PRelu" and 1 not in act.consts):
             continue
         producer = graph.producer(act.inputs[0])
+        if act.op in FUSABLE_ELTWISE and (producer is None or producer.op not in ELTWISE_PRODUCERS):
+            continue
         if (producer is None or not ops.get(producer.op).fusable or producer.attrs.get("activation")
                 or graph.single_consumer(act.inputs[0]) is not act or len(producer.outputs) != 1
                 or act.out_specs[0] != producer.out_specs[0]):
             continue
         producer.attrs["activation"] = act.op
         producer.attrs["activation_params"] = _params(act)
+        if act.attrs.get("fusion"):
+            old = producer.attrs.get("fusion")
+            producer.attrs["fusion"] = f"{old}+{act.attrs['fusion']}" if old else act.attrs["fusion"]
         producer.outputs = [act.outputs[0]]
         producer.fused = producer.fused + act.fused
         graph.remove_layer(act.name)

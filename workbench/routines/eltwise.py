@@ -6,10 +6,11 @@
   per-channel or per-(n, c) scale (squeeze-excite) and a scalar, in either layout.  Broadcasts
   that need more than four loops stay with the reference.
 - Activation layers (Relu, Clip, Sigmoid, HardSigmoid, HardSwish, LeakyRelu, Tanh, per-channel
-  PRelu) and ChannelAffine (``x * scale[c] + shift[c]``, fused activation): one row kernel whose
-  channel is the row (NCHW) or the column (NHWC).
-- Sqrt, Exp, Erf, Pow (scalar constant exponent) and Cast: NumPy/SciPy ufuncs writing into the
-  output buffer (single-threaded, but without the reference's temporaries).
+  PRelu, SiLU, GELU both forms) and Erf, Exp, and ChannelAffine (``x * scale[c] + shift[c]``,
+  fused activation): one row kernel whose channel is the row (NCHW) or the column (NHWC); the
+  transcendental functions are the vectorised polynomials of ``kernels_pyx/wb_vmath.h``.
+- Sqrt, Pow (scalar constant exponent) and Cast: NumPy ufuncs writing into the output buffer
+  (single-threaded, but without the reference's temporaries).
 
 Activations are layout-agnostic; the NHWC variants apply to 4-D tensors only (elsewhere they
 would duplicate the NCHW ones).
@@ -129,15 +130,19 @@ def _binary_plan(layer, specs, layout):
     return broadcast_loops(out, operands, nhwc)
 
 
-def fused_activation(layer, shape):
-    """The fused activation as (code, p0, p1, per-channel slope or None), or None if unsupported."""
+def fused_activation(layer, shape, extended=False):
+    """The fused activation as (code, p0, p1, per-channel slope or None), or None if unsupported.
+
+    ``extended``: the caller runs this module's kernels, which also know SiLU and GELU.
+    """
     if layer.attrs.get("activation") == "PRelu":
         slope = np.asarray(layer.attrs["activation_params"]["slope"], np.float32)
         if slope.size and np.all(slope == slope.flat[0]):
             return CODES["LeakyRelu"], float(slope.flat[0]), 0.0, None   # a uniform slope is a LeakyRelu
         if len(shape) < 2:
             return None
-    ep = encode(layer, shape[1], rank=len(shape)) if len(shape) >= 2 else encode(layer, 1, rank=1)
+    ep = (encode(layer, shape[1], rank=len(shape), extended=extended) if len(shape) >= 2
+          else encode(layer, 1, rank=1, extended=extended))
     if ep is None:
         return None if layer.attrs.get("activation") else (0, 0.0, 0.0, None)
     if ep.code == PRELU:
@@ -157,12 +162,13 @@ class _Binary(Routine, register=False):
         out = layer.out_specs[0].shape
         if cls.layout == NHWC and len(out) != 4:
             return False
-        return _binary_plan(layer, specs, cls.layout) is not None and fused_activation(layer, out) is not None
+        return (_binary_plan(layer, specs, cls.layout) is not None
+                and fused_activation(layer, out, extended=True) is not None)
 
     @classmethod
     def prepare(cls, layer):
         consts = {i: as_stored(v, cls.layout == NHWC) for i, v in layer.consts.items()}
-        return {"consts": consts, "epilogue": fused_activation(layer, layer.out_specs[0].shape)}
+        return {"consts": consts, "epilogue": fused_activation(layer, layer.out_specs[0].shape, extended=True)}
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
@@ -193,18 +199,23 @@ class BinaryNhwc(_Binary):
 
 
 # -- activation layers and ChannelAffine ----------------------------------------------------------
-ACTIVATION_OPS = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "PRelu")
+ACTIVATION_OPS = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "PRelu", "Silu", "Gelu",
+                  "Erf", "Exp")
+#: Unary maps that are not activations anywhere else: their eltwise.pyx codes.
+UNARY_CODES = {"Erf": 12, "Exp": 13}
 
 
 def _activation_code(layer, shape):
     """The standalone activation of ``layer`` as (code, p0, p1, slope), or None."""
+    if layer.op in UNARY_CODES:
+        return UNARY_CODES[layer.op], 0.0, 0.0, None
     params = dict(layer.attrs)
     if layer.op == "PRelu":
         if 1 not in layer.consts:
             return None
         params = {"slope": layer.consts[1]}
     fake = SimpleNamespace(attrs={"activation": layer.op, "activation_params": params})
-    return fused_activation(fake, shape)
+    return fused_activation(fake, shape, extended=True)
 
 
 class _Rows(Routine, register=False):
@@ -256,12 +267,12 @@ class _ChannelAffine(_Rows, register=False):
     def applies(cls, layer, specs):
         shape = specs[0].shape
         return (len(shape) >= 2 and cls._shape_ok(specs, layer) and 1 in layer.consts and 2 in layer.consts
-                and fused_activation(layer, shape) is not None)
+                and fused_activation(layer, shape, extended=True) is not None)
 
     @classmethod
     def prepare(cls, layer):
         return (as_stored(layer.consts[1], False), as_stored(layer.consts[2], False),
-                fused_activation(layer, layer.out_specs[0].shape))
+                fused_activation(layer, layer.out_specs[0].shape, extended=True))
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
@@ -280,16 +291,11 @@ class ChannelAffineNhwc(_ChannelAffine):
 
 
 # -- simple unary math, through ufuncs with out= ----------------------------------------------------
-def _erf(x, out):
-    from scipy.special import erf
-    erf(x, out=out)
-
-
-UFUNCS = {"Sqrt": np.sqrt, "Exp": np.exp, "Erf": _erf}
+UFUNCS = {"Sqrt": np.sqrt}
 
 
 class _Ufunc(_Rows, register=False):
-    op = ("Sqrt", "Exp", "Erf", "Pow")
+    op = ("Sqrt", "Pow")
     algo = "ufunc"
 
     @classmethod

@@ -1,13 +1,17 @@
 """Encode a layer's fused epilogue (bias, residual, activation) for the Cython kernels.
 
-Codes match ``kernels_pyx/_epilogue.pxd``.  :func:`encode` returns None when a kernel cannot
-express the activation (e.g. a PRelu slope that is not per-channel): such layers stay with
-routines that can, ultimately the reference.
+Codes match ``kernels_pyx/_epilogue.pxd`` (0-8, every kernel) and ``kernels_pyx/eltwise.pyx``
+(9-11, SiLU and GELU: the elementwise kernels only, so :func:`encode` gives them only when asked
+with ``extended=True``).  :func:`encode` returns None when a kernel cannot express the activation
+(e.g. a PRelu slope that is not per-channel): such layers stay with routines that can, ultimately
+the reference.
 """
 import numpy as np
 
 CODES = {None: 0, "Relu": 1, "Clip": 2, "LeakyRelu": 3, "HardSigmoid": 4, "HardSwish": 5, "Sigmoid": 6,
          "PRelu": 7, "Tanh": 8}
+#: Codes the elementwise kernels (eltwise.pyx) add to those every kernel knows.
+EXTENDED = {"Silu": 9, "Gelu": 10, "GeluTanh": 11}
 
 
 class Epilogue:
@@ -22,12 +26,17 @@ class Epilogue:
         return f"Epilogue(code={self.code}, p0={self.p0}, p1={self.p1}, slope={None if self.slope is None else self.slope.shape})"
 
 
-def encode(layer, channels, channel_axis=1, rank=4):
-    """The :class:`Epilogue` of ``layer`` whose output has ``channels`` channels, or None."""
+def encode(layer, channels, channel_axis=1, rank=4, extended=False):
+    """The :class:`Epilogue` of ``layer`` whose output has ``channels`` channels, or None.
+
+    ``extended``: the caller's kernel also knows :data:`EXTENDED` (eltwise.pyx does).
+    """
     act = layer.attrs.get("activation")
+    p = layer.attrs.get("activation_params", {})
+    if extended and act in ("Silu", "Gelu"):
+        return Epilogue(EXTENDED["GeluTanh" if p.get("approximate") == "tanh" else act])
     if act not in CODES:
         return None
-    p = layer.attrs.get("activation_params", {})
     if act == "Clip":
         return Epilogue(2, max(p["min"], np.finfo(np.float32).min), min(p["max"], np.finfo(np.float32).max))
     if act == "LeakyRelu":

@@ -15,11 +15,6 @@ from . import Routine
 from ..ops.reduce import ArgMax, _Reduce
 from ..ops.tensor import Gather as GatherOp
 
-try:
-    from scipy.special import erf as _erf
-except ImportError:  # pragma: no cover - scipy is a dependency
-    _erf = None
-
 
 class _Ufunc(Routine, register=False):
     algo = "ufunc"
@@ -90,11 +85,11 @@ class Where(_Ufunc):
 
 # -- activations that need one scratch buffer -------------------------------------------------
 class Activation(_Ufunc):
-    op = ("Elu", "Selu", "Softsign", "Mish", "Gelu")
+    op = ("Elu", "Selu", "Softsign", "Mish")   # GELU, Erf: eltwise's vectorised routine
 
     @classmethod
     def applies(cls, layer, specs):
-        return specs[0].dtype in ("float32", "float64") and (layer.op != "Gelu" or _erf is not None)
+        return specs[0].dtype in ("float32", "float64")
 
     @classmethod
     def prepare(cls, layer):
@@ -116,25 +111,10 @@ class Activation(_Ufunc):
             np.absolute(x, out=y)
             y += 1
             np.divide(x, y, out=y)
-        elif layer.op == "Mish":
+        else:
             np.logaddexp(np.zeros((), x.dtype), x, out=y)
             np.tanh(y, out=y)
             y *= x
-        elif a["approximate"] == "tanh":
-            np.multiply(x, x, out=s)
-            s *= 0.044715 * x
-            s += x
-            s *= np.sqrt(2 / np.pi)
-            np.tanh(s, out=y)
-            y += 1
-            y *= x
-            y *= 0.5
-        else:
-            np.multiply(x, 1 / np.sqrt(2), out=s)
-            _erf(s, out=y)
-            y += 1
-            y *= x
-            y *= 0.5
 
 
 # -- reductions -------------------------------------------------------------------------------

@@ -247,3 +247,63 @@ def test_affine_left_alone_where_it_must(rng):
     model = make_model(nodes, [("x", [1, 3, 6, 5])], [("y", None), ("y2", None)], inits)
     graph, _ = assert_matches_onnxruntime(model)
     assert graph.op_counts() == {"Add": 1, "Conv": 2, "Mul": 1}
+
+
+# -- PyTorch's exporters and a real model --------------------------------------------------------------
+TORCH_CASES = {   # module factory, expected layers after fusion: (op, activation) in order
+    "silu": (lambda nn: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU()), [("Conv", None), ("Silu", None)]),
+    "gelu": (lambda nn: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU()), [("Conv", None), ("Gelu", None)]),
+    "gelu_tanh": (lambda nn: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(approximate="tanh")),
+                  [("Conv", None), ("Gelu", None)]),
+    "layernorm": (lambda nn: nn.Sequential(nn.Flatten(2), nn.LayerNorm(35)), [("Reshape", None), ("LayerNormalization", None)]),
+}
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("name", sorted(TORCH_CASES))
+def test_torchscript_export_fuses(name, opset, tmp_path):
+    torch = pytest.importorskip("torch", reason="torch not installed: PyTorch export tests need the 2.13.0 CPU wheel")
+    import warnings
+    factory, expected = TORCH_CASES[name]
+    torch.manual_seed(0)
+    model = factory(torch.nn).eval()
+    x = torch.randn(2, 3, 5, 7)
+    path = tmp_path / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], opset_version=opset, dynamo=False)
+    onnx_model = onnx.load(str(path))
+    graph, ours = assert_matches_onnxruntime(onnx_model)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(workbench.random_inputs(graph, seed=0)["x"])).numpy()
+    assert relative_error(next(iter(ours.values())), ref) <= 1e-4
+    assert [(l.op, l.attrs.get("activation")) for l in graph] == expected, graph.op_counts()
+    check_round_trip(graph, onnx_model)
+
+
+DETECTOR = "rapidocr-onnxruntime/1.4.4/ch_PP-OCRv4_det_infer.onnx"
+
+
+def test_paddleocr_detector_after_fusion():
+    import os
+    from pathlib import Path
+    path = Path(os.environ.get("WORKBENCH_MODEL_CACHE", Path.home() / ".cache/routine-workbench/models")) / DETECTOR
+    if not path.exists():
+        pytest.skip(f"{path} not fetched (python benchmarks/realmodels.py)")
+    model = onnx.load(str(path))
+    shapes = {"x": (1, 3, 96, 128)}
+    graph, plain = workbench.load(model, shapes=shapes), workbench.load(model, shapes=shapes, fuse=False)
+    feeds = {"x": np.random.default_rng(0).uniform(-2, 2, shapes["x"]).astype(np.float32)}
+    (ort,) = run_onnxruntime(model, feeds).values()
+    (fused,) = workbench.ReferenceExecutor(graph).run(feeds).values()
+    (unfused,) = workbench.ReferenceExecutor(plain).run(feeds).values()
+    # The map is ~1e-5 here: the unfused graph itself is 1.4% of max|ort| from ONNX Runtime (both
+    # round differently near zero; workbench run --check passes it within ORT's own spread).  Fusion
+    # must not move us: within 1e-4 of the unfused result, and no further from ONNX Runtime.
+    assert relative_error(fused, unfused) <= 1e-4
+    assert np.abs(fused - ort).max() <= 1.05 * np.abs(unfused - ort).max()
+    assert len(plain) == 330 and len(graph) == 117   # 281 before these passes
+    counts = graph.op_counts()
+    assert "Div" not in counts and "Clip" not in counts and counts["ChannelAffine"] == 15
+    tags = [l.attrs.get("fusion", "") for l in graph]
+    assert sum("hardswish(add/clip/mul/div)" in t for t in tags) == 24

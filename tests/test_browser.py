@@ -4,7 +4,8 @@ file browser open).
 
 - ``01_quickstart`` (MobileNetV2): all cells run; a click on a heatmap cell pins that routine;
   *Retune* changes the plan table.
-- ``05_detector`` (the PaddleOCR v4 detector, 281 layers): each tab shot, with no figure or
+- ``05_detector`` (the PaddleOCR v4 detector unfused, ``FUSE=False``: its 330 ONNX nodes as
+  layers, the largest graph the views must stay readable at; fused it is 117): each tab shot, with no figure or
   table reaching past the notebook's width (a figure may only scroll vertically in its pane);
   *Compare* shows the busy state (class ``wb-busy``, every button disabled, the status saying
   what is measured) while it runs, and the op breakdown gets ONNX Runtime's column.
@@ -12,7 +13,7 @@ file browser open).
 Screenshots go to ``artifacts/browser/``.  The notebooks run at a small input size, JupyterLab
 with its own settings and runtime folders in a temporary folder, so nothing of the user's is
 read or written; the quickstart's profile database is temporary too, the detector's is kept in
-pytest's cache folder (profiling its 281 layers from scratch takes 40-60 s on 2 busy cores, and
+pytest's cache folder (profiling its 330 layers from scratch takes 40-60 s on 2 busy cores, and
 profiling is not what this test is about).
 """
 import os
@@ -151,7 +152,7 @@ def jupyterlab(tmp_path):
 def detector_lab(tmp_path, request):
     db = request.config.cache.mkdir("workbench-browser") / "detector-profiles.sqlite"
     nb = with_parameters(NOTEBOOKS / "05_detector.ipynb",
-                         dict(MODEL_PATH=str(detector_path()), RESOLUTION=64, PROFILE_DB=str(db)))
+                         dict(MODEL_PATH=str(detector_path()), RESOLUTION=64, FUSE=False, PROFILE_DB=str(db)))
     with serve(tmp_path, "05_detector.ipynb", nb) as url:
         yield url
 

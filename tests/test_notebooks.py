@@ -76,7 +76,8 @@ def test_05_detector(tmp_path):
     path = detector_path()
     r = run("05_detector", tmp_path, MODEL_PATH=str(path), RESOLUTION=64)
     graph = workbench.load(str(path), batch=1, resolution=64)
-    assert r["layers"] == len(graph) >= 250
+    unfused = workbench.load(str(path), batch=1, resolution=64, fuse=False)
+    assert r["layers"] == len(graph) and len(unfused) >= 250 and len(graph) < len(unfused) / 2
     assert r["ops"] == {op: sum(l.op == op for l in graph) for op in r["ops"]} and sum(r["ops"].values()) == len(graph)
     assert r["op_total_ms"] == pytest.approx(r["predicted_ms"], rel=1e-9)
     assert r["compared_ms"] is None   # COMPARE_RUNS = 0: Compare is left to the button

@@ -89,12 +89,15 @@ class Session:
         self._compile_lock = threading.Lock()
 
     @classmethod
-    def from_onnx(cls, source, num_threads=None, db=None, batch=None, resolution=None, shapes=None, io_format=NCHW):
-        """Import ``source`` (path, bytes or ModelProto) with fusion; see :func:`workbench.load`."""
+    def from_onnx(cls, source, num_threads=None, db=None, batch=None, resolution=None, shapes=None, io_format=NCHW,
+                  fuse=True):
+        """Import ``source`` (path, bytes or ModelProto), with the fusion passes unless ``fuse``
+        is False (every ONNX node its own layer, constants still folded); see :func:`workbench.load`."""
         from .onnx_import import import_onnx
         from .passes import optimize
         graph = import_onnx(source, batch=batch, resolution=resolution, shapes=shapes)
-        optimize(graph)
+        if fuse:
+            optimize(graph)
         return cls(graph, num_threads=num_threads, db=db, io_format=io_format)
 
     # -- the pieces --------------------------------------------------------------------------

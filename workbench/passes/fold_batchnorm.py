@@ -32,9 +32,6 @@ def _foldable(graph, layer, x, channels):
         return None
     if graph.single_consumer(x) is not layer or producer.attrs.get("activation") or producer.attrs.get("residual"):
         return None
-    c = producer.consts.get(2)
-    if c is not None and c.size not in (1, channels):
-        return None
     if 1 not in producer.consts or (len(producer.inputs) > 2 and producer.inputs[2] and 2 not in producer.consts):
         return None
     if producer.out_specs[0].shape[1] != channels or len(producer.outputs) != 1:
@@ -55,7 +52,9 @@ def fold_into_producer(graph, run, s, t, x=None):
     producer.consts[1] = _scale_output_channels(producer, s).astype(dtype)
     if producer.op == "Gemm":
         c = producer.consts.get(2)
-        c = np.zeros(s.shape) if c is None else np.broadcast_to(c.astype(np.float64) * producer.attrs["beta"], s.shape)
+        # C keeps its own shape: (M, N) or (M, 1) biases vary along rows, and c * s + t broadcasts
+        # the per-column scale and shift over them.
+        c = np.zeros(s.shape) if c is None else c.astype(np.float64) * producer.attrs["beta"]
         bias = c * s + t
         producer.attrs["beta"] = 1.0
     else:

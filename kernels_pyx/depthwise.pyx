@@ -1,11 +1,11 @@
 # isa-variants: avx2, avx512
 # cython: language_level=3
-"""Direct depthwise convolution (one KxK filter per channel, dilation 1), float32, fused epilogue.
+"""Direct depthwise convolution (one KHxKW filter per channel, dilation 1), float32, fused epilogue.
 
 NHWC: the innermost loop runs over channels, which are contiguous in both the input and the
-packed (K*K, C) weights; one kernel row of K taps is summed per pass for four adjacent output
-pixels at once, so each weight load serves four pixels and each output is loaded and stored K
-times, not K*K.  Parallel over (image, output row).
+packed (KH*KW, C) weights; one kernel row is summed per pass (in chunks of 5, 3 and 1 taps) for
+four adjacent output pixels at once, so each weight load serves four pixels and each output is
+loaded and stored about KH * KW / 5 times, not KH * KW.  Parallel over (image, output row).
 
 NCHW: each (image, channel) plane is copied into a per-thread scratch of zero-bordered
 sub-planes, its rows and columns split by their residue modulo the stride; every tap then sits
@@ -90,6 +90,32 @@ cdef inline void _copy(fptr o, cfptr src, Py_ssize_t C) noexcept nogil:
         o[c] = src[c]
 
 
+cdef inline void _tap_set(fptr o, cfptr base, cfptr x, cfptr w, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        o[c] = base[c] + x[c] * w[c]
+
+
+cdef inline void _tap1x4(fptr o0, fptr o1, fptr o2, fptr o3, cfptr base, cfptr x, cfptr w,
+                         Py_ssize_t C, Py_ssize_t sC, bint add) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float w0
+    if add:
+        for c in range(C):
+            w0 = w[c]
+            o0[c] = o0[c] + x[c] * w0
+            o1[c] = o1[c] + x[c + sC] * w0
+            o2[c] = o2[c] + x[c + 2 * sC] * w0
+            o3[c] = o3[c] + x[c + 3 * sC] * w0
+    else:
+        for c in range(C):
+            w0 = w[c]
+            o0[c] = base[c] + x[c] * w0
+            o1[c] = base[c] + x[c + sC] * w0
+            o2[c] = base[c] + x[c + 2 * sC] * w0
+            o3[c] = base[c] + x[c + 3 * sC] * w0
+
+
 # Four adjacent output pixels per pass share each weight load (the loads, not the FMAs, bound a
 # depthwise kernel).  Separate output pointers let GCC see the four streams never overlap.
 cdef inline void _row3x4(fptr o0, fptr o1, fptr o2, fptr o3, cfptr base, cfptr x, cfptr w,
@@ -152,9 +178,55 @@ cdef inline void _row5x4_add(fptr o0, fptr o1, fptr o2, fptr o3, cfptr x, cfptr 
         o3[c] = o3[c] + x[q] * w0 + x[q + C] * w1 + x[q + 2 * C] * w2 + x[q + 3 * C] * w3 + x[q + 4 * C] * w4
 
 
+cdef inline void _row_x4(fptr o, cfptr base, cfptr x, cfptr w, Py_ssize_t C, Py_ssize_t sC,
+                         Py_ssize_t KW, bint add) noexcept nogil:
+    """Four adjacent pixels, one kernel row of KW taps, in chunks of 5, 3 and 1 taps: each chunk
+    loads and stores the outputs once, so a 7-tap row costs three output passes, not seven."""
+    cdef Py_ssize_t kw = 0, left
+    while kw < KW:
+        left = KW - kw
+        if left >= 5:
+            _row5x4(o, o + C, o + 2 * C, o + 3 * C, base, x + kw * C, w + kw * C, C, sC, add)
+            kw = kw + 5
+        elif left >= 3:
+            _row3x4(o, o + C, o + 2 * C, o + 3 * C, base, x + kw * C, w + kw * C, C, sC, add)
+            kw = kw + 3
+        else:
+            _tap1x4(o, o + C, o + 2 * C, o + 3 * C, base, x + kw * C, w + kw * C, C, sC, add)
+            kw = kw + 1
+        add = True
+
+
+cdef inline void _row_x1(fptr o, cfptr base, cfptr x, cfptr w, Py_ssize_t C, Py_ssize_t KW,
+                         bint add) noexcept nogil:
+    """One pixel, one interior kernel row of KW taps, chunked as :c:func:`_row_x4`."""
+    cdef Py_ssize_t kw = 0, left
+    while kw < KW:
+        left = KW - kw
+        if left >= 5:
+            if add:
+                _row5_add(o, x + kw * C, w + kw * C, C)
+            else:
+                _row5_set(o, base, x + kw * C, w + kw * C, C)
+            kw = kw + 5
+        elif left >= 3:
+            if add:
+                _row3_add(o, x + kw * C, w + kw * C, C)
+            else:
+                _row3_set(o, base, x + kw * C, w + kw * C, C)
+            kw = kw + 3
+        else:
+            if add:
+                _tap_add(o, x + kw * C, w + kw * C, C)
+            else:
+                _tap_set(o, base, x + kw * C, w + kw * C, C)
+            kw = kw + 1
+        add = True
+
+
 cdef void _nhwc_row(const float* x, const float* w, const float* bias, float* yrow,
                     Py_ssize_t n, Py_ssize_t oh, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
-                    Py_ssize_t OW, Py_ssize_t K, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                     Py_ssize_t pt, Py_ssize_t pl) noexcept nogil:
     """One output row (OW pixels x C channels) before the epilogue, bias included."""
     cdef Py_ssize_t ow = 0, kh, kw, ih, iw, iw0, P
@@ -165,33 +237,23 @@ cdef void _nhwc_row(const float* x, const float* w, const float* bias, float* yr
     while ow < OW:
         iw0 = ow * sw - pl
         o = yrow + ow * C
-        interior = iw0 >= 0 and iw0 + K <= W
-        P = 4 if interior and ow + 4 <= OW and iw0 + 3 * sw + K <= W else 1
+        interior = iw0 >= 0 and iw0 + KW <= W
+        P = 4 if interior and ow + 4 <= OW and iw0 + 3 * sw + KW <= W else 1
         first = True
-        for kh in range(K):
+        for kh in range(KH):
             ih = oh * sh - pt + kh
             if ih < 0 or ih >= H:
                 continue
             xr = x + ((n * H + ih) * W + iw0) * C
-            wr = w + kh * K * C
-            if P == 4 and K == 3:
-                _row3x4(o, o + C, o + 2 * C, o + 3 * C, bias, xr, wr, C, sw * C, not first)
-            elif P == 4:
-                _row5x4(o, o + C, o + 2 * C, o + 3 * C, bias, xr, wr, C, sw * C, not first)
-            elif interior and K == 3:
-                if first:
-                    _row3_set(o, bias, xr, wr, C)
-                else:
-                    _row3_add(o, xr, wr, C)
+            wr = w + kh * KW * C
+            if P == 4:
+                _row_x4(o, bias, xr, wr, C, sw * C, KW, not first)
             elif interior:
-                if first:
-                    _row5_set(o, bias, xr, wr, C)
-                else:
-                    _row5_add(o, xr, wr, C)
+                _row_x1(o, bias, xr, wr, C, KW, not first)
             else:
                 if first:
                     _copy(o, bias, C)
-                for kw in range(K):
+                for kw in range(KW):
                     iw = iw0 + kw
                     if 0 <= iw < W:
                         _tap_add(o, xr + kw * C, wr + kw * C, C)
@@ -204,7 +266,7 @@ cdef void _nhwc_row(const float* x, const float* w, const float* bias, float* yr
 
 cdef void _dw_nhwc(const float* x, const float* w, const float* bias, const float* res, float* y,
                    Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OH, Py_ssize_t OW,
-                   Py_ssize_t K, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                   Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                    int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
     cdef Py_ssize_t job, n, oh, row = OW * C
     cdef float* yrow
@@ -212,7 +274,7 @@ cdef void _dw_nhwc(const float* x, const float* w, const float* bias, const floa
         n = job // OH
         oh = job % OH
         yrow = y + job * row
-        _nhwc_row(x, w, bias, yrow, n, oh, H, W, C, OW, K, sh, sw, pt, pl)
+        _nhwc_row(x, w, bias, yrow, n, oh, H, W, C, OW, KH, KW, sh, sw, pt, pl)
         if res != NULL:
             _add(yrow, res + job * row, row)
         if act == 7:
@@ -251,6 +313,50 @@ cdef inline void _flat5(fptr o, cfptr a, cfptr b, cfptr c, cfptr d, cfptr e, con
             o[i] = base + a[i] * w0 + b[i] * w1 + c[i] * w2 + d[i] * w3 + e[i] * w4
 
 
+cdef inline void _flat3(fptr o, cfptr a, cfptr b, cfptr c, const float* w, float base, bint add,
+                        Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float w0 = w[0], w1 = w[1], w2 = w[2]
+    if add:
+        for i in range(n):
+            o[i] = o[i] + a[i] * w0 + b[i] * w1 + c[i] * w2
+    else:
+        for i in range(n):
+            o[i] = base + a[i] * w0 + b[i] * w1 + c[i] * w2
+
+
+cdef inline void _flat1(fptr o, cfptr a, float w0, float base, bint add, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if add:
+        for i in range(n):
+            o[i] = o[i] + a[i] * w0
+    else:
+        for i in range(n):
+            o[i] = base + a[i] * w0
+
+
+cdef void _flat_row(float* t, const float* pad, const float* w, float b, Py_ssize_t kh, Py_ssize_t KW,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t SP, Py_ssize_t Wq, Py_ssize_t n,
+                    bint add) noexcept nogil:
+    """Kernel row ``kh`` (taps ``w[0:KW]``) over the whole plane, in chunks of 5, 3 and 1 taps."""
+    cdef Py_ssize_t kw = 0, left
+    while kw < KW:
+        left = KW - kw
+        if left >= 5:
+            _flat5(t, pad + _tap(kh, kw, sh, sw, SP, Wq), pad + _tap(kh, kw + 1, sh, sw, SP, Wq),
+                   pad + _tap(kh, kw + 2, sh, sw, SP, Wq), pad + _tap(kh, kw + 3, sh, sw, SP, Wq),
+                   pad + _tap(kh, kw + 4, sh, sw, SP, Wq), w + kw, b, add, n)
+            kw = kw + 5
+        elif left >= 3:
+            _flat3(t, pad + _tap(kh, kw, sh, sw, SP, Wq), pad + _tap(kh, kw + 1, sh, sw, SP, Wq),
+                   pad + _tap(kh, kw + 2, sh, sw, SP, Wq), w + kw, b, add, n)
+            kw = kw + 3
+        else:
+            _flat1(t, pad + _tap(kh, kw, sh, sw, SP, Wq), w[kw], b, add, n)
+            kw = kw + 1
+        add = True
+
+
 cdef inline void _split(fptr even, fptr odd, cfptr row, Py_ssize_t q0, Py_ssize_t q1,
                         Py_ssize_t pl) noexcept nogil:
     """even[q // 2] / odd[q // 2] = row[q - pl] for the scratch columns q in [q0, q1)."""
@@ -283,11 +389,11 @@ cdef inline Py_ssize_t _tap(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssiz
 
 cdef void _dw_nchw(const float* x, const float* w, const float* bias, const float* res, float* y,
                    float* scratch, Py_ssize_t plane, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
-                   Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t K, Py_ssize_t sh,
+                   Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
                    Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hp, Py_ssize_t Wp,
                    int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
     cdef Py_ssize_t Wq = (Wp + sw - 1) // sw, Hq = (Hp + sh - 1) // sh
-    cdef Py_ssize_t SP = Hq * Wq + K                         # sub-plane (+ slack for the tail)
+    cdef Py_ssize_t SP = Hq * Wq + max(KH, KW)               # sub-plane (+ slack for the tail)
     cdef Py_ssize_t n_out = OH * Wq
     cdef Py_ssize_t r0 = pt, r1 = min(Hp, pt + H)             # scratch rows holding input
     cdef Py_ssize_t q0 = pl, q1 = min(Wp, pl + W)             # scratch cols holding input
@@ -313,19 +419,17 @@ cdef void _dw_nchw(const float* x, const float* w, const float* bias, const floa
                 memcpy(dst + q0, src + (r - pt) * W, (q1 - q0) * sizeof(float))
             else:
                 _split(dst, dst + SP, src + (r - pt) * W, q0, q1, pl)
-        wc = w + c * K * K
+        wc = w + c * KH * KW
         b = bias[c]
-        if K == 3:
+        if KH == 3 and KW == 3:
             _flat9(t, pad + _tap(0, 0, sh, sw, SP, Wq), pad + _tap(0, 1, sh, sw, SP, Wq),
                    pad + _tap(0, 2, sh, sw, SP, Wq), pad + _tap(1, 0, sh, sw, SP, Wq),
                    pad + _tap(1, 1, sh, sw, SP, Wq), pad + _tap(1, 2, sh, sw, SP, Wq),
                    pad + _tap(2, 0, sh, sw, SP, Wq), pad + _tap(2, 1, sh, sw, SP, Wq),
                    pad + _tap(2, 2, sh, sw, SP, Wq), wc, b, n_out)
         else:
-            for kh in range(5):
-                _flat5(t, pad + _tap(kh, 0, sh, sw, SP, Wq), pad + _tap(kh, 1, sh, sw, SP, Wq),
-                       pad + _tap(kh, 2, sh, sw, SP, Wq), pad + _tap(kh, 3, sh, sw, SP, Wq),
-                       pad + _tap(kh, 4, sh, sw, SP, Wq), wc + kh * 5, b, kh > 0, n_out)
+            for kh in range(KH):
+                _flat_row(t, pad, wc + kh * KW, b, kh, KW, sh, sw, SP, Wq, n_out, kh > 0)
         o = y + job * OH * OW
         for oh in range(OH):
             _finish_row(o + oh * OW, t + oh * Wq, res + (job * OH + oh) * OW if res != NULL else NULL, OW)
@@ -349,17 +453,22 @@ def _f32(a, what, shape=None, writeable=False):
     return a
 
 
+#: The largest kernel side the kernels take (a bound on the per-row scratch, not on the method).
+MAX_KERNEL = 31
+
+
 def _geometry(kernel, strides, pads, H, W):
-    K, sh, sw = int(kernel), int(strides[0]), int(strides[1])
+    KH, KW = (int(kernel), int(kernel)) if np.ndim(kernel) == 0 else (int(kernel[0]), int(kernel[1]))
+    sh, sw = int(strides[0]), int(strides[1])
     pt, pl, pb, pr = (int(p) for p in pads)
-    if K not in (3, 5) or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
-        raise ValueError(f"bad geometry: kernel {K}, strides {tuple(strides)}, pads {tuple(pads)}")
+    if not (1 <= KH <= MAX_KERNEL and 1 <= KW <= MAX_KERNEL) or sh < 1 or sw < 1 or min(pt, pl, pb, pr) < 0:
+        raise ValueError(f"bad geometry: kernel {(KH, KW)}, strides {tuple(strides)}, pads {tuple(pads)}")
     if sw > 2 or sh > 2:
         raise ValueError(f"strides {(sh, sw)} not supported (1 or 2)")
-    OH, OW = (H + pt + pb - K) // sh + 1, (W + pl + pr - K) // sw + 1
+    OH, OW = (H + pt + pb - KH) // sh + 1, (W + pl + pr - KW) // sw + 1
     if OH < 1 or OW < 1:
-        raise ValueError(f"empty output {OH}x{OW} for input {H}x{W}, kernel {K}, pads {tuple(pads)}")
-    return K, sh, sw, pt, pl, OH, OW
+        raise ValueError(f"empty output {OH}x{OW} for input {H}x{W}, kernel {(KH, KW)}, pads {tuple(pads)}")
+    return KH, KW, sh, sw, pt, pl, OH, OW
 
 
 def _epilogue_args(act, slope, C, out, residual):
@@ -384,12 +493,12 @@ def nhwc(x, w, bias, out, kernel, strides, pads, residual=None, int act=0, float
     Parameters
     ----------
     x : ndarray, float32, (N, H, W, C)
-    w : ndarray, float32, (K*K, C)
+    w : ndarray, float32, (KH*KW, C)
         Filter taps row-major over (kh, kw), channels innermost.
     bias : ndarray, float32, (C,)
     out : ndarray, float32, (N, OH, OW, C)
-    kernel : int
-        K (square kernel): 3 or 5.
+    kernel : int or (int, int)
+        K for a square kernel, or (KH, KW); each side 1 to :data:`MAX_KERNEL`.
     strides : (int, int)
         Vertical stride, horizontal stride (1 or 2).
     pads : (int, int, int, int)
@@ -405,39 +514,39 @@ def nhwc(x, w, bias, out, kernel, strides, pads, residual=None, int act=0, float
     if x.ndim != 4:
         raise ValueError(f"input must be 4-D (N, H, W, C), got shape {x.shape}")
     N, H, W, C = x.shape
-    K, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
-    _f32(w, "weights", (K * K, C))
+    KH, KW, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
+    _f32(w, "weights", (KH * KW, C))
     _f32(bias, "bias", (C,))
     _f32(out, "output", (N, OH, OW, C), writeable=True)
     _epilogue_args(act, slope, C, out, residual)
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     _dw_nhwc(_ptr(x), _ptr(w), _ptr(bias), _ptr(residual), <float*> cnp.PyArray_DATA(<cnp.ndarray> out),
-             N, H, W, C, OH, OW, K, sh, sw, pt, pl, act, p0, p1, _ptr(slope), num_threads)
+             N, H, W, C, OH, OW, KH, KW, sh, sw, pt, pl, act, p0, p1, _ptr(slope), num_threads)
     return out
 
 
 def nchw_scratch_floats(kernel, strides, pads, H, W):
     """Floats of scratch one thread of :func:`nchw` needs for an ``H`` x ``W`` input plane."""
-    K, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
-    Hp, Wp = (OH - 1) * sh + K, (OW - 1) * sw + K
+    KH, KW, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
+    Hp, Wp = (OH - 1) * sh + KH, (OW - 1) * sw + KW
     Hq, Wq = -(-Hp // sh), -(-Wp // sw)
-    return sh * sw * (Hq * Wq + K) + OH * Wq
+    return sh * sw * (Hq * Wq + max(KH, KW)) + OH * Wq
 
 
 def nchw(x, w, bias, out, scratch, kernel, strides, pads, residual=None, int act=0, float p0=0,
          float p1=0, slope=None, int num_threads=1):
     """Depthwise convolution of an NCHW tensor, written into ``out``.
 
-    As :func:`nhwc`, with ``x`` (N, C, H, W), ``w`` (C, K*K), ``out`` (N, C, OH, OW) and a float32
+    As :func:`nhwc`, with ``x`` (N, C, H, W), ``w`` (C, KH*KW), ``out`` (N, C, OH, OW) and a float32
     ``scratch`` of at least ``num_threads * nchw_scratch_floats(...)`` elements.
     """
     _f32(x, "input")
     if x.ndim != 4:
         raise ValueError(f"input must be 4-D (N, C, H, W), got shape {x.shape}")
     N, C, H, W = x.shape
-    K, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
-    _f32(w, "weights", (C, K * K))
+    KH, KW, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
+    _f32(w, "weights", (C, KH * KW))
     _f32(bias, "bias", (C,))
     _f32(out, "output", (N, C, OH, OW), writeable=True)
     _epilogue_args(act, slope, C, out, residual)
@@ -447,8 +556,8 @@ def nchw(x, w, bias, out, scratch, kernel, strides, pads, residual=None, int act
     _f32(scratch, "scratch", writeable=True)
     if scratch.size < num_threads * plane:
         raise ValueError(f"scratch has {scratch.size} floats, {num_threads} threads need {num_threads * plane}")
-    Hp, Wp = (OH - 1) * sh + K, (OW - 1) * sw + K
+    Hp, Wp = (OH - 1) * sh + KH, (OW - 1) * sw + KW
     _dw_nchw(_ptr(x), _ptr(w), _ptr(bias), _ptr(residual), <float*> cnp.PyArray_DATA(<cnp.ndarray> out),
-             <float*> cnp.PyArray_DATA(<cnp.ndarray> scratch), plane, N, C, H, W, OH, OW, K, sh, sw,
-             pt, pl, Hp, Wp, act, p0, p1, _ptr(slope), num_threads)
+             <float*> cnp.PyArray_DATA(<cnp.ndarray> scratch), plane, N, C, H, W, OH, OW, KH, KW, sh,
+             sw, pt, pl, Hp, Wp, act, p0, p1, _ptr(slope), num_threads)
     return out

@@ -1,5 +1,5 @@
 """The depthwise Conv routines (NHWC and NCHW, every ISA variant this CPU runs) against the NumPy
-reference: 3x3/5x5, stride 1/2, asymmetric pads, every fused activation, residual and bias; what
+reference: square and rectangular kernels from 1x1 to 9x9, stride 1/2, asymmetric pads, every fused activation, residual and bias; what
 they refuse; the kernels' refusal of inconsistent buffers; a whole MobileNetV2 on them."""
 import numpy as np
 import pytest
@@ -25,10 +25,12 @@ def dw_graph(x_shape, w, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), group=Non
 
 @st.composite
 def dw_cases(draw):
-    k = draw(st.sampled_from([3, 5]))
+    kh = draw(st.sampled_from([3, 5, 1, 2, 4, 6, 7, 9]))
+    kw = draw(st.sampled_from([kh, kh, 1, 2, 3, 5, 7, 8]))
+    k = (kh, kw)
     strides = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
-    pads = [draw(st.integers(0, k - 1)) for _ in range(4)]
-    size = [draw(st.integers(max(1, k - pads[i] - pads[i + 2]), k + 12)) for i in range(2)]
+    pads = [draw(st.integers(0, k[i % 2] - 1)) for i in range(4)]
+    size = [draw(st.integers(max(1, k[i] - pads[i] - pads[i + 2]), k[i] + 12)) for i in range(2)]
     return dict(batch=draw(st.integers(1, 3)), c=draw(st.integers(1, 40)), k=k, strides=strides, pads=pads,
                 size=size, bias=draw(st.booleans()), residual=draw(st.booleans()),
                 activation=draw(st.sampled_from(ACTIVATIONS)), seed=draw(st.integers(0, 2 ** 16)))
@@ -36,13 +38,13 @@ def dw_cases(draw):
 
 def build(p):
     rng = np.random.default_rng(p["seed"])
-    w = rng.standard_normal((p["c"], 1, p["k"], p["k"])).astype(np.float32)
+    w = rng.standard_normal((p["c"], 1, *p["k"])).astype(np.float32)
     bias = rng.standard_normal(p["c"]).astype(np.float32) if p["bias"] else None
     return dw_graph([p["batch"], p["c"], *p["size"]], w, bias, p["strides"], p["pads"],
                     activation=p["activation"], residual=p["residual"])
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=40, **SETTINGS)
 @given(dw_cases(), st.sampled_from([1, 2]))
 def test_matches_reference(p, threads):
     graph = build(p)
@@ -58,9 +60,10 @@ def _one(x_shape, w_shape, **kw):
     (lambda: _one([1, 4, 9, 9], [4, 1, 3, 3]), True),
     (lambda: _one([1, 4, 9, 9], [4, 1, 5, 5], strides=(2, 1), pads=(2, 0, 1, 2)), True),
     (lambda: _one([1, 4, 9, 9], [8, 1, 3, 3]), False),                       # channel multiplier 2
-    (lambda: _one([1, 4, 9, 9], [4, 1, 7, 7]), False),                       # 7x7
-    (lambda: _one([1, 4, 9, 9], [4, 1, 3, 5]), False),                       # not square
-    (lambda: _one([1, 4, 9, 9], [4, 1, 1, 1]), False),                       # 1x1
+    (lambda: _one([1, 4, 9, 9], [4, 1, 7, 7]), True),
+    (lambda: _one([1, 4, 9, 9], [4, 1, 3, 5]), True),                        # not square
+    (lambda: _one([1, 4, 9, 9], [4, 1, 1, 1]), True),
+    (lambda: _one([1, 4, 40, 40], [4, 1, 32, 32]), False),                   # past MAX_KERNEL
     (lambda: _one([1, 4, 9, 9], [4, 1, 3, 3], strides=(3, 3)), False),
     (lambda: _one([1, 4, 9, 9], [4, 1, 3, 3], dilations=(2, 2)), False),
     (lambda: _one([1, 4, 9, 9], [4, 2, 3, 3], group=2), False),              # grouped, not depthwise
@@ -139,7 +142,10 @@ def test_valid_kernel_cases_run(kern):
     (dict(act=42), "activation"),
     (dict(pads=(1, 1, 1, -1)), "geometry"),
     (dict(strides=(1, 3)), "strides"),
-    (dict(kernel=7), "geometry"),
+    (dict(kernel=7), "weights"),
+    (dict(kernel=(3, 5)), "weights"),
+    (dict(kernel=0), "geometry"),
+    (dict(kernel=32), "geometry"),
     (dict(x=np.zeros((2, 1, 9, 5), np.float32), pads=(0, 0, 0, 0)), "empty output"),
     (dict(out=[[0.0]]), "NumPy array"),
     (dict(num_threads=0), "num_threads"),
@@ -160,3 +166,20 @@ def test_nhwc_kernel_refuses_bad_buffers(kern, change, message):
 def test_nchw_kernel_refuses_bad_buffers(kern, change, message):
     with pytest.raises((ValueError, TypeError), match=message):
         kern.nchw(**_nchw_case(kern, **change))
+
+
+@pytest.mark.parametrize("w_shape, kw", [
+    ([8, 1, 3, 3], dict(dilations=(2, 2), pads=(2, 2, 2, 2))),     # dilated
+    ([8, 1, 3, 3], dict(strides=(3, 3), pads=(1, 1, 1, 1))),        # stride 3
+    ([8, 1, 5, 5], dict(group=4, pads=(2, 2, 2, 2))),               # channel multiplier 2
+])
+def test_depthwise_the_direct_kernels_refuse_runs_as_gemm(w_shape, kw):
+    """Depthwise layers outside the direct kernels still get a compiled routine (a GEMM per
+    channel), not only the NumPy reference."""
+    graph = dw_graph([1, 4, 11, 11], np.random.default_rng(1).standard_normal(w_shape).astype(np.float32), **kw)
+    conv = graph.layer("conv")
+    assert not conv_depthwise.depthwise_applies(conv, graph.input_specs(conv))
+    found = [r.descriptor for r in routines.applicable(graph, conv) if r.algo != "reference"]
+    assert any("im2col" in d or "gemm" in d for d in found), found
+    for d in found:
+        assert_routine_matches(graph, d, expect_layers=["conv"], num_threads=2, seed=3)

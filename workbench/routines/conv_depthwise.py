@@ -1,4 +1,4 @@
-"""Direct depthwise Conv routines (one 3x3 or 5x5 filter per channel), float32, NHWC and NCHW.
+"""Direct depthwise Conv routines (one KHxKW filter per channel), float32, NHWC and NCHW.
 
 ``cpu:float32:nhwc/depthwise`` runs the innermost loop over channels (contiguous in NHWC);
 ``cpu:float32:nchw/depthwise`` sweeps each channel plane as one contiguous loop.  Both fuse
@@ -19,7 +19,8 @@ from ..graph import NCHW, NHWC
 from . import Routine
 from .epilogue import encode
 
-KERNELS = ((3, 3), (5, 5))
+#: The largest kernel side taken (``depthwise.MAX_KERNEL``, a bound on scratch sizes).
+MAX_KERNEL = 31
 
 
 def _kernels(isa):
@@ -36,7 +37,7 @@ def depthwise_applies(layer, specs):
     c = x.shape[1]
     if a["group"] != c or w.shape[:2] != (c, 1):
         return False  # a channel multiplier other than 1 is not depthwise here
-    if tuple(a["kernel_shape"]) not in KERNELS or list(a["dilations"]) != [1, 1]:
+    if not all(1 <= k <= MAX_KERNEL for k in a["kernel_shape"]) or list(a["dilations"]) != [1, 1]:
         return False
     if any(s not in (1, 2) for s in a["strides"]) or min(a["pads"]) < 0:
         return False
@@ -61,11 +62,11 @@ class _Depthwise(Routine, register=False):
     @classmethod
     def prepare(cls, layer):
         w = np.asarray(layer.const(1), np.float32)
-        c, k = w.shape[0], w.shape[2]
+        c, k = w.shape[0], (w.shape[2], w.shape[3])
         b = layer.const(2) if len(layer.inputs) > 2 else None
         ep = encode(layer, c)
         return {
-            "w": cls._pack(w.reshape(c, k * k)),
+            "w": cls._pack(w.reshape(c, k[0] * k[1])),
             "bias": np.ascontiguousarray(b if b is not None else np.zeros(c), np.float32),
             "ep": ep, "k": k, "scratch": None,
         }

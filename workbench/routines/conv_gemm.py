@@ -21,6 +21,7 @@ from .. import cpu
 from ..compiled import _set_blas_threads, default_threads
 from ..graph import NCHW, NHWC
 from . import Routine
+from .conv_depthwise import depthwise_applies
 from .epilogue import encode
 
 # Column-tile bytes per thread: up to this, larger tiles still gained a few percent on VGG-16
@@ -117,8 +118,8 @@ class _ConvGemm(Routine, register=False):
         if w.ndim != 4 or w.dtype != np.float32:
             return False
         (kh, kw), _, _, pads, group = geometry(layer)
-        if group > 1 and x.shape[1] // group == 1:
-            return False  # depthwise: a GEMM per channel, another family's job
+        if group > 1 and x.shape[1] // group == 1 and depthwise_applies(layer, specs):
+            return False  # depthwise: a GEMM per channel; the direct kernels do better where they apply
         if len(specs) > 2 and specs[2] is not None and specs[2].dtype != "float32":
             return False
         if layer.attrs.get("residual") and (len(specs) < 4 or specs[3] is None or specs[3].shape != out.shape

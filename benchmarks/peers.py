@@ -56,7 +56,7 @@ def _open(name, threads, db):
         model = realmodels.fetch(name)
         session = Session.from_onnx(str(model), num_threads=threads, db=db, batch=1, resolution=m.resolution)
     t0 = time.perf_counter()
-    session.tune()
+    session.tune(in_context=True)
     return session, model, time.perf_counter() - t0
 
 

@@ -277,3 +277,15 @@ def test_corrupt_tuned_files_exit_2(tuned, tmp_path, capsys):
             assert main([command, str(path)]) == 2
             err = capsys.readouterr().err
             assert err.startswith("workbench: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_tune_in_context_prints_the_calibration_and_stores_its_prediction(tiny, tmp_path, capsys):
+    out_path = tmp_path / "ctx.onnx"
+    code, out, err = _main_quiet(["tune", str(tiny), "-o", str(out_path), "--db", str(tmp_path / "db.sqlite"),
+                                  *FAST, "--runs", "0", "--in-context"])
+    assert code == 0, err
+    line = next(l for l in out.splitlines() if l.startswith("in context:"))
+    assert "plan(s) timed" in line and "ms per run outside the steps" in line
+    predicted = float(next(l for l in out.splitlines() if l.startswith("predicted:")).split()[1])
+    from workbench.tuned import load as load_tuned
+    assert load_tuned(str(out_path), warn=False).predicted_s * 1e3 == pytest.approx(predicted, rel=1e-3)

@@ -31,6 +31,8 @@ def add_parser(sub, model_args):
                     help="idle pause before each first-run-after-idle sample (default 50 ms)")
     sp.add_argument("--idle-runs", type=int, default=10, help="first-run-after-idle samples per engine (default 10; "
                                                              "0 skips)")
+    sp.add_argument("--in-context", action="store_true",
+                    help="tune with the plan timed inside the model (Session.calibrate)")
     sp.add_argument("--load", action="store_true",
                     help="also time every engine with another process keeping one core busy")
     sp.add_argument("--op-runs", type=int, default=5, help="runs behind the per-op-type totals (default 5; 0 skips)")
@@ -89,7 +91,7 @@ def open_model(args):
                                     resolution=None if args.model in zoo.NAMES and not path.exists() else args.resolution,
                                     shapes=shapes)
         t0 = time.perf_counter()
-        plan = session.tune()
+        plan = session.tune(in_context=args.in_context)
         prof = session.profiled
         how = (f"tuned here in {time.perf_counter() - t0:.2f} s ({plan.method}; profile: {prof.measured} record(s) "
                f"measured, {prof.reused} reused from {db.path})")

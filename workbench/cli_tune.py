@@ -55,6 +55,8 @@ def add_parsers(sub, model_args):
     sp.add_argument("--pin", action="append", type=parse_pin, metavar="LAYER=DESCRIPTOR",
                     help="force a layer (name or index) onto a routine; repeatable")
     sp.add_argument("--runs", type=int, default=30, help="runs to measure the tuned model (default 30; 0 skips)")
+    sp.add_argument("--in-context", action="store_true",
+                    help="time the plan inside the model and select again on those times (Session.calibrate)")
     sp.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace of one tuned inference")
     sp.add_argument("--csv", metavar="OUT.csv", help="write the per-layer plan as CSV")
     sp.set_defaults(func=cmd_tune)
@@ -159,7 +161,11 @@ def cmd_tune(args):
             session.pin(layer, descriptor)
         session.allowed()          # a filter leaving a layer without a routine fails here
         _profile(session, args)
-        plan = session.tune()
+        plan = session.tune(in_context=args.in_context)
+        if session.context is not None:
+            c = session.context
+            print(f"in context: {c.rounds} plan(s) timed, {c.plans_changed} change(s) of plan, "
+                  f"{c.overhead_s * 1e3:.3f} ms per run outside the steps")
         for fb in session.fallbacks:
             print(f"note: layer {fb.layer!r}: no {fb.wanted} routine applies; the tuner may use {fb.chosen}")
         rows = session.layer_rows()
@@ -171,7 +177,7 @@ def cmd_tune(args):
                      ["#", "layer", "op", "routine", "ms", "runner-up", "ms", "adapts in"]))
         print()
         print(f"plan: {plan.method}, {len(plan.adapts)} adapt(s), selected in {session.search_s * 1e3:.1f} ms")
-        print(f"predicted: {plan.cost * 1e3:.4f} ms")
+        print(f"predicted: {session.predicted_s * 1e3:.4f} ms")
         if args.runs > 0:
             t = session.measure(runs=args.runs)
             print(f"measured:  {t.median * 1e3:.4f} ms (median of {args.runs} runs, {session.num_threads} thread(s))")

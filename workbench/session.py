@@ -85,6 +85,7 @@ class Session:
         self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
         self.tuned_metadata = None  # model metadata of a loaded tuned file
         self.loaded_costs = None    # {layer: {descriptor: s}} a loaded tuned file was tuned with
+        self.context = None         # calibrate.Context: in-context costs of the routines plans used
         self._compiled = None
         self._compile_lock = threading.Lock()
 
@@ -133,24 +134,38 @@ class Session:
         self.profiled = run_profile(self.graph, db=self.db, num_threads=self.num_threads, repeats=repeats,
                                     reprofile=reprofile and names is None, progress=progress, layers=names)
         self.profile_s = time.perf_counter() - t0
+        if self.context is not None and (reprofile or names):
+            # Measured again: the in-context costs of those layers are as stale as their records.
+            self.context.routine = {k: v for k, v in self.context.routine.items()
+                                    if not reprofile or (names is not None and k[0] not in names)}
         return self.profiled
 
-    def costs(self):
-        """``(routine costs {layer: {descriptor: s}}, adapt costs {(tensor, src, dst): s})``."""
+    def costs(self, in_context=True):
+        """``(routine costs {layer: {descriptor: s}}, adapt costs {(tensor, src, dst): s})``: the
+        profile's, with the in-context ones of :meth:`calibrate` in their place unless
+        ``in_context`` is False."""
         if self.profiled is None:
             raise NotTunedError("not profiled yet: call profile() or tune() first")
-        return ({l: {d: r.median for d, r in recs.items()} for l, recs in self.profiled.routine.items()},
-                {k: r.median for k, r in self.profiled.adapt.items()})
+        costs = ({l: {d: r.median for d, r in recs.items()} for l, recs in self.profiled.routine.items()},
+                 {k: r.median for k, r in self.profiled.adapt.items()})
+        if in_context and self.context is not None:
+            from .calibrate import overlay
+            costs = overlay(*costs, self.context)
+        return costs
 
     def problem(self, allowed=None):
         costs, adapt_costs = self.costs()
         return make_problem(self.graph, costs, adapt_costs, allowed, self.io_format)
 
-    def tune(self, filters=None, pins=None, progress=False):
+    def tune(self, filters=None, pins=None, progress=False, in_context=False):
         """Profile (what the database lacks) and select the fastest plan; returns the :class:`~workbench.search.Plan`.
 
         ``filters``: routine filter strings (see :mod:`workbench.assign`); ``pins``:
         ``{layer: descriptor}``.  Both replace the session's current ones when given.
+        ``in_context``: then time the plan inside the model and select again on those times
+        (:meth:`calibrate`), so that the prediction is what a run costs.  Off by default: the
+        selection is then a function of the profile database alone (the same plan from the
+        same records, and no model runs when the database has them all).
         """
         if filters is not None:
             filters = list(filters)
@@ -166,7 +181,17 @@ class Session:
                 raise
         if self.profiled is None:
             self.profile(progress=progress)
-        return self.retune()
+        self.retune()
+        if in_context:
+            self.calibrate()
+        return self.plan
+
+    def calibrate(self, rounds=3, runs=5, inputs=None):
+        """Time the plan's routines and adapts inside the model and select again on those times
+        (see :mod:`workbench.calibrate`); returns the :class:`~workbench.calibrate.Context`."""
+        from .calibrate import calibrate
+        self._need_plan()
+        return calibrate(self, inputs, rounds=rounds, runs=runs)
 
     def allowed(self):
         """``{layer: [descriptor, ...]}`` under the current filters and pins."""
@@ -194,9 +219,11 @@ class Session:
         self._ensure_profiled(allowed)
         prob = self.problem(allowed)
         t0 = time.perf_counter()
-        self.plan = search.solve(prob)
+        before, self.plan = self.plan, search.solve(prob)
         self.search_s = time.perf_counter() - t0
-        self._compiled, self.measured, self.comparison = None, None, None
+        if before is None or dict(before.choice) != dict(self.plan.choice):
+            self._compiled = None
+        self.measured, self.comparison = None, None
         return self.plan
 
     def pin(self, layer, descriptor):
@@ -313,8 +340,15 @@ class Session:
 
     @property
     def predicted_s(self):
-        """Predicted latency of the plan: the sum of its routines' and adapts' profiled costs."""
-        return self._need_plan().cost
+        """Predicted latency of the plan: the sum of its routines' and adapts' costs (in-context
+        where :meth:`calibrate` timed them), plus the run's measured overhead outside its steps."""
+        return self._need_plan().cost + self.overhead_s
+
+    @property
+    def overhead_s(self):
+        """The part of a run outside its steps (input checks and loads, output copies, dispatch)
+        that :meth:`calibrate` measured; 0 before."""
+        return self.context.overhead_s if self.context is not None else 0.0
 
     def timed_run(self, inputs=None):
         """One inference with every step timed: ``[(Step, start s, duration s)]``."""

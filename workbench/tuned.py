@@ -83,7 +83,7 @@ def save(session, path):
         "fingerprint": fingerprint(session.num_threads),
         "fingerprint_facts": json.dumps(fingerprint_facts(session.num_threads), sort_keys=True),
         "num_threads": session.num_threads, "io_format": session.io_format,
-        "predicted_ms": f"{plan.cost * 1e3:.6f}",
+        "predicted_ms": f"{session.predicted_s * 1e3:.6f}",
         "measured_ms": f"{session.measured.median * 1e3:.6f}" if session.measured is not None else "",
         "plan_method": plan.method, "filters": json.dumps(session.filters), "pins": json.dumps(session.pins),
     }

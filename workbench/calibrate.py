@@ -1,0 +1,129 @@
+"""In-context timing: the plan's routines and adapts timed where the executor runs them.
+
+The profiler times each routine alone, its weights evicted from the caches, at the model's real
+shapes.  Inside the model a routine runs after its neighbours: its input was just written by
+another routine (in cache, or evicted by it), its weights come from wherever the previous layers
+left them, and its threads were just woken or are still spinning.  Alone it runs up to 2.4x
+faster than inside the model, and the sum of alone times fell 3-45% short of the measured
+latency, so the selection optimised numbers the model never shows.
+
+:func:`calibrate` closes that gap where it matters: it compiles the plan, runs it timing every
+step (:meth:`~workbench.compiled.CompiledModel.run_timed`), and takes each step's median as the
+cost of that routine (or adapt) on that layer; the rest of a run (input checks, loading the
+inputs, copying the outputs, the executor's per-step dispatch) is measured as the run's wall time
+minus its steps, and added to the prediction.  The selection is then solved again on the profile
+with these costs in place of the alone ones, the other routines of a timed layer scaled by the same
+in-context ratio (:func:`overlay`); a routine it switches to is timed in context in the next
+round, until the selection returns to a plan already timed or ``rounds`` runs out.  The plan
+is always the selection's optimum on these costs, so the DP table and the plan agree.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Context:
+    """In-context costs (seconds): ``routine[(layer, descriptor)]``, ``adapt[(tensor, src, dst)]``,
+    and ``overhead_s``, the part of a run outside its steps."""
+
+    routine: dict = field(default_factory=dict)
+    adapt: dict = field(default_factory=dict)
+    overhead_s: float = 0.0
+    rounds: int = 0          # plans timed
+    runs: int = 0            # timed runs per plan
+    plans_changed: int = 0   # selections the in-context costs changed
+    walls: list = field(default_factory=list)   # each timed plan's median run, seconds
+    ratio: dict = field(default_factory=dict)   # layer -> in-context over profiled time
+
+    def add(self, routine, adapt, profiled):
+        """Take one plan's in-context times; ``profiled`` the profile's ``{layer: {descriptor: s}}``."""
+        self.routine.update(routine)
+        self.adapt.update(adapt)
+        for (layer, descriptor), s in routine.items():
+            alone = profiled.get(layer, {}).get(descriptor)
+            if alone:
+                self.ratio[layer] = s / alone
+
+
+def adapt_key(step):
+    """``(tensor, src, dst)`` of an adapt step (named ``adapt:<tensor>:<src>-><dst>``)."""
+    head, pair = step.name.rsplit(":", 1)
+    src, dst = pair.split("->")
+    return head[len("adapt:"):], src, dst
+
+
+def time_plan(compiled, feeds, runs=5, warmup=2, min_time=0.3, max_runs=60):
+    """Time one compiled plan in context: ``(routine costs, adapt costs, overhead s, wall s)``,
+    each the median over at least ``runs`` timed runs (more, up to ``max_runs``, until
+    ``min_time`` seconds have passed: a short model's median needs more samples on a noisy
+    machine), after ``warmup`` untimed ones: the steps' from runs timed step by step, the wall
+    time from plain runs, interleaved with those."""
+    for _ in range(warmup):
+        compiled.run(feeds)
+    steps, walls = {}, []
+    start, n = time.perf_counter(), 0
+    while n < runs or (n < max_runs and time.perf_counter() - start < min_time):
+        n += 1
+        t0 = time.perf_counter()
+        compiled.run(feeds)
+        walls.append(time.perf_counter() - t0)
+        _, times = compiled.run_timed(feeds)
+        for k, (step, _, d) in enumerate(times):
+            steps.setdefault(k, (step, []))[1].append(d)
+    routine, adapt = {}, {}
+    total = 0.0
+    for step, ds in steps.values():
+        med = float(np.median(ds))
+        total += med
+        if step.kind == "adapt":
+            adapt[adapt_key(step)] = med
+        else:
+            routine[(step.name, step.what)] = med
+    wall = float(np.median(walls))
+    return routine, adapt, max(0.0, wall - total), wall
+
+
+def overlay(costs, adapt_costs, context):
+    """The profile's costs with ``context``'s in its place (new dicts).
+
+    A routine timed in context takes that time.  The others of a layer take their profiled time
+    scaled by ``context.ratio`` (the layer's last timed routine's in-context over profiled
+    time): what the layer's neighbours and caches do to one routine they mostly do to the
+    others, and leaving the untimed ones at their alone times would bias the selection towards
+    whatever was not timed yet.
+    """
+    costs = {layer: dict(per) for layer, per in costs.items()}
+    for layer, ratio in context.ratio.items():
+        if layer in costs:
+            costs[layer] = {d: c * ratio for d, c in costs[layer].items()}
+    for (layer, descriptor), s in context.routine.items():
+        if layer in costs and descriptor in costs[layer]:
+            costs[layer][descriptor] = s
+    adapt_costs = dict(adapt_costs)
+    adapt_costs.update({k: s for k, s in context.adapt.items() if k in adapt_costs})
+    return costs, adapt_costs
+
+
+def calibrate(session, feeds=None, rounds=3, runs=5):
+    """Time ``session``'s plan in context and select again (see the module doc); sets
+    ``session.context`` and ``session.plan``; returns the :class:`Context`."""
+    feeds = feeds if feeds is not None else session.random_inputs()
+    ctx = session.context = Context(runs=runs)
+    profiled = session.costs(in_context=False)[0]
+    seen = []
+    for _ in range(rounds):
+        seen.append(dict(session.plan.choice))
+        routine, adapt, overhead, wall = time_plan(session.compile(), feeds, runs=runs)
+        ctx.add(routine, adapt, profiled)
+        ctx.overhead_s = overhead
+        ctx.walls.append(wall)
+        ctx.rounds += 1
+        session.retune()
+        if dict(session.plan.choice) in seen:
+            break   # a plan already timed: the selection has settled
+        ctx.plans_changed += 1
+    return ctx

@@ -44,7 +44,8 @@ def _rand(*shape, seed=0):
 
 
 def _pool(op, shape, k, s, p, **extra):
-    return _model(op, [("x", shape)], dict(kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, **extra))
+    pads = list(p) if isinstance(p, (list, tuple)) else [p] * 4
+    return _model(op, [("x", shape)], dict(kernel_shape=[k, k], strides=[s, s], pads=pads, **extra))
 
 
 def _resize(shape, mode, scale=2.0, ctm="asymmetric"):
@@ -82,6 +83,8 @@ CASES = {
     "maxpool": [
         ("MaxPool 3x3 s2 p1 1x64x112x112", lambda: _pool("MaxPool", [1, 64, 112, 112], 3, 2, 1)),
         ("MaxPool 2x2 s2 1x64x80x80", lambda: _pool("MaxPool", [1, 64, 80, 80], 2, 2, 0)),
+        # PP-OCRv6's stem: stride 1, padded on the bottom and right only (Paddle's "SAME").
+        ("MaxPool 2x2 s1 p(0,0,1,1) 1x24x320x320", lambda: _pool("MaxPool", [1, 24, 320, 320], 2, 1, (0, 0, 1, 1))),
         ("MaxPool 5x5 s1 p2 1x256x20x20", lambda: _pool("MaxPool", [1, 256, 20, 20], 5, 1, 2)),
         ("MaxPool 9x9 s1 p4 1x256x20x20", lambda: _pool("MaxPool", [1, 256, 20, 20], 9, 1, 4)),
         ("MaxPool 13x13 s1 p6 1x256x20x20", lambda: _pool("MaxPool", [1, 256, 20, 20], 13, 1, 6)),

@@ -3,8 +3,9 @@
     python benchmarks/peers.py [--models zoo real | NAME ...] [--runs 30] [--threads 2] [--load]
                                [--idle 50] [--idle-runs 10] [--op-runs 5] [--db PATH] [--out DIR]
 
-Each model is tuned through the profile database, then timed by ``workbench bench`` (the same
-code as the command: :func:`workbench.bench.bench`) beside ONNX Runtime (fp32, ORT_ENABLE_ALL)
+Each model is tuned through the profile database and in context (``tune(in_context=True)``: the
+prediction is the plan timed inside the model, see :mod:`workbench.calibrate`), then timed by
+``workbench bench`` (the same code as the command: :func:`workbench.bench.bench`) beside ONNX Runtime (fp32, ORT_ENABLE_ALL)
 and OpenVINO (CPU, f32, static shapes; optional), all in one process, in interleaved rounds with
 idle pauses.  Real models come from :mod:`realmodels` (pinned wheels, SHA-256 checked) at their
 benchmark resolution.  Per model: the medians and our ratio to each peer, the first run after

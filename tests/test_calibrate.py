@@ -82,3 +82,18 @@ def test_tuned_file_keeps_the_in_context_prediction(calibrated, tmp_path):
     loaded = load_tuned(str(path), warn=False)
     assert loaded.predicted_s == pytest.approx(s.predicted_s, rel=1e-6)
     assert dict(loaded.plan.choice) == dict(s.plan.choice)
+
+
+def test_reprofiling_a_layer_drops_its_in_context_costs(tmp_path):
+    s = Session.from_onnx(zoo.build("tiny", resolution=32), num_threads=1, db=tmp_path / "p.sqlite")
+    s.profile(repeats=2)
+    s.tune(in_context=True)
+    layers = sorted({layer for layer, _ in s.context.routine})
+    first = layers[0]
+    s.profile(repeats=2, layers=[first])
+    assert not any(layer == first for layer, _ in s.context.routine) and first not in s.context.ratio
+    assert any(layer != first for layer, _ in s.context.routine)
+    s.profile(repeats=2, reprofile=True)
+    assert s.context.routine == {} and s.context.ratio == {} and s.context.adapt == {}
+    costs, _ = s.costs()
+    assert costs == s.costs(in_context=False)[0]

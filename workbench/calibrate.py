@@ -4,7 +4,7 @@ The profiler times each routine alone, its weights evicted from the caches, at t
 shapes.  Inside the model a routine runs after its neighbours: its input was just written by
 another routine (in cache, or evicted by it), its weights come from wherever the previous layers
 left them, and its threads were just woken or are still spinning.  Alone it runs up to 2.4x
-faster than inside the model, and the sum of alone times fell 3-45% short of the measured
+faster than inside the model, and the sum of alone times came to 0.55-1.03 of the measured
 latency, so the selection optimised numbers the model never shows.
 
 :func:`calibrate` closes that gap where it matters: it compiles the plan, runs it timing every

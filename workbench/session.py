@@ -136,8 +136,11 @@ class Session:
         self.profile_s = time.perf_counter() - t0
         if self.context is not None and (reprofile or names):
             # Measured again: the in-context costs of those layers are as stale as their records.
-            self.context.routine = {k: v for k, v in self.context.routine.items()
-                                    if not reprofile or (names is not None and k[0] not in names)}
+            ctx = self.context
+            ctx.routine = {k: v for k, v in ctx.routine.items() if names is not None and k[0] not in names}
+            ctx.ratio = {k: v for k, v in ctx.ratio.items() if names is not None and k not in names}
+            if names is None:
+                ctx.adapt = {}
         return self.profiled
 
     def costs(self, in_context=True):

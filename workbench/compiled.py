@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import numpy as np
 from . import adapt, routines
 from .errors import WorkbenchError, where
 from .execute import check_inputs, io_layout
+from .governor import ThreadGovernor
 from .graph import NCHW
 from .memory import Value, plan_memory
 
@@ -130,6 +132,7 @@ class _Executor:
     views: dict
     steps: list = field(default_factory=list)
     fed: dict = field(default_factory=dict)
+    threads: int = 1   # this run's thread count, read by every step when it runs
 
 
 class CompiledModel:
@@ -153,11 +156,17 @@ class CompiledModel:
         cores: on 2 cores with 2 threads, calls are serialised, which measured 1.1-1.9x the
         throughput of two concurrent executors on small models (their kernels' barriers stall
         whenever a thread is descheduled).
+    adaptive_threads : bool
+        Let a :class:`~workbench.governor.ThreadGovernor` run with one thread fewer while the
+        run times say another process holds a core (default True; :meth:`run` only, never
+        :meth:`run_timed`).
     """
 
-    def __init__(self, graph, assignment, num_threads=None, io_format=NCHW, max_concurrency=None):
+    def __init__(self, graph, assignment, num_threads=None, io_format=NCHW, max_concurrency=None,
+                 adaptive_threads=True):
         self.graph = graph
         self.num_threads = int(num_threads or default_threads())
+        self.governor = ThreadGovernor(self.num_threads) if adaptive_threads and self.num_threads > 1 else None
         self.max_concurrency = int(max_concurrency or max(1, default_threads() // self.num_threads))
         if self.max_concurrency < 1:
             raise WorkbenchError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -259,7 +268,7 @@ class CompiledModel:
         arenas, views = self.memory.allocate()
         for key, base in self._alias.items():
             views[key] = views[base].reshape(adapt.physical_shape(self._spec(key)))
-        ex = _Executor(arenas, views)
+        ex = _Executor(arenas, views, threads=self.num_threads)
         ex.steps = [self._bind(ex, *p) for p in self._plan]
         with self._pool_lock:
             self._executors += 1
@@ -322,12 +331,12 @@ class CompiledModel:
         return self.graph.spec(tensor).with_layout(layout)
 
     def _bind(self, ex, kind, payload, in_keys, out_keys):
-        views, threads = ex.views, self.num_threads
+        views = ex.views
         if kind == "adapt":
             src, dst = views[in_keys[0]], views[out_keys[0]]
             a, t, fed = payload, in_keys[0][0], ex.fed
-            run = ((lambda: a.run(fed[t], dst, threads)) if t in self._direct and in_keys[0] == self.input_keys[t]
-                   else (lambda: a.run(src, dst, threads)))
+            run = ((lambda: a.run(fed[t], dst, ex.threads)) if t in self._direct and in_keys[0] == self.input_keys[t]
+                   else (lambda: a.run(src, dst, ex.threads)))
             return Step("adapt", f"adapt:{t}:{a.src_layout}->{a.dst_layout}", a.name, run)
         layer, r = payload, self.routines[payload.name]
         if r.view_of_input is not None:
@@ -341,18 +350,25 @@ class CompiledModel:
         args = [layer.consts[i] if i in layer.consts else (views[k] if k is not None else None)
                 for i, k in enumerate(in_keys)]
         outs = [views[k] for k in out_keys]
-        return Step("layer", layer.name, r.descriptor, lambda: r.run(layer, state, args, outs, threads), layer)
+        return Step("layer", layer.name, r.descriptor, lambda: r.run(layer, state, args, outs, ex.threads), layer)
 
     # -- running ---------------------------------------------------------------------------
     def run(self, feeds):
         """Run the model; returns ``{output name: array}`` (copies, safe to keep).  Safe to call
         from several threads at once (see ``max_concurrency``)."""
         arrays = check_inputs(self.graph, feeds, self.io_format)
+        gov = self.governor
+        threads = gov.choose() if gov is not None else self.num_threads
         with self._executor() as ex, _SerialBlas():
+            ex.threads = threads
+            t0 = time.perf_counter()
             self._load(ex, arrays)
             for step in ex.steps:
                 step.run()
-            return self._outputs(ex)
+            out = self._outputs(ex)
+            if gov is not None:
+                gov.record(threads, time.perf_counter() - t0)
+            return out
 
     def _load(self, ex, arrays):
         for name, a in arrays.items():
@@ -369,10 +385,10 @@ class CompiledModel:
         """Run once, timing every step: ``(outputs, [(step, start s, duration s), ...])`` with
         start times from the beginning of the run (for traces and per-layer tables).  The steps
         are those of the executor that ran, in :attr:`steps`' order."""
-        import time
         arrays = check_inputs(self.graph, feeds, self.io_format)
         times = []
         with self._executor() as ex, _SerialBlas():
+            ex.threads = self.num_threads
             self._load(ex, arrays)
             origin = time.perf_counter()
             for step in ex.steps:

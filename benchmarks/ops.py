@@ -74,6 +74,10 @@ CASES = {
         ("MatMul 1x8x64x64 @ 1x8x64x64", lambda: _model("MatMul", [("a", [1, 8, 64, 64]), ("b", [1, 8, 64, 64])])),
         ("MatMul 3-D 1x400x256 @ W 256x256", lambda: _model("MatMul", [("a", [1, 400, 256])],
                                                              inits=[("w", _rand(256, 256) * 0.05)])),
+        ("MatMul classifier 1x40x120 @ W 120x6625", lambda: _model("MatMul", [("a", [1, 40, 120])],
+                                                                    inits=[("w", _rand(120, 6625) * 0.05)])),
+        ("MatMul 3-D 1x40x120 @ W 120x360", lambda: _model("MatMul", [("a", [1, 40, 120])],
+                                                            inits=[("w", _rand(120, 360) * 0.05)])),
     ],
     "convtranspose": [
         ("ConvTranspose 2x2 s2 1x128x40x40->64", lambda: _convt(128, 64, 40, 2, 2, 0)),

@@ -1,6 +1,8 @@
 """Gemm and MatMul through SGEMM against the reference (alpha, beta, transposes, C broadcasts,
-fused activations, batched and broadcast MatMul)."""
+fused activations, batched and broadcast MatMul), and through our AVX-512 GEMM where the weights
+are constant and the CPU has AVX-512."""
 import importlib
+import importlib.util
 
 import numpy as np
 import pytest
@@ -15,6 +17,18 @@ from workbench.routines.eltwise import kernels
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
 BLAS = "cpu:float32:nchw/blas"
+GEMM512 = "cpu:float32:nchw/gemm_avx512"
+HAVE_512 = importlib.util.find_spec("workbench._kernels.gemm512_avx512") is not None
+
+
+def _also_gemm512(g, op, expected):
+    """The AVX-512 routine applies exactly where ``expected`` (and the CPU runs it), and matches."""
+    from workbench import cpu
+    layer = next(iter(g))
+    runnable = expected and cpu.supports("avx512") and HAVE_512
+    assert routines.get(op, GEMM512).applies(layer, g.input_specs(layer)) == runnable
+    if runnable:
+        assert_routine_matches(g, GEMM512)
 ACTS = [None, "Relu", "HardSwish", "Sigmoid", "PRelu-uniform", "PRelu"]
 
 
@@ -61,6 +75,8 @@ def test_gemm(m, k, n, trans_a, trans_b, c_shape, alpha, beta, act):
     g = _load(nodes, [("A", [k, m] if trans_a else [m, k])], inits)
     assert [layer.op for layer in g] == ["Gemm"]
     assert_routine_matches(g, BLAS)
+    per_column = c_shape in (None, "n", "1n", "1") or (c_shape == "m1" and m == 1) or (c_shape == "mn" and m == 1)
+    _also_gemm512(g, "Gemm", not trans_a and per_column)
 
 
 MATMUL_SHAPES = [((3, 7), (7, 5)), ((2, 3, 7), (7, 5)), ((7,), (7, 5)), ((3, 7), (7,)), ((2, 3, 7), (2, 7, 4)),
@@ -88,6 +104,7 @@ def test_matmul(shapes, const_b, act):
     assert applies == (act != "PRelu" or n == 1 or out_rank == 2)
     if applies:
         assert_routine_matches(g, BLAS)
+        _also_gemm512(g, "MatMul", const_b and len(b_shape) == 2 and len(a_shape) >= 2)
 
 
 ATTENTION_SHAPES = [((2, 3, 5, 7), (2, 3, 7, 4)), ((1, 3, 5, 7), (2, 1, 7, 4)), ((2, 3, 5, 7), (7, 4)),
@@ -167,3 +184,11 @@ def test_kernel_twins_check_shapes():
         k.batched_matmul(a, b, np.empty(30, np.float32), offs.astype(np.int32), offs, 3, 5, 4)
     with pytest.raises(ValueError, match="elements"):
         k.batched_matmul(a, b, np.empty(29, np.float32), offs, offs, 3, 5, 4)
+
+
+def test_gemm512_takes_the_recogniser_classifier():
+    """PP-OCR's last MatMul, (1, 40, 120) @ (120, 6625): the shape the AVX-512 routine is for."""
+    rng = np.random.default_rng(2)
+    g = _load([helper.make_node("MatMul", ["A", "B"], ["y"])], [("A", [1, 40, 120])],
+              [("B", rng.standard_normal((120, 6625)).astype(np.float32))])
+    _also_gemm512(g, "MatMul", True)

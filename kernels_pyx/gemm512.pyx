@@ -22,8 +22,9 @@ import threading
 import numpy as np
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy
 
-from _gemm512_jobs cimport (IM2COL_PIXELS, IM2COL_ROWS, WB512_NATIVE, WB512_NR, Job, _im2col_nchw_job,
+from _gemm512_jobs cimport (IM2COL_PIXELS, IM2COL_ROWS, WB512_NATIVE, WB512_NR, Job, _im2col_nchw_job, _rows,
                             im2col_nhwc_pixels, _im2col_whole, _implicit_nhwc_row, _implicit_ok, _whole,
                             gemm_jobs, pack_b_par, row_split, wb512_abuf_floats, wb512_packed_b_floats)
 from conv_gemm cimport Epi, Geo, _imin
@@ -373,4 +374,76 @@ cdef _conv_implicit(Geo* g, x, w, out, Epi* e, int nt):
         else:
             for t in range(rows):
                 _implicit_nhwc_row(g, xp, wp, op, e, bp, bp + ncols, t)
+    return out
+
+
+# -- ConvTranspose with kernel == stride, NHWC: GEMM per input row, then a pixel shuffle ------------
+
+cdef void _shuffle_row(const float* x, const float* wp, float* out, const Epi* e, float* cols, float* abuf,
+                       Py_ssize_t row, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t M,
+                       Py_ssize_t KH, Py_ssize_t KW) noexcept nogil:
+    """Input row ``row`` (image-major) of W pixels: its GEMM (W x KH*KW*M, epilogue fused with the
+    bias and slope expanded per column), then each (kh, pixel) run of KW*M floats to its place in
+    output row ``i * KH + kh`` (KW == stride: the runs of one output row are contiguous)."""
+    cdef Job j
+    cdef Py_ssize_t n = row // H, i = row % H, OW = W * KW, ld = KH * KW * M, run = KW * M, kh, p, q
+    cdef float* orow
+    cdef const float* src
+    j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = W, ld, C, C, ld, 0
+    j.a, j.pb, j.c = x + row * W * C, wp, cols
+    j.accumulate, j.channel_is_row, j.e, j.res = 0, 0, e, NULL
+    _rows(&j, abuf, 0, W)
+    for kh in range(KH):
+        orow = out + ((n * H + i) * KH + kh) * OW * M
+        if run >= 16:
+            for p in range(W):
+                memcpy(orow + p * run, cols + p * ld + kh * run, run * sizeof(float))
+        else:   # a few floats per pixel (a 1-channel head): a call per run would cost more than the copy
+            for p in range(W):
+                src = cols + p * ld + kh * run
+                for q in range(run):
+                    orow[p * run + q] = src[q]
+
+
+def conv_transpose_shuffle_nhwc(x, wp, out, bias, int kh, int kw, int act=0, double p0=0, double p1=0,
+                                slope=None, int num_threads=1):
+    """ConvTranspose with kernel == stride (``kh`` x ``kw``), no padding, group 1, NHWC:
+    ``out (N, H*kh, W*kw, M)`` from ``x (N, H, W, C)`` and ``wp``, the weights (C, kh, kw, M)
+    packed by :func:`pack_b` as a (C, kh*kw*M) matrix.  ``bias`` and ``slope`` (PRelu) are
+    expanded per GEMM column: (kh*kw*M,) each, or None.  Returns ``out``."""
+    x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
+    wp = _array(wp, "packed weights", 1)
+    _threads(num_threads)
+    n, h, w, c = x.shape
+    if kh < 1 or kw < 1:
+        raise ValueError(f"gemm512: kernel {kh}x{kw} must be positive")
+    m = out.shape[3]
+    if out.shape[:3] != (n, h * kh, w * kw):
+        raise ValueError(f"gemm512: a {kh}x{kw} stride-{kh}x{kw} ConvTranspose of {x.shape} gives "
+                         f"{(n, h * kh, w * kw, m)}, output is {out.shape}")
+    ld = kh * kw * m
+    if wp.size < wb512_packed_b_floats(c, ld):
+        raise ValueError(f"gemm512: packed weights hold {wp.size} floats, {c}x{ld} needs "
+                         f"{wb512_packed_b_floats(c, ld)}")
+    cdef Epi e
+    _epi(&e, ld, bias, slope, act, p0, p1)
+    _no_overlap(out, x, wp, bias, slope)
+    if out.size == 0 or x.size == 0:
+        out[...] = 0
+        return out
+    cdef Py_ssize_t per = w * ld + wb512_abuf_floats(), rows = n * h, r, tid
+    buf = _scratch(per * max(1, num_threads))
+    cdef float* bp = _ptr(buf)
+    cdef const float* xp = _ptr(x)
+    cdef const float* pw = _ptr(wp)
+    cdef float* op = _ptr(out)
+    cdef Py_ssize_t H = h, W = w, C = c, M = m, KH = kh, KW = kw, LD = ld
+    with nogil:
+        if num_threads > 1 and rows > 1:
+            for r in prange(rows, schedule="dynamic", num_threads=num_threads):
+                tid = threadid()
+                _shuffle_row(xp, pw, op, &e, bp + tid * per, bp + tid * per + W * LD, r, H, W, C, M, KH, KW)
+        else:
+            for r in range(rows):
+                _shuffle_row(xp, pw, op, &e, bp, bp + W * LD, r, H, W, C, M, KH, KW)
     return out

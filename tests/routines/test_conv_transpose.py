@@ -11,6 +11,7 @@ import workbench
 from onnx_helpers import make_model
 from routine_helpers import assert_routine_matches
 from workbench import routines
+from workbench.routines import conv_transpose
 from workbench.routines.eltwise import kernels
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=25)
@@ -121,6 +122,8 @@ def test_kernel_twin_checks_shapes():
 
 
 SHUFFLE = ["cpu:float32:nchw/shuffle", "cpu:float32:nhwc/shuffle"]
+if conv_transpose._gemm512() is not None:   # the AVX-512 variant, where this CPU and build run it
+    SHUFFLE.append("cpu:float32:nhwc/shuffle_avx512")
 
 
 @settings(deadline=None, derandomize=True, max_examples=30)

@@ -263,3 +263,24 @@ def test_residual_given_as_the_output_is_added_in_place(nhwc, threads):
         else:
             g.conv1x1_nchw(x, wt, bias, shifted[1:].reshape(out.shape), shifted[:-1].reshape(out.shape), 1,
                            num_threads=threads)
+
+
+def test_conv_transpose_shuffle_matches_numpy_and_refuses_bad_buffers():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)            # (N, H, W, C)
+    w = rng.standard_normal((6, 2, 3, 4)).astype(np.float32)            # (C, KH, KW, M)
+    bias = rng.standard_normal(4).astype(np.float32)
+    want = np.einsum("nhwc,cijm->nhiwjm", x, w).reshape(2, 6, 15, 4) + bias
+    wp = g.pack_b(w.reshape(6, -1))
+    for threads in (1, 2):
+        out = np.full((2, 6, 15, 4), np.nan, np.float32)
+        g.conv_transpose_shuffle_nhwc(x, wp, out, np.tile(bias, 6), 2, 3, num_threads=threads)
+        assert _rel_err(out, want) < 1e-5
+    with pytest.raises(ValueError, match="gives"):
+        g.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 14, 4), None, 2, 3)
+    with pytest.raises(ValueError, match="packed weights"):
+        g.conv_transpose_shuffle_nhwc(x, wp[:10], _f32(2, 6, 15, 4), None, 2, 3)
+    with pytest.raises(ValueError, match="bias"):
+        g.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), bias, 2, 3)
+    with pytest.raises(ValueError, match="positive"):
+        g.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), None, 0, 3)

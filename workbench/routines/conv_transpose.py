@@ -5,10 +5,12 @@ column buffer is scratch in the layer state, sized on the first run (prepare doe
 input shape).  Begin pads must be non-negative (the reference's slicing gives something else for
 negative ones); negative end pads, ``output_padding`` and ``output_shape`` beyond the full size
 come out of the output size.  1-D ConvTranspose runs channels-first as a 2-D one of height 1.  ``{nchw,nhwc}/shuffle`` serves
-kernel == stride without padding (the 2x upsampling of UNet/FPN decoders).
+kernel == stride without padding (the 2x upsampling of UNet/FPN decoders); ``nhwc/shuffle_avx512``
+does it on our AVX-512 GEMM.
 """
 import numpy as np
 
+from .. import cpu
 from ..graph import NCHW, NHWC
 from . import Routine
 from .eltwise import all_float32, fused_activation, kernels
@@ -101,6 +103,46 @@ class ShuffleNchw(_Shuffle):
 
 class ShuffleNhwc(_Shuffle):
     layout = NHWC
+
+
+class ShuffleNhwcAvx512(ShuffleNhwc):
+    """:class:`ShuffleNhwc` on our AVX-512 GEMM (``gemm512.conv_transpose_shuffle_nhwc``): the
+    weights packed once, one GEMM per input row with bias and activation fused per column, its
+    runs copied straight to their output rows.  The BLAS version runs OpenBLAS from inside the
+    OpenMP threads, on its Haswell kernels; a detector head's 24 -> 1 channel layer (N = 4 GEMM
+    columns) was its worst case."""
+
+    algo = "shuffle_avx512"
+    priority = 12
+    isa = "avx512"
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return _gemm512() is not None and super().applies(layer, specs)
+
+    @classmethod
+    def prepare(cls, layer):
+        state = super().prepare(layer)   # w (C, KH, KW, M)
+        w = state["w"]
+        kk = w.shape[1] * w.shape[2]
+        code, p0, p1, slope = state["act"]
+        tile = (lambda v: None if v is None else np.ascontiguousarray(np.tile(np.broadcast_to(
+            np.asarray(v, np.float32).reshape(-1), (w.shape[3],)), kk)))
+        state.update(packed=_gemm512().pack_b(np.ascontiguousarray(w.reshape(w.shape[0], -1))),
+                     cols_bias=tile(state["bias"]), cols_act=(code, p0, p1, tile(slope)))
+        return state
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        code, p0, p1, slope = state["cols_act"]
+        kh, kw = layer.attrs["kernel_shape"]
+        _gemm512().conv_transpose_shuffle_nhwc(args[0], state["packed"], outs[0], state["cols_bias"], kh, kw,
+                                               code, p0, p1, slope, num_threads)
+
+
+def _gemm512():
+    mod = cpu.kernel_module("gemm512", "avx512")
+    return mod if mod is not None and mod.available else None
 
 
 class ConvTransposeNchw(_ConvTranspose):

@@ -8,9 +8,11 @@ the team fits the cores that are free.
 
 :class:`ThreadGovernor` decides, run by run, from the run times alone (no system probes): it
 keeps the fastest recent median at full threads as the quiet reference; when the last runs at
-full threads are ``slow`` times slower than that, it tries one thread fewer, keeps it only if it
-is faster than the slow full-thread runs, and while on fewer threads probes full threads every
-``probe_every`` runs, returning to them when they win again.  A rejected try backs off
+full threads are ``slow`` times slower than that, it tries one thread fewer, keeps it only if its
+first runs take under ``keep`` times the slow full-thread runs, and while on fewer threads probes
+full threads every ``probe_every`` runs, returning to them when they win again.  The threshold
+sits above what an idle pause alone costs a run here (up to 1.3-1.5x: caches and sleeping
+vCPUs) and below what a busy core costs (2.2-2.7x measured), so that pauses do not count as load.  A rejected try backs off
 (doubling, up to ``max_backoff`` runs) so that a machine that is merely noisy does not pay for
 tries over and over.  Pure logic: :meth:`choose` before a run, :meth:`record` after it.
 """
@@ -24,10 +26,10 @@ from statistics import median
 class ThreadGovernor:
     """Chooses each run's thread count between ``full`` and ``full - 1`` (see the module doc)."""
 
-    def __init__(self, full, window=5, slow=1.5, probe_every=12, backoff=16, max_backoff=256):
+    def __init__(self, full, window=5, slow=1.8, probe_every=6, keep=0.85, backoff=16, max_backoff=256):
         self.full = int(full)
         self.reduced = max(1, self.full - 1)
-        self.window, self.slow, self.probe_every = int(window), float(slow), int(probe_every)
+        self.window, self.slow, self.probe_every, self.keep = int(window), float(slow), int(probe_every), float(keep)
         self.backoff, self.max_backoff = int(backoff), int(max_backoff)
         self.current = self.full
         self.quiet = float("inf")      # the fastest full-thread window median seen
@@ -73,8 +75,8 @@ class ThreadGovernor:
                 if len(reduced) and seconds < 0.9 * median(reduced):
                     self._back_to_full(rejected=False)
                 return
-            if len(reduced) >= 3 and self.loaded_full is not None and median(reduced) >= self.loaded_full:
-                self._back_to_full(rejected=True)   # fewer threads did not help
+            if len(reduced) >= 3 and self.loaded_full is not None and median(reduced) >= self.keep * self.loaded_full:
+                self._back_to_full(rejected=True)   # fewer threads did not help enough
 
     def _switch(self, threads):
         self.current = threads

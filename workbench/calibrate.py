@@ -7,7 +7,8 @@ left them, and its threads were just woken or are still spinning.  Alone it runs
 faster than inside the model, and the sum of alone times came to 0.55-1.03 of the measured
 latency, so the selection optimised numbers the model never shows.
 
-:func:`calibrate` closes that gap where it matters: it compiles the plan, runs it timing every
+:func:`calibrate` closes that gap where it matters: it compiles the plan, runs it (in the turns
+the workbench measures latency with: an idle pause, a lead-in run, the timed run) timing every
 step (:meth:`~workbench.compiled.CompiledModel.run_timed`), and takes each step's median as the
 cost of that routine (or adapt) on that layer; the rest of a run (input checks, loading the
 inputs, copying the outputs, the executor's per-step dispatch) is measured as the run's wall time
@@ -56,22 +57,33 @@ def adapt_key(step):
     return head[len("adapt:"):], src, dst
 
 
-def time_plan(compiled, feeds, runs=5, warmup=2, min_time=0.3, max_runs=60):
+def time_plan(compiled, feeds, runs=5, warmup=2, min_time=0.3, max_runs=15, pause=0.03, lead_in=1):
     """Time one compiled plan in context: ``(routine costs, adapt costs, overhead s, wall s)``,
     each the median over at least ``runs`` timed runs (more, up to ``max_runs``, until
-    ``min_time`` seconds have passed: a short model's median needs more samples on a noisy
-    machine), after ``warmup`` untimed ones: the steps' from runs timed step by step, the wall
-    time from plain runs, interleaved with those."""
+    ``min_time`` seconds of runs have passed: a short model's median needs more samples on a
+    noisy machine), after ``warmup`` untimed ones.  Every timed run is taken the way the
+    workbench measures latency (:data:`~workbench.measure.LATENCY_METHOD`: ``pause`` seconds
+    idle, ``lead_in`` untimed runs, then the timed one), alternately a plain run (the wall time)
+    and one timed step by step (the steps), so that the prediction is of the latency reported."""
     for _ in range(warmup):
         compiled.run(feeds)
     steps, walls = {}, []
-    start, n = time.perf_counter(), 0
-    while n < runs or (n < max_runs and time.perf_counter() - start < min_time):
-        n += 1
+    spent, n = 0.0, 0
+
+    def turn(timed):
+        time.sleep(pause)
+        for _ in range(lead_in):
+            compiled.run(feeds)
         t0 = time.perf_counter()
-        compiled.run(feeds)
-        walls.append(time.perf_counter() - t0)
-        _, times = compiled.run_timed(feeds)
+        out = compiled.run_timed(feeds)[1] if timed else compiled.run(feeds)
+        return out, time.perf_counter() - t0
+
+    while n < runs or (n < max_runs and spent < min_time):
+        n += 1
+        _, wall = turn(False)
+        walls.append(wall)
+        times, d = turn(True)
+        spent += wall + d
         for k, (step, _, d) in enumerate(times):
             steps.setdefault(k, (step, []))[1].append(d)
     routine, adapt = {}, {}

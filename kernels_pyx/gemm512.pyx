@@ -100,7 +100,7 @@ def sgemm(a, b, c, bint trans_b=False, bint accumulate=False, int num_threads=1)
     kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if kb != k or c.shape != (m, n):
         raise ValueError(f"gemm512: a {a.shape} @ b{'^T' if trans_b else ''} {b.shape} does not give c {c.shape}")
-    if np.may_share_memory(c, a) or np.may_share_memory(c, b):
+    if _may_overlap(c, a) or _may_overlap(c, b):
         raise ValueError("gemm512: c overlaps an input")
     if m == 0 or n == 0:
         return c
@@ -132,9 +132,20 @@ cdef int _epi(Epi* e, Py_ssize_t m, bias, slope, int act, double p0, double p1) 
     return 0
 
 
+cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
+    """``np.may_share_memory`` (bounds overlap) without its call overhead for contiguous arrays:
+    it ran six times per layer per inference, a tenth of a small model's run."""
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_IS_C_CONTIGUOUS(b)):
+        return np.may_share_memory(a, b)
+    cdef char* pa = <char*> cnp.PyArray_DATA(a)
+    cdef char* pb = <char*> cnp.PyArray_DATA(b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
 def _no_overlap(out, *others):
     for o in others:
-        if o is not None and np.may_share_memory(out, o):
+        if o is not None and _may_overlap(out, o):
             raise ValueError("gemm512: the output overlaps an input")
 
 

@@ -284,3 +284,19 @@ def test_conv_transpose_shuffle_matches_numpy_and_refuses_bad_buffers():
         g.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), bias, 2, 3)
     with pytest.raises(ValueError, match="positive"):
         g.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), None, 0, 3)
+
+
+def test_overlapping_buffers_are_refused_contiguous_or_not():
+    x = np.ones((1, 4, 4, 8), np.float32)
+    wp = g.pack_b(np.ones((8, 8), np.float32))
+    big = np.zeros(2 * 128, np.float32)
+    out = big[:128].reshape(1, 4, 4, 8)
+    with pytest.raises(ValueError, match="overlaps"):
+        g.conv1x1_nhwc(out, wp, None, None, out)                                  # in place, not as residual
+    with pytest.raises(ValueError, match="overlaps"):
+        g.conv1x1_nhwc(x, wp, big[120:128], None, big[:128].reshape(1, 4, 4, 8))  # bias inside the output
+    g.conv1x1_nhwc(x, wp, big[128:136], None, out)                                # adjacent: fine
+    np.testing.assert_allclose(out, 8 + 0 * out)
+    a, c = np.ones((4, 8), np.float32), np.zeros((8, 8), np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        g.sgemm(c[:4], c, c[4:])                                                  # a and c share rows

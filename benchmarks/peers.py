@@ -16,6 +16,7 @@ Writes ``artifacts/benchmarks/peers.{md,json}`` and one ``workbench bench`` repo
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -137,6 +138,10 @@ def main(argv=None):
         wb_bench.report.write(result, out / "bench" / name)
         print(wb_bench.report.text(result), flush=True)
         rows.append(_row(name, len(session.graph), tune_s, result))
+        # Drop this model's engines (ORT's and OpenVINO's thread pools, our arenas) before the
+        # next model is timed beside them.
+        del session, model, result
+        gc.collect()
     (out / "peers.md").write_text(_markdown(rows, args, notes))
     (out / "peers.json").write_text(json.dumps({"rows": rows, "notes": notes, "args": vars(args)}, indent=1))
     print(_markdown(rows, args, notes))

@@ -166,3 +166,27 @@ def test_max_pool_nan_and_inf_as_onnxruntime(descriptor, k, s, p):
     assert not (np.isnan(theirs) & ~np.isnan(ours["y"])).any()
     clean = ~np.isnan(ours["y"])
     np.testing.assert_array_equal(ours["y"][clean], theirs[clean])
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([[2, 3], [3, 2], [-1, -2], [2, -1]]), st.sampled_from([0, 1]), st.sampled_from(DESCRIPTORS),
+       st.sampled_from([1, 2]))
+def test_reduce_mean_over_space_is_a_global_pool(n, c, h, w, axes, keepdims, descriptor, threads):
+    """ReduceMean over H and W (squeeze-excite blocks as Paddle exports them), keepdims or not,
+    axes in any order or sign (opset 13: an attribute), on the global pool's kernels."""
+    node = helper.make_node("ReduceMean", ["x"], ["y"], axes=axes, keepdims=keepdims)
+    g = workbench.load(make_model([node], [("x", [n, c, h, w])], [("y", None)], opset=13).SerializeToString())
+    layer = next(iter(g))
+    assert routines.get("ReduceMean", descriptor).applies(layer, g.input_specs(layer))
+    assert_routine_matches(g, descriptor, num_threads=threads)
+
+
+@pytest.mark.parametrize("shape, axes", [([1, 4, 5, 6], [1]), ([1, 4, 5, 6], [1, 2, 3]), ([1, 4, 5], [2]),
+                                         ([1, 4, 5, 6], [3])])
+def test_reduce_mean_elsewhere_is_not_taken(shape, axes):
+    node = helper.make_node("ReduceMean", ["x"], ["y"], axes=axes, keepdims=1)
+    g = workbench.load(make_model([node], [("x", shape)], [("y", None)], opset=13).SerializeToString())
+    layer = next(iter(g))
+    for d in DESCRIPTORS:
+        assert not routines.get("ReduceMean", d).applies(layer, g.input_specs(layer))

@@ -5,6 +5,14 @@ from libc.string cimport memcpy, memset
 
 from _epilogue cimport activate
 
+cdef extern from "wb_vmath.h" nogil:
+    int wbm_map(int code, const float* x, float* y, Py_ssize_t n)
+
+#: The highest activation code :c:func:`act_run` takes: 0-8 of ``_epilogue.pxd`` and 9-11, SiLU,
+#: GELU (erf) and GELU (tanh), vectorised by ``wb_vmath.h`` (the codes of eltwise.pyx).
+cdef enum:
+    ACT_RUN_LAST = 11
+
 cdef struct Geo:
     Py_ssize_t n, c, h, w, m, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, g, cg, mg, kg, p
 
@@ -130,6 +138,8 @@ cdef inline void act_run(float* o, Py_ssize_t n, int act, float p0, float p1, fl
             t = o[j] * (1.0 / 6.0) + 0.5
             t = zero if t < zero else t
             o[j] = o[j] * (one if t > one else t)
+    elif 9 <= act <= ACT_RUN_LAST:
+        wbm_map(act, o, o, n)
     elif act != 0:
         for j in range(n):
             o[j] = activate(o[j], act, p0, p1, s)

@@ -18,7 +18,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 
 from _gemm cimport gemm_rm
-from conv_gemm cimport Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epi_row, _epilogue, _imin
+from conv_gemm cimport ACT_RUN_LAST, Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epi_row, _epilogue, _imin
 
 cnp.import_array()
 
@@ -206,7 +206,7 @@ def _conv2d(bint nhwc, x, w, bias, residual, out, scratch, kernel, strides, dila
         raise ValueError(f"conv2d: bias must have shape ({g.m},), got {bias.shape}")
     if residual is not None and _array(residual, "residual").shape != out.shape:
         raise ValueError(f"conv2d: residual {residual.shape} must have the output's shape {out.shape}")
-    if not 0 <= act <= 8:
+    if not 0 <= act <= ACT_RUN_LAST:
         raise ValueError(f"conv2d: unknown activation code {act}")
     if act == 7 and (slope is None or _array(slope, "slope").shape != (g.m,)):
         raise ValueError(f"conv2d: PRelu needs a float32 slope of shape ({g.m},)")

@@ -20,7 +20,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 from _epilogue cimport activate
-from conv_gemm cimport act_run   # NaN-propagating (the shared activate_run turns a NaN into 0)
+from conv_gemm cimport ACT_RUN_LAST, act_run   # NaN-propagating (the shared activate_run turns a NaN into 0)
 
 cnp.import_array()
 
@@ -472,7 +472,7 @@ def _geometry(kernel, strides, pads, H, W):
 
 
 def _epilogue_args(act, slope, C, out, residual):
-    if not 0 <= act <= 8:
+    if not 0 <= act <= ACT_RUN_LAST:
         raise ValueError(f"unknown activation code {act}")
     if act == 7 and slope is None:
         raise ValueError("PRelu (code 7) needs a per-channel slope")

@@ -27,7 +27,7 @@ from libc.string cimport memcpy
 from _gemm512_jobs cimport (IM2COL_PIXELS, IM2COL_ROWS, WB512_NATIVE, WB512_NR, Job, _im2col_nchw_job, _rows,
                             im2col_nhwc_pixels, _im2col_whole, _implicit_nhwc_row, _implicit_ok, _whole,
                             gemm_jobs, pack_b_par, row_split, wb512_abuf_floats, wb512_packed_b_floats)
-from conv_gemm cimport Epi, Geo, _imin
+from conv_gemm cimport ACT_RUN_LAST, Epi, Geo, _imin
 
 cnp.import_array()
 
@@ -123,7 +123,7 @@ def sgemm(a, b, c, bint trans_b=False, bint accumulate=False, int num_threads=1)
 cdef int _epi(Epi* e, Py_ssize_t m, bias, slope, int act, double p0, double p1) except -1:
     if bias is not None and _array(bias, "bias").shape != (m,):
         raise ValueError(f"gemm512: bias must have shape ({m},), got {bias.shape}")
-    if not 0 <= act <= 8:
+    if not 0 <= act <= ACT_RUN_LAST:
         raise ValueError(f"gemm512: unknown activation code {act}")
     if act == 7 and (slope is None or _array(slope, "slope").shape != (m,)):
         raise ValueError(f"gemm512: PRelu needs a float32 slope of shape ({m},)")

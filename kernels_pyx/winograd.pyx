@@ -26,6 +26,7 @@ cimport numpy as cnp
 from cython.parallel cimport parallel, prange, threadid
 from _gemm cimport gemm_rm
 from _winograd_stages cimport Geo, _inputs, _outputs
+from conv_gemm cimport ACT_RUN_LAST
 
 cnp.import_array()
 
@@ -157,7 +158,7 @@ def _conv(bint nhwc, x, U, bias, out, V, Mo, tmp, int m, pads, residual, int act
     _f32(x, "input")
     if x.ndim != 4:
         raise ValueError(f"input must be 4-D ({'N, H, W, C' if nhwc else 'N, C, H, W'}), got shape {x.shape}")
-    if m not in (2, 4) or mode not in (0, 1) or num_threads < 1 or not 0 <= act <= 8:
+    if m not in (2, 4) or mode not in (0, 1) or num_threads < 1 or not 0 <= act <= ACT_RUN_LAST:
         raise ValueError(f"bad m={m}, mode={mode}, num_threads={num_threads} or act={act}")
     if nhwc:
         N, H, W, C = x.shape

@@ -21,6 +21,7 @@ cimport numpy as cnp
 from cython.parallel cimport parallel, prange, threadid
 
 from _winograd_stages cimport Geo, _inputs, _outputs
+from conv_gemm cimport ACT_RUN_LAST
 
 from workbench._kernels.winograd import _f32 as _base_f32, scratch_floats as _base_scratch
 
@@ -219,7 +220,7 @@ def _conv(bint nhwc, x, PU, bias, out, V, Mo, tmp, work, int m, pads, residual, 
     if x.ndim != 4:
         raise ValueError(f"winograd512: input must be 4-D ({'N, H, W, C' if nhwc else 'N, C, H, W'}), "
                          f"got shape {x.shape}")
-    if m not in (2, 4) or mode not in (0, 1) or num_threads < 1 or not 0 <= act <= 8:
+    if m not in (2, 4) or mode not in (0, 1) or num_threads < 1 or not 0 <= act <= ACT_RUN_LAST:
         raise ValueError(f"winograd512: bad m={m}, mode={mode}, num_threads={num_threads} or act={act}")
     N, H, W, C = x.shape if nhwc else (x.shape[0], x.shape[2], x.shape[3], x.shape[1])
     _f32(bias, "bias")

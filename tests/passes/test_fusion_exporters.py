@@ -130,13 +130,29 @@ def test_silu_after_add(rng, order):
     check_round_trip(graph, model)
 
 
-def test_silu_after_conv_is_a_standalone_layer(rng):
-    c, inits = conv("conv", "x", "c", 3, 8, rng)
-    nodes = [c, node("Sigmoid", ["c"], ["g"], "sig"), node("Mul", ["c", "g"], ["y"], "mul")]
-    model = make_model(nodes, [("x", [1, 3, 9, 11])], [("y", None)], inits)
+@pytest.mark.parametrize("act", ["silu", "gelu", "gelu_tanh", "silu_dw"])
+def test_silu_and_gelu_after_conv_fuse_into_its_epilogue(rng, act):
+    """Conv + SiLU/GELU as exporters spell them: one Conv layer with the activation in its
+    epilogue, and every convolution routine that applies (GEMM, Winograd, depthwise, the AVX-512
+    ones) computes it as the reference does."""
+    from workbench import routines
+    group = 8 if act == "silu_dw" else 1
+    c, inits = conv("conv", "x", "c", 8, 8, rng, group=group)
+    if act.startswith("silu"):
+        tail = [node("Sigmoid", ["c"], ["g"], "sig"), node("Mul", ["c", "g"], ["y"], "mul")]
+        want = ("Silu", "silu")
+    else:
+        tail = [node("Gelu", ["c"], ["y"], "gelu", approximate="tanh" if act == "gelu_tanh" else "none")]
+        want = ("Gelu", None)
+    model = make_model([c, *tail], [("x", [1, 8, 9, 11])], [("y", None)], inits, opset=20 if act.startswith("gelu") else 17)
     graph, _ = assert_matches_onnxruntime(model)
-    assert [(l.name, l.op) for l in graph] == [("conv", "Conv"), ("sig", "Silu")]
-    assert graph.layer("sig").fused == ["sig", "mul"]
+    layer = graph.layer("conv")
+    assert [l.name for l in graph] == ["conv"]
+    assert (layer.attrs.get("activation"), layer.attrs.get("fusion") if act.startswith("silu") else None) == want
+    found = [r.descriptor for r in routines.applicable(graph, layer) if r.algo != "reference"]
+    assert len(found) >= (2 if group > 1 else 4), found
+    for d in found:
+        assert_routine_matches(graph, d, expect_layers=["conv"], num_threads=2)
     check_round_trip(graph, model)
 
 
@@ -251,10 +267,10 @@ def test_affine_left_alone_where_it_must(rng):
 
 # -- PyTorch's exporters and a real model --------------------------------------------------------------
 TORCH_CASES = {   # module factory, expected layers after fusion: (op, activation) in order
-    "silu": (lambda nn: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU()), [("Conv", None), ("Silu", None)]),
-    "gelu": (lambda nn: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU()), [("Conv", None), ("Gelu", None)]),
+    "silu": (lambda nn: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU()), [("Conv", "Silu")]),
+    "gelu": (lambda nn: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU()), [("Conv", "Gelu")]),
     "gelu_tanh": (lambda nn: nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(approximate="tanh")),
-                  [("Conv", None), ("Gelu", None)]),
+                  [("Conv", "Gelu")]),
     "layernorm": (lambda nn: nn.Sequential(nn.Flatten(2), nn.LayerNorm(35)), [("Reshape", None), ("LayerNormalization", None)]),
 }
 

@@ -60,10 +60,10 @@ ACTIVATIONS = {
 
 #: Activations that the fusion pass may move into a producer's epilogue.
 FUSABLE = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu", "PRelu", "Tanh")
-#: Activations only the elementwise kernels run as an epilogue (not the convolution/GEMM ones):
-#: they fuse into these producers only.
+#: Activations only the elementwise and convolution kernels run as an epilogue (not the GEMM,
+#: MatMul and ConvTranspose ones): they fuse into these producers only.
 FUSABLE_ELTWISE = ("Silu", "Gelu")
-ELTWISE_PRODUCERS = ("Add", "Sub", "Mul", "Div", "ChannelAffine")
+ELTWISE_PRODUCERS = ("Add", "Sub", "Mul", "Div", "ChannelAffine", "Conv")
 
 
 def epilogue(layer, y):

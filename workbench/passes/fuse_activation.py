@@ -2,8 +2,9 @@
 
 Applies when the producer's op can carry an epilogue (Conv, ConvTranspose, Gemm, MatMul, Add,
 Sub, Mul, Div, ChannelAffine), has none yet, and its output feeds only the activation.  SiLU and
-GELU fuse into the elementwise producers only (Add/Sub/Mul/Div/ChannelAffine): the convolution
-and GEMM kernels' epilogues do not have them.  The activation's ``fusion`` tag moves with it.
+GELU fuse into the elementwise producers and Conv (whose kernels run them vectorised on each
+block of output while it is in cache), not into Gemm, MatMul or ConvTranspose.  The
+activation's ``fusion`` tag moves with it.
 
 Before opset 14 there is no HardSwish op, and exporters write ``x * HardSigmoid(x)`` (alpha 1/6,
 beta 0.5) instead; that pair is first merged into one HardSwish layer, which then fuses as usual.

@@ -45,7 +45,7 @@ def depthwise_applies(layer, specs):
         return False  # a bias computed at run time: not packed in prepare
     if a.get("residual") and (len(specs) < 4 or specs[3] is None or specs[3].dtype != "float32"):
         return False
-    return encode(layer, c) is not None
+    return encode(layer, c, extended=True) is not None
 
 
 class _Depthwise(Routine, register=False):
@@ -64,7 +64,7 @@ class _Depthwise(Routine, register=False):
         w = np.asarray(layer.const(1), np.float32)
         c, k = w.shape[0], (w.shape[2], w.shape[3])
         b = layer.const(2) if len(layer.inputs) > 2 else None
-        ep = encode(layer, c)
+        ep = encode(layer, c, extended=True)
         return {
             "w": cls._pack(w.reshape(c, k[0] * k[1])),
             "bias": np.ascontiguousarray(b if b is not None else np.zeros(c), np.float32),

@@ -127,7 +127,7 @@ class _ConvGemm(Routine, register=False):
             return False
         if cls.one_by_one and ((kh, kw) != (1, 1) or any(pads)):
             return False
-        return encode(layer, out.shape[1]) is not None
+        return encode(layer, out.shape[1], extended=True) is not None
 
     @classmethod
     def _direct(cls, layer):
@@ -144,7 +144,7 @@ class _ConvGemm(Routine, register=False):
         m, cg, kh, kw = w.shape
         group = layer.attrs["group"]
         n, _, oh, ow = layer.out_specs[0].shape
-        epi = encode(layer, m)
+        epi = encode(layer, m, extended=True)
         bias = layer.consts.get(2)
         state = {
             "w": w,

@@ -50,7 +50,7 @@ class _Gemm512(_ConvGemm, register=False):
         w = np.asarray(layer.consts[1], np.float32)
         m = w.shape[0]
         bias = layer.consts.get(2)
-        return {"w": cls._pack(w.reshape(m, -1)), "epi": encode(layer, m),
+        return {"w": cls._pack(w.reshape(m, -1)), "epi": encode(layer, m, extended=True),
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
     @classmethod
@@ -111,7 +111,7 @@ class _Im2col512(_ConvGemm, register=False):
         w = np.asarray(layer.consts[1], np.float32)
         m = w.shape[0]
         bias = layer.consts.get(2)
-        return {"w": cls._pack(w), "epi": encode(layer, m), "geometry": geometry(layer),
+        return {"w": cls._pack(w), "epi": encode(layer, m, extended=True), "geometry": geometry(layer),
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
     @classmethod

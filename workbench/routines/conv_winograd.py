@@ -66,7 +66,7 @@ def winograd_applies(layer, specs):
         return False
     if a.get("residual") and (len(specs) < 4 or specs[3] is None or specs[3].dtype != "float32"):
         return False
-    return encode(layer, w.shape[0]) is not None
+    return encode(layer, w.shape[0], extended=True) is not None
 
 
 _blas = None
@@ -164,7 +164,7 @@ class _Winograd(Routine, register=False):
         b = layer.const(2) if len(layer.inputs) > 2 else None
         u = transform_weights(w, cls.m)
         u = np.ascontiguousarray(u.transpose(0, 2, 1)) if cls.layout == NHWC else u
-        return {"U": cls.pack(cls.kernels(), u), "ep": encode(layer, w.shape[0]),
+        return {"U": cls.pack(cls.kernels(), u), "ep": encode(layer, w.shape[0], extended=True),
                 "bias": np.ascontiguousarray(b if b is not None else np.zeros(w.shape[0]), np.float32),
                 "scratch": {}, "plan": None}
 

@@ -1,8 +1,9 @@
 """Encode a layer's fused epilogue (bias, residual, activation) for the Cython kernels.
 
 Codes match ``kernels_pyx/_epilogue.pxd`` (0-8, every kernel) and ``kernels_pyx/eltwise.pyx``
-(9-11, SiLU and GELU: the elementwise kernels only, so :func:`encode` gives them only when asked
-with ``extended=True``).  :func:`encode` returns None when a kernel cannot express the activation
+(9-11, SiLU and GELU: the elementwise and convolution kernels, through ``act_run`` of
+``conv_gemm.pxd``, not the GEMM/MatMul/ConvTranspose ones, so :func:`encode` gives them only when
+asked with ``extended=True``).  :func:`encode` returns None when a kernel cannot express the activation
 (e.g. a PRelu slope that is not per-channel): such layers stay with routines that can, ultimately
 the reference.
 """

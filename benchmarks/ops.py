@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).parent))
 import workbench  # noqa: E402
 from workbench import routines  # noqa: E402
-from workbench.compiled import blas_limit  # noqa: E402
+from workbench.blas import blas_limit  # noqa: E402
 from workbench.cpu import cpu_name  # noqa: E402
 from workbench.measure import layer_arrays, time_interleaved  # noqa: E402
 from _common import ort_session  # noqa: E402

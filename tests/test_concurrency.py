@@ -12,7 +12,8 @@ import pytest
 import workbench
 from workbench import zoo
 from workbench.assign import assign
-from workbench.compiled import CompiledModel, _blas, blas_limit
+from workbench.blas import blas_limit, libraries
+from workbench.compiled import CompiledModel
 from workbench.session import Session
 
 THREADS = 4
@@ -145,7 +146,7 @@ def test_blas_limit_applies_in_worker_threads():
     from threadpoolctl import ThreadpoolController
     from workbench import routines
     routines.load_all()   # the kernels load SciPy's BLAS
-    libs = _blas()
+    libs = libraries()
     assert libs
     taken = ThreadpoolController().limit(limits=2, user_api="blas")   # this thread takes control
     seen = []

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import adapt, routines
+from .blas import SerialBlas
 from .errors import WorkbenchError, where
 from .execute import check_inputs, io_layout
 from .governor import ThreadGovernor
@@ -34,75 +35,6 @@ def default_threads():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
-
-
-_blas_libs = None
-
-
-def _blas():
-    """threadpoolctl's controllers of the loaded BLAS libraries (looked up once, after the kernels
-    have loaded SciPy's)."""
-    global _blas_libs
-    if _blas_libs is None:
-        from threadpoolctl import ThreadpoolController
-        _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
-    return _blas_libs
-
-
-def _set_blas_threads(lib, n):
-    # threadpoolctl (3.8) lets only the first thread that limited OpenBLAS change it again and
-    # silently ignores every other thread, so a run from a worker thread kept BLAS at full
-    # threads inside our OpenMP kernels (slower, and a classifier GEMV rounded differently);
-    # its unguarded setter changes the process-wide count from any thread.
-    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
-
-
-class blas_limit:
-    """Context manager limiting BLAS threads to ``num_threads`` (restored on exit, or by
-    :meth:`restore_original_limits`), from whichever thread calls it.
-
-    The executor runs BLAS single-threaded: every routine parallelises with OpenMP itself
-    (``num_threads``), because OpenBLAS's worker threads keep spinning after a threaded call and
-    take cores from the OpenMP kernels (measured: ResNet-50 ~2x slower with 2 BLAS threads).
-    """
-
-    def __init__(self, num_threads=1):
-        self._saved = [(lib, lib.get_num_threads()) for lib in _blas()]
-        for lib, _ in self._saved:
-            _set_blas_threads(lib, num_threads)
-
-    def restore_original_limits(self):
-        for lib, n in self._saved:
-            _set_blas_threads(lib, n)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.restore_original_limits()
-
-
-class _SerialBlas:
-    """:class:`blas_limit` (1) held while any run is in progress, by a count of runs: nested
-    save-and-restore from several threads would otherwise restore a limit another run still
-    relies on, or leave the process's BLAS at one thread for good."""
-
-    _lock = threading.Lock()
-    _runs = 0
-    _limit = None
-
-    def __enter__(self):
-        with self._lock:
-            if _SerialBlas._runs == 0:
-                _SerialBlas._limit = blas_limit(1)
-            _SerialBlas._runs += 1
-
-    def __exit__(self, *exc):
-        with self._lock:
-            _SerialBlas._runs -= 1
-            if _SerialBlas._runs == 0:
-                _SerialBlas._limit.restore_original_limits()
-                _SerialBlas._limit = None
 
 
 def _root(alias, key):
@@ -359,7 +291,7 @@ class CompiledModel:
         arrays = check_inputs(self.graph, feeds, self.io_format)
         gov = self.governor
         threads = gov.choose() if gov is not None else self.num_threads
-        with self._executor() as ex, _SerialBlas():
+        with self._executor() as ex, SerialBlas():
             ex.threads = threads
             t0 = time.perf_counter()
             self._load(ex, arrays)
@@ -387,7 +319,7 @@ class CompiledModel:
         are those of the executor that ran, in :attr:`steps`' order."""
         arrays = check_inputs(self.graph, feeds, self.io_format)
         times = []
-        with self._executor() as ex, _SerialBlas():
+        with self._executor() as ex, SerialBlas():
             ex.threads = self.num_threads
             self._load(ex, arrays)
             origin = time.perf_counter()

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .adapt import physical_shape
-from .compiled import blas_limit, default_threads
+from .blas import blas_limit
+from .compiled import default_threads
 
 
 @dataclass
@@ -190,7 +191,7 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
         state = routine.prepare(layer)
         timings[i] = Timing(prepare_s=time.perf_counter() - start)
         runs.append((i, (lambda r=routine, st=state, a=args, o=outs: r.run(layer, st, a, o, threads)), state, outs))
-    with blas_limit(1):   # as the executor runs: OpenMP threads only (see compiled.blas_limit)
+    with blas_limit(1):   # as the executor runs: OpenMP threads only (see workbench.blas)
         for _ in range(warmup):
             for _, run, _, _ in runs:
                 run()

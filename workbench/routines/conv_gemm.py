@@ -18,7 +18,8 @@ import threading
 import numpy as np
 
 from .. import cpu
-from ..compiled import _set_blas_threads, default_threads
+from ..blas import SerialBlas
+from ..compiled import default_threads
 from ..graph import NCHW, NHWC
 from . import Routine
 from .conv_depthwise import depthwise_applies
@@ -50,25 +51,6 @@ def scratch(floats):
 
 def _kernels():
     return cpu.kernel_module("conv_gemm")
-
-
-class _SerialBlas:
-    """Context setting every loaded BLAS to one thread (restored after); ~3 us, unlike a full
-    ``threadpoolctl.limit``.  The libraries are looked up once, after the kernels loaded SciPy's."""
-
-    libs = None
-
-    def __enter__(self):
-        if _SerialBlas.libs is None:
-            from threadpoolctl import ThreadpoolController
-            _SerialBlas.libs = ThreadpoolController().select(user_api="blas").lib_controllers
-        self.prev = [lib.get_num_threads() for lib in self.libs]
-        for lib in self.libs:
-            _set_blas_threads(lib, 1)   # from any thread (threadpoolctl's own setter is not)
-
-    def __exit__(self, *exc):
-        for lib, n in zip(self.libs, self.prev):
-            _set_blas_threads(lib, n)
 
 
 def geometry(layer):
@@ -189,7 +171,7 @@ class _ConvGemm(Routine, register=False):
         residual = args[3] if layer.attrs.get("residual") else None
         epi = state["epi"]
         fn = _kernels().conv2d_nhwc if cls.layout == NHWC else _kernels().conv2d_nchw
-        with _SerialBlas():
+        with SerialBlas():
             fn(args[0], w, bias, residual, outs[0], scratch(need) if need else None, kernel, strides,
                dilations, pads, group, epi.code, epi.p0, epi.p1, epi.slope, tile, par, state["direct"], num_threads)
 

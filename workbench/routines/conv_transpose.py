@@ -10,9 +10,9 @@ does it on our AVX-512 GEMM.
 """
 import numpy as np
 
-from .. import cpu
 from ..graph import NCHW, NHWC
 from . import Routine
+from .conv_gemm512 import _kernels as _gemm512
 from .eltwise import all_float32, fused_activation, kernels
 
 
@@ -138,11 +138,6 @@ class ShuffleNhwcAvx512(ShuffleNhwc):
         kh, kw = layer.attrs["kernel_shape"]
         _gemm512().conv_transpose_shuffle_nhwc(args[0], state["packed"], outs[0], state["cols_bias"], kh, kw,
                                                code, p0, p1, slope, num_threads)
-
-
-def _gemm512():
-    mod = cpu.kernel_module("gemm512", "avx512")
-    return mod if mod is not None and mod.available else None
 
 
 class ConvTransposeNchw(_ConvTranspose):

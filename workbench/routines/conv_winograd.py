@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import cpu
-from ..compiled import _set_blas_threads
+from ..blas import SerialBlas
 from ..graph import NCHW, NHWC
 from . import Routine
 from .epilogue import encode
@@ -69,9 +69,6 @@ def winograd_applies(layer, specs):
     return encode(layer, w.shape[0], extended=True) is not None
 
 
-_blas = None
-
-
 def _all_finite(x):
     """Whether ``x`` holds no NaN or infinity: one pass over its bits (10 us on a 56x56x64
     input, 2 us on 14x14x256, against ~300 us for the layer)."""
@@ -84,24 +81,6 @@ def _all_finite(x):
 
 
 _finite_check = None
-
-
-class _SingleThreadedBlas:
-    """BLAS limited to one thread while the kernel calls it from several OpenMP threads at once
-    (else OpenBLAS's threaded GEMMs would queue on its pool); cheaper than threadpoolctl.limit."""
-
-    def __enter__(self):
-        global _blas
-        if _blas is None:
-            from threadpoolctl import ThreadpoolController
-            _blas = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
-        self.saved = [lc.get_num_threads() for lc in _blas]
-        for lc in _blas:
-            _set_blas_threads(lc, 1)   # from any thread (threadpoolctl's own setter is not)
-
-    def __exit__(self, *exc):
-        for lc, n in zip(_blas, self.saved):
-            _set_blas_threads(lc, n)
 
 
 def plan(m, n, c, h, w, mo, num_threads, nhwc=False):
@@ -151,7 +130,7 @@ class _Winograd(Routine, register=False):
 
     @classmethod
     def call(cls, kernel, *args, **kwargs):
-        with _SingleThreadedBlas():
+        with SerialBlas():
             kernel(*args, **kwargs)
 
     @classmethod

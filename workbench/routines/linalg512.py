@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import cpu
 from ..graph import NCHW
 from . import Routine
+from .conv_gemm512 import _kernels
 from .linalg import _activation
-
-
-def _kernels():
-    mod = cpu.kernel_module("gemm512", "avx512")
-    return mod if mod is not None and mod.available else None
 
 
 def _float32(*specs):

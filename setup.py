@@ -11,7 +11,6 @@ machine fingerprint that the profile database is keyed by.
 """
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy
@@ -20,16 +19,13 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
-COMPILE_ARGS = ["-O3", "-fopenmp", "-fno-math-errno"]
+COMPILE_ARGS = ["-O3", "-fno-math-errno", "-pthread"]
 ISA_FLAGS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
                "-mprefer-vector-width=512"],
 }
-LINK_ARGS = ["-fopenmp"]
-if sys.platform == "darwin":  # Apple clang spells OpenMP differently; Linux is the tested target.
-    COMPILE_ARGS = ["-O3", "-Xpreprocessor", "-fopenmp"]
-    LINK_ARGS = ["-lomp"]
+LINK_ARGS = ["-pthread"]
 
 
 class BuildExtRecordingFlags(build_ext):

@@ -2,9 +2,9 @@
 # (row tile, column tile) job scheduler with its fused epilogue, B packing split over threads,
 # and the im2col convolution jobs (per pixel tile, or everything gathered first for small
 # outputs).  All inline and nogil; the Python-visible entry points that check shapes stay in
-# gemm512.pyx.
-from cython.parallel cimport prange, threadid
-
+# gemm512.pyx.  Parallel loops run on the shared pool (wb_pool.h): chunks, each thread starting
+# on its own contiguous range (so a thread keeps the same output pixels from layer to layer),
+# and the caller never waiting for a thread that took no work.
 from conv_gemm cimport Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epilogue, _imin
 
 
@@ -38,6 +38,9 @@ cdef enum:
     TILE_M = 144
     TILE_N = 512
     ROW_SPLIT_STRIPS = 8   # strips of 12 rows a thread needs before threads split C by rows
+
+
+from wb_pool cimport wb_pool_run
 
 
 cdef struct Job:
@@ -118,12 +121,6 @@ cdef inline Py_ssize_t _tail(Py_ssize_t m, Py_ssize_t tm) noexcept nogil:
     return m - (m - 1) // tm * tm
 
 
-cdef inline Py_ssize_t row_split(Py_ssize_t units, Py_ssize_t t, int nt) noexcept nogil:
-    """First of the ``units`` (micro-kernel strips, pixels) that thread ``t`` of ``nt`` owns in a
-    split into contiguous, nearly equal ranges."""
-    return units * t // nt
-
-
 cdef inline bint split_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int nt) noexcept nogil:
     """Whether ``nt`` threads split an (m x k) @ (k x n) product by contiguous ranges of C's rows:
     with ROW_SPLIT_STRIPS strips of 12 rows a thread, and B no bigger than A and C together
@@ -135,20 +132,19 @@ cdef inline bint split_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int nt) no
 cdef inline void gemm_jobs(Job* j, float* abufs, int nt) noexcept nogil:
     """All tiles of ``j`` (B already packed); ``abufs`` holds ``nt`` A buffers, one per thread.
 
-    Where :c:func:`split_rows` says so, each thread owns a
-    contiguous range of C's rows, which in a convolution are output pixels: the next layer's
+    Where :c:func:`split_rows` says so, each thread starts on a
+    contiguous range of C's rows (in TILE_M chunks), which in a convolution are output pixels: the next layer's
     thread then finds most of its input in its own L2, written there by the same core (a
     row-to-thread map that changes from layer to layer makes every read a cross-core transfer).
-    Otherwise tiles shrink (to 128 columns, 48 rows) until each thread has about 4, on a dynamic
-    schedule that evens out a ragged last tile; rows shrink only while the last row tile keeps a
+    Otherwise tiles shrink (to 128 columns, 48 rows) until each thread has about 4, taken as
+    threads come free, which evens out a ragged last tile; rows shrink only while the last row tile keeps a
     whole strip (m = 49 in 48-row tiles left 1-row tiles that streamed all of B again for one
     row: ResNet-50's 7x7 2048->512 layers 0.26 -> 0.23 ms)."""
-    cdef Py_ssize_t t, tiles, strips = (j.m + WB512_MR - 1) // WB512_MR
-    cdef Py_ssize_t per = wb512_abuf_floats()
+    cdef Py_ssize_t t, tiles
+    cdef _JobsCtx c
+    c.j, c.abufs, c.per = j, abufs, wb512_abuf_floats()
     if split_rows(j.m, j.n, j.k, nt):
-        for t in prange(nt, nogil=True, schedule="static", num_threads=nt):
-            _rows(j, abufs + threadid() * per, _imin(j.m, row_split(strips, t, nt) * WB512_MR),
-                  _imin(j.m, row_split(strips, t + 1, nt) * WB512_MR))
+        wb_pool_run(_rows_chunk, &c, (j.m + TILE_M - 1) // TILE_M, nt)
         return
     j.tm, j.tn = TILE_M, TILE_N
     while nt > 1 and _count(j.m, j.n, j.tm, j.tn) < 4 * nt:
@@ -158,24 +154,43 @@ cdef inline void gemm_jobs(Job* j, float* abufs, int nt) noexcept nogil:
             j.tm -= 48
         else:
             break
-    tiles = _count(j.m, j.n, j.tm, j.tn)
-    if nt > 1 and tiles > 1:
-        for t in prange(tiles, nogil=True, schedule="dynamic", num_threads=nt):
-            _tile(j, abufs + threadid() * per, t)
-    else:
-        for t in range(tiles):
-            _tile(j, abufs, t)
+    wb_pool_run(_tile_chunk, &c, _count(j.m, j.n, j.tm, j.tn), nt)
+
+
+cdef struct _JobsCtx:
+    Job* j
+    float* abufs
+    Py_ssize_t per
+
+
+cdef inline void _rows_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _JobsCtx* c = <_JobsCtx*> ctx
+    _rows(c.j, c.abufs + slot * c.per, i * TILE_M, _imin(c.j.m, (i + 1) * TILE_M))
+
+
+cdef inline void _tile_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _JobsCtx* c = <_JobsCtx*> ctx
+    _tile(c.j, c.abufs + slot * c.per, i)
 
 
 cdef inline void pack_b_par(Py_ssize_t k, Py_ssize_t n, const float* b, Py_ssize_t ldb, int trans_b, float* dst,
                      int nt) noexcept nogil:
     """:c:func:`wb512_pack_b` over all panels, split between ``nt`` threads."""
-    cdef Py_ssize_t panels = (n + WB512_NR - 1) // WB512_NR, p
-    if nt > 1 and panels > 1:
-        for p in prange(panels, nogil=True, schedule="static", num_threads=nt):
-            wb512_pack_b(k, n, b, ldb, trans_b, dst, p, p + 1)
-    else:
-        wb512_pack_b(k, n, b, ldb, trans_b, dst, 0, panels)
+    cdef _PackCtx c
+    c.k, c.n, c.b, c.ldb, c.trans_b, c.dst = k, n, b, ldb, trans_b, dst
+    wb_pool_run(_pack_chunk, &c, (n + WB512_NR - 1) // WB512_NR, nt)
+
+
+cdef struct _PackCtx:
+    Py_ssize_t k, n, ldb
+    const float* b
+    int trans_b
+    float* dst
+
+
+cdef inline void _pack_chunk(void* ctx, Py_ssize_t p, int slot) noexcept nogil:
+    cdef _PackCtx* c = <_PackCtx*> ctx
+    wb512_pack_b(c.k, c.n, c.b, c.ldb, c.trans_b, c.dst, p, p + 1)
 
 
 # --- im2col convolutions (group 1) -------------------------------------------------------------
@@ -283,17 +298,40 @@ cdef inline void _im2col_nchw_job(const Geo* g, const float* x, const float* w, 
                   e.res + nn * g.m * g.p + p0 if e.res != NULL else NULL, g.p, e, e.slope)
 
 
+cdef enum:
+    GATHER_PIXELS = 32   # NHWC pixels gathered per chunk
+
+
+cdef struct _GatherCtx:
+    const Geo* g
+    const float* x
+    float* cols
+
+
+cdef inline void _gather_nhwc_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _GatherCtx* c = <_GatherCtx*> ctx
+    cdef Py_ssize_t q
+    for q in range(i * GATHER_PIXELS, _imin((i + 1) * GATHER_PIXELS, c.g.n * c.g.p)):
+        _cols_nhwc_pixel(c.g, c.x, c.cols + q * c.g.kg, q, 0)
+
+
+cdef inline void _gather_nchw_chunk(void* ctx, Py_ssize_t r, int slot) noexcept nogil:
+    cdef _GatherCtx* c = <_GatherCtx*> ctx
+    _cols_nchw_row(c.g, c.x, c.cols + r * c.g.p, r, 0, c.g.p)
+
+
 cdef inline void _im2col_whole(const Geo* g, bint nhwc, const float* x, const float* w, float* out, const Epi* e,
                         float* cols, float* pb, float* abufs, int nt) noexcept nogil:
     """Gather every column first (in parallel), then one :c:func:`gemm_jobs` over the whole
     output: for small outputs, whose few pixel tiles would leave threads idle; the GEMM's jobs
     split output channels too."""
-    cdef Py_ssize_t q, r, nn
+    cdef Py_ssize_t nn
     cdef Job j
+    cdef _GatherCtx c
+    c.g, c.x, c.cols = g, x, cols
     j.k, j.accumulate, j.e = g.kg, 0, e
     if nhwc:
-        for q in prange(g.n * g.p, nogil=True, schedule="static", num_threads=nt):
-            _cols_nhwc_pixel(g, x, cols + q * g.kg, q, 0)
+        wb_pool_run(_gather_nhwc_chunk, &c, (g.n * g.p + GATHER_PIXELS - 1) // GATHER_PIXELS, nt)
         j.m, j.n, j.lda, j.ldc, j.ld_res = g.n * g.p, g.m, g.kg, g.m, g.m
         j.a, j.pb, j.c, j.res, j.channel_is_row = cols, w, out, e.res, 0
         gemm_jobs(&j, abufs, nt)
@@ -301,8 +339,8 @@ cdef inline void _im2col_whole(const Geo* g, bint nhwc, const float* x, const fl
     j.m, j.n, j.lda, j.ldc, j.ld_res = g.m, g.p, g.kg, g.p, g.p
     j.a, j.pb, j.channel_is_row = w, pb, 1
     for nn in range(g.n):
-        for r in prange(g.kg, nogil=True, schedule="static", num_threads=nt):
-            _cols_nchw_row(g, x + nn * g.c * g.h * g.w, cols + r * g.p, r, 0, g.p)
+        c.x = x + nn * g.c * g.h * g.w
+        wb_pool_run(_gather_nchw_chunk, &c, g.kg, nt)
         pack_b_par(g.kg, g.p, cols, g.p, 0, pb, nt)
         j.c = out + nn * g.m * g.p
         j.res = e.res + nn * g.m * g.p if e.res != NULL else NULL

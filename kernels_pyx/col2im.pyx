@@ -7,19 +7,23 @@ output at ``o = i * stride + k * dilation - pad_begin``, skipping what falls out
 positive and negative end pads and ``output_padding`` come out (uncovered outputs stay 0 + bias).
 
 - NCHW: ``cols (M*KH*KW, H*W) = W_g^T @ X_g``; col2im is parallel over output channels
-  (a thread owns whole planes, so the scatter has no races).
+  (a chunk owns whole planes, so the scatter has no races).
 - NHWC: ``cols (H*W, G, KH*KW, Mg) = X_g @ W'_g`` with W' packed (C, KH, KW, Mg); col2im is
   parallel over output rows, each gathering the taps that land in it, vectorised over channels.
+
+Parallel loops run on the shared pool (``wb_pool.h``); small planes or rows are grouped into
+chunks of about ``WB_CHUNK_WORK`` elements (``wb_pool.pxd``) so that handing out a chunk costs little next to it.
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
 
 from _gemm cimport gemm_rm
 from _epilogue cimport epilogue_rows
 from libc.string cimport memcpy
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 
 # Below this many elements of work a parallel region costs more than it saves (and on a busy
@@ -62,66 +66,110 @@ cdef struct Geometry:
     Py_ssize_t N, C, H, W, M, OH, OW, G, Cg, Mg, KH, KW, sh, sw, dh, dw, pt, pl
 
 
-cdef void _nchw(const float* x, const float* w, float* out, float* cols, Geometry g, const float* bias,
-                int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
-    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, n, grp, mo, kh, kw, ih, iw, lo, hi, wlo, whi, oh, base, i
+cdef struct _Col2imCtx:
+    # One image's col2im: chunk i covers items (output channels, NCHW; output rows, NHWC)
+    # [i * per, min((i + 1) * per, items)).
+    const Geometry* g
+    const float* cols
+    float* out
+    const float* bias
+    const float* slope
+    float p0, p1
+    int act
+    Py_ssize_t n, per, items
+
+
+cdef void _nchw_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    cdef _Col2imCtx* j = <_Col2imCtx*> ctx
+    cdef const Geometry* g = j.g
+    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, mo, kh, kw, ih, iw, lo, hi, wlo, whi, oh, base, i
+    cdef Py_ssize_t m0 = chunk * j.per, m1 = min(m0 + j.per, j.items)
     cdef float* plane
     cdef const float* c
+    for mo in range(m0, m1):
+        plane = j.out + (j.n * g.M + mo) * g.OH * g.OW
+        for i in range(g.OH * g.OW):
+            plane[i] = 0
+        for kh in range(g.KH):
+            lo = _lo(kh, g.dh, g.sh, g.pt)
+            hi = _hi(kh, g.dh, g.sh, g.pt, g.H, g.OH)
+            for kw in range(g.KW):
+                wlo = _lo(kw, g.dw, g.sw, g.pl)
+                whi = _hi(kw, g.dw, g.sw, g.pl, g.W, g.OW)
+                c = j.cols + ((mo * g.KH + kh) * g.KW + kw) * HW
+                base = kw * g.dw - g.pl
+                for ih in range(lo, hi):
+                    oh = ih * g.sh + kh * g.dh - g.pt
+                    for iw in range(wlo, whi):
+                        plane[oh * g.OW + iw * g.sw + base] += c[ih * g.W + iw]
+        epilogue_rows(plane, 1, g.OH * g.OW, g.OH * g.OW, True, j.bias + mo if j.bias != NULL else NULL, NULL, 0,
+                      j.act, j.p0, j.p1, j.slope + mo if j.slope != NULL else NULL)
+
+
+cdef inline void _ctx(_Col2imCtx* c, const Geometry* g, float* cols, float* out, const float* bias, int act,
+                      float p0, float p1, const float* slope, Py_ssize_t items, Py_ssize_t item_work,
+                      int nt) noexcept nogil:
+    c.g, c.cols, c.out, c.bias, c.slope, c.act, c.p0, c.p1 = g, cols, out, bias, slope, act, p0, p1
+    c.items = items
+    c.per = wb_jobs_per_chunk(items, item_work, nt)
+
+
+cdef void _nchw(const float* x, const float* w, float* out, float* cols, Geometry g, const float* bias,
+                int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
+    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, n, grp
+    cdef _Col2imCtx c
+    # A plane's work: each output about KK / (sh * sw) taps, plus its epilogue.
+    _ctx(&c, &g, cols, out, bias, act, p0, p1, slope, g.M, g.OH * g.OW * (1 + KK // (g.sh * g.sw)), nt)
     for n in range(g.N):
         for grp in range(g.G):
             gemm_rm(True, False, g.Mg * KK, HW, g.Cg, 1, w + grp * g.Cg * g.Mg * KK, g.Mg * KK,
                     x + (n * g.C + grp * g.Cg) * HW, HW, 0, cols + grp * g.Mg * KK * HW, HW)
-        for mo in prange(g.M, schedule="static", num_threads=nt):
-            plane = out + (n * g.M + mo) * g.OH * g.OW
-            for i in range(g.OH * g.OW):
-                plane[i] = 0
-            for kh in range(g.KH):
-                lo = _lo(kh, g.dh, g.sh, g.pt)
-                hi = _hi(kh, g.dh, g.sh, g.pt, g.H, g.OH)
-                for kw in range(g.KW):
-                    wlo = _lo(kw, g.dw, g.sw, g.pl)
-                    whi = _hi(kw, g.dw, g.sw, g.pl, g.W, g.OW)
-                    c = cols + ((mo * g.KH + kh) * g.KW + kw) * HW
-                    base = kw * g.dw - g.pl
-                    for ih in range(lo, hi):
-                        oh = ih * g.sh + kh * g.dh - g.pt
-                        for iw in range(wlo, whi):
-                            plane[oh * g.OW + iw * g.sw + base] += c[ih * g.W + iw]
-            epilogue_rows(plane, 1, g.OH * g.OW, g.OH * g.OW, True, bias + mo if bias != NULL else NULL, NULL, 0,
-                          act, p0, p1, slope + mo if slope != NULL else NULL)
+        c.n = n
+        wb_pool_run(_nchw_chunk, &c, (c.items + c.per - 1) // c.per, nt)
+
+
+cdef void _nhwc_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    cdef _Col2imCtx* j = <_Col2imCtx*> ctx
+    cdef const Geometry* g = j.g
+    cdef Py_ssize_t KK = g.KH * g.KW, ld = g.G * KK * g.Mg
+    cdef Py_ssize_t grp, oh, kh, kw, t, ih, iw, wlo, whi, ow, m
+    cdef Py_ssize_t oh0 = chunk * j.per, oh1 = min(oh0 + j.per, j.items)
+    cdef float* row
+    cdef float* dst
+    cdef const float* src
+    for oh in range(oh0, oh1):
+        row = j.out + (j.n * g.OH + oh) * g.OW * g.M
+        for ow in range(g.OW * g.M):
+            row[ow] = 0
+        for kh in range(g.KH):
+            t = oh + g.pt - kh * g.dh
+            if t < 0 or t % g.sh != 0 or t / g.sh >= g.H:
+                continue
+            ih = t / g.sh
+            for kw in range(g.KW):
+                wlo = _lo(kw, g.dw, g.sw, g.pl)
+                whi = _hi(kw, g.dw, g.sw, g.pl, g.W, g.OW)
+                for iw in range(wlo, whi):
+                    ow = iw * g.sw + kw * g.dw - g.pl
+                    for grp in range(g.G):
+                        src = j.cols + (ih * g.W + iw) * ld + (grp * KK + kh * g.KW + kw) * g.Mg
+                        dst = row + ow * g.M + grp * g.Mg
+                        for m in range(g.Mg):
+                            dst[m] += src[m]
+        epilogue_rows(row, g.OW, g.M, g.M, False, j.bias, NULL, 0, j.act, j.p0, j.p1, j.slope)
 
 
 cdef void _nhwc(const float* x, const float* w, float* out, float* cols, Geometry g, const float* bias,
                 int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
-    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, ld = g.G * KK * g.Mg
-    cdef Py_ssize_t n, grp, job, oh, kh, kw, t, ih, iw, wlo, whi, ow, m
-    cdef float* row
-    cdef float* dst
-    cdef const float* src
+    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, ld = g.G * KK * g.Mg, n, grp
+    cdef _Col2imCtx c
+    _ctx(&c, &g, cols, out, bias, act, p0, p1, slope, g.OH, g.OW * g.M * (1 + KK // (g.sh * g.sw)), nt)
     for n in range(g.N):
         for grp in range(g.G):
             gemm_rm(False, False, HW, KK * g.Mg, g.Cg, 1, x + n * HW * g.C + grp * g.Cg, g.C,
                     w + grp * g.Cg * KK * g.Mg, KK * g.Mg, 0, cols + grp * KK * g.Mg, ld)
-        for oh in prange(g.OH, schedule="static", num_threads=nt):
-            row = out + (n * g.OH + oh) * g.OW * g.M
-            for ow in range(g.OW * g.M):
-                row[ow] = 0
-            for kh in range(g.KH):
-                t = oh + g.pt - kh * g.dh
-                if t < 0 or t % g.sh != 0 or t / g.sh >= g.H:
-                    continue
-                ih = t / g.sh
-                for kw in range(g.KW):
-                    wlo = _lo(kw, g.dw, g.sw, g.pl)
-                    whi = _hi(kw, g.dw, g.sw, g.pl, g.W, g.OW)
-                    for iw in range(wlo, whi):
-                        ow = iw * g.sw + kw * g.dw - g.pl
-                        for grp in range(g.G):
-                            src = cols + (ih * g.W + iw) * ld + (grp * KK + kh * g.KW + kw) * g.Mg
-                            dst = row + ow * g.M + grp * g.Mg
-                            for m in range(g.Mg):
-                                dst[m] += src[m]
-            epilogue_rows(row, g.OW, g.M, g.M, False, bias, NULL, 0, act, p0, p1, slope)
+        c.n = n
+        wb_pool_run(_nhwc_chunk, &c, (c.items + c.per - 1) // c.per, nt)
 
 
 def _array(a, name, shape=None, size=None, writeable=False):
@@ -206,57 +254,93 @@ def conv_transpose(x, w, out, scratch, bint nhwc, int group, kernel, strides, di
 
 
 # -- kernel == stride, no padding: every output pixel takes exactly one tap --------------------------
+cdef struct _ShuffleCtx:
+    # One image: chunk ``blk`` is a block of ``per`` input rows (NHWC) or output channels (NCHW).
+    const Geometry* g
+    const float* x
+    const float* w
+    float* out
+    float* cols
+    const float* bias
+    const float* slope
+    float p0, p1
+    int act
+    Py_ssize_t n, per
+
+
+cdef void _shuffle_nhwc_chunk(void* ctx, Py_ssize_t blk, int slot) noexcept nogil:
+    cdef _ShuffleCtx* s = <_ShuffleCtx*> ctx
+    cdef const Geometry* g = s.g
+    cdef Py_ssize_t KK = g.KH * g.KW, ld = KK * g.M, run = g.KW * g.M, n = s.n, i, kh, j
+    cdef Py_ssize_t i0 = blk * s.per, i1 = min(i0 + s.per, g.H)
+    cdef float* row
+    gemm_rm(False, False, (i1 - i0) * g.W, ld, g.C, 1, s.x + (n * g.H + i0) * g.W * g.C, g.C, s.w, ld, 0,
+            s.cols + i0 * g.W * ld, ld)
+    for i in range(i0, i1):
+        for kh in range(g.KH):
+            row = s.out + ((n * g.OH + i * g.KH + kh) * g.OW) * g.M
+            for j in range(g.W):
+                memcpy(row + j * run, s.cols + ((i * g.W + j) * KK + kh * g.KW) * g.M, run * sizeof(float))
+            epilogue_rows(row, g.OW, g.M, g.M, False, s.bias, NULL, 0, s.act, s.p0, s.p1, s.slope)
+
+
+cdef inline void _shuffle_ctx(_ShuffleCtx* s, const Geometry* g, const float* x, const float* w, float* out,
+                              float* cols, const float* bias, int act, float p0, float p1,
+                              const float* slope) noexcept nogil:
+    s.g, s.x, s.w, s.out, s.cols, s.bias, s.slope, s.act, s.p0, s.p1 = g, x, w, out, cols, bias, slope, act, p0, p1
+
+
 cdef void _shuffle_nhwc(const float* x, const float* w, float* out, float* cols, Geometry g, const float* bias,
                         int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
-    """Per thread a block of input rows: its GEMM rows (W pixels x KH*KW*M), then each (row, kh)
+    """Per chunk a block of input rows: its GEMM rows (W pixels x KH*KW*M), then each (row, kh)
     lands as W contiguous runs of KW*M floats in output row i*KH + kh (KW == stride)."""
-    cdef Py_ssize_t KK = g.KH * g.KW, ld = KK * g.M, run = g.KW * g.M, n, blk, i0, i1, i, kh, j
-    cdef Py_ssize_t rows_per = max(1, (g.H + 4 * nt - 1) // (4 * nt)), blocks = (g.H + rows_per - 1) // rows_per
-    cdef float* row
+    cdef Py_ssize_t rows_per = max(1, (g.H + 4 * nt - 1) // (4 * nt)), blocks = (g.H + rows_per - 1) // rows_per, n
+    cdef _ShuffleCtx s
+    _shuffle_ctx(&s, &g, x, w, out, cols, bias, act, p0, p1, slope)
+    s.per = rows_per
     for n in range(g.N):
-        for blk in prange(blocks, schedule="dynamic", num_threads=nt):
-            i0 = blk * rows_per
-            i1 = min(i0 + rows_per, g.H)
-            gemm_rm(False, False, (i1 - i0) * g.W, ld, g.C, 1, x + (n * g.H + i0) * g.W * g.C, g.C, w, ld, 0,
-                    cols + i0 * g.W * ld, ld)
-            for i in range(i0, i1):
-                for kh in range(g.KH):
-                    row = out + ((n * g.OH + i * g.KH + kh) * g.OW) * g.M
-                    for j in range(g.W):
-                        memcpy(row + j * run, cols + ((i * g.W + j) * KK + kh * g.KW) * g.M, run * sizeof(float))
-                    epilogue_rows(row, g.OW, g.M, g.M, False, bias, NULL, 0, act, p0, p1, slope)
+        s.n = n
+        wb_pool_run(_shuffle_nhwc_chunk, &s, blocks, nt)
+
+
+cdef void _shuffle_nchw_chunk(void* ctx, Py_ssize_t blk, int slot) noexcept nogil:
+    cdef _ShuffleCtx* s = <_ShuffleCtx*> ctx
+    cdef const Geometry* g = s.g
+    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, n = s.n, m, kh, kw, i, j
+    cdef Py_ssize_t m0 = blk * s.per, m1 = min(m0 + s.per, g.M)
+    cdef float* plane
+    cdef float* row
+    cdef const float* c
+    gemm_rm(True, False, (m1 - m0) * KK, HW, g.C, 1, s.w + m0 * KK, g.M * KK, s.x + n * g.C * HW, HW, 0,
+            s.cols + m0 * KK * HW, HW)
+    for m in range(m0, m1):
+        plane = s.out + (n * g.M + m) * g.OH * g.OW
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                c = s.cols + ((m * g.KH + kh) * g.KW + kw) * HW
+                for i in range(g.H):
+                    row = plane + (i * g.KH + kh) * g.OW + kw
+                    if g.KW == 2:
+                        for j in range(g.W):
+                            row[2 * j] = c[i * g.W + j]
+                    else:
+                        for j in range(g.W):
+                            row[j * g.KW] = c[i * g.W + j]
+        epilogue_rows(plane, 1, g.OH * g.OW, g.OH * g.OW, True, s.bias + m if s.bias != NULL else NULL, NULL, 0,
+                      s.act, s.p0, s.p1, s.slope + m if s.slope != NULL else NULL)
 
 
 cdef void _shuffle_nchw(const float* x, const float* w, float* out, float* cols, Geometry g, const float* bias,
                         int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
-    """Per thread a block of output channels: its GEMM rows (m, kh, kw) x H*W pixels, then output
+    """Per chunk a block of output channels: its GEMM rows (m, kh, kw) x H*W pixels, then output
     row (m, i*KH + kh) interleaves the KW rows of that (m, kh) (KW == stride)."""
-    cdef Py_ssize_t KK = g.KH * g.KW, HW = g.H * g.W, n, blk, m0, m1, m, kh, kw, i, j
-    cdef Py_ssize_t per = max(1, (g.M + 4 * nt - 1) // (4 * nt)), blocks = (g.M + per - 1) // per
-    cdef float* plane
-    cdef float* row
-    cdef const float* c
+    cdef Py_ssize_t per = max(1, (g.M + 4 * nt - 1) // (4 * nt)), blocks = (g.M + per - 1) // per, n
+    cdef _ShuffleCtx s
+    _shuffle_ctx(&s, &g, x, w, out, cols, bias, act, p0, p1, slope)
+    s.per = per
     for n in range(g.N):
-        for blk in prange(blocks, schedule="dynamic", num_threads=nt):
-            m0 = blk * per
-            m1 = min(m0 + per, g.M)
-            gemm_rm(True, False, (m1 - m0) * KK, HW, g.C, 1, w + m0 * KK, g.M * KK, x + n * g.C * HW, HW, 0,
-                    cols + m0 * KK * HW, HW)
-            for m in range(m0, m1):
-                plane = out + (n * g.M + m) * g.OH * g.OW
-                for kh in range(g.KH):
-                    for kw in range(g.KW):
-                        c = cols + ((m * g.KH + kh) * g.KW + kw) * HW
-                        for i in range(g.H):
-                            row = plane + (i * g.KH + kh) * g.OW + kw
-                            if g.KW == 2:
-                                for j in range(g.W):
-                                    row[2 * j] = c[i * g.W + j]
-                            else:
-                                for j in range(g.W):
-                                    row[j * g.KW] = c[i * g.W + j]
-                epilogue_rows(plane, 1, g.OH * g.OW, g.OH * g.OW, True, bias + m if bias != NULL else NULL, NULL, 0,
-                              act, p0, p1, slope + m if slope != NULL else NULL)
+        s.n = n
+        wb_pool_run(_shuffle_nchw_chunk, &s, blocks, nt)
 
 
 def conv_transpose_shuffle(x, w, out, scratch, bint nhwc, bias=None, int act=0, float p0=0, float p1=0, slope=None,

@@ -6,8 +6,9 @@ for NHWC (whose pixels run on across images, so the batch folds into the GEMM). 
 its im2col tile (or, for a 1x1 stride-1 unpadded conv, reads the input in place), runs SGEMM
 and applies bias + residual + activation to the block it just wrote, while it is still in cache.
 
-All parallelism is OpenMP's and the BLAS must be single-threaded during a call (the caller sets
-it): ``parallel_tiles`` runs whole jobs in a ``prange``, one scratch tile per thread; otherwise
+All parallelism is the shared pool's (``wb_pool.h``) and the BLAS must be single-threaded during
+a call (the caller sets it): ``parallel_tiles`` runs whole jobs as pool chunks, one scratch tile
+per thread; otherwise
 jobs run one after another, each with a parallel gather into one shared tile and its GEMM split
 over output channels (layers with too few pixels to split).  A BLAS threading its own calls
 inside our parallel regions, or spinning beside them, costs several times the whole layer.
@@ -15,12 +16,13 @@ Shapes are checked in the Python-visible functions before any ``nogil`` code.
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange, threadid
 
 from _gemm cimport gemm_rm
 from conv_gemm cimport ACT_RUN_LAST, Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epi_row, _epilogue, _imin
+from wb_pool cimport wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 
 cdef void _block_nchw(const Geo* g, const float* b, Py_ssize_t ldb, const float* w, float* out,
@@ -73,68 +75,111 @@ cdef void _block_nhwc_t(const Geo* g, const float* a, Py_ssize_t lda, const floa
                      e.slope + ch if e.slope != NULL else NULL)
 
 
+cdef struct _Part:
+    # one job's pieces run in parallel: its gather and its GEMM blocks of output channels
+    const Geo* g
+    const float* x
+    const float* src
+    const float* w
+    const float* b
+    float* out
+    float* cols
+    const Epi* e
+    Py_ssize_t ld, gi, nn, p0, p1, step
+    bint nhwc, direct
+
+
+cdef enum:
+    GATHER_PIXELS = 16   # NHWC pixels gathered per pool chunk
+
+
+cdef void _gather_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _Part* c = <_Part*> ctx
+    cdef Py_ssize_t r
+    if c.nhwc:
+        for r in range(c.p0 + i * GATHER_PIXELS, _imin(c.p1, c.p0 + (i + 1) * GATHER_PIXELS)):
+            _cols_nhwc_pixel(c.g, c.x, c.cols + (r - c.p0) * c.g.kg, r, c.gi)
+    else:
+        _cols_nchw_row(c.g, c.src, c.cols + i * (c.p1 - c.p0), i, c.p0, c.p1)
+
+
+cdef void _block_chunk(void* ctx, Py_ssize_t blk, int slot) noexcept nogil:
+    cdef _Part* c = <_Part*> ctx
+    cdef Py_ssize_t m0 = blk * c.step, m1 = _imin(c.g.mg, m0 + c.step)
+    if c.nhwc:
+        _block_nhwc_t(c.g, c.b, c.ld, c.w, c.out, c.cols + (0 if c.direct else (c.p1 - c.p0) * c.g.kg), c.e,
+                      c.gi, c.p0, c.p1, m0, m1)
+    else:
+        _block_nchw(c.g, c.b, c.ld, c.w, c.out, c.e, c.nn, c.gi, c.p0, c.p1, m0, m1)
+
+
 cdef void _job(bint nhwc, const Geo* g, const float* x, const float* w, float* out, float* cols,
                const Epi* e, Py_ssize_t job, Py_ssize_t tile, bint direct, int nt) noexcept nogil:
     """One (image,) group and pixel tile.  With ``nt > 1`` the gather runs in parallel and the
     GEMM is split over output channels, one block per thread; else all of it runs here."""
     cdef Py_ssize_t total = g.n * g.p if nhwc else g.p, tiles = (total + tile - 1) // tile
-    cdef Py_ssize_t t = job % tiles, gi = (job // tiles) % g.g, nn = job // (tiles * g.g)
-    cdef Py_ssize_t p0 = t * tile, p1 = _imin(total, p0 + tile), np_ = p1 - p0, r
-    cdef Py_ssize_t blocks = 1, step = g.mg, blk, m0
-    cdef const float* src = x + (nn * g.c + gi * g.cg) * g.h * g.w
-    cdef const float* b
-    cdef Py_ssize_t ld
+    cdef Py_ssize_t t = job % tiles, blocks = 1
+    cdef _Part c
+    c.g, c.x, c.w, c.out, c.cols, c.e, c.nhwc, c.direct = g, x, w, out, cols, e, nhwc, direct
+    c.gi, c.nn = (job // tiles) % g.g, job // (tiles * g.g)
+    c.p0 = t * tile
+    c.p1 = _imin(total, c.p0 + tile)
+    c.src = x + (c.nn * g.c + c.gi * g.cg) * g.h * g.w
+    c.step = g.mg
     if direct:
         if nhwc:
-            b, ld = x + p0 * g.c + gi * g.cg, g.c
+            c.b, c.ld = x + c.p0 * g.c + c.gi * g.cg, g.c
         else:
-            b, ld = src + p0, g.p
+            c.b, c.ld = c.src + c.p0, g.p
     else:
-        b, ld = cols, (g.kg if nhwc else np_)
-        if nt > 1:
-            if nhwc:
-                for r in prange(p0, p1, nogil=True, schedule="static", num_threads=nt):
-                    _cols_nhwc_pixel(g, x, cols + (r - p0) * g.kg, r, gi)
-            else:
-                for r in prange(g.kg, nogil=True, schedule="static", num_threads=nt):
-                    _cols_nchw_row(g, src, cols + r * np_, r, p0, p1)
-        elif nhwc:
-            for r in range(p0, p1):
-                _cols_nhwc_pixel(g, x, cols + (r - p0) * g.kg, r, gi)
+        c.b, c.ld = cols, (g.kg if nhwc else c.p1 - c.p0)
+        if nhwc:
+            wb_pool_run(_gather_chunk, &c, (c.p1 - c.p0 + GATHER_PIXELS - 1) // GATHER_PIXELS, nt)
         else:
-            for r in range(g.kg):
-                _cols_nchw_row(g, src, cols + r * np_, r, p0, p1)
+            wb_pool_run(_gather_chunk, &c, g.kg, nt)
     if nt > 1:
         # Blocks of whole 16-channel vectors where possible (the BLAS kernels' register width).
-        step = ((g.mg + nt - 1) // nt + 15) // 16 * 16
-        if step >= g.mg:
-            step = (g.mg + nt - 1) // nt
-        blocks = (g.mg + step - 1) // step
+        c.step = ((g.mg + nt - 1) // nt + 15) // 16 * 16
+        if c.step >= g.mg:
+            c.step = (g.mg + nt - 1) // nt
+        blocks = (g.mg + c.step - 1) // c.step
     if blocks <= 1:
         if nhwc:
-            _block_nhwc(g, b, ld, w, out, e, gi, p0, p1, 0, g.mg)
+            _block_nhwc(g, c.b, c.ld, w, out, e, c.gi, c.p0, c.p1, 0, g.mg)
         else:
-            _block_nchw(g, b, ld, w, out, e, nn, gi, p0, p1, 0, g.mg)
+            _block_nchw(g, c.b, c.ld, w, out, e, c.nn, c.gi, c.p0, c.p1, 0, g.mg)
         return
-    for blk in prange(blocks, nogil=True, schedule="static", num_threads=nt):
-        m0 = blk * step
-        if nhwc:
-            _block_nhwc_t(g, b, ld, w, out, cols + (0 if direct else np_ * g.kg), e, gi, p0, p1, m0,
-                          _imin(g.mg, m0 + step))
-        else:
-            _block_nchw(g, b, ld, w, out, e, nn, gi, p0, p1, m0, _imin(g.mg, m0 + step))
+    wb_pool_run(_block_chunk, &c, blocks, nt)
+
+
+cdef struct _Jobs:
+    const Geo* g
+    const float* x
+    const float* w
+    float* out
+    float* scratch
+    const Epi* e
+    Py_ssize_t tile, per
+    bint nhwc, direct
+
+
+cdef void _job_chunk(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
+    cdef _Jobs* c = <_Jobs*> ctx
+    _job(c.nhwc, c.g, c.x, c.w, c.out, c.scratch + slot * c.per, c.e, job, c.tile, c.direct, 1)
 
 
 cdef void _run(bint nhwc, const Geo* g, const float* x, const float* w, float* out, float* scratch,
                const Epi* e, Py_ssize_t tile, bint parallel_tiles, bint direct, int nt) noexcept nogil:
-    cdef Py_ssize_t jobs, job, per = tile * g.kg
+    cdef Py_ssize_t jobs, job
+    cdef _Jobs c
     if nhwc:
         jobs = g.g * ((g.n * g.p + tile - 1) // tile)
     else:
         jobs = g.n * g.g * ((g.p + tile - 1) // tile)
     if parallel_tiles and nt > 1:
-        for job in prange(jobs, nogil=True, schedule="dynamic", num_threads=nt):
-            _job(nhwc, g, x, w, out, scratch + threadid() * per, e, job, tile, direct, 1)
+        c.g, c.x, c.w, c.out, c.scratch, c.e = g, x, w, out, scratch, e
+        c.tile, c.per, c.nhwc, c.direct = tile, tile * g.kg, nhwc, direct
+        wb_pool_run(_job_chunk, &c, jobs, nt)
     else:
         for job in range(jobs):
             _job(nhwc, g, x, w, out, scratch, e, job, tile, direct, nt)

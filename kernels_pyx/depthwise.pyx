@@ -17,12 +17,13 @@ multi-stream inner loops without run-time alias checks, which it gives up on pas
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 from _epilogue cimport activate
 from conv_gemm cimport ACT_RUN_LAST, act_run   # NaN-propagating (the shared activate_run turns a NaN into 0)
+from wb_pool cimport wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 cdef extern from *:
     ctypedef float* fptr "float * __restrict__"
@@ -264,23 +265,32 @@ cdef void _nhwc_row(const float* x, const float* w, const float* bias, float* yr
         ow = ow + P
 
 
-cdef void _dw_nhwc(const float* x, const float* w, const float* bias, const float* res, float* y,
-                   Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OH, Py_ssize_t OW,
-                   Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                   int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
-    cdef Py_ssize_t job, n, oh, row = OW * C
-    cdef float* yrow
-    for job in prange(N * OH, nogil=True, schedule="static", num_threads=nt):
-        n = job // OH
-        oh = job % OH
-        yrow = y + job * row
-        _nhwc_row(x, w, bias, yrow, n, oh, H, W, C, OW, KH, KW, sh, sw, pt, pl)
-        if res != NULL:
-            _add(yrow, res + job * row, row)
-        if act == 7:
-            _prelu_cols(yrow, slope, OW, C)
-        else:
-            act_run(yrow, row, act, p0, p1, 0)
+cdef struct _Dw:
+    const float* x
+    const float* w
+    const float* bias
+    const float* res
+    float* y
+    const float* slope
+    float* scratch
+    Py_ssize_t plane, N, C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, Hp, Wp
+    int act
+    float p0, p1
+
+
+cdef void _nhwc_chunk(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
+    """Output row ``job`` (image-major) of an NHWC depthwise convolution, epilogue included."""
+    cdef _Dw* d = <_Dw*> ctx
+    cdef Py_ssize_t row = d.OW * d.C
+    cdef float* yrow = d.y + job * row
+    _nhwc_row(d.x, d.w, d.bias, yrow, job // d.OH, job % d.OH, d.H, d.W, d.C, d.OW, d.KH, d.KW, d.sh, d.sw,
+              d.pt, d.pl)
+    if d.res != NULL:
+        _add(yrow, d.res + job * row, row)
+    if d.act == 7:
+        _prelu_cols(yrow, d.slope, d.OW, d.C)
+    else:
+        act_run(yrow, row, d.act, d.p0, d.p1, 0)
 
 
 # -- NCHW ---------------------------------------------------------------------------------------
@@ -387,54 +397,44 @@ cdef inline Py_ssize_t _tap(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssiz
     return ((kh % sh) * sw + kw % sw) * SP + (kh // sh) * Wq + kw // sw
 
 
-cdef void _dw_nchw(const float* x, const float* w, const float* bias, const float* res, float* y,
-                   float* scratch, Py_ssize_t plane, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
-                   Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
-                   Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hp, Py_ssize_t Wp,
-                   int act, float p0, float p1, const float* slope, int nt) noexcept nogil:
-    cdef Py_ssize_t Wq = (Wp + sw - 1) // sw, Hq = (Hp + sh - 1) // sh
+cdef void _nchw_chunk(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
+    """Plane ``job`` (image-major) of an NCHW depthwise convolution, in scratch slice ``slot``."""
+    cdef _Dw* d = <_Dw*> ctx
+    cdef Py_ssize_t sh = d.sh, sw = d.sw, KH = d.KH, KW = d.KW, W = d.W, pt = d.pt, pl = d.pl
+    cdef Py_ssize_t Wq = (d.Wp + sw - 1) // sw, Hq = (d.Hp + sh - 1) // sh
     cdef Py_ssize_t SP = Hq * Wq + max(KH, KW)               # sub-plane (+ slack for the tail)
-    cdef Py_ssize_t n_out = OH * Wq
-    cdef Py_ssize_t r0 = pt, r1 = min(Hp, pt + H)             # scratch rows holding input
-    cdef Py_ssize_t q0 = pl, q1 = min(Wp, pl + W)             # scratch cols holding input
-    cdef Py_ssize_t job, n, c, r, oh, kh, kw, tid
-    cdef float* pad
+    cdef Py_ssize_t n_out = d.OH * Wq
+    cdef Py_ssize_t r0 = pt, r1 = min(d.Hp, pt + d.H)         # scratch rows holding input
+    cdef Py_ssize_t q0 = pl, q1 = min(d.Wp, pl + W)           # scratch cols holding input
+    cdef Py_ssize_t c = job % d.C, r, oh, kh, OH = d.OH, OW = d.OW
+    cdef float* pad = d.scratch + slot * d.plane
+    cdef float* t = pad + sh * sw * SP
+    cdef const float* src = d.x + job * d.H * W
     cdef float* dst
-    cdef float* t
     cdef float* o
-    cdef const float* src
     cdef const float* wc
-    cdef float b, s
-    memset(scratch, 0, nt * plane * sizeof(float))
-    for job in prange(N * C, nogil=True, schedule="static", num_threads=nt):
-        tid = threadid()
-        n = job // C
-        c = job % C
-        pad = scratch + tid * plane
-        t = pad + sh * sw * SP
-        src = x + job * H * W
-        for r in range(r0, r1):
-            dst = pad + (r % sh) * sw * SP + (r // sh) * Wq
-            if sw == 1:
-                memcpy(dst + q0, src + (r - pt) * W, (q1 - q0) * sizeof(float))
-            else:
-                _split(dst, dst + SP, src + (r - pt) * W, q0, q1, pl)
-        wc = w + c * KH * KW
-        b = bias[c]
-        if KH == 3 and KW == 3:
-            _flat9(t, pad + _tap(0, 0, sh, sw, SP, Wq), pad + _tap(0, 1, sh, sw, SP, Wq),
-                   pad + _tap(0, 2, sh, sw, SP, Wq), pad + _tap(1, 0, sh, sw, SP, Wq),
-                   pad + _tap(1, 1, sh, sw, SP, Wq), pad + _tap(1, 2, sh, sw, SP, Wq),
-                   pad + _tap(2, 0, sh, sw, SP, Wq), pad + _tap(2, 1, sh, sw, SP, Wq),
-                   pad + _tap(2, 2, sh, sw, SP, Wq), wc, b, n_out)
+    cdef float b
+    for r in range(r0, r1):
+        dst = pad + (r % sh) * sw * SP + (r // sh) * Wq
+        if sw == 1:
+            memcpy(dst + q0, src + (r - pt) * W, (q1 - q0) * sizeof(float))
         else:
-            for kh in range(KH):
-                _flat_row(t, pad, wc + kh * KW, b, kh, KW, sh, sw, SP, Wq, n_out, kh > 0)
-        o = y + job * OH * OW
-        for oh in range(OH):
-            _finish_row(o + oh * OW, t + oh * Wq, res + (job * OH + oh) * OW if res != NULL else NULL, OW)
-        s = slope[c] if slope != NULL else 0
-        act_run(o, OH * OW, act, p0, p1, s)
+            _split(dst, dst + SP, src + (r - pt) * W, q0, q1, pl)
+    wc = d.w + c * KH * KW
+    b = d.bias[c]
+    if KH == 3 and KW == 3:
+        _flat9(t, pad + _tap(0, 0, sh, sw, SP, Wq), pad + _tap(0, 1, sh, sw, SP, Wq),
+               pad + _tap(0, 2, sh, sw, SP, Wq), pad + _tap(1, 0, sh, sw, SP, Wq),
+               pad + _tap(1, 1, sh, sw, SP, Wq), pad + _tap(1, 2, sh, sw, SP, Wq),
+               pad + _tap(2, 0, sh, sw, SP, Wq), pad + _tap(2, 1, sh, sw, SP, Wq),
+               pad + _tap(2, 2, sh, sw, SP, Wq), wc, b, n_out)
+    else:
+        for kh in range(KH):
+            _flat_row(t, pad, wc + kh * KW, b, kh, KW, sh, sw, SP, Wq, n_out, kh > 0)
+    o = d.y + job * OH * OW
+    for oh in range(OH):
+        _finish_row(o + oh * OW, t + oh * Wq, d.res + (job * OH + oh) * OW if d.res != NULL else NULL, OW)
+    act_run(o, OH * OW, d.act, d.p0, d.p1, d.slope[c] if d.slope != NULL else 0)
 
 
 # -- Python-visible twins: every shape checked before the nogil code ---------------------------
@@ -508,7 +508,7 @@ def nhwc(x, w, bias, out, kernel, strides, pads, residual=None, int act=0, float
     act, p0, p1, slope
         Activation code and parameters (see ``_epilogue.pxd``); ``slope`` (C,) for PRelu.
     num_threads : int
-        OpenMP threads.
+        Threads (the shared pool, ``wb_pool.h``).
     """
     _f32(x, "input")
     if x.ndim != 4:
@@ -521,9 +521,22 @@ def nhwc(x, w, bias, out, kernel, strides, pads, residual=None, int act=0, float
     _epilogue_args(act, slope, C, out, residual)
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    _dw_nhwc(_ptr(x), _ptr(w), _ptr(bias), _ptr(residual), <float*> cnp.PyArray_DATA(<cnp.ndarray> out),
-             N, H, W, C, OH, OW, KH, KW, sh, sw, pt, pl, act, p0, p1, _ptr(slope), num_threads)
+    cdef _Dw d
+    _fill(&d, x, w, bias, residual, out, slope, None, 0, N, C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, 0, 0,
+          act, p0, p1)
+    with nogil:
+        wb_pool_run(_nhwc_chunk, &d, d.N * d.OH, num_threads)
     return out
+
+
+cdef void _fill(_Dw* d, x, w, bias, residual, out, slope, scratch, Py_ssize_t plane, Py_ssize_t N,
+                Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH,
+                Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t Hp,
+                Py_ssize_t Wp, int act, float p0, float p1):
+    d.x, d.w, d.bias, d.res, d.y, d.slope, d.scratch = _ptr(x), _ptr(w), _ptr(bias), _ptr(residual), _ptr(out), \
+        _ptr(slope), _ptr(scratch)
+    d.plane, d.N, d.C, d.H, d.W, d.OH, d.OW, d.KH, d.KW = plane, N, C, H, W, OH, OW, KH, KW
+    d.sh, d.sw, d.pt, d.pl, d.Hp, d.Wp, d.act, d.p0, d.p1 = sh, sw, pt, pl, Hp, Wp, act, p0, p1
 
 
 def nchw_scratch_floats(kernel, strides, pads, H, W):
@@ -557,7 +570,11 @@ def nchw(x, w, bias, out, scratch, kernel, strides, pads, residual=None, int act
     if scratch.size < num_threads * plane:
         raise ValueError(f"scratch has {scratch.size} floats, {num_threads} threads need {num_threads * plane}")
     Hp, Wp = (OH - 1) * sh + KH, (OW - 1) * sw + KW
-    _dw_nchw(_ptr(x), _ptr(w), _ptr(bias), _ptr(residual), <float*> cnp.PyArray_DATA(<cnp.ndarray> out),
-             <float*> cnp.PyArray_DATA(<cnp.ndarray> scratch), plane, N, C, H, W, OH, OW, KH, KW, sh,
-             sw, pt, pl, Hp, Wp, act, p0, p1, _ptr(slope), num_threads)
+    cdef _Dw d
+    _fill(&d, x, w, bias, residual, out, slope, scratch, plane, N, C, H, W, OH, OW, KH, KW, sh, sw, pt, pl,
+          Hp, Wp, act, p0, p1)
+    cdef Py_ssize_t nt = min(num_threads, N * C)
+    with nogil:
+        memset(d.scratch, 0, nt * d.plane * sizeof(float))   # the zero borders every plane keeps
+        wb_pool_run(_nchw_chunk, &d, d.N * d.C, nt)
     return out

@@ -19,12 +19,13 @@ convolution kernels share ``_epilogue.pxd``'s codes 0-8.
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
 
 from _epilogue cimport (activate, ACT_NONE, ACT_RELU, ACT_CLIP, ACT_LEAKY, ACT_HARDSIGMOID, ACT_HARDSWISH,
                         ACT_SIGMOID, ACT_PRELU, ACT_TANH)
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 cdef extern from "wb_vmath.h" nogil:
     int wbm_map(int code, const float* x, float* y, Py_ssize_t n)
@@ -147,28 +148,45 @@ cdef inline void _act_row(float* o, Py_ssize_t n, int act, float p0, float p1, f
             o[i] = activate(o[i], act, p0, p1, slope)
 
 
-cdef void _binary(OpT* tag, float* out, const float* a, const float* b, const Py_ssize_t* d,
-                  const Py_ssize_t* sa, const Py_ssize_t* sb, Py_ssize_t chunk, int act, float p0, float p1,
-                  int nt) noexcept nogil:
-    cdef Py_ssize_t chunks = (d[3] + chunk - 1) // chunk
-    cdef Py_ssize_t jobs = d[0] * d[1] * d[2] * chunks
-    cdef Py_ssize_t job, i0, i1, i2, r0, n, rest
-    cdef const float* pa
-    cdef const float* pb
-    cdef float* po
-    for job in prange(jobs, schedule="static", num_threads=nt):
-        r0 = (job % chunks) * chunk
-        rest = job // chunks
-        i2 = rest % d[2]
-        rest = rest // d[2]
-        i1 = rest % d[1]
-        i0 = rest // d[1]
-        n = min(chunk, d[3] - r0)
-        pa = a + i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + r0 * sa[3]
-        pb = b + i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + r0 * sb[3]
-        po = out + ((i0 * d[1] + i1) * d[2] + i2) * d[3] + r0
-        _row(tag, po, pa, sa[3], pb, sb[3], n)
-        _act_row(po, n, act, p0, p1, 0)
+cdef struct _Bin:
+    float* out
+    const float* a
+    const float* b
+    const Py_ssize_t* d
+    const Py_ssize_t* sa
+    const Py_ssize_t* sb
+    Py_ssize_t chunk, chunks, jobs, group
+    int code, act
+    float p0, p1
+
+
+cdef void _binary_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _Bin* c = <_Bin*> ctx
+    cdef Py_ssize_t job
+    for job in range(i * c.group, min(c.jobs, (i + 1) * c.group)):
+        _binary_job(c, job)
+
+
+cdef inline void _binary_job(const _Bin* c, Py_ssize_t job) noexcept nogil:
+    """Job ``job`` of the loop nest: ``chunk`` elements of one innermost row."""
+    cdef const Py_ssize_t* d = c.d
+    cdef Py_ssize_t r0 = (job % c.chunks) * c.chunk, rest = job // c.chunks
+    cdef Py_ssize_t i2 = rest % d[2], i1, i0, n = min(c.chunk, d[3] - r0)
+    rest = rest // d[2]
+    i1 = rest % d[1]
+    i0 = rest // d[1]
+    cdef const float* pa = c.a + i0 * c.sa[0] + i1 * c.sa[1] + i2 * c.sa[2] + r0 * c.sa[3]
+    cdef const float* pb = c.b + i0 * c.sb[0] + i1 * c.sb[1] + i2 * c.sb[2] + r0 * c.sb[3]
+    cdef float* po = c.out + ((i0 * d[1] + i1) * d[2] + i2) * d[3] + r0
+    if c.code == 0:
+        _row(<AddT*> NULL, po, pa, c.sa[3], pb, c.sb[3], n)
+    elif c.code == 1:
+        _row(<SubT*> NULL, po, pa, c.sa[3], pb, c.sb[3], n)
+    elif c.code == 2:
+        _row(<MulT*> NULL, po, pa, c.sa[3], pb, c.sb[3], n)
+    else:
+        _row(<DivT*> NULL, po, pa, c.sa[3], pb, c.sb[3], n)
+    _act_row(po, n, c.act, c.p0, c.p1, 0)
 
 
 def _float32_array(a, name, what, writeable=False, contiguous=True):
@@ -234,56 +252,70 @@ def binary(a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0,
     cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
     cdef const float* pa = <const float*> cnp.PyArray_DATA(<cnp.ndarray> a)
     cdef const float* pb = <const float*> cnp.PyArray_DATA(<cnp.ndarray> b)
+    cdef _Bin job
+    job.out, job.a, job.b, job.d, job.sa, job.sb = po, pa, pb, d, sa, sb
+    job.chunk, job.chunks, job.code, job.act, job.p0, job.p1 = chunk, (d[3] + chunk - 1) // chunk, code, act, p0, p1
+    job.jobs = d[0] * d[1] * d[2] * job.chunks
+    job.group = wb_jobs_per_chunk(job.jobs, chunk, nt)
     with nogil:
-        if code == 0:
-            _binary(<AddT*> NULL, po, pa, pb, d, sa, sb, chunk, act, p0, p1, nt)
-        elif code == 1:
-            _binary(<SubT*> NULL, po, pa, pb, d, sa, sb, chunk, act, p0, p1, nt)
-        elif code == 2:
-            _binary(<MulT*> NULL, po, pa, pb, d, sa, sb, chunk, act, p0, p1, nt)
-        else:
-            _binary(<DivT*> NULL, po, pa, pb, d, sa, sb, chunk, act, p0, p1, nt)
+        wb_pool_run(_binary_chunk, &job, (job.jobs + job.group - 1) // job.group, nt)
     return out
 
 
-cdef void _channel_rows(const float* x, float* out, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t C,
-                        bint channel_is_row, const float* scale, const float* shift, int act, float p0,
-                        float p1, const float* slope, Py_ssize_t chunk, int nt) noexcept nogil:
-    cdef Py_ssize_t chunks = (cols + chunk - 1) // chunk
-    cdef Py_ssize_t job, r, j, j0, j1, ch
+cdef struct _Rows:
+    const float* x
+    float* out
+    const float* scale
+    const float* shift
+    const float* slope
+    Py_ssize_t cols, C, chunk, chunks, jobs, group
+    bint channel_is_row
+    int act
+    float p0, p1
+
+
+cdef void _channel_rows_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _Rows* c = <_Rows*> ctx
+    cdef Py_ssize_t job
+    for job in range(i * c.group, min(c.jobs, (i + 1) * c.group)):
+        _channel_rows_job(c, job)
+
+
+cdef inline void _channel_rows_job(const _Rows* c, Py_ssize_t job) noexcept nogil:
+    cdef const float* scale = c.scale
+    cdef const float* shift = c.shift
+    cdef const float* slope = c.slope
+    cdef int act = c.act
+    cdef float p0 = c.p0, p1 = c.p1
+    cdef Py_ssize_t r = job // c.chunks, j, ch
+    cdef Py_ssize_t j0 = (job % c.chunks) * c.chunk, j1 = min(j0 + c.chunk, c.cols)
+    cdef const float* xr = c.x + r * c.cols
+    cdef float* o = c.out + r * c.cols
     cdef float sc, sh, sl
-    cdef const float* xr
-    cdef float* o
-    for job in prange(rows * chunks, schedule="static", num_threads=nt):
-        r = job // chunks
-        j0 = (job % chunks) * chunk
-        j1 = min(j0 + chunk, cols)
-        xr = x + r * cols
-        o = out + r * cols
-        if channel_is_row:
-            ch = r % C
-            sc = scale[ch] if scale != NULL else 1
-            sh = shift[ch] if shift != NULL else 0
-            sl = slope[ch] if slope != NULL else 0
-            if scale != NULL or shift != NULL:
-                for j in range(j0, j1):
-                    o[j] = xr[j] * sc + sh
-            elif o != xr:
-                for j in range(j0, j1):
-                    o[j] = xr[j]
-            _act_row(o + j0, j1 - j0, act, p0, p1, sl)
+    if c.channel_is_row:
+        ch = r % c.C
+        sc = scale[ch] if scale != NULL else 1
+        sh = shift[ch] if shift != NULL else 0
+        sl = slope[ch] if slope != NULL else 0
+        if scale != NULL or shift != NULL:
+            for j in range(j0, j1):
+                o[j] = xr[j] * sc + sh
+        elif o != xr:
+            for j in range(j0, j1):
+                o[j] = xr[j]
+        _act_row(o + j0, j1 - j0, act, p0, p1, sl)
+    else:
+        if scale != NULL and shift != NULL:
+            for j in range(j0, j1):
+                o[j] = xr[j] * scale[j] + shift[j]
+        elif o != xr:
+            for j in range(j0, j1):
+                o[j] = xr[j]
+        if slope != NULL:
+            for j in range(j0, j1):
+                o[j] = activate(o[j], act, p0, p1, slope[j])
         else:
-            if scale != NULL and shift != NULL:
-                for j in range(j0, j1):
-                    o[j] = xr[j] * scale[j] + shift[j]
-            elif o != xr:
-                for j in range(j0, j1):
-                    o[j] = xr[j]
-            if slope != NULL:
-                for j in range(j0, j1):
-                    o[j] = activate(o[j], act, p0, p1, slope[j])
-            else:
-                _act_row(o + j0, j1 - j0, act, p0, p1, 0)
+            _act_row(o + j0, j1 - j0, act, p0, p1, 0)
 
 
 def channel_rows(x, out, Py_ssize_t rows, Py_ssize_t cols, bint channel_is_row, scale=None, shift=None,
@@ -334,18 +366,29 @@ def channel_rows(x, out, Py_ssize_t rows, Py_ssize_t cols, bint channel_is_row, 
         p_shift = <const float*> cnp.PyArray_DATA(<cnp.ndarray> shift)
     if slope is not None:
         p_slope = <const float*> cnp.PyArray_DATA(<cnp.ndarray> slope)
-    cdef const float* px = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x)
-    cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    cdef _Rows job
+    job.x, job.out = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x), <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    job.scale, job.shift, job.slope, job.cols, job.C, job.chunk = p_scale, p_shift, p_slope, cols, C, chunk
+    job.chunks = (cols + chunk - 1) // chunk
+    job.channel_is_row, job.act, job.p0, job.p1 = channel_is_row, act, p0, p1
+    job.jobs = rows * job.chunks
+    job.group = wb_jobs_per_chunk(job.jobs, chunk, nt)
     with nogil:
-        _channel_rows(px, po, rows, cols, C, channel_is_row, p_scale, p_shift, act, p0, p1, p_slope, chunk, nt)
+        wb_pool_run(_channel_rows_chunk, &job, (job.jobs + job.group - 1) // job.group, nt)
     return out
 
 
-cdef void _unary(const float* x, float* out, Py_ssize_t n, int code, Py_ssize_t chunk, int nt) noexcept nogil:
-    cdef Py_ssize_t job, j0
-    for job in prange((n + chunk - 1) // chunk, schedule="static", num_threads=nt):
-        j0 = job * chunk
-        wbm_map(code, x + j0, out + j0, min(chunk, n - j0))
+cdef struct _Map:
+    const float* x
+    float* out
+    Py_ssize_t n, chunk
+    int code
+
+
+cdef void _unary_chunk(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
+    cdef _Map* c = <_Map*> ctx
+    cdef Py_ssize_t j0 = job * c.chunk
+    wbm_map(c.code, c.x + j0, c.out + j0, min(c.chunk, c.n - j0))
 
 
 def unary(x, out, str fn, int num_threads=1):
@@ -363,8 +406,9 @@ def unary(x, out, str fn, int num_threads=1):
         return out
     cdef int nt = _threads(n, num_threads), code = UNARY[fn]
     cdef Py_ssize_t chunk = _chunk(1, n, nt)
-    cdef const float* px = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x)
-    cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    cdef _Map job
+    job.x, job.out = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x), <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    job.n, job.chunk, job.code = n, chunk, code
     with nogil:
-        _unary(px, po, n, code, chunk, nt)
+        wb_pool_run(_unary_chunk, &job, (n + chunk - 1) // chunk, nt)
     return out

@@ -3,42 +3,66 @@
 """Layout adapts between channels-first (NCHW) and channels-last (NHWC) float32 tensors.
 
 Both directions are a batched 2-D transpose of a (C, H*W) matrix, done in square tiles so that
-reads and writes both stay inside a few cache lines, parallel over (image, tile row) with OpenMP.
+reads and writes both stay inside a few cache lines, parallel over (image, column block, tile row)
+jobs on the shared thread pool (``wb_pool.h``).
 Shapes are checked in Python-visible code before any ``nogil`` loop runs.
 """
+import os
+
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
+
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 cdef Py_ssize_t TILE = 32
 cdef Py_ssize_t BLOCK = 256    # columns per job (a multiple of TILE)
+
+
+cdef struct _TransposeCtx:
+    const float* src
+    float* dst
+    Py_ssize_t rows, cols, row_tiles, col_blocks, jobs, per
+
+
+cdef inline void _transpose_job(const _TransposeCtx* t, Py_ssize_t job) noexcept nogil:
+    """Rows [r0, r0 + TILE) x columns [c0, c0 + BLOCK) of one image, TILE columns at a time."""
+    cdef Py_ssize_t rows = t.rows, cols = t.cols, r, c, c_end
+    cdef Py_ssize_t b = job // (t.col_blocks * t.row_tiles)
+    cdef Py_ssize_t c0 = (job // t.row_tiles) % t.col_blocks * BLOCK
+    cdef Py_ssize_t r0 = (job % t.row_tiles) * TILE
+    cdef Py_ssize_t r_end = min(r0 + TILE, rows), c1 = min(c0 + BLOCK, cols)
+    cdef const float* s = t.src + b * rows * cols
+    cdef float* d = t.dst + b * rows * cols
+    while c0 < c1:
+        c_end = min(c0 + TILE, c1)
+        for r in range(r0, r_end):
+            for c in range(c0, c_end):
+                d[c * rows + r] = s[r * cols + c]
+        c0 = c0 + TILE
+
+
+cdef void _transpose_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    cdef _TransposeCtx* t = <_TransposeCtx*> ctx
+    cdef Py_ssize_t job
+    for job in range(chunk * t.per, min((chunk + 1) * t.per, t.jobs)):
+        _transpose_job(t, job)
 
 
 cdef void _transpose_tiles(const float* src, float* dst, Py_ssize_t batch, Py_ssize_t rows,
                            Py_ssize_t cols, int num_threads) noexcept nogil:
     """dst[b, c, r] = src[b, r, c] for a batch of (rows, cols) row-major matrices.  Jobs are
     (image, block of BLOCK columns, tile row), so that an image with few channels (an RGB input,
-    3 rows) still splits between threads, each writing one contiguous stretch of pixels."""
-    cdef Py_ssize_t row_tiles = (rows + TILE - 1) // TILE, col_blocks = (cols + BLOCK - 1) // BLOCK
-    cdef Py_ssize_t job, b, r0, c0, r, c, r_end, c_end, c1
-    cdef const float* s
-    cdef float* d
-    for job in prange(batch * col_blocks * row_tiles, nogil=True, schedule="static", num_threads=num_threads):
-        b = job // (col_blocks * row_tiles)
-        c0 = (job // row_tiles) % col_blocks * BLOCK
-        r0 = (job % row_tiles) * TILE
-        r_end = min(r0 + TILE, rows)
-        c1 = min(c0 + BLOCK, cols)
-        s = src + b * rows * cols
-        d = dst + b * rows * cols
-        while c0 < c1:
-            c_end = min(c0 + TILE, c1)
-            for r in range(r0, r_end):
-                for c in range(c0, c_end):
-                    d[c * rows + r] = s[r * cols + c]
-            c0 = c0 + TILE
+    3 rows) still splits between threads, each starting on one contiguous stretch of pixels."""
+    cdef _TransposeCtx t
+    cdef Py_ssize_t job_floats = min(rows, TILE) * min(cols, BLOCK)
+    t.src, t.dst, t.rows, t.cols = src, dst, rows, cols
+    t.row_tiles, t.col_blocks = (rows + TILE - 1) // TILE, (cols + BLOCK - 1) // BLOCK
+    t.jobs = batch * t.col_blocks * t.row_tiles
+    t.per = wb_jobs_per_chunk(t.jobs, job_floats, num_threads)   # neighbouring tile rows
+    wb_pool_run(_transpose_chunk, &t, (t.jobs + t.per - 1) // t.per, num_threads)
 
 
 def _checked(src, dst, expected_dst_shape, what):
@@ -66,7 +90,7 @@ def nchw_to_nhwc(src, dst=None, int num_threads=0):
     dst : ndarray, float32, shape (N, H, W, C), optional
         Output buffer; allocated when omitted.
     num_threads : int
-        OpenMP threads; 0 uses the OpenMP default.
+        Threads; 0 uses one per CPU this process may run on.
 
     Returns
     -------
@@ -80,9 +104,7 @@ def nchw_to_nhwc(src, dst=None, int num_threads=0):
         dst = np.empty((n, h, w, c), dtype=np.float32)
     _checked(src, dst, (n, h, w, c), "nchw_to_nhwc")
     if src.size:
-        _transpose_tiles(<const float*> cnp.PyArray_DATA(<cnp.ndarray> src),
-                         <float*> cnp.PyArray_DATA(<cnp.ndarray> dst),
-                         n, c, h * w, num_threads if num_threads > 0 else _default_threads())
+        _transpose(src, dst, n, c, h * w, num_threads)
     return dst
 
 
@@ -95,18 +117,23 @@ def nhwc_to_nchw(src, dst=None, int num_threads=0):
         dst = np.empty((n, c, h, w), dtype=np.float32)
     _checked(src, dst, (n, c, h, w), "nhwc_to_nchw")
     if src.size:
-        _transpose_tiles(<const float*> cnp.PyArray_DATA(<cnp.ndarray> src),
-                         <float*> cnp.PyArray_DATA(<cnp.ndarray> dst),
-                         n, h * w, c, num_threads if num_threads > 0 else _default_threads())
+        _transpose(src, dst, n, h * w, c, num_threads)
     return dst
 
 
-cdef extern from "omp.h":
-    int omp_get_max_threads() nogil
+cdef _transpose(src, dst, Py_ssize_t batch, Py_ssize_t rows, Py_ssize_t cols, int num_threads):
+    cdef const float* s = <const float*> cnp.PyArray_DATA(<cnp.ndarray> src)
+    cdef float* d = <float*> cnp.PyArray_DATA(<cnp.ndarray> dst)
+    cdef int nt = num_threads if num_threads > 0 else _default_threads()
+    with nogil:
+        _transpose_tiles(s, d, batch, rows, cols, nt)
 
 
-cdef int _default_threads() noexcept:
-    return omp_get_max_threads()
+cdef int _default_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
 
 
 cdef bint _all_finite(const unsigned int* u, Py_ssize_t n) noexcept nogil:

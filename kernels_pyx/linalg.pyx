@@ -5,17 +5,18 @@ A product with one row or one column (the batch-1 classifier) goes to SGEMV inst
 SGEMM packs the whole weight matrix on every call, which makes it ~10x slower than SGEMV there.
 BLAS does the multiply (threaded by the BLAS pool, which the executor limits to the run's thread
 count); the epilogue (bias per column, a full (M, N) addend, activation) is one more pass over the
-output rows, parallel over row blocks.
+output rows, parallel over row blocks.  Parallel loops run on the shared thread pool (``wb_pool.h``).
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
 
 from _gemm cimport gemm_rm
 from scipy.linalg.cython_blas cimport sgemv
 from _epilogue cimport epilogue_rows
+from wb_pool cimport wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 
 # Below this many elements of work a parallel region costs more than it saves (and on a busy
@@ -86,36 +87,72 @@ cdef inline void _product(bint trans_a, bint trans_b, int m, int n, int k, float
         gemm_rm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, 0, c, ldc)
 
 
+cdef struct _ProductCtx:
+    # Column block i of c (width columns of n) is op(a) @ columns [i * width, ...) of op(b).
+    bint trans_a, trans_b
+    int m, n, k, lda, ldb, width
+    float alpha
+    const float* a
+    const float* b
+    float* c
+
+
+cdef void _product_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _ProductCtx* p = <_ProductCtx*> ctx
+    cdef int n0 = <int> i * p.width
+    cdef int w = min(p.width, p.n - n0)
+    if w > 0:
+        # op(b)'s columns n0.. are rows n0.. of b when transposed, else columns n0.. of b.
+        _product(p.trans_a, p.trans_b, p.m, w, p.k, p.alpha, p.a, p.lda,
+                 p.b + (n0 * p.ldb if p.trans_b else n0), p.ldb, p.c + n0, p.n)
+
+
 cdef void _parallel_product(bint trans_a, bint trans_b, int m, int n, int k, float alpha, const float* a, int lda,
                             const float* b, int ldb, float* c, int nt) noexcept nogil:
     """:func:`_product` split over column blocks of ``c``, one per thread.
 
     The executor keeps BLAS single-threaded (OpenBLAS's idle workers spin and steal cores from
-    the OpenMP kernels), so the classifier GEMMs/GEMVs get their parallelism here.
+    our pool's kernels), so the classifier GEMMs/GEMVs get their parallelism here.
     """
     cdef int chunks = nt if n >= 64 * nt and m != 0 else 1
-    cdef int width = (n + chunks - 1) // chunks
-    cdef int i, n0, w
+    cdef _ProductCtx p
     if chunks == 1 or n == 1:
         _product(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, c, n)
         return
-    for i in prange(chunks, schedule="static", num_threads=chunks):
-        n0 = i * width
-        w = min(width, n - n0)
-        if w > 0:
-            # op(b)'s columns n0.. are rows n0.. of b when transposed, else columns n0.. of b.
-            _product(trans_a, trans_b, m, w, k, alpha, a, lda, b + (n0 * ldb if trans_b else n0), ldb, c + n0, n)
+    p.trans_a, p.trans_b, p.m, p.n, p.k, p.lda, p.ldb, p.alpha, p.a, p.b, p.c = (
+        trans_a, trans_b, m, n, k, lda, ldb, alpha, a, b, c)
+    p.width = (n + chunks - 1) // chunks
+    wb_pool_run(_product_chunk, &p, chunks, chunks)
+
+
+cdef struct _EpilogueCtx:
+    # Chunk i is rows [i * block, (i + 1) * block) of the (m, n) output.
+    float* out
+    const float* bias
+    const float* residual
+    const float* slope
+    float p0, p1
+    int act
+    Py_ssize_t m, n, block
+
+
+cdef void _epilogue_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _EpilogueCtx* e = <_EpilogueCtx*> ctx
+    cdef Py_ssize_t r0 = i * e.block, n = e.n
+    epilogue_rows(e.out + r0 * n, min(e.block, e.m - r0), n, n, False, e.bias,
+                  e.residual + r0 * n if e.residual != NULL else NULL, n, e.act, e.p0, e.p1, e.slope)
 
 
 cdef void _epilogue(float* out, Py_ssize_t m, Py_ssize_t n, const float* bias, const float* residual, int act,
                     float p0, float p1, const float* slope, int nt) noexcept nogil:
-    cdef Py_ssize_t block = 16, blocks = (m + block - 1) // block, i, r0
-    if bias == NULL and residual == NULL and act == 0:
+    cdef _EpilogueCtx e
+    if bias == NULL and residual == NULL and act == 0 or m == 0 or n == 0:
         return
-    for i in prange(blocks, schedule="static", num_threads=nt):
-        r0 = i * block
-        epilogue_rows(out + r0 * n, min(block, m - r0), n, n, False, bias,
-                      residual + r0 * n if residual != NULL else NULL, n, act, p0, p1, slope)
+    e.out, e.bias, e.residual, e.slope, e.act, e.p0, e.p1, e.m, e.n = out, bias, residual, slope, act, p0, p1, m, n
+    # Blocks of 16 rows, more where rows are narrow (up to about 4096 floats per chunk, so that
+    # handing out a chunk costs little next to it) while that leaves two chunks per thread.
+    e.block = max(16, min((4096 + n - 1) // n, m // (2 * max(nt, 1))))
+    wb_pool_run(_epilogue_chunk, &e, (m + e.block - 1) // e.block, nt)
 
 
 def gemm(a, b, out, bint trans_a, bint trans_b, float alpha=1, bias=None, residual=None, int act=0,
@@ -164,6 +201,20 @@ def gemm(a, b, out, bint trans_a, bint trans_b, float alpha=1, bias=None, residu
     return out
 
 
+cdef struct _BatchCtx:
+    const float* a
+    const float* b
+    float* out
+    const long long* ao
+    const long long* bo
+    int m, n, k
+
+
+cdef void _batch_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _BatchCtx* c = <_BatchCtx*> ctx
+    _product(False, False, c.m, c.n, c.k, 1, c.a + c.ao[i], c.k, c.b + c.bo[i], c.n, c.out + i * c.m * c.n, c.n)
+
+
 def batched_matmul(a, b, out, a_offsets, b_offsets, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int act=0,
                    float p0=0, float p1=0, slope=None, int num_threads=1):
     """``out[i] = act(A_i @ B_i)`` for row-major A_i (m, k) at ``a_offsets[i]`` elements into ``a``
@@ -197,11 +248,12 @@ def batched_matmul(a, b, out, a_offsets, b_offsets, Py_ssize_t m, Py_ssize_t n, 
     cdef float* po = _p(out)
     cdef float* pslope = _p(slope)
     cdef int nt = _threads(out.size * k, num_threads), nt_epi = _threads(out.size, num_threads)
+    cdef _BatchCtx c
+    c.a, c.b, c.out, c.ao, c.bo, c.m, c.n, c.k = pa, pb, po, ao, bo, m, n, k
     with nogil:
         if batches >= nt:
-            # Attention's (B, H) batches: one whole product per thread at a time.
-            for i in prange(batches, schedule="dynamic", num_threads=nt):
-                _product(False, False, m, n, k, 1, pa + ao[i], k, pb + bo[i], n, po + i * m * n, n)
+            # Attention's (B, H) batches: one whole product per chunk.
+            wb_pool_run(_batch_chunk, &c, batches, nt)
         else:
             for i in range(batches):
                 _parallel_product(False, False, m, n, k, 1, pa + ao[i], k, pb + bo[i], n, po + i * m * n, nt)

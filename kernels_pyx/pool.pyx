@@ -12,13 +12,14 @@ counts the taps exactly as the reference does (``count_include_pad``, never ceil
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange, threadid
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 
-# Below this many elements of work a parallel region costs more than it saves (and on a busy
-# machine a second thread may wait a whole scheduler slice): run on one thread.
+# Below this many elements of work handing chunks to other threads costs more than it saves:
+# run on one thread.
 cdef Py_ssize_t GRAIN = 32768
 
 
@@ -26,6 +27,8 @@ cdef inline int _threads(Py_ssize_t work, int num_threads) noexcept:
     return 1 if work < GRAIN else max(num_threads, 1)
 
 
+# Parallel loops run on the shared pool (wb_pool.h) in chunks; small jobs (short output rows,
+# small planes) are grouped, contiguous ones several to a chunk (wb_jobs_per_chunk).
 def set_grain(Py_ssize_t elements):
     """Set the work size below which kernels run on one thread; returns the previous one.
 
@@ -160,7 +163,7 @@ cdef class Pool2d:
     of OW values, or OW pixels of a channel block), then output rows fold those rows over the
     vertical taps, so a KxK window costs about 2K operations per output instead of K^2 (what
     YOLO's 5x5/9x9/13x13 stride-1 pools need).  Jobs are (plane or channel block, band of output
-    rows); each job keeps the folded input rows of its band in its own scratch.
+    rows); each thread folds a job's input rows into its own slice of the scratch.
 
     Parameters
     ----------
@@ -232,35 +235,25 @@ cdef class Pool2d:
         self._nchw(_f(x), _f(y), planes, band, _f(scratch), per, nt)
         return y
 
+    cdef void _ctx(self, _PoolCtx* c, const float* x, float* y, Py_ssize_t jobs, Py_ssize_t work,
+                   int nt) noexcept:
+        """Fill ``c`` with the tables and geometry, for ``jobs`` jobs of about ``work`` elements."""
+        c.x, c.y = x, y
+        c.kh_lo, c.kh_hi, c.kw_lo, c.kw_hi = _i(self.kh_lo), _i(self.kh_hi), _i(self.kw_lo), _i(self.kw_hi)
+        c.ow_lo, c.ow_hi = _i(self.ow_lo), _i(self.ow_hi)
+        c.inv_h, c.inv_w = _f(self.inv_h), _f(self.inv_w)
+        c.H, c.W, c.OH, c.OW, c.KH, c.KW = self.H, self.W, self.OH, self.OW, self.KH, self.KW
+        c.sh, c.sw, c.dh, c.dw, c.pt, c.pl = self.sh, self.sw, self.dh, self.dw, self.pt, self.pl
+        c.o_a, c.o_b = self.o_a, self.o_b
+        c.is_max = self.is_max
+        c.jobs = jobs
+        c.group = wb_jobs_per_chunk(jobs, work, nt)
+
     cdef void _nchw_direct(self, const float* x, float* y, Py_ssize_t planes, int nt) noexcept:
-        cdef int* kh_lo = _i(self.kh_lo)
-        cdef int* kh_hi = _i(self.kh_hi)
-        cdef int* ow_lo = _i(self.ow_lo)
-        cdef int* ow_hi = _i(self.ow_hi)
-        cdef float* inv_h = _f(self.inv_h)
-        cdef float* inv_w = _f(self.inv_w)
-        cdef Py_ssize_t job, p, oh, ow, kh, kw, lo, hi, H = self.H, W = self.W, OH = self.OH, OW = self.OW
-        cdef Py_ssize_t KW = self.KW, sh = self.sh, sw = self.sw, dh = self.dh, dw = self.dw, pt = self.pt, pl = self.pl
-        cdef bint is_max = self.is_max
-        cdef const float* xr
-        cdef float* yr
-        cdef float s
-        for job in prange(planes * OH, nogil=True, schedule="static", num_threads=nt):
-            p = job // OH
-            oh = job % OH
-            yr = y + job * OW
-            _fill(yr, OW, LOWEST if is_max else 0)
-            for kh in range(kh_lo[oh], kh_hi[oh]):
-                xr = x + p * H * W + (oh * sh + kh * dh - pt) * W
-                for kw in range(KW):
-                    lo = ow_lo[kw]
-                    hi = ow_hi[kw]
-                    if hi > lo:
-                        _fold_row(yr + lo, xr + kw * dw - pl + lo * sw, hi - lo, sw, False, is_max)
-            if not is_max:
-                s = inv_h[oh]
-                for ow in range(OW):
-                    yr[ow] = yr[ow] * (s * inv_w[ow])
+        cdef _PoolCtx c
+        self._ctx(&c, x, y, planes * self.OH, self.OW * self.KH * self.KW, nt)
+        with nogil:
+            wb_pool_run(_direct_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
     def nhwc(self, x, y, int num_threads=1):
         """Pool ``x`` (N, H, W, C) into ``y`` (N, OH, OW, C); both float32, C-contiguous."""
@@ -280,87 +273,172 @@ cdef class Pool2d:
 
     cdef void _nchw(self, const float* x, float* y, Py_ssize_t planes, Py_ssize_t band, float* scratch,
                     Py_ssize_t per, int nt) noexcept:
-        cdef int* kh_lo = _i(self.kh_lo)
-        cdef int* kh_hi = _i(self.kh_hi)
-        cdef int* kw_lo = _i(self.kw_lo)
-        cdef int* kw_hi = _i(self.kw_hi)
-        cdef float* inv_h = _f(self.inv_h)
-        cdef float* inv_w = _f(self.inv_w)
-        cdef Py_ssize_t H = self.H, W = self.W, OH = self.OH, OW = self.OW, KW = self.KW, KH = self.KH
-        cdef Py_ssize_t sh = self.sh, sw = self.sw, dh = self.dh, dw = self.dw, pt = self.pt, pl = self.pl
-        cdef Py_ssize_t o_a = self.o_a, o_b = self.o_b, bands = (OH + band - 1) // band
-        cdef Py_ssize_t job, p, oh, oh0, oh1, r0, r1, ih, kh, ow
-        cdef bint is_max = self.is_max
-        cdef float* h
-        cdef float* yr
-        cdef float s
-        for job in prange(planes * bands, nogil=True, schedule="static", num_threads=nt):
-            p = job // bands
-            oh0 = (job % bands) * band
-            oh1 = min(oh0 + band, OH)
-            h = scratch + threadid() * per
-            r0 = max(oh0 * sh - pt, 0)
-            r1 = min((oh1 - 1) * sh - pt + (KH - 1) * dh + 1, H)
-            for ih in range(r0, r1):
-                _hrow(x + (p * H + ih) * W, h + (ih - r0) * OW, OW, KW, sw, dw, pl, kw_lo, kw_hi, o_a, o_b, is_max)
-            for oh in range(oh0, oh1):
-                yr = y + (p * OH + oh) * OW
-                if kh_hi[oh] <= kh_lo[oh]:
-                    _fill(yr, OW, LOWEST if is_max else 0)
-                for kh in range(kh_lo[oh], kh_hi[oh]):
-                    _fold_row(yr, h + (oh * sh + kh * dh - pt - r0) * OW, OW, 1, kh == kh_lo[oh], is_max)
-                if not is_max:
-                    s = inv_h[oh]
-                    for ow in range(OW):
-                        yr[ow] = yr[ow] * (s * inv_w[ow])
+        cdef _PoolCtx c
+        cdef Py_ssize_t bands = (self.OH + band - 1) // band
+        self._ctx(&c, x, y, planes * bands, band * self.OW * (self.KH + self.KW), nt)
+        c.scratch, c.per, c.band, c.bands = scratch, per, band, bands
+        with nogil:
+            wb_pool_run(_nchw_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
     cdef void _nhwc(self, const float* x, float* y, Py_ssize_t n, Py_ssize_t C, Py_ssize_t cb, Py_ssize_t band,
                     float* scratch, Py_ssize_t per, int nt) noexcept:
-        cdef int* kh_lo = _i(self.kh_lo)
-        cdef int* kh_hi = _i(self.kh_hi)
-        cdef int* kw_lo = _i(self.kw_lo)
-        cdef int* kw_hi = _i(self.kw_hi)
-        cdef float* inv_h = _f(self.inv_h)
-        cdef float* inv_w = _f(self.inv_w)
-        cdef Py_ssize_t H = self.H, W = self.W, OH = self.OH, OW = self.OW, KH = self.KH
-        cdef Py_ssize_t sh = self.sh, sw = self.sw, dh = self.dh, dw = self.dw, pt = self.pt, pl = self.pl
-        cdef Py_ssize_t blocks = (C + cb - 1) // cb, bands = (OH + band - 1) // band
-        cdef Py_ssize_t job, b, c0, w, oh0, oh1, r0, r1, ih, oh, ow, kh, kw, c, rest
-        cdef bint is_max = self.is_max
-        cdef float* h
-        cdef float* hv
-        cdef float* yv
-        cdef const float* xv
-        cdef float s
-        for job in prange(n * blocks * bands, nogil=True, schedule="static", num_threads=nt):
-            oh0 = (job % bands) * band
-            rest = job // bands
-            c0 = (rest % blocks) * cb
-            b = rest // blocks
-            w = min(cb, C - c0)
-            oh1 = min(oh0 + band, OH)
-            h = scratch + threadid() * per
-            r0 = max(oh0 * sh - pt, 0)
-            r1 = min((oh1 - 1) * sh - pt + (KH - 1) * dh + 1, H)
-            for ih in range(r0, r1):
+        cdef _PoolCtx c
+        cdef Py_ssize_t blocks = (C + cb - 1) // cb, bands = (self.OH + band - 1) // band
+        self._ctx(&c, x, y, n * blocks * bands, band * self.OW * cb * (self.KH + self.KW), nt)
+        c.scratch, c.per, c.band, c.bands, c.C, c.cb, c.blocks = scratch, per, band, bands, C, cb, blocks
+        with nogil:
+            wb_pool_run(_nhwc_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
+
+
+cdef struct _PoolCtx:
+    const float* x
+    float* y
+    float* scratch       # per floats for each slot (thread)
+    const int* kh_lo
+    const int* kh_hi
+    const int* kw_lo
+    const int* kw_hi
+    const int* ow_lo
+    const int* ow_hi
+    const float* inv_h
+    const float* inv_w
+    Py_ssize_t H, W, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl, o_a, o_b
+    Py_ssize_t per, band, bands, C, cb, blocks
+    Py_ssize_t jobs, group   # jobs in all; jobs per chunk (chunk i: jobs i * group ...)
+    bint is_max
+
+
+# The chunk functions copy the context into locals first: stores through the output pointers
+# could otherwise alias its fields (the build does not assume strict aliasing), which would
+# reload them in the inner loops and keep those from vectorising.
+
+cdef void _direct_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """Output rows (plane, oh) of chunk i, every tap folded straight into the output row."""
+    cdef const _PoolCtx* c = <const _PoolCtx*> ctx
+    cdef const float* x = c.x
+    cdef float* y = c.y
+    cdef const int* kh_lo = c.kh_lo
+    cdef const int* kh_hi = c.kh_hi
+    cdef const int* ow_lo = c.ow_lo
+    cdef const int* ow_hi = c.ow_hi
+    cdef const float* inv_h = c.inv_h
+    cdef const float* inv_w = c.inv_w
+    cdef Py_ssize_t job, p, oh, ow, kh, kw, lo, hi, H = c.H, W = c.W, OH = c.OH, OW = c.OW
+    cdef Py_ssize_t KW = c.KW, sh = c.sh, sw = c.sw, dh = c.dh, dw = c.dw, pt = c.pt, pl = c.pl
+    cdef Py_ssize_t j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
+    cdef bint is_max = c.is_max
+    cdef const float* xr
+    cdef float* yr
+    cdef float s
+    for job in range(j0, j1):
+        p = job // OH
+        oh = job % OH
+        yr = y + job * OW
+        _fill(yr, OW, LOWEST if is_max else 0)
+        for kh in range(kh_lo[oh], kh_hi[oh]):
+            xr = x + p * H * W + (oh * sh + kh * dh - pt) * W
+            for kw in range(KW):
+                lo = ow_lo[kw]
+                hi = ow_hi[kw]
+                if hi > lo:
+                    _fold_row(yr + lo, xr + kw * dw - pl + lo * sw, hi - lo, sw, False, is_max)
+        if not is_max:
+            s = inv_h[oh]
+            for ow in range(OW):
+                yr[ow] = yr[ow] * (s * inv_w[ow])
+
+
+cdef void _nchw_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """(plane, band of output rows) jobs of chunk i, the band's folded input rows in the slot's scratch."""
+    cdef const _PoolCtx* c = <const _PoolCtx*> ctx
+    cdef const float* x = c.x
+    cdef float* y = c.y
+    cdef const int* kh_lo = c.kh_lo
+    cdef const int* kh_hi = c.kh_hi
+    cdef const int* kw_lo = c.kw_lo
+    cdef const int* kw_hi = c.kw_hi
+    cdef const float* inv_h = c.inv_h
+    cdef const float* inv_w = c.inv_w
+    cdef Py_ssize_t H = c.H, W = c.W, OH = c.OH, OW = c.OW, KW = c.KW, KH = c.KH
+    cdef Py_ssize_t sh = c.sh, sw = c.sw, dh = c.dh, dw = c.dw, pt = c.pt, pl = c.pl
+    cdef Py_ssize_t o_a = c.o_a, o_b = c.o_b, band = c.band, bands = c.bands
+    cdef Py_ssize_t j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
+    cdef Py_ssize_t job, p, oh, oh0, oh1, r0, r1, ih, kh, ow
+    cdef bint is_max = c.is_max
+    cdef float* h = c.scratch + slot * c.per
+    cdef float* yr
+    cdef float s
+    for job in range(j0, j1):
+        p = job // bands
+        oh0 = (job % bands) * band
+        oh1 = min(oh0 + band, OH)
+        r0 = max(oh0 * sh - pt, 0)
+        r1 = min((oh1 - 1) * sh - pt + (KH - 1) * dh + 1, H)
+        for ih in range(r0, r1):
+            _hrow(x + (p * H + ih) * W, h + (ih - r0) * OW, OW, KW, sw, dw, pl, kw_lo, kw_hi, o_a, o_b, is_max)
+        for oh in range(oh0, oh1):
+            yr = y + (p * OH + oh) * OW
+            if kh_hi[oh] <= kh_lo[oh]:
+                _fill(yr, OW, LOWEST if is_max else 0)
+            for kh in range(kh_lo[oh], kh_hi[oh]):
+                _fold_row(yr, h + (oh * sh + kh * dh - pt - r0) * OW, OW, 1, kh == kh_lo[oh], is_max)
+            if not is_max:
+                s = inv_h[oh]
                 for ow in range(OW):
-                    hv = h + ((ih - r0) * OW + ow) * cb
-                    if kw_hi[ow] <= kw_lo[ow]:
-                        _fill(hv, w, LOWEST if is_max else 0)
-                    for kw in range(kw_lo[ow], kw_hi[ow]):
-                        xv = x + ((b * H + ih) * W + ow * sw + kw * dw - pl) * C + c0
-                        _fold_row(hv, xv, w, 1, kw == kw_lo[ow], is_max)
-            for oh in range(oh0, oh1):
-                for ow in range(OW):
-                    yv = y + ((b * OH + oh) * OW + ow) * C + c0
-                    if kh_hi[oh] <= kh_lo[oh]:
-                        _fill(yv, w, LOWEST if is_max else 0)
-                    for kh in range(kh_lo[oh], kh_hi[oh]):
-                        _fold_row(yv, h + ((oh * sh + kh * dh - pt - r0) * OW + ow) * cb, w, 1, kh == kh_lo[oh], is_max)
-                    if not is_max:
-                        s = inv_h[oh] * inv_w[ow]
-                        for c in range(w):
-                            yv[c] = yv[c] * s
+                    yr[ow] = yr[ow] * (s * inv_w[ow])
+
+
+cdef void _nhwc_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """(image, channel block, band of output rows) jobs of chunk i, the band's folded input rows
+    in the slot's scratch."""
+    cdef const _PoolCtx* c = <const _PoolCtx*> ctx
+    cdef const float* x = c.x
+    cdef float* y = c.y
+    cdef const int* kh_lo = c.kh_lo
+    cdef const int* kh_hi = c.kh_hi
+    cdef const int* kw_lo = c.kw_lo
+    cdef const int* kw_hi = c.kw_hi
+    cdef const float* inv_h = c.inv_h
+    cdef const float* inv_w = c.inv_w
+    cdef Py_ssize_t H = c.H, W = c.W, OH = c.OH, OW = c.OW, KH = c.KH, C = c.C, cb = c.cb
+    cdef Py_ssize_t sh = c.sh, sw = c.sw, dh = c.dh, dw = c.dw, pt = c.pt, pl = c.pl
+    cdef Py_ssize_t blocks = c.blocks, band = c.band, bands = c.bands
+    cdef Py_ssize_t j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
+    cdef Py_ssize_t job, b, c0, w, oh0, oh1, r0, r1, ih, oh, ow, kh, kw, ch, rest
+    cdef bint is_max = c.is_max
+    cdef float* h = c.scratch + slot * c.per
+    cdef float* hv
+    cdef float* yv
+    cdef const float* xv
+    cdef float s
+    for job in range(j0, j1):
+        oh0 = (job % bands) * band
+        rest = job // bands
+        c0 = (rest % blocks) * cb
+        b = rest // blocks
+        w = min(cb, C - c0)
+        oh1 = min(oh0 + band, OH)
+        r0 = max(oh0 * sh - pt, 0)
+        r1 = min((oh1 - 1) * sh - pt + (KH - 1) * dh + 1, H)
+        for ih in range(r0, r1):
+            for ow in range(OW):
+                hv = h + ((ih - r0) * OW + ow) * cb
+                if kw_hi[ow] <= kw_lo[ow]:
+                    _fill(hv, w, LOWEST if is_max else 0)
+                for kw in range(kw_lo[ow], kw_hi[ow]):
+                    xv = x + ((b * H + ih) * W + ow * sw + kw * dw - pl) * C + c0
+                    _fold_row(hv, xv, w, 1, kw == kw_lo[ow], is_max)
+        for oh in range(oh0, oh1):
+            for ow in range(OW):
+                yv = y + ((b * OH + oh) * OW + ow) * C + c0
+                if kh_hi[oh] <= kh_lo[oh]:
+                    _fill(yv, w, LOWEST if is_max else 0)
+                for kh in range(kh_lo[oh], kh_hi[oh]):
+                    _fold_row(yv, h + ((oh * sh + kh * dh - pt - r0) * OW + ow) * cb, w, 1, kh == kh_lo[oh], is_max)
+                if not is_max:
+                    s = inv_h[oh] * inv_w[ow]
+                    for ch in range(w):
+                        yv[ch] = yv[ch] * s
 
 
 def global_pool_nchw(x, y, bint is_max, int num_threads=1):
@@ -405,10 +483,30 @@ cdef inline float _reduce_row(const float* xr, Py_ssize_t cols, bint is_max) noe
     return total
 
 
+cdef struct _GlobalCtx:
+    const float* x
+    float* y
+    Py_ssize_t rows, cols, hw, C, block, blocks
+    Py_ssize_t jobs, group   # jobs in all; jobs per chunk
+    bint is_max
+
+
 cdef void _global_rows(const float* x, float* y, Py_ssize_t rows, Py_ssize_t cols, bint is_max, int nt) noexcept nogil:
-    cdef Py_ssize_t r
+    cdef _GlobalCtx c
+    c.x, c.y, c.cols, c.is_max = x, y, cols, is_max
+    c.jobs, c.group = rows, wb_jobs_per_chunk(rows, cols, nt)
+    wb_pool_run(_global_rows_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
+
+
+cdef void _global_rows_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """Rows i * group ... of a global pool over NCHW."""
+    cdef const _GlobalCtx* c = <const _GlobalCtx*> ctx
+    cdef const float* x = c.x
+    cdef float* y = c.y
+    cdef Py_ssize_t r, cols = c.cols, r0 = i * c.group, r1 = min(r0 + c.group, c.jobs)
+    cdef bint is_max = c.is_max
     cdef float acc
-    for r in prange(rows, schedule="static", num_threads=nt):
+    for r in range(r0, r1):
         acc = _reduce_row(x + r * cols, cols, is_max)
         y[r] = acc if is_max else acc / cols
 
@@ -427,28 +525,44 @@ def global_pool_nhwc(x, y, bint is_max, int num_threads=1):
 cdef void _global_nhwc(const float* x, float* y, Py_ssize_t n, Py_ssize_t hw, Py_ssize_t C, bint is_max,
                        int nt) noexcept nogil:
     # Jobs are (image, block of channels), so one image still spreads over the threads.
-    cdef Py_ssize_t block = 64, blocks = (C + block - 1) // block
-    cdef Py_ssize_t job, b, c0, c1, c, i
+    cdef _GlobalCtx c
+    c.x, c.y, c.hw, c.C, c.is_max = x, y, hw, C, is_max
+    c.block = 64
+    c.blocks = (C + c.block - 1) // c.block
+    c.jobs = n * c.blocks
+    c.group = wb_jobs_per_chunk(c.jobs, hw * c.block, nt)
+    wb_pool_run(_global_nhwc_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
+
+
+cdef void _global_nhwc_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """(image, block of channels) jobs i * group ... of a global pool over NHWC."""
+    cdef const _GlobalCtx* c = <const _GlobalCtx*> ctx
+    cdef const float* x = c.x
+    cdef float* y = c.y
+    cdef Py_ssize_t hw = c.hw, C = c.C, block = c.block, blocks = c.blocks
+    cdef Py_ssize_t j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
+    cdef Py_ssize_t job, b, c0, c1, ch, k
+    cdef bint is_max = c.is_max
     cdef const float* xv
     cdef float* yv
     cdef float v, inv = 1.0 / hw
-    for job in prange(n * blocks, schedule="static", num_threads=nt):
+    for job in range(j0, j1):
         b = job // blocks
         c0 = (job % blocks) * block
         c1 = min(c0 + block, C)
         yv = y + b * C
         xv = x + b * hw * C
-        for c in range(c0, c1):
-            yv[c] = xv[c]
-        for i in range(1, hw):
-            xv = x + (b * hw + i) * C
+        for ch in range(c0, c1):
+            yv[ch] = xv[ch]
+        for k in range(1, hw):
+            xv = x + (b * hw + k) * C
             if is_max:
-                for c in range(c0, c1):
-                    v = xv[c]
-                    yv[c] = _max(yv[c], v)
+                for ch in range(c0, c1):
+                    v = xv[ch]
+                    yv[ch] = _max(yv[ch], v)
             else:
-                for c in range(c0, c1):
-                    yv[c] = yv[c] + xv[c]
+                for ch in range(c0, c1):
+                    yv[ch] = yv[ch] + xv[ch]
         if not is_max:
-            for c in range(c0, c1):
-                yv[c] = yv[c] * inv
+            for ch in range(c0, c1):
+                yv[ch] = yv[ch] * inv

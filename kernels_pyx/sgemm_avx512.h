@@ -5,7 +5,7 @@
  * pack it ahead (weights, at prepare time) and share it read-only between threads.  A (an
  * activation in every caller) is read in place, 12 rows at a time (wb512_micro_da); only a last
  * strip of fewer rows is packed (kcb x 12, zero padded past m) into a caller-owned buffer of
- * wb512_abuf_floats() floats, so every thread of a prange brings its own.  Packed-A kernels
+ * wb512_abuf_floats() floats, so every thread of a parallel loop brings its own.  Packed-A kernels
  * (wb512_micro_pf, wb512_micro4) serve those strips and callers that pack A ahead (Winograd's
  * NCHW weights).
  * The 12x32 micro-kernel keeps 24 zmm accumulators, 2 for the B row and one broadcast (27 of

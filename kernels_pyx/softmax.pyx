@@ -7,14 +7,16 @@
 - ``inner > 1``: the same three passes run across the inner axis, a block of up to 256 lanes at
   a time with per-lane maxima and sums, so every load is contiguous.
 exp is the polynomial of ``wb_vexp.h`` (no libm call per element).  Jobs (rows, or (outer, lane
-block) pairs) are shared among the threads.
+block) pairs) are shared among the threads of the shared pool (``wb_pool.h``), short ones several
+to a chunk.
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
 from libc.math cimport logf
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 cdef extern from "wb_vexp.h" nogil:
     float wb_row_max(const float* x, Py_ssize_t n)
@@ -23,8 +25,8 @@ cdef extern from "wb_vexp.h" nogil:
     float wb_expf(float x)
 
 
-# Below this many elements of work a parallel region costs more than it saves (and on a busy
-# machine a second thread may wait a whole scheduler slice): run on one thread.
+# Below this many elements of work handing chunks to other threads costs more than it saves:
+# run on one thread.
 cdef Py_ssize_t GRAIN = 32768
 
 cdef enum:
@@ -95,18 +97,46 @@ cdef inline void _lanes(const float* x, float* o, Py_ssize_t length, Py_ssize_t 
                 orow[l] = orow[l] * total[l]
 
 
-cdef void _softmax(const float* x, float* out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner,
-                   bint log_out, int nt) noexcept nogil:
-    cdef Py_ssize_t job, b, l0, blocks = (inner + LANES - 1) // LANES
-    if inner == 1:
-        for job in prange(outer, schedule="static", num_threads=nt):
-            _row(x + job * length, out + job * length, length, log_out)
-        return
-    for job in prange(outer * blocks, schedule="static", num_threads=nt):
+cdef struct _SoftmaxCtx:
+    const float* x
+    float* out
+    Py_ssize_t length, inner, blocks
+    Py_ssize_t jobs, group   # jobs in all; jobs per chunk (chunk i: jobs i * group ...)
+    bint log_out
+
+
+cdef void _rows_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """Rows i * group ... (``inner == 1``)."""
+    cdef const _SoftmaxCtx* c = <const _SoftmaxCtx*> ctx
+    cdef Py_ssize_t job, length = c.length, j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
+    for job in range(j0, j1):
+        _row(c.x + job * length, c.out + job * length, length, c.log_out)
+
+
+cdef void _lanes_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """(outer, lane block) jobs i * group ... (``inner > 1``)."""
+    cdef const _SoftmaxCtx* c = <const _SoftmaxCtx*> ctx
+    cdef Py_ssize_t job, b, l0, length = c.length, inner = c.inner, blocks = c.blocks
+    cdef Py_ssize_t j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
+    for job in range(j0, j1):
         b = job // blocks
         l0 = (job % blocks) * LANES
-        _lanes(x + b * length * inner + l0, out + b * length * inner + l0, length, inner,
-               min(LANES, inner - l0), log_out)
+        _lanes(c.x + b * length * inner + l0, c.out + b * length * inner + l0, length, inner,
+               min(LANES, inner - l0), c.log_out)
+
+
+cdef void _softmax(const float* x, float* out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner,
+                   bint log_out, int nt) noexcept nogil:
+    cdef _SoftmaxCtx c
+    c.x, c.out, c.length, c.inner, c.log_out = x, out, length, inner, log_out
+    c.blocks = (inner + LANES - 1) // LANES
+    if inner == 1:
+        c.jobs, c.group = outer, wb_jobs_per_chunk(outer, length, nt)
+        wb_pool_run(_rows_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
+        return
+    c.jobs = outer * c.blocks
+    c.group = wb_jobs_per_chunk(c.jobs, length * min(LANES, inner), nt)
+    wb_pool_run(_lanes_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
 
 def softmax(x, out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner, bint log_out=False, int num_threads=1):

@@ -4,18 +4,20 @@ Slice, nearest Resize) and the bilinear Resize lerp, for NCHW and NHWC tensors.
 
 The routines (``workbench.routines.tensor_ops``) compute every index and weight table once, with
 the reference's own functions; these kernels only move data.  Each ``def`` checks shapes, dtypes,
-contiguity and every table entry against the arrays before the ``nogil`` loop runs.
+contiguity and every table entry against the arrays before the ``nogil`` loop runs.  The loops run
+on the shared thread pool (``wb_pool.h``), short rows several to a chunk.
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
 from libc.string cimport memcpy
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 
-# Below this many elements of work a parallel region costs more than it saves (and on a busy
-# machine a second thread may wait a whole scheduler slice): run on one thread.
+# Below this many elements of work handing chunks to other threads costs more than it saves:
+# run on one thread.
 cdef Py_ssize_t GRAIN = 32768
 
 
@@ -23,6 +25,9 @@ cdef inline int _threads(Py_ssize_t work, int num_threads) noexcept:
     return 1 if work < GRAIN else max(num_threads, 1)
 
 
+# A pool chunk costs a claim and a completion count on cache lines every thread touches: short
+# jobs (an NHWC pixel's channels, a narrow row) are grouped, contiguous ones, up to about this many
+# elements of work.
 def set_grain(Py_ssize_t elements):
     """Set the work size below which kernels run on one thread; returns the previous one.
 
@@ -49,14 +54,30 @@ cdef inline char* _data(a) noexcept:
 
 
 # -- block copies -----------------------------------------------------------------------------------
-cdef void _copy_blocks(const char* src, char* dst, Py_ssize_t outer, Py_ssize_t width, Py_ssize_t src_ld,
-                       Py_ssize_t dst_ld, Py_ssize_t chunk, int nt) noexcept nogil:
-    cdef Py_ssize_t chunks = (width + chunk - 1) // chunk
-    cdef Py_ssize_t job, o, j0
-    for job in prange(outer * chunks, schedule="static", num_threads=nt):
+cdef struct _CopyCtx:
+    const char* src
+    char* dst
+    Py_ssize_t width, src_ld, dst_ld, chunk, chunks   # bytes
+    Py_ssize_t jobs, group   # (row, piece) jobs in all; jobs per pool chunk
+
+
+cdef void _copy_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef const _CopyCtx* c = <const _CopyCtx*> ctx
+    cdef Py_ssize_t job, o, j0, chunks = c.chunks, chunk = c.chunk, j1 = min((i + 1) * c.group, c.jobs)
+    for job in range(i * c.group, j1):
         o = job // chunks
         j0 = (job % chunks) * chunk
-        memcpy(dst + o * dst_ld + j0, src + o * src_ld + j0, min(chunk, width - j0))
+        memcpy(c.dst + o * c.dst_ld + j0, c.src + o * c.src_ld + j0, min(chunk, c.width - j0))
+
+
+cdef void _copy_blocks(const char* src, char* dst, Py_ssize_t outer, Py_ssize_t width, Py_ssize_t src_ld,
+                       Py_ssize_t dst_ld, Py_ssize_t chunk, int nt) noexcept nogil:
+    cdef _CopyCtx c
+    c.src, c.dst, c.width, c.src_ld, c.dst_ld, c.chunk = src, dst, width, src_ld, dst_ld, chunk
+    c.chunks = (width + chunk - 1) // chunk
+    c.jobs = outer * c.chunks
+    c.group = wb_jobs_per_chunk(c.jobs, chunk // 4, nt)   # work in floats' worth of bytes, as _threads counts it
+    wb_pool_run(_copy_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
 
 def copy_blocks(src, dst, Py_ssize_t outer, Py_ssize_t width, Py_ssize_t src_ld, Py_ssize_t src_offset,
@@ -93,13 +114,47 @@ def copy_blocks(src, dst, Py_ssize_t outer, Py_ssize_t width, Py_ssize_t src_ld,
 
 
 # -- index-table gather -------------------------------------------------------------------------------
+cdef struct _GatherCtx:
+    const float* x
+    float* out
+    const Py_ssize_t* xs
+    const Py_ssize_t* os
+    const int* t0
+    const int* t1
+    const int* t2
+    const int* t3
+    bint t3_run
+    float fill
+    Py_ssize_t jobs, group   # output rows in all; rows per chunk
+
+
 cdef void _gather4(const float* x, float* out, const Py_ssize_t* xs, const Py_ssize_t* os,
                    const int* t0, const int* t1, const int* t2, const int* t3, bint t3_run, float fill,
                    int nt) noexcept nogil:
-    cdef Py_ssize_t job, i0, i1, i2, l, rest
+    cdef _GatherCtx c
+    c.x, c.out, c.xs, c.os, c.t0, c.t1, c.t2, c.t3, c.t3_run, c.fill = x, out, xs, os, t0, t1, t2, t3, t3_run, fill
+    c.jobs = os[0] * os[1] * os[2]
+    c.group = wb_jobs_per_chunk(c.jobs, os[3], nt)
+    wb_pool_run(_gather_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
+
+
+cdef void _gather_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """Output rows (along the last axis) i * group ... of :func:`gather4`."""
+    cdef const _GatherCtx* c = <const _GatherCtx*> ctx
+    cdef const float* x = c.x
+    cdef float* out = c.out
+    cdef const Py_ssize_t* xs = c.xs
+    cdef const Py_ssize_t* os = c.os
+    cdef const int* t0 = c.t0
+    cdef const int* t1 = c.t1
+    cdef const int* t2 = c.t2
+    cdef const int* t3 = c.t3
+    cdef bint t3_run = c.t3_run
+    cdef float fill = c.fill
+    cdef Py_ssize_t job, i0, i1, i2, l, rest, j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
     cdef const float* src
     cdef float* o
-    for job in prange(os[0] * os[1] * os[2], schedule="static", num_threads=nt):
+    for job in range(j0, j1):
         i2 = job % os[2]
         rest = job // os[2]
         i1 = rest % os[1]
@@ -160,15 +215,48 @@ def gather4(x, out, tables, float fill=0, int num_threads=1):
 
 
 # -- bilinear resize -----------------------------------------------------------------------------------
+cdef struct _LerpCtx:
+    const float* x
+    float* out
+    const int* hl
+    const int* hh
+    const float* hw
+    const int* wl
+    const int* wh
+    const float* ww
+    Py_ssize_t H, W, C, OH, OW
+    Py_ssize_t jobs, group   # output rows in all; rows per chunk
+
+
 cdef void _lerp_nchw(const float* x, float* out, Py_ssize_t planes, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
                      Py_ssize_t OW, const int* hl, const int* hh, const float* hw, const int* wl, const int* wh,
                      const float* ww, int nt) noexcept nogil:
+    cdef _LerpCtx c
+    c.x, c.out, c.hl, c.hh, c.hw, c.wl, c.wh, c.ww = x, out, hl, hh, hw, wl, wh, ww
+    c.H, c.W, c.C, c.OH, c.OW = H, W, 1, OH, OW
+    c.jobs = planes * OH
+    c.group = wb_jobs_per_chunk(c.jobs, OW * 4, nt)
+    wb_pool_run(_lerp_nchw_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
+
+
+cdef void _lerp_nchw_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """Output rows (plane, oh) i * group ... of an NCHW bilinear resize."""
+    cdef const _LerpCtx* c = <const _LerpCtx*> ctx
+    cdef const float* x = c.x
+    cdef float* out = c.out
+    cdef const int* hl = c.hl
+    cdef const int* hh = c.hh
+    cdef const float* hw = c.hw
+    cdef const int* wl = c.wl
+    cdef const int* wh = c.wh
+    cdef const float* ww = c.ww
+    cdef Py_ssize_t H = c.H, W = c.W, OH = c.OH, OW = c.OW, j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
     cdef Py_ssize_t job, p, oh, ow
     cdef const float* r0
     cdef const float* r1
     cdef float* o
     cdef float a, b, u, v
-    for job in prange(planes * OH, schedule="static", num_threads=nt):
+    for job in range(j0, j1):
         p = job // OH
         oh = job % OH
         r0 = x + (p * H + hl[oh]) * W
@@ -186,12 +274,33 @@ cdef void _lerp_nchw(const float* x, float* out, Py_ssize_t planes, Py_ssize_t H
 cdef void _lerp_nhwc(const float* x, float* out, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
                      Py_ssize_t OH, Py_ssize_t OW, const int* hl, const int* hh, const float* hw, const int* wl,
                      const int* wh, const float* ww, int nt) noexcept nogil:
+    cdef _LerpCtx c
+    c.x, c.out, c.hl, c.hh, c.hw, c.wl, c.wh, c.ww = x, out, hl, hh, hw, wl, wh, ww
+    c.H, c.W, c.C, c.OH, c.OW = H, W, C, OH, OW
+    c.jobs = N * OH
+    c.group = wb_jobs_per_chunk(c.jobs, OW * C * 4, nt)
+    wb_pool_run(_lerp_nhwc_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
+
+
+cdef void _lerp_nhwc_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """Output rows (image, oh) i * group ... of an NHWC bilinear resize."""
+    cdef const _LerpCtx* cx = <const _LerpCtx*> ctx
+    cdef const float* x = cx.x
+    cdef float* out = cx.out
+    cdef const int* hl = cx.hl
+    cdef const int* hh = cx.hh
+    cdef const float* hw = cx.hw
+    cdef const int* wl = cx.wl
+    cdef const int* wh = cx.wh
+    cdef const float* ww = cx.ww
+    cdef Py_ssize_t H = cx.H, W = cx.W, C = cx.C, OH = cx.OH, OW = cx.OW
+    cdef Py_ssize_t j0 = i * cx.group, j1 = min(j0 + cx.group, cx.jobs)
     cdef Py_ssize_t job, n, oh, ow, c
     cdef const float* r0
     cdef const float* r1
     cdef float* o
     cdef float u, v, a, b
-    for job in prange(N * OH, schedule="static", num_threads=nt):
+    for job in range(j0, j1):
         n = job // OH
         oh = job % OH
         r0 = x + (n * H + hl[oh]) * W * C

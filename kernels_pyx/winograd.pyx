@@ -18,17 +18,20 @@ there): V is laid out (alpha^2, Tb, C), the GEMMs are Mo[k] (Tb x M) = V[k] @ U[
 
 Parallel modes: 0 = the stages of each block spread over the threads (input channels, GEMMs,
 output channels); 1 = whole blocks spread over the threads, each with its own scratch.  Both
-call BLAS from several threads at once: it must be single-threaded (the routine sees to that).
-Calling the alpha^2 GEMMs one after another with BLAS threads instead measured 2-4x slower.
+run on the shared pool (``wb_pool.h``): each thread starts on its own contiguous range of jobs
+and takes from the others' when done.  Both call BLAS from several threads at once: it must be
+single-threaded (the routine sees to that).  Calling the alpha^2 GEMMs one after another with
+BLAS threads instead measured 2-4x slower.
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport parallel, prange, threadid
 from _gemm cimport gemm_rm
 from _winograd_stages cimport Geo, _inputs, _outputs
 from conv_gemm cimport ACT_RUN_LAST
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
 
 # The per-block transforms (input into V, output from Mo with the epilogue) are in
 # _winograd_stages.pxd, shared with winograd512.pyx.
@@ -45,32 +48,65 @@ cdef void _gemms(Geo* g, Py_ssize_t Tb, Py_ssize_t k0, Py_ssize_t k1, const floa
                     0.0, Mo + k * g.M * Tb, Tb)
 
 
+cdef struct _RunCtx:
+    Geo* g
+    float* V
+    float* Mo
+    float* tmp
+    Py_ssize_t rows, vsz, msz, tmp_sz
+    Py_ssize_t g0, R      # mode 0: the block of the current stage
+    Py_ssize_t n, per     # mode 0: jobs of the current transform stage, jobs per chunk
+
+
+cdef void _block_chunk(void* ctx, Py_ssize_t blk, int slot) noexcept nogil:
+    """Mode 1: block ``blk``, all stages, in ``slot``'s own V, Mo and tmp."""
+    cdef _RunCtx* c = <_RunCtx*> ctx
+    cdef Geo* g = c.g
+    cdef Py_ssize_t g0 = blk * c.rows, R = min(c.rows, g.G - g0)
+    cdef float* V = c.V + slot * c.vsz
+    cdef float* Mo = c.Mo + slot * c.msz
+    cdef float* tmp = c.tmp + slot * c.tmp_sz
+    _inputs(g, g0, R, 0, R * g.tw if g.nhwc else g.C, V, tmp)
+    _gemms(g, R * g.tw, 0, g.A2, V, Mo)
+    _outputs(g, g0, R, 0, R * g.tw if g.nhwc else g.M, Mo, tmp)
+
+
+cdef void _input_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _RunCtx* c = <_RunCtx*> ctx
+    _inputs(c.g, c.g0, c.R, i * c.per, min((i + 1) * c.per, c.n), c.V, c.tmp + slot * c.tmp_sz)
+
+
+cdef void _gemm_chunk(void* ctx, Py_ssize_t k, int slot) noexcept nogil:
+    cdef _RunCtx* c = <_RunCtx*> ctx
+    _gemms(c.g, c.R * c.g.tw, k, k + 1, c.V, c.Mo)
+
+
+cdef void _output_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _RunCtx* c = <_RunCtx*> ctx
+    _outputs(c.g, c.g0, c.R, i * c.per, min((i + 1) * c.per, c.n), c.Mo, c.tmp + slot * c.tmp_sz)
+
+
 cdef void _run(Geo* g, Py_ssize_t rows, int mode, float* V, float* Mo, float* tmp, Py_ssize_t tmp_sz,
                int nt) noexcept nogil:
-    cdef Py_ssize_t nblk = (g.G + rows - 1) // rows, blk, g0, R, job, tid
-    cdef Py_ssize_t vsz = g.A2 * g.C * rows * g.tw, msz = g.A2 * g.M * rows * g.tw
+    cdef Py_ssize_t nblk = (g.G + rows - 1) // rows, blk
+    cdef _RunCtx c
+    c.g, c.V, c.Mo, c.tmp, c.rows, c.tmp_sz = g, V, Mo, tmp, rows, tmp_sz
+    c.vsz, c.msz = g.A2 * g.C * rows * g.tw, g.A2 * g.M * rows * g.tw
     if mode == 1:
-        for blk in prange(nblk, nogil=True, schedule="dynamic", num_threads=nt):
-            tid = threadid()
-            g0 = blk * rows
-            R = min(rows, g.G - g0)
-            _inputs(g, g0, R, 0, R * g.tw if g.nhwc else g.C, V + tid * vsz, tmp + tid * tmp_sz)
-            _gemms(g, R * g.tw, 0, g.A2, V + tid * vsz, Mo + tid * msz)
-            _outputs(g, g0, R, 0, R * g.tw if g.nhwc else g.M, Mo + tid * msz, tmp + tid * tmp_sz)
+        wb_pool_run(_block_chunk, &c, nblk, nt)
         return
-    # One parallel region for all stages of all blocks: the team is woken once (a region cost
-    # ~8 us here, against 0.2-2 ms layers), the stages meet at the loops' barriers.
-    with nogil, parallel(num_threads=nt):
-        tid = threadid()
-        for blk in range(nblk):
-            g0 = blk * rows
-            R = min(rows, g.G - g0)
-            for job in prange(R * g.tw if g.nhwc else g.C, schedule="static"):
-                _inputs(g, g0, R, job, job + 1, V, tmp + tid * tmp_sz)
-            for job in prange(g.A2, schedule="dynamic"):
-                _gemms(g, R * g.tw, job, job + 1, V, Mo)
-            for job in prange(R * g.tw if g.nhwc else g.M, schedule="static"):
-                _outputs(g, g0, R, job, job + 1, Mo, tmp + tid * tmp_sz)
+    # Each stage of each block is one pool job (the workers spin between jobs, so the next stage
+    # does not wait for them to wake); the next starts once every chunk of the last is done.
+    for blk in range(nblk):
+        c.g0 = blk * rows
+        c.R = min(rows, g.G - c.g0)
+        c.n = c.R * g.tw if g.nhwc else g.C
+        c.per = wb_jobs_per_chunk(c.n, g.A2 * (g.C if g.nhwc else c.R * g.tw), nt)
+        wb_pool_run(_input_chunk, &c, (c.n + c.per - 1) // c.per, nt)
+        wb_pool_run(_gemm_chunk, &c, g.A2, nt)
+        c.n = c.R * g.tw if g.nhwc else g.M
+        c.per = wb_jobs_per_chunk(c.n, g.A2 * (g.M if g.nhwc else c.R * g.tw), nt)
+        wb_pool_run(_output_chunk, &c, (c.n + c.per - 1) // c.per, nt)
 
 
 # -- Python-visible twin ------------------------------------------------------------------------
@@ -139,7 +175,7 @@ def nchw(x, U, bias, out, V, Mo, tmp, int m, pads, residual=None, int act=0, flo
         Parallel mode (module docstring); both call BLAS from several threads at once, which
         must then be single-threaded.
     num_threads : int
-        OpenMP threads.
+        Threads (of the shared pool).
     """
     return _conv(False, x, U, bias, out, V, Mo, tmp, m, pads, residual, act, p0, p1, slope, rows, mode,
                  num_threads)

@@ -11,21 +11,22 @@ OpenBLAS, with the transformed weights packed once, ahead (:func:`pack_u`):
 - NCHW: Mo[k] (M x Tb) = U[k] (M x C) @ V[k] (C x Tb), U[k] packed as A strips; jobs are
   (point k, block of up to 256 tile columns), each packing its columns of V[k] as B panels.
 
-Every thread packs into its own part of ``work``.  Parallel modes as in ``winograd.pyx``: 0 = the
-stages of each block of tile rows spread over the threads, 1 = whole blocks per thread, here each
-thread's blocks one contiguous range of tile rows (the layers around it split pixels the same way).  The
-baseline build compiles a scalar micro-kernel and says so with ``available = False``.
+Every thread packs into its own part of ``work``.  Parallel modes as in ``winograd.pyx``, on the
+shared pool (``wb_pool.h``): 0 = the stages of each block of tile rows spread over the threads,
+1 = whole blocks per thread, each thread starting on one contiguous range of tile rows (the
+layers around it split pixels the same way) and taking others' blocks only once its own are done.
+The baseline build compiles a scalar micro-kernel and says so with ``available = False``.
 """
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport parallel, prange, threadid
-
 from _winograd_stages cimport Geo, _inputs, _outputs
 from conv_gemm cimport ACT_RUN_LAST
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 from workbench._kernels.winograd import _f32 as _base_f32, scratch_floats as _base_scratch
 
 cnp.import_array()
+wb_pool_import()
 
 
 cdef extern from "sgemm_avx512.h" nogil:
@@ -119,37 +120,75 @@ cdef void _gemm_job(Geo* g, Py_ssize_t us, Py_ssize_t tb, Py_ssize_t job, const 
     _gemm_pa(g.M, i1 - i0, g.C, g.U + k * us, work, Mo + k * g.M * tb + i0, tb)
 
 
+cdef struct _RunCtx:
+    Geo* g
+    float* V
+    float* Mo
+    float* tmp
+    float* work
+    Py_ssize_t us, rows, vsz, msz, tmp_sz, work_sz
+    Py_ssize_t g0, R, tb  # mode 0: the block of the current stage
+    Py_ssize_t n, per     # mode 0: jobs of the current transform stage, jobs per chunk
+
+
+cdef void _block_chunk(void* ctx, Py_ssize_t blk, int slot) noexcept nogil:
+    """Mode 1: block ``blk`` (``rows`` tile rows), all stages, in ``slot``'s own scratch."""
+    cdef _RunCtx* c = <_RunCtx*> ctx
+    cdef Geo* g = c.g
+    cdef Py_ssize_t g0 = blk * c.rows, R = min(c.rows, g.G - g0), tb = R * g.tw, job
+    cdef float* V = c.V + slot * c.vsz
+    cdef float* Mo = c.Mo + slot * c.msz
+    cdef float* tmp = c.tmp + slot * c.tmp_sz
+    _inputs(g, g0, R, 0, tb if g.nhwc else g.C, V, tmp)
+    for job in range(g.A2 * _jobs(g.nhwc, tb)):
+        _gemm_job(g, c.us, tb, job, V, Mo, c.work + slot * c.work_sz)
+    _outputs(g, g0, R, 0, tb if g.nhwc else g.M, Mo, tmp)
+
+
+cdef void _input_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _RunCtx* c = <_RunCtx*> ctx
+    _inputs(c.g, c.g0, c.R, i * c.per, min((i + 1) * c.per, c.n), c.V, c.tmp + slot * c.tmp_sz)
+
+
+cdef void _gemm_chunk(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
+    cdef _RunCtx* c = <_RunCtx*> ctx
+    _gemm_job(c.g, c.us, c.tb, job, c.V, c.Mo, c.work + slot * c.work_sz)
+
+
+cdef void _output_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _RunCtx* c = <_RunCtx*> ctx
+    _outputs(c.g, c.g0, c.R, i * c.per, min((i + 1) * c.per, c.n), c.Mo, c.tmp + slot * c.tmp_sz)
+
+
 cdef void _run(Geo* g, Py_ssize_t us, Py_ssize_t rows, int mode, float* V, float* Mo, float* tmp,
                Py_ssize_t tmp_sz, float* work, Py_ssize_t work_sz, int nt) noexcept nogil:
-    cdef Py_ssize_t nblk = (g.G + rows - 1) // rows, blk, g0, g1, R, job, tid, tb
-    cdef Py_ssize_t vsz = g.A2 * g.C * rows * g.tw, msz = g.A2 * g.M * rows * g.tw
+    cdef Py_ssize_t nblk, blk
+    cdef _RunCtx c
+    c.g, c.V, c.Mo, c.tmp, c.work, c.us = g, V, Mo, tmp, work, us
+    c.tmp_sz, c.work_sz = tmp_sz, work_sz
+    c.vsz, c.msz = g.A2 * g.C * rows * g.tw, g.A2 * g.M * rows * g.tw
     if mode == 1:
-        # Thread t owns tile rows G*t/nt .. G*(t+1)/nt, in blocks of up to ``rows``: the pixels
-        # it reads and writes are about those its core handles in the layers before and after.
-        for tid in prange(nt, nogil=True, schedule="static", num_threads=nt):
-            g0 = g.G * tid // nt
-            g1 = g.G * (tid + 1) // nt
-            while g0 < g1:
-                R = min(rows, g1 - g0)
-                tb = R * g.tw
-                _inputs(g, g0, R, 0, tb if g.nhwc else g.C, V + tid * vsz, tmp + tid * tmp_sz)
-                for job in range(g.A2 * _jobs(g.nhwc, tb)):
-                    _gemm_job(g, us, tb, job, V + tid * vsz, Mo + tid * msz, work + tid * work_sz)
-                _outputs(g, g0, R, 0, tb if g.nhwc else g.M, Mo + tid * msz, tmp + tid * tmp_sz)
-                g0 = g0 + R
+        # Blocks of up to ``rows`` tile rows, no more than a thread's share so that every thread
+        # gets one: each thread starts on a contiguous range of them, the pixels its core handles
+        # in the layers before and after.
+        c.rows = min(rows, (g.G + nt - 1) // nt)
+        wb_pool_run(_block_chunk, &c, (g.G + c.rows - 1) // c.rows, nt)
         return
-    with nogil, parallel(num_threads=nt):
-        tid = threadid()
-        for blk in range(nblk):
-            g0 = blk * rows
-            R = min(rows, g.G - g0)
-            tb = R * g.tw
-            for job in prange(tb if g.nhwc else g.C, schedule="static"):
-                _inputs(g, g0, R, job, job + 1, V, tmp + tid * tmp_sz)
-            for job in prange(g.A2 * _jobs(g.nhwc, tb), schedule="dynamic"):
-                _gemm_job(g, us, tb, job, V, Mo, work + tid * work_sz)
-            for job in prange(tb if g.nhwc else g.M, schedule="static"):
-                _outputs(g, g0, R, job, job + 1, Mo, tmp + tid * tmp_sz)
+    # Each stage of each block is one pool job (the workers spin between jobs, so the next stage
+    # does not wait for them to wake); the next starts once every chunk of the last is done.
+    c.rows = rows
+    nblk = (g.G + rows - 1) // rows
+    for blk in range(nblk):
+        c.g0 = blk * rows
+        c.R = min(rows, g.G - c.g0)
+        c.tb = c.R * g.tw
+        c.n = c.tb if g.nhwc else g.C
+        c.per = wb_jobs_per_chunk(c.n, g.A2 * (g.C if g.nhwc else c.tb), nt)
+        wb_pool_run(_input_chunk, &c, (c.n + c.per - 1) // c.per, nt)
+        wb_pool_run(_gemm_chunk, &c, g.A2 * _jobs(g.nhwc, c.tb), nt)
+        c.n = c.tb if g.nhwc else g.M
+        c.per = wb_jobs_per_chunk(c.n, g.A2 * (g.M if g.nhwc else c.tb), nt)
+        wb_pool_run(_output_chunk, &c, (c.n + c.per - 1) // c.per, nt)
 
 
 # -- Python-visible twins -------------------------------------------------------------------------

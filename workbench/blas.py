@@ -1,8 +1,8 @@
 """BLAS thread limits that work from any thread, for the executor and the routines that call BLAS.
 
-Every routine parallelises with OpenMP itself (``num_threads``), so BLAS runs single-threaded
-inside them: OpenBLAS's worker threads keep spinning after a threaded call and take cores from
-the OpenMP kernels (measured: ResNet-50 ~2x slower with 2 BLAS threads).  :class:`blas_limit`
+Every routine parallelises on the kernels' own thread pool (``num_threads``), so BLAS runs
+single-threaded inside them: OpenBLAS's worker threads keep spinning after a threaded call and
+take cores from the pool's (measured: ResNet-50 ~2x slower with 2 BLAS threads).  :class:`blas_limit`
 saves, sets and restores the limit; :class:`SerialBlas` holds it at one thread while any of
 several concurrent users (executor runs, routines calling BLAS) is inside, by a count, so that
 nested save-and-restore from several threads never restores a limit another still relies on.
@@ -27,7 +27,7 @@ def libraries():
 def set_threads(lib, n):
     # threadpoolctl (3.8) lets only the first thread that limited OpenBLAS change it again and
     # silently ignores every other thread, so a run from a worker thread kept BLAS at full
-    # threads inside our OpenMP kernels (slower, and a classifier GEMV rounded differently);
+    # threads inside our parallel kernels (slower, and a classifier GEMV rounded differently);
     # its unguarded setter changes the process-wide count from any thread.
     getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
 

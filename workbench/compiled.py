@@ -28,6 +28,7 @@ from .execute import check_inputs, io_layout
 from .governor import ThreadGovernor
 from .graph import NCHW
 from .memory import Value, plan_memory
+from .pinning import caller_pinned
 
 
 def default_threads():
@@ -76,7 +77,7 @@ class CompiledModel:
     assignment : dict[str, str]
         Routine descriptor per layer; every layer must be assigned.
     num_threads : int, optional
-        Threads for OpenMP kernels and BLAS alike (default: the CPUs this process may use).
+        Threads for the kernels' pool and BLAS alike (default: the CPUs this process may use).
     io_format : str
         Layout of 4-D float inputs and outputs at the model's boundary: ``"nchw"`` (default) or
         ``"nhwc"`` (arrays given and returned as (N, H, W, C)).
@@ -84,10 +85,9 @@ class CompiledModel:
         Most runs in progress at once.  :meth:`run` may be called from several threads: each
         concurrent caller gets an executor of its own (an arena and prepared weights, created on
         first need and kept for reuse); callers beyond this many wait for one to come free.  The
-        default, CPUs // ``num_threads``, keeps concurrent OpenMP teams from oversubscribing the
-        cores: on 2 cores with 2 threads, calls are serialised, which measured 1.1-1.9x the
-        throughput of two concurrent executors on small models (their kernels' barriers stall
-        whenever a thread is descheduled).
+        default, CPUs // ``num_threads``, keeps concurrent runs from oversubscribing the cores: on 2
+        cores with 2 threads, calls are serialised (the kernels' pool serves one caller at a
+        time; a concurrent one runs its chunks on its own thread alone).
     adaptive_threads : bool
         Let a :class:`~workbench.governor.ThreadGovernor` run with one thread fewer while the
         run times say another process holds a core (default True; :meth:`run` only, never
@@ -291,7 +291,7 @@ class CompiledModel:
         arrays = check_inputs(self.graph, feeds, self.io_format)
         gov = self.governor
         threads = gov.choose() if gov is not None else self.num_threads
-        with self._executor() as ex, SerialBlas():
+        with self._executor() as ex, SerialBlas(), caller_pinned(threads):
             ex.threads = threads
             t0 = time.perf_counter()
             self._load(ex, arrays)
@@ -319,7 +319,7 @@ class CompiledModel:
         are those of the executor that ran, in :attr:`steps`' order."""
         arrays = check_inputs(self.graph, feeds, self.io_format)
         times = []
-        with self._executor() as ex, SerialBlas():
+        with self._executor() as ex, SerialBlas(), caller_pinned(self.num_threads):
             ex.threads = self.num_threads
             self._load(ex, arrays)
             origin = time.perf_counter()

@@ -1,10 +1,10 @@
 """Fewer threads while another process holds a core.
 
-Every kernel splits its work over ``num_threads`` OpenMP threads and waits for all of them at the
-end of each parallel region.  When another process keeps one of the cores busy, the thread the
-scheduler puts beside it gets a share of that core in slices of milliseconds, and every region
-waits for it: the whole run slows by more than the core that was lost.  With one thread fewer,
-the team fits the cores that are free.
+Every kernel splits its work over ``num_threads`` threads of the kernels' pool
+(``kernels_pyx/wb_pool.h``).  The caller takes over the chunks of a thread that never turns up,
+but a thread that took a chunk and is then descheduled (another process keeps its core busy)
+holds the layer up for a scheduler slice of milliseconds.  With one thread fewer, no chunk
+waits on a shared core.
 
 :class:`ThreadGovernor` decides, run by run, from the run times alone (no system probes): it
 keeps the fastest recent median at full threads as the quiet reference; when the last runs at

@@ -14,6 +14,7 @@ import numpy as np
 from .adapt import physical_shape
 from .blas import blas_limit
 from .compiled import default_threads
+from .pinning import caller_pinned
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Latency(Timing):
 
 
 #: How :func:`measure_latencies` takes its samples, shown with every latency.
-LATENCY_METHOD = "median of turns: 30 ms idle, 1 untimed lead-in run, 1 timed run"
+LATENCY_METHOD = "median of turns: spinning threads settled, 30 ms idle, 1 untimed lead-in run, 1 timed run"
 
 
 def measure_latencies(runners, runs, warmup=3, pause=0.03, lead_in=1):
@@ -83,16 +84,29 @@ def measure_latencies(runners, runs, warmup=3, pause=0.03, lead_in=1):
     :func:`time_interleaved`: the statistic every latency report uses."""
     samples = time_interleaved(runners, runs, warmup=warmup, pause=pause, lead_in=lead_in)
     at = time.time()
-    method = (f"median of turns: {pause * 1e3:g} ms idle, {lead_in} untimed lead-in run(s), 1 timed run"
+    method = (f"median of turns: spinning threads settled, {pause * 1e3:g} ms idle, {lead_in} untimed lead-in run(s), 1 timed run"
               if (pause, lead_in) != (0.03, 1) else LATENCY_METHOD)
     return {k: Latency(samples=list(s), method=method, measured_at=at, side_by_side=tuple(n for n in runners if n != k))
             for k, s in samples.items()}
 
 
+def settle(max_s=0.3, step=0.01, busy=0.1):
+    """Sleep until this process's threads stop using the CPU (at most ``max_s`` seconds): a
+    ``step`` of sleep in which they used under ``busy`` of it ends the wait."""
+    end = time.perf_counter() + max_s
+    while time.perf_counter() < end:
+        c0 = time.process_time()
+        time.sleep(step)
+        if time.process_time() - c0 < busy * step:
+            return
+
+
 def time_interleaved(runners, runs, warmup=3, pause=0.03, lead_in=1):
     """``{name: [seconds, ...]}``: ``warmup`` rounds, then ``runs`` rounds of every runner in
-    turn, the order rotating from round to round.  A turn is: ``pause`` seconds idle, so the previous runtime's spinning worker threads
-    (ORT's pool, OpenMP's) go to sleep instead of stealing cores; ``lead_in`` untimed runs,
+    turn, the order rotating from round to round.  A turn is: :func:`settle`, then ``pause``
+    seconds idle, so that the previous runtime's worker threads have stopped spinning (ONNX
+    Runtime's spin for 40-80 ms after a run, and took a core from the next runner's first
+    milliseconds); ``lead_in`` untimed runs,
     which bring the runner's data back into the caches and wake the vCPUs the pause let sleep
     (on this VM their wake-up alone costs MobileNetV2 1 to 10 ms); one timed run.  The timed run
     so sees back-to-back inference, and machine noise hits every runner alike."""
@@ -105,6 +119,7 @@ def time_interleaved(runners, runs, warmup=3, pause=0.03, lead_in=1):
         # The order rotates every round, so no runner always follows the same other one.
         for k in order[r % len(order):] + order[:r % len(order)]:
             run = runners[k]
+            settle()
             time.sleep(pause)
             for _ in range(lead_in):
                 run()
@@ -191,7 +206,7 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
         state = routine.prepare(layer)
         timings[i] = Timing(prepare_s=time.perf_counter() - start)
         runs.append((i, (lambda r=routine, st=state, a=args, o=outs: r.run(layer, st, a, o, threads)), state, outs))
-    with blas_limit(1):   # as the executor runs: OpenMP threads only (see workbench.blas)
+    with blas_limit(1), caller_pinned(threads):   # as the executor runs (workbench.blas, .pinning)
         for _ in range(warmup):
             for _, run, _, _ in runs:
                 run()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..measure import measure_latencies
+from ..measure import measure_latencies, settle
 from . import engines, load, ops, report  # noqa: F401  (the package's parts, for callers)
 from .engines import BenchError, Engine, parse_peers  # noqa: F401
 
@@ -54,10 +54,12 @@ def measure(engine_list, runs, warmup=3):
 
 def first_after_idle(engine_list, repeats, idle_s):
     """``{name: [seconds]}``: per repeat and engine (the order rotating), ``idle_s`` seconds of
-    sleep, then one timed run, with no lead-in: what a camera pipeline's next frame pays."""
+    sleep, then one timed run, with no lead-in: what a camera pipeline's next frame pays.  The
+    sleep starts once the previous engine's threads have stopped spinning (:func:`settle`)."""
     samples = {e.name: [] for e in engine_list}
     for r in range(repeats):
         for e in engine_list[r % len(engine_list):] + engine_list[:r % len(engine_list)]:
+            settle()
             time.sleep(idle_s)
             t0 = time.perf_counter()
             e.run()

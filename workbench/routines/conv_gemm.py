@@ -7,7 +7,7 @@ The ``gemm1x1`` routines take 1x1 unpadded convolutions as a plain GEMM on the i
 (stride 1) or on the strided pixels gathered first.  Bias, residual and activation are applied
 to each GEMM block right after it is written (``kernels_pyx/conv_gemm.pyx``).
 
-All parallelism is OpenMP's: pixel tiles run in parallel, one per thread, when there are enough
+All parallelism is the kernels' thread pool's: pixel tiles run in parallel when there are enough
 of them, otherwise the GEMM of each tile is split over output channels.  The BLAS itself is kept
 single-threaded during the call, so its threads never compete with ours.
 """

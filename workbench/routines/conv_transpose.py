@@ -109,7 +109,7 @@ class ShuffleNhwcAvx512(ShuffleNhwc):
     """:class:`ShuffleNhwc` on our AVX-512 GEMM (``gemm512.conv_transpose_shuffle_nhwc``): the
     weights packed once, one GEMM per input row with bias and activation fused per column, its
     runs copied straight to their output rows.  The BLAS version runs OpenBLAS from inside the
-    OpenMP threads, on its Haswell kernels; a detector head's 24 -> 1 channel layer (N = 4 GEMM
+    pool's threads, on its Haswell kernels; a detector head's 24 -> 1 channel layer (N = 4 GEMM
     columns) was its worst case."""
 
     algo = "shuffle_avx512"

@@ -29,7 +29,7 @@ def plan(m, n, c, h, w, mo, num_threads, nhwc=False):
     Measured on ResNet-50's and VGG-16's 3x3 layers (2 threads): the whole layer at once in
     mode 0 while V and Mo stay under ~16 MB (up to VGG's 56x56x256); beyond that (VGG's 224x224
     and 112x112 layers) blocks of ~2 MB of V and Mo per thread in mode 1, which measured as fast
-    as mode 0 on an idle machine and 2-4x faster than it under load (no barriers to wait at).
+    as mode 0 on an idle machine and 2-4x faster than it under load (no waits between the stages).
     NHWC with threads and at least NHWC_LOCAL_TILES tiles a thread: mode 1, each thread its own
     tile rows in blocks of up to ~1 MB of V and Mo (its L2), so that nothing crosses cores
     (measured in the model: ResNet-50's 56x56x64 layers 0.50 -> 0.31-0.43 ms); with fewer

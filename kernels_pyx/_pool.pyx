@@ -1,0 +1,78 @@
+# cython: language_level=3
+"""The thread pool every kernel module runs its parallel loops on (``wb_pool.h``): this module
+holds the one implementation and hands its entry point to the others through a capsule."""
+from cpython.pycapsule cimport PyCapsule_New
+
+cdef extern from *:
+    """
+    #define WB_POOL_IMPL
+    """
+
+cdef extern from "wb_pool.h" nogil:
+    ctypedef void (*wb_chunk_fn)(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil
+    void wb_pool_run_impl(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt)
+    void wb_pool_wake_impl()
+    void wb_pool_init_impl()
+    int wb_pool_cpu(int k)
+    int wb_pool_workers "wb_pool.workers"
+    long wb_pool_spin_ns
+
+wb_pool_init_impl()
+_run = PyCapsule_New(<void*> wb_pool_run_impl, b"workbench._kernels._pool._run", NULL)
+
+
+def caller_cpu():
+    """The CPU a run's calling thread is pinned to (no worker is), or -1 when threads are not
+    pinned (fewer than 2 CPUs, or ``WB_POOL_PIN=0``)."""
+    return wb_pool_cpu(0)
+
+
+def wake():
+    """Wake the sleeping workers ahead of a burst of parallel kernels (the executor calls this as
+    a run starts, so that its first layers do not wait for threads an idle pause put to sleep)."""
+    with nogil:
+        wb_pool_wake_impl()
+
+
+def set_spin_ns(long ns):
+    """How long an idle worker spins before it sleeps (nanoseconds)."""
+    global wb_pool_spin_ns
+    wb_pool_spin_ns = ns
+
+
+def workers():
+    """How many pool threads exist (besides the callers)."""
+    return wb_pool_workers
+
+
+cdef struct _Probe:
+    long* slots
+    long* runs
+    long spin
+
+
+cdef void _probe_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _Probe* p = <_Probe*> ctx
+    cdef long k
+    cdef volatile long sink = 0
+    for k in range(p.spin):
+        sink = sink + k
+    p.slots[i] = slot
+    p.runs[i] += 1
+
+
+def probe(long n, int nt, long spin=0):
+    """Run ``n`` chunks on ``nt`` threads, each ``spin`` loop iterations long; returns
+    ``(slot that ran each chunk, times each chunk ran)``, for tests of the scheduler itself."""
+    import numpy as np
+    slots = np.full(n, -1, dtype=np.int64)
+    runs = np.zeros(n, dtype=np.int64)
+    cdef long[::1] sv = slots
+    cdef long[::1] rv = runs
+    cdef _Probe p
+    p.slots = &sv[0] if n > 0 else NULL
+    p.runs = &rv[0] if n > 0 else NULL
+    p.spin = spin
+    with nogil:
+        wb_pool_run_impl(_probe_chunk, &p, n, nt)
+    return slots, runs

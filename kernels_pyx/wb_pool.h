@@ -1,0 +1,265 @@
+/* One thread pool for every kernel module, in which the caller never waits for a thread that
+ * took no work.
+ *
+ * wb_pool_run(fn, ctx, n, nt) runs fn(ctx, i, slot) for every chunk i < n on up to nt threads:
+ * the caller (slot 0) and nt - 1 pool workers (slots 1..).  The chunks start out split into nt
+ * contiguous ranges, one per slot, so that the same slot takes the same pixels layer after
+ * layer (its input is in its own L2); a participant that finishes its range takes chunks from
+ * the others' ranges.  The caller returns once every chunk has run: a worker that is
+ * descheduled, or asleep and slow to wake, costs nothing unless it already took a chunk, where
+ * an OpenMP team's barrier waits for every thread of the team.
+ *
+ * Workers spin for wb_pool_spin_ns after a job (a model's layers follow each other closely),
+ * then sleep on a futex.  Worker k is pinned to the k-th CPU the process may use, and the
+ * executor pins its calling thread to the first (wb_pool_cpu(0)) for the span of a run: woken
+ * after an idle pause, an unpinned worker is placed on its waker's CPU and spins there, taking
+ * turns with the caller until the balancer moves it (unless WB_POOL_PIN=0).  One caller at a time uses the workers; another thread calling
+ * meanwhile (or a chunk calling back in) runs its chunks itself.
+ *
+ * The implementation is compiled into workbench._kernels._pool only (WB_POOL_IMPL); the other
+ * modules include this header for wb_pool_run, which calls that module's function through a
+ * capsule fetched once at their import (wb_pool_import), so that all of them share one set of
+ * workers instead of each keeping its own spinning threads. */
+#ifndef WB_POOL_H
+#define WB_POOL_H
+
+#include <Python.h>
+#include <stddef.h>
+
+typedef void (*wb_chunk_fn)(void* ctx, Py_ssize_t chunk, int slot);
+typedef void (*wb_run_fn)(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt);
+
+#define WB_POOL_CAPSULE "workbench._kernels._pool._run"
+
+#ifdef WB_POOL_IMPL
+
+#define _GNU_SOURCE 1
+#include <limits.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define WB_PAUSE() _mm_pause()
+#else
+#define WB_PAUSE() ((void)0)
+#endif
+
+#define WB_POOL_MAX 64
+static long wb_pool_spin_ns = 200000L;
+
+typedef struct {
+    _Alignas(64) _Atomic uint64_t next;   /* (generation << 32) | next chunk of this range */
+    Py_ssize_t end;                       /* one past this range's last chunk */
+    char pad[64 - sizeof(Py_ssize_t)];
+} wb_range;
+
+static struct {
+    _Alignas(64) _Atomic uint32_t gen;    /* seqlock: odd while the caller writes a job */
+    _Alignas(64) _Atomic int sleepers;
+    _Alignas(64) _Atomic Py_ssize_t done;
+    wb_chunk_fn fn;
+    void* ctx;
+    Py_ssize_t n;
+    int nt;
+    wb_range range[WB_POOL_MAX];
+    pthread_mutex_t lock;                 /* held by the one caller using the workers */
+    pthread_mutex_t grow;
+    int workers;
+} wb_pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .grow = PTHREAD_MUTEX_INITIALIZER};
+
+static long wb__now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* Claim a chunk of range r for generation g: -1 when it is used up or the job is another's. */
+static Py_ssize_t wb__claim(int r, uint32_t g, Py_ssize_t end) {
+    uint64_t v = atomic_load_explicit(&wb_pool.range[r].next, memory_order_relaxed);
+    for (;;) {
+        if ((uint32_t)(v >> 32) != g || (Py_ssize_t)(v & 0xffffffffu) >= end)
+            return -1;
+        if (atomic_compare_exchange_weak_explicit(&wb_pool.range[r].next, &v, v + 1,
+                                                  memory_order_acquire, memory_order_relaxed))
+            return (Py_ssize_t)(v & 0xffffffffu);
+    }
+}
+
+/* Run chunks of job g as ``slot``: its own range first, then the others'. */
+static void wb__work(uint32_t g, wb_chunk_fn fn, void* ctx, int nt, const Py_ssize_t* ends, int slot) {
+    for (int k = 0; k < nt; k++) {
+        int r = (slot + k) % nt;
+        Py_ssize_t i;
+        while ((i = wb__claim(r, g, ends[r])) >= 0) {
+            fn(ctx, i, slot);
+            atomic_fetch_add_explicit(&wb_pool.done, 1, memory_order_release);
+        }
+    }
+}
+
+/* The CPUs the process may use when the pool module loads (workers are created later by a caller
+ * that may be pinned, and would inherit its single CPU), and whether to pin at all. */
+static cpu_set_t wb_pool_cpus;
+static int wb_pool_ncpus = 0;
+
+static void wb_pool_init_impl(void) {
+    const char* env = getenv("WB_POOL_PIN");
+    if ((env != NULL && env[0] == '0') || sched_getaffinity(0, sizeof(wb_pool_cpus), &wb_pool_cpus) != 0)
+        return;
+    wb_pool_ncpus = CPU_COUNT(&wb_pool_cpus);
+}
+
+/* The ``k``-th CPU of wb_pool_cpus (mod their count); -1 when not pinning. */
+static int wb_pool_cpu(int k) {
+    if (wb_pool_ncpus < 2)
+        return -1;
+    k %= wb_pool_ncpus;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        if (CPU_ISSET(cpu, &wb_pool_cpus) && k-- == 0)
+            return cpu;
+    return -1;
+}
+
+static void* wb__worker(void* arg) {
+    int slot = (int)(intptr_t)arg;
+    int cpu = wb_pool_cpu(slot);
+    if (cpu >= 0) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        sched_setaffinity(0, sizeof(one), &one);
+    }
+    uint32_t seen = atomic_load(&wb_pool.gen) & ~1u;
+    for (;;) {
+        uint32_t g = atomic_load_explicit(&wb_pool.gen, memory_order_acquire);
+        if (g == seen || (g & 1u)) {
+            long t0 = wb__now_ns();
+            int spins = 0;
+            while ((g = atomic_load_explicit(&wb_pool.gen, memory_order_acquire)) == seen || (g & 1u)) {
+                WB_PAUSE();
+                if (++spins % 256 == 0 && wb__now_ns() - t0 > wb_pool_spin_ns) {
+                    atomic_fetch_add(&wb_pool.sleepers, 1);
+                    if (atomic_load(&wb_pool.gen) == seen)
+                        syscall(SYS_futex, (uint32_t*)&wb_pool.gen, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+                    atomic_fetch_sub(&wb_pool.sleepers, 1);
+                    t0 = wb__now_ns();
+                }
+            }
+        }
+        /* A consistent copy of job g (the seqlock's read side). */
+        wb_chunk_fn fn = wb_pool.fn;
+        void* ctx = wb_pool.ctx;
+        int nt = wb_pool.nt;
+        Py_ssize_t ends[WB_POOL_MAX];
+        for (int r = 0; r < nt && r < WB_POOL_MAX; r++)
+            ends[r] = wb_pool.range[r].end;
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&wb_pool.gen, memory_order_relaxed) != g)
+            continue;   /* rewritten meanwhile: read the newer job */
+        seen = g;
+        if (slot < nt)
+            wb__work(g, fn, ctx, nt, ends, slot);
+    }
+    return NULL;
+}
+
+static int wb__grow(int want) {
+    pthread_mutex_lock(&wb_pool.grow);
+    while (wb_pool.workers < want) {
+        pthread_t t;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&t, &a, wb__worker, (void*)(intptr_t)(wb_pool.workers + 1));
+        pthread_attr_destroy(&a);
+        if (rc != 0)
+            break;
+        wb_pool.workers++;
+    }
+    int have = wb_pool.workers;
+    pthread_mutex_unlock(&wb_pool.grow);
+    return have;
+}
+
+/* Wake sleeping workers ahead of a burst of jobs (a model run): they spin again for
+ * wb_pool_spin_ns, so the burst's first jobs find them awake instead of paying their wake-up. */
+static void wb_pool_wake_impl(void) {
+    if (atomic_load(&wb_pool.sleepers) > 0)
+        syscall(SYS_futex, (uint32_t*)&wb_pool.gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+
+static void wb_pool_run_impl(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt) {
+    if (n <= 0)
+        return;
+    if (nt > WB_POOL_MAX)
+        nt = WB_POOL_MAX;
+    if (nt > n)
+        nt = (int)n;
+    if (nt > 1 && n < 0xffffffffL && pthread_mutex_trylock(&wb_pool.lock) == 0) {
+        nt = 1 + (wb__grow(nt - 1) < nt - 1 ? wb_pool.workers : nt - 1);
+        if (nt > 1) {
+            Py_ssize_t ends[WB_POOL_MAX];
+            uint32_t g = atomic_load_explicit(&wb_pool.gen, memory_order_relaxed) + 1;   /* odd */
+            atomic_store_explicit(&wb_pool.gen, g, memory_order_relaxed);
+            atomic_thread_fence(memory_order_release);
+            g += 1;   /* the job's generation, even */
+            wb_pool.fn = fn;
+            wb_pool.ctx = ctx;
+            wb_pool.nt = nt;
+            for (int r = 0; r < nt; r++) {
+                Py_ssize_t b = n * r / nt;
+                ends[r] = wb_pool.range[r].end = n * (r + 1) / nt;
+                atomic_store_explicit(&wb_pool.range[r].next, ((uint64_t)g << 32) | (uint64_t)b,
+                                      memory_order_relaxed);
+            }
+            atomic_store_explicit(&wb_pool.done, 0, memory_order_relaxed);
+            atomic_store(&wb_pool.gen, g);   /* seq_cst: ordered before the sleepers check */
+            if (atomic_load(&wb_pool.sleepers) > 0)
+                syscall(SYS_futex, (uint32_t*)&wb_pool.gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+            wb__work(g, fn, ctx, nt, ends, 0);
+            while (atomic_load_explicit(&wb_pool.done, memory_order_acquire) < n)
+                WB_PAUSE();
+            pthread_mutex_unlock(&wb_pool.lock);
+            return;
+        }
+        pthread_mutex_unlock(&wb_pool.lock);
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        fn(ctx, i, 0);
+}
+
+#else  /* a module that calls the pool */
+
+static wb_run_fn wb__pool_run = NULL;
+
+/* At module import: fetch the shared pool's entry point (-1 with a Python error set if the
+ * _pool module is missing). */
+static int wb_pool_import(void) {
+    if (wb__pool_run != NULL)
+        return 0;
+    PyObject* m = PyImport_ImportModule("workbench._kernels._pool");   /* the capsule's lookup only getattrs */
+    if (m == NULL)
+        return -1;
+    Py_DECREF(m);
+    wb__pool_run = (wb_run_fn)PyCapsule_Import(WB_POOL_CAPSULE, 0);
+    return wb__pool_run == NULL ? -1 : 0;
+}
+
+static inline void wb_pool_run(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt) {
+    if (nt <= 1 || n <= 1) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            fn(ctx, i, 0);
+        return;
+    }
+    wb__pool_run(fn, ctx, n, nt);
+}
+
+#endif
+#endif

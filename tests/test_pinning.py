@@ -1,0 +1,54 @@
+"""The caller's CPU during a run (workbench/pinning.py): pinned to the pool's caller CPU while
+several threads work, restored afterwards (also after an error), untouched for one thread."""
+import os
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import workbench
+from workbench import pinning
+from workbench._kernels import _pool
+from workbench.compiled import CompiledModel
+
+from .onnx_helpers import make_model
+
+
+def test_pinned_while_threads_work_and_restored_after():
+    before = os.sched_getaffinity(0)
+    cpu = _pool.caller_cpu()
+    with pinning.caller_pinned(2):
+        inside = os.sched_getaffinity(0)
+    assert os.sched_getaffinity(0) == before
+    if cpu < 0:   # one CPU (or WB_POOL_PIN=0): nothing to pin
+        assert inside == before
+    else:
+        assert inside == {cpu} and cpu in before
+
+
+def test_one_thread_is_left_where_it_is():
+    before = os.sched_getaffinity(0)
+    with pinning.caller_pinned(1):
+        assert os.sched_getaffinity(0) == before
+
+
+def test_restored_after_an_error():
+    before = os.sched_getaffinity(0)
+    with pytest.raises(RuntimeError):
+        with pinning.caller_pinned(2):
+            raise RuntimeError("inside a run")
+    assert os.sched_getaffinity(0) == before
+
+
+def test_a_run_leaves_the_callers_cpus_as_they_were():
+    w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+                       [("x", [1, 4, 16, 16])], [("y", None)], [("w", w)])
+    graph = workbench.load(model.SerializeToString())
+    cm = CompiledModel(graph, {L.name: "cpu:float32:nchw/reference" for L in graph}, num_threads=2)
+    before = os.sched_getaffinity(0)
+    x = np.random.default_rng(1).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    out = cm.run({"x": x})["y"]
+    cm.run_timed({"x": x})
+    assert os.sched_getaffinity(0) == before
+    np.testing.assert_array_equal(out, workbench.ReferenceExecutor(graph).run({"x": x})["y"])

@@ -109,7 +109,18 @@ static void wb__work(uint32_t g, wb_chunk_fn fn, void* ctx, int nt, const Py_ssi
 static cpu_set_t wb_pool_cpus;
 static int wb_pool_ncpus = 0;
 
+/* A child of fork() has none of the parent's workers (and perhaps a lock a parent thread held):
+ * it starts a pool of its own. */
+static void wb__after_fork(void) {
+    pthread_mutex_init(&wb_pool.lock, NULL);
+    pthread_mutex_init(&wb_pool.grow, NULL);
+    wb_pool.workers = 0;
+    atomic_store(&wb_pool.sleepers, 0);
+    atomic_store(&wb_pool.gen, atomic_load(&wb_pool.gen) & ~1u);   /* no job half written */
+}
+
 static void wb_pool_init_impl(void) {
+    pthread_atfork(NULL, NULL, wb__after_fork);
     const char* env = getenv("WB_POOL_PIN");
     if ((env != NULL && env[0] == '0') || sched_getaffinity(0, sizeof(wb_pool_cpus), &wb_pool_cpus) != 0)
         return;

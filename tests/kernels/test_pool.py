@@ -1,5 +1,6 @@
 """The shared thread pool (kernels_pyx/wb_pool.h): every chunk runs exactly once, on a slot below
 the thread count, whoever calls and however many call at once."""
+import os
 import threading
 
 import numpy as np
@@ -53,3 +54,24 @@ def test_concurrent_callers_share_the_pool_safely():
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_forked_child_gets_workers_of_its_own():
+    _pool.probe(64, 2, spin=200_000)   # the parent's workers exist
+    pid = os.fork()
+    if pid == 0:   # the child: its chunks must all run, on workers it starts itself
+        code = 1
+        try:
+            seen = set()
+            for _ in range(20):
+                slots, runs = _pool.probe(64, 2, spin=200_000)
+                if not (runs == 1).all():
+                    break
+                seen |= set(slots.tolist())
+                if seen == {0, 1}:
+                    code = 0
+                    break
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

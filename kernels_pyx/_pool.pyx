@@ -35,9 +35,11 @@ def wake():
 
 
 def set_spin_ns(long ns):
-    """How long an idle worker spins before it sleeps (nanoseconds)."""
+    """How long an idle worker spins before it sleeps (nanoseconds); returns the previous value."""
     global wb_pool_spin_ns
+    old = wb_pool_spin_ns
     wb_pool_spin_ns = ns
+    return old
 
 
 def workers():

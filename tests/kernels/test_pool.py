@@ -75,3 +75,18 @@ def test_a_forked_child_gets_workers_of_its_own():
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_workers_that_sleep_after_every_job_still_serve_and_are_woken():
+    # No spinning: every job finds the workers asleep on the futex and must wake them (or run
+    # their chunks itself); over many jobs both slots run chunks, and every chunk runs once.
+    old = _pool.set_spin_ns(0)
+    try:
+        seen = set()
+        for _ in range(200):
+            slots, runs = _pool.probe(32, 2, spin=50_000)
+            assert (runs == 1).all()
+            seen |= set(slots.tolist())
+        assert seen == {0, 1}
+    finally:
+        _pool.set_spin_ns(old)

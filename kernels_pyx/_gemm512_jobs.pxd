@@ -45,7 +45,7 @@ from wb_pool cimport wb_pool_run
 
 cdef struct Job:
     Py_ssize_t m, n, k, lda, ldc, ld_res
-    Py_ssize_t tm, tn    # tile shape, set by gemm_jobs
+    Py_ssize_t rparts, cparts   # C's partition into (row part, column part) chunks, set by gemm_jobs
     const float* a
     const float* pb
     float* c
@@ -94,31 +94,36 @@ cdef inline void _block(const Job* j, float* abuf, Py_ssize_t i0, Py_ssize_t i1,
                   e.slope + j0 if e.slope != NULL else NULL)
 
 
-cdef inline void _tile(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
-    """Tile ``t`` of the (j.tm x j.tn) tiling of C, row-major."""
-    cdef Py_ssize_t nt = (j.n + j.tn - 1) // j.tn
-    cdef Py_ssize_t i0 = (t // nt) * j.tm, j0 = (t % nt) * j.tn
-    _block(j, abuf, i0, _imin(i0 + j.tm, j.m), j0, _imin(j0 + j.tn, j.n))
-
-
 cdef inline void _rows(const Job* j, float* abuf, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     """Rows r0..r1-1 of C, all columns, in TILE_M x TILE_N blocks."""
+    _area(j, abuf, r0, r1, 0, j.n)
+
+
+cdef inline void _area(const Job* j, float* abuf, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
+                       Py_ssize_t c1) noexcept nogil:
+    """Rows r0..r1-1, columns c0..c1-1 of C in TILE_M x TILE_N blocks."""
     cdef Py_ssize_t i0 = r0, j0
     while i0 < r1:
-        j0 = 0
-        while j0 < j.n:
-            _block(j, abuf, i0, _imin(i0 + TILE_M, r1), j0, _imin(j0 + TILE_N, j.n))
+        j0 = c0
+        while j0 < c1:
+            _block(j, abuf, i0, _imin(i0 + TILE_M, r1), j0, _imin(j0 + TILE_N, c1))
             j0 += TILE_N
         i0 += TILE_M
 
 
-cdef inline Py_ssize_t _count(Py_ssize_t m, Py_ssize_t n, Py_ssize_t tm, Py_ssize_t tn) noexcept nogil:
-    return ((m + tm - 1) // tm) * ((n + tn - 1) // tn)
+cdef inline Py_ssize_t _cut(Py_ssize_t i, Py_ssize_t parts, Py_ssize_t units, Py_ssize_t size,
+                            Py_ssize_t total) noexcept nogil:
+    """Start of part ``i`` of ``parts`` near-equal runs of ``units`` units of ``size`` (the
+    last unit may be short: ``total`` in all)."""
+    return _imin(i * units // parts * size, total)
 
 
-cdef inline Py_ssize_t _tail(Py_ssize_t m, Py_ssize_t tm) noexcept nogil:
-    """Rows in the last of the row tiles of height ``tm``."""
-    return m - (m - 1) // tm * tm
+cdef inline void _part(const Job* j, float* abuf, Py_ssize_t t) noexcept nogil:
+    """Chunk ``t`` of C: row part ``t // cparts``, column part ``t % cparts``."""
+    cdef Py_ssize_t ri = t // j.cparts, ci = t % j.cparts
+    cdef Py_ssize_t strips = (j.m + WB512_MR - 1) // WB512_MR, panels = (j.n + WB512_NR - 1) // WB512_NR
+    _area(j, abuf, _cut(ri, j.rparts, strips, WB512_MR, j.m), _cut(ri + 1, j.rparts, strips, WB512_MR, j.m),
+          _cut(ci, j.cparts, panels, WB512_NR, j.n), _cut(ci + 1, j.cparts, panels, WB512_NR, j.n))
 
 
 cdef inline bint split_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int nt) noexcept nogil:
@@ -130,31 +135,108 @@ cdef inline bint split_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int nt) no
 
 
 cdef inline void gemm_jobs(Job* j, float* abufs, int nt) noexcept nogil:
-    """All tiles of ``j`` (B already packed); ``abufs`` holds ``nt`` A buffers, one per thread.
+    """All of ``j`` (B already packed); ``abufs`` holds ``nt`` A buffers, one per thread.
 
-    Where :c:func:`split_rows` says so, each thread starts on a
-    contiguous range of C's rows (in TILE_M chunks), which in a convolution are output pixels: the next layer's
-    thread then finds most of its input in its own L2, written there by the same core (a
-    row-to-thread map that changes from layer to layer makes every read a cross-core transfer).
-    Otherwise tiles shrink (to 128 columns, 48 rows) until each thread has about 4, taken as
-    threads come free, which evens out a ragged last tile; rows shrink only while the last row tile keeps a
-    whole strip (m = 49 in 48-row tiles left 1-row tiles that streamed all of B again for one
-    row: ResNet-50's 7x7 2048->512 layers 0.26 -> 0.23 ms)."""
-    cdef Py_ssize_t t, tiles
+    C is cut into near-equal row parts (whole strips of 12) times column parts (whole panels of
+    32), so that every thread's share is the same work: fixed-size tiles left one thread a third
+    more or twice as much (480 rows in 144-row tiles: 288 against 192; 160 columns as 128 + 32).
+    Where :c:func:`split_rows` says so, the parts are rows only, at most TILE_M each and a
+    multiple of ``nt`` of them: each thread starts on a contiguous range of C's rows, which in a
+    convolution are output pixels, and the next layer's thread then finds most of its input in its
+    own L2, written there by the same core (a row-to-thread map that changes from layer to layer
+    makes every read a cross-core transfer).  Otherwise :c:func:`_choose_parts` weighs balance
+    against streaming B once per row part."""
     cdef _JobsCtx c
+    cdef Py_ssize_t strips = (j.m + WB512_MR - 1) // WB512_MR, per = TILE_M // WB512_MR
     c.j, c.abufs, c.per = j, abufs, wb512_abuf_floats()
-    if split_rows(j.m, j.n, j.k, nt):
-        wb_pool_run(_rows_chunk, &c, (j.m + TILE_M - 1) // TILE_M, nt)
-        return
-    j.tm, j.tn = TILE_M, TILE_N
-    while nt > 1 and _count(j.m, j.n, j.tm, j.tn) < 4 * nt:
-        if j.tn > 128 and j.n > 128 and (j.tn >= j.tm or j.m <= 48):
-            j.tn //= 2
-        elif j.tm > 48 and j.m > 48 and _tail(j.m, j.tm - 48) >= WB512_MR:
-            j.tm -= 48
-        else:
-            break
-    wb_pool_run(_tile_chunk, &c, _count(j.m, j.n, j.tm, j.tn), nt)
+    if nt <= 1:
+        j.rparts, j.cparts = 1, 1
+    elif split_rows(j.m, j.n, j.k, nt):
+        j.rparts, j.cparts = nt * ((strips + nt * per - 1) // (nt * per)), 1
+    else:
+        _choose_parts(j, nt)
+    wb_pool_run(_part_chunk, &c, j.rparts * j.cparts, nt)
+
+
+cdef enum:
+    MAX_PARTS = 16   # row or column parts tried by _choose_parts
+
+
+cdef extern from * nogil:
+    """
+    /* (m, n, nt) -> (row parts, column parts) chosen by _choose_parts, one 64-bit word an entry
+     * (m and n 24 bits each, nt 6, parts 4 + 4) so that threads racing on an entry read either
+     * a whole old one or a whole new one. */
+    static uint64_t wb_parts_cache[256];
+    static inline uint64_t wb_parts_get(int i) { return __atomic_load_n(&wb_parts_cache[i & 255], __ATOMIC_RELAXED); }
+    static inline void wb_parts_put(int i, uint64_t v) { __atomic_store_n(&wb_parts_cache[i & 255], v, __ATOMIC_RELAXED); }
+    """
+    unsigned long long wb_parts_get(int i)
+    void wb_parts_put(int i, unsigned long long v)
+
+
+cdef inline double _units(Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t strips, Py_ssize_t m) noexcept nogil:
+    """Micro-kernel work of strips s0..s1-1 of ``m`` rows: a last strip of at most 4 rows runs the
+    4-row kernel, a third of the cost."""
+    cdef double u = <double>(s1 - s0)
+    if s1 == strips and m - (strips - 1) * WB512_MR <= 4:
+        u -= 2.0 / 3.0
+    return u
+
+
+cdef inline void _choose_parts(Job* j, int nt) noexcept nogil:
+    """Row parts x column parts whose busiest thread has least to do (tile cost: strip x panel
+    products plus streaming its panels of B once, B_STREAM a panel, and its strips of A once,
+    A_STREAM a strip; tiles dealt to threads in contiguous ranges as the pool does).  Among those
+    within BALANCE_SLACK of the best, the one nearest 4 tiles a thread: chunks to take over from a
+    thread that another process holds up.  Remembered per shape (the search takes microseconds,
+    as long as a small layer's product)."""
+    cdef unsigned long long key = 0, v
+    cdef int slot = <int>((j.m * 31 + j.n * 7 + nt) & 255)
+    if j.m < (1 << 24) and j.n < (1 << 24) and nt < 64:
+        key = <unsigned long long>j.m | (<unsigned long long>j.n << 24) | (<unsigned long long>nt << 48)
+        v = wb_parts_get(slot)
+        if v != 0 and (v & ((1ULL << 54) - 1)) == key:
+            j.rparts, j.cparts = <Py_ssize_t>((v >> 54) & 15) + 1, <Py_ssize_t>((v >> 58) & 15) + 1
+            return
+    cdef Py_ssize_t strips = (j.m + WB512_MR - 1) // WB512_MR, panels = (j.n + WB512_NR - 1) // WB512_NR
+    cdef Py_ssize_t R, C, t, t1, tiles, s, ri, ci, far, best_far = 1 << 30
+    cdef Py_ssize_t nr = _imin(strips, MAX_PARTS), nc = _imin(panels, MAX_PARTS)
+    cdef double worst[MAX_PARTS][MAX_PARTS]
+    cdef double u[MAX_PARTS]
+    cdef double p[MAX_PARTS]
+    cdef double best = 1e300, load
+    cdef double B_STREAM = 0.3, A_STREAM = 0.1, BALANCE_SLACK = 1.04
+    for R in range(1, nr + 1):
+        for ri in range(R):
+            u[ri] = _units(ri * strips // R, (ri + 1) * strips // R, strips, j.m)
+        for C in range(1, nc + 1):
+            for ci in range(C):
+                p[ci] = <double>((ci + 1) * panels // C - ci * panels // C)
+            tiles = R * C
+            worst[R - 1][C - 1] = 0.0
+            for s in range(nt):
+                load, t, t1 = 0.0, tiles * s // nt, tiles * (s + 1) // nt
+                ri, ci = t // C, t % C
+                while t < t1:
+                    load += u[ri] * p[ci] + B_STREAM * p[ci] + A_STREAM * u[ri]
+                    t += 1
+                    ci += 1
+                    if ci == C:
+                        ci, ri = 0, ri + 1
+                if load > worst[R - 1][C - 1]:
+                    worst[R - 1][C - 1] = load
+            if worst[R - 1][C - 1] < best:
+                best = worst[R - 1][C - 1]
+    j.rparts, j.cparts = 1, 1
+    for R in range(1, nr + 1):
+        for C in range(1, nc + 1):
+            if worst[R - 1][C - 1] <= BALANCE_SLACK * best:
+                far = R * C - 4 * nt if R * C >= 4 * nt else 4 * nt - R * C
+                if far < best_far:
+                    best_far, j.rparts, j.cparts = far, R, C
+    if key:
+        wb_parts_put(slot, key | (<unsigned long long>(j.rparts - 1) << 54) | (<unsigned long long>(j.cparts - 1) << 58))
 
 
 cdef struct _JobsCtx:
@@ -163,14 +245,9 @@ cdef struct _JobsCtx:
     Py_ssize_t per
 
 
-cdef inline void _rows_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+cdef inline void _part_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
     cdef _JobsCtx* c = <_JobsCtx*> ctx
-    _rows(c.j, c.abufs + slot * c.per, i * TILE_M, _imin(c.j.m, (i + 1) * TILE_M))
-
-
-cdef inline void _tile_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
-    cdef _JobsCtx* c = <_JobsCtx*> ctx
-    _tile(c.j, c.abufs + slot * c.per, i)
+    _part(c.j, c.abufs + slot * c.per, i)
 
 
 cdef inline void pack_b_par(Py_ssize_t k, Py_ssize_t n, const float* b, Py_ssize_t ldb, int trans_b, float* dst,

@@ -57,6 +57,23 @@ def test_sgemm_tail_strips(m, accumulate, threads):
     assert _rel_err(c, want) < 1e-5
 
 
+@pytest.mark.parametrize("m,n", [(49, 160), (49, 1280), (40, 60), (196, 96), (480, 480), (1000, 16), (7, 700)])
+def test_sgemm_parts_cover_c_once(m, n):
+    """C cut into row x column parts (chosen per shape and thread count, then remembered): with
+    accumulate, a block computed twice or skipped shows in the sum.  The same shape at 1 to 4
+    threads, twice each, so that a remembered choice is reused and never crosses thread counts."""
+    rng = np.random.default_rng(m * n)
+    k = 300
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    want = a.astype(np.float64) @ b.astype(np.float64) + c0
+    for threads in (1, 2, 3, 4, 2, 1, 4, 3):
+        c = c0.copy()
+        g.sgemm(a, b, c, accumulate=True, num_threads=threads)
+        assert _rel_err(c, want) < 1e-5, threads
+
+
 def test_baseline_build_is_scalar_but_correct():
     base = cpu.kernel_module("gemm512")
     if base is None:

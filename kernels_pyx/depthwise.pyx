@@ -3,9 +3,11 @@
 """Direct depthwise convolution (one KHxKW filter per channel, dilation 1), float32, fused epilogue.
 
 NHWC: the innermost loop runs over channels, which are contiguous in both the input and the
-packed (KH*KW, C) weights; one kernel row is summed per pass (in chunks of 5, 3 and 1 taps) for
-four adjacent output pixels at once, so each weight load serves four pixels and each output is
-loaded and stored about KH * KW / 5 times, not KH * KW.  Parallel over (image, output row).
+packed (KH*KW, C) weights.  The AVX-512 build keeps eight output pixels of a 16-channel block in
+registers over all taps (``wb_dw512.h``); the others sum one kernel row per pass (in chunks of
+5, 3 and 1 taps) for four adjacent output pixels at once, so each weight load serves four pixels
+and each output is loaded and stored about KH * KW / 5 times, not KH * KW.  Parallel over
+(image, output row).
 
 NCHW: each (image, channel) plane is copied into a per-thread scratch of zero-bordered
 sub-planes, its rows and columns split by their residue modulo the stride; every tap then sits
@@ -24,6 +26,11 @@ from _depthwise_nchw cimport _finish_row, _flat9, _flat_row, _split, _tap
 from _depthwise_nhwc cimport _add, _nhwc_row, _prelu_cols
 from conv_gemm cimport ACT_RUN_LAST, act_run   # NaN-propagating (the shared activate_run turns a NaN into 0)
 from wb_pool cimport wb_pool_import, wb_pool_run
+
+cdef extern from "wb_dw512.h" nogil:
+    int wb_dw512_row(const float* x, const float* w, const float* bias, float* yrow, Py_ssize_t n, Py_ssize_t oh,
+                     Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
+                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl)
 
 cnp.import_array()
 wb_pool_import()
@@ -47,8 +54,10 @@ cdef void _nhwc_chunk(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef _Dw* d = <_Dw*> ctx
     cdef Py_ssize_t row = d.OW * d.C
     cdef float* yrow = d.y + job * row
-    _nhwc_row(d.x, d.w, d.bias, yrow, job // d.OH, job % d.OH, d.H, d.W, d.C, d.OW, d.KH, d.KW, d.sh, d.sw,
-              d.pt, d.pl)
+    if not wb_dw512_row(d.x, d.w, d.bias, yrow, job // d.OH, job % d.OH, d.H, d.W, d.C, d.OW, d.KH, d.KW,
+                        d.sh, d.sw, d.pt, d.pl):
+        _nhwc_row(d.x, d.w, d.bias, yrow, job // d.OH, job % d.OH, d.H, d.W, d.C, d.OW, d.KH, d.KW, d.sh,
+                  d.sw, d.pt, d.pl)
     if d.res != NULL:
         _add(yrow, d.res + job * row, row)
     if d.act == 7:

@@ -122,6 +122,35 @@ def _nchw_case(kern, **change):
     return case
 
 
+def _dw_nhwc_numpy(x, w, bias, k, strides, pads):
+    """Float64 NHWC depthwise convolution by its definition (w is (KH*KW, C))."""
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = k, strides, pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3])) + bias
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[:, i: i + (oh - 1) * sh + 1: sh, j: j + (ow - 1) * sw + 1: sw] * w[i * kw + j]
+    return out
+
+
+@pytest.mark.parametrize("c", [16, 17, 48, 72, 144])
+@pytest.mark.parametrize("k, strides, pads", [((3, 3), (1, 1), (1, 1, 1, 1)), ((3, 3), (2, 2), (0, 0, 1, 1)),
+                                              ((5, 5), (2, 1), (2, 2, 2, 2)), ((1, 7), (1, 2), (0, 3, 0, 2))])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_nhwc_kernel_wide_rows_match_numpy(kern, c, k, strides, pads, threads):
+    """Rows wide enough for the eight-pixel register blocks of the AVX-512 build, several
+    16-channel blocks and a masked last block, windows crossing every border."""
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((1, 11, 37, c)).astype(np.float32)
+    w = rng.standard_normal((k[0] * k[1], c)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    want = _dw_nhwc_numpy(x, w, bias, k, strides, pads)
+    out = np.full(want.shape, np.nan, np.float32)
+    kern.nhwc(x, w, bias, out, k, strides, pads, num_threads=threads)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
 def test_valid_kernel_cases_run(kern):
     kern.nhwc(**_nhwc_case())
     kern.nchw(**_nchw_case(kern))

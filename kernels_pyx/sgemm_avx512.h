@@ -234,6 +234,58 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
         WB512_STORE_EPI(8) WB512_STORE_EPI(9) WB512_STORE_EPI(10) WB512_STORE_EPI(11)
     }
 }
+/* wb512_micro_da for a panel with at most 16 live columns (nr <= 16: a layer of 16 or fewer output
+ * channels, or a last panel of 16): the same 12 rows on the panel's first half only, half the
+ * FMAs, where the 32-column kernel spent every other one on padding. */
+#define WB512_ROWH(i, v) \
+    bc = _mm512_set1_ps(v); \
+    c##i##0 = _mm512_fmadd_ps(bc, b0, c##i##0);
+#define WB512_STORE_H(i) \
+    { \
+        float* cr = c + (i) * ldc; \
+        if (load) c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr)); \
+        if (ep != NULL) wb512_epi_regs(&c##i##0, &dummy, ep, row0 + (i), col0, bv0, bv1, m0, 0); \
+        _mm512_mask_storeu_ps(cr, m0, c##i##0); \
+    }
+static inline void wb512_micro_da16(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
+                                    ptrdiff_t ldc, int nr, int load, const float* pf, const wb512_epi* ep,
+                                    ptrdiff_t row0, ptrdiff_t col0, ptrdiff_t run0, ptrdiff_t chunk,
+                                    ptrdiff_t jump) {
+    __m512 c00 = _mm512_setzero_ps(), c10 = c00, c20 = c00, c30 = c00, c40 = c00, c50 = c00, c60 = c00,
+           c70 = c00, c80 = c00, c90 = c00, c100 = c00, c110 = c00;
+    __m512 b0, bc, dummy = c00, bv0 = c00, bv1 = c00;
+    ptrdiff_t kk, l1 = lda, l2 = 2 * lda, left = run0;
+    const float *q0 = a, *q3 = a + 3 * lda, *q6 = a + 6 * lda, *q9 = a + 9 * lda;
+    __mmask16 m0 = wb512_mask_lo(nr);
+    int i;
+    for (i = 0; i < WB512_MR; i++) {
+        if (load) _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
+        if (ep != NULL && ep->res != NULL)
+            _mm_prefetch((const char*)(ep->res + (row0 + i) * ep->ld_res + col0), _MM_HINT_T0);
+    }
+    for (kk = 0; kk < kcb; kk += left, left = chunk) {
+        const float* end;
+        if (left > kcb - kk) left = kcb - kk;
+        for (end = q0 + left; q0 < end;) {
+            b0 = _mm512_loadu_ps(pb);
+            _mm_prefetch((const char*)(pb + 8 * WB512_NR), _MM_HINT_T0);
+            _mm_prefetch((const char*)pf, _MM_HINT_T1);
+            pf += WB512_NR;
+            WB512_ROWH(0, q0[0]) WB512_ROWH(1, q0[l1]) WB512_ROWH(2, q0[l2])
+            WB512_ROWH(3, q3[0]) WB512_ROWH(4, q3[l1]) WB512_ROWH(5, q3[l2])
+            WB512_ROWH(6, q6[0]) WB512_ROWH(7, q6[l1]) WB512_ROWH(8, q6[l2])
+            WB512_ROWH(9, q9[0]) WB512_ROWH(10, q9[l1]) WB512_ROWH(11, q9[l2])
+            q0++; q3++; q6++; q9++;
+            pb += WB512_NR;
+        }
+        q0 += jump; q3 += jump; q6 += jump; q9 += jump;
+    }
+    if (ep != NULL && ep->bias != NULL && !ep->bias_per_row) bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
+    WB512_STORE_H(0) WB512_STORE_H(1) WB512_STORE_H(2) WB512_STORE_H(3) WB512_STORE_H(4) WB512_STORE_H(5)
+    WB512_STORE_H(6) WB512_STORE_H(7) WB512_STORE_H(8) WB512_STORE_H(9) WB512_STORE_H(10) WB512_STORE_H(11)
+}
+#undef WB512_ROWH
+#undef WB512_STORE_H
 #undef WB512_ROWD
 #undef WB512_STORE_EPI
 #undef WB512_ROW
@@ -281,6 +333,7 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
 #endif
 
 #if !WB512_NATIVE
+#define wb512_micro_da16 wb512_micro_da
 static inline void wb512_micro4(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
                                 int mr, int nr, int load) {
     wb512_micro_pf(kcb, pa, pb, c, ldc, mr, nr, load, pb);
@@ -327,8 +380,9 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
                                     : panel;
                 float* cc = c + ic * ldc + col;
                 for (ir = 0; ir < full; ir += WB512_MR)
-                    wb512_micro_da(kcb, ab + ir * lda, lda, panel, cc + ir * ldc, ldc, (int)nr, load,
-                                   ir == 0 ? next : panel, last, ic + ir, col, kcb, kcb, 0);
+                    (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, ab + ir * lda, lda, panel, cc + ir * ldc,
+                                                                    ldc, (int)nr, load, ir == 0 ? next : panel,
+                                                                    last, ic + ir, col, kcb, kcb, 0);
                 if (tail && tail <= 4 && full > 0)
                     wb512_micro4(kcb, abuf, panel, cc + full * ldc, ldc, tail, (int)nr, load);
                 else if (tail)
@@ -361,8 +415,9 @@ static inline void wb512_conv_strips(int ns, const float* const* a, ptrdiff_t ld
             ptrdiff_t col = jp * WB512_NR, nr = n - col < WB512_NR ? n - col : WB512_NR;
             const float* next = (jp + 1) * WB512_NR < n ? panel + kcb * WB512_NR : panel;
             for (s = 0; s < ns; s++)
-                wb512_micro_da(kcb, a[s] + off, lda, panel, c[s] + col, ldc, (int)nr, kb > 0,
-                               s == 0 ? next : panel, last, row0[s], col, chunk - t, chunk, rowstep - chunk);
+                (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, a[s] + off, lda, panel, c[s] + col, ldc,
+                                                                (int)nr, kb > 0, s == 0 ? next : panel, last,
+                                                                row0[s], col, chunk - t, chunk, rowstep - chunk);
         }
     }
 }

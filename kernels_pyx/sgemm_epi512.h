@@ -17,7 +17,8 @@ static inline __mmask16 wb512_mask_hi(int nr) {
  * store (wb512_micro_da) or right after it (short tail strips, wb512_epi_block): bias (per
  * column, or per row when bias_per_row), a residual of C's
  * layout (leading dimension ld_res), then an activation: 0 none, 1 ReLU, 2 clip to [p0, p1],
- * 3 leaky ReLU with slope p0 (the codes of conv_gemm's Epi; wb512_epi_handles says which).
+ * 3 leaky ReLU with slope p0, 4 hard sigmoid max(0, min(1, p0 * x + p1)), 5 hard swish
+ * x * max(0, min(1, x / 6 + 1 / 2)) (the codes of conv_gemm's Epi; wb512_epi_handles says which).
  * bias and res point at C's row 0 (the caller offsets them), columns are absolute. */
 typedef struct {
     const float* bias;
@@ -28,7 +29,19 @@ typedef struct {
     float p0, p1;
 } wb512_epi;
 
-static inline int wb512_epi_handles(int act) { return act >= 0 && act <= 3; }
+static inline int wb512_epi_handles(int act) { return act >= 0 && act <= 5; }
+
+#if WB512_NATIVE
+/* Hard sigmoid (act 4) and hard swish (act 5) of v, the same operations in the same order on
+ * every path (MAXPS/MINPS with the value second keep a NaN). */
+static inline __attribute__((always_inline)) __m512 wb512_hard(__m512 v, int act, float p0, float p1) {
+    __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+    __m512 a = act == 4 ? _mm512_set1_ps(p0) : _mm512_set1_ps(1.0f / 6.0f);
+    __m512 b = act == 4 ? _mm512_set1_ps(p1) : _mm512_set1_ps(0.5f);
+    __m512 t = _mm512_min_ps(one, _mm512_max_ps(zero, _mm512_add_ps(_mm512_mul_ps(v, a), b)));
+    return act == 4 ? t : _mm512_mul_ps(v, t);
+}
+#endif
 
 static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, const wb512_epi* ep,
                                    ptrdiff_t row0, ptrdiff_t col0) {
@@ -70,6 +83,9 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
         } else if (ep->act == 3) {
             v0 = _mm512_mask_mul_ps(v0, _mm512_cmp_ps_mask(v0, zero, _CMP_LT_OQ), v0, lo);
             v1 = _mm512_mask_mul_ps(v1, _mm512_cmp_ps_mask(v1, zero, _CMP_LT_OQ), v1, lo);
+        } else if (ep->act == 4 || ep->act == 5) {
+            v0 = wb512_hard(v0, ep->act, ep->p0, ep->p1);
+            v1 = wb512_hard(v1, ep->act, ep->p0, ep->p1);
         }
         _mm512_mask_storeu_ps(cr, m0, v0);
         _mm512_mask_storeu_ps(cr + 16, m1, v1);
@@ -84,6 +100,12 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
             if (ep->act == 1) t = t < 0 ? 0 : t;   /* NaN stays NaN */
             else if (ep->act == 2) t = t < ep->p0 ? ep->p0 : (t > ep->p1 ? ep->p1 : t);
             else if (ep->act == 3) t = t >= 0 ? t : t * ep->p0;
+            else if (ep->act == 4 || ep->act == 5) {
+                float h = ep->act == 4 ? t * ep->p0 + ep->p1 : t * (1.0f / 6.0f) + 0.5f;
+                h = h < 0 ? 0 : h;
+                h = h > 1 ? 1 : h;
+                t = ep->act == 4 ? h : t * h;
+            }
             c[i * ldc + j] = t;
         }
 #endif
@@ -121,6 +143,9 @@ static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m
         __m512 sl = _mm512_set1_ps(ep->p0);
         *v0 = _mm512_mask_mul_ps(*v0, _mm512_cmp_ps_mask(*v0, zero, _CMP_LT_OQ), *v0, sl);
         *v1 = _mm512_mask_mul_ps(*v1, _mm512_cmp_ps_mask(*v1, zero, _CMP_LT_OQ), *v1, sl);
+    } else if (ep->act == 4 || ep->act == 5) {
+        *v0 = wb512_hard(*v0, ep->act, ep->p0, ep->p1);
+        *v1 = wb512_hard(*v1, ep->act, ep->p0, ep->p1);
     }
 }
 #endif

@@ -156,6 +156,8 @@ def conv_graph(x_shape, m, seed, bias=True, residual=False, activation=None, str
     ([1, 8, 20, 21], 16, dict(activation="Clip")),
     ([1, 24, 4, 4], 40, dict(activation="PRelu")),
     ([1, 24, 4, 4], 40, dict(activation="HardSwish", residual=True)),
+    ([1, 24, 9, 7], 20, dict(activation="HardSigmoid")),
+    ([1, 16, 9, 7], 48, dict(activation="HardSwish")),
     # Enough pixels (35 strips of 12) for threads to split C by contiguous rows, 2 or 3 ranges
     # that end inside a 144-row block.
     ([1, 40, 20, 21], 70, dict(residual=True, activation="Relu")),

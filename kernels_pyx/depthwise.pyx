@@ -30,7 +30,7 @@ from wb_pool cimport wb_pool_import, wb_pool_run
 cdef extern from "wb_dw512.h" nogil:
     int wb_dw512_row(const float* x, const float* w, const float* bias, float* yrow, Py_ssize_t n, Py_ssize_t oh,
                      Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
-                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl)
+                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, int act, float p0, float p1)
 
 cnp.import_array()
 wb_pool_import()
@@ -54,8 +54,13 @@ cdef void _nhwc_chunk(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef _Dw* d = <_Dw*> ctx
     cdef Py_ssize_t row = d.OW * d.C
     cdef float* yrow = d.y + job * row
-    if not wb_dw512_row(d.x, d.w, d.bias, yrow, job // d.OH, job % d.OH, d.H, d.W, d.C, d.OW, d.KH, d.KW,
-                        d.sh, d.sw, d.pt, d.pl):
+    # The register kernel applies the activation itself when no residual comes before it.
+    cdef int fused = d.act if d.res == NULL and d.act <= 5 else 0
+    if wb_dw512_row(d.x, d.w, d.bias, yrow, job // d.OH, job % d.OH, d.H, d.W, d.C, d.OW, d.KH, d.KW,
+                    d.sh, d.sw, d.pt, d.pl, fused, d.p0, d.p1):
+        if d.res == NULL and (fused or d.act == 0):
+            return
+    else:
         _nhwc_row(d.x, d.w, d.bias, yrow, job // d.OH, job % d.OH, d.H, d.W, d.C, d.OW, d.KH, d.KW, d.sh,
                   d.sw, d.pt, d.pl)
     if d.res != NULL:

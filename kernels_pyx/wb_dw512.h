@@ -9,8 +9,10 @@
  * under a mask, so any C works.  Pixels whose window crosses the left or right border, and the
  * fewer than eight at a row's end, go one at a time with their taps checked.
  *
- * wb_dw512_row returns 1 when it computed the row (bias included, no activation), 0 in a build
- * without AVX-512 (the caller then runs the portable kernels).
+ * wb_dw512_row returns 1 when it computed the row (bias included, then the activation act: 0
+ * none, 1 ReLU, 2 clip to [p0, p1], 3 leaky ReLU with slope p0, 4 hard sigmoid, 5 hard swish,
+ * applied in registers before the store), 0 in a build without AVX-512 (the caller then runs the
+ * portable kernels).
  */
 #ifndef WB_DW512_H
 #define WB_DW512_H
@@ -22,10 +24,29 @@
 
 #define WB_DW512_P 8
 
+typedef struct { int act; float p0, p1; } wb_dw512_act;
+
+/* The activation on v, NaN kept as in ONNX Runtime (MAXPS/MINPS with the value second). */
+static inline __attribute__((always_inline)) __m512 wb_dw512_apply(__m512 v, const wb_dw512_act* a) {
+    __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f), t;
+    switch (a->act) {
+    case 1: return _mm512_max_ps(zero, v);
+    case 2: return _mm512_min_ps(_mm512_set1_ps(a->p1), _mm512_max_ps(_mm512_set1_ps(a->p0), v));
+    case 3: return _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), v, _mm512_set1_ps(a->p0));
+    case 4:
+        t = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(a->p0)), _mm512_set1_ps(a->p1));
+        return _mm512_min_ps(one, _mm512_max_ps(zero, t));
+    case 5:
+        t = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.0f / 6.0f)), _mm512_set1_ps(0.5f));
+        return _mm512_mul_ps(v, _mm512_min_ps(one, _mm512_max_ps(zero, t)));
+    default: return v;
+    }
+}
+
 /* Eight interior pixels (their windows inside the row), one channel block under mask m. */
 static inline void wb_dw512_px8(const float* x0, ptrdiff_t rowstride, const float* w, const float* bias,
                                 float* o, ptrdiff_t C, ptrdiff_t sC, ptrdiff_t kh0, ptrdiff_t kh1,
-                                ptrdiff_t KW, __mmask16 m) {
+                                ptrdiff_t KW, __mmask16 m, const wb_dw512_act* act) {
     __m512 b = _mm512_maskz_loadu_ps(m, bias);
     __m512 a0 = b, a1 = b, a2 = b, a3 = b, a4 = b, a5 = b, a6 = b, a7 = b;
     for (ptrdiff_t kh = kh0; kh < kh1; kh++) {
@@ -44,20 +65,20 @@ static inline void wb_dw512_px8(const float* x0, ptrdiff_t rowstride, const floa
             a7 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + 7 * sC), wv, a7);
         }
     }
-    _mm512_mask_storeu_ps(o, m, a0);
-    _mm512_mask_storeu_ps(o + C, m, a1);
-    _mm512_mask_storeu_ps(o + 2 * C, m, a2);
-    _mm512_mask_storeu_ps(o + 3 * C, m, a3);
-    _mm512_mask_storeu_ps(o + 4 * C, m, a4);
-    _mm512_mask_storeu_ps(o + 5 * C, m, a5);
-    _mm512_mask_storeu_ps(o + 6 * C, m, a6);
-    _mm512_mask_storeu_ps(o + 7 * C, m, a7);
+    _mm512_mask_storeu_ps(o, m, wb_dw512_apply(a0, act));
+    _mm512_mask_storeu_ps(o + C, m, wb_dw512_apply(a1, act));
+    _mm512_mask_storeu_ps(o + 2 * C, m, wb_dw512_apply(a2, act));
+    _mm512_mask_storeu_ps(o + 3 * C, m, wb_dw512_apply(a3, act));
+    _mm512_mask_storeu_ps(o + 4 * C, m, wb_dw512_apply(a4, act));
+    _mm512_mask_storeu_ps(o + 5 * C, m, wb_dw512_apply(a5, act));
+    _mm512_mask_storeu_ps(o + 6 * C, m, wb_dw512_apply(a6, act));
+    _mm512_mask_storeu_ps(o + 7 * C, m, wb_dw512_apply(a7, act));
 }
 
 /* One pixel whose window starts at input column iw0 (taps outside 0..W-1 skipped). */
 static inline void wb_dw512_px1(const float* x0, ptrdiff_t rowstride, const float* w, const float* bias,
                                 float* o, ptrdiff_t C, ptrdiff_t iw0, ptrdiff_t W, ptrdiff_t kh0,
-                                ptrdiff_t kh1, ptrdiff_t KW, __mmask16 m) {
+                                ptrdiff_t kh1, ptrdiff_t KW, __mmask16 m, const wb_dw512_act* act) {
     __m512 a = _mm512_maskz_loadu_ps(m, bias), a2 = _mm512_setzero_ps();
     ptrdiff_t kw0 = iw0 < 0 ? -iw0 : 0, kw1 = W - iw0 < KW ? W - iw0 : KW;
     for (ptrdiff_t kh = kh0; kh < kh1; kh++) {
@@ -72,15 +93,16 @@ static inline void wb_dw512_px1(const float* x0, ptrdiff_t rowstride, const floa
         if (kw < kw1)
             a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xr + kw * C), _mm512_maskz_loadu_ps(m, wr + kw * C), a);
     }
-    _mm512_mask_storeu_ps(o, m, _mm512_add_ps(a, a2));
+    _mm512_mask_storeu_ps(o, m, wb_dw512_apply(_mm512_add_ps(a, a2), act));
 }
 
-/* Output row oh of image n: yrow (OW x C) = bias + the taps, before any activation.  x (N, H, W, C),
- * w (KH * KW, C), padding pt (top) and pl (left); rows of the window outside 0..H-1 are skipped. */
+/* Output row oh of image n: yrow (OW x C) = act(bias + the taps).  x (N, H, W, C), w (KH * KW, C),
+ * padding pt (top) and pl (left); rows of the window outside 0..H-1 are skipped. */
 static inline int wb_dw512_row(const float* x, const float* w, const float* bias, float* yrow, ptrdiff_t n,
                                ptrdiff_t oh, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t OW,
                                ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
-                               ptrdiff_t pl) {
+                               ptrdiff_t pl, int act, float p0, float p1) {
+    wb_dw512_act a = {act, p0, p1};
     ptrdiff_t ih0 = oh * sh - pt, kh0 = ih0 < 0 ? -ih0 : 0, kh1 = H - ih0 < KH ? H - ih0 : KH;
     ptrdiff_t rowstride = W * C, sC = sw * C, ow = 0;
     /* x0: the input at row ih0 (possibly above the image: only rows kh0..kh1-1 are read) */
@@ -89,7 +111,7 @@ static inline int wb_dw512_row(const float* x, const float* w, const float* bias
         for (ptrdiff_t p = 0; p < OW; p++)
             for (ptrdiff_t c0 = 0; c0 < C; c0 += 16) {
                 __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
-                _mm512_mask_storeu_ps(yrow + p * C + c0, m, _mm512_maskz_loadu_ps(m, bias + c0));
+                _mm512_mask_storeu_ps(yrow + p * C + c0, m, wb_dw512_apply(_mm512_maskz_loadu_ps(m, bias + c0), &a));
             }
         return 1;
     }
@@ -100,9 +122,9 @@ static inline int wb_dw512_row(const float* x, const float* w, const float* bias
         for (ptrdiff_t c0 = 0; c0 < C; c0 += 16) {
             __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
             if (eight)
-                wb_dw512_px8(x0 + iw0 * C + c0, rowstride, w + c0, bias + c0, o + c0, C, sC, kh0, kh1, KW, m);
+                wb_dw512_px8(x0 + iw0 * C + c0, rowstride, w + c0, bias + c0, o + c0, C, sC, kh0, kh1, KW, m, &a);
             else
-                wb_dw512_px1(x0 + iw0 * C + c0, rowstride, w + c0, bias + c0, o + c0, C, iw0, W, kh0, kh1, KW, m);
+                wb_dw512_px1(x0 + iw0 * C + c0, rowstride, w + c0, bias + c0, o + c0, C, iw0, W, kh0, kh1, KW, m, &a);
         }
         ow += eight ? WB_DW512_P : 1;
     }
@@ -115,7 +137,8 @@ static inline int wb_dw512_row(const float* x, const float* w, const float* bias
 static inline int wb_dw512_row(const float* x, const float* w, const float* bias, float* yrow, ptrdiff_t n,
                                ptrdiff_t oh, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t OW,
                                ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt,
-                               ptrdiff_t pl) {
+                               ptrdiff_t pl, int act, float p0, float p1) {
+    (void)act; (void)p0; (void)p1;
     (void)x; (void)w; (void)bias; (void)yrow; (void)n; (void)oh; (void)H; (void)W; (void)C; (void)OW;
     (void)KH; (void)KW; (void)sh; (void)sw; (void)pt; (void)pl;
     return 0;

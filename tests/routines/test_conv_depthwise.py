@@ -151,6 +151,29 @@ def test_nhwc_kernel_wide_rows_match_numpy(kern, c, k, strides, pads, threads):
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("act, p0, p1, fn", [
+    (0, 0, 0, lambda v: v),
+    (1, 0, 0, lambda v: np.maximum(v, 0)),
+    (2, -0.5, 0.7, lambda v: np.clip(v, -0.5, 0.7)),
+    (3, 0.1, 0, lambda v: np.where(v < 0, 0.1 * v, v)),
+    (4, 0.2, 0.5, lambda v: np.clip(0.2 * v + 0.5, 0, 1)),
+    (5, 0, 0, lambda v: v * np.clip(v / 6 + 0.5, 0, 1)),
+])
+@pytest.mark.parametrize("residual", [False, True])
+def test_nhwc_kernel_epilogue_matches_numpy(kern, act, p0, p1, fn, residual):
+    """Each activation (in registers on the AVX-512 build), with and without a residual added
+    before it."""
+    rng = np.random.default_rng(act)
+    x = rng.standard_normal((2, 9, 21, 40)).astype(np.float32)
+    w = rng.standard_normal((9, 40)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    res = rng.standard_normal((2, 9, 21, 40)).astype(np.float32) if residual else None
+    want = fn(_dw_nhwc_numpy(x, w, bias, (3, 3), (1, 1), (1, 1, 1, 1)) + (res if residual else 0))
+    out = np.full(want.shape, np.nan, np.float32)
+    kern.nhwc(x, w, bias, out, 3, (1, 1), (1, 1, 1, 1), residual=res, act=act, p0=p0, p1=p1, num_threads=2)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
 def test_valid_kernel_cases_run(kern):
     kern.nhwc(**_nhwc_case())
     kern.nchw(**_nchw_case(kern))

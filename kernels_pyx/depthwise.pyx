@@ -168,6 +168,24 @@ cdef float* _ptr(a):
     return NULL if a is None else <float*> cnp.PyArray_DATA(<cnp.ndarray> a)
 
 
+cdef int _nhwc_job(_Dw* d, x, w, bias, out, kernel, strides, pads, residual, int act, float p0, float p1,
+                   slope, list keep) except -1:
+    """Check a :func:`nhwc` call and fill its job; ``keep`` gets the arrays it points into."""
+    _f32(x, "input")
+    if x.ndim != 4:
+        raise ValueError(f"input must be 4-D (N, H, W, C), got shape {x.shape}")
+    N, H, W, C = x.shape
+    KH, KW, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
+    _f32(w, "weights", (KH * KW, C))
+    _f32(bias, "bias", (C,))
+    _f32(out, "output", (N, OH, OW, C), writeable=True)
+    _epilogue_args(act, slope, C, out, residual)
+    _fill(d, x, w, bias, residual, out, slope, None, 0, N, C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, 0, 0,
+          act, p0, p1)
+    keep.extend((x, w, bias, out, residual, slope))
+    return 0
+
+
 def nhwc(x, w, bias, out, kernel, strides, pads, residual=None, int act=0, float p0=0, float p1=0,
          slope=None, int num_threads=1):
     """Depthwise convolution of an NHWC tensor, written into ``out``.
@@ -192,23 +210,34 @@ def nhwc(x, w, bias, out, kernel, strides, pads, residual=None, int act=0, float
     num_threads : int
         Threads (the shared pool, ``wb_pool.h``).
     """
-    _f32(x, "input")
-    if x.ndim != 4:
-        raise ValueError(f"input must be 4-D (N, H, W, C), got shape {x.shape}")
-    N, H, W, C = x.shape
-    KH, KW, sh, sw, pt, pl, OH, OW = _geometry(kernel, strides, pads, H, W)
-    _f32(w, "weights", (KH * KW, C))
-    _f32(bias, "bias", (C,))
-    _f32(out, "output", (N, OH, OW, C), writeable=True)
-    _epilogue_args(act, slope, C, out, residual)
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    _check_threads(num_threads)
     cdef _Dw d
-    _fill(&d, x, w, bias, residual, out, slope, None, 0, N, C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, 0, 0,
-          act, p0, p1)
+    _nhwc_job(&d, x, w, bias, out, kernel, strides, pads, residual, act, p0, p1, slope, [])
     with nogil:
         wb_pool_run(_nhwc_chunk, &d, d.N * d.OH, num_threads)
     return out
+
+
+cdef class Nhwc:
+    """:func:`nhwc` on fixed arrays, checked once when made; each call ``(num_threads)`` runs the
+    convolution on them (an executor's step on its own buffers)."""
+    cdef _Dw d
+    cdef list keep
+
+    def __init__(self, x, w, bias, out, kernel, strides, pads, residual=None, int act=0, float p0=0,
+                 float p1=0, slope=None):
+        self.keep = []
+        _nhwc_job(&self.d, x, w, bias, out, kernel, strides, pads, residual, act, p0, p1, slope, self.keep)
+
+    def __call__(self, int num_threads):
+        _check_threads(num_threads)
+        with nogil:
+            wb_pool_run(_nhwc_chunk, &self.d, self.d.N * self.d.OH, num_threads)
+
+
+def _check_threads(int num_threads):
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
 
 
 cdef void _fill(_Dw* d, x, w, bias, residual, out, slope, scratch, Py_ssize_t plane, Py_ssize_t N,
@@ -245,8 +274,7 @@ def nchw(x, w, bias, out, scratch, kernel, strides, pads, residual=None, int act
     _f32(bias, "bias", (C,))
     _f32(out, "output", (N, C, OH, OW), writeable=True)
     _epilogue_args(act, slope, C, out, residual)
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    _check_threads(num_threads)
     plane = nchw_scratch_floats(kernel, strides, pads, H, W)
     _f32(scratch, "scratch", writeable=True)
     if scratch.size < num_threads * plane:

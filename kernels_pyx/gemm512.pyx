@@ -172,17 +172,12 @@ def _scratch(Py_ssize_t floats):
     return buf[:max(floats, 1)]
 
 
-def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
-                 int num_threads=1):
-    """1x1 stride-1 unpadded NHWC convolution ``out = act(x @ W^T + bias + residual)``.
-
-    ``x`` (N, H, W, C), ``out`` (N, H, W, M); ``wp`` the weights (C, M) packed by :func:`pack_b`;
-    ``bias``/``slope`` (M,) or None, ``residual`` as ``out`` or None, or ``out`` itself (the
-    product is then added onto it in place).  Returns ``out``.
-    """
+cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, double p0, double p1,
+                           slope, list keep) except -1:
+    """Check a :func:`conv1x1_nhwc` call and fill its job (``j.e`` = ``e``); ``keep`` gets the
+    arrays the job points into."""
     x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
     wp = _array(wp, "packed weights", 1)
-    _threads(num_threads)
     n, h, w, c = x.shape
     m = out.shape[3]
     if out.shape[:3] != (n, h, w):
@@ -193,23 +188,59 @@ def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0
                          f"{wb512_packed_b_floats(c, m)}")
     if residual is not None and _array(residual, "residual").shape != out.shape:
         raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
-    cdef Epi e
-    _epi(&e, m, bias, slope, act, p0, p1)
+    _epi(e, m, bias, slope, act, p0, p1)
     cdef bint in_place = _in_place(out, residual)
     if in_place:
         residual = None
     _no_overlap(out, x, wp, bias, residual, slope)
-    if out.size == 0:
-        return out
-    abufs = _scratch(abuf_floats(num_threads))
-    cdef Job j
     j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = n * h * w, m, c, c, m, m
     j.a, j.pb, j.c = _ptr(x), _ptr(wp), _ptr(out)
-    j.accumulate, j.channel_is_row, j.e, j.res = in_place, 0, &e, _ptr(residual)
+    j.accumulate, j.channel_is_row, j.e, j.res = in_place, 0, e, _ptr(residual)
+    keep.extend((x, wp, bias, residual, out, slope))
+    return 0
+
+
+cdef void _run_job(Job* j, int num_threads):
+    if j.m == 0 or j.n == 0:
+        return
+    abufs = _scratch(abuf_floats(num_threads))
     cdef float* ab = _ptr(abufs)
     with nogil:
-        gemm_jobs(&j, ab, num_threads)
+        gemm_jobs(j, ab, num_threads)
+
+
+def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
+                 int num_threads=1):
+    """1x1 stride-1 unpadded NHWC convolution ``out = act(x @ W^T + bias + residual)``.
+
+    ``x`` (N, H, W, C), ``out`` (N, H, W, M); ``wp`` the weights (C, M) packed by :func:`pack_b`;
+    ``bias``/``slope`` (M,) or None, ``residual`` as ``out`` or None, or ``out`` itself (the
+    product is then added onto it in place).  Returns ``out``.
+    """
+    _threads(num_threads)
+    cdef Job j
+    cdef Epi e
+    _conv1x1_nhwc_job(&j, &e, x, wp, bias, residual, out, act, p0, p1, slope, [])
+    _run_job(&j, num_threads)
     return out
+
+
+cdef class Conv1x1Nhwc:
+    """:func:`conv1x1_nhwc` on fixed arrays, checked once when made; each call
+    ``(num_threads)`` runs the product on them (an executor's step on its own buffers, where the
+    checks cost as much as a small layer's product)."""
+    cdef Job j
+    cdef Epi e
+    cdef list keep
+
+    def __init__(self, x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None):
+        self.keep = []
+        _conv1x1_nhwc_job(&self.j, &self.e, x, wp, bias, residual, out, act, p0, p1, slope, self.keep)
+
+    def __call__(self, int num_threads):
+        _threads(num_threads)
+        cdef Job j = self.j   # gemm_jobs records its partition in the job: a copy per call
+        _run_job(&j, num_threads)
 
 
 def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,

@@ -282,6 +282,14 @@ class CompiledModel:
         args = [layer.consts[i] if i in layer.consts else (views[k] if k is not None else None)
                 for i, k in enumerate(in_keys)]
         outs = [views[k] for k in out_keys]
+        try:
+            call = r.bind(layer, state, args, outs)
+        except WorkbenchError:
+            raise
+        except Exception as e:
+            raise WorkbenchError(f"{where(layer)} with routine {r.descriptor}: bind failed: {e}") from e
+        if call is not None:   # checked once: each run goes straight to the kernel
+            return Step("layer", layer.name, r.descriptor, lambda: call(ex.threads), layer)
         return Step("layer", layer.name, r.descriptor, lambda: r.run(layer, state, args, outs, ex.threads), layer)
 
     # -- running ---------------------------------------------------------------------------

@@ -205,7 +205,10 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
         start = time.perf_counter()
         state = routine.prepare(layer)
         timings[i] = Timing(prepare_s=time.perf_counter() - start)
-        runs.append((i, (lambda r=routine, st=state, a=args, o=outs: r.run(layer, st, a, o, threads)), state, outs))
+        call = routine.bind(layer, state, args, outs)   # as the executor calls it
+        run = ((lambda c=call: c(threads)) if call is not None
+               else (lambda r=routine, st=state, a=args, o=outs: r.run(layer, st, a, o, threads)))
+        runs.append((i, run, state, outs))
     with blas_limit(1), caller_pinned(threads):   # as the executor runs (workbench.blas, .pinning)
         for _ in range(warmup):
             for _, run, _, _ in runs:

@@ -105,6 +105,13 @@ class Routine:
         inputs, constants included), write every array of ``outs`` in :meth:`output_layouts`."""
         raise NotImplementedError
 
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        """Optionally, :meth:`run` on these very arrays (an executor's buffers, fixed for its
+        life) as a callable of ``num_threads`` alone, checked once here instead of at every call;
+        None (the default) to be called through :meth:`run`."""
+        return None
+
 
 def load_all():
     """Import every routine module of this package (registration happens on import)."""

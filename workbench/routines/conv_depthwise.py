@@ -92,6 +92,13 @@ class _DepthwiseNHWC(_Depthwise, register=False):
     def run(cls, layer, state, args, outs, num_threads):
         cls._call(layer, state, args, outs[0], num_threads)
 
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        a, ep, p = layer.attrs, state["ep"], layer.attrs["pads"]
+        return _kernels(cls.isa).Nhwc(args[0], state["w"], state["bias"], outs[0], state["k"], a["strides"],
+                                      (p[0], p[1], p[2], p[3]), residual=args[3] if a.get("residual") else None,
+                                      act=ep.code, p0=ep.p0, p1=ep.p1, slope=ep.slope)
+
 
 class _DepthwiseNCHW(_Depthwise, register=False):
     layout = NCHW

@@ -88,6 +88,15 @@ class NhwcGemm1x1Avx512(_Gemm512):
     def _conv(*args):
         _kernels().conv1x1_nhwc(*args)
 
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        bias = state["bias"]
+        if bias is None and len(args) > 2 and args[2] is not None:
+            bias = np.ascontiguousarray(args[2], np.float32)
+        epi = state["epi"]
+        return _kernels().Conv1x1Nhwc(args[0], state["w"], bias, args[3] if layer.attrs.get("residual") else None,
+                                      outs[0], epi.code, epi.p0, epi.p1, epi.slope)
+
 
 class _Im2col512(_ConvGemm, register=False):
     """Group-1 convolutions of any kernel, stride, dilation and padding: the column tile of each

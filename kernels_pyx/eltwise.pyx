@@ -222,6 +222,19 @@ def binary(a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0,
     act, p0, p1 : fused activation code and parameters (see ``_epilogue.pxd``; not PRelu)
     num_threads : int
     """
+    cdef Py_ssize_t d[4]
+    cdef Py_ssize_t sa[4]
+    cdef Py_ssize_t sb[4]
+    cdef _Bin job
+    _binary_init(&job, d, sa, sb, a, b, out, dims, a_strides, b_strides, op, act, p0, p1)
+    _binary_go(&job, num_threads)
+    return out
+
+
+cdef int _binary_init(_Bin* job, Py_ssize_t* d, Py_ssize_t* sa, Py_ssize_t* sb, a, b, out, dims, a_strides,
+                      b_strides, str op, int act, float p0, float p1) except -1:
+    """Check a :func:`binary` call and fill ``job`` (its loop nest in ``d``, ``sa``, ``sb``),
+    all but the split between threads (:func:`_binary_go`)."""
     what = "binary"
     for name, arr, w in (("a", a, False), ("b", b, False), ("out", out, True)):
         _float32_array(arr, name, what, writeable=w)
@@ -229,9 +242,6 @@ def binary(a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0,
         raise ValueError(f"{what}: unknown op {op!r}; expected one of {sorted(OPS)}")
     if act == ACT_PRELU or not 0 <= act <= ACT_LAST:
         raise ValueError(f"{what}: activation code {act} is not supported here")
-    cdef Py_ssize_t d[4]
-    cdef Py_ssize_t sa[4]
-    cdef Py_ssize_t sb[4]
     if not (len(dims) == len(a_strides) == len(b_strides) == 4):
         raise ValueError(f"{what}: dims and strides need 4 values each, got {dims}, {a_strides}, {b_strides}")
     size = 1
@@ -242,24 +252,47 @@ def binary(a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0,
         size *= d[k]
     if out.size != size:
         raise ValueError(f"{what}: out has {out.size} elements, the loop nest {tuple(dims)} writes {size}")
-    for name, arr, s in (("a", a, a_strides), ("b", b, b_strides)):
-        last = sum((dd - 1) * st for dd, st in zip(dims, s))
+    for name, arr, st in (("a", a, a_strides), ("b", b, b_strides)):
+        last = sum((dd - 1) * x for dd, x in zip(dims, st))
         if last >= arr.size:
             raise ValueError(f"{what}: {name} has {arr.size} elements; dims {tuple(dims)} with strides "
-                             f"{tuple(s)} read up to element {last}")
-    cdef int code = OPS[op], nt = _threads(size, num_threads)
+                             f"{tuple(st)} read up to element {last}")
+    job.out = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    job.a = <const float*> cnp.PyArray_DATA(<cnp.ndarray> a)
+    job.b = <const float*> cnp.PyArray_DATA(<cnp.ndarray> b)
+    job.d, job.sa, job.sb = d, sa, sb
+    job.code, job.act, job.p0, job.p1 = OPS[op], act, p0, p1
+    return 0
+
+
+cdef void _binary_go(_Bin* job, int num_threads):
+    """Split ``job`` for ``num_threads`` threads and run it."""
+    cdef const Py_ssize_t* d = job.d
+    cdef int nt = _threads(d[0] * d[1] * d[2] * d[3], num_threads)
     cdef Py_ssize_t chunk = _chunk(d[0] * d[1] * d[2], d[3], nt)
-    cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
-    cdef const float* pa = <const float*> cnp.PyArray_DATA(<cnp.ndarray> a)
-    cdef const float* pb = <const float*> cnp.PyArray_DATA(<cnp.ndarray> b)
-    cdef _Bin job
-    job.out, job.a, job.b, job.d, job.sa, job.sb = po, pa, pb, d, sa, sb
-    job.chunk, job.chunks, job.code, job.act, job.p0, job.p1 = chunk, (d[3] + chunk - 1) // chunk, code, act, p0, p1
+    job.chunk, job.chunks = chunk, (d[3] + chunk - 1) // chunk
     job.jobs = d[0] * d[1] * d[2] * job.chunks
     job.group = wb_jobs_per_chunk(job.jobs, chunk, nt)
     with nogil:
-        wb_pool_run(_binary_chunk, &job, (job.jobs + job.group - 1) // job.group, nt)
-    return out
+        wb_pool_run(_binary_chunk, job, (job.jobs + job.group - 1) // job.group, nt)
+
+
+cdef class Binary:
+    """:func:`binary` on fixed arrays, checked once when made; each call ``(num_threads)`` runs it
+    (an executor's step on its own buffers)."""
+    cdef _Bin job
+    cdef Py_ssize_t d[4]
+    cdef Py_ssize_t sa[4]
+    cdef Py_ssize_t sb[4]
+    cdef tuple keep
+
+    def __init__(self, a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0, float p1=0):
+        _binary_init(&self.job, self.d, self.sa, self.sb, a, b, out, dims, a_strides, b_strides, op, act, p0, p1)
+        self.keep = (a, b, out)
+
+    def __call__(self, int num_threads):
+        cdef _Bin job = self.job   # the split is per call
+        _binary_go(&job, num_threads)
 
 
 cdef struct _Rows:
@@ -334,6 +367,15 @@ def channel_rows(x, out, Py_ssize_t rows, Py_ssize_t cols, bint channel_is_row, 
     slope : ndarray, float32, (C,), optional
         Per-channel PRelu slope (``act`` == 7).
     """
+    cdef _Rows job
+    _rows_init(&job, x, out, rows, cols, channel_is_row, scale, shift, act, p0, p1, slope)
+    _rows_go(&job, rows, num_threads)
+    return out
+
+
+cdef int _rows_init(_Rows* job, x, out, Py_ssize_t rows, Py_ssize_t cols, bint channel_is_row, scale, shift,
+                    int act, float p0, float p1, slope) except -1:
+    """Check a :func:`channel_rows` call and fill ``job``, all but its split (:func:`_rows_go`)."""
     what = "channel_rows"
     _float32_array(x, "x", what)
     _float32_array(out, "out", what, writeable=True)
@@ -354,28 +396,46 @@ def channel_rows(x, out, Py_ssize_t rows, Py_ssize_t cols, bint channel_is_row, 
                                  f"equal non-zero length C")
     if vectors and not channel_is_row and C != cols:
         raise ValueError(f"{what}: channels-last data needs C == cols, got C={C}, cols={cols}")
-    if rows * cols == 0:
-        return out
-    cdef int nt = _threads(rows * cols, num_threads)
-    cdef Py_ssize_t chunk = _chunk(rows, cols, nt)
-    cdef const float* p_scale = NULL
-    cdef const float* p_shift = NULL
-    cdef const float* p_slope = NULL
+    job.scale = job.shift = job.slope = NULL
     if scale is not None:
-        p_scale = <const float*> cnp.PyArray_DATA(<cnp.ndarray> scale)
-        p_shift = <const float*> cnp.PyArray_DATA(<cnp.ndarray> shift)
+        job.scale = <const float*> cnp.PyArray_DATA(<cnp.ndarray> scale)
+        job.shift = <const float*> cnp.PyArray_DATA(<cnp.ndarray> shift)
     if slope is not None:
-        p_slope = <const float*> cnp.PyArray_DATA(<cnp.ndarray> slope)
-    cdef _Rows job
+        job.slope = <const float*> cnp.PyArray_DATA(<cnp.ndarray> slope)
     job.x, job.out = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x), <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
-    job.scale, job.shift, job.slope, job.cols, job.C, job.chunk = p_scale, p_shift, p_slope, cols, C, chunk
-    job.chunks = (cols + chunk - 1) // chunk
+    job.cols, job.C = cols, C
     job.channel_is_row, job.act, job.p0, job.p1 = channel_is_row, act, p0, p1
+    return 0
+
+
+cdef void _rows_go(_Rows* job, Py_ssize_t rows, int num_threads):
+    """Split ``job`` (``rows`` rows) for ``num_threads`` threads and run it."""
+    if rows * job.cols == 0:
+        return
+    cdef int nt = _threads(rows * job.cols, num_threads)
+    cdef Py_ssize_t chunk = _chunk(rows, job.cols, nt)
+    job.chunk, job.chunks = chunk, (job.cols + chunk - 1) // chunk
     job.jobs = rows * job.chunks
     job.group = wb_jobs_per_chunk(job.jobs, chunk, nt)
     with nogil:
-        wb_pool_run(_channel_rows_chunk, &job, (job.jobs + job.group - 1) // job.group, nt)
-    return out
+        wb_pool_run(_channel_rows_chunk, job, (job.jobs + job.group - 1) // job.group, nt)
+
+
+cdef class ChannelRows:
+    """:func:`channel_rows` on fixed arrays, checked once when made; each call ``(num_threads)``
+    runs it (an executor's step on its own buffers)."""
+    cdef _Rows job
+    cdef Py_ssize_t rows
+    cdef tuple keep
+
+    def __init__(self, x, out, Py_ssize_t rows, Py_ssize_t cols, bint channel_is_row, scale=None, shift=None,
+                 int act=0, float p0=0, float p1=0, slope=None):
+        _rows_init(&self.job, x, out, rows, cols, channel_is_row, scale, shift, act, p0, p1, slope)
+        self.rows, self.keep = rows, (x, out, scale, shift, slope)
+
+    def __call__(self, int num_threads):
+        cdef _Rows job = self.job
+        _rows_go(&job, self.rows, num_threads)
 
 
 cdef struct _Map:

@@ -171,7 +171,8 @@ class _Binary(Routine, register=False):
         return {"consts": consts, "epilogue": fused_activation(layer, layer.out_specs[0].shape, extended=True)}
 
     @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
+    def _operands(cls, layer, state, args):
+        """``(a, b, dims, a_strides, b_strides)`` for the kernel, the plan cached per shapes."""
         a, b = (state["consts"].get(i, x) for i, x in enumerate(args))
         key = (a.shape, b.shape)
         plan = state.get(key)
@@ -181,6 +182,11 @@ class _Binary(Routine, register=False):
                      for s in (a.shape, b.shape)]
             plan = state[key] = _binary_plan(layer, specs, cls.layout)
         dims, (sa, sb) = plan
+        return a, b, dims, sa, sb
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        a, b, dims, sa, sb = cls._operands(layer, state, args)
         code, p0, p1, slope = state["epilogue"]
         out = outs[0]
         k = kernels("eltwise")
@@ -188,6 +194,14 @@ class _Binary(Routine, register=False):
         if slope is not None:
             rows, cols, by_row = channel_geometry(layer.out_specs[0].shape, cls.layout)
             k.channel_rows(out, out, rows, cols, by_row, act=code, slope=slope, num_threads=num_threads)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        code, p0, p1, slope = state["epilogue"]
+        if slope is not None:
+            return None
+        a, b, dims, sa, sb = cls._operands(layer, state, args)
+        return kernels("eltwise").Binary(a, b, outs[0], dims, sa, sb, layer.op, code, p0, p1)
 
 
 class BinaryNchw(_Binary):
@@ -241,15 +255,24 @@ class _Activation(_Rows, register=False):
         return _activation_code(layer, layer.out_specs[0].shape)
 
     @classmethod
+    def _geometry(cls, layer, state, x):
+        if state[3] is None:
+            return 1, x.size, True
+        return channel_geometry(layer.out_specs[0].shape, cls.layout)
+
+    @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         code, p0, p1, slope = state
-        x, out = args[0], outs[0]
-        if slope is None:
-            rows, cols, by_row = 1, x.size, True
-        else:
-            rows, cols, by_row = channel_geometry(layer.out_specs[0].shape, cls.layout)
-        kernels("eltwise").channel_rows(x, out, rows, cols, by_row, act=code, p0=p0, p1=p1, slope=slope,
+        rows, cols, by_row = cls._geometry(layer, state, args[0])
+        kernels("eltwise").channel_rows(args[0], outs[0], rows, cols, by_row, act=code, p0=p0, p1=p1, slope=slope,
                                         num_threads=num_threads)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        code, p0, p1, slope = state
+        rows, cols, by_row = cls._geometry(layer, state, args[0])
+        return kernels("eltwise").ChannelRows(args[0], outs[0], rows, cols, by_row, act=code, p0=p0, p1=p1,
+                                              slope=slope)
 
 
 class ActivationNchw(_Activation):
@@ -280,6 +303,13 @@ class _ChannelAffine(_Rows, register=False):
         rows, cols, by_row = channel_geometry(layer.out_specs[0].shape, cls.layout)
         kernels("eltwise").channel_rows(args[0], outs[0], rows, cols, by_row, scale, shift, code, p0, p1, slope,
                                         num_threads)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        scale, shift, (code, p0, p1, slope) = state
+        rows, cols, by_row = channel_geometry(layer.out_specs[0].shape, cls.layout)
+        return kernels("eltwise").ChannelRows(args[0], outs[0], rows, cols, by_row, scale, shift, code, p0, p1,
+                                              slope)
 
 
 class ChannelAffineNchw(_ChannelAffine):

@@ -1,0 +1,96 @@
+"""Bound steps (``Routine.bind``): the executor's kernel calls checked once, on its own buffers.
+
+Every routine that binds must compute exactly what its ``run`` computes (the profiler and any
+caller without an executor still go through ``run``), on the same graphs, bit for bit; a bound
+step must really be used by the executor; and binding refuses arrays that do not fit."""
+import numpy as np
+import pytest
+
+import workbench
+from routine_helpers import conv_graph, run_with_routine
+from workbench import cpu, routines
+
+#: One (op, descriptor) per routine class that binds.
+BINDING = sorted({r: (op, d) for op, d, r in routines.all_routines()
+                  if r.bind.__func__ is not routines.Routine.bind.__func__}.values())
+
+
+def _graphs():
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((24, 20, 1, 1)).astype(np.float32)
+    dw = rng.standard_normal((20, 1, 3, 3)).astype(np.float32)
+    yield "conv1x1", conv_graph([1, 20, 9, 13], w1, rng.standard_normal(24).astype(np.float32),
+                                activation="HardSwish")
+    yield "conv1x1_residual", conv_graph([1, 20, 9, 13], rng.standard_normal((20, 20, 1, 1)).astype(np.float32),
+                                         residual=True, activation="Relu")
+    yield "depthwise", conv_graph([2, 20, 11, 17], dw, rng.standard_normal(20).astype(np.float32),
+                                  dict(group=20, pads=[1, 1, 1, 1], strides=[2, 1]), activation="Clip")
+    from onnx import helper
+    from onnx_helpers import make_model
+    consts = [("s", rng.standard_normal((1, 8, 1, 1)).astype(np.float32)),
+              ("t", rng.standard_normal((1, 8, 1, 1)).astype(np.float32)),
+              ("r", rng.standard_normal((1, 1, 1, 5)).astype(np.float32))]
+    nodes = [helper.make_node("Relu", ["x"], ["x0"]),   # on the graph input: a layer of its own
+             helper.make_node("Mul", ["x0", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
+             helper.make_node("HardSigmoid", ["a"], ["h"], alpha=0.3, beta=0.4),
+             helper.make_node("Mul", ["h", "r"], ["b"]), helper.make_node("Sub", ["b", "x"], ["y"])]
+    model = make_model(nodes, [("x", [1, 8, 6, 5])], [("y", None)], consts)
+    yield "eltwise", workbench.load(model.SerializeToString())
+
+
+GRAPHS = dict(_graphs())
+
+
+def test_some_routines_bind():
+    """The kernels most steps run bind (the list the tests below cover)."""
+    descriptors = {d for _, d in BINDING}
+    assert {"cpu:float32:nhwc/direct", "cpu:float32:nchw/direct"} <= descriptors
+    if cpu.supports("avx512"):
+        assert {"cpu:float32:nhwc/gemm1x1_avx512", "cpu:float32:nhwc/depthwise_avx512"} <= descriptors
+
+
+@pytest.mark.parametrize("op, descriptor", BINDING)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bound_steps_match_run_bit_for_bit(monkeypatch, op, descriptor, threads):
+    routine = routines.get(op, descriptor)
+    isa = getattr(routine, "isa", None)
+    if isa is not None and not cpu.supports(isa):
+        pytest.skip(f"{descriptor} needs {isa}")
+    graphs = [(n, g) for n, g in GRAPHS.items()
+              if any(descriptor in routines.routines_for(l.op)
+                     and routines.get(l.op, descriptor).bind.__func__ is routine.bind.__func__
+                     and routines.get(l.op, descriptor).applies(l, g.input_specs(l)) for l in g)]
+    assert graphs, f"no test graph has a layer {descriptor} ({op}) takes"
+    calls = []
+    real_bind = routine.bind.__func__
+
+    def counting_bind(cls, *args):
+        call = real_bind(cls, *args)
+        calls.append(call)
+        return call
+    for name, graph in graphs:
+        monkeypatch.setattr(routine, "bind", classmethod(counting_bind))
+        bound, ref, used = run_with_routine(graph, descriptor, num_threads=threads, seed=3)
+        assert used and any(c is not None for c in calls), (name, used)
+        monkeypatch.setattr(routine, "bind", classmethod(lambda cls, *a: None))
+        unbound, _, _ = run_with_routine(graph, descriptor, num_threads=threads, seed=3)
+        for out in ref:
+            np.testing.assert_array_equal(bound[out], unbound[out], err_msg=f"{name}: {out}")
+            scale = max(float(np.abs(ref[out]).max()), 1e-6)
+            assert float(np.abs(bound[out] - ref[out]).max()) / scale < 1e-4
+
+
+def test_binding_refuses_arrays_that_do_not_fit():
+    k = cpu.kernel_module("eltwise")
+    a, out = np.zeros(12, np.float32), np.zeros(12, np.float32)
+    with pytest.raises(ValueError, match="out has 12 elements"):
+        k.Binary(a, a, out, [1, 1, 2, 3], [0, 0, 3, 1], [0, 0, 3, 1], "Add")
+    with pytest.raises(ValueError, match="C == cols"):
+        k.ChannelRows(a, out, 3, 4, False, np.ones(3, np.float32), np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        k.ChannelRows(a.astype(np.float64), out, 3, 4, True)
+    dw = cpu.kernel_module("depthwise")
+    x = np.zeros((1, 5, 5, 4), np.float32)
+    with pytest.raises(ValueError, match="output has shape"):
+        dw.Nhwc(x, np.zeros((9, 4), np.float32), np.zeros(4, np.float32), np.zeros((1, 5, 5, 3), np.float32),
+                3, (1, 1), (1, 1, 1, 1))

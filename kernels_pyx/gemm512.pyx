@@ -320,9 +320,40 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
     """
     cdef Geo g
     cdef Epi e
+    _threads(num_threads)
+    _im2col_init(&g, &e, nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, act, p0, p1, slope,
+                 implicit, [])
+    _im2col_go(&g, &e, nhwc, implicit, x, w, out, num_threads)
+    return out
+
+
+cdef class ConvIm2col:
+    """:func:`conv_im2col` on fixed arrays, checked once when made; each call ``(num_threads)``
+    runs the convolution on them (an executor's step on its own buffers)."""
+    cdef Geo g
+    cdef Epi e
+    cdef bint nhwc, implicit
+    cdef object x, w, out
+    cdef list keep
+
+    def __init__(self, bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,
+                 double p0=0, double p1=0, slope=None, bint implicit=False):
+        self.keep = []
+        _im2col_init(&self.g, &self.e, nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, act,
+                     p0, p1, slope, implicit, self.keep)
+        self.nhwc, self.implicit, self.x, self.w, self.out = nhwc, implicit, x, w, out
+
+    def __call__(self, int num_threads):
+        _threads(num_threads)
+        _im2col_go(&self.g, &self.e, self.nhwc, self.implicit, self.x, self.w, self.out, num_threads)
+
+
+cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads,
+                      int act, double p0, double p1, slope, bint implicit, list keep) except -1:
+    """Check a :func:`conv_im2col` call and fill its geometry and epilogue."""
+    cdef Geo g
     x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
     w = _array(w, "weights")
-    _threads(num_threads)
     if nhwc:
         (g.n, g.h, g.w, g.c), (on, g.oh, g.ow, g.m) = x.shape, out.shape
     else:
@@ -352,13 +383,22 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
     if implicit and not (nhwc and _implicit_ok(&g)):
         raise ValueError(f"gemm512: implicit GEMM needs NHWC and unit horizontal dilation, got "
                          f"{'NHWC' if nhwc else 'NCHW'} with dilations {dilations}")
-    _epi(&e, g.m, bias, slope, act, p0, p1)
+    _epi(e, g.m, bias, slope, act, p0, p1)
     e.res = _ptr(residual)
     _no_overlap(out, x, w, bias, residual, slope)
-    if out.size == 0:
-        return out
+    gp[0] = g
+    keep.extend((x, w, bias, residual, out, slope))
+    return 0
+
+
+cdef _im2col_go(Geo* gp, Epi* e, bint nhwc, bint implicit, x, w, out, int num_threads):
+    """Run a convolution :func:`_im2col_init` checked, with ``num_threads`` threads."""
+    cdef Geo g = gp[0]   # the jobs below point at this copy
+    if g.n * g.p * g.m == 0:
+        return
     if implicit:
-        return _conv_implicit(&g, x, w, out, &e, num_threads)
+        _conv_implicit(&g, x, w, out, e, num_threads)
+        return
     buf = _scratch(im2col_scratch_floats(nhwc, g.kg, num_threads, g.n, g.p, g.m))
     cdef float* bp = _ptr(buf)
     cdef const float* xp = _ptr(x)
@@ -375,14 +415,13 @@ def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations
     cdef int nt = num_threads
     if _whole(nhwc, g.n, g.p, g.kg, g.m, num_threads):
         with nogil:
-            _im2col_whole(&g, nh, xp, wp, op, &e, bp, bp + (g.n * g.p * g.kg if nh else g.p * g.kg),
+            _im2col_whole(&g, nh, xp, wp, op, e, bp, bp + (g.n * g.p * g.kg if nh else g.p * g.kg),
                           bp + (g.n * g.p * g.kg if nh else g.p * g.kg + wb512_packed_b_floats(g.kg, g.p)), nt)
-        return out
+        return
     cdef _ConvCtx c
-    c.g, c.x, c.w, c.out, c.e, c.buf, c.per, c.ncols, c.npb = &g, xp, wp, op, &e, bp, per, ncols, npb
+    c.g, c.x, c.w, c.out, c.e, c.buf, c.per, c.ncols, c.npb = &g, xp, wp, op, e, bp, per, ncols, npb
     with nogil:
         wb_pool_run(_im2col_nhwc_chunk if nh else _im2col_nchw_chunk, &c, tiles, nt)
-    return out
 
 
 cdef struct _ConvCtx:

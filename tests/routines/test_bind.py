@@ -23,6 +23,9 @@ def _graphs():
                                 activation="HardSwish")
     yield "conv1x1_residual", conv_graph([1, 20, 9, 13], rng.standard_normal((20, 20, 1, 1)).astype(np.float32),
                                          residual=True, activation="Relu")
+    yield "conv3x3", conv_graph([1, 20, 9, 13], rng.standard_normal((12, 20, 3, 3)).astype(np.float32),
+                                rng.standard_normal(12).astype(np.float32), dict(pads=[1, 1, 1, 1]),
+                                residual=True, activation="LeakyRelu")
     yield "depthwise", conv_graph([2, 20, 11, 17], dw, rng.standard_normal(20).astype(np.float32),
                                   dict(group=20, pads=[1, 1, 1, 1], strides=[2, 1]), activation="Clip")
     from onnx import helper
@@ -36,6 +39,13 @@ def _graphs():
              helper.make_node("Mul", ["h", "r"], ["b"]), helper.make_node("Sub", ["b", "x"], ["y"])]
     model = make_model(nodes, [("x", [1, 8, 6, 5])], [("y", None)], consts)
     yield "eltwise", workbench.load(model.SerializeToString())
+    consts = [("w", rng.standard_normal((20, 7)).astype(np.float32)),
+              ("g", rng.standard_normal((9, 7)).astype(np.float32)), ("c", rng.standard_normal(9).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reshape", ["m", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "g", "c"], ["q"], transB=1), helper.make_node("Relu", ["q"], ["y"])]
+    consts.append(("shape", np.array([6, 7], np.int64)))
+    model = make_model(nodes, [("x", [1, 6, 20])], [("y", None)], consts)
+    yield "matmul_gemm", workbench.load(model.SerializeToString())
 
 
 GRAPHS = dict(_graphs())

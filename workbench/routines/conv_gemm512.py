@@ -124,16 +124,24 @@ class _Im2col512(_ConvGemm, register=False):
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
     @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
+    def _args(cls, layer, state, args, outs):
+        """conv_im2col's arguments before ``num_threads``."""
         kernel, strides, dilations, pads, _ = state["geometry"]
         bias = state["bias"]
         if bias is None and len(args) > 2 and args[2] is not None:
             bias = np.ascontiguousarray(args[2], np.float32)
         residual = args[3] if layer.attrs.get("residual") else None
         epi = state["epi"]
-        _kernels().conv_im2col(cls.layout == NHWC, args[0], state["w"], bias, residual, outs[0], kernel,
-                               strides, dilations, pads, epi.code, epi.p0, epi.p1, epi.slope, num_threads,
-                               cls.implicit)
+        return (cls.layout == NHWC, args[0], state["w"], bias, residual, outs[0], kernel, strides, dilations, pads,
+                epi.code, epi.p0, epi.p1, epi.slope)
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        _kernels().conv_im2col(*cls._args(layer, state, args, outs), num_threads, cls.implicit)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        return _kernels().ConvIm2col(*cls._args(layer, state, args, outs), implicit=cls.implicit)
 
 
 class NchwIm2colAvx512(_Im2col512):

@@ -27,13 +27,21 @@ class _Gemm512(Routine, register=False):
     priority = 11
     isa = "avx512"
 
+    @staticmethod
+    def _args(a, state, out, bias):
+        """conv1x1_nhwc's arguments for ``out = act(a @ W + bias)`` over all of ``a``'s rows."""
+        rows, k = int(np.prod(a.shape[:-1], dtype=np.int64)), a.shape[-1]
+        code, p0, p1, slope = state["act"]
+        return (a.reshape(1, 1, rows, k), state["w"], bias, None, out.reshape(1, 1, rows, out.shape[-1]),
+                code, p0, p1, slope)
+
     @classmethod
     def _run(cls, a, state, out, bias, num_threads):
-        rows, k = int(np.prod(a.shape[:-1], dtype=np.int64)), a.shape[-1]
-        n = out.shape[-1]
-        code, p0, p1, slope = state["act"]
-        _kernels().conv1x1_nhwc(a.reshape(1, 1, rows, k), state["w"], bias, None, out.reshape(1, 1, rows, n),
-                                code, p0, p1, slope, num_threads)
+        _kernels().conv1x1_nhwc(*cls._args(a, state, out, bias), num_threads)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        return _kernels().Conv1x1Nhwc(*cls._args(args[0], state, outs[0], state.get("bias")))
 
 
 class MatMulGemm512(_Gemm512):

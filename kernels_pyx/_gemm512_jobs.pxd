@@ -23,6 +23,8 @@ cdef extern from "sgemm_avx512.h" nogil:
         Py_ssize_t ld_res
         int act
         float p0, p1
+        const float* post_scale
+        const float* post_shift
     int wb512_epi_handles(int act)
     void wb512_conv_strips(int ns, const float* const* a, Py_ssize_t lda, Py_ssize_t kg, Py_ssize_t chunk,
                            Py_ssize_t rowstep, const float* pb, Py_ssize_t n, float* const* c, Py_ssize_t ldc,
@@ -66,6 +68,8 @@ cdef inline bint _fused_epi(wb512_epi* ep, const Epi* e, const float* res, Py_ss
     ep.bias_per_row = channel_is_row
     ep.res = res + row0 * ld_res if res != NULL else NULL
     ep.ld_res, ep.act, ep.p0, ep.p1 = ld_res, e.act, e.p0, e.p1
+    ep.post_scale = e.post_scale + row0 if e.post_scale != NULL and channel_is_row else e.post_scale
+    ep.post_shift = e.post_shift + row0 if e.post_shift != NULL and channel_is_row else e.post_shift
     return True
 
 
@@ -75,7 +79,8 @@ cdef inline void _block(const Job* j, float* abuf, Py_ssize_t i0, Py_ssize_t i1,
     cdef const Epi* e = j.e
     cdef float* o = j.c + i0 * j.ldc + j0
     cdef wb512_epi ep
-    cdef bint plain = j.channel_is_row < 0 or e == NULL or (e.bias == NULL and j.res == NULL and e.act == 0)
+    cdef bint plain = j.channel_is_row < 0 or e == NULL or (e.bias == NULL and j.res == NULL and e.act == 0
+                                                            and e.post_scale == NULL)
     if not plain and _fused_epi(&ep, e, j.res, j.ld_res, j.channel_is_row == 1, i0):
         wb512_gemm_direct(i1 - i0, j.n, j.k, j.a + i0 * j.lda, j.lda, j.pb, j.c + i0 * j.ldc, j.ldc,
                           j.accumulate, abuf, j0, j1, &ep)

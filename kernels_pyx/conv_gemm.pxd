@@ -23,6 +23,8 @@ cdef struct Epi:
     const float* slope
     int act
     float p0, p1
+    const float* post_scale   # after the activation: out = act(.) * post_scale[c] + post_shift[c]
+    const float* post_shift   # (our AVX-512 GEMM's register epilogue only; NULL elsewhere)
 
 
 cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:

@@ -215,6 +215,7 @@ def _conv2d(bint nhwc, x, w, bias, residual, out, scratch, kernel, strides, dila
             int num_threads):
     cdef Geo g
     cdef Epi e
+    e.post_scale = e.post_shift = NULL
     x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
     if nhwc:
         (g.n, g.h, g.w, g.c), (on, g.oh, g.ow, g.m) = x.shape, out.shape

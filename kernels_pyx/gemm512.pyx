@@ -26,7 +26,7 @@ from libc.string cimport memcpy
 
 from _gemm512_jobs cimport (IM2COL_PIXELS, IM2COL_ROWS, WB512_NATIVE, WB512_NR, Job, _im2col_nchw_job, _rows,
                             im2col_nhwc_pixels, _im2col_whole, _implicit_nhwc_row, _implicit_ok, _whole,
-                            gemm_jobs, pack_b_par, wb512_abuf_floats, wb512_packed_b_floats)
+                            gemm_jobs, pack_b_par, wb512_abuf_floats, wb512_epi_handles, wb512_packed_b_floats)
 from conv_gemm cimport ACT_RUN_LAST, Epi, Geo, _imin
 from wb_pool cimport wb_pool_import, wb_pool_run
 
@@ -122,7 +122,9 @@ def sgemm(a, b, c, bint trans_b=False, bint accumulate=False, int num_threads=1)
     return c
 
 
-cdef int _epi(Epi* e, Py_ssize_t m, bias, slope, int act, double p0, double p1) except -1:
+cdef int _epi(Epi* e, Py_ssize_t m, bias, slope, int act, double p0, double p1, post=None) except -1:
+    """Fill ``e``; ``post``: None or (scale, shift), (m,) each, applied after the activation (in
+    the register epilogue, so only with an activation it handles, codes 1 to 5)."""
     if bias is not None and _array(bias, "bias").shape != (m,):
         raise ValueError(f"gemm512: bias must have shape ({m},), got {bias.shape}")
     if not 0 <= act <= ACT_RUN_LAST:
@@ -131,6 +133,16 @@ cdef int _epi(Epi* e, Py_ssize_t m, bias, slope, int act, double p0, double p1) 
         raise ValueError(f"gemm512: PRelu needs a float32 slope of shape ({m},)")
     e.bias, e.slope = _ptr(bias), _ptr(slope if act == 7 else None)
     e.res, e.act, e.p0, e.p1 = NULL, act, p0, p1
+    e.post_scale = e.post_shift = NULL
+    if post is not None:
+        scale, shift = post
+        if _array(scale, "post scale").shape != (m,) or _array(shift, "post shift").shape != (m,):
+            raise ValueError(f"gemm512: the post-activation scale and shift must have shape ({m},), got "
+                             f"{scale.shape} and {shift.shape}")
+        if not wb512_epi_handles(act):
+            raise ValueError(f"gemm512: a post-activation affine needs an activation the register epilogue "
+                             f"runs (codes 0 to 5), got {act}")
+        e.post_scale, e.post_shift = _ptr(scale), _ptr(shift)
     return 0
 
 
@@ -173,7 +185,7 @@ def _scratch(Py_ssize_t floats):
 
 
 cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, double p0, double p1,
-                           slope, list keep) except -1:
+                           slope, post, list keep) except -1:
     """Check a :func:`conv1x1_nhwc` call and fill its job (``j.e`` = ``e``); ``keep`` gets the
     arrays the job points into."""
     x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
@@ -188,7 +200,7 @@ cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, 
                          f"{wb512_packed_b_floats(c, m)}")
     if residual is not None and _array(residual, "residual").shape != out.shape:
         raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
-    _epi(e, m, bias, slope, act, p0, p1)
+    _epi(e, m, bias, slope, act, p0, p1, post)
     cdef bint in_place = _in_place(out, residual)
     if in_place:
         residual = None
@@ -196,7 +208,7 @@ cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, 
     j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = n * h * w, m, c, c, m, m
     j.a, j.pb, j.c = _ptr(x), _ptr(wp), _ptr(out)
     j.accumulate, j.channel_is_row, j.e, j.res = in_place, 0, e, _ptr(residual)
-    keep.extend((x, wp, bias, residual, out, slope))
+    keep.extend((x, wp, bias, residual, out, slope, post))
     return 0
 
 
@@ -210,17 +222,18 @@ cdef void _run_job(Job* j, int num_threads):
 
 
 def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
-                 int num_threads=1):
+                 int num_threads=1, post=None):
     """1x1 stride-1 unpadded NHWC convolution ``out = act(x @ W^T + bias + residual)``.
 
     ``x`` (N, H, W, C), ``out`` (N, H, W, M); ``wp`` the weights (C, M) packed by :func:`pack_b`;
     ``bias``/``slope`` (M,) or None, ``residual`` as ``out`` or None, or ``out`` itself (the
-    product is then added onto it in place).  Returns ``out``.
+    product is then added onto it in place); ``post`` None or (scale, shift), (M,) each:
+    ``out = act(...) * scale + shift``.  Returns ``out``.
     """
     _threads(num_threads)
     cdef Job j
     cdef Epi e
-    _conv1x1_nhwc_job(&j, &e, x, wp, bias, residual, out, act, p0, p1, slope, [])
+    _conv1x1_nhwc_job(&j, &e, x, wp, bias, residual, out, act, p0, p1, slope, post, [])
     _run_job(&j, num_threads)
     return out
 
@@ -233,9 +246,9 @@ cdef class Conv1x1Nhwc:
     cdef Epi e
     cdef list keep
 
-    def __init__(self, x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None):
+    def __init__(self, x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None, post=None):
         self.keep = []
-        _conv1x1_nhwc_job(&self.j, &self.e, x, wp, bias, residual, out, act, p0, p1, slope, self.keep)
+        _conv1x1_nhwc_job(&self.j, &self.e, x, wp, bias, residual, out, act, p0, p1, slope, post, self.keep)
 
     def __call__(self, int num_threads):
         _threads(num_threads)
@@ -309,20 +322,20 @@ def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1, Py_ssize_
 
 
 def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,
-                double p0=0, double p1=0, slope=None, int num_threads=1, bint implicit=False):
+                double p0=0, double p1=0, slope=None, int num_threads=1, bint implicit=False, post=None):
     """Group-1 convolution by im2col on our SGEMM, either layout.
 
     ``x`` (N, C, H, W) or (N, H, W, C), ``out`` likewise; ``w`` for NCHW the weights (M, C*KH*KW),
     for NHWC ``pack_b`` of the weights (KH*KW*C, M) ordered (ki, kj, channel).  ``pads`` are
     (top, left, bottom, right).  ``implicit`` (NHWC, unit horizontal dilation): no im2col
     buffer where the taps lie inside the input; the GEMM reads them in place, one output row
-    per job.  Returns ``out``.
+    per job.  ``post`` as for :func:`conv1x1_nhwc`.  Returns ``out``.
     """
     cdef Geo g
     cdef Epi e
     _threads(num_threads)
     _im2col_init(&g, &e, nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, act, p0, p1, slope,
-                 implicit, [])
+                 implicit, post, [])
     _im2col_go(&g, &e, nhwc, implicit, x, w, out, num_threads)
     return out
 
@@ -337,10 +350,10 @@ cdef class ConvIm2col:
     cdef list keep
 
     def __init__(self, bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,
-                 double p0=0, double p1=0, slope=None, bint implicit=False):
+                 double p0=0, double p1=0, slope=None, bint implicit=False, post=None):
         self.keep = []
         _im2col_init(&self.g, &self.e, nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, act,
-                     p0, p1, slope, implicit, self.keep)
+                     p0, p1, slope, implicit, post, self.keep)
         self.nhwc, self.implicit, self.x, self.w, self.out = nhwc, implicit, x, w, out
 
     def __call__(self, int num_threads):
@@ -349,7 +362,7 @@ cdef class ConvIm2col:
 
 
 cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads,
-                      int act, double p0, double p1, slope, bint implicit, list keep) except -1:
+                      int act, double p0, double p1, slope, bint implicit, post, list keep) except -1:
     """Check a :func:`conv_im2col` call and fill its geometry and epilogue."""
     cdef Geo g
     x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
@@ -383,11 +396,13 @@ cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, ker
     if implicit and not (nhwc and _implicit_ok(&g)):
         raise ValueError(f"gemm512: implicit GEMM needs NHWC and unit horizontal dilation, got "
                          f"{'NHWC' if nhwc else 'NCHW'} with dilations {dilations}")
-    _epi(e, g.m, bias, slope, act, p0, p1)
+    if post is not None and not nhwc:
+        raise ValueError("gemm512: a post-activation affine is for NHWC convolutions")
+    _epi(e, g.m, bias, slope, act, p0, p1, post)
     e.res = _ptr(residual)
     _no_overlap(out, x, w, bias, residual, slope)
     gp[0] = g
-    keep.extend((x, w, bias, residual, out, slope))
+    keep.extend((x, w, bias, residual, out, slope, post))
     return 0
 
 

@@ -27,6 +27,10 @@ typedef struct {
     ptrdiff_t ld_res;
     int act;
     float p0, p1;
+    /* after the activation, per column (per row when bias_per_row): v * post_scale + post_shift;
+     * NULL: none (a learnable affine after a convolution's activation, PP-LCNetV3's) */
+    const float* post_scale;
+    const float* post_shift;
 } wb512_epi;
 
 static inline int wb512_epi_handles(int act) { return act >= 0 && act <= 5; }
@@ -40,6 +44,24 @@ static inline __attribute__((always_inline)) __m512 wb512_hard(__m512 v, int act
     __m512 b = act == 4 ? _mm512_set1_ps(p1) : _mm512_set1_ps(0.5f);
     __m512 t = _mm512_min_ps(one, _mm512_max_ps(zero, _mm512_add_ps(_mm512_mul_ps(v, a), b)));
     return act == 4 ? t : _mm512_mul_ps(v, t);
+}
+#endif
+
+#if WB512_NATIVE
+/* The post-activation affine of one row of a block (two registers, masks of the live columns). */
+static inline __attribute__((always_inline)) void wb512_post(__m512* v0, __m512* v1, const wb512_epi* ep,
+                                                             ptrdiff_t row, ptrdiff_t col0, __mmask16 m0,
+                                                             __mmask16 m1) {
+    if (ep->bias_per_row) {
+        __m512 s = _mm512_set1_ps(ep->post_scale[row]), t = _mm512_set1_ps(ep->post_shift[row]);
+        *v0 = _mm512_add_ps(_mm512_mul_ps(*v0, s), t);
+        *v1 = _mm512_add_ps(_mm512_mul_ps(*v1, s), t);
+    } else {
+        *v0 = _mm512_add_ps(_mm512_mul_ps(*v0, _mm512_maskz_loadu_ps(m0, ep->post_scale + col0)),
+                            _mm512_maskz_loadu_ps(m0, ep->post_shift + col0));
+        *v1 = _mm512_add_ps(_mm512_mul_ps(*v1, _mm512_maskz_loadu_ps(m1, ep->post_scale + col0 + 16)),
+                            _mm512_maskz_loadu_ps(m1, ep->post_shift + col0 + 16));
+    }
 }
 #endif
 
@@ -87,6 +109,8 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
             v0 = wb512_hard(v0, ep->act, ep->p0, ep->p1);
             v1 = wb512_hard(v1, ep->act, ep->p0, ep->p1);
         }
+        if (ep->post_scale != NULL)
+            wb512_post(&v0, &v1, ep, row0 + i, col0, m0, m1);
         _mm512_mask_storeu_ps(cr, m0, v0);
         _mm512_mask_storeu_ps(cr + 16, m1, v1);
     }
@@ -105,6 +129,10 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
                 h = h < 0 ? 0 : h;
                 h = h > 1 ? 1 : h;
                 t = ep->act == 4 ? h : t * h;
+            }
+            if (ep->post_scale != NULL) {
+                ptrdiff_t ch = ep->bias_per_row ? row0 + i : col0 + j;
+                t = t * ep->post_scale[ch] + ep->post_shift[ch];
             }
             c[i * ldc + j] = t;
         }
@@ -147,6 +175,8 @@ static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m
         *v0 = wb512_hard(*v0, ep->act, ep->p0, ep->p1);
         *v1 = wb512_hard(*v1, ep->act, ep->p0, ep->p1);
     }
+    if (ep->post_scale != NULL)
+        wb512_post(v0, v1, ep, row, col0, m0, m1);
 }
 #endif
 

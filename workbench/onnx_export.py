@@ -7,6 +7,7 @@ spelled out again in standard ops after it, each node named ``<layer>/<part>``:
 - a fused residual add: ``Add(<layer>/raw, skip)``;
 - a fused activation: its own op (``HardSwish`` as ``HardSigmoid`` + ``Mul`` before opset 14, as
   is a HardSwish layer of its own, whose ``HardSigmoid`` node keeps the layer's name);
+- a fused post-activation affine: ``Mul`` + ``Add`` by per-channel constants after the activation;
 - a :class:`~workbench.ops.normalization.ChannelAffine` is written as the
   ``BatchNormalization`` it came from, with mean 0, variance 1 and epsilon 0 (exact);
 - ``Silu`` (not an ONNX op) as ``Sigmoid`` + ``Mul``; ``Gelu`` before opset 20 as the Erf or Tanh
@@ -166,7 +167,7 @@ def _emit(w, layer, metadata):
     a = layer.attrs
     residual, act = bool(a.get("residual")), a.get("activation")
     out = layer.outputs[0] if layer.outputs else ""
-    raw = f"{layer.name}/raw" if (residual or act) else out
+    raw = f"{layer.name}/raw" if (residual or act or a.get("post_affine") is not None) else out
     if layer.op == "ChannelAffine":
         c = layer.consts[1].shape[0]
         dt = layer.consts[1].dtype
@@ -207,12 +208,22 @@ def _emit(w, layer, metadata):
         outs = [raw] + list(layer.outputs[1:])
         w.node(layer.op, ins, outs, layer.name, attributes=attributes, metadata=metadata)
     x = raw
+    post = a.get("post_affine")
     if residual:
         y = out if not act else f"{layer.name}/sum"
         w.node("Add", [x, layer.inputs[3]], [y], f"{layer.name}/residual", metadata=part_of)
         x = y
     if act:
-        _activation(w, layer, x, out, part_of)
+        y = out if post is None else f"{layer.name}/activated"
+        _activation(w, layer, x, y, part_of)
+        x = y
+    if post is not None:   # after the activation, per channel (axis 1)
+        shape = (1, -1) + (1,) * (len(layer.out_specs[0].shape) - 2)
+        scaled = f"{layer.name}/post_scaled"
+        w.node("Mul", [x, w.const(f"{layer.name}.post_scale", post["scale"].reshape(shape))], [scaled],
+               f"{layer.name}/post_scale", metadata=part_of)
+        w.node("Add", [scaled, w.const(f"{layer.name}.post_shift", post["shift"].reshape(shape))], [out],
+               f"{layer.name}/post_shift", metadata=part_of)
 
 
 def export_graph(graph, node_metadata=None, model_metadata=None, producer="workbench"):

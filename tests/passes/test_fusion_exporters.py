@@ -9,8 +9,13 @@ from onnx import helper
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, make_model
 from routine_helpers import assert_routine_matches
+from workbench import cpu
 from workbench.check import relative_error, run_onnxruntime
 from workbench.onnx_export import export_graph
+
+#: Whether a routine here applies a post-activation affine (passes/fuse_post_affine.py): the pass
+#: moves one into a Conv only then.
+POST_AFFINE_HERE = cpu.supports("avx512") and cpu.kernel_module("gemm512", "avx512") is not None
 
 S2 = np.float32(np.sqrt(2))
 
@@ -71,13 +76,53 @@ def test_paddle_lcnet_block(rng):
     model = make_model(nodes, [("x", [1, 3, 12, 10])], [("y", None)], i1 + i2 + i3, opset=12)
     graph, _ = assert_matches_onnxruntime(model)
     # mul1/add1 fold into conv1 and hs1 fuses into it; mul2/add2 fold into conv2 (1x1, no padding);
-    # mul3/add3 cannot fold into the padded depthwise conv3: one ChannelAffine.
-    assert [(l.name, l.op, l.attrs.get("activation")) for l in graph] == [
-        ("conv1", "Conv", "HardSwish"), ("conv2", "Conv", "HardSwish"), ("mul3", "ChannelAffine", None),
-        ("conv3", "Conv", None)]
+    # mul3/add3 cannot fold into the padded depthwise conv3: one ChannelAffine, which then ends
+    # conv2's epilogue after its hard swish where a routine here applies that.
+    layers = [(l.name, l.op, l.attrs.get("activation")) for l in graph]
+    if POST_AFFINE_HERE:
+        assert layers == [("conv1", "Conv", "HardSwish"), ("conv2", "Conv", "HardSwish"), ("conv3", "Conv", None)]
+        post = graph.layer("conv2").attrs["post_affine"]
+        np.testing.assert_array_equal(post["scale"], np.full(8, 1.3, np.float32))
+        np.testing.assert_array_equal(post["shift"], np.full(8, 0.2, np.float32))
+        assert graph.layer("conv2").attrs["fusion"].endswith("+post-affine")
+        assert graph.layer("conv2").fused[-2:] == ["mul3", "add3"]
+    else:
+        assert layers == [("conv1", "Conv", "HardSwish"), ("conv2", "Conv", "HardSwish"),
+                          ("mul3", "ChannelAffine", None), ("conv3", "Conv", None)]
     assert graph.layer("conv1").attrs["fusion"] == "affine(mul/add)+hardswish(add/clip/mul/div)"
     assert graph.layer("conv2").fused[:2] == ["mul2", "add2"]
     assert "hs2.clip" in graph.layer("conv2").fused
+    check_round_trip(graph, model)
+
+
+@pytest.mark.skipif(not POST_AFFINE_HERE, reason="no routine applies a post-activation affine on this CPU")
+@pytest.mark.parametrize("k, act, fused", [(1, "HardSwish", True), (3, "Relu", True), (1, "Clip", True),
+                                           (3, "HardSigmoid", True), (1, "Sigmoid", False)])
+def test_post_activation_affine_ends_the_conv_epilogue(rng, k, act, fused):
+    """PP-LCNetV3's pointwise block as Paddle2ONNX writes it: conv, activation, Mul(k), Add(b)
+    (per-channel constants), then a padded depthwise conv.  The affine moves into the first
+    conv's epilogue after an activation our GEMM applies in registers; after a Sigmoid it stays."""
+    c1, i1 = conv("conv1", "x", "c1", 8, 24, rng, k=k)
+    c2, i2 = conv("conv2", "a1", "y", 24, 24, rng, group=24)
+    acts = {"HardSwish": [node("HardSwish", ["c1"], ["h1"], "act")],
+            "Relu": [node("Relu", ["c1"], ["h1"], "act")],
+            "Clip": [const("lo", 0.0), const("hi", 6.0), node("Clip", ["c1", "lo", "hi"], ["h1"], "act")],
+            "HardSigmoid": [node("HardSigmoid", ["c1"], ["h1"], "act", alpha=0.3, beta=0.4)],
+            "Sigmoid": [node("Sigmoid", ["c1"], ["h1"], "act")]}[act]
+    scale = rng.standard_normal((1, 24, 1, 1)).astype(np.float32)
+    shift = rng.standard_normal((1, 24, 1, 1)).astype(np.float32)
+    nodes = [c1, *acts, node("Mul", ["h1", "k"], ["m1"], "mul"), node("Add", ["m1", "b"], ["a1"], "add"), c2]
+    model = make_model(nodes, [("x", [1, 8, 9, 14])], [("y", None)], i1 + i2 + [("k", scale), ("b", shift)])
+    graph, _ = assert_matches_onnxruntime(model)
+    assert [l.op for l in graph] == (["Conv", "Conv"] if fused else ["Conv", "ChannelAffine", "Conv"])
+    first = graph.layer("conv1")
+    assert ("post_affine" in first.attrs) == fused
+    if fused:
+        routine = "cpu:float32:nhwc/gemm1x1_avx512" if k == 1 else "cpu:float32:nhwc/implicit_avx512"
+        assert_routine_matches(graph, routine, expect_layers=["conv1"])
+        table = workbench.routines.routines_for("Conv")
+        for other in ("cpu:float32:nchw/gemm1x1_avx512", "cpu:float32:nhwc/winograd4_avx512", "cpu:float32:nhwc/im2col"):
+            assert other not in table or not table[other].applies(first, graph.input_specs(first)), other
     check_round_trip(graph, model)
 
 
@@ -318,8 +363,11 @@ def test_paddleocr_detector_after_fusion():
     # must not move us: within 1e-4 of the unfused result, and no further from ONNX Runtime.
     assert relative_error(fused, unfused) <= 1e-4
     assert np.abs(fused - ort).max() <= 1.05 * np.abs(unfused - ort).max()
-    assert len(plain) == 330 and len(graph) == 117   # 281 before these passes
+    # 281 before these passes; 13 of its 15 ChannelAffine layers end a hard-swish Conv's epilogue
+    # where a routine here applies that (passes/fuse_post_affine.py)
+    post = sum("post_affine" in l.attrs for l in graph)
+    assert len(plain) == 330 and len(graph) == 117 - post and post in ((13,) if POST_AFFINE_HERE else (0,))
     counts = graph.op_counts()
-    assert "Div" not in counts and "Clip" not in counts and counts["ChannelAffine"] == 15
+    assert "Div" not in counts and "Clip" not in counts and counts["ChannelAffine"] == 15 - post
     tags = [l.attrs.get("fusion", "") for l in graph]
     assert sum("hardswish(add/clip/mul/div)" in t for t in tags) == 24

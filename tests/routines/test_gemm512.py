@@ -319,3 +319,53 @@ def test_overlapping_buffers_are_refused_contiguous_or_not():
     a, c = np.ones((4, 8), np.float32), np.zeros((8, 8), np.float32)
     with pytest.raises(ValueError, match="overlaps"):
         g.sgemm(c[:4], c, c[4:])                                                  # a and c share rows
+
+
+def _hard_swish(v):
+    return v * np.clip(v / 6 + 0.5, 0, 1)
+
+
+@pytest.mark.parametrize("m, k, n", [(49, 40, 37), (13, 300, 16), (3, 20, 70), (150, 600, 9), (1, 8, 33)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_post_activation_affine_matches_numpy(m, k, n, threads):
+    """``post``: act(x @ W^T + bias) * scale + shift per output channel, through the register
+    epilogue of full strips (12x32 and 12x16 kernels), short tail strips and several K blocks."""
+    rng = np.random.default_rng(m + k + n)
+    x = rng.standard_normal((1, 1, m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias, scale, shift = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    out = np.full((1, 1, m, n), np.nan, np.float32)
+    g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), bias, None, out, 5, num_threads=threads, post=(scale, shift))
+    want = _hard_swish(x.reshape(m, k).astype(np.float64) @ w.T.astype(np.float64) + bias) * scale + shift
+    assert _rel_err(out.reshape(m, n), want) < 1e-5
+    bound = np.full_like(out, np.nan)
+    g.Conv1x1Nhwc(x, g.pack_b(w, trans_b=True), bias, None, bound, 5, post=(scale, shift))(threads)
+    np.testing.assert_array_equal(bound, out)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_post_activation_affine_in_im2col_and_implicit_convs(implicit):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 9, 14, 8)).astype(np.float32)   # NHWC
+    w = rng.standard_normal((20, 8, 3, 3)).astype(np.float32)
+    bias, scale, shift = (rng.standard_normal(20).astype(np.float32) for _ in range(3))
+    wp = g.pack_b(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(20, -1)), trans_b=True)
+    out = np.full((2, 9, 14, 20), np.nan, np.float32)
+    g.conv_im2col(True, x, wp, bias, None, out, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, num_threads=2,
+                  implicit=implicit, post=(scale, shift))
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = sum(xp[:, i:i + 9, j:j + 14] @ w[:, :, i, j].T.astype(np.float64) for i in range(3) for j in range(3))
+    want = np.maximum(ref + bias, 0) * scale + shift
+    assert _rel_err(out, want) < 1e-5
+
+
+def test_post_activation_affine_refusals():
+    x, w = np.ones((1, 1, 4, 8), np.float32), np.ones((6, 8), np.float32)
+    out, v = np.zeros((1, 1, 4, 6), np.float32), np.ones(6, np.float32)
+    with pytest.raises(ValueError, match="activation the register epilogue"):
+        g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), None, None, out, 6, post=(v, v))
+    with pytest.raises(ValueError, match=r"shape \(6,\)"):
+        g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), None, None, out, 1, post=(v[:5], v[:5]))
+    with pytest.raises(ValueError, match="NHWC"):
+        g.conv_im2col(False, np.ones((1, 8, 3, 3), np.float32), np.ones((6, 72), np.float32), None, None,
+                      np.zeros((1, 6, 3, 3), np.float32), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, post=(v, v))

@@ -67,9 +67,15 @@ ELTWISE_PRODUCERS = ("Add", "Sub", "Mul", "Div", "ChannelAffine", "Conv")
 
 
 def epilogue(layer, y):
-    """Apply the fused activation of ``layer`` (if any) to its raw result ``y``."""
+    """Apply the fused activation of ``layer`` (if any) to its raw result ``y``, then its fused
+    post-activation affine (``passes/fuse_post_affine.py``), per channel (axis 1)."""
     act = layer.attrs.get("activation")
-    return y if act is None else ACTIVATIONS[act](y, layer.attrs.get("activation_params", {}))
+    y = y if act is None else ACTIVATIONS[act](y, layer.attrs.get("activation_params", {}))
+    post = layer.attrs.get("post_affine")
+    if post is not None:
+        shape = (1, -1) + (1,) * (y.ndim - 2)
+        y = (y * post["scale"].reshape(shape) + post["shift"].reshape(shape)).astype(y.dtype, copy=False)
+    return y
 
 
 class _Activation(Op, register=False):

@@ -8,6 +8,7 @@ from .fuse_patterns import fuse_patterns
 from .fold_affine import fold_affine
 from .fuse_activation import fuse_activations
 from .fuse_residual import fuse_residual_adds
+from .fuse_post_affine import fuse_post_affine
 
 #: The default pipeline: (name, pass).  Each pass takes a Graph, edits it in place and returns
 #: the names of the layers it removed or rewrote, for the report.
@@ -21,6 +22,7 @@ PIPELINE = (
     ("fold_affine", fold_affine),
     ("fuse_activations", fuse_activations),
     ("fuse_residual_adds", fuse_residual_adds),
+    ("fuse_post_affine", fuse_post_affine),
 )
 
 

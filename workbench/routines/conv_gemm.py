@@ -89,6 +89,8 @@ class _ConvGemm(Routine, register=False):
     priority = 10
     #: 1x1 unpadded kernels only, GEMM without im2col where the stride allows.
     one_by_one = False
+    #: Whether the kernels apply a fused post-activation affine (``encode``'s ``post_affine``).
+    post_affine = False
 
     @classmethod
     def applies(cls, layer, specs):
@@ -109,7 +111,7 @@ class _ConvGemm(Routine, register=False):
             return False
         if cls.one_by_one and ((kh, kw) != (1, 1) or any(pads)):
             return False
-        return encode(layer, out.shape[1], extended=True) is not None
+        return encode(layer, out.shape[1], extended=True, post_affine=cls.post_affine) is not None
 
     @classmethod
     def _direct(cls, layer):

@@ -50,18 +50,22 @@ class _Gemm512(_ConvGemm, register=False):
         w = np.asarray(layer.consts[1], np.float32)
         m = w.shape[0]
         bias = layer.consts.get(2)
-        return {"w": cls._pack(w.reshape(m, -1)), "epi": encode(layer, m, extended=True),
+        return {"w": cls._pack(w.reshape(m, -1)), "epi": encode(layer, m, extended=True, post_affine=cls.post_affine),
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
     @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
+    def _args(cls, layer, state, args, outs):
+        """The kernel's arguments before ``num_threads``."""
         bias = state["bias"]
         if bias is None and len(args) > 2 and args[2] is not None:
             bias = np.ascontiguousarray(args[2], np.float32)
         residual = args[3] if layer.attrs.get("residual") else None
         epi = state["epi"]
-        cls._conv(args[0], state["w"], bias, residual, outs[0], epi.code, epi.p0, epi.p1, epi.slope,
-                  num_threads)
+        return args[0], state["w"], bias, residual, outs[0], epi.code, epi.p0, epi.p1, epi.slope
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        cls._conv(*cls._args(layer, state, args, outs), num_threads, post=state["epi"].post)
 
 
 class NchwGemm1x1Avx512(_Gemm512):
@@ -72,12 +76,13 @@ class NchwGemm1x1Avx512(_Gemm512):
         return np.ascontiguousarray(w)
 
     @staticmethod
-    def _conv(*args):
+    def _conv(*args, post=None):
         _kernels().conv1x1_nchw(*args)
 
 
 class NhwcGemm1x1Avx512(_Gemm512):
     layout = NHWC
+    post_affine = True
 
     @staticmethod
     def _pack(w):
@@ -85,17 +90,12 @@ class NhwcGemm1x1Avx512(_Gemm512):
         return _kernels().pack_b(np.ascontiguousarray(w), trans_b=True)
 
     @staticmethod
-    def _conv(*args):
-        _kernels().conv1x1_nhwc(*args)
+    def _conv(*args, post=None):
+        _kernels().conv1x1_nhwc(*args, post=post)
 
     @classmethod
     def bind(cls, layer, state, args, outs):
-        bias = state["bias"]
-        if bias is None and len(args) > 2 and args[2] is not None:
-            bias = np.ascontiguousarray(args[2], np.float32)
-        epi = state["epi"]
-        return _kernels().Conv1x1Nhwc(args[0], state["w"], bias, args[3] if layer.attrs.get("residual") else None,
-                                      outs[0], epi.code, epi.p0, epi.p1, epi.slope)
+        return _kernels().Conv1x1Nhwc(*cls._args(layer, state, args, outs), post=state["epi"].post)
 
 
 class _Im2col512(_ConvGemm, register=False):
@@ -120,7 +120,8 @@ class _Im2col512(_ConvGemm, register=False):
         w = np.asarray(layer.consts[1], np.float32)
         m = w.shape[0]
         bias = layer.consts.get(2)
-        return {"w": cls._pack(w), "epi": encode(layer, m, extended=True), "geometry": geometry(layer),
+        return {"w": cls._pack(w), "epi": encode(layer, m, extended=True, post_affine=cls.post_affine),
+                "geometry": geometry(layer),
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
     @classmethod
@@ -137,11 +138,13 @@ class _Im2col512(_ConvGemm, register=False):
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        _kernels().conv_im2col(*cls._args(layer, state, args, outs), num_threads, cls.implicit)
+        _kernels().conv_im2col(*cls._args(layer, state, args, outs), num_threads, cls.implicit,
+                               post=state["epi"].post)
 
     @classmethod
     def bind(cls, layer, state, args, outs):
-        return _kernels().ConvIm2col(*cls._args(layer, state, args, outs), implicit=cls.implicit)
+        return _kernels().ConvIm2col(*cls._args(layer, state, args, outs), implicit=cls.implicit,
+                                     post=state["epi"].post)
 
 
 class NchwIm2colAvx512(_Im2col512):
@@ -154,6 +157,7 @@ class NchwIm2colAvx512(_Im2col512):
 
 class NhwcIm2colAvx512(_Im2col512):
     layout = NHWC
+    post_affine = True
 
     @staticmethod
     def _pack(w):

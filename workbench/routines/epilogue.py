@@ -1,4 +1,4 @@
-"""Encode a layer's fused epilogue (bias, residual, activation) for the Cython kernels.
+"""Encode a layer's fused epilogue (bias, residual, activation, post-activation affine) for the Cython kernels.
 
 Codes match ``kernels_pyx/_epilogue.pxd`` (0-8, every kernel) and ``kernels_pyx/eltwise.pyx``
 (9-11, SiLU and GELU: the elementwise and convolution kernels, through ``act_run`` of
@@ -16,22 +16,41 @@ EXTENDED = {"Silu": 9, "Gelu": 10, "GeluTanh": 11}
 
 
 class Epilogue:
-    """``code, p0, p1`` and an optional per-channel ``slope`` (float32, C elements)."""
+    """``code, p0, p1``, an optional per-channel ``slope`` (float32, C elements) and an optional
+    ``post`` affine after the activation, ``(scale, shift)`` (float32, C elements each)."""
 
-    __slots__ = ("code", "p0", "p1", "slope")
+    __slots__ = ("code", "p0", "p1", "slope", "post")
 
-    def __init__(self, code=0, p0=0.0, p1=0.0, slope=None):
-        self.code, self.p0, self.p1, self.slope = code, float(p0), float(p1), slope
+    def __init__(self, code=0, p0=0.0, p1=0.0, slope=None, post=None):
+        self.code, self.p0, self.p1, self.slope, self.post = code, float(p0), float(p1), slope, post
 
     def __repr__(self):
         return f"Epilogue(code={self.code}, p0={self.p0}, p1={self.p1}, slope={None if self.slope is None else self.slope.shape})"
 
 
-def encode(layer, channels, channel_axis=1, rank=4, extended=False):
+#: Codes after which a kernel's register epilogue can apply a post-activation affine (our
+#: AVX-512 GEMM's: ReLU, clip, leaky ReLU, hard sigmoid, hard swish).
+POST_AFFINE_CODES = (1, 2, 3, 4, 5)
+
+
+def encode(layer, channels, channel_axis=1, rank=4, extended=False, post_affine=False):
     """The :class:`Epilogue` of ``layer`` whose output has ``channels`` channels, or None.
 
     ``extended``: the caller's kernel also knows :data:`EXTENDED` (eltwise.pyx does).
+    ``post_affine``: the caller's kernel applies a ``post_affine`` (``passes/fuse_post_affine.py``)
+    after an activation of :data:`POST_AFFINE_CODES`; without it such a layer gets None.
     """
+    post = layer.attrs.get("post_affine")
+    ep = _encode(layer, channels, channel_axis, rank, extended)
+    if post is None or ep is None:
+        return ep
+    if not post_affine or ep.code not in POST_AFFINE_CODES:
+        return None
+    ep.post = (post["scale"], post["shift"])
+    return ep
+
+
+def _encode(layer, channels, channel_axis, rank, extended):
     act = layer.attrs.get("activation")
     p = layer.attrs.get("activation_params", {})
     if extended and act in ("Silu", "Gelu"):

@@ -121,6 +121,8 @@ def op_models():
     ms["Concat"] = _model([helper.make_node("Concat", ["x", "z"], ["y"], axis=1)], [("x", X_SHAPE)],
                           [_init("z", [1, 3, 10, 12], 1.0)])
     ms["Relu"] = _model([helper.make_node("Relu", ["x"], ["y"])], [("x", X_SHAPE)])
+    ms["LayerNormalization"] = _model([helper.make_node("LayerNormalization", ["x", "g", "h"], ["y"], axis=-1)],
+                                      [("x", X_SHAPE)], [_init("g", X_SHAPE[-1:]), _init("h", X_SHAPE[-1:], 0.1)])
     ms["LeakyRelu"] = _model([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)], [("x", X_SHAPE)])
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "s")
     for mode in ("nearest", "linear"):

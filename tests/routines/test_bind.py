@@ -46,6 +46,10 @@ def _graphs():
     consts.append(("shape", np.array([6, 7], np.int64)))
     model = make_model(nodes, [("x", [1, 6, 20])], [("y", None)], consts)
     yield "matmul_gemm", workbench.load(model.SerializeToString())
+    consts = [("g", rng.standard_normal(20).astype(np.float32)), ("h", rng.standard_normal(20).astype(np.float32))]
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "h"], ["y"], axis=-1, epsilon=1e-5)]
+    model = make_model(nodes, [("x", [1, 6, 20])], [("y", None)], consts)
+    yield "layernorm", workbench.load(model.SerializeToString())
 
 
 GRAPHS = dict(_graphs())

@@ -8,6 +8,28 @@ cdef extern from *:
     #define WB_POOL_IMPL
     """
 
+cdef extern from *:
+    """
+    #if defined(__x86_64__) || defined(__i386__)
+    #include <xmmintrin.h>
+    #define WB_FP_MODES 1
+    /* MXCSR's flush-to-zero (results) and denormals-are-zero (inputs) bits. */
+    #define WB_FTZ_DAZ 0x8040u
+    static int wb_get_flush(void) { return (_mm_getcsr() & WB_FTZ_DAZ) == WB_FTZ_DAZ; }
+    static void wb_set_flush(int on) {
+        unsigned int c = _mm_getcsr();
+        _mm_setcsr(on ? (c | WB_FTZ_DAZ) : (c & ~WB_FTZ_DAZ));
+    }
+    #else
+    #define WB_FP_MODES 0
+    static int wb_get_flush(void) { return 0; }
+    static void wb_set_flush(int on) { (void)on; }
+    #endif
+    """
+    int WB_FP_MODES
+    int wb_get_flush() nogil
+    void wb_set_flush(int on) nogil
+
 cdef extern from "wb_pool.h" nogil:
     ctypedef void (*wb_chunk_fn)(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil
     void wb_pool_run_impl(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt)
@@ -39,6 +61,18 @@ def set_spin_ns(long ns):
     global wb_pool_spin_ns
     old = wb_pool_spin_ns
     wb_pool_spin_ns = ns
+    return old
+
+
+#: True where :func:`set_flush_denormals` can change anything (x86).
+flush_available = bool(WB_FP_MODES)
+
+
+def set_flush_denormals(bint on):
+    """Flush denormal floats to zero, as inputs and as results, in the calling thread (and in the
+    pool workers while they run its kernels); returns the previous setting."""
+    old = bool(wb_get_flush())
+    wb_set_flush(on)
     return old
 
 

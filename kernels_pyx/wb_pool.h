@@ -16,6 +16,11 @@
  * turns with the caller until the balancer moves it (unless WB_POOL_PIN=0).  One caller at a time uses the workers; another thread calling
  * meanwhile (or a chunk calling back in) runs its chunks itself.
  *
+ * A job carries its caller's floating-point mode (x86's MXCSR: rounding, and whether denormals
+ * are flushed to zero), and a worker takes it on before running the job's chunks: every thread
+ * of a kernel computes as the caller asked (the executor flushes denormals for the span of a
+ * run, workbench/denormals.py).
+ *
  * The implementation is compiled into workbench._kernels._pool only (WB_POOL_IMPL); the other
  * modules include this header for wb_pool_run, which calls that module's function through a
  * capsule fetched once at their import (wb_pool_import), so that all of them share one set of
@@ -47,8 +52,12 @@ typedef void (*wb_run_fn)(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt);
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define WB_PAUSE() _mm_pause()
+#define WB_GETCSR() (_mm_getcsr() & 0xffc0u)   /* the control bits, not the sticky exception flags */
+#define WB_SETCSR(v) _mm_setcsr(v)
 #else
 #define WB_PAUSE() ((void)0)
+#define WB_GETCSR() 0u
+#define WB_SETCSR(v) ((void)(v))
 #endif
 
 #define WB_POOL_MAX 64
@@ -68,6 +77,7 @@ static struct {
     void* ctx;
     Py_ssize_t n;
     int nt;
+    unsigned int csr;                     /* the caller's floating-point mode */
     wb_range range[WB_POOL_MAX];
     pthread_mutex_t lock;                 /* held by the one caller using the workers */
     pthread_mutex_t grow;
@@ -148,6 +158,7 @@ static void* wb__worker(void* arg) {
         sched_setaffinity(0, sizeof(one), &one);
     }
     uint32_t seen = atomic_load(&wb_pool.gen) & ~1u;
+    unsigned int csr = WB_GETCSR();
     for (;;) {
         uint32_t g = atomic_load_explicit(&wb_pool.gen, memory_order_acquire);
         if (g == seen || (g & 1u)) {
@@ -168,6 +179,7 @@ static void* wb__worker(void* arg) {
         wb_chunk_fn fn = wb_pool.fn;
         void* ctx = wb_pool.ctx;
         int nt = wb_pool.nt;
+        unsigned int job_csr = wb_pool.csr;
         Py_ssize_t ends[WB_POOL_MAX];
         for (int r = 0; r < nt && r < WB_POOL_MAX; r++)
             ends[r] = wb_pool.range[r].end;
@@ -175,8 +187,11 @@ static void* wb__worker(void* arg) {
         if (atomic_load_explicit(&wb_pool.gen, memory_order_relaxed) != g)
             continue;   /* rewritten meanwhile: read the newer job */
         seen = g;
-        if (slot < nt)
+        if (slot < nt) {
+            if (job_csr != csr)
+                WB_SETCSR(csr = job_csr);
             wb__work(g, fn, ctx, nt, ends, slot);
+        }
     }
     return NULL;
 }
@@ -224,6 +239,7 @@ static void wb_pool_run_impl(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt) {
             wb_pool.fn = fn;
             wb_pool.ctx = ctx;
             wb_pool.nt = nt;
+            wb_pool.csr = WB_GETCSR();
             for (int r = 0; r < nt; r++) {
                 Py_ssize_t b = n * r / nt;
                 ends[r] = wb_pool.range[r].end = n * (r + 1) / nt;

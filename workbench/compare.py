@@ -57,7 +57,8 @@ def compare(session, runs=10, families=True, greedy=True, onnxruntime=True, warm
     found = [engines.ours(session, feeds)]
     reference = next(iter(tuned.run(feeds).values()))
     for name, plan in plans.items():
-        model = CompiledModel(session.graph, plan.choice, num_threads=session.num_threads, io_format=session.io_format)
+        model = CompiledModel(session.graph, plan.choice, num_threads=session.num_threads, io_format=session.io_format,
+                              flush_denormals=session.flush_denormals)
         found.append(engines.Engine(name, (lambda m: lambda: m.run(feeds))(model), None))
         result.error[name] = relative_error(next(iter(model.run(feeds).values())), reference)
     ort_model = None

@@ -28,6 +28,7 @@ from .execute import check_inputs, io_layout
 from .governor import ThreadGovernor
 from .graph import NCHW
 from .memory import Value, plan_memory
+from .denormals import flushed
 from .pinning import caller_pinned
 
 
@@ -92,11 +93,15 @@ class CompiledModel:
         Let a :class:`~workbench.governor.ThreadGovernor` run with one thread fewer while the
         run times say another process holds a core (default True; :meth:`run` only, never
         :meth:`run_timed`).
+    flush_denormals : bool
+        Flush denormal floats to zero while the model runs (default True; see
+        :mod:`workbench.denormals`): the profiler times routines that way too.
     """
 
     def __init__(self, graph, assignment, num_threads=None, io_format=NCHW, max_concurrency=None,
-                 adaptive_threads=True):
+                 adaptive_threads=True, flush_denormals=True):
         self.graph = graph
+        self.flush_denormals = bool(flush_denormals)
         self.num_threads = int(num_threads or default_threads())
         self.governor = ThreadGovernor(self.num_threads) if adaptive_threads and self.num_threads > 1 else None
         self.max_concurrency = int(max_concurrency or max(1, default_threads() // self.num_threads))
@@ -299,7 +304,7 @@ class CompiledModel:
         arrays = check_inputs(self.graph, feeds, self.io_format)
         gov = self.governor
         threads = gov.choose() if gov is not None else self.num_threads
-        with self._executor() as ex, SerialBlas(), caller_pinned(threads):
+        with self._executor() as ex, SerialBlas(), caller_pinned(threads), flushed(self.flush_denormals):
             ex.threads = threads
             t0 = time.perf_counter()
             self._load(ex, arrays)
@@ -327,7 +332,7 @@ class CompiledModel:
         are those of the executor that ran, in :attr:`steps`' order."""
         arrays = check_inputs(self.graph, feeds, self.io_format)
         times = []
-        with self._executor() as ex, SerialBlas(), caller_pinned(self.num_threads):
+        with self._executor() as ex, SerialBlas(), caller_pinned(self.num_threads), flushed(self.flush_denormals):
             ex.threads = self.num_threads
             self._load(ex, arrays)
             origin = time.perf_counter()

@@ -14,6 +14,7 @@ import numpy as np
 from .adapt import physical_shape
 from .blas import blas_limit
 from .compiled import default_threads
+from .denormals import flushed
 from .pinning import caller_pinned
 
 
@@ -151,7 +152,7 @@ def layer_arrays(graph, layer, routine, seed=0):
 
 #: How :func:`time_routine` measures; part of the profile database's machine fingerprint, so
 #: that records taken another way are not mixed in.
-METHOD = "cold-weights-interleaved-2ms/7"
+METHOD = "cold-weights-interleaved-2ms-ftz/8"
 
 
 def _arrays_in(obj, found):
@@ -209,7 +210,9 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
         run = ((lambda c=call: c(threads)) if call is not None
                else (lambda r=routine, st=state, a=args, o=outs: r.run(layer, st, a, o, threads)))
         runs.append((i, run, state, outs))
-    with blas_limit(1), caller_pinned(threads):   # as the executor runs (workbench.blas, .pinning)
+    # As the executor runs: one BLAS thread, the caller pinned, denormals flushed (workbench.blas,
+    # .pinning, .denormals).
+    with blas_limit(1), caller_pinned(threads), flushed():
         for _ in range(warmup):
             for _, run, _, _ in runs:
                 run()

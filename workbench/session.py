@@ -62,15 +62,19 @@ class Session:
         on an executor of its own (its own buffers and prepared weights, created when first
         needed and then reused); beyond ``max_concurrency`` callers wait their turn.  Tuning,
         pinning and retuning are not thread-safe; do them from one thread.
+    flush_denormals : bool
+        Flush denormal floats to zero while the model runs (default True, as OpenVINO does; see
+        :mod:`workbench.denormals`).  Profiling always flushes them.
     """
 
-    def __init__(self, graph, num_threads=None, db=None, io_format=NCHW, max_concurrency=None):
+    def __init__(self, graph, num_threads=None, db=None, io_format=NCHW, max_concurrency=None, flush_denormals=True):
         if io_format not in (NCHW, NHWC):
             raise WorkbenchError(f"io_format must be {NCHW!r} or {NHWC!r}, got {io_format!r}")
         self.graph = graph
         self.num_threads = int(num_threads or default_threads())
         self.io_format = io_format
         self.max_concurrency = max_concurrency
+        self.flush_denormals = bool(flush_denormals)
         self._db = db
         self.profiled = None        # Profile
         self.filters = []           # filter strings
@@ -91,15 +95,16 @@ class Session:
 
     @classmethod
     def from_onnx(cls, source, num_threads=None, db=None, batch=None, resolution=None, shapes=None, io_format=NCHW,
-                  fuse=True):
+                  fuse=True, **options):
         """Import ``source`` (path, bytes or ModelProto), with the fusion passes unless ``fuse``
-        is False (every ONNX node its own layer, constants still folded); see :func:`workbench.load`."""
+        is False (every ONNX node its own layer, constants still folded); see :func:`workbench.load`.
+        ``options`` go to the constructor (``max_concurrency``, ``flush_denormals``)."""
         from .onnx_import import import_onnx
         from .passes import optimize
         graph = import_onnx(source, batch=batch, resolution=resolution, shapes=shapes)
         if fuse:
             optimize(graph)
-        return cls(graph, num_threads=num_threads, db=db, io_format=io_format)
+        return cls(graph, num_threads=num_threads, db=db, io_format=io_format, **options)
 
     # -- the pieces --------------------------------------------------------------------------
     @property
@@ -309,7 +314,8 @@ class Session:
         with self._compile_lock:   # concurrent first runs compile (and prepare) once
             if self._compiled is None:
                 self._compiled = CompiledModel(self.graph, self.assignment, num_threads=self.num_threads,
-                                               io_format=self.io_format, max_concurrency=self.max_concurrency)
+                                               io_format=self.io_format, max_concurrency=self.max_concurrency,
+                                               flush_denormals=self.flush_denormals)
             return self._compiled
 
     def run(self, inputs):

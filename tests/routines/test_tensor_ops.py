@@ -246,3 +246,51 @@ def test_zoo_non_conv_layers_run_on_fast_routines(name):
         for out, r in ref.items():
             err = float(np.abs(ours[out].astype(np.float64) - r).max()) / max(float(np.abs(r).max()), 1e-6)
             assert err <= 1e-4, (name, layout, out, err)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.float16])
+@pytest.mark.parametrize("grain", [1, 1 << 30])
+def test_interleave_concat_and_split_against_numpy(dtype, grain):
+    from workbench._kernels import tensor_ops as k
+    rng = np.random.default_rng(7)
+    rows, widths = 333, [16, 1, 70, 5]   # 70 float32 is over the 256-byte inline copy
+    parts = [(rng.standard_normal((rows, w)) * 100).astype(dtype) for w in widths]
+    old = k.set_grain(grain)
+    try:
+        whole = k.interleave(parts, np.empty((rows, sum(widths)), dtype), rows, widths, False, 2)
+        np.testing.assert_array_equal(whole, np.concatenate(parts, axis=1))
+        back = [np.empty_like(p) for p in parts]
+        k.interleave(back, whole, rows, widths, True, 2)
+        for a, b in zip(parts, back):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        k.set_grain(old)
+
+
+def test_interleave_refuses_bad_arguments():
+    from workbench._kernels import tensor_ops as k
+    a, b = np.zeros((4, 2), np.float32), np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="expected 4 rows of 5"):
+        k.interleave([a, b], np.zeros(19, np.float32), 4, [2, 3])
+    with pytest.raises(ValueError, match="part 1 has 12 elements"):
+        k.interleave([a, b], np.zeros(28, np.float32), 4, [2, 5])
+    with pytest.raises(TypeError, match="part 0 must be float64"):
+        k.interleave([a], np.zeros(8, np.float64), 4, [2])
+    with pytest.raises(ValueError, match="2 parts and 1 widths"):
+        k.interleave([a, b], np.zeros(20, np.float32), 4, [2])
+    a.setflags(write=False)
+    with pytest.raises(ValueError, match="part 0 is read-only"):
+        k.interleave([a], np.zeros(8, np.float32), 4, [2], split=True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op", ["Concat", "Split"])
+def test_channel_concat_and_split_of_many_pixels(layout, op):
+    # An NHWC channel concat of 40x40 pixels takes the interleaved path (rows of 48 channels).
+    if op == "Concat":
+        g = _load([helper.make_node("Concat", ["a", "b", "c"], ["y"], axis=1)],
+                  [("a", [1, 16, 40, 40]), ("b", [1, 24, 40, 40]), ("c", [1, 8, 40, 40])])
+    else:
+        g = _load([helper.make_node("Split", ["x", "s"], ["a", "b", "c"], axis=1)], [("x", [1, 48, 40, 40])],
+                  [("s", np.array([16, 24, 8], np.int64))], outputs=["a", "b", "c"])
+    assert_routine_matches(g, f"cpu:float32:{layout}/copy")

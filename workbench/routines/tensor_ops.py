@@ -46,6 +46,9 @@ class _Blocks(Routine, register=False):
     op = ("Concat", "Split")
     algo = "copy"
     priority = 10
+    # Rows of the whole up to this many elements are filled from every part in one pass
+    # (``interleave``); longer ones are copied part by part (``copy_blocks``).
+    SHORT_ROW = 4096
 
     @classmethod
     def applies(cls, layer, specs):
@@ -67,6 +70,10 @@ class _Blocks(Routine, register=False):
         outer = int(np.prod(whole.shape[:axis], dtype=np.int64))
         inner = int(np.prod(whole.shape[axis + 1:], dtype=np.int64))
         ld, offset = whole.shape[axis] * inner, 0
+        if ld <= cls.SHORT_ROW and outer >= 64 and len(parts) <= 64:
+            kernels("tensor_ops").interleave(parts, whole, outer, [p.shape[axis] * inner for p in parts],
+                                             layer.op == "Split", num_threads)
+            return
         for part in parts:
             width = part.shape[axis] * inner
             if layer.op == "Concat":

@@ -167,6 +167,47 @@ static inline void wb512_micro4(ptrdiff_t kcb, const float* pa, const float* pb,
     }
     WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3)
 }
+/* One row of A (a vector, read in place) times a panel: a classifier's GEMV (m = 1), where the
+ * 12-row kernel spent 24 FMAs a k on one live row.  Four k steps in flight on 8 accumulators, so
+ * the loop waits on loads, not on one FMA chain; pf: the next panel, fetched ahead as weights
+ * stream from memory. */
+static inline void wb512_micro1(ptrdiff_t kcb, const float* a, const float* pb, float* c, int nr, int load,
+                                const float* pf) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0, v;
+    ptrdiff_t kk = 0;
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
+    for (; kk + 4 <= kcb; kk += 4, pb += 4 * WB512_NR, pf += 4 * WB512_NR) {
+        _mm_prefetch((const char*)pf, _MM_HINT_T1);
+        _mm_prefetch((const char*)(pf + 32), _MM_HINT_T1);
+        _mm_prefetch((const char*)(pf + 64), _MM_HINT_T1);
+        _mm_prefetch((const char*)(pf + 96), _MM_HINT_T1);
+        v = _mm512_set1_ps(a[kk]);
+        s0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb), s0);
+        s1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb + 16), s1);
+        v = _mm512_set1_ps(a[kk + 1]);
+        s2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb + 32), s2);
+        s3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb + 48), s3);
+        v = _mm512_set1_ps(a[kk + 2]);
+        s4 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb + 64), s4);
+        s5 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb + 80), s5);
+        v = _mm512_set1_ps(a[kk + 3]);
+        s6 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb + 96), s6);
+        s7 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb + 112), s7);
+    }
+    for (; kk < kcb; kk++, pb += WB512_NR) {
+        v = _mm512_set1_ps(a[kk]);
+        s0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb), s0);
+        s1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(pb + 16), s1);
+    }
+    s0 = _mm512_add_ps(_mm512_add_ps(s0, s2), _mm512_add_ps(s4, s6));
+    s1 = _mm512_add_ps(_mm512_add_ps(s1, s3), _mm512_add_ps(s5, s7));
+    if (load) {
+        s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(m0, c));
+        s1 = _mm512_add_ps(s1, _mm512_maskz_loadu_ps(m1, c + 16));
+    }
+    _mm512_mask_storeu_ps(c, m0, s0);
+    _mm512_mask_storeu_ps(c + 16, m1, s1);
+}
 /* The 12x32 product reading A straight from its rows (row i at a + i * lda), unpacked: for A
  * that is an activation (NHWC pixels x channels, im2col columns) packing it cost a pass over it
  * per column tile, as much as a quarter of the FMAs' time when n is 64-128.  Four row bases
@@ -340,6 +381,20 @@ static inline void wb512_micro4(ptrdiff_t kcb, const float* pa, const float* pb,
 }
 #endif
 
+#if !WB512_NATIVE
+static inline void wb512_micro1(ptrdiff_t kcb, const float* a, const float* pb, float* c, int nr, int load,
+                                const float* pf) {
+    float acc[WB512_NR];
+    ptrdiff_t kk;
+    int j;
+    (void)pf;
+    memset(acc, 0, sizeof(acc));
+    for (kk = 0; kk < kcb; kk++)
+        for (j = 0; j < WB512_NR; j++) acc[j] += a[kk] * pb[kk * WB512_NR + j];
+    for (j = 0; j < nr; j++) c[j] = (load ? c[j] : 0.0f) + acc[j];
+}
+#endif
+
 /* The micro-kernel without prefetching ahead (the panel itself is the prefetch target). */
 static inline void wb512_micro(ptrdiff_t kcb, const float* pa, const float* pb, float* c, ptrdiff_t ldc,
                                int mr, int nr, int load) {
@@ -368,7 +423,7 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
             int load = accumulate || kb > 0, tail = (int)(mcb - full);
             const wb512_epi* last = kb + kcb >= k ? ep : NULL;
             const float* ab = a + ic * lda + kb;
-            if (tail) wb512_pack_a(tail, kcb, ab + full * lda, lda, abuf);
+            if (tail > 1) wb512_pack_a(tail, kcb, ab + full * lda, lda, abuf);
             for (jp = j0 / WB512_NR; jp * WB512_NR < j1; jp++) {
                 const float* panel = pb + kb * npad + jp * kcb * WB512_NR;
                 ptrdiff_t col = jp * WB512_NR, nr = j1 - col < WB512_NR ? j1 - col : WB512_NR;
@@ -383,7 +438,9 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
                     (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, ab + ir * lda, lda, panel, cc + ir * ldc,
                                                                     ldc, (int)nr, load, ir == 0 ? next : panel,
                                                                     last, ic + ir, col, kcb, kcb, 0);
-                if (tail && tail <= 4 && full > 0)
+                if (tail == 1)   /* a row read in place */
+                    wb512_micro1(kcb, ab + full * lda, panel, cc + full * ldc, (int)nr, load, full == 0 ? next : panel);
+                else if (tail && tail <= 4 && full > 0)
                     wb512_micro4(kcb, abuf, panel, cc + full * ldc, ldc, tail, (int)nr, load);
                 else if (tail)
                     wb512_micro_pf(kcb, abuf, panel, cc + full * ldc, ldc, tail, (int)nr, load,

@@ -40,14 +40,16 @@ def test_sgemm_matches_numpy(m, n, k, trans_b, accumulate, threads, seed):
     assert _rel_err(c, want) < 1e-5
 
 
-@pytest.mark.parametrize("m", [13, 15, 16, 49, 145, 148, 292])
+@pytest.mark.parametrize("m", [1, 13, 15, 16, 25, 49, 145, 148, 292])
+@pytest.mark.parametrize("k", [600, 259])
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_sgemm_tail_strips(m, accumulate, threads):
-    """Row counts that end in a strip of 1 to 4 rows (the 4-row tail kernel), with several
-    K blocks (so partial sums are loaded back) and a ragged last column panel."""
+def test_sgemm_tail_strips(m, k, accumulate, threads):
+    """Row counts that end in a strip of 1 (the one-row kernel, a GEMV at m = 1) to 4 rows (the
+    4-row tail kernel), with several K blocks (so partial sums are loaded back; 259 leaves a
+    block of 3, under the one-row kernel's 4-step unroll) and a ragged last column panel."""
     rng = np.random.default_rng(m)
-    k, n = 600, 70
+    n = 70
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     c0 = rng.standard_normal((m, n)).astype(np.float32)

@@ -23,12 +23,12 @@ import numpy as np
 
 from . import adapt, routines
 from .blas import SerialBlas
+from .denormals import flushed
 from .errors import WorkbenchError, where
 from .execute import check_inputs, io_layout
 from .governor import ThreadGovernor
 from .graph import NCHW
 from .memory import Value, plan_memory
-from .denormals import flushed
 from .pinning import caller_pinned
 
 

@@ -6,7 +6,8 @@ ONNX Runtime computes, and a tuned file keeps the prediction."""
 import pytest
 
 from workbench import Session, search, zoo
-from workbench.calibrate import Context, adapt_key, overlay
+from workbench import routines
+from workbench.calibrate import Context, adapt_key, challenger, overlay
 from workbench.check import run_onnxruntime
 from workbench.tuned import load as load_tuned, save as save_tuned
 
@@ -97,3 +98,30 @@ def test_reprofiling_a_layer_drops_its_in_context_costs(tmp_path):
     assert s.context.routine == {} and s.context.ratio == {} and s.context.adapt == {}
     costs, _ = s.costs()
     assert costs == s.costs(in_context=False)[0]
+
+
+def test_challenger_takes_each_layers_cheapest_near_tie_of_the_same_layouts(calibrated):
+    s, _, _ = calibrated
+    costs, choice = s.costs()[0], dict(s.plan.choice)
+
+    def formats(layer, descriptor):
+        r = routines.get(layer.op, descriptor)
+        return r.input_layouts(layer, s.graph.input_specs(layer)), r.output_layouts(layer)
+
+    for margin in (0.0, 0.25, 10.0):
+        other = challenger(s, costs, margin) or choice
+        assert set(other) == set(choice)
+        for layer in s.graph:
+            per, chosen = costs[layer.name], choice[layer.name]
+            fits = [d for d in per if d != chosen and per[d] <= (1 + margin) * per[chosen]
+                    and formats(layer, d) == formats(layer, chosen)]
+            if fits:   # brute force: the cheapest that fits
+                assert per[other[layer.name]] == min(per[d] for d in fits), layer.name
+                assert formats(layer, other[layer.name]) == formats(layer, chosen)
+            else:
+                assert other[layer.name] == chosen, layer.name
+    # The calibrated session timed the first plan's challengers in context too.
+    timed = {}
+    for layer, d in s.context.routine:
+        timed.setdefault(layer, set()).add(d)
+    assert 0 < s.context.challenged <= sum(len(v) >= 2 for v in timed.values())

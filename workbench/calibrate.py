@@ -17,6 +17,13 @@ with these costs in place of the alone ones, the other routines of a timed layer
 in-context ratio (:func:`overlay`); a routine it switches to is timed in context in the next
 round, until the selection returns to a plan already timed or ``rounds`` runs out.  The plan
 is always the selection's optimum on these costs, so the DP table and the plan agree.
+
+A routine the plan did not choose is known in context only through that scaling, and the
+scaling is wrong where the two differ in what the profiler's cold weights hide: a GEMV whose
+weights stream from memory when timed alone runs at the same speed on BLAS and on our SGEMM,
+but inside the model, its weights in the last-level cache, ours is twice as fast.  So after the
+first plan, a challenger plan is timed too (:func:`challenger`): on each layer the best other
+routine with the same layouts whose scaled cost is within ``margin`` of the chosen one's.
 """
 from __future__ import annotations
 
@@ -39,6 +46,7 @@ class Context:
     plans_changed: int = 0   # selections the in-context costs changed
     walls: list = field(default_factory=list)   # each timed plan's median run, seconds
     ratio: dict = field(default_factory=dict)   # layer -> in-context over profiled time
+    challenged: int = 0      # layers whose runner-up routine was timed in context (a challenger plan)
 
     def add(self, routine, adapt, profiled):
         """Take one plan's in-context times; ``profiled`` the profile's ``{layer: {descriptor: s}}``."""
@@ -120,7 +128,33 @@ def overlay(costs, adapt_costs, context):
     return costs, adapt_costs
 
 
-def calibrate(session, feeds=None, rounds=3, runs=5):
+def challenger(session, costs, margin=0.25):
+    """The plan with, on each layer, the cheapest other routine (by ``costs``, the overlaid
+    ``{layer: {descriptor: s}}``) that reads and writes the same layouts as the chosen one (so the
+    adapts stay as they are) and costs at most ``1 + margin`` times it; None where no layer has one."""
+    from . import routines
+    graph, choice = session.graph, dict(session.plan.choice)
+    swapped = dict(choice)
+    for layer in graph:
+        chosen, per = choice.get(layer.name), costs.get(layer.name, {})
+        if chosen not in per:
+            continue
+        specs = graph.input_specs(layer)
+        mine = routines.get(layer.op, chosen)
+        formats = (mine.input_layouts(layer, specs), mine.output_layouts(layer))
+        best = None
+        for d, c in per.items():
+            if d == chosen or c > (1 + margin) * per[chosen] or (best is not None and c >= per[best]):
+                continue
+            r = routines.get(layer.op, d)
+            if (r.input_layouts(layer, specs), r.output_layouts(layer)) == formats:
+                best = d
+        if best is not None:
+            swapped[layer.name] = best
+    return swapped if swapped != choice else None
+
+
+def calibrate(session, feeds=None, rounds=3, runs=5, margin=0.25):
     """Time ``session``'s plan in context and select again (see the module doc); sets
     ``session.context`` and ``session.plan``; returns the :class:`Context`."""
     feeds = feeds if feeds is not None else session.random_inputs()
@@ -134,6 +168,15 @@ def calibrate(session, feeds=None, rounds=3, runs=5):
         ctx.overhead_s = overhead
         ctx.walls.append(wall)
         ctx.rounds += 1
+        if ctx.rounds == 1:
+            other = challenger(session, overlay(profiled, {}, ctx)[0], margin)
+            if other is not None:
+                from .compiled import CompiledModel
+                model = CompiledModel(session.graph, other, num_threads=session.num_threads,
+                                      io_format=session.io_format, flush_denormals=session.flush_denormals)
+                # Its routines' times only: the adapts, overhead and wall stay the plan's own.
+                ctx.add(time_plan(model, feeds, runs=runs)[0], {}, profiled)
+                ctx.challenged = sum(other[k] != v for k, v in seen[0].items())
         session.retune()
         if dict(session.plan.choice) in seen:
             break   # a plan already timed: the selection has settled

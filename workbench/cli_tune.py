@@ -164,8 +164,8 @@ def cmd_tune(args):
         plan = session.tune(in_context=args.in_context)
         if session.context is not None:
             c = session.context
-            print(f"in context: {c.rounds} plan(s) timed, {c.plans_changed} change(s) of plan, "
-                  f"{c.overhead_s * 1e3:.3f} ms per run outside the steps")
+            print(f"in context: {c.rounds} plan(s) timed, {c.challenged} layer(s) timed with their runner-up, "
+                  f"{c.plans_changed} change(s) of plan, {c.overhead_s * 1e3:.3f} ms per run outside the steps")
         for fb in session.fallbacks:
             print(f"note: layer {fb.layer!r}: no {fb.wanted} routine applies; the tuner may use {fb.chosen}")
         rows = session.layer_rows()

@@ -12,13 +12,14 @@ from workbench.governor import ThreadGovernor
 from test_session import assert_close
 
 
-def drive(gov, times_of, runs):
-    """Run ``runs`` scripted runs: ``times_of(i, threads)`` is each run's time; the choices."""
+def drive(gov, times_of, runs, idle_of=lambda i: False):
+    """Run ``runs`` scripted runs: ``times_of(i, threads)`` is each run's time, ``idle_of(i)``
+    whether it came after an idle pause; the choices."""
     chosen = []
     for i in range(runs):
         t = gov.choose()
         chosen.append(t)
-        gov.record(t, times_of(i, t))
+        gov.record(t, times_of(i, t), idle_of(i))
     return chosen
 
 
@@ -60,6 +61,19 @@ def test_fewer_threads_that_do_not_help_back_off():
     gaps = [b - a for a, b in zip(tries, tries[1:])]
     assert all(g2 > g1 for g1, g2 in zip(gaps, gaps[1:]))   # each rejection waits longer
     assert chosen.count(1) <= 3 * len(tries)                 # three runs per try, no more
+
+
+def test_runs_after_idle_are_judged_among_themselves():
+    # A benchmark's rounds: a pause, a lead-in run (after idle, 1.9x slower by itself), a timed
+    # one; then a stretch of first-run-after-idle repeats only.  A quiet machine: no switch.
+    gov = ThreadGovernor(2, window=5)
+    quiet = drive(gov, lambda i, t: 0.019 if i % 2 == 0 or i >= 100 else 0.010, 200, lambda i: i % 2 == 0 or i >= 100)
+    assert quiet == [2] * 200 and gov.switches == 0
+    assert gov.quiet_of == {False: pytest.approx(0.010), True: pytest.approx(0.019)}
+    # Then a busy core: full threads slow down in both kinds of run, one thread does not.
+    loaded = drive(gov, lambda i, t: (0.060 if t == 2 else 0.022) * (1.9 if i % 2 == 0 else 1), 60,
+                   lambda i: i % 2 == 0)
+    assert loaded.index(1) <= 12 and loaded[20:].count(1) >= 30
 
 
 def test_one_thread_has_nothing_to_govern():

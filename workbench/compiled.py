@@ -26,7 +26,7 @@ from .blas import SerialBlas
 from .denormals import flushed
 from .errors import WorkbenchError, where
 from .execute import check_inputs, io_layout
-from .governor import ThreadGovernor
+from .governor import IDLE_GAP_S, ThreadGovernor
 from .graph import NCHW
 from .memory import Value, plan_memory
 from .pinning import caller_pinned
@@ -104,6 +104,7 @@ class CompiledModel:
         self.flush_denormals = bool(flush_denormals)
         self.num_threads = int(num_threads or default_threads())
         self.governor = ThreadGovernor(self.num_threads) if adaptive_threads and self.num_threads > 1 else None
+        self._last_end = float("-inf")   # when the last run ended (the governor's after-idle test)
         self.max_concurrency = int(max_concurrency or max(1, default_threads() // self.num_threads))
         if self.max_concurrency < 1:
             raise WorkbenchError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -308,14 +309,16 @@ class CompiledModel:
             # The governor's time includes moving onto the caller's CPU: under load that wait is
             # where a run with all threads loses most (a single-threaded run is not pinned).
             t0 = time.perf_counter()
+            after_idle = t0 - self._last_end > IDLE_GAP_S
             with SerialBlas(), caller_pinned(threads), flushed(self.flush_denormals):
                 ex.threads = threads
                 self._load(ex, arrays)
                 for step in ex.steps:
                     step.run()
                 out = self._outputs(ex)
+            self._last_end = end = time.perf_counter()
             if gov is not None:
-                gov.record(threads, time.perf_counter() - t0)
+                gov.record(threads, end - t0, after_idle)
             return out
 
     def _load(self, ex, arrays):

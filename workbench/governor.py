@@ -15,12 +15,24 @@ sits above what an idle pause alone costs a run here (up to 1.3-1.5x: caches and
 vCPUs) and below what a busy core costs (2.2-2.7x measured), so that pauses do not count as load.  A rejected try backs off
 (doubling, up to ``max_backoff`` runs) so that a machine that is merely noisy does not pay for
 tries over and over.  Pure logic: :meth:`choose` before a run, :meth:`record` after it.
+
+A run that starts after an idle pause (``after_idle``: the executor passes whether the model sat
+idle for :data:`IDLE_GAP_S` before it) pays for caches and threads the pause left cold, 1.2-1.9x
+a warm run here, by itself.  Such runs are judged only against each other: each kind of run,
+warm and after idle, has its own windows and its own quiet reference.  Judged together, a
+benchmark's first-after-idle runs made the governor try fewer threads on a quiet machine, find
+them no faster, and back off for hundreds of runs, so that the load that came next went
+unanswered.
 """
 from __future__ import annotations
 
 import threading
 from collections import deque
 from statistics import median
+
+
+#: The pause before a run (seconds) from which it counts as a run after idle.
+IDLE_GAP_S = 0.01
 
 
 class ThreadGovernor:
@@ -32,13 +44,20 @@ class ThreadGovernor:
         self.window, self.slow, self.probe_every, self.keep = int(window), float(slow), int(probe_every), float(keep)
         self.backoff, self.max_backoff = int(backoff), int(max_backoff)
         self.current = self.full
-        self.quiet = float("inf")      # the fastest full-thread window median seen
-        self.runs = {n: deque(maxlen=self.window) for n in {self.full, self.reduced}}
+        kinds = (False, True)          # warm runs, runs after an idle pause
+        self.quiet_of = {k: float("inf") for k in kinds}   # the fastest full-thread window median seen
+        self.runs = {(n, k): deque(maxlen=self.window) for n in {self.full, self.reduced} for k in kinds}
         self.loaded_full = None        # the full-thread median that started the current try
+        self.loaded_kind = None        # and the kind of runs it was of
         self.wait = 0                  # runs before another try is allowed
         self.since_probe = 0
         self.switches = 0              # times the choice changed (for reports and tests)
         self._lock = threading.Lock()
+
+    @property
+    def quiet(self):
+        """The quiet reference of warm runs."""
+        return self.quiet_of[False]
 
     @property
     def active(self):
@@ -54,39 +73,42 @@ class ThreadGovernor:
                     return self.full   # a probe: are the cores free again?
             return self.current
 
-    def record(self, threads, seconds):
-        """Take the time of a run made with ``threads``."""
-        if not self.active or threads not in self.runs:
+    def record(self, threads, seconds, after_idle=False):
+        """Take the time of a run made with ``threads`` (``after_idle``: it began after an idle
+        pause; see the module doc)."""
+        kind = bool(after_idle)
+        if not self.active or (threads, kind) not in self.runs:
             return
         with self._lock:
-            runs = self.runs[threads]
-            runs.append(float(seconds))
-            full = self.runs[self.full]
+            self.runs[threads, kind].append(float(seconds))
+            full = self.runs[self.full, kind]
             if threads == self.full and len(full) == self.window:
-                self.quiet = min(self.quiet, median(full))
+                self.quiet_of[kind] = min(self.quiet_of[kind], median(full))
             if self.current == self.full:
                 self.wait = max(0, self.wait - 1)
-                if (self.wait == 0 and len(full) == self.window and median(full) > self.slow * self.quiet):
-                    self.loaded_full = median(full)
+                if (self.wait == 0 and len(full) == self.window and median(full) > self.slow * self.quiet_of[kind]):
+                    self.loaded_full, self.loaded_kind = median(full), kind
                     self._switch(self.reduced)
                 return
-            reduced = self.runs[self.reduced]
+            reduced = self.runs[self.reduced, kind]
             if threads == self.full:   # a probe
                 if len(reduced) and seconds < 0.9 * median(reduced):
                     self._back_to_full(rejected=False)
                 return
-            if len(reduced) >= 3 and self.loaded_full is not None and median(reduced) >= self.keep * self.loaded_full:
+            if (kind == self.loaded_kind and len(reduced) >= 3 and self.loaded_full is not None
+                    and median(reduced) >= self.keep * self.loaded_full):
                 self._back_to_full(rejected=True)   # fewer threads did not help enough
 
     def _switch(self, threads):
         self.current = threads
-        self.runs[threads].clear()
+        for kind in (False, True):
+            self.runs[threads, kind].clear()
         self.since_probe = 0
         self.switches += 1
 
     def _back_to_full(self, rejected):
         self._switch(self.full)
-        self.loaded_full = None
+        self.loaded_full = self.loaded_kind = None
         if rejected:
             self.wait = self.backoff
             self.backoff = min(self.max_backoff, self.backoff * 2)

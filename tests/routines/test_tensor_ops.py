@@ -294,3 +294,37 @@ def test_channel_concat_and_split_of_many_pixels(layout, op):
         g = _load([helper.make_node("Split", ["x", "s"], ["a", "b", "c"], axis=1)], [("x", [1, 48, 40, 40])],
                   [("s", np.array([16, 24, 8], np.int64))], outputs=["a", "b", "c"])
     assert_routine_matches(g, f"cpu:float32:{layout}/copy")
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.data())
+def test_slice_block_plan_against_numpy(shape, data):
+    # A random unit-step box: where block_plan gives runs, copying them gives x[box]; a box whose
+    # leading axes are single or whole must get a plan.
+    from workbench.routines.tensor_ops import block_plan
+    box = []
+    for size in shape:
+        a = data.draw(st.integers(0, size - 1))
+        box.append(slice(a, data.draw(st.integers(a + 1, size))))
+    x = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    tables = [np.arange(size)[b] for size, b in zip(shape, box)]
+    plan = block_plan(tables, tuple(shape))
+    lens = [len(t) for t in tables]
+    partial = [n != size for n, size in zip(lens, shape)]
+    p = max((a for a, f in enumerate(partial) if f), default=0)
+    q = p
+    while q > 0 and not partial[q - 1]:
+        q -= 1
+    assert (plan is not None) == all(lens[a] == 1 for a in range(q))
+    if plan is not None:
+        outer, width, ld, offset = plan
+        flat = x.reshape(-1)
+        got = np.concatenate([flat[offset + o * ld: offset + o * ld + width] for o in range(outer)])
+        np.testing.assert_array_equal(got, x[tuple(box)].reshape(-1))
+
+
+def test_yolo_head_slice_is_a_block_copy():
+    # YOLOv8's DFL head: (1, 4, 2100)[:, 0:2] and [:, 2:4], one run each.
+    from workbench.routines.tensor_ops import block_plan
+    tables = [np.zeros(1, np.int32), np.zeros(1, np.int32), np.arange(2, 4), np.arange(2100)]
+    assert block_plan(tables, (1, 1, 4, 2100)) == (1, 4200, 8400, 4200)

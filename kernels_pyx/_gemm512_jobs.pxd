@@ -26,9 +26,6 @@ cdef extern from "sgemm_avx512.h" nogil:
         const float* post_scale
         const float* post_shift
     int wb512_epi_handles(int act)
-    void wb512_conv_strips(int ns, const float* const* a, Py_ssize_t lda, Py_ssize_t kg, Py_ssize_t chunk,
-                           Py_ssize_t rowstep, const float* pb, Py_ssize_t n, float* const* c, Py_ssize_t ldc,
-                           const Py_ssize_t* row0, const wb512_epi* ep)
     void wb512_gemm_direct(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
                            const float* pb, float* c, Py_ssize_t ldc, int accumulate, float* abuf,
                            Py_ssize_t j0, Py_ssize_t j1, const wb512_epi* ep)
@@ -307,55 +304,6 @@ cdef inline void im2col_nhwc_pixels(const Geo* g, const float* x, const float* p
             _epilogue(out + q0 * g.m, q1 - q0, g.m, g.m, False, e.bias,
                       e.res + q0 * g.m if e.res != NULL else NULL, g.m, e, e.slope)
         q0 = q1
-
-
-cdef inline bint _implicit_ok(const Geo* g) noexcept nogil:
-    """Whether :c:func:`_implicit_nhwc_row` applies: NHWC group 1 with unit horizontal dilation
-    (a kernel row's taps are then one run of KW * C floats of the input)."""
-    return g.g == 1 and g.dw == 1
-
-
-cdef inline void _implicit_nhwc_row(const Geo* g, const float* x, const float* pw, float* out, const Epi* e,
-                                    float* cols, float* abuf, Py_ssize_t t) noexcept nogil:
-    """Output row ``t`` (image t // OH) of an NHWC convolution by implicit GEMM: runs of 12
-    pixels whose taps all lie inside the input read it in place (:c:func:`wb512_conv_strips`);
-    the others (the padded border) are gathered as by im2col."""
-    cdef Py_ssize_t nn = t // g.oh, oy = t - nn * g.oh, q0 = t * g.ow
-    cdef Py_ssize_t iy0 = oy * g.sh - g.pt, lo = 0, hi = 0, ns = 0, s0, s, nb, ow, a0, a1
-    cdef const float* a[12]
-    cdef float* c[12]
-    cdef Py_ssize_t r0[12]
-    cdef wb512_epi ep
-    cdef bint fused = _fused_epi(&ep, e, e.res, g.m, False, 0)
-    if iy0 >= 0 and iy0 + (g.kh - 1) * g.dh < g.h and g.w - g.kw + g.pl >= 0:
-        lo = (g.pl + g.sw - 1) // g.sw
-        hi = _imin((g.w - g.kw + g.pl) // g.sw + 1, g.ow)
-        if hi > lo:
-            ns = (hi - lo) // 12
-    s0 = 0
-    while s0 < ns:
-        nb = _imin(12, ns - s0)
-        for s in range(nb):
-            ow = lo + (s0 + s) * 12
-            a[s] = x + ((nn * g.h + iy0) * g.w + ow * g.sw - g.pl) * g.c
-            c[s] = out + (q0 + ow) * g.m
-            r0[s] = q0 + ow
-        wb512_conv_strips(<int>nb, a, g.sw * g.c, g.kg, g.kw * g.c, g.dh * g.w * g.c, pw, g.m, c, g.m, r0,
-                          &ep if fused else NULL)
-        s0 += nb
-    # The rest of the row: the pixels before the strips, and after them (the whole row when
-    # its kernel rows reach into the padding).
-    if ns == 0:
-        lo = g.ow
-    for s in range(2):
-        a0 = 0 if s == 0 else lo + ns * 12
-        a1 = lo if s == 0 else g.ow
-        while a0 < a1:
-            _gather_run(g, x, pw, out, e, cols, abuf, q0 + a0, q0 + _imin(a1, a0 + IM2COL_ROWS))
-            a0 += IM2COL_ROWS
-    if not fused:
-        _epilogue(out + q0 * g.m, g.ow, g.m, g.m, False, e.bias, e.res + q0 * g.m if e.res != NULL else NULL,
-                  g.m, e, e.slope)
 
 
 cdef inline void _im2col_nchw_job(const Geo* g, const float* x, const float* w, float* out, const Epi* e,

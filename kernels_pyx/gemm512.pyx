@@ -14,8 +14,9 @@ other core (conv1 -> maxpool of ResNet-50: 0.25 -> 0.16 ms; the whole model 19.7
 Small outputs fall back to (row tile, column tile) jobs on a dynamic schedule
 (``_gemm512_jobs.pxd``).  A is read in place (each thread packs only a last short strip, into its own buffer);
 B is packed once per call (or ahead, for weights) and shared.  The fused epilogue (bias,
-residual, ReLU/clip/leaky) is applied in registers before each block's store; other
-activations run as a pass over each block right after it is written, while it is in cache.
+residual, ReLU/clip/leaky/hard sigmoid/hard swish, and sigmoid/tanh/SiLU/GELU-tanh through
+``wb_vmath512.h``) is applied in registers before each block's store; other activations (PRelu,
+GELU's erf form) run as a pass over each block right after it is written, while it is in cache.
 Shapes are checked in the Python-visible functions before any ``nogil`` code.
 """
 import threading
@@ -25,8 +26,9 @@ cimport numpy as cnp
 from libc.string cimport memcpy
 
 from _gemm512_jobs cimport (IM2COL_PIXELS, IM2COL_ROWS, WB512_NATIVE, WB512_NR, Job, _im2col_nchw_job, _rows,
-                            im2col_nhwc_pixels, _im2col_whole, _implicit_nhwc_row, _implicit_ok, _whole,
+                            im2col_nhwc_pixels, _im2col_whole, _whole,
                             gemm_jobs, pack_b_par, wb512_abuf_floats, wb512_epi_handles, wb512_packed_b_floats)
+from _implicit512 cimport _implicit_ok, implicit_span
 from conv_gemm cimport ACT_RUN_LAST, Epi, Geo, _imin
 from wb_pool cimport wb_pool_import, wb_pool_run
 
@@ -462,25 +464,44 @@ cdef void _im2col_nchw_chunk(void* ctx, Py_ssize_t t, int slot) noexcept nogil:
     _im2col_nchw_job(c.g, c.x, c.w, c.out, c.e, b, b + c.ncols, b + c.ncols + c.npb, t)
 
 
+cdef struct _ImplicitCtx:
+    const Geo* g
+    const float* x
+    const float* w
+    float* out
+    const Epi* e
+    float* buf
+    Py_ssize_t per, span, cparts, cw   # scratch floats a thread; pixels a job; column parts of cw channels
+
+
 cdef void _implicit_chunk(void* ctx, Py_ssize_t t, int slot) noexcept nogil:
-    cdef _ConvCtx* c = <_ConvCtx*> ctx
+    cdef _ImplicitCtx* c = <_ImplicitCtx*> ctx
     cdef float* b = c.buf + slot * c.per
-    _implicit_nhwc_row(c.g, c.x, c.w, c.out, c.e, b, b + c.ncols, t)
+    cdef Py_ssize_t r = t // c.cparts, j0 = (t % c.cparts) * c.cw
+    implicit_span(c.g, c.x, c.w, c.out, c.e, b, b + IM2COL_ROWS * c.g.kg, r * c.span,
+                  _imin((r + 1) * c.span, c.g.n * c.g.p), j0, _imin(j0 + c.cw, c.g.m))
 
 
 cdef _conv_implicit(Geo* g, x, w, out, Epi* e, int nt):
-    """:func:`conv_im2col` with ``implicit``: one job per output row (:c:func:`_implicit_nhwc_row`),
-    contiguous ranges of rows per thread to start with (see the module doc)."""
-    cdef Py_ssize_t per = IM2COL_ROWS * g.kg + wb512_abuf_floats()
+    """:func:`conv_im2col` with ``implicit``: jobs of equal spans of output pixels
+    (:c:func:`implicit_span`), at least 96 each and up to eight a thread, so that a thread held
+    up by another process leaves work to the others; outputs too small for four jobs a thread
+    split their channels too."""
+    cdef Py_ssize_t per = IM2COL_ROWS * g.kg + g.m
     buf = _scratch(per * nt)
-    cdef float* bp = _ptr(buf)
-    cdef const float* xp = _ptr(x)
-    cdef const float* wp = _ptr(w)
-    cdef float* op = _ptr(out)
-    cdef _ConvCtx c
-    c.g, c.x, c.w, c.out, c.e, c.buf, c.per, c.ncols, c.npb = g, xp, wp, op, e, bp, per, IM2COL_ROWS * g.kg, 0
+    cdef Py_ssize_t pixels = g.n * g.p, panels = (g.m + WB512_NR - 1) // WB512_NR
+    cdef Py_ssize_t rparts = max(1, min(8 * nt, pixels // 96)), cparts = 1
+    if rparts < nt:
+        rparts = min(nt, max(1, pixels // 36))
+    if rparts < 4 * nt:
+        cparts = min(panels, (4 * nt + rparts - 1) // rparts)
+    cdef _ImplicitCtx c
+    c.g, c.x, c.w, c.out, c.e, c.buf, c.per = g, _ptr(x), _ptr(w), _ptr(out), e, _ptr(buf), per
+    c.span = (pixels + rparts - 1) // rparts
+    c.cw = (panels + cparts - 1) // cparts * WB512_NR
+    c.cparts = (panels * WB512_NR + c.cw - 1) // c.cw
     with nogil:
-        wb_pool_run(_implicit_chunk, &c, g.n * g.oh, nt)
+        wb_pool_run(_implicit_chunk, &c, ((pixels + c.span - 1) // c.span) * c.cparts, nt)
     return out
 
 

@@ -48,6 +48,20 @@ static inline ptrdiff_t wb512_packed_b_floats(ptrdiff_t k, ptrdiff_t n) {
 /* Floats of the per-thread A packing buffer. */
 static inline ptrdiff_t wb512_abuf_floats(void) { return (ptrdiff_t)WB512_MC * WB512_KC; }
 
+/* Where the 12 rows of a strip live for wb512_micro_da: row 3t + i (i < 3) of A at a[t] + i * lda
+ * (plus the K block's offset), row r of C at c[r] (plus the column), its epilogue row index (the
+ * residual's row) row[r].  A plain matrix: a[t] = a + 3t lda, c[r] = c + r ldc.  An implicit-GEMM
+ * convolution: four triples of output pixels from anywhere in the image, read in place from the
+ * input, and C wherever those pixels are.  runs: A's rows are made of kernel-row runs (see
+ * wb512_conv_strips), else plain rows. */
+typedef struct {
+    const float* a[4];
+    ptrdiff_t lda;
+    float* c[WB512_MR];
+    ptrdiff_t row[WB512_MR];
+    int runs;
+} wb512_strip;
+
 /* Pack panels p0..p1-1 (of WB512_NR columns) of op(B) (k x n); trans_b: B is stored (n, k).
  * Layout: K-block starting at row kb holds its panels at dst + kb * npad + jp * kcb * NR. */
 static inline void wb512_pack_b(ptrdiff_t k, ptrdiff_t n, const float* b, ptrdiff_t ldb, int trans_b,
@@ -110,14 +124,25 @@ static inline void wb512_pack_a(ptrdiff_t mcb, ptrdiff_t kcb, const float* a, pt
         _mm512_mask_storeu_ps(cr, m0, c##i##0); \
         _mm512_mask_storeu_ps(cr + 16, m1, c##i##1); \
     }
-#define WB512_STORE_EPI(i) \
+/* The stores of wb512_micro_da: row i of C at s->c[i], columns from col0. */
+#define WB512_STORE_S(i) \
     { \
-        float* cr = c + (i) * ldc; \
+        float* cr = s->c[i] + col0; \
         if (load) { \
             c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr)); \
             c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, cr + 16)); \
         } \
-        wb512_epi_regs(&c##i##0, &c##i##1, ep, row0 + (i), col0, bv0, bv1, m0, m1); \
+        _mm512_mask_storeu_ps(cr, m0, c##i##0); \
+        _mm512_mask_storeu_ps(cr + 16, m1, c##i##1); \
+    }
+#define WB512_STORE_EPI(i) \
+    { \
+        float* cr = s->c[i] + col0; \
+        if (load) { \
+            c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr)); \
+            c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, cr + 16)); \
+        } \
+        wb512_epi_regs(&c##i##0, &c##i##1, ep, s->row[i], col0, bv0, bv1, m0, m1); \
         _mm512_mask_storeu_ps(cr, m0, c##i##0); \
         _mm512_mask_storeu_ps(cr + 16, m1, c##i##1); \
     }
@@ -215,29 +240,27 @@ static inline void wb512_micro1(ptrdiff_t kcb, const float* a, const float* pb, 
  * made of runs (implicit GEMM: one kernel row of an NHWC convolution's taps): the first run0
  * floats, then runs of chunk floats, each jump floats past the end of the one before; a plain
  * matrix row is one run (run0 = kcb). */
-static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
-                                  ptrdiff_t ldc, int nr, int load, const float* pf, const wb512_epi* ep,
-                                  ptrdiff_t row0, ptrdiff_t col0, ptrdiff_t run0, ptrdiff_t chunk,
-                                  ptrdiff_t jump) {
+static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t aoff, const float* pb,
+                                  ptrdiff_t col0, int nr, int load, const float* pf, const wb512_epi* ep,
+                                  ptrdiff_t run0, ptrdiff_t chunk, ptrdiff_t jump) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00,
            c70 = c00, c71 = c00, c80 = c00, c81 = c00, c90 = c00, c91 = c00,
            c100 = c00, c101 = c00, c110 = c00, c111 = c00;
     __m512 b0, b1, bc;
-    ptrdiff_t kk, l1 = lda, l2 = 2 * lda, left = run0;
-    const float *q0 = a, *q3 = a + 3 * lda, *q6 = a + 6 * lda, *q9 = a + 9 * lda;
-    const int mr = WB512_MR;
+    ptrdiff_t kk, l1 = s->lda, l2 = 2 * s->lda, left = run0;
+    const float *q0 = s->a[0] + aoff, *q3 = s->a[1] + aoff, *q6 = s->a[2] + aoff, *q9 = s->a[3] + aoff;
     __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
     int i;
     /* What the stores will read (C from the previous K block, the residual): fetch it now, so
      * the loads after the k loop do not wait on L2 or memory. */
     for (i = 0; i < WB512_MR; i++) {
         if (load) {
-            _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
-            _mm_prefetch((const char*)(c + i * ldc + 16), _MM_HINT_T0);
+            _mm_prefetch((const char*)(s->c[i] + col0), _MM_HINT_T0);
+            _mm_prefetch((const char*)(s->c[i] + col0 + 16), _MM_HINT_T0);
         }
         if (ep != NULL && ep->res != NULL) {
-            const float* rr = ep->res + (row0 + i) * ep->ld_res + col0;
+            const float* rr = ep->res + s->row[i] * ep->ld_res + col0;
             _mm_prefetch((const char*)rr, _MM_HINT_T0);
             _mm_prefetch((const char*)(rr + 16), _MM_HINT_T0);
         }
@@ -262,8 +285,8 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
         q0 += jump; q3 += jump; q6 += jump; q9 += jump;   /* on to the next run (implicit GEMM) */
     }
     if (ep == NULL) {
-        WB512_STORE(0) WB512_STORE(1) WB512_STORE(2) WB512_STORE(3) WB512_STORE(4) WB512_STORE(5)
-        WB512_STORE(6) WB512_STORE(7) WB512_STORE(8) WB512_STORE(9) WB512_STORE(10) WB512_STORE(11)
+        WB512_STORE_S(0) WB512_STORE_S(1) WB512_STORE_S(2) WB512_STORE_S(3) WB512_STORE_S(4) WB512_STORE_S(5)
+        WB512_STORE_S(6) WB512_STORE_S(7) WB512_STORE_S(8) WB512_STORE_S(9) WB512_STORE_S(10) WB512_STORE_S(11)
     } else {
         __m512 bv0 = _mm512_setzero_ps(), bv1 = bv0;
         if (ep->bias != NULL && !ep->bias_per_row) {
@@ -283,26 +306,25 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, 
     c##i##0 = _mm512_fmadd_ps(bc, b0, c##i##0);
 #define WB512_STORE_H(i) \
     { \
-        float* cr = c + (i) * ldc; \
+        float* cr = s->c[i] + col0; \
         if (load) c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr)); \
-        if (ep != NULL) wb512_epi_regs(&c##i##0, &dummy, ep, row0 + (i), col0, bv0, bv1, m0, 0); \
+        if (ep != NULL) wb512_epi_regs(&c##i##0, &dummy, ep, s->row[i], col0, bv0, bv1, m0, 0); \
         _mm512_mask_storeu_ps(cr, m0, c##i##0); \
     }
-static inline void wb512_micro_da16(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
-                                    ptrdiff_t ldc, int nr, int load, const float* pf, const wb512_epi* ep,
-                                    ptrdiff_t row0, ptrdiff_t col0, ptrdiff_t run0, ptrdiff_t chunk,
-                                    ptrdiff_t jump) {
+static inline void wb512_micro_da16(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t aoff, const float* pb,
+                                    ptrdiff_t col0, int nr, int load, const float* pf, const wb512_epi* ep,
+                                    ptrdiff_t run0, ptrdiff_t chunk, ptrdiff_t jump) {
     __m512 c00 = _mm512_setzero_ps(), c10 = c00, c20 = c00, c30 = c00, c40 = c00, c50 = c00, c60 = c00,
            c70 = c00, c80 = c00, c90 = c00, c100 = c00, c110 = c00;
     __m512 b0, bc, dummy = c00, bv0 = c00, bv1 = c00;
-    ptrdiff_t kk, l1 = lda, l2 = 2 * lda, left = run0;
-    const float *q0 = a, *q3 = a + 3 * lda, *q6 = a + 6 * lda, *q9 = a + 9 * lda;
+    ptrdiff_t kk, l1 = s->lda, l2 = 2 * s->lda, left = run0;
+    const float *q0 = s->a[0] + aoff, *q3 = s->a[1] + aoff, *q6 = s->a[2] + aoff, *q9 = s->a[3] + aoff;
     __mmask16 m0 = wb512_mask_lo(nr);
     int i;
     for (i = 0; i < WB512_MR; i++) {
-        if (load) _mm_prefetch((const char*)(c + i * ldc), _MM_HINT_T0);
+        if (load) _mm_prefetch((const char*)(s->c[i] + col0), _MM_HINT_T0);
         if (ep != NULL && ep->res != NULL)
-            _mm_prefetch((const char*)(ep->res + (row0 + i) * ep->ld_res + col0), _MM_HINT_T0);
+            _mm_prefetch((const char*)(ep->res + s->row[i] * ep->ld_res + col0), _MM_HINT_T0);
     }
     for (kk = 0; kk < kcb; kk += left, left = chunk) {
         const float* end;
@@ -329,6 +351,7 @@ static inline void wb512_micro_da16(ptrdiff_t kcb, const float* a, ptrdiff_t lda
 #undef WB512_STORE_H
 #undef WB512_ROWD
 #undef WB512_STORE_EPI
+#undef WB512_STORE_S
 #undef WB512_ROW
 #undef WB512_STORE
 #else
@@ -348,28 +371,30 @@ static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* p
 #endif
 
 #if !WB512_NATIVE
-static inline void wb512_micro_da(ptrdiff_t kcb, const float* a, ptrdiff_t lda, const float* pb, float* c,
-                                  ptrdiff_t ldc, int nr, int load, const float* pf, const wb512_epi* ep,
-                                  ptrdiff_t row0, ptrdiff_t col0, ptrdiff_t run0, ptrdiff_t chunk,
-                                  ptrdiff_t jump) {
+static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t aoff, const float* pb,
+                                  ptrdiff_t col0, int nr, int load, const float* pf, const wb512_epi* ep,
+                                  ptrdiff_t run0, ptrdiff_t chunk, ptrdiff_t jump) {
     float acc[WB512_MR][WB512_NR];
     ptrdiff_t kk;
     int i, j;
     (void)pf;
     memset(acc, 0, sizeof(acc));
-    ptrdiff_t off = 0, left = run0;
+    ptrdiff_t off = aoff, left = run0;
     for (kk = 0; kk < kcb; kk++) {
         for (i = 0; i < WB512_MR; i++)
-            for (j = 0; j < WB512_NR; j++) acc[i][j] += a[i * lda + off] * pb[kk * WB512_NR + j];
+            for (j = 0; j < WB512_NR; j++)
+                acc[i][j] += s->a[i / 3][(i % 3) * s->lda + off] * pb[kk * WB512_NR + j];
         off++;
         if (--left == 0) {
             off += jump;
             left = chunk;
         }
     }
-    for (i = 0; i < WB512_MR; i++)
-        for (j = 0; j < nr; j++) c[i * ldc + j] = (load ? c[i * ldc + j] : 0.0f) + acc[i][j];
-    if (ep != NULL) wb512_epi_block(c, ldc, WB512_MR, nr, ep, row0, col0);
+    for (i = 0; i < WB512_MR; i++) {
+        float* cr = s->c[i] + col0;
+        for (j = 0; j < nr; j++) cr[j] = (load ? cr[j] : 0.0f) + acc[i][j];
+        if (ep != NULL) wb512_epi_block(cr, 0, 1, nr, ep, s->row[i], col0);
+    }
 }
 #endif
 
@@ -418,6 +443,18 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
     }
     for (ic = 0; ic < m; ic += WB512_MC) {
         ptrdiff_t mcb = m - ic < WB512_MC ? m - ic : WB512_MC, full = mcb / WB512_MR * WB512_MR;
+        wb512_strip st[WB512_MC / WB512_MR];
+        for (ir = 0; ir < full; ir += WB512_MR) {
+            wb512_strip* r = st + ir / WB512_MR;
+            int t;
+            for (t = 0; t < WB512_MR; t++) {
+                if (t < 4) r->a[t] = a + (ic + ir + 3 * t) * lda;
+                r->c[t] = c + (ic + ir + t) * ldc;
+                r->row[t] = ic + ir + t;
+            }
+            r->lda = lda;
+            r->runs = 0;
+        }
         for (kb = 0; kb < k; kb += WB512_KC) {
             ptrdiff_t kcb = k - kb < WB512_KC ? k - kb : WB512_KC;
             int load = accumulate || kb > 0, tail = (int)(mcb - full);
@@ -435,9 +472,9 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
                                     : panel;
                 float* cc = c + ic * ldc + col;
                 for (ir = 0; ir < full; ir += WB512_MR)
-                    (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, ab + ir * lda, lda, panel, cc + ir * ldc,
-                                                                    ldc, (int)nr, load, ir == 0 ? next : panel,
-                                                                    last, ic + ir, col, kcb, kcb, 0);
+                    (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, st + ir / WB512_MR, kb, panel, col,
+                                                                    (int)nr, load, ir == 0 ? next : panel, last,
+                                                                    kcb, kcb, 0);
                 if (tail == 1)   /* a row read in place */
                     wb512_micro1(kcb, ab + full * lda, panel, cc + full * ldc, (int)nr, load, full == 0 ? next : panel);
                 else if (tail && tail <= 4 && full > 0)
@@ -451,15 +488,15 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
     }
 }
 
-/* Implicit-GEMM strips of a group-1 NHWC convolution with unit horizontal dilation: strip s is
- * 12 consecutive output pixels of one output row whose taps are all inside the input, its A read
- * in place: row i of the strip starts at a[s] + i * lda (lda = stride_w * C) and the depth
- * kg = KH * KW * C, ordered (ki, kj, channel) like the packed weights pb, is KH runs of chunk =
- * KW * C floats, rowstep floats apart (dilation_h * W * C).  C rows of strip s at c[s] (ldc),
- * epilogue row index row0[s]; ep NULL: no epilogue.  No im2col buffer, no gather. */
-static inline void wb512_conv_strips(int ns, const float* const* a, ptrdiff_t lda, ptrdiff_t kg,
-                                     ptrdiff_t chunk, ptrdiff_t rowstep, const float* pb, ptrdiff_t n,
-                                     float* const* c, ptrdiff_t ldc, const ptrdiff_t* row0,
+/* Implicit-GEMM strips of a group-1 NHWC convolution with unit horizontal dilation, all
+ * output channels (n, B packed by wb512_pack_b), C's rows NHWC pixels.  A strip with runs reads
+ * its pixels' taps in place: the depth kg = KH * KW * C, ordered (ki, kj, channel) like the packed
+ * weights, is KH runs of chunk = KW * C floats of the input, rowstep floats apart (dilation_h * W *
+ * C), and a[t] points at its first pixel's first tap.  A strip without runs reads rows of kg
+ * gathered floats (the padded border, by im2col).  Columns j0..j1-1 (j0 a multiple of WB512_NR);
+ * ep: the epilogue (NULL: none).  No im2col buffer for the inside of the image, no gather. */
+static inline void wb512_conv_strips(int ns, const wb512_strip* st, ptrdiff_t kg, ptrdiff_t chunk,
+                                     ptrdiff_t rowstep, const float* pb, ptrdiff_t n, ptrdiff_t j0, ptrdiff_t j1,
                                      const wb512_epi* ep) {
     ptrdiff_t npad = wb512_round_up(n, WB512_NR), kb, jp;
     int s;
@@ -467,14 +504,19 @@ static inline void wb512_conv_strips(int ns, const float* const* a, ptrdiff_t ld
         ptrdiff_t kcb = kg - kb < WB512_KC ? kg - kb : WB512_KC;
         ptrdiff_t t = kb % chunk, off = (kb / chunk) * rowstep + t;
         const wb512_epi* last = kb + kcb >= kg ? ep : NULL;
-        for (jp = 0; jp * WB512_NR < n; jp++) {
+        for (jp = j0 / WB512_NR; jp * WB512_NR < j1; jp++) {
             const float* panel = pb + kb * npad + jp * kcb * WB512_NR;
-            ptrdiff_t col = jp * WB512_NR, nr = n - col < WB512_NR ? n - col : WB512_NR;
-            const float* next = (jp + 1) * WB512_NR < n ? panel + kcb * WB512_NR : panel;
-            for (s = 0; s < ns; s++)
-                (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, a[s] + off, lda, panel, c[s] + col, ldc,
-                                                                (int)nr, kb > 0, s == 0 ? next : panel, last,
-                                                                row0[s], col, chunk - t, chunk, rowstep - chunk);
+            ptrdiff_t col = jp * WB512_NR, nr = j1 - col < WB512_NR ? j1 - col : WB512_NR;
+            const float* next = (jp + 1) * WB512_NR < j1 ? panel + kcb * WB512_NR : panel;
+            for (s = 0; s < ns; s++) {
+                const float* pf = s == 0 ? next : panel;
+                if (st[s].runs)
+                    (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, st + s, off, panel, col, (int)nr, kb > 0, pf,
+                                                                    last, chunk - t, chunk, rowstep - chunk);
+                else
+                    (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, st + s, kb, panel, col, (int)nr, kb > 0, pf,
+                                                                    last, kcb, kcb, 0);
+            }
         }
     }
 }

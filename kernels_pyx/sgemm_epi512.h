@@ -1,9 +1,11 @@
 /* The fused epilogue of our AVX-512 SGEMM (sgemm_avx512.h, which includes this after defining
- * WB512_NATIVE): bias, residual and ReLU/clip/leaky on a block of C, in registers before the
+ * WB512_NATIVE): bias, residual and activation on a block of C, in registers before the
  * micro-kernel's store (wb512_epi_regs) or as a pass right after it (wb512_epi_block), and the
  * column masks of a panel of up to 32 columns. */
 #ifndef WB_SGEMM_EPI512_H
 #define WB_SGEMM_EPI512_H
+
+#include "wb_vmath512.h"
 
 #if WB512_NATIVE
 /* Masks of the two 16-column halves of a panel with nr (<= 32) live columns. */
@@ -18,7 +20,8 @@ static inline __mmask16 wb512_mask_hi(int nr) {
  * column, or per row when bias_per_row), a residual of C's
  * layout (leading dimension ld_res), then an activation: 0 none, 1 ReLU, 2 clip to [p0, p1],
  * 3 leaky ReLU with slope p0, 4 hard sigmoid max(0, min(1, p0 * x + p1)), 5 hard swish
- * x * max(0, min(1, x / 6 + 1 / 2)) (the codes of conv_gemm's Epi; wb512_epi_handles says which).
+ * x * max(0, min(1, x / 6 + 1 / 2)), and in AVX-512 builds 6 sigmoid, 8 tanh, 9 SiLU, 11 GELU
+ * (tanh form) (the codes of conv_gemm's Epi; wb512_epi_handles says which).
  * bias and res point at C's row 0 (the caller offsets them), columns are absolute. */
 typedef struct {
     const float* bias;
@@ -33,7 +36,11 @@ typedef struct {
     const float* post_shift;
 } wb512_epi;
 
+#if WB512_NATIVE
+static inline int wb512_epi_handles(int act) { return (act >= 0 && act <= 5) || wbm512_has(act); }
+#else
 static inline int wb512_epi_handles(int act) { return act >= 0 && act <= 5; }
+#endif
 
 #if WB512_NATIVE
 /* Hard sigmoid (act 4) and hard swish (act 5) of v, the same operations in the same order on
@@ -44,6 +51,32 @@ static inline __attribute__((always_inline)) __m512 wb512_hard(__m512 v, int act
     __m512 b = act == 4 ? _mm512_set1_ps(p1) : _mm512_set1_ps(0.5f);
     __m512 t = _mm512_min_ps(one, _mm512_max_ps(zero, _mm512_add_ps(_mm512_mul_ps(v, a), b)));
     return act == 4 ? t : _mm512_mul_ps(v, t);
+}
+#endif
+
+#if WB512_NATIVE
+/* The activation of one row of a block (two registers; m1 == 0: the second is padding, and the
+ * transcendental functions skip it).  MAXPS/MINPS return their second operand when either is
+ * NaN: the value goes second, so NaN propagates as in ONNX Runtime. */
+static inline __attribute__((always_inline)) void wb512_act(__m512* v0, __m512* v1, const wb512_epi* ep,
+                                                            __mmask16 m1) {
+    __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
+    if (ep->act == 1) {
+        *v0 = _mm512_max_ps(zero, *v0);
+        *v1 = _mm512_max_ps(zero, *v1);
+    } else if (ep->act == 2) {
+        *v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, *v0));
+        *v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, *v1));
+    } else if (ep->act == 3) {
+        *v0 = _mm512_mask_mul_ps(*v0, _mm512_cmp_ps_mask(*v0, zero, _CMP_LT_OQ), *v0, lo);
+        *v1 = _mm512_mask_mul_ps(*v1, _mm512_cmp_ps_mask(*v1, zero, _CMP_LT_OQ), *v1, lo);
+    } else if (ep->act == 4 || ep->act == 5) {
+        *v0 = wb512_hard(*v0, ep->act, ep->p0, ep->p1);
+        *v1 = wb512_hard(*v1, ep->act, ep->p0, ep->p1);
+    } else if (ep->act != 0) {
+        *v0 = wbm512_act(ep->act, *v0);
+        if (m1) *v1 = wbm512_act(ep->act, *v1);
+    }
 }
 #endif
 
@@ -65,13 +98,38 @@ static inline __attribute__((always_inline)) void wb512_post(__m512* v0, __m512*
 }
 #endif
 
+#if WB512_NATIVE
+/* The epilogue on one row of a block held in two registers (bv0/bv1: the per-column bias). */
+static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m512* v1, const wb512_epi* ep,
+                                                                 ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
+                                                                 __m512 bv1, __mmask16 m0, __mmask16 m1) {
+    if (ep->bias != NULL) {
+        if (ep->bias_per_row) {
+            __m512 b = _mm512_set1_ps(ep->bias[row]);
+            *v0 = _mm512_add_ps(*v0, b);
+            *v1 = _mm512_add_ps(*v1, b);
+        } else {
+            *v0 = _mm512_add_ps(*v0, bv0);
+            *v1 = _mm512_add_ps(*v1, bv1);
+        }
+    }
+    if (ep->res != NULL) {
+        const float* rr = ep->res + row * ep->ld_res + col0;
+        *v0 = _mm512_add_ps(*v0, _mm512_maskz_loadu_ps(m0, rr));
+        *v1 = _mm512_add_ps(*v1, _mm512_maskz_loadu_ps(m1, rr + 16));
+    }
+    wb512_act(v0, v1, ep, m1);
+    if (ep->post_scale != NULL)
+        wb512_post(v0, v1, ep, row, col0, m0, m1);
+}
+#endif
+
 static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, const wb512_epi* ep,
                                    ptrdiff_t row0, ptrdiff_t col0) {
     int i;
 #if WB512_NATIVE
     __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
-    __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
-    __m512 bv0 = zero, bv1 = zero;
+    __m512 bv0 = _mm512_setzero_ps(), bv1 = bv0;
     if (ep->bias != NULL && !ep->bias_per_row) {
         bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
         bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
@@ -79,38 +137,7 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
     for (i = 0; i < mr; i++) {
         float* cr = c + i * ldc;
         __m512 v0 = _mm512_maskz_loadu_ps(m0, cr), v1 = _mm512_maskz_loadu_ps(m1, cr + 16);
-        if (ep->bias != NULL) {
-            if (ep->bias_per_row) {
-                __m512 b = _mm512_set1_ps(ep->bias[row0 + i]);
-                v0 = _mm512_add_ps(v0, b);
-                v1 = _mm512_add_ps(v1, b);
-            } else {
-                v0 = _mm512_add_ps(v0, bv0);
-                v1 = _mm512_add_ps(v1, bv1);
-            }
-        }
-        if (ep->res != NULL) {
-            const float* rr = ep->res + (row0 + i) * ep->ld_res + col0;
-            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, rr));
-            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, rr + 16));
-        }
-        /* MAXPS/MINPS return their second operand when either is NaN: the value goes second,
-         * so NaN propagates as in ONNX Runtime. */
-        if (ep->act == 1) {
-            v0 = _mm512_max_ps(zero, v0);
-            v1 = _mm512_max_ps(zero, v1);
-        } else if (ep->act == 2) {
-            v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, v0));
-            v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, v1));
-        } else if (ep->act == 3) {
-            v0 = _mm512_mask_mul_ps(v0, _mm512_cmp_ps_mask(v0, zero, _CMP_LT_OQ), v0, lo);
-            v1 = _mm512_mask_mul_ps(v1, _mm512_cmp_ps_mask(v1, zero, _CMP_LT_OQ), v1, lo);
-        } else if (ep->act == 4 || ep->act == 5) {
-            v0 = wb512_hard(v0, ep->act, ep->p0, ep->p1);
-            v1 = wb512_hard(v1, ep->act, ep->p0, ep->p1);
-        }
-        if (ep->post_scale != NULL)
-            wb512_post(&v0, &v1, ep, row0 + i, col0, m0, m1);
+        wb512_epi_regs(&v0, &v1, ep, row0 + i, col0, bv0, bv1, m0, m1);
         _mm512_mask_storeu_ps(cr, m0, v0);
         _mm512_mask_storeu_ps(cr + 16, m1, v1);
     }
@@ -139,45 +166,5 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
 #endif
 }
 
-#if WB512_NATIVE
-/* The epilogue on one row of a block held in two registers (bv0/bv1: the per-column bias). */
-static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m512* v1, const wb512_epi* ep,
-                                                                 ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
-                                                                 __m512 bv1, __mmask16 m0, __mmask16 m1) {
-    __m512 zero = _mm512_setzero_ps();
-    if (ep->bias != NULL) {
-        if (ep->bias_per_row) {
-            __m512 b = _mm512_set1_ps(ep->bias[row]);
-            *v0 = _mm512_add_ps(*v0, b);
-            *v1 = _mm512_add_ps(*v1, b);
-        } else {
-            *v0 = _mm512_add_ps(*v0, bv0);
-            *v1 = _mm512_add_ps(*v1, bv1);
-        }
-    }
-    if (ep->res != NULL) {
-        const float* rr = ep->res + row * ep->ld_res + col0;
-        *v0 = _mm512_add_ps(*v0, _mm512_maskz_loadu_ps(m0, rr));
-        *v1 = _mm512_add_ps(*v1, _mm512_maskz_loadu_ps(m1, rr + 16));
-    }
-    if (ep->act == 1) {   /* the value second: MAXPS/MINPS return the second operand on NaN */
-        *v0 = _mm512_max_ps(zero, *v0);
-        *v1 = _mm512_max_ps(zero, *v1);
-    } else if (ep->act == 2) {
-        __m512 lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
-        *v0 = _mm512_min_ps(hi, _mm512_max_ps(lo, *v0));
-        *v1 = _mm512_min_ps(hi, _mm512_max_ps(lo, *v1));
-    } else if (ep->act == 3) {
-        __m512 sl = _mm512_set1_ps(ep->p0);
-        *v0 = _mm512_mask_mul_ps(*v0, _mm512_cmp_ps_mask(*v0, zero, _CMP_LT_OQ), *v0, sl);
-        *v1 = _mm512_mask_mul_ps(*v1, _mm512_cmp_ps_mask(*v1, zero, _CMP_LT_OQ), *v1, sl);
-    } else if (ep->act == 4 || ep->act == 5) {
-        *v0 = wb512_hard(*v0, ep->act, ep->p0, ep->p1);
-        *v1 = wb512_hard(*v1, ep->act, ep->p0, ep->p1);
-    }
-    if (ep->post_scale != NULL)
-        wb512_post(v0, v1, ep, row, col0, m0, m1);
-}
-#endif
 
 #endif

@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "wb_vmath512.h"
+
 /* The selects below are if-converted into blends only when comparisons may not trap (they do not:
  * the default FP environment masks every exception). */
 #pragma GCC push_options
@@ -152,6 +154,12 @@ enum { WBM_SIGMOID = 6, WBM_TANH = 8, WBM_SILU = 9, WBM_GELU = 10, WBM_GELU_TANH
  * One loop per function so that each vectorises. x may be y. */
 static inline int wbm_map(int code, const float* x, float* y, ptrdiff_t n) {
     ptrdiff_t i;
+#if defined(__AVX512F__)
+    if (wbm512_has(code)) {
+        wbm512_map(code, x, y, n);
+        return 0;
+    }
+#endif
     switch (code) {
     case WBM_SIGMOID: for (i = 0; i < n; i++) y[i] = wbm_sigmoid(x[i]); break;
     case WBM_TANH: for (i = 0; i < n; i++) y[i] = wbm_tanh(x[i]); break;

@@ -143,7 +143,11 @@ def conv_graph(x_shape, m, seed, bias=True, residual=False, activation=None, str
         elif activation == "Clip":
             inits += [("lo", np.float32(-0.4)), ("hi", np.float32(0.9))]
             args += ["lo", "hi"]
-        nodes.append(helper.make_node(activation, args, ["y"], name="act"))
+        if activation == "Silu":   # as exporters write it
+            nodes += [helper.make_node("Sigmoid", args, ["sig"], name="sig"),
+                      helper.make_node("Mul", [last, "sig"], ["y"], name="act")]
+        else:
+            nodes.append(helper.make_node(activation, args, ["y"], name="act"))
         last = "y"
     model = make_model(nodes, inputs, [(last, None)], initializers=inits)
     return workbench.load(model.SerializeToString())
@@ -190,6 +194,11 @@ def test_routines_match_reference(descriptor, x_shape, m, kw, threads):
                                activation="LeakyRelu")),
     ([1, 12, 6, 40], 24, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="HardSwish")),
     ([1, 9, 7, 29], 70, dict(kernel=(2, 5), pads=(0, 2, 1, 0), activation="PRelu")),
+    # Sigmoid, tanh and SiLU in the register epilogue; a stride-2 output 20 wide, whose strips of
+    # pixel triples run on from one output row into the next (the 10x10 one splits its channels).
+    ([1, 16, 40, 40], 48, dict(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), activation="Silu")),
+    ([1, 64, 10, 10], 80, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="Sigmoid")),
+    ([1, 30, 9, 17], 20, dict(kernel=(3, 3), pads=(1, 1, 1, 1), activation="Tanh")),
 ])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_im2col_matches_reference(descriptor, x_shape, m, kw, threads):
@@ -223,7 +232,8 @@ def wide_convs(draw):
     return dict(x_shape=[draw(st.integers(1, 2)), draw(st.integers(1, 40)), h, w], m=draw(st.integers(1, 70)),
                 kernel=kernel, strides=strides, dilations=dilations, pads=pads, bias=draw(st.booleans()),
                 residual=draw(st.booleans()),
-                activation=draw(st.sampled_from([None, "Relu", "Clip", "LeakyRelu", "HardSwish", "PRelu"])))
+                activation=draw(st.sampled_from([None, "Relu", "Clip", "LeakyRelu", "HardSwish", "PRelu", "Sigmoid",
+                                                 "Tanh", "Silu"])))
 
 
 @settings(max_examples=40, **SETTINGS)
@@ -365,7 +375,7 @@ def test_post_activation_affine_refusals():
     x, w = np.ones((1, 1, 4, 8), np.float32), np.ones((6, 8), np.float32)
     out, v = np.zeros((1, 1, 4, 6), np.float32), np.ones(6, np.float32)
     with pytest.raises(ValueError, match="activation the register epilogue"):
-        g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), None, None, out, 6, post=(v, v))
+        g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), None, None, out, 10, post=(v, v))
     with pytest.raises(ValueError, match=r"shape \(6,\)"):
         g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), None, None, out, 1, post=(v[:5], v[:5]))
     with pytest.raises(ValueError, match="NHWC"):

@@ -167,15 +167,16 @@ class NhwcIm2colAvx512(_Im2col512):
 
 
 class NhwcImplicitAvx512(NhwcIm2colAvx512):
-    """Implicit GEMM: the same weights and SGEMM as ``im2col_avx512``, but each output row's
-    pixels whose taps lie inside the input are multiplied straight from the input (a kernel
-    row's KW x C taps are one contiguous run of NHWC memory), with no im2col buffer to write and
-    read back; only the padded border is gathered.  Horizontal dilation 1 only.
+    """Implicit GEMM: the same weights and SGEMM as ``im2col_avx512``, but the output pixels whose
+    taps lie inside the input are multiplied straight from the input (a kernel row's KW x C taps
+    are one contiguous run of NHWC memory), with no im2col buffer to write and read back; only
+    the padded border is gathered.  Horizontal dilation 1 only.
 
-    A job is one output row, so every job streams all the weights: this pays where rows are wide
-    and the weights small (a first layer on RGB: VGG-16's features.0 1.02 -> 0.74 ms, ResNet-50's
-    conv1 a tie) and loses on deep, narrow layers (ResNet-50's 14x14 ones 1.5-1.7x slower); the
-    profiler measures it beside im2col_avx512 and picks per layer."""
+    A job is a span of output pixels (and, for small outputs, a range of channels); its strips of
+    12 pixels are four triples of neighbours from anywhere in the span, so they run on past the
+    end of an output row (``kernels_pyx/_implicit512.pxd``).  Every strip streams all the
+    weights, which pays where the weights are small next to the image; the profiler measures it
+    beside im2col_avx512 and picks per layer."""
 
     algo = "implicit_avx512"
     priority = 11.4   # below im2col_avx512 until measured: the profiler has the last word

@@ -14,9 +14,9 @@ other core (conv1 -> maxpool of ResNet-50: 0.25 -> 0.16 ms; the whole model 19.7
 Small outputs fall back to (row tile, column tile) jobs on a dynamic schedule
 (``_gemm512_jobs.pxd``).  A is read in place (each thread packs only a last short strip, into its own buffer);
 B is packed once per call (or ahead, for weights) and shared.  The fused epilogue (bias,
-residual, ReLU/clip/leaky/hard sigmoid/hard swish, and sigmoid/tanh/SiLU/GELU-tanh through
-``wb_vmath512.h``) is applied in registers before each block's store; other activations (PRelu,
-GELU's erf form) run as a pass over each block right after it is written, while it is in cache.
+residual, ReLU/clip/leaky/hard sigmoid/hard swish, and sigmoid/tanh/SiLU/GELU through
+``wb_vmath512.h``) is applied in registers before each block's store; PRelu runs as a pass over
+each block right after it is written, while it is in cache.
 Shapes are checked in the Python-visible functions before any ``nogil`` code.
 """
 import threading

@@ -20,8 +20,8 @@ static inline __mmask16 wb512_mask_hi(int nr) {
  * column, or per row when bias_per_row), a residual of C's
  * layout (leading dimension ld_res), then an activation: 0 none, 1 ReLU, 2 clip to [p0, p1],
  * 3 leaky ReLU with slope p0, 4 hard sigmoid max(0, min(1, p0 * x + p1)), 5 hard swish
- * x * max(0, min(1, x / 6 + 1 / 2)), and in AVX-512 builds 6 sigmoid, 8 tanh, 9 SiLU, 11 GELU
- * (tanh form) (the codes of conv_gemm's Epi; wb512_epi_handles says which).
+ * x * max(0, min(1, x / 6 + 1 / 2)), and in AVX-512 builds 6 sigmoid, 8 tanh, 9 SiLU, 10 GELU,
+ * 11 GELU (tanh form) (the codes of conv_gemm's Epi; wb512_epi_handles says which).
  * bias and res point at C's row 0 (the caller offsets them), columns are absolute. */
 typedef struct {
     const float* bias;

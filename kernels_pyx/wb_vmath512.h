@@ -1,4 +1,5 @@
-/* AVX-512 forms of wb_vmath.h's exp, sigmoid, SiLU, tanh and GELU (tanh form), on 16 floats.
+/* AVX-512 forms of wb_vmath.h's functions (exp, sigmoid, SiLU, tanh, erf, GELU in both forms),
+ * on 16 floats.
  *
  * The polynomials are wb_vmath.h's; what changes is what GCC cannot derive from the scalar
  * source.  2^n is applied by VSCALEFPS, one instruction that is exact through the denormals and
@@ -77,16 +78,65 @@ WBM512_AI __m512 wbm512_gelu_tanh(__m512 x) {
     return _mm512_mul_ps(x, wbm512_sigmoid(u2));
 }
 
+/* erf(t) - t for 0 <= t <= WBM_ERF_T (wbm_erf_small) */
+WBM512_AI __m512 wbm512_erf_small(__m512 t) {
+    __m512 s = _mm512_mul_ps(t, t);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(-6.024636e-4f), s, _mm512_set1_ps(5.0009014e-3f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-2.67729607e-2f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.128203926e-1f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-3.761252409e-1f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.283791593e-1f));
+    return _mm512_mul_ps(t, p);
+}
+
+/* erfc(t) for WBM_ERF_T <= t as exp(Q(t)), 0 past 4 (wbm_erfc_tail) */
+WBM512_AI __m512 wbm512_erfc_tail(__m512 t) {
+    __m512 u = _mm512_sub_ps(_mm512_min_ps(_mm512_set1_ps(4.0f), t), _mm512_set1_ps(0.921875f));
+    __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(1.6131019042e-06f), u, _mm512_set1_ps(-3.3674558233e-05f));
+    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(3.3691037749e-04f));
+    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-2.2041221588e-03f));
+    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(1.090294118e-02f));
+    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-4.4847135468e-02f));
+    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-8.329843795e-01f));
+    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-2.5080128463f));
+    q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-1.6485618909f));
+    __mmask16 past = _mm512_cmp_ps_mask(t, _mm512_set1_ps(4.0f), _CMP_GT_OQ);
+    return _mm512_mask_mov_ps(wbm512_exp(q), past, _mm512_setzero_ps());
+}
+
+WBM512_AI __m512 wbm512_erf(__m512 x) {
+    __m512 t = _mm512_abs_ps(x);
+    __m512 small = _mm512_add_ps(t, wbm512_erf_small(t));
+    __m512 big = _mm512_sub_ps(_mm512_set1_ps(1.0f), wbm512_erfc_tail(t));
+    __mmask16 near0 = _mm512_cmp_ps_mask(t, _mm512_set1_ps(0.921875f), _CMP_LE_OQ);   /* WBM_ERF_T */
+    __m512 e = _mm512_mask_mov_ps(big, near0, small);
+    return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(e), _mm512_castps_si512(x),
+                                                         _mm512_set1_epi32(0x7fffffff), 0xe4));
+}
+
+/* 0.5 x (1 + erf(x / sqrt 2)), with 1 + erf(z) = erfc(-z) on the negative side (wbm_gelu) */
+WBM512_AI __m512 wbm512_gelu(__m512 x) {
+    __m512 t = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f));
+    __m512 small = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(t, wbm512_erf_small(t)));
+    __mmask16 near0 = _mm512_cmp_ps_mask(t, _mm512_set1_ps(0.921875f), _CMP_LE_OQ);
+    __m512 c = _mm512_mask_mov_ps(wbm512_erfc_tail(t), near0, small);
+    __mmask16 pos = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    __m512 phi2 = _mm512_mask_sub_ps(c, pos, _mm512_set1_ps(2.0f), c);
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), phi2);
+}
+
 /* Whether wbm512_act computes the function of wb_vmath.h's code (WBM_SIGMOID, WBM_TANH,
- * WBM_SILU, WBM_GELU_TANH, WBM_EXP). */
-static inline int wbm512_has(int code) { return code == 6 || code == 8 || code == 9 || code == 11 || code == 13; }
+ * WBM_SILU, WBM_GELU, WBM_GELU_TANH, WBM_ERF, WBM_EXP). */
+static inline int wbm512_has(int code) { return code == 6 || (code >= 8 && code <= 13); }
 
 WBM512_AI __m512 wbm512_act(int code, __m512 v) {
     switch (code) {
     case 6: return wbm512_sigmoid(v);
     case 8: return wbm512_tanh(v);
     case 9: return wbm512_silu(v);
+    case 10: return wbm512_gelu(v);
     case 11: return wbm512_gelu_tanh(v);
+    case 12: return wbm512_erf(v);
     case 13: return wbm512_exp(v);
     default: return v;
     }
@@ -105,7 +155,9 @@ static inline void wbm512_map(int code, const float* x, float* y, ptrdiff_t n) {
     case 6: WBM512_LOOP(wbm512_sigmoid) break;
     case 8: WBM512_LOOP(wbm512_tanh) break;
     case 9: WBM512_LOOP(wbm512_silu) break;
+    case 10: WBM512_LOOP(wbm512_gelu) break;
     case 11: WBM512_LOOP(wbm512_gelu_tanh) break;
+    case 12: WBM512_LOOP(wbm512_erf) break;
     case 13: WBM512_LOOP(wbm512_exp) break;
     default: break;
     }

@@ -143,9 +143,16 @@ def conv_graph(x_shape, m, seed, bias=True, residual=False, activation=None, str
         elif activation == "Clip":
             inits += [("lo", np.float32(-0.4)), ("hi", np.float32(0.9))]
             args += ["lo", "hi"]
-        if activation == "Silu":   # as exporters write it
+        if activation == "Silu":   # as exporters write them
             nodes += [helper.make_node("Sigmoid", args, ["sig"], name="sig"),
                       helper.make_node("Mul", [last, "sig"], ["y"], name="act")]
+        elif activation == "Gelu":
+            inits += [("sqrt2", np.float32(np.sqrt(2))), ("one", np.float32(1)), ("half", np.float32(0.5))]
+            nodes += [helper.make_node("Div", [last, "sqrt2"], ["g0"], name="g0"),
+                      helper.make_node("Erf", ["g0"], ["g1"], name="g1"),
+                      helper.make_node("Add", ["g1", "one"], ["g2"], name="g2"),
+                      helper.make_node("Mul", [last, "g2"], ["g3"], name="g3"),
+                      helper.make_node("Mul", ["g3", "half"], ["y"], name="act")]
         else:
             nodes.append(helper.make_node(activation, args, ["y"], name="act"))
         last = "y"
@@ -164,6 +171,8 @@ def conv_graph(x_shape, m, seed, bias=True, residual=False, activation=None, str
     ([1, 24, 4, 4], 40, dict(activation="HardSwish", residual=True)),
     ([1, 24, 9, 7], 20, dict(activation="HardSigmoid")),
     ([1, 16, 9, 7], 48, dict(activation="HardSwish")),
+    ([1, 48, 9, 13], 96, dict(activation="Gelu")),   # GELU and SiLU as exporters write them
+    ([1, 20, 6, 11], 24, dict(activation="Silu", residual=True)),
     # Enough pixels (35 strips of 12) for threads to split C by contiguous rows, 2 or 3 ranges
     # that end inside a 144-row block.
     ([1, 40, 20, 21], 70, dict(residual=True, activation="Relu")),
@@ -194,11 +203,12 @@ def test_routines_match_reference(descriptor, x_shape, m, kw, threads):
                                activation="LeakyRelu")),
     ([1, 12, 6, 40], 24, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="HardSwish")),
     ([1, 9, 7, 29], 70, dict(kernel=(2, 5), pads=(0, 2, 1, 0), activation="PRelu")),
-    # Sigmoid, tanh and SiLU in the register epilogue; a stride-2 output 20 wide, whose strips of
+    # Sigmoid, tanh, SiLU and GELU in the register epilogue; a stride-2 output 20 wide, whose strips of
     # pixel triples run on from one output row into the next (the 10x10 one splits its channels).
     ([1, 16, 40, 40], 48, dict(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), activation="Silu")),
     ([1, 64, 10, 10], 80, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="Sigmoid")),
     ([1, 30, 9, 17], 20, dict(kernel=(3, 3), pads=(1, 1, 1, 1), activation="Tanh")),
+    ([1, 24, 8, 30], 40, dict(kernel=(3, 3), pads=(1, 1, 1, 1), residual=True, activation="Gelu")),
 ])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_im2col_matches_reference(descriptor, x_shape, m, kw, threads):
@@ -233,7 +243,7 @@ def wide_convs(draw):
                 kernel=kernel, strides=strides, dilations=dilations, pads=pads, bias=draw(st.booleans()),
                 residual=draw(st.booleans()),
                 activation=draw(st.sampled_from([None, "Relu", "Clip", "LeakyRelu", "HardSwish", "PRelu", "Sigmoid",
-                                                 "Tanh", "Silu"])))
+                                                 "Tanh", "Silu", "Gelu"])))
 
 
 @settings(max_examples=40, **SETTINGS)
@@ -375,7 +385,7 @@ def test_post_activation_affine_refusals():
     x, w = np.ones((1, 1, 4, 8), np.float32), np.ones((6, 8), np.float32)
     out, v = np.zeros((1, 1, 4, 6), np.float32), np.ones(6, np.float32)
     with pytest.raises(ValueError, match="activation the register epilogue"):
-        g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), None, None, out, 10, post=(v, v))
+        g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), None, None, out, 7, slope=v, post=(v, v))
     with pytest.raises(ValueError, match=r"shape \(6,\)"):
         g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), None, None, out, 1, post=(v[:5], v[:5]))
     with pytest.raises(ValueError, match="NHWC"):

@@ -75,6 +75,43 @@ static inline void wb_dw512_px8(const float* x0, ptrdiff_t rowstride, const floa
     _mm512_mask_storeu_ps(o + 7 * C, m, wb_dw512_apply(a7, act));
 }
 
+/* Up to eight consecutive pixels (count) at stride 1, for a kernel width KW of 3, 5 or 7 (a
+ * constant where it is inlined), their windows starting at input column iw0: taps outside
+ * 0..W-1 are skipped, so the row's borders run here too.  The eight windows overlap, so each of a
+ * kernel row's KW + 7 input vectors is loaded once and meets every weight it pairs with, the KW
+ * weights held in registers; wb_dw512_px8 loads an input vector per FMA (nine loads to eight
+ * FMAs), and the borders went one pixel at a time. */
+static inline __attribute__((always_inline)) void wb_dw512_px8_s1(const float* x0, ptrdiff_t rowstride,
+                                                                  const float* w, const float* bias, float* o,
+                                                                  ptrdiff_t C, ptrdiff_t iw0, ptrdiff_t W,
+                                                                  int count, ptrdiff_t kh0, ptrdiff_t kh1,
+                                                                  const int KW, __mmask16 m,
+                                                                  const wb_dw512_act* act) {
+    __m512 acc[8], wv[7];
+    int i, j;
+    ptrdiff_t jlo = iw0 < 0 ? -iw0 : 0, jhi = W - iw0;
+    acc[0] = _mm512_maskz_loadu_ps(m, bias);
+#pragma GCC unroll 8
+    for (i = 1; i < 8; i++) acc[i] = acc[0];
+    for (ptrdiff_t kh = kh0; kh < kh1; kh++) {
+        const float* xr = x0 + kh * rowstride;
+        const float* wr = w + kh * KW * C;
+#pragma GCC unroll 7
+        for (j = 0; j < KW; j++) wv[j] = _mm512_maskz_loadu_ps(m, wr + j * C);
+#pragma GCC unroll 14
+        for (j = 0; j < KW + 7; j++) {
+            if (j < jlo || j >= jhi) continue;
+            __m512 xv = _mm512_maskz_loadu_ps(m, xr + j * C);
+#pragma GCC unroll 8
+            for (i = 0; i < 8; i++)
+                if (j - i >= 0 && j - i < KW) acc[i] = _mm512_fmadd_ps(xv, wv[j - i], acc[i]);
+        }
+    }
+#pragma GCC unroll 8
+    for (i = 0; i < 8; i++)
+        if (i < count) _mm512_mask_storeu_ps(o + i * C, m, wb_dw512_apply(acc[i], act));
+}
+
 /* One pixel whose window starts at input column iw0 (taps outside 0..W-1 skipped). */
 static inline void wb_dw512_px1(const float* x0, ptrdiff_t rowstride, const float* w, const float* bias,
                                 float* o, ptrdiff_t C, ptrdiff_t iw0, ptrdiff_t W, ptrdiff_t kh0,
@@ -113,6 +150,24 @@ static inline int wb_dw512_row(const float* x, const float* w, const float* bias
                 __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
                 _mm512_mask_storeu_ps(yrow + p * C + c0, m, wb_dw512_apply(_mm512_maskz_loadu_ps(m, bias + c0), &a));
             }
+        return 1;
+    }
+    if (sw == 1 && (KW == 3 || KW == 5 || KW == 7)) {
+        for (; ow < OW; ow += WB_DW512_P) {
+            ptrdiff_t iw0 = ow - pl;
+            int count = OW - ow < WB_DW512_P ? (int)(OW - ow) : WB_DW512_P;
+            for (ptrdiff_t c0 = 0; c0 < C; c0 += 16) {
+                __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+                const float* xq = x0 + iw0 * C + c0;   /* may lie left of the row: only taps inside are read */
+                float* oq = yrow + ow * C + c0;
+                if (KW == 3)
+                    wb_dw512_px8_s1(xq, rowstride, w + c0, bias + c0, oq, C, iw0, W, count, kh0, kh1, 3, m, &a);
+                else if (KW == 5)
+                    wb_dw512_px8_s1(xq, rowstride, w + c0, bias + c0, oq, C, iw0, W, count, kh0, kh1, 5, m, &a);
+                else
+                    wb_dw512_px8_s1(xq, rowstride, w + c0, bias + c0, oq, C, iw0, W, count, kh0, kh1, 7, m, &a);
+            }
+        }
         return 1;
     }
     while (ow < OW) {

@@ -136,7 +136,9 @@ def _dw_nhwc_numpy(x, w, bias, k, strides, pads):
 
 @pytest.mark.parametrize("c", [16, 17, 48, 72, 144])
 @pytest.mark.parametrize("k, strides, pads", [((3, 3), (1, 1), (1, 1, 1, 1)), ((3, 3), (2, 2), (0, 0, 1, 1)),
-                                              ((5, 5), (2, 1), (2, 2, 2, 2)), ((1, 7), (1, 2), (0, 3, 0, 2))])
+                                              ((5, 5), (2, 1), (2, 2, 2, 2)), ((1, 7), (1, 2), (0, 3, 0, 2)),
+                                              ((7, 7), (1, 1), (3, 3, 3, 3)), ((5, 3), (1, 1), (2, 0, 2, 2)),
+                                              ((3, 7), (2, 1), (1, 3, 1, 1))])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_nhwc_kernel_wide_rows_match_numpy(kern, c, k, strides, pads, threads):
     """Rows wide enough for the eight-pixel register blocks of the AVX-512 build, several
@@ -148,6 +150,21 @@ def test_nhwc_kernel_wide_rows_match_numpy(kern, c, k, strides, pads, threads):
     want = _dw_nhwc_numpy(x, w, bias, k, strides, pads)
     out = np.full(want.shape, np.nan, np.float32)
     kern.nhwc(x, w, bias, out, k, strides, pads, num_threads=threads)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("width, k, pads", [(5, (3, 7), (1, 3, 1, 3)), (3, (7, 7), (3, 3, 3, 3)), (9, (5, 5), (2, 4, 2, 0)),
+                                          (1, (3, 3), (1, 1, 1, 1))])
+def test_nhwc_kernel_narrow_rows_match_numpy(kern, width, k, pads):
+    """Stride-1 rows narrower than a register block of eight pixels, and windows wider than the
+    row: the AVX-512 build's blocks then skip the taps outside on both sides at once."""
+    rng = np.random.default_rng(width)
+    x = rng.standard_normal((2, 6, width, 40)).astype(np.float32)
+    w = rng.standard_normal((k[0] * k[1], 40)).astype(np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    want = _dw_nhwc_numpy(x, w, bias, k, (1, 1), pads)
+    out = np.full(want.shape, np.nan, np.float32)
+    kern.nhwc(x, w, bias, out, k, (1, 1), pads, num_threads=2)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 

@@ -80,6 +80,22 @@ def test_global_pool(op, n, c, h, w, descriptor):
     assert_routine_matches(_graph(op, [n, c, h, w]), descriptor)
 
 
+@pytest.mark.parametrize("n, c, h, w", [(1, 24, 160, 160), (2, 96, 17, 31), (1, 5, 16, 16), (3, 130, 20, 13)])
+@pytest.mark.parametrize("is_max", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_global_pool_nhwc_large_images_in_runs_of_pixels(n, c, h, w, is_max, threads):
+    """Images of 256 pixels or more are split into runs of pixels whose partial results are
+    combined: against NumPy, a NaN planted in one run and an infinity in another."""
+    rng = np.random.default_rng(c + h)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    x[0, h - 1, w - 1, 1] = np.nan
+    x[-1, 0, 0, 2] = np.inf
+    y = np.full((n, 1, 1, c), -7, np.float32)
+    pool_kernels.global_pool_nhwc(x, y, is_max, threads)
+    want = x.max(axis=(1, 2), keepdims=True) if is_max else x.astype(np.float64).mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-6)
+
+
 def test_global_pool_other_ranks_only_channels_first():
     g = _graph("GlobalAveragePool", [2, 5, 7])
     assert_routine_matches(g, DESCRIPTORS[0])

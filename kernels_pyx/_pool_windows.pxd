@@ -3,6 +3,13 @@
 from libc.float cimport FLT_MAX
 
 
+cdef extern from "wb_pool512.h" nogil:
+    int wb_pool512_row(const float* x, float* y, Py_ssize_t b, Py_ssize_t oh, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t C, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
+                       Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl, const int* kh_lo, const int* kh_hi,
+                       const int* kw_lo, const int* kw_hi, const float* inv_h, const float* inv_w, int is_max)
+
+
 cdef inline float _max(float u, float v) noexcept nogil:
     # NaN wins from either side, as in the reference (np.max).  ONNX Runtime's MaxPool folds with
     # MAXPS alone, so a NaN survives there only where its vector kernels fold it last; every NaN
@@ -225,3 +232,12 @@ cdef inline void _nhwc_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
                     s = inv_h[oh] * inv_w[ow]
                     for ch in range(w):
                         yv[ch] = yv[ch] * s
+
+
+cdef inline void _nhwc_rows_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """Output rows (image, oh) of chunk i by the AVX-512 row kernel (wb_pool512.h)."""
+    cdef const _PoolCtx* c = <const _PoolCtx*> ctx
+    cdef Py_ssize_t job
+    for job in range(i * c.group, min((i + 1) * c.group, c.jobs)):
+        wb_pool512_row(c.x, c.y, job // c.OH, job % c.OH, c.H, c.W, c.C, c.OH, c.OW, c.sh, c.sw, c.dh, c.dw,
+                       c.pt, c.pl, c.kh_lo, c.kh_hi, c.kw_lo, c.kw_hi, c.inv_h, c.inv_w, c.is_max)

@@ -15,11 +15,14 @@ module builds the tables, checks every shape and runs them on the shared thread 
 import numpy as np
 cimport numpy as cnp
 from _pool_global cimport _global_nhwc, _global_rows
-from _pool_windows cimport _PoolCtx, _direct_chunk, _nchw_chunk, _nhwc_chunk
+from _pool_windows cimport _PoolCtx, _direct_chunk, _nchw_chunk, _nhwc_chunk, _nhwc_rows_chunk
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
 wb_pool_import()
+
+cdef extern from "wb_pool512.h" nogil:
+    int WB_POOL512_NATIVE
 
 
 # Below this many elements of work handing chunks to other threads costs more than it saves:
@@ -193,6 +196,15 @@ cdef class Pool2d:
         if not x.size:
             return y
         cdef int nt = _threads(x.size + y.size, num_threads)
+        cdef _PoolCtx r
+        if WB_POOL512_NATIVE and self.KH * self.KW <= 2 * (self.KH + self.KW):
+            # Small windows: each pixel's taps folded in registers (wb_pool512.h).  Large ones
+            # (YOLO's 5x5 and up) stay separable: about 2K folds a pixel instead of K^2.
+            self._ctx(&r, _f(x), _f(y), x.shape[0] * self.OH, self.OW * x.shape[3] * self.KH * self.KW, nt)
+            r.C = x.shape[3]
+            with nogil:
+                wb_pool_run(_nhwc_rows_chunk, &r, (r.jobs + r.group - 1) // r.group, nt)
+            return y
         cdef Py_ssize_t C = x.shape[3], cb = min(C, CBLOCK), blocks = (C + cb - 1) // cb
         cdef Py_ssize_t band = self._bands(x.shape[0] * blocks, nt)
         cdef Py_ssize_t per = self._rows_in(band) * self.OW * cb

@@ -448,7 +448,8 @@ cdef struct _ConvCtx:
     float* out
     const Epi* e
     float* buf
-    Py_ssize_t per, ncols, npb
+    Py_ssize_t per, ncols, npb   # scratch floats a thread: columns, then packed B
+    Py_ssize_t span, cparts, cw  # implicit GEMM: pixels a job; column parts of cw channels
 
 
 cdef void _im2col_nhwc_chunk(void* ctx, Py_ssize_t t, int slot) noexcept nogil:
@@ -464,18 +465,8 @@ cdef void _im2col_nchw_chunk(void* ctx, Py_ssize_t t, int slot) noexcept nogil:
     _im2col_nchw_job(c.g, c.x, c.w, c.out, c.e, b, b + c.ncols, b + c.ncols + c.npb, t)
 
 
-cdef struct _ImplicitCtx:
-    const Geo* g
-    const float* x
-    const float* w
-    float* out
-    const Epi* e
-    float* buf
-    Py_ssize_t per, span, cparts, cw   # scratch floats a thread; pixels a job; column parts of cw channels
-
-
 cdef void _implicit_chunk(void* ctx, Py_ssize_t t, int slot) noexcept nogil:
-    cdef _ImplicitCtx* c = <_ImplicitCtx*> ctx
+    cdef _ConvCtx* c = <_ConvCtx*> ctx
     cdef float* b = c.buf + slot * c.per
     cdef Py_ssize_t r = t // c.cparts, j0 = (t % c.cparts) * c.cw
     implicit_span(c.g, c.x, c.w, c.out, c.e, b, b + IM2COL_ROWS * c.g.kg, r * c.span,
@@ -495,7 +486,7 @@ cdef _conv_implicit(Geo* g, x, w, out, Epi* e, int nt):
         rparts = min(nt, max(1, pixels // 36))
     if rparts < 4 * nt:
         cparts = min(panels, (4 * nt + rparts - 1) // rparts)
-    cdef _ImplicitCtx c
+    cdef _ConvCtx c
     c.g, c.x, c.w, c.out, c.e, c.buf, c.per = g, _ptr(x), _ptr(w), _ptr(out), e, _ptr(buf), per
     c.span = (pixels + rparts - 1) // rparts
     c.cw = (panels + cparts - 1) // cparts * WB512_NR

@@ -114,20 +114,10 @@ static inline void wb512_pack_a(ptrdiff_t mcb, ptrdiff_t kcb, const float* a, pt
     bc = _mm512_set1_ps(v); \
     c##i##0 = _mm512_fmadd_ps(bc, b0, c##i##0); \
     c##i##1 = _mm512_fmadd_ps(bc, b1, c##i##1);
-#define WB512_STORE(i) \
-    if (i < mr) { \
-        float* cr = c + (i) * ldc; \
-        if (load) { \
-            c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr)); \
-            c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, cr + 16)); \
-        } \
-        _mm512_mask_storeu_ps(cr, m0, c##i##0); \
-        _mm512_mask_storeu_ps(cr + 16, m1, c##i##1); \
-    }
-/* The stores of wb512_micro_da: row i of C at s->c[i], columns from col0. */
-#define WB512_STORE_S(i) \
+/* C row i (at cr) += or = accumulators c<i>0, c<i>1 under the panel's column masks. */
+#define WB512_STORE_TO(i, cr_) \
     { \
-        float* cr = s->c[i] + col0; \
+        float* cr = (cr_); \
         if (load) { \
             c##i##0 = _mm512_add_ps(c##i##0, _mm512_maskz_loadu_ps(m0, cr)); \
             c##i##1 = _mm512_add_ps(c##i##1, _mm512_maskz_loadu_ps(m1, cr + 16)); \
@@ -135,6 +125,10 @@ static inline void wb512_pack_a(ptrdiff_t mcb, ptrdiff_t kcb, const float* a, pt
         _mm512_mask_storeu_ps(cr, m0, c##i##0); \
         _mm512_mask_storeu_ps(cr + 16, m1, c##i##1); \
     }
+#define WB512_STORE(i) \
+    if (i < mr) WB512_STORE_TO(i, c + (i) * ldc)
+/* The stores of wb512_micro_da: row i of C at s->c[i], columns from col0. */
+#define WB512_STORE_S(i) WB512_STORE_TO(i, s->c[i] + col0)
 #define WB512_STORE_EPI(i) \
     { \
         float* cr = s->c[i] + col0; \
@@ -352,6 +346,7 @@ static inline void wb512_micro_da16(ptrdiff_t kcb, const wb512_strip* s, ptrdiff
 #undef WB512_ROWD
 #undef WB512_STORE_EPI
 #undef WB512_STORE_S
+#undef WB512_STORE_TO
 #undef WB512_ROW
 #undef WB512_STORE
 #else

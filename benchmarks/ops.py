@@ -1,5 +1,6 @@
 """Single-op routines against ONNX Runtime on the shapes of issue 13 (Softmax, MatMul,
-ConvTranspose, pools, Resize, Concat), timed interleaved.
+ConvTranspose, detectors' convolutions, depthwise, pools, global pools, Resize, Concat), timed
+interleaved.
 
     python benchmarks/ops.py [--threads 2] [--runs 30] [--only softmax maxpool ...] [--out DIR]
 
@@ -61,7 +62,42 @@ def _convt(c, m, hw, k, s, p):
                   inits=[("w", _rand(c, m, k, k) * 0.1), ("b", _rand(m))])
 
 
+def _conv(c, m, hw, k, s, group=1, silu=False):
+    """A Conv (pads k // 2, bias) as the detectors have them, SiLU spelled Sigmoid/Mul: one layer
+    once imported and fused."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["c" if silu else "y"], kernel_shape=[k, k], strides=[s, s],
+                            pads=[k // 2] * 4, group=group)
+    nodes = [conv] + ([helper.make_node("Sigmoid", ["c"], ["g"]), helper.make_node("Mul", ["c", "g"], ["y"])]
+                      if silu else [])
+    inits = [numpy_helper.from_array(_rand(m, c // group, k, k) * 0.1, "w"), numpy_helper.from_array(_rand(m), "b")]
+    graph = helper.make_graph(nodes, "conv", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 CASES = {
+    # YOLOv8-style stride-2 and small-channel 3x3 convolutions with SiLU (nudenet 320n's), and
+    # PP-OCRv6 det's 24-channel stride-2 one.
+    "conv": [
+        ("Conv 3x3 s2 16->32 1x16x160x160 SiLU", lambda: _conv(16, 32, 160, 3, 2, silu=True)),
+        ("Conv 3x3 s2 64->128 1x64x40x40 SiLU", lambda: _conv(64, 128, 40, 3, 2, silu=True)),
+        ("Conv 3x3 s1 16->16 1x16x80x80 SiLU", lambda: _conv(16, 16, 80, 3, 1, silu=True)),
+        ("Conv 3x3 s1 64->64 1x64x20x20 SiLU", lambda: _conv(64, 64, 20, 3, 1, silu=True)),
+        ("Conv 3x3 s2 48->24 1x48x320x320", lambda: _conv(48, 24, 320, 3, 2)),
+    ],
+    "depthwise": [
+        ("Depthwise 7x7 s1 1x96x160x160", lambda: _conv(96, 96, 160, 7, 1, group=96)),
+        ("Depthwise 5x5 s1 1x672x14x14", lambda: _conv(672, 672, 14, 5, 1, group=672)),
+        ("Depthwise 3x3 s1 1x576x14x14", lambda: _conv(576, 576, 14, 3, 1, group=576)),
+    ],
+    "globalpool": [
+        ("GlobalAveragePool 1x96x160x160", lambda: _model("GlobalAveragePool", [("x", [1, 96, 160, 160])])),
+        ("ReduceMean H,W 1x48x160x160", lambda: _model("ReduceMean", [("x", [1, 48, 160, 160])],
+                                                       dict(axes=[2, 3], keepdims=1))),
+    ],
     "softmax": [
         ("Softmax last axis 1x40x6625", lambda: _model("Softmax", [("x", [1, 40, 6625])], dict(axis=-1))),
         ("LogSoftmax last axis 1x40x6625", lambda: _model("LogSoftmax", [("x", [1, 40, 6625])], dict(axis=-1))),

@@ -12,7 +12,7 @@ from conv_gemm cimport Epi, Geo, _cols_nhwc_pixel, _epilogue, _imax, _imin
 from _gemm512_jobs cimport IM2COL_ROWS, _fused_epi, wb512_epi
 
 
-cdef extern from "sgemm_avx512.h" nogil:
+cdef extern from "wb_implicit512.h" nogil:
     ctypedef struct wb512_strip:
         const float* a[4]
         Py_ssize_t lda

@@ -1,13 +1,12 @@
 # The global pools of pool.pyx (all inline): mean or max over every pixel, per row of an NCHW
 # tensor or per channel block and run of pixels of an NHWC one, on the shared pool.
-from libc.stdlib cimport free, malloc
-
 from _pool_windows cimport _max
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_run
 
 
 cdef enum:
     LANES = 16
+    PARTS = 16384   # floats of partial results on the caller's stack (NHWC runs of pixels)
 
 
 cdef inline float _reduce_row(const float* xr, Py_ssize_t cols, bint is_max) noexcept nogil:
@@ -75,17 +74,17 @@ cdef inline void _global_nhwc(const float* x, float* y, Py_ssize_t n, Py_ssize_t
     # image, each block again (96 channels at 160x160: 11 GB/s where whole pixels stream at 50),
     # and one image of 24 or 48 channels was one job, on one thread.  Small images (7x7 of 2048
     # channels) keep the channel blocks, their only parallelism.
+    # The partial rows live on this (the caller's) stack while the pool runs: no allocation a run.
     cdef _GlobalCtx c
+    cdef float parts[PARTS]
     c.x, c.y, c.hw, c.C, c.is_max = x, y, hw, C, is_max
     c.block, c.runs = 64, 1
-    if hw >= 256:
-        c.block, c.runs = C, max(1, min(hw // 64, (4 * nt + n - 1) // n))
+    if hw >= 256 and 2 * n * C <= PARTS:
+        c.block, c.runs = C, max(1, min(hw // 64, (4 * nt + n - 1) // n, PARTS // (n * C)))
     c.blocks = (C + c.block - 1) // c.block
     c.jobs = n * c.blocks * c.runs
     c.group = wb_jobs_per_chunk(c.jobs, hw // c.runs * c.block, nt)
-    c.parts = y if c.runs == 1 else <float*> malloc(n * c.runs * C * sizeof(float))
-    if c.parts == NULL:   # no memory for the partial rows: one run an image
-        c.runs, c.parts, c.jobs = 1, y, n * c.blocks
+    c.parts = y if c.runs == 1 else parts
     wb_pool_run(_global_nhwc_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
     cdef Py_ssize_t b, r, ch
     cdef float v
@@ -99,7 +98,6 @@ cdef inline void _global_nhwc(const float* x, float* y, Py_ssize_t n, Py_ssize_t
                 for ch in range(C):
                     v = row[ch]
                     y[b * C + ch] = _max(y[b * C + ch], v) if is_max else y[b * C + ch] + v
-        free(c.parts)
     if not is_max:
         for ch in range(n * C):
             y[ch] = y[ch] / hw

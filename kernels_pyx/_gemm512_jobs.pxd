@@ -289,7 +289,7 @@ cdef inline void _gather_run(const Geo* g, const float* x, const float* pw, floa
     cdef wb512_epi ep
     for q in range(q0, q1):
         _cols_nhwc_pixel(g, x, cols + (q - q0) * g.kg, q, 0)
-    wb512_gemm_direct(q1 - q0, g.m, g.kg, cols, g.kg, pw, out + q0 * g.m, g.m, 0, abuf, 0, g.m,
+    wb512_gemm_direct(q1 - q0, g.m, g.kg, cols, g.kg, pw, out + q0 * g.ldo, g.ldo, 0, abuf, 0, g.m,
                       &ep if _fused_epi(&ep, e, e.res, g.m, False, q0) else NULL)
 
 
@@ -301,7 +301,7 @@ cdef inline void im2col_nhwc_pixels(const Geo* g, const float* x, const float* p
         q1 = _imin(q0 + IM2COL_ROWS, p1)
         _gather_run(g, x, pw, out, e, cols, abuf, q0, q1)
         if not wb512_epi_handles(e.act):
-            _epilogue(out + q0 * g.m, q1 - q0, g.m, g.m, False, e.bias,
+            _epilogue(out + q0 * g.ldo, q1 - q0, g.m, g.ldo, False, e.bias,
                       e.res + q0 * g.m if e.res != NULL else NULL, g.m, e, e.slope)
         q0 = q1
 
@@ -362,7 +362,7 @@ cdef inline void _im2col_whole(const Geo* g, bint nhwc, const float* x, const fl
     j.k, j.accumulate, j.e = g.kg, 0, e
     if nhwc:
         wb_pool_run(_gather_nhwc_chunk, &c, (g.n * g.p + GATHER_PIXELS - 1) // GATHER_PIXELS, nt)
-        j.m, j.n, j.lda, j.ldc, j.ld_res = g.n * g.p, g.m, g.kg, g.m, g.m
+        j.m, j.n, j.lda, j.ldc, j.ld_res = g.n * g.p, g.m, g.kg, g.ldo, g.m
         j.a, j.pb, j.c, j.res, j.channel_is_row = cols, w, out, e.res, 0
         gemm_jobs(&j, abufs, nt)
         return

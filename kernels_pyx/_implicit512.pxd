@@ -111,7 +111,7 @@ cdef inline void _triple(_Batch* b, Py_ssize_t q, const float* a, int skip) noex
     cdef int t = b.triples, i
     s.a[t] = a
     for i in range(3):
-        s.c[3 * t + i] = b.spare if i < skip else b.out + (q + i) * b.g.m
+        s.c[3 * t + i] = b.spare if i < skip else b.out + (q + i) * b.g.ldo
         s.row[3 * t + i] = q + i
     b.triples += 1
     if b.triples == 4:
@@ -128,7 +128,7 @@ cdef inline void _gather(_Batch* b, Py_ssize_t q0, Py_ssize_t q1) noexcept nogil
         else:
             s = &b.st[b.gathered]
         _cols_nhwc_pixel(b.g, b.x, b.cols + (b.gathered * 12 + b.rows) * b.g.kg, q, 0)
-        s.c[b.rows], s.row[b.rows] = b.out + q * b.g.m, q
+        s.c[b.rows], s.row[b.rows] = b.out + q * b.g.ldo, q
         b.rows += 1
         if b.rows == 12:
             b.gathered = -1

@@ -15,6 +15,7 @@ cdef enum:
 
 cdef struct Geo:
     Py_ssize_t n, c, h, w, m, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, g, cg, mg, kg, p
+    Py_ssize_t ldo   # NHWC: floats from one output pixel to the next (m, or more in a slice)
 
 
 cdef struct Epi:

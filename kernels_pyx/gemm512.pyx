@@ -55,6 +55,27 @@ def _array(a, what, ndim=None, writeable=False):
     return a
 
 
+def _pixels(a, what, writeable=False):
+    """``a``, a 4-D float32 NHWC array whose pixels are evenly spaced rows of contiguous channels
+    (C-contiguous, or a channel slice of a larger NHWC buffer), and the floats from one pixel to
+    the next."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 4:
+        _array(a, what, 4, writeable)
+    if a.flags.c_contiguous:
+        return _array(a, what, 4, writeable), a.shape[3]
+    shape, strides, ld = a.shape, a.strides, a.shape[3]
+    inner = [k for k in (2, 1, 0) if shape[k] > 1]
+    if inner:
+        ld = strides[inner[0]] // 4 // int(np.prod(shape[inner[0] + 1:3]))
+    if (strides[3] != 4 or ld < shape[3] or
+            any(strides[k] != 4 * ld * int(np.prod(shape[k + 1:3])) for k in inner)):
+        raise ValueError(f"gemm512: {what} must be C-contiguous or a channel slice of an NHWC buffer, "
+                         f"got strides {a.strides} for shape {a.shape}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"gemm512: {what} is read-only")
+    return a, ld
+
+
 cdef float* _ptr(a):
     return NULL if a is None else <float*> cnp.PyArray_DATA(<cnp.ndarray> a)
 
@@ -152,7 +173,7 @@ cdef bint _may_overlap(cnp.ndarray a, cnp.ndarray b):
     """``np.may_share_memory`` (bounds overlap) without its call overhead for contiguous arrays:
     it ran six times per layer per inference, a tenth of a small model's run."""
     if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_IS_C_CONTIGUOUS(b)):
-        return np.may_share_memory(a, b)
+        return np.shares_memory(a, b)   # exact: channel slices of one buffer interleave
     cdef char* pa = <char*> cnp.PyArray_DATA(a)
     cdef char* pb = <char*> cnp.PyArray_DATA(b)
     cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
@@ -190,24 +211,27 @@ cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, 
                            slope, post, list keep) except -1:
     """Check a :func:`conv1x1_nhwc` call and fill its job (``j.e`` = ``e``); ``keep`` gets the
     arrays the job points into."""
-    x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
+    (x, ldx), (out, ldo) = _pixels(x, "input"), _pixels(out, "output", writeable=True)
     wp = _array(wp, "packed weights", 1)
     n, h, w, c = x.shape
     m = out.shape[3]
+    ld_res = m
     if out.shape[:3] != (n, h, w):
         raise ValueError(f"gemm512: a 1x1 stride-1 conv of input {x.shape} gives (N, H, W) = {(n, h, w)}, "
                          f"output is {out.shape}")
     if wp.size < wb512_packed_b_floats(c, m):
         raise ValueError(f"gemm512: packed weights hold {wp.size} floats, {c}x{m} needs "
                          f"{wb512_packed_b_floats(c, m)}")
-    if residual is not None and _array(residual, "residual").shape != out.shape:
-        raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
+    if residual is not None:
+        residual, ld_res = _pixels(residual, "residual")
+        if residual.shape != out.shape:
+            raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
     _epi(e, m, bias, slope, act, p0, p1, post)
     cdef bint in_place = _in_place(out, residual)
     if in_place:
         residual = None
     _no_overlap(out, x, wp, bias, residual, slope)
-    j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = n * h * w, m, c, c, m, m
+    j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = n * h * w, m, c, ldx, ldo, ld_res
     j.a, j.pb, j.c = _ptr(x), _ptr(wp), _ptr(out)
     j.accumulate, j.channel_is_row, j.e, j.res = in_place, 0, e, _ptr(residual)
     keep.extend((x, wp, bias, residual, out, slope, post))
@@ -367,12 +391,15 @@ cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, ker
                       int act, double p0, double p1, slope, bint implicit, post, list keep) except -1:
     """Check a :func:`conv_im2col` call and fill its geometry and epilogue."""
     cdef Geo g
-    x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
+    x = _array(x, "input", 4)
     w = _array(w, "weights")
     if nhwc:
+        out, g.ldo = _pixels(out, "output", writeable=True)
         (g.n, g.h, g.w, g.c), (on, g.oh, g.ow, g.m) = x.shape, out.shape
     else:
+        out = _array(out, "output", 4, writeable=True)
         (g.n, g.c, g.h, g.w), (on, g.m, g.oh, g.ow) = x.shape, out.shape
+        g.ldo = g.m
     g.kh, g.kw = kernel
     g.sh, g.sw = strides
     g.dh, g.dw = dilations

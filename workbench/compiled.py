@@ -27,9 +27,10 @@ from .denormals import flushed
 from .errors import WorkbenchError, where
 from .execute import check_inputs, io_layout
 from .governor import IDLE_GAP_S, ThreadGovernor
-from .graph import NCHW
+from .graph import NCHW, NHWC
 from .memory import Value, plan_memory
 from .pinning import caller_pinned
+from .slices import plan_slices
 
 
 def default_threads():
@@ -160,7 +161,12 @@ class CompiledModel:
         self.output_keys = {o: need(o, io_layout(g.spec(o), self.io_format)) for o in g.outputs if o not in g.constants}
         self.input_keys = {t: (t, lay) for t, lay in home.items()}
         self.in_place = self._in_place(plan, alias)
-        alias = {k: _root(alias, k) for k in alias}
+        protected = {k for t, k in self.input_keys.items() if t in g.inputs} | set(self.output_keys.values())
+        self.slices = plan_slices(plan, alias, self.routines, lambda k: adapt.physical_shape(self._spec(k)),
+                                  self._physical_axis, protected)
+        self._chain = dict(alias)   # each view's own base, for building the views in order
+        self._chain.update({k: s.base for k, s in self.slices.items()})
+        alias = {k: _root(self._chain, k) for k in self._chain}
         # Graph inputs read only by adapts: the adapts read the caller's array itself (no copy
         # into a buffer of ours first, which also left it all in the loading core's cache).
         readers = {}
@@ -178,20 +184,21 @@ class CompiledModel:
         for key in ready:
             if key not in alias:
                 spec = self._spec(key)
-                values[key] = Value(key, adapt.physical_shape(spec), spec.dtype, first=-1, last=-1)
+                values[key] = Value(key, adapt.physical_shape(spec), spec.dtype, first=None, last=-1)
         for step, (_, _, ins, outs) in enumerate(plan):
-            for k in outs:
-                if k not in alias:
-                    values[k].first = step
+            for k in outs:   # a buffer holding slices is live from the first slice written
+                v = values[owner(k)]
+                v.first = step if v.first is None else min(v.first, step)
             for k in ins + outs:   # a view's base stays alive while the view is written or read
                 if k is not None:
                     values[owner(k)].last = max(values[owner(k)].last, step)
         for k in self.output_keys.values():
             values[owner(k)].last = len(plan)
         for v in values.values():
+            v.first = -1 if v.first is None else v.first
             v.last = max(v.last, v.first)
         self.memory = plan_memory(values.values())
-        self._plan, self._alias = plan, alias
+        self._plan = plan
         self._pool_lock = threading.Lock()
         self._free = threading.BoundedSemaphore(self.max_concurrency)
         self._idle, self._executors = [], 0
@@ -204,8 +211,20 @@ class CompiledModel:
         """An arena and the plan's steps bound to it; ``prepare`` runs again for each, because
         routines keep scratch buffers in their state."""
         arenas, views = self.memory.allocate()
-        for key, base in self._alias.items():
-            views[key] = views[base].reshape(adapt.physical_shape(self._spec(key)))
+
+        def view(key):
+            if key not in views:
+                base = view(self._chain[key])
+                if key in self.slices:
+                    views[key] = self.slices[key].of(base)
+                elif base.flags.c_contiguous:
+                    views[key] = base.reshape(adapt.physical_shape(self._spec(key)))
+                else:   # plan_slices leaves buffers that others reinterpret alone
+                    raise WorkbenchError(f"internal: {key} would reshape a slice of {self._chain[key]}")
+            return views[key]
+
+        for key in self._chain:
+            view(key)
         ex = _Executor(arenas, views, threads=self.num_threads)
         ex.steps = [self._bind(ex, *p) for p in self._plan]
         with self._pool_lock:
@@ -260,6 +279,12 @@ class CompiledModel:
             alias[outs[0]] = base
             done[layer.name] = i
         return done
+
+    def _physical_axis(self, layer, key):
+        """The physical axis of ``key``'s array along which Concat/Split ``layer`` works."""
+        rank = len(self._spec(key).shape)
+        axis = layer.attrs["axis"] % rank
+        return (0, 3, 1, 2)[axis] if key[1] == NHWC and rank == 4 else axis
 
     def _spec(self, key):
         tensor, layout = key

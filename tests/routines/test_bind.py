@@ -50,6 +50,11 @@ def _graphs():
     nodes = [helper.make_node("LayerNormalization", ["x", "g", "h"], ["y"], axis=-1, epsilon=1e-5)]
     model = make_model(nodes, [("x", [1, 6, 20])], [("y", None)], consts)
     yield "layernorm", workbench.load(model.SerializeToString())
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1),
+             helper.make_node("Relu", ["a"], ["ra"]), helper.make_node("Sigmoid", ["b"], ["sb"]),
+             helper.make_node("Concat", ["sb", "ra", "x"], ["y"], axis=1)]
+    model = make_model(nodes, [("x", [1, 8, 6, 5])], [("y", None)], [("sizes", np.array([3, 5], np.int64))])
+    yield "split_concat", workbench.load(model.SerializeToString())
 
 
 GRAPHS = dict(_graphs())

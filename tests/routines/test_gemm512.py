@@ -391,3 +391,58 @@ def test_post_activation_affine_refusals():
     with pytest.raises(ValueError, match="NHWC"):
         g.conv_im2col(False, np.ones((1, 8, 3, 3), np.float32), np.ones((6, 72), np.float32), None, None,
                       np.zeros((1, 6, 3, 3), np.float32), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, post=(v, v))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv1x1_reads_and_writes_channel_slices(threads):
+    """Input, residual and output as channel slices of wider NHWC buffers (a Concat's parts, a
+    Split's views), two of them interleaved in one buffer: the same as on contiguous arrays, and
+    the channels around each slice untouched."""
+    rng = np.random.default_rng(11)
+    n, h, w, c, m = 2, 7, 9, 40, 36
+    buf = rng.standard_normal((n, h, w, c + m + 8)).astype(np.float32)
+    x, out = buf[..., 3:3 + c], buf[..., c + 5:c + 5 + m]
+    residual = rng.standard_normal((n, h, w, m + 5)).astype(np.float32)[..., 2:2 + m]
+    wt = rng.standard_normal((m, c)).astype(np.float32)
+    bias = rng.standard_normal(m).astype(np.float32)
+    want = np.maximum(np.einsum("nhwc,mc->nhwm", x.astype(np.float64), wt) + bias + residual, 0)
+    before = buf.copy()
+    g.conv1x1_nhwc(x, g.pack_b(wt, trans_b=True), bias, residual, out, 1, num_threads=threads)
+    assert _rel_err(out, want) < 1e-5
+    keep = np.ones(buf.shape[-1], bool)
+    keep[c + 5:c + 5 + m] = False
+    np.testing.assert_array_equal(buf[..., keep], before[..., keep])
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_im2col_and_implicit_write_a_channel_slice(implicit, threads):
+    rng = np.random.default_rng(12)
+    n, h, w, c, m = 1, 13, 21, 12, 40
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((m, c, 3, 3)).astype(np.float32)
+    want = np.zeros((n, h, w, m))
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for i in range(3):
+        for j in range(3):
+            want += np.einsum("nhwc,mc->nhwm", xp[:, i:i + h, j:j + w], wt[:, :, i, j])
+    buf = np.full((n, h, w, m + 24), np.nan, np.float32)
+    out = buf[..., 16:16 + m]
+    packed = g.pack_b(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(m, -1)), trans_b=True)
+    g.conv_im2col(True, x, packed, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1),
+                  num_threads=threads, implicit=implicit)
+    assert _rel_err(out, want) < 1e-5
+    assert np.isnan(buf[..., :16]).all() and np.isnan(buf[..., 16 + m:]).all()
+
+
+def test_pixels_that_are_not_evenly_spaced_rows_are_refused():
+    wp = g.pack_b(np.ones((8, 8), np.float32))
+    x = np.ones((1, 4, 6, 8), np.float32)
+    with pytest.raises(ValueError, match="channel slice"):
+        g.conv1x1_nhwc(x, wp, None, None, np.zeros((1, 8, 6, 8), np.float32)[:, ::2])   # rows apart
+    with pytest.raises(ValueError, match="channel slice"):
+        g.conv1x1_nhwc(np.ones((1, 4, 6, 16), np.float32)[..., ::2], wp, None, None, np.zeros((1, 4, 6, 8), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):   # the im2col input is read as whole pixels
+        g.conv_im2col(True, np.ones((1, 4, 6, 16), np.float32)[..., :8], g.pack_b(np.ones((8, 72), np.float32),
+                      trans_b=True), None, None, np.zeros((1, 2, 4, 8), np.float32), (3, 3), (1, 1), (1, 1),
+                      (0, 0, 0, 0))

@@ -48,6 +48,12 @@ class Routine:
     #: When set, output 0 is input ``view_of_input`` reinterpreted with the output's shape (a
     #: reshape of a contiguous buffer): the executor gives it no buffer and skips ``run``.
     view_of_input: ClassVar = None
+    #: Writes its 4-D outputs (``strided_out``) or reads its 4-D inputs (``strided_in``) as slices
+    #: of a larger buffer along the last physical axis (evenly spaced rows, the last axis
+    #: contiguous): a compiled model then lets it write Concat parts in place, or read Split
+    #: outputs and such parts as views (:mod:`workbench.slices`).
+    strided_out: ClassVar[bool] = False
+    strided_in: ClassVar[bool] = False
     descriptor: ClassVar[str] = ""
 
     def __init_subclass__(cls, register=True, **kwargs):

@@ -83,6 +83,7 @@ class NchwGemm1x1Avx512(_Gemm512):
 class NhwcGemm1x1Avx512(_Gemm512):
     layout = NHWC
     post_affine = True
+    strided_in = strided_out = True   # the GEMM's A and C leading dimensions
 
     @staticmethod
     def _pack(w):
@@ -158,6 +159,7 @@ class NchwIm2colAvx512(_Im2col512):
 class NhwcIm2colAvx512(_Im2col512):
     layout = NHWC
     post_affine = True
+    strided_out = True   # C's leading dimension; the input is read as whole pixels (kernel rows)
 
     @staticmethod
     def _pack(w):

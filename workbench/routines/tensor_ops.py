@@ -41,11 +41,13 @@ def _layout_ok(cls, specs, layer):
 
 
 class _Blocks(Routine, register=False):
-    """Concat and Split: rows of ``outer`` blocks along the physical axis."""
+    """Concat and Split: rows of ``outer`` blocks along the physical axis.  In a compiled model
+    parts may already be in place (:mod:`workbench.slices`): those are not copied."""
 
     op = ("Concat", "Split")
     algo = "copy"
     priority = 10
+    strided_in = strided_out = True
     # Rows of the whole up to this many elements are filled from every part in one pass
     # (``interleave``); longer ones are copied part by part (``copy_blocks``).
     SHORT_ROW = 4096
@@ -81,6 +83,49 @@ class _Blocks(Routine, register=False):
             else:
                 copy(whole, part, outer, width, ld, offset, width, 0, num_threads)
             offset += width
+
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        concat = layer.op == "Concat"
+        parts = [state.get(i, a) for i, a in enumerate(args) if a is not None] if concat else list(outs)
+        whole = outs[0] if concat else args[0]
+        axis = _physical_axis(layer.attrs["axis"], whole.ndim, cls.layout)
+        index, start, todo = [slice(None)] * whole.ndim, 0, []
+        for p in parts:
+            index[axis] = slice(start, start + p.shape[axis])
+            place = whole[tuple(index)]
+            if not _same(p, place):
+                todo.append((p, place, start))
+            start += p.shape[axis]
+        if not todo:
+            return lambda num_threads: None
+        flat = whole.flags.c_contiguous and all(p.flags.c_contiguous for p, _, _ in todo)
+        if len(todo) == len(parts) and flat:
+            return lambda num_threads: cls.run(layer, state, args, outs, num_threads)
+        copy = kernels("tensor_ops").copy_blocks
+        outer = int(np.prod(whole.shape[:axis], dtype=np.int64))
+        inner = int(np.prod(whole.shape[axis + 1:], dtype=np.int64))
+        ld = whole.shape[axis] * inner
+        calls = []
+        for p, place, offset in todo:   # rows of the whole's own buffer where it is flat
+            width = p.shape[axis] * inner
+            if flat and concat:
+                calls.append(lambda nt, p=p, w=width, o=offset * inner: copy(p, whole, outer, w, w, 0, ld, o, nt))
+            elif flat:
+                calls.append(lambda nt, p=p, w=width, o=offset * inner: copy(whole, p, outer, w, ld, o, w, 0, nt))
+            else:
+                calls.append(lambda nt, p=p, place=place: np.copyto(place, p) if concat else np.copyto(p, place))
+
+        def run(num_threads):
+            for call in calls:
+                call(num_threads)
+        return run
+
+
+def _same(a, b):
+    """``a`` and ``b`` are the same elements of the same buffer."""
+    return a.ctypes.data == b.ctypes.data and a.shape == b.shape and a.strides == b.strides
 
 
 class BlocksNchw(_Blocks):

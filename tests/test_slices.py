@@ -1,0 +1,151 @@
+"""Concat parts written in place and Split outputs as views (workbench.slices), and the pass that
+reads a whole Split's input in a Concat (workbench.passes.rejoin_splits): the same outputs as
+ONNX Runtime, and the buffers shared where the plan says they may be."""
+import numpy as np
+import pytest
+from onnx import helper
+
+import workbench
+from onnx_helpers import make_model
+from workbench import cpu, routines
+from workbench.check import relative_error, run_onnxruntime
+from workbench.compiled import CompiledModel
+
+REFERENCE = "cpu:float32:nchw/reference"
+
+
+def _conv(rng, name, src, dst, cin, cout, k=1, **attrs):
+    w = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    node = helper.make_node("Conv", [src, f"{name}_w", f"{name}_b"], [dst], name=name, kernel_shape=[k, k],
+                            pads=[k // 2] * 4, **attrs)
+    return node, [(f"{name}_w", w), (f"{name}_b", b)]
+
+
+def csp_model(rng, c=8, hw=(9, 13), shortcut=True):
+    """A YOLOv8 C2f block as exported: 1x1 conv (SiLU as Sigmoid/Mul), Split in halves, a 3x3 /
+    3x3 bottleneck on the second half (with the shortcut Add), Concat of both halves and the
+    bottleneck, 1x1 conv; and an SPPF-like tail: MaxPool twice, Concat of all three."""
+    nodes, inits = [], []
+
+    def conv_silu(name, src, dst, cin, cout, k=1):
+        node, w = _conv(rng, name, src, f"{name}_c", cin, cout, k)
+        nodes.extend([node, helper.make_node("Sigmoid", [f"{name}_c"], [f"{name}_s"]),
+                      helper.make_node("Mul", [f"{name}_c", f"{name}_s"], [dst])])
+        inits.extend(w)
+
+    conv_silu("cv1", "x", "t", 5, 2 * c)
+    nodes.append(helper.make_node("Split", ["t", "halves"], ["s0", "s1"], axis=1, name="split"))
+    inits.append(("halves", np.array([c, c], np.int64)))
+    conv_silu("m_cv1", "s1", "h", c, c, 3)
+    conv_silu("m_cv2", "h", "b0", c, c, 3)
+    if shortcut:
+        nodes.append(helper.make_node("Add", ["s1", "b0"], ["b"], name="shortcut"))
+    nodes.append(helper.make_node("Concat", ["s0", "s1", "b" if shortcut else "b0"], ["cat"], axis=1, name="concat"))
+    conv_silu("cv2", "cat", "y", 3 * c, 2 * c)
+    nodes += [helper.make_node("MaxPool", ["y"], ["p1"], kernel_shape=[5, 5], pads=[2] * 4, name="pool1"),
+              helper.make_node("MaxPool", ["p1"], ["p2"], kernel_shape=[5, 5], pads=[2] * 4, name="pool2"),
+              helper.make_node("Concat", ["y", "p1", "p2"], ["sppf"], axis=1, name="concat_sppf")]
+    conv_silu("cv3", "sppf", "out", 6 * c, 7)
+    return make_model(nodes, [("x", [1, 5, *hw])], [("out", None)], inits)
+
+
+def _check(model, compiled, graph, seed=0):
+    feeds = workbench.random_inputs(graph, seed=seed)
+    ours, theirs = compiled.run(feeds), run_onnxruntime(model, feeds)
+    for name, want in theirs.items():
+        assert relative_error(ours[name], want) <= 1e-4, name
+
+
+def test_rejoin_pass_reads_the_split_input():
+    model = csp_model(np.random.default_rng(0))
+    graph = workbench.load(model.SerializeToString())
+    concat = graph.layer("concat")
+    assert concat.inputs == [graph.producer(concat.inputs[0]).outputs[0], concat.inputs[1]]
+    assert concat.inputs[0] == graph.layer("split").inputs[0]
+    assert "rejoined_split" in concat.attrs["fusion"]
+    _check(model, CompiledModel(graph, {l.name: REFERENCE for l in graph}), graph)
+
+
+def test_split_of_other_axis_or_partial_is_not_rejoined():
+    nodes = [helper.make_node("Split", ["x"], ["a", "b", "c"], axis=1, num_outputs=3, name="split"),
+             helper.make_node("Concat", ["a", "b"], ["y"], axis=1, name="partial"),
+             helper.make_node("Concat", ["a", "b", "c"], ["z"], axis=2, name="other_axis"),
+             helper.make_node("Concat", ["b", "a", "c"], ["v"], axis=1, name="reordered")]
+    model = make_model(nodes, [("x", [1, 6, 4, 5])], [("y", None), ("z", None), ("v", None)], opset=18)
+    graph = workbench.load(model.SerializeToString())
+    for name, n in (("partial", 2), ("other_axis", 3), ("reordered", 3)):
+        assert len(graph.layer(name).inputs) == n
+    _check(model, CompiledModel(graph, {l.name: REFERENCE for l in graph}), graph)
+
+
+def test_nchw_batch1_concat_parts_and_split_views_share_one_buffer():
+    """Channels at batch 1 in NCHW are contiguous ranges: every producer writes into the Concat's
+    buffer and every Split output is a view, whatever the routine."""
+    rng = np.random.default_rng(1)
+    model = csp_model(rng)
+    graph = workbench.load(model.SerializeToString())
+    compiled = CompiledModel(graph, {l.name: "cpu:float32:nchw/copy" if l.op in ("Concat", "Split") else REFERENCE
+                                     for l in graph}, num_threads=2)
+    cat = ("cat", "nchw")
+    t, b0 = ("t", "nchw"), ("b", "nchw")   # b: the shortcut Add's output
+    assert compiled.slices[t].base == cat and compiled.slices[b0].base == cat
+    assert {k for k, s in compiled.slices.items() if s.base == ("sppf", "nchw")} == {
+        (graph.layer(n).outputs[0], "nchw") for n in ("cv2", "pool1", "pool2")}
+    for key in (t, b0):
+        assert key not in compiled.memory.values      # no buffer of its own
+    views = compiled._views
+    assert np.shares_memory(views[t], views[("cat", "nchw")])
+    for seed in (0, 1):
+        _check(model, compiled, graph, seed)
+
+
+def _nhwc_assignment(graph, conv3x3):
+    assignment = {}
+    for layer in graph:
+        specs = graph.input_specs(layer)
+        want = ("cpu:float32:nhwc/gemm1x1_avx512" if layer.op == "Conv" and layer.attrs["kernel_shape"] == [1, 1]
+                else conv3x3 if layer.op == "Conv" else "cpu:float32:nhwc/copy" if layer.op in ("Concat", "Split")
+                else None)
+        table = routines.routines_for(layer.op)
+        if want is None or want not in table or not table[want].applies(layer, specs):
+            nhwc = [d for d, r in table.items() if ":nhwc/" in d and r.applies(layer, specs)]
+            want = nhwc[0] if nhwc else REFERENCE
+        assignment[layer.name] = want
+    return assignment
+
+
+@pytest.mark.parametrize("conv3x3, written_in_place", [("cpu:float32:nhwc/implicit_avx512", True),
+                                                      ("cpu:float32:nhwc/winograd4_avx512", False)])
+def test_nhwc_channel_slices_only_through_routines_that_take_them(conv3x3, written_in_place):
+    """In NHWC a channel slice is strided rows: the 1x1 convs (strided in and out) and implicit
+    GEMM (strided out) write into the Concat's buffer; the Split output that a 3x3 conv reads
+    (its input read as whole pixels) is copied out, and a Winograd output is copied in."""
+    if not cpu.supports("avx512") or cpu.kernel_module("gemm512", "avx512") is None:
+        pytest.skip("this CPU lacks AVX-512 or gemm512_avx512 is not built")
+    rng = np.random.default_rng(2)
+    model = csp_model(rng, shortcut=False)   # the bottleneck's conv writes the Concat part
+    graph = workbench.load(model.SerializeToString())
+    assignment = _nhwc_assignment(graph, conv3x3)
+    compiled = CompiledModel(graph, assignment, num_threads=2)
+    slices = compiled.slices
+    cat = ("cat", "nhwc")
+    assert slices[("t", "nhwc")].base == cat and slices[("t", "nhwc")].axis == 3
+    s0, s1 = graph.layer("split").outputs
+    assert slices[(s0, "nhwc")].base == ("t", "nhwc")      # read by nothing now: a view
+    assert (s1, "nhwc") not in slices                       # read by the 3x3 conv: its own copy
+    b = (graph.layer("m_cv2").outputs[0], "nhwc")
+    assert (b in slices) == written_in_place
+    for seed in (0, 1):
+        _check(model, compiled, graph, seed)
+
+
+def test_graph_outputs_and_inputs_keep_their_buffers():
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Concat", ["x", "r"], ["y"], axis=1, name="cat")]
+    model = make_model(nodes, [("x", [1, 3, 4, 5])], [("y", None), ("r", None)])
+    graph = workbench.load(model.SerializeToString())
+    compiled = CompiledModel(graph, {l.name: REFERENCE for l in graph})
+    assert compiled.slices == {}
+    _check(model, compiled, graph)

@@ -16,6 +16,7 @@ cdef struct Geo:
     const float* slope
     float* y
     Py_ssize_t N, C, H, W, M, OH, OW, pt, pl, th, tw, G
+    Py_ssize_t ldo   # NHWC: floats from one output pixel to the next (M, or more in a slice)
     int m, A2, act, nhwc
     float p0, p1
 
@@ -190,6 +191,7 @@ cdef inline void _output_tiles_nhwc(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssiz
     cdef float* s = tmp                         # s[a][l][M]
     cdef float* o = tmp + alpha * m * M         # o[r][l][M]
     cdef float* sa
+    cdef float* y
     cdef const float* mo
     for t in range(t0, t1):
         gr = g0 + t // g.tw
@@ -215,12 +217,13 @@ cdef inline void _output_tiles_nhwc(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssiz
                 xx = j * m + l
                 if yy >= g.OH or xx >= g.OW:
                     continue
-                px = ((n * g.OH + yy) * g.OW + xx) * M
-                _finish_vec(g.y + px, o + (r * m + l) * M, g.bias, g.res + px if g.res != NULL else NULL, M)
+                px = (n * g.OH + yy) * g.OW + xx
+                y = g.y + px * g.ldo
+                _finish_vec(y, o + (r * m + l) * M, g.bias, g.res + px * M if g.res != NULL else NULL, M)
                 if g.act == 7:
-                    _prelu_vec(g.y + px, g.slope, M)
+                    _prelu_vec(y, g.slope, M)
                 else:
-                    act_run(g.y + px, M, g.act, g.p0, g.p1, 0)
+                    act_run(y, M, g.act, g.p0, g.p1, 0)
 
 
 # -- drivers ---------------------------------------------------------------------------------------

@@ -199,6 +199,27 @@ def _array(a, what, ndim=None, writeable=False):
     return a
 
 
+def pixel_rows(a, what, writeable=False):
+    """``(a, ld)``: ``a``, a 4-D float32 NHWC array whose pixels are evenly spaced rows of
+    contiguous channels (C-contiguous, or a channel slice of a larger NHWC buffer), and the
+    floats from one pixel to the next; ValueError naming ``what`` otherwise."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 4:
+        raise ValueError(f"{what} must be a 4-D float32 array, got "
+                         f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{what} is read-only")
+    shape, strides, ld = a.shape, a.strides, a.shape[3]
+    if a.flags.c_contiguous:
+        return a, ld
+    inner = [k for k in (2, 1, 0) if shape[k] > 1]
+    if inner:
+        ld = strides[inner[0]] // 4 // int(np.prod(shape[inner[0] + 1:3]))
+    if strides[3] != 4 or ld < shape[3] or any(strides[k] != 4 * ld * int(np.prod(shape[k + 1:3])) for k in inner):
+        raise ValueError(f"{what} must be C-contiguous or a channel slice of an NHWC buffer, "
+                         f"got strides {a.strides} for shape {a.shape}")
+    return a, ld
+
+
 def _ints(v, count, what, minimum):
     v = tuple(int(i) for i in v)
     if len(v) != count or any(i < minimum for i in v):

@@ -32,6 +32,8 @@ from _implicit512 cimport _implicit_ok, implicit_span
 from conv_gemm cimport ACT_RUN_LAST, Epi, Geo, _imin
 from wb_pool cimport wb_pool_import, wb_pool_run
 
+from workbench._kernels.conv_gemm import pixel_rows
+
 cnp.import_array()
 wb_pool_import()
 
@@ -56,24 +58,9 @@ def _array(a, what, ndim=None, writeable=False):
 
 
 def _pixels(a, what, writeable=False):
-    """``a``, a 4-D float32 NHWC array whose pixels are evenly spaced rows of contiguous channels
-    (C-contiguous, or a channel slice of a larger NHWC buffer), and the floats from one pixel to
-    the next."""
-    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 4:
-        _array(a, what, 4, writeable)
-    if a.flags.c_contiguous:
-        return _array(a, what, 4, writeable), a.shape[3]
-    shape, strides, ld = a.shape, a.strides, a.shape[3]
-    inner = [k for k in (2, 1, 0) if shape[k] > 1]
-    if inner:
-        ld = strides[inner[0]] // 4 // int(np.prod(shape[inner[0] + 1:3]))
-    if (strides[3] != 4 or ld < shape[3] or
-            any(strides[k] != 4 * ld * int(np.prod(shape[k + 1:3])) for k in inner)):
-        raise ValueError(f"gemm512: {what} must be C-contiguous or a channel slice of an NHWC buffer, "
-                         f"got strides {a.strides} for shape {a.shape}")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"gemm512: {what} is read-only")
-    return a, ld
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+        _array(a, what, 4, writeable)   # the TypeError naming what it is
+    return pixel_rows(a, f"gemm512: {what}", writeable)
 
 
 cdef float* _ptr(a):

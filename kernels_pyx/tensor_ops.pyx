@@ -12,6 +12,8 @@ cimport numpy as cnp
 from libc.string cimport memcpy
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
+from workbench._kernels.conv_gemm import pixel_rows
+
 cnp.import_array()
 wb_pool_import()
 
@@ -188,6 +190,7 @@ def interleave(parts, whole, Py_ssize_t rows, widths, bint split=False, int num_
 cdef struct _GatherCtx:
     const float* x
     float* out
+    Py_ssize_t xld, old   # floats from one row (along the last axis) to the next
     const Py_ssize_t* xs
     const Py_ssize_t* os
     const int* t0
@@ -199,11 +202,12 @@ cdef struct _GatherCtx:
     Py_ssize_t jobs, group   # output rows in all; rows per chunk
 
 
-cdef void _gather4(const float* x, float* out, const Py_ssize_t* xs, const Py_ssize_t* os,
-                   const int* t0, const int* t1, const int* t2, const int* t3, bint t3_run, float fill,
-                   int nt) noexcept nogil:
+cdef void _gather4(const float* x, float* out, const Py_ssize_t* xs, const Py_ssize_t* os, Py_ssize_t xld,
+                   Py_ssize_t old, const int* t0, const int* t1, const int* t2, const int* t3, bint t3_run,
+                   float fill, int nt) noexcept nogil:
     cdef _GatherCtx c
     c.x, c.out, c.xs, c.os, c.t0, c.t1, c.t2, c.t3, c.t3_run, c.fill = x, out, xs, os, t0, t1, t2, t3, t3_run, fill
+    c.xld, c.old = xld, old
     c.jobs = os[0] * os[1] * os[2]
     c.group = wb_jobs_per_chunk(c.jobs, os[3], nt)
     wb_pool_run(_gather_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
@@ -230,12 +234,12 @@ cdef void _gather_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
         rest = job // os[2]
         i1 = rest % os[1]
         i0 = rest // os[1]
-        o = out + job * os[3]
+        o = out + job * c.old
         if t0[i0] < 0 or t1[i1] < 0 or t2[i2] < 0:
             for l in range(os[3]):
                 o[l] = fill
             continue
-        src = x + ((t0[i0] * xs[1] + t1[i1]) * xs[2] + t2[i2]) * xs[3]
+        src = x + ((t0[i0] * xs[1] + t1[i1]) * xs[2] + t2[i2]) * c.xld
         if t3_run:
             memcpy(o, src + t3[0], os[3] * sizeof(float))
         else:
@@ -248,14 +252,17 @@ def gather4(x, out, tables, float fill=0, int num_threads=1):
 
     Parameters
     ----------
-    x, out : ndarray, float32, 4-D, C-contiguous (physical order, whatever the layout)
+    x, out : ndarray, float32, 4-D (physical order, whatever the layout), C-contiguous or a slice
+        along the last axis of a larger such array (evenly spaced rows: a Concat's part)
     tables : 4 ndarrays, int32, one per axis of ``out``, entries in ``[-1, x.shape[axis])``
     """
     what = "gather4"
-    _array(x, "x", what, np.float32)
-    _array(out, "out", what, np.float32, writeable=True)
-    if x.ndim != 4 or out.ndim != 4 or len(tables) != 4:
-        raise ValueError(f"{what}: needs 4-D x and out and 4 tables, got {x.shape}, {out.shape}, {len(tables)} tables")
+    if not (isinstance(x, np.ndarray) and isinstance(out, np.ndarray) and x.ndim == 4 and out.ndim == 4
+            and len(tables) == 4):
+        raise ValueError(f"{what}: needs 4-D x and out and 4 tables, got {getattr(x, 'shape', x)}, "
+                         f"{getattr(out, 'shape', out)}, {len(tables)} tables")
+    cdef Py_ssize_t xld = pixel_rows(x, f"{what}: x")[1]
+    cdef Py_ssize_t old = pixel_rows(out, f"{what}: out", writeable=True)[1]
     for axis, t in enumerate(tables):
         _array(t, f"table {axis}", what, np.int32)
         if t.ndim != 1 or t.size != out.shape[axis]:
@@ -281,7 +288,7 @@ def gather4(x, out, tables, float fill=0, int num_threads=1):
     cdef const float* px = <const float*> _data(x)
     cdef float* po = <float*> _data(out)
     with nogil:
-        _gather4(px, po, xs, os, p0, p1, p2, p3, t3_run, fill, nt)
+        _gather4(px, po, xs, os, xld, old, p0, p1, p2, p3, t3_run, fill, nt)
     return out
 
 

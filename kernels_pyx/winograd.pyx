@@ -223,6 +223,7 @@ def _conv(bint nhwc, x, U, bias, out, V, Mo, tmp, int m, pads, residual, int act
     cdef Geo g
     g.x, g.U, g.bias, g.res, g.slope, g.y = _p(x), _p(U), _p(bias), _p(residual), _p(slope), _p(out)
     g.N, g.C, g.H, g.W, g.M, g.OH, g.OW, g.pt, g.pl = N, C, H, W, M, OH, OW, pt, pl
+    g.ldo = M
     g.th, g.tw, g.m, g.A2, g.nhwc = -(-OH // m), -(-OW // m), m, A2, nhwc
     g.G = N * g.th
     g.act, g.p0, g.p1 = act, p0, p1

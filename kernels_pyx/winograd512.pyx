@@ -23,6 +23,7 @@ from _winograd_stages cimport Geo, _inputs, _outputs
 from conv_gemm cimport ACT_RUN_LAST
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
+from workbench._kernels.conv_gemm import pixel_rows
 from workbench._kernels.winograd import _f32 as _base_f32, scratch_floats as _base_scratch
 
 cnp.import_array()
@@ -276,7 +277,13 @@ def _conv(bint nhwc, x, PU, bias, out, V, Mo, tmp, work, int m, pads, residual, 
                          f"({packed_u_floats(m, C, M, nhwc)},)")
     sizes = scratch_floats(m, N, C, H, W, M, (pt, pl, pb, pr), rows, mode, num_threads, nhwc)
     OH, OW = H + pt + pb - 2, W + pl + pr - 2
-    _f32(out, "output", (N, OH, OW, M) if nhwc else (N, M, OH, OW), writeable=True)
+    ldo = M
+    if nhwc:   # the output may be a channel slice of a wider buffer (a Concat's part)
+        out, ldo = pixel_rows(out, "winograd512: output", writeable=True)
+        if out.shape != (N, OH, OW, M):
+            raise ValueError(f"winograd512: output has shape {out.shape}, expected {(N, OH, OW, M)}")
+    else:
+        _f32(out, "output", (N, M, OH, OW), writeable=True)
     for a, what, need in zip((V, Mo, tmp, work), ("V", "Mo", "tmp", "work"), sizes):
         _f32(a, what, writeable=True)
         if a.size < need:
@@ -290,6 +297,7 @@ def _conv(bint nhwc, x, PU, bias, out, V, Mo, tmp, work, int m, pads, residual, 
     cdef Geo g
     g.x, g.U, g.bias, g.res, g.slope, g.y = _p(x), _p(PU), _p(bias), _p(residual), _p(slope), _p(out)
     g.N, g.C, g.H, g.W, g.M, g.OH, g.OW, g.pt, g.pl = N, C, H, W, M, OH, OW, pt, pl
+    g.ldo = ldo
     g.th, g.tw, g.m, g.A2, g.nhwc = -(-OH // m), -(-OW // m), m, A2, nhwc
     g.G = N * g.th
     g.act, g.p0, g.p1 = act, p0, p1

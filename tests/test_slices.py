@@ -22,10 +22,10 @@ def _conv(rng, name, src, dst, cin, cout, k=1, **attrs):
     return node, [(f"{name}_w", w), (f"{name}_b", b)]
 
 
-def csp_model(rng, c=8, hw=(9, 13), shortcut=True):
+def csp_model(rng, c=8, hw=(9, 13), shortcut=True, sppf=True):
     """A YOLOv8 C2f block as exported: 1x1 conv (SiLU as Sigmoid/Mul), Split in halves, a 3x3 /
     3x3 bottleneck on the second half (with the shortcut Add), Concat of both halves and the
-    bottleneck, 1x1 conv; and an SPPF-like tail: MaxPool twice, Concat of all three."""
+    bottleneck, 1x1 conv; and (``sppf``) a tail of MaxPool twice, Concat of all three, 1x1 conv."""
     nodes, inits = [], []
 
     def conv_silu(name, src, dst, cin, cout, k=1):
@@ -43,6 +43,8 @@ def csp_model(rng, c=8, hw=(9, 13), shortcut=True):
         nodes.append(helper.make_node("Add", ["s1", "b0"], ["b"], name="shortcut"))
     nodes.append(helper.make_node("Concat", ["s0", "s1", "b" if shortcut else "b0"], ["cat"], axis=1, name="concat"))
     conv_silu("cv2", "cat", "y", 3 * c, 2 * c)
+    if not sppf:
+        return make_model(nodes, [("x", [1, 5, *hw])], [("y", None)], inits)
     nodes += [helper.make_node("MaxPool", ["y"], ["p1"], kernel_shape=[5, 5], pads=[2] * 4, name="pool1"),
               helper.make_node("MaxPool", ["p1"], ["p2"], kernel_shape=[5, 5], pads=[2] * 4, name="pool2"),
               helper.make_node("Concat", ["y", "p1", "p2"], ["sppf"], axis=1, name="concat_sppf")]
@@ -116,11 +118,13 @@ def _nhwc_assignment(graph, conv3x3):
 
 
 @pytest.mark.parametrize("conv3x3, written_in_place", [("cpu:float32:nhwc/implicit_avx512", True),
-                                                      ("cpu:float32:nhwc/winograd4_avx512", False)])
+                                                      ("cpu:float32:nhwc/winograd4_avx512", True),
+                                                      ("cpu:float32:nhwc/winograd4", False)])
 def test_nhwc_channel_slices_only_through_routines_that_take_them(conv3x3, written_in_place):
-    """In NHWC a channel slice is strided rows: the 1x1 convs (strided in and out) and implicit
-    GEMM (strided out) write into the Concat's buffer; the Split output that a 3x3 conv reads
-    (its input read as whole pixels) is copied out, and a Winograd output is copied in."""
+    """In NHWC a channel slice is strided rows: the 1x1 convs (strided in and out), implicit GEMM
+    and our Winograd (strided out) write into the Concat's buffer; the Split output that a 3x3
+    conv reads (its input read as whole pixels) is copied out, and the BLAS Winograd's output
+    is copied in."""
     if not cpu.supports("avx512") or cpu.kernel_module("gemm512", "avx512") is None:
         pytest.skip("this CPU lacks AVX-512 or gemm512_avx512 is not built")
     rng = np.random.default_rng(2)
@@ -149,3 +153,21 @@ def test_graph_outputs_and_inputs_keep_their_buffers():
     compiled = CompiledModel(graph, {l.name: REFERENCE for l in graph})
     assert compiled.slices == {}
     _check(model, compiled, graph)
+
+
+def test_nan_in_a_winograd_layer_writing_a_concat_part_propagates_as_in_onnxruntime():
+    """A non-finite input sends our Winograd to its exact im2col path, which then writes the
+    Concat part through a buffer of its own."""
+    if not cpu.supports("avx512") or cpu.kernel_module("winograd512", "avx512") is None:
+        pytest.skip("this CPU lacks AVX-512 or winograd512_avx512 is not built")
+    # Without the max pools: ONNX Runtime's MaxPool drops a NaN or keeps it by the order it compares in.
+    model = csp_model(np.random.default_rng(4), shortcut=False, sppf=False)
+    graph = workbench.load(model.SerializeToString())
+    compiled = CompiledModel(graph, _nhwc_assignment(graph, "cpu:float32:nhwc/winograd4_avx512"), num_threads=2)
+    assert compiled.slices[(graph.layer("m_cv2").outputs[0], "nhwc")].base == ("cat", "nhwc")
+    x = workbench.random_inputs(graph, seed=5)["x"]
+    x[0, 1, 4, 6] = np.nan
+    ours, theirs = compiled.run({"x": x})["y"], run_onnxruntime(model, {"x": x})["y"]
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+    finite = np.isfinite(theirs)
+    assert relative_error(ours[finite], theirs[finite]) <= 1e-4

@@ -76,14 +76,17 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
     targets = set(alias.values())
     slices = {}
 
-    def strided_ok(key):
-        """Every step that writes or reads ``key`` takes it as a slice of evenly spaced rows."""
-        return (all(kind == "layer" and routines[p.name].strided_out for _, kind, p in writers.get(key, []))
+    def strided_ok(key, axis):
+        """``key`` may be a slice along ``axis`` that is not contiguous: the last axis (evenly
+        spaced rows, the only kind the routines take), and every step that writes or reads it
+        says it takes those."""
+        return (axis == len(shape_of(key)) - 1
+                and all(kind == "layer" and routines[p.name].strided_out for _, kind, p in writers.get(key, []))
                 and all(kind == "layer" and routines[p.name].strided_in for _, kind, p in readers.get(key, [])))
 
     def children_ok(key, axis, contiguous):
         """The views already cut from ``key`` stay rows of one stride once ``key`` is a slice."""
-        return all(s.axis == axis and (contiguous or strided_ok(k)) for k, s in slices.items() if s.base == key)
+        return all(s.axis == axis and (contiguous or strided_ok(k, axis)) for k, s in slices.items() if s.base == key)
 
     def free(key):
         return key not in alias and key not in targets and key not in protected and key not in slices
@@ -103,7 +106,7 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
         start = 0
         for k in outs:
             width = shape_of(k)[axis]
-            if free(k) and len(writers.get(k, [])) == 1 and (contiguous or strided_ok(k)):
+            if free(k) and len(writers.get(k, [])) == 1 and (contiguous or strided_ok(k, axis)):
                 slices[k] = Slice(base, axis, start, start + width)
             start += width
 
@@ -126,7 +129,7 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
         for key in parts:
             width = shape_of(key)[axis]
             if (free(key) and len(writers.get(key, [])) == 1 and writers[key][0][1] == "layer"
-                    and (contiguous or strided_ok(key)) and children_ok(key, axis, contiguous)):
+                    and (contiguous or strided_ok(key, axis)) and children_ok(key, axis, contiguous)):
                 slices[key] = Slice(whole, axis, start, start + width)
             start += width
     return slices

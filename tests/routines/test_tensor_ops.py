@@ -185,6 +185,26 @@ def test_resize_sizes_and_channel_scales():
         assert not any(_applies(g, f"cpu:float32:{lay}/gather") for lay in LAYOUTS)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gather4_reads_and_writes_channel_slices(threads):
+    """A nearest 2x upsample (and a padded crop) from and into channel slices of wider NHWC
+    buffers, as in a Concat of an FPN: NumPy's indexing, and the channels around untouched."""
+    from workbench._kernels import tensor_ops as k
+    rng = np.random.default_rng(5)
+    src = rng.standard_normal((2, 5, 7, 20)).astype(np.float32)
+    x = src[..., 3:14]
+    t = [np.arange(2, dtype=np.int32), np.repeat(np.arange(5, dtype=np.int32), 2),
+         np.append(np.repeat(np.arange(7, dtype=np.int32), 2), -1).astype(np.int32), np.arange(11, dtype=np.int32)]
+    big = np.full((2, 10, 15, 30), 7.0, np.float32)
+    out = big[..., 9:20]
+    k.gather4(x, out, t, -1.5, threads)
+    want = x[:, t[1]][:, :, t[2][:-1]]
+    np.testing.assert_array_equal(out[:, :, :14], want)
+    assert (out[:, :, 14] == -1.5).all() and (big[..., :9] == 7).all() and (big[..., 20:] == 7).all()
+    with pytest.raises(ValueError, match="channel slice"):
+        k.gather4(x, np.empty((2, 20, 15, 11), np.float32)[:, ::2], t)
+
+
 def test_kernel_twins_check_shapes():
     from workbench._kernels import tensor_ops as k
     a = np.arange(12, dtype=np.float32)

@@ -178,7 +178,12 @@ class _Winograd(Routine, register=False):
         exact = NhwcIm2col if cls.layout == NHWC else NchwIm2col
         if state.get("exact") is None:
             state["exact"] = exact.prepare(layer)   # once, on the first non-finite input
-        exact.run(layer, state["exact"], args, outs, num_threads)
+        if outs[0].flags.c_contiguous:
+            exact.run(layer, state["exact"], args, outs, num_threads)
+        else:   # a Concat's part (strided_out): im2col writes whole pixels
+            out = np.empty(outs[0].shape, np.float32)
+            exact.run(layer, state["exact"], args, [out], num_threads)
+            np.copyto(outs[0], out)
 
 class _Winograd4(_Winograd, register=False):
     m, priority = 4, 12   # measured fastest on 3x3 stride-1 at 56x56 and 28x28 outputs

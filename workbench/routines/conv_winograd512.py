@@ -93,12 +93,14 @@ class Winograd4Avx512(_Winograd512):
 
 class Winograd2NhwcAvx512(_Winograd512):
     algo, m, layout = "winograd2_avx512", 2, NHWC
+    strided_out = True   # the output transform writes each pixel's channels where told
     # ResNet-50's 14x14 and 7x7 layers: faster than winograd4_avx512 and im2col_avx512.
     fast_priority, max_pixels = 12.6, 28 * 28
 
 
 class Winograd4NhwcAvx512(_Winograd512):
     algo, m, layout = "winograd4_avx512", 4, NHWC
+    strided_out = True   # the output transform writes each pixel's channels where told
     # 7x7 outputs: tied with im2col_avx512; VGG's first layer (3 input channels): im2col_avx512
     # measured 1.3x faster.
     fast_priority, slow_priority, min_pixels, min_channels = 12.5, 11, 14 * 14, 16

@@ -277,6 +277,7 @@ class _Gather(Routine, register=False):
     op = ("Pad", "Slice", "Resize", "Upsample")
     algo = "gather"
     priority = 10
+    strided_in = strided_out = True   # gather4 reads and writes rows where told (an upsample into a Concat)
 
     @classmethod
     def applies(cls, layer, specs):
@@ -320,7 +321,7 @@ class _Gather(Routine, register=False):
         # A Slice that reads runs of consecutive elements is a block copy (memcpy per run),
         # several times faster than a gather of every element through its tables.
         blocks = memo(state, ("blocks", x.shape), lambda: block_plan(tables, x4.shape) or ()) if layer.op == "Slice" else ()
-        if blocks:
+        if blocks and x4.flags.c_contiguous and y4.flags.c_contiguous:
             outer, width, ld, offset = blocks
             kernels("tensor_ops").copy_blocks(x4, y4, outer, width, ld, offset, width, 0, num_threads)
             return

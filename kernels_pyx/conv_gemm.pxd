@@ -16,6 +16,7 @@ cdef enum:
 cdef struct Geo:
     Py_ssize_t n, c, h, w, m, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, g, cg, mg, kg, p
     Py_ssize_t ldo   # NHWC: floats from one output pixel to the next (m, or more in a slice)
+    Py_ssize_t ldx   # NHWC: floats from one input pixel to the next (c, or more in a slice)
 
 
 cdef struct Epi:
@@ -83,7 +84,7 @@ cdef inline void _cols_nhwc_pixel(const Geo* g, const float* x, float* d, Py_ssi
     """The im2col row (ki, kj, channel) of global output pixel ``q`` for group ``gi``."""
     cdef Py_ssize_t nn = q // g.p, p = q - nn * g.p, y = p // g.ow, xo = p - y * g.ow
     cdef Py_ssize_t i, j, ih, iw, j0, j1, ox = xo * g.sw - g.pl
-    cdef const float* base = x + nn * g.h * g.w * g.c + gi * g.cg
+    cdef const float* base = x + nn * g.h * g.w * g.ldx + gi * g.cg
     cdef Py_ssize_t seg = g.kw * g.cg
     # Kernel columns j whose input column ox + j * dw falls inside the image.
     j0 = 0 if ox >= 0 else (-ox + g.dw - 1) // g.dw
@@ -96,13 +97,13 @@ cdef inline void _cols_nhwc_pixel(const Geo* g, const float* x, float* d, Py_ssi
         else:
             if j0 > 0:
                 memset(d, 0, j0 * g.cg * sizeof(float))
-            if g.dw == 1 and g.g == 1:
+            if g.dw == 1 and g.g == 1 and g.ldx == g.c:
                 # Adjacent kernel taps read adjacent pixels: one copy for the whole span.
                 memcpy(d + j0 * g.cg, base + (ih * g.w + ox + j0) * g.c, (j1 - j0) * g.cg * sizeof(float))
             else:
                 for j in range(j0, j1):
                     iw = ox + j * g.dw
-                    memcpy(d + j * g.cg, base + (ih * g.w + iw) * g.c, g.cg * sizeof(float))
+                    memcpy(d + j * g.cg, base + (ih * g.w + iw) * g.ldx, g.cg * sizeof(float))
             if j1 < g.kw:
                 memset(d + j1 * g.cg, 0, (g.kw - j1) * g.cg * sizeof(float))
         d += seg

@@ -242,7 +242,7 @@ def _conv2d(bint nhwc, x, w, bias, residual, out, scratch, kernel, strides, dila
         (g.n, g.h, g.w, g.c), (on, g.oh, g.ow, g.m) = x.shape, out.shape
     else:
         (g.n, g.c, g.h, g.w), (on, g.m, g.oh, g.ow) = x.shape, out.shape
-    g.ldo = g.m
+    g.ldo, g.ldx = g.m, g.c
     g.kh, g.kw = _ints(kernel, 2, "kernel", 1)
     g.sh, g.sw = _ints(strides, 2, "strides", 1)
     g.dh, g.dw = _ints(dilations, 2, "dilations", 1)

@@ -378,15 +378,15 @@ cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, ker
                       int act, double p0, double p1, slope, bint implicit, post, list keep) except -1:
     """Check a :func:`conv_im2col` call and fill its geometry and epilogue."""
     cdef Geo g
-    x = _array(x, "input", 4)
     w = _array(w, "weights")
-    if nhwc:
+    if nhwc:   # channel slices of wider buffers (Concat parts, Split views); implicit reads whole pixels
+        x, g.ldx = (_array(x, "input", 4), x.shape[3]) if implicit else _pixels(x, "input")
         out, g.ldo = _pixels(out, "output", writeable=True)
         (g.n, g.h, g.w, g.c), (on, g.oh, g.ow, g.m) = x.shape, out.shape
     else:
-        out = _array(out, "output", 4, writeable=True)
+        x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
         (g.n, g.c, g.h, g.w), (on, g.m, g.oh, g.ow) = x.shape, out.shape
-        g.ldo = g.m
+        g.ldo, g.ldx = g.m, g.c
     g.kh, g.kw = kernel
     g.sh, g.sw = strides
     g.dh, g.dw = dilations

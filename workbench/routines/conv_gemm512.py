@@ -159,7 +159,7 @@ class NchwIm2colAvx512(_Im2col512):
 class NhwcIm2colAvx512(_Im2col512):
     layout = NHWC
     post_affine = True
-    strided_out = True   # C's leading dimension; the input is read as whole pixels (kernel rows)
+    strided_in = strided_out = True   # the gather's pixel stride; C's leading dimension
 
     @staticmethod
     def _pack(w):
@@ -183,6 +183,7 @@ class NhwcImplicitAvx512(NhwcIm2colAvx512):
     algo = "implicit_avx512"
     priority = 11.4   # below im2col_avx512 until measured: the profiler has the last word
     implicit = True
+    strided_in = False   # a kernel row's taps are read as one run of KW x C floats
 
     @classmethod
     def applies(cls, layer, specs):

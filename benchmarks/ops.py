@@ -87,6 +87,9 @@ CASES = {
         ("Conv 3x3 s1 16->16 1x16x80x80 SiLU", lambda: _conv(16, 16, 80, 3, 1, silu=True)),
         ("Conv 3x3 s1 64->64 1x64x20x20 SiLU", lambda: _conv(64, 64, 20, 3, 1, silu=True)),
         ("Conv 3x3 s2 48->24 1x48x320x320", lambda: _conv(48, 24, 320, 3, 2)),
+        # PP-OCRv6 det's memory-bound 1x1 layers at 160x160 (10 MB a tensor).
+        ("Conv 1x1 48->96 1x48x160x160", lambda: _conv(48, 96, 160, 1, 1)),
+        ("Conv 1x1 96->48 1x96x160x160", lambda: _conv(96, 48, 160, 1, 1)),
     ],
     "depthwise": [
         ("Depthwise 7x7 s1 1x96x160x160", lambda: _conv(96, 96, 160, 7, 1, group=96)),

@@ -202,14 +202,12 @@ cdef struct _GatherCtx:
     Py_ssize_t jobs, group   # output rows in all; rows per chunk
 
 
-cdef void _gather4(const float* x, float* out, const Py_ssize_t* xs, const Py_ssize_t* os, Py_ssize_t xld,
-                   Py_ssize_t old, const int* t0, const int* t1, const int* t2, const int* t3, bint t3_run,
-                   float fill, int nt) noexcept nogil:
-    cdef _GatherCtx c
-    c.x, c.out, c.xs, c.os, c.t0, c.t1, c.t2, c.t3, c.t3_run, c.fill = x, out, xs, os, t0, t1, t2, t3, t3_run, fill
-    c.xld, c.old = xld, old
-    c.jobs = os[0] * os[1] * os[2]
-    c.group = wb_jobs_per_chunk(c.jobs, os[3], nt)
+cdef void _gather_go(_GatherCtx c, int nt) noexcept nogil:
+    """Run a checked gather (``c`` copied: the split between threads is per call)."""
+    c.jobs = c.os[0] * c.os[1] * c.os[2]
+    if c.jobs == 0 or c.os[3] == 0:
+        return
+    c.group = wb_jobs_per_chunk(c.jobs, c.os[3], nt)
     wb_pool_run(_gather_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
 
@@ -256,40 +254,61 @@ def gather4(x, out, tables, float fill=0, int num_threads=1):
         along the last axis of a larger such array (evenly spaced rows: a Concat's part)
     tables : 4 ndarrays, int32, one per axis of ``out``, entries in ``[-1, x.shape[axis])``
     """
+    cdef _GatherCtx c
+    cdef Py_ssize_t xs[4]
+    cdef Py_ssize_t os[4]
+    _gather_init(&c, xs, os, x, out, tables, fill)
+    cdef int nt = _threads(out.size, num_threads)
+    with nogil:
+        _gather_go(c, nt)
+    return out
+
+
+cdef class Gather4:
+    """:func:`gather4` on fixed arrays and tables, checked once when made; each call
+    ``(num_threads)`` runs it (an executor's step: the checks cost more than a small gather)."""
+    cdef _GatherCtx c
+    cdef Py_ssize_t xs[4]
+    cdef Py_ssize_t os[4]
+    cdef Py_ssize_t size
+    cdef tuple keep
+
+    def __init__(self, x, out, tables, float fill=0):
+        _gather_init(&self.c, self.xs, self.os, x, out, tables, fill)
+        self.size, self.keep = out.size, (x, out, tuple(tables))
+
+    def __call__(self, int num_threads):
+        cdef int nt = _threads(self.size, num_threads)
+        with nogil:
+            _gather_go(self.c, nt)
+
+
+cdef int _gather_init(_GatherCtx* c, Py_ssize_t* xs, Py_ssize_t* os, x, out, tables, float fill) except -1:
+    """Check a :func:`gather4` call and fill ``c`` (the shapes in ``xs`` and ``os``, which it
+    points at), all but the split between threads."""
     what = "gather4"
     if not (isinstance(x, np.ndarray) and isinstance(out, np.ndarray) and x.ndim == 4 and out.ndim == 4
             and len(tables) == 4):
         raise ValueError(f"{what}: needs 4-D x and out and 4 tables, got {getattr(x, 'shape', x)}, "
                          f"{getattr(out, 'shape', out)}, {len(tables)} tables")
-    cdef Py_ssize_t xld = pixel_rows(x, f"{what}: x")[1]
-    cdef Py_ssize_t old = pixel_rows(out, f"{what}: out", writeable=True)[1]
+    c.xld = pixel_rows(x, f"{what}: x")[1]
+    c.old = pixel_rows(out, f"{what}: out", writeable=True)[1]
     for axis, t in enumerate(tables):
         _array(t, f"table {axis}", what, np.int32)
         if t.ndim != 1 or t.size != out.shape[axis]:
             raise ValueError(f"{what}: table {axis} has {t.size} entries, out has {out.shape[axis]} on that axis")
         if t.size and (t.min() < -1 or t.max() >= x.shape[axis]):
             raise ValueError(f"{what}: table {axis} indexes outside [-1, {x.shape[axis]})")
-    if out.size == 0:
-        return out
-    t3 = tables[3]
-    run = bool(t3[0] >= 0 and np.array_equal(t3, np.arange(t3[0], t3[0] + t3.size, dtype=np.int32)))
-    cdef Py_ssize_t xs[4]
-    cdef Py_ssize_t os[4]
+    if x.size == 0 and out.size and not all((t < 0).any() or t.size == 0 for t in tables):
+        raise ValueError(f"{what}: x is empty but the tables read from it")
     for axis in range(4):
         xs[axis], os[axis] = x.shape[axis], out.shape[axis]
-    if x.size == 0 and not all((t < 0).any() or t.size == 0 for t in tables):
-        raise ValueError(f"{what}: x is empty but the tables read from it")
-    cdef const int* p0 = <const int*> _data(tables[0])
-    cdef const int* p1 = <const int*> _data(tables[1])
-    cdef const int* p2 = <const int*> _data(tables[2])
-    cdef const int* p3 = <const int*> _data(t3)
-    cdef bint t3_run = run
-    cdef int nt = _threads(out.size, num_threads)
-    cdef const float* px = <const float*> _data(x)
-    cdef float* po = <float*> _data(out)
-    with nogil:
-        _gather4(px, po, xs, os, xld, old, p0, p1, p2, p3, t3_run, fill, nt)
-    return out
+    t3 = tables[3]
+    c.t3_run = out.size and bool(t3[0] >= 0 and np.array_equal(t3, np.arange(t3[0], t3[0] + t3.size, dtype=np.int32)))
+    c.x, c.out, c.xs, c.os, c.fill = <const float*> _data(x), <float*> _data(out), xs, os, fill
+    c.t0, c.t1 = <const int*> _data(tables[0]), <const int*> _data(tables[1])
+    c.t2, c.t3 = <const int*> _data(tables[2]), <const int*> _data(t3)
+    return 0
 
 
 # -- bilinear resize -----------------------------------------------------------------------------------

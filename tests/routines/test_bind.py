@@ -55,6 +55,18 @@ def _graphs():
              helper.make_node("Concat", ["sb", "ra", "x"], ["y"], axis=1)]
     model = make_model(nodes, [("x", [1, 8, 6, 5])], [("y", None)], [("sizes", np.array([3, 5], np.int64))])
     yield "split_concat", workbench.load(model.SerializeToString())
+    consts = [("pads", np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)), ("starts", np.array([1, 0], np.int64)),
+              ("ends", np.array([7, 9], np.int64)), ("axes", np.array([2, 3], np.int64)),
+              ("roi", np.zeros(0, np.float32)), ("scales", np.array([1, 1, 2, 1.5], np.float32))]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode="constant"),
+             helper.make_node("Slice", ["p", "starts", "ends", "axes"], ["s"]),
+             helper.make_node("Resize", ["s", "roi", "scales"], ["y"], mode="nearest")]
+    model = make_model(nodes, [("x", [1, 6, 5, 7])], [("y", None)], consts)
+    yield "pad_slice_resize", workbench.load(model.SerializeToString())
+    nodes = [helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")]
+    model = make_model(nodes, [("x", [1, 6, 5, 7])], [("y", None)],
+                       [("scales", np.array([1, 1, 2, 2], np.float32))], opset=9)
+    yield "upsample", workbench.load(model.SerializeToString())
 
 
 GRAPHS = dict(_graphs())

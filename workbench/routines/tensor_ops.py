@@ -311,21 +311,32 @@ class _Gather(Routine, register=False):
         return _to4(tables)
 
     @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
+    def _call(cls, layer, state, args, outs):
+        """``(kernel, arguments before num_threads, bound)``: a block copy for a Slice that reads
+        runs of consecutive elements (a memcpy per run, several times faster than a gather of
+        every element through its tables), else the gather."""
         x, y = args[0], outs[0]
         logical = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if cls.layout == NHWC else x.shape
         tables = memo(state, x.shape, lambda: cls._tables(layer, logical))
         fill = np.float32(layer.attrs.get("value", 0.0)) if layer.op == "Pad" else 0.0
         x4 = x.reshape((1,) * (4 - x.ndim) + x.shape)
         y4 = y.reshape((1,) * (4 - y.ndim) + y.shape)
-        # A Slice that reads runs of consecutive elements is a block copy (memcpy per run),
-        # several times faster than a gather of every element through its tables.
+        k = kernels("tensor_ops")
         blocks = memo(state, ("blocks", x.shape), lambda: block_plan(tables, x4.shape) or ()) if layer.op == "Slice" else ()
         if blocks and x4.flags.c_contiguous and y4.flags.c_contiguous:
             outer, width, ld, offset = blocks
-            kernels("tensor_ops").copy_blocks(x4, y4, outer, width, ld, offset, width, 0, num_threads)
-            return
-        kernels("tensor_ops").gather4(x4, y4, tables, fill, num_threads)
+            return k.copy_blocks, (x4, y4, outer, width, ld, offset, width, 0), None
+        return k.gather4, (x4, y4, tables, fill), k.Gather4
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        kernel, call_args, _ = cls._call(layer, state, args, outs)
+        kernel(*call_args, num_threads)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        kernel, call_args, bound = cls._call(layer, state, args, outs)
+        return bound(*call_args) if bound is not None else None
 
 
 class GatherNchw(_Gather):

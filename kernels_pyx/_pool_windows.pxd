@@ -5,7 +5,8 @@ from libc.float cimport FLT_MAX
 
 cdef extern from "wb_pool512.h" nogil:
     int wb_pool512_row(const float* x, float* y, Py_ssize_t b, Py_ssize_t oh, Py_ssize_t H, Py_ssize_t W,
-                       Py_ssize_t C, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
+                       Py_ssize_t C, Py_ssize_t ldx, Py_ssize_t ldy, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh,
+                       Py_ssize_t sw, Py_ssize_t dh,
                        Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl, const int* kh_lo, const int* kh_hi,
                        const int* kw_lo, const int* kw_hi, const float* inv_h, const float* inv_w, int is_max)
 
@@ -97,6 +98,7 @@ cdef struct _PoolCtx:
     const float* inv_w
     Py_ssize_t H, W, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl, o_a, o_b
     Py_ssize_t per, band, bands, C, cb, blocks
+    Py_ssize_t ldx, ldy   # NHWC: floats from one pixel to the next (C, or more in a channel slice)
     Py_ssize_t jobs, group   # jobs in all; jobs per chunk (chunk i: jobs i * group ...)
     bint is_max
 
@@ -195,7 +197,7 @@ cdef inline void _nhwc_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
     cdef const float* inv_w = c.inv_w
     cdef Py_ssize_t H = c.H, W = c.W, OH = c.OH, OW = c.OW, KH = c.KH, C = c.C, cb = c.cb
     cdef Py_ssize_t sh = c.sh, sw = c.sw, dh = c.dh, dw = c.dw, pt = c.pt, pl = c.pl
-    cdef Py_ssize_t blocks = c.blocks, band = c.band, bands = c.bands
+    cdef Py_ssize_t blocks = c.blocks, band = c.band, bands = c.bands, ldx = c.ldx, ldy = c.ldy
     cdef Py_ssize_t j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
     cdef Py_ssize_t job, b, c0, w, oh0, oh1, r0, r1, ih, oh, ow, kh, kw, ch, rest
     cdef bint is_max = c.is_max
@@ -219,11 +221,11 @@ cdef inline void _nhwc_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
                 if kw_hi[ow] <= kw_lo[ow]:
                     _fill(hv, w, -FLT_MAX if is_max else 0)
                 for kw in range(kw_lo[ow], kw_hi[ow]):
-                    xv = x + ((b * H + ih) * W + ow * sw + kw * dw - pl) * C + c0
+                    xv = x + ((b * H + ih) * W + ow * sw + kw * dw - pl) * ldx + c0
                     _fold_row(hv, xv, w, 1, kw == kw_lo[ow], is_max)
         for oh in range(oh0, oh1):
             for ow in range(OW):
-                yv = y + ((b * OH + oh) * OW + ow) * C + c0
+                yv = y + ((b * OH + oh) * OW + ow) * ldy + c0
                 if kh_hi[oh] <= kh_lo[oh]:
                     _fill(yv, w, -FLT_MAX if is_max else 0)
                 for kh in range(kh_lo[oh], kh_hi[oh]):
@@ -239,5 +241,5 @@ cdef inline void _nhwc_rows_chunk(void* ctx, Py_ssize_t i, int slot) noexcept no
     cdef const _PoolCtx* c = <const _PoolCtx*> ctx
     cdef Py_ssize_t job
     for job in range(i * c.group, min((i + 1) * c.group, c.jobs)):
-        wb_pool512_row(c.x, c.y, job // c.OH, job % c.OH, c.H, c.W, c.C, c.OH, c.OW, c.sh, c.sw, c.dh, c.dw,
-                       c.pt, c.pl, c.kh_lo, c.kh_hi, c.kw_lo, c.kw_hi, c.inv_h, c.inv_w, c.is_max)
+        wb_pool512_row(c.x, c.y, job // c.OH, job % c.OH, c.H, c.W, c.C, c.ldx, c.ldy, c.OH, c.OW, c.sh, c.sw,
+                       c.dh, c.dw, c.pt, c.pl, c.kh_lo, c.kh_hi, c.kw_lo, c.kw_hi, c.inv_h, c.inv_w, c.is_max)

@@ -155,6 +155,7 @@ cdef struct _Bin:
     const Py_ssize_t* d
     const Py_ssize_t* sa
     const Py_ssize_t* sb
+    const Py_ssize_t* so   # the output's strides (its last 1)
     Py_ssize_t chunk, chunks, jobs, group
     int code, act
     float p0, p1
@@ -177,7 +178,7 @@ cdef inline void _binary_job(const _Bin* c, Py_ssize_t job) noexcept nogil:
     i0 = rest // d[1]
     cdef const float* pa = c.a + i0 * c.sa[0] + i1 * c.sa[1] + i2 * c.sa[2] + r0 * c.sa[3]
     cdef const float* pb = c.b + i0 * c.sb[0] + i1 * c.sb[1] + i2 * c.sb[2] + r0 * c.sb[3]
-    cdef float* po = c.out + ((i0 * d[1] + i1) * d[2] + i2) * d[3] + r0
+    cdef float* po = c.out + i0 * c.so[0] + i1 * c.so[1] + i2 * c.so[2] + r0
     if c.code == 0:
         _row(<AddT*> NULL, po, pa, c.sa[3], pb, c.sb[3], n)
     elif c.code == 1:
@@ -214,9 +215,10 @@ def binary(a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0,
 
     Parameters
     ----------
-    a, b : ndarray, float32, C-contiguous
+    a, b : ndarray, float32, C-contiguous or views with a contiguous last axis (a Concat's part)
         Operands, read at ``sum(i_k * strides[k])`` elements from their start (0 strides broadcast).
-    out : ndarray, float32, C-contiguous, ``prod(dims)`` elements, written in loop order
+    out : ndarray, float32, ``prod(dims)`` elements, written in loop order: C-contiguous, or of
+        shape ``dims`` with its last axis contiguous (a channel slice, written where it lies)
     dims, a_strides, b_strides : sequences of 4 ints (outermost first)
     op : {"Add", "Sub", "Mul", "Div"}
     act, p0, p1 : fused activation code and parameters (see ``_epilogue.pxd``; not PRelu)
@@ -225,19 +227,28 @@ def binary(a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0,
     cdef Py_ssize_t d[4]
     cdef Py_ssize_t sa[4]
     cdef Py_ssize_t sb[4]
+    cdef Py_ssize_t so[4]
     cdef _Bin job
-    _binary_init(&job, d, sa, sb, a, b, out, dims, a_strides, b_strides, op, act, p0, p1)
+    _binary_init(&job, d, sa, sb, so, a, b, out, dims, a_strides, b_strides, op, act, p0, p1)
     _binary_go(&job, num_threads)
     return out
 
 
-cdef int _binary_init(_Bin* job, Py_ssize_t* d, Py_ssize_t* sa, Py_ssize_t* sb, a, b, out, dims, a_strides,
-                      b_strides, str op, int act, float p0, float p1) except -1:
-    """Check a :func:`binary` call and fill ``job`` (its loop nest in ``d``, ``sa``, ``sb``),
-    all but the split between threads (:func:`_binary_go`)."""
+def _extent(a):
+    """Elements from ``a``'s first to just past its last (its size when contiguous)."""
+    return 1 + sum((n - 1) * st // a.itemsize for n, st in zip(a.shape, a.strides)) if a.size else 0
+
+
+cdef int _binary_init(_Bin* job, Py_ssize_t* d, Py_ssize_t* sa, Py_ssize_t* sb, Py_ssize_t* so, a, b, out, dims,
+                      a_strides, b_strides, str op, int act, float p0, float p1) except -1:
+    """Check a :func:`binary` call and fill ``job`` (its loop nest in ``d``, ``sa``, ``sb``,
+    ``so``), all but the split between threads (:func:`_binary_go`)."""
     what = "binary"
     for name, arr, w in (("a", a, False), ("b", b, False), ("out", out, True)):
-        _float32_array(arr, name, what, writeable=w)
+        _float32_array(arr, name, what, writeable=w, contiguous=False)
+        if not arr.flags.c_contiguous and (arr.ndim == 0 or arr.strides[arr.ndim - 1] != 4 or min(arr.strides) < 0):
+            raise ValueError(f"{what}: {name} must be C-contiguous or a view with a contiguous last axis "
+                             f"(a channel slice), got strides {arr.strides}")
     if op not in OPS:
         raise ValueError(f"{what}: unknown op {op!r}; expected one of {sorted(OPS)}")
     if act == ACT_PRELU or not 0 <= act <= ACT_LAST:
@@ -252,15 +263,24 @@ cdef int _binary_init(_Bin* job, Py_ssize_t* d, Py_ssize_t* sa, Py_ssize_t* sb, 
         size *= d[k]
     if out.size != size:
         raise ValueError(f"{what}: out has {out.size} elements, the loop nest {tuple(dims)} writes {size}")
+    if out.flags.c_contiguous:
+        so[0], so[1], so[2], so[3] = d[1] * d[2] * d[3], d[2] * d[3], d[3], 1
+    elif out.ndim == 4 and tuple(out.shape) == tuple(dims) and (out.strides[3] == 4 or d[3] == 1):
+        for k in range(4):
+            so[k] = out.strides[k] // 4 if d[k] > 1 else 0
+        so[3] = 1
+    else:
+        raise ValueError(f"{what}: out must be C-contiguous, or of the loop nest's shape {tuple(dims)} with its "
+                         f"last axis contiguous; got shape {out.shape}, strides {out.strides}")
     for name, arr, st in (("a", a, a_strides), ("b", b, b_strides)):
         last = sum((dd - 1) * x for dd, x in zip(dims, st))
-        if last >= arr.size:
-            raise ValueError(f"{what}: {name} has {arr.size} elements; dims {tuple(dims)} with strides "
+        if last >= _extent(arr):
+            raise ValueError(f"{what}: {name} spans {_extent(arr)} elements; dims {tuple(dims)} with strides "
                              f"{tuple(st)} read up to element {last}")
     job.out = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
     job.a = <const float*> cnp.PyArray_DATA(<cnp.ndarray> a)
     job.b = <const float*> cnp.PyArray_DATA(<cnp.ndarray> b)
-    job.d, job.sa, job.sb = d, sa, sb
+    job.d, job.sa, job.sb, job.so = d, sa, sb, so
     job.code, job.act, job.p0, job.p1 = OPS[op], act, p0, p1
     return 0
 
@@ -284,10 +304,12 @@ cdef class Binary:
     cdef Py_ssize_t d[4]
     cdef Py_ssize_t sa[4]
     cdef Py_ssize_t sb[4]
+    cdef Py_ssize_t so[4]
     cdef tuple keep
 
     def __init__(self, a, b, out, dims, a_strides, b_strides, str op, int act=0, float p0=0, float p1=0):
-        _binary_init(&self.job, self.d, self.sa, self.sb, a, b, out, dims, a_strides, b_strides, op, act, p0, p1)
+        _binary_init(&self.job, self.d, self.sa, self.sb, self.so, a, b, out, dims, a_strides, b_strides, op, act,
+                     p0, p1)
         self.keep = (a, b, out)
 
     def __call__(self, int num_threads):

@@ -18,6 +18,8 @@ from _pool_global cimport _global_nhwc, _global_rows
 from _pool_windows cimport _PoolCtx, _direct_chunk, _nchw_chunk, _nhwc_chunk, _nhwc_rows_chunk
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
+from workbench._kernels.conv_gemm import pixel_rows
+
 cnp.import_array()
 wb_pool_import()
 
@@ -188,11 +190,18 @@ cdef class Pool2d:
             wb_pool_run(_direct_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
     def nhwc(self, x, y, int num_threads=1):
-        """Pool ``x`` (N, H, W, C) into ``y`` (N, OH, OW, C); both float32, C-contiguous."""
+        """Pool ``x`` (N, H, W, C) into ``y`` (N, OH, OW, C); both float32, C-contiguous or channel
+        slices of wider NHWC buffers (a Concat's parts, a Split's views)."""
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1:3] != (self.H, self.W):
             raise ValueError(f"Pool2d.nhwc: expected input (N, {self.H}, {self.W}, C), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
-        _check(x, y, (x.shape[0], self.OH, self.OW, x.shape[3]), "Pool2d.nhwc")
+        if not isinstance(y, np.ndarray) or y.dtype != np.float32 or x.dtype != np.float32:
+            _check(x, y, (x.shape[0], self.OH, self.OW, x.shape[3]), "Pool2d.nhwc")   # the TypeError
+        cdef Py_ssize_t ldx = pixel_rows(x, "Pool2d.nhwc: input")[1]
+        cdef Py_ssize_t ldy = pixel_rows(y, "Pool2d.nhwc: output", writeable=True)[1]
+        if tuple(y.shape) != (x.shape[0], self.OH, self.OW, x.shape[3]):
+            raise ValueError(f"Pool2d.nhwc: input {x.shape} needs output {(x.shape[0], self.OH, self.OW, x.shape[3])}, "
+                             f"got {y.shape}")
         if not x.size:
             return y
         cdef int nt = _threads(x.size + y.size, num_threads)
@@ -201,7 +210,7 @@ cdef class Pool2d:
             # Small windows: each pixel's taps folded in registers (wb_pool512.h).  Large ones
             # (YOLO's 5x5 and up) stay separable: about 2K folds a pixel instead of K^2.
             self._ctx(&r, _f(x), _f(y), x.shape[0] * self.OH, self.OW * x.shape[3] * self.KH * self.KW, nt)
-            r.C = x.shape[3]
+            r.C, r.ldx, r.ldy = x.shape[3], ldx, ldy
             with nogil:
                 wb_pool_run(_nhwc_rows_chunk, &r, (r.jobs + r.group - 1) // r.group, nt)
             return y
@@ -209,7 +218,7 @@ cdef class Pool2d:
         cdef Py_ssize_t band = self._bands(x.shape[0] * blocks, nt)
         cdef Py_ssize_t per = self._rows_in(band) * self.OW * cb
         scratch = self._scratch_of(per * nt)
-        self._nhwc(_f(x), _f(y), x.shape[0], C, cb, band, _f(scratch), per, nt)
+        self._nhwc(_f(x), _f(y), x.shape[0], C, ldx, ldy, cb, band, _f(scratch), per, nt)
         return y
 
     cdef void _nchw(self, const float* x, float* y, Py_ssize_t planes, Py_ssize_t band, float* scratch,
@@ -221,12 +230,13 @@ cdef class Pool2d:
         with nogil:
             wb_pool_run(_nchw_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
-    cdef void _nhwc(self, const float* x, float* y, Py_ssize_t n, Py_ssize_t C, Py_ssize_t cb, Py_ssize_t band,
-                    float* scratch, Py_ssize_t per, int nt) noexcept:
+    cdef void _nhwc(self, const float* x, float* y, Py_ssize_t n, Py_ssize_t C, Py_ssize_t ldx, Py_ssize_t ldy,
+                    Py_ssize_t cb, Py_ssize_t band, float* scratch, Py_ssize_t per, int nt) noexcept:
         cdef _PoolCtx c
         cdef Py_ssize_t blocks = (C + cb - 1) // cb, bands = (self.OH + band - 1) // band
         self._ctx(&c, x, y, n * blocks * bands, band * self.OW * cb * (self.KH + self.KW), nt)
         c.scratch, c.per, c.band, c.bands, c.C, c.cb, c.blocks = scratch, per, band, bands, C, cb, blocks
+        c.ldx, c.ldy = ldx, ldy
         with nogil:
             wb_pool_run(_nhwc_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 

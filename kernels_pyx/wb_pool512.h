@@ -5,6 +5,7 @@
  * one call per pixel and tap on runs of C floats: with 24 to 64 channels the loop set-up cost
  * more than the arithmetic (ResNet-50's 3x3/2 max pool 158 us, ONNX Runtime's 84).
  *
+ * ldx and ldy are the floats from one pixel to the next (C, or more in a channel slice).
  * The tables are pool.pyx's: taps kh_lo[oh]..kh_hi[oh]-1 and kw_lo[ow]..kw_hi[ow]-1 lie inside
  * the input; an average is scaled by inv_h[oh] * inv_w[ow] (count_include_pad is in them).  A
  * window without taps gives the lowest finite float (max) or 0 (average), as the portable kernel
@@ -24,27 +25,27 @@
 #define WB_POOL512_NATIVE 1
 
 static inline int wb_pool512_row(const float* x, float* y, ptrdiff_t b, ptrdiff_t oh, ptrdiff_t H, ptrdiff_t W,
-                                 ptrdiff_t C, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t sh, ptrdiff_t sw,
-                                 ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt, ptrdiff_t pl, const int* kh_lo,
-                                 const int* kh_hi, const int* kw_lo, const int* kw_hi, const float* inv_h,
-                                 const float* inv_w, int is_max) {
-    const float* img = x + b * H * W * C;
-    float* yr = y + (b * OH + oh) * OW * C;
+                                 ptrdiff_t C, ptrdiff_t ldx, ptrdiff_t ldy, ptrdiff_t OH, ptrdiff_t OW,
+                                 ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt, ptrdiff_t pl,
+                                 const int* kh_lo, const int* kh_hi, const int* kw_lo, const int* kw_hi,
+                                 const float* inv_h, const float* inv_w, int is_max) {
+    const float* img = x + b * H * W * ldx;
+    float* yr = y + (b * OH + oh) * OW * ldy;
     ptrdiff_t kh0 = kh_lo[oh], kh1 = kh_hi[oh], ow, c0, kh, kw;
     __m512 init = _mm512_set1_ps(is_max ? -__builtin_inff() : 0.0f), nanv = _mm512_set1_ps(__builtin_nanf(""));
     __m512 empty = _mm512_set1_ps(is_max ? -FLT_MAX : 0.0f);
     for (ow = 0; ow < OW; ow++) {
         ptrdiff_t kw0 = kw_lo[ow], kw1 = kw_hi[ow];
-        const float* base = img + ((oh * sh - pt) * W + ow * sw - pl) * C;   /* tap (0, 0), maybe outside */
+        const float* base = img + ((oh * sh - pt) * W + ow * sw - pl) * ldx;   /* tap (0, 0), maybe outside */
         __m512 scale = _mm512_set1_ps(inv_h[oh] * inv_w[ow]);
         for (c0 = 0; c0 < C; c0 += 16) {
             __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
             __m512 acc = init;
             __mmask16 nan = 0;
             for (kh = kh0; kh < kh1; kh++) {
-                const float* row = base + kh * dh * W * C + c0;
+                const float* row = base + kh * dh * W * ldx + c0;
                 for (kw = kw0; kw < kw1; kw++) {
-                    __m512 v = _mm512_maskz_loadu_ps(m, row + kw * dw * C);
+                    __m512 v = _mm512_maskz_loadu_ps(m, row + kw * dw * ldx);
                     if (is_max) {
                         nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
                         acc = _mm512_max_ps(acc, v);
@@ -55,7 +56,7 @@ static inline int wb_pool512_row(const float* x, float* y, ptrdiff_t b, ptrdiff_
             }
             acc = is_max ? _mm512_mask_mov_ps(acc, nan, nanv) : _mm512_mul_ps(acc, scale);
             if (kh1 <= kh0 || kw1 <= kw0) acc = empty;
-            _mm512_mask_storeu_ps(yr + ow * C + c0, m, acc);
+            _mm512_mask_storeu_ps(yr + ow * ldy + c0, m, acc);
         }
     }
     return 1;

@@ -10,6 +10,7 @@ from onnx_helpers import make_model
 from workbench import cpu, routines
 from workbench.check import relative_error, run_onnxruntime
 from workbench.compiled import CompiledModel
+from workbench.slices import Slice
 
 REFERENCE = "cpu:float32:nchw/reference"
 
@@ -171,3 +172,18 @@ def test_nan_in_a_winograd_layer_writing_a_concat_part_propagates_as_in_onnxrunt
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
     finite = np.isfinite(theirs)
     assert relative_error(ours[finite], theirs[finite]) <= 1e-4
+
+
+def test_nhwc_shortcut_adds_and_sppf_pools_write_their_concat_parts():
+    if not cpu.supports("avx512") or cpu.kernel_module("gemm512", "avx512") is None:
+        pytest.skip("this CPU lacks AVX-512 or gemm512_avx512 is not built")
+    model = csp_model(np.random.default_rng(6))
+    graph = workbench.load(model.SerializeToString())
+    assignment = _nhwc_assignment(graph, "cpu:float32:nhwc/implicit_avx512")
+    assert assignment["shortcut"].endswith("nhwc/direct") and assignment["pool1"].startswith("cpu:float32:nhwc/")
+    compiled = CompiledModel(graph, assignment, num_threads=2)
+    assert compiled.slices[("b", "nhwc")] == Slice(("cat", "nhwc"), 3, 16, 24)
+    for i, name in enumerate(("cv2", "pool1", "pool2")):
+        assert compiled.slices[(graph.layer(name).outputs[0], "nhwc")] == Slice(("sppf", "nhwc"), 3, 16 * i, 16 * (i + 1))
+    for seed in (0, 1):
+        _check(model, compiled, graph, seed)

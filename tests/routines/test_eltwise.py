@@ -280,3 +280,28 @@ def test_unary_kernel_checks_its_arguments():
         k.unary(a, np.empty(7, np.float32), "Exp")
     with pytest.raises(TypeError, match="float32"):
         k.unary(a.astype(np.float64), a, "Exp")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_binary_reads_and_writes_channel_slices(threads):
+    """A CSP bottleneck's shortcut Add writing its Concat part: operands and output as channel
+    slices of wider NHWC buffers, a per-channel constant broadcast; NumPy's result, and the
+    channels around the output untouched."""
+    k = kernels("eltwise")
+    rng = np.random.default_rng(threads)
+    n, h, w, c = 2, 5, 7, 24
+    a = rng.standard_normal((n, h, w, c + 8)).astype(np.float32)[..., 8:]
+    b = rng.standard_normal((n, h, w, 2 * c)).astype(np.float32)[..., :c]
+    per_channel = rng.standard_normal(c).astype(np.float32)
+    big = np.full((n, h, w, 3 * c), 7.0, np.float32)
+    out = big[..., c:2 * c]
+    st = lambda v: [x // 4 for x in v.strides]
+    k.binary(a, b, out, out.shape, st(a), st(b), "Add", 1, num_threads=threads)   # with a fused ReLU
+    np.testing.assert_array_equal(out, np.maximum(a + b, 0))
+    k.Binary(a, per_channel, out, out.shape, st(a), [0, 0, 0, 1], "Mul")(threads)
+    np.testing.assert_array_equal(out, a * per_channel)
+    assert (big[..., :c] == 7).all() and (big[..., 2 * c:] == 7).all()
+    with pytest.raises(ValueError, match="loop nest's shape"):
+        k.binary(a, b, out, (n, h * w, 1, c), st(a)[:1] + [st(a)[2], 0, 1], st(b)[:1] + [st(b)[2], 0, 1], "Add")
+    with pytest.raises(ValueError, match="read up to"):
+        k.binary(a, b, out, out.shape, [x * 2 for x in st(a)], st(b), "Add")

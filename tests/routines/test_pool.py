@@ -206,3 +206,25 @@ def test_reduce_mean_elsewhere_is_not_taken(shape, axes):
     layer = next(iter(g))
     for d in DESCRIPTORS:
         assert not routines.get("ReduceMean", d).applies(layer, g.input_specs(layer))
+
+
+@pytest.mark.parametrize("k, s", [(3, 2), (5, 1)])   # the register path (<= 2(KH+KW) taps) and the separable one
+@pytest.mark.parametrize("threads", [1, 2])
+def test_nhwc_pools_read_and_write_channel_slices(k, s, threads):
+    """SPPF's max pools read one Concat part and write the next: input and output as channel
+    slices of wider NHWC buffers, against NumPy's sliding windows; the channels around untouched."""
+    rng = np.random.default_rng(k + threads)
+    n, h, w, c, p = 2, 11, 9, 24, k // 2
+    src = rng.standard_normal((n, h, w, c + 13)).astype(np.float32)
+    x = src[..., 5:5 + c]
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    big = np.full((n, oh, ow, 3 * c), 7.0, np.float32)
+    y = big[..., c:2 * c]
+    plan = pool_kernels.Pool2d((h, w), (oh, ow), (k, k), (s, s), (1, 1), (p, p, p, p), True)
+    plan.nhwc(x, y, threads)
+    padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (k, k), axis=(1, 2))[:, ::s, ::s]
+    np.testing.assert_array_equal(y, windows.max(axis=(-2, -1)))
+    assert (big[..., :c] == 7).all() and (big[..., 2 * c:] == 7).all()
+    with pytest.raises(ValueError, match="channel slice"):
+        plan.nhwc(x, np.zeros((n, 2 * oh, ow, c), np.float32)[:, ::2], threads)

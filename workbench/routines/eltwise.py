@@ -80,17 +80,21 @@ def _strides(shape, stored_nhwc):
     return out[::-1]
 
 
-def broadcast_loops(out_shape, operands, nhwc, max_loops=4):
+def broadcast_loops(out_shape, operands, nhwc, max_loops=4, coalesce=True):
     """Loop dims and per-operand element strides for a broadcasting elementwise op.
 
     Parameters
     ----------
     out_shape : tuple
         Logical (ONNX order) output shape.
-    operands : list of (shape, stored_nhwc)
-        Logical shape of each operand and whether it is stored as (N, H, W, C).
+    operands : list of (shape, stored_nhwc) or (shape, stored_nhwc, strides)
+        Logical shape of each operand and whether it is stored as (N, H, W, C); ``strides``, its
+        element strides in logical axis order, where it is not C-contiguous.
     nhwc : bool
         The output is stored as (N, H, W, C): loops run in that order.
+    coalesce : bool
+        Merge loops that run on contiguously (False: one loop per axis of the output, whose own
+        strides then need not be contiguous either).
 
     Returns
     -------
@@ -99,17 +103,17 @@ def broadcast_loops(out_shape, operands, nhwc, max_loops=4):
     """
     rank = len(out_shape)
     per_op = []
-    for shape, stored_nhwc in operands:
+    for shape, stored_nhwc, *given in operands:
         pad = rank - len(shape)
-        st = _strides(shape, stored_nhwc)
+        st = given[0] if given else _strides(shape, stored_nhwc)
         per_op.append([0] * pad + [0 if d == 1 else s for d, s in zip(shape, st)])
     order = [0, 2, 3, 1] if nhwc else list(range(rank))
     dims, loops = [], [[] for _ in operands]
     for axis in order:
         d = out_shape[axis]
-        if d == 1:
+        if d == 1 and coalesce:
             continue
-        if dims and all(lp[-1] == s[axis] * d for lp, s in zip(loops, per_op)):
+        if coalesce and dims and all(lp[-1] == s[axis] * d for lp, s in zip(loops, per_op)):
             dims[-1] *= d
             for lp, s in zip(loops, per_op):
                 lp[-1] = s[axis]
@@ -171,25 +175,39 @@ class _Binary(Routine, register=False):
         return {"consts": consts, "epilogue": fused_activation(layer, layer.out_specs[0].shape, extended=True)}
 
     @classmethod
-    def _operands(cls, layer, state, args):
-        """``(a, b, dims, a_strides, b_strides)`` for the kernel, the plan cached per shapes."""
+    def _operands(cls, layer, state, args, out=None):
+        """``(a, b, dims, a_strides, b_strides)`` for the kernel, the plan cached per shapes; where
+        an array is a channel slice of a wider buffer (:attr:`strided_in`/:attr:`strided_out`),
+        one loop per axis on its real strides."""
         a, b = (state["consts"].get(i, x) for i, x in enumerate(args))
-        key = (a.shape, b.shape)
-        plan = state.get(key)
-        if plan is None:
-            # Physical shapes tell which operands are stored NHWC: 4-D ones, constants transposed in prepare.
-            specs = [SimpleNamespace(shape=(s[0], s[3], s[1], s[2]) if cls.layout == NHWC and len(s) == 4 else s)
-                     for s in (a.shape, b.shape)]
-            plan = state[key] = _binary_plan(layer, specs, cls.layout)
+        nhwc = cls.layout == NHWC
+        # Physical shapes tell which operands are stored NHWC: 4-D ones, constants transposed in prepare.
+        logical = [(s[0], s[3], s[1], s[2]) if nhwc and len(s) == 4 else s for s in (a.shape, b.shape)]
+        if all(v.flags.c_contiguous for v in (a, b) + (() if out is None else (out,))):
+            key = (a.shape, b.shape)
+            plan = state.get(key)
+            if plan is None:
+                plan = state[key] = _binary_plan(layer, [SimpleNamespace(shape=s) for s in logical], cls.layout)
+        else:
+            def strides(v):
+                st = [x // v.itemsize for x in v.strides]
+                return [st[0], st[3], st[1], st[2]] if nhwc and v.ndim == 4 else st
+            plan = broadcast_loops(layer.out_specs[0].shape, [(s, nhwc and len(s) == 4, strides(v))
+                                                              for s, v in zip(logical, (a, b))], nhwc, coalesce=False)
         dims, (sa, sb) = plan
         return a, b, dims, sa, sb
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        a, b, dims, sa, sb = cls._operands(layer, state, args)
+        a, b, dims, sa, sb = cls._operands(layer, state, args, outs[0])
         code, p0, p1, slope = state["epilogue"]
         out = outs[0]
         k = kernels("eltwise")
+        if slope is not None and not out.flags.c_contiguous:   # a Concat's part: PRelu's rows want it whole
+            whole = np.empty(out.shape, np.float32)
+            cls.run(layer, state, args, [whole], num_threads)
+            np.copyto(out, whole)
+            return
         k.binary(a, b, out, dims, sa, sb, layer.op, 0 if slope is not None else code, p0, p1, num_threads)
         if slope is not None:
             rows, cols, by_row = channel_geometry(layer.out_specs[0].shape, cls.layout)
@@ -200,7 +218,7 @@ class _Binary(Routine, register=False):
         code, p0, p1, slope = state["epilogue"]
         if slope is not None:
             return None
-        a, b, dims, sa, sb = cls._operands(layer, state, args)
+        a, b, dims, sa, sb = cls._operands(layer, state, args, outs[0])
         return kernels("eltwise").Binary(a, b, outs[0], dims, sa, sb, layer.op, code, p0, p1)
 
 
@@ -210,6 +228,7 @@ class BinaryNchw(_Binary):
 
 class BinaryNhwc(_Binary):
     layout = NHWC
+    strided_in = strided_out = True   # a CSP bottleneck's shortcut Add writes its Concat part
 
 
 # -- activation layers and ChannelAffine ----------------------------------------------------------

@@ -59,6 +59,7 @@ class PoolNchw(_Window):
 
 class PoolNhwc(_Window):
     layout = NHWC
+    strided_in = strided_out = True   # pixel strides of their own: SPPF's pools read and write Concat parts
 
 
 class _Global(Routine, register=False):

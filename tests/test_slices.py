@@ -187,3 +187,25 @@ def test_nhwc_shortcut_adds_and_sppf_pools_write_their_concat_parts():
         assert compiled.slices[(graph.layer(name).outputs[0], "nhwc")] == Slice(("sppf", "nhwc"), 3, 16 * i, 16 * (i + 1))
     for seed in (0, 1):
         _check(model, compiled, graph, seed)
+
+
+def test_adapts_write_contiguous_parts_of_a_channels_first_concat():
+    """A detector head: NHWC convolutions whose outputs a batch-1 NCHW Concat joins; each layout
+    adapt writes its part of the Concat's buffer."""
+    rng = np.random.default_rng(7)
+    nodes, inits = [], []
+    for name, m in (("box", 4), ("cls", 3)):
+        node, w = _conv(rng, name, "x", name, 6, m)
+        nodes.append(node)
+        inits += w
+    nodes.append(helper.make_node("Concat", ["box", "cls"], ["y"], axis=1, name="head"))
+    model = make_model(nodes, [("x", [1, 6, 5, 7])], [("y", None)], inits)
+    graph = workbench.load(model.SerializeToString())
+    nhwc_conv = next(d for d, r in routines.routines_for("Conv").items()
+                     if ":nhwc/" in d and not d.endswith("reference") and r.applies(graph.layer("box"), graph.input_specs(graph.layer("box"))))
+    assignment = {"box": nhwc_conv, "cls": nhwc_conv, "head": "cpu:float32:nchw/copy"}
+    compiled = CompiledModel(graph, assignment, num_threads=2)
+    assert compiled.slices[("box", "nchw")] == Slice(("y", "nchw"), 1, 0, 4)
+    assert compiled.slices[("cls", "nchw")] == Slice(("y", "nchw"), 1, 4, 7)
+    assert len(compiled.adapts) == 3   # the input to NHWC, each head back
+    _check(model, compiled, graph)

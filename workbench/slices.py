@@ -14,8 +14,10 @@ The Concat and Split routines then copy only what is not in place already (nothi
 Along an axis with nothing but size-1 axes in front of it (NCHW channels at batch 1) such a slice
 is itself contiguous and any routine can read or write it.  Otherwise (NHWC channels) it is an
 array of evenly spaced rows, and every routine that writes or reads it must say it takes those
-(:attr:`Routine.strided_out`, :attr:`Routine.strided_in`).  Graph inputs and outputs, tensors
-that other buffers alias already (reshape views, residuals overwritten in place) and adapts keep buffers of their own.
+(:attr:`Routine.strided_out`, :attr:`Routine.strided_in`).  Graph inputs and outputs are never
+slices of another tensor (a Concat that is a graph output still takes its parts in place), nor
+are tensors that other buffers alias already (reshape views, residuals overwritten in place);
+an adapt writes only a contiguous slice.
 """
 from __future__ import annotations
 
@@ -128,8 +130,9 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
         start = 0
         for key in parts:
             width = shape_of(key)[axis]
-            if (free(key) and len(writers.get(key, [])) == 1 and writers[key][0][1] == "layer"
-                    and (contiguous or strided_ok(key, axis)) and children_ok(key, axis, contiguous)):
+            # An adapt writes whole arrays: a contiguous slice (a detector head's NCHW Concat).
+            if (free(key) and len(writers.get(key, [])) == 1 and (contiguous or strided_ok(key, axis))
+                    and children_ok(key, axis, contiguous)):
                 slices[key] = Slice(whole, axis, start, start + width)
             start += width
     return slices

@@ -202,19 +202,30 @@ def _array(a, what, ndim=None, writeable=False):
 def pixel_rows(a, what, writeable=False):
     """``(a, ld)``: ``a``, a 4-D float32 NHWC array whose pixels are evenly spaced rows of
     contiguous channels (C-contiguous, or a channel slice of a larger NHWC buffer), and the
-    floats from one pixel to the next; ValueError naming ``what`` otherwise."""
+    floats from one pixel to the next; ValueError naming ``what`` otherwise.  Called on every
+    run of some small layers: C arithmetic only."""
     if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 4:
         raise ValueError(f"{what} must be a 4-D float32 array, got "
                          f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
-    if writeable and not a.flags.writeable:
+    cdef cnp.ndarray arr = <cnp.ndarray> a
+    if writeable and not cnp.PyArray_ISWRITEABLE(arr):
         raise ValueError(f"{what} is read-only")
-    shape, strides, ld = a.shape, a.strides, a.shape[3]
-    if a.flags.c_contiguous:
+    cdef cnp.npy_intp* shape = cnp.PyArray_DIMS(arr)
+    cdef cnp.npy_intp* strides = cnp.PyArray_STRIDES(arr)
+    cdef Py_ssize_t ld = shape[3], span = 1, k, inner = -1
+    if cnp.PyArray_IS_C_CONTIGUOUS(arr):
         return a, ld
-    inner = [k for k in (2, 1, 0) if shape[k] > 1]
-    if inner:
-        ld = strides[inner[0]] // 4 // int(np.prod(shape[inner[0] + 1:3]))
-    if strides[3] != 4 or ld < shape[3] or any(strides[k] != 4 * ld * int(np.prod(shape[k + 1:3])) for k in inner):
+    cdef bint ok = strides[3] == 4
+    for k in range(2, -1, -1):   # the innermost pixel axis of more than one entry sets the stride
+        if shape[k] > 1:
+            if inner < 0:
+                inner, ld = k, strides[k] // 4
+                ok = ok and strides[k] % 4 == 0 and ld >= shape[3]
+            elif strides[k] != 4 * ld * span:
+                ok = False
+        if inner >= 0:
+            span *= shape[k]
+    if not ok:
         raise ValueError(f"{what} must be C-contiguous or a channel slice of an NHWC buffer, "
                          f"got strides {a.strides} for shape {a.shape}")
     return a, ld

@@ -30,6 +30,7 @@ from .governor import IDLE_GAP_S, ThreadGovernor
 from .graph import NCHW, NHWC
 from .memory import Value, plan_memory
 from .pinning import caller_pinned
+from .routines.tensor_ops import NHWC_AXIS
 from .slices import plan_slices
 
 
@@ -284,7 +285,7 @@ class CompiledModel:
         """The physical axis of ``key``'s array along which Concat/Split ``layer`` works."""
         rank = len(self._spec(key).shape)
         axis = layer.attrs["axis"] % rank
-        return (0, 3, 1, 2)[axis] if key[1] == NHWC and rank == 4 else axis
+        return NHWC_AXIS[axis] if key[1] == NHWC and rank == 4 else axis
 
     def _spec(self, key):
         tensor, layout = key

@@ -84,7 +84,6 @@ class _Blocks(Routine, register=False):
                 copy(whole, part, outer, width, ld, offset, width, 0, num_threads)
             offset += width
 
-
     @classmethod
     def bind(cls, layer, state, args, outs):
         concat = layer.op == "Concat"

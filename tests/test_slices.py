@@ -209,3 +209,36 @@ def test_adapts_write_contiguous_parts_of_a_channels_first_concat():
     assert compiled.slices[("cls", "nchw")] == Slice(("y", "nchw"), 1, 4, 7)
     assert len(compiled.adapts) == 3   # the input to NHWC, each head back
     _check(model, compiled, graph)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_a_concat_of_a_concat_chains_its_slices(layout):
+    """Concat(Concat(a, b), c): the inner Concat is a slice of the outer one's buffer, and its
+    parts are slices of that slice (NCHW: contiguous ranges of one; NHWC: channel slices of
+    channel slices, one row stride)."""
+    descriptor = f"cpu:float32:{layout}/gemm1x1_avx512"
+    rng = np.random.default_rng(8)
+    nodes, inits = [], []
+    for name, m in (("a", 5), ("b", 7), ("c", 3)):
+        node, w = _conv(rng, name, "x", name, 6, m)
+        nodes.append(node)
+        inits += w
+    nodes += [helper.make_node("Concat", ["a", "b"], ["inner"], axis=1, name="inner"),
+              helper.make_node("Concat", ["inner", "c"], ["outer"], axis=1, name="outer")]
+    node, w = _conv(rng, "d", "outer", "y", 15, 4)
+    nodes.append(node)
+    inits += w
+    model = make_model(nodes, [("x", [1, 6, 5, 7])], [("y", None)], inits)
+    graph = workbench.load(model.SerializeToString())
+    if not routines.get("Conv", descriptor).applies(graph.layer("a"), graph.input_specs(graph.layer("a"))):
+        pytest.skip("this CPU lacks AVX-512 or gemm512_avx512 is not built")
+    assignment = {l.name: descriptor if l.op == "Conv" else f"cpu:float32:{layout}/copy" for l in graph}
+    compiled = CompiledModel(graph, assignment, num_threads=2)
+    axis = 3 if layout == "nhwc" else 1
+    assert compiled.slices[("inner", layout)] == Slice(("outer", layout), axis, 0, 12)
+    assert compiled.slices[("c", layout)] == Slice(("outer", layout), axis, 12, 15)
+    assert compiled.slices[("a", layout)] == Slice(("inner", layout), axis, 0, 5)
+    assert compiled.slices[("b", layout)] == Slice(("inner", layout), axis, 5, 12)
+    assert ("a", layout) not in compiled.memory.values and ("inner", layout) not in compiled.memory.values
+    for seed in (0, 1):
+        _check(model, compiled, graph, seed)

@@ -90,6 +90,11 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
         """The views already cut from ``key`` stay rows of one stride once ``key`` is a slice."""
         return all(s.axis == axis and (contiguous or strided_ok(k, axis)) for k, s in slices.items() if s.base == key)
 
+    def contiguous_buffer(key):
+        """``key``'s array is contiguous: its own buffer, or contiguous slices all the way down."""
+        sl = slices.get(key)
+        return sl is None or (_contiguous(shape_of(sl.base), sl.axis) and contiguous_buffer(sl.base))
+
     def free(key):
         return key not in alias and key not in targets and key not in protected and key not in slices
 
@@ -123,7 +128,7 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
         # A slice of a slice along another axis is no longer rows of one stride.
         if whole in slices and slices[whole].axis != axis:
             continue
-        contiguous = _contiguous(shape_of(whole), axis) and whole not in slices
+        contiguous = _contiguous(shape_of(whole), axis) and contiguous_buffer(whole)
         parts = [k for k in ins if k is not None]
         if len(parts) != len(ins) or len(set(parts)) != len(parts):
             continue   # constant parts, or one tensor twice: leave it to the copy

@@ -1,8 +1,8 @@
 """Concat and Split without copies: which tensors live in a slice of another tensor's buffer.
 
 A compiled model's Concat copies every part into its output, and a Split copies every part out
-of its input; on detectors built of CSP blocks that is 4-10% of the run, all memory traffic.  Here
-the executor's plan gives
+of its input; on detectors built of CSP blocks those copies are a share of the run worth having
+back, all memory traffic.  Here the executor's plan gives
 
 - a **Split's outputs** views of its input's buffer (the ranges the Split would copy), and
 - a **Concat's parts** the slices of its output's buffer they would be copied into, so that the

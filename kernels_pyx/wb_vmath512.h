@@ -20,13 +20,8 @@
 
 #define WBM512_AI static inline __attribute__((always_inline))
 
-WBM512_AI __m512 wbm512_exp(__m512 x) {
-    /* the value second: MAXPS/MINPS return their second operand on NaN */
-    __m512 c = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+/* wb_vmath.h's wbm_exp_scaled: p(r) 2^n */
+WBM512_AI __m512 wbm512_exp_scaled(__m512 r, __m512 n) {
     __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
@@ -34,6 +29,16 @@ WBM512_AI __m512 wbm512_exp(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
+}
+
+WBM512_AI __m512 wbm512_exp(__m512 x) {
+    /* the value second: MAXPS/MINPS return their second operand on NaN */
+    __m512 c = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    return wbm512_exp_scaled(r, n);
 }
 
 /* 1 / d for finite d in [1, 2^30]: the estimate's relative error 2^-14 squared by the step. */
@@ -114,15 +119,32 @@ WBM512_AI __m512 wbm512_erf(__m512 x) {
                                                          _mm512_set1_epi32(0x7fffffff), 0xe4));
 }
 
-/* 0.5 x (1 + erf(x / sqrt 2)), with 1 + erf(z) = erfc(-z) on the negative side (wbm_gelu) */
+/* wbm_phi_neg: Phi(-a) for 0 <= a <= 16, as exp(-a^2 / 2) S(1 / (1 + 0.282 a)); a^2 split
+ * exactly by an FMA. */
+WBM512_AI __m512 wbm512_phi_neg(__m512 a) {
+    __m512 hh = _mm512_mul_ps(a, a);
+    __m512 lo = _mm512_fmsub_ps(a, a, hh);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(hh, _mm512_set1_ps(-0.72134752044448170f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(hh, _mm512_set1_ps(-0.5f), _mm512_mul_ps(n, _mm512_set1_ps(-0.693359375f)));
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 e = wbm512_exp_scaled(_mm512_fmadd_ps(lo, _mm512_set1_ps(-0.5f), r), n);
+    __m512 d = _mm512_fmadd_ps(_mm512_min_ps(_mm512_set1_ps(5.75f), a), _mm512_set1_ps(0.282f), _mm512_set1_ps(1.0f));
+    __m512 u = wbm512_recip(d);
+    __m512 s = _mm512_fmadd_ps(_mm512_set1_ps(-1.1039561778e-01f), u, _mm512_set1_ps(4.0274375677e-01f));
+    s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(-2.6874804497e-01f));
+    s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(3.0869683623e-01f));
+    s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(4.3553214520e-02f));
+    s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(1.2512616813e-01f));
+    s = _mm512_fmadd_ps(s, u, _mm512_set1_ps(-9.7638875013e-04f));
+    return _mm512_mul_ps(e, s);
+}
+
+/* x Phi(x) (wbm_gelu) */
 WBM512_AI __m512 wbm512_gelu(__m512 x) {
-    __m512 t = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f));
-    __m512 small = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(t, wbm512_erf_small(t)));
-    __mmask16 near0 = _mm512_cmp_ps_mask(t, _mm512_set1_ps(0.921875f), _CMP_LE_OQ);
-    __m512 c = _mm512_mask_mov_ps(wbm512_erfc_tail(t), near0, small);
+    __m512 c = wbm512_phi_neg(_mm512_min_ps(_mm512_set1_ps(16.0f), _mm512_abs_ps(x)));   /* NaN passes */
     __mmask16 pos = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
-    __m512 phi2 = _mm512_mask_sub_ps(c, pos, _mm512_set1_ps(2.0f), c);
-    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), phi2);
+    return _mm512_mul_ps(x, _mm512_mask_sub_ps(c, pos, _mm512_set1_ps(1.0f), c));
 }
 
 /* Whether wbm512_act computes the function of wb_vmath.h's code (WBM_SIGMOID, WBM_TANH,

@@ -238,11 +238,11 @@ def _vmath_reference(fn, x):
                 "GeluTanh": lambda: x * expit(2 * np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))}[fn]()
 
 
-# Relative error bound per function on normal float32 results.  GELU's erf form loses to the
-# rounding of exp's argument on the negative side (erfc = exp(Q), |Q| up to 16): 4e-6 there, and
-# it returns -0 below x = -5.66 where |GELU| < 6e-8 (ONNX Runtime's erf spelling does from -5.54);
-# GELU-tanh and SiLU inherit the rounding of their sigmoid's argument (|v| 2^-24 relative).
-VMATH_RTOL = {"Sigmoid": 3e-7, "Tanh": 3e-7, "Erf": 3e-7, "Exp": 3e-7, "Silu": 6e-6, "Gelu": 4e-6, "GeluTanh": 1.5e-5}
+# Relative error bound per function on normal float32 results.  GELU's erf form is exp(-x^2 / 2)
+# times a fit made down to x = -5.75 (6e-7 relative); below, where |GELU| < 6e-8, only its absolute
+# error is checked (ONNX Runtime's erf spelling returns -0 from -5.54).  GELU-tanh and SiLU inherit
+# the rounding of their sigmoid's argument (|v| 2^-24 relative).
+VMATH_RTOL = {"Sigmoid": 3e-7, "Tanh": 3e-7, "Erf": 3e-7, "Exp": 3e-7, "Silu": 6e-6, "Gelu": 1e-6, "GeluTanh": 1.5e-5}
 FLOATS = st.floats(width=32, allow_nan=True, allow_infinity=True, allow_subnormal=True)
 
 

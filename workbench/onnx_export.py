@@ -10,6 +10,7 @@ spelled out again in standard ops after it, each node named ``<layer>/<part>``:
 - a fused post-activation affine: ``Mul`` + ``Add`` by per-channel constants after the activation;
 - a :class:`~workbench.ops.normalization.ChannelAffine` is written as the
   ``BatchNormalization`` it came from, with mean 0, variance 1 and epsilon 0 (exact);
+- an ``EltwiseChain`` as the Add/Sub/Mul/Div layers it was fused from, under their names;
 - ``Silu`` (not an ONNX op) as ``Sigmoid`` + ``Mul``; ``Gelu`` before opset 20 as the Erf or Tanh
   formula; ``LayerNormalization`` before opset 17 as ReduceMean/Sub/Pow/.../Add.  The node that
   the fusion passes anchor on (Sigmoid, Erf, Tanh, the first ReduceMean) carries the layer's name.
@@ -24,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from .graph import Layer
 
 #: IR version 10 is the first whose NodeProto carries metadata_props.
 MIN_IR_VERSION = 10
@@ -162,7 +165,27 @@ def _source_attributes(layer):
     return attributes, source.get("taken", {})
 
 
+def _chain_layers(layer):
+    """The layers an EltwiseChain was fused from, rebuilt from its steps and ``meta["chain"]``."""
+    layers, record = [], layer.meta["chain"]
+    for step, rec in zip(layer.attrs["steps"], record):
+        inputs, consts = [], {}
+        for pos, k in enumerate(step["args"]):
+            inputs.append(layer.inputs[k] if k >= 0 else record[-k - 1]["output"])
+            if k >= 0 and k in layer.consts:
+                consts[pos] = layer.consts[k]
+        attrs = {key: step[key] for key in ("activation", "activation_params") if key in step}
+        layers.append(Layer(name=rec["name"], op=step["op"], inputs=inputs, outputs=[rec["output"]], attrs=attrs,
+                            consts=consts, out_specs=list(layer.out_specs), fused=list(rec["fused"])))
+    return layers
+
+
 def _emit(w, layer, metadata):
+    if layer.op == "EltwiseChain":   # each step as the layer it was; the metadata goes on the last
+        steps = _chain_layers(layer)
+        for step in steps:
+            _emit(w, step, metadata if step is steps[-1] else None)
+        return
     part_of = {"workbench.part_of": layer.name}
     a = layer.attrs
     residual, act = bool(a.get("residual")), a.get("activation")

@@ -37,8 +37,12 @@ def _graphs():
              helper.make_node("Mul", ["x0", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
              helper.make_node("HardSigmoid", ["a"], ["h"], alpha=0.3, beta=0.4),
              helper.make_node("Mul", ["h", "r"], ["b"]), helper.make_node("Sub", ["b", "x"], ["y"])]
-    model = make_model(nodes, [("x", [1, 8, 6, 5])], [("y", None)], consts)
+    model = make_model(nodes, [("x", [1, 8, 6, 5])], [("y", None), ("b", None)], consts)   # b: Sub stays a layer
     yield "eltwise", workbench.load(model.SerializeToString())
+    nodes = [helper.make_node("Mul", ["x", "g"], ["m"]), helper.make_node("Add", ["x", "m"], ["a"]),
+             helper.make_node("Sub", ["a", "z"], ["d"]), helper.make_node("Relu", ["d"], ["y"])]
+    model = make_model(nodes, [("x", [1, 8, 6, 5]), ("g", [1, 8, 1, 1]), ("z", [1, 8, 6, 5])], [("y", None)])
+    yield "eltwise_chain", workbench.load(model.SerializeToString())
     consts = [("w", rng.standard_normal((20, 7)).astype(np.float32)),
               ("g", rng.standard_normal((9, 7)).astype(np.float32)), ("c", rng.standard_normal(9).astype(np.float32))]
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reshape", ["m", "shape"], ["f"]),

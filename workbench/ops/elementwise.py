@@ -53,6 +53,43 @@ class Div(_FusableBinary):
         return _int_div(a, b) if np.issubdtype(np.asarray(a).dtype, np.integer) else np.divide(a, b)
 
 
+class EltwiseChain(Op):
+    """Several Add/Sub/Mul/Div layers fused into one pass (``passes/fuse_eltwise_chain.py``).
+
+    ``attrs["steps"]``: one dict per original layer, in order: ``op``, ``args`` (two operand
+    references: ``k >= 0`` is input ``k``, ``k < 0`` the result of step ``-k - 1``) and the
+    layer's fused ``activation``/``activation_params``, if any.  The last step gives the output.
+    Not an ONNX op; export writes the original layers back.
+    """
+
+    @classmethod
+    def infer(cls, layer, specs):
+        results = []
+        for step in layer.attrs["steps"]:
+            a, b = (specs[k] if k >= 0 else results[-k - 1] for k in step["args"])
+            results.append(broadcast_spec(layer, [a, b])[0])
+        return [results[-1]]
+
+    @classmethod
+    def compute(cls, layer, args):
+        results = []
+        for step in layer.attrs["steps"]:
+            a, b = (args[k] if k >= 0 else results[-k - 1] for k in step["args"])
+            op = OPS_BY_NAME[step["op"]]
+            results.append(epilogue(_StepView(step), np.asarray(op.fn(a, b)).astype(a.dtype, copy=False)))
+        return [results[-1]]
+
+
+class _StepView:
+    """A chain step seen as a layer by ``epilogue`` (which reads only ``attrs``)."""
+
+    def __init__(self, step):
+        self.attrs = step
+
+
+OPS_BY_NAME = {"Add": Add, "Sub": Sub, "Mul": Mul, "Div": Div}
+
+
 class Pow(_Binary):
     @classmethod
     def compute(cls, layer, args):

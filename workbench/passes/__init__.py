@@ -10,6 +10,7 @@ from .fold_affine import fold_affine
 from .fuse_activation import fuse_activations
 from .fuse_residual import fuse_residual_adds
 from .fuse_post_affine import fuse_post_affine
+from .fuse_eltwise_chain import fuse_eltwise_chains
 
 #: The default pipeline: (name, pass).  Each pass takes a Graph, edits it in place and returns
 #: the names of the layers it removed or rewrote, for the report.
@@ -25,6 +26,7 @@ PIPELINE = (
     ("fuse_activations", fuse_activations),
     ("fuse_residual_adds", fuse_residual_adds),
     ("fuse_post_affine", fuse_post_affine),
+    ("fuse_eltwise_chains", fuse_eltwise_chains),
 )
 
 

@@ -1,0 +1,217 @@
+# isa-variants: avx2, avx512
+# cython: language_level=3
+"""A chain of broadcasting binary ops (Add/Sub/Mul/Div, each with a fused activation) in one pass.
+
+Exporters spell what one kernel could do as several elementwise layers, ``x + x * se`` then
+``+ upsampled`` in PP-OCR's detection necks; run one at a time, each intermediate makes a round
+trip through memory.  :class:`Chain` walks the loop nest of the output once (up to four
+coalesced dims, every operand with its own element strides, as ``eltwise.binary`` does) and
+evaluates the whole program on a block of at most ``BLOCK`` elements of one innermost row at a
+time, the intermediates in per-thread buffers that stay in L1.  Each step is the same float32
+operation, in the same order, as the layer it came from: the result is bit for bit the unfused
+one.
+
+A program is a list of steps ``(op, a, b, act, p0, p1)``: ``op`` one of ``OPS``, ``a`` and ``b``
+operand references (``k >= 0``: input ``k``; ``k < 0``: the result of step ``-k - 1``, an
+earlier one), ``act`` an activation code of ``eltwise.pyx`` (not PRelu).  The last step's result
+is the output.
+"""
+import numpy as np
+cimport numpy as cnp
+
+from _epilogue cimport ACT_PRELU
+from _eltwise_rows cimport AddT, SubT, MulT, DivT, ACT_LAST, _act_row, _row
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
+
+cnp.import_array()
+wb_pool_import()
+
+OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3}
+
+cdef enum:
+    MAX_INPUTS = 8
+    MAX_STEPS = 8
+    BLOCK = 256   # elements per step and block: MAX_STEPS buffers of it stay in L1
+
+# Below this many elements the parallel region costs more than it saves: one thread.
+cdef Py_ssize_t GRAIN = 32768
+
+
+def set_grain(Py_ssize_t elements):
+    """Set the work size below which a chain runs on one thread; returns the previous one."""
+    global GRAIN
+    old, GRAIN = GRAIN, max(elements, 0)
+    return old
+
+
+cdef struct _Job:
+    float* out
+    const float* x[MAX_INPUTS]
+    Py_ssize_t st[MAX_INPUTS][4]   # element strides of each input over the loop nest
+    Py_ssize_t d[4]
+    Py_ssize_t so[4]               # the output's (its last 1)
+    int nsteps
+    int op[MAX_STEPS]
+    int a[MAX_STEPS]
+    int b[MAX_STEPS]
+    int act[MAX_STEPS]
+    float p0[MAX_STEPS]
+    float p1[MAX_STEPS]
+    Py_ssize_t chunk, chunks, jobs, group
+
+
+cdef inline void _step(int op, float* o, const float* a, Py_ssize_t sa, const float* b, Py_ssize_t sb,
+                       Py_ssize_t n) noexcept nogil:
+    if op == 0:
+        _row(<AddT*> NULL, o, a, sa, b, sb, n)
+    elif op == 1:
+        _row(<SubT*> NULL, o, a, sa, b, sb, n)
+    elif op == 2:
+        _row(<MulT*> NULL, o, a, sa, b, sb, n)
+    else:
+        _row(<DivT*> NULL, o, a, sa, b, sb, n)
+
+
+cdef void _chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    cdef _Job* c = <_Job*> ctx
+    cdef float tmp[MAX_STEPS][BLOCK]
+    cdef const float* base[MAX_INPUTS]
+    cdef const Py_ssize_t* d = c.d
+    cdef Py_ssize_t job, rest, i0, i1, i2, r0, n, k, b0, m
+    cdef int s, ref
+    cdef const float* pa
+    cdef const float* pb
+    cdef Py_ssize_t sa, sb
+    cdef float* po
+    cdef float* dst
+    for job in range(i * c.group, min(c.jobs, (i + 1) * c.group)):
+        r0 = (job % c.chunks) * c.chunk
+        rest = job // c.chunks
+        i2 = rest % d[2]
+        rest = rest // d[2]
+        i1 = rest % d[1]
+        i0 = rest // d[1]
+        n = min(c.chunk, d[3] - r0)
+        for k in range(MAX_INPUTS):
+            if c.x[k] != NULL:
+                base[k] = c.x[k] + i0 * c.st[k][0] + i1 * c.st[k][1] + i2 * c.st[k][2] + r0 * c.st[k][3]
+        po = c.out + i0 * c.so[0] + i1 * c.so[1] + i2 * c.so[2] + r0
+        b0 = 0
+        while b0 < n:
+            m = min(<Py_ssize_t> BLOCK, n - b0)
+            for s in range(c.nsteps):
+                ref = c.a[s]
+                if ref >= 0:
+                    pa, sa = base[ref] + b0 * c.st[ref][3], c.st[ref][3]
+                else:
+                    pa, sa = tmp[-ref - 1], 1
+                ref = c.b[s]
+                if ref >= 0:
+                    pb, sb = base[ref] + b0 * c.st[ref][3], c.st[ref][3]
+                else:
+                    pb, sb = tmp[-ref - 1], 1
+                dst = po + b0 if s == c.nsteps - 1 else tmp[s]
+                _step(c.op[s], dst, pa, sa, pb, sb, m)
+                _act_row(dst, m, c.act[s], c.p0[s], c.p1[s], 0)
+            b0 += m
+
+
+def _check_array(a, name, writeable=False):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"eltwise_chain: {name} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"eltwise_chain: {name} must be float32, got {a.dtype}")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"eltwise_chain: {name} is read-only")
+    if not a.flags.c_contiguous and (a.ndim == 0 or a.strides[a.ndim - 1] != 4 or min(a.strides) < 0):
+        raise ValueError(f"eltwise_chain: {name} must be C-contiguous or a view with a contiguous last axis "
+                         f"(a channel slice), got strides {a.strides}")
+
+
+def _extent(a):
+    """Elements from ``a``'s first to just past its last (its size when contiguous)."""
+    return 1 + sum((n - 1) * st // a.itemsize for n, st in zip(a.shape, a.strides)) if a.size else 0
+
+
+cdef class Chain:
+    """The program ``steps`` over ``inputs`` into ``out``, checked once when made; each call
+    ``(num_threads)`` runs it (an executor's step on its own buffers).
+
+    ``inputs``: up to 8 float32 arrays, C-contiguous or with a contiguous last axis; ``strides``:
+    per input, 4 element strides over the loop nest ``dims`` (outermost first, 0 where it
+    broadcasts); ``out``: ``prod(dims)`` elements written in loop order, C-contiguous or of shape
+    ``dims`` with its last axis contiguous (a channel slice, written where it lies).
+    """
+    cdef _Job job
+    cdef tuple keep
+
+    def __init__(self, inputs, strides, out, dims, steps):
+        cdef Py_ssize_t size = 1
+        cdef int k, j
+        inputs, strides, steps = list(inputs), list(strides), list(steps)
+        if not 1 <= len(inputs) <= MAX_INPUTS or len(strides) != len(inputs):
+            raise ValueError(f"eltwise_chain: 1 to {MAX_INPUTS} inputs with a stride list each, got {len(inputs)} "
+                             f"inputs and {len(strides)} stride lists")
+        if not 1 <= len(steps) <= MAX_STEPS:
+            raise ValueError(f"eltwise_chain: 1 to {MAX_STEPS} steps, got {len(steps)}")
+        if len(dims) != 4:
+            raise ValueError(f"eltwise_chain: dims needs 4 values, got {dims}")
+        _check_array(out, "out", writeable=True)
+        for k in range(4):
+            self.job.d[k] = dims[k]
+            if dims[k] < 1:
+                raise ValueError(f"eltwise_chain: dims {tuple(dims)} must be positive")
+            size *= dims[k]
+        if out.size != size:
+            raise ValueError(f"eltwise_chain: out has {out.size} elements, the loop nest {tuple(dims)} writes {size}")
+        if out.flags.c_contiguous:
+            self.job.so[0], self.job.so[1], self.job.so[2], self.job.so[3] = dims[1] * dims[2] * dims[3], \
+                dims[2] * dims[3], dims[3], 1
+        elif out.ndim == 4 and tuple(out.shape) == tuple(dims):
+            for k in range(4):
+                self.job.so[k] = out.strides[k] // 4 if dims[k] > 1 else 0
+            self.job.so[3] = 1
+        else:
+            raise ValueError(f"eltwise_chain: out must be C-contiguous, or of the loop nest's shape {tuple(dims)}; "
+                             f"got shape {out.shape}, strides {out.strides}")
+        for k in range(MAX_INPUTS):
+            self.job.x[k] = NULL
+        for k, (x, st) in enumerate(zip(inputs, strides)):
+            _check_array(x, f"input {k}")
+            if len(st) != 4 or min(st) < 0:
+                raise ValueError(f"eltwise_chain: input {k} needs 4 non-negative strides, got {st}")
+            last = sum((dd - 1) * v for dd, v in zip(dims, st))
+            if last >= _extent(x):
+                raise ValueError(f"eltwise_chain: input {k} spans {_extent(x)} elements; dims {tuple(dims)} with "
+                                 f"strides {tuple(st)} read up to element {last}")
+            self.job.x[k] = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x)
+            for j in range(4):
+                self.job.st[k][j] = st[j]
+        for j, (op, a, b, act, p0, p1) in enumerate(steps):
+            if op not in OPS:
+                raise ValueError(f"eltwise_chain: step {j}: unknown op {op!r}; expected one of {sorted(OPS)}")
+            for ref in (a, b):
+                if not (0 <= ref < len(inputs) or -j <= ref < 0):
+                    raise ValueError(f"eltwise_chain: step {j} reads operand {ref}: neither an input "
+                                     f"(0..{len(inputs) - 1}) nor an earlier step (-1..{-j})")
+            if act == ACT_PRELU or not 0 <= act <= ACT_LAST:
+                raise ValueError(f"eltwise_chain: step {j}: activation code {act} is not supported here")
+            self.job.op[j], self.job.a[j], self.job.b[j] = OPS[op], a, b
+            self.job.act[j], self.job.p0[j], self.job.p1[j] = act, p0, p1
+        self.job.nsteps = len(steps)
+        self.job.out = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+        self.keep = (tuple(inputs), out)
+
+    def __call__(self, int num_threads):
+        cdef _Job job = self.job   # the split is per call
+        cdef const Py_ssize_t* d = job.d
+        cdef Py_ssize_t outer = d[0] * d[1] * d[2], size = outer * d[3]
+        cdef int nt = 1 if size < GRAIN else max(num_threads, 1)
+        # the inner row split only where the outer loops give too few jobs to share out
+        cdef Py_ssize_t want = 8 * nt if nt > 1 else 1
+        cdef Py_ssize_t chunk = d[3] if outer >= want else max(min(d[3], max(1024, -(-d[3] * outer // want))), 1)
+        job.chunk, job.chunks = chunk, (d[3] + chunk - 1) // chunk
+        job.jobs = outer * job.chunks
+        job.group = wb_jobs_per_chunk(job.jobs, chunk, nt)
+        with nogil:
+            wb_pool_run(_chunk, &job, (job.jobs + job.group - 1) // job.group, nt)

@@ -67,6 +67,11 @@ def _graphs():
              helper.make_node("Resize", ["s", "roi", "scales"], ["y"], mode="nearest")]
     model = make_model(nodes, [("x", [1, 6, 5, 7])], [("y", None)], consts)
     yield "pad_slice_resize", workbench.load(model.SerializeToString())
+    consts = [("W", rng.standard_normal((2, 32, 6)).astype(np.float32)),
+              ("R", rng.standard_normal((2, 32, 8)).astype(np.float32)), ("B", rng.standard_normal((2, 64)).astype(np.float32))]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "yh", "yc"], hidden_size=8, direction="bidirectional")]
+    model = make_model(nodes, [("x", [5, 2, 6])], [("y", None), ("yh", None), ("yc", None)], consts, opset=14)
+    yield "lstm", workbench.load(model.SerializeToString())
     nodes = [helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")]
     model = make_model(nodes, [("x", [1, 6, 5, 7])], [("y", None)],
                        [("scales", np.array([1, 1, 2, 2], np.float32))], opset=9)

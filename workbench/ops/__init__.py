@@ -70,4 +70,4 @@ def get(op_type: str):
 
 
 # Importing the families registers their ops.
-from . import activation, elementwise, conv, pool, linalg, normalization, tensor, shape, resize, reduce  # noqa: E402,F401
+from . import activation, elementwise, conv, pool, linalg, normalization, tensor, shape, resize, reduce, recurrent  # noqa: E402,F401,E501

@@ -1,0 +1,126 @@
+"""LSTM against ONNX Runtime: directions, bias, initial state, sequence lengths, peepholes,
+input_forget, clip, batch-first layout, omitted outputs; and the errors for what is not supported."""
+import numpy as np
+import pytest
+from onnx import helper
+
+import workbench
+from onnx_helpers import assert_matches_onnxruntime, make_model
+from workbench.check import run_onnxruntime
+from workbench.errors import ModelImportError
+
+
+def lstm_model(rng, seq=5, batch=3, inp=4, hid=6, direction="forward", bias=True, state=False, lens=None,
+               peep=False, layout=0, outputs=("y", "yh", "yc"), **attrs):
+    dirs = 2 if direction == "bidirectional" else 1
+    inits = [("W", (rng.standard_normal((dirs, 4 * hid, inp)) * 0.5).astype(np.float32)),
+             ("R", (rng.standard_normal((dirs, 4 * hid, hid)) * 0.5).astype(np.float32))]
+    names = ["x", "W", "R", "", "", "", "", ""]
+    inputs = [("x", [seq, batch, inp] if layout == 0 else [batch, seq, inp])]
+    if bias:
+        inits.append(("B", rng.standard_normal((dirs, 8 * hid)).astype(np.float32)))
+        names[3] = "B"
+    if lens is not None:
+        inits.append(("lens", np.asarray(lens, np.int32)))
+        names[4] = "lens"
+    if state:
+        shape = [dirs, batch, hid] if layout == 0 else [batch, dirs, hid]
+        inputs += [("h0", shape), ("c0", shape)]
+        names[5], names[6] = "h0", "c0"
+    if peep:
+        inits.append(("P", rng.standard_normal((dirs, 3 * hid)).astype(np.float32)))
+        names[7] = "P"
+    while names[-1] == "":
+        names.pop()
+    outs = [o if o in outputs else "" for o in ("y", "yh", "yc")]
+    while outs[-1] == "":
+        outs.pop()
+    node = helper.make_node("LSTM", names, outs, name="lstm", hidden_size=hid, direction=direction, layout=layout,
+                            **attrs)
+    return make_model([node], inputs, [(o, None) for o in outs if o], inits, opset=14)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_lstm_directions(direction):
+    rng = np.random.default_rng(0)
+    assert_matches_onnxruntime(lstm_model(rng, direction=direction, state=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_lstm_batch_first_layout_is_the_transposed_sequence_first_one(direction):
+    """ONNX Runtime refuses layout 1: ORT on the layout-0 model with the same weights, fed and
+    read transposed, is the reference."""
+    seq_first = lstm_model(np.random.default_rng(4), direction=direction, state=True)
+    batch_first = lstm_model(np.random.default_rng(4), direction=direction, state=True, layout=1)
+    rng = np.random.default_rng(5)
+    x, h0, c0 = (rng.standard_normal(s).astype(np.float32) for s in ((3, 5, 4), (3, 2 if direction != "forward" else 1, 6),
+                                                                       (3, 2 if direction != "forward" else 1, 6)))
+    ours = workbench.ReferenceExecutor(workbench.load(batch_first.SerializeToString())).run(
+        {"x": x, "h0": h0, "c0": c0})
+    ref = run_onnxruntime(seq_first, {"x": x.transpose(1, 0, 2), "h0": h0.transpose(1, 0, 2),
+                                      "c0": c0.transpose(1, 0, 2)})
+    np.testing.assert_allclose(ours["y"], ref["y"].transpose(2, 0, 1, 3), rtol=1e-5, atol=1e-6)
+    for k in ("yh", "yc"):
+        np.testing.assert_allclose(ours[k], ref[k].transpose(1, 0, 2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_lstm_sequence_lengths_stop_each_sequence_where_it_ends(direction):
+    rng = np.random.default_rng(1)
+    assert_matches_onnxruntime(lstm_model(rng, direction=direction, lens=[5, 2, 4], state=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(peep=True), dict(input_forget=1), dict(clip=0.7), dict(bias=False),
+                                    dict(outputs=("yh",)), dict(outputs=("y",))])
+def test_lstm_options(kwargs):
+    rng = np.random.default_rng(2)
+    assert_matches_onnxruntime(lstm_model(rng, direction="bidirectional", **kwargs), rtol=1e-5)
+
+
+def test_lstm_unsupported_activations_are_named():
+    rng = np.random.default_rng(3)
+    model = lstm_model(rng, activations=["Relu", "Tanh", "Tanh"])
+    with pytest.raises(ModelImportError, match=r"'lstm' \(LSTM\).*activations"):
+        workbench.load(model.SerializeToString())
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("batch, state, outputs", [(1, False, ("y", "yh", "yc")), (3, True, ("y", "yh", "yc")),
+                                                   (2, True, ("yh",)), (1, False, ("y",))])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_routine_matches_the_reference(direction, batch, state, outputs, threads):
+    from routine_helpers import assert_routine_matches
+    rng = np.random.default_rng(6)
+    model = lstm_model(rng, seq=7, batch=batch, inp=5, hid=16, direction=direction, state=state, outputs=outputs)
+    graph = workbench.load(model.SerializeToString())
+    assert_routine_matches(graph, "cpu:float32:nchw/direct", rtol=1e-5, expect_layers=["lstm"], num_threads=threads)
+
+
+def test_lstm_routine_leaves_sequence_lengths_and_peepholes_to_the_reference():
+    from workbench import routines
+    rng = np.random.default_rng(7)
+    for kwargs in (dict(lens=[5, 2, 4]), dict(peep=True), dict(clip=0.5), dict(input_forget=1)):
+        graph = workbench.load(lstm_model(rng, **kwargs).SerializeToString())
+        layer = graph.layer("lstm")
+        assert [r.algo for r in routines.applicable(graph, layer)] == ["reference"], kwargs
+
+
+def test_lstm_cell_kernel_checks_its_arguments():
+    from workbench.routines.eltwise import kernels
+    k = kernels("recurrent")
+    g, c, h, t = np.zeros((2, 16), np.float32), np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32), \
+        np.zeros((2, 4), np.float32)
+    y = np.zeros((3, 2, 4), np.float32)
+    cell = k.LstmCell(g, c, h, t, y)
+    cell(2)   # all gates 0: i = o = f = 0.5, c~ = 0 -> c stays 0, h = 0.5 tanh(0) = 0
+    np.testing.assert_array_equal(y, 0)
+    with pytest.raises(IndexError, match="step 3"):
+        cell(3)
+    with pytest.raises(ValueError, match="g must have shape"):
+        k.LstmCell(np.zeros((2, 15), np.float32), c, h, t, y)
+    with pytest.raises(TypeError, match="float32"):
+        k.LstmCell(g, c.astype(np.float64), h, t, y)
+    with pytest.raises(ValueError, match="y must have shape"):
+        k.LstmCell(g, c, h, t, np.zeros((3, 1, 4), np.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        k.LstmCell(g, c, h, t, np.zeros((3, 2, 8), np.float32)[:, :, ::2])

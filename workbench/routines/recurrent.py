@@ -1,7 +1,7 @@
 """``cpu:float32:nchw/direct`` for LSTM: the input projection as one matrix product per direction,
 then the recurrence step by step on buffers bound once: each step's ``h @ R^T + (x W^T + b)[t]``
-is one call of our AVX-512 GEMM (``gemm512``'s 1x1-convolution kernel, the projection as its
-residual), split over the kernel pool's threads, and the gates and states are one call of
+runs on our AVX-512 GEMM (``gemm512``'s 1x1-convolution kernel, the projection as its residual),
+split over the kernel pool's threads, and the gates and states are one call of
 ``kernels_pyx/recurrent.pyx``.
 
 A step reads the whole recurrent weight matrix (4 MB at hidden size 512, more than one core's

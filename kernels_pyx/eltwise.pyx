@@ -105,6 +105,15 @@ def _float32_array(a, name, what, writeable=False, contiguous=True):
         raise ValueError(f"{what}: {name} is read-only")
 
 
+def _rows_array(a, name, what, writeable=False):
+    """A float32 array C-contiguous or with a contiguous last axis (a channel slice of a wider
+    NHWC buffer): the operands and outputs of the strided loop nests here and in eltwise_chain."""
+    _float32_array(a, name, what, writeable=writeable, contiguous=False)
+    if not a.flags.c_contiguous and (a.ndim == 0 or a.strides[a.ndim - 1] != 4 or min(a.strides) < 0):
+        raise ValueError(f"{what}: {name} must be C-contiguous or a view with a contiguous last axis "
+                         f"(a channel slice), got strides {a.strides}")
+
+
 def _chunk(Py_ssize_t outer, Py_ssize_t inner, int nt):
     """Split the inner loop only when the outer ones give too few jobs to share out."""
     want = 8 * nt if nt > 1 else 1
@@ -149,10 +158,7 @@ cdef int _binary_init(_Bin* job, Py_ssize_t* d, Py_ssize_t* sa, Py_ssize_t* sb, 
     ``so``), all but the split between threads (:func:`_binary_go`)."""
     what = "binary"
     for name, arr, w in (("a", a, False), ("b", b, False), ("out", out, True)):
-        _float32_array(arr, name, what, writeable=w, contiguous=False)
-        if not arr.flags.c_contiguous and (arr.ndim == 0 or arr.strides[arr.ndim - 1] != 4 or min(arr.strides) < 0):
-            raise ValueError(f"{what}: {name} must be C-contiguous or a view with a contiguous last axis "
-                             f"(a channel slice), got strides {arr.strides}")
+        _rows_array(arr, name, what, writeable=w)
     if op not in OPS:
         raise ValueError(f"{what}: unknown op {op!r}; expected one of {sorted(OPS)}")
     if act == ACT_PRELU or not 0 <= act <= ACT_LAST:

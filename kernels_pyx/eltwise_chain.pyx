@@ -23,6 +23,9 @@ from _epilogue cimport ACT_PRELU
 from _eltwise_rows cimport AddT, SubT, MulT, DivT, ACT_LAST, _act_row, _row
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
+# the argument checks of the base build (no ISA-specific code in them)
+from workbench._kernels.eltwise import _extent, _rows_array
+
 cnp.import_array()
 wb_pool_import()
 
@@ -116,23 +119,6 @@ cdef void _chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
             b0 += m
 
 
-def _check_array(a, name, writeable=False):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"eltwise_chain: {name} must be a NumPy array, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"eltwise_chain: {name} must be float32, got {a.dtype}")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"eltwise_chain: {name} is read-only")
-    if not a.flags.c_contiguous and (a.ndim == 0 or a.strides[a.ndim - 1] != 4 or min(a.strides) < 0):
-        raise ValueError(f"eltwise_chain: {name} must be C-contiguous or a view with a contiguous last axis "
-                         f"(a channel slice), got strides {a.strides}")
-
-
-def _extent(a):
-    """Elements from ``a``'s first to just past its last (its size when contiguous)."""
-    return 1 + sum((n - 1) * st // a.itemsize for n, st in zip(a.shape, a.strides)) if a.size else 0
-
-
 cdef class Chain:
     """The program ``steps`` over ``inputs`` into ``out``, checked once when made; each call
     ``(num_threads)`` runs it (an executor's step on its own buffers).
@@ -156,7 +142,7 @@ cdef class Chain:
             raise ValueError(f"eltwise_chain: 1 to {MAX_STEPS} steps, got {len(steps)}")
         if len(dims) != 4:
             raise ValueError(f"eltwise_chain: dims needs 4 values, got {dims}")
-        _check_array(out, "out", writeable=True)
+        _rows_array(out, "out", "eltwise_chain", writeable=True)
         for k in range(4):
             self.job.d[k] = dims[k]
             if dims[k] < 1:
@@ -177,7 +163,7 @@ cdef class Chain:
         for k in range(MAX_INPUTS):
             self.job.x[k] = NULL
         for k, (x, st) in enumerate(zip(inputs, strides)):
-            _check_array(x, f"input {k}")
+            _rows_array(x, f"input {k}", "eltwise_chain")
             if len(st) != 4 or min(st) < 0:
                 raise ValueError(f"eltwise_chain: input {k} needs 4 non-negative strides, got {st}")
             last = sum((dd - 1) * v for dd, v in zip(dims, st))

@@ -23,7 +23,7 @@ REFERENCE = "cpu:float32:nchw/reference"
 def _parallel_even_when_small():
     """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
     # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
-    modules = list(dict.fromkeys(m for name in ("tensor_ops", "softmax", "pool", "eltwise", "linalg", "col2im")
+    modules = list(dict.fromkeys(m for name in ("tensor_ops", "resize_lerp", "softmax", "pool", "eltwise", "linalg", "col2im")
                                  for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
     old = [m.set_grain(1) for m in modules]
     yield
@@ -225,11 +225,12 @@ def test_kernel_twins_check_shapes():
         k.gather4(x, np.empty((1, 2, 3, 4), np.float32), t[:3] + [t[3].astype(np.int64)])
     h = (np.zeros(2, np.int32), np.ones(2, np.int32), np.zeros(2, np.float32))
     w = (np.zeros(5, np.int32), np.full(5, 3, np.int32), np.zeros(5, np.float32))
-    k.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), False, h, w)
+    lerp = kernels("resize_lerp")
+    lerp.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), False, h, w)
     with pytest.raises(ValueError, match="outside"):
-        k.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), False, h, (w[0], w[1] + 1, w[2]))
+        lerp.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), False, h, (w[0], w[1] + 1, w[2]))
     with pytest.raises(ValueError, match="batch or channels"):
-        k.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), True, h, w)
+        lerp.lerp2d(x, np.empty((1, 2, 2, 5), np.float32), True, h, w)
 
 
 # -- the zoo: every non-Conv layer has a fast routine, and a whole model runs on them ----------------------

@@ -378,7 +378,7 @@ class _Bilinear(Routine, register=False):
         x = args[0]
         logical = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if cls.layout == NHWC else x.shape
         h, w = memo(state, x.shape, lambda: resize_tables(layer, logical))
-        kernels("tensor_ops").lerp2d(x, outs[0], cls.layout == NHWC, h, w, num_threads)
+        kernels("resize_lerp").lerp2d(x, outs[0], cls.layout == NHWC, h, w, num_threads)
 
 
 class BilinearNchw(_Bilinear):

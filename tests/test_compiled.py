@@ -230,3 +230,46 @@ def test_input_read_only_by_an_adapt_is_not_copied_first(rng, nhwc_relu):
         np.testing.assert_array_equal(compiled.run({"x": x})["y"], ref.run({"x": np.ascontiguousarray(x)})["y"])
     # An input a layer reads in its own layout is still copied in.
     assert CompiledModel(graph, {"relu": REFERENCE, "sig": REFERENCE})._direct == set()
+
+
+def test_blas_held_at_one_thread_only_for_plans_that_may_call_it(rng, monkeypatch):
+    """Holding the BLAS at one thread costs every run; a plan whose routines all run our own
+    kernels skips it, one with a routine that may call the BLAS (the NumPy reference) holds it."""
+    from workbench import compiled as compiled_mod
+    held = []
+
+    class Counting(compiled_mod.SerialBlas):
+        def __enter__(self):
+            held.append(True)
+            return super().__enter__()
+
+    monkeypatch.setattr(compiled_mod, "SerialBlas", Counting)
+    graph = chain_graph(rng, n_relu=2)
+    feeds = workbench.random_inputs(graph)
+    expected = workbench.ReferenceExecutor(graph).run(feeds)["a1"]
+    direct = {l.name: "cpu:float32:nchw/direct" for l in graph}
+    assert all(not routines.get(l.op, direct[l.name]).uses_blas for l in graph)
+    fast = CompiledModel(graph, direct)
+    out = fast.run(feeds)["a1"]
+    assert held == []
+    reference = CompiledModel(graph, {l.name: REFERENCE for l in graph})
+    np.testing.assert_array_equal(reference.run(feeds)["a1"], expected)
+    assert held == [True]
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_inputs_fast_path_takes_only_exact_arrays(rng):
+    """Feeds that are exactly the inputs' arrays (in any memory order) skip the general check;
+    anything else (a float64 array, a wrong shape, a wrong name) is refused with its reason."""
+    graph = chain_graph(rng, n_relu=1)
+    compiled = CompiledModel(graph, {l.name: REFERENCE for l in graph})
+    x = workbench.random_inputs(graph)["x"]
+    got = compiled.run({"x": x})["a0"]
+    np.testing.assert_array_equal(got, workbench.ReferenceExecutor(graph).run({"x": x})["a0"])
+    np.testing.assert_array_equal(compiled.run({"x": np.asfortranarray(x)})["a0"], got)
+    with pytest.raises(WorkbenchError, match="'x': dtype float64"):
+        compiled.run({"x": x.astype(np.float64)})
+    with pytest.raises(WorkbenchError, match=r"'x': shape \(2, 3, 7, 5\)"):
+        compiled.run({"x": np.ascontiguousarray(x.transpose(0, 1, 3, 2))})
+    with pytest.raises(WorkbenchError, match="unknown input name"):
+        compiled.run({"y": x})

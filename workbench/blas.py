@@ -6,6 +6,7 @@ take cores from the pool's (measured: ResNet-50 ~2x slower with 2 BLAS threads).
 saves, sets and restores the limit; :class:`SerialBlas` holds it at one thread while any of
 several concurrent users (executor runs, routines calling BLAS) is inside, by a count, so that
 nested save-and-restore from several threads never restores a limit another still relies on.
+An executor run takes it only where one of its routines may call the BLAS (``Routine.uses_blas``).
 """
 from __future__ import annotations
 

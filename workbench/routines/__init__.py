@@ -48,6 +48,10 @@ class Routine:
     #: When set, output 0 is input ``view_of_input`` reinterpreted with the output's shape (a
     #: reshape of a contiguous buffer): the executor gives it no buffer and skips ``run``.
     view_of_input: ClassVar = None
+    #: Whether :meth:`run` may call the BLAS (NumPy's matmul, SciPy's): a compiled model whose
+    #: routines all say no skips holding the BLAS at one thread for its runs, a cost of every run.
+    #: True unless a routine is known to run only our own kernels and BLAS-free NumPy.
+    uses_blas: ClassVar[bool] = True
     #: Writes its 4-D outputs (``strided_out``) or reads its 4-D inputs (``strided_in``) as slices
     #: of a larger buffer along the last physical axis (evenly spaced rows, the last axis
     #: contiguous): a compiled model then lets it write Concat parts in place, or read Split

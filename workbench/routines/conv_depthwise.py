@@ -49,6 +49,7 @@ def depthwise_applies(layer, specs):
 
 
 class _Depthwise(Routine, register=False):
+    uses_blas = False
     op = "Conv"
     algo = "depthwise"
     isa = None

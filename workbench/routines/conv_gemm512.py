@@ -28,6 +28,7 @@ def _kernels():
 
 
 class _Gemm512(_ConvGemm, register=False):
+    uses_blas = False
     algo = "gemm1x1_avx512"
     # Same as gemm1x1: without a measurement the default stays the BLAS routine (ties break by
     # descriptor); the profiler picks this one where it is faster.
@@ -103,6 +104,7 @@ class _Im2col512(_ConvGemm, register=False):
     """Group-1 convolutions of any kernel, stride, dilation and padding: the column tile of each
     job gathered by the same im2col code as ``im2col`` (``conv_gemm.pxd``), then our SGEMM."""
 
+    uses_blas = False
     algo = "im2col_avx512"
     priority = 11.5   # measured faster than BLAS im2col and gemm1x1; the profiler has the last word
     implicit = False

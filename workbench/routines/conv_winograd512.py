@@ -48,6 +48,7 @@ def plan(m, n, c, h, w, mo, num_threads, nhwc=False):
 
 
 class _Winograd512(_Winograd, register=False):
+    uses_blas = False
     #: Preference where measured faster than the BLAS Winograd routines (``winograd4``: 12),
     #: ``im2col_avx512`` (11.5) and each other: 3x3 stride-1 layers with ``min_pixels`` <= output
     #: pixels < ``max_pixels`` and at least ``min_channels`` inputs; ``slow_priority`` elsewhere.

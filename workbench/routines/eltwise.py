@@ -155,6 +155,7 @@ def fused_activation(layer, shape, extended=False):
 
 
 class _Binary(Routine, register=False):
+    uses_blas = False
     op = ("Add", "Sub", "Mul", "Div")
     algo = "direct"
     priority = 10
@@ -252,6 +253,7 @@ def _activation_code(layer, shape):
 
 
 class _Rows(Routine, register=False):
+    uses_blas = False
     algo = "direct"
     priority = 10
 
@@ -379,6 +381,7 @@ class CastNchw(Routine):
     """Cast as a conversion into the output buffer (any dtypes; channels-first only, since the
     layout adapts are float32)."""
 
+    uses_blas = False
     op = "Cast"
     algo = "ufunc"
     priority = 10

@@ -33,6 +33,7 @@ def _steps(layer):
 
 
 class _Chain(Routine, register=False):
+    uses_blas = False
     op = "EltwiseChain"
     algo = "direct"
     priority = 10

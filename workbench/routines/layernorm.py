@@ -18,6 +18,7 @@ def _kernels():
 
 
 class LayerNormRows(Routine):
+    uses_blas = False
     op = "LayerNormalization"
     layout = NCHW
     algo = "direct"

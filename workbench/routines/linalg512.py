@@ -22,6 +22,7 @@ def _float32(*specs):
 
 
 class _Gemm512(Routine, register=False):
+    uses_blas = False
     layout = NCHW
     algo = "gemm_avx512"
     priority = 11

@@ -22,6 +22,7 @@ def _as_2d(attrs):
 
 
 class _Window(Routine, register=False):
+    uses_blas = False
     op = ("MaxPool", "AveragePool")
     algo = "direct"
     priority = 10
@@ -63,6 +64,7 @@ class PoolNhwc(_Window):
 
 
 class _Global(Routine, register=False):
+    uses_blas = False
     op = ("GlobalAveragePool", "GlobalMaxPool")
     algo = "direct"
     priority = 10
@@ -91,6 +93,7 @@ class _SpatialMean(Routine, register=False):
     """ReduceMean over axes (2, 3) of a 4-D float32 tensor, keepdims or not: the global average
     pool's kernels (the NumPy reduction took 1.2 ms of PP-OCRv6 det's run, ORT 0.24)."""
 
+    uses_blas = False
     op = "ReduceMean"
     algo = "direct"
     priority = 10

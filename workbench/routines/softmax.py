@@ -40,6 +40,7 @@ def softmax_geometry(layer, shape, layout):
 
 
 class _Softmax(Routine, register=False):
+    uses_blas = False
     op = ("Softmax", "LogSoftmax")
     algo = "direct"
     isa = None

@@ -44,6 +44,7 @@ class _Blocks(Routine, register=False):
     """Concat and Split: rows of ``outer`` blocks along the physical axis.  In a compiled model
     parts may already be in place (:mod:`workbench.slices`): those are not copied."""
 
+    uses_blas = False
     op = ("Concat", "Split")
     algo = "copy"
     priority = 10
@@ -151,6 +152,7 @@ class BlocksNhwc(_Blocks):
 class CopyNchw(Routine):
     """Reshape-like ops: the output is the input's elements in the same order."""
 
+    uses_blas = False
     op = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout")
     layout = NCHW
     algo = "copy"
@@ -181,6 +183,7 @@ class ViewNchw(CopyNchw):
 
 
 class TransposeNchw(Routine):
+    uses_blas = False
     op = "Transpose"
     layout = NCHW
     algo = "copy"
@@ -286,6 +289,7 @@ def block_plan(tables, shape):
 
 
 class _Gather(Routine, register=False):
+    uses_blas = False
     op = ("Pad", "Slice", "Resize", "Upsample")
     algo = "gather"
     priority = 10
@@ -360,6 +364,7 @@ class GatherNhwc(_Gather):
 
 
 class _Bilinear(Routine, register=False):
+    uses_blas = False
     op = ("Resize", "Upsample")
     algo = "bilinear"
     priority = 10

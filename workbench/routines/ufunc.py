@@ -17,6 +17,7 @@ from ..ops.tensor import Gather as GatherOp
 
 
 class _Ufunc(Routine, register=False):
+    uses_blas = False
     algo = "ufunc"
     priority = 5
 

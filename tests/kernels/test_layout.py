@@ -36,3 +36,18 @@ def test_writes_into_given_buffer():
 def test_bad_shapes_raise_instead_of_crashing(src, dst, message):
     with pytest.raises((ValueError, TypeError), match=message):
         layout.nchw_to_nhwc(src, dst)
+
+
+@pytest.mark.parametrize("isa", [None, "avx2", "avx512"])
+@pytest.mark.parametrize("shape", [(1, 3, 224, 224), (2, 3, 67, 45), (1, 3, 1, 5)])
+def test_three_channel_inputs_interleave_in_every_build(isa, shape):
+    """An RGB input to NHWC takes its own interleaving path, in each ISA build of the kernel."""
+    from workbench import cpu
+    mod = cpu.kernel_module("layout", isa)
+    if mod is None:
+        pytest.skip(f"this CPU cannot run the {isa} build")
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    x.flat[::97] = np.nan
+    for threads in (1, 2):
+        y = mod.nchw_to_nhwc(x, num_threads=threads)
+        np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1))

@@ -282,6 +282,9 @@ def check_extras(graph):
     assert acts[:2] == ["LeakyRelu", "PRelu"], acts
     (softmax,) = layers(graph, "Softmax")
     assert softmax.attrs["axis"] % 4 == 1
+    # The token Linear on (n, h*w, c) is MatMul + Add in the file: one MatMul with its bias here.
+    (token,) = [l for l in graph if l.op in ("MatMul", "Gemm") and len(l.out_specs[0].shape) == 3]
+    assert token.op == "MatMul" and token.consts[2].shape == (8,) and "bias" in token.attrs["fusion"]
 
 
 class Case(NamedTuple):

@@ -5,6 +5,7 @@ constants (folded BatchNorm weights included) and its original attributes; what 
 spelled out again in standard ops after it, each node named ``<layer>/<part>``:
 
 - a fused residual add: ``Add(<layer>/raw, skip)``;
+- a MatMul's fused bias: ``MatMul`` into ``<layer>/product``, then ``Add`` named ``<layer>/bias``;
 - a fused activation: its own op (``HardSwish`` as ``HardSigmoid`` + ``Mul`` before opset 14, as
   is a HardSwish layer of its own, whose ``HardSigmoid`` node keeps the layer's name);
 - a fused post-activation affine: ``Mul`` + ``Add`` by per-channel constants after the activation;
@@ -216,6 +217,12 @@ def _emit(w, layer, metadata):
         gate = f"{layer.name}/gate"
         w.node("HardSigmoid", [layer.inputs[0]], [gate], layer.name, metadata=metadata, alpha=1 / 6, beta=0.5)
         w.node("Mul", [layer.inputs[0], gate], [raw], f"{layer.name}/mul", metadata=part_of)
+    elif layer.op == "MatMul" and len(layer.inputs) == 3:   # a fused bias: the Add it came from
+        product = f"{layer.name}/product"
+        b = w.const(layer.inputs[1], layer.consts[1]) if 1 in layer.consts else layer.inputs[1]
+        w.node("MatMul", [layer.inputs[0], b], [product], layer.name, metadata=metadata)
+        w.node("Add", [product, w.const(layer.inputs[2], layer.consts[2])], [raw], f"{layer.name}/bias",
+               metadata=part_of)
     else:
         attributes, taken = _source_attributes(layer)
         n_inputs = 3 if (layer.op == "Conv" and residual) else len(layer.inputs)

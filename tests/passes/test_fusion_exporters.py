@@ -298,6 +298,23 @@ def test_per_channel_affine_folds_into_gemm_and_merges(rng):
     check_round_trip(graph, model)
 
 
+def test_linear_as_paddle_writes_it_takes_its_bias_and_activation(rng):
+    """Paddle2ONNX's ``linear`` on (batch, tokens, features): MatMul by the weights, then Add of the
+    bias (a Constant node here), then Relu: one MatMul layer, which exports back and re-imports."""
+    w = (rng.standard_normal((12, 20)) * 0.3).astype(np.float32)
+    bias = rng.standard_normal(20).astype(np.float32)
+    nodes = [node("MatMul", ["x", "fc.w"], ["t"], "fc"),
+             helper.make_node("Constant", [], ["fc.b"], name="fc.b_c", value=onnx.numpy_helper.from_array(bias, "fc.b")),
+             node("Add", ["t", "fc.b"], ["u"], "fc.add"), node("Relu", ["u"], ["y"], "fc.relu")]
+    model = make_model(nodes, [("x", [1, 40, 12])], [("y", None)], [("fc.w", w)])
+    graph, _ = assert_matches_onnxruntime(model)
+    assert graph.op_counts() == {"MatMul": 1}
+    fc = graph.layer("fc")
+    assert fc.attrs["fusion"] == "bias" and fc.attrs["activation"] == "Relu"
+    np.testing.assert_array_equal(fc.consts[2], bias)
+    check_round_trip(graph, model)
+
+
 def test_affine_left_alone_where_it_must(rng):
     # The conv output is read twice (no fold back), the next conv is padded (no shift forward),
     # and the constant varies along H (not per-channel).

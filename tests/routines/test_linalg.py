@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from onnx import helper
 
 import workbench
-from onnx_helpers import make_model
+from onnx_helpers import assert_matches_onnxruntime, make_model
 from routine_helpers import assert_routine_matches
 from workbench import routines
 from workbench.routines.eltwise import kernels
@@ -192,3 +192,64 @@ def test_gemm512_takes_the_recogniser_classifier():
     g = _load([helper.make_node("MatMul", ["A", "B"], ["y"])], [("A", [1, 40, 120])],
               [("B", rng.standard_normal((120, 6625)).astype(np.float32))])
     _also_gemm512(g, "MatMul", True)
+
+
+BIAS_CASES = [((1, 40, 120), (120, 300), (300,)), ((2, 5, 7), (7, 9), (1, 1, 9)), ((3, 7), (7, 5), (5,)),
+              ((2, 3, 4, 7), (7, 6), (1, 6)), ((1, 40, 12), (12, 33), (1,))]
+
+
+@SETTINGS
+@given(st.sampled_from(BIAS_CASES), st.booleans(), st.sampled_from([None, "Relu", "Sigmoid", "Silu"]),
+       st.sampled_from([1, 2]))
+def test_matmul_with_fused_bias(case, bias_first, act, threads):
+    """MatMul then Add of a bias along the last axis, as exporters write a linear layer: one MatMul
+    layer (the Add's activation with it, except SiLU, which stays on the Add), and every MatMul
+    routine that applies matches ONNX Runtime."""
+    a_shape, b_shape, c_shape = case
+    rng = np.random.default_rng(sum(a_shape) + len(c_shape))
+    inits = [("B", rng.standard_normal(b_shape).astype(np.float32)),
+             ("C", rng.standard_normal(c_shape).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["A", "B"], ["t"]),
+             helper.make_node("Add", ["C", "t"] if bias_first else ["t", "C"], ["u"])]
+    if act == "Silu":
+        nodes += [helper.make_node("Sigmoid", ["u"], ["s"]), helper.make_node("Mul", ["u", "s"], ["y"])]
+    else:
+        nodes, inits = _with_act(nodes, inits, act, b_shape[-1], src="u")
+        if act is None:
+            nodes[-1].output[0] = "y"
+    model = make_model(nodes, [("A", list(a_shape))], [("y", None)], initializers=inits)
+    assert_matches_onnxruntime(model)
+    g = workbench.load(model.SerializeToString())
+    ops_left = [l.op for l in g]
+    mm = next(l for l in g if l.op == "MatMul")
+    assert ops_left == (["MatMul", "Add"] if act == "Silu" else ["MatMul"])
+    assert (2 in mm.consts) == (act != "Silu")
+    assert mm.attrs.get("activation") == (None if act == "Silu" else act)
+    if act != "Silu":
+        assert mm.attrs["fusion"] == "bias" and mm.consts[2].shape == (b_shape[-1],)
+        assert_routine_matches(g, BLAS, num_threads=threads)
+        _also_gemm512(g, "MatMul", True)
+
+
+@pytest.mark.parametrize("what", ["other_axis", "two_readers", "runtime_b", "graph_output"])
+def test_matmul_bias_not_fused_where_it_would_change_the_result(what):
+    """An Add that is not a per-column bias of the product alone stays a layer of its own."""
+    rng = np.random.default_rng(5)
+    b = rng.standard_normal((7, 5)).astype(np.float32)
+    c = rng.standard_normal((3, 1) if what == "other_axis" else (5,)).astype(np.float32)
+    inputs, inits = [("A", [2, 3, 7])], [("C", c)]
+    if what == "runtime_b":
+        inputs.append(("B", [7, 5]))
+    else:
+        inits.append(("B", b))
+    nodes = [helper.make_node("MatMul", ["A", "B"], ["t"]), helper.make_node("Add", ["t", "C"], ["u"])]
+    outputs = [("u", None)]
+    if what == "two_readers":
+        nodes.append(helper.make_node("Relu", ["t"], ["r"]))
+        outputs.append(("r", None))
+    if what == "graph_output":
+        outputs.append(("t", None))
+    model = make_model(nodes, inputs, outputs, initializers=inits)
+    assert_matches_onnxruntime(model)
+    g = workbench.load(model.SerializeToString())
+    assert "Add" in [l.op for l in g] and all(2 not in l.consts for l in g if l.op == "MatMul")

@@ -67,11 +67,16 @@ class MatMul(Op):
             shape = shape[:-2] + shape[-1:]
         if len(b) == 1:
             shape = shape[:-1]
+        if len(specs) > 2:   # a bias along the last axis (passes/fuse_matmul_bias.py)
+            check(specs[2].shape == shape[-1:], layer, f"bias of shape {specs[2].shape} for a product {shape}")
         return [TensorSpec(shape, specs[0].dtype)]
 
     @classmethod
     def compute(cls, layer, args):
-        return [epilogue(layer, np.matmul(args[0], args[1]))]
+        y = np.matmul(args[0], args[1])
+        if len(args) > 2:
+            y = y + args[2]
+        return [epilogue(layer, y)]
 
     @classmethod
     def macs(cls, layer, specs):

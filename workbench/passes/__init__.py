@@ -8,6 +8,7 @@ from .fuse_layernorm import fuse_layernorm
 from .fuse_patterns import fuse_patterns
 from .fold_affine import fold_affine
 from .fuse_activation import fuse_activations
+from .fuse_matmul_bias import fuse_matmul_bias
 from .fuse_residual import fuse_residual_adds
 from .fuse_post_affine import fuse_post_affine
 from .fuse_eltwise_chain import fuse_eltwise_chains
@@ -24,6 +25,7 @@ PIPELINE = (
     ("fuse_patterns", fuse_patterns),
     ("fold_affine", fold_affine),
     ("fuse_activations", fuse_activations),
+    ("fuse_matmul_bias", fuse_matmul_bias),
     ("fuse_residual_adds", fuse_residual_adds),
     ("fuse_post_affine", fuse_post_affine),
     ("fuse_eltwise_chains", fuse_eltwise_chains),

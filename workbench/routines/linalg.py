@@ -103,7 +103,8 @@ class MatMulBlas(Routine):
     @classmethod
     def applies(cls, layer, specs):
         ranks = [len(s.shape) for s in specs] + [len(layer.out_specs[0].shape)]
-        return (all_float32(specs, layer.out_specs) and min(ranks[:2]) >= 1
+        # A fused bias (passes/fuse_matmul_bias.py) comes only with a constant 2-D B: one GEMM.
+        return (all_float32(specs, layer.out_specs) and min(ranks[:2]) >= 1 and (2 not in layer.consts or ranks[1] == 2)
                 and int(np.prod(layer.out_specs[0].shape, dtype=np.int64)) > 0
                 and specs[0].shape[-1] > 0 and _activation(layer) is not None)
 
@@ -113,14 +114,14 @@ class MatMulBlas(Routine):
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        a, b = (state["consts"].get(i, x) for i, x in enumerate(args))
+        a, b = (state["consts"].get(i, args[i]) for i in (0, 1))
         plan = memo(state, (a.shape, b.shape), lambda: _matmul_plan(a.shape, b.shape))
         code, p0, p1, slope = state["act"]
         k = kernels("linalg")
         if plan[0] == "single":
             _, rows, n, kk = plan
-            k.gemm(a.reshape(rows, kk), b.reshape(kk, n), outs[0].reshape(rows, n), False, False, 1.0, None, None,
-                   code, p0, p1, slope, num_threads)
+            k.gemm(a.reshape(rows, kk), b.reshape(kk, n), outs[0].reshape(rows, n), False, False, 1.0,
+                   state["consts"].get(2), None, code, p0, p1, slope, num_threads)
         else:
             _, a_off, b_off, m, n, kk = plan
             k.batched_matmul(a, b, outs[0], a_off, b_off, m, n, kk, code, p0, p1, slope, num_threads)

@@ -61,11 +61,13 @@ class MatMulGemm512(_Gemm512):
     @classmethod
     def prepare(cls, layer):
         b = np.ascontiguousarray(layer.consts[1], np.float32)
-        return {"w": _kernels().pack_b(b), "act": _activation(layer)}
+        bias = layer.consts.get(2)   # fused from an Add (passes/fuse_matmul_bias.py)
+        return {"w": _kernels().pack_b(b), "act": _activation(layer),
+                "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        cls._run(args[0], state, outs[0], None, num_threads)
+        cls._run(args[0], state, outs[0], state["bias"], num_threads)
 
 
 class GemmGemm512(_Gemm512):

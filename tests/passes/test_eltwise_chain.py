@@ -4,7 +4,7 @@ round trip, bit-identical results to the unfused layers, NaN/Inf, and the kernel
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from onnx import helper
 
 import workbench
@@ -148,10 +148,12 @@ def test_a_chain_writes_its_nhwc_concat_part_in_place():
 SHAPES = [(1, 5, 6, 7), (1, 5, 1, 1), (1, 1, 1, 1), (1,), (7,), (6, 7), (1, 5, 6, 1)]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(st.lists(st.tuples(st.sampled_from(["Add", "Sub", "Mul", "Div"]), st.sampled_from(SHAPES), st.booleans(),
                           st.sampled_from([None, "Relu", "Sigmoid", "Tanh"])), min_size=2, max_size=7),
        st.sampled_from(["nchw", "nhwc"]), st.integers(0, 3))
+@example([("Add", (1, 5, 6, 7), False, "Tanh"), ("Sub", (1, 5, 6, 7), False, None)]
+         + [("Add", (1, 5, 6, 7), False, None)] * 3 + [("Mul", (1, 5, 6, 7), False, None)], "nchw", 0)
 def test_random_chains_match_the_reference(steps, layout, seed):
     """Any mix of ops, operand broadcasts (scalar, per-channel, per-row, trailing axes) and
     operand orders, with fused activations, against the NumPy reference (7 steps: with x, the
@@ -173,7 +175,9 @@ def test_random_chains_match_the_reference(steps, layout, seed):
              for k, v in workbench.random_inputs(graph, seed=seed).items()}
     ours, ref, used = run_with_routine(graph, CHAIN[layout], feeds=feeds)
     assert used == [f"op{len(steps) - 1}"]
-    np.testing.assert_allclose(ours[prev], ref[prev], rtol=2e-6, atol=1e-6)
+    # Sigmoid and Tanh differ from NumPy's by an ulp or two, which later steps carry: the bound
+    # scales with the largest value (a sum of values near 30 that cancels to 0.14 kept 2e-6 of it).
+    np.testing.assert_allclose(ours[prev], ref[prev], rtol=2e-6, atol=1e-6 * max(1.0, float(np.abs(ref[prev]).max())))
 
 
 def test_chain_kernel_checks_its_arguments():

@@ -11,6 +11,7 @@ from typing import ClassVar
 import networkx as nx
 import numpy as np
 
+from . import cpu
 from .graph import NCHW, NHWC, TensorSpec
 
 _ADAPTS: dict = {}   # (src layout, dst layout, dtype) -> Adapt subclass
@@ -65,8 +66,7 @@ class NchwToNhwc(_Transpose):
 
     @classmethod
     def run(cls, src, dst, num_threads):
-        from ._kernels import layout
-        layout.nchw_to_nhwc(src, dst, num_threads)
+        cpu.best_module("layout").nchw_to_nhwc(src, dst, num_threads)
 
 
 class NhwcToNchw(_Transpose):
@@ -74,8 +74,7 @@ class NhwcToNchw(_Transpose):
 
     @classmethod
     def run(cls, src, dst, num_threads):
-        from ._kernels import layout
-        layout.nhwc_to_nchw(src, dst, num_threads)
+        cpu.best_module("layout").nhwc_to_nchw(src, dst, num_threads)
 
 
 class _CopyAdapt(Adapt):

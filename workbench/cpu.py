@@ -41,6 +41,15 @@ def kernel_module(name: str, isa: str | None = None):
         return None
 
 
+def best_module(name: str):
+    """The fastest built variant of ``workbench._kernels.<name>`` that this CPU runs."""
+    for isa in ("avx512", "avx2", None):
+        module = kernel_module(name, isa)
+        if module is not None:
+            return module
+    raise ImportError(f"workbench._kernels.{name} is not built; run `python setup.py build_ext --inplace`")
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -28,13 +28,8 @@ PRELU = CODES["PRelu"]
 
 
 # -- helpers shared by the routine modules of this family -----------------------------------------
-def kernels(name):
-    """The fastest built variant of ``workbench._kernels.<name>`` that this CPU runs."""
-    for isa in ("avx512", "avx2", None):
-        module = cpu.kernel_module(name, isa)
-        if module is not None:
-            return module
-    raise ImportError(f"workbench._kernels.{name} is not built; run `python setup.py build_ext --inplace`")
+#: The fastest built variant of a kernel module (the routine modules import it from here).
+kernels = cpu.best_module
 
 
 def memo(state, key, build):

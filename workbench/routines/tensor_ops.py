@@ -199,7 +199,7 @@ class TransposeNchw(Routine):
         perm = layer.attrs["perm"]
         perm = list(range(x.ndim))[::-1] if perm is None else [p % x.ndim for p in perm]
         if x.ndim == 4 and x.dtype == np.float32 and perm in ([0, 2, 3, 1], [0, 3, 1, 2]):
-            from .._kernels import layout
+            layout = kernels("layout")
             (layout.nchw_to_nhwc if perm == [0, 2, 3, 1] else layout.nhwc_to_nchw)(x, y, num_threads)
         else:
             np.copyto(y, x.transpose(perm))

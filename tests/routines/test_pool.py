@@ -228,3 +228,14 @@ def test_nhwc_pools_read_and_write_channel_slices(k, s, threads):
     assert (big[..., :c] == 7).all() and (big[..., 2 * c:] == 7).all()
     with pytest.raises(ValueError, match="channel slice"):
         plan.nhwc(x, np.zeros((n, 2 * oh, ow, c), np.float32)[:, ::2], threads)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("k, pads, c", [(2, [0, 0, 1, 1], 24), (3, [1, 0, 1, 2], 5), (5, [2, 2, 2, 2], 40), (2, [0, 0, 0, 0], 17)])
+def test_stride_one_windows_over_dense_pixels(op, k, pads, c):
+    """Stride-1 windows whose taps all lie inside the input fold as one flat run of (pixel,
+    channel) floats; the padded edges take the per-pixel path (PP-OCR's 2x2 pool padded only
+    bottom-right; channel counts that are no multiple of 16)."""
+    g = _graph(op, [1, c, 19, 23], kernel_shape=[k, k], strides=[1, 1], pads=pads)
+    for descriptor in DESCRIPTORS:
+        assert_routine_matches(g, descriptor, rtol=0 if op == "MaxPool" else 1e-5)

@@ -25,7 +25,7 @@ from . import adapt, routines
 from .blas import SerialBlas
 from .denormals import flushed
 from .errors import WorkbenchError, where
-from .execute import check_inputs, io_layout, io_shape
+from .execute import FeedCheck, io_layout
 from .governor import IDLE_GAP_S, ThreadGovernor
 from .graph import NCHW, NHWC
 from .memory import Value, plan_memory
@@ -123,7 +123,7 @@ class CompiledModel:
         # Checked per run: limiting the BLAS and validating feeds through the general path cost
         # a small model's run a tenth of its time, and a run after idle more.
         self._uses_blas = any(r.uses_blas for r in self.routines.values())
-        self._expected = {n: (np.dtype(s.dtype), io_shape(s, io_format)) for n, s in graph.inputs.items()}
+        self._inputs = FeedCheck(graph, io_format)
         self._build()
 
     # -- compilation -----------------------------------------------------------------------
@@ -329,21 +329,6 @@ class CompiledModel:
         return Step("layer", layer.name, r.descriptor, lambda: r.run(layer, state, args, outs, ex.threads), layer)
 
     # -- running ---------------------------------------------------------------------------
-    def _inputs(self, feeds):
-        """:func:`check_inputs`, with a fast path for feeds that are exactly the model's inputs as
-        arrays of the right dtypes and shapes (everything else takes the general path, which
-        converts or says what is wrong)."""
-        if type(feeds) is dict and len(feeds) == len(self._expected):
-            arrays = {}
-            for name, (dtype, shape) in self._expected.items():
-                a = feeds.get(name)
-                if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
-                    break
-                arrays[name] = a
-            else:
-                return arrays
-        return check_inputs(self.graph, feeds, self.io_format)
-
     def _blas(self):
         return SerialBlas() if self._uses_blas else nullcontext()
 

@@ -231,7 +231,8 @@ def test_nhwc_pools_read_and_write_channel_slices(k, s, threads):
 
 
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
-@pytest.mark.parametrize("k, pads, c", [(2, [0, 0, 1, 1], 24), (3, [1, 0, 1, 2], 5), (5, [2, 2, 2, 2], 40), (2, [0, 0, 0, 0], 17)])
+@pytest.mark.parametrize("k, pads, c", [(2, [0, 0, 1, 1], 24), (3, [1, 0, 1, 2], 5), (5, [2, 2, 2, 2], 40),
+                                        (2, [0, 0, 0, 0], 17)])
 def test_stride_one_windows_over_dense_pixels(op, k, pads, c):
     """Stride-1 windows whose taps all lie inside the input fold as one flat run of (pixel,
     channel) floats; the padded edges take the per-pixel path (PP-OCR's 2x2 pool padded only

@@ -104,7 +104,8 @@ class MatMulBlas(Routine):
     def applies(cls, layer, specs):
         ranks = [len(s.shape) for s in specs] + [len(layer.out_specs[0].shape)]
         # A fused bias (passes/fuse_matmul_bias.py) comes only with a constant 2-D B: one GEMM.
-        return (all_float32(specs, layer.out_specs) and min(ranks[:2]) >= 1 and (2 not in layer.consts or ranks[1] == 2)
+        return (all_float32(specs, layer.out_specs) and min(ranks[:2]) >= 1
+                and (2 not in layer.consts or ranks[1] == 2)
                 and int(np.prod(layer.out_specs[0].shape, dtype=np.int64)) > 0
                 and specs[0].shape[-1] > 0 and _activation(layer) is not None)
 

@@ -6,6 +6,8 @@
   maximum, one for ``exp(x - max)`` and its sum, one to scale (or ``x - max - log(sum)``).
 - ``inner > 1``: the same three passes run across the inner axis, a block of up to 256 lanes at
   a time with per-lane maxima and sums, so every load is contiguous.
+- :func:`softmax_dot`: the softmax's weighted sum over the axis, ``sum_a softmax(x)_a * w[a]``
+  (a detector's distribution-to-distance decode), without writing the softmax out.
 exp is the polynomial of ``wb_vexp.h`` (no libm call per element).  Jobs (rows, or (outer, lane
 block) pairs) are shared among the threads of the shared pool (``wb_pool.h``), short ones several
 to a chunk.
@@ -166,6 +168,93 @@ def softmax(x, out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner, bint 
     cdef float* po = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
     with nogil:
         _softmax(px, po, outer, length, inner, log_out, nt)
+    return out
+
+
+cdef inline void _dot_lanes(const float* x, const float* wt, float bias, float* o, Py_ssize_t length,
+                            Py_ssize_t inner, Py_ssize_t w) noexcept nogil:
+    """``o[l] = sum_a softmax_a(x[a * inner + l]) * wt[a] + bias`` for ``w`` (<= LANES) lanes."""
+    cdef float mx[LANES]
+    cdef float total[LANES]
+    cdef float acc[LANES]
+    cdef float e[LANES]
+    cdef Py_ssize_t a, l
+    cdef const float* xr
+    cdef float v, wa
+    for l in range(w):
+        mx[l] = x[l]
+        total[l] = 0
+        acc[l] = 0
+    for a in range(1, length):
+        xr = x + a * inner
+        for l in range(w):
+            v = xr[l]
+            mx[l] = v if v > mx[l] else mx[l]
+    for a in range(length):
+        wb_exp_shiftv_acc(x + a * inner, mx, e, total, w)
+        wa = wt[a]
+        for l in range(w):
+            acc[l] = acc[l] + e[l] * wa
+    for l in range(w):
+        o[l] = acc[l] / total[l] + bias
+
+
+cdef struct _DotCtx:
+    const float* x
+    const float* w
+    float* out
+    float bias
+    Py_ssize_t length, inner, blocks, jobs, group
+
+
+cdef void _dot_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """(outer, lane block) jobs i * group ..."""
+    cdef const _DotCtx* c = <const _DotCtx*> ctx
+    cdef Py_ssize_t job, b, l0, j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
+    for job in range(j0, j1):
+        b = job // c.blocks
+        l0 = (job % c.blocks) * LANES
+        _dot_lanes(c.x + b * c.length * c.inner + l0, c.w, c.bias, c.out + b * c.inner + l0, c.length, c.inner,
+                   min(LANES, c.inner - l0))
+
+
+def softmax_dot(x, w, float bias, out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner, int num_threads=1):
+    """``out[o, l] = sum_a softmax(x[o, :, l])_a * w[a] + bias``: ``x`` viewed as (outer, length,
+    inner), the softmax over its middle axis, then its weighted sum over that axis.
+
+    Parameters
+    ----------
+    x : ndarray, float32, C-contiguous, ``outer * length * inner`` elements
+    w : ndarray, float32, C-contiguous, ``length`` elements
+    out : ndarray, float32, C-contiguous, ``outer * inner`` elements
+    """
+    for name, a, n in (("x", x, outer * length * inner), ("w", w, length), ("out", out, outer * inner)):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"softmax_dot: {name} must be a NumPy array, got {type(a).__name__}")
+        if a.dtype != np.float32:
+            raise TypeError(f"softmax_dot: {name} must be float32, got {a.dtype}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"softmax_dot: {name} must be C-contiguous")
+        if outer < 0 or length < 0 or inner < 0 or a.size != n:
+            raise ValueError(f"softmax_dot: {name} has {a.size} elements, (outer, length, inner) = "
+                             f"({outer}, {length}, {inner}) needs {n}")
+    if not out.flags.writeable:
+        raise ValueError("softmax_dot: out is read-only")
+    if out.size == 0:
+        return out
+    if length == 0:
+        raise ValueError("softmax_dot: the softmax axis is empty")
+    cdef _DotCtx c
+    c.x = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x)
+    c.w = <const float*> cnp.PyArray_DATA(<cnp.ndarray> w)
+    c.out = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+    c.bias, c.length, c.inner = bias, length, inner
+    c.blocks = (inner + LANES - 1) // LANES
+    c.jobs = outer * c.blocks
+    cdef int nt = _threads(outer * length * inner, num_threads)
+    c.group = wb_jobs_per_chunk(c.jobs, length * min(LANES, inner), nt)
+    with nogil:
+        wb_pool_run(_dot_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
     return out
 
 

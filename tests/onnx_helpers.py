@@ -5,6 +5,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import workbench
 from workbench.check import relative_error, run_onnxruntime
+from workbench.onnx_export import export_graph
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test"):
@@ -31,3 +32,16 @@ def assert_matches_onnxruntime(model, fuse=True, rtol=1e-4, seed=0, **load_kwarg
         assert ours[name].shape == ref.shape, name
         assert relative_error(ours[name], ref) <= rtol, (name, relative_error(ours[name], ref))
     return graph, ours
+
+
+def check_round_trip(graph, model):
+    """The fused graph exported as ONNX runs in ONNX Runtime like the original, and re-imports the same."""
+    exported = export_graph(graph)
+    onnx.checker.check_model(exported)
+    feeds = workbench.random_inputs(graph, seed=3)
+    ours, ref = run_onnxruntime(exported, feeds), run_onnxruntime(model, feeds)
+    for name in ref:
+        assert relative_error(ours[name], ref[name]) <= 1e-4, name
+    again = workbench.load(exported)
+    assert [(l.name, l.op, l.attrs.get("activation")) for l in again] == \
+           [(l.name, l.op, l.attrs.get("activation")) for l in graph]

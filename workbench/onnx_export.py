@@ -12,6 +12,8 @@ spelled out again in standard ops after it, each node named ``<layer>/<part>``:
 - a :class:`~workbench.ops.normalization.ChannelAffine` is written as the
   ``BatchNormalization`` it came from, with mean 0, variance 1 and epsilon 0 (exact);
 - an ``EltwiseChain`` as the Add/Sub/Mul/Div layers it was fused from, under their names;
+- a ``SoftmaxDot`` as ``[Transpose ->] Softmax -> Conv`` (or ``MatMul``), the first two named
+  ``<layer>/transpose`` and ``<layer>/softmax``, the last under the layer's name;
 - ``Silu`` (not an ONNX op) as ``Sigmoid`` + ``Mul``; ``Gelu`` before opset 20 as the Erf or Tanh
   formula; ``LayerNormalization`` before opset 17 as ReduceMean/Sub/Pow/.../Add.  The node that
   the fusion passes anchor on (Sigmoid, Erf, Tanh, the first ReduceMean) carries the layer's name.
@@ -122,6 +124,28 @@ def _layernorm(w, layer, y, metadata, part_of):
         w.node("Add", [t, w.const(f"{name}.bias", bias)], [y], f"{name}/bias", metadata=part_of)
 
 
+def _softmax_dot(w, layer, y, metadata, part_of):
+    """A SoftmaxDot as the layers it was fused from (``passes/fuse_softmax_dot.py``)."""
+    rec, name, x = layer.meta["softmax_dot"], layer.name, layer.inputs[0]
+    if rec["transpose"] is not None:
+        w.node("Transpose", [x], [rec["transpose"]["output"]], f"{name}/transpose", metadata=part_of,
+               perm=rec["transpose"]["perm"])
+        x = rec["transpose"]["output"]
+    w.node("Softmax", [x], [rec["softmax"]["output"]], f"{name}/softmax", metadata=part_of, axis=rec["softmax"]["axis"])
+    ins = [rec["softmax"]["output"], w.const(layer.inputs[1], layer.consts[1].reshape(rec["weight_shape"]))]
+    bias = w.const(layer.inputs[2], layer.consts[2]) if 2 in layer.consts else None
+    if rec["op"] == "Conv":
+        source = layer.meta.get("onnx") or {}
+        attributes = source.get("attributes", ()) if source.get("op_type") == "Conv" else ()
+        w.node("Conv", ins + ([bias] if bias else []), [y], name, attributes=attributes, metadata=metadata,
+               **({} if attributes else {"kernel_shape": [1, 1]}))
+    elif bias is None:
+        w.node("MatMul", ins, [y], name, metadata=metadata)
+    else:   # a fused bias too (passes/fuse_matmul_bias.py)
+        w.node("MatMul", ins, [f"{name}/product"], name, metadata=metadata)
+        w.node("Add", [f"{name}/product", bias], [y], f"{name}/bias", metadata=part_of)
+
+
 def _activation(w, layer, x, y, metadata):
     act, p = layer.attrs["activation"], layer.attrs.get("activation_params", {})
     name = f"{layer.name}/activation"
@@ -217,6 +241,8 @@ def _emit(w, layer, metadata):
         gate = f"{layer.name}/gate"
         w.node("HardSigmoid", [layer.inputs[0]], [gate], layer.name, metadata=metadata, alpha=1 / 6, beta=0.5)
         w.node("Mul", [layer.inputs[0], gate], [raw], f"{layer.name}/mul", metadata=part_of)
+    elif layer.op == "SoftmaxDot":
+        _softmax_dot(w, layer, raw, metadata, part_of)
     elif layer.op == "MatMul" and len(layer.inputs) == 3:   # a fused bias: the Add it came from
         product = f"{layer.name}/product"
         b = w.const(layer.inputs[1], layer.consts[1]) if 1 in layer.consts else layer.inputs[1]

@@ -7,11 +7,10 @@ import pytest
 from onnx import helper
 
 import workbench
-from onnx_helpers import assert_matches_onnxruntime, make_model
+from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
 from routine_helpers import assert_routine_matches
 from workbench import cpu
 from workbench.check import relative_error, run_onnxruntime
-from workbench.onnx_export import export_graph
 
 #: Whether a routine here applies a post-activation affine (passes/fuse_post_affine.py): the pass
 #: moves one into a Conv only then.
@@ -28,19 +27,6 @@ def const(name, value, shape=None):
     """A Constant node, as Paddle2ONNX and TorchScript write scalars."""
     v = np.asarray(value, np.float32).reshape(shape if shape is not None else ())
     return helper.make_node("Constant", [], [name], name=f"{name}_c", value=onnx.numpy_helper.from_array(v, name))
-
-
-def check_round_trip(graph, model):
-    """The fused graph exported as ONNX runs in ONNX Runtime like the original, and re-imports the same."""
-    exported = export_graph(graph)
-    onnx.checker.check_model(exported)
-    feeds = workbench.random_inputs(graph, seed=3)
-    ours, ref = run_onnxruntime(exported, feeds), run_onnxruntime(model, feeds)
-    for name in ref:
-        assert relative_error(ours[name], ref[name]) <= 1e-4, name
-    again = workbench.load(exported)
-    assert [(l.name, l.op, l.attrs.get("activation")) for l in again] == \
-           [(l.name, l.op, l.attrs.get("activation")) for l in graph]
 
 
 def conv(name, x, y, cin, cout, rng, k=3, group=1, bias=True):

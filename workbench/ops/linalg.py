@@ -116,3 +116,39 @@ class Softmax(Op):
 
 class LogSoftmax(Softmax):
     log = True
+
+
+class SoftmaxDot(Op):
+    """A Softmax over one axis and the weighted sum of its output over that axis, fused
+    (``passes/fuse_softmax_dot.py``): ``y = sum_a softmax(x, axis)_a * w[a] + bias``, shaped as
+    ``out_specs[0]`` (the layer it ends in: a 1x1 Conv with one output channel, or a MatMul by
+    one column).  Input 1 is ``w`` (one value per step of the axis), input 2, if any, the bias
+    (one value).  Not an ONNX op; export writes the original layers back."""
+
+    weight_inputs = (1, 2)
+
+    @classmethod
+    def infer(cls, layer, specs):
+        shape, axis = specs[0].shape, layer.attrs["axis"]
+        check(0 <= axis < len(shape), layer, f"axis {axis} out of range for rank {len(shape)}")
+        check(specs[1].size == shape[axis], layer,
+              f"{specs[1].size} weights for a softmax axis of {shape[axis]}")
+        out = layer.out_specs[0]
+        check(out.size * shape[axis] == specs[0].size, layer, f"output {out.shape} does not match input {shape}")
+        return [TensorSpec(out.shape, specs[0].dtype)]
+
+    @classmethod
+    def compute(cls, layer, args):
+        x, w = args[0], np.asarray(args[1]).reshape(-1)
+        axis = layer.attrs["axis"]
+        with np.errstate(invalid="ignore"):   # inf - inf: NaN, as in ONNX Runtime
+            e = np.exp(x - x.max(axis=axis, keepdims=True))
+            p = e / e.sum(axis=axis, keepdims=True)
+        y = np.moveaxis(p, axis, -1) @ w.astype(x.dtype)
+        if len(args) > 2 and args[2] is not None:
+            y = y + np.asarray(args[2]).reshape(-1)[0]
+        return [y.reshape(layer.out_specs[0].shape).astype(x.dtype, copy=False)]
+
+    @classmethod
+    def macs(cls, layer, specs):
+        return specs[0].size

@@ -9,6 +9,7 @@ from .fuse_patterns import fuse_patterns
 from .fold_affine import fold_affine
 from .fuse_activation import fuse_activations
 from .fuse_matmul_bias import fuse_matmul_bias
+from .fuse_softmax_dot import fuse_softmax_dot
 from .fuse_residual import fuse_residual_adds
 from .fuse_post_affine import fuse_post_affine
 from .fuse_eltwise_chain import fuse_eltwise_chains
@@ -26,6 +27,7 @@ PIPELINE = (
     ("fold_affine", fold_affine),
     ("fuse_activations", fuse_activations),
     ("fuse_matmul_bias", fuse_matmul_bias),
+    ("fuse_softmax_dot", fuse_softmax_dot),
     ("fuse_residual_adds", fuse_residual_adds),
     ("fuse_post_affine", fuse_post_affine),
     ("fuse_eltwise_chains", fuse_eltwise_chains),

@@ -77,3 +77,53 @@ for _layout in (NCHW, NHWC):
     for _isa in (None, "avx2", "avx512"):
         _cls = _variant(_layout, _isa)
         globals()[_cls.__name__] = _cls
+
+
+class _SoftmaxDot(Routine, register=False):
+    """``cpu:float32:nchw/direct[_avx2|_avx512]``: :class:`~workbench.ops.linalg.SoftmaxDot` in one
+    pass (``softmax_dot`` of the softmax kernel module), the input read as (outer, length, inner)
+    around its axis, in its logical order."""
+    uses_blas = False
+    op = "SoftmaxDot"
+    layout = NCHW
+    algo = "direct"
+    isa = None
+    priority = 10
+
+    @classmethod
+    def applies(cls, layer, specs):
+        if cls.isa is not None and not cpu.supports(cls.isa) or cpu.kernel_module("softmax", cls.isa) is None:
+            return False
+        return all_float32(specs[:1], layer.out_specs) and specs[0].size > 0
+
+    @classmethod
+    def prepare(cls, layer):
+        w = np.ascontiguousarray(layer.consts[1], np.float32).reshape(-1)
+        return w, float(np.asarray(layer.consts[2]).reshape(-1)[0]) if 2 in layer.consts else 0.0
+
+    @classmethod
+    def _call(cls, layer, state, x, out):
+        shape, axis = x.shape, layer.attrs["axis"]
+        outer, inner = int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis + 1:], dtype=np.int64))
+        kernel, (w, bias) = cpu.kernel_module("softmax", cls.isa).softmax_dot, state
+        return lambda num_threads: kernel(x, w, bias, out, outer, shape[axis], inner, num_threads)
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        cls._call(layer, state, args[0], outs[0])(num_threads)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        return cls._call(layer, state, args[0], outs[0])
+
+
+def _dot_variant(isa):
+    suffix = f"_{isa}" if isa else ""
+    return type(f"SoftmaxDotNCHW{suffix.upper()}", (_SoftmaxDot,),
+                {"algo": "direct" + suffix, "isa": isa, "__module__": __name__,
+                 "priority": 10 + (2 if isa == "avx512" else 1 if isa else 0)})
+
+
+for _isa in (None, "avx2", "avx512"):
+    _cls = _dot_variant(_isa)
+    globals()[_cls.__name__] = _cls

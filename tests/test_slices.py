@@ -242,3 +242,78 @@ def test_a_concat_of_a_concat_chains_its_slices(layout):
     assert ("a", layout) not in compiled.memory.values and ("inner", layout) not in compiled.memory.values
     for seed in (0, 1):
         _check(model, compiled, graph, seed)
+
+
+def head_model(rng, extra_reader=False):
+    """A YOLOv8 head at two scales: per scale a box conv (4 maps) and a class conv (3), their
+    channel Concat, a Reshape to (1, 7, H*W); the scales joined along that last axis, then split
+    into boxes (read through a Reshape by a softmax decode) and classes (Sigmoid).  With
+    ``extra_reader`` the first scale's flattened map is also a graph output."""
+    nodes, inits = [helper.make_node("MaxPool", ["x"], ["x2"], kernel_shape=[2, 2], strides=[2, 2], name="down")], []
+    for i, (src, hw) in enumerate((("x", 8 * 10), ("x2", 4 * 5))):
+        for name, m in (("box", 4), ("cls", 3)):
+            node, w = _conv(rng, f"{name}{i}", src, f"{name}{i}", 6, m)
+            nodes.append(node)
+            inits += w
+        nodes += [helper.make_node("Concat", [f"box{i}", f"cls{i}"], [f"cat{i}"], axis=1, name=f"cat{i}"),
+                  helper.make_node("Reshape", [f"cat{i}", "flat"], [f"flat{i}"], name=f"flat{i}")]
+    inits += [("flat", np.array([1, 7, -1], np.int64)), ("sizes", np.array([4, 3], np.int64)),
+              ("bins", np.array([1, 2, 2, 100], np.int64)), ("dfl_w", np.float32([[[[0.0]], [[1.0]]]]))]
+    nodes += [helper.make_node("Concat", ["flat0", "flat1"], ["all"], axis=2, name="all"),
+              helper.make_node("Split", ["all", "sizes"], ["boxes", "classes"], axis=1, name="split"),
+              helper.make_node("Reshape", ["boxes", "bins"], ["b4"], name="b4"),
+              helper.make_node("Transpose", ["b4"], ["bt"], perm=[0, 2, 1, 3], name="bt"),
+              helper.make_node("Softmax", ["bt"], ["bs"], axis=1, name="bs"),
+              helper.make_node("Conv", ["bs", "dfl_w"], ["dist"], kernel_shape=[1, 1], name="dfl"),
+              helper.make_node("Sigmoid", ["classes"], ["scores"], name="scores")]
+    outputs = [("dist", None), ("scores", None)] + ([("flat0", None)] if extra_reader else [])
+    return make_model(nodes, [("x", [1, 6, 8, 10])], outputs, inits)
+
+
+def _head_assignment(graph, scale_concat):
+    """NHWC convolutions, the per-scale Concats in ``scale_concat``, the rest NCHW copies and views."""
+    nhwc_conv = next(d for d, r in routines.routines_for("Conv").items()
+                     if ":nhwc/" in d and not d.endswith("reference") and r.applies(graph.layer("box0"), graph.input_specs(graph.layer("box0"))))
+    assignment = {}
+    for layer in graph:
+        table = routines.routines_for(layer.op)
+        assignment[layer.name] = (nhwc_conv if layer.op == "Conv" else f"cpu:float32:{scale_concat}/copy"
+                                  if layer.name in ("cat0", "cat1") else "cpu:float32:nchw/copy"
+                                  if layer.op in ("Concat", "Split") else "cpu:float32:nhwc/direct"
+                                  if layer.op == "MaxPool" and "cpu:float32:nhwc/direct" in table
+                                  else next(d for d in ("cpu:float32:nchw/view", "cpu:float32:nchw/direct") if d in table
+                                            and table[d].applies(layer, graph.input_specs(layer))))
+    return assignment
+
+
+@pytest.mark.parametrize("scale_concat", ["nchw", "nhwc"])
+def test_a_detector_head_writes_its_scales_in_place(scale_concat):
+    """The head's layout adapts write each scale's planes straight into the scales' Concat (one
+    row of it a row of planes), through the per-scale Concat (NCHW: its parts are channel ranges
+    of those planes) or after it (NHWC: the adapt of the joined maps); the boxes of the Split are
+    a view that the decode reads through its Reshape."""
+    model = head_model(np.random.default_rng(9))
+    graph = workbench.load(model.SerializeToString())
+    assignment = _head_assignment(graph, scale_concat)
+    compiled = CompiledModel(graph, assignment, num_threads=2)
+    whole = ("all", "nchw")
+    assert compiled.slices[("cat0", "nchw")] == Slice(whole, 2, 0, 80, (1, 7, 8, 10))
+    assert compiled.slices[("cat1", "nchw")] == Slice(whole, 2, 80, 100, (1, 7, 4, 5))
+    if scale_concat == "nchw":
+        for i in (0, 1):
+            assert compiled.slices[(f"box{i}", "nchw")] == Slice((f"cat{i}", "nchw"), 1, 0, 4)
+            assert compiled.slices[(f"cls{i}", "nchw")] == Slice((f"cat{i}", "nchw"), 1, 4, 7)
+    assert compiled.slices[("boxes", "nchw")] == Slice(whole, 1, 0, 4)
+    views = compiled._views
+    assert np.shares_memory(views[("box1", "nchw" if scale_concat == "nchw" else "nhwc")], views[whole]) == (scale_concat == "nchw")
+    assert np.shares_memory(views[("b4", "nchw")], views[whole])
+    for seed in (0, 1):
+        _check(model, compiled, graph, seed)
+
+
+def test_a_flattened_map_read_elsewhere_keeps_its_buffer():
+    model = head_model(np.random.default_rng(10), extra_reader=True)
+    graph = workbench.load(model.SerializeToString())
+    compiled = CompiledModel(graph, _head_assignment(graph, "nchw"), num_threads=2)
+    assert ("cat0", "nchw") not in compiled.slices and ("cat1", "nchw") in compiled.slices
+    _check(model, compiled, graph)

@@ -30,6 +30,9 @@ class Adapt:
     dst_layout: ClassVar[str] = NCHW
     dtype: ClassVar[str] = "float32"
     name: ClassVar[str] = ""
+    #: Writes a 4-D output whose (H, W) planes are each contiguous but lie apart (a slice of a
+    #: larger buffer along its flattened spatial axis, :mod:`workbench.slices`).
+    planes_out: ClassVar[bool] = False
 
     def __init_subclass__(cls, register=True, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -71,6 +74,7 @@ class NchwToNhwc(_Transpose):
 
 class NhwcToNchw(_Transpose):
     src_layout, dst_layout = NHWC, NCHW
+    planes_out = True
 
     @classmethod
     def run(cls, src, dst, num_threads):

@@ -31,7 +31,7 @@ from .graph import NCHW, NHWC
 from .memory import Value, plan_memory
 from .pinning import caller_pinned
 from .routines.tensor_ops import NHWC_AXIS
-from .slices import plan_slices
+from .slices import plan_slices, reshaped
 
 
 def default_threads():
@@ -167,8 +167,9 @@ class CompiledModel:
         self.input_keys = {t: (t, lay) for t, lay in home.items()}
         self.in_place = self._in_place(plan, alias)
         protected = {k for t, k in self.input_keys.items() if t in g.inputs} | set(self.output_keys.values())
+        overwritten = {outs[0] for kind, layer, _, outs in plan if kind == "layer" and layer.name in self.in_place}
         self.slices = plan_slices(plan, alias, self.routines, lambda k: adapt.physical_shape(self._spec(k)),
-                                  self._physical_axis, protected)
+                                  self._physical_axis, protected, reshapes=set(alias) - overwritten)
         self._chain = dict(alias)   # each view's own base, for building the views in order
         self._chain.update({k: s.base for k, s in self.slices.items()})
         alias = {k: _root(self._chain, k) for k in self._chain}
@@ -220,12 +221,11 @@ class CompiledModel:
         def view(key):
             if key not in views:
                 base = view(self._chain[key])
-                if key in self.slices:
-                    views[key] = self.slices[key].of(base)
-                elif base.flags.c_contiguous:
-                    views[key] = base.reshape(adapt.physical_shape(self._spec(key)))
-                else:   # plan_slices leaves buffers that others reinterpret alone
-                    raise WorkbenchError(f"internal: {key} would reshape a slice of {self._chain[key]}")
+                try:
+                    views[key] = (self.slices[key].of(base) if key in self.slices
+                                  else reshaped(base, adapt.physical_shape(self._spec(key))))
+                except ValueError as e:   # plan_slices leaves alone what cannot be seen so
+                    raise WorkbenchError(f"internal: {key} as a view of {self._chain[key]}: {e}") from e
             return views[key]
 
         for key in self._chain:

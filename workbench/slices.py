@@ -16,8 +16,16 @@ is itself contiguous and any routine can read or write it.  Otherwise (NHWC chan
 array of evenly spaced rows, and every routine that writes or reads it must say it takes those
 (:attr:`Routine.strided_out`, :attr:`Routine.strided_in`).  Graph inputs and outputs are never
 slices of another tensor (a Concat that is a graph output still takes its parts in place), nor
-are tensors that other buffers alias already (reshape views, residuals overwritten in place);
-an adapt writes only a contiguous slice.
+are tensors that other buffers alias (residuals overwritten in place), except by reshapes where
+the slice is contiguous.
+
+A part that is a reshape of another tensor (a detector head flattens each scale's (N, C, H, W)
+map to (N, C, H*W) before joining the scales along that last axis) puts that tensor in place
+instead, reshaped: the slice whole, when it is contiguous, or, along the last axis, an NCHW
+tensor whose (H, W) planes lie a row of the whole apart, where its one writer is an adapt that
+writes such planes (:attr:`Adapt.planes_out`, the NHWC to NCHW transpose), or a Concat of channel
+ranges each written so (the scale's box and class maps), which then copies nothing.  Nothing
+else may read those tensors, and the Concat alone may read the reshape.
 """
 from __future__ import annotations
 
@@ -28,24 +36,37 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Slice:
-    """A key's buffer is ``base``'s, sliced ``start:stop`` along physical axis ``axis``."""
+    """A key's buffer is ``base``'s, sliced ``start:stop`` along physical axis ``axis`` (and
+    reinterpreted as ``shape``, when given)."""
 
     base: tuple
     axis: int
     start: int
     stop: int
+    shape: tuple = None
 
     def of(self, array):
         index = [slice(None)] * array.ndim
         index[self.axis] = slice(self.start, self.stop)
-        return array[tuple(index)]
+        part = array[tuple(index)]
+        return part if self.shape is None else reshaped(part, self.shape)
+
+
+def reshaped(array, shape):
+    """``array`` as ``shape`` without copying (ValueError where its strides do not allow it)."""
+    view = array.view()
+    try:
+        view.shape = shape
+    except AttributeError as e:
+        raise ValueError(f"a {array.shape} view with strides {array.strides} cannot be seen as {shape}") from e
+    return view
 
 
 def _contiguous(shape, axis):
     return int(np.prod(shape[:axis], dtype=np.int64)) == 1
 
 
-def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
+def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, reshapes=frozenset()):
     """Slices for the Split outputs and Concat parts of ``plan`` that can share a buffer.
 
     Parameters
@@ -62,6 +83,9 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
         (layer, key of its whole tensor) -> the physical axis the layer splits or joins.
     protected : set
         Keys that keep their own buffer (graph inputs and outputs).
+    reshapes : set
+        Keys of ``alias`` that reinterpret their base in the same byte order (views, not outputs
+        written over an input in place).
 
     Returns
     -------
@@ -95,8 +119,57 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
         sl = slices.get(key)
         return sl is None or (_contiguous(shape_of(sl.base), sl.axis) and contiguous_buffer(sl.base))
 
-    def free(key):
-        return key not in alias and key not in targets and key not in protected and key not in slices
+    def free(key, contiguous=False):
+        """``key`` has a buffer of its own to give up: no view of another, no graph input or
+        output, no slice yet, and no other buffer aliases it, unless the slice is contiguous and
+        those are only reshapes of it (which stay valid views of a contiguous slice)."""
+        if key in alias or key in protected or key in slices:
+            return False
+        return key not in targets or contiguous and all(k in reshapes for k, v in alias.items() if v == key)
+
+    def data_readers(key):
+        """The steps that read ``key``'s elements (not the view layers that reinterpret it)."""
+        return [r for r in readers.get(key, []) if r[1] != "layer" or routines[r[2].name].view_of_input is None]
+
+    def planes_writer(key, step=None):
+        """``key`` is written once, by an adapt that writes its planes apart, and read by
+        nothing but ``step``."""
+        w = writers.get(key, [])
+        return (len(w) == 1 and w[0][1] == "adapt" and w[0][2].planes_out
+                and all(r[0] == step for r in data_readers(key)))
+
+    def reshaped_part(key, axis, contiguous):
+        """``(tensor, [(part, Slice)])``: the tensor ``key`` reshapes, when it can take ``key``'s
+        place in the whole (see the module docstring), and the slices of that tensor its own
+        Concat's parts take when the planes come from them; else None."""
+        x = alias.get(key)
+        if (key not in reshapes or key in protected or x is None or x in alias or x in protected or x in slices
+                or [k for k, v in alias.items() if v == x] != [key] or data_readers(x)
+                or len(data_readers(key)) != 1 or len(writers.get(x, [])) != 1
+                or any(s.base == x for s in slices.values())):
+            return None
+        if contiguous:
+            return x, []
+        ks, kx = shape_of(key), shape_of(x)
+        if not (axis == len(ks) - 1 and len(kx) == 4 and len(ks) == 3 and tuple(kx[:2]) == tuple(ks[:2])
+                and kx[2] * kx[3] == ks[2]):
+            return None
+        step, kind, writer = writers[x][0]
+        if planes_writer(x):
+            return x, []
+        # A Concat of channel planes (a head's box and class maps, each through its adapt) whose
+        # parts can all write their planes in place: the Concat then copies nothing.
+        if kind != "layer" or writer.op != "Concat" or not is_blocks(writer) or physical_axis(writer, x) != 1:
+            return None
+        parts, subs, start = plan[step][2], [], 0
+        if len(set(parts)) != len(parts):
+            return None
+        for q in parts:
+            if q is None or not free(q) or not planes_writer(q, step):
+                return None
+            subs.append((q, Slice(x, 1, start, start + shape_of(q)[1])))
+            start += shape_of(q)[1]
+        return x, subs
 
     def is_blocks(layer):
         return getattr(routines[layer.name], "algo", "") == "copy" and layer.op in ("Concat", "Split")
@@ -113,7 +186,7 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
         start = 0
         for k in outs:
             width = shape_of(k)[axis]
-            if free(k) and len(writers.get(k, [])) == 1 and (contiguous or strided_ok(k, axis)):
+            if free(k, contiguous) and len(writers.get(k, [])) == 1 and (contiguous or strided_ok(k, axis)):
                 slices[k] = Slice(base, axis, start, start + width)
             start += width
 
@@ -135,10 +208,15 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected):
         start = 0
         for key in parts:
             width = shape_of(key)[axis]
-            # An adapt writes whole arrays: a contiguous slice (a detector head's NCHW Concat).
-            if (free(key) and len(writers.get(key, [])) == 1 and (contiguous or strided_ok(key, axis))
+            # An adapt writes only a contiguous slice of its own (a detector head's NCHW Concat);
+            # planes apart only under a reshape (reshaped_part).
+            if (free(key, contiguous) and len(writers.get(key, [])) == 1 and (contiguous or strided_ok(key, axis))
                     and children_ok(key, axis, contiguous)):
                 slices[key] = Slice(whole, axis, start, start + width)
+            elif (found := reshaped_part(key, axis, contiguous)) is not None:
+                x, subs = found
+                slices[x] = Slice(whole, axis, start, start + width, tuple(shape_of(x)))
+                slices.update(subs)
             start += width
     return slices
 

@@ -51,3 +51,33 @@ def test_three_channel_inputs_interleave_in_every_build(isa, shape):
     for threads in (1, 2):
         y = mod.nchw_to_nhwc(x, num_threads=threads)
         np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("isa", [None, "avx2", "avx512"])
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(n=st.integers(1, 2), c=st.integers(1, 40), h=st.integers(1, 9), w=st.integers(1, 9),
+       before=st.integers(0, 5), after=st.integers(0, 5), threads=st.sampled_from([1, 2]))
+def test_nhwc_to_nchw_writes_planes_apart(isa, n, c, h, w, before, after, threads):
+    """The (H, W) planes of an NCHW view into a wider (N, C, L) buffer (a detector head's Concat
+    along its flattened spatial axis): every plane in its place, nothing around it touched."""
+    from workbench import cpu
+    k = cpu.kernel_module("layout", isa)
+    if k is None:
+        pytest.skip(f"no {isa} build of the layout kernel on this CPU")
+    x = np.random.default_rng(c * 100 + h).standard_normal((n, h, w, c)).astype(np.float32)
+    whole = np.full((n, c, before + h * w + after), -7, np.float32)
+    dst = whole[:, :, before:before + h * w].reshape(n, c, h, w)
+    assert dst.flags.c_contiguous == (before + after == 0 or c == 1 and n == 1)
+    assert k.nhwc_to_nchw(x, dst, threads) is dst
+    np.testing.assert_array_equal(whole[:, :, before:before + h * w], x.transpose(0, 3, 1, 2).reshape(n, c, h * w))
+    assert (whole[:, :, :before] == -7).all() and (whole[:, :, before + h * w:] == -7).all()
+
+
+@pytest.mark.parametrize("dst", [
+    np.zeros((2, 3, 20), np.float32)[:, :, :15].reshape(2, 3, 3, 5)[:, :, :, ::-1],   # rows reversed
+    np.lib.stride_tricks.as_strided(np.zeros(200, np.float32), (2, 3, 3, 5), (60, 8, 20, 4)),   # planes overlap
+    np.zeros((2, 3, 3, 6), np.float32)[:, :, :, :5],   # rows of a plane apart
+])
+def test_planes_that_overlap_or_are_not_contiguous_are_refused(dst):
+    with pytest.raises(ValueError, match="contiguous"):
+        layout.nhwc_to_nchw(np.zeros((2, 3, 5, 3), np.float32), dst)

@@ -76,6 +76,11 @@ def _graphs():
     model = make_model(nodes, [("x", [1, 6, 5, 7])], [("y", None)],
                        [("scales", np.array([1, 1, 2, 2], np.float32))], opset=9)
     yield "upsample", workbench.load(model.SerializeToString())
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]), helper.make_node("Softmax", ["t"], ["p"], axis=1),
+             helper.make_node("Conv", ["p", "w"], ["y"], kernel_shape=[1, 1])]
+    model = make_model(nodes, [("x", [1, 4, 16, 300])], [("y", None)],
+                       [("w", np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1))])
+    yield "softmax_dot", workbench.load(model.SerializeToString())
 
 
 GRAPHS = dict(_graphs())

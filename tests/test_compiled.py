@@ -100,6 +100,27 @@ def test_outputs_are_copies(rng):
     np.testing.assert_array_equal(first, kept)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_big_outputs_are_copies_made_on_the_run_threads(threads):
+    """An output past PARALLEL_COPY_BYTES is copied out by the kernels' copy on the run's threads:
+    the same values as the reference, in an array of its own that the next run leaves alone."""
+    from onnx import helper
+    from onnx_helpers import make_model
+    from workbench import compiled as compiled_module
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 40, 2000])], [("y", None)])
+    graph = workbench.load(model.SerializeToString())
+    assert 40 * 2000 * 4 >= compiled_module.PARALLEL_COPY_BYTES
+    compiled = CompiledModel(graph, {l.name: REFERENCE for l in graph}, num_threads=threads)
+    feeds = workbench.random_inputs(graph, seed=4)
+    first = compiled.run(feeds)["y"]
+    np.testing.assert_array_equal(first, np.maximum(feeds["x"], 0))
+    assert first.flags.c_contiguous and first.flags.writeable and first.flags.owndata
+    assert not any(np.shares_memory(first, v) for v in compiled._views.values())
+    kept = first.copy()
+    compiled.run({"x": -feeds["x"]})
+    np.testing.assert_array_equal(first, kept)
+
+
 def test_view_routines_share_their_input_buffer(rng):
     class FlattenView(routines.Routine):
         op, algo, view_of_input = "Flatten", "testview", 0

@@ -255,7 +255,8 @@ def test_input_read_only_by_an_adapt_is_not_copied_first(rng, nhwc_relu):
 
 def test_blas_held_at_one_thread_only_for_plans_that_may_call_it(rng, monkeypatch):
     """Holding the BLAS at one thread costs every run; a plan whose routines all run our own
-    kernels skips it, one with a routine that may call the BLAS (the NumPy reference) holds it."""
+    kernels skips it, and so does one falling back to the NumPy reference of ops that multiply no
+    matrices; one with a routine that may call the BLAS (the reference of a MatMul) holds it."""
     from workbench import compiled as compiled_mod
     held = []
 
@@ -275,8 +276,18 @@ def test_blas_held_at_one_thread_only_for_plans_that_may_call_it(rng, monkeypatc
     assert held == []
     reference = CompiledModel(graph, {l.name: REFERENCE for l in graph})
     np.testing.assert_array_equal(reference.run(feeds)["a1"], expected)
-    assert held == [True]
+    assert held == []
     np.testing.assert_array_equal(out, expected)
+    from onnx import helper
+    from onnx_helpers import make_model
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+                       [("x", [3, 6])], [("y", None)], [("w", w)])
+    mm = workbench.load(model.SerializeToString(), fuse=False)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    got = CompiledModel(mm, {l.name: REFERENCE for l in mm}).run({"x": x})["y"]
+    assert held == [True]
+    np.testing.assert_allclose(got, np.maximum(x @ w, 0), rtol=1e-6)
 
 
 def test_inputs_fast_path_takes_only_exact_arrays(rng):

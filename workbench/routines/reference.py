@@ -9,6 +9,11 @@ import numpy as np
 from .. import ops
 from . import Routine
 
+#: The ops whose NumPy reference multiplies matrices (np.matmul, ``@``), which the BLAS runs; the
+#: others' references never call it, so a plan that falls back to them for a Slice or a Pad does
+#: not hold the BLAS at one thread for each run (:attr:`Routine.uses_blas`).
+BLAS_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "SoftmaxDot", "LSTM"})
+
 
 class _Reference(Routine, register=False):
     algo = "reference"
@@ -26,4 +31,5 @@ class _Reference(Routine, register=False):
 
 
 for _name, _impl in sorted(ops.OPS.items()):
-    type(f"Reference{_name}", (_Reference,), {"op": _name, "op_impl": _impl, "__module__": __name__})
+    type(f"Reference{_name}", (_Reference,), {"op": _name, "op_impl": _impl, "__module__": __name__,
+                                              "uses_blas": _name in BLAS_OPS})

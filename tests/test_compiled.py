@@ -106,10 +106,10 @@ def test_big_outputs_are_copies_made_on_the_run_threads(threads):
     the same values as the reference, in an array of its own that the next run leaves alone."""
     from onnx import helper
     from onnx_helpers import make_model
-    from workbench import compiled as compiled_module
+    from workbench import execute
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 40, 2000])], [("y", None)])
     graph = workbench.load(model.SerializeToString())
-    assert 40 * 2000 * 4 >= compiled_module.PARALLEL_COPY_BYTES
+    assert 40 * 2000 * 4 >= execute.PARALLEL_COPY_BYTES
     compiled = CompiledModel(graph, {l.name: REFERENCE for l in graph}, num_threads=threads)
     feeds = workbench.random_inputs(graph, seed=4)
     first = compiled.run(feeds)["y"]

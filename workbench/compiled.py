@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import adapt, cpu, routines
+from . import adapt, routines
 from .blas import SerialBlas
 from .denormals import flushed
 from .errors import WorkbenchError, where
-from .execute import FeedCheck, io_layout
+from .execute import FeedCheck, copy_out, io_layout
 from .governor import IDLE_GAP_S, ThreadGovernor
 from .graph import NCHW, NHWC
 from .memory import Value, plan_memory
@@ -46,21 +46,6 @@ def _root(alias, key):
     while key in alias:
         key = alias[key]
     return key
-
-
-#: Outputs from this many bytes are copied out on the run's threads (a recogniser's 40 x 18,710
-#: class scores: 3 MB, a quarter of a millisecond on one thread), smaller ones by NumPy.
-PARALLEL_COPY_BYTES = 1 << 18
-
-
-def _copy_out(view, threads):
-    """A copy of an output buffer for the caller to keep, the big ones made on ``threads``."""
-    if view.nbytes < PARALLEL_COPY_BYTES or threads < 2 or not view.flags.c_contiguous:
-        return view.copy()
-    out = np.empty_like(view)
-    cpu.best_module("tensor_ops").copy_blocks(view.reshape(-1), out.reshape(-1), 1, view.size, view.size, 0,
-                                              view.size, 0, threads)
-    return out
 
 
 @dataclass
@@ -378,7 +363,7 @@ class CompiledModel:
 
     def _outputs(self, ex):
         return {o: (self.graph.constants[o].copy() if o in self.graph.constants
-                    else _copy_out(ex.views[self.output_keys[o]], ex.threads))
+                    else copy_out(ex.views[self.output_keys[o]], ex.threads))
                 for o in self.graph.outputs}
 
     def run_timed(self, feeds):

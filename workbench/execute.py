@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from . import ops
+from . import cpu, ops
 from .errors import InputError, WorkbenchError, where
 from .graph import NCHW
 
@@ -34,6 +34,21 @@ def check_inputs(graph, feeds, io_format=NCHW):
                              + (f" ({io_format})" if shape != spec.shape else ""))
         arrays[name] = a
     return arrays
+
+
+#: Outputs from this many bytes are copied out on the run's threads (a recogniser's 40 x 18,710
+#: class scores: 3 MB, a quarter of a millisecond on one thread), smaller ones by NumPy.
+PARALLEL_COPY_BYTES = 1 << 18
+
+
+def copy_out(view, threads):
+    """A copy of an output buffer for the caller to keep, the big ones made on ``threads``."""
+    if view.nbytes < PARALLEL_COPY_BYTES or threads < 2 or not view.flags.c_contiguous:
+        return view.copy()
+    out = np.empty_like(view)
+    cpu.best_module("tensor_ops").copy_blocks(view.reshape(-1), out.reshape(-1), 1, view.size, view.size, 0,
+                                              view.size, 0, threads)
+    return out
 
 
 class FeedCheck:

@@ -63,6 +63,21 @@ cdef inline void _row(const float* x, float* o, Py_ssize_t n, bint log_out) noex
             o[j] = o[j] * inv
 
 
+cdef inline void _lane_max(const float* x, float* mx, Py_ssize_t length, Py_ssize_t inner, Py_ssize_t w) noexcept nogil:
+    """``mx[l]``: the maximum of lane ``l`` along stride ``inner`` (a NaN in the first row stays,
+    later ones are passed over: exp(NaN - max) makes the result NaN either way)."""
+    cdef Py_ssize_t a, l
+    cdef const float* xr
+    cdef float v
+    for l in range(w):
+        mx[l] = x[l]
+    for a in range(1, length):
+        xr = x + a * inner
+        for l in range(w):
+            v = xr[l]
+            mx[l] = v if v > mx[l] else mx[l]
+
+
 cdef inline void _lanes(const float* x, float* o, Py_ssize_t length, Py_ssize_t inner, Py_ssize_t w,
                         bint log_out) noexcept nogil:
     """Softmax along stride ``inner`` for ``w`` (<= LANES) adjacent lanes starting at x."""
@@ -71,15 +86,9 @@ cdef inline void _lanes(const float* x, float* o, Py_ssize_t length, Py_ssize_t 
     cdef Py_ssize_t a, l
     cdef const float* xr
     cdef float* orow
-    cdef float v
+    _lane_max(x, mx, length, inner, w)
     for l in range(w):
-        mx[l] = x[l]
         total[l] = 0
-    for a in range(1, length):
-        xr = x + a * inner
-        for l in range(w):
-            v = xr[l]
-            mx[l] = v if v > mx[l] else mx[l]
     for a in range(length):
         wb_exp_shiftv_acc(x + a * inner, mx, o + a * inner, total, w)
     if log_out:
@@ -179,17 +188,11 @@ cdef inline void _dot_lanes(const float* x, const float* wt, float bias, float* 
     cdef float acc[LANES]
     cdef float e[LANES]
     cdef Py_ssize_t a, l
-    cdef const float* xr
-    cdef float v, wa
+    cdef float wa
+    _lane_max(x, mx, length, inner, w)
     for l in range(w):
-        mx[l] = x[l]
         total[l] = 0
         acc[l] = 0
-    for a in range(1, length):
-        xr = x + a * inner
-        for l in range(w):
-            v = xr[l]
-            mx[l] = v if v > mx[l] else mx[l]
     for a in range(length):
         wb_exp_shiftv_acc(x + a * inner, mx, e, total, w)
         wa = wt[a]

@@ -1,4 +1,6 @@
 """Check one routine against the NumPy reference inside a compiled model."""
+from contextlib import contextmanager
+
 import numpy as np
 
 import workbench
@@ -6,6 +8,21 @@ from workbench import routines
 from workbench.compiled import CompiledModel
 
 REFERENCE = "cpu:float32:nchw/reference"
+
+
+@contextmanager
+def parallel_even_when_small(*names):
+    """Kernels run small inputs on one thread; inside this, every built ISA variant of the kernel
+    modules ``names`` takes the tests' small cases through its parallel paths too."""
+    from workbench import cpu
+    modules = [m for name in names for m in dict.fromkeys(cpu.kernel_module(name, isa) for isa in (None, "avx2", "avx512"))
+               if m is not None]
+    old = [m.set_grain(1) for m in modules]
+    try:
+        yield
+    finally:
+        for m, grain in zip(modules, old):
+            m.set_grain(grain)
 
 
 def run_with_routine(graph, descriptor, layers=None, num_threads=2, seed=0, feeds=None):

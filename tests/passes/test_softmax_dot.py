@@ -9,7 +9,7 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
-from routine_helpers import assert_routine_matches, run_with_routine
+from routine_helpers import assert_routine_matches, parallel_even_when_small, run_with_routine
 from workbench import cpu
 from workbench.check import relative_error, run_onnxruntime
 
@@ -19,11 +19,8 @@ VARIANTS = [f"cpu:float32:nchw/direct{'_' + isa if isa else ''}" for isa in ISAS
 
 @pytest.fixture(autouse=True, scope="module")
 def _parallel_even_when_small():
-    modules = [m for m in (cpu.kernel_module("softmax", isa) for isa in ISAS) if m is not None]
-    old = [m.set_grain(1) for m in modules]
-    yield
-    for m, grain in zip(modules, old):
-        m.set_grain(grain)
+    with parallel_even_when_small("softmax"):
+        yield
 
 
 def dfl_model(batch, sides, bins, anchors, bias=False, opset=13, weights=None):

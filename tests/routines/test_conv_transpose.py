@@ -1,6 +1,5 @@
 """ConvTranspose (GEMM + col2im) against the reference: groups, strides, dilations, pads (negative
 end pads included), output_padding, output_shape, fused activations, both layouts, 1-D."""
-import importlib
 
 import numpy as np
 import pytest
@@ -9,10 +8,9 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import make_model
-from routine_helpers import assert_routine_matches
+from routine_helpers import assert_routine_matches, parallel_even_when_small
 from workbench import routines
 from workbench.routines import conv_transpose
-from workbench.routines.eltwise import kernels
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=25)
 DESCRIPTORS = ["cpu:float32:nchw/gemm", "cpu:float32:nhwc/gemm"]
@@ -20,14 +18,8 @@ DESCRIPTORS = ["cpu:float32:nchw/gemm", "cpu:float32:nhwc/gemm"]
 
 @pytest.fixture(autouse=True, scope="module")
 def _parallel_even_when_small():
-    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
-    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
-    modules = list(dict.fromkeys(m for name in ("col2im",)
-                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
-    old = [m.set_grain(1) for m in modules]
-    yield
-    for m, grain in zip(modules, old):
-        m.set_grain(grain)
+    with parallel_even_when_small("col2im"):
+        yield
 
 
 def _graph(x_shape, w, bias=None, act=None, **attrs):

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 import workbench
 from onnx_helpers import make_model
-from routine_helpers import assert_routine_matches
+from routine_helpers import assert_routine_matches, parallel_even_when_small
 from workbench import routines
 from workbench.routines.eltwise import kernels
 from workbench.graph import Graph, Layer, TensorSpec
@@ -24,14 +24,8 @@ ACTS = [None, ("Relu", {}), ("Clip", {"min": -0.5, "max": 0.7}), ("LeakyRelu", {
 
 @pytest.fixture(autouse=True, scope="module")
 def _parallel_even_when_small():
-    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
-    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
-    modules = list(dict.fromkeys(m for name in ("eltwise",)
-                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
-    old = [m.set_grain(1) for m in modules]
-    yield
-    for m, grain in zip(modules, old):
-        m.set_grain(grain)
+    with parallel_even_when_small("eltwise"):
+        yield
 
 
 def _load(nodes, inputs, inits=(), opset=17):

@@ -11,9 +11,8 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, make_model
-from routine_helpers import assert_routine_matches
+from routine_helpers import assert_routine_matches, parallel_even_when_small
 from workbench import routines
-from workbench.routines.eltwise import kernels
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
 BLAS = "cpu:float32:nchw/blas"
@@ -34,14 +33,8 @@ ACTS = [None, "Relu", "HardSwish", "Sigmoid", "PRelu-uniform", "PRelu"]
 
 @pytest.fixture(autouse=True, scope="module")
 def _parallel_even_when_small():
-    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
-    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
-    modules = list(dict.fromkeys(m for name in ("linalg",)
-                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
-    old = [m.set_grain(1) for m in modules]
-    yield
-    for m, grain in zip(modules, old):
-        m.set_grain(grain)
+    with parallel_even_when_small("linalg"):
+        yield
 
 
 def _load(nodes, inputs, inits=()):

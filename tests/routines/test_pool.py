@@ -1,5 +1,4 @@
 """Pooling routines (NCHW and NHWC) against the reference, inside the compiled executor."""
-import importlib
 
 import numpy as np
 import pytest
@@ -8,9 +7,8 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import make_model
-from routine_helpers import assert_routine_matches
+from routine_helpers import assert_routine_matches, parallel_even_when_small
 from workbench import routines
-from workbench.routines.eltwise import kernels
 from workbench._kernels import pool as pool_kernels
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
@@ -19,14 +17,8 @@ DESCRIPTORS = ["cpu:float32:nchw/direct", "cpu:float32:nhwc/direct"]
 
 @pytest.fixture(autouse=True, scope="module")
 def _parallel_even_when_small():
-    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
-    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
-    modules = list(dict.fromkeys(m for name in ("pool",)
-                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
-    old = [m.set_grain(1) for m in modules]
-    yield
-    for m, grain in zip(modules, old):
-        m.set_grain(grain)
+    with parallel_even_when_small("pool"):
+        yield
 
 
 def _graph(op, shape, opset=19, **attrs):

@@ -9,7 +9,7 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import make_model
-from routine_helpers import assert_routine_matches, run_with_routine
+from routine_helpers import assert_routine_matches, parallel_even_when_small, run_with_routine
 from workbench import cpu, routines
 from workbench.check import run_onnxruntime
 
@@ -20,12 +20,8 @@ VARIANTS = [f"cpu:float32:{lay}/direct{'_' + isa if isa else ''}" for lay in ("n
 
 @pytest.fixture(autouse=True, scope="module")
 def _parallel_even_when_small():
-    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
-    modules = [m for m in (cpu.kernel_module("softmax", isa) for isa in ISAS) if m is not None]
-    old = [m.set_grain(1) for m in modules]
-    yield
-    for m, grain in zip(modules, old):
-        m.set_grain(grain)
+    with parallel_even_when_small("softmax"):
+        yield
 
 
 def _model(op, shape, axis, opset):

@@ -1,6 +1,5 @@
 """Concat, Split, copies, Transpose, Pad, Slice and Resize routines against the reference,
 in both layouts where the layout matters."""
-import importlib
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from onnx import TensorProto, helper
 
 import workbench
 from onnx_helpers import make_model
-from routine_helpers import assert_routine_matches
+from routine_helpers import assert_routine_matches, parallel_even_when_small
 from workbench import routines
 from workbench.compiled import CompiledModel
 from workbench.routines.eltwise import kernels
@@ -21,14 +20,8 @@ REFERENCE = "cpu:float32:nchw/reference"
 
 @pytest.fixture(autouse=True, scope="module")
 def _parallel_even_when_small():
-    """Kernels run small inputs on one thread; take these small cases through the parallel paths."""
-    # A dict, not a list: where no ISA variant is built, kernels() is the base module itself.
-    modules = list(dict.fromkeys(m for name in ("tensor_ops", "resize_lerp", "softmax", "pool", "eltwise", "linalg", "col2im")
-                                 for m in (kernels(name), importlib.import_module(f"workbench._kernels.{name}"))))
-    old = [m.set_grain(1) for m in modules]
-    yield
-    for m, grain in zip(modules, old):
-        m.set_grain(grain)
+    with parallel_even_when_small("tensor_ops", "resize_lerp", "softmax", "pool", "eltwise", "linalg", "col2im"):
+        yield
 
 
 def _load(nodes, inputs, inits=(), outputs=("y",), opset=17):

@@ -150,6 +150,24 @@ cdef void _softmax(const float* x, float* out, Py_ssize_t outer, Py_ssize_t leng
     wb_pool_run(_lanes_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
 
+def _check(what, arrays, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner):
+    """Each ``(name, array, elements)`` a C-contiguous float32 array of that many elements, the
+    last one (the output) writable; before any ``nogil`` code runs."""
+    for name, a, n in arrays:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{what}: {name} must be a NumPy array, got {type(a).__name__}")
+        if a.dtype != np.float32:
+            raise TypeError(f"{what}: {name} must be float32, got {a.dtype}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{what}: {name} must be C-contiguous")
+        if outer < 0 or length < 0 or inner < 0 or a.size != n:
+            raise ValueError(f"{what}: {name} has {a.size} elements, (outer, length, inner) = "
+                             f"({outer}, {length}, {inner}) needs {n}")
+    name, a, n = arrays[len(arrays) - 1]   # no negative indices: the kernels build without wraparound
+    if not a.flags.writeable:
+        raise ValueError(f"{what}: {name} is read-only")
+
+
 def softmax(x, out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner, bint log_out=False, int num_threads=1):
     """Softmax (or LogSoftmax with ``log_out``) of ``x`` viewed as (outer, length, inner) over
     its middle axis, into ``out``.
@@ -158,18 +176,7 @@ def softmax(x, out, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner, bint 
     ----------
     x, out : ndarray, float32, C-contiguous, ``outer * length * inner`` elements each
     """
-    for name, a in (("x", x), ("out", out)):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"softmax: {name} must be a NumPy array, got {type(a).__name__}")
-        if a.dtype != np.float32:
-            raise TypeError(f"softmax: {name} must be float32, got {a.dtype}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"softmax: {name} must be C-contiguous")
-        if outer < 0 or length < 0 or inner < 0 or a.size != outer * length * inner:
-            raise ValueError(f"softmax: {name} has {a.size} elements, (outer, length, inner) = "
-                             f"({outer}, {length}, {inner})")
-    if not out.flags.writeable:
-        raise ValueError("softmax: out is read-only")
+    _check("softmax", (("x", x, outer * length * inner), ("out", out, outer * length * inner)), outer, length, inner)
     if out.size == 0:
         return out
     cdef int nt = _threads(out.size, num_threads)
@@ -231,18 +238,8 @@ def softmax_dot(x, w, float bias, out, Py_ssize_t outer, Py_ssize_t length, Py_s
     w : ndarray, float32, C-contiguous, ``length`` elements
     out : ndarray, float32, C-contiguous, ``outer * inner`` elements
     """
-    for name, a, n in (("x", x, outer * length * inner), ("w", w, length), ("out", out, outer * inner)):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"softmax_dot: {name} must be a NumPy array, got {type(a).__name__}")
-        if a.dtype != np.float32:
-            raise TypeError(f"softmax_dot: {name} must be float32, got {a.dtype}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"softmax_dot: {name} must be C-contiguous")
-        if outer < 0 or length < 0 or inner < 0 or a.size != n:
-            raise ValueError(f"softmax_dot: {name} has {a.size} elements, (outer, length, inner) = "
-                             f"({outer}, {length}, {inner}) needs {n}")
-    if not out.flags.writeable:
-        raise ValueError("softmax_dot: out is read-only")
+    _check("softmax_dot", (("x", x, outer * length * inner), ("w", w, length), ("out", out, outer * inner)),
+           outer, length, inner)
     if out.size == 0:
         return out
     if length == 0:

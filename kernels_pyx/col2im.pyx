@@ -22,6 +22,8 @@ from _epilogue cimport epilogue_rows
 from libc.string cimport memcpy
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
+from workbench._kernels.checks import float32_array
+
 cnp.import_array()
 wb_pool_import()
 
@@ -173,19 +175,7 @@ cdef void _nhwc(const float* x, const float* w, float* out, float* cols, Geometr
 
 
 def _array(a, name, shape=None, size=None, writeable=False):
-    what = "conv_transpose"
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{what}: {name} must be a NumPy array, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{what}: {name} must be float32, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{what}: {name} must be C-contiguous")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{what}: {name} is read-only")
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{what}: {name} has shape {a.shape}, expected {tuple(shape)}")
-    if size is not None and a.size < size:
-        raise ValueError(f"{what}: {name} has {a.size} elements, needs {size}")
+    float32_array(a, name, "conv_transpose", shape=shape, min_size=size, writeable=writeable)
 
 
 cdef inline float* _p(a) noexcept:

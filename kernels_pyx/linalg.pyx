@@ -15,6 +15,8 @@ from scipy.linalg.cython_blas cimport sgemv
 from _epilogue cimport epilogue_rows
 from wb_pool cimport wb_pool_import, wb_pool_run
 
+from workbench._kernels.checks import float32_array as _check
+
 cnp.import_array()
 wb_pool_import()
 
@@ -40,21 +42,6 @@ def set_grain(Py_ssize_t elements):
 
 cdef inline float* _p(a) noexcept:
     return <float*> cnp.PyArray_DATA(<cnp.ndarray> a) if a is not None else NULL
-
-
-def _check(a, name, what, shape=None, size=None, writeable=False):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{what}: {name} must be a NumPy array, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{what}: {name} must be float32, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{what}: {name} must be C-contiguous")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{what}: {name} is read-only")
-    if shape is not None and tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{what}: {name} has shape {a.shape}, expected {tuple(shape)}")
-    if size is not None and a.size != size:
-        raise ValueError(f"{what}: {name} has {a.size} elements, expected {size}")
 
 
 def _check_epilogue(what, bias, residual, slope, int act, Py_ssize_t m, Py_ssize_t n):

@@ -20,6 +20,8 @@ from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 from workbench._kernels.conv_gemm import pixel_rows
 
+from workbench._kernels.checks import float32_array
+
 cnp.import_array()
 wb_pool_import()
 
@@ -61,15 +63,8 @@ cdef inline int* _i(cnp.ndarray a) noexcept:
 
 
 def _check(x, y, expected_y, what):
-    for name, a in (("input", x), ("output", y)):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{what}: {name} must be a NumPy array, got {type(a).__name__}")
-        if a.dtype != np.float32:
-            raise TypeError(f"{what}: {name} must be float32, got {a.dtype}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{what}: {name} must be C-contiguous")
-    if not y.flags.writeable:
-        raise ValueError(f"{what}: output is read-only")
+    float32_array(x, "input", what)
+    float32_array(y, "output", what, writeable=True)
     if tuple(y.shape) != tuple(expected_y):
         raise ValueError(f"{what}: input {x.shape} needs output {tuple(expected_y)}, got {y.shape}")
 

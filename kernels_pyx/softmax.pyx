@@ -17,6 +17,8 @@ cimport numpy as cnp
 from libc.math cimport logf
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
+from workbench._kernels.checks import float32_array
+
 cnp.import_array()
 wb_pool_import()
 
@@ -154,12 +156,7 @@ def _check(what, arrays, Py_ssize_t outer, Py_ssize_t length, Py_ssize_t inner):
     """Each ``(name, array, elements)`` a C-contiguous float32 array of that many elements, the
     last one (the output) writable; before any ``nogil`` code runs."""
     for name, a, n in arrays:
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{what}: {name} must be a NumPy array, got {type(a).__name__}")
-        if a.dtype != np.float32:
-            raise TypeError(f"{what}: {name} must be float32, got {a.dtype}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{what}: {name} must be C-contiguous")
+        float32_array(a, name, what)
         if outer < 0 or length < 0 or inner < 0 or a.size != n:
             raise ValueError(f"{what}: {name} has {a.size} elements, (outer, length, inner) = "
                              f"({outer}, {length}, {inner}) needs {n}")

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .measure import settle
+
 
 @dataclass
 class Context:
@@ -70,8 +72,8 @@ def time_plan(compiled, feeds, runs=5, warmup=2, min_time=0.3, max_runs=15, paus
     each the median over at least ``runs`` timed runs (more, up to ``max_runs``, until
     ``min_time`` seconds of runs have passed: a short model's median needs more samples on a
     noisy machine), after ``warmup`` untimed ones.  Every timed run is taken the way the
-    workbench measures latency (:data:`~workbench.measure.LATENCY_METHOD`: ``pause`` seconds
-    idle, ``lead_in`` untimed runs, then the timed one), alternately a plain run (the wall time)
+    workbench measures latency (:data:`~workbench.measure.LATENCY_METHOD`: the threads settled,
+    ``pause`` seconds idle, ``lead_in`` untimed runs, then the timed one), alternately a plain run (the wall time)
     and one timed step by step (the steps), so that the prediction is of the latency reported."""
     for _ in range(warmup):
         compiled.run(feeds)
@@ -79,6 +81,9 @@ def time_plan(compiled, feeds, runs=5, warmup=2, min_time=0.3, max_runs=15, paus
     spent, n = 0.0, 0
 
     def turn(timed):
+        # Without the settle the pause starts while the workers still spin, the vCPUs stay
+        # awake, and the turn runs faster than the ones the latency reports take.
+        settle()
         time.sleep(pause)
         for _ in range(lead_in):
             compiled.run(feeds)

@@ -15,12 +15,25 @@ A program is a list of steps ``(op, a, b, act, p0, p1)``: ``op`` one of ``OPS``,
 operand references (``k >= 0``: input ``k``; ``k < 0``: the result of step ``-k - 1``, an
 earlier one), ``act`` an activation code of ``eltwise.pyx`` (not PRelu).  The last step's result
 is the output.
+
+An input may also be read along the row through an index pattern instead of a stride (``rows``),
+so that a short innermost row need not bound the blocks:
+
+- periodic, ``(unit, 0)``: element ``p`` of the row is ``x[p % unit]``: a per-channel operand of an
+  NHWC tensor (``x * se``), whose rows were one pixel (24 or 96 floats) long, a block's setup as
+  long as its arithmetic; the rows are then whole planes, and the operand a tile made per job;
+- repeated, ``(unit, rep)``: element ``p`` is ``x[p // (unit * rep) * unit + p % unit]``: each run of
+  ``unit`` floats ``rep`` times over, a nearest upsample along the row (NHWC: ``unit`` channels;
+  NCHW: ``unit`` 1), the rows of the other upsampled axis given by a stride-0 loop.  The chain
+  then reads the small map where it lies instead of a copy of it ``rep * rep`` times the size.
 """
 import numpy as np
 cimport numpy as cnp
 
 from _epilogue cimport ACT_PRELU
 from _eltwise_rows cimport AddT, SubT, MulT, DivT, ACT_LAST, _act_row, _row
+from libc.string cimport memcpy
+
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 # the argument checks of the base build (no ISA-specific code in them)
@@ -35,6 +48,8 @@ cdef enum:
     MAX_INPUTS = 8
     MAX_STEPS = 8
     BLOCK = 256   # elements per step and block: MAX_STEPS buffers of it stay in L1
+    MAX_PATTERNS = 4   # inputs read through a periodic or repeated pattern
+    TILE = 3 * BLOCK   # a periodic input's tile: its unit (at most BLOCK) over a block at any phase
 
 # Below this many elements the parallel region costs more than it saves: one thread.
 cdef Py_ssize_t GRAIN = 32768
@@ -53,6 +68,11 @@ cdef struct _Job:
     Py_ssize_t st[MAX_INPUTS][4]   # element strides of each input over the loop nest
     Py_ssize_t d[4]
     Py_ssize_t so[4]               # the output's (its last 1)
+    int kind[MAX_INPUTS]           # 0: strided; 1: periodic; 2: repeated (see the module doc)
+    int pat[MAX_INPUTS]            # its pattern buffer (kinds 1 and 2)
+    Py_ssize_t unit[MAX_INPUTS]
+    Py_ssize_t rep[MAX_INPUTS]
+    int nin
     int nsteps
     int op[MAX_STEPS]
     int a[MAX_STEPS]
@@ -75,18 +95,48 @@ cdef inline void _step(int op, float* o, const float* a, Py_ssize_t sa, const fl
         _row(<DivT*> NULL, o, a, sa, b, sb, n)
 
 
+cdef inline void _repeat(float* o, const float* x, Py_ssize_t p, Py_ssize_t m, Py_ssize_t unit,
+                         Py_ssize_t rep) noexcept nogil:
+    """Elements p..p+m-1 of a repeated row (each run of ``unit`` floats of ``x`` ``rep`` times)."""
+    cdef Py_ssize_t t = 0, run, span = unit * rep, j, k
+    if unit == 1:
+        j, k = p // rep, p % rep
+        while t < m:
+            o[t] = x[j]
+            t += 1
+            k += 1
+            if k == rep:
+                j, k = j + 1, 0
+        return
+    while t < m:
+        j = p % unit
+        run = min(unit - j, m - t)
+        memcpy(o + t, x + p // span * unit + j, run * sizeof(float))
+        t += run
+        p += run
+
+
+cdef inline const float* _patterned(const _Job* c, float (*pat)[TILE], int k, Py_ssize_t p) noexcept nogil:
+    """Input ``k``'s elements from row position ``p`` on, in its pattern buffer."""
+    return &pat[c.pat[k]][p % c.unit[k]] if c.kind[k] == 1 else &pat[c.pat[k]][0]
+
+
 cdef void _chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
     cdef _Job* c = <_Job*> ctx
     cdef float tmp[MAX_STEPS][BLOCK]
+    cdef float pat[MAX_PATTERNS][TILE]
+    cdef const float* tiled[MAX_PATTERNS]
     cdef const float* base[MAX_INPUTS]
     cdef const Py_ssize_t* d = c.d
-    cdef Py_ssize_t job, rest, i0, i1, i2, r0, n, k, b0, m
+    cdef Py_ssize_t job, rest, i0, i1, i2, r0, n, k, b0, m, j
     cdef int s, ref
     cdef const float* pa
     cdef const float* pb
     cdef Py_ssize_t sa, sb
     cdef float* po
     cdef float* dst
+    for k in range(MAX_PATTERNS):
+        tiled[k] = NULL
     for job in range(i * c.group, min(c.jobs, (i + 1) * c.group)):
         r0 = (job % c.chunks) * c.chunk
         rest = job // c.chunks
@@ -95,28 +145,52 @@ cdef void _chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
         i1 = rest % d[1]
         i0 = rest // d[1]
         n = min(c.chunk, d[3] - r0)
-        for k in range(MAX_INPUTS):
-            if c.x[k] != NULL:
-                base[k] = c.x[k] + i0 * c.st[k][0] + i1 * c.st[k][1] + i2 * c.st[k][2] + r0 * c.st[k][3]
+        for k in range(c.nin):
+            base[k] = c.x[k] + i0 * c.st[k][0] + i1 * c.st[k][1] + i2 * c.st[k][2]
+            if c.kind[k] == 0:
+                base[k] += r0 * c.st[k][3]
+            elif c.kind[k] == 1 and tiled[c.pat[k]] != base[k]:   # its unit end to end, a block at any phase
+                tiled[c.pat[k]] = base[k]
+                j = 0
+                while j + c.unit[k] <= TILE:
+                    memcpy(&pat[c.pat[k]][j], base[k], c.unit[k] * sizeof(float))
+                    j += c.unit[k]
         po = c.out + i0 * c.so[0] + i1 * c.so[1] + i2 * c.so[2] + r0
         b0 = 0
         while b0 < n:
             m = min(<Py_ssize_t> BLOCK, n - b0)
+            for k in range(c.nin):
+                if c.kind[k] == 2:
+                    _repeat(pat[c.pat[k]], base[k], r0 + b0, m, c.unit[k], c.rep[k])
             for s in range(c.nsteps):
                 ref = c.a[s]
-                if ref >= 0:
+                if ref < 0:
+                    pa, sa = tmp[-ref - 1], 1
+                elif c.kind[ref] == 0:
                     pa, sa = base[ref] + b0 * c.st[ref][3], c.st[ref][3]
                 else:
-                    pa, sa = tmp[-ref - 1], 1
+                    pa, sa = _patterned(c, pat, ref, r0 + b0), 1
                 ref = c.b[s]
-                if ref >= 0:
+                if ref < 0:
+                    pb, sb = tmp[-ref - 1], 1
+                elif c.kind[ref] == 0:
                     pb, sb = base[ref] + b0 * c.st[ref][3], c.st[ref][3]
                 else:
-                    pb, sb = tmp[-ref - 1], 1
+                    pb, sb = _patterned(c, pat, ref, r0 + b0), 1
                 dst = po + b0 if s == c.nsteps - 1 else tmp[s]
                 _step(c.op[s], dst, pa, sa, pb, sb, m)
                 _act_row(dst, m, c.act[s], c.p0[s], c.p1[s], 0)
             b0 += m
+
+
+def _pattern_last(pattern, Py_ssize_t n):
+    """The last element a row of ``n`` reads through ``pattern`` (None: none past its base)."""
+    if pattern is None:
+        return 0
+    unit, rep = (int(v) for v in pattern)
+    if rep == 0:
+        return min(unit, n) - 1
+    return (n - 1) // (unit * rep) * unit + min(unit, (n - 1) % (unit * rep) + 1) - 1
 
 
 cdef class Chain:
@@ -126,15 +200,20 @@ cdef class Chain:
     ``inputs``: up to 8 float32 arrays, C-contiguous or with a contiguous last axis; ``strides``:
     per input, 4 element strides over the loop nest ``dims`` (outermost first, 0 where it
     broadcasts); ``out``: ``prod(dims)`` elements written in loop order, C-contiguous or of shape
-    ``dims`` with its last axis contiguous (a channel slice, written where it lies).
+    ``dims`` with its last axis contiguous (a channel slice, written where it lies).  ``rows``:
+    per input None, or ``(unit, rep)`` for one read along the row through a pattern (the module
+    doc; its last stride is then not used): at most 4 inputs, ``unit`` at most 256 where periodic.
     """
     cdef _Job job
     cdef tuple keep
 
-    def __init__(self, inputs, strides, out, dims, steps):
+    def __init__(self, inputs, strides, out, dims, steps, rows=None):
         cdef Py_ssize_t size = 1
-        cdef int k, j
+        cdef int k, j, patterns = 0
         inputs, strides, steps = list(inputs), list(strides), list(steps)
+        rows = [None] * len(inputs) if rows is None else list(rows)
+        if len(rows) != len(inputs):
+            raise ValueError(f"eltwise_chain: rows needs one entry per input ({len(inputs)}), got {len(rows)}")
         if not 1 <= len(inputs) <= MAX_INPUTS or len(strides) != len(inputs):
             raise ValueError(f"eltwise_chain: 1 to {MAX_INPUTS} inputs with a stride list each, got {len(inputs)} "
                              f"inputs and {len(strides)} stride lists")
@@ -166,7 +245,18 @@ cdef class Chain:
             _rows_array(x, f"input {k}", "eltwise_chain")
             if len(st) != 4 or min(st) < 0:
                 raise ValueError(f"eltwise_chain: input {k} needs 4 non-negative strides, got {st}")
-            last = sum((dd - 1) * v for dd, v in zip(dims, st))
+            self.job.kind[k] = 0
+            if rows[k] is not None:
+                unit, rep = (int(v) for v in rows[k])
+                if patterns == MAX_PATTERNS or unit < 1 or rep < 0 or (rep == 0 and unit > BLOCK):
+                    raise ValueError(f"eltwise_chain: input {k}: row pattern {tuple(rows[k])} needs unit >= 1 "
+                                     f"(at most {BLOCK} where periodic), rep >= 0, and at most {MAX_PATTERNS} "
+                                     f"patterned inputs")
+                self.job.kind[k], self.job.pat[k], self.job.unit[k], self.job.rep[k] = 1 if rep == 0 else 2, \
+                    patterns, unit, rep
+                patterns += 1
+                st = list(st[:3]) + [0]
+            last = sum((dd - 1) * v for dd, v in zip(dims, st)) + _pattern_last(rows[k], dims[3])
             if last >= _extent(x):
                 raise ValueError(f"eltwise_chain: input {k} spans {_extent(x)} elements; dims {tuple(dims)} with "
                                  f"strides {tuple(st)} read up to element {last}")
@@ -184,7 +274,7 @@ cdef class Chain:
                 raise ValueError(f"eltwise_chain: step {j}: activation code {act} is not supported here")
             self.job.op[j], self.job.a[j], self.job.b[j] = OPS[op], a, b
             self.job.act[j], self.job.p0[j], self.job.p1[j] = act, p0, p1
-        self.job.nsteps = len(steps)
+        self.job.nsteps, self.job.nin = len(steps), len(inputs)
         self.job.out = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
         self.keep = (tuple(inputs), out)
 

@@ -11,7 +11,8 @@ spelled out again in standard ops after it, each node named ``<layer>/<part>``:
 - a fused post-activation affine: ``Mul`` + ``Add`` by per-channel constants after the activation;
 - a :class:`~workbench.ops.normalization.ChannelAffine` is written as the
   ``BatchNormalization`` it came from, with mean 0, variance 1 and epsilon 0 (exact);
-- an ``EltwiseChain`` as the Add/Sub/Mul/Div layers it was fused from, under their names;
+- an ``EltwiseChain`` as the Add/Sub/Mul/Div layers it was fused from, under their names (and
+  the Resize layers whose sources it reads, before them);
 - a ``SoftmaxDot`` as ``[Transpose ->] Softmax -> Conv`` (or ``MatMul``), the first two named
   ``<layer>/transpose`` and ``<layer>/softmax``, the last under the layer's name;
 - ``Silu`` (not an ONNX op) as ``Sigmoid`` + ``Mul``; ``Gelu`` before opset 20 as the Erf or Tanh
@@ -191,12 +192,15 @@ def _source_attributes(layer):
 
 
 def _chain_layers(layer):
-    """The layers an EltwiseChain was fused from, rebuilt from its steps and ``meta["chain"]``."""
-    layers, record = [], layer.meta["chain"]
+    """The layers an EltwiseChain was fused from, rebuilt from its steps and ``meta["chain"]``:
+    the Resize layers whose sources it reads in place first (``meta["upsampled"]``)."""
+    upsampled = layer.meta.get("upsampled", {})
+    layers, record = list(upsampled.values()), layer.meta["chain"]
+    read = [upsampled[k].outputs[0] if k in upsampled else t for k, t in enumerate(layer.inputs)]
     for step, rec in zip(layer.attrs["steps"], record):
         inputs, consts = [], {}
         for pos, k in enumerate(step["args"]):
-            inputs.append(layer.inputs[k] if k >= 0 else record[-k - 1]["output"])
+            inputs.append(read[k] if k >= 0 else record[-k - 1]["output"])
             if k >= 0 and k in layer.consts:
                 consts[pos] = layer.consts[k]
         attrs = {key: step[key] for key in ("activation", "activation_params") if key in step}

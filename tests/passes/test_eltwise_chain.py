@@ -51,13 +51,16 @@ def test_rse_neck_becomes_one_chain_and_matches_onnxruntime():
     chains = [l for l in graph if l.op == "EltwiseChain"]
     assert len(chains) == 1
     chain = chains[0]
-    assert chain.name == "div" and chain.attrs["fusion"] == "eltwise_chain"
+    # the chain reads y where it lies, not its upsampled copy (passes/fuse_upsample_read.py)
+    assert chain.name == "div" and chain.attrs["fusion"] == "eltwise_chain+upsample"
+    assert chain.attrs["upsample"] == [[2, 2, 2]] and chain.inputs[2] == "y"
+    assert graph.meta["passes"]["fuse_upsample_reads"] == ["up"]
     assert [s["op"] for s in chain.attrs["steps"]] == ["Mul", "Add", "Add", "Sub", "Div"]
     assert chain.attrs["steps"][3]["activation"] == "Relu"
-    assert sorted(chain.fused) == sorted(["div", "mul", "add", "add_up", "sub", "sub_relu"])
+    assert sorted(chain.fused) == sorted(["div", "mul", "add", "add_up", "sub", "sub_relu", "up"])
     assert not any(l.op in ("Add", "Sub", "Mul", "Div") for l in graph)
     # the activations fused into se1, se2 and the Sub step
-    assert [l.op for l in graph] == ["Conv", "GlobalAveragePool", "Conv", "Conv", "Resize", "EltwiseChain"]
+    assert [l.op for l in graph] == ["Conv", "GlobalAveragePool", "Conv", "Conv", "EltwiseChain"]
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
@@ -79,14 +82,15 @@ def test_export_writes_the_steps_back_and_reimports_the_chain():
     graph = workbench.load(model.SerializeToString())
     exported = export_graph(graph)
     onnx.checker.check_model(exported)
-    assert [n.name for n in exported.graph.node if n.op_type in ("Add", "Sub", "Mul", "Div")] == [
-        "mul", "add", "add_up", "sub", "div"]
+    assert [n.name for n in exported.graph.node if n.op_type in ("Add", "Sub", "Mul", "Div", "Resize")] == [
+        "up", "mul", "add", "add_up", "sub", "div"]
     feeds = workbench.random_inputs(graph, seed=3)
     a, b = run_onnxruntime(exported, feeds), run_onnxruntime(model, feeds)
     assert relative_error(a["out"], b["out"]) <= 1e-6
     again = workbench.load(exported)
     assert [(l.name, l.op) for l in again] == [(l.name, l.op) for l in graph]
     assert again.layer("div").attrs["steps"] == graph.layer("div").attrs["steps"]
+    assert again.layer("div").attrs["upsample"] == graph.layer("div").attrs["upsample"]
 
 
 def test_nan_and_inf_propagate_as_in_onnxruntime():

@@ -53,17 +53,28 @@ class Div(_FusableBinary):
         return _int_div(a, b) if np.issubdtype(np.asarray(a).dtype, np.integer) else np.divide(a, b)
 
 
+def upsample_factors(layer):
+    """``{input: (fh, fw)}`` of an EltwiseChain's inputs read as nearest upsamples (empty: none)."""
+    return {int(k): (int(fh), int(fw)) for k, fh, fw in layer.attrs.get("upsample", ())}
+
+
 class EltwiseChain(Op):
     """Several Add/Sub/Mul/Div layers fused into one pass (``passes/fuse_eltwise_chain.py``).
 
     ``attrs["steps"]``: one dict per original layer, in order: ``op``, ``args`` (two operand
     references: ``k >= 0`` is input ``k``, ``k < 0`` the result of step ``-k - 1``) and the
     layer's fused ``activation``/``activation_params``, if any.  The last step gives the output.
-    Not an ONNX op; export writes the original layers back.
+    Not an ONNX op; export writes the original layers back.  ``attrs["upsample"]``, where present
+    (``passes/fuse_upsample_read.py``): ``[input, fh, fw]`` triples, inputs read as their nearest
+    upsample by those factors along height and width (``meta["upsampled"]`` keeps the Resize layers).
     """
 
     @classmethod
     def infer(cls, layer, specs):
+        specs = list(specs)
+        for k, (fh, fw) in upsample_factors(layer).items():
+            n, c, h, w = specs[k].shape
+            specs[k] = TensorSpec((n, c, h * fh, w * fw), specs[k].dtype)
         results = []
         for step in layer.attrs["steps"]:
             a, b = (specs[k] if k >= 0 else results[-k - 1] for k in step["args"])
@@ -72,6 +83,9 @@ class EltwiseChain(Op):
 
     @classmethod
     def compute(cls, layer, args):
+        args = list(args)
+        for k, (fh, fw) in upsample_factors(layer).items():
+            args[k] = np.repeat(np.repeat(args[k], fh, axis=2), fw, axis=3)
         results = []
         for step in layer.attrs["steps"]:
             a, b = (args[k] if k >= 0 else results[-k - 1] for k in step["args"])

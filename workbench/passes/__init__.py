@@ -13,6 +13,7 @@ from .fuse_softmax_dot import fuse_softmax_dot
 from .fuse_residual import fuse_residual_adds
 from .fuse_post_affine import fuse_post_affine
 from .fuse_eltwise_chain import fuse_eltwise_chains
+from .fuse_upsample_read import fuse_upsample_reads
 
 #: The default pipeline: (name, pass).  Each pass takes a Graph, edits it in place and returns
 #: the names of the layers it removed or rewrote, for the report.
@@ -31,6 +32,7 @@ PIPELINE = (
     ("fuse_residual_adds", fuse_residual_adds),
     ("fuse_post_affine", fuse_post_affine),
     ("fuse_eltwise_chains", fuse_eltwise_chains),
+    ("fuse_upsample_reads", fuse_upsample_reads),
 )
 
 

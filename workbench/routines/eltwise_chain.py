@@ -5,15 +5,28 @@ as for a single binary layer (:func:`.eltwise.broadcast_loops`, at most four coa
 every intermediate has the output's shape, so the kernel (``kernels_pyx/eltwise_chain.pyx``)
 keeps it in a block buffer of its own.  Inputs and the output may be channel slices of wider
 NHWC buffers (a Concat's part).
+
+Two loop nests read an input through a row pattern instead of a stride:
+
+- in NHWC, a per-channel operand (``x * se``) left the innermost loop one pixel long; the pixels
+  and channels become one row, the operand read periodically (:func:`periodic_rows`);
+- a chain that reads a nearest upsample's source where it lies (``attrs["upsample"]``,
+  ``passes/fuse_upsample_read.py``) loops over the source rows, each output row of one taking the
+  source row repeated along it (:func:`upsample_nest`).
 """
 from types import SimpleNamespace
 
+import numpy as np
+
 from ..graph import NCHW, NHWC
+from ..ops.elementwise import upsample_factors
 from . import Routine
 from .eltwise import all_float32, as_stored, broadcast_loops, fused_activation, kernels
 
 MAX_INPUTS = 8
 MAX_STEPS = 8
+MAX_PATTERNS = 4      # inputs read through a row pattern, and the longest periodic unit (the kernel's)
+MAX_PERIOD = 256
 
 
 def _physical_to_logical(shape, nhwc):
@@ -32,6 +45,66 @@ def _steps(layer):
     return steps
 
 
+def periodic_rows(dims, strides):
+    """``(dims, strides, rows)`` with the two innermost loops made one row where some operand
+    repeats along the outer of them (stride 0, the inner contiguous and at most MAX_PERIOD long:
+    a per-channel operand of an NHWC tensor), every other one running on contiguously or
+    broadcast across both; ``rows`` None where nothing is merged."""
+    d2, d3 = dims[2], dims[3]
+    if d2 == 1 or d3 > MAX_PERIOD:
+        return dims, strides, None
+    merged, rows = [], []
+    for st in strides:
+        if st[3] == 1 and st[2] in (0, d3):
+            periodic = st[2] == 0
+            merged.append([0, st[0], st[1], 0 if periodic else 1])
+            rows.append((d3, 0) if periodic else None)
+        elif st[2] == st[3] == 0:
+            merged.append([0, st[0], st[1], 0])
+            rows.append(None)
+        else:
+            return dims, strides, None
+    if not 0 < sum(r is not None for r in rows) <= MAX_PATTERNS:
+        return dims, strides, None
+    return [1, dims[0], dims[1], d2 * d3], merged, rows
+
+
+def upsample_nest(out_shape, shapes, upsample, nhwc):
+    """``(dims, strides, rows)`` of a batch-1 chain whose inputs ``upsample`` (``{input: (fh,
+    fw)}``, one factor pair for all) are read as nearest upsamples of themselves: loops over the
+    source rows and their ``fh`` repeats, the row the output's (NHWC: pixels x channels; NCHW: one
+    channel's), the sources' rows repeated along it; the other inputs the output's shape, one
+    value per channel, or one value.  None where the chain is not of that form."""
+    factors = set(tuple(f) for f in upsample.values())
+    if len(out_shape) != 4 or out_shape[0] != 1 or len(factors) != 1:
+        return None
+    (fh, fw), (_, c, ho, wo) = factors.pop(), out_shape
+    h, w = ho // fh, wo // fw
+    dims = [1, h, fh, wo * c] if nhwc else [c, h, fh, wo]
+    strides, rows = [], []
+    for k, shape in enumerate(shapes):
+        shape = (1,) * (4 - len(shape)) + tuple(shape)
+        if k in upsample:
+            if shape != (1, c, h, w):
+                return None
+            strides.append([0, w * c, 0, 0] if nhwc else [h * w, w, 0, 0])
+            rows.append((c, fw) if nhwc else (1, fw))
+        elif shape == (1, c, ho, wo):
+            strides.append([0, fh * wo * c, wo * c, 1] if nhwc else [ho * wo, fh * wo, wo, 1])
+            rows.append(None)
+        elif shape == (1, 1, 1, 1):
+            strides.append([0, 0, 0, 0])
+            rows.append(None)
+        elif shape == (1, c, 1, 1) and (not nhwc or c <= MAX_PERIOD):
+            strides.append([0, 0, 0, 0] if nhwc else [1, 0, 0, 0])
+            rows.append((c, 0) if nhwc else None)
+        else:
+            return None
+    if sum(r is not None for r in rows) > MAX_PATTERNS:
+        return None
+    return dims, strides, rows
+
+
 class _Chain(Routine, register=False):
     uses_blas = False
     op = "EltwiseChain"
@@ -47,6 +120,9 @@ class _Chain(Routine, register=False):
         if cls.layout == NHWC and len(out) != 4:
             return False
         nhwc = cls.layout == NHWC
+        if upsample_factors(layer):
+            return (upsample_nest(out, [s.shape for s in specs], upsample_factors(layer), nhwc) is not None
+                    and _steps(layer) is not None)
         return (broadcast_loops(out, [(s.shape, nhwc and len(s.shape) == 4) for s in specs], nhwc) is not None
                 and _steps(layer) is not None)
 
@@ -57,37 +133,57 @@ class _Chain(Routine, register=False):
 
     @classmethod
     def _operands(cls, layer, state, args, out):
-        """``(inputs, dims, strides)``: the plan cached per shapes; where an array is a channel
-        slice of a wider buffer, one loop per axis on its real strides."""
+        """``(inputs, dims, strides, rows)``: the plan cached per shapes; where an array is a
+        channel slice of a wider buffer, one loop per axis on its real strides."""
         xs = [state["consts"].get(i, x) for i, x in enumerate(args)]
         nhwc = cls.layout == NHWC
         logical = [_physical_to_logical(x.shape, nhwc) for x in xs]
-        if all(v.flags.c_contiguous for v in xs + [out]):
+        contiguous = all(v.flags.c_contiguous for v in xs + [out])
+        upsample = upsample_factors(layer)
+        if upsample and not contiguous:   # a Concat's part: the sources upsampled first
+            xs = [_repeated(x, upsample[k], nhwc) if k in upsample else x for k, x in enumerate(xs)]
+            logical = [_physical_to_logical(x.shape, nhwc) for x in xs]
+        elif upsample:
+            key = ("upsample",) + tuple(x.shape for x in xs)
+            if key not in state:
+                state[key] = upsample_nest(layer.out_specs[0].shape, logical, upsample, nhwc)
+            return (xs, *state[key])
+        if contiguous:
             key = tuple(x.shape for x in xs)
             plan = state.get(key)
             if plan is None:
-                plan = state[key] = broadcast_loops(layer.out_specs[0].shape,
-                                                    [(s, nhwc and len(s) == 4) for s in logical], nhwc)
-        else:
-            def strides(v):
-                return _physical_to_logical([x // v.itemsize for x in v.strides], nhwc and v.ndim == 4)
-            plan = broadcast_loops(layer.out_specs[0].shape, [(s, nhwc and len(s) == 4, strides(v))
-                                                              for s, v in zip(logical, xs)], nhwc, coalesce=False)
-        dims, strides = plan
-        return xs, dims, strides
+                dims, strides = broadcast_loops(layer.out_specs[0].shape,
+                                                [(s, nhwc and len(s) == 4) for s in logical], nhwc)
+                plan = state[key] = periodic_rows(dims, strides)
+            return (xs, *plan)
+
+        def strides(v):
+            return _physical_to_logical([x // v.itemsize for x in v.strides], nhwc and v.ndim == 4)
+        dims, strides = broadcast_loops(layer.out_specs[0].shape, [(s, nhwc and len(s) == 4, strides(v))
+                                                                   for s, v in zip(logical, xs)], nhwc, coalesce=False)
+        return xs, dims, strides, None
 
     @classmethod
     def _kernel(cls, layer, state, args, out):
-        xs, dims, strides = cls._operands(layer, state, args, out)
-        return kernels("eltwise_chain").Chain(xs, strides, out, dims, state["steps"])
+        xs, dims, strides, rows = cls._operands(layer, state, args, out)
+        return kernels("eltwise_chain").Chain(xs, strides, out, dims, state["steps"], rows)
 
     @classmethod
     def bind(cls, layer, state, args, outs):
+        if upsample_factors(layer) and not all(v.flags.c_contiguous for v in list(args) + [outs[0]]):
+            return None   # the sources are upsampled on each run (_operands)
         return cls._kernel(layer, state, args, outs[0])
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         cls._kernel(layer, state, args, outs[0])(num_threads)
+
+
+def _repeated(x, factors, nhwc):
+    """``x`` (physical, 4-D) nearest-upsampled by ``factors`` (fh, fw), a new array."""
+    fh, fw = factors
+    h, w = (1, 2) if nhwc else (2, 3)
+    return np.ascontiguousarray(np.repeat(np.repeat(x, fh, axis=h), fw, axis=w))
 
 
 class ChainNchw(_Chain):

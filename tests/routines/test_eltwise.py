@@ -299,3 +299,27 @@ def test_binary_reads_and_writes_channel_slices(threads):
         k.binary(a, b, out, (n, h * w, 1, c), st(a)[:1] + [st(a)[2], 0, 1], st(b)[:1] + [st(b)[2], 0, 1], "Add")
     with pytest.raises(ValueError, match="read up to"):
         k.binary(a, b, out, out.shape, [x * 2 for x in st(a)], st(b), "Add")
+
+
+@pytest.mark.parametrize("shape", [(1, 24, 10, 10), (2, 96, 5, 7), (1, 256, 3, 3), (1, 257, 2, 2), (3, 5, 1, 1)])
+@pytest.mark.parametrize("op", ["Sub", "Mul", "Div"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_a_per_channel_nhwc_operand_runs_as_one_periodic_row(shape, op, swap):
+    """``x op s`` on NHWC with ``s`` one value per (n, c): a one-step chain whose rows are whole
+    planes (``periodic_rows``) where the channels fit its tile, NumPy's result exactly."""
+    n, c, h, w = shape
+    nodes = [helper.make_node(op, ["s", "x"] if swap else ["x", "s"], ["y"])]
+    g = _load(nodes, [("x", list(shape)), ("s", [n, c, 1, 1])])
+    layer = next(iter(g))
+    rng = np.random.default_rng(c)
+    x = rng.uniform(0.5, 2, (n, h, w, c)).astype(np.float32)
+    s = rng.uniform(0.5, 2, (n, 1, 1, c)).astype(np.float32)
+    out = np.empty_like(x)
+    r = routines.routines_for(op)[NHWC]
+    call = r.bind(layer, r.prepare(layer), [s, x] if swap else [x, s], [out])
+    assert isinstance(call, kernels("eltwise_chain").Chain) == (c <= 256 and h * w > 1), type(call)
+    for threads in (1, 2):
+        out[:] = np.nan
+        call(threads)
+        expect = {"Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](*((s, x) if swap else (x, s)))
+        np.testing.assert_array_equal(out, expect)

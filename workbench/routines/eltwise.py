@@ -122,6 +122,35 @@ def broadcast_loops(out_shape, operands, nhwc, max_loops=4, coalesce=True):
     return [1] * pad + dims, [[0] * pad + lp for lp in loops]
 
 
+#: The chain kernel's limits on inputs read through a row pattern, and on a periodic one's unit.
+MAX_PATTERNS = 4
+MAX_PERIOD = 256
+
+
+def periodic_rows(dims, strides):
+    """``(dims, strides, rows)`` with the two innermost loops made one row where some operand
+    repeats along the outer of them (stride 0, the inner contiguous and at most MAX_PERIOD long:
+    a per-channel operand of an NHWC tensor), every other one running on contiguously or
+    broadcast across both; ``rows`` None where nothing is merged."""
+    d2, d3 = dims[2], dims[3]
+    if d2 == 1 or d3 > MAX_PERIOD:
+        return dims, strides, None
+    merged, rows = [], []
+    for st in strides:
+        if st[3] == 1 and st[2] in (0, d3):
+            periodic = st[2] == 0
+            merged.append([0, st[0], st[1], 0 if periodic else 1])
+            rows.append((d3, 0) if periodic else None)
+        elif st[2] == st[3] == 0:
+            merged.append([0, st[0], st[1], 0])
+            rows.append(None)
+        else:
+            return dims, strides, None
+    if not 0 < sum(r is not None for r in rows) <= MAX_PATTERNS:
+        return dims, strides, None
+    return [1, dims[0], dims[1], d2 * d3], merged, rows
+
+
 def _binary_plan(layer, specs, layout):
     out = layer.out_specs[0].shape
     nhwc = layout == NHWC
@@ -204,10 +233,27 @@ class _Binary(Routine, register=False):
             cls.run(layer, state, args, [whole], num_threads)
             np.copyto(out, whole)
             return
+        chain = cls._periodic(layer, state, a, b, out, dims, sa, sb)
+        if chain is not None:
+            chain(num_threads)
+            return
         k.binary(a, b, out, dims, sa, sb, layer.op, 0 if slope is not None else code, p0, p1, num_threads)
         if slope is not None:
             rows, cols, by_row = channel_geometry(layer.out_specs[0].shape, cls.layout)
             k.channel_rows(out, out, rows, cols, by_row, act=code, slope=slope, num_threads=num_threads)
+
+    @classmethod
+    def _periodic(cls, layer, state, a, b, out, dims, sa, sb):
+        """The op as a one-step chain (``eltwise_chain.pyx``) whose rows are whole planes, where
+        the innermost loop is one NHWC pixel of a per-channel operand (:func:`periodic_rows`);
+        else None."""
+        code, p0, p1, slope = state["epilogue"]
+        if slope is not None or not all(v.flags.c_contiguous for v in (a, b, out)):
+            return None
+        dims, strides, rows = periodic_rows(dims, [sa, sb])
+        if rows is None:
+            return None
+        return kernels("eltwise_chain").Chain([a, b], strides, out, dims, [(layer.op, 0, 1, code, p0, p1)], rows)
 
     @classmethod
     def bind(cls, layer, state, args, outs):
@@ -215,7 +261,8 @@ class _Binary(Routine, register=False):
         if slope is not None:
             return None
         a, b, dims, sa, sb = cls._operands(layer, state, args, outs[0])
-        return kernels("eltwise").Binary(a, b, outs[0], dims, sa, sb, layer.op, code, p0, p1)
+        return (cls._periodic(layer, state, a, b, outs[0], dims, sa, sb)
+                or kernels("eltwise").Binary(a, b, outs[0], dims, sa, sb, layer.op, code, p0, p1))
 
 
 class BinaryNchw(_Binary):

@@ -21,12 +21,10 @@ import numpy as np
 from ..graph import NCHW, NHWC
 from ..ops.elementwise import upsample_factors
 from . import Routine
-from .eltwise import all_float32, as_stored, broadcast_loops, fused_activation, kernels
+from .eltwise import MAX_PATTERNS, MAX_PERIOD, all_float32, as_stored, broadcast_loops, fused_activation, kernels, periodic_rows
 
 MAX_INPUTS = 8
 MAX_STEPS = 8
-MAX_PATTERNS = 4      # inputs read through a row pattern, and the longest periodic unit (the kernel's)
-MAX_PERIOD = 256
 
 
 def _physical_to_logical(shape, nhwc):
@@ -43,30 +41,6 @@ def _steps(layer):
             return None
         steps.append((step["op"], step["args"][0], step["args"][1], act[0], act[1], act[2]))
     return steps
-
-
-def periodic_rows(dims, strides):
-    """``(dims, strides, rows)`` with the two innermost loops made one row where some operand
-    repeats along the outer of them (stride 0, the inner contiguous and at most MAX_PERIOD long:
-    a per-channel operand of an NHWC tensor), every other one running on contiguously or
-    broadcast across both; ``rows`` None where nothing is merged."""
-    d2, d3 = dims[2], dims[3]
-    if d2 == 1 or d3 > MAX_PERIOD:
-        return dims, strides, None
-    merged, rows = [], []
-    for st in strides:
-        if st[3] == 1 and st[2] in (0, d3):
-            periodic = st[2] == 0
-            merged.append([0, st[0], st[1], 0 if periodic else 1])
-            rows.append((d3, 0) if periodic else None)
-        elif st[2] == st[3] == 0:
-            merged.append([0, st[0], st[1], 0])
-            rows.append(None)
-        else:
-            return dims, strides, None
-    if not 0 < sum(r is not None for r in rows) <= MAX_PATTERNS:
-        return dims, strides, None
-    return [1, dims[0], dims[1], d2 * d3], merged, rows
 
 
 def upsample_nest(out_shape, shapes, upsample, nhwc):

@@ -42,6 +42,16 @@ def run_with_routine(graph, descriptor, layers=None, num_threads=2, seed=0, feed
     return ours, ref, used
 
 
+def compiled_in(graph, layout, num_threads=2):
+    """``graph`` compiled with, on every layer, the first routine in ``layout`` that applies."""
+    assignment = {}
+    for layer in graph:
+        table = routines.routines_for(layer.op)
+        fits = [d for d, r in table.items() if f":{layout}/" in d and r.applies(layer, graph.input_specs(layer))]
+        assignment[layer.name] = fits[0]
+    return CompiledModel(graph, assignment, num_threads=num_threads)
+
+
 def assert_routine_matches(graph, descriptor, rtol=1e-4, expect_layers=None, **kwargs):
     """Assert ``descriptor`` ran (on ``expect_layers`` if given, else on at least one layer) and
     every output matches the reference within ``rtol`` of the output's largest magnitude."""

@@ -9,9 +9,8 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, make_model
-from routine_helpers import assert_routine_matches, run_with_routine
+from routine_helpers import assert_routine_matches, compiled_in, run_with_routine
 from workbench.check import relative_error, run_onnxruntime
-from workbench.compiled import CompiledModel
 from workbench.onnx_export import export_graph
 from workbench.routines.eltwise import kernels
 
@@ -138,12 +137,7 @@ def test_a_chain_writes_its_nhwc_concat_part_in_place():
     model = make_model(nodes, [("x", [1, 12, 7, 9]), ("s", [1, 6, 1, 1])], [("out", [1, 18, 7, 9])], inits, opset=18)
     graph = workbench.load(model.SerializeToString())
     assert graph.layer("sub").op == "EltwiseChain"
-    assignment = {}
-    for layer in graph:
-        table = workbench.routines.routines_for(layer.op)
-        nhwc = [d for d, r in table.items() if ":nhwc/" in d and r.applies(layer, graph.input_specs(layer))]
-        assignment[layer.name] = nhwc[0]
-    compiled = CompiledModel(graph, assignment, num_threads=2)
+    compiled = compiled_in(graph, "nhwc")
     assert compiled.slices[("c", "nhwc")].base == ("out", "nhwc")
     feeds = workbench.random_inputs(graph, seed=8)
     np.testing.assert_allclose(compiled.run(feeds)["out"], run_onnxruntime(model, feeds)["out"], rtol=1e-6, atol=0)

@@ -10,10 +10,9 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
-from routine_helpers import parallel_even_when_small, run_with_routine
+from routine_helpers import compiled_in, parallel_even_when_small, run_with_routine
 from workbench import cpu
 from workbench.check import run_onnxruntime
-from workbench.compiled import CompiledModel
 
 CHAIN = ["cpu:float32:nchw/direct", "cpu:float32:nhwc/direct"]
 ISAS = [isa for isa in (None, "avx2", "avx512") if isa is None or cpu.supports(isa)]
@@ -131,12 +130,7 @@ def test_a_chain_with_an_upsample_writes_its_nhwc_concat_part():
     model.graph.output[0].CopyFrom(helper.make_tensor_value_info("cat", 1, [1, 16, 10, 12]))
     graph = workbench.load(model.SerializeToString())
     assert graph.layer("add_up").attrs.get("upsample")
-    assignment = {}
-    for layer in graph:
-        table = workbench.routines.routines_for(layer.op)
-        nhwc = [d for d, r in table.items() if ":nhwc/" in d and r.applies(layer, graph.input_specs(layer))]
-        assignment[layer.name] = nhwc[0]
-    compiled = CompiledModel(graph, assignment, num_threads=2)
+    compiled = compiled_in(graph, "nhwc")
     assert compiled.slices[("out", "nhwc")].base == ("cat", "nhwc")
     feeds = workbench.random_inputs(graph, seed=1)
     for _ in range(2):   # a second run sees its new inputs upsampled, not the first run's

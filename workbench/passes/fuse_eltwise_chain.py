@@ -22,7 +22,8 @@ MAX_STEPS = 8
 MAX_INPUTS = 8
 
 
-def _eligible(graph, layer):
+def eligible(graph, layer):
+    """Whether ``layer`` is a binary layer a chain can take as a step."""
     return (layer.op in BINARY and len(layer.inputs) == 2 and len(layer.outputs) == 1 and len(layer.consts) < 2
             and layer.out_specs[0].dtype == "float32" and not layer.attrs.get("post_affine")
             and layer.attrs.get("activation", "Relu") in ACTIVATIONS
@@ -33,7 +34,7 @@ def _groups(graph):
     """Chains as lists of layers in topological order, the last one the root (its output leaves)."""
     root_of, members, outside = {}, {}, {}   # outside: the group's external operands, an upper bound
     for layer in reversed(list(graph)):
-        if not _eligible(graph, layer):
+        if not eligible(graph, layer):
             continue
         reader = graph.single_consumer(layer.outputs[0])
         root = root_of.get(reader.name) if reader is not None else None
@@ -51,7 +52,7 @@ def _groups(graph):
     return [group[::-1] for group in members.values() if len(group) >= 2]
 
 
-def _chain(group):
+def chain_layer(group):
     """The EltwiseChain layer of ``group`` (topological order, root last)."""
     root = group[-1]
     step_of = {layer.outputs[0]: i for i, layer in enumerate(group)}
@@ -85,7 +86,7 @@ def fuse_eltwise_chains(graph):
     """Replace each chain of two or more binary layers by one layer; returns the layers removed."""
     removed = []
     for group in _groups(graph):
-        chain = _chain(group)
+        chain = chain_layer(group)
         for layer in group:
             graph.remove_layer(layer.name)
         graph.add_layer(chain)

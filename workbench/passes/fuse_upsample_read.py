@@ -16,9 +16,7 @@ before the chain's steps, so a re-import finds the same layers.
 import numpy as np
 
 from ..ops.resize import Resize
-from .fuse_eltwise_chain import _chain, _eligible
-
-BINARY = ("Add", "Sub", "Mul", "Div")
+from .fuse_eltwise_chain import BINARY, chain_layer, eligible
 
 
 def _factors(graph, resize, reader):
@@ -78,8 +76,8 @@ def fuse_upsample_reads(graph):
     for layer in list(graph):
         if layer.op == "EltwiseChain" and not layer.attrs.get("upsample"):
             chain = layer
-        elif layer.op in BINARY and _eligible(graph, layer):
-            chain = _chain([layer])   # a chain of one step, if something is upsampled
+        elif layer.op in BINARY and eligible(graph, layer):
+            chain = chain_layer([layer])   # a chain of one step, if something is upsampled
         else:
             continue
         plan = _plan(graph, chain, layer)

@@ -13,7 +13,7 @@ from routine_helpers import assert_routine_matches, parallel_even_when_small
 from workbench import routines
 from workbench.routines.eltwise import kernels
 from workbench.graph import Graph, Layer, TensorSpec
-from workbench.routines.eltwise import broadcast_loops
+from workbench.routines.loops import broadcast_loops
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
 NCHW, NHWC = "cpu:float32:nchw/direct", "cpu:float32:nhwc/direct"

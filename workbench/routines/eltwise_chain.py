@@ -1,7 +1,7 @@
 """``cpu:float32:{nchw,nhwc}/direct`` for EltwiseChain: the fused binary steps in one pass.
 
 Broadcasting is turned into per-input element strides over the output's physical loop order,
-as for a single binary layer (:func:`.eltwise.broadcast_loops`, at most four coalesced loops);
+as for a single binary layer (:func:`.loops.broadcast_loops`, at most four coalesced loops);
 every intermediate has the output's shape, so the kernel (``kernels_pyx/eltwise_chain.pyx``)
 keeps it in a block buffer of its own.  Inputs and the output may be channel slices of wider
 NHWC buffers (a Concat's part).
@@ -21,7 +21,8 @@ import numpy as np
 from ..graph import NCHW, NHWC
 from ..ops.elementwise import upsample_factors
 from . import Routine
-from .eltwise import MAX_PATTERNS, MAX_PERIOD, all_float32, as_stored, broadcast_loops, fused_activation, kernels, periodic_rows
+from .eltwise import all_float32, as_stored, fused_activation, kernels
+from .loops import MAX_PATTERNS, MAX_PERIOD, broadcast_loops, periodic_rows
 
 MAX_INPUTS = 8
 MAX_STEPS = 8

@@ -21,7 +21,7 @@ import numpy as np
 from ..graph import NCHW, NHWC
 from ..ops.elementwise import upsample_factors
 from . import Routine
-from .eltwise import all_float32, as_stored, fused_activation, kernels
+from .eltwise import all_float32, as_stored, fused_activation, kernels, memo
 from .loops import MAX_PATTERNS, MAX_PERIOD, broadcast_loops, periodic_rows
 
 MAX_INPUTS = 8
@@ -116,7 +116,7 @@ class _Chain(Routine, register=False):
         contiguous = all(v.flags.c_contiguous for v in xs + [out])
         upsample = upsample_factors(layer)
         if upsample and not contiguous:   # a Concat's part: the sources upsampled first
-            xs = [_repeated(x, upsample[k], nhwc) if k in upsample else x for k, x in enumerate(xs)]
+            xs = [_repeated(state, k, x, upsample[k], nhwc) if k in upsample else x for k, x in enumerate(xs)]
             logical = [_physical_to_logical(x.shape, nhwc) for x in xs]
         elif upsample:
             key = ("upsample",) + tuple(x.shape for x in xs)
@@ -154,11 +154,17 @@ class _Chain(Routine, register=False):
         cls._kernel(layer, state, args, outs[0])(num_threads)
 
 
-def _repeated(x, factors, nhwc):
-    """``x`` (physical, 4-D) nearest-upsampled by ``factors`` (fh, fw), a new array."""
-    fh, fw = factors
-    h, w = (1, 2) if nhwc else (2, 3)
-    return np.ascontiguousarray(np.repeat(np.repeat(x, fh, axis=h), fw, axis=w))
+def _repeated(state, k, x, factors, nhwc):
+    """``x`` (physical, 4-D) nearest-upsampled by ``factors`` (fh, fw) into input ``k``'s buffer
+    in ``state`` (made once per shape): a broadcast copy, nothing allocated per run."""
+    (fh, fw), (n, a, b, c) = factors, x.shape
+    shape = (n, a * fh, b * fw, c) if nhwc else (n, a, b * fh, c * fw)
+    buf = memo(state, ("upsampled", k, x.shape), lambda: np.empty(shape, np.float32))
+    if nhwc:   # (n, h, fh, w, fw, c) <- (n, h, 1, w, 1, c)
+        np.copyto(buf.reshape(n, a, fh, b, fw, c), x[:, :, None, :, None, :])
+    else:      # (n, c, h, fh, w, fw) <- (n, c, h, 1, w, 1)
+        np.copyto(buf.reshape(n, a, b, fh, c, fw), x[:, :, :, None, :, None])
+    return buf
 
 
 class ChainNchw(_Chain):

@@ -23,7 +23,7 @@ COMPILE_ARGS = ["-O3", "-fno-math-errno", "-pthread"]
 ISA_FLAGS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
-               "-mprefer-vector-width=512"],
+               "-mprefer-vector-width=512", "-mprfchw"],
 }
 LINK_ARGS = ["-pthread"]
 

@@ -249,11 +249,16 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t
     __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
     int i;
     /* What the stores will read (C from the previous K block, the residual): fetch it now, so
-     * the loads after the k loop do not wait on L2 or memory. */
+     * the loads after the k loop do not wait on L2 or memory.  A C written fresh is fetched for
+     * writing: an output buffer not touched since the last run is out of the caches, and its
+     * stores otherwise wait for the lines one by one. */
     for (i = 0; i < WB512_MR; i++) {
         if (load) {
             _mm_prefetch((const char*)(s->c[i] + col0), _MM_HINT_T0);
             _mm_prefetch((const char*)(s->c[i] + col0 + 16), _MM_HINT_T0);
+        } else {
+            __builtin_prefetch(s->c[i] + col0, 1, 3);
+            __builtin_prefetch(s->c[i] + col0 + 16, 1, 3);
         }
         if (ep != NULL && ep->res != NULL) {
             const float* rr = ep->res + s->row[i] * ep->ld_res + col0;
@@ -320,6 +325,7 @@ static inline void wb512_micro_da16(ptrdiff_t kcb, const wb512_strip* s, ptrdiff
     int i;
     for (i = 0; i < WB512_MR; i++) {
         if (load) _mm_prefetch((const char*)(s->c[i] + col0), _MM_HINT_T0);
+        else __builtin_prefetch(s->c[i] + col0, 1, 3);
         if (ep != NULL && ep->res != NULL)
             _mm_prefetch((const char*)(ep->res + s->row[i] * ep->ld_res + col0), _MM_HINT_T0);
     }

@@ -25,6 +25,7 @@ cdef extern from "sgemm_avx512.h" nogil:
         float p0, p1
         const float* post_scale
         const float* post_shift
+        int res_post
     int wb512_epi_handles(int act)
     void wb512_gemm_direct(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
                            const float* pb, float* c, Py_ssize_t ldc, int accumulate, float* abuf,
@@ -67,6 +68,7 @@ cdef inline bint _fused_epi(wb512_epi* ep, const Epi* e, const float* res, Py_ss
     ep.ld_res, ep.act, ep.p0, ep.p1 = ld_res, e.act, e.p0, e.p1
     ep.post_scale = e.post_scale + row0 if e.post_scale != NULL and channel_is_row else e.post_scale
     ep.post_shift = e.post_shift + row0 if e.post_shift != NULL and channel_is_row else e.post_shift
+    ep.res_post = e.res_post
     return True
 
 

@@ -19,6 +19,13 @@ cdef struct Geo:
     Py_ssize_t ldo   # NHWC: floats from one output pixel to the next (M, or more in a slice)
     int m, A2, act, nhwc
     float p0, p1
+    bint res_post    # the residual is added after the activation (a YOLO bottleneck's shortcut)
+
+
+cdef inline void _add_row(float* o, const float* res, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        o[i] = o[i] + res[i]
 
 
 cdef inline void _pad_row(float* dst, const float* src, Py_ssize_t pl, Py_ssize_t n, Py_ssize_t L) noexcept nogil:
@@ -82,6 +89,7 @@ cdef inline void _output_block(Geo* g, Py_ssize_t mc, Py_ssize_t g0, Py_ssize_t 
     cdef float* trow = o + m * m * Tb           # one interleaved output row, tw*m floats
     cdef float* sa
     cdef float* orow
+    cdef const float* rrow
     cdef float b = g.bias[mc]
     cdef float sl = g.slope[mc] if g.slope != NULL else 0
     for a in range(alpha):          # along each row of the patch
@@ -112,9 +120,11 @@ cdef inline void _output_block(Geo* g, Py_ssize_t mc, Py_ssize_t g0, Py_ssize_t 
             else:
                 _interleave4(trow, sa, sa + Tb, sa + 2 * Tb, sa + 3 * Tb, tw)
             orow = g.y + (n * g.M + mc) * plane + yy * g.OW
-            _finish(orow, trow, g.res + (n * g.M + mc) * plane + yy * g.OW if g.res != NULL else NULL,
-                    b, g.OW)
+            rrow = g.res + (n * g.M + mc) * plane + yy * g.OW if g.res != NULL else NULL
+            _finish(orow, trow, NULL if g.res_post else rrow, b, g.OW)
             act_run(orow, g.OW, g.act, g.p0, g.p1, sl)
+            if g.res_post and rrow != NULL:
+                _add_row(orow, rrow, g.OW)
 
 
 # -- NHWC: the same transforms, vectorised over channels (contiguous in NHWC) --------------------
@@ -192,6 +202,7 @@ cdef inline void _output_tiles_nhwc(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssiz
     cdef float* o = tmp + alpha * m * M         # o[r][l][M]
     cdef float* sa
     cdef float* y
+    cdef const float* rrow
     cdef const float* mo
     for t in range(t0, t1):
         gr = g0 + t // g.tw
@@ -219,11 +230,14 @@ cdef inline void _output_tiles_nhwc(Geo* g, Py_ssize_t g0, Py_ssize_t R, Py_ssiz
                     continue
                 px = (n * g.OH + yy) * g.OW + xx
                 y = g.y + px * g.ldo
-                _finish_vec(y, o + (r * m + l) * M, g.bias, g.res + px * M if g.res != NULL else NULL, M)
+                rrow = g.res + px * M if g.res != NULL else NULL
+                _finish_vec(y, o + (r * m + l) * M, g.bias, NULL if g.res_post else rrow, M)
                 if g.act == 7:
                     _prelu_vec(y, g.slope, M)
                 else:
                     act_run(y, M, g.act, g.p0, g.p1, 0)
+                if g.res_post and rrow != NULL:
+                    _add_row(y, rrow, M)
 
 
 # -- drivers ---------------------------------------------------------------------------------------

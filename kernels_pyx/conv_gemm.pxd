@@ -27,6 +27,7 @@ cdef struct Epi:
     float p0, p1
     const float* post_scale   # after the activation: out = act(.) * post_scale[c] + post_shift[c]
     const float* post_shift   # (our AVX-512 GEMM's register epilogue only; NULL elsewhere)
+    bint res_post             # the residual is added after the activation, not before
 
 
 cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -186,7 +187,16 @@ cdef inline void _epilogue(float* o, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_
                            const float* bias, const float* res, Py_ssize_t ld_res, const Epi* e,
                            const float* slope) noexcept nogil:
     """The fused epilogue on a (rows, cols) block; channels index rows (NCHW) or columns (NHWC)."""
-    cdef Py_ssize_t r
+    cdef Py_ssize_t r, j
+    cdef float* orow
+    cdef const float* rrow
+    if e.res_post and res != NULL:   # act(. + bias), then the residual
+        _epilogue(o, rows, cols, ld, channel_is_row, bias, NULL, 0, e, slope)
+        for r in range(rows):
+            orow, rrow = o + r * ld, res + r * ld_res
+            for j in range(cols):
+                orow[j] = orow[j] + rrow[j]
+        return
     if not channel_is_row and ld == cols and e.act != 7:
         # A contiguous NHWC block: bias and residual pixel by pixel, then the activation in one
         # call over the block (a vectorised SiLU/GELU per pixel of 16 channels cost more in

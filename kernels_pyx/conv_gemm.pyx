@@ -18,7 +18,7 @@ import numpy as np
 cimport numpy as cnp
 
 from _gemm cimport gemm_rm
-from conv_gemm cimport ACT_RUN_LAST, Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epi_row, _epilogue, _imin
+from conv_gemm cimport ACT_RUN_LAST, Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epilogue, _imin
 from wb_pool cimport wb_pool_import, wb_pool_run
 
 cnp.import_array()
@@ -70,9 +70,9 @@ cdef void _block_nhwc_t(const Geo* g, const float* a, Py_ssize_t lda, const floa
         for m in range(m1 - m0):
             o[m] = t[m * nq + q]
         if e.bias != NULL or e.res != NULL or e.act != 0:
-            _epi_row(o, m1 - m0, e.bias + ch if e.bias != NULL else NULL, True,
-                     e.res + (q0 + q) * g.m + ch if e.res != NULL else NULL, e.act, e.p0, e.p1,
-                     e.slope + ch if e.slope != NULL else NULL)
+            _epilogue(o, 1, m1 - m0, g.m, False, e.bias + ch if e.bias != NULL else NULL,
+                      e.res + (q0 + q) * g.m + ch if e.res != NULL else NULL, g.m, e,
+                      e.slope + ch if e.slope != NULL else NULL)
 
 
 cdef struct _Part:
@@ -244,10 +244,11 @@ cdef float* _ptr(a):
 
 def _conv2d(bint nhwc, x, w, bias, residual, out, scratch, kernel, strides, dilations, pads, int group,
             int act, double p0, double p1, slope, Py_ssize_t tile, bint parallel_tiles, bint direct,
-            int num_threads):
+            int num_threads, bint res_post=False):
     cdef Geo g
     cdef Epi e
     e.post_scale = e.post_shift = NULL
+    e.res_post = res_post
     x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
     if nhwc:
         (g.n, g.h, g.w, g.c), (on, g.oh, g.ow, g.m) = x.shape, out.shape
@@ -331,7 +332,7 @@ def scratch_floats(bint nhwc, Py_ssize_t kg, Py_ssize_t mg, Py_ssize_t tile, bin
 
 def conv2d_nchw(x, w, bias, residual, out, scratch, kernel, strides, dilations, pads, int group=1,
                 int act=0, double p0=0, double p1=0, slope=None, Py_ssize_t tile=0,
-                bint parallel_tiles=False, bint direct=False, int num_threads=1):
+                bint parallel_tiles=False, bint direct=False, int num_threads=1, bint res_post=False):
     """NCHW convolution ``out = act(conv(x, w) + bias + residual)`` by im2col + SGEMM.
 
     Parameters
@@ -356,6 +357,8 @@ def conv2d_nchw(x, w, bias, residual, out, scratch, kernel, strides, dilations, 
     direct : bool
         1x1 stride-1 unpadded kernels: multiply the input in place, no column buffer.
     num_threads : int
+    res_post : bool
+        Add ``residual`` after the activation: ``out = act(conv(x, w) + bias) + residual``.
 
     Returns
     -------
@@ -363,15 +366,15 @@ def conv2d_nchw(x, w, bias, residual, out, scratch, kernel, strides, dilations, 
         ``out``.
     """
     return _conv2d(False, x, w, bias, residual, out, scratch, kernel, strides, dilations, pads, group,
-                   act, p0, p1, slope, tile, parallel_tiles, direct, num_threads)
+                   act, p0, p1, slope, tile, parallel_tiles, direct, num_threads, res_post)
 
 
 def conv2d_nhwc(x, w, bias, residual, out, scratch, kernel, strides, dilations, pads, int group=1,
                 int act=0, double p0=0, double p1=0, slope=None, Py_ssize_t tile=0,
-                bint parallel_tiles=False, bint direct=False, int num_threads=1):
+                bint parallel_tiles=False, bint direct=False, int num_threads=1, bint res_post=False):
     """NHWC convolution; as :func:`conv2d_nchw` but ``x`` is (N, H, W, C), ``out`` (N, OH, OW, M),
     ``tile`` counts pixels of the whole batch (0: all of them), and ``w`` is packed (group, K,
     M/group) with K = KH * KW * C/group ordered (ki, kj, channel) -- except when the GEMM is split
     over output channels (``num_threads > 1`` without ``parallel_tiles``): then (M, K)."""
     return _conv2d(True, x, w, bias, residual, out, scratch, kernel, strides, dilations, pads, group,
-                   act, p0, p1, slope, tile, parallel_tiles, direct, num_threads)
+                   act, p0, p1, slope, tile, parallel_tiles, direct, num_threads, res_post)

@@ -132,7 +132,8 @@ def sgemm(a, b, c, bint trans_b=False, bint accumulate=False, int num_threads=1)
     return c
 
 
-cdef int _epi(Epi* e, Py_ssize_t m, bias, slope, int act, double p0, double p1, post=None) except -1:
+cdef int _epi(Epi* e, Py_ssize_t m, bias, slope, int act, double p0, double p1, post=None,
+              bint res_post=False) except -1:
     """Fill ``e``; ``post``: None or (scale, shift), (m,) each, applied after the activation (in
     the register epilogue, so only with an activation it handles, codes 1 to 5)."""
     if bias is not None and _array(bias, "bias").shape != (m,):
@@ -144,6 +145,7 @@ cdef int _epi(Epi* e, Py_ssize_t m, bias, slope, int act, double p0, double p1, 
     e.bias, e.slope = _ptr(bias), _ptr(slope if act == 7 else None)
     e.res, e.act, e.p0, e.p1 = NULL, act, p0, p1
     e.post_scale = e.post_shift = NULL
+    e.res_post = res_post
     if post is not None:
         scale, shift = post
         if _array(scale, "post scale").shape != (m,) or _array(shift, "post shift").shape != (m,):
@@ -173,6 +175,11 @@ def _no_overlap(out, *others):
             raise ValueError("gemm512: the output overlaps an input")
 
 
+def _post_in_place(bint res_post, bint in_place):
+    if res_post and in_place:
+        raise ValueError("gemm512: a residual added after the activation cannot be the output itself")
+
+
 def _in_place(out, residual):
     """Whether ``residual`` is ``out`` itself (same memory, shape and strides): the product is
     then accumulated onto it, which saves reading one tensor and fetching the other for
@@ -195,7 +202,7 @@ def _scratch(Py_ssize_t floats):
 
 
 cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, double p0, double p1,
-                           slope, post, list keep) except -1:
+                           slope, post, list keep, bint res_post=False) except -1:
     """Check a :func:`conv1x1_nhwc` call and fill its job (``j.e`` = ``e``); ``keep`` gets the
     arrays the job points into."""
     (x, ldx), (out, ldo) = _pixels(x, "input"), _pixels(out, "output", writeable=True)
@@ -213,8 +220,9 @@ cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, 
         residual, ld_res = _pixels(residual, "residual")
         if residual.shape != out.shape:
             raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
-    _epi(e, m, bias, slope, act, p0, p1, post)
+    _epi(e, m, bias, slope, act, p0, p1, post, res_post)
     cdef bint in_place = _in_place(out, residual)
+    _post_in_place(res_post, in_place)
     if in_place:
         residual = None
     _no_overlap(out, x, wp, bias, residual, slope)
@@ -235,18 +243,19 @@ cdef void _run_job(Job* j, int num_threads):
 
 
 def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
-                 int num_threads=1, post=None):
+                 int num_threads=1, post=None, bint res_post=False):
     """1x1 stride-1 unpadded NHWC convolution ``out = act(x @ W^T + bias + residual)``.
 
     ``x`` (N, H, W, C), ``out`` (N, H, W, M); ``wp`` the weights (C, M) packed by :func:`pack_b`;
     ``bias``/``slope`` (M,) or None, ``residual`` as ``out`` or None, or ``out`` itself (the
     product is then added onto it in place); ``post`` None or (scale, shift), (M,) each:
-    ``out = act(...) * scale + shift``.  Returns ``out``.
+    ``out = act(...) * scale + shift``.  ``res_post``: the residual is added last, after the
+    activation (and the affine), and may not be ``out``.  Returns ``out``.
     """
     _threads(num_threads)
     cdef Job j
     cdef Epi e
-    _conv1x1_nhwc_job(&j, &e, x, wp, bias, residual, out, act, p0, p1, slope, post, [])
+    _conv1x1_nhwc_job(&j, &e, x, wp, bias, residual, out, act, p0, p1, slope, post, [], res_post)
     _run_job(&j, num_threads)
     return out
 
@@ -259,9 +268,11 @@ cdef class Conv1x1Nhwc:
     cdef Epi e
     cdef list keep
 
-    def __init__(self, x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None, post=None):
+    def __init__(self, x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None, post=None,
+                 bint res_post=False):
         self.keep = []
-        _conv1x1_nhwc_job(&self.j, &self.e, x, wp, bias, residual, out, act, p0, p1, slope, post, self.keep)
+        _conv1x1_nhwc_job(&self.j, &self.e, x, wp, bias, residual, out, act, p0, p1, slope, post, self.keep,
+                          res_post)
 
     def __call__(self, int num_threads):
         _threads(num_threads)
@@ -270,12 +281,12 @@ cdef class Conv1x1Nhwc:
 
 
 def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
-                 int num_threads=1):
+                 int num_threads=1, bint res_post=False):
     """1x1 stride-1 unpadded NCHW convolution ``out[n] = act(W @ x[n] + bias + residual[n])``.
 
     ``x`` (N, C, H, W), ``w`` (M, C) (or (M, C, 1, 1)), ``out`` (N, M, H, W); each image's pixels
     are packed as B, then the jobs of that image run in parallel.  ``residual`` may be ``out``
-    itself (added onto in place).  Returns ``out``.
+    itself (added onto in place), unless ``res_post`` (added after the activation).  Returns ``out``.
     """
     x, out, w = _array(x, "input", 4), _array(out, "output", 4, writeable=True), _array(w, "weights")
     _threads(num_threads)
@@ -289,8 +300,9 @@ def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0,
     if residual is not None and _array(residual, "residual").shape != out.shape:
         raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
     cdef Epi e
-    _epi(&e, m, bias, slope, act, p0, p1)
+    _epi(&e, m, bias, slope, act, p0, p1, None, res_post)
     cdef bint in_place = _in_place(out, residual)
+    _post_in_place(res_post, in_place)
     if in_place:
         residual = None
     _no_overlap(out, x, w, bias, residual, slope)
@@ -335,20 +347,21 @@ def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1, Py_ssize_
 
 
 def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,
-                double p0=0, double p1=0, slope=None, int num_threads=1, bint implicit=False, post=None):
+                double p0=0, double p1=0, slope=None, int num_threads=1, bint implicit=False, post=None,
+                bint res_post=False):
     """Group-1 convolution by im2col on our SGEMM, either layout.
 
     ``x`` (N, C, H, W) or (N, H, W, C), ``out`` likewise; ``w`` for NCHW the weights (M, C*KH*KW),
     for NHWC ``pack_b`` of the weights (KH*KW*C, M) ordered (ki, kj, channel).  ``pads`` are
     (top, left, bottom, right).  ``implicit`` (NHWC, unit horizontal dilation): no im2col
     buffer where the taps lie inside the input; the GEMM reads them in place, one output row
-    per job.  ``post`` as for :func:`conv1x1_nhwc`.  Returns ``out``.
+    per job.  ``post`` and ``res_post`` as for :func:`conv1x1_nhwc`.  Returns ``out``.
     """
     cdef Geo g
     cdef Epi e
     _threads(num_threads)
     _im2col_init(&g, &e, nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, act, p0, p1, slope,
-                 implicit, post, [])
+                 implicit, post, [], res_post)
     _im2col_go(&g, &e, nhwc, implicit, x, w, out, num_threads)
     return out
 
@@ -363,10 +376,10 @@ cdef class ConvIm2col:
     cdef list keep
 
     def __init__(self, bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,
-                 double p0=0, double p1=0, slope=None, bint implicit=False, post=None):
+                 double p0=0, double p1=0, slope=None, bint implicit=False, post=None, bint res_post=False):
         self.keep = []
         _im2col_init(&self.g, &self.e, nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, act,
-                     p0, p1, slope, implicit, post, self.keep)
+                     p0, p1, slope, implicit, post, self.keep, res_post)
         self.nhwc, self.implicit, self.x, self.w, self.out = nhwc, implicit, x, w, out
 
     def __call__(self, int num_threads):
@@ -375,7 +388,8 @@ cdef class ConvIm2col:
 
 
 cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads,
-                      int act, double p0, double p1, slope, bint implicit, post, list keep) except -1:
+                      int act, double p0, double p1, slope, bint implicit, post, list keep,
+                      bint res_post=False) except -1:
     """Check a :func:`conv_im2col` call and fill its geometry and epilogue."""
     cdef Geo g
     w = _array(w, "weights")
@@ -414,7 +428,9 @@ cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, ker
                          f"{'NHWC' if nhwc else 'NCHW'} with dilations {dilations}")
     if post is not None and not nhwc:
         raise ValueError("gemm512: a post-activation affine is for NHWC convolutions")
-    _epi(e, g.m, bias, slope, act, p0, p1, post)
+    _epi(e, g.m, bias, slope, act, p0, p1, post, res_post)
+    if residual is not None and res_post and residual is out:
+        raise ValueError("gemm512: a residual added after the activation cannot be the output itself")
     e.res = _ptr(residual)
     _no_overlap(out, x, w, bias, residual, slope)
     gp[0] = g

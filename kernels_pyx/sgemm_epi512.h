@@ -21,7 +21,8 @@ static inline __mmask16 wb512_mask_hi(int nr) {
  * layout (leading dimension ld_res), then an activation: 0 none, 1 ReLU, 2 clip to [p0, p1],
  * 3 leaky ReLU with slope p0, 4 hard sigmoid max(0, min(1, p0 * x + p1)), 5 hard swish
  * x * max(0, min(1, x / 6 + 1 / 2)), and in AVX-512 builds 6 sigmoid, 8 tanh, 9 SiLU, 10 GELU,
- * 11 GELU (tanh form) (the codes of conv_gemm's Epi; wb512_epi_handles says which).
+ * 11 GELU (tanh form) (the codes of conv_gemm's Epi; wb512_epi_handles says which); with
+ * res_post the residual comes last instead, after the activation and the affine.
  * bias and res point at C's row 0 (the caller offsets them), columns are absolute. */
 typedef struct {
     const float* bias;
@@ -34,6 +35,9 @@ typedef struct {
      * NULL: none (a learnable affine after a convolution's activation, PP-LCNetV3's) */
     const float* post_scale;
     const float* post_shift;
+    /* the residual is added last, after the activation (and the affine): act(conv + bias) + res,
+     * a YOLO bottleneck's shortcut */
+    int res_post;
 } wb512_epi;
 
 #if WB512_NATIVE
@@ -113,7 +117,7 @@ static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m
             *v1 = _mm512_add_ps(*v1, bv1);
         }
     }
-    if (ep->res != NULL) {
+    if (ep->res != NULL && !ep->res_post) {
         const float* rr = ep->res + row * ep->ld_res + col0;
         *v0 = _mm512_add_ps(*v0, _mm512_maskz_loadu_ps(m0, rr));
         *v1 = _mm512_add_ps(*v1, _mm512_maskz_loadu_ps(m1, rr + 16));
@@ -121,6 +125,11 @@ static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m
     wb512_act(v0, v1, ep, m1);
     if (ep->post_scale != NULL)
         wb512_post(v0, v1, ep, row, col0, m0, m1);
+    if (ep->res != NULL && ep->res_post) {
+        const float* rr = ep->res + row * ep->ld_res + col0;
+        *v0 = _mm512_add_ps(*v0, _mm512_maskz_loadu_ps(m0, rr));
+        *v1 = _mm512_add_ps(*v1, _mm512_maskz_loadu_ps(m1, rr + 16));
+    }
 }
 #endif
 
@@ -147,7 +156,7 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
         for (j = 0; j < nr; j++) {
             float t = c[i * ldc + j];
             if (ep->bias != NULL) t += ep->bias_per_row ? ep->bias[row0 + i] : ep->bias[col0 + j];
-            if (ep->res != NULL) t += ep->res[(row0 + i) * ep->ld_res + col0 + j];
+            if (ep->res != NULL && !ep->res_post) t += ep->res[(row0 + i) * ep->ld_res + col0 + j];
             if (ep->act == 1) t = t < 0 ? 0 : t;   /* NaN stays NaN */
             else if (ep->act == 2) t = t < ep->p0 ? ep->p0 : (t > ep->p1 ? ep->p1 : t);
             else if (ep->act == 3) t = t >= 0 ? t : t * ep->p0;
@@ -161,6 +170,7 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
                 ptrdiff_t ch = ep->bias_per_row ? row0 + i : col0 + j;
                 t = t * ep->post_scale[ch] + ep->post_shift[ch];
             }
+            if (ep->res != NULL && ep->res_post) t += ep->res[(row0 + i) * ep->ld_res + col0 + j];
             c[i * ldc + j] = t;
         }
 #endif

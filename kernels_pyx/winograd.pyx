@@ -151,7 +151,7 @@ cdef float* _p(a):
 
 
 def nchw(x, U, bias, out, V, Mo, tmp, int m, pads, residual=None, int act=0, float p0=0, float p1=0,
-         slope=None, int rows=1, int mode=0, int num_threads=1):
+         slope=None, int rows=1, int mode=0, int num_threads=1, bint res_post=False):
     """Winograd F(m x m, 3x3) convolution (stride 1, dilation 1, group 1), written into ``out``.
 
     Parameters
@@ -178,19 +178,19 @@ def nchw(x, U, bias, out, V, Mo, tmp, int m, pads, residual=None, int act=0, flo
         Threads (of the shared pool).
     """
     return _conv(False, x, U, bias, out, V, Mo, tmp, m, pads, residual, act, p0, p1, slope, rows, mode,
-                 num_threads)
+                 num_threads, res_post)
 
 
 def nhwc(x, U, bias, out, V, Mo, tmp, int m, pads, residual=None, int act=0, float p0=0, float p1=0,
-         slope=None, int rows=1, int mode=0, int num_threads=1):
+         slope=None, int rows=1, int mode=0, int num_threads=1, bint res_post=False):
     """As :func:`nchw` for channels-last tensors: ``x`` (N, H, W, C), ``U`` ((m+2)**2, C, M),
     ``out`` and ``residual`` (N, OH, OW, M); scratch sizes from ``scratch_floats(..., nhwc=True)``."""
     return _conv(True, x, U, bias, out, V, Mo, tmp, m, pads, residual, act, p0, p1, slope, rows, mode,
-                 num_threads)
+                 num_threads, res_post)
 
 
 def _conv(bint nhwc, x, U, bias, out, V, Mo, tmp, int m, pads, residual, int act, float p0, float p1,
-          slope, int rows, int mode, int num_threads):
+          slope, int rows, int mode, int num_threads, bint res_post=False):
     _f32(x, "input")
     if x.ndim != 4:
         raise ValueError(f"input must be 4-D ({'N, H, W, C' if nhwc else 'N, C, H, W'}), got shape {x.shape}")
@@ -221,6 +221,7 @@ def _conv(bint nhwc, x, U, bias, out, V, Mo, tmp, int m, pads, residual, int act
     if slope is not None:
         _f32(slope, "slope", (M,))
     cdef Geo g
+    g.res_post = res_post
     g.x, g.U, g.bias, g.res, g.slope, g.y = _p(x), _p(U), _p(bias), _p(residual), _p(slope), _p(out)
     g.N, g.C, g.H, g.W, g.M, g.OH, g.OW, g.pt, g.pl = N, C, H, W, M, OH, OW, pt, pl
     g.ldo = M

@@ -236,26 +236,26 @@ def scratch_floats(int m, N, C, H, W, M, pads, int rows, int mode, int num_threa
 
 
 def nchw(x, PU, bias, out, V, Mo, tmp, work, int m, pads, residual=None, int act=0, float p0=0, float p1=0,
-         slope=None, int rows=1, int mode=0, int num_threads=1):
+         slope=None, int rows=1, int mode=0, int num_threads=1, bint res_post=False):
     """Winograd F(m x m, 3x3) convolution (stride 1, dilation 1, group 1) into ``out``.
 
     As ``winograd.nchw``, but ``PU`` is :func:`pack_u` of U ((m+2)**2, M, C), and one more
     scratch, ``work``, of the size :func:`scratch_floats` returns.
     """
     return _conv(False, x, PU, bias, out, V, Mo, tmp, work, m, pads, residual, act, p0, p1, slope, rows,
-                 mode, num_threads)
+                 mode, num_threads, res_post)
 
 
 def nhwc(x, PU, bias, out, V, Mo, tmp, work, int m, pads, residual=None, int act=0, float p0=0, float p1=0,
-         slope=None, int rows=1, int mode=0, int num_threads=1):
+         slope=None, int rows=1, int mode=0, int num_threads=1, bint res_post=False):
     """As :func:`nchw` for channels-last tensors: ``x`` (N, H, W, C), ``PU`` :func:`pack_u` of U
     ((m+2)**2, C, M), ``out`` and ``residual`` (N, OH, OW, M)."""
     return _conv(True, x, PU, bias, out, V, Mo, tmp, work, m, pads, residual, act, p0, p1, slope, rows,
-                 mode, num_threads)
+                 mode, num_threads, res_post)
 
 
 def _conv(bint nhwc, x, PU, bias, out, V, Mo, tmp, work, int m, pads, residual, int act, float p0,
-          float p1, slope, int rows, int mode, int num_threads):
+          float p1, slope, int rows, int mode, int num_threads, bint res_post=False):
     _f32(x, "input")
     if x.ndim != 4:
         raise ValueError(f"winograd512: input must be 4-D ({'N, H, W, C' if nhwc else 'N, C, H, W'}), "
@@ -295,6 +295,7 @@ def _conv(bint nhwc, x, PU, bias, out, V, Mo, tmp, work, int m, pads, residual, 
     if slope is not None:
         _f32(slope, "slope", (M,))
     cdef Geo g
+    g.res_post = res_post
     g.x, g.U, g.bias, g.res, g.slope, g.y = _p(x), _p(PU), _p(bias), _p(residual), _p(slope), _p(out)
     g.N, g.C, g.H, g.W, g.M, g.OH, g.OW, g.pt, g.pl = N, C, H, W, M, OH, OW, pt, pl
     g.ldo = ldo

@@ -4,7 +4,7 @@ Every layer becomes the ONNX node it came from, under the layer's name, with its
 constants (folded BatchNorm weights included) and its original attributes; what fusion added is
 spelled out again in standard ops after it, each node named ``<layer>/<part>``:
 
-- a fused residual add: ``Add(<layer>/raw, skip)``;
+- a fused residual add: ``Add(<layer>/raw, skip)``, or after the activation where it came after it;
 - a MatMul's fused bias: ``MatMul`` into ``<layer>/product``, then ``Add`` named ``<layer>/bias``;
 - a fused activation: its own op (``HardSwish`` as ``HardSigmoid`` + ``Mul`` before opset 14, as
   is a HardSwish layer of its own, whose ``HardSigmoid`` node keeps the layer's name);
@@ -269,14 +269,17 @@ def _emit(w, layer, metadata):
         w.node(layer.op, ins, outs, layer.name, attributes=attributes, metadata=metadata)
     x = raw
     post = a.get("post_affine")
-    if residual:
+    after = residual and bool(a.get("residual_after_activation"))
+    if residual and not after:
         y = out if not act else f"{layer.name}/sum"
         w.node("Add", [x, layer.inputs[3]], [y], f"{layer.name}/residual", metadata=part_of)
         x = y
     if act:
-        y = out if post is None else f"{layer.name}/activated"
+        y = out if post is None and not after else f"{layer.name}/activated"
         _activation(w, layer, x, y, part_of)
         x = y
+    if after:   # the shortcut of a YOLO bottleneck: after the activation (never with a post affine)
+        w.node("Add", [x, layer.inputs[3]], [out], f"{layer.name}/residual", metadata=part_of)
     if post is not None:   # after the activation, per channel (axis 1)
         shape = (1, -1) + (1,) * (len(layer.out_specs[0].shape) - 2)
         scaled = f"{layer.name}/post_scaled"

@@ -10,10 +10,13 @@ def layer_rows(graph, times=None):
     for i, layer in enumerate(graph):
         specs = graph.input_specs(layer)
         extra = []
-        if layer.attrs.get("residual"):
+        after = layer.attrs.get("residual_after_activation")
+        if layer.attrs.get("residual") and not after:
             extra.append("+residual")
         if layer.attrs.get("activation"):
             extra.append("+" + layer.attrs["activation"])
+        if after:
+            extra.append("+residual")
         if layer.attrs.get("fusion"):
             extra.append(f" [{layer.attrs['fusion']}]")
         row = dict(index=i, name=layer.name, op=layer.op + "".join(extra),

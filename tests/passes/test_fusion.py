@@ -4,7 +4,7 @@ import pytest
 from onnx import helper
 
 import workbench
-from onnx_helpers import assert_matches_onnxruntime, make_model
+from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
 
 
 def bn_params(rng, c):
@@ -123,3 +123,53 @@ def test_fold_constants_pass_on_a_built_graph():
     assert [l.name for l in g] == ["add"]
     out = workbench.ReferenceExecutor(g).run({"x": np.ones(3, np.float32)})["y"]
     np.testing.assert_array_equal(out, [0.0, -1.0, -2.0])
+
+
+def _silu_conv(name, x, y, w, k):
+    """A Conv + SiLU as ultralytics exports it (Conv, Sigmoid, Mul)."""
+    return [helper.make_node("Conv", [x, w, f"{w}.b"], [f"{name}.c"], name=name, pads=[k // 2] * 4),
+            helper.make_node("Sigmoid", [f"{name}.c"], [f"{name}.s"], name=f"{name}.sigmoid"),
+            helper.make_node("Mul", [f"{name}.c", f"{name}.s"], [y], name=f"{name}.mul")]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("shortcut_first", [False, True])
+def test_yolo_bottleneck_shortcut_fuses_after_the_activation(rng, k, shortcut_first):
+    """``x + silu(conv(silu(conv(x))))``: the Add becomes the second Conv's residual, added after
+    its activation; every routine that takes the fused Conv matches the reference (which matches
+    ONNX Runtime), the Winograd ones included, and the export writes the Add after the activation
+    again."""
+    from routine_helpers import assert_routine_matches
+    from workbench import routines
+    c = 16
+    inits = []
+    for w in ("w1", "w2"):
+        inits += [(w, (rng.standard_normal((c, c, k, k)) * 0.2).astype(np.float32)),
+                  (f"{w}.b", rng.standard_normal(c).astype(np.float32))]
+    add_in = ["x", "t2"] if shortcut_first else ["t2", "x"]
+    nodes = (_silu_conv("cv1", "x", "t1", "w1", k) + _silu_conv("cv2", "t1", "t2", "w2", k)
+             + [helper.make_node("Add", add_in, ["y"], name="add")])
+    model = make_model(nodes, [("x", [1, c, 9, 11])], [("y", None)], inits)
+    graph, _ = assert_matches_onnxruntime(model)
+    assert graph.op_counts() == {"Conv": 2}
+    conv = graph.layer("cv2")
+    assert conv.attrs["activation"] == "Silu" and conv.attrs["residual_after_activation"]
+    assert conv.inputs[3] == "x" and "add" in conv.fused
+    specs = graph.input_specs(conv)
+    taken = [d for d, r in routines.routines_for("Conv").items() if r.applies(conv, specs)]
+    assert not any("depthwise" in d for d in taken) and (k == 1 or any("winograd" in d for d in taken))
+    for d in taken:
+        assert_routine_matches(graph, d, layers=["cv2"], expect_layers=["cv2"], num_threads=2)
+    check_round_trip(graph, model)
+
+
+def test_a_shortcut_with_its_own_activation_stays_an_add(rng):
+    """``relu(x + silu(conv(x)))``: two activations around the Add, which stays a layer."""
+    inits = [("w1", (rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32)),
+             ("w1.b", rng.standard_normal(8).astype(np.float32))]
+    nodes = _silu_conv("cv1", "x", "t1", "w1", 3) + [helper.make_node("Add", ["t1", "x"], ["s"], name="add"),
+                                                     helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    model = make_model(nodes, [("x", [1, 8, 6, 7])], [("y", None)], inits)
+    graph, _ = assert_matches_onnxruntime(model)
+    assert graph.op_counts() == {"Add": 1, "Conv": 1}
+    assert not graph.layer("cv1").attrs.get("residual")

@@ -277,6 +277,48 @@ def test_im2col_bad_weights_raise():
                       (1, 1), (1, 2), (0, 0, 0, 0), implicit=True)
 
 
+@pytest.mark.parametrize("act, p0", [(1, 0.0), (7, 0.0), (9, 0.0), (3, 0.1)])   # register and separate-pass epilogues
+@pytest.mark.parametrize("kind", ["1x1_nhwc", "1x1_nchw", "im2col", "implicit"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_residual_after_the_activation(act, p0, kind, threads):
+    """``res_post``: out = act(conv + bias) + residual (depth over two K blocks, a ragged last strip
+    and panel), against NumPy; the residual may not be the output itself."""
+    rng = np.random.default_rng(act * 10 + threads)
+    n, c, h, w, m = 1, 300 if kind.startswith("1x1") else 30, 7, 17, 40
+    k = 1 if kind.startswith("1x1") else 3
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((m, c, k, k)) * 0.1).astype(np.float32)
+    bias = rng.standard_normal(m).astype(np.float32)
+    slope = np.linspace(-0.5, 0.5, m).astype(np.float32)
+    pad = k // 2
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    pre = sum(np.einsum("nchw,mc->nmhw", xp[:, :, i:i + h, j:j + w], wt[:, :, i, j]) for i in range(k)
+              for j in range(k)) + bias[:, None, None]
+    act_of = {1: lambda v: np.maximum(v, 0), 7: lambda v: np.where(v >= 0, v, v * slope[:, None, None]),
+              9: lambda v: v / (1 + np.exp(-v)), 3: lambda v: np.where(v >= 0, v, v * p0)}
+    res = rng.standard_normal(pre.shape).astype(np.float32)
+    want = act_of[act](pre) + res
+    if kind == "1x1_nchw":
+        out = np.zeros((n, m, h, w), np.float32)
+        g.conv1x1_nchw(x, wt.reshape(m, c), bias, res, out, act, p0, 0, slope, threads, res_post=True)
+        got = out
+        with pytest.raises(ValueError, match="after the activation"):
+            g.conv1x1_nchw(x, wt.reshape(m, c), bias, out, out, act, p0, 0, slope, threads, res_post=True)
+    else:
+        xn, rn = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(res.transpose(0, 2, 3, 1))
+        out = np.zeros((n, h, w, m), np.float32)
+        packed = g.pack_b(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(m, -1)), trans_b=True)
+        if kind == "1x1_nhwc":
+            g.conv1x1_nhwc(xn, packed, bias, rn, out, act, p0, 0, slope, threads, res_post=True)
+            with pytest.raises(ValueError, match="after the activation"):
+                g.conv1x1_nhwc(xn, packed, bias, out, out, act, p0, 0, slope, threads, res_post=True)
+        else:
+            g.conv_im2col(True, xn, packed, bias, rn, out, (k, k), (1, 1), (1, 1), (pad,) * 4, act, p0, 0, slope,
+                          threads, kind == "implicit", res_post=True)
+        got = out.transpose(0, 3, 1, 2)
+    assert _rel_err(got, want) < 1e-5
+
+
 @pytest.mark.parametrize("nhwc", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_residual_given_as_the_output_is_added_in_place(nhwc, threads):

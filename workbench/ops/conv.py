@@ -3,7 +3,8 @@
 Normalised attributes: ``kernel_shape``, ``strides``, ``dilations``, ``pads`` (begin values then
 end values, ONNX order; ``auto_pad`` is resolved at import), ``group``; ConvTranspose also
 ``output_padding``.  A Conv may carry a fused ``activation`` and ``residual`` (input 3 is added
-before the activation).
+before the activation, or after it with ``residual_after_activation``: a YOLO bottleneck's
+``x + silu(conv(x))``).
 """
 import math
 
@@ -12,6 +13,11 @@ import numpy as np
 from . import Op, check
 from ..graph import TensorSpec
 from .activation import epilogue
+
+
+def residual_after_activation(layer):
+    """Whether ``layer``'s fused residual is added after its activation (not before)."""
+    return bool(layer.attrs.get("residual") and layer.attrs.get("residual_after_activation"))
 
 
 def resolve_pads(node, in_spatial, kernel, strides, dilations):
@@ -134,9 +140,11 @@ class Conv(_Windowed):
         if b is not None:
             y += b.reshape(1, m, 1, 1)
         y = y.reshape((n, m) + ((ow,) if x.ndim == 3 else (oh, ow)))
-        if layer.attrs.get("residual"):
+        after = residual_after_activation(layer)
+        if layer.attrs.get("residual") and not after:
             y += args[3]
-        return [epilogue(layer, y)]
+        y = epilogue(layer, y)
+        return [y + args[3] if after else y]
 
     @classmethod
     def macs(cls, layer, specs):

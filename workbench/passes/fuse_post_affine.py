@@ -34,6 +34,7 @@ def fuse_post_affine(graph):
         x = layer.inputs[0]
         conv = graph.producer(x)
         if (conv is None or conv.op != "Conv" or not conv.attrs.get("activation") or "post_affine" in conv.attrs
+                or conv.attrs.get("residual_after_activation")
                 or len(conv.outputs) != 1 or graph.single_consumer(x) is not layer
                 or conv.out_specs[0].dtype != "float32" or len(conv.out_specs[0].shape) < 2):
             continue

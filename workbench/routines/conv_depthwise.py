@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import cpu
 from ..graph import NCHW, NHWC
+from ..ops.conv import residual_after_activation
 from . import Routine
 from .epilogue import encode
 
@@ -43,6 +44,8 @@ def depthwise_applies(layer, specs):
         return False
     if len(layer.inputs) > 2 and layer.inputs[2] and layer.const(2) is None:
         return False  # a bias computed at run time: not packed in prepare
+    if residual_after_activation(layer):
+        return False   # the kernels add a residual before the activation only
     if a.get("residual") and (len(specs) < 4 or specs[3] is None or specs[3].dtype != "float32"):
         return False
     return encode(layer, c, extended=True) is not None

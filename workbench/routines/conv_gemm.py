@@ -21,6 +21,7 @@ from .. import cpu
 from ..blas import SerialBlas
 from ..compiled import default_threads
 from ..graph import NCHW, NHWC
+from ..ops.conv import residual_after_activation
 from . import Routine
 from .conv_depthwise import depthwise_applies
 from .epilogue import encode
@@ -175,7 +176,8 @@ class _ConvGemm(Routine, register=False):
         fn = _kernels().conv2d_nhwc if cls.layout == NHWC else _kernels().conv2d_nchw
         with SerialBlas():
             fn(args[0], w, bias, residual, outs[0], scratch(need) if need else None, kernel, strides,
-               dilations, pads, group, epi.code, epi.p0, epi.p1, epi.slope, tile, par, state["direct"], num_threads)
+               dilations, pads, group, epi.code, epi.p0, epi.p1, epi.slope, tile, par, state["direct"], num_threads,
+               residual_after_activation(layer))
 
 
 class _Nchw(_ConvGemm, register=False):

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import cpu
 from ..graph import NCHW, NHWC
+from ..ops.conv import residual_after_activation
 from .conv_gemm import _ConvGemm, geometry
 from .epilogue import encode
 
@@ -44,7 +45,8 @@ class _Gemm512(_ConvGemm, register=False):
 
     @classmethod
     def in_place_input(cls, layer):
-        return 3 if layer.attrs.get("residual") else None   # the kernels accumulate onto it
+        # the kernels accumulate onto it, which puts it under the activation
+        return 3 if layer.attrs.get("residual") and not residual_after_activation(layer) else None
 
     @classmethod
     def prepare(cls, layer):
@@ -66,7 +68,8 @@ class _Gemm512(_ConvGemm, register=False):
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        cls._conv(*cls._args(layer, state, args, outs), num_threads, post=state["epi"].post)
+        cls._conv(*cls._args(layer, state, args, outs), num_threads, post=state["epi"].post,
+                  res_post=residual_after_activation(layer))
 
 
 class NchwGemm1x1Avx512(_Gemm512):
@@ -77,8 +80,8 @@ class NchwGemm1x1Avx512(_Gemm512):
         return np.ascontiguousarray(w)
 
     @staticmethod
-    def _conv(*args, post=None):
-        _kernels().conv1x1_nchw(*args)
+    def _conv(*args, post=None, res_post=False):
+        _kernels().conv1x1_nchw(*args, res_post=res_post)
 
 
 class NhwcGemm1x1Avx512(_Gemm512):
@@ -92,12 +95,13 @@ class NhwcGemm1x1Avx512(_Gemm512):
         return _kernels().pack_b(np.ascontiguousarray(w), trans_b=True)
 
     @staticmethod
-    def _conv(*args, post=None):
-        _kernels().conv1x1_nhwc(*args, post=post)
+    def _conv(*args, post=None, res_post=False):
+        _kernels().conv1x1_nhwc(*args, post=post, res_post=res_post)
 
     @classmethod
     def bind(cls, layer, state, args, outs):
-        return _kernels().Conv1x1Nhwc(*cls._args(layer, state, args, outs), post=state["epi"].post)
+        return _kernels().Conv1x1Nhwc(*cls._args(layer, state, args, outs), post=state["epi"].post,
+                                      res_post=residual_after_activation(layer))
 
 
 class _Im2col512(_ConvGemm, register=False):
@@ -142,12 +146,12 @@ class _Im2col512(_ConvGemm, register=False):
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         _kernels().conv_im2col(*cls._args(layer, state, args, outs), num_threads, cls.implicit,
-                               post=state["epi"].post)
+                               post=state["epi"].post, res_post=residual_after_activation(layer))
 
     @classmethod
     def bind(cls, layer, state, args, outs):
         return _kernels().ConvIm2col(*cls._args(layer, state, args, outs), implicit=cls.implicit,
-                                     post=state["epi"].post)
+                                     post=state["epi"].post, res_post=residual_after_activation(layer))
 
 
 class NchwIm2colAvx512(_Im2col512):

@@ -31,6 +31,7 @@ import numpy as np
 from .. import cpu
 from ..blas import SerialBlas
 from ..graph import NCHW, NHWC
+from ..ops.conv import residual_after_activation
 from . import Routine
 from .epilogue import encode
 
@@ -165,7 +166,8 @@ class _Winograd(Routine, register=False):
         cls.call(k.nhwc if nhwc else k.nchw,
                  x, state["U"], state["bias"], out, *state["scratch"][key], cls.m, a["pads"],
                  residual=args[3] if a.get("residual") else None, act=ep.code, p0=ep.p0, p1=ep.p1,
-                 slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads)
+                 slope=ep.slope, rows=rows, mode=mode, num_threads=num_threads,
+                 res_post=residual_after_activation(layer))
 
 
     @classmethod

@@ -96,9 +96,9 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
     for step, (kind, payload, ins, outs) in enumerate(plan):
         for k in outs:
             writers.setdefault(k, []).append((step, kind, payload))
-        for k in ins:
+        for i, k in enumerate(ins):
             if k is not None:
-                readers.setdefault(k, []).append((step, kind, payload))
+                readers.setdefault(k, []).append((step, kind, payload, i))
     targets = set(alias.values())
     slices = {}
 
@@ -108,7 +108,7 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
         says it takes those."""
         return (axis == len(shape_of(key)) - 1
                 and all(kind == "layer" and routines[p.name].strided_out for _, kind, p in writers.get(key, []))
-                and all(kind == "layer" and routines[p.name].strided_in for _, kind, p in readers.get(key, [])))
+                and all(kind == "layer" and routines[p.name].reads_strided(p, i) for _, kind, p, i in readers.get(key, [])))
 
     def children_ok(key, axis, contiguous):
         """The views already cut from ``key`` stay rows of one stride once ``key`` is a slice."""

@@ -91,6 +91,12 @@ class Routine:
         return [cls.layout if len(s.shape) == 4 else NCHW for s in layer.out_specs]
 
     @classmethod
+    def reads_strided(cls, layer, index):
+        """Whether input ``index`` may be such a slice (:attr:`strided_in`; a routine whose
+        kernels take only some inputs so says here)."""
+        return cls.strided_in
+
+    @classmethod
     def in_place_input(cls, layer):
         """Index of an input that :meth:`run` may be given as the output buffer itself (a fused
         residual the kernel adds onto in place), or None.  The executor does so only where that

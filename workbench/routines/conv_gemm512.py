@@ -167,6 +167,10 @@ class NhwcIm2colAvx512(_Im2col512):
     post_affine = True
     strided_in = strided_out = True   # the gather's pixel stride; C's leading dimension
 
+    @classmethod
+    def reads_strided(cls, layer, index):
+        return cls.strided_in and index == 0   # the residual is read as a contiguous block
+
     @staticmethod
     def _pack(w):
         # GEMM depth in the NHWC gather's order (ki, kj, channel); (M, K) read transposed.

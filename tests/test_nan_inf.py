@@ -183,6 +183,23 @@ def test_conv_with_fused_activation_under_every_routine(kind, act):
     assert run_every_routine(model) == {}
 
 
+@pytest.mark.parametrize("act", ["Relu", "HardSwish", "Sigmoid"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_shortcut_after_the_activation_under_every_routine(k, act):
+    """``x + act(conv(x))``, fused as one Conv with its residual after the activation: the
+    specials reach the output through the residual as through the product (Winograd's exact path
+    included)."""
+    c = X_SHAPE[1]
+    inits = [_init("w", [c, c, k, k]), _init("b", [c], 0.1)]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[k // 2] * 4),
+             helper.make_node(act, ["c"], ["a"]), helper.make_node("Add", ["a", "x"], ["y"])]
+    model = _model(nodes, [("x", X_SHAPE)], inits)
+    graph, cases = cases_for(model)
+    assert len(graph) == 1 and graph.layer(cases[0][0]).attrs.get("residual_after_activation")
+    assert len(cases) >= 3
+    assert run_every_routine(model) == {}
+
+
 #: Failing today in routines of other owners (see the module docstring).
 OP_XFAIL = {
     "Resize_linear": "Resize linear (routines/tensor_ops.py bilinear and the NumPy reference): w0*a + w1*b "

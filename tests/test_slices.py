@@ -91,7 +91,7 @@ def test_nchw_batch1_concat_parts_and_split_views_share_one_buffer():
     compiled = CompiledModel(graph, {l.name: "cpu:float32:nchw/copy" if l.op in ("Concat", "Split") else REFERENCE
                                      for l in graph}, num_threads=2)
     cat = ("cat", "nchw")
-    t, b0 = ("t", "nchw"), ("b", "nchw")   # b: the shortcut Add's output
+    t, b0 = ("t", "nchw"), ("b", "nchw")   # b: the bottleneck conv with the shortcut fused
     assert compiled.slices[t].base == cat and compiled.slices[b0].base == cat
     assert {k for k, s in compiled.slices.items() if s.base == ("sppf", "nchw")} == {
         (graph.layer(n).outputs[0], "nchw") for n in ("cv2", "pool1", "pool2")}

@@ -173,3 +173,40 @@ def test_a_shortcut_with_its_own_activation_stays_an_add(rng):
     graph, _ = assert_matches_onnxruntime(model)
     assert graph.op_counts() == {"Add": 1, "Conv": 1}
     assert not graph.layer("cv1").attrs.get("residual")
+
+
+@pytest.mark.parametrize("case", ["grouped", "read_twice", "graph_output", "then_affine"])
+def test_where_a_shortcut_after_the_activation_is_left_alone(rng, case):
+    """No fusion into a grouped Conv (its depthwise kernels add a residual before the activation
+    only), nor where the activated output is read elsewhere or is a graph output; a per-channel
+    affine after the fused shortcut stays out of the Conv's post-affine.  Each against ONNX
+    Runtime, the Conv's inputs and attributes as they were where the Add stays."""
+    c, group = 8, 8 if case == "grouped" else 1
+    inits = [("w1", (rng.standard_normal((c, c // group, 3, 3)) * 0.2).astype(np.float32)),
+             ("w1.b", rng.standard_normal(c).astype(np.float32))]
+    conv = helper.make_node("Conv", ["x", "w1", "w1.b"], ["cv1.c"], name="cv1", pads=[1] * 4, group=group)
+    nodes = [conv, helper.make_node("Sigmoid", ["cv1.c"], ["cv1.s"], name="cv1.sigmoid"),
+             helper.make_node("Mul", ["cv1.c", "cv1.s"], ["t1"], name="cv1.mul"),
+             helper.make_node("Add", ["t1", "x"], ["s"], name="add")]
+    outputs = [("y", None)]
+    if case == "then_affine":
+        inits += [("k", rng.uniform(0.5, 2, (1, c, 1, 1)).astype(np.float32)),
+                  ("k2", rng.standard_normal((1, c, 1, 1)).astype(np.float32))]
+        nodes += [helper.make_node("Mul", ["s", "k"], ["u"], name="scale"),
+                  helper.make_node("Add", ["u", "k2"], ["y"], name="shift")]
+    elif case == "read_twice":
+        nodes.append(helper.make_node("Mul", ["s", "t1"], ["y"], name="reuse"))
+    else:   # the Add's output is the model's: nothing after it
+        nodes[-1] = helper.make_node("Add", ["t1", "x"], ["y"], name="add")
+        if case == "graph_output":
+            outputs.append(("t1", None))
+    model = make_model(nodes, [("x", [1, c, 6, 7])], outputs, inits)
+    graph, _ = assert_matches_onnxruntime(model)
+    layer = graph.layer("cv1")
+    if case == "then_affine":
+        assert layer.attrs["residual_after_activation"] and "post_affine" not in layer.attrs
+        assert graph.op_counts()["Conv"] == 1 and len(graph) == 2   # the affine stays a layer of its own
+    else:
+        assert not layer.attrs.get("residual") and not layer.attrs.get("residual_after_activation")
+        assert len(layer.inputs) == 3 and layer.outputs == ["t1"] and "add" not in layer.fused
+

@@ -175,17 +175,16 @@ def _no_overlap(out, *others):
             raise ValueError("gemm512: the output overlaps an input")
 
 
-def _post_in_place(bint res_post, bint in_place):
-    if res_post and in_place:
-        raise ValueError("gemm512: a residual added after the activation cannot be the output itself")
-
-
-def _in_place(out, residual):
+def _in_place(out, residual, bint res_post=False):
     """Whether ``residual`` is ``out`` itself (same memory, shape and strides): the product is
     then accumulated onto it, which saves reading one tensor and fetching the other for
-    writing.  Any other overlap is refused by :func:`_no_overlap`."""
-    return (residual is not None and residual.shape == out.shape and residual.strides == out.strides
+    writing (refused for a residual added after the activation).  Any other overlap is refused
+    by :func:`_no_overlap`."""
+    same = (residual is not None and residual.shape == out.shape and residual.strides == out.strides
             and residual.__array_interface__["data"][0] == out.__array_interface__["data"][0])
+    if same and res_post:
+        raise ValueError("gemm512: a residual added after the activation cannot be the output itself")
+    return same
 
 
 _local = threading.local()
@@ -221,8 +220,7 @@ cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, 
         if residual.shape != out.shape:
             raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
     _epi(e, m, bias, slope, act, p0, p1, post, res_post)
-    cdef bint in_place = _in_place(out, residual)
-    _post_in_place(res_post, in_place)
+    cdef bint in_place = _in_place(out, residual, res_post)
     if in_place:
         residual = None
     _no_overlap(out, x, wp, bias, residual, slope)
@@ -301,8 +299,7 @@ def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0,
         raise ValueError(f"gemm512: residual {residual.shape} must have the output's shape {out.shape}")
     cdef Epi e
     _epi(&e, m, bias, slope, act, p0, p1, None, res_post)
-    cdef bint in_place = _in_place(out, residual)
-    _post_in_place(res_post, in_place)
+    cdef bint in_place = _in_place(out, residual, res_post)
     if in_place:
         residual = None
     _no_overlap(out, x, w, bias, residual, slope)
@@ -429,8 +426,6 @@ cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, ker
     if post is not None and not nhwc:
         raise ValueError("gemm512: a post-activation affine is for NHWC convolutions")
     _epi(e, g.m, bias, slope, act, p0, p1, post, res_post)
-    if residual is not None and res_post and residual is out:
-        raise ValueError("gemm512: a residual added after the activation cannot be the output itself")
     e.res = _ptr(residual)
     _no_overlap(out, x, w, bias, residual, slope)
     gp[0] = g

@@ -14,15 +14,7 @@ where such a routine takes the Conv, so a CPU without AVX-512 keeps the ChannelA
 """
 import numpy as np
 
-REFERENCE = "cpu:float32:nchw/reference"
-
-
-def _runs_fast(graph, conv):
-    """Whether a routine other than the reference takes ``conv`` with its post-affine (on this
-    CPU: the kernels that apply it need AVX-512)."""
-    from .. import routines
-    specs = graph.input_specs(conv)
-    return any(d != REFERENCE and r.applies(conv, specs) for d, r in routines.routines_for("Conv").items())
+from ._fast import runs_fast
 
 
 def fuse_post_affine(graph):
@@ -43,7 +35,7 @@ def fuse_post_affine(graph):
             "scale": np.ascontiguousarray(np.broadcast_to(np.asarray(layer.consts[1], np.float32).reshape(-1), (c,))),
             "shift": np.ascontiguousarray(np.broadcast_to(np.asarray(layer.consts[2], np.float32).reshape(-1), (c,))),
         }
-        if not _runs_fast(graph, conv):   # only the reference would take it: leave the layers as they are
+        if not runs_fast(graph, conv):   # only the reference would take it: leave the layers as they are
             del conv.attrs["post_affine"]
             continue
         conv.outputs = list(layer.outputs)

@@ -11,7 +11,7 @@ only) where a routine other than the reference takes the fused Conv, and never w
 activation on the Add as well.
 """
 
-REFERENCE = "cpu:float32:nchw/reference"
+from ._fast import runs_fast
 
 
 def _eligible_conv(graph, tensor, add):
@@ -22,12 +22,6 @@ def _eligible_conv(graph, tensor, add):
     if conv.attrs.get("activation") and (add.attrs.get("activation") or conv.attrs.get("group", 1) != 1):
         return None   # two activations; or a grouped Conv, whose depthwise kernels cannot take it
     return conv
-
-
-def _runs_fast(graph, conv):
-    from .. import routines
-    specs = graph.input_specs(conv)
-    return any(d != REFERENCE and r.applies(conv, specs) for d, r in routines.routines_for("Conv").items())
 
 
 def fuse_residual_adds(graph):
@@ -51,7 +45,7 @@ def fuse_residual_adds(graph):
         conv.attrs["residual"] = True
         if conv.attrs.get("activation"):
             conv.attrs["residual_after_activation"] = True
-            if not _runs_fast(graph, conv):   # only the reference would take it: leave the Add
+            if not runs_fast(graph, conv):   # only the reference would take it: leave the Add
                 conv.inputs, conv.attrs, conv.outputs = saved
                 continue
         for key in ("activation", "activation_params"):

@@ -63,6 +63,16 @@ typedef struct {
     int runs;
 } wb512_strip;
 
+/* How the strips that share a panel fetch the next one into L2 (cold weights stream from
+ * memory): strip s of ns fetches its own stretch of it, pfs floats a k step, so the misses spread
+ * over the whole panel's time instead of queueing with the first strip's loads for the few
+ * line-fill buffers.  Strips past the stretches fetch their own panel (in L1 already). */
+static inline ptrdiff_t wb512_pf_step(int ns) { return ns >= 8 ? 4 : ns >= 4 ? 8 : ns >= 2 ? 16 : 32; }
+static inline const float* wb512_pf_at(const float* next, const float* panel, int s, ptrdiff_t kcb,
+                                       ptrdiff_t pfs) {
+    return s < WB512_NR / pfs ? next + s * kcb * pfs : panel;
+}
+
 /* Pack panels p0..p1-1 (of WB512_NR columns) of op(B) (k x n); trans_b: B is stored (n, k).
  * Layout: K-block starting at row kb holds its panels at dst + kb * npad + jp * kcb * NR. */
 static inline void wb512_pack_b(ptrdiff_t k, ptrdiff_t n, const float* b, ptrdiff_t ldb, int trans_b,
@@ -237,7 +247,7 @@ static inline void wb512_micro1(ptrdiff_t kcb, const float* a, const float* pb, 
  * floats, then runs of chunk floats, each jump floats past the end of the one before; a plain
  * matrix row is one run (run0 = kcb). */
 static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t aoff, const float* pb,
-                                  ptrdiff_t col0, int nr, int load, const float* pf, const wb512_epi* ep,
+                                  ptrdiff_t col0, int nr, int load, const float* pf, ptrdiff_t pfs, const wb512_epi* ep,
                                   ptrdiff_t run0, ptrdiff_t chunk, ptrdiff_t jump) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00,
@@ -275,8 +285,8 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t
             b1 = _mm512_loadu_ps(pb + 16);
             _mm_prefetch((const char*)(pb + 8 * WB512_NR), _MM_HINT_T0);
             _mm_prefetch((const char*)pf, _MM_HINT_T1);
-            _mm_prefetch((const char*)(pf + 16), _MM_HINT_T1);
-            pf += WB512_NR;
+            _mm_prefetch((const char*)(pf + (pfs >> 1)), _MM_HINT_T1);
+            pf += pfs;
             WB512_ROWD(0, q0[0]) WB512_ROWD(1, q0[l1]) WB512_ROWD(2, q0[l2])
             WB512_ROWD(3, q3[0]) WB512_ROWD(4, q3[l1]) WB512_ROWD(5, q3[l2])
             WB512_ROWD(6, q6[0]) WB512_ROWD(7, q6[l1]) WB512_ROWD(8, q6[l2])
@@ -314,7 +324,7 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t
         _mm512_mask_storeu_ps(cr, m0, c##i##0); \
     }
 static inline void wb512_micro_da16(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t aoff, const float* pb,
-                                    ptrdiff_t col0, int nr, int load, const float* pf, const wb512_epi* ep,
+                                    ptrdiff_t col0, int nr, int load, const float* pf, ptrdiff_t pfs, const wb512_epi* ep,
                                     ptrdiff_t run0, ptrdiff_t chunk, ptrdiff_t jump) {
     __m512 c00 = _mm512_setzero_ps(), c10 = c00, c20 = c00, c30 = c00, c40 = c00, c50 = c00, c60 = c00,
            c70 = c00, c80 = c00, c90 = c00, c100 = c00, c110 = c00;
@@ -337,7 +347,7 @@ static inline void wb512_micro_da16(ptrdiff_t kcb, const wb512_strip* s, ptrdiff
             b0 = _mm512_loadu_ps(pb);
             _mm_prefetch((const char*)(pb + 8 * WB512_NR), _MM_HINT_T0);
             _mm_prefetch((const char*)pf, _MM_HINT_T1);
-            pf += WB512_NR;
+            pf += pfs;
             WB512_ROWH(0, q0[0]) WB512_ROWH(1, q0[l1]) WB512_ROWH(2, q0[l2])
             WB512_ROWH(3, q3[0]) WB512_ROWH(4, q3[l1]) WB512_ROWH(5, q3[l2])
             WB512_ROWH(6, q6[0]) WB512_ROWH(7, q6[l1]) WB512_ROWH(8, q6[l2])
@@ -377,12 +387,13 @@ static inline void wb512_micro_pf(ptrdiff_t kcb, const float* pa, const float* p
 
 #if !WB512_NATIVE
 static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t aoff, const float* pb,
-                                  ptrdiff_t col0, int nr, int load, const float* pf, const wb512_epi* ep,
+                                  ptrdiff_t col0, int nr, int load, const float* pf, ptrdiff_t pfs, const wb512_epi* ep,
                                   ptrdiff_t run0, ptrdiff_t chunk, ptrdiff_t jump) {
     float acc[WB512_MR][WB512_NR];
     ptrdiff_t kk;
     int i, j;
     (void)pf;
+    (void)pfs;
     memset(acc, 0, sizeof(acc));
     ptrdiff_t off = aoff, left = run0;
     for (kk = 0; kk < kcb; kk++) {
@@ -476,10 +487,12 @@ static inline void wb512_gemm_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, cons
                                                      (k - kb - kcb < WB512_KC ? k - kb - kcb : WB512_KC)
                                     : panel;
                 float* cc = c + ic * ldc + col;
+                ptrdiff_t pfs = wb512_pf_step((int)(full / WB512_MR));
                 for (ir = 0; ir < full; ir += WB512_MR)
                     (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, st + ir / WB512_MR, kb, panel, col,
-                                                                    (int)nr, load, ir == 0 ? next : panel, last,
-                                                                    kcb, kcb, 0);
+                                                                    (int)nr, load,
+                                                                    wb512_pf_at(next, panel, (int)(ir / WB512_MR), kcb, pfs),
+                                                                    pfs, last, kcb, kcb, 0);
                 if (tail == 1)   /* a row read in place */
                     wb512_micro1(kcb, ab + full * lda, panel, cc + full * ldc, (int)nr, load, full == 0 ? next : panel);
                 else if (tail && tail <= 4 && full > 0)

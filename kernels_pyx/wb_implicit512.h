@@ -26,13 +26,14 @@ static inline void wb512_conv_strips(int ns, const wb512_strip* st, ptrdiff_t kg
             const float* panel = pb + kb * npad + jp * kcb * WB512_NR;
             ptrdiff_t col = jp * WB512_NR, nr = j1 - col < WB512_NR ? j1 - col : WB512_NR;
             const float* next = (jp + 1) * WB512_NR < j1 ? panel + kcb * WB512_NR : panel;
+            ptrdiff_t pfs = wb512_pf_step(ns);
             for (s = 0; s < ns; s++) {
-                const float* pf = s == 0 ? next : panel;
+                const float* pf = wb512_pf_at(next, panel, s, kcb, pfs);
                 if (st[s].runs)
-                    (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, st + s, off, panel, col, (int)nr, kb > 0, pf,
+                    (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, st + s, off, panel, col, (int)nr, kb > 0, pf, pfs,
                                                                     last, chunk - t, chunk, rowstep - chunk);
                 else
-                    (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, st + s, kb, panel, col, (int)nr, kb > 0, pf,
+                    (nr <= 16 ? wb512_micro_da16 : wb512_micro_da)(kcb, st + s, kb, panel, col, (int)nr, kb > 0, pf, pfs,
                                                                     last, kcb, kcb, 0);
             }
         }

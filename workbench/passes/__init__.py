@@ -3,6 +3,7 @@ from .constant_folding import fold_constants
 from .dead_nodes import remove_dead_layers
 from .identity import remove_identities
 from .rejoin_splits import rejoin_splits
+from .transpose_first import transpose_before_flatten
 from .fold_batchnorm import fold_batchnorm
 from .fuse_layernorm import fuse_layernorm
 from .fuse_patterns import fuse_patterns
@@ -21,6 +22,7 @@ PIPELINE = (
     ("fold_constants", fold_constants),
     ("remove_identities", remove_identities),
     ("rejoin_splits", rejoin_splits),
+    ("transpose_before_flatten", transpose_before_flatten),
     ("remove_dead_layers", remove_dead_layers),
     ("fold_batchnorm", fold_batchnorm),
     ("fuse_layernorm", fuse_layernorm),

@@ -205,6 +205,33 @@ class TransposeNchw(Routine):
             np.copyto(y, x.transpose(perm))
 
 
+class TransposeToChannelsLast(Routine):
+    """Transpose (0, 2, 3, 1) of a channels-last tensor: its NHWC buffer already holds the
+    result's elements in order, so the output (plain, channels-first rules) is a view of it."""
+
+    uses_blas = False
+    op = "Transpose"
+    layout = NHWC
+    algo = "view"
+    priority = 20
+    view_of_input = 0
+
+    @classmethod
+    def applies(cls, layer, specs):
+        perm = layer.attrs["perm"]
+        return (0 not in layer.consts and len(specs[0].shape) == 4 and specs[0].size > 0 and perm is not None
+                and [p % 4 for p in perm] == [0, 2, 3, 1])
+
+    @classmethod
+    def output_layouts(cls, layer):
+        return [NCHW]
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        # Run on separate buffers (profiling, the checker): the NHWC input's elements, as they lie.
+        np.copyto(outs[0], args[0].reshape(outs[0].shape))
+
+
 # -- gathers: Pad, Slice, nearest Resize; bilinear Resize -------------------------------------------------
 def _to4(tables):
     """Pad a list of per-axis tables to four axes with leading one-entry tables."""

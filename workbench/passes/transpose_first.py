@@ -20,7 +20,8 @@ def _flattens_spatial(graph, reshape):
     if reshape.op != "Reshape" or not reshape.activation_inputs or reshape.inputs[0] in graph.constants:
         return False
     x = graph.spec(reshape.inputs[0]).shape
-    return len(x) == 4 and tuple(reshape.out_specs[0].shape) == (x[0], x[1], x[2] * x[3])
+    return (len(x) == 4 and all(isinstance(d, (int, np.integer)) and d > 0 for d in x)
+            and tuple(reshape.out_specs[0].shape) == (x[0], x[1], x[2] * x[3]))
 
 
 def transpose_before_flatten(graph):

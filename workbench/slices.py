@@ -17,7 +17,9 @@ array of evenly spaced rows, and every routine that writes or reads it must say 
 (:attr:`Routine.strided_out`, :attr:`Routine.strided_in`).  Graph inputs and outputs are never
 slices of another tensor (a Concat that is a graph output still takes its parts in place), nor
 are tensors that other buffers alias (residuals overwritten in place), except by reshapes where
-the slice is contiguous.
+the slice is contiguous, or, for a Split output, by reshapes that are views of the strided slice
+too and that nothing reads but the output copy (a detector head's box channels, transposed to a
+channels-last graph output: :mod:`workbench.passes.transpose_first`).
 
 A part that is a reshape of another tensor (a detector head flattens each scale's (N, C, H, W)
 map to (N, C, H*W) before joining the scales along that last axis) puts that tensor in place
@@ -60,6 +62,18 @@ def reshaped(array, shape):
     except AttributeError as e:
         raise ValueError(f"a {array.shape} view with strides {array.strides} cannot be seen as {shape}") from e
     return view
+
+
+def _viewable(part, whole, shape):
+    """A slice of shape ``part`` of a C-contiguous ``whole`` (rows of one stride) can be seen as
+    ``shape`` without copying."""
+    strides = [int(np.prod(whole[a + 1:], dtype=np.int64)) * 4 for a in range(len(whole))]
+    probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), tuple(part), strides)
+    try:
+        reshaped(probe, tuple(shape))
+    except ValueError:
+        return False
+    return True
 
 
 def _contiguous(shape, axis):
@@ -108,7 +122,7 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
         says it takes those."""
         return (axis == len(shape_of(key)) - 1
                 and all(kind == "layer" and routines[p.name].strided_out for _, kind, p in writers.get(key, []))
-                and all(kind == "layer" and routines[p.name].reads_strided(p, i) for _, kind, p, i in readers.get(key, [])))
+                and all(kind == "layer" and routines[p.name].reads_strided(p, i) for _, kind, p, i in data_readers(key)))
 
     def children_ok(key, axis, contiguous):
         """The views already cut from ``key`` stay rows of one stride once ``key`` is a slice."""
@@ -119,13 +133,21 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
         sl = slices.get(key)
         return sl is None or (_contiguous(shape_of(sl.base), sl.axis) and contiguous_buffer(sl.base))
 
-    def free(key, contiguous=False):
+    def free(key, contiguous=False, whole=None):
         """``key`` has a buffer of its own to give up: no view of another, no graph input or
-        output, no slice yet, and no other buffer aliases it, unless the slice is contiguous and
-        those are only reshapes of it (which stay valid views of a contiguous slice)."""
+        output, no slice yet, and no other buffer aliases it, unless those are only reshapes of
+        it and either the slice is contiguous (they stay valid views of it) or, given the
+        ``whole`` shape it is a slice of, they are views of the strided slice too and nothing
+        reads them but as graph outputs (which are copied out, whatever their strides)."""
         if key in alias or key in protected or key in slices:
             return False
-        return key not in targets or contiguous and all(k in reshapes for k, v in alias.items() if v == key)
+        views = [k for k, v in alias.items() if v == key]
+        if not views:
+            return True
+        if not all(k in reshapes for k in views):
+            return False
+        return contiguous or whole is not None and all(not data_readers(k) and _viewable(shape_of(key), whole, shape_of(k))
+                                                       for k in views)
 
     def data_readers(key):
         """The steps that read ``key``'s elements (not the view layers that reinterpret it)."""
@@ -186,7 +208,8 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
         start = 0
         for k in outs:
             width = shape_of(k)[axis]
-            if free(k, contiguous) and len(writers.get(k, [])) == 1 and (contiguous or strided_ok(k, axis)):
+            if (free(k, contiguous, shape_of(base)) and len(writers.get(k, [])) == 1
+                    and (contiguous or strided_ok(k, axis))):
                 slices[k] = Slice(base, axis, start, start + width)
             start += width
 

@@ -15,9 +15,10 @@ from workbench.compiled import CompiledModel
 VIEW = "cpu:float32:nhwc/view"
 
 
-def picodet_head(rng, hw=(6, 9), classes=5, box=8):
+def picodet_head(rng, hw=(6, 9), classes=5, box=8, read_boxes=False):
     """One level of a PicoDet head: a 1x1 conv to classes + box channels, Split, Sigmoid on the
-    scores, and each part flattened to (1, C, H*W) and transposed to (1, H*W, C)."""
+    scores, and each part flattened to (1, C, H*W) and transposed to (1, H*W, C); with
+    ``read_boxes`` a layer also reads the boxes (as a decoder would)."""
     c = classes + box
     w = (rng.standard_normal((c, 4, 1, 1)) * 0.5).astype(np.float32)
     b = rng.standard_normal(c).astype(np.float32)
@@ -30,7 +31,11 @@ def picodet_head(rng, hw=(6, 9), classes=5, box=8):
              helper.make_node("Transpose", ["flat_reg"], ["boxes"], perm=[0, 2, 1], name="transpose_reg")]
     inits = [("w", w), ("b", b), ("parts", np.array([classes, box], np.int64)),
              ("shape_cls", np.array([1, classes, -1], np.int64)), ("shape_reg", np.array([0, box, -1], np.int64))]
-    return make_model(nodes, [("x", [1, 4, *hw])], [("scores", None), ("boxes", None)], inits)
+    outputs = [("scores", None), ("boxes", None)]
+    if read_boxes:
+        nodes.append(helper.make_node("Relu", ["boxes"], ["decoded"], name="decode"))
+        outputs.append(("decoded", None))
+    return make_model(nodes, [("x", [1, 4, *hw])], outputs, inits)
 
 
 def test_head_transposes_first(rng):
@@ -46,8 +51,9 @@ def test_head_transposes_first(rng):
     check_round_trip(graph, model)
 
 
-def test_channels_last_plan_moves_nothing(rng):
-    model = picodet_head(rng)
+@pytest.mark.parametrize("read_boxes", [False, True])
+def test_channels_last_plan_moves_nothing(rng, read_boxes):
+    model = picodet_head(rng, read_boxes=read_boxes)
     graph = workbench.load(model.SerializeToString())
     assignment = {}
     for layer in graph:   # channels-last wherever a routine is (the Reshapes have only NCHW ones)
@@ -61,6 +67,12 @@ def test_channels_last_plan_moves_nothing(rng):
     for name in ("reshape_cls", "transpose_cls", "reshape_reg", "transpose_reg"):
         out = graph.layer(name).outputs[0]
         assert not any(key[0] == out for key in compiled.memory.values), name
+    # The box channels, a strided slice of the conv's pixels, are those views' base where only
+    # the output copy reads them (workbench.slices); a layer that reads them as an array of one
+    # stride gets them copied out by the Split.
+    sliced = ("reg", "nhwc") in compiled.slices
+    assert sliced != read_boxes
+    assert (("reg", "nhwc") in compiled.memory.values) == read_boxes
     for seed in (0, 1):
         feeds = workbench.random_inputs(graph, seed=seed)
         ours, theirs = compiled.run(feeds), run_onnxruntime(model, feeds)

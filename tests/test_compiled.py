@@ -121,6 +121,27 @@ def test_big_outputs_are_copies_made_on_the_run_threads(threads):
     np.testing.assert_array_equal(first, kept)
 
 
+@pytest.mark.parametrize("index", [(Ellipsis, slice(10, 42)), (Ellipsis, slice(0, 10)), (slice(None), slice(0, 60, 2)),
+                                   (slice(None), slice(None), slice(None), slice(0, 42, 2))])
+def test_copy_out_of_strided_views(index):
+    """Output views that are not contiguous (a channel slice of NHWC pixels, seen as rows) come
+    out as contiguous copies of the same values: by the kernels' row copy where the rows are
+    evenly spaced and contiguous, by NumPy otherwise."""
+    from workbench import execute
+    whole = np.random.default_rng(2).standard_normal((1, 120, 76, 42)).astype(np.float32)
+    views = [whole[index]]
+    if index[0] is Ellipsis:   # channel slices also as (N, H*W, C), a view of the same rows
+        rows = whole[index].view()
+        rows.shape = (1, 120 * 76, rows.shape[-1])
+        views.append(rows)
+    for view in views:
+        assert view.nbytes >= execute.PARALLEL_COPY_BYTES and not view.flags.c_contiguous
+        for threads in (1, 2):
+            out = execute.copy_out(view, threads)
+            np.testing.assert_array_equal(out, view)
+            assert out.flags.c_contiguous and not np.shares_memory(out, whole)
+
+
 def test_view_routines_share_their_input_buffer(rng):
     class FlattenView(routines.Routine):
         op, algo, view_of_input = "Flatten", "testview", 0

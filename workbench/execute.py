@@ -42,13 +42,36 @@ PARALLEL_COPY_BYTES = 1 << 18
 
 
 def copy_out(view, threads):
-    """A copy of an output buffer for the caller to keep, the big ones made on ``threads``."""
-    if view.nbytes < PARALLEL_COPY_BYTES or threads < 2 or not view.flags.c_contiguous:
-        return view.copy()
-    out = np.empty_like(view)
-    cpu.best_module("tensor_ops").copy_blocks(view.reshape(-1), out.reshape(-1), 1, view.size, view.size, 0,
-                                              view.size, 0, threads)
+    """A copy of an output buffer for the caller to keep, the big ones made on ``threads``: a
+    contiguous buffer, or rows of one stride (a channel slice of NHWC pixels, seen as (N, H*W, C))."""
+    rows = _rows(view) if view.nbytes >= PARALLEL_COPY_BYTES and threads > 1 else None
+    if rows is None:
+        return np.array(view, order="C")
+    flat, n, width, ld = rows
+    out = np.empty(view.shape, view.dtype)
+    cpu.best_module("tensor_ops").copy_blocks(flat, out.reshape(-1), n, width, ld, 0, width, 0, threads)
     return out
+
+
+def _rows(view):
+    """``(flat, rows, width, ld)`` when ``view`` is ``rows`` runs of ``width`` contiguous elements
+    ``ld`` apart, with ``flat`` a 1-D view of its elements from the first to the last; else None."""
+    if view.size == 0 or view.ndim == 0 or view.strides[-1] != view.itemsize:
+        return None
+    width = view.shape[-1]
+    if view.flags.c_contiguous:
+        return view.reshape(-1), 1, view.size, view.size
+    n = view.size // width
+    try:
+        two = view.view()
+        two.shape = (n, width)   # no copy: ValueError where the rows are not evenly spaced
+    except AttributeError:
+        return None
+    ld = two.strides[0] // view.itemsize
+    if two.strides[0] % view.itemsize or ld < width:
+        return None
+    span = (n - 1) * ld + width
+    return np.lib.stride_tricks.as_strided(two, (span,), (view.itemsize,)), n, width, ld
 
 
 class FeedCheck:

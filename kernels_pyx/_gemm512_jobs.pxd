@@ -210,7 +210,7 @@ cdef inline void _choose_parts(Job* j, int nt) noexcept nogil:
     cdef double u[MAX_PARTS]
     cdef double p[MAX_PARTS]
     cdef double best = 1e300, load
-    cdef double B_STREAM = 0.3, A_STREAM = 0.1, BALANCE_SLACK = 1.04
+    cdef double B_STREAM = 0.3, A_STREAM = 0.3, BALANCE_SLACK = 1.04
     for R in range(1, nr + 1):
         for ri in range(R):
             u[ri] = _units(ri * strips // R, (ri + 1) * strips // R, strips, j.m)

@@ -66,7 +66,8 @@ def reshaped(array, shape):
 
 def _viewable(part, whole, shape):
     """A slice of shape ``part`` of a C-contiguous ``whole`` (rows of one stride) can be seen as
-    ``shape`` without copying."""
+    ``shape`` without copying (asked of a probe with the slice's strides in 4-byte elements: only
+    their ratios matter)."""
     strides = [int(np.prod(whole[a + 1:], dtype=np.int64)) * 4 for a in range(len(whole))]
     probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), tuple(part), strides)
     try:
@@ -122,7 +123,8 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
         says it takes those."""
         return (axis == len(shape_of(key)) - 1
                 and all(kind == "layer" and routines[p.name].strided_out for _, kind, p in writers.get(key, []))
-                and all(kind == "layer" and routines[p.name].reads_strided(p, i) for _, kind, p, i in data_readers(key)))
+                and all(kind == "layer" and routines[p.name].reads_strided(p, i)
+                        for _, kind, p, i in data_readers(key)))
 
     def children_ok(key, axis, contiguous):
         """The views already cut from ``key`` stay rows of one stride once ``key`` is a slice."""
@@ -146,8 +148,10 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
             return True
         if not all(k in reshapes for k in views):
             return False
-        return contiguous or whole is not None and all(not data_readers(k) and _viewable(shape_of(key), whole, shape_of(k))
-                                                       for k in views)
+        if contiguous:
+            return True
+        return whole is not None and all(not data_readers(k) and _viewable(shape_of(key), whole, shape_of(k))
+                                         for k in views)
 
     def data_readers(key):
         """The steps that read ``key``'s elements (not the view layers that reinterpret it)."""

@@ -245,7 +245,8 @@ static inline void wb512_micro1(ptrdiff_t kcb, const float* a, const float* pb, 
  * stepping one float a k and two row offsets keep the addressing in 8 registers.  A row may be
  * made of runs (implicit GEMM: one kernel row of an NHWC convolution's taps): the first run0
  * floats, then runs of chunk floats, each jump floats past the end of the one before; a plain
- * matrix row is one run (run0 = kcb). */
+ * matrix row is one run (run0 = kcb).  While it streams the panel it fetches into L2 from pf on,
+ * pfs floats a k step (the next panel's stretch of this strip: wb512_pf_at). */
 static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t aoff, const float* pb,
                                   ptrdiff_t col0, int nr, int load, const float* pf, ptrdiff_t pfs, const wb512_epi* ep,
                                   ptrdiff_t run0, ptrdiff_t chunk, ptrdiff_t jump) {

@@ -1,5 +1,5 @@
-"""Data-movement layers: Concat, Split, Resize, Pad, Slice, Transpose and the reshape-like copies
-(Softmax is in ``softmax.py``).
+"""Data-movement layers: Concat, Split, Resize, Pad, Slice and the reshape-like copies
+(Softmax is in ``softmax.py``, Transpose in ``transpose.py``).
 
 - ``{nchw,nhwc}/copy``: Concat and Split as row-block copies along the concatenated axis in the
   *physical* order (NHWC: logical axis 1 is the last physical axis); constants are stored in the
@@ -7,7 +7,6 @@
 - ``nchw/view`` and ``nchw/copy``: Flatten, Reshape, Squeeze, Unsqueeze, Identity, Dropout as a
   view of the input's buffer (no work at all in the compiled executor), or as a parallel copy
   (channels-first only: a 4-D NHWC tensor is adapted first, so its inputs stay NCHW).
-- ``nchw/copy``: Transpose; (0, 2, 3, 1) and (0, 3, 1, 2) through the layout kernels.
 - ``{nchw,nhwc}/gather``: Pad (every mode), Slice and nearest Resize as index-table gathers;
   ``{nchw,nhwc}/bilinear``: linear Resize.  The tables come from the reference's own functions
   (``np.pad`` of an index range, ``Resize.source_coords``/``nearest_index``), so the semantics
@@ -180,56 +179,6 @@ class ViewNchw(CopyNchw):
     def run(cls, layer, state, args, outs, num_threads):
         if not np.may_share_memory(args[0], outs[0]):
             super().run(layer, state, args, outs, num_threads)
-
-
-class TransposeNchw(Routine):
-    uses_blas = False
-    op = "Transpose"
-    layout = NCHW
-    algo = "copy"
-    priority = 10
-
-    @classmethod
-    def applies(cls, layer, specs):
-        return 0 not in layer.consts and specs[0].size > 0
-
-    @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
-        x, y = args[0], outs[0]
-        perm = layer.attrs["perm"]
-        perm = list(range(x.ndim))[::-1] if perm is None else [p % x.ndim for p in perm]
-        if x.ndim == 4 and x.dtype == np.float32 and perm in ([0, 2, 3, 1], [0, 3, 1, 2]):
-            layout = kernels("layout")
-            (layout.nchw_to_nhwc if perm == [0, 2, 3, 1] else layout.nhwc_to_nchw)(x, y, num_threads)
-        else:
-            np.copyto(y, x.transpose(perm))
-
-
-class TransposeToChannelsLast(Routine):
-    """Transpose (0, 2, 3, 1) of a channels-last tensor: its NHWC buffer already holds the
-    result's elements in order, so the output (plain, channels-first rules) is a view of it."""
-
-    uses_blas = False
-    op = "Transpose"
-    layout = NHWC
-    algo = "view"
-    priority = 20
-    view_of_input = 0
-
-    @classmethod
-    def applies(cls, layer, specs):
-        perm = layer.attrs["perm"]
-        return (0 not in layer.consts and len(specs[0].shape) == 4 and specs[0].size > 0 and perm is not None
-                and [p % 4 for p in perm] == [0, 2, 3, 1])
-
-    @classmethod
-    def output_layouts(cls, layer):
-        return [NCHW]
-
-    @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
-        # Run on separate buffers (profiling, the checker): the NHWC input's elements, as they lie.
-        np.copyto(outs[0], args[0].reshape(outs[0].shape))
 
 
 # -- gathers: Pad, Slice, nearest Resize; bilinear Resize -------------------------------------------------

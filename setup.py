@@ -3,7 +3,7 @@
 Every ``kernels_pyx/*.pyx`` becomes ``workbench._kernels.<name>``.  The default build is portable
 (``-O3``, no ``-march=native``).  A source whose first lines say ``# isa-variants: avx2, avx512``
 is also compiled as ``<name>_avx2`` / ``<name>_avx512`` with those instruction sets enabled;
-routines built on them check the CPU at run time (``workbench.cpu``) and the profiler picks.
+routines built on them check the CPU at run time (``workbench.runtime.cpu``) and the profiler picks.
 The flags are written to ``workbench/_kernels/build_info.json`` because they are part of the
 machine fingerprint that the profile database is keyed by.
 

@@ -1,11 +1,11 @@
 """What the benchmark scripts share: the ONNX Runtime peer, options, and interleaved timing
-(:func:`workbench.measure.time_interleaved`, which the workbench's own comparisons use too)."""
+(:func:`workbench.tuning.measure.time_interleaved`, which the workbench's own comparisons use too)."""
 import argparse
 from pathlib import Path
 
 import numpy as np
 
-from workbench.measure import time_interleaved  # noqa: F401  (re-exported for the benchmarks)
+from workbench.tuning.measure import time_interleaved  # noqa: F401  (re-exported for the benchmarks)
 
 
 def parse_args(doc, argv=None, screen_runs=None):

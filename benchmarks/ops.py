@@ -7,7 +7,7 @@ interleaved.
 Per case: a one-node ONNX model; ONNX Runtime (ORT_ENABLE_ALL, ``--threads`` intra-op threads)
 runs it, and every applicable routine of ours (the reference left out) runs the imported layer on
 the same thread count, BLAS limited to one thread as in the executor.  All of them take turns
-(:func:`workbench.measure.time_interleaved`: a short idle pause, one untimed lead-in run, one
+(:func:`workbench.tuning.measure.time_interleaved`: a short idle pause, one untimed lead-in run, one
 timed run, the order rotating each round).  Reports the median per engine, our best routine in
 each layout and its ratio to ORT's median.  Writes DIR/ops.md and DIR/ops.json.
 """
@@ -22,9 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).parent))
 import workbench  # noqa: E402
 from workbench import routines  # noqa: E402
-from workbench.blas import blas_limit  # noqa: E402
-from workbench.cpu import cpu_name  # noqa: E402
-from workbench.measure import layer_arrays, time_interleaved  # noqa: E402
+from workbench.runtime.blas import blas_limit  # noqa: E402
+from workbench.runtime.cpu import cpu_name  # noqa: E402
+from workbench.tuning.measure import layer_arrays, time_interleaved  # noqa: E402
 from _common import ort_session  # noqa: E402
 
 

@@ -4,7 +4,7 @@
                                [--idle 50] [--idle-runs 10] [--op-runs 5] [--db PATH] [--out DIR]
 
 Each model is tuned through the profile database and in context (``tune(in_context=True)``: the
-prediction is the plan timed inside the model, see :mod:`workbench.calibrate`), then timed by
+prediction is the plan timed inside the model, see :mod:`workbench.tuning.in_context`), then timed by
 ``workbench bench`` (the same code as the command: :func:`workbench.bench.bench`) beside ONNX Runtime (fp32, ORT_ENABLE_ALL)
 and OpenVINO (CPU, f32, static shapes; optional), all in one process, in interleaved rounds with
 idle pauses.  Real models come from :mod:`realmodels` (pinned wheels, SHA-256 checked) at their
@@ -27,7 +27,7 @@ import realmodels  # noqa: E402
 
 from workbench import Session, zoo  # noqa: E402
 from workbench import bench as wb_bench  # noqa: E402
-from workbench.profiledb import ProfileDatabase, default_path  # noqa: E402
+from workbench.tuning.profiledb import ProfileDatabase, default_path  # noqa: E402
 
 ZOO = ["resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16"]
 PEERS = ["onnxruntime", "openvino"]

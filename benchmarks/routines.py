@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 import workbench
-from workbench import ops, routines, zoo
-from workbench.cpu import cpu_name
-from workbench.measure import matmul_gflops, time_routine
+from workbench.ir import ops
+from workbench import routines, zoo
+from workbench.runtime.cpu import cpu_name
+from workbench.tuning.measure import matmul_gflops, time_routine
 
 
 def signature(graph, layer):

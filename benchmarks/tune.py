@@ -35,9 +35,9 @@ from pathlib import Path
 
 import workbench
 from workbench import zoo
-from workbench.check import relative_error
-from workbench.compiled import CompiledModel
-from workbench.cpu import cpu_name
+from workbench.onnx_io.ort import relative_error
+from workbench.runtime.compiled import CompiledModel
+from workbench.runtime.cpu import cpu_name
 from workbench.session import Session
 
 sys.path.insert(0, str(Path(__file__).parent))

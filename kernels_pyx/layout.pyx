@@ -7,7 +7,7 @@ reads and writes both stay inside a few cache lines, parallel over (image, colum
 jobs on the shared thread pool (``wb_pool.h``).
 NHWC to NCHW may write an NCHW tensor whose channel planes lie apart (each plane contiguous): a
 slice of a larger buffer along its flattened spatial axis, where a detector head's Concat of
-per-scale outputs wants it (:mod:`workbench.slices`).
+per-scale outputs wants it (:mod:`workbench.runtime.slices`).
 Shapes are checked in Python-visible code before any ``nogil`` loop runs.
 """
 import os

@@ -19,7 +19,7 @@
  * A job carries its caller's floating-point mode (x86's MXCSR: rounding, and whether denormals
  * are flushed to zero), and a worker takes it on before running the job's chunks: every thread
  * of a kernel computes as the caller asked (the executor flushes denormals for the span of a
- * run, workbench/denormals.py).
+ * run, workbench/runtime/denormals.py).
  *
  * The implementation is compiled into workbench._kernels._pool only (WB_POOL_IMPL); the other
  * modules include this header for wb_pool_run, which calls that module's function through a

@@ -4,8 +4,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import workbench
-from workbench.check import relative_error, run_onnxruntime
-from workbench.onnx_export import export_graph
+from workbench.onnx_io.ort import relative_error, run_onnxruntime
+from workbench.onnx_io.write import export_graph
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test"):

@@ -5,7 +5,7 @@ import numpy as np
 
 import workbench
 from workbench import routines
-from workbench.compiled import CompiledModel
+from workbench.runtime.compiled import CompiledModel
 
 REFERENCE = "cpu:float32:nchw/reference"
 
@@ -14,7 +14,7 @@ REFERENCE = "cpu:float32:nchw/reference"
 def parallel_even_when_small(*names):
     """Kernels run small inputs on one thread; inside this, every built ISA variant of the kernel
     modules ``names`` takes the tests' small cases through its parallel paths too."""
-    from workbench import cpu
+    from workbench.runtime import cpu
     modules = [m for name in names for m in dict.fromkeys(cpu.kernel_module(name, isa) for isa in (None, "avx2", "avx512"))
                if m is not None]
     old = [m.set_grain(1) for m in modules]
@@ -77,7 +77,7 @@ def conv_graph(x_shape, w, bias=None, attrs=None, activation=None, residual=Fals
     defaults (stride 1, no pads, dilation 1, group 1, kernel from ``w``; residual only in 2-D)."""
     from onnx import helper
     from onnx_helpers import make_model
-    from workbench.ops.conv import conv_out_size
+    from workbench.ir.ops.conv import conv_out_size
     m = w.shape[0]
     n = w.ndim - 2
     a = dict(kernel_shape=list(w.shape[2:]), strides=[1] * n, pads=[0] * 2 * n, dilations=[1] * n, group=1)

@@ -5,8 +5,8 @@ from onnx import helper
 
 import workbench
 from workbench import routines
-from workbench.assign import FilterError, assign, parse_filter
-from workbench.graph import NHWC
+from workbench.tuning.filters import FilterError, assign, parse_filter
+from workbench.ir.graph import NHWC
 from onnx_helpers import make_model
 
 REFERENCE = "cpu:float32:nchw/reference"
@@ -78,7 +78,7 @@ def test_explicit_layer_without_matching_routine_is_an_error(graph, fake_nhwc):
 
 
 def test_cli_routine_filter_errors(tmp_path, capsys, graph):
-    from workbench.cli import main
+    from workbench.cli.main import main
     from workbench import zoo
     path = tmp_path / "tiny.onnx"
     zoo.save("tiny", path)

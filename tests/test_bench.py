@@ -16,7 +16,7 @@ from workbench import Session, zoo
 from workbench import bench as bench_mod
 from workbench.bench import load as load_mod
 from workbench.bench import ops
-from workbench.cli import main
+from workbench.cli.main import main
 
 pytest.importorskip("onnxruntime")   # the test extra installs it; every peer check needs it
 FAST = ["--threads", "1", "--runs", "5", "--warmup", "1", "--idle", "5", "--idle-runs", "3", "--op-runs", "3"]
@@ -192,8 +192,8 @@ def test_ort_profile_parsing_on_a_hand_made_trace():
 
 
 def test_ort_profile_of_the_model_names_its_nodes(files):
-    from workbench.execute import random_inputs
-    from workbench.onnx_import import read_model
+    from workbench.runtime.interpreter import random_inputs
+    from workbench.onnx_io.read import read_model
     model = read_model(files["model"])
     events = ops.ort_profile(model, random_inputs(workbench_graph(files)), threads=1, runs=2)
     assert sum(e.get("name") == "model_run" for e in events) == 3   # one warm-up and two timed
@@ -247,7 +247,7 @@ def test_nhwc_session_and_missing_openvino(files, monkeypatch):
     """The API on an NHWC session: ORT (NCHW) agrees with our transposed outputs; an absent
     OpenVINO is a note, not a failure."""
     import workbench
-    from workbench.onnx_import import read_model
+    from workbench.onnx_io.read import read_model
     monkeypatch.setitem(sys.modules, "openvino", None)   # import openvino -> ImportError
     s = Session(workbench.load(str(files["model"])), num_threads=1, db=str(files["db"]), io_format="nhwc")
     s.tune()
@@ -303,7 +303,7 @@ def test_compare_fills_per_op_totals(session):
 
 def test_openvino_peer_agrees_with_ours(session, files):
     pytest.importorskip("openvino")   # optional, benchmark-only
-    from workbench.onnx_import import read_model
+    from workbench.onnx_io.read import read_model
     result = bench_mod.bench(session, read_model(files["model"]), peers=["openvino"], runs=3, warmup=1,
                              idle_runs=0, op_runs=0)
     assert set(result.latency) == {"tuned", "openvino"} and result.errors["openvino"] < 1e-4
@@ -311,7 +311,7 @@ def test_openvino_peer_agrees_with_ours(session, files):
 
 
 def test_json_report_is_strict_json(session, files, tmp_path):
-    from workbench.onnx_import import read_model
+    from workbench.onnx_io.read import read_model
     result = bench_mod.bench(session, read_model(files["model"]), peers=[], runs=2, warmup=0, idle_runs=0, op_runs=0)
     result.errors["tuned"] = float("inf")   # as for a peer whose outputs share no name with ours
     json_path, _ = bench_mod.report.write(result, tmp_path / "r")

@@ -1,15 +1,16 @@
-"""In-context timing (workbench.calibrate): the overlay of in-context costs on the profile
+"""In-context timing (workbench.tuning.in_context): the overlay of in-context costs on the profile
 (against hand-computed values), and a calibrated session: every routine of the timed plans has
 its in-context cost, the plan is the selection's optimum on the overlaid costs (checked with the
 MILP), the prediction is that cost plus the measured overhead, the model still computes what the
 ONNX Runtime computes, and a tuned file keeps the prediction."""
 import pytest
 
-from workbench import Session, search, zoo
+from workbench import Session, zoo
+from workbench.tuning import search
 from workbench import routines
-from workbench.calibrate import Context, adapt_key, challenger, overlay
-from workbench.check import run_onnxruntime
-from workbench.tuned import load as load_tuned, save as save_tuned
+from workbench.tuning.in_context import Context, adapt_key, challenger, overlay
+from workbench.onnx_io.ort import run_onnxruntime
+from workbench.tuned_file import load as load_tuned, save as save_tuned
 
 from test_session import assert_close, milp_cost
 

@@ -1,4 +1,4 @@
-"""workbench.check.compare: the elementwise rule, NaN/Inf, cosine, top-1 and the failure message,
+"""workbench.onnx_io.ort.compare: the elementwise rule, NaN/Inf, cosine, top-1 and the failure message,
 each against a NumPy formula; and a detector-like graph (outputs ~1e-7) through our engine vs
 ONNX Runtime, passing, and failing when ONNX Runtime runs a perturbed copy."""
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from onnx import helper
 
 import workbench
-from workbench.check import compare, compare_all, oracle_noise, magnitude, relative_error, run_onnxruntime
+from workbench.onnx_io.ort import compare, compare_all, oracle_noise, magnitude, relative_error, run_onnxruntime
 from onnx_helpers import make_model
 
 

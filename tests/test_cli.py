@@ -8,8 +8,8 @@ import pytest
 from onnx import helper
 
 import workbench
-from workbench.cli import main
-from workbench.check import run_onnxruntime
+from workbench.cli.main import main
+from workbench.onnx_io.ort import run_onnxruntime
 from onnx_helpers import make_model
 
 
@@ -124,15 +124,15 @@ def detector_path(tmp_path):
 
 def test_check_passes_on_a_detector_and_fails_on_a_perturbed_one(detector_path, tmp_path, capsys, monkeypatch):
     from test_check import detector
-    import workbench.check
+    import workbench.onnx_io.ort
     out_dir = tmp_path / "out"
     assert main(["run", str(detector_path), "--check", "--output-dir", str(out_dir)]) == 0
     text = capsys.readouterr().out
     assert "check maps: passed" in text and "check prob: passed" in text and "check passed" in text
     assert 1e-8 < np.abs(np.load(out_dir / "prob.npy")).max() < 1e-6
     # ONNX Runtime given a copy with one weight 1% off (the same file otherwise): exit 1, naming elements.
-    real = workbench.check.run_onnxruntime
-    monkeypatch.setattr(workbench.check, "run_onnxruntime",
+    real = workbench.onnx_io.ort.run_onnxruntime
+    monkeypatch.setattr(workbench.onnx_io.ort, "run_onnxruntime",
                         lambda model, feeds, threads=2, optimize=True: real(detector(perturb=1.01), feeds, threads,
                                                                               optimize))
     assert main(["run", str(detector_path), "--check", "--output-dir", str(out_dir)]) == 1

@@ -12,8 +12,8 @@ import onnx
 import pytest
 
 import workbench
-from workbench.check import run_onnxruntime
-from workbench.cli import main
+from workbench.onnx_io.ort import run_onnxruntime
+from workbench.cli.main import main
 from onnx_helpers import make_model
 
 FAST = ["--threads", "1", "--repeats", "2"]
@@ -287,5 +287,5 @@ def test_tune_in_context_prints_the_calibration_and_stores_its_prediction(tiny, 
     line = next(l for l in out.splitlines() if l.startswith("in context:"))
     assert "plan(s) timed" in line and "ms per run outside the steps" in line
     predicted = float(next(l for l in out.splitlines() if l.startswith("predicted:")).split()[1])
-    from workbench.tuned import load as load_tuned
+    from workbench.tuned_file import load as load_tuned
     assert load_tuned(str(out_path), warn=False).predicted_s * 1e3 == pytest.approx(predicted, rel=1e-3)

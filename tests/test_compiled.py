@@ -5,9 +5,9 @@ from onnx import helper
 
 import workbench
 from workbench import routines, zoo
-from workbench.compiled import CompiledModel
+from workbench.runtime.compiled import CompiledModel
 from workbench.errors import WorkbenchError
-from workbench.graph import NHWC
+from workbench.ir.graph import NHWC
 from onnx_helpers import make_model
 
 REFERENCE = "cpu:float32:nchw/reference"
@@ -106,7 +106,7 @@ def test_big_outputs_are_copies_made_on_the_run_threads(threads):
     the same values as the reference, in an array of its own that the next run leaves alone."""
     from onnx import helper
     from onnx_helpers import make_model
-    from workbench import execute
+    from workbench.runtime import interpreter as execute
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 40, 2000])], [("y", None)])
     graph = workbench.load(model.SerializeToString())
     assert 40 * 2000 * 4 >= execute.PARALLEL_COPY_BYTES
@@ -127,7 +127,7 @@ def test_copy_out_of_strided_views(index):
     """Output views that are not contiguous (a channel slice of NHWC pixels, seen as rows) come
     out as contiguous copies of the same values: by the kernels' row copy where the rows are
     evenly spaced and contiguous, by NumPy otherwise."""
-    from workbench import execute
+    from workbench.runtime import interpreter as execute
     whole = np.random.default_rng(2).standard_normal((1, 120, 76, 42)).astype(np.float32)
     views = [whole[index]]
     if index[0] is Ellipsis:   # channel slices also as (N, H*W, C), a view of the same rows
@@ -173,7 +173,7 @@ def test_view_routines_share_their_input_buffer(rng):
 @pytest.mark.parametrize("family", ["cpu:float32:nchw/*", "cpu:float32:nhwc/*"])
 def test_zoo_runs_without_reference_routines_and_without_allocating(name, resolution, family):
     import tracemalloc
-    from workbench.assign import assign
+    from workbench.tuning.filters import assign
     graph = workbench.load(zoo.build(name, resolution=resolution, batch=2))
     assignment, _ = assign(graph, [family])
     assert not [n for n, d in assignment.items() if d.endswith("/reference")]
@@ -242,8 +242,9 @@ def test_dead_residual_is_overwritten_in_place(rng, layout, case, in_place):
 def test_layout_adapt_of_identical_bytes_is_a_view(rng, nhwc_relu, shape):
     """An (N, C, 1, 1) or (N, 1, H, W) tensor is the same bytes in NCHW and NHWC: the executor
     shares the buffer instead of running an adapt, and the profiler prices it at zero."""
-    from workbench import adapt, profile
-    from workbench.graph import TensorSpec
+    from workbench.routines import adapts as adapt
+    from workbench.tuning import profiler as profile
+    from workbench.ir.graph import TensorSpec
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
              helper.make_node("Sigmoid", ["r"], ["y"], name="sig")]
     graph = workbench.load(make_model(nodes, [("x", shape)], [("y", None)]).SerializeToString(), fuse=False)
@@ -278,7 +279,7 @@ def test_blas_held_at_one_thread_only_for_plans_that_may_call_it(rng, monkeypatc
     """Holding the BLAS at one thread costs every run; a plan whose routines all run our own
     kernels skips it, and so does one falling back to the NumPy reference of ops that multiply no
     matrices; one with a routine that may call the BLAS (the reference of a MatMul) holds it."""
-    from workbench import compiled as compiled_mod
+    from workbench.runtime import compiled as compiled_mod
     held = []
 
     class Counting(compiled_mod.SerialBlas):

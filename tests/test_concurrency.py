@@ -11,9 +11,9 @@ import pytest
 
 import workbench
 from workbench import zoo
-from workbench.assign import assign
-from workbench.blas import blas_limit, libraries
-from workbench.compiled import CompiledModel
+from workbench.tuning.filters import assign
+from workbench.runtime.blas import blas_limit, libraries
+from workbench.runtime.compiled import CompiledModel
 from workbench.session import Session
 
 THREADS = 4

@@ -1,4 +1,4 @@
-"""Denormals flushed to zero while a model runs (workbench/denormals.py), in the calling thread
+"""Denormals flushed to zero while a model runs (workbench/runtime/denormals.py), in the calling thread
 and in the pool's workers, and left alone outside a run."""
 import numpy as np
 import pytest
@@ -7,8 +7,8 @@ from onnx import helper
 import workbench
 from workbench import routines
 from workbench._kernels import _pool
-from workbench.compiled import CompiledModel
-from workbench.denormals import flushed
+from workbench.runtime.compiled import CompiledModel
+from workbench.runtime.denormals import flushed
 from onnx_helpers import make_model
 
 pytestmark = pytest.mark.skipif(not _pool.flush_available, reason="no MXCSR: nothing to flush (not x86)")

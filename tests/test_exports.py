@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from workbench import exports, zoo
+from workbench.ui import exports
+from workbench import zoo
 from workbench.session import NotTunedError, Session
 
 

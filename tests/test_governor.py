@@ -1,13 +1,13 @@
-"""The thread governor (workbench/governor.py) on scripted run times: it keeps full threads on a
+"""The thread governor (workbench/runtime/governor.py) on scripted run times: it keeps full threads on a
 quiet machine, moves to one thread fewer when full threads turn slow and fewer threads are
 faster, probes and returns when the load goes, backs off (doubling) when fewer threads do not
 help; and a compiled model run on the reduced count computes what ONNX Runtime computes."""
 import pytest
 
 from workbench import Session, zoo
-from workbench.check import run_onnxruntime
-from workbench.compiled import CompiledModel
-from workbench.governor import ThreadGovernor
+from workbench.onnx_io.ort import run_onnxruntime
+from workbench.runtime.compiled import CompiledModel
+from workbench.runtime.governor import ThreadGovernor
 
 from test_session import assert_close
 

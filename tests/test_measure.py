@@ -7,7 +7,7 @@ from onnx import helper
 
 import workbench
 from workbench import routines
-from workbench.measure import time_routines
+from workbench.tuning.measure import time_routines
 from onnx_helpers import make_model
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from workbench.memory import PAGE, STAGGER, Value, plan_memory
+from workbench.runtime.memory import PAGE, STAGGER, Value, plan_memory
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import workbench
 from workbench import routines, zoo
-from workbench.assign import assign
-from workbench.check import run_onnxruntime
-from workbench.compiled import CompiledModel
+from workbench.tuning.filters import assign
+from workbench.onnx_io.ort import run_onnxruntime
+from workbench.runtime.compiled import CompiledModel
 from workbench.session import Session
 
 SPECIALS = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}
@@ -281,7 +281,7 @@ def test_vgg16_classifier_gemm_relu():
 def test_winograd_takes_the_exact_path_only_for_non_finite_inputs():
     """Winograd spreads a NaN or an infinity over whole tiles (inf - inf is NaN); on such an
     input the routine runs im2col instead, and on a finite one it stays Winograd."""
-    from workbench.cpu import kernel_module
+    from workbench.runtime.cpu import kernel_module
     from workbench.routines.conv_winograd import Winograd4NHWC
     model = conv_model("3x3", "Relu")
     graph = workbench.load(model.SerializeToString())

@@ -50,7 +50,7 @@ def test_external_data(tmp_path, rng):
     graph = workbench.load(path)
     feeds = workbench.random_inputs(graph)
     ours = workbench.ReferenceExecutor(graph).run(feeds)
-    from workbench.check import run_onnxruntime
+    from workbench.onnx_io.ort import run_onnxruntime
     np.testing.assert_allclose(ours["y"], run_onnxruntime(str(path), feeds)["y"], rtol=1e-5, atol=1e-5)
     (tmp_path / "ext.weights").unlink()
     with pytest.raises(ModelFileError, match="external data"):

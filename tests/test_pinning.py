@@ -1,4 +1,4 @@
-"""The caller's CPU during a run (workbench/pinning.py): pinned to the pool's caller CPU while
+"""The caller's CPU during a run (workbench/runtime/pinning.py): pinned to the pool's caller CPU while
 several threads work, restored afterwards (also after an error), untouched for one thread."""
 import os
 
@@ -7,9 +7,9 @@ import pytest
 from onnx import helper
 
 import workbench
-from workbench import pinning
+from workbench.runtime import pinning
 from workbench._kernels import _pool
-from workbench.compiled import CompiledModel
+from workbench.runtime.compiled import CompiledModel
 
 from .onnx_helpers import make_model
 

@@ -5,7 +5,7 @@ import pytest
 
 import workbench
 from workbench import zoo
-from workbench.profiledb import ProfileDatabase, ProfileDatabaseError, Record, signature
+from workbench.tuning.profiledb import ProfileDatabase, ProfileDatabaseError, Record, signature
 
 
 def test_round_trip_and_fingerprint_isolation(tmp_path):

@@ -5,7 +5,7 @@ import networkx as nx
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from workbench.search import Candidate, Node, Problem, brute_force, evaluate, greedy, solve, solve_milp
+from workbench.tuning.search import Candidate, Node, Problem, brute_force, evaluate, greedy, solve, solve_milp
 
 FORMATS = ("nchw", "nhwc")
 

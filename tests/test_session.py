@@ -10,10 +10,12 @@ import onnx
 import pytest
 
 import workbench
-from workbench import adapt, routines, search, zoo
-from workbench.assign import FilterError, assign
-from workbench.check import relative_error, run_onnxruntime
-from workbench.profiledb import ProfileDatabase
+from workbench.routines import adapts as adapt
+from workbench import routines, zoo
+from workbench.tuning import search
+from workbench.tuning.filters import FilterError, assign
+from workbench.onnx_io.ort import relative_error, run_onnxruntime
+from workbench.tuning.profiledb import ProfileDatabase
 from workbench.session import NotTunedError, PinError, Session
 
 REPEATS = 2
@@ -326,7 +328,7 @@ def test_reference_is_profiled_only_when_a_filter_or_pin_names_it(db_path):
 
 def test_milp_is_exact_with_costs_in_seconds():
     # Costs of 1e-5 s differ by less than HiGHS's absolute gap (1e-6) unless solve_milp scales them.
-    from workbench.search import Candidate, Node, Problem
+    from workbench.tuning.search import Candidate, Node, Problem
     nodes = [Node(f"n{i}", (f"t{i - 1}",) if i else ("x",), (f"t{i}",),
                   (Candidate("a", 1e-5 + 3e-7 * (i % 3), ("nchw",), "nchw"),
                    Candidate("b", 1e-5 + 2e-7 * ((i + 1) % 3), ("nhwc",), "nhwc"))) for i in range(12)]

@@ -1,5 +1,5 @@
-"""Concat parts written in place and Split outputs as views (workbench.slices), and the pass that
-reads a whole Split's input in a Concat (workbench.passes.rejoin_splits): the same outputs as
+"""Concat parts written in place and Split outputs as views (workbench.runtime.slices), and the pass that
+reads a whole Split's input in a Concat (workbench.ir.passes.rejoin_splits): the same outputs as
 ONNX Runtime, and the buffers shared where the plan says they may be."""
 import numpy as np
 import pytest
@@ -7,10 +7,11 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import make_model
-from workbench import cpu, routines
-from workbench.check import relative_error, run_onnxruntime
-from workbench.compiled import CompiledModel
-from workbench.slices import Slice
+from workbench.runtime import cpu
+from workbench import routines
+from workbench.onnx_io.ort import relative_error, run_onnxruntime
+from workbench.runtime.compiled import CompiledModel
+from workbench.runtime.slices import Slice
 
 REFERENCE = "cpu:float32:nchw/reference"
 

@@ -23,7 +23,7 @@ from torch import nn  # noqa: E402
 
 import workbench  # noqa: E402
 from workbench import ReferenceExecutor, ShapeError  # noqa: E402
-from workbench.onnx_export import export_graph  # noqa: E402
+from workbench.onnx_io.write import export_graph  # noqa: E402
 
 RTOL = 1e-4
 BATCH, RES = 2, (32, 48)

@@ -12,10 +12,11 @@ import pytest
 from onnx import helper
 
 import workbench
-from workbench import onnx_export, tuned, zoo
-from workbench.check import relative_error, run_onnxruntime
+from workbench.onnx_io import write as onnx_export
+from workbench import tuned_file as tuned, zoo
+from workbench.onnx_io.ort import relative_error, run_onnxruntime
 from workbench.errors import ModelFileError
-from workbench.profiledb import fingerprint, signature
+from workbench.tuning.profiledb import fingerprint, signature
 from workbench.session import Session
 
 from onnx_helpers import make_model

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 import workbench
-from workbench import adapt, routines, zoo
-from workbench.compiled import CompiledModel
-from workbench.profile import adaptable_tensors, problem, profile
-from workbench.profiledb import ProfileDatabase
-from workbench.search import evaluate, greedy, solve, solve_milp
+from workbench.routines import adapts as adapt
+from workbench import routines, zoo
+from workbench.runtime.compiled import CompiledModel
+from workbench.tuning.profiler import adaptable_tensors, problem, profile
+from workbench.tuning.profiledb import ProfileDatabase
+from workbench.tuning.search import evaluate, greedy, solve, solve_milp
 
 
 def synthetic_costs(graph):

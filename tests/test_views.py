@@ -1,12 +1,14 @@
-"""workbench.views: what the workbench draws, checked against the profile, the plan and the graph."""
+"""workbench.ui.views: what the workbench draws, checked against the profile, the plan and the graph."""
 import math
 
 import networkx as nx
 import numpy as np
 import pytest
 
-from workbench import Session, routines, search, views, zoo
-from workbench.views.base import FLOOR_MS
+from workbench import Session, routines, zoo
+from workbench.tuning import search
+from workbench.ui import views
+from workbench.ui.views.base import FLOOR_MS
 
 
 @pytest.fixture(scope="module")

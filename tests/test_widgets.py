@@ -1,4 +1,4 @@
-"""workbench.widgets, at the level of their traits: what each view holds after each action, checked
+"""workbench.ui.widgets, at the level of their traits: what each view holds after each action, checked
 against the Session (which the views only draw) and against files the actions write."""
 import json
 
@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 import workbench
-from workbench import Session, profile, routines, views, zoo
-from workbench.widgets import Workbench, plan
-from workbench.widgets.html import cell
+from workbench import Session, routines, zoo
+from workbench.tuning import profiler as profile
+from workbench.ui import views
+from workbench.ui.widgets import Workbench, plan
+from workbench.ui.widgets.html import cell
 
 
 @pytest.fixture(scope="module")

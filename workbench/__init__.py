@@ -8,10 +8,10 @@ import os
 
 from .errors import (InputError, ModelFileError, ModelImportError, ShapeError, UnsupportedOpsError,
                      WorkbenchError)
-from .execute import Interpreter, ReferenceExecutor, random_inputs
-from .graph import Graph, Layer, TensorSpec
-from .onnx_import import import_onnx
-from .passes import optimize
+from .runtime.interpreter import Interpreter, ReferenceExecutor, random_inputs
+from .ir.graph import Graph, Layer, TensorSpec
+from .onnx_io.read import import_onnx
+from .ir.passes import optimize
 from .session import Session
 
 __version__ = "0.1.0"
@@ -25,9 +25,9 @@ def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_thread
     ----------
     source : str, Path, bytes or onnx.ModelProto
     batch, resolution, shapes
-        Values for symbolic input dimensions; see :func:`workbench.onnx_import.import_onnx`.
+        Values for symbolic input dimensions; see :func:`workbench.onnx_io.read.import_onnx`.
     fuse : bool
-        Run :func:`workbench.passes.optimize` (folding, BatchNorm/activation/residual fusion).
+        Run :func:`workbench.ir.passes.optimize` (folding, BatchNorm/activation/residual fusion).
     num_threads : int, optional
         For a tuned file: threads to run with (default: those it was tuned with).
 
@@ -35,8 +35,8 @@ def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_thread
     -------
     Graph, or Session for a tuned file (``.run(inputs)``; warns when tuned on another machine)
     """
-    from . import tuned
-    from .onnx_import import read_model
+    from . import tuned_file as tuned
+    from .onnx_io.read import read_model
     model = read_model(source)
     if tuned.is_tuned(model):
         return tuned.load(model, num_threads=num_threads, name=_name(source), stacklevel=3)

@@ -6,9 +6,9 @@
 >>> s.run({"input": x}); s.measure(); s.export("resnet50.tuned.onnx")
 
 Everything the notebook widgets show is an attribute or a method result of a :class:`Session`;
-it works the same without Jupyter.  Profiling goes through :mod:`workbench.profile` (and its
-database), selection through :mod:`workbench.search` (pure), execution through
-:class:`~workbench.compiled.CompiledModel`.
+it works the same without Jupyter.  Profiling goes through :mod:`workbench.tuning.profiler` (and its
+database), selection through :mod:`workbench.tuning.search` (pure), execution through
+:class:`~workbench.runtime.compiled.CompiledModel`.
 """
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ import time
 
 import numpy as np
 
-from . import assign as assign_mod
-from . import routines, search
-from .compiled import CompiledModel, default_threads
+from .tuning import filters as assign_mod
+from . import routines
+from .tuning import search
+from .runtime.compiled import CompiledModel, default_threads
 from .errors import WorkbenchError, where
-from .graph import NCHW, NHWC
-from .profile import problem as make_problem
-from .profile import profile as run_profile
+from .ir.graph import NCHW, NHWC
+from .tuning.profiler import problem as make_problem
+from .tuning.profiler import profile as run_profile
 
 
 class PinError(WorkbenchError):
@@ -52,7 +53,7 @@ class Session:
     num_threads : int, optional
         Threads for kernels and BLAS alike, in profiling and running (default: this process's CPUs).
     db : ProfileDatabase, str or Path, optional
-        The profile database (default: :func:`workbench.profiledb.default_path`).
+        The profile database (default: :func:`workbench.tuning.profiledb.default_path`).
     io_format : str
         Layout of the graph's inputs and outputs (``"nchw"`` or ``"nhwc"``).
     max_concurrency : int, optional
@@ -64,7 +65,7 @@ class Session:
         pinning and retuning are not thread-safe; do them from one thread.
     flush_denormals : bool
         Flush denormal floats to zero while the model runs (default True, as OpenVINO does; see
-        :mod:`workbench.denormals`).  Profiling always flushes them.
+        :mod:`workbench.runtime.denormals`).  Profiling always flushes them.
     """
 
     def __init__(self, graph, num_threads=None, db=None, io_format=NCHW, max_concurrency=None, flush_denormals=True):
@@ -99,8 +100,8 @@ class Session:
         """Import ``source`` (path, bytes or ModelProto), with the fusion passes unless ``fuse``
         is False (every ONNX node its own layer, constants still folded); see :func:`workbench.load`.
         ``options`` go to the constructor (``max_concurrency``, ``flush_denormals``)."""
-        from .onnx_import import import_onnx
-        from .passes import optimize
+        from .onnx_io.read import import_onnx
+        from .ir.passes import optimize
         graph = import_onnx(source, batch=batch, resolution=resolution, shapes=shapes)
         if fuse:
             optimize(graph)
@@ -109,7 +110,7 @@ class Session:
     # -- the pieces --------------------------------------------------------------------------
     @property
     def db(self):
-        from .profiledb import ProfileDatabase
+        from .tuning.profiledb import ProfileDatabase
         if not isinstance(self._db, ProfileDatabase):
             self._db = ProfileDatabase(path=self._db, num_threads=self.num_threads)
         return self._db
@@ -132,7 +133,7 @@ class Session:
         """Measure every applicable routine of every layer and every adapt (database first).
 
         ``reprofile`` measures again instead of reusing records; ``layers`` (names or indices)
-        limits the re-measurement to those layers.  Returns the :class:`~workbench.profile.Profile`.
+        limits the re-measurement to those layers.  Returns the :class:`~workbench.tuning.profiler.Profile`.
         """
         names = None if layers is None else {self.layer(k).name for k in layers}
         t0 = time.perf_counter()
@@ -157,7 +158,7 @@ class Session:
         costs = ({l: {d: r.median for d, r in recs.items()} for l, recs in self.profiled.routine.items()},
                  {k: r.median for k, r in self.profiled.adapt.items()})
         if in_context and self.context is not None:
-            from .calibrate import overlay
+            from .tuning.in_context import overlay
             costs = overlay(*costs, self.context)
         return costs
 
@@ -166,9 +167,9 @@ class Session:
         return make_problem(self.graph, costs, adapt_costs, allowed, self.io_format)
 
     def tune(self, filters=None, pins=None, progress=False, in_context=False):
-        """Profile (what the database lacks) and select the fastest plan; returns the :class:`~workbench.search.Plan`.
+        """Profile (what the database lacks) and select the fastest plan; returns the :class:`~workbench.tuning.search.Plan`.
 
-        ``filters``: routine filter strings (see :mod:`workbench.assign`); ``pins``:
+        ``filters``: routine filter strings (see :mod:`workbench.tuning.filters`); ``pins``:
         ``{layer: descriptor}``.  Both replace the session's current ones when given.
         ``in_context``: then time the plan inside the model and select again on those times
         (:meth:`calibrate`), so that the prediction is what a run costs.  Off by default: the
@@ -196,8 +197,8 @@ class Session:
 
     def calibrate(self, rounds=3, runs=5, inputs=None):
         """Time the plan's routines and adapts inside the model and select again on those times
-        (see :mod:`workbench.calibrate`); returns the :class:`~workbench.calibrate.Context`."""
-        from .calibrate import calibrate
+        (see :mod:`workbench.tuning.in_context`); returns the :class:`~workbench.tuning.in_context.Context`."""
+        from .tuning.in_context import calibrate
         self._need_plan()
         return calibrate(self, inputs, rounds=rounds, runs=runs)
 
@@ -267,7 +268,7 @@ class Session:
         gives, as ``workbench run --routine`` runs it), costed on this profile.
 
         A layer a family cannot serve runs the routine it falls back to (see
-        :func:`workbench.assign.assign`), profiled here if the profile lacks it, and priced like
+        :func:`workbench.tuning.filters.assign`), profiled here if the profile lacks it, and priced like
         any other.  A family with a routine that still has no cost is left out;
         :attr:`family_notes` says why, and names each family's fallbacks.
         """
@@ -310,7 +311,7 @@ class Session:
         return dict(self._need_plan().choice)
 
     def compile(self):
-        """The :class:`~workbench.compiled.CompiledModel` of the current plan (cached)."""
+        """The :class:`~workbench.runtime.compiled.CompiledModel` of the current plan (cached)."""
         with self._compile_lock:   # concurrent first runs compile (and prepare) once
             if self._compiled is None:
                 self._compiled = CompiledModel(self.graph, self.assignment, num_threads=self.num_threads,
@@ -325,16 +326,16 @@ class Session:
 
     def random_inputs(self, seed=0):
         """Seeded random inputs in this session's ``io_format``."""
-        from .execute import io_shape, random_inputs
+        from .runtime.interpreter import io_shape, random_inputs
         feeds = random_inputs(self.graph, seed)
         return {k: (v.transpose(0, 2, 3, 1).copy() if io_shape(self.graph.inputs[k], self.io_format) != v.shape else v)
                 for k, v in feeds.items()}
 
     def measure(self, runs=30, warmup=3, inputs=None):
-        """Whole-model latency of the tuned plan: a :class:`~workbench.measure.Latency` of
-        ``runs`` turns after ``warmup`` (:func:`~workbench.measure.measure_latencies`, the
+        """Whole-model latency of the tuned plan: a :class:`~workbench.tuning.measure.Latency` of
+        ``runs`` turns after ``warmup`` (:func:`~workbench.tuning.measure.measure_latencies`, the
         statistic :meth:`compare` and ``workbench bench`` report too), kept as :attr:`measured`."""
-        from .measure import measure_latencies
+        from .tuning.measure import measure_latencies
         model = self.compile()
         feeds = inputs if inputs is not None else self.random_inputs()
         self.measured = measure_latencies({"tuned": lambda: model.run(feeds)}, runs, warmup=warmup)["tuned"]
@@ -342,8 +343,8 @@ class Session:
 
     def compare(self, runs=10, families=True, greedy=True, onnxruntime=True):
         """The plan measured beside every single-family plan, the greedy plan and ONNX Runtime,
-        interleaved (see :mod:`workbench.compare`); kept as :attr:`comparison`."""
-        from .compare import compare
+        interleaved (see :mod:`workbench.tuning.compare`); kept as :attr:`comparison`."""
+        from .tuning.compare import compare
         self._need_plan()
         return compare(self, runs=runs, families=families, greedy=greedy, onnxruntime=onnxruntime)
 
@@ -401,9 +402,9 @@ class Session:
 
     # -- files ------------------------------------------------------------------------------------
     def export(self, path, measure_runs=30):
-        """Save the tuned model as one ONNX file (see :mod:`workbench.tuned`); measures the
+        """Save the tuned model as one ONNX file (see :mod:`workbench.tuned_file`); measures the
         plan first (``measure_runs`` runs) unless already measured.  Returns ``path``."""
-        from . import tuned
+        from . import tuned_file as tuned
         self._need_plan()
         if self.measured is None and measure_runs:
             self.measure(runs=measure_runs)
@@ -412,7 +413,7 @@ class Session:
 
     def export_profile(self, path):
         """The profile records as JSON lines (one per layer x routine and per adapt)."""
-        from . import exports
+        from .ui import exports
         if self.profiled is None:
             raise NotTunedError("not profiled yet: call profile() or tune() first")
         exports.write_text(path, exports.profile_jsonl(self.graph, self.profiled))
@@ -420,13 +421,13 @@ class Session:
 
     def export_trace(self, path, inputs=None):
         """A Chrome-trace JSON of one tuned inference (opens in Perfetto / chrome://tracing)."""
-        from . import exports
+        from .ui import exports
         exports.write_text(path, exports.chrome_trace(self.timed_run(inputs), self.graph.name, self.num_threads))
         return path
 
     def export_csv(self, path, inputs=None):
         """Per-layer CSV: the plan's routine, profiled and measured ms, runner-up, adapts."""
-        from . import exports
+        from .ui import exports
         measured = {}
         for step, _, dt in self.timed_run(inputs):
             measured[step.name] = measured.get(step.name, 0.0) + dt

@@ -42,7 +42,7 @@ def test_bad_shapes_raise_instead_of_crashing(src, dst, message):
 @pytest.mark.parametrize("shape", [(1, 3, 224, 224), (2, 3, 67, 45), (1, 3, 1, 5)])
 def test_three_channel_inputs_interleave_in_every_build(isa, shape):
     """An RGB input to NHWC takes its own interleaving path, in each ISA build of the kernel."""
-    from workbench import cpu
+    from workbench.runtime import cpu
     mod = cpu.kernel_module("layout", isa)
     if mod is None:
         pytest.skip(f"this CPU cannot run the {isa} build")
@@ -60,7 +60,7 @@ def test_three_channel_inputs_interleave_in_every_build(isa, shape):
 def test_nhwc_to_nchw_writes_planes_apart(isa, n, c, h, w, before, after, threads):
     """The (H, W) planes of an NCHW view into a wider (N, C, L) buffer (a detector head's Concat
     along its flattened spatial axis): every plane in its place, nothing around it touched."""
-    from workbench import cpu
+    from workbench.runtime import cpu
     k = cpu.kernel_module("layout", isa)
     if k is None:
         pytest.skip(f"no {isa} build of the layout kernel on this CPU")

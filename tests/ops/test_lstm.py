@@ -6,7 +6,7 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, make_model
-from workbench.check import run_onnxruntime
+from workbench.onnx_io.ort import run_onnxruntime
 from workbench.errors import ModelImportError
 
 

@@ -10,8 +10,8 @@ from onnx import helper
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, make_model
 from routine_helpers import assert_routine_matches, compiled_in, run_with_routine
-from workbench.check import relative_error, run_onnxruntime
-from workbench.onnx_export import export_graph
+from workbench.onnx_io.ort import relative_error, run_onnxruntime
+from workbench.onnx_io.write import export_graph
 from workbench.routines.eltwise import kernels
 
 CHAIN = {"nchw": "cpu:float32:nchw/direct", "nhwc": "cpu:float32:nhwc/direct"}

@@ -113,8 +113,8 @@ def test_dead_layers_and_constant_subgraphs_are_removed(rng):
 
 def test_fold_constants_pass_on_a_built_graph():
     # A layer whose input becomes constant after import is folded by the pass, consumers get the value.
-    from workbench.graph import Graph, Layer, TensorSpec
-    from workbench.passes import fold_constants
+    from workbench.ir.graph import Graph, Layer, TensorSpec
+    from workbench.ir.passes import fold_constants
     g = Graph(inputs={"x": TensorSpec((3,))}, outputs=["y"])
     g.add_layer(Layer("neg", "Neg", ["c"], ["n"], consts={0: np.array([1.0, 2.0, 3.0], np.float32)},
                       out_specs=[TensorSpec((3,))]))

@@ -9,8 +9,8 @@ from onnx import helper
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
 from routine_helpers import assert_routine_matches
-from workbench import cpu
-from workbench.check import relative_error, run_onnxruntime
+from workbench.runtime import cpu
+from workbench.onnx_io.ort import relative_error, run_onnxruntime
 
 #: Whether a routine here applies a post-activation affine (passes/fuse_post_affine.py): the pass
 #: moves one into a Conv only then.

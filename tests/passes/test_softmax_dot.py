@@ -10,8 +10,8 @@ from onnx import helper
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
 from routine_helpers import assert_routine_matches, parallel_even_when_small, run_with_routine
-from workbench import cpu
-from workbench.check import relative_error, run_onnxruntime
+from workbench.runtime import cpu
+from workbench.onnx_io.ort import relative_error, run_onnxruntime
 
 ISAS = [isa for isa in (None, "avx2", "avx512") if isa is None or cpu.supports(isa)]
 VARIANTS = [f"cpu:float32:nchw/direct{'_' + isa if isa else ''}" for isa in ISAS]

@@ -9,8 +9,8 @@ import workbench
 from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
 from routine_helpers import assert_routine_matches
 from workbench import routines
-from workbench.check import relative_error, run_onnxruntime
-from workbench.compiled import CompiledModel
+from workbench.onnx_io.ort import relative_error, run_onnxruntime
+from workbench.runtime.compiled import CompiledModel
 
 VIEW = "cpu:float32:nhwc/view"
 
@@ -68,7 +68,7 @@ def test_channels_last_plan_moves_nothing(rng, read_boxes):
         out = graph.layer(name).outputs[0]
         assert not any(key[0] == out for key in compiled.memory.values), name
     # The box channels, a strided slice of the conv's pixels, are those views' base where only
-    # the output copy reads them (workbench.slices); a layer that reads them as an array of one
+    # the output copy reads them (workbench.runtime.slices); a layer that reads them as an array of one
     # stride gets them copied out by the Split.
     sliced = ("reg", "nhwc") in compiled.slices
     assert sliced != read_boxes

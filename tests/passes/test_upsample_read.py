@@ -11,8 +11,8 @@ from onnx import helper
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
 from routine_helpers import compiled_in, parallel_even_when_small, run_with_routine
-from workbench import cpu
-from workbench.check import run_onnxruntime
+from workbench.runtime import cpu
+from workbench.onnx_io.ort import run_onnxruntime
 
 CHAIN = ["cpu:float32:nchw/direct", "cpu:float32:nhwc/direct"]
 ISAS = [isa for isa in (None, "avx2", "avx512") if isa is None or cpu.supports(isa)]

@@ -8,7 +8,8 @@ import pytest
 
 import workbench
 from routine_helpers import conv_graph, run_with_routine
-from workbench import cpu, routines
+from workbench.runtime import cpu
+from workbench import routines
 
 #: One (op, descriptor) per routine class that binds.
 BINDING = sorted({r: (op, d) for op, d, r in routines.all_routines()

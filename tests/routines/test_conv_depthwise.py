@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 import workbench
 from routine_helpers import assert_routine_matches, conv_graph
-from workbench import cpu, routines, zoo
+from workbench.runtime import cpu
+from workbench import routines, zoo
 from workbench.routines import conv_depthwise
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None)

@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 import workbench
 from routine_helpers import REFERENCE, assert_routine_matches, conv_graph
 from workbench import routines, zoo
-from workbench.compiled import CompiledModel
-from workbench.ops.conv import Conv
+from workbench.runtime.compiled import CompiledModel
+from workbench.ir.ops.conv import Conv
 
 k = pytest.importorskip("workbench._kernels.conv_gemm")
 

@@ -10,9 +10,10 @@ from hypothesis import given, settings, strategies as st
 import workbench
 from routine_helpers import assert_routine_matches
 from routine_helpers import conv_graph as shared_conv_graph
-from workbench import cpu, routines, zoo
-from workbench.graph import Layer
-from workbench.ops.conv import Conv
+from workbench.runtime import cpu
+from workbench import routines, zoo
+from workbench.ir.graph import Layer
+from workbench.ir.ops.conv import Conv
 from workbench.routines import conv_winograd as cw
 from workbench.routines import conv_winograd512 as cw512
 

@@ -12,7 +12,7 @@ from onnx_helpers import make_model
 from routine_helpers import assert_routine_matches, parallel_even_when_small
 from workbench import routines
 from workbench.routines.eltwise import kernels
-from workbench.graph import Graph, Layer, TensorSpec
+from workbench.ir.graph import Graph, Layer, TensorSpec
 from workbench.routines.loops import broadcast_loops
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
@@ -213,7 +213,7 @@ def test_kernel_twins_check_shapes():
 
 def test_sigmoid_kernel_is_accurate_at_the_extremes():
     # The vectorised exp is clamped at exp(-87): below that the sigmoid is ~1e-38 instead of smaller.
-    from workbench.ops.activation import ACTIVATIONS
+    from workbench.ir.ops.activation import ACTIVATIONS
     x = np.concatenate([np.array([np.inf, -np.inf, 0, -0.0, 87, -87, -100, 1e-8, -1e-8], np.float32),
                         np.linspace(-40, 40, 4001, dtype=np.float32)])
     for module in dict.fromkeys((kernels("eltwise"), importlib.import_module("workbench._kernels.eltwise"))):

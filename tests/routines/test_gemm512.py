@@ -9,7 +9,8 @@ from onnx import helper
 import workbench
 from onnx_helpers import make_model
 from routine_helpers import assert_routine_matches
-from workbench import cpu, routines
+from workbench.runtime import cpu
+from workbench import routines
 
 if not cpu.supports("avx512"):
     pytest.skip("this CPU lacks AVX-512", allow_module_level=True)

@@ -8,7 +8,7 @@ import workbench
 from onnx import helper
 from onnx_helpers import assert_matches_onnxruntime, make_model
 from routine_helpers import assert_routine_matches
-from workbench import cpu
+from workbench.runtime import cpu
 
 ROUTINE = "cpu:float32:nchw/direct"
 SETTINGS = dict(deadline=None, derandomize=True, database=None)

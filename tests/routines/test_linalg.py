@@ -22,7 +22,7 @@ HAVE_512 = importlib.util.find_spec("workbench._kernels.gemm512_avx512") is not 
 
 def _also_gemm512(g, op, expected):
     """The AVX-512 routine applies exactly where ``expected`` (and the CPU runs it), and matches."""
-    from workbench import cpu
+    from workbench.runtime import cpu
     layer = next(iter(g))
     runnable = expected and cpu.supports("avx512") and HAVE_512
     assert routines.get(op, GEMM512).applies(layer, g.input_specs(layer)) == runnable

@@ -155,7 +155,7 @@ def test_max_pool_nan_and_inf_as_onnxruntime(descriptor, k, s, p):
     """A NaN in a window gives NaN, as in the reference.  ONNX Runtime's MaxPool folds taps with
     MAXPS alone, so its NaN survives only where its vector kernels happen to fold it last: every
     NaN it gives must be ours too, and every window without NaN must agree exactly (Inf too)."""
-    from workbench.check import run_onnxruntime
+    from workbench.onnx_io.ort import run_onnxruntime
     from routine_helpers import run_with_routine
     c, h, w = 24, 11, 13
     node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)

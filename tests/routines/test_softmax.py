@@ -10,8 +10,9 @@ from onnx import helper
 import workbench
 from onnx_helpers import make_model
 from routine_helpers import assert_routine_matches, parallel_even_when_small, run_with_routine
-from workbench import cpu, routines
-from workbench.check import run_onnxruntime
+from workbench.runtime import cpu
+from workbench import routines
+from workbench.onnx_io.ort import run_onnxruntime
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=40)
 ISAS = [isa for isa in (None, "avx2", "avx512") if isa is None or cpu.supports(isa)]

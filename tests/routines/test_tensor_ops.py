@@ -10,7 +10,7 @@ import workbench
 from onnx_helpers import make_model
 from routine_helpers import assert_routine_matches, parallel_even_when_small
 from workbench import routines
-from workbench.compiled import CompiledModel
+from workbench.runtime.compiled import CompiledModel
 from workbench.routines.eltwise import kernels
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=20)
@@ -241,7 +241,7 @@ def _ours(graph, layer, layout):
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_non_conv_layers_run_on_fast_routines(name):
     from workbench import zoo
-    from workbench.compiled import CompiledModel
+    from workbench.runtime.compiled import CompiledModel
     graph = workbench.load(zoo.build(name, batch=2, resolution=ZOO[name]).SerializeToString())
     assert set(workbench.zoo.NAMES) == set(ZOO)
     feeds = workbench.random_inputs(graph, seed=3)

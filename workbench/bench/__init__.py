@@ -1,7 +1,7 @@
 """``workbench bench``: our tuned plan timed beside ONNX Runtime and OpenVINO, as
 ``onnxruntime_perf_test`` and ``benchmark_app`` time theirs.
 
-Every latency is :func:`workbench.measure.measure_latencies`' statistic (interleaved rounds,
+Every latency is :func:`workbench.tuning.measure.measure_latencies`' statistic (interleaved rounds,
 idle pause and lead-in run per turn), the one the workbench's Measure and Compare report too;
 :func:`measure` is the single entry point both use.  On top of it: percentiles and throughput
 (:mod:`.report`), the first run after an idle pause (:func:`first_after_idle`), the slowdown
@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..measure import measure_latencies, settle
+from ..tuning.measure import measure_latencies, settle
 from . import engines, load, ops, report  # noqa: F401  (the package's parts, for callers)
 from .engines import BenchError, Engine, parse_peers  # noqa: F401
 
@@ -71,8 +71,8 @@ def machine_facts(threads):
     """The CPU, the profile database's fingerprint of this machine and thread count, the host."""
     import platform
 
-    from .. import cpu
-    from ..profiledb import fingerprint
+    from ..runtime import cpu
+    from ..tuning.profiledb import fingerprint
     return {"cpu": cpu.cpu_name(), "fingerprint": fingerprint(threads), "machine": platform.machine(),
             "system": platform.system(), "python": platform.python_version()}
 
@@ -114,7 +114,7 @@ def bench(session, model, peers=("onnxruntime",), runs=30, warmup=3, idle_ms=50.
     BenchResult
     """
     from .. import __version__
-    from ..execute import random_inputs
+    from ..runtime.interpreter import random_inputs
     feeds = session.random_inputs()
     nchw = random_inputs(session.graph)   # the same values; the peers take NCHW whatever our io_format
     batch = int(next(iter(nchw.values())).shape[0]) if nchw and next(iter(nchw.values())).ndim else 1

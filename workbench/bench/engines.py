@@ -45,7 +45,7 @@ def parse_peers(text):
 
 def to_nchw(outputs, graph, io_format):
     """Our outputs as the peers give them: 4-D float outputs of an NHWC session transposed back."""
-    from ..execute import io_shape
+    from ..runtime.interpreter import io_shape
     result = {}
     for name, value in outputs.items():
         spec = graph.spec(name)
@@ -136,9 +136,9 @@ def peer(name, model, feeds, threads):
 
 
 def output_errors(reference, engine_outputs):
-    """Max relative error (:func:`workbench.check.relative_error`) of an engine's outputs against
+    """Max relative error (:func:`workbench.onnx_io.ort.relative_error`) of an engine's outputs against
     ours, over the outputs both have; ``inf`` when they share none."""
-    from ..check import relative_error
+    from ..onnx_io.ort import relative_error
     shared = [n for n in reference if n in engine_outputs]
     if not shared:
         return float("inf")

@@ -13,7 +13,7 @@ PERCENTILES = (50, 90, 99)
 
 def stats(latency, batch):
     """Percentiles, min, mean, IQR (ms), runs and throughput (inferences/s = batch / mean) of a
-    :class:`~workbench.measure.Latency`; the samples themselves (ms) in ``samples_ms``."""
+    :class:`~workbench.tuning.measure.Latency`; the samples themselves (ms) in ``samples_ms``."""
     ms = np.asarray(latency.samples) * 1e3
     out = {f"p{q}_ms": float(np.percentile(ms, q)) for q in PERCENTILES}
     out.update(min_ms=float(ms.min()), mean_ms=float(ms.mean()), max_ms=float(ms.max()),

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from typing import ClassVar
 
-from ..graph import NCHW
+from ..ir.graph import NCHW
 
 _REGISTRY: dict = {}   # op -> {descriptor: Routine subclass}
 _loaded = False
@@ -55,7 +55,7 @@ class Routine:
     #: Writes its 4-D outputs (``strided_out``) or reads its 4-D inputs (``strided_in``) as slices
     #: of a larger buffer along the last physical axis (evenly spaced rows, the last axis
     #: contiguous): a compiled model then lets it write Concat parts in place, or read Split
-    #: outputs and such parts as views (:mod:`workbench.slices`).
+    #: outputs and such parts as views (:mod:`workbench.runtime.slices`).
     strided_out: ClassVar[bool] = False
     strided_in: ClassVar[bool] = False
     descriptor: ClassVar[str] = ""

@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from .. import cpu
-from ..graph import NCHW, NHWC
-from ..ops.conv import residual_after_activation
+from ..runtime import cpu
+from ..ir.graph import NCHW, NHWC
+from ..ir.ops.conv import residual_after_activation
 from . import Routine
 from .epilogue import encode
 

@@ -17,11 +17,11 @@ import threading
 
 import numpy as np
 
-from .. import cpu
-from ..blas import SerialBlas
-from ..compiled import default_threads
-from ..graph import NCHW, NHWC
-from ..ops.conv import residual_after_activation
+from ..runtime import cpu
+from ..runtime.blas import SerialBlas
+from ..runtime.compiled import default_threads
+from ..ir.graph import NCHW, NHWC
+from ..ir.ops.conv import residual_after_activation
 from . import Routine
 from .conv_depthwise import depthwise_applies
 from .epilogue import encode

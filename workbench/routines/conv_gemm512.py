@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import cpu
-from ..graph import NCHW, NHWC
-from ..ops.conv import residual_after_activation
+from ..runtime import cpu
+from ..ir.graph import NCHW, NHWC
+from ..ir.ops.conv import residual_after_activation
 from .conv_gemm import _ConvGemm, geometry
 from .epilogue import encode
 

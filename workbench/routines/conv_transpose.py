@@ -10,7 +10,7 @@ does it on our AVX-512 GEMM.
 """
 import numpy as np
 
-from ..graph import NCHW, NHWC
+from ..ir.graph import NCHW, NHWC
 from . import Routine
 from .conv_gemm512 import _kernels as _gemm512
 from .eltwise import all_float32, fused_activation, kernels

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import cpu
-from ..blas import SerialBlas
-from ..graph import NCHW, NHWC
-from ..ops.conv import residual_after_activation
+from ..runtime import cpu
+from ..runtime.blas import SerialBlas
+from ..ir.graph import NCHW, NHWC
+from ..ir.ops.conv import residual_after_activation
 from . import Routine
 from .epilogue import encode
 

@@ -9,8 +9,8 @@ BLAS, so needs no BLAS limit.
 """
 from __future__ import annotations
 
-from .. import cpu
-from ..graph import NCHW, NHWC
+from ..runtime import cpu
+from ..ir.graph import NCHW, NHWC
 from .conv_winograd import _Winograd
 
 

@@ -19,8 +19,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .. import cpu
-from ..graph import NCHW, NHWC
+from ..runtime import cpu
+from ..ir.graph import NCHW, NHWC
 from . import Routine
 from .epilogue import CODES, encode
 from .loops import broadcast_loops, periodic_rows

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..graph import NCHW, NHWC
-from ..ops.elementwise import upsample_factors
+from ..ir.graph import NCHW, NHWC
+from ..ir.ops.elementwise import upsample_factors
 from . import Routine
 from .eltwise import all_float32, as_stored, fused_activation, kernels, memo
 from .loops import MAX_PATTERNS, MAX_PERIOD, broadcast_loops, periodic_rows

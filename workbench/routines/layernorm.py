@@ -7,8 +7,8 @@ the transformer blocks of PP-OCR recognisers (40 x 120) that took 45 us a layer.
 """
 import numpy as np
 
-from .. import cpu
-from ..graph import NCHW
+from ..runtime import cpu
+from ..ir.graph import NCHW
 from . import Routine
 from .eltwise import all_float32
 

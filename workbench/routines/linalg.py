@@ -10,7 +10,7 @@ operands are not activations in a spatial layout.
 """
 import numpy as np
 
-from ..graph import NCHW
+from ..ir.graph import NCHW
 from . import Routine
 from .eltwise import all_float32, as_stored, fused_activation, kernels, memo
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import NCHW
+from ..ir.graph import NCHW
 from . import Routine
 from .conv_gemm512 import _kernels
 from .linalg import _activation

@@ -8,7 +8,7 @@ in the layer's state, keyed by the input shape.  NCHW runs one output row per jo
 of pixels per job, vectorised over channels.  1-D pools (rank-3, always channels-first) run as
 2-D ones of height 1.
 """
-from ..graph import NCHW, NHWC
+from ..ir.graph import NCHW, NHWC
 from . import Routine
 from .eltwise import all_float32, kernels, memo
 

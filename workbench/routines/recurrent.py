@@ -20,7 +20,7 @@ from .eltwise import all_float32, kernels
 
 def _gemm():
     """gemm512's AVX-512 build, or None where this CPU or build lacks it."""
-    from .. import cpu
+    from ..runtime import cpu
     return cpu.kernel_module("gemm512", "avx512") if cpu.supports("avx512") else None
 
 

@@ -6,7 +6,7 @@ never fast; the fast families exist for that.
 """
 import numpy as np
 
-from .. import ops
+from ..ir import ops
 from . import Routine
 
 #: The ops whose NumPy reference multiplies matrices (np.matmul, ``@``), which the BLAS runs; the

@@ -11,8 +11,8 @@ is its own routine, offered only where this CPU runs it, so the profiler picks a
 """
 import numpy as np
 
-from .. import cpu
-from ..graph import NCHW, NHWC
+from ..runtime import cpu
+from ..ir.graph import NCHW, NHWC
 from . import Routine
 from .eltwise import all_float32
 
@@ -80,7 +80,7 @@ for _layout in (NCHW, NHWC):
 
 
 class _SoftmaxDot(Routine, register=False):
-    """``cpu:float32:nchw/direct[_avx2|_avx512]``: :class:`~workbench.ops.linalg.SoftmaxDot` in one
+    """``cpu:float32:nchw/direct[_avx2|_avx512]``: :class:`~workbench.ir.ops.linalg.SoftmaxDot` in one
     pass (``softmax_dot`` of the softmax kernel module), the input read as (outer, length, inner)
     around its axis, in its logical order."""
     uses_blas = False

@@ -15,9 +15,9 @@
 """
 import numpy as np
 
-from ..graph import NCHW, NHWC
-from ..ops.resize import Resize
-from ..ops.tensor import Pad, Slice
+from ..ir.graph import NCHW, NHWC
+from ..ir.ops.resize import Resize
+from ..ir.ops.tensor import Pad, Slice
 from . import Routine
 from .eltwise import all_float32, as_stored, kernels, memo
 
@@ -41,7 +41,7 @@ def _layout_ok(cls, specs, layer):
 
 class _Blocks(Routine, register=False):
     """Concat and Split: rows of ``outer`` blocks along the physical axis.  In a compiled model
-    parts may already be in place (:mod:`workbench.slices`): those are not copied."""
+    parts may already be in place (:mod:`workbench.runtime.slices`): those are not copied."""
 
     uses_blas = False
     op = ("Concat", "Split")

@@ -3,11 +3,11 @@
 - ``nchw/copy``: any permutation; (0, 2, 3, 1) and (0, 3, 1, 2) of a 4-D float32 tensor through
   the layout kernels, the rest by NumPy.
 - ``nhwc/view``: (0, 2, 3, 1) of a channels-last tensor, a view of its buffer (a detector head's
-  maps transposed first: :mod:`workbench.passes.transpose_first`).
+  maps transposed first: :mod:`workbench.ir.passes.transpose_first`).
 """
 import numpy as np
 
-from ..graph import NCHW, NHWC
+from ..ir.graph import NCHW, NHWC
 from . import Routine
 from .eltwise import kernels
 

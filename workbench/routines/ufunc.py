@@ -12,8 +12,8 @@ always folds them to constants.
 import numpy as np
 
 from . import Routine
-from ..ops.reduce import ArgMax, _Reduce
-from ..ops.tensor import Gather as GatherOp
+from ..ir.ops.reduce import ArgMax, _Reduce
+from ..ir.ops.tensor import Gather as GatherOp
 
 
 class _Ufunc(Routine, register=False):
@@ -235,7 +235,7 @@ class Normalization(_Ufunc):
         x_shape, dtype = layer.out_specs[0].shape, layer.out_specs[0].dtype
         cs = (1, -1) + (1,) * (len(x_shape) - 2)
         if layer.op == "BatchNormalization":
-            from ..ops.normalization import BatchNormalization as BN
+            from ..ir.ops.normalization import BatchNormalization as BN
             s, t = BN.scale_shift(*(layer.consts[i] for i in (1, 2, 3, 4)), layer.attrs["epsilon"])
             return {"scale": s.astype(dtype).reshape(cs), "shift": t.astype(dtype).reshape(cs)}
         if layer.op == "InstanceNormalization":

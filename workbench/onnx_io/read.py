@@ -1,0 +1,401 @@
+"""ONNX -> :class:`~workbench.ir.graph.Graph`: read, check support, fix shapes, fold constants.
+
+The import walks the nodes in dependency order.  A node whose inputs are all constant (weights,
+Constant nodes, or the static spec of a tensor, for Shape/Size and CastLike's target type; see
+:data:`~workbench.ir.passes.constant_folding.SPEC_ONLY_INPUTS`) is computed right away with the
+NumPy reference and becomes a constant: this folds the shape subgraphs that exporters write.
+Every other node becomes a :class:`~workbench.ir.graph.Layer` with normalised attributes and
+inferred output specs.  Unsupported ops are all reported in one error before anything runs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+
+from ..ir import ops
+from ..errors import ModelFileError, ModelImportError, ShapeError, UnsupportedOpsError, WorkbenchError
+from ..ir.graph import Graph, Layer, TensorSpec
+from ..ir.passes.constant_folding import fold_node
+
+_MISSING = object()
+#: Ops handled by the importer itself rather than by an :class:`~workbench.ir.ops.Op`.
+STRUCTURAL_OPS = ("Constant",)
+#: Our own ops: valid inside a Graph, never accepted from a file.
+INTERNAL_OPS = ("ChannelAffine",)
+
+
+def read_model(source) -> onnx.ModelProto:
+    """Read an ONNX model from a path, bytes or a ModelProto, with clear errors.
+
+    External-data tensors are loaded from beside the file.
+    """
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        data, where = bytes(source), "<bytes>"
+    else:
+        path = Path(os.fspath(source))
+        if not path.exists():
+            raise ModelFileError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelFileError(f"{path}: is a directory, not an ONNX file")
+        data, where = path.read_bytes(), str(path)
+    if not data:
+        raise ModelFileError(f"{where}: file is empty")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelFileError(f"{where}: not a valid ONNX file, or truncated ({len(data)} bytes): {e}") from None
+    if not model.HasField("graph") or model.ir_version == 0 or not model.opset_import:
+        raise ModelFileError(f"{where}: not an ONNX model (no graph, IR version or opset in the file)")
+    if where != "<bytes>":
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(Path(where).parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:
+            raise ModelFileError(f"{where}: cannot read its external data: {e}") from None
+    return model
+
+
+def _attr_value(a):
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, onnx.TensorProto):
+        return numpy_helper.to_array(v)
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return [s.decode("utf-8", errors="replace") for s in v]
+    return v
+
+
+def _np_dtype(elem_type, where):
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError):
+        raise ModelImportError(f"{where}: unsupported element type {elem_type}") from None
+
+
+class NodeView:
+    """What an :meth:`Op.normalize` may ask of the ONNX node it normalises."""
+
+    def __init__(self, proto, name, opset, consts, spec_of):
+        self.proto, self.name, self.op_type, self.opset = proto, name, proto.op_type, opset
+        self.inputs, self.outputs = list(proto.input), list(proto.output)
+        self._attrs = {a.name: a for a in proto.attribute}
+        self._consts, self._spec_of = consts, spec_of
+        self.consumed = set()
+
+    def fail(self, message):
+        raise ModelImportError(f"node {self.name!r} ({self.op_type}): {message}")
+
+    def attr(self, name, default=_MISSING):
+        if name in self._attrs:
+            return _attr_value(self._attrs[name])
+        if default is _MISSING:
+            self.fail(f"required attribute {name!r} is missing")
+        return default
+
+    def dtype_attr(self, name):
+        return _np_dtype(self.attr(name), f"node {self.name!r} ({self.op_type}) attribute {name!r}")
+
+    def _present(self, i):
+        return i < len(self.inputs) and self.inputs[i] != ""
+
+    def const(self, i):
+        return self._consts.get(self.inputs[i]) if self._present(i) else None
+
+    def spec(self, i) -> TensorSpec:
+        if not self._present(i):
+            self.fail(f"input {i} is missing")
+        return self._spec_of(self.inputs[i])
+
+    def const_spec(self, i, what):
+        if self.const(i) is None:
+            self.fail(f"{what} (input {i}, {self.inputs[i] if self._present(i) else 'absent'!r}) must be a constant")
+        return TensorSpec.of(self.const(i))
+
+    def take(self, i, what, required=False):
+        """The constant value of input ``i`` as an attribute; the input is then dropped."""
+        if not self._present(i):
+            if required:
+                self.fail(f"{what} (input {i}) is required")
+            return None
+        value = self.const(i)
+        if value is None:
+            self.fail(f"{what} (input {i}, tensor {self.inputs[i]!r}) is computed at run time; only constant "
+                      f"values are supported (shapes must be static)")
+        self.consumed.add(i)
+        return value
+
+
+def _default_opset(model):
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def unsupported_ops(model):
+    """Op type -> node names for every node the importer cannot take (empty dict if none)."""
+    bad = {}
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        if node.domain not in ("", "ai.onnx"):
+            bad.setdefault(f"{node.domain}.{node.op_type}", []).append(name)
+        elif node.op_type not in STRUCTURAL_OPS and (ops.get(node.op_type) is None or node.op_type in INTERNAL_OPS):
+            bad.setdefault(node.op_type, []).append(name)
+    return bad
+
+
+def _dims(vi):
+    """Declared dims of a graph input: ints where fixed, the dim_param (or '?') where symbolic."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in t.shape.dim]
+
+
+def _placeholder(dim, i, rank):
+    """How a suggested ``--shape`` writes a declared dim: its size where fixed, else N for the
+    batch, H and W for an image's height and width, D<i> for any other, unless the model's own
+    name is short (exporters' names, such as 'p2o.DynamicDimension.0', make the flag unreadable)."""
+    if isinstance(dim, int):
+        return str(dim)
+    if len(dim) <= 3 and dim.isalnum():   # the model's own short name ('N', 'K') reads best
+        return dim
+    if i == 0:
+        return "N"
+    if rank == 4 and i in (2, 3):
+        return "HW"[i - 2]
+    return f"D{i}"
+
+
+def _resolve_input_shape(vi, batch, resolution, shapes, missing):
+    """The input's TensorSpec, or None after appending ``(input, dim index, label, kind)`` to
+    ``missing`` for each symbolic dim nothing gives a value (all are reported at once)."""
+    name = vi.name
+    t = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type"):
+        raise ModelImportError(f"graph input {name!r}: only tensor inputs are supported")
+    dtype = _np_dtype(t.elem_type, f"graph input {name!r}")
+    dims = list(t.shape.dim) if t.HasField("shape") else None
+    given = shapes.get(name) if shapes else None
+    if given is not None:
+        given = tuple(int(d) for d in given)
+        if dims is not None:
+            if len(given) != len(dims):
+                raise ShapeError(f"graph input {name!r}: shape {given} given, but the model declares rank {len(dims)}")
+            for i, (d, g) in enumerate(zip(dims, given)):
+                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != g:
+                    raise ShapeError(f"graph input {name!r}: dim {i} is fixed to {d.dim_value} in the model, "
+                                     f"the given shape {given} says {g}")
+        return TensorSpec(given, dtype)
+    if dims is None:
+        missing.append((name, None, None, "shape"))
+        return None
+    out = []
+    for i, d in enumerate(dims):
+        fixed = d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        if i == 0 and batch is not None:
+            if fixed is not None and fixed != batch:
+                raise ShapeError(f"graph input {name!r}: batch dim is fixed to {fixed} in the model, batch={batch} given")
+            out.append(batch)
+        elif fixed is not None:
+            out.append(fixed)
+        elif len(dims) == 4 and i in (2, 3) and resolution is not None:
+            out.append(resolution[i - 2])
+        else:
+            kind = "batch" if i == 0 else "resolution" if len(dims) == 4 and i in (2, 3) else "other"
+            missing.append((name, i, d.dim_param or "?", kind))
+            out.append(None)
+    return None if None in out else TensorSpec(out, dtype)
+
+
+def symbolic_dims_message(model_inputs, missing):
+    """One message for every symbolic dim without a value, with the CLI flags and the Python
+    keywords that give them.  ``model_inputs``: the graph's non-initializer ValueInfos."""
+    by_input = {}
+    for name, i, label, kind in missing:
+        by_input.setdefault(name, []).append((i, label, kind))
+    declared = {vi.name: _dims(vi) for vi in model_inputs}
+    kinds = {kind for _, _, _, kind in missing}
+    lines = [f"{len(missing)} symbolic input dimension(s) have no value:"]
+    shape_flags, shape_kw = [], []
+    for name, items in by_input.items():
+        dims = declared.get(name)
+        if dims is None:
+            lines.append(f"  {name!r}: no declared shape; give it whole with --shape {name}=D1xD2x...")
+            shape_flags.append(f"--shape {name}=D1xD2x...")
+            continue
+        what = {"batch": " (batch)", "resolution": " (resolution)", "other": ""}
+        lines.append(f"  {name!r} ({', '.join(str(d) for d in dims)}): "
+                     + ", ".join(f"dim {i} {label!r}{what[kind]}" for i, label, kind in items))
+        shown = [_placeholder(d, i, len(dims)) for i, d in enumerate(dims)]
+        shape_flags.append(f"--shape {name}={'x'.join(shown)}")
+        shape_kw.append(f"{name!r}: ({', '.join(shown)})")
+    quick, kw = [], []
+    if "batch" in kinds:
+        quick.append("--batch N")
+        kw.append("batch=N")
+    if "resolution" in kinds:
+        quick.append("--resolution R (or --resolution HxW)")
+        kw.append("resolution=R or (H, W)")
+    if quick and not kinds & {"other", "shape"}:
+        lines.append(f"give them with {' '.join(quick)} (Python: {', '.join(kw)}), or per input with "
+                     f"{' '.join(shape_flags)} (Python: shapes={{{', '.join(shape_kw)}}})")
+    else:
+        lines.append(f"give them per input with {' '.join(shape_flags)} (Python: shapes={{{', '.join(shape_kw)}}})"
+                     + (f"; --batch N / --resolution R cover batch and H, W only" if quick else ""))
+    lines.append("with sizes in place of the names; --shape takes precedence over "
+                 "--batch and --resolution")
+    return "\n".join(lines)
+
+
+def _node_order(nodes, known):
+    """Indices of ``nodes`` in dependency order (stable: source order where free)."""
+    produced_by = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    done, order, visiting = set(), [], set()
+
+    def visit(i):
+        if i in done:
+            return
+        if i in visiting:
+            raise ModelImportError(f"node {nodes[i].name!r} ({nodes[i].op_type}) is part of a cycle")
+        visiting.add(i)
+        for t in nodes[i].input:
+            j = produced_by.get(t)
+            if t and t not in known and j is not None:
+                visit(j)
+        visiting.discard(i)
+        done.add(i)
+        order.append(i)
+
+    for i in range(len(nodes)):
+        visit(i)
+    return order
+
+
+def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> Graph:
+    """Import an ONNX model into a static-shaped :class:`Graph` (no fusion; see :func:`workbench.load`).
+
+    Parameters
+    ----------
+    source : str, Path, bytes or onnx.ModelProto
+    batch : int, optional
+        Value of the batch dimension (dim 0 of every input) when it is symbolic.
+    resolution : int or (int, int), optional
+        Height and width (dims 2 and 3) of 4-D inputs when they are symbolic.
+
+    Every symbolic dimension left without a value is listed in one :class:`ShapeError`, with
+    the CLI flags and keywords that give them.
+    shapes : dict[str, tuple], optional
+        Full shape per input name; takes precedence over ``batch``/``resolution``.
+    """
+    model = read_model(source)
+    g = model.graph
+    opset = _default_opset(model)
+    bad = unsupported_ops(model)
+    if bad:
+        raise UnsupportedOpsError(bad)
+    if isinstance(resolution, int):
+        resolution = (resolution, resolution)
+    consts = {}
+    for init in g.initializer:
+        try:
+            consts[init.name] = numpy_helper.to_array(init)
+        except Exception as e:  # noqa: BLE001 - onnx raises several types for bad tensors
+            raise ModelFileError(f"initializer {init.name!r}: cannot be read ({e})") from None
+    inputs, missing = {}, []
+    model_inputs = [vi for vi in g.input if vi.name not in consts]
+    for vi in model_inputs:
+        inputs[vi.name] = _resolve_input_shape(vi, batch, resolution, shapes, missing)
+    if missing:
+        raise ShapeError(symbolic_dims_message(model_inputs, missing))
+    if shapes:
+        unknown = set(shapes) - set(inputs)
+        if unknown:
+            raise ShapeError(f"shapes given for unknown input(s) {sorted(unknown)}; the model's inputs are {list(inputs)}")
+    graph = Graph(name or g.name or "model", inputs=inputs, outputs=[o.name for o in g.output])
+    graph.meta.update(opset=opset, producer=f"{model.producer_name} {model.producer_version}".strip(),
+                      source_nodes=len(g.node), source_op_counts=_op_counts(g.node))
+
+    def spec_of(tensor):
+        if tensor in consts:
+            return TensorSpec.of(consts[tensor])
+        try:
+            return graph.spec(tensor)
+        except KeyError:
+            raise ModelImportError(f"tensor {tensor!r} is read but never produced (not an input, initializer or "
+                                   f"node output)") from None
+
+    used_names = set()
+    for index in _node_order(list(g.node), set(consts) | set(inputs)):
+        node = g.node[index]
+        name = node.name or f"{node.op_type}_{index}"
+        while name in used_names:
+            name += "_"
+        used_names.add(name)
+        if node.op_type == "Constant":
+            consts[node.output[0]] = _constant_value(node, name)
+            continue
+        view = NodeView(node, name, opset, consts, spec_of)
+        layer = _make_layer(view, index, spec_of)
+        if fold_node(layer, consts, spec_of):
+            continue
+        graph.add_layer(layer)
+        layer.out_specs = ops.get(layer.op).infer(layer, graph.input_specs(layer))
+    for out in graph.outputs:
+        if out in consts:
+            graph.constants[out] = consts[out]
+        elif out not in graph.inputs and graph.producer(out) is None:
+            raise ModelImportError(f"graph output {out!r} is never produced")
+    return graph
+
+
+def _op_counts(nodes):
+    counts = {}
+    for n in nodes:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _constant_value(node, name):
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in ("value_float", "value_int"):
+            return np.array(_attr_value(a), np.float32 if a.name == "value_float" else np.int64)
+        if a.name in ("value_floats", "value_ints"):
+            return np.array(_attr_value(a), np.float32 if a.name == "value_floats" else np.int64)
+    raise ModelImportError(f"node {name!r} (Constant): only tensor, float(s) and int(s) values are supported")
+
+
+def _make_layer(view, index, spec_of):
+    op = ops.get(view.op_type)
+    try:
+        attrs = op.normalize(view)
+    except WorkbenchError:
+        raise
+    except Exception as e:  # a malformed attribute deep in normalisation still names its node
+        raise ModelImportError(f"node {view.name!r} ({view.op_type}): cannot read its attributes: {e}") from None
+    inputs = ["" if i in view.consumed else t for i, t in enumerate(view.inputs)]
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    consts = {i: view.const(i) for i, t in enumerate(inputs) if t and view.const(i) is not None}
+    # What export needs to write the node back as ONNX: its attributes as they were, and the
+    # constant inputs that normalisation turned into attributes.
+    source = {"op_type": view.op_type, "attributes": [copy_attr(a) for a in view.proto.attribute],
+              "taken": {i: (view.inputs[i], view.const(i)) for i in sorted(view.consumed)}}
+    return Layer(name=view.name, op=view.op_type, inputs=inputs, outputs=list(view.outputs), attrs=attrs,
+                 consts=consts, meta={"index": index, "onnx": source})
+
+
+def copy_attr(attribute):
+    a = onnx.AttributeProto()
+    a.CopyFrom(attribute)
+    return a

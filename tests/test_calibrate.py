@@ -10,7 +10,6 @@ from workbench.tuning import search
 from workbench import routines
 from workbench.tuning.in_context import Context, adapt_key, challenger, overlay
 from workbench.onnx_io.ort import run_onnxruntime
-from workbench.tuned_file import load as load_tuned, save as save_tuned
 
 from test_session import assert_close, milp_cost
 
@@ -80,8 +79,8 @@ def test_calibrated_session_computes_the_model(calibrated):
 def test_tuned_file_keeps_the_in_context_prediction(calibrated, tmp_path):
     s, _, _ = calibrated
     path = tmp_path / "m.tuned.onnx"
-    save_tuned(s, path)
-    loaded = load_tuned(str(path), warn=False)
+    s.export(path, measure_runs=0)
+    loaded = Session.load(str(path), warn=False)
     assert loaded.predicted_s == pytest.approx(s.predicted_s, rel=1e-6)
     assert dict(loaded.plan.choice) == dict(s.plan.choice)
 

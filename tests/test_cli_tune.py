@@ -287,5 +287,4 @@ def test_tune_in_context_prints_the_calibration_and_stores_its_prediction(tiny, 
     line = next(l for l in out.splitlines() if l.startswith("in context:"))
     assert "plan(s) timed" in line and "ms per run outside the steps" in line
     predicted = float(next(l for l in out.splitlines() if l.startswith("predicted:")).split()[1])
-    from workbench.tuned_file import load as load_tuned
-    assert load_tuned(str(out_path), warn=False).predicted_s * 1e3 == pytest.approx(predicted, rel=1e-3)
+    assert workbench.Session.load(str(out_path), warn=False).predicted_s * 1e3 == pytest.approx(predicted, rel=1e-3)

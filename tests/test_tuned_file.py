@@ -130,7 +130,7 @@ def test_export_load_round_trip(db_path, tmp_path, name):
 
 def test_pins_filters_and_adapts_survive_the_round_trip(tiny_file, db_path, tmp_path):
     s, path = tiny_file
-    loaded = tuned.load(path, db=db_path)
+    loaded = workbench.Session.load(path, db=db_path)
     assert loaded.pins == s.pins == {"branch.b": "cpu:float32:nchw/im2col"}
     assert loaded.filters == s.filters and len(s.filters) == 2
     assert loaded.plan.choice == s.plan.choice
@@ -214,7 +214,7 @@ def test_fingerprint_mismatch_warns_and_still_runs(tiny_file, tmp_path):
     np.testing.assert_array_equal(out["logits"], s.run(feeds)["logits"])
     # so does loading it for another thread count
     with pytest.warns(tuned.FingerprintWarning, match="threads"):
-        assert tuned.load(path, num_threads=1).num_threads == 1
+        assert workbench.Session.load(path, num_threads=1).num_threads == 1
     # the same file on this machine loads silently
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -233,7 +233,7 @@ def test_corrupt_files_are_clear_errors(tiny_file, tmp_path):
     with pytest.raises(ModelFileError, match=r"garbage\.onnx"):
         workbench.load(garbage)
     with pytest.raises(ModelFileError, match=r"garbage\.onnx"):
-        tuned.load(garbage)
+        workbench.Session.load(garbage)
 
     cases = {
         "unknown routine": (dict(node="res.conv2", node_meta={"workbench.routine": "cpu:float32:nchw/nosuchalgo"}),
@@ -263,7 +263,7 @@ def test_corrupt_files_are_clear_errors(tiny_file, tmp_path):
     plain = tmp_path / "plain.onnx"
     onnx.save_model(zoo_model("tiny", 32), str(plain))
     with pytest.raises(tuned.TunedModelError, match=r"plain\.onnx.*not a tuned model"):
-        tuned.load(plain)
+        workbench.Session.load(plain)
     assert isinstance(workbench.load(plain), workbench.Graph)
     assert issubclass(tuned.TunedModelError, workbench.WorkbenchError)
 

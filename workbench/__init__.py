@@ -6,15 +6,14 @@
 """
 import os
 
+from ._version import __version__
 from .errors import (InputError, ModelFileError, ModelImportError, ShapeError, UnsupportedOpsError,
                      WorkbenchError)
-from .runtime.interpreter import Interpreter, ReferenceExecutor, random_inputs
 from .ir.graph import Graph, Layer, TensorSpec
-from .onnx_io.read import import_onnx
 from .ir.passes import optimize
+from .onnx_io.read import import_onnx
+from .runtime.interpreter import Interpreter, ReferenceExecutor, random_inputs
 from .session import Session
-
-__version__ = "0.1.0"
 
 
 def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_threads=None):
@@ -35,11 +34,11 @@ def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_thread
     -------
     Graph, or Session for a tuned file (``.run(inputs)``; warns when tuned on another machine)
     """
-    from . import tuned_file as tuned
     from .onnx_io.read import read_model
+    from .tuned_file import is_tuned
     model = read_model(source)
-    if tuned.is_tuned(model):
-        return tuned.load(model, num_threads=num_threads, name=_name(source), stacklevel=3)
+    if is_tuned(model):
+        return Session.load(model, num_threads=num_threads, name=_name(source), stacklevel=3)
     graph = import_onnx(model, batch=batch, resolution=resolution, shapes=shapes)
     if fuse:
         optimize(graph)

@@ -17,22 +17,20 @@ import time
 
 import numpy as np
 
-from .tuning import filters as assign_mod
 from . import routines
-from .tuning import search
-from .runtime.compiled import CompiledModel, default_threads
+from .routines import adapts
 from .errors import WorkbenchError, where
 from .ir.graph import NCHW, NHWC
+from .runtime.compiled import CompiledModel, default_threads
+from .session_files import NotTunedError, SessionFiles
+from .tuning import filters as assign_mod
+from .tuning import search
 from .tuning.profiler import problem as make_problem
 from .tuning.profiler import profile as run_profile
 
 
 class PinError(WorkbenchError):
     """A pin that names an unknown layer, an unknown routine, or a routine that does not apply."""
-
-
-class NotTunedError(WorkbenchError):
-    """An operation that needs a plan was asked of a session that has none yet."""
 
 
 def conv_families(graph=None):
@@ -43,7 +41,7 @@ def conv_families(graph=None):
     return [f"cpu:float32:{lay}/*" for lay in layouts] + [f"cpu:float32:{lay}/{algo}" for lay, algo in conv]
 
 
-class Session:
+class Session(SessionFiles):
     """A model being tuned.
 
     Parameters
@@ -296,8 +294,7 @@ class Session:
                 self.family_notes[fam] = (f"{len(fallbacks)} layer(s) fall back: "
                                           + ", ".join(f"{f.layer} to {f.chosen}" for f in fallbacks[:3])
                                           + (", ..." if len(fallbacks) > 3 else ""))
-            cost, adapts = search.evaluate(prob, choice)
-            plans[fam] = search.Plan(choice, cost, adapts, f"family {fam}")
+            plans[fam] = search.plan_of(prob, choice, f"family {fam}")
         return plans
 
     # -- running --------------------------------------------------------------------------------
@@ -377,15 +374,14 @@ class Session:
         else:
             costs, _ = self.costs()
         adapts_in = {}
-        readers = {}
-        for layer in self.graph:
-            for t in layer.inputs:
-                readers.setdefault(t, []).append(layer)
-        compiled = self.compile()
-        for step in compiled.adapts:
-            tensor = step.name[len("adapt:"):].rsplit(":", 1)[0]   # "adapt:<tensor>:<src>-><dst>"; names may hold ":"
-            for layer in readers.get(tensor, ()):
-                adapts_in.setdefault(layer.name, []).append(step.name)
+        for (tensor, src, dst), readers in plan.readers.items():
+            # the steps the executor runs for it, named as it names them (an adapt that only
+            # reinterprets the bytes, a view, runs none)
+            spec = self.graph.spec(tensor)
+            steps = [f"adapt:{tensor}:{a.src_layout}->{a.dst_layout}"
+                     for a in adapts.path(spec.with_layout(src), dst) if not a.is_view(spec)]
+            for r in readers:
+                adapts_in.setdefault(r, []).extend(steps)
         rows = []
         for i, layer in enumerate(self.graph):
             chosen = plan.choice[layer.name]
@@ -399,40 +395,6 @@ class Session:
                              candidates=len(c), pinned=layer.name in self.pins,
                              adapts=adapts_in.get(layer.name, [])))
         return rows
-
-    # -- files ------------------------------------------------------------------------------------
-    def export(self, path, measure_runs=30):
-        """Save the tuned model as one ONNX file (see :mod:`workbench.tuned_file`); measures the
-        plan first (``measure_runs`` runs) unless already measured.  Returns ``path``."""
-        from . import tuned_file as tuned
-        self._need_plan()
-        if self.measured is None and measure_runs:
-            self.measure(runs=measure_runs)
-        tuned.save(self, path)
-        return path
-
-    def export_profile(self, path):
-        """The profile records as JSON lines (one per layer x routine and per adapt)."""
-        from .ui import exports
-        if self.profiled is None:
-            raise NotTunedError("not profiled yet: call profile() or tune() first")
-        exports.write_text(path, exports.profile_jsonl(self.graph, self.profiled))
-        return path
-
-    def export_trace(self, path, inputs=None):
-        """A Chrome-trace JSON of one tuned inference (opens in Perfetto / chrome://tracing)."""
-        from .ui import exports
-        exports.write_text(path, exports.chrome_trace(self.timed_run(inputs), self.graph.name, self.num_threads))
-        return path
-
-    def export_csv(self, path, inputs=None):
-        """Per-layer CSV: the plan's routine, profiled and measured ms, runner-up, adapts."""
-        from .ui import exports
-        measured = {}
-        for step, _, dt in self.timed_run(inputs):
-            measured[step.name] = measured.get(step.name, 0.0) + dt
-        exports.write_text(path, exports.layer_csv(self.layer_rows(), measured))
-        return path
 
     def __repr__(self):
         state = "untuned" if self.plan is None else (f"tuned ({self.plan.method}), predicted "

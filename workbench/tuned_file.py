@@ -11,19 +11,19 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
   ``workbench.io_format``, ``workbench.predicted_ms``, ``workbench.measured_ms``,
   ``workbench.plan_method``, ``workbench.filters``, ``workbench.pins``.
 
-:func:`load` imports the file (the same fusion gives the same layers), reads the annotations
-back, checks them, and returns a :class:`~workbench.session.Session` ready to run; on a
-machine with another fingerprint it warns (:class:`FingerprintWarning`) and the session can
-:meth:`~workbench.session.Session.retune`.
+:func:`read` imports the file (the same fusion gives the same layers), reads the annotations
+back, checks them, and returns them as plain data (:class:`TunedRecord`); :func:`write` is its
+inverse.  The Session converts both ways (:meth:`~workbench.session.Session.load` gives one ready
+to run; on a machine with another fingerprint it warns, :class:`FingerprintWarning`, and the
+session can :meth:`~workbench.session.Session.retune`), so this module knows nothing of sessions.
 """
 from __future__ import annotations
 
 import json
 import os
-import warnings
+from dataclasses import dataclass, field
 
 from . import routines
-from .tuning import search
 from .errors import WorkbenchError, where
 from .ir.graph import NCHW, NHWC
 
@@ -44,51 +44,70 @@ def is_tuned(model):
     return any(p.key == PREFIX + "format" for p in model.metadata_props)
 
 
-def _adapts_into(session):
-    """``{layer: [[tensor, from, to], ...]}``: the adapts of the plan, by the layers that read them."""
-    plan = session.plan
-    by_target = {}
-    for tensor, src, dst in plan.adapts:
-        by_target.setdefault((tensor, dst), []).append([tensor, src, dst])
-    into = {}
-    for layer in session.graph:
-        r = routines.get(layer.op, plan.choice[layer.name])
-        layouts = r.input_layouts(layer, session.graph.input_specs(layer))
-        for i, t in enumerate(layer.inputs):
-            if t and i not in layer.consts and (t, layouts[i]) in by_target:
-                into.setdefault(layer.name, []).extend(by_target[(t, layouts[i])])
-    return into
+@dataclass
+class TunedRecord:
+    """What a tuned file holds, as plain data (:meth:`Session.to_record
+    <workbench.session.Session.to_record>` makes one, :meth:`Session.from_record
+    <workbench.session.Session.from_record>` turns one back into a session).
+
+    ``graph`` is the fused graph, ``choice`` its routine per layer, ``costs`` the candidates each
+    layer was chosen among (``{layer: {descriptor: s}}``), ``adapts_into`` the plan's adapts by
+    the layer that reads them (``{layer: [[tensor, from, to], ...]}``, written for readers of the
+    file: they follow from the choice), ``metadata`` the model-level fields as written.
+    """
+
+    graph: object
+    choice: dict
+    costs: dict
+    num_threads: int
+    io_format: str
+    predicted_s: float
+    plan_method: str = "?"
+    measured_s: float = None
+    pins: dict = field(default_factory=dict)
+    filters: list = field(default_factory=list)
+    adapts_into: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    fingerprint_facts: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def fingerprint_differs(self, num_threads):
+        """The machine facts (``fingerprint_facts`` keys) in which this machine, running with
+        ``num_threads``, differs from the one the file was tuned on; [] when the fingerprints agree."""
+        from .tuning.profiledb import fingerprint, fingerprint_facts
+        if fingerprint(num_threads) == self.fingerprint:
+            return []
+        mine = fingerprint_facts(num_threads)
+        facts = self.fingerprint_facts
+        return sorted(k for k in set(mine) | set(facts) if mine.get(k) != facts.get(k)) or ["fingerprint"]
 
 
-def save(session, path):
-    """Write ``session``'s tuned model to ``path`` (one ONNX file)."""
-    from . import __version__
+def write(record, path):
+    """Write ``record`` (a :class:`TunedRecord`) to ``path`` as one ONNX file."""
+    from ._version import __version__
     from .onnx_io.write import export_graph, save as save_model
     from .tuning.profiledb import fingerprint, fingerprint_facts
-    plan = session.plan
-    costs = session.costs()[0] if session.profiled is not None else {}
-    adapts = _adapts_into(session)
     nodes = {}
-    for layer in session.graph:
-        c = costs.get(layer.name, {})
-        chosen = plan.choice[layer.name]
+    for layer in record.graph:
+        c = record.costs.get(layer.name, {})
+        chosen = record.choice[layer.name]
         nodes[layer.name] = {
             PREFIX + "routine": chosen,
-            PREFIX + "adapts": json.dumps(adapts.get(layer.name, [])),
+            PREFIX + "adapts": json.dumps(record.adapts_into.get(layer.name, [])),
             PREFIX + "cost_ms": f"{c[chosen] * 1e3:.6f}" if chosen in c else "",
             PREFIX + "candidates": json.dumps({d: round(v * 1e3, 6) for d, v in sorted(c.items(), key=lambda kv: kv[1])}),
-            PREFIX + "pinned": "1" if layer.name in session.pins else "0",
+            PREFIX + "pinned": "1" if layer.name in record.pins else "0",
         }
     meta = {
         "format": FORMAT, "version": __version__,
-        "fingerprint": fingerprint(session.num_threads),
-        "fingerprint_facts": json.dumps(fingerprint_facts(session.num_threads), sort_keys=True),
-        "num_threads": session.num_threads, "io_format": session.io_format,
-        "predicted_ms": f"{session.predicted_s * 1e3:.6f}",
-        "measured_ms": f"{session.measured.median * 1e3:.6f}" if session.measured is not None else "",
-        "plan_method": plan.method, "filters": json.dumps(session.filters), "pins": json.dumps(session.pins),
+        "fingerprint": fingerprint(record.num_threads),
+        "fingerprint_facts": json.dumps(fingerprint_facts(record.num_threads), sort_keys=True),
+        "num_threads": record.num_threads, "io_format": record.io_format,
+        "predicted_ms": f"{record.predicted_s * 1e3:.6f}",
+        "measured_ms": f"{record.measured_s * 1e3:.6f}" if record.measured_s is not None else "",
+        "plan_method": record.plan_method, "filters": json.dumps(record.filters), "pins": json.dumps(record.pins),
     }
-    model = export_graph(session.graph, nodes, {PREFIX + k: v for k, v in meta.items()})
+    model = export_graph(record.graph, nodes, {PREFIX + k: v for k, v in meta.items()})
     save_model(model, path)
 
 
@@ -99,15 +118,11 @@ def _field(where_, key, text, parse):
         raise TunedModelError(f"{where_}: field {key!r} is malformed ({e}): {text[:80]!r}") from None
 
 
-def load(source, num_threads=None, db=None, warn=True, name=None, stacklevel=2):
-    """A ready-to-run :class:`~workbench.session.Session` from a tuned file (path, bytes or
-    ModelProto; ``name`` for messages).  ``num_threads`` defaults to the tuned thread count;
-    ``stacklevel`` places the :class:`FingerprintWarning` at the caller's line."""
+def read(source, name=None):
+    """The :class:`TunedRecord` of a tuned file (path, bytes or ModelProto; ``name`` for
+    messages), every annotation checked against the imported graph."""
     from .onnx_io.read import import_onnx, read_model
     from .ir.passes import optimize
-    from .tuning.profiler import problem as make_problem
-    from .tuning.profiledb import fingerprint, fingerprint_facts
-    from .session import Session
     model = read_model(source)
     name = name or (str(source) if isinstance(source, (str, os.PathLike)) else "model")
     meta = {p.key[len(PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
@@ -162,22 +177,9 @@ def load(source, num_threads=None, db=None, warn=True, name=None, stacklevel=2):
             raise TunedModelError(f"{where_}: {where(layer)} field {PREFIX}candidates must be a JSON object")
         costs[layer.name] = {d: float(ms) / 1e3 for d, ms in candidates.items()}
         choice[layer.name] = descriptor
-    session = Session(graph, num_threads=num_threads or threads, db=db, io_format=meta["io_format"])
-    session.filters = list(filters)
-    session.pins = dict(pins)
-    # The adapts follow from the choice (the same ones the tuned plan had, graph outputs included).
-    structure = make_problem(graph, {n: {d: 0.0} for n, d in choice.items()}, {}, None, session.io_format)
-    adapts = search.evaluate(structure, choice)[1]
-    session.plan = search.Plan(choice, predicted / 1e3, adapts, f"loaded ({meta.get('plan_method', '?')})")
-    session.tuned_on = facts
-    session.tuned_metadata = meta
-    session.loaded_costs = costs
-    here = fingerprint(session.num_threads)
-    if warn and here != meta["fingerprint"]:
-        mine = fingerprint_facts(session.num_threads)
-        diff = sorted(k for k in set(mine) | set(facts) if mine.get(k) != facts.get(k))
-        warnings.warn(FingerprintWarning(
-            f"{name} was tuned on another machine or setup (differs in: {', '.join(diff) or 'fingerprint'}); "
-            f"it runs, but its routines may not be the fastest here: retune with session.retune() or "
-            f"`workbench tune`"), stacklevel=stacklevel)
-    return session
+    measured = meta.get("measured_ms") or None
+    return TunedRecord(graph, choice, costs, threads, meta["io_format"], predicted / 1e3,
+                       plan_method=meta.get("plan_method", "?"),
+                       measured_s=_field(where_, PREFIX + "measured_ms", measured, float) / 1e3 if measured else None,
+                       pins=dict(pins), filters=list(filters), fingerprint=meta["fingerprint"],
+                       fingerprint_facts=facts, metadata=meta)

@@ -113,7 +113,7 @@ def bench(session, model, peers=("onnxruntime",), runs=30, warmup=3, idle_ms=50.
     -------
     BenchResult
     """
-    from .. import __version__
+    from .._version import __version__
     from ..runtime.interpreter import random_inputs
     feeds = session.random_inputs()
     nchw = random_inputs(session.graph)   # the same values; the peers take NCHW whatever our io_format

@@ -56,7 +56,7 @@ def to_nchw(outputs, graph, io_format):
 
 def ours(session, feeds, name="tuned"):
     """The session's compiled plan on ``feeds`` (in the session's io_format)."""
-    from .. import __version__
+    from .._version import __version__
     model = session.compile()
     return Engine(name, lambda: model.run(feeds), lambda: to_nchw(model.run(feeds), session.graph, session.io_format),
                   version=__version__, settings={"threads": model.num_threads, "io_format": session.io_format})

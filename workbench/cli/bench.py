@@ -56,7 +56,7 @@ def open_model(args):
     """``(session, model, stem, how)``: the session to benchmark, the ModelProto the peers run,
     the report's name and how the plan was obtained."""
     from .. import zoo
-    from .main import _read, _shapes
+    from .common import _read, _shapes
     from ..bench import BenchError
     from .tune import _open_db, load_tuned
     from ..runtime.compiled import default_threads

@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -87,7 +86,7 @@ def _open_db(args, threads):
 
 def _session(args):
     """The :class:`~workbench.session.Session` of ``args.model`` with its database opened."""
-    from .main import _read, _shapes
+    from .common import _read, _shapes
     from ..runtime.compiled import default_threads
     from ..session import Session
     from ..tuned_file import is_tuned
@@ -111,11 +110,13 @@ def _profile(session, args):
 
 
 def load_tuned(model, name, num_threads=None):
-    """:func:`workbench.tuned_file.load`, with a :class:`FingerprintWarning` printed as one ``warning:`` line."""
+    """:meth:`Session.load <workbench.session.Session.load>`, with a :class:`FingerprintWarning`
+    printed as one ``warning:`` line."""
     from .. import tuned_file as tuned
+    from ..session import Session
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        session = tuned.load(model, num_threads=num_threads, name=name)
+        session = Session.load(model, num_threads=num_threads, name=name)
     for w in caught:
         if issubclass(w.category, tuned.FingerprintWarning):
             print("warning: " + " ".join(str(w.message).split()), file=sys.stderr)
@@ -213,7 +214,7 @@ def _saving(tuned_s, other_s):
 
 # -- tuned files in run / routines / info ---------------------------------------------------
 def _fixed_shapes(model):
-    from .main import _model_inputs
+    from .common import _model_inputs
     from ..onnx_io.read import _dims
     return ", ".join(f"{vi.name} {'x'.join(str(d) for d in _dims(vi) or ['?'])}" for vi in _model_inputs(model))
 
@@ -265,7 +266,7 @@ def tuned_summary(model, hint=True):
 def run_tuned(args, model):
     """``workbench run TUNED.onnx``: the stored plan, no profiling."""
     from ..onnx_io.ort import run_onnxruntime
-    from .main import _load_inputs, _report_outputs
+    from .common import _load_inputs, _report_outputs
     from ..runtime.interpreter import random_inputs
     _reject_options(args, model, "it runs")
     arrays = _load_inputs(args, model)

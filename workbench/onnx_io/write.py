@@ -291,7 +291,7 @@ def _emit(w, layer, metadata):
 
 def export_graph(graph, node_metadata=None, model_metadata=None, producer="workbench"):
     """``graph`` as an :class:`onnx.ModelProto` (see the module docstring)."""
-    from .. import __version__
+    from .._version import __version__
     opset = int(graph.meta.get("opset", 17))
     w = _Writer(opset)
     node_metadata = node_metadata or {}

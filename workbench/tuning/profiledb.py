@@ -39,7 +39,7 @@ def default_path() -> Path:
 
 def fingerprint_facts(num_threads):
     """What the measurements depend on, as a dict (stored next to the records, shown to users)."""
-    from .. import __version__
+    from .._version import __version__
     from ..runtime import cpu
     from .measure import METHOD
     build = Path(__file__).parent / "_kernels" / "build_info.json"

@@ -73,7 +73,10 @@ class TableEntry(NamedTuple):
 
 @dataclass
 class Plan:
-    """The chosen candidate per node, the adapts ``(tensor, src, dst)`` it implies, its cost."""
+    """The chosen candidate per node, the adapts ``(tensor, src, dst)`` it implies, its cost;
+    ``written`` the format each tensor is written in, ``readers`` each adapt's readers in order
+    (node names, :data:`OUTPUT` for a graph output): what views, tables and files show of the
+    plan, so that none of them works it out again.  Make one with :func:`plan_of`."""
 
     choice: dict
     cost: float
@@ -81,6 +84,16 @@ class Plan:
     method: str = "dp"
     table: dict = field(default_factory=dict)   # node -> {out format: TableEntry}
     states: int = 0
+    written: dict = field(default_factory=dict)   # tensor -> format
+    readers: dict = field(default_factory=dict)   # (tensor, src, dst) -> (reader, ...)
+
+    def adapts_into(self, node):
+        """The adapts ``(tensor, src, dst)`` that ``node`` reads."""
+        return [a for a, rs in self.readers.items() if node in rs]
+
+
+#: The reader that stands for a graph output in :attr:`Plan.readers`.
+OUTPUT = "<output>"
 
 
 def _readers(problem):
@@ -101,27 +114,40 @@ def _last_use(problem):
     return last
 
 
-def evaluate(problem, choice):
-    """Total cost of ``choice`` (node -> candidate name) and the adapts it needs."""
-    src = dict(problem.input_formats)
-    wants = {}
+def _walk(problem, choice):
+    """``(cost, adapts, written, readers)`` of ``choice`` (see :class:`Plan`)."""
+    written = dict(problem.input_formats)
+    wants = {}   # tensor -> {format: [readers]}
     total = 0.0
     for node in problem.nodes:
         cand = next(c for c in node.candidates if c.name == choice[node.name])
         total += cand.cost
         for t, f in zip(node.inputs, cand.in_formats):
-            wants.setdefault(t, set()).add(f)
+            wants.setdefault(t, {}).setdefault(f, {})[node.name] = None
         for t in node.outputs:
-            src[t] = cand.out_format
+            written[t] = cand.out_format
     for t, f in problem.output_formats.items():
-        wants.setdefault(t, set()).add(f)
-    adapts = []
+        wants.setdefault(t, {}).setdefault(f, {})[OUTPUT] = None
+    adapts, readers = [], {}
     for t, formats in wants.items():
         for f in sorted(formats):
-            if f != src[t]:
-                total += problem.adapt(t, src[t], f)
-                adapts.append((t, src[t], f))
-    return total, adapts
+            if f != written[t]:
+                total += problem.adapt(t, written[t], f)
+                adapts.append((t, written[t], f))
+                readers[(t, written[t], f)] = tuple(formats[f])
+    return total, adapts, written, readers
+
+
+def evaluate(problem, choice):
+    """Total cost of ``choice`` (node -> candidate name) and the adapts it needs."""
+    return _walk(problem, choice)[:2]
+
+
+def plan_of(problem, choice, method, **extra):
+    """The :class:`Plan` of ``choice`` on ``problem``, found by ``method`` (``extra``: its DP
+    ``table`` and ``states``)."""
+    cost, adapts, written, readers = _walk(problem, choice)
+    return Plan(dict(choice), cost, adapts, method, written=written, readers=readers, **extra)
 
 
 def solve(problem, max_states=20000):
@@ -193,8 +219,7 @@ def solve(problem, max_states=20000):
         _, prev, name = states[key]
         choice[node.name] = name
         key = prev
-    total, adapts = evaluate(problem, choice)
-    return Plan(choice, total, adapts, "dp", table, peak)
+    return plan_of(problem, choice, "dp", table=table, states=peak)
 
 
 def brute_force(problem):
@@ -203,17 +228,16 @@ def brute_force(problem):
     best = None
     for combo in itertools.product(*[[c.name for c in n.candidates] for n in problem.nodes]):
         choice = dict(zip(names, combo))
-        cost, adapts = evaluate(problem, choice)
-        if best is None or cost < best.cost - 1e-12:
-            best = Plan(choice, cost, adapts, "brute force")
-    return best
+        cost = evaluate(problem, choice)[0]
+        if best is None or cost < best[0] - 1e-12:
+            best = (cost, choice)
+    return plan_of(problem, best[1], "brute force")
 
 
 def greedy(problem):
     """Cheapest routine per layer, ignoring adapts (the baseline the DP must beat or equal)."""
     choice = {n.name: min(n.candidates, key=lambda c: (c.cost, c.name)).name for n in problem.nodes}
-    cost, adapts = evaluate(problem, choice)
-    return Plan(choice, cost, adapts, "greedy")
+    return plan_of(problem, choice, "greedy")
 
 
 def solve_milp(problem):
@@ -289,5 +313,4 @@ def solve_milp(problem):
     choice = {}
     for n in problem.nodes:
         choice[n.name] = max(n.candidates, key=lambda c: res.x[index[("x", n.name, c.name)]]).name
-    cost, adapts = evaluate(problem, choice)
-    return Plan(choice, cost, adapts, "milp")
+    return plan_of(problem, choice, "milp")

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from . import Op, same_as_input
+from .base import Op, same_as_input
 
 
 def _hard_sigmoid(x, alpha, beta):

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import Op, check
+from .base import Op, check
 from ..graph import TensorSpec
 from .activation import epilogue
 

@@ -1,7 +1,7 @@
 """Elementwise ops with NumPy broadcasting: arithmetic, comparison, unary math, Cast, Identity."""
 import numpy as np
 
-from . import Op, check, same_as_input
+from .base import Op, check, same_as_input
 from ..graph import TensorSpec
 from .activation import _erf, epilogue
 

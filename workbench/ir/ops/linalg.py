@@ -1,7 +1,7 @@
 """Gemm, MatMul, Softmax/LogSoftmax."""
 import numpy as np
 
-from . import Op, check
+from .base import Op, check
 from ..graph import TensorSpec
 from .activation import epilogue
 

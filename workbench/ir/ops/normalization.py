@@ -1,7 +1,7 @@
 """BatchNormalization (inference), ChannelAffine (our per-channel scale+shift), Layer/InstanceNorm."""
 import numpy as np
 
-from . import Op, check
+from .base import Op, check
 from ..graph import TensorSpec
 from .activation import epilogue
 

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from . import Op, check
+from .base import Op, check
 from ..graph import TensorSpec
 from .conv import resolve_pads, window_attrs
 

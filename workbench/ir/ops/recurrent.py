@@ -1,7 +1,7 @@
 """Recurrent ops: LSTM (CRNN text recognisers end in a bidirectional one)."""
 import numpy as np
 
-from . import Op, check
+from .base import Op, check
 from ..graph import TensorSpec
 
 #: The activations ONNX's LSTM defaults to, the only ones supported: (gates, cell input, output).

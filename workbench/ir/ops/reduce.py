@@ -1,7 +1,7 @@
 """Reductions (ReduceMean, ReduceSum, ...) and ArgMax/ArgMin."""
 import numpy as np
 
-from . import Op, check
+from .base import Op, check
 from ..graph import TensorSpec
 
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import Op, check
+from .base import Op, check
 from ..graph import TensorSpec
 
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")

@@ -5,7 +5,7 @@ With static shapes they are folded to constants at import, so their reference is
 """
 import numpy as np
 
-from . import Op
+from .base import Op
 from ..graph import TensorSpec
 
 

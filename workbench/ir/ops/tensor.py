@@ -4,7 +4,7 @@ The ops that only compute shapes (Shape, Size, ConstantOfShape, Range) are in :m
 """
 import numpy as np
 
-from . import Op, check
+from .base import Op, check
 from ..graph import TensorSpec
 
 INT64_MAX = np.iinfo(np.int64).max

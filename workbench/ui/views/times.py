@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ... import routines
+from ...tuning import search
 from .base import missing, ms, need_plan
 
 
@@ -16,12 +16,11 @@ def layer_times(session):
     rows = session.layer_rows()
     graph, plan = session.graph, need_plan(session)
     into = {r["name"]: 0.0 for r in rows}
-    for tensor, src, dst in plan.adapts:
-        readers = [l for l in graph.consumers(tensor)
-                   if dst in routines.get(l.op, plan.choice[l.name]).input_layouts(l, graph.input_specs(l))]
-        owner = readers[0] if readers else graph.producer(tensor)
+    for (tensor, src, dst), readers in plan.readers.items():
+        layers = [r for r in readers if r != search.OUTPUT]
+        owner = layers[0] if layers else getattr(graph.producer(tensor), "name", None)
         if owner is not None:
-            into[owner.name] += ms(adapt_costs.get((tensor, src, dst), 0.0))
+            into[owner] += ms(adapt_costs.get((tensor, src, dst), 0.0))
     return [(r["name"], r["cost_ms"], into[r["name"]]) for r in rows]
 
 

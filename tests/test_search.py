@@ -5,7 +5,8 @@ import networkx as nx
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from workbench.tuning.search import Candidate, Node, Problem, brute_force, evaluate, greedy, solve, solve_milp
+from workbench.tuning.search import (Candidate, Node, Problem, brute_force, compose_adapts, evaluate, greedy, solve,
+                                     solve_milp)
 
 FORMATS = ("nchw", "nhwc")
 
@@ -122,3 +123,71 @@ def brute_force_with_output(problem, fmt):
     for combo in itertools.product(*[n.candidates for n in problem.nodes]):
         if combo[-1].out_format == fmt:
             yield evaluate(free, {n.name: c.name for n, c in zip(problem.nodes, combo)})[0]
+
+
+# Formats as the planner sees them once data types are part of them: dtype and layout.
+MANY = ("float32:nchw", "float32:nhwc", "bfloat16:nhwc", "bfloat16:nchw", "qint8:nhwc", "float32:nhwc16")
+
+
+def _chained_problem(rnd, n_formats):
+    """A random DAG over ``n_formats`` formats whose direct adapts form a ring plus a few chords
+    (both random per tensor), so most pairs are reachable only through a chain of adapts."""
+    formats = MANY[:n_formats]
+    nodes, tensors = [], ["in"]
+    for i in range(rnd.randint(2, 6)):
+        inputs = tuple(rnd.sample(tensors, rnd.randint(1, min(2, len(tensors)))))
+        cands = []
+        for j in range(rnd.randint(1, 3)):
+            fmt = rnd.choice(formats)
+            cands.append(Candidate(f"r{j}", rnd.uniform(0.1, 10), tuple(rnd.choice((fmt, fmt, rnd.choice(formats)))
+                                                                       for _ in inputs), fmt))
+        nodes.append(Node(f"n{i}", inputs, (f"t{i}",), tuple(cands)))
+        tensors.append(f"t{i}")
+    direct = {}
+    for t in tensors:
+        ring = rnd.sample(formats, len(formats))
+        for a, b in zip(ring, ring[1:] + ring[:1]):
+            direct[(t, a, b)] = rnd.uniform(0.05, 2)
+        for _ in range(rnd.randint(0, 2)):
+            a, b = rnd.sample(formats, 2)
+            direct[(t, a, b)] = rnd.uniform(0.05, 2)
+    read = {t for node in nodes for t in node.inputs}
+    outputs = {t: rnd.choice(formats) for t in tensors[1:] if t not in read}
+    return Problem(nodes, direct, {"in": formats[0]}, outputs), direct
+
+
+def test_composed_adapts_are_the_cheapest_chains():
+    """Against shortest paths found by networkx on each tensor's adapt graph."""
+    import random
+    rnd = random.Random(7)
+    for _ in range(40):
+        problem, direct = _chained_problem(rnd, rnd.randint(4, 6))
+        composed = compose_adapts(direct)
+        for t in {t for t, _, _ in direct}:
+            g = nx.DiGraph()
+            g.add_weighted_edges_from((s, d, c) for (tt, s, d), c in direct.items() if tt == t)
+            lengths = dict(nx.all_pairs_dijkstra_path_length(g))
+            for s in g:
+                for d in g:
+                    if s != d:
+                        want = direct.get((t, s, d), lengths[s][d])
+                        assert composed[(t, s, d)] == pytest.approx(want, rel=1e-12)
+        assert {k: v for k, v in composed.items() if k in direct} == direct
+
+
+def test_dp_equals_brute_force_and_milp_with_many_formats_and_chains():
+    """DP == MILP == brute force on random DAGs with 4-6 formats whose adapts between most pairs
+    exist only as chains (priced by compose_adapts); some optimal plans must use such a chain."""
+    import random
+    rnd = random.Random(11)
+    chained = 0
+    for _ in range(120):
+        problem, direct = _chained_problem(rnd, rnd.randint(4, 6))
+        problem = Problem(problem.nodes, compose_adapts(direct), problem.input_formats, problem.output_formats)
+        bf = brute_force(problem)   # the ring makes every format reachable: always a plan
+        dp = solve(problem)
+        assert dp.cost == pytest.approx(bf.cost, rel=1e-9, abs=1e-9)
+        assert solve_milp(problem).cost == pytest.approx(dp.cost, rel=1e-6, abs=1e-6)
+        chained += any(a not in direct for a in dp.adapts)
+    print(f"{chained} of 120 optimal plans use an adapt that exists only as a chain")
+    assert chained >= 20, chained

@@ -150,6 +150,30 @@ def plan_of(problem, choice, method, **extra):
     return Plan(dict(choice), cost, adapts, method, written=written, readers=readers, **extra)
 
 
+def compose_adapts(adapt_cost):
+    """``adapt_cost`` (``{(tensor, src, dst): s}``, the adapts that exist) with every pair that a
+    chain of them reaches added, priced as its cheapest chain (a cast then a transpose, say,
+    where no one adapt does both).  Pairs given stay as given.  Pure, per tensor (Floyd-Warshall
+    over its formats)."""
+    by_tensor = {}
+    for (t, s, d), c in adapt_cost.items():
+        by_tensor.setdefault(t, {})[(s, d)] = c
+    out = dict(adapt_cost)
+    for t, direct in by_tensor.items():
+        formats = sorted({f for pair in direct for f in pair})
+        best = {(s, d): direct.get((s, d), 0.0 if s == d else math.inf) for s in formats for d in formats}
+        for k in formats:
+            for s in formats:
+                for d in formats:
+                    via = best[(s, k)] + best[(k, d)]
+                    if via < best[(s, d)]:
+                        best[(s, d)] = via
+        for (s, d), c in best.items():
+            if s != d and (t, s, d) not in out and c < math.inf:
+                out[(t, s, d)] = c
+    return out
+
+
 def solve(problem, max_states=20000):
     """The optimal :class:`Plan` (DP; MILP fallback when the DP's state space is too large)."""
     last = _last_use(problem)

@@ -105,3 +105,9 @@ def conv_graph(x_shape, w, bias=None, attrs=None, activation=None, residual=Fals
         last = "y"
     model = make_model(nodes, inputs, [(last, None)], initializers=inits)
     return workbench.load(model.SerializeToString())
+
+
+def bkey(tensor, layout, dtype="float32"):
+    """A compiled model's buffer key: the tensor and the format it is held in."""
+    from workbench.ir.formats import Format
+    return (tensor, Format(dtype, layout))

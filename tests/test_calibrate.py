@@ -6,6 +6,7 @@ ONNX Runtime computes, and a tuned file keeps the prediction."""
 import pytest
 
 from workbench import Session, zoo
+from workbench.ir.formats import Format
 from workbench.tuning import search
 from workbench import routines
 from workbench.tuning.in_context import Context, adapt_key, challenger, overlay
@@ -36,8 +37,8 @@ def test_context_add_keeps_the_last_ratio_per_layer():
 
 def test_adapt_key_splits_tensor_names_with_colons():
     class Step:
-        name = "adapt:block:1/out:nchw->nhwc"
-    assert adapt_key(Step) == ("block:1/out", "nchw", "nhwc")
+        name = "adapt:block:1/out:float32:nchw->float32:nhwc"
+    assert adapt_key(Step) == ("block:1/out", Format("float32", "nchw"), Format("float32", "nhwc"))
 
 
 @pytest.fixture(scope="module")

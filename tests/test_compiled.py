@@ -7,8 +7,10 @@ import workbench
 from workbench import routines, zoo
 from workbench.runtime.compiled import CompiledModel
 from workbench.errors import WorkbenchError
+from workbench.ir.formats import Format
 from workbench.ir.graph import NHWC
 from onnx_helpers import make_model
+from routine_helpers import bkey
 
 REFERENCE = "cpu:float32:nchw/reference"
 
@@ -74,7 +76,7 @@ def test_adapts_inserted_between_layouts_and_shared(rng, nhwc_relu):
     adapts = [(s.name, s.what) for s in compiled.adapts]
     # a0 is read in NHWC by relu1, extra0, extra1: converted once.  r1 and r2 come back to NCHW for
     # the adds; extra0/extra1 are graph outputs, which are NCHW.
-    assert adapts.count(("adapt:a0:nchw->nhwc", "float32:nchw->nhwc")) == 1
+    assert adapts.count(("adapt:a0:float32:nchw->float32:nhwc", "float32:nchw->nhwc")) == 1
     assert len(adapts) == 1 + 1 + 1 + 2 + 1   # a0 in, r1 out, a1 in, extras out, r2 out
     feeds = workbench.random_inputs(graph, seed=1)
     ours, ref = compiled.run(feeds), workbench.ReferenceExecutor(graph).run(feeds)
@@ -158,8 +160,8 @@ def test_view_routines_share_their_input_buffer(rng):
         assignment = {l.name: REFERENCE for l in graph}
         assignment["flat"] = FlattenView.descriptor
         compiled = CompiledModel(graph, assignment)
-        assert ("f", "nchw") not in compiled.memory.values          # no buffer of its own
-        assert np.shares_memory(compiled._views[("f", "nchw")], compiled._views[("r", "nchw")])
+        assert bkey("f", "nchw") not in compiled.memory.values          # no buffer of its own
+        assert np.shares_memory(compiled._views[bkey("f", "nchw")], compiled._views[bkey("r", "nchw")])
         feeds = workbench.random_inputs(graph)
         ours, ref = compiled.run(feeds), workbench.ReferenceExecutor(graph).run(feeds)
         for k in ref:
@@ -228,8 +230,8 @@ def test_dead_residual_is_overwritten_in_place(rng, layout, case, in_place):
     compiled = CompiledModel(graph, {l.name: descriptor if l.op == "Conv" else REFERENCE for l in graph}, 2)
     assert compiled.in_place == in_place
     if in_place:
-        t = ("x2" if case.get("residual_from_input") else "t", layout)
-        assert t in compiled.memory.values and np.shares_memory(compiled._views[t], compiled._views[("z", layout)])
+        t = bkey("x2" if case.get("residual_from_input") else "t", layout)
+        assert t in compiled.memory.values and np.shares_memory(compiled._views[t], compiled._views[bkey("z", layout)])
     ref = workbench.ReferenceExecutor(graph)
     for seed in (0, 1):
         feeds = workbench.random_inputs(graph, seed=seed)
@@ -250,10 +252,10 @@ def test_layout_adapt_of_identical_bytes_is_a_view(rng, nhwc_relu, shape):
     graph = workbench.load(make_model(nodes, [("x", shape)], [("y", None)]).SerializeToString(), fuse=False)
     compiled = CompiledModel(graph, {"relu": nhwc_relu, "sig": REFERENCE})
     assert compiled.adapts == []
-    assert np.shares_memory(compiled._views[("r", "nhwc")], compiled._views[("r", "nchw")])
+    assert np.shares_memory(compiled._views[bkey("r", "nhwc")], compiled._views[bkey("r", "nchw")])
     feeds = workbench.random_inputs(graph)
     np.testing.assert_array_equal(compiled.run(feeds)["y"], workbench.ReferenceExecutor(graph).run(feeds)["y"])
-    a = adapt.path(TensorSpec(tuple(shape), layout="nhwc"), "nchw")[0]
+    a = adapt.path(TensorSpec(tuple(shape), layout="nhwc"), Format("float32", "nchw"))[0]
     assert profile._time_adapt(TensorSpec(tuple(shape), layout="nhwc"), a, 3, 1).median == 0
     assert not a.is_view(TensorSpec((2, 5, 2, 1), layout="nhwc"))
 
@@ -266,7 +268,7 @@ def test_input_read_only_by_an_adapt_is_not_copied_first(rng, nhwc_relu):
              helper.make_node("Sigmoid", ["r"], ["y"], name="sig")]
     graph = workbench.load(make_model(nodes, [("x", [2, 3, 5, 7])], [("y", None)]).SerializeToString(), fuse=False)
     compiled = CompiledModel(graph, {"relu": nhwc_relu, "sig": REFERENCE})
-    assert compiled._direct == {"x"} and [s.name for s in compiled.adapts][0] == "adapt:x:nchw->nhwc"
+    assert compiled._direct == {"x"} and [s.name for s in compiled.adapts][0] == "adapt:x:float32:nchw->float32:nhwc"
     ref = workbench.ReferenceExecutor(graph)
     for seed in (0, 1):
         x = np.random.default_rng(seed).standard_normal((2, 7, 5, 3)).astype(np.float32).transpose(0, 3, 2, 1)

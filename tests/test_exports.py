@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from workbench.ir.formats import Format
 from workbench.ui import exports
 from workbench import zoo
 from workbench.session import NotTunedError, Session
@@ -45,7 +46,7 @@ def test_profile_jsonl(session, tmp_path):
     # one line per adapt record
     assert len(adapt_lines) == len(prof.adapt) > 0
     for x in adapt_lines:
-        rec = prof.adapt[(x["tensor"], x["from"], x["to"])]
+        rec = prof.adapt[(x["tensor"], Format.parse(x["from"]), Format.parse(x["to"]))]
         assert x["median_s"] == rec.median and x["adapt"] == rec.name and x["samples_s"] == list(rec.samples)
     # the pure function gives the same text
     assert exports.profile_jsonl(session.graph, prof) == text

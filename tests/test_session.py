@@ -81,7 +81,7 @@ def test_tuned_plan_is_optimal_and_computes_the_model(db_path, name):
     assert_close(ours, run_onnxruntime(model, feeds))
     # Every adapt of the plan runs, but those between identical bytes (a pooled (N, C, 1, 1)),
     # which share the buffer.
-    views = [1 for t, src, dst in plan.adapts if adapt.is_view(s.graph.spec(t).with_layout(src), dst)]
+    views = [1 for t, src, dst in plan.adapts if adapt.is_view(s.graph.spec(t).with_format(src), dst)]
     assert len(s.compile().adapts) == len(plan.adapts) - len(views)
 
 
@@ -279,7 +279,7 @@ def test_nhwc_io_format_runs_in_nhwc(db_path):
     # the compiled model converts exactly where the plan said it would
     # Every adapt of the plan runs, but those between identical bytes (a pooled (N, C, 1, 1)),
     # which share the buffer.
-    views = [1 for t, src, dst in plan.adapts if adapt.is_view(s.graph.spec(t).with_layout(src), dst)]
+    views = [1 for t, src, dst in plan.adapts if adapt.is_view(s.graph.spec(t).with_format(src), dst)]
     assert len(s.compile().adapts) == len(plan.adapts) - len(views)
 
 
@@ -298,9 +298,10 @@ def test_tensor_names_with_colons(tmp_path):
     s = Session.from_onnx(model, num_threads=2, db=tmp_path / "p.sqlite")
     s.profile(repeats=1)
     s.tune(filters=["cpu:float32:nchw/*", "cpu:float32:nhwc/im2col@c2"])
-    assert sorted(s.plan.adapts) == [("a:0", "nchw", "nhwc"), ("b:0", "nhwc", "nchw")]
+    assert sorted((t, str(a), str(b)) for t, a, b in s.plan.adapts) == [("a:0", "float32:nchw", "float32:nhwc"),
+                                                                      ("b:0", "float32:nhwc", "float32:nchw")]
     rows = {r["name"]: r["adapts"] for r in s.layer_rows()}
-    assert rows == {"c1": [], "c2": ["adapt:a:0:nchw->nhwc"], "c3": ["adapt:b:0:nhwc->nchw"]}
+    assert rows == {"c1": [], "c2": ["adapt:a:0:float32:nchw->float32:nhwc"], "c3": ["adapt:b:0:float32:nhwc->float32:nchw"]}
     feeds = s.random_inputs()
     assert_close(s.run(feeds), run_onnxruntime(model, feeds))
 

@@ -12,6 +12,7 @@ from workbench import routines
 from workbench.onnx_io.ort import relative_error, run_onnxruntime
 from workbench.runtime.compiled import CompiledModel
 from workbench.runtime.slices import Slice
+from routine_helpers import bkey
 
 REFERENCE = "cpu:float32:nchw/reference"
 
@@ -91,15 +92,15 @@ def test_nchw_batch1_concat_parts_and_split_views_share_one_buffer():
     graph = workbench.load(model.SerializeToString())
     compiled = CompiledModel(graph, {l.name: "cpu:float32:nchw/copy" if l.op in ("Concat", "Split") else REFERENCE
                                      for l in graph}, num_threads=2)
-    cat = ("cat", "nchw")
-    t, b0 = ("t", "nchw"), ("b", "nchw")   # b: the bottleneck conv with the shortcut fused
+    cat = bkey("cat", "nchw")
+    t, b0 = bkey("t", "nchw"), bkey("b", "nchw")   # b: the bottleneck conv with the shortcut fused
     assert compiled.slices[t].base == cat and compiled.slices[b0].base == cat
-    assert {k for k, s in compiled.slices.items() if s.base == ("sppf", "nchw")} == {
-        (graph.layer(n).outputs[0], "nchw") for n in ("cv2", "pool1", "pool2")}
+    assert {k for k, s in compiled.slices.items() if s.base == bkey("sppf", "nchw")} == {
+        bkey(graph.layer(n).outputs[0], "nchw") for n in ("cv2", "pool1", "pool2")}
     for key in (t, b0):
         assert key not in compiled.memory.values      # no buffer of its own
     views = compiled._views
-    assert np.shares_memory(views[t], views[("cat", "nchw")])
+    assert np.shares_memory(views[t], views[bkey("cat", "nchw")])
     for seed in (0, 1):
         _check(model, compiled, graph, seed)
 
@@ -135,12 +136,12 @@ def test_nhwc_channel_slices_only_through_routines_that_take_them(conv3x3, writt
     assignment = _nhwc_assignment(graph, conv3x3)
     compiled = CompiledModel(graph, assignment, num_threads=2)
     slices = compiled.slices
-    cat = ("cat", "nhwc")
-    assert slices[("t", "nhwc")].base == cat and slices[("t", "nhwc")].axis == 3
+    cat = bkey("cat", "nhwc")
+    assert slices[bkey("t", "nhwc")].base == cat and slices[bkey("t", "nhwc")].axis == 3
     s0, s1 = graph.layer("split").outputs
-    assert slices[(s0, "nhwc")].base == ("t", "nhwc")      # read by nothing now: a view
-    assert (s1, "nhwc") not in slices                       # read by the 3x3 conv: its own copy
-    b = (graph.layer("m_cv2").outputs[0], "nhwc")
+    assert slices[bkey(s0, "nhwc")].base == bkey("t", "nhwc")      # read by nothing now: a view
+    assert bkey(s1, "nhwc") not in slices                       # read by the 3x3 conv: its own copy
+    b = bkey(graph.layer("m_cv2").outputs[0], "nhwc")
     assert (b in slices) == written_in_place
     for seed in (0, 1):
         _check(model, compiled, graph, seed)
@@ -166,7 +167,7 @@ def test_nan_in_a_winograd_layer_writing_a_concat_part_propagates_as_in_onnxrunt
     model = csp_model(np.random.default_rng(4), shortcut=False, sppf=False)
     graph = workbench.load(model.SerializeToString())
     compiled = CompiledModel(graph, _nhwc_assignment(graph, "cpu:float32:nhwc/winograd4_avx512"), num_threads=2)
-    assert compiled.slices[(graph.layer("m_cv2").outputs[0], "nhwc")].base == ("cat", "nhwc")
+    assert compiled.slices[bkey(graph.layer("m_cv2").outputs[0], "nhwc")].base == bkey("cat", "nhwc")
     x = workbench.random_inputs(graph, seed=5)["x"]
     x[0, 1, 4, 6] = np.nan
     ours, theirs = compiled.run({"x": x})["y"], run_onnxruntime(model, {"x": x})["y"]
@@ -190,10 +191,10 @@ def test_nhwc_shortcut_convs_and_sppf_pools_write_their_concat_parts(conv3x3):
     assignment = _nhwc_assignment(graph, conv3x3)
     assert assignment["m_cv2"] == conv3x3 and assignment["pool1"].startswith("cpu:float32:nhwc/")
     compiled = CompiledModel(graph, assignment, num_threads=2)
-    assert compiled.slices[("b", "nhwc")] == Slice(("cat", "nhwc"), 3, 16, 24)
-    assert (graph.layer("split").outputs[1], "nhwc") not in compiled.slices
+    assert compiled.slices[bkey("b", "nhwc")] == Slice(bkey("cat", "nhwc"), 3, 16, 24)
+    assert bkey(graph.layer("split").outputs[1], "nhwc") not in compiled.slices
     for i, name in enumerate(("cv2", "pool1", "pool2")):
-        assert compiled.slices[(graph.layer(name).outputs[0], "nhwc")] == Slice(("sppf", "nhwc"), 3, 16 * i, 16 * (i + 1))
+        assert compiled.slices[bkey(graph.layer(name).outputs[0], "nhwc")] == Slice(bkey("sppf", "nhwc"), 3, 16 * i, 16 * (i + 1))
     for seed in (0, 1):
         _check(model, compiled, graph, seed)
 
@@ -214,8 +215,8 @@ def test_adapts_write_contiguous_parts_of_a_channels_first_concat():
                      if ":nhwc/" in d and not d.endswith("reference") and r.applies(graph.layer("box"), graph.input_specs(graph.layer("box"))))
     assignment = {"box": nhwc_conv, "cls": nhwc_conv, "head": "cpu:float32:nchw/copy"}
     compiled = CompiledModel(graph, assignment, num_threads=2)
-    assert compiled.slices[("box", "nchw")] == Slice(("y", "nchw"), 1, 0, 4)
-    assert compiled.slices[("cls", "nchw")] == Slice(("y", "nchw"), 1, 4, 7)
+    assert compiled.slices[bkey("box", "nchw")] == Slice(bkey("y", "nchw"), 1, 0, 4)
+    assert compiled.slices[bkey("cls", "nchw")] == Slice(bkey("y", "nchw"), 1, 4, 7)
     assert len(compiled.adapts) == 3   # the input to NHWC, each head back
     _check(model, compiled, graph)
 
@@ -244,11 +245,11 @@ def test_a_concat_of_a_concat_chains_its_slices(layout):
     assignment = {l.name: descriptor if l.op == "Conv" else f"cpu:float32:{layout}/copy" for l in graph}
     compiled = CompiledModel(graph, assignment, num_threads=2)
     axis = 3 if layout == "nhwc" else 1
-    assert compiled.slices[("inner", layout)] == Slice(("outer", layout), axis, 0, 12)
-    assert compiled.slices[("c", layout)] == Slice(("outer", layout), axis, 12, 15)
-    assert compiled.slices[("a", layout)] == Slice(("inner", layout), axis, 0, 5)
-    assert compiled.slices[("b", layout)] == Slice(("inner", layout), axis, 5, 12)
-    assert ("a", layout) not in compiled.memory.values and ("inner", layout) not in compiled.memory.values
+    assert compiled.slices[bkey("inner", layout)] == Slice(bkey("outer", layout), axis, 0, 12)
+    assert compiled.slices[bkey("c", layout)] == Slice(bkey("outer", layout), axis, 12, 15)
+    assert compiled.slices[bkey("a", layout)] == Slice(bkey("inner", layout), axis, 0, 5)
+    assert compiled.slices[bkey("b", layout)] == Slice(bkey("inner", layout), axis, 5, 12)
+    assert bkey("a", layout) not in compiled.memory.values and bkey("inner", layout) not in compiled.memory.values
     for seed in (0, 1):
         _check(model, compiled, graph, seed)
 
@@ -305,17 +306,17 @@ def test_a_detector_head_writes_its_scales_in_place(scale_concat):
     graph = workbench.load(model.SerializeToString())
     assignment = _head_assignment(graph, scale_concat)
     compiled = CompiledModel(graph, assignment, num_threads=2)
-    whole = ("all", "nchw")
-    assert compiled.slices[("cat0", "nchw")] == Slice(whole, 2, 0, 80, (1, 7, 8, 10))
-    assert compiled.slices[("cat1", "nchw")] == Slice(whole, 2, 80, 100, (1, 7, 4, 5))
+    whole = bkey("all", "nchw")
+    assert compiled.slices[bkey("cat0", "nchw")] == Slice(whole, 2, 0, 80, (1, 7, 8, 10))
+    assert compiled.slices[bkey("cat1", "nchw")] == Slice(whole, 2, 80, 100, (1, 7, 4, 5))
     if scale_concat == "nchw":
         for i in (0, 1):
-            assert compiled.slices[(f"box{i}", "nchw")] == Slice((f"cat{i}", "nchw"), 1, 0, 4)
-            assert compiled.slices[(f"cls{i}", "nchw")] == Slice((f"cat{i}", "nchw"), 1, 4, 7)
-    assert compiled.slices[("boxes", "nchw")] == Slice(whole, 1, 0, 4)
+            assert compiled.slices[bkey(f"box{i}", "nchw")] == Slice(bkey(f"cat{i}", "nchw"), 1, 0, 4)
+            assert compiled.slices[bkey(f"cls{i}", "nchw")] == Slice(bkey(f"cat{i}", "nchw"), 1, 4, 7)
+    assert compiled.slices[bkey("boxes", "nchw")] == Slice(whole, 1, 0, 4)
     views = compiled._views
-    assert np.shares_memory(views[("box1", "nchw" if scale_concat == "nchw" else "nhwc")], views[whole]) == (scale_concat == "nchw")
-    assert np.shares_memory(views[("b4", "nchw")], views[whole])
+    assert np.shares_memory(views[bkey("box1", "nchw" if scale_concat == "nchw" else "nhwc")], views[whole]) == (scale_concat == "nchw")
+    assert np.shares_memory(views[bkey("b4", "nchw")], views[whole])
     for seed in (0, 1):
         _check(model, compiled, graph, seed)
 
@@ -324,5 +325,5 @@ def test_a_flattened_map_read_elsewhere_keeps_its_buffer():
     model = head_model(np.random.default_rng(10), extra_reader=True)
     graph = workbench.load(model.SerializeToString())
     compiled = CompiledModel(graph, _head_assignment(graph, "nchw"), num_threads=2)
-    assert ("cat0", "nchw") not in compiled.slices and ("cat1", "nchw") in compiled.slices
+    assert bkey("cat0", "nchw") not in compiled.slices and bkey("cat1", "nchw") in compiled.slices
     _check(model, compiled, graph)

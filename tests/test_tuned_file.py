@@ -176,7 +176,7 @@ def test_file_annotations(tiny_file):
     assert extra and all(nodes[n.name].get("workbench.part_of") in {l.name for l in s.graph} for n in extra)
     # the adapts recorded on the nodes are the plan's
     recorded = sorted(tuple(a) for p in nodes.values() for a in json.loads(p.get("workbench.adapts", "[]")))
-    assert recorded == sorted(s.plan.adapts)
+    assert recorded == sorted((t, str(a), str(b)) for t, a, b in s.plan.adapts)
 
 
 def _edit(path, out, model_meta=None, node=None, node_meta=None, drop=None, model_drop=None):

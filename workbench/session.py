@@ -378,8 +378,7 @@ class Session(SessionFiles):
             # the steps the executor runs for it, named as it names them (an adapt that only
             # reinterprets the bytes, a view, runs none)
             spec = self.graph.spec(tensor)
-            steps = [f"adapt:{tensor}:{a.src_layout}->{a.dst_layout}"
-                     for a in adapts.path(spec.with_layout(src), dst) if not a.is_view(spec)]
+            steps = [adapts.step_name(tensor, a) for a in adapts.path(spec.with_format(src), dst) if not a.is_view(spec)]
             for r in readers:
                 adapts_in.setdefault(r, []).extend(steps)
         rows = []

@@ -36,7 +36,7 @@ class SessionFiles:
         into = {}
         for adapt, readers in self.plan.readers.items():
             for r in readers:
-                into.setdefault(r, []).append(list(adapt))
+                into.setdefault(r, []).append([adapt[0], str(adapt[1]), str(adapt[2])])
         into.pop(search.OUTPUT, None)
         return into
 

@@ -9,7 +9,7 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, make_model
-from routine_helpers import assert_routine_matches, compiled_in, run_with_routine
+from routine_helpers import bkey, assert_routine_matches, compiled_in, run_with_routine
 from workbench.onnx_io.ort import relative_error, run_onnxruntime
 from workbench.onnx_io.write import export_graph
 from workbench.routines.eltwise import kernels
@@ -138,7 +138,7 @@ def test_a_chain_writes_its_nhwc_concat_part_in_place():
     graph = workbench.load(model.SerializeToString())
     assert graph.layer("sub").op == "EltwiseChain"
     compiled = compiled_in(graph, "nhwc")
-    assert compiled.slices[("c", "nhwc")].base == ("out", "nhwc")
+    assert compiled.slices[bkey("c", "nhwc")].base == bkey("out", "nhwc")
     feeds = workbench.random_inputs(graph, seed=8)
     np.testing.assert_allclose(compiled.run(feeds)["out"], run_onnxruntime(model, feeds)["out"], rtol=1e-6, atol=0)
 

@@ -7,7 +7,7 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
-from routine_helpers import assert_routine_matches
+from routine_helpers import bkey, assert_routine_matches
 from workbench import routines
 from workbench.onnx_io.ort import relative_error, run_onnxruntime
 from workbench.runtime.compiled import CompiledModel
@@ -70,9 +70,9 @@ def test_channels_last_plan_moves_nothing(rng, read_boxes):
     # The box channels, a strided slice of the conv's pixels, are those views' base where only
     # the output copy reads them (workbench.runtime.slices); a layer that reads them as an array of one
     # stride gets them copied out by the Split.
-    sliced = ("reg", "nhwc") in compiled.slices
+    sliced = bkey("reg", "nhwc") in compiled.slices
     assert sliced != read_boxes
-    assert (("reg", "nhwc") in compiled.memory.values) == read_boxes
+    assert (bkey("reg", "nhwc") in compiled.memory.values) == read_boxes
     for seed in (0, 1):
         feeds = workbench.random_inputs(graph, seed=seed)
         ours, theirs = compiled.run(feeds), run_onnxruntime(model, feeds)

@@ -10,7 +10,7 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import assert_matches_onnxruntime, check_round_trip, make_model
-from routine_helpers import compiled_in, parallel_even_when_small, run_with_routine
+from routine_helpers import bkey, compiled_in, parallel_even_when_small, run_with_routine
 from workbench.runtime import cpu
 from workbench.onnx_io.ort import run_onnxruntime
 
@@ -131,7 +131,7 @@ def test_a_chain_with_an_upsample_writes_its_nhwc_concat_part():
     graph = workbench.load(model.SerializeToString())
     assert graph.layer("add_up").attrs.get("upsample")
     compiled = compiled_in(graph, "nhwc")
-    assert compiled.slices[("out", "nhwc")].base == ("cat", "nhwc")
+    assert compiled.slices[bkey("out", "nhwc")].base == bkey("cat", "nhwc")
     feeds = workbench.random_inputs(graph, seed=1)
     for _ in range(2):   # a second run sees its new inputs upsampled, not the first run's
         feeds = {k: v + 1 for k, v in feeds.items()}

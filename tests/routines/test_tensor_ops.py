@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 import workbench
 from onnx_helpers import make_model
-from routine_helpers import assert_routine_matches, parallel_even_when_small
+from routine_helpers import bkey, assert_routine_matches, parallel_even_when_small
 from workbench import routines
 from workbench.runtime.compiled import CompiledModel
 from workbench.routines.eltwise import kernels
@@ -91,7 +91,7 @@ def test_copies(node, shape, inits):
     # In the executor the view owns no buffer; run on its own it copies.
     compiled = CompiledModel(g, {layer.name: "cpu:float32:nchw/view" if layer is node_layer else REFERENCE for layer in g})
     views = compiled._views
-    assert np.shares_memory(views[(node_layer.outputs[0], "nchw")], views[(node_layer.inputs[0], "nchw")])
+    assert np.shares_memory(views[bkey(node_layer.outputs[0], "nchw")], views[bkey(node_layer.inputs[0], "nchw")])
     view = routines.get(node.op_type, "cpu:float32:nchw/view")
     x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     y = np.zeros(node_layer.out_specs[0].shape, np.float32)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 import networkx as nx
 import numpy as np
 
+from .formats import Format
+
 # ONNX's own dimension order (channels first for 4-D activations).  Routines of later layers
 # may produce "nhwc"; the adapt layers convert between the two.
 NCHW = "nchw"
@@ -44,6 +46,14 @@ class TensorSpec:
 
     def with_layout(self, layout: str) -> "TensorSpec":
         return replace(self, layout=layout)
+
+    @property
+    def format(self) -> Format:
+        return Format(self.dtype, self.layout)
+
+    def with_format(self, fmt: Format) -> "TensorSpec":
+        """This tensor held in ``fmt`` (its data type and layout)."""
+        return replace(self, dtype=fmt.dtype, layout=fmt.layout)
 
     @classmethod
     def of(cls, array) -> "TensorSpec":

@@ -12,6 +12,9 @@ import importlib
 import pkgutil
 from typing import ClassVar
 
+import numpy as np
+
+from ..ir.formats import Format
 from ..ir.graph import NCHW
 
 _REGISTRY: dict = {}   # op -> {descriptor: Routine subclass}
@@ -89,6 +92,23 @@ class Routine:
     @classmethod
     def output_layouts(cls, layer):
         return [cls.layout if len(s.shape) == 4 else NCHW for s in layer.out_specs]
+
+    @classmethod
+    def input_formats(cls, layer, specs):
+        """The :class:`~workbench.ir.formats.Format` each input must arrive in (None for an
+        omitted one): :meth:`input_layouts` in this routine's data type for float tensors, their
+        own type for the others (indices, shapes)."""
+        return [None if s is None else Format(cls._dtype_of(s), lay)
+                for s, lay in zip(specs, cls.input_layouts(layer, specs))]
+
+    @classmethod
+    def output_formats(cls, layer):
+        """The :class:`~workbench.ir.formats.Format` each output is written in."""
+        return [Format(cls._dtype_of(s), lay) for s, lay in zip(layer.out_specs, cls.output_layouts(layer))]
+
+    @classmethod
+    def _dtype_of(cls, spec):
+        return cls.dtype if np.dtype(spec.dtype).kind == "f" else spec.dtype
 
     @classmethod
     def reads_strided(cls, layer, index):

@@ -1,8 +1,9 @@
-"""Adapt layers: declared conversions between tensor formats (layout now; dtype and device later).
+"""Adapt layers: declared conversions between tensor formats (:class:`~workbench.ir.formats.Format`,
+a data type and a layout; devices later).
 
-An :class:`Adapt` converts a tensor from one :class:`~workbench.ir.graph.TensorSpec` format to
-another.  :func:`path` finds the cheapest chain of declared adapts between two formats
-(shortest path over the formats graph), so a missing direct pair is composed.
+An :class:`Adapt` converts a tensor from its format :attr:`~Adapt.src` to :attr:`~Adapt.dst`.
+:func:`path` finds the shortest chain of declared adapts between two formats (over the graph of
+formats), so a missing direct pair is composed.
 """
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import networkx as nx
 import numpy as np
 
 from ..runtime import cpu
+from ..ir.formats import Format
 from ..ir.graph import NCHW, NHWC, TensorSpec
 
-_ADAPTS: dict = {}   # (src layout, dst layout, dtype) -> Adapt subclass
+_ADAPTS: dict = {}   # (src Format, dst Format) -> Adapt subclass
 
 
 def physical_shape(spec: TensorSpec):
@@ -26,10 +28,17 @@ def physical_shape(spec: TensorSpec):
 
 
 class Adapt:
+    """Subclasses set ``src_layout``/``dst_layout`` and ``dtype`` (a layout change), or
+    ``dst_dtype`` too (a cast, maybe with a layout change); :attr:`src` and :attr:`dst` are the
+    formats they make."""
+
     src_layout: ClassVar[str] = NCHW
     dst_layout: ClassVar[str] = NCHW
     dtype: ClassVar[str] = "float32"
+    dst_dtype: ClassVar[str] = ""   # "" for the source's
     name: ClassVar[str] = ""
+    src: ClassVar[Format] = None
+    dst: ClassVar[Format] = None
     #: Writes a 4-D output whose (H, W) planes are each contiguous but lie apart (a slice of a
     #: larger buffer along its flattened spatial axis, :mod:`workbench.runtime.slices`).
     planes_out: ClassVar[bool] = False
@@ -38,12 +47,17 @@ class Adapt:
         super().__init_subclass__(**kwargs)
         if not register:
             return
-        cls.name = cls.__dict__.get("name") or f"{cls.dtype}:{cls.src_layout}->{cls.dst_layout}"
-        _ADAPTS[(cls.src_layout, cls.dst_layout, cls.dtype)] = cls
+        cls.src = Format(cls.dtype, cls.src_layout)
+        cls.dst = Format(cls.dst_dtype or cls.dtype, cls.dst_layout)
+        # a layout change keeps the name it had before formats carried a data type (the
+        # profile database's records are keyed by it)
+        cls.name = cls.__dict__.get("name") or (f"{cls.dtype}:{cls.src_layout}->{cls.dst_layout}" if cls.src.dtype == cls.dst.dtype
+                                                 else f"{cls.src}->{cls.dst}")
+        _ADAPTS[(cls.src, cls.dst)] = cls
 
     @classmethod
     def applies(cls, spec: TensorSpec) -> bool:
-        return len(spec.shape) == 4 and spec.dtype == cls.dtype
+        return len(spec.shape) == 4
 
     @classmethod
     def is_view(cls, spec: TensorSpec) -> bool:
@@ -89,25 +103,38 @@ class _CopyAdapt(Adapt):
         np.copyto(dst, src.reshape(dst.shape))
 
 
-def path(spec: TensorSpec, dst_layout: str):
-    """Adapts converting ``spec`` (in its layout) to ``dst_layout``, cheapest chain first.
+def path(spec: TensorSpec, dst: Format):
+    """Adapts converting ``spec`` (in its format) to ``dst``, the shortest chain.
 
     Raises ValueError when no chain exists.
     """
-    if spec.layout == dst_layout:
+    src = spec.format
+    if src == dst:
         return []
     g = nx.DiGraph()
-    for (src, dst, dtype), adapt in _ADAPTS.items():
-        if dtype == spec.dtype and adapt.applies(spec):
-            g.add_edge(src, dst, adapt=adapt)
+    for (a, b), adapt in _ADAPTS.items():
+        if adapt.applies(spec):
+            g.add_edge(a, b, adapt=adapt)
     try:
-        nodes = nx.shortest_path(g, spec.layout, dst_layout)
+        nodes = nx.shortest_path(g, src, dst)
     except (nx.NetworkXNoPath, nx.NodeNotFound):
-        raise ValueError(f"no adapt converts {spec} from {spec.layout} to {dst_layout}") from None
+        raise ValueError(f"no adapt converts {spec} from {src} to {dst}") from None
     return [g.edges[a, b]["adapt"] for a, b in zip(nodes, nodes[1:])]
 
 
-def is_view(spec: TensorSpec, dst_layout: str) -> bool:
-    """Whether converting ``spec`` (in its layout) to ``dst_layout`` moves no bytes: every adapt
-    on the way is a view (the executor shares the buffer; the profiler prices it at zero)."""
-    return all(a.is_view(spec) for a in path(spec, dst_layout))
+def is_view(spec: TensorSpec, dst: Format) -> bool:
+    """Whether converting ``spec`` (in its format) to ``dst`` moves no bytes: every adapt on the
+    way is a view (the executor shares the buffer; the profiler prices it at zero)."""
+    return all(a.is_view(spec) for a in path(spec, dst))
+
+
+def step_name(tensor, adapt):
+    """The executor's name for ``adapt`` on ``tensor`` (``adapt:<tensor>:<src>-><dst>``)."""
+    return f"adapt:{tensor}:{adapt.src}->{adapt.dst}"
+
+
+def parse_step_name(name):
+    """``(tensor, src Format, dst Format)`` of a :func:`step_name` (tensor names may hold ':')."""
+    head, _, dst = name[len("adapt:"):].rpartition("->")
+    tensor, dtype, layout = head.rsplit(":", 2)
+    return tensor, Format(dtype, layout), Format.parse(dst)

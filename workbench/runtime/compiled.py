@@ -26,7 +26,7 @@ from .. import routines
 from .blas import SerialBlas
 from .denormals import flushed
 from ..errors import WorkbenchError, where
-from .interpreter import FeedCheck, copy_out, io_layout
+from .interpreter import FeedCheck, copy_out, io_format_of
 from .governor import IDLE_GAP_S, ThreadGovernor
 from ..ir.graph import NCHW, NHWC
 from .memory import Value, plan_memory
@@ -130,17 +130,17 @@ class CompiledModel:
     # -- compilation -----------------------------------------------------------------------
     def _build(self):
         g = self.graph
-        home = {t: io_layout(s, self.io_format) for t, s in g.inputs.items()}
-        ready = {(t, lay) for t, lay in home.items()}
+        home = {t: io_format_of(s, self.io_format) for t, s in g.inputs.items()}
+        ready = {(t, fmt) for t, fmt in home.items()}
         plan = []   # (kind, payload, input keys, output keys)
         alias = {}   # key -> the key whose buffer it shares (view routines and adapts, in place)
 
-        def need(tensor, layout):
-            key = (tensor, layout)
+        def need(tensor, fmt):
+            key = (tensor, fmt)
             if key not in ready:
                 cur = (tensor, home[tensor])
-                for a in adapt.path(g.spec(tensor).with_layout(home[tensor]), layout):
-                    nxt = (tensor, a.dst_layout)
+                for a in adapt.path(g.spec(tensor).with_format(home[tensor]), fmt):
+                    nxt = (tensor, a.dst)
                     if nxt not in ready:
                         if a.is_view(g.spec(tensor)):
                             alias[nxt] = alias.get(cur, cur)
@@ -152,20 +152,20 @@ class CompiledModel:
 
         for layer in g:
             r = self.routines[layer.name]
-            layouts = r.input_layouts(layer, g.input_specs(layer))
-            in_keys = [None if (i in layer.consts or not t) else need(t, layouts[i]) for i, t in enumerate(layer.inputs)]
+            formats = r.input_formats(layer, g.input_specs(layer))
+            in_keys = [None if (i in layer.consts or not t) else need(t, formats[i]) for i, t in enumerate(layer.inputs)]
             out_keys = []
-            for j, (t, lay) in enumerate(zip(layer.outputs, r.output_layouts(layer))):
+            for j, (t, fmt) in enumerate(zip(layer.outputs, r.output_formats(layer))):
                 t = t or f"{layer.name}:unused{j}"
-                home[t] = lay
-                ready.add((t, lay))
-                out_keys.append((t, lay))
+                home[t] = fmt
+                ready.add((t, fmt))
+                out_keys.append((t, fmt))
             if r.view_of_input is not None:
                 base = in_keys[r.view_of_input]
                 alias[out_keys[0]] = alias.get(base, base)
             plan.append(("layer", layer, in_keys, out_keys))
-        self.output_keys = {o: need(o, io_layout(g.spec(o), self.io_format)) for o in g.outputs if o not in g.constants}
-        self.input_keys = {t: (t, lay) for t, lay in home.items()}
+        self.output_keys = {o: need(o, io_format_of(g.spec(o), self.io_format)) for o in g.outputs if o not in g.constants}
+        self.input_keys = {t: (t, fmt) for t, fmt in home.items()}
         self.in_place = self._in_place(plan, alias)
         protected = {k for t, k in self.input_keys.items() if t in g.inputs} | set(self.output_keys.values())
         overwritten = {outs[0] for kind, layer, _, outs in plan if kind == "layer" and layer.name in self.in_place}
@@ -290,14 +290,14 @@ class CompiledModel:
         """The physical axis of ``key``'s array along which Concat/Split ``layer`` works."""
         rank = len(self._spec(key).shape)
         axis = layer.attrs["axis"] % rank
-        return NHWC_AXIS[axis] if key[1] == NHWC and rank == 4 else axis
+        return NHWC_AXIS[axis] if key[1].layout == NHWC and rank == 4 else axis
 
     def _spec(self, key):
-        tensor, layout = key
+        tensor, fmt = key
         if ":unused" in tensor:
             layer = self.graph.layer(tensor.split(":unused")[0])
-            return layer.out_specs[int(tensor.split(":unused")[1])].with_layout(layout)
-        return self.graph.spec(tensor).with_layout(layout)
+            return layer.out_specs[int(tensor.split(":unused")[1])].with_format(fmt)
+        return self.graph.spec(tensor).with_format(fmt)
 
     def _bind(self, ex, kind, payload, in_keys, out_keys):
         views = ex.views
@@ -306,7 +306,7 @@ class CompiledModel:
             a, t, fed = payload, in_keys[0][0], ex.fed
             run = ((lambda: a.run(fed[t], dst, ex.threads)) if t in self._direct and in_keys[0] == self.input_keys[t]
                    else (lambda: a.run(src, dst, ex.threads)))
-            return Step("adapt", f"adapt:{t}:{a.src_layout}->{a.dst_layout}", a.name, run)
+            return Step("adapt", adapt.step_name(t, a), a.name, run)
         layer, r = payload, self.routines[payload.name]
         if r.view_of_input is not None:
             return Step("layer", layer.name, r.descriptor, lambda: None, layer)

@@ -10,6 +10,7 @@ import numpy as np
 from . import cpu
 from ..ir import ops
 from ..errors import InputError, WorkbenchError, where
+from ..ir.formats import Format
 from ..ir.graph import NCHW
 
 
@@ -95,6 +96,12 @@ class FeedCheck:
             else:
                 return arrays
         return check_inputs(self.graph, feeds, self.io_format)
+
+
+def io_format_of(spec, io_format):
+    """The :class:`~workbench.ir.formats.Format` a graph input or output of ``spec`` has at the
+    model's boundary: its own data type, in :func:`io_layout`."""
+    return Format(spec.dtype, io_layout(spec, io_format))
 
 
 def io_layout(spec, io_format):

@@ -17,7 +17,7 @@ STAGGER = 17 * 64   # bytes: an odd number of cache lines between slots' cache-s
 class Value:
     """A tensor in one format: written at step ``first``, last read at step ``last``."""
 
-    key: tuple            # (tensor name, layout)
+    key: tuple            # (tensor name, Format)
     shape: tuple          # physical shape
     dtype: str
     first: int

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..routines import adapts
 from .measure import settle
 
 
@@ -61,10 +62,8 @@ class Context:
 
 
 def adapt_key(step):
-    """``(tensor, src, dst)`` of an adapt step (named ``adapt:<tensor>:<src>-><dst>``)."""
-    head, pair = step.name.rsplit(":", 1)
-    src, dst = pair.split("->")
-    return head[len("adapt:"):], src, dst
+    """``(tensor, src Format, dst Format)`` of an adapt step."""
+    return adapts.parse_step_name(step.name)
 
 
 def time_plan(compiled, feeds, runs=5, warmup=2, min_time=0.3, max_runs=15, pause=0.03, lead_in=1):
@@ -146,13 +145,13 @@ def challenger(session, costs, margin=0.25):
             continue
         specs = graph.input_specs(layer)
         mine = routines.get(layer.op, chosen)
-        formats = (mine.input_layouts(layer, specs), mine.output_layouts(layer))
+        formats = (mine.input_formats(layer, specs), mine.output_formats(layer))
         best = None
         for d, c in per.items():
             if d == chosen or c > (1 + margin) * per[chosen] or (best is not None and c >= per[best]):
                 continue
             r = routines.get(layer.op, d)
-            if (r.input_layouts(layer, specs), r.output_layouts(layer)) == formats:
+            if (r.input_formats(layer, specs), r.output_formats(layer)) == formats:
                 best = d
         if best is not None:
             swapped[layer.name] = best

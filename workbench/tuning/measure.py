@@ -131,22 +131,23 @@ def time_interleaved(runners, runs, warmup=3, pause=0.03, lead_in=1):
 
 
 def layer_arrays(graph, layer, routine, seed=0):
-    """Random inputs (in the routine's input layouts) and output buffers for ``layer``."""
+    """Random inputs (in the routine's input formats) and output buffers for ``layer``."""
     rng = np.random.default_rng(seed)
     specs = graph.input_specs(layer)
-    layouts = routine.input_layouts(layer, specs)
+    formats = routine.input_formats(layer, specs)
     args = []
-    for i, (spec, lay) in enumerate(zip(specs, layouts)):
+    for i, (spec, fmt) in enumerate(zip(specs, formats)):
         if i in layer.consts:
             args.append(layer.consts[i])
         elif spec is None:
             args.append(None)
         elif np.dtype(spec.dtype).kind == "f":
-            args.append(rng.standard_normal(physical_shape(spec.with_layout(lay))).astype(spec.dtype))
+            held = spec.with_format(fmt)
+            args.append(rng.standard_normal(physical_shape(held)).astype(held.dtype))
         else:
-            args.append(np.zeros(physical_shape(spec.with_layout(lay)), spec.dtype))
-    outs = [np.empty(physical_shape(s.with_layout(lay)), s.dtype)
-            for s, lay in zip(layer.out_specs, routine.output_layouts(layer))]
+            args.append(np.zeros(physical_shape(spec.with_format(fmt)), spec.dtype))
+    outs = [np.empty(physical_shape(s.with_format(fmt)), fmt.dtype)
+            for s, fmt in zip(layer.out_specs, routine.output_formats(layer))]
     return args, outs
 
 
@@ -201,7 +202,7 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
     for i, routine in enumerate(candidates):
         if timings[i] is not None:   # the executor runs nothing for a view
             continue
-        key = (tuple(routine.input_layouts(layer, specs)), tuple(routine.output_layouts(layer)))
+        key = (tuple(routine.input_formats(layer, specs)), tuple(routine.output_formats(layer)))
         args, outs = arrays[key] if key in arrays else arrays.setdefault(key, layer_arrays(graph, layer, routine))
         start = time.perf_counter()
         state = routine.prepare(layer)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..routines import adapts as adapts_mod
 from .. import routines
-from ..runtime.compiled import default_threads
-from ..runtime.interpreter import io_layout
+from ..ir.formats import Format
 from ..ir.graph import NCHW, NHWC
+from ..routines import adapts as adapts_mod
+from ..runtime.compiled import default_threads
+from ..runtime.interpreter import io_format_of
 from .measure import Timing, time_routines
 from .profiledb import ProfileDatabase, Record, signature
 from .search import Candidate, Node, Problem
@@ -57,8 +58,9 @@ def _time_adapt(spec, a, repeats, threads):
     import numpy as np
     if a.is_view(spec):   # the executor runs nothing for it
         return Timing(samples=[0.0] * repeats)
-    src = np.random.default_rng(0).standard_normal(adapts_mod.physical_shape(spec.with_layout(a.src_layout))).astype(spec.dtype)
-    dst = np.empty(adapts_mod.physical_shape(spec.with_layout(a.dst_layout)), spec.dtype)
+    src_spec, dst_spec = spec.with_format(a.src), spec.with_format(a.dst)
+    src = np.random.default_rng(0).standard_normal(adapts_mod.physical_shape(src_spec)).astype(src_spec.dtype)
+    dst = np.empty(adapts_mod.physical_shape(dst_spec), dst_spec.dtype)
     a.run(src, dst, threads)
     t = Timing()
     for _ in range(repeats):
@@ -109,7 +111,8 @@ def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progr
             jobs.append(("routine", sig, r.descriptor, layer, r))
     for t, spec in (adaptable_tensors(graph) if adapts else {}).items():
         for src in LAYOUTS:
-            for a in adapts_mod.path(spec.with_layout(src), NHWC if src == NCHW else NCHW):
+            dst = Format(spec.dtype, NHWC if src == NCHW else NCHW)
+            for a in adapts_mod.path(spec.with_format(Format(spec.dtype, src)), dst):
                 jobs.append(("adapt", _adapt_signature(spec, a), a.name, (t, spec), a))
 
     def stale(kind, what):   # to be measured again whatever the database holds
@@ -161,7 +164,7 @@ def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progr
                     db.put([rec])
                     result.measured += 1
                 records[(kind, sig, name)] = rec
-            result.adapt[(what[0], impl.src_layout, impl.dst_layout)] = rec
+            result.adapt[(what[0], impl.src, impl.dst)] = rec
         bar.update(1)
     bar.close()
     return result
@@ -199,9 +202,10 @@ def problem(graph, costs, adapt_costs, allowed=None, io_format=NCHW):
             if allowed is not None and descriptor not in allowed.get(layer.name, ()):
                 continue
             r = routines.get(layer.op, descriptor)
-            layouts = r.input_layouts(layer, specs)
-            out = r.output_layouts(layer)
-            cands.append(Candidate(descriptor, float(cost), tuple(layouts[i] for i, _ in acts), out[0] if out else NCHW))
+            formats = r.input_formats(layer, specs)
+            out = r.output_formats(layer)
+            cands.append(Candidate(descriptor, float(cost), tuple(formats[i] for i, _ in acts),
+                                   out[0] if out else Format("float32", NCHW)))
         nodes.append(Node(layer.name, tuple(t for _, t in acts), tuple(t for t in layer.outputs if t), tuple(cands)))
-    return Problem(nodes, dict(adapt_costs), {t: io_layout(s, io_format) for t, s in graph.inputs.items()},
-                   {t: io_layout(graph.spec(t), io_format) for t in graph.outputs if t not in graph.constants})
+    return Problem(nodes, dict(adapt_costs), {t: io_format_of(s, io_format) for t, s in graph.inputs.items()},
+                   {t: io_format_of(graph.spec(t), io_format) for t in graph.outputs if t not in graph.constants})

@@ -23,7 +23,7 @@ def profile_jsonl(graph, profile):
                           "signature": r.signature, "median_s": r.median, "spread_s": r.spread,
                           "prepare_s": r.prepare_s, "samples_s": list(r.samples), "threads": profile.num_threads})
     for (tensor, src, dst), r in sorted(profile.adapt.items()):
-        lines.append({"kind": "adapt", "tensor": tensor, "from": src, "to": dst, "adapt": r.name,
+        lines.append({"kind": "adapt", "tensor": tensor, "from": str(src), "to": str(dst), "adapt": r.name,
                       "signature": r.signature, "median_s": r.median, "spread_s": r.spread,
                       "samples_s": list(r.samples), "threads": profile.num_threads})
     return "".join(json.dumps(x) + "\n" for x in lines)

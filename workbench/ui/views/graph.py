@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from ... import routines
+from ...tuning import search
 from .base import ms, need_plan
 
 #: Op names too long for a node label, and what the label says instead.
@@ -131,16 +132,9 @@ def graph_drawing(session, wrap=0):
             y.append(-lane[name])
     _, adapt_costs = session.costs() if session.profiled is not None else ({}, {})
     adapts = []
-    for tensor, src, dst in plan.adapts:
+    for (tensor, src, dst), readers in plan.readers.items():
         for p, c, t in edges:
-            if t != tensor:
-                continue
-            if c.startswith("output:") and c not in graph:
-                wants = [io]
-            else:
-                reader = graph.layer(c)
-                wants = routines.get(reader.op, plan.choice[c]).input_layouts(reader, graph.input_specs(reader))
-            if dst in wants:
+            if t == tensor and (c in readers or (c == f"output:{t}" and search.OUTPUT in readers)):
                 adapts.append((p, c, f"{tensor}: {src}->{dst}", ms(adapt_costs.get((tensor, src, dst), math.nan))))
     names = list(info)
     return GraphDrawing(names, x, y, [v[0] for v in info.values()], [v[1] for v in info.values()], edges, adapts,

@@ -10,7 +10,7 @@ from .times import layer_times
 
 def _out_format(session, layer, descriptor):
     r = routines.get(session.graph.layer(layer).op, descriptor)
-    return r.output_layouts(session.graph.layer(layer))[0]
+    return r.output_formats(session.graph.layer(layer))[0]
 
 
 def dp_table(session, layer):
@@ -25,7 +25,7 @@ def dp_table(session, layer):
     rows = []
     for fmt, entry in sorted(plan.table[name].items(), key=lambda kv: kv[1].cost):
         preds = [f"{t} <- {p or 'graph input'} ({f})" for t, p, f in entry.predecessors]
-        rows.append(dict(format=fmt, cost_ms=ms(entry.cost), routine=entry.routine,
+        rows.append(dict(format=str(fmt), cost_ms=ms(entry.cost), routine=entry.routine,
                          predecessors=preds, in_plan=fmt == used))
     return rows
 

@@ -1,0 +1,45 @@
+"""Tensor formats: a data type and a memory layout, the unit routines read and write, adapts
+convert between and the selection chooses among.
+
+``Format("float32", "nhwc")`` prints as ``float32:nhwc``; :meth:`Format.parse` reads that back,
+and a bare layout (``"nhwc"``, as tuned files before data types were part of formats wrote it)
+as float32.  bfloat16 arrays are NumPy arrays of ``ml_dtypes.bfloat16`` (two bytes, the upper
+half of a float32): ONNX already depends on ml_dtypes, and with it ``np.dtype("bfloat16")``,
+casts and reductions work as for any NumPy type, so the references and tests need no
+conversions of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy: np.dtype("bfloat16"))
+import numpy as np
+
+#: The data types a format may have, by name.
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True, order=True)
+class Format:
+    """A data type (``DTYPES``, or the tensor's own type for indices and shapes) and a layout
+    (``nchw``, ``nhwc``; tensors that are not images keep their native order, named ``nchw``)."""
+
+    dtype: str
+    layout: str
+
+    def __str__(self):
+        return f"{self.dtype}:{self.layout}"
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @classmethod
+    def parse(cls, text) -> "Format":
+        """``"float32:nhwc"`` -> Format; a bare layout is float32; a Format is returned as is."""
+        if isinstance(text, Format):
+            return text
+        dtype, _, layout = str(text).rpartition(":")
+        if not layout:
+            raise ValueError(f"malformed tensor format {text!r}: expected DTYPE:LAYOUT")
+        return cls(np.dtype(dtype or "float32").name, layout)

@@ -103,6 +103,59 @@ class _CopyAdapt(Adapt):
         np.copyto(dst, src.reshape(dst.shape))
 
 
+class _Cast(Adapt, register=False):
+    """float32 <-> bfloat16 in one layout (any rank: a cast does not care what the axes are)."""
+
+    @classmethod
+    def applies(cls, spec):
+        return True
+
+
+class F32ToBf16Nchw(_Cast):
+    src_layout = dst_layout = NCHW
+    dst_dtype = "bfloat16"
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        cpu.best_module("cast").f32_to_bf16(src, dst, num_threads)
+
+
+class F32ToBf16Nhwc(F32ToBf16Nchw):
+    src_layout = dst_layout = NHWC
+
+
+class Bf16ToF32Nchw(_Cast):
+    src_layout = dst_layout = NCHW
+    dtype = "bfloat16"
+    dst_dtype = "float32"
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        cpu.best_module("cast").bf16_to_f32(src, dst, num_threads)
+
+
+class Bf16ToF32Nhwc(Bf16ToF32Nchw):
+    src_layout = dst_layout = NHWC
+
+
+class NchwF32ToNhwcBf16(Adapt):
+    """The cast fused with the transpose: one pass over the tensor instead of two."""
+
+    src_layout, dst_layout, dst_dtype = NCHW, NHWC, "bfloat16"
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        cpu.best_module("cast").nchw_f32_to_nhwc_bf16(src, dst, num_threads)
+
+
+class NhwcBf16ToNchwF32(Adapt):
+    src_layout, dst_layout, dtype, dst_dtype = NHWC, NCHW, "bfloat16", "float32"
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        cpu.best_module("cast").nhwc_bf16_to_nchw_f32(src, dst, num_threads)
+
+
 def path(spec: TensorSpec, dst: Format):
     """Adapts converting ``spec`` (in its format) to ``dst``, the shortest chain.
 

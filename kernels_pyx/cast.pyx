@@ -1,0 +1,176 @@
+# isa-variants: avx2, avx512
+# cython: language_level=3
+"""Cast adapts between float32 and bfloat16, alone or fused with the NCHW/NHWC transpose.
+
+bfloat16 is the upper half of a float32.  float32 -> bfloat16 rounds to nearest, ties to even
+(what ``ml_dtypes`` and the AVX512-BF16 conversion instructions do), so a value past the largest
+bfloat16 rounds to infinity; a NaN stays a NaN (quietened, its sign kept).  bfloat16 -> float32
+is exact.  The element loops are plain integer arithmetic with no branches, which GCC vectorises
+in every ISA build.  bfloat16 arrays are NumPy arrays of ``ml_dtypes.bfloat16`` (read and written
+here as 16-bit words).  Work is split over the shared thread pool (``wb_pool.h``); shapes and
+dtypes are checked before any ``nogil`` loop runs.
+"""
+import ml_dtypes
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint16_t, uint32_t
+
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
+
+cnp.import_array()
+wb_pool_import()
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+cdef Py_ssize_t BLOCK = 16384   # elements per job of the flat casts
+cdef Py_ssize_t TILE = 32       # the fused transposes' square tiles
+
+
+cdef inline uint16_t _to_bf16(uint32_t u) noexcept nogil:
+    cdef uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16
+    cdef uint32_t quiet = (u >> 16) | 0x40u
+    return <uint16_t> (quiet if (u & 0x7fffffffu) > 0x7f800000u else rounded)
+
+
+cdef inline uint32_t _to_f32(uint16_t h) noexcept nogil:
+    return (<uint32_t> h) << 16
+
+
+cdef struct _FlatCtx:
+    const void* src
+    void* dst
+    Py_ssize_t n, per
+
+
+cdef void _down_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    cdef _FlatCtx* c = <_FlatCtx*> ctx
+    cdef const uint32_t* s = <const uint32_t*> c.src
+    cdef uint16_t* d = <uint16_t*> c.dst
+    cdef Py_ssize_t i, i0 = chunk * c.per * BLOCK, i1 = min(i0 + c.per * BLOCK, c.n)
+    for i in range(i0, i1):
+        d[i] = _to_bf16(s[i])
+
+
+cdef void _up_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    cdef _FlatCtx* c = <_FlatCtx*> ctx
+    cdef const uint16_t* s = <const uint16_t*> c.src
+    cdef uint32_t* d = <uint32_t*> c.dst
+    cdef Py_ssize_t i, i0 = chunk * c.per * BLOCK, i1 = min(i0 + c.per * BLOCK, c.n)
+    for i in range(i0, i1):
+        d[i] = _to_f32(s[i])
+
+
+cdef struct _TransposeCtx:
+    const void* src
+    void* dst
+    Py_ssize_t rows, cols, row_tiles, col_tiles, jobs, per
+
+
+cdef void _down_t_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    """float32 (batch, rows, cols) -> bfloat16 (batch, cols, rows), tile by tile."""
+    cdef _TransposeCtx* t = <_TransposeCtx*> ctx
+    cdef Py_ssize_t job, b, r0, c0, r, c, rows = t.rows, cols = t.cols
+    cdef const uint32_t* s
+    cdef uint16_t* d
+    for job in range(chunk * t.per, min((chunk + 1) * t.per, t.jobs)):
+        b = job // (t.row_tiles * t.col_tiles)
+        r0 = (job // t.col_tiles) % t.row_tiles * TILE
+        c0 = job % t.col_tiles * TILE
+        s = <const uint32_t*> t.src + b * rows * cols
+        d = <uint16_t*> t.dst + b * rows * cols
+        for c in range(c0, min(c0 + TILE, cols)):
+            for r in range(r0, min(r0 + TILE, rows)):
+                d[c * rows + r] = _to_bf16(s[r * cols + c])
+
+
+cdef void _up_t_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    """bfloat16 (batch, rows, cols) -> float32 (batch, cols, rows), tile by tile."""
+    cdef _TransposeCtx* t = <_TransposeCtx*> ctx
+    cdef Py_ssize_t job, b, r0, c0, r, c, rows = t.rows, cols = t.cols
+    cdef const uint16_t* s
+    cdef uint32_t* d
+    for job in range(chunk * t.per, min((chunk + 1) * t.per, t.jobs)):
+        b = job // (t.row_tiles * t.col_tiles)
+        r0 = (job // t.col_tiles) % t.row_tiles * TILE
+        c0 = job % t.col_tiles * TILE
+        s = <const uint16_t*> t.src + b * rows * cols
+        d = <uint32_t*> t.dst + b * rows * cols
+        for c in range(c0, min(c0 + TILE, cols)):
+            for r in range(r0, min(r0 + TILE, rows)):
+                d[c * rows + r] = _to_f32(s[r * cols + c])
+
+
+def _check(src, dst, src_dtype, dst_dtype, dst_shape, what):
+    if not isinstance(src, np.ndarray) or not isinstance(dst, np.ndarray):
+        raise TypeError(f"{what}: expected NumPy arrays, got {type(src).__name__} -> {type(dst).__name__}")
+    if src.dtype != src_dtype or dst.dtype != dst_dtype:
+        raise TypeError(f"{what}: expected {np.dtype(src_dtype)} -> {np.dtype(dst_dtype)} arrays, got {src.dtype} -> {dst.dtype}")
+    if tuple(dst.shape) != tuple(dst_shape):
+        raise ValueError(f"{what}: source {src.shape} needs destination {tuple(dst_shape)}, got {dst.shape}")
+    if not src.flags.c_contiguous or not dst.flags.c_contiguous:
+        raise ValueError(f"{what}: source and destination must be C-contiguous")
+    if not dst.flags.writeable:
+        raise ValueError(f"{what}: destination is read-only")
+
+
+cdef _flat(src, dst, bint down, int num_threads):
+    cdef _FlatCtx c
+    c.src = cnp.PyArray_DATA(<cnp.ndarray> src)
+    c.dst = cnp.PyArray_DATA(<cnp.ndarray> dst)
+    c.n = src.size
+    cdef Py_ssize_t blocks = (c.n + BLOCK - 1) // BLOCK
+    cdef int nt = max(num_threads, 1)
+    if c.n == 0:
+        return
+    c.per = wb_jobs_per_chunk(blocks, BLOCK, nt)
+    with nogil:
+        wb_pool_run(_down_chunk if down else _up_chunk, &c, (blocks + c.per - 1) // c.per, nt)
+
+
+cdef _transposed(src, dst, Py_ssize_t batch, Py_ssize_t rows, Py_ssize_t cols, bint down, int num_threads):
+    cdef _TransposeCtx t
+    t.src = cnp.PyArray_DATA(<cnp.ndarray> src)
+    t.dst = cnp.PyArray_DATA(<cnp.ndarray> dst)
+    t.rows, t.cols = rows, cols
+    t.row_tiles, t.col_tiles = (rows + TILE - 1) // TILE, (cols + TILE - 1) // TILE
+    t.jobs = batch * t.row_tiles * t.col_tiles
+    cdef int nt = max(num_threads, 1)
+    if t.jobs == 0 or src.size == 0:
+        return
+    t.per = wb_jobs_per_chunk(t.jobs, TILE * TILE, nt)
+    with nogil:
+        wb_pool_run(_down_t_chunk if down else _up_t_chunk, &t, (t.jobs + t.per - 1) // t.per, nt)
+
+
+def f32_to_bf16(src, dst, int num_threads=1):
+    """``dst[...] = src`` rounded to bfloat16 (nearest, ties to even); any shape, both C-contiguous."""
+    _check(src, dst, np.float32, BF16, src.shape, "f32_to_bf16")
+    _flat(src, dst, True, num_threads)
+    return dst
+
+
+def bf16_to_f32(src, dst, int num_threads=1):
+    """``dst[...] = src`` widened to float32 (exact); any shape, both C-contiguous."""
+    _check(src, dst, BF16, np.float32, src.shape, "bf16_to_f32")
+    _flat(src, dst, False, num_threads)
+    return dst
+
+
+def nchw_f32_to_nhwc_bf16(src, dst, int num_threads=1):
+    """A float32 NCHW tensor written as bfloat16 NHWC in one pass."""
+    if not isinstance(src, np.ndarray) or src.ndim != 4:
+        raise ValueError(f"nchw_f32_to_nhwc_bf16: expected a 4-D source, got {getattr(src, 'shape', src)}")
+    n, c, h, w = src.shape
+    _check(src, dst, np.float32, BF16, (n, h, w, c), "nchw_f32_to_nhwc_bf16")
+    _transposed(src, dst, n, c, h * w, True, num_threads)
+    return dst
+
+
+def nhwc_bf16_to_nchw_f32(src, dst, int num_threads=1):
+    """A bfloat16 NHWC tensor written as float32 NCHW in one pass."""
+    if not isinstance(src, np.ndarray) or src.ndim != 4:
+        raise ValueError(f"nhwc_bf16_to_nchw_f32: expected a 4-D source, got {getattr(src, 'shape', src)}")
+    n, h, w, c = src.shape
+    _check(src, dst, BF16, np.float32, (n, c, h, w), "nhwc_bf16_to_nchw_f32")
+    _transposed(src, dst, n, h * w, c, False, num_threads)
+    return dst

@@ -10,7 +10,7 @@ import workbench
 from workbench.routines import adapts as adapt
 from workbench import routines, zoo
 from workbench.runtime.compiled import CompiledModel
-from workbench.tuning.profiler import adaptable_tensors, problem, profile
+from workbench.tuning.profiler import adapt_pairs, problem, profile
 from workbench.tuning.profiledb import ProfileDatabase
 from workbench.tuning.search import evaluate, greedy, solve, solve_milp
 
@@ -20,8 +20,8 @@ def synthetic_costs(graph):
         return int(hashlib.md5("|".join(parts).encode()).hexdigest()[:6], 16) / 0xFFFFFF
     costs = {l.name: {r.descriptor: 1e-3 * (0.2 + h(l.name, r.descriptor)) * (50 if r.algo == "reference" else 1)
                       for r in routines.applicable(graph, l)} for l in graph}
-    adapts = {(t, s, d): 2e-4 * (0.1 + h(t, s, d)) for t in adaptable_tensors(graph)
-              for s, d in (("nchw", "nhwc"), ("nhwc", "nchw"))}
+    adapts = {(t, s, d): 2e-4 * (0.1 + h(t, str(s), str(d))) for t, pairs in adapt_pairs(graph).items()
+              for s, d in pairs}
     return costs, adapts
 
 
@@ -34,10 +34,11 @@ def test_dp_equals_milp_on_zoo_models(name):
     assert dp.method == "dp"
     assert dp.cost == pytest.approx(milp.cost, rel=1e-7)
     assert dp.cost <= greedy(p).cost + 1e-12
+    assert dp.adapts   # the layouts meet somewhere: the problem has priced adapts to choose
     for layout in ("nchw", "nhwc"):   # every single-layout plan costs at least the optimum
         choice = {}
         for n in p.nodes:
-            same = [c for c in n.candidates if c.out_format == layout and c.name.split(":")[2].startswith(layout)]
+            same = [c for c in n.candidates if c.out_format.layout == layout and c.name.split(":")[2].startswith(layout)]
             choice[n.name] = min(same or n.candidates, key=lambda c: c.cost).name
         assert evaluate(p, choice)[0] >= dp.cost - 1e-12
     # The plan compiles and computes the model.
@@ -46,8 +47,26 @@ def test_dp_equals_milp_on_zoo_models(name):
     ours, ref = compiled.run(feeds)["logits"], workbench.ReferenceExecutor(graph).run(feeds)["logits"]
     assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
     # Every adapt runs but those between identical bytes (SE blocks' (N, C, 1, 1)), which share.
-    views = [1 for t, src, dst in dp.adapts if adapt.is_view(graph.spec(t).with_layout(src), dst)]
+    views = [1 for t, src, dst in dp.adapts if adapt.is_view(graph.spec(t).with_format(src), dst)]
     assert len(compiled.adapts) == len(dp.adapts) - len(views)
+
+
+@pytest.mark.parametrize("name", ["tiny", "mobilenet_v2"])
+def test_every_adapt_a_plan_can_need_is_priced(name):
+    """adapt_pairs lists every (tensor, src, dst) that some choice of candidates needs: random
+    plans over all candidates (brute force would be too many) never need an unpriced adapt."""
+    import random
+    graph = workbench.load(zoo.build(name, resolution=64 if name != "tiny" else None))
+    costs, adapts = synthetic_costs(graph)
+    p = problem(graph, costs, adapts)
+    rnd = random.Random(5)
+    needed = set()
+    for _ in range(300):
+        cost, used = evaluate(p, {n.name: rnd.choice(n.candidates).name for n in p.nodes})
+        assert cost < float("inf")
+        needed.update(used)
+    assert needed and needed <= set(adapts)
+    assert len(needed) >= len(adapts) // 2   # and it lists few that no plan needs
 
 
 def test_profile_measures_once_and_reuses(tmp_path):

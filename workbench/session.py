@@ -136,7 +136,8 @@ class Session(SessionFiles):
         names = None if layers is None else {self.layer(k).name for k in layers}
         t0 = time.perf_counter()
         self.profiled = run_profile(self.graph, db=self.db, num_threads=self.num_threads, repeats=repeats,
-                                    reprofile=reprofile and names is None, progress=progress, layers=names)
+                                    reprofile=reprofile and names is None, progress=progress, layers=names,
+                                    io_format=self.io_format)
         self.profile_s = time.perf_counter() - t0
         if self.context is not None and (reprofile or names):
             # Measured again: the in-context costs of those layers are as stale as their records.

@@ -120,3 +120,17 @@ def test_casts_apply_to_any_rank_transposes_to_images():
     assert [a.__name__ for a in adapts.path(vec, Format("bfloat16", "nchw"))] == ["F32ToBf16Nchw"]
     with pytest.raises(ValueError, match="no adapt converts"):
         adapts.path(vec, F32_NHWC)
+
+
+def test_a_chain_runs_its_hops_as_one_conversion():
+    """adapts.Chain (how the profiler prices a pair only a chain converts) gives what running
+    the hops one by one gives."""
+    spec = TensorSpec((2, 6, 5, 3)).with_format(BF_NCHW)
+    hops = adapts.path(spec, F32_NHWC)
+    chain = adapts.Chain(hops, spec)
+    assert len(hops) == 2 and (chain.src, chain.dst) == (BF_NCHW, F32_NHWC) and "+" in chain.name
+    x = np.random.default_rng(1).standard_normal((2, 6, 5, 3)).astype(BF16)
+    out = np.empty((2, 5, 3, 6), np.float32)
+    chain.run(x, out, 2)
+    np.testing.assert_array_equal(out, _run(hops, spec, x))
+    assert not chain.is_view(spec)

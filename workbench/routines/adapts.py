@@ -156,6 +156,26 @@ class NhwcBf16ToNchwF32(Adapt):
         cpu.best_module("cast").nhwc_bf16_to_nchw_f32(src, dst, num_threads)
 
 
+class Chain:
+    """A :func:`path` of several adapts run as one conversion of ``spec`` (how the profiler
+    prices a pair that no single adapt converts: the whole chain, its intermediate buffers
+    allocated once)."""
+
+    def __init__(self, hops, spec: TensorSpec):
+        self.hops = list(hops)
+        self.src, self.dst = self.hops[0].src, self.hops[-1].dst
+        self.name = "+".join(a.name for a in self.hops)
+        self._between = [np.empty(physical_shape(spec.with_format(a.dst)), np.dtype(a.dst.dtype)) for a in self.hops[:-1]]
+
+    def is_view(self, spec):
+        return all(a.is_view(spec) for a in self.hops)
+
+    def run(self, src, dst, num_threads):
+        for a, out in zip(self.hops, self._between + [dst]):
+            a.run(src, out, num_threads)
+            src = out
+
+
 def path(spec: TensorSpec, dst: Format):
     """Adapts converting ``spec`` (in its format) to ``dst``, the shortest chain.
 

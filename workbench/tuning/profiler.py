@@ -1,5 +1,6 @@
-"""The profiler: time every applicable routine of every layer, and every layout adapt on every
-tensor, on this machine and the model's real shapes, through the profile database.
+"""The profiler: time every applicable routine of every layer, and every adapt a plan of them may
+need on every tensor (:func:`adapt_pairs`), on this machine and the model's real shapes, through
+the profile database.
 
 Identical layers (same :func:`~workbench.tuning.profiledb.signature`) are measured once; records already
 in the database for this machine fingerprint are reused unless ``reprofile``.  The result is a
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .. import routines
 from ..ir.formats import Format
-from ..ir.graph import NCHW, NHWC
+from ..ir.graph import NCHW
 from ..routines import adapts as adapts_mod
 from ..runtime.compiled import default_threads
 from ..runtime.interpreter import io_format_of
@@ -19,7 +20,6 @@ from .measure import Timing, time_routines
 from .profiledb import ProfileDatabase, Record, signature
 from .search import Candidate, Node, Problem
 
-LAYOUTS = (NCHW, NHWC)
 #: Seconds of samples each routine gets at least (more than ``repeats`` for short ones): ten
 #: samples of an 18 us depthwise layer put its AVX2 and AVX-512 variants level, thirty put the
 #: AVX-512 one 20% ahead, as the model runs them.
@@ -70,14 +70,28 @@ def _time_adapt(spec, a, repeats, threads):
     return t
 
 
-def adaptable_tensors(graph):
-    """Tensors an adapt may sit on: 4-D float32 activations (graph inputs and layer outputs)."""
-    tensors = {t: s for t, s in graph.inputs.items()}
+def adapt_pairs(graph, io_format=NCHW):
+    """``{tensor: [(src, dst), ...]}``: the format pairs an adapt may have to convert each tensor
+    between, in any plan of the default candidates: every format its producer's candidates write
+    it in (a graph input: its boundary format) to every other format one of its readers'
+    candidates reads it in (a graph output: its boundary format)."""
+    written, wanted = {}, {}
+    for t, s in graph.inputs.items():
+        written.setdefault(t, set()).add(io_format_of(s, io_format))
+    for t in graph.outputs:
+        if t not in graph.constants:
+            wanted.setdefault(t, set()).add(io_format_of(graph.spec(t), io_format))
     for layer in graph:
-        for t, s in zip(layer.outputs, layer.out_specs):
-            if t:
-                tensors[t] = s
-    return {t: s for t, s in tensors.items() if len(s.shape) == 4 and s.dtype == "float32"}
+        specs = graph.input_specs(layer)
+        for r in candidates(graph, layer):
+            for t, fmt in zip(layer.outputs, r.output_formats(layer)):
+                if t:
+                    written.setdefault(t, set()).add(fmt)
+            for i, (t, fmt) in enumerate(zip(layer.inputs, r.input_formats(layer, specs))):
+                if t and i not in layer.consts:
+                    wanted.setdefault(t, set()).add(fmt)
+    pairs = {t: sorted((s, d) for s in srcs for d in wanted.get(t, ()) if s != d) for t, srcs in written.items()}
+    return {t: p for t, p in pairs.items() if p}
 
 
 def candidates(graph, layer):
@@ -89,12 +103,14 @@ def candidates(graph, layer):
 
 
 def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progress=False, layers=None,
-            wanted=None, adapts=True):
+            wanted=None, adapts=True, io_format=NCHW):
     """Measure ``graph``'s routines and adapts (see module docstring); returns a :class:`Profile`.
 
     ``wanted`` maps layer names to the descriptors to measure (default: :func:`candidates` of
     every layer); ``layers`` limits re-measurement (``reprofile``) to those layer names;
-    ``adapts=False`` skips the adapts.
+    ``adapts=False`` skips the adapts; those timed are the pairs of :func:`adapt_pairs` (a pair
+    that only a chain of adapts converts is timed as the whole chain), for ``io_format`` at the
+    graph's boundary.
     """
     threads = int(num_threads or default_threads())
     db = db or ProfileDatabase(num_threads=threads)
@@ -109,11 +125,15 @@ def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progr
                   [routines.get(layer.op, d) for d in wanted[layer.name]])
         for r in chosen:
             jobs.append(("routine", sig, r.descriptor, layer, r))
-    for t, spec in (adaptable_tensors(graph) if adapts else {}).items():
-        for src in LAYOUTS:
-            dst = Format(spec.dtype, NHWC if src == NCHW else NCHW)
-            for a in adapts_mod.path(spec.with_format(Format(spec.dtype, src)), dst):
-                jobs.append(("adapt", _adapt_signature(spec, a), a.name, (t, spec), a))
+    for t, pairs in (adapt_pairs(graph, io_format) if adapts else {}).items():
+        spec = graph.spec(t)
+        for src, dst in pairs:
+            try:
+                hops = adapts_mod.path(spec.with_format(src), dst)
+            except ValueError:
+                continue   # nothing converts them: the selection never pairs these candidates
+            a = hops[0] if len(hops) == 1 else adapts_mod.Chain(hops, spec)
+            jobs.append(("adapt", _adapt_signature(spec, a), a.name, (t, spec), a))
 
     def stale(kind, what):   # to be measured again whatever the database holds
         return reprofile or (layers is not None and kind == "routine" and what.name in layers)

@@ -222,7 +222,7 @@ def test_load_runs_and_kills_its_busy_process(files, tmp_path, monkeypatch):
                                   "--idle-runs", "0", "--op-runs", "0", "--load", "-o", str(prefix)])
     assert code == 0, err
     (proc, status_inside), = seen
-    assert status_inside is None and proc.args[-1] == load_mod.BUSY_CODE
+    assert status_inside is None and proc.args[-2:] == [load_mod.BUSY_CODE, str(os.getpid())]
     assert proc.returncode is not None   # killed and reaped
     with pytest.raises(ProcessLookupError):
         os.kill(proc.pid, 0)
@@ -317,3 +317,31 @@ def test_json_report_is_strict_json(session, files, tmp_path):
     json_path, _ = bench_mod.report.write(result, tmp_path / "r")
     report = json.loads(json_path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert report["engines"]["tuned"]["max_relative_error_vs_tuned"] is None
+
+
+def test_the_busy_child_ends_when_its_parent_is_killed():
+    """A benchmark killed by a signal (no ``finally`` runs) leaves no process spinning behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = ("import sys, time\nfrom workbench.bench.load import busy_process\n"
+            "with busy_process() as p:\n    print(p.pid, flush=True)\n    time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)   # spinning
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    break   # exited; a zombie until init reaps it
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the busy child outlived its parent")

@@ -376,10 +376,7 @@ class Session(SessionFiles):
             costs, _ = self.costs()
         adapts_in = {}
         for (tensor, src, dst), readers in plan.readers.items():
-            # the steps the executor runs for it, named as it names them (an adapt that only
-            # reinterprets the bytes, a view, runs none)
-            spec = self.graph.spec(tensor)
-            steps = [adapts.step_name(tensor, a) for a in adapts.path(spec.with_format(src), dst) if not a.is_view(spec)]
+            steps = adapts.steps_of(tensor, self.graph.spec(tensor), src, dst)
             for r in readers:
                 adapts_in.setdefault(r, []).extend(steps)
         rows = []

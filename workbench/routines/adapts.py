@@ -206,6 +206,12 @@ def step_name(tensor, adapt):
     return f"adapt:{tensor}:{adapt.src}->{adapt.dst}"
 
 
+def steps_of(tensor, spec, src, dst):
+    """The names of the steps the executor runs to convert ``tensor`` (of ``spec``) from ``src``
+    to ``dst``: one per adapt on the way, none for one that only reinterprets the bytes (a view)."""
+    return [step_name(tensor, a) for a in path(spec.with_format(src), dst) if not a.is_view(spec)]
+
+
 def parse_step_name(name):
     """``(tensor, src Format, dst Format)`` of a :func:`step_name` (tensor names may hold ':')."""
     head, _, dst = name[len("adapt:"):].rpartition("->")

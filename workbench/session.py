@@ -20,11 +20,13 @@ import numpy as np
 from . import routines
 from .routines import adapts
 from .errors import WorkbenchError, where
+from .ir.formats import parse_precisions
 from .ir.graph import NCHW, NHWC
 from .runtime.compiled import CompiledModel, default_threads
 from .session_files import NotTunedError, SessionFiles
 from .tuning import filters as assign_mod
 from .tuning import search
+from .tuning.profiler import adapt_pairs
 from .tuning.profiler import problem as make_problem
 from .tuning.profiler import profile as run_profile
 
@@ -33,10 +35,17 @@ class PinError(WorkbenchError):
     """A pin that names an unknown layer, an unknown routine, or a routine that does not apply."""
 
 
+def _precisions(values):
+    try:
+        return parse_precisions(values)
+    except ValueError as e:
+        raise WorkbenchError(str(e)) from None
+
+
 def conv_families(graph=None):
-    """Every single-family filter: each layout's ``*`` and each (layout, algorithm) of Conv."""
+    """Every single-family filter: each layout's ``*`` and each (layout, algorithm) of a float32 Conv."""
     conv = sorted({(r.layout, r.algo) for _, _, r in routines.all_routines()
-                   if r.algo != "reference" and (r.op == "Conv" or (isinstance(r.op, tuple) and "Conv" in r.op))})
+                   if r.algo != "reference" and r.dtype == "float32" and (r.op == "Conv" or (isinstance(r.op, tuple) and "Conv" in r.op))})
     layouts = sorted({lay for lay, _ in conv})
     return [f"cpu:float32:{lay}/*" for lay in layouts] + [f"cpu:float32:{lay}/{algo}" for lay, algo in conv]
 
@@ -78,6 +87,7 @@ class Session(SessionFiles):
         self.profiled = None        # Profile
         self.filters = []           # filter strings
         self.pins = {}              # layer name -> descriptor
+        self.precisions = routines.FLOAT32_ONLY   # data types tuning may choose routines of
         self.plan = None            # search.Plan
         self.fallbacks = []
         self.family_notes = {}      # family filter -> its fallbacks, or why family_plans left it out
@@ -85,6 +95,7 @@ class Session(SessionFiles):
         self.profile_s = None       # seconds the last profile() took
         self.measured = None        # measure.Latency of the whole tuned model
         self.comparison = None      # compare.Comparison of the plan against the others
+        self.precision = None       # precision.PrecisionError of the plan against float32
         self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
         self.tuned_metadata = None  # model metadata of a loaded tuned file
         self.loaded_costs = None    # {layer: {descriptor: s}} a loaded tuned file was tuned with
@@ -137,7 +148,7 @@ class Session(SessionFiles):
         t0 = time.perf_counter()
         self.profiled = run_profile(self.graph, db=self.db, num_threads=self.num_threads, repeats=repeats,
                                     reprofile=reprofile and names is None, progress=progress, layers=names,
-                                    io_format=self.io_format)
+                                    io_format=self.io_format, precisions=self.precisions)
         self.profile_s = time.perf_counter() - t0
         if self.context is not None and (reprofile or names):
             # Measured again: the in-context costs of those layers are as stale as their records.
@@ -165,19 +176,28 @@ class Session(SessionFiles):
         costs, adapt_costs = self.costs()
         return make_problem(self.graph, costs, adapt_costs, allowed, self.io_format)
 
-    def tune(self, filters=None, pins=None, progress=False, in_context=False):
+    def tune(self, filters=None, pins=None, progress=False, in_context=False, precisions=None):
         """Profile (what the database lacks) and select the fastest plan; returns the :class:`~workbench.tuning.search.Plan`.
 
         ``filters``: routine filter strings (see :mod:`workbench.tuning.filters`); ``pins``:
         ``{layer: descriptor}``.  Both replace the session's current ones when given.
+        ``precisions``: the data types the plan may compute in besides float32 (``["bfloat16"]``;
+        float32 is always allowed, for the layers no other routine serves); they replace the
+        session's when given.  Lower precisions change the outputs: :meth:`precision_error`
+        measures by how much.
         ``in_context``: then time the plan inside the model and select again on those times
         (:meth:`calibrate`), so that the prediction is what a run costs.  Off by default: the
         selection is then a function of the profile database alone (the same plan from the
         same records, and no model runs when the database has them all).
         """
+        if precisions is not None:
+            precisions = _precisions(precisions)
+            if precisions != self.precisions:
+                self.precisions = precisions
+                self.profiled = None   # the new data types' routines and casts (the database keeps the rest)
         if filters is not None:
             filters = list(filters)
-            assign_mod.allowed(self.graph, filters)   # validate (syntax, explicit selections) before anything runs
+            assign_mod.allowed(self.graph, filters, self.precisions)   # validate (syntax, explicit selections) before anything runs
             self.filters = filters
         if pins is not None:
             old, self.pins = self.pins, {}
@@ -203,7 +223,7 @@ class Session(SessionFiles):
 
     def allowed(self):
         """``{layer: [descriptor, ...]}`` under the current filters and pins."""
-        allowed, self.fallbacks = assign_mod.allowed(self.graph, self.filters)
+        allowed, self.fallbacks = assign_mod.allowed(self.graph, self.filters, self.precisions)
         for layer, descriptor in self.pins.items():
             allowed[layer] = [descriptor]
         return allowed
@@ -215,9 +235,14 @@ class Session(SessionFiles):
         have = self.profiled.routine
         missing = {layer: [d for d in ds if d not in have.get(layer, {})] for layer, ds in wanted.items()}
         missing = {layer: ds for layer, ds in missing.items() if ds}
-        if missing:
+        # ... and the adapts they need: a pinned bfloat16 routine's casts, say, which a float32
+        # profile never timed.
+        pairs = {t: [p for p in ps if (t, *p) not in self.profiled.adapt]
+                 for t, ps in adapt_pairs(self.graph, self.io_format, allowed=wanted).items()}
+        pairs = {t: ps for t, ps in pairs.items() if ps}
+        if missing or pairs:
             self.profiled.merge(run_profile(self.graph, db=self.db, num_threads=self.num_threads,
-                                            wanted=missing, adapts=False))
+                                            wanted=missing, adapts=pairs))
 
     def retune(self):
         """Select again under the current filters and pins, reusing the profile."""
@@ -232,6 +257,8 @@ class Session(SessionFiles):
         if before is None or dict(before.choice) != dict(self.plan.choice):
             self._compiled = None
         self.measured, self.comparison = None, None
+        if before is None or dict(before.choice) != dict(self.plan.choice):
+            self.precision = None
         return self.plan
 
     def pin(self, layer, descriptor):
@@ -338,6 +365,21 @@ class Session(SessionFiles):
         feeds = inputs if inputs is not None else self.random_inputs()
         self.measured = measure_latencies({"tuned": lambda: model.run(feeds)}, runs, warmup=warmup)["tuned"]
         return self.measured
+
+    def precision_error(self, inputs=None, samples=3):
+        """The plan's outputs against the float32 NumPy reference (max error, cosine, top-1
+        agreement; :mod:`workbench.tuning.precision`), on ``inputs`` (a list of feeds) or
+        ``samples`` seeded random ones; kept as :attr:`precision` until the plan changes."""
+        from .tuning.precision import measure
+        self._need_plan()
+        self.precision = measure(self, inputs, samples)
+        return self.precision
+
+    @property
+    def low_precision(self):
+        """The data types other than float32 the plan computes in ([] for a float32 plan)."""
+        from .tuning.precision import low_precision
+        return low_precision(self._need_plan().choice)
 
     def compare(self, runs=10, families=True, greedy=True, onnxruntime=True):
         """The plan measured beside every single-family plan, the greedy plan and ONNX Runtime,

@@ -29,7 +29,9 @@ class SessionFiles:
             self.graph, dict(plan.choice), self.costs()[0] if self.profiled is not None else {},
             self.num_threads, self.io_format, self.predicted_s, plan_method=plan.method,
             measured_s=self.measured.median if self.measured is not None else None,
-            pins=dict(self.pins), filters=list(self.filters), adapts_into=self._adapts_into())
+            pins=dict(self.pins), filters=list(self.filters), adapts_into=self._adapts_into(),
+            precisions=list(self.precisions),
+            precision_error=self.precision.to_dict() if self.precision is not None else None)
 
     def _adapts_into(self):
         """``{layer: [[tensor, from, to], ...]}``: the plan's adapts, by the layers that read them."""
@@ -48,6 +50,10 @@ class SessionFiles:
         session = cls(record.graph, num_threads=num_threads or record.num_threads, db=db, io_format=record.io_format)
         session.filters = list(record.filters)
         session.pins = dict(record.pins)
+        session.precisions = tuple(record.precisions)
+        if record.precision_error is not None:
+            from .tuning.precision import PrecisionError
+            session.precision = PrecisionError.from_dict(record.precision_error)
         # The adapts follow from the choice (the same ones the tuned plan had, graph outputs included);
         # the cost is the one the file was tuned with.
         structure = make_problem(record.graph, {n: {d: 0.0} for n, d in record.choice.items()}, {}, None,

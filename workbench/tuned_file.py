@@ -9,7 +9,9 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
 - the model: ``workbench.format``, ``workbench.version``, ``workbench.fingerprint`` and
   ``workbench.fingerprint_facts`` (the machine), ``workbench.num_threads``,
   ``workbench.io_format``, ``workbench.predicted_ms``, ``workbench.measured_ms``,
-  ``workbench.plan_method``, ``workbench.filters``, ``workbench.pins``.
+  ``workbench.plan_method``, ``workbench.filters``, ``workbench.pins``, ``workbench.precisions``
+  (JSON list of the data types tuning allowed) and ``workbench.precision_error`` (JSON: the plan's
+  error against float32, :class:`~workbench.tuning.precision.PrecisionError`; empty for a float32 plan).
 
 :func:`read` imports the file (the same fusion gives the same layers), reads the annotations
 back, checks them, and returns them as plain data (:class:`TunedRecord`); :func:`write` is its
@@ -70,6 +72,8 @@ class TunedRecord:
     fingerprint: str = ""
     fingerprint_facts: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    precisions: list = field(default_factory=lambda: ["float32"])
+    precision_error: dict = None
 
     def fingerprint_differs(self, num_threads):
         """The machine facts (``fingerprint_facts`` keys) in which this machine, running with
@@ -106,6 +110,8 @@ def write(record, path):
         "predicted_ms": f"{record.predicted_s * 1e3:.6f}",
         "measured_ms": f"{record.measured_s * 1e3:.6f}" if record.measured_s is not None else "",
         "plan_method": record.plan_method, "filters": json.dumps(record.filters), "pins": json.dumps(record.pins),
+        "precisions": json.dumps(list(record.precisions)),
+        "precision_error": json.dumps(record.precision_error) if record.precision_error else "",
     }
     model = export_graph(record.graph, nodes, {PREFIX + k: v for k, v in meta.items()})
     save_model(model, path)
@@ -116,6 +122,19 @@ def _field(where_, key, text, parse):
         return parse(text)
     except (ValueError, TypeError) as e:
         raise TunedModelError(f"{where_}: field {key!r} is malformed ({e}): {text[:80]!r}") from None
+
+
+def _precisions(text):
+    from .ir.formats import parse_precisions
+    values = json.loads(text)
+    if not isinstance(values, list):
+        raise ValueError("expected a JSON list of data types")
+    return parse_precisions(values)
+
+
+def _precision_error(text):
+    from .tuning.precision import PrecisionError
+    return PrecisionError.from_dict(json.loads(text)).to_dict()
 
 
 def read(source, name=None):
@@ -143,6 +162,10 @@ def read(source, name=None):
     pins = _field(where_, PREFIX + "pins", meta.get("pins", "{}"), json.loads)
     filters = _field(where_, PREFIX + "filters", meta.get("filters", "[]"), json.loads)
     facts = _field(where_, PREFIX + "fingerprint_facts", meta.get("fingerprint_facts", "{}"), json.loads)
+    precisions = _field(where_, PREFIX + "precisions", meta.get("precisions", '["float32"]'), _precisions)
+    error = meta.get("precision_error") or None
+    if error is not None:
+        error = _field(where_, PREFIX + "precision_error", error, _precision_error)
 
     annotated = {}
     for node in model.graph.node:
@@ -182,4 +205,5 @@ def read(source, name=None):
                        plan_method=meta.get("plan_method", "?"),
                        measured_s=_field(where_, PREFIX + "measured_ms", measured, float) / 1e3 if measured else None,
                        pins=dict(pins), filters=list(filters), fingerprint=meta["fingerprint"],
-                       fingerprint_facts=facts, metadata=meta)
+                       fingerprint_facts=facts, metadata=meta, precisions=list(precisions),
+                       precision_error=error)

@@ -137,7 +137,8 @@ def _report_outputs(args, outputs, reference, before_check=None):
     if args.check:
         ref = reference()
         noise = oracle_noise(ref, reference(optimize=False))
-        checks = compare_all(outputs, ref, rtol=args.rtol, atol=args.atol, noise=noise)
+        rtol = args.rtol if args.rtol is not None else 1e-4
+        checks = compare_all(outputs, ref, rtol=rtol, atol=args.atol, noise=noise)
         for name, c in checks.items():
             print(c.summary())
             if name in noise:

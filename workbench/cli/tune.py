@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 
 from ..errors import InputError, WorkbenchError
+from ..ir.formats import parse_precisions
+from ..tuning.precision import PrecisionError
 
 
 # -- argument parsing --------------------------------------------------------------------------
@@ -53,6 +55,10 @@ def add_parsers(sub, model_args):
                     help="restrict the routines the tuner may choose (same syntax as `workbench run --routine`)")
     sp.add_argument("--pin", action="append", type=parse_pin, metavar="LAYER=DESCRIPTOR",
                     help="force a layer (name or index) onto a routine; repeatable")
+    sp.add_argument("--precision", default="float32", metavar="DTYPES",
+                    help="data types the plan may compute in, comma separated: float32 (the default) or "
+                         "float32,bfloat16 (bf16 for short); a lower precision changes the outputs, and the "
+                         "error against float32 is measured and printed")
     sp.add_argument("--runs", type=int, default=30, help="runs to measure the tuned model (default 30; 0 skips)")
     sp.add_argument("--in-context", action="store_true",
                     help="time the plan inside the model and select again on those times (Session.calibrate)")
@@ -157,6 +163,10 @@ def cmd_tune(args):
         filters = list(args.routine or ())
         for f in filters:
             assign_mod.parse_filter(f, session.graph)
+        try:
+            session.precisions = parse_precisions(args.precision)
+        except ValueError as e:
+            raise WorkbenchError(f"--precision: {e}") from None
         session.filters = filters
         for layer, descriptor in args.pin or ():
             session.pin(layer, descriptor)
@@ -184,6 +194,7 @@ def cmd_tune(args):
             print(f"measured:  {t.median * 1e3:.4f} ms (median of {args.runs} runs, {session.num_threads} thread(s))")
         else:
             print("measured:  skipped (--runs 0)")
+        print(precision_line(session))
         greedy = session.greedy_plan()
         print(f"vs greedy (fastest routine per layer, adapts then added): {greedy.cost * 1e3:.4f} ms predicted"
               f"{_saving(plan.cost, greedy.cost)}")
@@ -245,6 +256,22 @@ def _reject_options(args, model, what):
             f"retune instead: workbench tune {args.model} -o NEW.onnx [--routine FILTER]")
 
 
+#: --check's default relative tolerance for a tuned plan that computes in a lower precision.
+LOW_PRECISION_RTOL = 0.05
+
+
+def precision_line(session):
+    """What the plan computes in and, for a lower precision, its error against float32 (measured
+    here when not yet known)."""
+    low = session.low_precision
+    allowed = ", ".join(session.precisions)
+    if not low:
+        return f"precision: float32 throughout ({allowed} allowed)"
+    n = sum(d.split(":")[1] != "float32" for d in session.plan.choice.values())
+    error = session.precision if session.precision is not None else session.precision_error()
+    return f"precision: {n} layer(s) in {', '.join(low)} ({allowed} allowed); {error}"
+
+
 def _meta_ms(meta, key, missing):
     try:
         return f"{float(meta[key]):.4f} ms"
@@ -258,8 +285,10 @@ def tuned_summary(model, hint=True):
     meta = {p.key[len(PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
     measured = _meta_ms(meta, "measured_ms", "not measured")
     predicted = _meta_ms(meta, "predicted_ms", "?")
+    error = meta.get("precision_error")
+    error = f"; {PrecisionError.from_dict(json.loads(error))}" if error else ""
     return (f"tuned file: plan {meta.get('plan_method', '?')}, predicted {predicted}, "
-            f"measured at tune time {measured}, {meta.get('num_threads', '?')} thread(s)"
+            f"measured at tune time {measured}, {meta.get('num_threads', '?')} thread(s){error}"
             + ("; `workbench routines FILE` shows each layer's routine and why" if hint else ""))
 
 
@@ -277,12 +306,19 @@ def run_tuned(args, model):
     feeds = random_inputs(session.graph, seed=args.seed)
     feeds.update(arrays)
     outputs = session.run(feeds)
+    if session.low_precision and args.check and args.rtol is None:
+        # bfloat16 keeps 8 bits of mantissa: the outputs differ from float32 by design, by about
+        # what the file's measured error says, and 1e-4 would fail every such plan.
+        args.rtol = LOW_PRECISION_RTOL
+        print(f"the plan computes in {', '.join(session.low_precision)}: --check uses rtol {args.rtol} "
+              f"(give --rtol to change it)")
     meta = session.tuned_metadata
     measured = _meta_ms(meta, "measured_ms", "not measured")
     code = _report_outputs(args, outputs, lambda optimize=True: run_onnxruntime(model, feeds, optimize=optimize),
                            before_check=(
         f"tuned plan: predicted {session.predicted_s * 1e3:.4f} ms, measured at tune time {measured} "
-        f"({meta.get('plan_method', '?')}, {session.num_threads} thread(s))"))
+        f"({meta.get('plan_method', '?')}, {session.num_threads} thread(s))"
+        + (f"; {session.precision}" if session.precision is not None else "")))
     return code
 
 

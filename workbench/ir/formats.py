@@ -43,3 +43,24 @@ class Format:
         if not layout:
             raise ValueError(f"malformed tensor format {text!r}: expected DTYPE:LAYOUT")
         return cls(np.dtype(dtype or "float32").name, layout)
+
+
+#: Short names accepted wherever a data type is asked for.
+ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16"}
+
+
+def parse_precisions(values) -> tuple:
+    """The data types a plan may compute in: float32 first (layers no other routine serves keep
+    it), then each of ``values`` (names or :data:`ALIASES`; a comma-separated string too) once.
+    ValueError naming an unknown one."""
+    if isinstance(values, str):
+        values = values.split(",")
+    out = ["float32"]
+    for v in values:
+        name = ALIASES.get(str(v).strip().lower(), str(v).strip().lower())
+        if name not in DTYPES:
+            raise ValueError(f"unknown precision {v!r}: expected one of {', '.join(DTYPES)} "
+                             f"(or {', '.join(ALIASES)})")
+        if name not in out:
+            out.append(name)
+    return tuple(out)

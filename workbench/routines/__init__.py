@@ -18,6 +18,10 @@ from ..ir.formats import Format
 from ..ir.graph import NCHW
 
 _REGISTRY: dict = {}   # op -> {descriptor: Routine subclass}
+
+#: The data types tuning considers unless told otherwise: lower precisions change the results,
+#: so a user asks for them (``Session.tune(precisions=...)``, ``workbench tune --precision``).
+FLOAT32_ONLY = ("float32",)
 _loaded = False
 
 
@@ -178,8 +182,10 @@ def get(op, descriptor):
     return table[descriptor]
 
 
-def applicable(graph, layer):
-    """Routines that apply to ``layer`` (a graph layer), best default first."""
+def applicable(graph, layer, precisions=FLOAT32_ONLY):
+    """Routines that apply to ``layer`` (a graph layer), best default first: those computing in
+    one of ``precisions`` (data type names; None: every one)."""
     specs = graph.input_specs(layer)
-    found = [r for r in routines_for(layer.op).values() if r.applies(layer, specs)]
+    found = [r for r in routines_for(layer.op).values()
+             if (precisions is None or r.dtype in precisions) and r.applies(layer, specs)]
     return sorted(found, key=lambda r: (-r.preference(layer, specs), r.descriptor))

@@ -80,19 +80,29 @@ def _layout_of(pattern):
     return None if any(c in layout for c in "*?[") else layout
 
 
-def assign(graph, filters=()):
+def _precisions(precisions, decisive):
+    """The data types a layer may use: ``precisions`` (None: all), plus the one a deciding
+    filter's pattern names outright (``cpu:bfloat16:nhwc/*`` asks for bfloat16)."""
+    if precisions is None or decisive is None:
+        return precisions
+    dtype = decisive.pattern.split(":")[1]
+    return tuple(precisions) if any(c in dtype for c in "*?[") else tuple(precisions) + (dtype,)
+
+
+def assign(graph, filters=(), precisions=routines.FLOAT32_ONLY):
     """Routine descriptor per layer under ``filters`` (strings or parsed); returns (assignment, fallbacks).
 
     Without a filter a layer gets its best applicable routine by default preference (priority),
-    which is what :func:`workbench.routines.applicable` lists first.
+    which is what :func:`workbench.routines.applicable` lists first.  Routines compute in
+    ``precisions`` only, or in the data type a filter's pattern names (:func:`_precisions`).
     """
     parsed = [f if isinstance(f, RoutineFilter) else parse_filter(f, graph) for f in filters]
     assignment, fallbacks = {}, []
     for index, layer in enumerate(graph):
-        options = routines.applicable(graph, layer)
+        decisive = next((f for f in reversed(parsed) if f.selects(index, layer.name)), None)
+        options = routines.applicable(graph, layer, _precisions(precisions, decisive))
         if not options:
             raise WorkbenchError(f"{where(layer)}: no routine applies")
-        decisive = next((f for f in reversed(parsed) if f.selects(index, layer.name)), None)
         if decisive is None:
             assignment[layer.name] = options[0].descriptor
             continue
@@ -112,12 +122,12 @@ def assign(graph, filters=()):
     return assignment, fallbacks
 
 
-def allowed(graph, filters=()):
+def allowed(graph, filters=(), precisions=routines.FLOAT32_ONLY):
     """What tuning may choose from under ``filters``: ``({layer name: [descriptor, ...]}, fallbacks)``.
 
     Without a filter, a layer may use every applicable routine but the NumPy reference (unless
     only the reference applies); a filter's wildcard leaves the reference out the same way, and a
-    pattern that says ``reference`` takes it in.
+    pattern that says ``reference`` takes it in.  Data types as in :func:`assign`.
 
     A layer a filter selects may use the matching routines only; one a filter without ``@``
     selects but cannot serve keeps every applicable routine (reported as a fallback to
@@ -126,7 +136,8 @@ def allowed(graph, filters=()):
     parsed = [f if isinstance(f, RoutineFilter) else parse_filter(f, graph) for f in filters]
     result, fallbacks = {}, []
     for index, layer in enumerate(graph):
-        found = routines.applicable(graph, layer)
+        decisive = next((f for f in reversed(parsed) if f.selects(index, layer.name)), None)
+        found = routines.applicable(graph, layer, _precisions(precisions, decisive))
         options = [r.descriptor for r in found]
         if not options:
             raise WorkbenchError(f"{where(layer)}: no routine applies")
@@ -134,7 +145,6 @@ def allowed(graph, filters=()):
         # nothing else applies, or where a filter names it ("*/reference"), as the profiler's
         # default candidates (profile.candidates) leave it out.
         usual = [r.descriptor for r in found if r.algo != "reference"] or options
-        decisive = next((f for f in reversed(parsed) if f.selects(index, layer.name)), None)
         if decisive is None:
             result[layer.name] = usual
             continue

@@ -70,9 +70,10 @@ def _time_adapt(spec, a, repeats, threads):
     return t
 
 
-def adapt_pairs(graph, io_format=NCHW):
+def adapt_pairs(graph, io_format=NCHW, precisions=routines.FLOAT32_ONLY, allowed=None):
     """``{tensor: [(src, dst), ...]}``: the format pairs an adapt may have to convert each tensor
-    between, in any plan of the default candidates: every format its producer's candidates write
+    between, in any plan of the default candidates in ``precisions`` (or of ``allowed``,
+    ``{layer: [descriptor]}``, for the layers it names): every format its producer's candidates write
     it in (a graph input: its boundary format) to every other format one of its readers'
     candidates reads it in (a graph output: its boundary format)."""
     written, wanted = {}, {}
@@ -83,7 +84,9 @@ def adapt_pairs(graph, io_format=NCHW):
             wanted.setdefault(t, set()).add(io_format_of(graph.spec(t), io_format))
     for layer in graph:
         specs = graph.input_specs(layer)
-        for r in candidates(graph, layer):
+        chosen = (candidates(graph, layer, precisions) if allowed is None or layer.name not in allowed else
+                  [routines.get(layer.op, d) for d in allowed[layer.name]])
+        for r in chosen:
             for t, fmt in zip(layer.outputs, r.output_formats(layer)):
                 if t:
                     written.setdefault(t, set()).add(fmt)
@@ -94,23 +97,24 @@ def adapt_pairs(graph, io_format=NCHW):
     return {t: p for t, p in pairs.items() if p}
 
 
-def candidates(graph, layer):
-    """The routines tuning considers for ``layer`` by default: every applicable one but the NumPy
-    reference (the correctness oracle, which allocates per run), unless nothing else applies."""
-    found = routines.applicable(graph, layer)
+def candidates(graph, layer, precisions=routines.FLOAT32_ONLY):
+    """The routines tuning considers for ``layer`` by default: every applicable one computing in
+    ``precisions`` but the NumPy reference (the correctness oracle, which allocates per run),
+    unless nothing else applies."""
+    found = routines.applicable(graph, layer, precisions)
     fast = [r for r in found if r.algo != "reference"]
     return fast or found
 
 
 def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progress=False, layers=None,
-            wanted=None, adapts=True, io_format=NCHW):
+            wanted=None, adapts=True, io_format=NCHW, precisions=routines.FLOAT32_ONLY):
     """Measure ``graph``'s routines and adapts (see module docstring); returns a :class:`Profile`.
 
     ``wanted`` maps layer names to the descriptors to measure (default: :func:`candidates` of
     every layer); ``layers`` limits re-measurement (``reprofile``) to those layer names;
     ``adapts=False`` skips the adapts; those timed are the pairs of :func:`adapt_pairs` (a pair
     that only a chain of adapts converts is timed as the whole chain), for ``io_format`` at the
-    graph's boundary.
+    graph's boundary, or ``adapts`` itself when it is such a ``{tensor: [(src, dst)]}`` mapping.
     """
     threads = int(num_threads or default_threads())
     db = db or ProfileDatabase(num_threads=threads)
@@ -121,11 +125,13 @@ def profile(graph, db=None, num_threads=None, repeats=10, reprofile=False, progr
             continue
         specs = graph.input_specs(layer)
         sig = signature(layer, specs)
-        chosen = (candidates(graph, layer) if wanted is None else
+        chosen = (candidates(graph, layer, precisions) if wanted is None else
                   [routines.get(layer.op, d) for d in wanted[layer.name]])
         for r in chosen:
             jobs.append(("routine", sig, r.descriptor, layer, r))
-    for t, pairs in (adapt_pairs(graph, io_format) if adapts else {}).items():
+    if adapts is True:
+        adapts = adapt_pairs(graph, io_format, precisions)
+    for t, pairs in (adapts or {}).items():
         spec = graph.spec(t)
         for src, dst in pairs:
             try:

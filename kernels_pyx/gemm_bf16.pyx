@@ -1,0 +1,192 @@
+# isa-variants: avx512bf16
+# cython: language_level=3
+"""bfloat16 GEMM with float32 accumulation (``wb_gemm_bf16.h``): the 1x1 convolutions and
+matrix products of the ``cpu:bfloat16:*`` routines.
+
+Only the ``_avx512bf16`` build runs the VDPBF16PS micro-kernel (``available``); the baseline
+build runs scalar loops on the same packed weights, with the same rounding, so the packing and
+the epilogue are tested on CPUs without AVX512-BF16 too.
+
+Work is split over the shared thread pool (``wb_pool.h``) in (row tile, panel group) jobs, row
+tiles outermost, so each thread starts on its own contiguous range of pixels.  Shapes, dtypes and
+overlaps are checked here, before any ``nogil`` code.
+"""
+import ml_dtypes
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint16_t
+
+from wb_pool cimport wb_pool_import, wb_pool_run
+
+cnp.import_array()
+wb_pool_import()
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+cdef extern from "wb_gemm_bf16.h" nogil:
+    int WBB_NATIVE
+    int WBB_NR
+    int WBB_MR
+    ctypedef struct wb512_epi:
+        const float* bias
+        int bias_per_row
+        const float* res
+        Py_ssize_t ld_res
+        int act
+        float p0, p1
+        const float* post_scale
+        const float* post_shift
+        int res_post
+    ctypedef struct wbb_epi:
+        wb512_epi e
+        const float* bias
+        const uint16_t* res
+        Py_ssize_t ld_res
+        int res_post
+    Py_ssize_t wbb_packed_words(Py_ssize_t k, Py_ssize_t n)
+    void wbb_pack(Py_ssize_t k, Py_ssize_t n, const float* w, uint16_t* dst, Py_ssize_t p0, Py_ssize_t p1)
+    int wbb_handles(int act)
+    void wbb_block(Py_ssize_t n, Py_ssize_t k, const uint16_t* a, Py_ssize_t lda, const uint16_t* pb, void* c,
+                   Py_ssize_t ldc, int f32, const wbb_epi* ep, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t p0,
+                   Py_ssize_t p1)
+
+
+#: True when this build runs the AVX512-BF16 micro-kernel (only the ``_avx512bf16`` variant does).
+available = bool(WBB_NATIVE)
+
+cdef enum:
+    ROW_TILE = 96   # rows of a job: 8 strips of the 12-row micro-kernel
+
+
+def handles(int act):
+    """Whether the epilogue applies activation code ``act`` (``routines/epilogue.py``) in this build."""
+    return bool(wbb_handles(act))
+
+
+def packed_words(Py_ssize_t k, Py_ssize_t n):
+    """16-bit words of weights of depth ``k`` and ``n`` columns packed by :func:`pack`."""
+    return wbb_packed_words(k, n)
+
+
+def _array(a, what, dtype, writeable=False):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"gemm_bf16: {what} must be a NumPy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"gemm_bf16: {what} must be {np.dtype(dtype).name}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"gemm_bf16: {what} must be C-contiguous")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"gemm_bf16: {what} is read-only")
+    return a
+
+
+cdef inline void* _ptr(a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+def pack(w):
+    """float32 weights ``w`` (n, k) (a 1x1 convolution's (out, in) channels, a Gemm's B^T),
+    rounded to bfloat16 and packed in pairs of k per 32-column panel: a 1-D uint16 array of
+    :func:`packed_words` words."""
+    w = _array(w, "weights", np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"gemm_bf16: weights must be 2-D (n, k), got shape {w.shape}")
+    cdef Py_ssize_t n = w.shape[0], k = w.shape[1]
+    out = np.empty(max(wbb_packed_words(k, n), 1), np.uint16)
+    cdef const float* src = <const float*> _ptr(w)
+    cdef uint16_t* dst = <uint16_t*> _ptr(out)
+    cdef Py_ssize_t panels = (n + WBB_NR - 1) // WBB_NR
+    with nogil:
+        wbb_pack(k, n, src, dst, 0, panels)
+    return out
+
+
+cdef struct _Ctx:
+    Py_ssize_t m, n, k, lda, ldc, row_tile, panels_per_job, col_jobs, panels
+    const uint16_t* a
+    const uint16_t* pb
+    void* c
+    int f32
+    wbb_epi ep
+
+
+cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
+    cdef _Ctx* g = <_Ctx*> ctx
+    cdef Py_ssize_t i0 = job // g.col_jobs * g.row_tile, p0 = job % g.col_jobs * g.panels_per_job
+    wbb_block(g.n, g.k, g.a, g.lda, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, min(i0 + g.row_tile, g.m), p0,
+              min(p0 + g.panels_per_job, g.panels))
+
+
+cdef bint _overlap(a, b):
+    return b is not None and np.may_share_memory(a, b)
+
+
+def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1=0, post=None,
+         bint res_post=False, int num_threads=1):
+    """``out = act(a @ B + bias + residual) * scale + shift`` (``post = (scale, shift)``; with
+    ``res_post`` the residual comes last).
+
+    ``a`` (..., k) bfloat16; ``out`` (..., n), bfloat16 or float32, with ``a``'s leading shape (an
+    NHWC image's pixels, or a matrix's rows); ``wp`` B packed by :func:`pack` for that k and n;
+    ``bias``, ``scale``, ``shift`` float32 (n,) or None; ``residual`` bfloat16 of ``out``'s shape,
+    or None.  Activation codes as ``routines/epilogue.py`` (:func:`handles` says which this build
+    applies).  Returns ``out``.
+    """
+    a = _array(a, "input", BF16)
+    if not isinstance(out, np.ndarray) or out.dtype not in (BF16, np.float32):
+        raise TypeError(f"gemm_bf16: output must be a bfloat16 or float32 NumPy array, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)}")
+    out = _array(out, "output", out.dtype, writeable=True)
+    wp = _array(wp, "packed weights", np.uint16)
+    if num_threads < 1:
+        raise ValueError(f"gemm_bf16: num_threads must be >= 1, got {num_threads}")
+    lead = a.ndim - 1
+    if a.ndim < 1 or out.ndim != a.ndim or tuple(out.shape)[:lead] != tuple(a.shape)[:lead]:
+        raise ValueError(f"gemm_bf16: input {a.shape} and output {out.shape} must share all but the last axis")
+    cdef Py_ssize_t k = a.shape[a.ndim - 1], n = out.shape[out.ndim - 1]
+    cdef Py_ssize_t m = int(np.prod(tuple(a.shape)[:lead]))
+    if wp.ndim != 1 or wp.size != max(wbb_packed_words(k, n), 1):
+        raise ValueError(f"gemm_bf16: packed weights hold {wp.size} words; depth {k} and {n} columns "
+                         f"need {wbb_packed_words(k, n)}")
+    if not wbb_handles(act):
+        raise ValueError(f"gemm_bf16: activation code {act} is not applied by this build")
+    for what, v in (("bias", bias),) + ((("post scale", post[0]), ("post shift", post[1])) if post is not None else ()):
+        if v is not None and _array(v, what, np.float32).shape != (n,):
+            raise ValueError(f"gemm_bf16: {what} must have shape ({n},), got {v.shape}")
+    if post is not None and not 0 <= act <= 5:
+        raise ValueError(f"gemm_bf16: a post-activation affine needs activation code 0 to 5, got {act}")
+    if residual is not None:
+        residual = _array(residual, "residual", BF16)
+        if residual.shape != out.shape:
+            raise ValueError(f"gemm_bf16: residual {residual.shape} must have the output's shape {out.shape}")
+    for what, v in (("input", a), ("packed weights", wp), ("residual", residual), ("bias", bias)):
+        if _overlap(out, v):
+            raise ValueError(f"gemm_bf16: the output overlaps the {what}")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        raise ValueError("gemm_bf16: depth 0")
+    cdef _Ctx g
+    g.m, g.n, g.k, g.lda, g.ldc = m, n, k, k, n
+    g.a, g.pb, g.c, g.f32 = <const uint16_t*> _ptr(a), <const uint16_t*> _ptr(wp), _ptr(out), out.dtype == np.float32
+    g.ep.e.bias, g.ep.e.bias_per_row, g.ep.e.res, g.ep.e.ld_res = NULL, 0, NULL, 0
+    g.ep.e.act, g.ep.e.p0, g.ep.e.p1, g.ep.e.res_post = act, p0, p1, 0
+    g.ep.e.post_scale = <const float*> _ptr(None if post is None else post[0])
+    g.ep.e.post_shift = <const float*> _ptr(None if post is None else post[1])
+    g.ep.bias, g.ep.res, g.ep.ld_res, g.ep.res_post = <const float*> _ptr(bias), <const uint16_t*> _ptr(residual), n, res_post
+    g.panels = (n + WBB_NR - 1) // WBB_NR
+    # Row tiles first; where they are too few to give every thread 3 jobs, shorter tiles, then
+    # the panels split into groups as well.
+    g.row_tile = ROW_TILE
+    if num_threads > 1 and (m + g.row_tile - 1) // g.row_tile < 3 * num_threads:
+        g.row_tile = max(WBB_MR, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_MR * WBB_MR)
+    cdef Py_ssize_t row_jobs = (m + g.row_tile - 1) // g.row_tile
+    g.col_jobs = 1
+    if num_threads > 1 and row_jobs < 3 * num_threads:
+        g.col_jobs = min(g.panels, (3 * num_threads + row_jobs - 1) // row_jobs)
+    g.panels_per_job = (g.panels + g.col_jobs - 1) // g.col_jobs
+    g.col_jobs = (g.panels + g.panels_per_job - 1) // g.panels_per_job
+    with nogil:
+        wb_pool_run(_job, &g, row_jobs * g.col_jobs, num_threads)
+    return out

@@ -1,0 +1,292 @@
+/* bfloat16 GEMM with float32 accumulation: C(m, n) = epilogue(A(m, k) @ B(k, n)), A and B
+ * bfloat16, C bfloat16 or float32.
+ *
+ * A (an activation: NHWC pixels, or a matrix's rows) is read in place.  B (weights) is packed
+ * once into panels of 32 columns holding k in pairs: word 2j + e of pair p of a panel is
+ * B(2p + e, col0 + j), the layout VDPBF16PS multiplies, each 32-bit lane of it adding
+ * a.lo * b.lo + a.hi * b.hi onto a float32 sum; past k (an odd depth) and past n the words are
+ * zero.  The micro-kernel keeps 12 rows x 32 columns in 24 zmm accumulators and, per pair of k,
+ * broadcasts one 32-bit pair of each row of A against the panel's two registers: the multiply-
+ * adds of two float32 FMAs in one instruction.  An odd depth's last element is broadcast with a
+ * zero high half, so no word past A's row is ever read.  Rows past the strip's end re-read its
+ * last row and are never stored.
+ *
+ * The epilogue runs on the float32 sums in registers before the store: bias (per column), the
+ * bfloat16 residual (before the activation, or after it and the affine when res_post), the
+ * activation and the post-activation affine of sgemm_epi512.h, then a rounding to bfloat16
+ * (nearest, ties to even; VCVTNEPS2BF16 keeps NaN a NaN) or a float32 store.
+ *
+ * VDPBF16PS treats denormal inputs as zero and flushes denormal results, whatever MXCSR says;
+ * bfloat16's range is float32's, so only values below 1.2e-38 are affected.
+ *
+ * Built without AVX512-BF16 (the baseline module of the .pyx) the same functions run scalar
+ * loops on the same packed layout, with the same rounding: correct, slow, and reported by
+ * WBB_NATIVE = 0; routines use the native build only. */
+#ifndef WB_GEMM_BF16_H
+#define WB_GEMM_BF16_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512BF16__)
+#define WBB_NATIVE 1
+#else
+#define WBB_NATIVE 0
+#endif
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#define WB512_NATIVE 1
+#else
+#define WB512_NATIVE 0
+#endif
+#include "sgemm_epi512.h"
+
+#define WBB_NR 32   /* columns of a packed panel */
+#define WBB_MR 12   /* rows of the micro-kernel */
+
+/* uint16 words of B packed for depth k and n columns. */
+static inline ptrdiff_t wbb_packed_words(ptrdiff_t k, ptrdiff_t n) {
+    return (n + WBB_NR - 1) / WBB_NR * ((k + 1) / 2) * 2 * WBB_NR;
+}
+
+/* float32 -> bfloat16, round to nearest even; a NaN stays a NaN (quietened, sign kept). */
+static inline uint16_t wbb_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static inline float wbb_widen(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Pack panels p0..p1-1 of B, given as float32 w(n, k) (row j holds column j of B: a
+ * convolution's (out channels, in channels) weights), rounding each weight to bfloat16. */
+static inline void wbb_pack(ptrdiff_t k, ptrdiff_t n, const float* w, uint16_t* dst, ptrdiff_t p0, ptrdiff_t p1) {
+    ptrdiff_t kp = (k + 1) / 2, p, q, j, e;
+    for (p = p0; p < p1; p++) {
+        uint16_t* d = dst + p * kp * 2 * WBB_NR;
+        for (q = 0; q < kp; q++)
+            for (j = 0; j < WBB_NR; j++)
+                for (e = 0; e < 2; e++) {
+                    ptrdiff_t col = p * WBB_NR + j, kk = 2 * q + e;
+                    *d++ = (col < n && kk < k) ? wbb_round(w[col * k + kk]) : 0;
+                }
+    }
+}
+
+/* The epilogue: wb512_epi's activation and affine (its bias_per_row 0, res NULL) plus a
+ * bfloat16 residual of C's shape (leading dimension ld_res) and the bias. */
+typedef struct {
+    wb512_epi e;
+    const float* bias;
+    const uint16_t* res;
+    ptrdiff_t ld_res;
+    int res_post;
+} wbb_epi;
+
+#if WBB_NATIVE
+#define WBB_AI static inline __attribute__((always_inline))
+
+WBB_AI __m512 wbb_load16(const uint16_t* p, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+WBB_AI void wbb_store_row(void* c, int f32, __m512 v0, __m512 v1, __mmask16 m0, __mmask16 m1) {
+    if (f32) {
+        _mm512_mask_storeu_ps((float*)c, m0, v0);
+        _mm512_mask_storeu_ps((float*)c + 16, m1, v1);
+    } else {
+        _mm256_mask_storeu_epi16((uint16_t*)c, m0, (__m256i)_mm512_cvtneps_pbh(v0));
+        _mm256_mask_storeu_epi16((uint16_t*)c + 16, m1, (__m256i)_mm512_cvtneps_pbh(v1));
+    }
+}
+
+/* The epilogue on row `row` (absolute) of a block, columns col0.., then the store. */
+WBB_AI void wbb_finish(__m512 v0, __m512 v1, const wbb_epi* ep, ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
+                       __m512 bv1, __mmask16 m0, __mmask16 m1, void* c, int f32) {
+    const uint16_t* rr = ep->res != NULL ? ep->res + row * ep->ld_res + col0 : NULL;
+    if (ep->bias != NULL) {
+        v0 = _mm512_add_ps(v0, bv0);
+        v1 = _mm512_add_ps(v1, bv1);
+    }
+    if (rr != NULL && !ep->res_post) {
+        v0 = _mm512_add_ps(v0, wbb_load16(rr, m0));
+        v1 = _mm512_add_ps(v1, wbb_load16(rr + 16, m1));
+    }
+    wb512_act(&v0, &v1, &ep->e, m1);
+    if (ep->e.post_scale != NULL)
+        wb512_post(&v0, &v1, &ep->e, row, col0, m0, m1);
+    if (rr != NULL && ep->res_post) {
+        v0 = _mm512_add_ps(v0, wbb_load16(rr, m0));
+        v1 = _mm512_add_ps(v1, wbb_load16(rr + 16, m1));
+    }
+    wbb_store_row(c, f32, v0, v1, m0, m1);
+}
+
+WBB_AI __m512i wbb_pair(const uint16_t* p) {
+    int32_t t;
+    memcpy(&t, p, 4);
+    return _mm512_set1_epi32(t);
+}
+
+#define WBB_ACC(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = c##i##0;
+#define WBB_ROW(i, av) \
+    { \
+        __m512i a_ = (av); \
+        c##i##0 = _mm512_dpbf16_ps(c##i##0, (__m512bh)a_, (__m512bh)b0); \
+        c##i##1 = _mm512_dpbf16_ps(c##i##1, (__m512bh)a_, (__m512bh)b1); \
+    }
+#define WBB_FINISH(i) \
+    if (i < mr) \
+        wbb_finish(c##i##0, c##i##1, ep, row0 + i, col0, bv0, bv1, m0, m1, \
+                   (char*)c + (i) * ldc * (f32 ? 4 : 2), f32);
+
+/* Rows row0..row0+mr-1 (mr <= 12) of C, the 32 columns of one panel (nr live). a: A's row row0;
+ * c: C at (row0, col0), ldc in elements. */
+static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
+                               void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
+                               ptrdiff_t col0) {
+    const uint16_t *a0 = a, *a1 = a + (mr > 1 ? 1 : 0) * lda, *a2 = a + (mr > 2 ? 2 : mr - 1) * lda,
+                   *a3 = a + (mr > 3 ? 3 : mr - 1) * lda, *a4 = a + (mr > 4 ? 4 : mr - 1) * lda,
+                   *a5 = a + (mr > 5 ? 5 : mr - 1) * lda, *a6 = a + (mr > 6 ? 6 : mr - 1) * lda,
+                   *a7 = a + (mr > 7 ? 7 : mr - 1) * lda, *a8 = a + (mr > 8 ? 8 : mr - 1) * lda,
+                   *a9 = a + (mr > 9 ? 9 : mr - 1) * lda, *a10 = a + (mr > 10 ? 10 : mr - 1) * lda,
+                   *a11 = a + (mr > 11 ? 11 : mr - 1) * lda;
+    WBB_ACC(0) WBB_ACC(1) WBB_ACC(2) WBB_ACC(3) WBB_ACC(4) WBB_ACC(5)
+    WBB_ACC(6) WBB_ACC(7) WBB_ACC(8) WBB_ACC(9) WBB_ACC(10) WBB_ACC(11)
+    __m512i b0, b1;
+    ptrdiff_t q, kp = k / 2;
+    _Pragma("GCC unroll 2")
+    for (q = 0; q < kp; q++) {
+        b0 = _mm512_loadu_si512(pb);
+        b1 = _mm512_loadu_si512(pb + 32);
+        _mm_prefetch((const char*)(pb + 8 * 64), _MM_HINT_T0);
+        pb += 64;
+        WBB_ROW(0, wbb_pair(a0 + 2 * q)) WBB_ROW(1, wbb_pair(a1 + 2 * q)) WBB_ROW(2, wbb_pair(a2 + 2 * q))
+        WBB_ROW(3, wbb_pair(a3 + 2 * q)) WBB_ROW(4, wbb_pair(a4 + 2 * q)) WBB_ROW(5, wbb_pair(a5 + 2 * q))
+        WBB_ROW(6, wbb_pair(a6 + 2 * q)) WBB_ROW(7, wbb_pair(a7 + 2 * q)) WBB_ROW(8, wbb_pair(a8 + 2 * q))
+        WBB_ROW(9, wbb_pair(a9 + 2 * q)) WBB_ROW(10, wbb_pair(a10 + 2 * q)) WBB_ROW(11, wbb_pair(a11 + 2 * q))
+    }
+    if (k & 1) {   /* the last element alone, its partner zero */
+        b0 = _mm512_loadu_si512(pb);
+        b1 = _mm512_loadu_si512(pb + 32);
+        ptrdiff_t l = k - 1;
+        WBB_ROW(0, _mm512_set1_epi32(a0[l])) WBB_ROW(1, _mm512_set1_epi32(a1[l]))
+        WBB_ROW(2, _mm512_set1_epi32(a2[l])) WBB_ROW(3, _mm512_set1_epi32(a3[l]))
+        WBB_ROW(4, _mm512_set1_epi32(a4[l])) WBB_ROW(5, _mm512_set1_epi32(a5[l]))
+        WBB_ROW(6, _mm512_set1_epi32(a6[l])) WBB_ROW(7, _mm512_set1_epi32(a7[l]))
+        WBB_ROW(8, _mm512_set1_epi32(a8[l])) WBB_ROW(9, _mm512_set1_epi32(a9[l]))
+        WBB_ROW(10, _mm512_set1_epi32(a10[l])) WBB_ROW(11, _mm512_set1_epi32(a11[l]))
+    }
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
+    __m512 bv0 = _mm512_setzero_ps(), bv1 = bv0;
+    if (ep->bias != NULL) {
+        bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
+        bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
+    }
+    WBB_FINISH(0) WBB_FINISH(1) WBB_FINISH(2) WBB_FINISH(3) WBB_FINISH(4) WBB_FINISH(5)
+    WBB_FINISH(6) WBB_FINISH(7) WBB_FINISH(8) WBB_FINISH(9) WBB_FINISH(10) WBB_FINISH(11)
+}
+
+/* The same for a tail of at most 4 rows: a third of the 12-row kernel's work. */
+static inline void wbb_micro4(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
+                              void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
+                              ptrdiff_t col0) {
+    const uint16_t *a0 = a, *a1 = a + (mr > 1 ? 1 : 0) * lda, *a2 = a + (mr > 2 ? 2 : mr - 1) * lda,
+                   *a3 = a + (mr > 3 ? 3 : mr - 1) * lda;
+    WBB_ACC(0) WBB_ACC(1) WBB_ACC(2) WBB_ACC(3)
+    __m512i b0, b1;
+    ptrdiff_t q, kp = k / 2;
+    for (q = 0; q < kp; q++) {
+        b0 = _mm512_loadu_si512(pb);
+        b1 = _mm512_loadu_si512(pb + 32);
+        pb += 64;
+        WBB_ROW(0, wbb_pair(a0 + 2 * q)) WBB_ROW(1, wbb_pair(a1 + 2 * q))
+        WBB_ROW(2, wbb_pair(a2 + 2 * q)) WBB_ROW(3, wbb_pair(a3 + 2 * q))
+    }
+    if (k & 1) {
+        b0 = _mm512_loadu_si512(pb);
+        b1 = _mm512_loadu_si512(pb + 32);
+        ptrdiff_t l = k - 1;
+        WBB_ROW(0, _mm512_set1_epi32(a0[l])) WBB_ROW(1, _mm512_set1_epi32(a1[l]))
+        WBB_ROW(2, _mm512_set1_epi32(a2[l])) WBB_ROW(3, _mm512_set1_epi32(a3[l]))
+    }
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
+    __m512 bv0 = _mm512_setzero_ps(), bv1 = bv0;
+    if (ep->bias != NULL) {
+        bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
+        bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
+    }
+    WBB_FINISH(0) WBB_FINISH(1) WBB_FINISH(2) WBB_FINISH(3)
+}
+#endif
+
+/* Scalar activation codes 0-5 (wb512_epi_block's), for the baseline build. */
+static inline float wbb_act1(float t, const wb512_epi* e) {
+    if (e->act == 1) t = t < 0 ? 0 : t;   /* NaN stays NaN */
+    else if (e->act == 2) t = t < e->p0 ? e->p0 : (t > e->p1 ? e->p1 : t);
+    else if (e->act == 3) t = t >= 0 ? t : t * e->p0;
+    else if (e->act == 4 || e->act == 5) {
+        float h = e->act == 4 ? t * e->p0 + e->p1 : t * (1.0f / 6.0f) + 0.5f;
+        h = h < 0 ? 0 : h;
+        h = h > 1 ? 1 : h;
+        t = e->act == 4 ? h : t * h;
+    }
+    return t;
+}
+
+/* Activation codes the epilogue applies in this build. */
+static inline int wbb_handles(int act) { return WBB_NATIVE ? wb512_epi_handles(act) : (act >= 0 && act <= 5); }
+
+/* Rows i0..i1-1 of C, panels p0..p1-1. */
+static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, const uint16_t* pb, void* c,
+                             ptrdiff_t ldc, int f32, const wbb_epi* ep, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0,
+                             ptrdiff_t p1) {
+    ptrdiff_t panel_words = (k + 1) / 2 * 2 * WBB_NR, p, i;
+    for (p = p0; p < p1; p++) {
+        ptrdiff_t col0 = p * WBB_NR;
+        int nr = (int)(n - col0 < WBB_NR ? n - col0 : WBB_NR);
+        const uint16_t* bp = pb + p * panel_words;
+        for (i = i0; i < i1; i += WBB_MR) {
+            int mr = (int)(i1 - i < WBB_MR ? i1 - i : WBB_MR);
+            void* cb = (char*)c + (i * ldc + col0) * (f32 ? 4 : 2);
+#if WBB_NATIVE
+            if (mr > 4)
+                wbb_micro12(k, a + i * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0);
+            else
+                wbb_micro4(k, a + i * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0);
+#else
+            int r, j;
+            ptrdiff_t q;
+            for (r = 0; r < mr; r++)
+                for (j = 0; j < nr; j++) {
+                    const uint16_t* ar = a + (i + r) * lda;
+                    float t = 0;
+                    ptrdiff_t col = col0 + j;
+                    for (q = 0; q < k; q++)
+                        t += wbb_widen(ar[q]) * wbb_widen(bp[(q / 2) * 2 * WBB_NR + 2 * j + (q & 1)]);
+                    if (ep->bias != NULL) t += ep->bias[col];
+                    const uint16_t* rr = ep->res != NULL ? ep->res + (i + r) * ep->ld_res + col : NULL;
+                    if (rr != NULL && !ep->res_post) t += wbb_widen(*rr);
+                    t = wbb_act1(t, &ep->e);
+                    if (ep->e.post_scale != NULL) t = t * ep->e.post_scale[col] + ep->e.post_shift[col];
+                    if (rr != NULL && ep->res_post) t += wbb_widen(*rr);
+                    if (f32)
+                        ((float*)cb)[r * ldc + j] = t;
+                    else
+                        ((uint16_t*)cb)[r * ldc + j] = wbb_round(t);
+                }
+#endif
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,131 @@
+"""The bfloat16 GEMM (gemm_bf16.pyx) against NumPy: the same bfloat16 inputs and weights,
+products summed in float64, the epilogue in float32, then rounded to bfloat16 by ml_dtypes.
+Both builds: the scalar baseline everywhere, the VDPBF16PS one where the CPU has AVX512-BF16."""
+import importlib
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from workbench.runtime import cpu
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+BUILDS = ["gemm_bf16"] + (["gemm_bf16_avx512bf16"] if cpu.kernel_module("gemm_bf16", "avx512bf16") else [])
+
+
+def _module(name):
+    return importlib.import_module(f"workbench._kernels.{name}")
+
+
+def _act(x, code, p0, p1):
+    if code == 1:
+        return np.maximum(x, 0)
+    if code == 2:
+        return np.clip(x, p0, p1)
+    if code == 3:
+        return np.where(x < 0, x * p0, x)
+    if code == 4:
+        return np.clip(x * p0 + p1, 0, 1)
+    if code == 5:
+        return x * np.clip(x / 6 + 0.5, 0, 1)
+    return x
+
+
+def _reference(a, w, bias, res, code, p0, p1, post, res_post):
+    """float32 result and the bound of its summation error (|a| @ |w| in float32 ulps)."""
+    af, wf = a.astype(np.float64), w.astype(BF16).astype(np.float64)
+    acc = (af.reshape(-1, af.shape[-1]) @ wf.T).reshape(a.shape[:-1] + (w.shape[0],))
+    bound = (np.abs(af.reshape(-1, af.shape[-1])) @ np.abs(wf.T)).reshape(acc.shape) * 2e-6 + 1e-6
+    r = acc.astype(np.float32)
+    if bias is not None:
+        r = r + bias
+    if res is not None and not res_post:
+        r = r + res.astype(np.float32)
+    r = _act(r, code, np.float32(p0), np.float32(p1))
+    if post is not None:
+        r = r * post[0] + post[1]
+        bound = bound * np.abs(post[0]).max()
+    if res is not None and res_post:
+        r = r + res.astype(np.float32)
+    return r, bound
+
+
+def test_native_build_where_the_cpu_has_it():
+    assert _module("gemm_bf16").available is False
+    if cpu.supports("avx512bf16"):
+        assert "gemm_bf16_avx512bf16" in BUILDS and _module("gemm_bf16_avx512bf16").available
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(m=st.integers(1, 60), k=st.integers(1, 80), n=st.integers(1, 70), lead=st.sampled_from([(), (1,), (2, 1)]),
+       code=st.sampled_from([0, 1, 2, 3, 4, 5]), bias=st.booleans(), res=st.sampled_from([None, "pre", "post"]),
+       post=st.booleans(), f32=st.booleans(), build=st.sampled_from(BUILDS), threads=st.sampled_from([1, 2]))
+def test_matches_numpy(m, k, n, lead, code, bias, res, post, f32, build, threads):
+    mod = _module(build)
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a = rng.standard_normal(lead + (m, k)).astype(BF16)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    r = rng.standard_normal(lead + (m, n)).astype(BF16) if res else None
+    pa = (rng.uniform(0.5, 2, n).astype(np.float32), rng.standard_normal(n).astype(np.float32)) if post else None
+    p0, p1 = {2: (-0.5, 1.5), 3: (0.1, 0), 4: (0.2, 0.5)}.get(code, (0, 0))
+    out = np.full(lead + (m, n), np.nan, np.float32 if f32 else BF16)
+    wp = mod.pack(w)
+    assert wp.dtype == np.uint16 and wp.size == mod.packed_words(k, n)
+    assert mod.gemm(a, wp, out, b, r, code, p0, p1, pa, res == "post", threads) is out
+    ref, bound = _reference(a, w, b, r, code, p0, p1, pa, res == "post")
+    got = out.astype(np.float32)
+    if not f32:   # one rounding to bfloat16 on top: half an ulp of 8 bits
+        bound = bound + np.abs(ref) * 2.0 ** -8
+    assert np.all(np.abs(got - ref) <= bound + 1e-5), np.abs(got - ref).max()
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_output_rounds_to_nearest_even_like_ml_dtypes(build):
+    """With k = 1 and a weight of 1 the product is exact, so the stored word is exactly
+    ml_dtypes' rounding of the float32 sum a + bias."""
+    mod = _module(build)
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((64, 1)).astype(BF16)
+    bias = (rng.standard_normal(32) * 1e-3).astype(np.float32)
+    out = np.empty((64, 32), BF16)
+    mod.gemm(a, mod.pack(np.ones((32, 1), np.float32)), out, bias, None, 0, 0, 0, None, False, 2)
+    ref = (a.astype(np.float32) + bias).astype(BF16)
+    np.testing.assert_array_equal(out.view(np.uint16), ref.view(np.uint16))
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_nan_and_inf_propagate(build):
+    mod = _module(build)
+    a = np.ones((13, 6), BF16)
+    a[2, 3], a[5, 0] = np.nan, np.inf
+    out = np.empty((13, 5), np.float32)
+    mod.gemm(a, mod.pack(np.ones((5, 6), np.float32)), out, None, None, 1, 0, 0, None, False, 2)
+    assert np.isnan(out[2]).all() and np.isposinf(out[5]).all()
+    assert np.all(out[[0, 1, 3, 4, 6]] == 6)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_bad_arguments_are_refused(build):
+    mod = _module(build)
+    a, w = np.ones((4, 8), BF16), mod.pack(np.ones((3, 8), np.float32))
+    with pytest.raises(TypeError, match="input must be bfloat16"):
+        mod.gemm(np.ones((4, 8), np.float32), w, np.empty((4, 3), BF16))
+    with pytest.raises(ValueError, match="packed weights hold"):
+        mod.gemm(a, mod.pack(np.ones((3, 6), np.float32)), np.empty((4, 3), BF16))
+    with pytest.raises(ValueError, match="share all but the last axis"):
+        mod.gemm(a, w, np.empty((5, 3), BF16))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        mod.gemm(a, w, np.empty((4, 3), BF16), np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="residual"):
+        mod.gemm(a, w, np.empty((4, 3), BF16), None, np.ones((4, 4), BF16))
+    with pytest.raises(TypeError, match="output must be a bfloat16 or float32"):
+        mod.gemm(a, w, np.empty((4, 3), np.float64))
+    with pytest.raises(ValueError, match="activation code 7"):
+        mod.gemm(a, w, np.empty((4, 3), BF16), None, None, 7)
+    with pytest.raises(ValueError, match="overlaps"):
+        buf = np.ones((4, 8), BF16)
+        mod.gemm(buf, mod.pack(np.ones((8, 8), np.float32)), buf)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        mod.pack(np.ones(3, np.float32))

@@ -11,6 +11,8 @@ Work is split over the shared thread pool (``wb_pool.h``) in (row tile, panel gr
 tiles outermost, so each thread starts on its own contiguous range of pixels.  Shapes, dtypes and
 overlaps are checked here, before any ``nogil`` code.
 """
+import threading
+
 import ml_dtypes
 import numpy as np
 cimport numpy as cnp
@@ -47,6 +49,10 @@ cdef extern from "wb_gemm_bf16.h" nogil:
     Py_ssize_t wbb_packed_words(Py_ssize_t k, Py_ssize_t n)
     void wbb_pack(Py_ssize_t k, Py_ssize_t n, const float* w, uint16_t* dst, Py_ssize_t p0, Py_ssize_t p1)
     int wbb_handles(int act)
+    ctypedef struct wbb_geo:
+        Py_ssize_t n, h, w, c, oh, ow
+        int kh, kw, sh, sw, dh, dw, pt, pl
+    void wbb_im2col(const wbb_geo* g, const uint16_t* x, Py_ssize_t i0, Py_ssize_t i1, uint16_t* dst)
     void wbb_block(Py_ssize_t n, Py_ssize_t k, const uint16_t* a, Py_ssize_t lda, const uint16_t* pb, void* c,
                    Py_ssize_t ldc, int f32, const wbb_epi* ep, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t p0,
                    Py_ssize_t p1)
@@ -109,43 +115,33 @@ cdef struct _Ctx:
     void* c
     int f32
     wbb_epi ep
+    wbb_geo geo          # conv_im2col: the convolution; a is the input image
+    uint16_t* scratch    # conv_im2col: row_tile * k words per thread slot
 
 
 cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef _Ctx* g = <_Ctx*> ctx
     cdef Py_ssize_t i0 = job // g.col_jobs * g.row_tile, p0 = job % g.col_jobs * g.panels_per_job
-    wbb_block(g.n, g.k, g.a, g.lda, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, min(i0 + g.row_tile, g.m), p0,
-              min(p0 + g.panels_per_job, g.panels))
+    cdef Py_ssize_t i1 = min(i0 + g.row_tile, g.m)
+    cdef const uint16_t* a = g.a + i0 * g.lda
+    if g.scratch != NULL:
+        a = g.scratch + slot * g.row_tile * g.k
+        wbb_im2col(&g.geo, g.a, i0, i1, <uint16_t*> a)
+    wbb_block(g.n, g.k, a, g.lda, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0, min(p0 + g.panels_per_job, g.panels))
 
 
 cdef bint _overlap(a, b):
     return b is not None and np.may_share_memory(a, b)
 
 
-def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1=0, post=None,
-         bint res_post=False, int num_threads=1):
-    """``out = act(a @ B + bias + residual) * scale + shift`` (``post = (scale, shift)``; with
-    ``res_post`` the residual comes last).
-
-    ``a`` (..., k) bfloat16; ``out`` (..., n), bfloat16 or float32, with ``a``'s leading shape (an
-    NHWC image's pixels, or a matrix's rows); ``wp`` B packed by :func:`pack` for that k and n;
-    ``bias``, ``scale``, ``shift`` float32 (n,) or None; ``residual`` bfloat16 of ``out``'s shape,
-    or None.  Activation codes as ``routines/epilogue.py`` (:func:`handles` says which this build
-    applies).  Returns ``out``.
-    """
-    a = _array(a, "input", BF16)
-    if not isinstance(out, np.ndarray) or out.dtype not in (BF16, np.float32):
-        raise TypeError(f"gemm_bf16: output must be a bfloat16 or float32 NumPy array, got "
-                        f"{getattr(out, 'dtype', type(out).__name__)}")
-    out = _array(out, "output", out.dtype, writeable=True)
+cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual, int act, double p0, double p1,
+                post, bint res_post, int num_threads, Py_ssize_t max_tile) except -1:
+    """Check the arguments common to :func:`gemm` and :func:`conv_im2col` (``out`` (..., n), the
+    rows m and depth k already checked against ``a``) and fill ``g``: pointers, epilogue, jobs."""
     wp = _array(wp, "packed weights", np.uint16)
     if num_threads < 1:
         raise ValueError(f"gemm_bf16: num_threads must be >= 1, got {num_threads}")
-    lead = a.ndim - 1
-    if a.ndim < 1 or out.ndim != a.ndim or tuple(out.shape)[:lead] != tuple(a.shape)[:lead]:
-        raise ValueError(f"gemm_bf16: input {a.shape} and output {out.shape} must share all but the last axis")
-    cdef Py_ssize_t k = a.shape[a.ndim - 1], n = out.shape[out.ndim - 1]
-    cdef Py_ssize_t m = int(np.prod(tuple(a.shape)[:lead]))
+    cdef Py_ssize_t n = out.shape[out.ndim - 1]
     if wp.ndim != 1 or wp.size != max(wbb_packed_words(k, n), 1):
         raise ValueError(f"gemm_bf16: packed weights hold {wp.size} words; depth {k} and {n} columns "
                          f"need {wbb_packed_words(k, n)}")
@@ -163,13 +159,11 @@ def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1
     for what, v in (("input", a), ("packed weights", wp), ("residual", residual), ("bias", bias)):
         if _overlap(out, v):
             raise ValueError(f"gemm_bf16: the output overlaps the {what}")
-    if m == 0 or n == 0:
-        return out
-    if k == 0:
+    if m > 0 and n > 0 and k == 0:
         raise ValueError("gemm_bf16: depth 0")
-    cdef _Ctx g
     g.m, g.n, g.k, g.lda, g.ldc = m, n, k, k, n
     g.a, g.pb, g.c, g.f32 = <const uint16_t*> _ptr(a), <const uint16_t*> _ptr(wp), _ptr(out), out.dtype == np.float32
+    g.scratch = NULL
     g.ep.e.bias, g.ep.e.bias_per_row, g.ep.e.res, g.ep.e.ld_res = NULL, 0, NULL, 0
     g.ep.e.act, g.ep.e.p0, g.ep.e.p1, g.ep.e.res_post = act, p0, p1, 0
     g.ep.e.post_scale = <const float*> _ptr(None if post is None else post[0])
@@ -178,15 +172,93 @@ def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1
     g.panels = (n + WBB_NR - 1) // WBB_NR
     # Row tiles first; where they are too few to give every thread 3 jobs, shorter tiles, then
     # the panels split into groups as well.
-    g.row_tile = ROW_TILE
+    g.row_tile = min(ROW_TILE, max_tile)
     if num_threads > 1 and (m + g.row_tile - 1) // g.row_tile < 3 * num_threads:
-        g.row_tile = max(WBB_MR, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_MR * WBB_MR)
+        g.row_tile = max(WBB_MR, min(g.row_tile, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_MR * WBB_MR))
     cdef Py_ssize_t row_jobs = (m + g.row_tile - 1) // g.row_tile
     g.col_jobs = 1
     if num_threads > 1 and row_jobs < 3 * num_threads:
         g.col_jobs = min(g.panels, (3 * num_threads + row_jobs - 1) // row_jobs)
     g.panels_per_job = (g.panels + g.col_jobs - 1) // g.col_jobs
-    g.col_jobs = (g.panels + g.panels_per_job - 1) // g.panels_per_job
+    g.col_jobs = (g.panels + g.panels_per_job - 1) // g.panels_per_job if g.panels else 1
+    return 0
+
+
+cdef void _run(_Ctx* g, int num_threads) noexcept nogil:
+    if g.m > 0 and g.n > 0:
+        wb_pool_run(_job, g, (g.m + g.row_tile - 1) // g.row_tile * g.col_jobs, num_threads)
+
+
+def _output(out):
+    if not isinstance(out, np.ndarray) or out.dtype not in (BF16, np.float32):
+        raise TypeError(f"gemm_bf16: output must be a bfloat16 or float32 NumPy array, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)}")
+    return _array(out, "output", out.dtype, writeable=True)
+
+
+def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1=0, post=None,
+         bint res_post=False, int num_threads=1):
+    """``out = act(a @ B + bias + residual) * scale + shift`` (``post = (scale, shift)``; with
+    ``res_post`` the residual comes last).
+
+    ``a`` (..., k) bfloat16; ``out`` (..., n), bfloat16 or float32, with ``a``'s leading shape (an
+    NHWC image's pixels, or a matrix's rows); ``wp`` B packed by :func:`pack` for that k and n;
+    ``bias``, ``scale``, ``shift`` float32 (n,) or None; ``residual`` bfloat16 of ``out``'s shape,
+    or None.  Activation codes as ``routines/epilogue.py`` (:func:`handles` says which this build
+    applies).  Returns ``out``.
+    """
+    a, out = _array(a, "input", BF16), _output(out)
+    lead = a.ndim - 1
+    if a.ndim < 1 or out.ndim != a.ndim or tuple(out.shape)[:lead] != tuple(a.shape)[:lead]:
+        raise ValueError(f"gemm_bf16: input {a.shape} and output {out.shape} must share all but the last axis")
+    cdef _Ctx g
+    _setup(&g, a, wp, out, int(np.prod(tuple(a.shape)[:lead])), a.shape[lead], bias, residual, act, p0, p1, post,
+           res_post, num_threads, ROW_TILE)
     with nogil:
-        wb_pool_run(_job, &g, row_jobs * g.col_jobs, num_threads)
+        _run(&g, num_threads)
+    return out
+
+
+_local = threading.local()
+
+
+def _scratch(Py_ssize_t words):
+    """A uint16 work buffer of at least ``words``: one per Python thread, grown on demand and
+    reused, so steady-state inference allocates (and page-faults) nothing."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < words:
+        buf = _local.buf = np.empty(max(words, 1), np.uint16)
+    return buf
+
+
+def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residual=None, int act=0, double p0=0,
+                double p1=0, post=None, bint res_post=False, int num_threads=1):
+    """A group-1 NHWC convolution: each job gathers its rows of the im2col matrix (taps in the
+    order kernel row, kernel column, channel) into its thread's scratch, then :func:`gemm`'s
+    product and epilogue.  ``x`` (N, H, W, C) bfloat16; ``out`` (N, OH, OW, M) bfloat16 or
+    float32; ``wp`` the (M, KH*KW*C) weights packed by :func:`pack`; ``pads`` (top, left, bottom,
+    right); the rest as :func:`gemm`."""
+    x, out = _array(x, "input", BF16), _output(out)
+    if x.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"gemm_bf16: input {x.shape} and output {out.shape} must be 4-D (N, H, W, C)")
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb_, pr) = kernel, strides, dilations, pads
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb_, pr) < 0:
+        raise ValueError(f"gemm_bf16: bad geometry kernel {kernel}, strides {strides}, dilations {dilations}, pads {pads}")
+    n, h, w, c = x.shape
+    oh = (h + pt + pb_ - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if out.shape[:3] != (n, oh, ow):
+        raise ValueError(f"gemm_bf16: input {x.shape} with this geometry gives (N, OH, OW) = {(n, oh, ow)}, "
+                         f"output is {out.shape}")
+    cdef Py_ssize_t k = kh * kw * c
+    cdef _Ctx g
+    # A tile of about 256 KiB of gathered taps, so that it stays in L2 beside the weight panel.
+    _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads,
+           max(WBB_MR, (1 << 17) // max(k, 1) // WBB_MR * WBB_MR))
+    g.geo.n, g.geo.h, g.geo.w, g.geo.c, g.geo.oh, g.geo.ow = n, h, w, c, oh, ow
+    g.geo.kh, g.geo.kw, g.geo.sh, g.geo.sw, g.geo.dh, g.geo.dw, g.geo.pt, g.geo.pl = kh, kw, sh, sw, dh, dw, pt, pl
+    scratch = _scratch(num_threads * g.row_tile * k)
+    g.scratch = <uint16_t*> _ptr(scratch)
+    with nogil:
+        _run(&g, num_threads)
     return out

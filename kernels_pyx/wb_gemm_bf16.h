@@ -246,7 +246,7 @@ static inline float wbb_act1(float t, const wb512_epi* e) {
 /* Activation codes the epilogue applies in this build. */
 static inline int wbb_handles(int act) { return WBB_NATIVE ? wb512_epi_handles(act) : (act >= 0 && act <= 5); }
 
-/* Rows i0..i1-1 of C, panels p0..p1-1. */
+/* Rows i0..i1-1 of C, panels p0..p1-1; a points at A's row i0. */
 static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, const uint16_t* pb, void* c,
                              ptrdiff_t ldc, int f32, const wbb_epi* ep, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0,
                              ptrdiff_t p1) {
@@ -260,15 +260,15 @@ static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdif
             void* cb = (char*)c + (i * ldc + col0) * (f32 ? 4 : 2);
 #if WBB_NATIVE
             if (mr > 4)
-                wbb_micro12(k, a + i * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0);
+                wbb_micro12(k, a + (i - i0) * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0);
             else
-                wbb_micro4(k, a + i * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0);
+                wbb_micro4(k, a + (i - i0) * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0);
 #else
             int r, j;
             ptrdiff_t q;
             for (r = 0; r < mr; r++)
                 for (j = 0; j < nr; j++) {
-                    const uint16_t* ar = a + (i + r) * lda;
+                    const uint16_t* ar = a + (i - i0 + r) * lda;
                     float t = 0;
                     ptrdiff_t col = col0 + j;
                     for (q = 0; q < k; q++)
@@ -285,6 +285,33 @@ static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdif
                         ((uint16_t*)cb)[r * ldc + j] = wbb_round(t);
                 }
 #endif
+        }
+    }
+}
+
+/* Rows i0..i1-1 of an NHWC image's im2col matrix into dst (row r at dst + (r - i0) * k): the
+ * taps of output pixel i in the order (kernel row, kernel column, channel), k = kh * kw * c,
+ * zeros where a tap falls in the padding.  x: (n, h, w, c) bfloat16; the output is (n, oh, ow). */
+typedef struct {
+    ptrdiff_t n, h, w, c, oh, ow;
+    int kh, kw, sh, sw, dh, dw, pt, pl;
+} wbb_geo;
+
+static inline void wbb_im2col(const wbb_geo* g, const uint16_t* x, ptrdiff_t i0, ptrdiff_t i1, uint16_t* dst) {
+    ptrdiff_t i, c = g->c;
+    for (i = i0; i < i1; i++) {
+        ptrdiff_t b = i / (g->oh * g->ow), p = i % (g->oh * g->ow), oy = p / g->ow, ox = p % g->ow;
+        const uint16_t* img = x + b * g->h * g->w * c;
+        int ki, kj;
+        for (ki = 0; ki < g->kh; ki++) {
+            ptrdiff_t iy = oy * g->sh - g->pt + ki * g->dh;
+            for (kj = 0; kj < g->kw; kj++, dst += c) {
+                ptrdiff_t ix = ox * g->sw - g->pl + kj * g->dw;
+                if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
+                    memset(dst, 0, (size_t)c * 2);
+                else
+                    memcpy(dst, img + (iy * g->w + ix) * c, (size_t)c * 2);
+            }
         }
     }
 }

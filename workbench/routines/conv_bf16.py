@@ -1,4 +1,4 @@
-"""bfloat16 1x1 convolutions on the AVX512-BF16 GEMM (``kernels_pyx/gemm_bf16.pyx``).
+"""bfloat16 convolutions on the AVX512-BF16 GEMM (``kernels_pyx/gemm_bf16.pyx``).
 
 ``cpu:bfloat16:nhwc/gemm1x1_bf16`` computes ``out(NHW, M) = x(NHW, C) @ W^T(C, M)`` with x and
 out in bfloat16 and the sums in float32: VDPBF16PS does the multiply-adds of two float32 FMAs
@@ -6,7 +6,8 @@ per instruction.  The weights are rounded to bfloat16 and packed once, in :meth:
 residual (bfloat16), activation and post-activation affine are applied to the float32 sums
 before the one rounding to bfloat16.  ``gemm1x1_bf16_f32out`` is the same product written in
 float32: where the next layer runs in float32 the selection can leave bfloat16 there without a
-cast adapt.
+cast adapt.  ``im2col_bf16`` (and its ``_f32out``) serves every other group-1 convolution: each
+job gathers its rows of the im2col matrix into its thread's scratch, then the same GEMM.
 
 Offered only where the CPU has AVX512-BF16 and the ``gemm_bf16_avx512bf16`` module is built, and
 only to a tuning that allows bfloat16 (``Session.tune(precisions=...)``).
@@ -28,31 +29,28 @@ def _kernels():
     return mod if mod is not None and mod.available else None
 
 
-class NhwcGemm1x1Bf16(_ConvGemm):
+class _Bf16Conv(_ConvGemm, register=False):
     dtype = "bfloat16"
     layout = NHWC
-    algo = "gemm1x1_bf16"
     uses_blas = False
-    one_by_one = True
     post_affine = True
-    priority = 12
 
     @classmethod
     def applies(cls, layer, specs):
         mod = _kernels()
-        if mod is None or not super().applies(layer, specs):
+        if mod is None or not super().applies(layer, specs) or geometry(layer)[4] != 1:
             return False
-        _, strides, _, _, group = geometry(layer)
         epi = encode(layer, layer.out_specs[0].shape[1], extended=True, post_affine=True)
-        return tuple(strides) == (1, 1) and group == 1 and epi.code != 7 and mod.handles(epi.code)
+        return epi.code != 7 and mod.handles(epi.code)
 
     @classmethod
     def prepare(cls, layer):
         w = np.asarray(layer.consts[1], np.float32)
         m = w.shape[0]
         bias = layer.consts.get(2)
-        return {"w": _kernels().pack(np.ascontiguousarray(w.reshape(m, -1))),
-                "epi": encode(layer, m, extended=True, post_affine=True),
+        # GEMM depth in the gather's order: (kernel row, kernel column, channel).
+        return {"w": _kernels().pack(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(m, -1))),
+                "epi": encode(layer, m, extended=True, post_affine=True), "geometry": geometry(layer),
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
     @classmethod
@@ -61,14 +59,55 @@ class NhwcGemm1x1Bf16(_ConvGemm):
         if bias is None and len(args) > 2 and args[2] is not None:
             bias = np.ascontiguousarray(args[2], np.float32)
         epi = state["epi"]
-        _kernels().gemm(args[0], state["w"], outs[0], bias, args[3] if layer.attrs.get("residual") else None,
-                        epi.code, epi.p0, epi.p1, epi.post, residual_after_activation(layer), num_threads)
+        cls._conv(args[0], state["w"], outs[0], state["geometry"], bias,
+                  args[3] if layer.attrs.get("residual") else None, epi.code, epi.p0, epi.p1, epi.post,
+                  residual_after_activation(layer), num_threads)
 
 
-class NhwcGemm1x1Bf16F32Out(NhwcGemm1x1Bf16):
-    algo = "gemm1x1_bf16_f32out"
-    priority = 11.9
+class NhwcGemm1x1Bf16(_Bf16Conv):
+    algo = "gemm1x1_bf16"
+    one_by_one = True
+    priority = 12
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return super().applies(layer, specs) and tuple(geometry(layer)[1]) == (1, 1)
+
+    @staticmethod
+    def _conv(x, w, out, geo, *args):
+        _kernels().gemm(x, w, out, *args)
+
+
+class _F32Out:
+    """The same routine writing its output in float32."""
 
     @classmethod
     def output_formats(cls, layer):
         return [Format("float32", NHWC)]
+
+
+class NhwcGemm1x1Bf16F32Out(_F32Out, NhwcGemm1x1Bf16):
+    algo = "gemm1x1_bf16_f32out"
+    priority = 11.9
+
+
+class NhwcIm2colBf16(_Bf16Conv):
+    algo = "im2col_bf16"
+    priority = 11.8
+
+    @classmethod
+    def applies(cls, layer, specs):
+        kernel, strides, _, pads, _ = geometry(layer)
+        # a 1x1 stride-1 unpadded layer is gemm1x1_bf16's: the same GEMM without the gather
+        dominated = tuple(kernel) == (1, 1) and tuple(strides) == (1, 1) and not any(pads)
+        return not dominated and super().applies(layer, specs)
+
+    @staticmethod
+    def _conv(x, w, out, geo, *args):
+        kernel, strides, dilations, pads, _ = geo
+        _kernels().conv_im2col(x, w, out, kernel, strides, dilations, pads, *args)
+
+
+class NhwcIm2colBf16F32Out(_F32Out, NhwcIm2colBf16):
+    algo = "im2col_bf16_f32out"
+    priority = 11.7

@@ -2,6 +2,7 @@
 
     python benchmarks/peers.py [--models zoo real | NAME ...] [--runs 30] [--threads 2] [--load]
                                [--idle 50] [--idle-runs 10] [--op-runs 5] [--db PATH] [--out DIR]
+                               [--precision float32,bfloat16]
 
 Each model is tuned through the profile database and in context (``tune(in_context=True)``: the
 prediction is the plan timed inside the model, see :mod:`workbench.tuning.in_context`), then timed by
@@ -12,6 +13,10 @@ benchmark resolution.  Per model: the medians and our ratio to each peer, the fi
 ``--idle`` ms of each engine over its warm median, with ``--load`` each engine's slowdown with a
 busy process beside it, predicted vs measured, and our per-op time table beside ORT's profiler's.
 Writes ``artifacts/benchmarks/peers.{md,json}`` and one ``workbench bench`` report per model.
+
+``--precision float32,bfloat16`` lets the plan mix bfloat16 routines in, adds OpenVINO with
+INFERENCE_PRECISION_HINT=bf16 as a peer, and reports the plan's error against float32 (max
+relative error, cosine, top-1 agreement) beside its latency.
 """
 from __future__ import annotations
 
@@ -27,10 +32,11 @@ import realmodels  # noqa: E402
 
 from workbench import Session, zoo  # noqa: E402
 from workbench import bench as wb_bench  # noqa: E402
+from workbench.ir.formats import parse_precisions  # noqa: E402
 from workbench.tuning.profiledb import ProfileDatabase, default_path  # noqa: E402
 
 ZOO = ["resnet50", "mobilenet_v2", "mobilenet_v3_large", "vgg16"]
-PEERS = ["onnxruntime", "openvino"]
+PEERS = ["onnxruntime", "openvino", "openvino-bf16"]
 
 
 def _models(names):
@@ -48,7 +54,7 @@ def _models(names):
     return list(dict.fromkeys(out))
 
 
-def _open(name, threads, db):
+def _open(name, threads, db, precisions=("float32",)):
     """``(session, model proto or path)`` of ``name``, tuned."""
     if name in zoo.NAMES:
         model = zoo.build(name)
@@ -58,7 +64,7 @@ def _open(name, threads, db):
         model = realmodels.fetch(name)
         session = Session.from_onnx(str(model), num_threads=threads, db=db, batch=1, resolution=m.resolution)
     t0 = time.perf_counter()
-    session.tune(in_context=True)
+    session.tune(in_context=True, precisions=precisions)
     return session, model, time.perf_counter() - t0
 
 
@@ -81,6 +87,16 @@ def _row(name, layers, tune_s, result):
     return row
 
 
+def _precision(row, session):
+    """The plan's data types and, for a lower precision, its error against float32."""
+    low = session.low_precision
+    row["precision"] = "+".join(["float32"] + low)
+    if low:
+        e = session.precision_error()
+        row.update(err_rel=e.max_rel, err_cos=e.cosine, err_top1=e.top1)
+    return row
+
+
 def _fmt(v, digits=2):
     if v is None:
         return "-"
@@ -92,6 +108,8 @@ def _fmt(v, digits=2):
 def _markdown(rows, args, notes):
     cols = [("model", "model"), ("layers", "layers"), ("tuned_ms", "tuned ms"), ("onnxruntime_ms", "ORT ms"),
             ("openvino_ms", "OV f32 ms"), ("vs_onnxruntime", "tuned/ORT"), ("vs_openvino", "tuned/OV"),
+            ("openvino-bf16_ms", "OV bf16 ms"), ("vs_openvino-bf16", "tuned/OV bf16"), ("precision", "plan dtypes"),
+            ("err_rel", "max err / peak fp32"), ("err_cos", "cosine"), ("err_top1", "top-1 agree"),
             ("idle_tuned", "idle/warm tuned"), ("idle_onnxruntime", "idle/warm ORT"),
             ("idle_openvino", "idle/warm OV"), ("pred_over_meas", "pred/meas")]
     if args.load:
@@ -102,7 +120,8 @@ def _markdown(rows, args, notes):
              + "Each model's own report is in bench/.", "",
              "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |")
+        lines.append("| " + " | ".join(_fmt(r.get(k), 6 if k == "err_cos" else 4 if k == "err_rel" else 2)
+                                       for k, _ in cols) + " |")
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"
@@ -119,7 +138,11 @@ def main(argv=None):
     p.add_argument("--load", action="store_true")
     p.add_argument("--db", default=None)
     p.add_argument("--out", default="artifacts/benchmarks")
+    p.add_argument("--precision", default="float32",
+                   help="data types the plan may compute in (float32,bfloat16); bfloat16 adds OpenVINO bf16 as a peer")
     args = p.parse_args(argv)
+    precisions = parse_precisions(args.precision)
+    peers = PEERS if "bfloat16" in precisions else [p for p in PEERS if p != "openvino-bf16"]
     out = Path(args.out)
     (out / "bench").mkdir(parents=True, exist_ok=True)
     db = ProfileDatabase(path=Path(args.db) if args.db else default_path(), num_threads=args.threads)
@@ -127,17 +150,17 @@ def main(argv=None):
     for name in _models(args.models):
         print(f"== {name}", flush=True)
         try:
-            session, model, tune_s = _open(name, args.threads, db)
+            session, model, tune_s = _open(name, args.threads, db, precisions)
         except Exception as e:   # noqa: BLE001 - one model that cannot run must not stop the others
             notes.append(f"{name}: not benchmarked: {type(e).__name__}: {e}")
             print(notes[-1], flush=True)
             continue
-        result = wb_bench.bench(session, model, peers=PEERS, runs=args.runs, idle_ms=args.idle,
+        result = wb_bench.bench(session, model, peers=peers, runs=args.runs, idle_ms=args.idle,
                                 idle_runs=args.idle_runs, with_load=args.load, op_runs=args.op_runs, name=name)
         notes += [f"{name}: {n}" for n in result.notes if "not installed" not in n or name == "resnet50"]
         wb_bench.report.write(result, out / "bench" / name)
         print(wb_bench.report.text(result), flush=True)
-        rows.append(_row(name, len(session.graph), tune_s, result))
+        rows.append(_precision(_row(name, len(session.graph), tune_s, result), session))
         # Drop this model's engines (ORT's and OpenVINO's thread pools, our arenas) before the
         # next model is timed beside them.
         del session, model, result

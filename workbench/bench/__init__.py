@@ -136,6 +136,9 @@ def bench(session, model, peers=("onnxruntime",), runs=30, warmup=3, idle_ms=50.
     except Exception:   # noqa: BLE001 - a session without a plan has no prediction; the rest still holds
         result.notes.append("no prediction: the session has no plan")
 
+    if session.plan is not None and session.low_precision:
+        error = session.precision if session.precision is not None else session.precision_error()
+        result.notes.append(f"the tuned plan computes in {', '.join(session.low_precision)}: {error}")
     result.latency = measure(found, runs, warmup)
     if idle_runs > 0:
         result.idle = first_after_idle(found, idle_runs, idle_ms / 1e3)

@@ -16,7 +16,8 @@ import numpy as np
 from ..errors import WorkbenchError
 
 #: Peer names accepted by ``--peers`` -> engine names in reports.
-PEERS = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "openvino": "openvino", "ov": "openvino"}
+PEERS = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "openvino": "openvino", "ov": "openvino",
+         "openvino-bf16": "openvino-bf16", "ov-bf16": "openvino-bf16"}
 
 
 class BenchError(WorkbenchError):
@@ -39,7 +40,8 @@ def parse_peers(text):
         return []
     unknown = [p for p in names if p not in PEERS]
     if unknown:
-        raise BenchError(f"unknown peer(s) {', '.join(map(repr, unknown))}; known: ort, openvino (or none)")
+        raise BenchError(f"unknown peer(s) {', '.join(map(repr, unknown))}; known: ort, openvino, openvino-bf16 "
+                         f"(or none)")
     return list(dict.fromkeys(PEERS[p] for p in names))
 
 
@@ -97,9 +99,10 @@ def onnxruntime(model, feeds, threads):
                             "graph_optimization_level": "ORT_ENABLE_ALL", "provider": "CPUExecutionProvider"})
 
 
-def openvino(model, feeds, threads):
-    """OpenVINO on the CPU in f32, reshaped to the static shapes of ``feeds``; None when it is
-    not installed (a benchmark-only dependency)."""
+def openvino(model, feeds, threads, precision="f32"):
+    """OpenVINO on the CPU in ``precision`` (its INFERENCE_PRECISION_HINT: f32, or bf16 where the
+    CPU has it), reshaped to the static shapes of ``feeds``; None when it is not installed (a
+    benchmark-only dependency)."""
     try:
         import openvino as ov
     except ImportError:
@@ -116,7 +119,7 @@ def openvino(model, feeds, threads):
     else:
         net = core.read_model(os.fspath(model))
     net.reshape({name: list(value.shape) for name, value in feeds.items()})
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
+    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads),
               "PERFORMANCE_HINT": "LATENCY"}
     compiled = core.compile_model(net, "CPU", config)
     request = compiled.create_infer_request()
@@ -125,13 +128,17 @@ def openvino(model, feeds, threads):
     def outputs():
         result = request.infer(feeds)
         return {n: np.array(result[compiled.outputs[i]]) for i, n in enumerate(names)}
-    return Engine("openvino", lambda: request.infer(feeds), outputs, version=ov.get_version(),
-                  settings={"threads": int(threads), "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                            "device": "CPU"})
+    return Engine("openvino" + ("" if precision == "f32" else f"-{precision}"), lambda: request.infer(feeds), outputs,
+                  version=ov.get_version(),
+                  settings={"threads": int(threads), "INFERENCE_PRECISION_HINT": precision,
+                            "PERFORMANCE_HINT": "LATENCY", "device": "CPU"})
 
 
 def peer(name, model, feeds, threads):
-    """The engine of peer ``name`` (``"onnxruntime"`` or ``"openvino"``), or None if not installed."""
+    """The engine of peer ``name`` (``"onnxruntime"``, ``"openvino"`` or ``"openvino-bf16"``), or
+    None if not installed."""
+    if name == "openvino-bf16":
+        return openvino(model, feeds, threads, precision="bf16")
     return {"onnxruntime": onnxruntime, "openvino": openvino}[name](model, feeds, threads)
 
 

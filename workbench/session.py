@@ -255,10 +255,8 @@ class Session(SessionFiles):
         before, self.plan = self.plan, search.solve(prob)
         self.search_s = time.perf_counter() - t0
         if before is None or dict(before.choice) != dict(self.plan.choice):
-            self._compiled = None
+            self._compiled, self.precision = None, None
         self.measured, self.comparison = None, None
-        if before is None or dict(before.choice) != dict(self.plan.choice):
-            self.precision = None
         return self.plan
 
     def pin(self, layer, descriptor):

@@ -71,7 +71,7 @@ def cmd_routines(args):
     _, graph = _load_graph(args, model=model)
     assignment, fallbacks = assign(graph, args.routine or ())
     for i, layer in enumerate(graph):
-        options = [r.descriptor for r in routines.applicable(graph, layer)]
+        options = [r.descriptor for r in routines.applicable(graph, layer, precisions=None)]
         marked = [f"[{d}]" if d == assignment[layer.name] else d for d in options]
         print(f"{i:3d} {layer.name:28s} {layer.op:18s} {' '.join(marked)}")
     for fb in fallbacks:

@@ -63,7 +63,7 @@ class Controls:
         if self.layer.value != selected:
             self.layer.value = selected
         layer = session.graph.layer(selected)
-        options = [r.descriptor for r in routines.applicable(session.graph, layer)]
+        options = [r.descriptor for r in routines.applicable(session.graph, layer, precisions=None)]   # a pin may take any
         current = session.pins.get(selected) or session.plan.choice[selected]
         self.routine.options = options
         if current in options:

@@ -6,9 +6,9 @@ import numpy as np
 import workbench
 from workbench import routines
 from workbench.runtime.compiled import CompiledModel
+from workbench.tuning.precision import tolerance
 
 REFERENCE = "cpu:float32:nchw/reference"
-BF16_RTOL = 2e-2
 
 
 @contextmanager
@@ -56,11 +56,11 @@ def compiled_in(graph, layout, num_threads=2):
 def assert_routine_matches(graph, descriptor, rtol=1e-4, expect_layers=None, **kwargs):
     """Assert ``descriptor`` ran (on ``expect_layers`` if given, else on at least one layer) and
     every output matches the reference within ``rtol`` of the output's largest magnitude (for a
-    bfloat16 routine, within :data:`BF16_RTOL` at least: its 8-bit mantissa differs from float32
-    by design, by a few 2^-9 roundings of each input, weight and output)."""
-    if ":bfloat16:" in descriptor:
-        rtol = max(rtol, BF16_RTOL)
+    bfloat16 routine, within the tolerance its rounding allows at least,
+    :func:`workbench.tuning.precision.tolerance` of the layers it ran)."""
     ours, ref, used = run_with_routine(graph, descriptor, **kwargs)
+    if ":bfloat16:" in descriptor:
+        rtol = max(rtol, tolerance(len(used)))
     if expect_layers is not None:
         assert sorted(used) == sorted(expect_layers), (descriptor, used)
     else:

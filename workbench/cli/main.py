@@ -49,6 +49,8 @@ def cmd_run(args):
     assignment, fallbacks = assign(graph, args.routine or ())
     for fb in fallbacks:
         print(f"note: layer {fb.layer!r}: no {fb.wanted} routine applies; using {fb.chosen}")
+    from .tune import low_precision_check
+    low_precision_check(args, assignment)
     compiled = CompiledModel(graph, assignment, num_threads=args.threads)
     feeds = random_inputs(graph, seed=args.seed)
     feeds.update(arrays)
@@ -141,8 +143,8 @@ def build_parser():
     sp.add_argument("--check", action="store_true",
                     help="compare with ONNX Runtime elementwise, |ours-ort| <= atol + rtol*|ort|; exit 1 if any "
                          "element fails")
-    sp.add_argument("--rtol", type=float, help="relative tolerance of --check (default 1e-4; for a tuned file "
-                                               "whose plan computes in bfloat16, 0.05)")
+    sp.add_argument("--rtol", type=float, help="relative tolerance of --check (default 1e-4; for a plan with n "
+                                               "bfloat16 layers, 4 x 2^-8 x sqrt(n))")
     sp.add_argument("--atol", type=float, help="absolute tolerance of --check (default: rtol x the RMS of each "
                                                "ONNX Runtime output, or ONNX Runtime's own spread if larger)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs not given with --input")

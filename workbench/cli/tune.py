@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import InputError, WorkbenchError
+from .. import routines
 from ..ir.formats import parse_precisions
 from ..tuning.precision import PrecisionError
 
@@ -41,6 +42,10 @@ def add_parsers(sub, model_args):
         sp.add_argument("--reprofile", action="store_true", help="measure again instead of reusing the database")
         sp.add_argument("--repeats", type=int, default=10, help="timed runs per routine and adapt (default 10)")
         sp.add_argument("--jsonl", metavar="OUT.jsonl", help="write the profile records as JSON lines")
+        sp.add_argument("--precision", default="float32", metavar="DTYPES",
+                        help="data types the plan may compute in, comma separated: float32 (the default) or "
+                             "float32,bfloat16 (bf16 for short); a lower precision changes the outputs, and "
+                             "tune measures and prints the error against float32")
 
     sp = sub.add_parser("profile", help="measure every layer x routine and every adapt (through the database)")
     common(sp)
@@ -55,10 +60,6 @@ def add_parsers(sub, model_args):
                     help="restrict the routines the tuner may choose (same syntax as `workbench run --routine`)")
     sp.add_argument("--pin", action="append", type=parse_pin, metavar="LAYER=DESCRIPTOR",
                     help="force a layer (name or index) onto a routine; repeatable")
-    sp.add_argument("--precision", default="float32", metavar="DTYPES",
-                    help="data types the plan may compute in, comma separated: float32 (the default) or "
-                         "float32,bfloat16 (bf16 for short); a lower precision changes the outputs, and the "
-                         "error against float32 is measured and printed")
     sp.add_argument("--runs", type=int, default=30, help="runs to measure the tuned model (default 30; 0 skips)")
     sp.add_argument("--in-context", action="store_true",
                     help="time the plan inside the model and select again on those times (Session.calibrate)")
@@ -100,10 +101,17 @@ def _session(args):
     if is_tuned(model):
         _reject_shape_options(args, model, "tuning it again keeps them")
     shapes = _shapes(args, model)
+    try:
+        precisions = parse_precisions(args.precision)
+    except ValueError as e:
+        raise WorkbenchError(f"--precision: {e}") from None
     threads = int(args.threads or default_threads())
     db = _open_db(args, threads)
     session = Session.from_onnx(model, num_threads=threads, db=db, batch=args.batch, resolution=args.resolution,
                                 shapes=shapes)
+    session.precisions = precisions
+    for note in routines.precision_notes(precisions):
+        print(f"note: {note}")
     return session, db
 
 
@@ -163,10 +171,6 @@ def cmd_tune(args):
         filters = list(args.routine or ())
         for f in filters:
             assign_mod.parse_filter(f, session.graph)
-        try:
-            session.precisions = parse_precisions(args.precision)
-        except ValueError as e:
-            raise WorkbenchError(f"--precision: {e}") from None
         session.filters = filters
         for layer, descriptor in args.pin or ():
             session.pin(layer, descriptor)
@@ -256,8 +260,18 @@ def _reject_options(args, model, what):
             f"retune instead: workbench tune {args.model} -o NEW.onnx [--routine FILTER]")
 
 
-#: --check's default relative tolerance for a tuned plan that computes in a lower precision.
-LOW_PRECISION_RTOL = 0.05
+def low_precision_check(args, choice):
+    """``--check`` of a plan (``{layer: descriptor}``) that computes in a lower precision: at
+    the tolerance such a plan's rounding allows (:func:`workbench.tuning.precision.tolerance`)
+    unless ``--rtol`` is given, and said.  bfloat16 keeps 8 bits of mantissa: its outputs differ
+    from float32 by design, and 1e-4 would fail every such plan."""
+    from ..tuning.precision import low_precision, tolerance
+    low = low_precision(choice)
+    if low and args.check and args.rtol is None:
+        n = sum(d.split(":")[1] != "float32" for d in choice.values())
+        args.rtol = round(tolerance(n), 4)
+        print(f"{n} layer(s) compute in {', '.join(low)}: --check uses rtol {args.rtol} = 4 x 2^-8 x sqrt({n}) "
+              f"(give --rtol to change it)")
 
 
 def precision_line(session):
@@ -306,12 +320,7 @@ def run_tuned(args, model):
     feeds = random_inputs(session.graph, seed=args.seed)
     feeds.update(arrays)
     outputs = session.run(feeds)
-    if session.low_precision and args.check and args.rtol is None:
-        # bfloat16 keeps 8 bits of mantissa: the outputs differ from float32 by design, by about
-        # what the file's measured error says, and 1e-4 would fail every such plan.
-        args.rtol = LOW_PRECISION_RTOL
-        print(f"the plan computes in {', '.join(session.low_precision)}: --check uses rtol {args.rtol} "
-              f"(give --rtol to change it)")
+    low_precision_check(args, session.plan.choice)
     meta = session.tuned_metadata
     measured = _meta_ms(meta, "measured_ms", "not measured")
     code = _report_outputs(args, outputs, lambda optimize=True: run_onnxruntime(model, feeds, optimize=optimize),

@@ -81,7 +81,15 @@ class Routine:
                                  f"{table[cls.descriptor].__qualname__} and {cls.__qualname__}")
             table[cls.descriptor] = cls
 
+    #: What the routine needs of the machine beyond the baseline build, said when it is missing.
+    requires: ClassVar[str] = ""
+
     # -- what it accepts -------------------------------------------------------------------
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this machine and build can run the routine at all (:attr:`requires`)."""
+        return True
+
     @classmethod
     def applies(cls, layer, specs) -> bool:
         """Pure, cheap: can this routine compute ``layer`` with inputs of ``specs``?"""
@@ -180,6 +188,19 @@ def get(op, descriptor):
     if descriptor not in table:
         raise KeyError(f"no routine {descriptor!r} for {op}; {op} has: {', '.join(sorted(table)) or 'none'}")
     return table[descriptor]
+
+
+def precision_notes(precisions):
+    """Why a data type of ``precisions`` gets no routine on this machine: one line for each whose
+    routines are all unavailable (an instruction set the CPU lacks, a build that is missing)."""
+    load_all()
+    notes = []
+    for dtype in precisions:
+        mine = {r for table in _REGISTRY.values() for r in table.values() if r.dtype == dtype}
+        if mine and not any(r.available() for r in mine):
+            needs = sorted({r.requires for r in mine if r.requires})
+            notes.append(f"no {dtype} routine is offered: {'; '.join(needs) or 'unavailable on this machine'}")
+    return notes
 
 
 def applicable(graph, layer, precisions=FLOAT32_ONLY):

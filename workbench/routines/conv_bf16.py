@@ -24,6 +24,10 @@ from .conv_gemm import _ConvGemm, geometry
 from .epilogue import encode
 
 
+REQUIRES = ("needs a CPU with AVX512-BF16 (cpu flag avx512_bf16) and the gemm_bf16_avx512bf16 build "
+            "(python setup.py build_ext --inplace)")
+
+
 def _kernels():
     mod = cpu.kernel_module("gemm_bf16", "avx512bf16")
     return mod if mod is not None and mod.available else None
@@ -34,6 +38,11 @@ class _Bf16Conv(_ConvGemm, register=False):
     layout = NHWC
     uses_blas = False
     post_affine = True
+    requires = REQUIRES
+
+    @classmethod
+    def available(cls):
+        return _kernels() is not None
 
     @classmethod
     def applies(cls, layer, specs):

@@ -42,7 +42,8 @@ def parse_filter(text, graph) -> RoutineFilter:
     """Parse ``PATTERN[@SELECTION]`` against ``graph`` (for indices and names)."""
     pattern, at, sel = text.partition("@")
     pattern = pattern.strip()
-    if pattern.count(":") != 2 or "/" not in pattern:
+    # "cpu:bfloat16:*" needs no "/": its last glob matches the layout and the algorithm both
+    if pattern.count(":") != 2 or ("/" not in pattern and not pattern.endswith("*")):
         raise FilterError(f"routine filter {text!r}: expected DEVICE:DTYPE:LAYOUT/ALGO (globs allowed), "
                           f"e.g. 'cpu:float32:nhwc/*' or 'cpu:float32:nchw/im2col@3,5..9'")
     known = {d for _, d, _ in routines.all_routines()}

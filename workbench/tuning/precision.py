@@ -35,6 +35,18 @@ class PrecisionError:
                    None if d.get("top1") is None else float(d["top1"]), int(d["samples"]))
 
 
+def tolerance(layers, mantissa_bits=8) -> float:
+    """The error, relative to an output's largest magnitude, to expect of a plan with ``layers``
+    layers in a format of ``mantissa_bits`` explicit bits (bfloat16: 7, plus the implicit one).
+
+    Each such layer rounds its input, its weights and its output once, each by at most half an
+    ulp, 2^-mantissa_bits relative: at most 1.5 * 2^-(mantissa_bits - 1) relative per layer, the
+    float32 sums adding nothing of note.  Through a network those errors add like a random walk,
+    so by sqrt(layers); the largest element of an output lies a few standard deviations out, and
+    a factor 4 covers that (0.016 for one bfloat16 layer, 0.094 for 36)."""
+    return 4.0 * 2.0 ** -mantissa_bits * max(int(layers), 1) ** 0.5
+
+
 def low_precision(choice) -> list:
     """The data types other than float32 that a plan's routines (``{layer: descriptor}``) compute in."""
     return sorted({d.split(":")[1] for d in choice.values()} - {"float32"})

@@ -64,3 +64,18 @@ def test_concurrent_writers_do_not_corrupt(tmp_path):
     records = ProfileDatabase(path, fingerprint_value="shared").records()
     assert len(records) == 3 * 60
     assert {(r.name, r.median) for r in records} == {(f"r{w}", float(i)) for w in range(3) for i in range(60)}
+
+
+def test_fingerprint_includes_the_build_and_its_kernel_sources():
+    """The build flags and the kernel sources' digest are part of the fingerprint: records of a
+    kernel rebuilt from changed sources are not reused."""
+    import json
+    from pathlib import Path
+
+    import workbench
+    from workbench.tuning.profiledb import fingerprint_facts
+    info = Path(workbench.__file__).parent / "_kernels" / "build_info.json"
+    assert info.exists()
+    facts = fingerprint_facts(2)
+    assert facts["build"] == json.loads(info.read_text())
+    assert facts["build"]["kernel_sources"] and "-O3" in facts["build"]["compile_args"]

@@ -42,7 +42,7 @@ def fingerprint_facts(num_threads):
     from .._version import __version__
     from ..runtime import cpu
     from .measure import METHOD
-    build = Path(__file__).parent / "_kernels" / "build_info.json"
+    build = Path(__file__).parents[1] / "_kernels" / "build_info.json"   # workbench/_kernels
     isa = sorted(f for f in cpu.flags() if f.startswith(("avx", "fma", "f16c", "sse4", "amx")))
     return {"cpu": cpu.cpu_name(), "isa": isa, "threads": int(num_threads),
             "build": json.loads(build.read_text()) if build.exists() else None,

@@ -1,7 +1,7 @@
 # isa-variants: avx512bf16
 # cython: language_level=3
-"""bfloat16 GEMM with float32 accumulation (``wb_gemm_bf16.h``): the 1x1 convolutions and
-matrix products of the ``cpu:bfloat16:*`` routines.
+"""bfloat16 GEMM with float32 accumulation (``wb_gemm_bf16.h``): the convolutions and matrix
+products of the ``cpu:bfloat16:*`` routines; and the depthwise convolution (``wb_dw_bf16.h``).
 
 Only the ``_avx512bf16`` build runs the VDPBF16PS micro-kernel (``available``); the baseline
 build runs scalar loops on the same packed weights, with the same rounding, so the packing and
@@ -18,12 +18,22 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
-from wb_pool cimport wb_pool_import, wb_pool_run
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
 wb_pool_import()
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+cdef extern from "wb_dw_bf16.h" nogil:
+    ctypedef struct wbd_geo:
+        Py_ssize_t n, h, w, c, oh, ow
+        int kh, kw, sh, sw, dh, dw, pt, pl
+    void wbd_row(const wbd_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
+                 const wb512_epi* e, Py_ssize_t row)
+    Py_ssize_t wbd_packed_floats(Py_ssize_t taps, Py_ssize_t c)
+    void wbd_pack(Py_ssize_t taps, Py_ssize_t c, const float* w, float* dst)
 
 
 cdef extern from "wb_gemm_bf16.h" nogil:
@@ -261,4 +271,83 @@ def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residua
     g.scratch = <uint16_t*> _ptr(scratch)
     with nogil:
         _run(&g, num_threads)
+    return out
+
+
+cdef struct _DwCtx:
+    wbd_geo geo
+    const uint16_t* x
+    const float* w
+    const float* bias
+    void* out
+    int f32
+    wb512_epi e
+    Py_ssize_t rows_per_chunk
+
+
+cdef void _dw_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    cdef _DwCtx* d = <_DwCtx*> ctx
+    cdef Py_ssize_t r, end = min((chunk + 1) * d.rows_per_chunk, d.geo.n * d.geo.oh)
+    for r in range(chunk * d.rows_per_chunk, end):
+        wbd_row(&d.geo, d.x, d.w, d.bias, d.out, d.f32, &d.e, r)
+
+
+def pack_depthwise(w, bias=None):
+    """Depthwise weights ``w`` float32 (KH, KW, C) and ``bias`` (C,) or None, packed for
+    :func:`conv_depthwise`: per tap and block of 32 channels, the even channels then the odd ones
+    (``wb_dw_bf16.h``).  Returns ``(weights, bias)``, float32 (KH, KW, blocks * 32) and (blocks * 32,)."""
+    w = _array(w, "weights", np.float32)
+    if w.ndim != 3:
+        raise ValueError(f"gemm_bf16: depthwise weights must be (KH, KW, C), got shape {w.shape}")
+    kh, kw, c = w.shape
+    b = np.zeros(c, np.float32) if bias is None else _array(np.ascontiguousarray(bias, np.float32), "bias", np.float32)
+    if b.shape != (c,):
+        raise ValueError(f"gemm_bf16: bias must have shape ({c},), got {b.shape}")
+    row = wbd_packed_floats(1, c)
+    wp = np.empty((kh, kw, row), np.float32)
+    bp = np.empty(row, np.float32)
+    wbd_pack(kh * kw, c, <const float*> _ptr(w), <float*> _ptr(wp))
+    wbd_pack(1, c, <const float*> _ptr(b), <float*> _ptr(bp))
+    return wp, bp
+
+
+def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, double p0=0, double p1=0,
+                   int num_threads=1):
+    """A depthwise NHWC convolution (one filter per channel): ``x`` (N, H, W, C) bfloat16; ``wp``,
+    ``bp`` the weights and bias packed by :func:`pack_depthwise`; ``out`` (N, OH, OW, C) bfloat16
+    or float32; ``pads`` (top, left, bottom, right); activation codes as :func:`gemm`.  Returns ``out``."""
+    x, out = _array(x, "input", BF16), _output(out)
+    wp, bp = _array(wp, "packed weights", np.float32), _array(bp, "packed bias", np.float32)
+    if x.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"gemm_bf16: depthwise input {x.shape} and output {out.shape} must be 4-D (N, H, W, C)")
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb_, pr) = kernel, strides, dilations, pads
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb_, pr) < 0:
+        raise ValueError(f"gemm_bf16: bad geometry kernel {kernel}, strides {strides}, dilations {dilations}, pads {pads}")
+    n, h, wd, c = x.shape
+    oh = (h + pt + pb_ - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    row = wbd_packed_floats(1, c)
+    if out.shape != (n, oh, ow, c) or wp.shape != (kh, kw, row) or bp.shape != (row,):
+        raise ValueError(f"gemm_bf16: depthwise input {x.shape} with kernel {kernel} gives output {(n, oh, ow, c)}, "
+                         f"packed weights ({kh}, {kw}, {row}), bias ({row},); got {out.shape}, {wp.shape}, {bp.shape}")
+    if not wbb_handles(act):
+        raise ValueError(f"gemm_bf16: activation code {act} is not applied by this build")
+    if num_threads < 1:
+        raise ValueError(f"gemm_bf16: num_threads must be >= 1, got {num_threads}")
+    for what, v in (("input", x), ("weights", wp), ("bias", bp)):
+        if _overlap(out, v):
+            raise ValueError(f"gemm_bf16: the output overlaps the {what}")
+    cdef _DwCtx d
+    d.geo.n, d.geo.h, d.geo.w, d.geo.c, d.geo.oh, d.geo.ow = n, h, wd, c, oh, ow
+    d.geo.kh, d.geo.kw, d.geo.sh, d.geo.sw, d.geo.dh, d.geo.dw, d.geo.pt, d.geo.pl = kh, kw, sh, sw, dh, dw, pt, pl
+    d.x, d.w, d.bias, d.out = <const uint16_t*> _ptr(x), <const float*> _ptr(wp), <const float*> _ptr(bp), _ptr(out)
+    d.f32 = out.dtype == np.float32
+    d.e.bias, d.e.bias_per_row, d.e.res, d.e.ld_res, d.e.res_post = NULL, 0, NULL, 0, 0
+    d.e.act, d.e.p0, d.e.p1, d.e.post_scale, d.e.post_shift = act, p0, p1, NULL, NULL
+    cdef Py_ssize_t rows = n * oh
+    # Chunks of rows worth wb_jobs_per_chunk's work each, every thread starting with several.
+    d.rows_per_chunk = wb_jobs_per_chunk(rows, ow * c * kh * kw, num_threads)
+    if rows and c:
+        with nogil:
+            wb_pool_run(_dw_chunk, &d, (rows + d.rows_per_chunk - 1) // d.rows_per_chunk, num_threads)
     return out

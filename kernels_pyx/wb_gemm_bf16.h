@@ -95,8 +95,12 @@ typedef struct {
 #if WBB_NATIVE
 #define WBB_AI static inline __attribute__((always_inline))
 
+WBB_AI __m512 wbb_widen16(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
 WBB_AI __m512 wbb_load16(const uint16_t* p, __mmask16 m) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+    return wbb_widen16(_mm256_maskz_loadu_epi16(m, p));
 }
 
 WBB_AI void wbb_store_row(void* c, int f32, __m512 v0, __m512 v1, __mmask16 m0, __mmask16 m1) {

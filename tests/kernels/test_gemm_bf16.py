@@ -129,3 +129,65 @@ def test_bad_arguments_are_refused(build):
         mod.gemm(buf, mod.pack(np.ones((8, 8), np.float32)), buf)
     with pytest.raises(ValueError, match="must be 2-D"):
         mod.pack(np.ones(3, np.float32))
+
+
+def _conv_reference(x, w, strides, pads, dilations=(1, 1)):
+    """NHWC convolution in float64: x (N, H, W, C), w (M, C/g, KH, KW) with groups = C / (C/g)."""
+    n, h, wd, c = x.shape
+    m, cg, kh, kw = w.shape
+    groups = c // cg
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh, ow = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, oh, ow, m))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
+            for g in range(groups):
+                mg = m // groups
+                out[..., g * mg:(g + 1) * mg] += patch[..., g * cg:(g + 1) * cg] @ w[g * mg:(g + 1) * mg, :, i, j].T
+    return out
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(n=st.integers(1, 2), h=st.integers(1, 13), w=st.integers(1, 17), c=st.integers(1, 70),
+       k=st.sampled_from([1, 3, 5, 7]), s=st.sampled_from([1, 2]), pad=st.integers(0, 3), code=st.sampled_from([0, 1, 2]),
+       bias=st.booleans(), f32=st.booleans(), build=st.sampled_from(BUILDS), threads=st.sampled_from([1, 2]))
+def test_depthwise_matches_numpy(n, h, w, c, k, s, pad, code, bias, f32, build, threads):
+    mod = _module(build)
+    if h + 2 * pad < k or w + 2 * pad < k:
+        return
+    rng = np.random.default_rng(h * 100 + w * 10 + c)
+    x = rng.standard_normal((n, h, w, c)).astype(BF16)
+    wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32) if bias else None
+    wp, bp = mod.pack_depthwise(np.ascontiguousarray(wt[:, 0].transpose(1, 2, 0)), b)
+    oh, ow = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+    out = np.full((n, oh, ow, c), np.nan, np.float32 if f32 else BF16)
+    mod.conv_depthwise(x, wp, bp, out, (k, k), (s, s), (1, 1), (pad,) * 4, code, -0.5, 1.5, threads)
+    ref = _conv_reference(x.astype(np.float32), wt, (s, s), (pad,) * 4) + (0 if b is None else b)
+    ref = _act(ref, code, -0.5, 1.5)
+    bound = 1e-5 * (np.abs(x.astype(np.float64)).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + 1)
+    if not f32:
+        bound = bound + np.abs(ref) * 2.0 ** -8
+    assert np.all(np.abs(out.astype(np.float64) - ref) <= bound), np.abs(out.astype(np.float64) - ref).max()
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(h=st.integers(1, 12), c=st.integers(1, 40), m=st.integers(1, 40), k=st.sampled_from([1, 2, 3, 5]),
+       s=st.sampled_from([1, 2]), pad=st.integers(0, 2), d=st.sampled_from([1, 2]), build=st.sampled_from(BUILDS),
+       threads=st.sampled_from([1, 2]))
+def test_im2col_convolution_matches_numpy(h, c, m, k, s, pad, d, build, threads):
+    mod = _module(build)
+    if h + 2 * pad < d * (k - 1) + 1:
+        return
+    rng = np.random.default_rng(h * 1000 + c * 10 + m)
+    x = rng.standard_normal((1, h, h + 1, c)).astype(BF16)
+    wt = rng.standard_normal((m, c, k, k)).astype(np.float32)
+    wp = mod.pack(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(m, -1)))
+    ref = _conv_reference(x.astype(np.float32), wt.astype(BF16).astype(np.float32), (s, s), (pad,) * 4, (d, d))
+    out = np.empty(ref.shape, np.float32)
+    mod.conv_im2col(x, wp, out, (k, k), (s, s), (d, d), (pad,) * 4, num_threads=threads)
+    bound = 2e-6 * _conv_reference(np.abs(x.astype(np.float32)), np.abs(wt.astype(BF16).astype(np.float32)),
+                                   (s, s), (pad,) * 4, (d, d)) + 1e-6
+    assert np.all(np.abs(out - ref) <= bound)

@@ -8,6 +8,7 @@ before the one rounding to bfloat16.  ``gemm1x1_bf16_f32out`` is the same produc
 float32: where the next layer runs in float32 the selection can leave bfloat16 there without a
 cast adapt.  ``im2col_bf16`` (and its ``_f32out``) serves every other group-1 convolution: each
 job gathers its rows of the im2col matrix into its thread's scratch, then the same GEMM.
+``depthwise_bf16`` (and ``_f32out``) takes the depthwise layers.
 
 Offered only where the CPU has AVX512-BF16 and the ``gemm_bf16_avx512bf16`` module is built, and
 only to a tuning that allows bfloat16 (``Session.tune(precisions=...)``).
@@ -20,6 +21,8 @@ from ..ir.formats import Format
 from ..ir.graph import NHWC
 from ..ir.ops.conv import residual_after_activation
 from ..runtime import cpu
+from . import Routine
+from .conv_depthwise import depthwise_applies
 from .conv_gemm import _ConvGemm, geometry
 from .epilogue import encode
 
@@ -120,3 +123,50 @@ class NhwcIm2colBf16(_Bf16Conv):
 class NhwcIm2colBf16F32Out(_F32Out, NhwcIm2colBf16):
     algo = "im2col_bf16_f32out"
     priority = 11.7
+
+
+class NhwcDepthwiseBf16(Routine):
+    """Depthwise convolutions on bfloat16 images (``wb_dw_bf16.h``): the input widened as it is
+    loaded, float32 weights and sums, one rounding at the store.  No fused residual or
+    post-activation affine (the float32 routines keep those layers)."""
+
+    op = "Conv"
+    dtype = "bfloat16"
+    layout = NHWC
+    algo = "depthwise_bf16"
+    uses_blas = False
+    priority = 10
+    requires = REQUIRES
+
+    @classmethod
+    def available(cls):
+        return _kernels() is not None
+
+    @classmethod
+    def applies(cls, layer, specs):
+        mod = _kernels()
+        if mod is None or not depthwise_applies(layer, specs) or layer.attrs.get("residual"):
+            return False
+        if layer.attrs.get("post_affine") is not None:
+            return False
+        epi = encode(layer, specs[0].shape[1], extended=True)
+        return epi is not None and epi.code != 7 and mod.handles(epi.code)
+
+    @classmethod
+    def prepare(cls, layer):
+        w = np.asarray(layer.const(1), np.float32)
+        b = layer.const(2) if len(layer.inputs) > 2 else None
+        wp, bp = _kernels().pack_depthwise(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), b)   # (KH, KW, C)
+        return {"w": wp, "bias": bp, "epi": encode(layer, w.shape[0], extended=True), "geometry": geometry(layer)}
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        kernel, strides, dilations, pads, _ = state["geometry"]
+        epi = state["epi"]
+        _kernels().conv_depthwise(args[0], state["w"], state["bias"], outs[0], kernel, strides, dilations, pads,
+                                  epi.code, epi.p0, epi.p1, num_threads)
+
+
+class NhwcDepthwiseBf16F32Out(_F32Out, NhwcDepthwiseBf16):
+    algo = "depthwise_bf16_f32out"
+    priority = 9.9

@@ -290,3 +290,40 @@ def test_detector_every_tab_fits_and_compare_shows_busy(detector_lab):
     assert not after["busy"] and not any(after["disabled"]), after
     assert "1 runs" in after["headline"] and "not yet" not in after["headline"], after["headline"]
     assert "measured ORT ms" in after["ops"], after["ops"]
+
+
+@pytest.fixture
+def precision_lab(tmp_path):
+    nb = with_parameters(NOTEBOOKS / "05_precision.ipynb",
+                         dict(MODEL="resnet50", RESOLUTION=64, PROFILE_DB=str(tmp_path / "profiles.sqlite"), RUNS=0))
+    with serve(tmp_path, "05_precision.ipynb", nb) as url:
+        yield url
+
+
+def test_precision_plan_with_bfloat16_layers_and_casts(precision_lab):
+    """05_precision (ResNet-50 with bfloat16 allowed): the headline gives the plan's precision and
+    its error against float32; the plan table and graph show bfloat16 layers and the casts."""
+    from playwright.sync_api import sync_playwright
+    from workbench.runtime import cpu
+    if cpu.kernel_module("gemm_bf16", "avx512bf16") is None:
+        pytest.skip("this CPU lacks AVX512-BF16: the plan has no bfloat16 layer to show")
+    assert CHROMIUM, "Debian's chromium is not installed (scripts/dev.sh test installs it)"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = run_all(browser, precision_lab)
+            show_tab(page, "Summary")
+            headline = page.inner_text(".wb-summary")
+            shot(page, "6_precision_summary.png")
+            show_tab(page, "Plan")
+            table = page.inner_text(".wb-plan-table")
+            shot(page, "7_precision_plan.png")
+            graph = page.evaluate("[...document.querySelectorAll('.wb-workbench .js-plotly-plot')]"
+                                  ".flatMap(gd => gd.data.map(t => t.name || ''))")
+        finally:
+            browser.close()
+    assert "layer(s) in bfloat16" in headline and "cosine" in headline and "top-1 agreement" in headline
+    assert "cpu:bfloat16:nhwc/" in table
+    assert any("bfloat16" in name for name in graph), graph
+    assert "float32:nhwc->bfloat16:nhwc" in table or "->bfloat16" in table, table[:2000]

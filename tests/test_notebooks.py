@@ -19,7 +19,7 @@ def run(name, tmp_path, **overrides):
 
 def test_every_notebook_is_tested():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == [
-        "01_quickstart", "02_pin_and_retune", "03_routine_families", "04_your_model", "05_detector"]
+        "01_quickstart", "02_pin_and_retune", "03_routine_families", "04_your_model", "05_detector", "05_precision"]
 
 
 def test_01_quickstart(tmp_path):
@@ -81,3 +81,17 @@ def test_05_detector(tmp_path):
     assert r["ops"] == {op: sum(l.op == op for l in graph) for op in r["ops"]} and sum(r["ops"].values()) == len(graph)
     assert r["op_total_ms"] == pytest.approx(r["predicted_ms"], rel=1e-9)
     assert r["compared_ms"] is None   # COMPARE_RUNS = 0: Compare is left to the button
+
+
+def test_05_precision(tmp_path):
+    from workbench.runtime import cpu
+    r = run("05_precision", tmp_path, MODEL="resnet50", RESOLUTION=64, RUNS=3)
+    assert r["fp32_low"] == [] and r["headline_has_error"]
+    assert r["mixed_predicted_ms"] <= r["fp32_predicted_ms"] * (1 + 1e-9)   # float32 stays allowed: never worse
+    if cpu.kernel_module("gemm_bf16", "avx512bf16") is None:
+        assert r["bf16_layers"] == 0
+        return
+    assert r["bf16_layers"] >= 1 and r["casts"] >= 1
+    e = r["error"]
+    assert e["cosine"] > 0.999 and e["max_rel"] < 0.1 and e["samples"] == 3
+    assert set(r["measured_ms"]) == {"float32", "bfloat16 allowed"}

@@ -334,3 +334,30 @@ def test_summary_shows_op_breakdown_and_top_layers(bench):
     slowest = max(times, key=lambda t: t[1] + t[2])[0]
     first = bench.summary.top.value.split('data-layer="')[1].split('"')[0]
     assert first == slowest and bench.summary.top.value.count("data-layer=") == 10
+
+
+def test_precision_control_tunes_with_bfloat16_and_the_headline_shows_the_error(bench):
+    from workbench.runtime import cpu
+    s = bench.session
+    assert "precision: float32 throughout" in bench.summary.headline.value
+    assert bench.controls.precision.value == "float32"
+    bench.controls.precision.value = "float32,bfloat16"
+    bench.controls.buttons["precision"].click()
+    assert s.precisions == ("float32", "bfloat16")
+    assert "precision float32, bfloat16" in bench.controls.status.value
+    if cpu.kernel_module("gemm_bf16", "avx512bf16") is None:
+        assert s.low_precision == []   # nothing to choose from on this CPU
+        return
+    # Pinned onto a bfloat16 routine, the plan has a bfloat16 layer and casts, and every view says so.
+    layer = next(l.name for l in s.graph if "cpu:bfloat16:nhwc/gemm1x1_bf16" in routines.routines_for(l.op)
+                 and routines.get(l.op, "cpu:bfloat16:nhwc/gemm1x1_bf16").applies(l, s.graph.input_specs(l)))
+    bench.act(bench.pin, layer, "cpu:bfloat16:nhwc/gemm1x1_bf16")
+    bench.act(bench.retune)
+    assert s.low_precision == ["bfloat16"]
+    head = bench.summary.headline.value
+    assert "in bfloat16; vs float32: max abs error" in head and "cosine" in head
+    assert f"{s.precision.cosine:.6f}" in head
+    casts = [(t, a, b) for t, a, b in s.plan.adapts if a.dtype != b.dtype]
+    assert casts
+    assert "bfloat16" in bench.plan_table.html.value
+    assert any("bfloat16" in (t.name or "") for t in bench.plan_graph.figure.data)

@@ -10,9 +10,9 @@ from .base import FLOOR_MS
 from .graph import GraphDrawing, graph_drawing, node_label
 from .plan import PLAN_SORTS, adapt_deltas, dp_path, dp_table, plan_rows, sort_plan_rows
 from .profile import HEATMAP_ORDERS, Heatmap, heatmap
-from .summary import latency, summary
+from .summary import latency, precision, summary
 from .times import layer_times, op_breakdown, top_layers
 
 __all__ = ["FLOOR_MS", "GraphDrawing", "graph_drawing", "node_label", "PLAN_SORTS", "adapt_deltas", "dp_path",
-           "dp_table", "plan_rows", "sort_plan_rows", "HEATMAP_ORDERS", "Heatmap", "heatmap", "latency", "summary",
+           "dp_table", "plan_rows", "sort_plan_rows", "HEATMAP_ORDERS", "Heatmap", "heatmap", "latency", "precision", "summary",
            "layer_times", "op_breakdown", "top_layers"]

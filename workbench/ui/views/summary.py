@@ -59,4 +59,21 @@ def summary(session):
         else:
             r["speedup"] = r["predicted_ms"] / rows[0]["predicted_ms"] if r["predicted_ms"] else None
     return dict(predicted_ms=ms(plan.cost + extra), measured_ms=measured["median_ms"] if measured else None,
-                measured=measured, rows=rows)
+                measured=measured, rows=rows, precision=precision(session))
+
+
+def precision(session):
+    """What the plan computes in, and for a lower precision its error against float32 (measured
+    here on first sight: it is shown wherever the plan's latency is): a dict with ``allowed``,
+    ``low`` (the data types besides float32), ``layers`` (how many compute in them), ``error``
+    (:class:`~workbench.tuning.precision.PrecisionError` or None) and ``text``."""
+    plan = need_plan(session)
+    low = session.low_precision
+    n = sum(d.split(":")[1] != "float32" for d in plan.choice.values())
+    error = None
+    if low:
+        error = session.precision if session.precision is not None else session.precision_error()
+        text = f"{n} layer(s) in {', '.join(low)}; {error}"
+    else:
+        text = "float32 throughout"
+    return dict(allowed=list(session.precisions), low=low, layers=n, error=error, text=text)

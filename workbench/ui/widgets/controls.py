@@ -1,5 +1,5 @@
 """The controls: the selected layer, pin/unpin it (a dropdown of the routines that apply to it),
-routine filters, retune, reprofile layers (the selected one, or those named), measure, compare, export.  Each button
+routine filters, the data types tuning may use, retune, reprofile layers (the selected one, or those named), measure, compare, export.  Each button
 calls one :class:`Workbench` action (a Session method, then every view refreshes)."""
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ class Controls:
                               layout=w.Layout(width="420px"))
         self.reprofile_layers = w.Text(placeholder="the selected layer, or names/indices, comma-separated",
                                        layout=w.Layout(width="340px"))
+        self.precision = w.Dropdown(options=[("float32 only", "float32"), ("float32 + bfloat16", "float32,bfloat16")],
+                                    value=",".join(bench.session.precisions), description="precision",
+                                    layout=w.Layout(width="260px"))
+        self.precision.add_class("wb-precision-choice")
         self.export_path = w.Text(value=bench.export_path, description="export to")
         self.runs = w.BoundedIntText(value=10, min=1, max=1000, description="runs", layout=w.Layout(width="140px"))
         self.runs.add_class("wb-runs")
@@ -38,6 +42,9 @@ class Controls:
             "filters": _button("Apply filters", "wb-filters", "retune under these routine filters",
                                lambda: b.act(b.set_filters, [f.strip() for f in self.filters.value.split(",") if f.strip()])),
             "retune": _button("Retune", "wb-retune", "select again on the cached profiles", lambda: b.act(b.retune)),
+            "precision": _button("Apply precision", "wb-apply-precision",
+                                 "tune again with these data types allowed (profiling their routines and casts)",
+                                 lambda: b.act(b.set_precisions, self.precision.value)),
             "reprofile": _button("Reprofile", "wb-reprofile", "measure these layers again, then retune",
                                  lambda: b.act(b.reprofile, self.layers_to_reprofile())),
             "measure": _button("Measure", "wb-measure", "time the tuned model", lambda: b.act(b.measure, self.runs.value)),
@@ -50,6 +57,7 @@ class Controls:
             w.HBox([self.layer, self.routine, bt["pin"], bt["unpin"]]),
             w.HBox([self.reprofile_layers, bt["reprofile"]]),
             w.HBox([self.filters, bt["filters"], bt["retune"]]),
+            w.HBox([self.precision, bt["precision"]]),
             w.HBox([self.runs, bt["measure"], bt["compare"], self.export_path, bt["export"]]),
             self.status])
 

@@ -65,6 +65,8 @@ class SummaryView:
                                f"{session.num_threads} threads: predicted <b>{s['predicted_ms']:.3f} ms</b> "
                                f"({session.plan.method}, {len(session.pins)} pinned, {len(session.plan.adapts)} adapts); "
                                f"measured <b>{html.escape(measured)}</b>; speed-ups {note}"
+                               f"<br><span class='wb-precision'>precision: {html.escape(s['precision']['text'])} "
+                               f"({html.escape(', '.join(s['precision']['allowed']))} allowed)</span>"
                                + ("".join(f"<br>{html.escape(n)}" for n in compared.notes) if compared else "") + "</div>")
         self.table.value = table(s["rows"], COLUMNS, "wb-summary-table", marked=lambda r: r["name"] == "tuned")
         self.ops.value = table(views.op_breakdown(session), OP_COLUMNS, "wb-op-table")

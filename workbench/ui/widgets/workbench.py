@@ -127,6 +127,15 @@ class Workbench(w.VBox):
             self.refresh()
         self.status(f"filters {', '.join(filters) or 'none'}: predicted {self.session.plan.cost * 1e3:.3f} ms")
 
+    def set_precisions(self, precisions):
+        wanted = [p for p in str(precisions).split(",") if p]
+        with self.busy(f"tuning with {', '.join(wanted)} allowed (profiling the routines and casts the profile "
+                       f"lacks), then measuring the plan's error against float32"):
+            self.session.tune(precisions=wanted)
+            self.refresh()
+        self.status(f"precision {', '.join(self.session.precisions)}: predicted {self.session.plan.cost * 1e3:.3f} ms; "
+                    f"{views.precision(self.session)['text']}")
+
     def reprofile(self, layers):
         names = [self.session.layer(k).name for k in layers]
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")

@@ -62,7 +62,7 @@ def test_views_show_the_session(bench):
         assert s.plan.choice[layer.name] in bench.plan_table.html.value
     assert f"{s.plan.cost * 1e3:.3f} ms" in bench.summary.headline.value
     assert sum(bench.summary.bars.data[0].y) + sum(bench.summary.bars.data[1].y) == pytest.approx(s.plan.cost * 1e3)
-    assert set(bench.controls.routine.options) == {r.descriptor for r in routines.applicable(s.graph, s.graph.layer(bench.selected))}
+    assert set(bench.controls.routine.options) == {r.descriptor for r in routines.applicable(s.graph, s.graph.layer(bench.selected), None)}
 
 
 def test_heatmap_click_pins_and_retune_updates_every_view(bench):

@@ -27,10 +27,7 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 cdef extern from "wb_dw_bf16.h" nogil:
-    ctypedef struct wbd_geo:
-        Py_ssize_t n, h, w, c, oh, ow
-        int kh, kw, sh, sw, dh, dw, pt, pl
-    void wbd_row(const wbd_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
+    void wbd_row(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
                  const wb512_epi* e, Py_ssize_t row)
     Py_ssize_t wbd_packed_floats(Py_ssize_t taps, Py_ssize_t c)
     void wbd_pack(Py_ssize_t taps, Py_ssize_t c, const float* w, float* dst)
@@ -229,6 +226,24 @@ def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1
     return out
 
 
+cdef int _geometry(wbb_geo* g, x, out, kernel, strides, dilations, pads, what, Py_ssize_t out_channels) except -1:
+    """Check a convolution of NHWC ``x`` into ``out`` (``out_channels`` channels) and fill ``g``."""
+    if x.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"gemm_bf16: {what} {x.shape} and output {out.shape} must be 4-D (N, H, W, C)")
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = kernel, strides, dilations, pads
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb, pr) < 0:
+        raise ValueError(f"gemm_bf16: bad geometry kernel {kernel}, strides {strides}, dilations {dilations}, pads {pads}")
+    n, h, w, c = x.shape
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if out.shape != (n, oh, ow, out_channels):
+        raise ValueError(f"gemm_bf16: {what} {x.shape} with kernel {kernel}, strides {strides}, dilations {dilations}, "
+                         f"pads {pads} gives (N, OH, OW) = {(n, oh, ow)}; output is {out.shape}")
+    g.n, g.h, g.w, g.c, g.oh, g.ow = n, h, w, c, oh, ow
+    g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl = kh, kw, sh, sw, dh, dw, pt, pl
+    return 0
+
+
 _local = threading.local()
 
 
@@ -249,24 +264,13 @@ def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residua
     float32; ``wp`` the (M, KH*KW*C) weights packed by :func:`pack`; ``pads`` (top, left, bottom,
     right); the rest as :func:`gemm`."""
     x, out = _array(x, "input", BF16), _output(out)
-    if x.ndim != 4 or out.ndim != 4:
-        raise ValueError(f"gemm_bf16: input {x.shape} and output {out.shape} must be 4-D (N, H, W, C)")
-    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb_, pr) = kernel, strides, dilations, pads
-    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb_, pr) < 0:
-        raise ValueError(f"gemm_bf16: bad geometry kernel {kernel}, strides {strides}, dilations {dilations}, pads {pads}")
-    n, h, w, c = x.shape
-    oh = (h + pt + pb_ - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    if out.shape[:3] != (n, oh, ow):
-        raise ValueError(f"gemm_bf16: input {x.shape} with this geometry gives (N, OH, OW) = {(n, oh, ow)}, "
-                         f"output is {out.shape}")
-    cdef Py_ssize_t k = kh * kw * c
     cdef _Ctx g
+    _geometry(&g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
+    n, oh, ow, c, kh, kw = g.geo.n, g.geo.oh, g.geo.ow, g.geo.c, g.geo.kh, g.geo.kw
+    cdef Py_ssize_t k = kh * kw * c
     # A tile of about 256 KiB of gathered taps, so that it stays in L2 beside the weight panel.
     _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads,
            max(WBB_MR, (1 << 17) // max(k, 1) // WBB_MR * WBB_MR))
-    g.geo.n, g.geo.h, g.geo.w, g.geo.c, g.geo.oh, g.geo.ow = n, h, w, c, oh, ow
-    g.geo.kh, g.geo.kw, g.geo.sh, g.geo.sw, g.geo.dh, g.geo.dw, g.geo.pt, g.geo.pl = kh, kw, sh, sw, dh, dw, pt, pl
     scratch = _scratch(num_threads * g.row_tile * k)
     g.scratch = <uint16_t*> _ptr(scratch)
     with nogil:
@@ -275,7 +279,7 @@ def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residua
 
 
 cdef struct _DwCtx:
-    wbd_geo geo
+    wbb_geo geo
     const uint16_t* x
     const float* w
     const float* bias
@@ -318,18 +322,13 @@ def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, 
     or float32; ``pads`` (top, left, bottom, right); activation codes as :func:`gemm`.  Returns ``out``."""
     x, out = _array(x, "input", BF16), _output(out)
     wp, bp = _array(wp, "packed weights", np.float32), _array(bp, "packed bias", np.float32)
-    if x.ndim != 4 or out.ndim != 4:
-        raise ValueError(f"gemm_bf16: depthwise input {x.shape} and output {out.shape} must be 4-D (N, H, W, C)")
-    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb_, pr) = kernel, strides, dilations, pads
-    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb_, pr) < 0:
-        raise ValueError(f"gemm_bf16: bad geometry kernel {kernel}, strides {strides}, dilations {dilations}, pads {pads}")
-    n, h, wd, c = x.shape
-    oh = (h + pt + pb_ - dh * (kh - 1) - 1) // sh + 1
-    ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    cdef _DwCtx d
+    _geometry(&d.geo, x, out, kernel, strides, dilations, pads, "depthwise input", x.shape[3] if x.ndim == 4 else -1)
+    n, oh, ow, c, kh, kw = d.geo.n, d.geo.oh, d.geo.ow, d.geo.c, d.geo.kh, d.geo.kw
     row = wbd_packed_floats(1, c)
-    if out.shape != (n, oh, ow, c) or wp.shape != (kh, kw, row) or bp.shape != (row,):
-        raise ValueError(f"gemm_bf16: depthwise input {x.shape} with kernel {kernel} gives output {(n, oh, ow, c)}, "
-                         f"packed weights ({kh}, {kw}, {row}), bias ({row},); got {out.shape}, {wp.shape}, {bp.shape}")
+    if wp.shape != (kh, kw, row) or bp.shape != (row,):
+        raise ValueError(f"gemm_bf16: depthwise weights of kernel {kernel} and {c} channels pack to ({kh}, {kw}, {row}) "
+                         f"and a bias of ({row},); got {wp.shape} and {bp.shape}")
     if not wbb_handles(act):
         raise ValueError(f"gemm_bf16: activation code {act} is not applied by this build")
     if num_threads < 1:
@@ -337,9 +336,6 @@ def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, 
     for what, v in (("input", x), ("weights", wp), ("bias", bp)):
         if _overlap(out, v):
             raise ValueError(f"gemm_bf16: the output overlaps the {what}")
-    cdef _DwCtx d
-    d.geo.n, d.geo.h, d.geo.w, d.geo.c, d.geo.oh, d.geo.ow = n, h, wd, c, oh, ow
-    d.geo.kh, d.geo.kw, d.geo.sh, d.geo.sw, d.geo.dh, d.geo.dw, d.geo.pt, d.geo.pl = kh, kw, sh, sw, dh, dw, pt, pl
     d.x, d.w, d.bias, d.out = <const uint16_t*> _ptr(x), <const float*> _ptr(wp), <const float*> _ptr(bp), _ptr(out)
     d.f32 = out.dtype == np.float32
     d.e.bias, d.e.bias_per_row, d.e.res, d.e.ld_res, d.e.res_post = NULL, 0, NULL, 0, 0

@@ -133,6 +133,20 @@ static inline __attribute__((always_inline)) void wb512_epi_regs(__m512* v0, __m
 }
 #endif
 
+/* Activation codes 0-5 on one float, for the scalar paths of baseline builds. */
+static inline float wb512_act1(float t, const wb512_epi* ep) {
+    if (ep->act == 1) t = t < 0 ? 0 : t;   /* NaN stays NaN */
+    else if (ep->act == 2) t = t < ep->p0 ? ep->p0 : (t > ep->p1 ? ep->p1 : t);
+    else if (ep->act == 3) t = t >= 0 ? t : t * ep->p0;
+    else if (ep->act == 4 || ep->act == 5) {
+        float h = ep->act == 4 ? t * ep->p0 + ep->p1 : t * (1.0f / 6.0f) + 0.5f;
+        h = h < 0 ? 0 : h;
+        h = h > 1 ? 1 : h;
+        t = ep->act == 4 ? h : t * h;
+    }
+    return t;
+}
+
 static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, const wb512_epi* ep,
                                    ptrdiff_t row0, ptrdiff_t col0) {
     int i;
@@ -157,15 +171,7 @@ static inline void wb512_epi_block(float* c, ptrdiff_t ldc, int mr, int nr, cons
             float t = c[i * ldc + j];
             if (ep->bias != NULL) t += ep->bias_per_row ? ep->bias[row0 + i] : ep->bias[col0 + j];
             if (ep->res != NULL && !ep->res_post) t += ep->res[(row0 + i) * ep->ld_res + col0 + j];
-            if (ep->act == 1) t = t < 0 ? 0 : t;   /* NaN stays NaN */
-            else if (ep->act == 2) t = t < ep->p0 ? ep->p0 : (t > ep->p1 ? ep->p1 : t);
-            else if (ep->act == 3) t = t >= 0 ? t : t * ep->p0;
-            else if (ep->act == 4 || ep->act == 5) {
-                float h = ep->act == 4 ? t * ep->p0 + ep->p1 : t * (1.0f / 6.0f) + 0.5f;
-                h = h < 0 ? 0 : h;
-                h = h > 1 ? 1 : h;
-                t = ep->act == 4 ? h : t * h;
-            }
+            t = wb512_act1(t, ep);
             if (ep->post_scale != NULL) {
                 ptrdiff_t ch = ep->bias_per_row ? row0 + i : col0 + j;
                 t = t * ep->post_scale[ch] + ep->post_shift[ch];

@@ -25,11 +25,6 @@
 
 #include "wb_gemm_bf16.h"
 
-typedef struct {
-    ptrdiff_t n, h, w, c, oh, ow;
-    int kh, kw, sh, sw, dh, dw, pt, pl;
-} wbd_geo;
-
 /* Floats of the packed weights (taps x 32-channel blocks x 32) and of the packed bias. */
 static inline ptrdiff_t wbd_packed_floats(ptrdiff_t taps, ptrdiff_t c) { return taps * ((c + 31) / 32) * 32; }
 
@@ -81,7 +76,7 @@ WBB_AI void wbd_store32(wbd_pair a, const wb512_epi* e, void* out, int f32, ptrd
 #define WBD_P 4
 
 #define WBD_SLIDE(KW, S)                                                                               \
-    static void wbd_px8_##KW##_##S(const wbd_geo* g, const uint16_t* x, const float* w, const float* bias, \
+    static void wbd_px8_##KW##_##S(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, \
                                    void* out, int f32, const wb512_epi* e, ptrdiff_t b, ptrdiff_t oy,   \
                                    ptrdiff_t ox, int cnt, ptrdiff_t c0, __mmask32 m, int kh0, int kh1) { \
         enum { N = (WBD_P - 1) * (S) + (KW) };                                                         \
@@ -121,11 +116,11 @@ WBD_SLIDE(3, 2)
 WBD_SLIDE(5, 1)
 WBD_SLIDE(5, 2)
 
-typedef void (*wbd_px8_fn)(const wbd_geo*, const uint16_t*, const float*, const float*, void*, int,
+typedef void (*wbd_px8_fn)(const wbb_geo*, const uint16_t*, const float*, const float*, void*, int,
                            const wb512_epi*, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, ptrdiff_t, __mmask32, int, int);
 
 /* The sliding form for this layer's kernel width and stride, or NULL. */
-static inline wbd_px8_fn wbd_slide(const wbd_geo* g) {
+static inline wbd_px8_fn wbd_slide(const wbb_geo* g) {
     if (g->dw != 1) return NULL;
     if (g->kw == 3) return g->sw == 1 ? wbd_px8_3_1 : g->sw == 2 ? wbd_px8_3_2 : NULL;
     if (g->kw == 5) return g->sw == 1 ? wbd_px8_5_1 : g->sw == 2 ? wbd_px8_5_2 : NULL;
@@ -133,7 +128,7 @@ static inline wbd_px8_fn wbd_slide(const wbd_geo* g) {
 }
 
 /* One pixel, channels c0..c0+31 under m, the taps inside the image only. */
-static void wbd_px1(const wbd_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
+static void wbd_px1(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
                     const wb512_epi* e, ptrdiff_t b, ptrdiff_t oy, ptrdiff_t ox, ptrdiff_t c0, __mmask32 m,
                     int kh0, int kh1, int kw0, int kw1) {
     ptrdiff_t row = (g->c + 31) / 32 * 32;
@@ -164,7 +159,7 @@ static inline void wbd_taps(ptrdiff_t o, int stride, int pad, int k, int dil, pt
 
 /* Output row `row` (b * oh + oy) of the convolution: x (n, h, w, c) bfloat16, w and bias packed
  * by wbd_pack (bias as one tap), out (n, oh, ow, c) bfloat16 or float32. */
-static inline void wbd_row(const wbd_geo* g, const uint16_t* x, const float* w, const float* bias, void* out,
+static inline void wbd_row(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out,
                            int f32, const wb512_epi* e, ptrdiff_t row) {
     ptrdiff_t b = row / g->oh, oy = row % g->oh, ox, c0;
     int kh0, kh1, kw0, kw1;
@@ -197,7 +192,7 @@ static inline void wbd_row(const wbd_geo* g, const uint16_t* x, const float* w, 
                     ptrdiff_t iy = oy * g->sh - g->pt + ki * g->dh, ix = ox * g->sw - g->pl + kj * g->dw;
                     t += wbb_widen(x[((b * g->h + iy) * g->w + ix) * g->c + c0]) * w[(ki * g->kw + kj) * prow + s];
                 }
-            t = wbb_act1(t, e);
+            t = wb512_act1(t, e);
             ptrdiff_t at = ((b * g->oh + oy) * g->ow + ox) * g->c + c0;
             if (f32)
                 ((float*)out)[at] = t;

@@ -148,6 +148,11 @@ WBB_AI __m512i wbb_pair(const uint16_t* p) {
         c##i##0 = _mm512_dpbf16_ps(c##i##0, (__m512bh)a_, (__m512bh)b0); \
         c##i##1 = _mm512_dpbf16_ps(c##i##1, (__m512bh)a_, (__m512bh)b1); \
     }
+/* The panel's column masks and bias, before the WBB_FINISH of each row. */
+#define WBB_EPILOGUE_SETUP \
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr); \
+    __m512 bv0 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m0, ep->bias + col0) : _mm512_setzero_ps(); \
+    __m512 bv1 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16) : _mm512_setzero_ps();
 #define WBB_FINISH(i) \
     if (i < mr) \
         wbb_finish(c##i##0, c##i##1, ep, row0 + i, col0, bv0, bv1, m0, m1, \
@@ -190,12 +195,7 @@ static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, in
         WBB_ROW(8, _mm512_set1_epi32(a8[l])) WBB_ROW(9, _mm512_set1_epi32(a9[l]))
         WBB_ROW(10, _mm512_set1_epi32(a10[l])) WBB_ROW(11, _mm512_set1_epi32(a11[l]))
     }
-    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
-    __m512 bv0 = _mm512_setzero_ps(), bv1 = bv0;
-    if (ep->bias != NULL) {
-        bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
-        bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
-    }
+    WBB_EPILOGUE_SETUP
     WBB_FINISH(0) WBB_FINISH(1) WBB_FINISH(2) WBB_FINISH(3) WBB_FINISH(4) WBB_FINISH(5)
     WBB_FINISH(6) WBB_FINISH(7) WBB_FINISH(8) WBB_FINISH(9) WBB_FINISH(10) WBB_FINISH(11)
 }
@@ -223,29 +223,10 @@ static inline void wbb_micro4(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int
         WBB_ROW(0, _mm512_set1_epi32(a0[l])) WBB_ROW(1, _mm512_set1_epi32(a1[l]))
         WBB_ROW(2, _mm512_set1_epi32(a2[l])) WBB_ROW(3, _mm512_set1_epi32(a3[l]))
     }
-    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
-    __m512 bv0 = _mm512_setzero_ps(), bv1 = bv0;
-    if (ep->bias != NULL) {
-        bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
-        bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
-    }
+    WBB_EPILOGUE_SETUP
     WBB_FINISH(0) WBB_FINISH(1) WBB_FINISH(2) WBB_FINISH(3)
 }
 #endif
-
-/* Scalar activation codes 0-5 (wb512_epi_block's), for the baseline build. */
-static inline float wbb_act1(float t, const wb512_epi* e) {
-    if (e->act == 1) t = t < 0 ? 0 : t;   /* NaN stays NaN */
-    else if (e->act == 2) t = t < e->p0 ? e->p0 : (t > e->p1 ? e->p1 : t);
-    else if (e->act == 3) t = t >= 0 ? t : t * e->p0;
-    else if (e->act == 4 || e->act == 5) {
-        float h = e->act == 4 ? t * e->p0 + e->p1 : t * (1.0f / 6.0f) + 0.5f;
-        h = h < 0 ? 0 : h;
-        h = h > 1 ? 1 : h;
-        t = e->act == 4 ? h : t * h;
-    }
-    return t;
-}
 
 /* Activation codes the epilogue applies in this build. */
 static inline int wbb_handles(int act) { return WBB_NATIVE ? wb512_epi_handles(act) : (act >= 0 && act <= 5); }
@@ -280,7 +261,7 @@ static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdif
                     if (ep->bias != NULL) t += ep->bias[col];
                     const uint16_t* rr = ep->res != NULL ? ep->res + (i + r) * ep->ld_res + col : NULL;
                     if (rr != NULL && !ep->res_post) t += wbb_widen(*rr);
-                    t = wbb_act1(t, &ep->e);
+                    t = wb512_act1(t, &ep->e);
                     if (ep->e.post_scale != NULL) t = t * ep->e.post_scale[col] + ep->e.post_shift[col];
                     if (rr != NULL && ep->res_post) t += wbb_widen(*rr);
                     if (f32)
@@ -293,14 +274,15 @@ static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdif
     }
 }
 
-/* Rows i0..i1-1 of an NHWC image's im2col matrix into dst (row r at dst + (r - i0) * k): the
- * taps of output pixel i in the order (kernel row, kernel column, channel), k = kh * kw * c,
- * zeros where a tap falls in the padding.  x: (n, h, w, c) bfloat16; the output is (n, oh, ow). */
+/* A convolution on an NHWC image x (n, h, w, c) giving (n, oh, ow, ...). */
 typedef struct {
     ptrdiff_t n, h, w, c, oh, ow;
     int kh, kw, sh, sw, dh, dw, pt, pl;
 } wbb_geo;
 
+/* Rows i0..i1-1 of an NHWC image's im2col matrix into dst (row r at dst + (r - i0) * k): the
+ * taps of output pixel i in the order (kernel row, kernel column, channel), k = kh * kw * c,
+ * zeros where a tap falls in the padding. */
 static inline void wbb_im2col(const wbb_geo* g, const uint16_t* x, ptrdiff_t i0, ptrdiff_t i1, uint16_t* dst) {
     ptrdiff_t i, c = g->c;
     for (i = i0; i < i1; i++) {

@@ -36,16 +36,20 @@ def _kernels():
     return mod if mod is not None and mod.available else None
 
 
-class _Bf16Conv(_ConvGemm, register=False):
+class _Bf16:
+    """What every routine here shares: its data type and layout, and the build it needs."""
     dtype = "bfloat16"
     layout = NHWC
     uses_blas = False
-    post_affine = True
     requires = REQUIRES
 
     @classmethod
     def available(cls):
         return _kernels() is not None
+
+
+class _Bf16Conv(_Bf16, _ConvGemm, register=False):
+    post_affine = True
 
     @classmethod
     def applies(cls, layer, specs):
@@ -125,22 +129,14 @@ class NhwcIm2colBf16F32Out(_F32Out, NhwcIm2colBf16):
     priority = 11.7
 
 
-class NhwcDepthwiseBf16(Routine):
+class NhwcDepthwiseBf16(_Bf16, Routine):
     """Depthwise convolutions on bfloat16 images (``wb_dw_bf16.h``): the input widened as it is
     loaded, float32 weights and sums, one rounding at the store.  No fused residual or
     post-activation affine (the float32 routines keep those layers)."""
 
     op = "Conv"
-    dtype = "bfloat16"
-    layout = NHWC
     algo = "depthwise_bf16"
-    uses_blas = False
     priority = 10
-    requires = REQUIRES
-
-    @classmethod
-    def available(cls):
-        return _kernels() is not None
 
     @classmethod
     def applies(cls, layer, specs):

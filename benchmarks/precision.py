@@ -1,0 +1,120 @@
+"""Our float32-only plan against our bfloat16-allowed plan, and OpenVINO bf16, side by side.
+
+    python benchmarks/precision.py [--models zoo real | NAME ...] [--runs 30] [--threads 2] [--db PATH]
+                                   [--out DIR]
+
+Each model is tuned twice through the same profile database: float32 only, and with bfloat16
+allowed (``Session.tune(precisions=["bfloat16"])``).  Both plans, ONNX Runtime fp32 and OpenVINO
+with INFERENCE_PRECISION_HINT=bf16 (when installed) run in one process, in interleaved rounds
+with idle pauses (:func:`workbench.tuning.measure.measure_latencies`).  Reported per model: the
+medians, the mixed plan's speed-up over the float32 one and its ratio to OpenVINO bf16, how many
+layers went to bfloat16 and how many casts the plan pays, and the error of the mixed plan and of
+OpenVINO bf16, both against ONNX Runtime fp32 on the same three seeded inputs (max error over
+the output's peak, cosine, top-1 agreement).  Writes ``DIR/precision.{md,json}``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import peers  # noqa: E402
+
+from workbench.bench import engines  # noqa: E402
+from workbench.runtime.interpreter import random_inputs  # noqa: E402
+from workbench.tuning.measure import measure_latencies  # noqa: E402
+from workbench.tuning.precision import compare  # noqa: E402
+from workbench.tuning.profiledb import ProfileDatabase, default_path  # noqa: E402
+
+COLUMNS = [("model", "model"), ("fp32_ms", "ours fp32 ms"), ("mixed_ms", "ours bf16 allowed ms"),
+           ("speedup", "speed-up"), ("ort_ms", "ORT fp32 ms"), ("ov_bf16_ms", "OV bf16 ms"),
+           ("vs_ov_bf16", "bf16 allowed / OV bf16"), ("bf16_layers", "bf16 layers"), ("casts", "casts"),
+           ("err", "ours err/peak"), ("cos", "ours cosine"), ("top1", "ours top-1"),
+           ("ov_err", "OV bf16 err/peak"), ("ov_cos", "OV bf16 cosine"), ("ov_top1", "OV bf16 top-1")]
+
+
+def _errors(session, model, ov, threads, seeds=3):
+    """Our plan's and OpenVINO bf16's errors against ORT fp32, on the same seeded inputs."""
+    ours, ort_out, ov_out = [], [], []
+    for seed in range(seeds):
+        feeds = random_inputs(session.graph, seed)   # NCHW: what the peers take
+        ort = engines.onnxruntime(model, feeds, threads)
+        ort_out.append(ort.outputs())
+        mine = session.run({k: v.transpose(0, 2, 3, 1).copy() if session.io_format != "nchw" and v.ndim == 4 else v
+                            for k, v in feeds.items()})
+        ours.append(engines.to_nchw(mine, session.graph, session.io_format))
+        if ov is not None:
+            got = engines.openvino(model, feeds, threads, precision="bf16").outputs()
+            ov_out.append({k: got[k] for k in ort_out[-1]})
+    return compare(ours, ort_out), (compare(ov_out, ort_out) if ov_out else None)
+
+
+def _row(name, args, db):
+    fp32, model, _ = peers._open(name, args.threads, db)
+    mixed, _, _ = peers._open(name, args.threads, db, ("float32", "bfloat16"))
+    feeds = fp32.random_inputs()
+    nchw = random_inputs(fp32.graph)
+    runners = {"fp32": (lambda m=fp32.compile(): m.run(feeds)), "mixed": (lambda m=mixed.compile(): m.run(feeds))}
+    ort = engines.onnxruntime(model, nchw, args.threads)
+    ov = engines.openvino(model, nchw, args.threads, precision="bf16")
+    runners["ort"] = ort.run
+    if ov is not None:
+        runners["ov_bf16"] = ov.run
+    lat = {k: v.median * 1e3 for k, v in measure_latencies(runners, args.runs).items()}
+    err, ov_err = _errors(mixed, model, ov, args.threads)
+    row = dict(model=name, fp32_ms=lat["fp32"], mixed_ms=lat["mixed"], speedup=lat["fp32"] / lat["mixed"],
+               ort_ms=lat["ort"], ov_bf16_ms=lat.get("ov_bf16"),
+               vs_ov_bf16=lat["mixed"] / lat["ov_bf16"] if "ov_bf16" in lat else None,
+               bf16_layers=sum(":bfloat16:" in d for d in mixed.plan.choice.values()),
+               casts=sum(a.dtype != b.dtype for _, a, b in mixed.plan.adapts),
+               err=err.max_rel, cos=err.cosine, top1=err.top1)
+    if ov_err is not None:
+        row.update(ov_err=ov_err.max_rel, ov_cos=ov_err.cosine, ov_top1=ov_err.top1)
+    return row
+
+
+def _fmt(key, v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.6f}" if key in ("cos", "ov_cos") else f"{v:.4f}" if key in ("err", "ov_err") else f"{v:.2f}"
+    return str(v)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["zoo", "real"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--db", default=None)
+    p.add_argument("--out", default="artifacts/benchmarks")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    db = ProfileDatabase(path=Path(args.db) if args.db else default_path(), num_threads=args.threads)
+    rows, notes = [], []
+    for name in peers._models(args.models):
+        print(f"== {name}", flush=True)
+        try:
+            rows.append(_row(name, args, db))
+        except Exception as e:   # noqa: BLE001 - one model that cannot run must not stop the others
+            notes.append(f"{name}: not benchmarked: {type(e).__name__}: {e}")
+        print(rows[-1] if rows and rows[-1]["model"] == name else notes[-1], flush=True)
+        gc.collect()
+    lines = [f"# Precision: {args.threads} threads, batch 1, medians of {args.runs} interleaved rounds", "",
+             "Errors against ONNX Runtime fp32 on three seeded inputs (max error over the output's peak, cosine, "
+             "top-1 agreement where the output has a class axis).", "",
+             "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    lines += [f"- {n}" for n in notes]
+    (out / "precision.md").write_text("\n".join(lines) + "\n")
+    (out / "precision.json").write_text(json.dumps({"rows": rows, "notes": notes, "args": vars(args)}, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,16 +50,16 @@ cdef extern from "wb_gemm_bf16.h" nogil:
     ctypedef struct wbb_epi:
         wb512_epi e
         const float* bias
-        const uint16_t* res
+        const void* res
         Py_ssize_t ld_res
-        int res_post
+        int res_post, res_f32
     Py_ssize_t wbb_packed_words(Py_ssize_t k, Py_ssize_t n)
     void wbb_pack(Py_ssize_t k, Py_ssize_t n, const float* w, uint16_t* dst, Py_ssize_t p0, Py_ssize_t p1)
     int wbb_handles(int act)
     ctypedef struct wbb_geo:
         Py_ssize_t n, h, w, c, oh, ow
         int kh, kw, sh, sw, dh, dw, pt, pl
-    void wbb_im2col(const wbb_geo* g, const uint16_t* x, Py_ssize_t i0, Py_ssize_t i1, uint16_t* dst)
+    void wbb_im2col(const wbb_geo* g, const void* x, int x_f32, Py_ssize_t i0, Py_ssize_t i1, uint16_t* dst)
     void wbb_block(Py_ssize_t n, Py_ssize_t k, const uint16_t* a, Py_ssize_t lda, const uint16_t* pb, void* c,
                    Py_ssize_t ldc, int f32, const wbb_epi* ep, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t p0,
                    Py_ssize_t p1)
@@ -117,23 +117,23 @@ def pack(w):
 
 cdef struct _Ctx:
     Py_ssize_t m, n, k, lda, ldc, row_tile, panels_per_job, col_jobs, panels
-    const uint16_t* a
+    const void* a
     const uint16_t* pb
     void* c
-    int f32
+    int f32, a_f32       # C is float32; A is float32 (rounded to bfloat16 as each job gathers it)
     wbb_epi ep
-    wbb_geo geo          # conv_im2col: the convolution; a is the input image
-    uint16_t* scratch    # conv_im2col: row_tile * k words per thread slot
+    wbb_geo geo          # with scratch: the convolution whose im2col rows A is (a plain matrix: 1x1 on a 1 x m image)
+    uint16_t* scratch    # row_tile * k words per thread slot: each job gathers its rows of A there
 
 
 cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef _Ctx* g = <_Ctx*> ctx
     cdef Py_ssize_t i0 = job // g.col_jobs * g.row_tile, p0 = job % g.col_jobs * g.panels_per_job
     cdef Py_ssize_t i1 = min(i0 + g.row_tile, g.m)
-    cdef const uint16_t* a = g.a + i0 * g.lda
+    cdef const uint16_t* a = <const uint16_t*> g.a + i0 * g.lda
     if g.scratch != NULL:
         a = g.scratch + slot * g.row_tile * g.k
-        wbb_im2col(&g.geo, g.a, i0, i1, <uint16_t*> a)
+        wbb_im2col(&g.geo, g.a, g.a_f32, i0, i1, <uint16_t*> a)
     wbb_block(g.n, g.k, a, g.lda, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0, min(p0 + g.panels_per_job, g.panels))
 
 
@@ -160,7 +160,8 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     if post is not None and not 0 <= act <= 5:
         raise ValueError(f"gemm_bf16: a post-activation affine needs activation code 0 to 5, got {act}")
     if residual is not None:
-        residual = _array(residual, "residual", BF16)
+        residual = _array(residual, "residual", residual.dtype if isinstance(residual, np.ndarray)
+                          and residual.dtype in (BF16, np.float32) else BF16)
         if residual.shape != out.shape:
             raise ValueError(f"gemm_bf16: residual {residual.shape} must have the output's shape {out.shape}")
     for what, v in (("input", a), ("packed weights", wp), ("residual", residual), ("bias", bias)):
@@ -169,13 +170,15 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     if m > 0 and n > 0 and k == 0:
         raise ValueError("gemm_bf16: depth 0")
     g.m, g.n, g.k, g.lda, g.ldc = m, n, k, k, n
-    g.a, g.pb, g.c, g.f32 = <const uint16_t*> _ptr(a), <const uint16_t*> _ptr(wp), _ptr(out), out.dtype == np.float32
+    g.a, g.pb, g.c, g.f32 = _ptr(a), <const uint16_t*> _ptr(wp), _ptr(out), out.dtype == np.float32
+    g.a_f32 = a.dtype == np.float32
     g.scratch = NULL
     g.ep.e.bias, g.ep.e.bias_per_row, g.ep.e.res, g.ep.e.ld_res = NULL, 0, NULL, 0
     g.ep.e.act, g.ep.e.p0, g.ep.e.p1, g.ep.e.res_post = act, p0, p1, 0
     g.ep.e.post_scale = <const float*> _ptr(None if post is None else post[0])
     g.ep.e.post_shift = <const float*> _ptr(None if post is None else post[1])
-    g.ep.bias, g.ep.res, g.ep.ld_res, g.ep.res_post = <const float*> _ptr(bias), <const uint16_t*> _ptr(residual), n, res_post
+    g.ep.bias, g.ep.res, g.ep.ld_res, g.ep.res_post = <const float*> _ptr(bias), _ptr(residual), n, res_post
+    g.ep.res_f32 = residual is not None and residual.dtype == np.float32
     g.panels = (n + WBB_NR - 1) // WBB_NR
     # Row tiles first; where they are too few to give every thread 3 jobs, shorter tiles, then
     # the panels split into groups as well.
@@ -208,22 +211,40 @@ def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1
     """``out = act(a @ B + bias + residual) * scale + shift`` (``post = (scale, shift)``; with
     ``res_post`` the residual comes last).
 
-    ``a`` (..., k) bfloat16; ``out`` (..., n), bfloat16 or float32, with ``a``'s leading shape (an
-    NHWC image's pixels, or a matrix's rows); ``wp`` B packed by :func:`pack` for that k and n;
-    ``bias``, ``scale``, ``shift`` float32 (n,) or None; ``residual`` bfloat16 of ``out``'s shape,
-    or None.  Activation codes as ``routines/epilogue.py`` (:func:`handles` says which this build
+    ``a`` (..., k) bfloat16, or float32 (rounded to bfloat16 as each job gathers its rows); ``out``
+    (..., n), bfloat16 or float32, with ``a``'s leading shape (an NHWC image's pixels, or a
+    matrix's rows); ``wp`` B packed by :func:`pack` for that k and n; ``bias``, ``scale``,
+    ``shift`` float32 (n,) or None; ``residual`` of ``out``'s shape, bfloat16 or float32, or None.  Activation codes as ``routines/epilogue.py`` (:func:`handles` says which this build
     applies).  Returns ``out``.
     """
-    a, out = _array(a, "input", BF16), _output(out)
+    a, out = _input(a), _output(out)
     lead = a.ndim - 1
     if a.ndim < 1 or out.ndim != a.ndim or tuple(out.shape)[:lead] != tuple(a.shape)[:lead]:
         raise ValueError(f"gemm_bf16: input {a.shape} and output {out.shape} must share all but the last axis")
     cdef _Ctx g
-    _setup(&g, a, wp, out, int(np.prod(tuple(a.shape)[:lead])), a.shape[lead], bias, residual, act, p0, p1, post,
-           res_post, num_threads, ROW_TILE)
+    cdef Py_ssize_t m = int(np.prod(tuple(a.shape)[:lead])), k = a.shape[lead]
+    _setup(&g, a, wp, out, m, k, bias, residual, act, p0, p1, post, res_post, num_threads,
+           ROW_TILE if a.dtype == BF16 else _gather_tile(k))
+    if g.a_f32:   # rounded to bfloat16 row tile by row tile: a 1x1 convolution of a 1 x m image
+        g.geo.n, g.geo.h, g.geo.w, g.geo.c, g.geo.oh, g.geo.ow = 1, 1, m, k, 1, m
+        g.geo.kh = g.geo.kw = g.geo.sh = g.geo.sw = g.geo.dh = g.geo.dw = 1
+        g.geo.pt = g.geo.pl = 0
+        g.scratch = <uint16_t*> _ptr(_scratch(num_threads * g.row_tile * k))
     with nogil:
         _run(&g, num_threads)
     return out
+
+
+def _input(a):
+    """A bfloat16 input, or a float32 one (each job rounds its rows to bfloat16 as it gathers them)."""
+    if isinstance(a, np.ndarray) and a.dtype == np.float32:
+        return _array(a, "input", np.float32)
+    return _array(a, "input", BF16)
+
+
+cdef Py_ssize_t _gather_tile(Py_ssize_t k):
+    """Rows of a gathered tile: about 256 KiB of bfloat16, so that it stays in L2 beside the weight panel."""
+    return max(WBB_MR, (1 << 17) // max(k, 1) // WBB_MR * WBB_MR)
 
 
 cdef int _geometry(wbb_geo* g, x, out, kernel, strides, dilations, pads, what, Py_ssize_t out_channels) except -1:
@@ -260,17 +281,15 @@ def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residua
                 double p1=0, post=None, bint res_post=False, int num_threads=1):
     """A group-1 NHWC convolution: each job gathers its rows of the im2col matrix (taps in the
     order kernel row, kernel column, channel) into its thread's scratch, then :func:`gemm`'s
-    product and epilogue.  ``x`` (N, H, W, C) bfloat16; ``out`` (N, OH, OW, M) bfloat16 or
+    product and epilogue.  ``x`` (N, H, W, C) bfloat16 or float32 (rounded as it is gathered); ``out`` (N, OH, OW, M) bfloat16 or
     float32; ``wp`` the (M, KH*KW*C) weights packed by :func:`pack`; ``pads`` (top, left, bottom,
     right); the rest as :func:`gemm`."""
-    x, out = _array(x, "input", BF16), _output(out)
+    x, out = _input(x), _output(out)
     cdef _Ctx g
     _geometry(&g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
     n, oh, ow, c, kh, kw = g.geo.n, g.geo.oh, g.geo.ow, g.geo.c, g.geo.kh, g.geo.kw
     cdef Py_ssize_t k = kh * kw * c
-    # A tile of about 256 KiB of gathered taps, so that it stays in L2 beside the weight panel.
-    _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads,
-           max(WBB_MR, (1 << 17) // max(k, 1) // WBB_MR * WBB_MR))
+    _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads, _gather_tile(k))
     scratch = _scratch(num_threads * g.row_tile * k)
     g.scratch = <uint16_t*> _ptr(scratch)
     with nogil:

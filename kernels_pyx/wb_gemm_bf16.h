@@ -12,7 +12,7 @@
  * last row and are never stored.
  *
  * The epilogue runs on the float32 sums in registers before the store: bias (per column), the
- * bfloat16 residual (before the activation, or after it and the affine when res_post), the
+ * residual (bfloat16 or float32) (before the activation, or after it and the affine when res_post), the
  * activation and the post-activation affine of sgemm_epi512.h, then a rounding to bfloat16
  * (nearest, ties to even; VCVTNEPS2BF16 keeps NaN a NaN) or a float32 store.
  *
@@ -83,14 +83,19 @@ static inline void wbb_pack(ptrdiff_t k, ptrdiff_t n, const float* w, uint16_t* 
 }
 
 /* The epilogue: wb512_epi's activation and affine (its bias_per_row 0, res NULL) plus a
- * bfloat16 residual of C's shape (leading dimension ld_res) and the bias. */
+ * residual of C's shape (leading dimension ld_res; bfloat16, or float32 when res_f32) and the bias. */
 typedef struct {
     wb512_epi e;
     const float* bias;
-    const uint16_t* res;
+    const void* res;
     ptrdiff_t ld_res;
-    int res_post;
+    int res_post, res_f32;
 } wbb_epi;
+
+/* Element `at` of the residual, as float32. */
+static inline float wbb_res1(const wbb_epi* ep, ptrdiff_t at) {
+    return ep->res_f32 ? ((const float*)ep->res)[at] : wbb_widen(((const uint16_t*)ep->res)[at]);
+}
 
 #if WBB_NATIVE
 #define WBB_AI static inline __attribute__((always_inline))
@@ -116,21 +121,31 @@ WBB_AI void wbb_store_row(void* c, int f32, __m512 v0, __m512 v1, __mmask16 m0, 
 /* The epilogue on row `row` (absolute) of a block, columns col0.., then the store. */
 WBB_AI void wbb_finish(__m512 v0, __m512 v1, const wbb_epi* ep, ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
                        __m512 bv1, __mmask16 m0, __mmask16 m1, void* c, int f32) {
-    const uint16_t* rr = ep->res != NULL ? ep->res + row * ep->ld_res + col0 : NULL;
+    __m512 r0 = _mm512_setzero_ps(), r1 = r0;
+    if (ep->res != NULL) {
+        ptrdiff_t at = row * ep->ld_res + col0;
+        if (ep->res_f32) {
+            r0 = _mm512_maskz_loadu_ps(m0, (const float*)ep->res + at);
+            r1 = _mm512_maskz_loadu_ps(m1, (const float*)ep->res + at + 16);
+        } else {
+            r0 = wbb_load16((const uint16_t*)ep->res + at, m0);
+            r1 = wbb_load16((const uint16_t*)ep->res + at + 16, m1);
+        }
+    }
     if (ep->bias != NULL) {
         v0 = _mm512_add_ps(v0, bv0);
         v1 = _mm512_add_ps(v1, bv1);
     }
-    if (rr != NULL && !ep->res_post) {
-        v0 = _mm512_add_ps(v0, wbb_load16(rr, m0));
-        v1 = _mm512_add_ps(v1, wbb_load16(rr + 16, m1));
+    if (ep->res != NULL && !ep->res_post) {
+        v0 = _mm512_add_ps(v0, r0);
+        v1 = _mm512_add_ps(v1, r1);
     }
     wb512_act(&v0, &v1, &ep->e, m1);
     if (ep->e.post_scale != NULL)
         wb512_post(&v0, &v1, &ep->e, row, col0, m0, m1);
-    if (rr != NULL && ep->res_post) {
-        v0 = _mm512_add_ps(v0, wbb_load16(rr, m0));
-        v1 = _mm512_add_ps(v1, wbb_load16(rr + 16, m1));
+    if (ep->res != NULL && ep->res_post) {
+        v0 = _mm512_add_ps(v0, r0);
+        v1 = _mm512_add_ps(v1, r1);
     }
     wbb_store_row(c, f32, v0, v1, m0, m1);
 }
@@ -259,11 +274,11 @@ static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdif
                     for (q = 0; q < k; q++)
                         t += wbb_widen(ar[q]) * wbb_widen(bp[(q / 2) * 2 * WBB_NR + 2 * j + (q & 1)]);
                     if (ep->bias != NULL) t += ep->bias[col];
-                    const uint16_t* rr = ep->res != NULL ? ep->res + (i + r) * ep->ld_res + col : NULL;
-                    if (rr != NULL && !ep->res_post) t += wbb_widen(*rr);
+                    ptrdiff_t at = (i + r) * ep->ld_res + col;
+                    if (ep->res != NULL && !ep->res_post) t += wbb_res1(ep, at);
                     t = wb512_act1(t, &ep->e);
                     if (ep->e.post_scale != NULL) t = t * ep->e.post_scale[col] + ep->e.post_shift[col];
-                    if (rr != NULL && ep->res_post) t += wbb_widen(*rr);
+                    if (ep->res != NULL && ep->res_post) t += wbb_res1(ep, at);
                     if (f32)
                         ((float*)cb)[r * ldc + j] = t;
                     else
@@ -280,23 +295,42 @@ typedef struct {
     int kh, kw, sh, sw, dh, dw, pt, pl;
 } wbb_geo;
 
+/* n float32 values to bfloat16, round to nearest even (NaN kept). */
+static inline void wbb_narrow(const float* src, uint16_t* dst, ptrdiff_t n) {
+    ptrdiff_t j = 0;
+#if WBB_NATIVE
+    for (; j + 16 <= n; j += 16)
+        _mm256_storeu_si256((__m256i*)(dst + j), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + j)));
+    if (j < n) {
+        __mmask16 m = (__mmask16)((1u << (n - j)) - 1);
+        _mm256_mask_storeu_epi16(dst + j, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + j)));
+        j = n;
+    }
+#endif
+    for (; j < n; j++) dst[j] = wbb_round(src[j]);
+}
+
 /* Rows i0..i1-1 of an NHWC image's im2col matrix into dst (row r at dst + (r - i0) * k): the
  * taps of output pixel i in the order (kernel row, kernel column, channel), k = kh * kw * c,
- * zeros where a tap falls in the padding. */
-static inline void wbb_im2col(const wbb_geo* g, const uint16_t* x, ptrdiff_t i0, ptrdiff_t i1, uint16_t* dst) {
+ * zeros where a tap falls in the padding.  x is bfloat16, or float32 (x_f32), rounded to
+ * bfloat16 here: a float32 image is multiplied in bfloat16 without a cast adapt before it. */
+static inline void wbb_im2col(const wbb_geo* g, const void* x, int x_f32, ptrdiff_t i0, ptrdiff_t i1,
+                              uint16_t* dst) {
     ptrdiff_t i, c = g->c;
     for (i = i0; i < i1; i++) {
         ptrdiff_t b = i / (g->oh * g->ow), p = i % (g->oh * g->ow), oy = p / g->ow, ox = p % g->ow;
-        const uint16_t* img = x + b * g->h * g->w * c;
+        ptrdiff_t img = b * g->h * g->w * c;
         int ki, kj;
         for (ki = 0; ki < g->kh; ki++) {
             ptrdiff_t iy = oy * g->sh - g->pt + ki * g->dh;
             for (kj = 0; kj < g->kw; kj++, dst += c) {
-                ptrdiff_t ix = ox * g->sw - g->pl + kj * g->dw;
+                ptrdiff_t ix = ox * g->sw - g->pl + kj * g->dw, at = img + (iy * g->w + ix) * c;
                 if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)
                     memset(dst, 0, (size_t)c * 2);
+                else if (x_f32)
+                    wbb_narrow((const float*)x + at, dst, c);
                 else
-                    memcpy(dst, img + (iy * g->w + ix) * c, (size_t)c * 2);
+                    memcpy(dst, (const uint16_t*)x + at, (size_t)c * 2);
             }
         }
     }

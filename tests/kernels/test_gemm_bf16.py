@@ -60,20 +60,24 @@ def test_native_build_where_the_cpu_has_it():
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(m=st.integers(1, 60), k=st.integers(1, 80), n=st.integers(1, 70), lead=st.sampled_from([(), (1,), (2, 1)]),
        code=st.sampled_from([0, 1, 2, 3, 4, 5]), bias=st.booleans(), res=st.sampled_from([None, "pre", "post"]),
-       post=st.booleans(), f32=st.booleans(), build=st.sampled_from(BUILDS), threads=st.sampled_from([1, 2]))
-def test_matches_numpy(m, k, n, lead, code, bias, res, post, f32, build, threads):
+       post=st.booleans(), f32=st.booleans(), in32=st.booleans(), build=st.sampled_from(BUILDS),
+       threads=st.sampled_from([1, 2]))
+def test_matches_numpy(m, k, n, lead, code, bias, res, post, f32, in32, build, threads):
+    """``in32``: the input arrives in float32 (rounded to bfloat16 as it is gathered), and so does
+    the residual."""
     mod = _module(build)
     rng = np.random.default_rng(m * 1000 + k * 10 + n)
-    a = rng.standard_normal(lead + (m, k)).astype(BF16)
+    a32 = rng.standard_normal(lead + (m, k)).astype(np.float32)
+    a = a32.astype(BF16)
     w = rng.standard_normal((n, k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32) if bias else None
-    r = rng.standard_normal(lead + (m, n)).astype(BF16) if res else None
+    r = rng.standard_normal(lead + (m, n)).astype(np.float32 if in32 else BF16) if res else None
     pa = (rng.uniform(0.5, 2, n).astype(np.float32), rng.standard_normal(n).astype(np.float32)) if post else None
     p0, p1 = {2: (-0.5, 1.5), 3: (0.1, 0), 4: (0.2, 0.5)}.get(code, (0, 0))
     out = np.full(lead + (m, n), np.nan, np.float32 if f32 else BF16)
     wp = mod.pack(w)
     assert wp.dtype == np.uint16 and wp.size == mod.packed_words(k, n)
-    assert mod.gemm(a, wp, out, b, r, code, p0, p1, pa, res == "post", threads) is out
+    assert mod.gemm(a32 if in32 else a, wp, out, b, r, code, p0, p1, pa, res == "post", threads) is out
     ref, bound = _reference(a, w, b, r, code, p0, p1, pa, res == "post")
     got = out.astype(np.float32)
     if not f32:   # one rounding to bfloat16 on top: half an ulp of 8 bits
@@ -111,7 +115,7 @@ def test_bad_arguments_are_refused(build):
     mod = _module(build)
     a, w = np.ones((4, 8), BF16), mod.pack(np.ones((3, 8), np.float32))
     with pytest.raises(TypeError, match="input must be bfloat16"):
-        mod.gemm(np.ones((4, 8), np.float32), w, np.empty((4, 3), BF16))
+        mod.gemm(np.ones((4, 8), np.float64), w, np.empty((4, 3), BF16))
     with pytest.raises(ValueError, match="packed weights hold"):
         mod.gemm(a, mod.pack(np.ones((3, 6), np.float32)), np.empty((4, 3), BF16))
     with pytest.raises(ValueError, match="share all but the last axis"):
@@ -187,7 +191,9 @@ def test_im2col_convolution_matches_numpy(h, c, m, k, s, pad, d, build, threads)
     wp = mod.pack(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(m, -1)))
     ref = _conv_reference(x.astype(np.float32), wt.astype(BF16).astype(np.float32), (s, s), (pad,) * 4, (d, d))
     out = np.empty(ref.shape, np.float32)
-    mod.conv_im2col(x, wp, out, (k, k), (s, s), (d, d), (pad,) * 4, num_threads=threads)
+    # a float32 image whose values round to x: gathered and rounded, the same product
+    x32 = x.astype(np.float32) + (rng.uniform(-0.4, 0.4, x.shape) * np.abs(x.astype(np.float32)) * 2.0 ** -8).astype(np.float32)
+    mod.conv_im2col(x32 if (h + c) % 2 else x, wp, out, (k, k), (s, s), (d, d), (pad,) * 4, num_threads=threads)
     bound = 2e-6 * _conv_reference(np.abs(x.astype(np.float32)), np.abs(wt.astype(BF16).astype(np.float32)),
                                    (s, s), (pad,) * 4, (d, d)) + 1e-6
     assert np.all(np.abs(out - ref) <= bound)

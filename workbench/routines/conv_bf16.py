@@ -6,7 +6,9 @@ per instruction.  The weights are rounded to bfloat16 and packed once, in :meth:
 residual (bfloat16), activation and post-activation affine are applied to the float32 sums
 before the one rounding to bfloat16.  ``gemm1x1_bf16_f32out`` is the same product written in
 float32: where the next layer runs in float32 the selection can leave bfloat16 there without a
-cast adapt.  ``im2col_bf16`` (and its ``_f32out``) serves every other group-1 convolution: each
+cast adapt; ``_f32in`` reads a float32 image, rounded to bfloat16 as each job gathers its rows,
+so it can enter bfloat16 without one, and ``_f32io`` does both: float32 tensors between layers,
+bfloat16 arithmetic inside them.  A fused residual comes in the output's data type.  ``im2col_bf16`` (and its ``_f32out``) serves every other group-1 convolution: each
 job gathers its rows of the im2col matrix into its thread's scratch, then the same GEMM.
 ``depthwise_bf16`` (and ``_f32out``) takes the depthwise layers.
 
@@ -50,6 +52,16 @@ class _Bf16:
 
 class _Bf16Conv(_Bf16, _ConvGemm, register=False):
     post_affine = True
+    #: The data type the image arrives in: bfloat16, or float32 rounded as each job gathers it.
+    in_dtype = "bfloat16"
+
+    @classmethod
+    def input_formats(cls, layer, specs):
+        # the image in in_dtype; a fused residual in the output's data type (it has its shape)
+        formats = super().input_formats(layer, specs)
+        out = cls.output_formats(layer)[0].dtype
+        return [f if f is None or i in layer.consts else Format(out if i == 3 else cls.in_dtype, f.layout)
+                for i, f in enumerate(formats)]
 
     @classmethod
     def applies(cls, layer, specs):
@@ -95,16 +107,31 @@ class NhwcGemm1x1Bf16(_Bf16Conv):
 
 
 class _F32Out:
-    """The same routine writing its output in float32."""
+    """The same routine writing its output in float32 (and reading a fused residual so)."""
 
     @classmethod
     def output_formats(cls, layer):
         return [Format("float32", NHWC)]
 
 
+class _F32In:
+    """The same routine reading a float32 image, rounded to bfloat16 as each job gathers it."""
+    in_dtype = "float32"
+
+
 class NhwcGemm1x1Bf16F32Out(_F32Out, NhwcGemm1x1Bf16):
     algo = "gemm1x1_bf16_f32out"
     priority = 11.9
+
+
+class NhwcGemm1x1Bf16F32In(_F32In, NhwcGemm1x1Bf16):
+    algo = "gemm1x1_bf16_f32in"
+    priority = 11.89
+
+
+class NhwcGemm1x1Bf16F32IO(_F32In, _F32Out, NhwcGemm1x1Bf16):
+    algo = "gemm1x1_bf16_f32io"
+    priority = 11.88
 
 
 class NhwcIm2colBf16(_Bf16Conv):
@@ -127,6 +154,16 @@ class NhwcIm2colBf16(_Bf16Conv):
 class NhwcIm2colBf16F32Out(_F32Out, NhwcIm2colBf16):
     algo = "im2col_bf16_f32out"
     priority = 11.7
+
+
+class NhwcIm2colBf16F32In(_F32In, NhwcIm2colBf16):
+    algo = "im2col_bf16_f32in"
+    priority = 11.69
+
+
+class NhwcIm2colBf16F32IO(_F32In, _F32Out, NhwcIm2colBf16):
+    algo = "im2col_bf16_f32io"
+    priority = 11.68
 
 
 class NhwcDepthwiseBf16(_Bf16, Routine):

@@ -19,7 +19,7 @@ from workbench.tuning.filters import assign
 from workbench.onnx_io.ort import relative_error
 from workbench.runtime.compiled import CompiledModel
 from workbench.runtime.cpu import cpu_name
-from workbench.session import conv_families
+from workbench.session_comparisons import conv_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import iqr_ms, median_ms, ort_session, parse_args, time_interleaved  # noqa: E402

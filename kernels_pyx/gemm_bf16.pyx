@@ -138,7 +138,14 @@ cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
 
 
 cdef bint _overlap(a, b):
-    return b is not None and np.may_share_memory(a, b)
+    """Whether the byte ranges of ``a`` and ``b`` (C-contiguous, as :func:`_array` checked)
+    overlap: np.may_share_memory's answer without its cost, several times per layer per run."""
+    if b is None:
+        return False
+    cdef char* pa = <char*> cnp.PyArray_DATA(<cnp.ndarray> a)
+    cdef char* pb = <char*> cnp.PyArray_DATA(<cnp.ndarray> b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray> a), nb = cnp.PyArray_NBYTES(<cnp.ndarray> b)
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
 
 
 cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual, int act, double p0, double p1,
@@ -180,8 +187,14 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     g.ep.bias, g.ep.res, g.ep.ld_res, g.ep.res_post = <const float*> _ptr(bias), _ptr(residual), n, res_post
     g.ep.res_f32 = residual is not None and residual.dtype == np.float32
     g.panels = (n + WBB_NR - 1) // WBB_NR
-    # Row tiles first; where they are too few to give every thread 3 jobs, shorter tiles, then
-    # the panels split into groups as well.
+    _schedule(g, num_threads, max_tile)
+    return 0
+
+
+cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogil:
+    """The jobs for ``num_threads``: row tiles first; where they are too few to give every thread
+    3 jobs, shorter tiles, then the panels split into groups as well."""
+    cdef Py_ssize_t m = g.m
     g.row_tile = min(ROW_TILE, max_tile)
     if num_threads > 1 and (m + g.row_tile - 1) // g.row_tile < 3 * num_threads:
         g.row_tile = max(WBB_MR, min(g.row_tile, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_MR * WBB_MR))
@@ -189,14 +202,47 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     g.col_jobs = 1
     if num_threads > 1 and row_jobs < 3 * num_threads:
         g.col_jobs = min(g.panels, (3 * num_threads + row_jobs - 1) // row_jobs)
-    g.panels_per_job = (g.panels + g.col_jobs - 1) // g.col_jobs
+    g.panels_per_job = (g.panels + g.col_jobs - 1) // g.col_jobs if g.col_jobs else g.panels
     g.col_jobs = (g.panels + g.panels_per_job - 1) // g.panels_per_job if g.panels else 1
+
+
+cdef int _launch(_Ctx* g, int num_threads, bint gather) except -1:
+    """Run the jobs; ``gather``: each job gathers its rows of A into this thread's scratch."""
+    if gather:
+        buf = _scratch(num_threads * g.row_tile * g.k)
+        g.scratch = <uint16_t*> _ptr(buf)
+    if g.m > 0 and g.n > 0:
+        with nogil:
+            wb_pool_run(_job, g, (g.m + g.row_tile - 1) // g.row_tile * g.col_jobs, num_threads)
     return 0
 
 
-cdef void _run(_Ctx* g, int num_threads) noexcept nogil:
-    if g.m > 0 and g.n > 0:
-        wb_pool_run(_job, g, (g.m + g.row_tile - 1) // g.row_tile * g.col_jobs, num_threads)
+cdef class Call:
+    """A :func:`gemm` or :func:`conv_im2col` on fixed arrays, checked once when made (``bind=True``);
+    calling it with ``num_threads`` runs it, without the checks a direct call repeats every time."""
+    cdef _Ctx g
+    cdef Py_ssize_t max_tile
+    cdef int nt
+    cdef bint gather
+    cdef object keep   # the arrays g points into
+
+    def __call__(self, int num_threads):
+        if num_threads < 1:
+            raise ValueError(f"gemm_bf16: num_threads must be >= 1, got {num_threads}")
+        if num_threads != self.nt:
+            _schedule(&self.g, num_threads, self.max_tile)
+            self.nt = num_threads
+        _launch(&self.g, num_threads, self.gather)
+
+
+cdef object _finish(_Ctx* g, int num_threads, Py_ssize_t max_tile, bint gather, bint bind, keep):
+    """Run a checked call now, or (``bind``) return it as a :class:`Call`."""
+    if not bind:
+        _launch(g, num_threads, gather)
+        return keep[0]
+    cdef Call c = Call.__new__(Call)
+    c.g, c.max_tile, c.nt, c.gather, c.keep = g[0], max_tile, num_threads, gather, keep
+    return c
 
 
 def _output(out):
@@ -207,7 +253,7 @@ def _output(out):
 
 
 def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1=0, post=None,
-         bint res_post=False, int num_threads=1):
+         bint res_post=False, int num_threads=1, bint bind=False):
     """``out = act(a @ B + bias + residual) * scale + shift`` (``post = (scale, shift)``; with
     ``res_post`` the residual comes last).
 
@@ -215,7 +261,7 @@ def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1
     (..., n), bfloat16 or float32, with ``a``'s leading shape (an NHWC image's pixels, or a
     matrix's rows); ``wp`` B packed by :func:`pack` for that k and n; ``bias``, ``scale``,
     ``shift`` float32 (n,) or None; ``residual`` of ``out``'s shape, bfloat16 or float32, or None.  Activation codes as ``routines/epilogue.py`` (:func:`handles` says which this build
-    applies).  Returns ``out``.
+    applies).  Returns ``out``; with ``bind``, runs nothing and returns a :class:`Call`.
     """
     a, out = _input(a), _output(out)
     lead = a.ndim - 1
@@ -223,16 +269,13 @@ def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1
         raise ValueError(f"gemm_bf16: input {a.shape} and output {out.shape} must share all but the last axis")
     cdef _Ctx g
     cdef Py_ssize_t m = int(np.prod(tuple(a.shape)[:lead])), k = a.shape[lead]
-    _setup(&g, a, wp, out, m, k, bias, residual, act, p0, p1, post, res_post, num_threads,
-           ROW_TILE if a.dtype == BF16 else _gather_tile(k))
+    cdef Py_ssize_t tile = ROW_TILE if a.dtype == BF16 else _gather_tile(k)
+    _setup(&g, a, wp, out, m, k, bias, residual, act, p0, p1, post, res_post, num_threads, tile)
     if g.a_f32:   # rounded to bfloat16 row tile by row tile: a 1x1 convolution of a 1 x m image
         g.geo.n, g.geo.h, g.geo.w, g.geo.c, g.geo.oh, g.geo.ow = 1, 1, m, k, 1, m
         g.geo.kh = g.geo.kw = g.geo.sh = g.geo.sw = g.geo.dh = g.geo.dw = 1
         g.geo.pt = g.geo.pl = 0
-        g.scratch = <uint16_t*> _ptr(_scratch(num_threads * g.row_tile * k))
-    with nogil:
-        _run(&g, num_threads)
-    return out
+    return _finish(&g, num_threads, tile, g.a_f32, bind, [out, a, wp, bias, residual, post])
 
 
 def _input(a):
@@ -278,23 +321,19 @@ def _scratch(Py_ssize_t words):
 
 
 def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residual=None, int act=0, double p0=0,
-                double p1=0, post=None, bint res_post=False, int num_threads=1):
+                double p1=0, post=None, bint res_post=False, int num_threads=1, bint bind=False):
     """A group-1 NHWC convolution: each job gathers its rows of the im2col matrix (taps in the
     order kernel row, kernel column, channel) into its thread's scratch, then :func:`gemm`'s
     product and epilogue.  ``x`` (N, H, W, C) bfloat16 or float32 (rounded as it is gathered); ``out`` (N, OH, OW, M) bfloat16 or
     float32; ``wp`` the (M, KH*KW*C) weights packed by :func:`pack`; ``pads`` (top, left, bottom,
-    right); the rest as :func:`gemm`."""
+    right); the rest (``bind`` too) as :func:`gemm`."""
     x, out = _input(x), _output(out)
     cdef _Ctx g
     _geometry(&g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
     n, oh, ow, c, kh, kw = g.geo.n, g.geo.oh, g.geo.ow, g.geo.c, g.geo.kh, g.geo.kw
     cdef Py_ssize_t k = kh * kw * c
     _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads, _gather_tile(k))
-    scratch = _scratch(num_threads * g.row_tile * k)
-    g.scratch = <uint16_t*> _ptr(scratch)
-    with nogil:
-        _run(&g, num_threads)
-    return out
+    return _finish(&g, num_threads, _gather_tile(k), True, bind, [out, x, wp, bias, residual, post])
 
 
 cdef struct _DwCtx:

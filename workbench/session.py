@@ -23,6 +23,7 @@ from .errors import WorkbenchError, where
 from .ir.formats import parse_precisions
 from .ir.graph import NCHW, NHWC
 from .runtime.compiled import CompiledModel, default_threads
+from .session_comparisons import SessionComparisons
 from .session_files import NotTunedError, SessionFiles
 from .tuning import filters as assign_mod
 from .tuning import search
@@ -42,15 +43,7 @@ def _precisions(values):
         raise WorkbenchError(str(e)) from None
 
 
-def conv_families(graph=None):
-    """Every single-family filter: each layout's ``*`` and each (layout, algorithm) of a float32 Conv."""
-    conv = sorted({(r.layout, r.algo) for _, _, r in routines.all_routines()
-                   if r.algo != "reference" and r.dtype == "float32" and (r.op == "Conv" or (isinstance(r.op, tuple) and "Conv" in r.op))})
-    layouts = sorted({lay for lay, _ in conv})
-    return [f"cpu:float32:{lay}/*" for lay in layouts] + [f"cpu:float32:{lay}/{algo}" for lay, algo in conv]
-
-
-class Session(SessionFiles):
+class Session(SessionFiles, SessionComparisons):
     """A model being tuned.
 
     Parameters
@@ -268,7 +261,7 @@ class Session(SessionFiles):
         except KeyError as e:
             raise PinError(f"pin {target.name}={descriptor}: {e.args[0]}") from None
         if not r.applies(target, self.graph.input_specs(target)):
-            ok = ", ".join(x.descriptor for x in routines.applicable(self.graph, target))
+            ok = ", ".join(x.descriptor for x in routines.applicable(self.graph, target, precisions=None))
             raise PinError(f"pin {target.name}={descriptor}: the routine does not apply to {where(target)} "
                            f"(input {self.graph.input_specs(target)[0]}); applicable: {ok}")
         self.pins[target.name] = descriptor
@@ -281,47 +274,6 @@ class Session(SessionFiles):
             raise PinError(f"layer {name!r} is not pinned (pinned: {', '.join(self.pins) or 'none'})")
         del self.pins[name]
         return self
-
-    # -- comparison plans ----------------------------------------------------------------------
-    def greedy_plan(self):
-        """The cheapest routine per layer (under filters and pins), ignoring adapts, costed with them."""
-        return search.greedy(self.problem(self.allowed()))
-
-    def family_plans(self):
-        """``{filter: Plan}`` for every single-family assignment (the fixed choice each filter
-        gives, as ``workbench run --routine`` runs it), costed on this profile.
-
-        A layer a family cannot serve runs the routine it falls back to (see
-        :func:`workbench.tuning.filters.assign`), profiled here if the profile lacks it, and priced like
-        any other.  A family with a routine that still has no cost is left out;
-        :attr:`family_notes` says why, and names each family's fallbacks.
-        """
-        if self.profiled is None:
-            self.profile()   # a loaded tuned file holds the plan's costs only
-        assignments = {fam: assign_mod.assign(self.graph, [fam]) for fam in conv_families()}
-        wanted = {}
-        for choice, _ in assignments.values():   # every family's routine of each layer
-            for layer, d in choice.items():
-                wanted.setdefault(layer, set()).add(d)
-        self._ensure_profiled({layer: sorted(ds) for layer, ds in wanted.items()})
-        prob = self.problem()
-        costed = {node.name: {c.name for c in node.candidates} for node in prob.nodes}
-        n_conv = sum(l.op == "Conv" for l in self.graph)
-        plans, self.family_notes = {}, {}
-        for fam, (choice, fallbacks) in assignments.items():
-            if fam.split("/")[1] != "*" and sum(self.graph.layer(f.layer).op == "Conv" for f in fallbacks) == n_conv:
-                continue   # this family's conv algorithm applies to none of the model's convs
-            unpriced = [(layer, d) for layer, d in choice.items() if d not in costed[layer]]
-            if unpriced:
-                self.family_notes[fam] = (f"left out: no cost for {len(unpriced)} layer(s), e.g. "
-                                          f"{unpriced[0][0]} with {unpriced[0][1]}")
-                continue
-            if fallbacks:
-                self.family_notes[fam] = (f"{len(fallbacks)} layer(s) fall back: "
-                                          + ", ".join(f"{f.layer} to {f.chosen}" for f in fallbacks[:3])
-                                          + (", ..." if len(fallbacks) > 3 else ""))
-            plans[fam] = search.plan_of(prob, choice, f"family {fam}")
-        return plans
 
     # -- running --------------------------------------------------------------------------------
     def _need_plan(self):
@@ -363,28 +315,6 @@ class Session(SessionFiles):
         feeds = inputs if inputs is not None else self.random_inputs()
         self.measured = measure_latencies({"tuned": lambda: model.run(feeds)}, runs, warmup=warmup)["tuned"]
         return self.measured
-
-    def precision_error(self, inputs=None, samples=3):
-        """The plan's outputs against the float32 NumPy reference (max error, cosine, top-1
-        agreement; :mod:`workbench.tuning.precision`), on ``inputs`` (a list of feeds) or
-        ``samples`` seeded random ones; kept as :attr:`precision` until the plan changes."""
-        from .tuning.precision import measure
-        self._need_plan()
-        self.precision = measure(self, inputs, samples)
-        return self.precision
-
-    @property
-    def low_precision(self):
-        """The data types other than float32 the plan computes in ([] for a float32 plan)."""
-        from .tuning.precision import low_precision
-        return low_precision(self._need_plan().choice)
-
-    def compare(self, runs=10, families=True, greedy=True, onnxruntime=True):
-        """The plan measured beside every single-family plan, the greedy plan and ONNX Runtime,
-        interleaved (see :mod:`workbench.tuning.compare`); kept as :attr:`comparison`."""
-        from .tuning.compare import compare
-        self._need_plan()
-        return compare(self, runs=runs, families=families, greedy=greedy, onnxruntime=onnxruntime)
 
     @property
     def predicted_s(self):

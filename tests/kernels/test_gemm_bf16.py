@@ -197,3 +197,29 @@ def test_im2col_convolution_matches_numpy(h, c, m, k, s, pad, d, build, threads)
     bound = 2e-6 * _conv_reference(np.abs(x.astype(np.float32)), np.abs(wt.astype(BF16).astype(np.float32)),
                                    (s, s), (pad,) * 4, (d, d)) + 1e-6
     assert np.all(np.abs(out - ref) <= bound)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_bound_call_computes_what_a_direct_call_does(build):
+    """``bind=True`` checks once and returns a Call; calling it (at any thread count, the
+    schedule redone when it changes) gives the direct call's result."""
+    mod = _module(build)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 9, 11, 20)).astype(np.float32)
+    wp = mod.pack(rng.standard_normal((33, 9 * 20)).astype(np.float32))
+    want, got = np.empty((1, 9, 11, 33), BF16), np.empty((1, 9, 11, 33), BF16)
+    mod.conv_im2col(x, wp, want, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), None, None, 1, num_threads=2)
+    call = mod.conv_im2col(x, wp, got, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), None, None, 1, num_threads=1, bind=True)
+    assert isinstance(call, mod.Call) and not np.array_equal(got.view(np.uint16), want.view(np.uint16))
+    for threads in (1, 2, 1):
+        got[...] = 0
+        call(threads)
+        np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    a = rng.standard_normal((50, 20)).astype(BF16)
+    w2 = mod.pack(rng.standard_normal((7, 20)).astype(np.float32))
+    want2, got2 = np.empty((50, 7), np.float32), np.empty((50, 7), np.float32)
+    mod.gemm(a, w2, want2, num_threads=2)
+    mod.gemm(a, w2, got2, bind=True)(2)
+    np.testing.assert_array_equal(got2, want2)
+    with pytest.raises(ValueError, match="num_threads"):
+        call(0)

@@ -82,14 +82,24 @@ class _Bf16Conv(_Bf16, _ConvGemm, register=False):
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
     @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
+    def _args(cls, layer, state, args, outs):
+        """The kernel's arguments before ``num_threads``."""
         bias = state["bias"]
         if bias is None and len(args) > 2 and args[2] is not None:
             bias = np.ascontiguousarray(args[2], np.float32)
         epi = state["epi"]
-        cls._conv(args[0], state["w"], outs[0], state["geometry"], bias,
-                  args[3] if layer.attrs.get("residual") else None, epi.code, epi.p0, epi.p1, epi.post,
-                  residual_after_activation(layer), num_threads)
+        return (args[0], state["w"], outs[0], state["geometry"], bias,
+                args[3] if layer.attrs.get("residual") else None, epi.code, epi.p0, epi.p1, epi.post,
+                residual_after_activation(layer))
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        cls._conv(*cls._args(layer, state, args, outs), num_threads)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        # checked once: a direct call's checks cost several microseconds a layer, every run
+        return cls._conv(*cls._args(layer, state, args, outs), 1, bind=True)
 
 
 class NhwcGemm1x1Bf16(_Bf16Conv):
@@ -102,8 +112,8 @@ class NhwcGemm1x1Bf16(_Bf16Conv):
         return super().applies(layer, specs) and tuple(geometry(layer)[1]) == (1, 1)
 
     @staticmethod
-    def _conv(x, w, out, geo, *args):
-        _kernels().gemm(x, w, out, *args)
+    def _conv(x, w, out, geo, *args, bind=False):
+        return _kernels().gemm(x, w, out, *args, bind=bind)
 
 
 class _F32Out:
@@ -146,9 +156,9 @@ class NhwcIm2colBf16(_Bf16Conv):
         return not dominated and super().applies(layer, specs)
 
     @staticmethod
-    def _conv(x, w, out, geo, *args):
+    def _conv(x, w, out, geo, *args, bind=False):
         kernel, strides, dilations, pads, _ = geo
-        _kernels().conv_im2col(x, w, out, kernel, strides, dilations, pads, *args)
+        return _kernels().conv_im2col(x, w, out, kernel, strides, dilations, pads, *args, bind=bind)
 
 
 class NhwcIm2colBf16F32Out(_F32Out, NhwcIm2colBf16):

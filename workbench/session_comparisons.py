@@ -1,0 +1,83 @@
+"""What a :class:`~workbench.session.Session`'s plan is measured against: the greedy plan and
+every single-family plan (priced on the same profile), the other plans and ONNX Runtime timed
+side by side (:meth:`compare`), and the float32 reference, for a plan that computes in a lower
+precision (:meth:`precision_error`).  A mixin: it reads the session's graph, profile and plan."""
+from __future__ import annotations
+
+from . import routines
+from .tuning import filters as assign_mod
+from .tuning import search
+
+
+def conv_families(graph=None):
+    """Every single-family filter: each layout's ``*`` and each (layout, algorithm) of a float32 Conv."""
+    conv = sorted({(r.layout, r.algo) for _, _, r in routines.all_routines()
+                   if r.algo != "reference" and r.dtype == "float32" and (r.op == "Conv" or (isinstance(r.op, tuple) and "Conv" in r.op))})
+    layouts = sorted({lay for lay, _ in conv})
+    return [f"cpu:float32:{lay}/*" for lay in layouts] + [f"cpu:float32:{lay}/{algo}" for lay, algo in conv]
+
+
+class SessionComparisons:
+    """The comparison methods of :class:`~workbench.session.Session`."""
+
+    def greedy_plan(self):
+        """The cheapest routine per layer (under filters and pins), ignoring adapts, costed with them."""
+        return search.greedy(self.problem(self.allowed()))
+
+    def family_plans(self):
+        """``{filter: Plan}`` for every single-family assignment (the fixed choice each filter
+        gives, as ``workbench run --routine`` runs it), costed on this profile.
+
+        A layer a family cannot serve runs the routine it falls back to (see
+        :func:`workbench.tuning.filters.assign`), profiled here if the profile lacks it, and priced like
+        any other.  A family with a routine that still has no cost is left out;
+        :attr:`family_notes` says why, and names each family's fallbacks.
+        """
+        if self.profiled is None:
+            self.profile()   # a loaded tuned file holds the plan's costs only
+        assignments = {fam: assign_mod.assign(self.graph, [fam]) for fam in conv_families()}
+        wanted = {}
+        for choice, _ in assignments.values():   # every family's routine of each layer
+            for layer, d in choice.items():
+                wanted.setdefault(layer, set()).add(d)
+        self._ensure_profiled({layer: sorted(ds) for layer, ds in wanted.items()})
+        prob = self.problem()
+        costed = {node.name: {c.name for c in node.candidates} for node in prob.nodes}
+        n_conv = sum(l.op == "Conv" for l in self.graph)
+        plans, self.family_notes = {}, {}
+        for fam, (choice, fallbacks) in assignments.items():
+            if fam.split("/")[1] != "*" and sum(self.graph.layer(f.layer).op == "Conv" for f in fallbacks) == n_conv:
+                continue   # this family's conv algorithm applies to none of the model's convs
+            unpriced = [(layer, d) for layer, d in choice.items() if d not in costed[layer]]
+            if unpriced:
+                self.family_notes[fam] = (f"left out: no cost for {len(unpriced)} layer(s), e.g. "
+                                          f"{unpriced[0][0]} with {unpriced[0][1]}")
+                continue
+            if fallbacks:
+                self.family_notes[fam] = (f"{len(fallbacks)} layer(s) fall back: "
+                                          + ", ".join(f"{f.layer} to {f.chosen}" for f in fallbacks[:3])
+                                          + (", ..." if len(fallbacks) > 3 else ""))
+            plans[fam] = search.plan_of(prob, choice, f"family {fam}")
+        return plans
+
+    def precision_error(self, inputs=None, samples=3):
+        """The plan's outputs against the float32 NumPy reference (max error, cosine, top-1
+        agreement; :mod:`workbench.tuning.precision`), on ``inputs`` (a list of feeds) or
+        ``samples`` seeded random ones; kept as :attr:`precision` until the plan changes."""
+        from .tuning.precision import measure
+        self._need_plan()
+        self.precision = measure(self, inputs, samples)
+        return self.precision
+
+    @property
+    def low_precision(self):
+        """The data types other than float32 the plan computes in ([] for a float32 plan)."""
+        from .tuning.precision import low_precision
+        return low_precision(self._need_plan().choice)
+
+    def compare(self, runs=10, families=True, greedy=True, onnxruntime=True):
+        """The plan measured beside every single-family plan, the greedy plan and ONNX Runtime,
+        interleaved (see :mod:`workbench.tuning.compare`); kept as :attr:`comparison`."""
+        from .tuning.compare import compare
+        self._need_plan()
+        return compare(self, runs=runs, families=families, greedy=greedy, onnxruntime=onnxruntime)

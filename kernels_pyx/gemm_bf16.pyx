@@ -18,6 +18,9 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
+from wb_gemm_bf16 cimport (
+    WBB_NATIVE, WBB_NR, WBB_MR, wb512_epi, wbb_epi, wbb_block, wbb_geo, wbb_handles, wbb_im2col, wbb_pack,
+    wbb_packed_words)
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
@@ -31,38 +34,6 @@ cdef extern from "wb_dw_bf16.h" nogil:
                  const wb512_epi* e, Py_ssize_t row)
     Py_ssize_t wbd_packed_floats(Py_ssize_t taps, Py_ssize_t c)
     void wbd_pack(Py_ssize_t taps, Py_ssize_t c, const float* w, float* dst)
-
-
-cdef extern from "wb_gemm_bf16.h" nogil:
-    int WBB_NATIVE
-    int WBB_NR
-    int WBB_MR
-    ctypedef struct wb512_epi:
-        const float* bias
-        int bias_per_row
-        const float* res
-        Py_ssize_t ld_res
-        int act
-        float p0, p1
-        const float* post_scale
-        const float* post_shift
-        int res_post
-    ctypedef struct wbb_epi:
-        wb512_epi e
-        const float* bias
-        const void* res
-        Py_ssize_t ld_res
-        int res_post, res_f32
-    Py_ssize_t wbb_packed_words(Py_ssize_t k, Py_ssize_t n)
-    void wbb_pack(Py_ssize_t k, Py_ssize_t n, const float* w, uint16_t* dst, Py_ssize_t p0, Py_ssize_t p1)
-    int wbb_handles(int act)
-    ctypedef struct wbb_geo:
-        Py_ssize_t n, h, w, c, oh, ow
-        int kh, kw, sh, sw, dh, dw, pt, pl
-    void wbb_im2col(const wbb_geo* g, const void* x, int x_f32, Py_ssize_t i0, Py_ssize_t i1, uint16_t* dst)
-    void wbb_block(Py_ssize_t n, Py_ssize_t k, const uint16_t* a, Py_ssize_t lda, const uint16_t* pb, void* c,
-                   Py_ssize_t ldc, int f32, const wbb_epi* ep, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t p0,
-                   Py_ssize_t p1)
 
 
 #: True when this build runs the AVX512-BF16 micro-kernel (only the ``_avx512bf16`` variant does).

@@ -321,8 +321,21 @@ static inline void wbb_im2col(const wbb_geo* g, const void* x, int x_f32, ptrdif
         ptrdiff_t b = i / (g->oh * g->ow), p = i % (g->oh * g->ow), oy = p / g->ow, ox = p % g->ow;
         ptrdiff_t img = b * g->h * g->w * c;
         int ki, kj;
+        ptrdiff_t ix0 = ox * g->sw - g->pl;
+        /* a kernel row inside the image (dilation 1) is kw * c contiguous elements: one copy,
+         * not kw copies of c (a first layer's c = 3) */
+        int whole = g->dw == 1 && ix0 >= 0 && ix0 + g->kw <= g->w;
         for (ki = 0; ki < g->kh; ki++) {
             ptrdiff_t iy = oy * g->sh - g->pt + ki * g->dh;
+            if (whole && iy >= 0 && iy < g->h) {
+                ptrdiff_t at = img + (iy * g->w + ix0) * c, len = g->kw * c;
+                if (x_f32)
+                    wbb_narrow((const float*)x + at, dst, len);
+                else
+                    memcpy(dst, (const uint16_t*)x + at, (size_t)len * 2);
+                dst += len;
+                continue;
+            }
             for (kj = 0; kj < g->kw; kj++, dst += c) {
                 ptrdiff_t ix = ox * g->sw - g->pl + kj * g->dw, at = img + (iy * g->w + ix) * c;
                 if (iy < 0 || iy >= g->h || ix < 0 || ix >= g->w)

@@ -60,7 +60,7 @@ def assert_routine_matches(graph, descriptor, rtol=1e-4, expect_layers=None, **k
     :func:`workbench.tuning.precision.tolerance` of the layers it ran)."""
     ours, ref, used = run_with_routine(graph, descriptor, **kwargs)
     if ":bfloat16:" in descriptor:
-        rtol = max(rtol, tolerance(len(used)))
+        rtol = max(rtol, tolerance(len(used) * routines.error_weight(descriptor)))
     if expect_layers is not None:
         assert sorted(used) == sorted(expect_layers), (descriptor, used)
     else:

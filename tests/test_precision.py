@@ -174,7 +174,7 @@ def test_zoo_models_run_in_bfloat16_with_fallbacks_within_the_tolerance(name, tm
 
 def test_a_cpu_without_bf16_gets_no_bf16_routine_and_is_told_why(monkeypatch, tmp_path, capsys):
     from workbench.routines import conv_bf16
-    monkeypatch.setattr(conv_bf16, "_kernels", lambda: None)
+    monkeypatch.setattr(conv_bf16, "_kernels", lambda *name: None)
     graph = workbench.load(_model().SerializeToString())
     for layer in graph:
         assert not any(r.dtype == "bfloat16" for r in routines.applicable(graph, layer, None))

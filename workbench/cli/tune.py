@@ -265,13 +265,14 @@ def low_precision_check(args, choice):
     the tolerance such a plan's rounding allows (:func:`workbench.tuning.precision.tolerance`)
     unless ``--rtol`` is given, and said.  bfloat16 keeps 8 bits of mantissa: its outputs differ
     from float32 by design, and 1e-4 would fail every such plan."""
-    from ..tuning.precision import low_precision, tolerance
+    from ..tuning.precision import low_precision, rounding_layers, tolerance
     low = low_precision(choice)
     if low and args.check and args.rtol is None:
         n = sum(d.split(":")[1] != "float32" for d in choice.values())
-        args.rtol = round(tolerance(n), 4)
-        print(f"{n} layer(s) compute in {', '.join(low)}: --check uses rtol {args.rtol} = 4 x 2^-8 x sqrt({n}) "
-              f"(give --rtol to change it)")
+        weighted = rounding_layers(choice)
+        args.rtol = round(tolerance(weighted), 4)
+        print(f"{n} layer(s) compute in {', '.join(low)}: --check uses rtol {args.rtol} = 4 x 2^-8 x sqrt({weighted:g}) "
+              f"(Winograd layers weigh 64/9; give --rtol to change it)")
 
 
 def precision_line(session):

@@ -66,6 +66,10 @@ class Routine:
     strided_out: ClassVar[bool] = False
     strided_in: ClassVar[bool] = False
     descriptor: ClassVar[str] = ""
+    #: The variance of its rounding error, in units of a direct routine's of its data type (one
+    #: rounding of input, weights and output): more where transforms mix many operands into
+    #: each rounded one (:func:`workbench.tuning.precision.rounding_layers`).
+    error_weight: ClassVar[float] = 1.0
 
     def __init_subclass__(cls, register=True, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -180,6 +184,11 @@ def all_routines():
     """Every ``(op, descriptor, Routine)``, sorted."""
     load_all()
     return [(op, d, r) for op in sorted(_REGISTRY) for d, r in sorted(_REGISTRY[op].items())]
+
+
+def error_weight(descriptor):
+    """:attr:`Routine.error_weight` of the routine(s) named ``descriptor`` (any op), 1 if none."""
+    return max((r.error_weight for _, d, r in all_routines() if d == descriptor), default=1.0)
 
 
 def get(op, descriptor):

@@ -43,8 +43,17 @@ def tolerance(layers, mantissa_bits=8) -> float:
     ulp, 2^-mantissa_bits relative: at most 1.5 * 2^-(mantissa_bits - 1) relative per layer, the
     float32 sums adding nothing of note.  Through a network those errors add like a random walk,
     so by sqrt(layers); the largest element of an output lies a few standard deviations out, and
-    a factor 4 covers that (0.016 for one bfloat16 layer, 0.094 for 36)."""
-    return 4.0 * 2.0 ** -mantissa_bits * max(int(layers), 1) ** 0.5
+    a factor 4 covers that (0.016 for one bfloat16 layer, 0.094 for 36).  ``layers`` may be
+    fractional: :func:`rounding_layers` weighs routines whose transforms amplify the rounding."""
+    return 4.0 * 2.0 ** -mantissa_bits * max(float(layers), 1.0) ** 0.5
+
+
+def rounding_layers(choice) -> float:
+    """The layers of a plan (``{layer: descriptor}``) that compute below float32, each weighted
+    by its routine's error variance (``Routine.error_weight``: 1 for a direct routine; a
+    bfloat16 Winograd, 64/9), the ``layers`` :func:`tolerance` takes."""
+    from .. import routines
+    return float(sum(routines.error_weight(d) for d in choice.values() if d.split(":")[1] != "float32"))
 
 
 def low_precision(choice) -> list:

@@ -17,7 +17,7 @@ from workbench.onnx_io.ort import run_onnxruntime
 from workbench.runtime import cpu
 from workbench.session import Session
 from workbench.tuning import filters
-from workbench.tuning.precision import PrecisionError, compare, tolerance
+from workbench.tuning.precision import PrecisionError, compare, rounding_layers, tolerance
 
 NATIVE = cpu.kernel_module("gemm_bf16", "avx512bf16") is not None
 needs_bf16 = pytest.mark.skipif(not NATIVE, reason="this CPU lacks AVX512-BF16: no cpu:bfloat16 routine applies")
@@ -155,6 +155,19 @@ def test_bf16_buffers_take_two_bytes_an_element(tmp_path):
 def test_tolerance_grows_with_the_square_root_of_the_layers():
     assert tolerance(1) == pytest.approx(4 * 2 ** -8) and tolerance(36) == pytest.approx(6 * tolerance(1))
     assert tolerance(0) == tolerance(1)
+
+
+def test_winograd_layers_weigh_their_amplified_rounding():
+    """F(2x2,3x3)'s first-order error bound with every magnitude 1: 64/9 a direct 3x3's."""
+    from workbench.routines.conv_winograd import G_MAT
+    bt = np.abs(np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float))
+    at = np.abs(np.array([[1, 1, 1, 0], [0, 1, -1, -1]], float))
+    g = np.abs(G_MAT[2])
+    bound = at @ ((bt @ np.ones((4, 4)) @ bt.T) * (g @ np.ones((3, 3)) @ g.T)) @ at.T
+    assert np.allclose(bound / 9, routines.error_weight("cpu:bfloat16:nhwc/winograd2_bf16"))
+    plan = {"a": "cpu:bfloat16:nhwc/winograd2_bf16_f32in", "b": "cpu:bfloat16:nhwc/im2col_bf16",
+            "c": "cpu:float32:nhwc/im2col"}
+    assert rounding_layers(plan) == pytest.approx(1 + 64 / 9)
 
 
 @needs_bf16

@@ -15,8 +15,7 @@ job gathers its rows of the im2col matrix into its thread's scratch, then the sa
 transform-domain products in bfloat16 (``kernels_pyx/winograd_bf16.pyx``): 2.25x fewer
 multiply-adds than im2col_bf16 for 1.3-1.6x its error (:data:`WINOGRAD_ERROR`).  F(4x4,3x3) is
 not offered: its transforms (entries up to 5 in B^T, 8 in A^T) amplify the rounding of V to
-bfloat16 about 15-fold (4-6% of the output's peak on N(0,1) layers), where F2's error is that of
-the direct bfloat16 routines.
+bfloat16 about 15-fold (4-6% of the output's peak on N(0,1) layers, against F2's 0.3-0.5%).
 
 Offered only where the CPU has AVX512-BF16 and the ``gemm_bf16_avx512bf16`` module is built, and
 only to a tuning that allows bfloat16 (``Session.tune(precisions=...)``).

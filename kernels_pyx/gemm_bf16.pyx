@@ -19,8 +19,8 @@ cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
 from wb_gemm_bf16 cimport (
-    WBB_NATIVE, WBB_NR, WBB_MR, wb512_epi, wbb_epi, wbb_block, wbb_geo, wbb_handles, wbb_im2col, wbb_pack,
-    wbb_packed_words)
+    WBB_NATIVE, WBB_NR, WBB_MR, fill_epilogue, wb512_epi, wbb_epi, wbb_block, wbb_geo, wbb_handles, wbb_im2col,
+    wbb_pack, wbb_packed_words)
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
@@ -67,6 +67,26 @@ def _array(a, what, dtype, writeable=False):
 
 cdef inline void* _ptr(a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+def check_epilogue(who, out, bias, residual, int act, post):
+    """Check an epilogue for ``out`` (..., n): ``bias`` and ``post = (scale, shift)`` float32 (n,)
+    or None, ``residual`` of out's shape (bfloat16 or float32) or None, activation ``act``.
+    Returns the residual as the kernels take it.  Errors start with ``who``."""
+    cdef Py_ssize_t n = out.shape[out.ndim - 1]
+    if not wbb_handles(act):
+        raise ValueError(f"{who}: activation code {act} is not applied by this build")
+    for what, v in (("bias", bias),) + ((("post scale", post[0]), ("post shift", post[1])) if post is not None else ()):
+        if v is not None and _array(v, what, np.float32).shape != (n,):
+            raise ValueError(f"{who}: {what} must have shape ({n},), got {v.shape}")
+    if post is not None and not 0 <= act <= 5:
+        raise ValueError(f"{who}: a post-activation affine needs activation code 0 to 5, got {act}")
+    if residual is not None:
+        residual = _array(residual, "residual", residual.dtype if isinstance(residual, np.ndarray)
+                          and residual.dtype in (BF16, np.float32) else BF16)
+        if residual.shape != out.shape:
+            raise ValueError(f"{who}: residual {residual.shape} must have the output's shape {out.shape}")
+    return residual
 
 
 def pack(w):
@@ -130,18 +150,7 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     if wp.ndim != 1 or wp.size != max(wbb_packed_words(k, n), 1):
         raise ValueError(f"gemm_bf16: packed weights hold {wp.size} words; depth {k} and {n} columns "
                          f"need {wbb_packed_words(k, n)}")
-    if not wbb_handles(act):
-        raise ValueError(f"gemm_bf16: activation code {act} is not applied by this build")
-    for what, v in (("bias", bias),) + ((("post scale", post[0]), ("post shift", post[1])) if post is not None else ()):
-        if v is not None and _array(v, what, np.float32).shape != (n,):
-            raise ValueError(f"gemm_bf16: {what} must have shape ({n},), got {v.shape}")
-    if post is not None and not 0 <= act <= 5:
-        raise ValueError(f"gemm_bf16: a post-activation affine needs activation code 0 to 5, got {act}")
-    if residual is not None:
-        residual = _array(residual, "residual", residual.dtype if isinstance(residual, np.ndarray)
-                          and residual.dtype in (BF16, np.float32) else BF16)
-        if residual.shape != out.shape:
-            raise ValueError(f"gemm_bf16: residual {residual.shape} must have the output's shape {out.shape}")
+    residual = check_epilogue("gemm_bf16", out, bias, residual, act, post)
     for what, v in (("input", a), ("packed weights", wp), ("residual", residual), ("bias", bias)):
         if _overlap(out, v):
             raise ValueError(f"gemm_bf16: the output overlaps the {what}")
@@ -151,12 +160,7 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     g.a, g.pb, g.c, g.f32 = _ptr(a), <const uint16_t*> _ptr(wp), _ptr(out), out.dtype == np.float32
     g.a_f32 = a.dtype == np.float32
     g.scratch = NULL
-    g.ep.e.bias, g.ep.e.bias_per_row, g.ep.e.res, g.ep.e.ld_res = NULL, 0, NULL, 0
-    g.ep.e.act, g.ep.e.p0, g.ep.e.p1, g.ep.e.res_post = act, p0, p1, 0
-    g.ep.e.post_scale = <const float*> _ptr(None if post is None else post[0])
-    g.ep.e.post_shift = <const float*> _ptr(None if post is None else post[1])
-    g.ep.bias, g.ep.res, g.ep.ld_res, g.ep.res_post = <const float*> _ptr(bias), _ptr(residual), n, res_post
-    g.ep.res_f32 = residual is not None and residual.dtype == np.float32
+    fill_epilogue(&g.ep, bias, residual, n, act, p0, p1, post, res_post)
     g.panels = (n + WBB_NR - 1) // WBB_NR
     _schedule(g, num_threads, max_tile)
     return 0

@@ -21,10 +21,9 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
-from wb_gemm_bf16 cimport WBB_NR, wbb_epi, wbb_handles, wbb_pack, wbb_packed_words
+from wb_gemm_bf16 cimport WBB_NR, fill_epilogue, wbb_epi, wbb_pack, wbb_packed_words
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
-from workbench._kernels.gemm_bf16 import BF16, _array, _input, _output
 
 cnp.import_array()
 wb_pool_import()
@@ -48,6 +47,12 @@ cdef extern from "wb_wino_bf16.h" nogil:
 
 #: True when this build computes (only the ``_avx512bf16`` variant does).
 available = bool(wbw_native())
+
+# the checks of the GEMM build of the same instruction set (which activations its epilogue has)
+if available:
+    from workbench._kernels.gemm_bf16_avx512bf16 import _array, _input, _output, check_epilogue
+else:
+    from workbench._kernels.gemm_bf16 import _array, _input, _output, check_epilogue
 
 cdef enum:
     ROW_TILE = 96   # mode 0 product job: tiles (GEMM rows), 8 strips of the 12-row micro-kernel
@@ -205,18 +210,7 @@ def conv(x, PU, out, int m, pads, bias=None, residual=None, int act=0, double p0
     if PU.ndim != 1 or PU.size != packed_words(m, c, mo):
         raise ValueError(f"winograd_bf16: packed weights hold {PU.size} words; F({m}x{m},3x3) with C={c}, M={mo} "
                          f"needs {packed_words(m, c, mo)}")
-    if not wbb_handles(act):
-        raise ValueError(f"winograd_bf16: activation code {act} is not applied by this build")
-    if post is not None and not 0 <= act <= 5:
-        raise ValueError(f"winograd_bf16: a post-activation affine needs activation code 0 to 5, got {act}")
-    for what, v in (("bias", bias),) + ((("post scale", post[0]), ("post shift", post[1])) if post is not None else ()):
-        if v is not None and _array(v, what, np.float32).shape != (mo,):
-            raise ValueError(f"winograd_bf16: {what} must have shape ({mo},), got {v.shape}")
-    if residual is not None:
-        residual = _array(residual, "residual", residual.dtype if isinstance(residual, np.ndarray)
-                          and residual.dtype in (BF16, np.float32) else BF16)
-        if residual.shape != out.shape:
-            raise ValueError(f"winograd_bf16: residual {residual.shape} must have the output's shape {out.shape}")
+    residual = check_epilogue("winograd_bf16", out, bias, residual, act, post)
     for what, v in (("input", x), ("residual", residual)):
         if v is not None and np.may_share_memory(out, v):
             raise ValueError(f"winograd_bf16: the output overlaps the {what}")
@@ -229,12 +223,7 @@ def conv(x, PU, out, int m, pads, bias=None, residual=None, int act=0, double p0
     g.th, g.tw, g.m, g.a2 = -(-oh // m), -(-ow // m), m, (m + 2) ** 2
     g.tiles = n * g.th * g.tw
     g.x_f32, g.y_f32 = x.dtype == np.float32, out.dtype == np.float32
-    g.ep.e.bias, g.ep.e.bias_per_row, g.ep.e.res, g.ep.e.ld_res = NULL, 0, NULL, 0
-    g.ep.e.act, g.ep.e.p0, g.ep.e.p1, g.ep.e.res_post = act, p0, p1, 0
-    g.ep.e.post_scale = <const float*> _ptr(None if post is None else post[0])
-    g.ep.e.post_shift = <const float*> _ptr(None if post is None else post[1])
-    g.ep.bias, g.ep.res, g.ep.ld_res, g.ep.res_post = <const float*> _ptr(bias), _ptr(residual), mo, res_post
-    g.ep.res_f32 = residual is not None and residual.dtype == np.float32
+    fill_epilogue(&g.ep, bias, residual, mo, act, p0, p1, post, res_post)
     ctx.bt = max(1, min(tiles, g.tiles))
     words, floats = scratch_sizes(m, c, mo, ctx.bt, mode, num_threads)
     V, Mo = _scratch(words, floats)

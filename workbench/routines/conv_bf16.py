@@ -211,7 +211,7 @@ class NhwcWinograd2Bf16(_Bf16Conv):
         w = np.asarray(layer.consts[1], np.float32)
         bias = layer.consts.get(2)
         u = transform_weights(w, cls.m).transpose(0, 2, 1)   # ((m+2)^2, C, M)
-        return {"U": _kernels("winograd_bf16").pack(np.ascontiguousarray(u)), "geometry": geometry(layer),
+        return {"w": _kernels("winograd_bf16").pack(np.ascontiguousarray(u)), "geometry": geometry(layer),
                 "epi": encode(layer, w.shape[0], extended=True, post_affine=True),
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32), "exact": None}
 
@@ -220,13 +220,8 @@ class NhwcWinograd2Bf16(_Bf16Conv):
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        x, out, epi = args[0], outs[0], state["epi"]
-        bias = state["bias"]
-        if bias is None and len(args) > 2 and args[2] is not None:
-            bias = np.ascontiguousarray(args[2], np.float32)
-        nonfinite = _kernels("winograd_bf16").conv(
-            x, state["U"], out, cls.m, state["geometry"][3], bias, args[3] if layer.attrs.get("residual") else None,
-            epi.code, epi.p0, epi.p1, epi.post, residual_after_activation(layer), num_threads=num_threads)
+        x, pu, out, geo, *epilogue = cls._args(layer, state, args, outs)
+        nonfinite = _kernels("winograd_bf16").conv(x, pu, out, cls.m, geo[3], *epilogue, num_threads=num_threads)
         if nonfinite:
             # The transforms mix a whole patch (inf - inf is NaN): an input holding NaN or an
             # infinity is computed again on the direct routine, which keeps each output's window.

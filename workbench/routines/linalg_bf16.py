@@ -1,0 +1,166 @@
+"""``cpu:bfloat16:nchw/gemm_bf16``: MatMul and Gemm with constant weights on the AVX512-BF16 GEMM.
+
+The product is the one ``conv_bf16``'s 1x1 routine runs (``gemm_bf16.gemm``: the left operand's
+rows against B packed once, in :meth:`prepare`, rounded to bfloat16), with bias and activation
+in its float32 epilogue.  A classifier's weights are read once per run and dominate its time at
+batch 1 (VGG-16's first fully connected layer streams 411 MB of float32): in bfloat16 they are
+half the bytes.  The forms mirror the convolutions': ``gemm_bf16`` reads and writes bfloat16,
+``_f32in`` reads float32 (rounded as each job gathers its rows), ``_f32out`` writes float32 and
+``_f32io`` does both, so a product between float32 layers needs no cast adapt.  Operands are
+not images: they keep their native order (layout ``nchw``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.formats import Format
+from ..ir.graph import NCHW
+from . import Routine
+from . import conv_bf16
+from .eltwise import fused_activation
+
+
+def _kernels():
+    # looked up through conv_bf16 each time: one place says whether the bfloat16 GEMM is here
+    return conv_bf16._kernels()
+
+
+def _activation(layer):
+    """(code, p0, p1) of the fused activation if the bfloat16 GEMM's epilogue applies it, else None."""
+    shape = layer.out_specs[0].shape
+    act = fused_activation(layer, shape, extended=True)
+    mod = _kernels()
+    if act is None or act[3] is not None or mod is None or not mod.handles(act[0]):
+        return None
+    return act[:3]
+
+
+class _GemmBf16(Routine, register=False):
+    dtype = "bfloat16"
+    layout = NCHW
+    uses_blas = False
+    requires = conv_bf16.REQUIRES
+    algo = "gemm_bf16"
+    priority = 12
+    in_dtype = "bfloat16"
+    out_dtype = "bfloat16"
+
+    @classmethod
+    def available(cls):
+        return _kernels() is not None
+
+    @classmethod
+    def input_formats(cls, layer, specs):
+        return [None if s is None else Format(cls.in_dtype if i == 0 else str(np.dtype(s.dtype)), NCHW)
+                for i, s in enumerate(specs)]
+
+    @classmethod
+    def output_formats(cls, layer):
+        return [Format(cls.out_dtype, NCHW)]
+
+    @classmethod
+    def _float_operands(cls, layer, specs):
+        """The operand, the output and the weights are float32 (the tensors this family stores as bfloat16)."""
+        b = layer.consts.get(1)
+        return (specs[0] is not None and specs[0].dtype == "float32" and layer.out_specs[0].dtype == "float32"
+                and b is not None and np.asarray(b).dtype == np.float32 and np.ndim(b) == 2 and min(np.shape(b)) > 0
+                and len(layer.outputs) == 1 and _activation(layer) is not None)
+
+    @staticmethod
+    def _args(a, state, out):
+        code, p0, p1 = state["act"]
+        return (a, state["w"], out, state["bias"], None, code, p0, p1)
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        _kernels().gemm(*cls._args(args[0], state, outs[0]), num_threads=num_threads)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        return _kernels().gemm(*cls._args(args[0], state, outs[0]), num_threads=1, bind=True)
+
+
+class MatMulBf16(_GemmBf16):
+    """``a (..., M, K) @ b (K, N)``, ``b`` a constant: one GEMM over all of ``a``'s rows."""
+
+    op = "MatMul"
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return (_kernels() is not None and 0 not in layer.consts and cls._float_operands(layer, specs)
+                and len(specs[0].shape) >= 2 and int(np.prod(specs[0].shape, dtype=np.int64)) > 0)
+
+    @classmethod
+    def prepare(cls, layer):
+        bias = layer.consts.get(2)   # fused from an Add (passes/fuse_matmul_bias.py)
+        return {"w": _kernels().pack(np.ascontiguousarray(np.asarray(layer.consts[1], np.float32).T)),
+                "act": _activation(layer), "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
+
+
+class GemmBf16(_GemmBf16):
+    """Gemm ``alpha * a @ op(b) + beta * c`` with a constant ``b``, no ``transA``, and ``c`` a
+    constant per column (or absent)."""
+
+    op = "Gemm"
+
+    @classmethod
+    def applies(cls, layer, specs):
+        a, c = layer.attrs, layer.consts.get(2)
+        n = layer.out_specs[0].shape[1] if len(layer.out_specs[0].shape) == 2 else -1
+        c_ok = (len(layer.inputs) < 3 or not layer.inputs[2] or a["beta"] == 0
+                or (c is not None and np.size(c) in (1, n) and np.ndim(c) <= 2
+                    and (np.ndim(c) < 2 or np.shape(c)[0] == 1)))
+        return (_kernels() is not None and not a["transA"] and len(specs[0].shape) == 2 and c_ok
+                and cls._float_operands(layer, specs) and min(layer.out_specs[0].shape) > 0 and specs[0].shape[1] > 0)
+
+    @classmethod
+    def prepare(cls, layer):
+        a = layer.attrs
+        b = np.asarray(layer.consts[1], np.float32) * np.float32(a["alpha"])
+        c = layer.consts.get(2)
+        n = layer.out_specs[0].shape[1]
+        bias = None
+        if c is not None and a["beta"] != 0:
+            bias = np.ascontiguousarray(np.broadcast_to(np.asarray(c, np.float32).reshape(-1) * np.float32(a["beta"]),
+                                                        (n,)), np.float32)
+        # pack takes B^T, (N, K): a transB operand already is
+        return {"w": _kernels().pack(np.ascontiguousarray(b if a["transB"] else b.T)), "bias": bias,
+                "act": _activation(layer)}
+
+
+class _F32In:
+    in_dtype = "float32"
+
+
+class _F32Out:
+    out_dtype = "float32"
+
+
+class MatMulBf16F32In(_F32In, MatMulBf16):
+    algo = "gemm_bf16_f32in"
+    priority = 11.9
+
+
+class MatMulBf16F32Out(_F32Out, MatMulBf16):
+    algo = "gemm_bf16_f32out"
+    priority = 11.89
+
+
+class MatMulBf16F32IO(_F32In, _F32Out, MatMulBf16):
+    algo = "gemm_bf16_f32io"
+    priority = 11.88
+
+
+class GemmBf16F32In(_F32In, GemmBf16):
+    algo = "gemm_bf16_f32in"
+    priority = 11.9
+
+
+class GemmBf16F32Out(_F32Out, GemmBf16):
+    algo = "gemm_bf16_f32out"
+    priority = 11.89
+
+
+class GemmBf16F32IO(_F32In, _F32Out, GemmBf16):
+    algo = "gemm_bf16_f32io"
+    priority = 11.88

@@ -12,7 +12,8 @@
  * does.
  * Max keeps a NaN from any tap, as the reference does: MAXPS alone keeps only some.
  *
- * wb_pool512_row returns 1 when it computed the row, 0 in a build without AVX-512.
+ * wb_pool512_row returns 1 when it computed the row, 0 in a build without AVX-512.  Its body is
+ * wb_pool512_row.inc, which wb_pool_bf16.h instantiates again on bfloat16 elements.
  */
 #ifndef WB_POOL512_H
 #define WB_POOL512_H
@@ -38,76 +39,11 @@ static inline void wb_pool512_interior(const int* kw_lo, const int* kw_hi, ptrdi
     *z = ow;
 }
 
-static inline int wb_pool512_row(const float* x, float* y, ptrdiff_t b, ptrdiff_t oh, ptrdiff_t H, ptrdiff_t W,
-                                 ptrdiff_t C, ptrdiff_t ldx, ptrdiff_t ldy, ptrdiff_t OH, ptrdiff_t OW,
-                                 ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt, ptrdiff_t pl,
-                                 const int* kh_lo, const int* kh_hi, const int* kw_lo, const int* kw_hi,
-                                 const float* inv_h, const float* inv_w, int is_max) {
-    const float* img = x + b * H * W * ldx;
-    float* yr = y + (b * OH + oh) * OW * ldy;
-    ptrdiff_t kh0 = kh_lo[oh], kh1 = kh_hi[oh], ow, c0, kh, kw;
-    __m512 init = _mm512_set1_ps(is_max ? -__builtin_inff() : 0.0f), nanv = _mm512_set1_ps(__builtin_nanf(""));
-    __m512 empty = _mm512_set1_ps(is_max ? -FLT_MAX : 0.0f);
-    ptrdiff_t a = OW, z = OW;   /* interior pixels a..z-1 of a stride-1 row: folded flat below */
-    if (sw == 1 && dw == 1 && ldx == C && ldy == C && kh1 > kh0)
-        wb_pool512_interior(kw_lo, kw_hi, OW, &a, &z);
-    if (a < z) {
-        /* A run of whole windows over dense pixels is one flat loop over (pixel, channel): each
-         * tap is the same offset for every output float, so every vector is full (no per-pixel
-         * set-up, no masked channel tail: 24 channels took two vectors, one half empty). */
-        ptrdiff_t kw0 = kw_lo[a], kw1 = kw_hi[a], f, n = (z - a) * C;
-        const float* base = img + ((oh * sh - pt) * W + a - pl) * C;
-        float* out = yr + a * C;
-        __m512 scale = _mm512_set1_ps(inv_h[oh] * inv_w[a]);
-        for (f = 0; f < n; f += 16) {
-            __mmask16 m = n - f >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - f)) - 1);
-            __m512 acc = init;
-            __mmask16 nan = 0;
-            for (kh = kh0; kh < kh1; kh++) {
-                const float* row = base + kh * dh * W * C + f;
-                for (kw = kw0; kw < kw1; kw++) {
-                    __m512 v = _mm512_maskz_loadu_ps(m, row + kw * C);
-                    if (is_max) {
-                        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-                        acc = _mm512_max_ps(acc, v);
-                    } else {
-                        acc = _mm512_add_ps(acc, v);
-                    }
-                }
-            }
-            acc = is_max ? _mm512_mask_mov_ps(acc, nan, nanv) : _mm512_mul_ps(acc, scale);
-            _mm512_mask_storeu_ps(out + f, m, acc);
-        }
-    }
-    for (ow = 0; ow < OW; ow++) {
-        if (ow == a) ow = z;
-        if (ow >= OW) break;
-        ptrdiff_t kw0 = kw_lo[ow], kw1 = kw_hi[ow];
-        const float* base = img + ((oh * sh - pt) * W + ow * sw - pl) * ldx;   /* tap (0, 0), maybe outside */
-        __m512 scale = _mm512_set1_ps(inv_h[oh] * inv_w[ow]);
-        for (c0 = 0; c0 < C; c0 += 16) {
-            __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
-            __m512 acc = init;
-            __mmask16 nan = 0;
-            for (kh = kh0; kh < kh1; kh++) {
-                const float* row = base + kh * dh * W * ldx + c0;
-                for (kw = kw0; kw < kw1; kw++) {
-                    __m512 v = _mm512_maskz_loadu_ps(m, row + kw * dw * ldx);
-                    if (is_max) {
-                        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-                        acc = _mm512_max_ps(acc, v);
-                    } else {
-                        acc = _mm512_add_ps(acc, v);
-                    }
-                }
-            }
-            acc = is_max ? _mm512_mask_mov_ps(acc, nan, nanv) : _mm512_mul_ps(acc, scale);
-            if (kh1 <= kh0 || kw1 <= kw0) acc = empty;
-            _mm512_mask_storeu_ps(yr + ow * ldy + c0, m, acc);
-        }
-    }
-    return 1;
-}
+#define WB_POOL_ROW wb_pool512_row
+#define WB_POOL_T float
+#define WB_POOL_LOAD(m, p) _mm512_maskz_loadu_ps(m, p)
+#define WB_POOL_STORE(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+#include "wb_pool512_row.inc"
 
 #else
 #define WB_POOL512_NATIVE 0

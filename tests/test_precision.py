@@ -184,7 +184,8 @@ def test_zoo_models_run_in_bfloat16_with_fallbacks_within_the_tolerance(name, tm
     code = main(["run", str(path), "--routine", "cpu:bfloat16:*", "--check"])
     text = capsys.readouterr().out
     n = int(text.split(" layer(s) compute in bfloat16")[0].rsplit("\n", 1)[-1])
-    assert n >= 10 and "no cpu:bfloat16:* routine applies" in text
+    # the layers left in float32 are named; with none left, every layer is a bfloat16 one
+    assert n >= 10 and ("no cpu:bfloat16:* routine applies" in text or n == len(list(workbench.load(str(path)))))
     assert code == 0 and "check passed" in text, text[-2000:]
 
 

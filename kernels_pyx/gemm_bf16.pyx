@@ -171,7 +171,11 @@ cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogi
     3 jobs, shorter tiles, then the panels split into groups as well."""
     cdef Py_ssize_t m = g.m
     g.row_tile = min(ROW_TILE, max_tile)
-    if num_threads > 1 and (m + g.row_tile - 1) // g.row_tile < 3 * num_threads:
+    # Where B outweighs A (a classifier: 32 rows against 8210 columns) every job takes all the
+    # rows of a tile and a share of the panels, so each panel is read once; shorter row tiles
+    # would read all of B once per tile.
+    cdef bint b_heavy = g.n >= 4 * m
+    if num_threads > 1 and (m + g.row_tile - 1) // g.row_tile < 3 * num_threads and not b_heavy:
         g.row_tile = max(WBB_MR, min(g.row_tile, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_MR * WBB_MR))
     cdef Py_ssize_t row_jobs = (m + g.row_tile - 1) // g.row_tile
     g.col_jobs = 1

@@ -21,6 +21,26 @@ def _float32(*specs):
     return all(s is not None and s.dtype == "float32" for s in specs)
 
 
+def c_is_bias(layer):
+    """A Gemm's C is absent, scaled away, or a constant with one value per column (or one in all)."""
+    a, c = layer.attrs, layer.consts.get(2)
+    n = layer.out_specs[0].shape[1] if len(layer.out_specs[0].shape) == 2 else -1
+    return (len(layer.inputs) < 3 or not layer.inputs[2] or a["beta"] == 0
+            or (c is not None and np.size(c) in (1, n) and np.ndim(c) <= 2 and (np.ndim(c) < 2 or np.shape(c)[0] == 1)))
+
+
+def gemm_operands(layer):
+    """``(alpha * B, beta * C as a per-column bias or None)`` of a Gemm whose C :func:`c_is_bias`."""
+    a = layer.attrs
+    b = np.asarray(layer.consts[1], np.float32) * np.float32(a["alpha"])
+    c = layer.consts.get(2)
+    if c is None or a["beta"] == 0:
+        return b, None
+    n = layer.out_specs[0].shape[1]
+    return b, np.ascontiguousarray(np.broadcast_to(np.asarray(c, np.float32).reshape(-1) * np.float32(a["beta"]), (n,)),
+                                   np.float32)
+
+
 class _Gemm512(Routine, register=False):
     uses_blas = False
     layout = NCHW
@@ -78,27 +98,16 @@ class GemmGemm512(_Gemm512):
 
     @classmethod
     def applies(cls, layer, specs):
-        a, b, c = layer.attrs, layer.consts.get(1), layer.consts.get(2)
-        n = layer.out_specs[0].shape[1] if len(layer.out_specs[0].shape) == 2 else -1
-        c_ok = (len(layer.inputs) < 3 or not layer.inputs[2] or a["beta"] == 0
-                or (c is not None and np.size(c) in (1, n) and np.ndim(c) <= 2
-                    and (np.ndim(c) < 2 or np.shape(c)[0] == 1)))
+        a, b = layer.attrs, layer.consts.get(1)
         return (_kernels() is not None and b is not None and np.ndim(b) == 2 and not a["transA"]
                 and len(specs[0].shape) == 2 and _float32(specs[0], layer.out_specs[0])
-                and np.asarray(b).dtype == np.float32 and c_ok and _activation(layer) is not None
+                and np.asarray(b).dtype == np.float32 and c_is_bias(layer) and _activation(layer) is not None
                 and min(layer.out_specs[0].shape) > 0 and specs[0].shape[1] > 0)
 
     @classmethod
     def prepare(cls, layer):
-        a = layer.attrs
-        b = np.asarray(layer.consts[1], np.float32) * np.float32(a["alpha"])
-        c = layer.consts.get(2)
-        n = layer.out_specs[0].shape[1]
-        bias = None
-        if c is not None and a["beta"] != 0:
-            bias = np.ascontiguousarray(np.broadcast_to(np.asarray(c, np.float32).reshape(-1) * np.float32(a["beta"]),
-                                                        (n,)), np.float32)
-        return {"w": _kernels().pack_b(np.ascontiguousarray(b), trans_b=bool(a["transB"])),
+        b, bias = gemm_operands(layer)
+        return {"w": _kernels().pack_b(np.ascontiguousarray(b), trans_b=bool(layer.attrs["transB"])),
                 "bias": bias, "act": _activation(layer)}
 
     @classmethod

@@ -18,6 +18,7 @@ from ..ir.graph import NCHW
 from . import Routine
 from . import conv_bf16
 from .eltwise import fused_activation
+from .linalg512 import c_is_bias, gemm_operands
 
 
 def _kernels():
@@ -105,26 +106,14 @@ class GemmBf16(_GemmBf16):
 
     @classmethod
     def applies(cls, layer, specs):
-        a, c = layer.attrs, layer.consts.get(2)
-        n = layer.out_specs[0].shape[1] if len(layer.out_specs[0].shape) == 2 else -1
-        c_ok = (len(layer.inputs) < 3 or not layer.inputs[2] or a["beta"] == 0
-                or (c is not None and np.size(c) in (1, n) and np.ndim(c) <= 2
-                    and (np.ndim(c) < 2 or np.shape(c)[0] == 1)))
-        return (_kernels() is not None and not a["transA"] and len(specs[0].shape) == 2 and c_ok
+        return (_kernels() is not None and not layer.attrs["transA"] and len(specs[0].shape) == 2 and c_is_bias(layer)
                 and cls._float_operands(layer, specs) and min(layer.out_specs[0].shape) > 0 and specs[0].shape[1] > 0)
 
     @classmethod
     def prepare(cls, layer):
-        a = layer.attrs
-        b = np.asarray(layer.consts[1], np.float32) * np.float32(a["alpha"])
-        c = layer.consts.get(2)
-        n = layer.out_specs[0].shape[1]
-        bias = None
-        if c is not None and a["beta"] != 0:
-            bias = np.ascontiguousarray(np.broadcast_to(np.asarray(c, np.float32).reshape(-1) * np.float32(a["beta"]),
-                                                        (n,)), np.float32)
+        b, bias = gemm_operands(layer)
         # pack takes B^T, (N, K): a transB operand already is
-        return {"w": _kernels().pack(np.ascontiguousarray(b if a["transB"] else b.T)), "bias": bias,
+        return {"w": _kernels().pack(np.ascontiguousarray(b if layer.attrs["transB"] else b.T)), "bias": bias,
                 "act": _activation(layer)}
 
 

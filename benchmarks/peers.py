@@ -54,8 +54,9 @@ def _models(names):
     return list(dict.fromkeys(out))
 
 
-def _open(name, threads, db, precisions=("float32",)):
-    """``(session, model proto or path)`` of ``name``, tuned."""
+def _open(name, threads, db, precisions=("float32",), **tune):
+    """``(session, model proto or path, tuning seconds)`` of ``name``, tuned (``tune``: more
+    arguments of :meth:`Session.tune <workbench.session.Session.tune>`)."""
     if name in zoo.NAMES:
         model = zoo.build(name)
         session = Session.from_onnx(model, num_threads=threads, db=db)
@@ -64,7 +65,7 @@ def _open(name, threads, db, precisions=("float32",)):
         model = realmodels.fetch(name)
         session = Session.from_onnx(str(model), num_threads=threads, db=db, batch=1, resolution=m.resolution)
     t0 = time.perf_counter()
-    session.tune(in_context=True, precisions=precisions)
+    session.tune(in_context=True, precisions=precisions, **tune)
     return session, model, time.perf_counter() - t0
 
 

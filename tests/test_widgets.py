@@ -361,3 +361,19 @@ def test_precision_control_tunes_with_bfloat16_and_the_headline_shows_the_error(
     assert casts
     assert "bfloat16" in bench.plan_table.html.value
     assert any("bfloat16" in (t.name or "") for t in bench.plan_graph.figure.data)
+
+
+def test_max_error_field_sets_the_error_budget_and_refuses_what_is_not_a_number(bench):
+    s = bench.session
+    bench.controls.precision.value = "float32,bfloat16"
+    bench.controls.max_error.value = "a lot"
+    bench.controls.buttons["precision"].click()
+    assert "max error: expected a number" in bench.controls.status.value and s.max_error is None
+    bench.controls.max_error.value = "0"
+    bench.controls.buttons["precision"].click()
+    assert s.max_error == 0.0
+    if s.budget is not None:   # the fastest plan had bfloat16 layers: float32 itself is not 0 off
+        assert s.low_precision == [] and "error budget 0: MISSED" in bench.summary.headline.value
+    bench.controls.max_error.value = ""
+    bench.controls.buttons["precision"].click()
+    assert s.max_error is None and s.budget is None

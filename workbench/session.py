@@ -81,6 +81,9 @@ class Session(SessionFiles, SessionComparisons):
         self.filters = []           # filter strings
         self.pins = {}              # layer name -> descriptor
         self.precisions = routines.FLOAT32_ONLY   # data types tuning may choose routines of
+        self.max_error = None       # error budget against float32 (tuning.budget), None: none
+        self.demoted = set()        # layers the error budget keeps in float32
+        self.budget = None          # budget.BudgetReport of the last fit
         self.plan = None            # search.Plan
         self.fallbacks = []
         self.family_notes = {}      # family filter -> its fallbacks, or why family_plans left it out
@@ -169,7 +172,8 @@ class Session(SessionFiles, SessionComparisons):
         costs, adapt_costs = self.costs()
         return make_problem(self.graph, costs, adapt_costs, allowed, self.io_format)
 
-    def tune(self, filters=None, pins=None, progress=False, in_context=False, precisions=None):
+    def tune(self, filters=None, pins=None, progress=False, in_context=False, precisions=None, max_error=None,
+             error_inputs=None):
         """Profile (what the database lacks) and select the fastest plan; returns the :class:`~workbench.tuning.search.Plan`.
 
         ``filters``: routine filter strings (see :mod:`workbench.tuning.filters`); ``pins``:
@@ -178,6 +182,13 @@ class Session(SessionFiles, SessionComparisons):
         float32 is always allowed, for the layers no other routine serves); they replace the
         session's when given.  Lower precisions change the outputs: :meth:`precision_error`
         measures by how much.
+        ``max_error``: an error budget, the largest absolute difference from float32 over the
+        output's peak magnitude (:attr:`PrecisionError.max_rel
+        <workbench.tuning.precision.PrecisionError.max_rel>`) that the plan may have on
+        ``error_inputs`` (feeds; default three seeded random ones): the layers where a lower
+        precision buys the least time for its error are kept in float32 until the plan is within
+        it (:mod:`workbench.tuning.budget`; the report is kept as :attr:`budget`).  It replaces
+        the session's budget when given; ``session.max_error = None`` drops it.
         ``in_context``: then time the plan inside the model and select again on those times
         (:meth:`calibrate`), so that the prediction is what a run costs.  Off by default: the
         selection is then a function of the profile database alone (the same plan from the
@@ -200,12 +211,32 @@ class Session(SessionFiles, SessionComparisons):
             except WorkbenchError:
                 self.pins = old
                 raise
+        if max_error is not None:
+            if not isinstance(max_error, (int, float)) or not max_error >= 0:
+                raise WorkbenchError(f"max_error: an error budget is a number >= 0 (relative to the output's "
+                                     f"peak, e.g. 0.01), got {max_error!r}")
+            self.max_error = float(max_error)
         if self.profiled is None:
             self.profile(progress=progress)
+        self.demoted, self.budget = set(), None
         self.retune()
+        if self.max_error is not None and self.low_precision:
+            self._fit_budget(error_inputs)
         if in_context:
+            fitted = dict(self.plan.choice)
             self.calibrate()
+            if self.budget is not None and dict(self.plan.choice) != fitted:
+                self._fit_budget(error_inputs)   # in-context costs moved the plan: its error anew
         return self.plan
+
+    def _fit_budget(self, inputs):
+        from .tuning.budget import fit
+        report = fit(self, self.max_error, inputs)
+        if self.budget is not None:   # a second fit: it started from the first one's demotions
+            report.demoted = self.budget.demoted + [n for n in report.demoted if n not in self.budget.demoted]
+            report.before = self.budget.before
+        self.budget = report
+        return report
 
     def calibrate(self, rounds=3, runs=5, inputs=None):
         """Time the plan's routines and adapts inside the model and select again on those times
@@ -217,6 +248,8 @@ class Session(SessionFiles, SessionComparisons):
     def allowed(self):
         """``{layer: [descriptor, ...]}`` under the current filters and pins."""
         allowed, self.fallbacks = assign_mod.allowed(self.graph, self.filters, self.precisions)
+        for layer in self.demoted:
+            allowed[layer] = [d for d in allowed[layer] if d.split(":")[1] == "float32"] or allowed[layer]
         for layer, descriptor in self.pins.items():
             allowed[layer] = [descriptor]
         return allowed

@@ -31,7 +31,8 @@ class SessionFiles:
             measured_s=self.measured.median if self.measured is not None else None,
             pins=dict(self.pins), filters=list(self.filters), adapts_into=self._adapts_into(),
             precisions=list(self.precisions),
-            precision_error=self.precision.to_dict() if self.precision is not None else None)
+            precision_error=self.precision.to_dict() if self.precision is not None else None,
+            max_error=self.max_error, demoted=sorted(self.demoted))
 
     def _adapts_into(self):
         """``{layer: [[tensor, from, to], ...]}``: the plan's adapts, by the layers that read them."""
@@ -51,6 +52,7 @@ class SessionFiles:
         session.filters = list(record.filters)
         session.pins = dict(record.pins)
         session.precisions = tuple(record.precisions)
+        session.max_error, session.demoted = record.max_error, set(record.demoted)
         if record.precision_error is not None:
             from .tuning.precision import PrecisionError
             session.precision = PrecisionError.from_dict(record.precision_error)

@@ -11,7 +11,9 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
   ``workbench.io_format``, ``workbench.predicted_ms``, ``workbench.measured_ms``,
   ``workbench.plan_method``, ``workbench.filters``, ``workbench.pins``, ``workbench.precisions``
   (JSON list of the data types tuning allowed) and ``workbench.precision_error`` (JSON: the plan's
-  error against float32, :class:`~workbench.tuning.precision.PrecisionError`; empty for a float32 plan).
+  error against float32, :class:`~workbench.tuning.precision.PrecisionError`; empty for a float32 plan),
+  ``workbench.max_error`` (the error budget tuning kept to; empty for none) and ``workbench.demoted``
+  (JSON list of the layers the budget kept in float32, :mod:`workbench.tuning.budget`).
 
 :func:`read` imports the file (the same fusion gives the same layers), reads the annotations
 back, checks them, and returns them as plain data (:class:`TunedRecord`); :func:`write` is its
@@ -74,6 +76,8 @@ class TunedRecord:
     metadata: dict = field(default_factory=dict)
     precisions: list = field(default_factory=lambda: ["float32"])
     precision_error: dict = None
+    max_error: float = None
+    demoted: list = field(default_factory=list)
 
     def fingerprint_differs(self, num_threads):
         """The machine facts (``fingerprint_facts`` keys) in which this machine, running with
@@ -112,6 +116,8 @@ def write(record, path):
         "plan_method": record.plan_method, "filters": json.dumps(record.filters), "pins": json.dumps(record.pins),
         "precisions": json.dumps(list(record.precisions)),
         "precision_error": json.dumps(record.precision_error) if record.precision_error else "",
+        "max_error": repr(float(record.max_error)) if record.max_error is not None else "",
+        "demoted": json.dumps(sorted(record.demoted)),
     }
     model = export_graph(record.graph, nodes, {PREFIX + k: v for k, v in meta.items()})
     save_model(model, path)
@@ -135,6 +141,20 @@ def _precisions(text):
 def _precision_error(text):
     from .tuning.precision import PrecisionError
     return PrecisionError.from_dict(json.loads(text)).to_dict()
+
+
+def _budget(text):
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("an error budget is a number >= 0")
+    return value
+
+
+def _names(text):
+    values = json.loads(text)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError("expected a JSON list of layer names")
+    return values
 
 
 def read(source, name=None):
@@ -166,6 +186,10 @@ def read(source, name=None):
     error = meta.get("precision_error") or None
     if error is not None:
         error = _field(where_, PREFIX + "precision_error", error, _precision_error)
+    max_error = meta.get("max_error") or None
+    if max_error is not None:
+        max_error = _field(where_, PREFIX + "max_error", max_error, _budget)
+    demoted = _field(where_, PREFIX + "demoted", meta.get("demoted", "[]"), _names)
 
     annotated = {}
     for node in model.graph.node:
@@ -176,6 +200,9 @@ def read(source, name=None):
     optimize(graph)
     layer_names = {layer.name for layer in graph}
     stray = sorted(set(annotated) - layer_names)
+    unknown = sorted(set(demoted) - layer_names)
+    if unknown:
+        raise TunedModelError(f"{where_}: field {PREFIX}demoted names {unknown[:5]}, no layers of the imported graph")
     if stray:
         raise TunedModelError(f"{where_}: node(s) {stray[:5]} carry {PREFIX}routine but are no layer of the "
                               f"imported graph (the file was edited after tuning)")
@@ -206,4 +233,4 @@ def read(source, name=None):
                        measured_s=_field(where_, PREFIX + "measured_ms", measured, float) / 1e3 if measured else None,
                        pins=dict(pins), filters=list(filters), fingerprint=meta["fingerprint"],
                        fingerprint_facts=facts, metadata=meta, precisions=list(precisions),
-                       precision_error=error)
+                       precision_error=error, max_error=max_error, demoted=demoted)

@@ -61,6 +61,10 @@ def add_parsers(sub, model_args):
     sp.add_argument("--pin", action="append", type=parse_pin, metavar="LAYER=DESCRIPTOR",
                     help="force a layer (name or index) onto a routine; repeatable")
     sp.add_argument("--runs", type=int, default=30, help="runs to measure the tuned model (default 30; 0 skips)")
+    sp.add_argument("--max-error", type=float, metavar="E",
+                    help="error budget for a lower precision: the plan's largest difference from float32 over "
+                         "the output's peak (e.g. 0.01); the layers where bfloat16 buys the least time for "
+                         "its error stay float32 until the plan is within it")
     sp.add_argument("--in-context", action="store_true",
                     help="time the plan inside the model and select again on those times (Session.calibrate)")
     sp.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace of one tuned inference")
@@ -176,7 +180,9 @@ def cmd_tune(args):
             session.pin(layer, descriptor)
         session.allowed()          # a filter leaving a layer without a routine fails here
         _profile(session, args)
-        plan = session.tune(in_context=args.in_context)
+        if args.max_error is not None and not args.max_error >= 0:
+            raise WorkbenchError(f"--max-error: an error budget is a number >= 0, got {args.max_error}")
+        plan = session.tune(in_context=args.in_context, max_error=args.max_error)
         if session.context is not None:
             c = session.context
             print(f"in context: {c.rounds} plan(s) timed, {c.challenged} layer(s) timed with their runner-up, "
@@ -199,6 +205,8 @@ def cmd_tune(args):
         else:
             print("measured:  skipped (--runs 0)")
         print(precision_line(session))
+        if session.budget is not None:
+            print(session.budget)
         greedy = session.greedy_plan()
         print(f"vs greedy (fastest routine per layer, adapts then added): {greedy.cost * 1e3:.4f} ms predicted"
               f"{_saving(plan.cost, greedy.cost)}")

@@ -85,19 +85,26 @@ def compare(outputs, references) -> PrecisionError:
                           len(references))
 
 
-def measure(session, inputs=None, samples=3, seed=0) -> PrecisionError:
-    """The error of ``session``'s plan against the float32 reference executor, on ``inputs`` (a
-    list of ``{name: array}`` in the session's io_format) or on ``samples`` seeded random ones."""
+def reference_outputs(session, inputs):
+    """The float32 NumPy reference executor's outputs on ``inputs`` (feeds in the session's
+    io_format), channels-first: what :func:`measure` compares a plan with."""
     from ..runtime.interpreter import ReferenceExecutor
+    ref = ReferenceExecutor(session.graph)
+    return [ref.run(as_nchw(session, feeds)) for feeds in inputs]
+
+
+def as_nchw(session, arrays):
+    """Arrays in the session's io_format, channels-first as the reference reads and writes them."""
+    return {k: (v.transpose(0, 3, 1, 2) if session.io_format != "nchw" and np.ndim(v) == 4 else v)
+            for k, v in arrays.items()}
+
+
+def measure(session, inputs=None, samples=3, seed=0, references=None) -> PrecisionError:
+    """The error of ``session``'s plan against the float32 reference executor, on ``inputs`` (a
+    list of ``{name: array}`` in the session's io_format) or on ``samples`` seeded random ones;
+    ``references``: the reference's outputs on those inputs, where already computed."""
     if inputs is None:
         inputs = [session.random_inputs(seed=seed + i) for i in range(samples)]
-    ref = ReferenceExecutor(session.graph)
-    references, outputs = [], []
-    def nchw(arrays):   # the reference reads and writes images channels-first
-        return {k: (v.transpose(0, 3, 1, 2) if session.io_format != "nchw" and np.ndim(v) == 4 else v)
-                for k, v in arrays.items()}
-
-    for feeds in inputs:
-        outputs.append(nchw(session.run(feeds)))
-        references.append(ref.run(nchw(feeds)))
-    return compare(outputs, references)
+    if references is None:
+        references = reference_outputs(session, inputs)
+    return compare([as_nchw(session, session.run(feeds)) for feeds in inputs], references)

@@ -66,7 +66,8 @@ def precision(session):
     """What the plan computes in, and for a lower precision its error against float32 (measured
     here on first sight: it is shown wherever the plan's latency is): a dict with ``allowed``,
     ``low`` (the data types besides float32), ``layers`` (how many compute in them), ``error``
-    (:class:`~workbench.tuning.precision.PrecisionError` or None) and ``text``."""
+    (:class:`~workbench.tuning.precision.PrecisionError` or None), ``budget`` (what the error
+    budget did, :mod:`workbench.tuning.budget`, or None) and ``text``."""
     plan = need_plan(session)
     low = session.low_precision
     n = sum(d.split(":")[1] != "float32" for d in plan.choice.values())
@@ -76,4 +77,7 @@ def precision(session):
         text = f"{n} layer(s) in {', '.join(low)}; {error}"
     else:
         text = "float32 throughout"
-    return dict(allowed=list(session.precisions), low=low, layers=n, error=error, text=text)
+    budget = str(session.budget) if session.budget is not None else None
+    if budget:
+        text += f"; {budget}"
+    return dict(allowed=list(session.precisions), low=low, layers=n, error=error, budget=budget, text=text)

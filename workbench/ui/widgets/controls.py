@@ -30,6 +30,10 @@ class Controls:
                                     value=",".join(bench.session.precisions), description="precision",
                                     layout=w.Layout(width="260px"))
         self.precision.add_class("wb-precision-choice")
+        self.max_error = w.Text(value="" if bench.session.max_error is None else repr(bench.session.max_error),
+                                description="max error", placeholder="none, e.g. 0.01",
+                                layout=w.Layout(width="220px"))
+        self.max_error.add_class("wb-max-error")
         self.export_path = w.Text(value=bench.export_path, description="export to")
         self.runs = w.BoundedIntText(value=10, min=1, max=1000, description="runs", layout=w.Layout(width="140px"))
         self.runs.add_class("wb-runs")
@@ -44,7 +48,7 @@ class Controls:
             "retune": _button("Retune", "wb-retune", "select again on the cached profiles", lambda: b.act(b.retune)),
             "precision": _button("Apply precision", "wb-apply-precision",
                                  "tune again with these data types allowed (profiling their routines and casts)",
-                                 lambda: b.act(b.set_precisions, self.precision.value)),
+                                 lambda: b.act(b.set_precisions, self.precision.value, self.max_error.value)),
             "reprofile": _button("Reprofile", "wb-reprofile", "measure these layers again, then retune",
                                  lambda: b.act(b.reprofile, self.layers_to_reprofile())),
             "measure": _button("Measure", "wb-measure", "time the tuned model", lambda: b.act(b.measure, self.runs.value)),
@@ -57,7 +61,7 @@ class Controls:
             w.HBox([self.layer, self.routine, bt["pin"], bt["unpin"]]),
             w.HBox([self.reprofile_layers, bt["reprofile"]]),
             w.HBox([self.filters, bt["filters"], bt["retune"]]),
-            w.HBox([self.precision, bt["precision"]]),
+            w.HBox([self.precision, self.max_error, bt["precision"]]),
             w.HBox([self.runs, bt["measure"], bt["compare"], self.export_path, bt["export"]]),
             self.status])
 

@@ -127,11 +127,21 @@ class Workbench(w.VBox):
             self.refresh()
         self.status(f"filters {', '.join(filters) or 'none'}: predicted {self.session.plan.cost * 1e3:.3f} ms")
 
-    def set_precisions(self, precisions):
+    def set_precisions(self, precisions, max_error=""):
+        """Tune with ``precisions`` (comma separated) allowed, under the error budget ``max_error``
+        (text: a number, or empty for none)."""
         wanted = [p for p in str(precisions).split(",") if p]
+        text = str(max_error).strip()
+        try:
+            budget = float(text) if text else None
+        except ValueError:
+            raise WorkbenchError(f"max error: expected a number such as 0.01 (or nothing for no budget), "
+                                 f"got {text!r}") from None
         with self.busy(f"tuning with {', '.join(wanted)} allowed (profiling the routines and casts the profile "
                        f"lacks), then measuring the plan's error against float32"):
-            self.session.tune(precisions=wanted)
+            if budget is None:
+                self.session.max_error = None
+            self.session.tune(precisions=wanted, max_error=budget)
             self.refresh()
         self.status(f"precision {', '.join(self.session.precisions)}: predicted {self.session.plan.cost * 1e3:.3f} ms; "
                     f"{views.precision(self.session)['text']}")

@@ -95,3 +95,6 @@ def test_05_precision(tmp_path):
     e = r["error"]
     assert e["cosine"] > 0.999 and e["max_rel"] < 0.1 and e["samples"] == 3
     assert set(r["measured_ms"]) == {"float32", "bfloat16 allowed"}
+    b = r["budget"]   # half the mixed plan's error: met by keeping layers float32, at a price in time
+    assert b is not None and b["demoted"] and b["after"]["max_rel"] <= b["max_error"] == e["max_rel"] / 2
+    assert r["budget_predicted_ms"] >= r["mixed_predicted_ms"] * (1 - 1e-9)

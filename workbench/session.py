@@ -182,13 +182,12 @@ class Session(SessionFiles, SessionComparisons):
         float32 is always allowed, for the layers no other routine serves); they replace the
         session's when given.  Lower precisions change the outputs: :meth:`precision_error`
         measures by how much.
-        ``max_error``: an error budget, the largest absolute difference from float32 over the
-        output's peak magnitude (:attr:`PrecisionError.max_rel
-        <workbench.tuning.precision.PrecisionError.max_rel>`) that the plan may have on
-        ``error_inputs`` (feeds; default three seeded random ones): the layers where a lower
-        precision buys the least time for its error are kept in float32 until the plan is within
-        it (:mod:`workbench.tuning.budget`; the report is kept as :attr:`budget`).  It replaces
-        the session's budget when given; ``session.max_error = None`` drops it.
+        ``max_error``: an error budget, the largest difference from float32 over the output's
+        peak (``PrecisionError.max_rel``) the plan may have on ``error_inputs`` (feeds; default
+        three seeded random ones): the layers where a lower precision buys the least time for
+        its error stay float32 until the plan is within it (:mod:`workbench.tuning.budget`; the
+        report is kept as :attr:`budget`).  It replaces the session's budget when given;
+        ``session.max_error = None`` drops it.
         ``in_context``: then time the plan inside the model and select again on those times
         (:meth:`calibrate`), so that the prediction is what a run costs.  Off by default: the
         selection is then a function of the profile database alone (the same plan from the
@@ -212,10 +211,8 @@ class Session(SessionFiles, SessionComparisons):
                 self.pins = old
                 raise
         if max_error is not None:
-            if not isinstance(max_error, (int, float)) or not max_error >= 0:
-                raise WorkbenchError(f"max_error: an error budget is a number >= 0 (relative to the output's "
-                                     f"peak, e.g. 0.01), got {max_error!r}")
-            self.max_error = float(max_error)
+            from .tuning.budget import checked
+            self.max_error = checked(max_error)
         if self.profiled is None:
             self.profile(progress=progress)
         self.demoted, self.budget = set(), None

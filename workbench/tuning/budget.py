@@ -26,10 +26,12 @@ meets is always met; a budget below that is reported as missed.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import WorkbenchError
 from ..ir.formats import Format
 from ..ir.graph import NCHW
 from ..routines import adapts
@@ -51,6 +53,7 @@ class BudgetReport:
     demoted: list = field(default_factory=list)
     local: dict = field(default_factory=dict)    # layer -> local error (relative to its output's peak)
     evaluated: int = 0
+    low_left: bool = False           # the plan kept still computes below float32
 
     @property
     def met(self):
@@ -59,7 +62,8 @@ class BudgetReport:
     def __str__(self):
         if self.before is not None and self.before.max_rel <= self.max_error:
             return f"error budget {self.max_error:.3g}: met by the fastest plan ({self.before.max_rel:.3g})"
-        state = "met" if self.met else "MISSED (the float32 plan itself is further off)"
+        state = ("met" if self.met else f"MISSED (after {ROUNDS} rounds of ranking)" if self.low_left
+                 else "MISSED (the float32 plan itself is further off)")
         return (f"error budget {self.max_error:.3g}: {state}; {len(self.demoted)} layer(s) kept in float32 "
                 f"({self.before.max_rel:.3g} -> {self.after.max_rel:.3g}, {self.evaluated} plan(s) measured)")
 
@@ -67,6 +71,14 @@ class BudgetReport:
         return {"max_error": self.max_error, "demoted": list(self.demoted),
                 "before": self.before.to_dict() if self.before is not None else None,
                 "after": self.after.to_dict() if self.after is not None else None}
+
+
+def checked(max_error):
+    """``max_error`` as a float; :class:`~workbench.errors.WorkbenchError` unless a number >= 0."""
+    if isinstance(max_error, bool) or not isinstance(max_error, numbers.Real) or not max_error >= 0:
+        raise WorkbenchError(f"max_error: an error budget is a number >= 0 (relative to the output's peak, "
+                             f"e.g. 0.01), got {max_error!r}")
+    return float(max_error)
 
 
 def _to(array, spec, src, dst, threads):
@@ -167,8 +179,7 @@ def fit(session, max_error, inputs=None, samples=3, seed=0):
     error within ``max_error``; sets ``session.demoted`` and the plan, returns a :class:`BudgetReport`.
 
     ``inputs``: a list of feeds in the session's io_format (default: ``samples`` seeded random ones)."""
-    if not max_error >= 0:
-        raise ValueError(f"max_error must be a number >= 0, got {max_error!r}")
+    max_error = checked(max_error)
     if inputs is None:
         inputs = [session.random_inputs(seed=seed + i) for i in range(samples)]
     refs = reference_outputs(session, inputs)
@@ -200,6 +211,6 @@ def fit(session, max_error, inputs=None, samples=3, seed=0):
         base |= set(order[:hi])
         report.demoted += [n for n in order[:hi] if n not in report.demoted]
         err = hi_err if hi_err is not None and session.demoted == base else error_of(base)
-    report.after = err
+    report.after, report.low_left = err, bool(low_precision(session.plan.choice))
     session.precision = err
     return report

@@ -11,6 +11,11 @@ time, the intermediates in per-thread buffers that stay in L1.  Each step is the
 operation, in the same order, as the layer it came from: the result is bit for bit the unfused
 one.
 
+Inputs and the output may also be bfloat16 (2-byte arrays: ml_dtypes' bfloat16 or their uint16
+bits): a bfloat16 input is widened to float32 block by block as it is read, the steps run in
+float32 as before, and a bfloat16 output is rounded once, to nearest even, as the block is
+stored.  So a chain between bfloat16 convolutions moves half the bytes and needs no cast.
+
 A program is a list of steps ``(op, a, b, act, p0, p1)``: ``op`` one of ``OPS``, ``a`` and ``b``
 operand references (``k >= 0``: input ``k``; ``k < 0``: the result of step ``-k - 1``, an
 earlier one), ``act`` an activation code of ``eltwise.pyx`` (not PRelu).  The last step's result
@@ -33,14 +38,57 @@ cimport numpy as cnp
 from _epilogue cimport ACT_PRELU
 from _eltwise_rows cimport AddT, SubT, MulT, DivT, ACT_LAST, _act_row, _row
 from libc.string cimport memcpy
+from libc.stdint cimport uint16_t
 
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 # the argument checks of the base build (no ISA-specific code in them)
 from workbench._kernels.eltwise import _extent, _rows_array
 
+BFLOAT16_NAMES = ("bfloat16", "uint16")
+
+
+def _operand(a, name, writeable=False):
+    """Check an operand or the output (float32, or bfloat16 / its uint16 bits; C-contiguous or
+    with a contiguous last axis); returns 1 where it is bfloat16."""
+    if isinstance(a, np.ndarray) and a.dtype.name in BFLOAT16_NAMES:
+        if writeable and not a.flags.writeable:
+            raise ValueError(f"eltwise_chain: {name} is read-only")
+        if not a.flags.c_contiguous and (a.ndim == 0 or a.strides[a.ndim - 1] != 2 or min(a.strides) < 0):
+            raise ValueError(f"eltwise_chain: {name} must be C-contiguous or a view with a contiguous last axis "
+                             f"(a channel slice), got strides {a.strides}")
+        return 1
+    _rows_array(a, name, "eltwise_chain", writeable=writeable)
+    return 0
+
 cnp.import_array()
 wb_pool_import()
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* n bfloat16 values read every st elements -> float32 (exact). */
+    static inline void wbc_widen(float* o, const uint16_t* x, Py_ssize_t st, Py_ssize_t n) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)x[i * st] << 16;
+            memcpy(&o[i], &u, 4);
+        }
+    }
+    /* n float32 -> bfloat16, to nearest even; a NaN stays a (quiet) NaN. */
+    static inline void wbc_round(uint16_t* o, const float* x, Py_ssize_t n) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &x[i], 4);
+            uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
+            o[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
+        }
+    }
+    """
+    void wbc_widen(float* o, const uint16_t* x, Py_ssize_t st, Py_ssize_t n) noexcept nogil
+    void wbc_round(uint16_t* o, const float* x, Py_ssize_t n) noexcept nogil
 
 OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3}
 
@@ -63,8 +111,10 @@ def set_grain(Py_ssize_t elements):
 
 
 cdef struct _Job:
-    float* out
-    const float* x[MAX_INPUTS]
+    char* out
+    int out_bf                     # the output is bfloat16
+    const char* x[MAX_INPUTS]
+    int bf[MAX_INPUTS]             # input k is bfloat16
     Py_ssize_t st[MAX_INPUTS][4]   # element strides of each input over the loop nest
     Py_ssize_t d[4]
     Py_ssize_t so[4]               # the output's (its last 1)
@@ -95,14 +145,18 @@ cdef inline void _step(int op, float* o, const float* a, Py_ssize_t sa, const fl
         _row(<DivT*> NULL, o, a, sa, b, sb, n)
 
 
-cdef inline void _repeat(float* o, const float* x, Py_ssize_t p, Py_ssize_t m, Py_ssize_t unit,
+cdef inline void _repeat(float* o, const char* x, int bf, Py_ssize_t p, Py_ssize_t m, Py_ssize_t unit,
                          Py_ssize_t rep) noexcept nogil:
-    """Elements p..p+m-1 of a repeated row (each run of ``unit`` floats of ``x`` ``rep`` times)."""
+    """Elements p..p+m-1 of a repeated row (each run of ``unit`` elements of ``x`` ``rep``
+    times), as float32 (``bf``: ``x`` is bfloat16)."""
     cdef Py_ssize_t t = 0, run, span = unit * rep, j, k
     if unit == 1:
         j, k = p // rep, p % rep
         while t < m:
-            o[t] = x[j]
+            if bf:
+                wbc_widen(o + t, <const uint16_t*> x + j, 1, 1)
+            else:
+                o[t] = (<const float*> x)[j]
             t += 1
             k += 1
             if k == rep:
@@ -111,7 +165,10 @@ cdef inline void _repeat(float* o, const float* x, Py_ssize_t p, Py_ssize_t m, P
     while t < m:
         j = p % unit
         run = min(unit - j, m - t)
-        memcpy(o + t, x + p // span * unit + j, run * sizeof(float))
+        if bf:
+            wbc_widen(o + t, <const uint16_t*> x + p // span * unit + j, 1, run)
+        else:
+            memcpy(o + t, <const float*> x + p // span * unit + j, run * sizeof(float))
         t += run
         p += run
 
@@ -124,16 +181,17 @@ cdef inline const float* _patterned(const _Job* c, float (*pat)[TILE], int k, Py
 cdef void _chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
     cdef _Job* c = <_Job*> ctx
     cdef float tmp[MAX_STEPS][BLOCK]
+    cdef float wide[MAX_INPUTS][BLOCK]   # a block of each strided bfloat16 input, widened
     cdef float pat[MAX_PATTERNS][TILE]
-    cdef const float* tiled[MAX_PATTERNS]
-    cdef const float* base[MAX_INPUTS]
+    cdef const char* tiled[MAX_PATTERNS]
+    cdef const char* base[MAX_INPUTS]
     cdef const Py_ssize_t* d = c.d
-    cdef Py_ssize_t job, rest, i0, i1, i2, r0, n, k, b0, m, j
+    cdef Py_ssize_t job, rest, i0, i1, i2, r0, n, k, b0, m, j, at
     cdef int s, ref
     cdef const float* pa
     cdef const float* pb
     cdef Py_ssize_t sa, sb
-    cdef float* po
+    cdef char* po
     cdef float* dst
     for k in range(MAX_PATTERNS):
         tiled[k] = NULL
@@ -146,40 +204,52 @@ cdef void _chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
         i0 = rest // d[1]
         n = min(c.chunk, d[3] - r0)
         for k in range(c.nin):
-            base[k] = c.x[k] + i0 * c.st[k][0] + i1 * c.st[k][1] + i2 * c.st[k][2]
+            at = i0 * c.st[k][0] + i1 * c.st[k][1] + i2 * c.st[k][2]
             if c.kind[k] == 0:
-                base[k] += r0 * c.st[k][3]
-            elif c.kind[k] == 1 and tiled[c.pat[k]] != base[k]:   # its unit end to end, a block at any phase
+                at += r0 * c.st[k][3]
+            base[k] = c.x[k] + at * (2 if c.bf[k] else 4)
+            if c.kind[k] == 1 and tiled[c.pat[k]] != base[k]:   # its unit end to end, a block at any phase
                 tiled[c.pat[k]] = base[k]
                 j = 0
                 while j + c.unit[k] <= TILE:
-                    memcpy(&pat[c.pat[k]][j], base[k], c.unit[k] * sizeof(float))
+                    if c.bf[k]:
+                        wbc_widen(&pat[c.pat[k]][j], <const uint16_t*> base[k], 1, c.unit[k])
+                    else:
+                        memcpy(&pat[c.pat[k]][j], base[k], c.unit[k] * sizeof(float))
                     j += c.unit[k]
-        po = c.out + i0 * c.so[0] + i1 * c.so[1] + i2 * c.so[2] + r0
+        po = c.out + (i0 * c.so[0] + i1 * c.so[1] + i2 * c.so[2] + r0) * (2 if c.out_bf else 4)
         b0 = 0
         while b0 < n:
             m = min(<Py_ssize_t> BLOCK, n - b0)
             for k in range(c.nin):
                 if c.kind[k] == 2:
-                    _repeat(pat[c.pat[k]], base[k], r0 + b0, m, c.unit[k], c.rep[k])
+                    _repeat(pat[c.pat[k]], base[k], c.bf[k], r0 + b0, m, c.unit[k], c.rep[k])
+                elif c.kind[k] == 0 and c.bf[k]:
+                    wbc_widen(wide[k], <const uint16_t*> base[k] + b0 * c.st[k][3], c.st[k][3], m)
             for s in range(c.nsteps):
                 ref = c.a[s]
                 if ref < 0:
                     pa, sa = tmp[-ref - 1], 1
+                elif c.kind[ref] == 0 and c.bf[ref]:
+                    pa, sa = wide[ref], 1
                 elif c.kind[ref] == 0:
-                    pa, sa = base[ref] + b0 * c.st[ref][3], c.st[ref][3]
+                    pa, sa = <const float*> base[ref] + b0 * c.st[ref][3], c.st[ref][3]
                 else:
                     pa, sa = _patterned(c, pat, ref, r0 + b0), 1
                 ref = c.b[s]
                 if ref < 0:
                     pb, sb = tmp[-ref - 1], 1
+                elif c.kind[ref] == 0 and c.bf[ref]:
+                    pb, sb = wide[ref], 1
                 elif c.kind[ref] == 0:
-                    pb, sb = base[ref] + b0 * c.st[ref][3], c.st[ref][3]
+                    pb, sb = <const float*> base[ref] + b0 * c.st[ref][3], c.st[ref][3]
                 else:
                     pb, sb = _patterned(c, pat, ref, r0 + b0), 1
-                dst = po + b0 if s == c.nsteps - 1 else tmp[s]
+                dst = (<float*> po + b0) if s == c.nsteps - 1 and not c.out_bf else tmp[s]
                 _step(c.op[s], dst, pa, sa, pb, sb, m)
                 _act_row(dst, m, c.act[s], c.p0[s], c.p1[s], 0)
+            if c.out_bf:
+                wbc_round(<uint16_t*> po + b0, tmp[c.nsteps - 1], m)
             b0 += m
 
 
@@ -197,7 +267,8 @@ cdef class Chain:
     """The program ``steps`` over ``inputs`` into ``out``, checked once when made; each call
     ``(num_threads)`` runs it (an executor's step on its own buffers).
 
-    ``inputs``: up to 8 float32 arrays, C-contiguous or with a contiguous last axis; ``strides``:
+    ``inputs``: up to 8 float32 or bfloat16 arrays (the output either too), C-contiguous or with a
+    contiguous last axis; ``strides``:
     per input, 4 element strides over the loop nest ``dims`` (outermost first, 0 where it
     broadcasts); ``out``: ``prod(dims)`` elements written in loop order, C-contiguous or of shape
     ``dims`` with its last axis contiguous (a channel slice, written where it lies).  ``rows``:
@@ -221,7 +292,7 @@ cdef class Chain:
             raise ValueError(f"eltwise_chain: 1 to {MAX_STEPS} steps, got {len(steps)}")
         if len(dims) != 4:
             raise ValueError(f"eltwise_chain: dims needs 4 values, got {dims}")
-        _rows_array(out, "out", "eltwise_chain", writeable=True)
+        self.job.out_bf = _operand(out, "out", writeable=True)
         for k in range(4):
             self.job.d[k] = dims[k]
             if dims[k] < 1:
@@ -234,7 +305,7 @@ cdef class Chain:
                 dims[2] * dims[3], dims[3], 1
         elif out.ndim == 4 and tuple(out.shape) == tuple(dims):
             for k in range(4):
-                self.job.so[k] = out.strides[k] // 4 if dims[k] > 1 else 0
+                self.job.so[k] = out.strides[k] // out.itemsize if dims[k] > 1 else 0
             self.job.so[3] = 1
         else:
             raise ValueError(f"eltwise_chain: out must be C-contiguous, or of the loop nest's shape {tuple(dims)}; "
@@ -242,7 +313,7 @@ cdef class Chain:
         for k in range(MAX_INPUTS):
             self.job.x[k] = NULL
         for k, (x, st) in enumerate(zip(inputs, strides)):
-            _rows_array(x, f"input {k}", "eltwise_chain")
+            self.job.bf[k] = _operand(x, f"input {k}")
             if len(st) != 4 or min(st) < 0:
                 raise ValueError(f"eltwise_chain: input {k} needs 4 non-negative strides, got {st}")
             self.job.kind[k] = 0
@@ -260,7 +331,7 @@ cdef class Chain:
             if last >= _extent(x):
                 raise ValueError(f"eltwise_chain: input {k} spans {_extent(x)} elements; dims {tuple(dims)} with "
                                  f"strides {tuple(st)} read up to element {last}")
-            self.job.x[k] = <const float*> cnp.PyArray_DATA(<cnp.ndarray> x)
+            self.job.x[k] = <const char*> cnp.PyArray_DATA(<cnp.ndarray> x)
             for j in range(4):
                 self.job.st[k][j] = st[j]
         for j, (op, a, b, act, p0, p1) in enumerate(steps):
@@ -275,7 +346,7 @@ cdef class Chain:
             self.job.op[j], self.job.a[j], self.job.b[j] = OPS[op], a, b
             self.job.act[j], self.job.p0[j], self.job.p1[j] = act, p0, p1
         self.job.nsteps, self.job.nin = len(steps), len(inputs)
-        self.job.out = <float*> cnp.PyArray_DATA(<cnp.ndarray> out)
+        self.job.out = <char*> cnp.PyArray_DATA(<cnp.ndarray> out)
         self.keep = (tuple(inputs), out)
 
     def __call__(self, int num_threads):

@@ -159,7 +159,7 @@ def _repeated(state, k, x, factors, nhwc):
     in ``state`` (made once per shape): a broadcast copy, nothing allocated per run."""
     (fh, fw), (n, a, b, c) = factors, x.shape
     shape = (n, a * fh, b * fw, c) if nhwc else (n, a, b * fh, c * fw)
-    buf = memo(state, ("upsampled", k, x.shape), lambda: np.empty(shape, np.float32))
+    buf = memo(state, ("upsampled", k, x.shape), lambda: np.empty(shape, x.dtype))
     if nhwc:   # (n, h, fh, w, fw, c) <- (n, h, 1, w, 1, c)
         np.copyto(buf.reshape(n, a, fh, b, fw, c), x[:, :, None, :, None, :])
     else:      # (n, c, h, fh, w, fw) <- (n, c, h, 1, w, 1)

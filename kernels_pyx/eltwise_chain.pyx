@@ -71,10 +71,17 @@ cdef extern from *:
     /* n bfloat16 values read every st elements -> float32 (exact). */
     static inline void wbc_widen(float* o, const uint16_t* x, Py_ssize_t st, Py_ssize_t n) {
         Py_ssize_t i;
-        for (i = 0; i < n; i++) {
-            uint32_t u = (uint32_t)x[i * st] << 16;
-            memcpy(&o[i], &u, 4);
-        }
+        uint32_t u;
+        if (st == 1)   /* the common case, on its own so that it vectorises */
+            for (i = 0; i < n; i++) {
+                u = (uint32_t)x[i] << 16;
+                memcpy(&o[i], &u, 4);
+            }
+        else
+            for (i = 0; i < n; i++) {
+                u = (uint32_t)x[i * st] << 16;
+                memcpy(&o[i], &u, 4);
+            }
     }
     /* n float32 -> bfloat16, to nearest even; a NaN stays a (quiet) NaN. */
     static inline void wbc_round(uint16_t* o, const float* x, Py_ssize_t n) {

@@ -24,6 +24,7 @@
 #define WB_DW_BF16_H
 
 #include "wb_gemm_bf16.h"
+#include "wb_dw512.h"
 
 /* Floats of the packed weights (taps x 32-channel blocks x 32) and of the packed bias. */
 static inline ptrdiff_t wbd_packed_floats(ptrdiff_t taps, ptrdiff_t c) { return taps * ((c + 31) / 32) * 32; }
@@ -145,6 +146,83 @@ static void wbd_px1(const wbb_geo* g, const uint16_t* x, const float* w, const f
         }
     }
     wbd_store32(acc, e, out, f32, ((b * g->oh + oy) * g->ow + ox) * g->c + c0, m);
+}
+#endif
+
+#if WBB_NATIVE
+/* Input rows a band holds: at least a window's, about 96 KiB of float32 beyond that, so that a
+ * band and the output row stay in L2 while the kernel passes over them KH times. */
+static inline ptrdiff_t wbd_band_rows(const wbb_geo* g) {
+    ptrdiff_t row = g->w * g->c, rows = (384 * 1024 / 4) / (row > 0 ? row : 1);
+    return rows > g->kh ? rows : g->kh;
+}
+
+/* Floats of one thread's scratch for wbd_rows_wide: the band and one float32 output row. */
+static inline ptrdiff_t wbd_wide_floats(const wbb_geo* g) { return wbd_band_rows(g) * g->w * g->c + g->ow * g->c; }
+
+/* Output rows r0..r1-1 (of n * oh) of a dilation-1 convolution with plain float32 weights w
+ * (KH * KW, C) and bias (C,): the bfloat16 input rows a band of output rows reads are widened once
+ * into `scratch` (wbd_wide_floats), and the float32 register kernel of wb_dw512.h computes each
+ * row from there; a bfloat16 output row is rounded from the float32 row at its store.  The
+ * sliding form above widens each input vector again for every output row and tap that reads it
+ * (the shifts compete with the FMAs for the vector pipes): here each input element is widened
+ * about once, and the multiply-adds run at the float32 kernel's rate. */
+static void wbd_rows_wide(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out,
+                          int f32, const wb512_epi* e, ptrdiff_t r0, ptrdiff_t r1, float* scratch) {
+    const ptrdiff_t rowlen = g->w * g->c, orowlen = g->ow * g->c, cap = wbd_band_rows(g);
+    const ptrdiff_t per_band = (cap - g->kh) / g->sh + 1;   /* output rows whose windows fit the band */
+    const int fused = e->act <= 5 ? e->act : 0;             /* the register kernel's own activations */
+    float* band = scratch;
+    float* orow = scratch + cap * rowlen;
+    ptrdiff_t r = r0;
+    while (r < r1) {
+        ptrdiff_t b = r / g->oh, oy0 = r % g->oh, oy1 = oy0 + per_band, oy, lo, hi, i, j;
+        if (oy1 > g->oh) oy1 = g->oh;
+        if (oy1 - oy0 > r1 - r) oy1 = oy0 + (r1 - r);
+        lo = oy0 * g->sh - g->pt;
+        hi = (oy1 - 1) * g->sh - g->pt + g->kh;
+        if (lo < 0) lo = 0;
+        if (hi > g->h) hi = g->h;
+        for (i = lo; i < hi; i++) {   /* widen: a bfloat16 is the high half of its float32 */
+            const uint16_t* src = x + (b * g->h + i) * rowlen;
+            float* dst = band + (i - lo) * rowlen;
+            for (j = 0; j + 16 <= rowlen; j += 16)
+                _mm512_storeu_si512(dst + j, _mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + j))), 16));
+            if (j < rowlen) {
+                __mmask16 m = (__mmask16)((1u << (rowlen - j)) - 1);
+                _mm512_mask_storeu_epi32(dst + j, m, _mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + j)), 16));
+            }
+        }
+        for (oy = oy0; oy < oy1; oy++) {
+            float* y = f32 ? (float*)out + (b * g->oh + oy) * orowlen : orow;
+            /* the band as image 0 of a virtual image whose row lo is band row 0: the kernel
+             * reads only rows inside 0..H-1 of the window, all within lo..hi-1 */
+            wb_dw512_row(band - lo * rowlen, w, bias, y, 0, oy, g->h, g->w, g->c, g->ow, g->kh, g->kw, g->sh,
+                         g->sw, g->pt, g->pl, fused, e->p0, e->p1);
+            if (e->act != fused)
+                for (j = 0; j < orowlen; j += 32) {
+                    ptrdiff_t left = orowlen - j;
+                    __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+                    __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+                    __m512 v0 = _mm512_maskz_loadu_ps(m0, y + j), v1 = _mm512_maskz_loadu_ps(m1, y + j + 16);
+                    wb512_act(&v0, &v1, e, m1);
+                    _mm512_mask_storeu_ps(y + j, m0, v0);
+                    _mm512_mask_storeu_ps(y + j + 16, m1, v1);
+                }
+            if (!f32)
+                wbb_narrow(y, (uint16_t*)out + (b * g->oh + oy) * orowlen, orowlen);
+        }
+        r += oy1 - oy0;
+    }
+}
+#else
+/* Without the instructions conv_depthwise refuses the wide form before any of this is called. */
+static inline ptrdiff_t wbd_wide_floats(const wbb_geo* g) { (void)g; return 0; }
+static void wbd_rows_wide(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out,
+                          int f32, const wb512_epi* e, ptrdiff_t r0, ptrdiff_t r1, float* scratch) {
+    (void)g; (void)x; (void)w; (void)bias; (void)out; (void)f32; (void)e; (void)r0; (void)r1; (void)scratch;
 }
 #endif
 

@@ -29,6 +29,8 @@ def _act(x, code, p0, p1):
         return np.clip(x * p0 + p1, 0, 1)
     if code == 5:
         return x * np.clip(x / 6 + 0.5, 0, 1)
+    if code == 6:
+        return 1 / (1 + np.exp(-x))
     return x
 
 
@@ -155,20 +157,25 @@ def _conv_reference(x, w, strides, pads, dilations=(1, 1)):
 
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(n=st.integers(1, 2), h=st.integers(1, 13), w=st.integers(1, 17), c=st.integers(1, 70),
-       k=st.sampled_from([1, 3, 5, 7]), s=st.sampled_from([1, 2]), pad=st.integers(0, 3), code=st.sampled_from([0, 1, 2]),
-       bias=st.booleans(), f32=st.booleans(), build=st.sampled_from(BUILDS), threads=st.sampled_from([1, 2]))
-def test_depthwise_matches_numpy(n, h, w, c, k, s, pad, code, bias, f32, build, threads):
+       k=st.sampled_from([1, 3, 5, 7]), s=st.sampled_from([1, 2, 3]), pad=st.integers(0, 3),
+       code=st.sampled_from([0, 1, 2, 5, 6]), bias=st.booleans(), f32=st.booleans(), build=st.sampled_from(BUILDS),
+       threads=st.sampled_from([1, 2, 3]), wide=st.booleans())
+def test_depthwise_matches_numpy(n, h, w, c, k, s, pad, code, bias, f32, build, threads, wide):
+    """Both forms (wide: the rows widened once into scratch, the float32 register kernel; else the
+    sliding form) against a float64 reference; sigmoid (6) is applied after the register kernel's
+    own activations."""
     mod = _module(build)
-    if h + 2 * pad < k or w + 2 * pad < k:
+    if h + 2 * pad < k or w + 2 * pad < k or (code == 6 and build == "gemm_bf16"):
         return
+    wide = wide and build != "gemm_bf16"   # the wide form needs the native build
     rng = np.random.default_rng(h * 100 + w * 10 + c)
     x = rng.standard_normal((n, h, w, c)).astype(BF16)
     wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
     b = rng.standard_normal(c).astype(np.float32) if bias else None
-    wp, bp = mod.pack_depthwise(np.ascontiguousarray(wt[:, 0].transpose(1, 2, 0)), b)
+    wp, bp = mod.pack_depthwise(np.ascontiguousarray(wt[:, 0].transpose(1, 2, 0)), b, wide)
     oh, ow = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
     out = np.full((n, oh, ow, c), np.nan, np.float32 if f32 else BF16)
-    mod.conv_depthwise(x, wp, bp, out, (k, k), (s, s), (1, 1), (pad,) * 4, code, -0.5, 1.5, threads)
+    mod.conv_depthwise(x, wp, bp, out, (k, k), (s, s), (1, 1), (pad,) * 4, code, -0.5, 1.5, threads, wide)
     ref = _conv_reference(x.astype(np.float32), wt, (s, s), (pad,) * 4) + (0 if b is None else b)
     ref = _act(ref, code, -0.5, 1.5)
     bound = 1e-5 * (np.abs(x.astype(np.float64)).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + 1)

@@ -253,6 +253,7 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
     op = "Conv"
     algo = "depthwise_bf16"
     priority = 10
+    wide = False   # the kernel's form: see NhwcDepthwiseWideBf16
 
     @classmethod
     def applies(cls, layer, specs):
@@ -268,7 +269,7 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
     def prepare(cls, layer):
         w = np.asarray(layer.const(1), np.float32)
         b = layer.const(2) if len(layer.inputs) > 2 else None
-        wp, bp = _kernels().pack_depthwise(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), b)   # (KH, KW, C)
+        wp, bp = _kernels().pack_depthwise(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), b, cls.wide)   # (KH, KW, C)
         return {"w": wp, "bias": bp, "epi": encode(layer, w.shape[0], extended=True), "geometry": geometry(layer)}
 
     @classmethod
@@ -276,9 +277,29 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
         kernel, strides, dilations, pads, _ = state["geometry"]
         epi = state["epi"]
         _kernels().conv_depthwise(args[0], state["w"], state["bias"], outs[0], kernel, strides, dilations, pads,
-                                  epi.code, epi.p0, epi.p1, num_threads)
+                                  epi.code, epi.p0, epi.p1, num_threads, cls.wide)
 
 
 class NhwcDepthwiseBf16F32Out(_F32Out, NhwcDepthwiseBf16):
     algo = "depthwise_bf16_f32out"
     priority = 9.9
+
+
+class NhwcDepthwiseWideBf16(NhwcDepthwiseBf16):
+    """The input rows a band of output rows reads widened to float32 once, into the thread's
+    scratch, and the float32 register kernel run on them (``wbd_rows_wide``): faster than the
+    sliding form where each input is read by many taps (stride 1, larger images), slower where
+    the widening is a larger share (stride 2, small maps).  Dilation 1 only."""
+
+    algo = "depthwise_wide_bf16"
+    wide = True
+    priority = 9.95
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return super().applies(layer, specs) and tuple(geometry(layer)[2]) == (1, 1)
+
+
+class NhwcDepthwiseWideBf16F32Out(_F32Out, NhwcDepthwiseWideBf16):
+    algo = "depthwise_wide_bf16_f32out"
+    priority = 9.85

@@ -29,6 +29,13 @@ wb_pool_import()
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
+cdef extern from "wb_implicit_bf16.h" nogil:
+    void wbi_pad_rows(const wbb_geo* g, const void* x, int x_f32, Py_ssize_t hp, Py_ssize_t wpd, uint16_t* xp,
+                      Py_ssize_t r0, Py_ssize_t r1)
+    void wbi_block(const wbb_geo* g, const uint16_t* xp, Py_ssize_t hp, Py_ssize_t wpd, const Py_ssize_t* toff,
+                   int ntaps, Py_ssize_t n, const uint16_t* pb, void* c, int f32, const wbb_epi* ep, Py_ssize_t i0,
+                   Py_ssize_t i1, Py_ssize_t p0, Py_ssize_t p1)
+
 cdef extern from "wb_dw_bf16.h" nogil:
     void wbd_row(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
                  const wb512_epi* e, Py_ssize_t row)
@@ -118,6 +125,11 @@ cdef struct _Ctx:
     wbb_epi ep
     wbb_geo geo          # with scratch: the convolution whose im2col rows A is (a plain matrix: 1x1 on a 1 x m image)
     uint16_t* scratch    # row_tile * k words per thread slot: each job gathers its rows of A there
+    int ntaps            # > 0: an implicit-GEMM convolution (wb_implicit_bf16.h) with these taps
+    const Py_ssize_t* toff
+    Py_ssize_t hp, wpd, pad_rows_per_job
+    bint pad             # the image is copied into a zero-bordered one first (else read in place)
+    uint16_t* padded     # the zero-bordered image (read only, but written by the pad jobs first)
 
 
 cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
@@ -125,10 +137,21 @@ cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef Py_ssize_t i0 = job // g.col_jobs * g.row_tile, p0 = job % g.col_jobs * g.panels_per_job
     cdef Py_ssize_t i1 = min(i0 + g.row_tile, g.m)
     cdef const uint16_t* a = <const uint16_t*> g.a + i0 * g.lda
+    if g.ntaps > 0:
+        wbi_block(&g.geo, g.padded, g.hp, g.wpd, g.toff, g.ntaps, g.n, g.pb, g.c, g.f32, &g.ep, i0, i1, p0,
+                  min(p0 + g.panels_per_job, g.panels))
+        return
     if g.scratch != NULL:
         a = g.scratch + slot * g.row_tile * g.k
         wbb_im2col(&g.geo, g.a, g.a_f32, i0, i1, <uint16_t*> a)
     wbb_block(g.n, g.k, a, g.lda, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0, min(p0 + g.panels_per_job, g.panels))
+
+
+cdef void _pad_job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
+    cdef _Ctx* g = <_Ctx*> ctx
+    cdef Py_ssize_t r0 = job * g.pad_rows_per_job
+    wbi_pad_rows(&g.geo, g.a, g.a_f32, g.hp, g.wpd, g.padded, r0,
+                 min(r0 + g.pad_rows_per_job, g.geo.n * g.hp))
 
 
 cdef bint _overlap(a, b):
@@ -163,6 +186,7 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     g.a, g.pb, g.c, g.f32 = _ptr(a), <const uint16_t*> _ptr(wp), _ptr(out), out.dtype == np.float32
     g.a_f32 = a.dtype == np.float32
     g.scratch = NULL
+    g.ntaps = 0
     fill_epilogue(&g.ep, bias, residual, n, act, p0, p1, post, res_post)
     g.panels = (n + WBB_NR - 1) // WBB_NR
     _schedule(g, num_threads, max_tile)
@@ -193,6 +217,13 @@ cdef int _launch(_Ctx* g, int num_threads, bint gather) except -1:
     if gather:
         buf = _scratch(num_threads * g.row_tile * g.k)
         g.scratch = <uint16_t*> _ptr(buf)
+    cdef Py_ssize_t rows
+    if g.ntaps > 0 and g.pad and g.m > 0 and g.n > 0:
+        rows = g.geo.n * g.hp
+        g.padded = <uint16_t*> _ptr(_scratch(rows * g.wpd * g.geo.c))
+        g.pad_rows_per_job = wb_jobs_per_chunk(rows, g.wpd * g.geo.c, num_threads)
+        with nogil:
+            wb_pool_run(_pad_job, g, (rows + g.pad_rows_per_job - 1) // g.pad_rows_per_job, num_threads)
     if g.m > 0 and g.n > 0:
         with nogil:
             wb_pool_run(_job, g, (g.m + g.row_tile - 1) // g.row_tile * g.col_jobs, num_threads)
@@ -316,6 +347,28 @@ def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residua
     cdef Py_ssize_t k = kh * kw * c
     _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads, _gather_tile(k))
     return _finish(&g, num_threads, _gather_tile(k), True, bind, [out, x, wp, bias, residual, post])
+
+
+def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, residual=None, int act=0, double p0=0,
+                  double p1=0, post=None, bint res_post=False, int num_threads=1, bint bind=False):
+    """A group-1 NHWC convolution as an implicit GEMM (``wb_implicit_bf16.h``): the image copied
+    once into a zero-bordered one (rounded to bfloat16 if float32; read in place when bfloat16 and
+    unpadded), each block of pixels of an output row reading its taps there.  Arguments as
+    :func:`conv_im2col`, the same packed weights; the channel count must be even."""
+    x, out = _input(x), _output(out)
+    cdef _Ctx g
+    _geometry(&g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
+    n, oh, ow, c, kh, kw = g.geo.n, g.geo.oh, g.geo.ow, g.geo.c, g.geo.kh, g.geo.kw
+    if c % 2:
+        raise ValueError(f"gemm_bf16: the implicit convolution takes an even channel count, got {c}")
+    _setup(&g, x, wp, out, n * oh * ow, kh * kw * c, bias, residual, act, p0, p1, post, res_post, num_threads, ROW_TILE)
+    (pt, pl, pb, pr), (dh, dw) = pads, dilations
+    g.hp, g.wpd = g.geo.h + pt + pb, g.geo.w + pl + pr
+    toff = np.array([(i * dh * g.wpd + j * dw) * c for i in range(kh) for j in range(kw)], np.intp)
+    g.ntaps, g.toff = kh * kw, <const Py_ssize_t*> _ptr(toff)
+    g.pad = g.a_f32 or any(pads)
+    g.padded = NULL if g.pad else <uint16_t*> g.a
+    return _finish(&g, num_threads, ROW_TILE, False, bind, [out, x, wp, bias, residual, post, toff])
 
 
 cdef struct _DwCtx:

@@ -174,10 +174,12 @@ WBB_AI __m512i wbb_pair(const uint16_t* p) {
                    (char*)c + (i) * ldc * (f32 ? 4 : 2), f32);
 
 /* Rows row0..row0+mr-1 (mr <= 12) of C, the 32 columns of one panel (nr live). a: A's row row0;
- * c: C at (row0, col0), ldc in elements. */
+ * c: C at (row0, col0), ldc in elements.  toff NULL: A's rows are k contiguous words.  Else the
+ * depth is ntaps runs of k / ntaps words (even), run t at offset toff[t] from each row's start:
+ * an implicit-GEMM convolution's taps, read where they lie in the (padded) image. */
 static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
                                void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
-                               ptrdiff_t col0) {
+                               ptrdiff_t col0, const ptrdiff_t* toff, int ntaps) {
     const uint16_t *a0 = a, *a1 = a + (mr > 1 ? 1 : 0) * lda, *a2 = a + (mr > 2 ? 2 : mr - 1) * lda,
                    *a3 = a + (mr > 3 ? 3 : mr - 1) * lda, *a4 = a + (mr > 4 ? 4 : mr - 1) * lda,
                    *a5 = a + (mr > 5 ? 5 : mr - 1) * lda, *a6 = a + (mr > 6 ? 6 : mr - 1) * lda,
@@ -187,19 +189,23 @@ static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, in
     WBB_ACC(0) WBB_ACC(1) WBB_ACC(2) WBB_ACC(3) WBB_ACC(4) WBB_ACC(5)
     WBB_ACC(6) WBB_ACC(7) WBB_ACC(8) WBB_ACC(9) WBB_ACC(10) WBB_ACC(11)
     __m512i b0, b1;
-    ptrdiff_t q, kp = k / 2;
-    _Pragma("GCC unroll 2")
-    for (q = 0; q < kp; q++) {
-        b0 = _mm512_loadu_si512(pb);
-        b1 = _mm512_loadu_si512(pb + 32);
-        _mm_prefetch((const char*)(pb + 8 * 64), _MM_HINT_T0);
-        pb += 64;
-        WBB_ROW(0, wbb_pair(a0 + 2 * q)) WBB_ROW(1, wbb_pair(a1 + 2 * q)) WBB_ROW(2, wbb_pair(a2 + 2 * q))
-        WBB_ROW(3, wbb_pair(a3 + 2 * q)) WBB_ROW(4, wbb_pair(a4 + 2 * q)) WBB_ROW(5, wbb_pair(a5 + 2 * q))
-        WBB_ROW(6, wbb_pair(a6 + 2 * q)) WBB_ROW(7, wbb_pair(a7 + 2 * q)) WBB_ROW(8, wbb_pair(a8 + 2 * q))
-        WBB_ROW(9, wbb_pair(a9 + 2 * q)) WBB_ROW(10, wbb_pair(a10 + 2 * q)) WBB_ROW(11, wbb_pair(a11 + 2 * q))
+    ptrdiff_t j, run = (toff != NULL ? k / ntaps : k) / 2 * 2;
+    int t;
+    for (t = 0; t < (toff != NULL ? ntaps : 1); t++) {
+        ptrdiff_t o = toff != NULL ? toff[t] : 0;
+        _Pragma("GCC unroll 2")
+        for (j = o; j < o + run; j += 2) {
+            b0 = _mm512_loadu_si512(pb);
+            b1 = _mm512_loadu_si512(pb + 32);
+            _mm_prefetch((const char*)(pb + 8 * 64), _MM_HINT_T0);
+            pb += 64;
+            WBB_ROW(0, wbb_pair(a0 + j)) WBB_ROW(1, wbb_pair(a1 + j)) WBB_ROW(2, wbb_pair(a2 + j))
+            WBB_ROW(3, wbb_pair(a3 + j)) WBB_ROW(4, wbb_pair(a4 + j)) WBB_ROW(5, wbb_pair(a5 + j))
+            WBB_ROW(6, wbb_pair(a6 + j)) WBB_ROW(7, wbb_pair(a7 + j)) WBB_ROW(8, wbb_pair(a8 + j))
+            WBB_ROW(9, wbb_pair(a9 + j)) WBB_ROW(10, wbb_pair(a10 + j)) WBB_ROW(11, wbb_pair(a11 + j))
+        }
     }
-    if (k & 1) {   /* the last element alone, its partner zero */
+    if (k & 1) {   /* the last element alone, its partner zero (contiguous rows only) */
         b0 = _mm512_loadu_si512(pb);
         b1 = _mm512_loadu_si512(pb + 32);
         ptrdiff_t l = k - 1;
@@ -218,18 +224,22 @@ static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, in
 /* The same for a tail of at most 4 rows: a third of the 12-row kernel's work. */
 static inline void wbb_micro4(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
                               void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
-                              ptrdiff_t col0) {
+                              ptrdiff_t col0, const ptrdiff_t* toff, int ntaps) {
     const uint16_t *a0 = a, *a1 = a + (mr > 1 ? 1 : 0) * lda, *a2 = a + (mr > 2 ? 2 : mr - 1) * lda,
                    *a3 = a + (mr > 3 ? 3 : mr - 1) * lda;
     WBB_ACC(0) WBB_ACC(1) WBB_ACC(2) WBB_ACC(3)
     __m512i b0, b1;
-    ptrdiff_t q, kp = k / 2;
-    for (q = 0; q < kp; q++) {
-        b0 = _mm512_loadu_si512(pb);
-        b1 = _mm512_loadu_si512(pb + 32);
-        pb += 64;
-        WBB_ROW(0, wbb_pair(a0 + 2 * q)) WBB_ROW(1, wbb_pair(a1 + 2 * q))
-        WBB_ROW(2, wbb_pair(a2 + 2 * q)) WBB_ROW(3, wbb_pair(a3 + 2 * q))
+    ptrdiff_t j, run = (toff != NULL ? k / ntaps : k) / 2 * 2;
+    int t;
+    for (t = 0; t < (toff != NULL ? ntaps : 1); t++) {
+        ptrdiff_t o = toff != NULL ? toff[t] : 0;
+        for (j = o; j < o + run; j += 2) {
+            b0 = _mm512_loadu_si512(pb);
+            b1 = _mm512_loadu_si512(pb + 32);
+            pb += 64;
+            WBB_ROW(0, wbb_pair(a0 + j)) WBB_ROW(1, wbb_pair(a1 + j))
+            WBB_ROW(2, wbb_pair(a2 + j)) WBB_ROW(3, wbb_pair(a3 + j))
+        }
     }
     if (k & 1) {
         b0 = _mm512_loadu_si512(pb);
@@ -260,9 +270,9 @@ static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdif
             void* cb = (char*)c + (i * ldc + col0) * (f32 ? 4 : 2);
 #if WBB_NATIVE
             if (mr > 4)
-                wbb_micro12(k, a + (i - i0) * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0);
+                wbb_micro12(k, a + (i - i0) * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0, NULL, 1);
             else
-                wbb_micro4(k, a + (i - i0) * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0);
+                wbb_micro4(k, a + (i - i0) * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0, NULL, 1);
 #else
             int r, j;
             ptrdiff_t q;

@@ -230,3 +230,52 @@ def test_a_bound_call_computes_what_a_direct_call_does(build):
     np.testing.assert_array_equal(got2, want2)
     with pytest.raises(ValueError, match="num_threads"):
         call(0)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(n=st.integers(1, 2), h=st.integers(1, 14), w=st.integers(1, 15), c=st.integers(1, 24).map(lambda v: 2 * v),
+       m=st.integers(1, 70), k=st.sampled_from([1, 2, 3, 5]), s=st.sampled_from([1, 2]), pad=st.integers(0, 2),
+       d=st.sampled_from([1, 2]), f32_in=st.booleans(), f32_out=st.booleans(), epilogue=st.booleans(),
+       build=st.sampled_from(BUILDS), threads=st.sampled_from([1, 2, 3]))
+def test_implicit_convolution_is_the_im2col_one_bit_for_bit(n, h, w, c, m, k, s, pad, d, f32_in, f32_out, epilogue,
+                                                           build, threads):
+    """The same packed weights and the same sums in the same order: the implicit GEMM reads the
+    taps where they lie (in a zero-bordered copy of the image) and gives im2col's outputs exactly,
+    bias, residual and activation included, from a bfloat16 or a float32 image."""
+    mod = _module(build)
+    if h + 2 * pad < d * (k - 1) + 1 or w + 2 * pad < d * (k - 1) + 1:
+        return
+    rng = np.random.default_rng(h * 1000 + w * 100 + c * 10 + m)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    x = x if f32_in else x.astype(BF16)
+    wt = rng.standard_normal((m, c, k, k)).astype(np.float32)
+    wp = mod.pack(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(m, -1)))
+    oh, ow = (h + 2 * pad - d * (k - 1) - 1) // s + 1, (w + 2 * pad - d * (k - 1) - 1) // s + 1
+    dtype = np.float32 if f32_out else BF16
+    extra = {}
+    if epilogue:
+        extra = dict(bias=rng.standard_normal(m).astype(np.float32),
+                     residual=rng.standard_normal((n, oh, ow, m)).astype(dtype), act=2, p0=-0.5, p1=1.5)
+    geo = ((k, k), (s, s), (d, d), (pad,) * 4)
+    want, got = np.empty((n, oh, ow, m), dtype), np.full((n, oh, ow, m), np.nan, dtype)
+    mod.conv_im2col(x, wp, want, *geo, num_threads=threads, **extra)
+    mod.conv_implicit(x, wp, got, *geo, num_threads=threads, **extra)
+    np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+    bound = mod.conv_implicit(x, wp, got, *geo, num_threads=threads, bind=True, **extra)
+    got[...] = 0
+    bound(threads)
+    np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
+
+
+def test_implicit_convolution_checks_its_arguments():
+    mod = _module(BUILDS[-1])
+    wp = mod.pack(np.ones((4, 27), np.float32))
+    with pytest.raises(ValueError, match="even channel count"):
+        mod.conv_implicit(np.ones((1, 5, 5, 3), BF16), wp, np.empty((1, 3, 3, 4), BF16), (3, 3), (1, 1), (1, 1),
+                          (0,) * 4)
+    with pytest.raises(ValueError, match="packed weights hold"):
+        mod.conv_implicit(np.ones((1, 5, 5, 4), BF16), wp, np.empty((1, 3, 3, 4), BF16), (3, 3), (1, 1), (1, 1),
+                          (0,) * 4)
+    with pytest.raises(ValueError, match="gives \\(N, OH, OW\\)"):
+        mod.conv_implicit(np.ones((1, 5, 5, 4), BF16), mod.pack(np.ones((4, 36), np.float32)),
+                          np.empty((1, 5, 5, 4), BF16), (3, 3), (1, 1), (1, 1), (0,) * 4)

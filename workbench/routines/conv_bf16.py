@@ -9,8 +9,10 @@ float32: where the next layer runs in float32 the selection can leave bfloat16 t
 cast adapt; ``_f32in`` reads a float32 image, rounded to bfloat16 as each job gathers its rows,
 so it can enter bfloat16 without one, and ``_f32io`` does both: float32 tensors between layers,
 bfloat16 arithmetic inside them.  A fused residual comes in the output's data type.  ``im2col_bf16`` (and its ``_f32out``) serves every other group-1 convolution: each
-job gathers its rows of the im2col matrix into its thread's scratch, then the same GEMM.
-``depthwise_bf16`` (and ``_f32out``) takes the depthwise layers.  ``winograd2_bf16`` (and its
+job gathers its rows of the im2col matrix into its thread's scratch, then the same GEMM;
+``implicit_bf16`` (and its three float32-edged forms) the same product reading the taps where
+they lie in a zero-bordered copy of the image, no gather.  ``depthwise_bf16`` and
+``depthwise_wide_bf16`` (and their ``_f32out``) take the depthwise layers.  ``winograd2_bf16`` (and its
 ``_f32out``/``_f32in``/``_f32io``) runs 3x3 stride-1 layers as F(2x2,3x3) Winograd with the
 transform-domain products in bfloat16 (``kernels_pyx/winograd_bf16.pyx``): 2.25x fewer
 multiply-adds than im2col_bf16 for 1.3-1.6x its error (:data:`WINOGRAD_ERROR`).  F(4x4,3x3) is
@@ -188,6 +190,42 @@ class NhwcIm2colBf16F32In(_F32In, NhwcIm2colBf16):
 class NhwcIm2colBf16F32IO(_F32In, _F32Out, NhwcIm2colBf16):
     algo = "im2col_bf16_f32io"
     priority = 11.68
+
+
+class NhwcImplicitBf16(_Bf16Conv):
+    """im2col_bf16's product without the gather (``wb_implicit_bf16.h``): the image copied once
+    into a zero-bordered one, each block of an output row's pixels reading its taps there.  The
+    same packed weights and sums in the same order, so the same outputs bit for bit; faster where
+    the gather was the cost (many taps of many channels on large maps, few output channels)."""
+
+    algo = "implicit_bf16"
+    priority = 11.81
+
+    @classmethod
+    def applies(cls, layer, specs):
+        kernel = geometry(layer)[0]
+        # an odd channel count would split a pair of depth across two taps; 1x1 is gemm1x1's
+        return specs[0].shape[1] % 2 == 0 and tuple(kernel) != (1, 1) and super().applies(layer, specs)
+
+    @staticmethod
+    def _conv(x, w, out, geo, *args, bind=False):
+        kernel, strides, dilations, pads, _ = geo
+        return _kernels().conv_implicit(x, w, out, kernel, strides, dilations, pads, *args, bind=bind)
+
+
+class NhwcImplicitBf16F32Out(_F32Out, NhwcImplicitBf16):
+    algo = "implicit_bf16_f32out"
+    priority = 11.79
+
+
+class NhwcImplicitBf16F32In(_F32In, NhwcImplicitBf16):
+    algo = "implicit_bf16_f32in"
+    priority = 11.78
+
+
+class NhwcImplicitBf16F32IO(_F32In, _F32Out, NhwcImplicitBf16):
+    algo = "implicit_bf16_f32io"
+    priority = 11.77
 
 
 class NhwcWinograd2Bf16(_Bf16Conv):

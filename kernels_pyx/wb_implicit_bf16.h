@@ -1,0 +1,92 @@
+/* Implicit-GEMM NHWC convolution on bfloat16 images, on wb_gemm_bf16.h's micro-kernels.
+ *
+ * im2col_bf16 gathers each output pixel's KH x KW x C taps into a row before the product: on a
+ * 3x3 layer of 96 channels that is 1.7 KB a pixel written and read again, and on a detector's
+ * 160 x 160 maps the gather, not the multiply-adds, set the layer's time.  Here the image is
+ * first copied once into a zero-bordered one (wbi_pad_rows: the padding in place, a float32 image
+ * rounded to bfloat16 on the way), and then every tap of a block of pixels of one output row is a
+ * fixed offset from the block's first pixel: the micro-kernel walks those offsets (toff) instead of
+ * one contiguous row, with the packed weights of the im2col order (kernel row, kernel column,
+ * channel).  The channel count must be even, so that no pair of depth crosses a tap.
+ *
+ * A block never crosses an output row: its pixels are lda = SW * C words apart in the padded
+ * image, which holds within a row only.  Rows of OW not a multiple of 12 end in a shorter block. */
+#ifndef WB_IMPLICIT_BF16_H
+#define WB_IMPLICIT_BF16_H
+
+#include "wb_gemm_bf16.h"
+
+/* Rows r0..r1-1 of the padded image (n * hp rows of wpd pixels, hp = h + pt + pb, wpd = w + pl +
+ * pr): the input's rows with zero borders, rounded to bfloat16 where x is float32. */
+static inline void wbi_pad_rows(const wbb_geo* g, const void* x, int x_f32, ptrdiff_t hp, ptrdiff_t wpd,
+                                uint16_t* xp, ptrdiff_t r0, ptrdiff_t r1) {
+    ptrdiff_t r, c = g->c;
+    for (r = r0; r < r1; r++) {
+        ptrdiff_t b = r / hp, y = r % hp - g->pt, right = wpd - g->pl - g->w;
+        uint16_t* dst = xp + r * wpd * c;
+        if (y < 0 || y >= g->h) {
+            memset(dst, 0, (size_t)(wpd * c) * 2);
+            continue;
+        }
+        memset(dst, 0, (size_t)(g->pl * c) * 2);
+        ptrdiff_t at = (b * g->h + y) * g->w * c;
+        if (x_f32)
+            wbb_narrow((const float*)x + at, dst + g->pl * c, g->w * c);
+        else
+            memcpy(dst + g->pl * c, (const uint16_t*)x + at, (size_t)(g->w * c) * 2);
+        if (right > 0)
+            memset(dst + (g->pl + g->w) * c, 0, (size_t)(right * c) * 2);
+    }
+}
+
+/* Output pixels i0..i1-1 (of n * oh * ow), panels p0..p1-1 of the n output channels, from the
+ * padded image xp (hp x wpd pixels an image); toff: the ntaps tap offsets in words, in the packed
+ * weights' order; c out (n * oh * ow, n) bfloat16 or float32. */
+static inline void wbi_block(const wbb_geo* g, const uint16_t* xp, ptrdiff_t hp, ptrdiff_t wpd, const ptrdiff_t* toff,
+                             int ntaps, ptrdiff_t n, const uint16_t* pb, void* c, int f32, const wbb_epi* ep,
+                             ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1) {
+    ptrdiff_t k = ntaps * g->c, panel_words = (k + 1) / 2 * 2 * WBB_NR, plane = g->oh * g->ow, lda = g->sw * g->c;
+    ptrdiff_t p, i;
+    for (p = p0; p < p1; p++) {
+        ptrdiff_t col0 = p * WBB_NR;
+        int nr = (int)(n - col0 < WBB_NR ? n - col0 : WBB_NR);
+        const uint16_t* bp = pb + p * panel_words;
+        for (i = i0; i < i1;) {
+            ptrdiff_t b = i / plane, oy = i % plane / g->ow, ox = i % g->ow, left = g->ow - ox;
+            int mr = (int)(i1 - i < WBB_MR ? i1 - i : WBB_MR);
+            if (mr > left) mr = (int)left;
+            const uint16_t* a = xp + ((b * hp + oy * g->sh) * wpd + ox * g->sw) * g->c;
+            void* cb = (char*)c + (i * n + col0) * (f32 ? 4 : 2);
+#if WBB_NATIVE
+            if (mr > 4)
+                wbb_micro12(k, a, lda, mr, bp, cb, n, f32, nr, ep, i, col0, toff, ntaps);
+            else
+                wbb_micro4(k, a, lda, mr, bp, cb, n, f32, nr, ep, i, col0, toff, ntaps);
+#else
+            int r, j, t;
+            ptrdiff_t q, run = g->c;
+            for (r = 0; r < mr; r++)
+                for (j = 0; j < nr; j++) {
+                    ptrdiff_t col = col0 + j, at = (i + r) * ep->ld_res + col, kk = 0;
+                    float s = 0;
+                    for (t = 0; t < ntaps; t++)
+                        for (q = 0; q < run; q++, kk++)
+                            s += wbb_widen(a[r * lda + toff[t] + q]) *
+                                 wbb_widen(bp[(kk / 2) * 2 * WBB_NR + 2 * j + (kk & 1)]);
+                    if (ep->bias != NULL) s += ep->bias[col];
+                    if (ep->res != NULL && !ep->res_post) s += wbb_res1(ep, at);
+                    s = wb512_act1(s, &ep->e);
+                    if (ep->e.post_scale != NULL) s = s * ep->e.post_scale[col] + ep->e.post_shift[col];
+                    if (ep->res != NULL && ep->res_post) s += wbb_res1(ep, at);
+                    if (f32)
+                        ((float*)cb)[r * n + j] = s;
+                    else
+                        ((uint16_t*)cb)[r * n + j] = wbb_round(s);
+                }
+#endif
+            i += mr;
+        }
+    }
+}
+
+#endif

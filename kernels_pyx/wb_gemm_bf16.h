@@ -157,12 +157,26 @@ WBB_AI __m512i wbb_pair(const uint16_t* p) {
 }
 
 #define WBB_ACC(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = c##i##0;
+/* The panel's second 16 columns: all of them (span 2), the first 8 in a ymm (span 1: a panel of
+ * 17 to 24 live columns, at half a zmm's cost on cores that split zmm operations in two), or none
+ * (span 0: at most 16 live).  A ymm operation zeroes the register's upper half, so the zmm
+ * accumulator holds the 8 sums and zeros. */
 #define WBB_ROW(i, av) \
     { \
         __m512i a_ = (av); \
         c##i##0 = _mm512_dpbf16_ps(c##i##0, (__m512bh)a_, (__m512bh)b0); \
-        c##i##1 = _mm512_dpbf16_ps(c##i##1, (__m512bh)a_, (__m512bh)b1); \
+        if (span == 2) \
+            c##i##1 = _mm512_dpbf16_ps(c##i##1, (__m512bh)a_, (__m512bh)b1); \
+        else if (span == 1) \
+            c##i##1 = _mm512_zextps256_ps512(_mm256_dpbf16_ps(_mm512_castps512_ps256(c##i##1), \
+                                                              (__m256bh)_mm512_castsi512_si256(a_), \
+                                                              (__m256bh)_mm512_castsi512_si256(b1))); \
     }
+/* The B loads of one pair of depth for the panel's span. */
+#define WBB_LOAD_B(p) \
+    b0 = _mm512_loadu_si512(p); \
+    b1 = span == 2 ? _mm512_loadu_si512((p) + 32) \
+                   : span == 1 ? _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)((p) + 32))) : b0;
 /* The panel's column masks and bias, before the WBB_FINISH of each row. */
 #define WBB_EPILOGUE_SETUP \
     __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr); \
@@ -177,9 +191,9 @@ WBB_AI __m512i wbb_pair(const uint16_t* p) {
  * c: C at (row0, col0), ldc in elements.  toff NULL: A's rows are k contiguous words.  Else the
  * depth is ntaps runs of k / ntaps words (even), run t at offset toff[t] from each row's start:
  * an implicit-GEMM convolution's taps, read where they lie in the (padded) image. */
-static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
-                               void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
-                               ptrdiff_t col0, const ptrdiff_t* toff, int ntaps) {
+WBB_AI void wbb_micro12_span(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
+                             void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
+                             ptrdiff_t col0, const ptrdiff_t* toff, int ntaps, const int span) {
     const uint16_t *a0 = a, *a1 = a + (mr > 1 ? 1 : 0) * lda, *a2 = a + (mr > 2 ? 2 : mr - 1) * lda,
                    *a3 = a + (mr > 3 ? 3 : mr - 1) * lda, *a4 = a + (mr > 4 ? 4 : mr - 1) * lda,
                    *a5 = a + (mr > 5 ? 5 : mr - 1) * lda, *a6 = a + (mr > 6 ? 6 : mr - 1) * lda,
@@ -195,8 +209,7 @@ static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, in
         ptrdiff_t o = toff != NULL ? toff[t] : 0;
         _Pragma("GCC unroll 2")
         for (j = o; j < o + run; j += 2) {
-            b0 = _mm512_loadu_si512(pb);
-            b1 = _mm512_loadu_si512(pb + 32);
+            WBB_LOAD_B(pb)
             _mm_prefetch((const char*)(pb + 8 * 64), _MM_HINT_T0);
             pb += 64;
             WBB_ROW(0, wbb_pair(a0 + j)) WBB_ROW(1, wbb_pair(a1 + j)) WBB_ROW(2, wbb_pair(a2 + j))
@@ -206,8 +219,7 @@ static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, in
         }
     }
     if (k & 1) {   /* the last element alone, its partner zero (contiguous rows only) */
-        b0 = _mm512_loadu_si512(pb);
-        b1 = _mm512_loadu_si512(pb + 32);
+        WBB_LOAD_B(pb)
         ptrdiff_t l = k - 1;
         WBB_ROW(0, _mm512_set1_epi32(a0[l])) WBB_ROW(1, _mm512_set1_epi32(a1[l]))
         WBB_ROW(2, _mm512_set1_epi32(a2[l])) WBB_ROW(3, _mm512_set1_epi32(a3[l]))
@@ -221,6 +233,18 @@ static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, in
     WBB_FINISH(6) WBB_FINISH(7) WBB_FINISH(8) WBB_FINISH(9) WBB_FINISH(10) WBB_FINISH(11)
 }
 
+/* wbb_micro12_span for the panel's live columns: one loop compiled per span. */
+static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
+                               void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
+                               ptrdiff_t col0, const ptrdiff_t* toff, int ntaps) {
+    if (nr > 24)
+        wbb_micro12_span(k, a, lda, mr, pb, c, ldc, f32, nr, ep, row0, col0, toff, ntaps, 2);
+    else if (nr > 16)
+        wbb_micro12_span(k, a, lda, mr, pb, c, ldc, f32, nr, ep, row0, col0, toff, ntaps, 1);
+    else
+        wbb_micro12_span(k, a, lda, mr, pb, c, ldc, f32, nr, ep, row0, col0, toff, ntaps, 0);
+}
+
 /* The same for a tail of at most 4 rows: a third of the 12-row kernel's work. */
 static inline void wbb_micro4(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
                               void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
@@ -231,11 +255,11 @@ static inline void wbb_micro4(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int
     __m512i b0, b1;
     ptrdiff_t j, run = (toff != NULL ? k / ntaps : k) / 2 * 2;
     int t;
+    const int span = 2;   /* a tail's rows: not worth a loop per span */
     for (t = 0; t < (toff != NULL ? ntaps : 1); t++) {
         ptrdiff_t o = toff != NULL ? toff[t] : 0;
         for (j = o; j < o + run; j += 2) {
-            b0 = _mm512_loadu_si512(pb);
-            b1 = _mm512_loadu_si512(pb + 32);
+            WBB_LOAD_B(pb)
             pb += 64;
             WBB_ROW(0, wbb_pair(a0 + j)) WBB_ROW(1, wbb_pair(a1 + j))
             WBB_ROW(2, wbb_pair(a2 + j)) WBB_ROW(3, wbb_pair(a3 + j))

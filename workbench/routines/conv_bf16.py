@@ -32,6 +32,7 @@ from ..ir.ops.conv import residual_after_activation
 from ..runtime import cpu
 from . import Routine
 from .conv_depthwise import depthwise_applies
+from .edges import edge_forms
 from .conv_gemm import _ConvGemm, geometry
 from .conv_winograd import transform_weights
 from .epilogue import encode
@@ -145,21 +146,6 @@ class _F32In:
     in_dtype = "float32"
 
 
-class NhwcGemm1x1Bf16F32Out(_F32Out, NhwcGemm1x1Bf16):
-    algo = "gemm1x1_bf16_f32out"
-    priority = 11.9
-
-
-class NhwcGemm1x1Bf16F32In(_F32In, NhwcGemm1x1Bf16):
-    algo = "gemm1x1_bf16_f32in"
-    priority = 11.89
-
-
-class NhwcGemm1x1Bf16F32IO(_F32In, _F32Out, NhwcGemm1x1Bf16):
-    algo = "gemm1x1_bf16_f32io"
-    priority = 11.88
-
-
 class NhwcIm2colBf16(_Bf16Conv):
     algo = "im2col_bf16"
     priority = 11.8
@@ -175,21 +161,6 @@ class NhwcIm2colBf16(_Bf16Conv):
     def _conv(x, w, out, geo, *args, bind=False):
         kernel, strides, dilations, pads, _ = geo
         return _kernels().conv_im2col(x, w, out, kernel, strides, dilations, pads, *args, bind=bind)
-
-
-class NhwcIm2colBf16F32Out(_F32Out, NhwcIm2colBf16):
-    algo = "im2col_bf16_f32out"
-    priority = 11.7
-
-
-class NhwcIm2colBf16F32In(_F32In, NhwcIm2colBf16):
-    algo = "im2col_bf16_f32in"
-    priority = 11.69
-
-
-class NhwcIm2colBf16F32IO(_F32In, _F32Out, NhwcIm2colBf16):
-    algo = "im2col_bf16_f32io"
-    priority = 11.68
 
 
 class NhwcImplicitBf16(_Bf16Conv):
@@ -211,21 +182,6 @@ class NhwcImplicitBf16(_Bf16Conv):
     def _conv(x, w, out, geo, *args, bind=False):
         kernel, strides, dilations, pads, _ = geo
         return _kernels().conv_implicit(x, w, out, kernel, strides, dilations, pads, *args, bind=bind)
-
-
-class NhwcImplicitBf16F32Out(_F32Out, NhwcImplicitBf16):
-    algo = "implicit_bf16_f32out"
-    priority = 11.79
-
-
-class NhwcImplicitBf16F32In(_F32In, NhwcImplicitBf16):
-    algo = "implicit_bf16_f32in"
-    priority = 11.78
-
-
-class NhwcImplicitBf16F32IO(_F32In, _F32Out, NhwcImplicitBf16):
-    algo = "implicit_bf16_f32io"
-    priority = 11.77
 
 
 class NhwcWinograd2Bf16(_Bf16Conv):
@@ -268,21 +224,6 @@ class NhwcWinograd2Bf16(_Bf16Conv):
             NhwcIm2colBf16.run(layer, state["exact"], args, outs, num_threads)
 
 
-class NhwcWinograd2Bf16F32Out(_F32Out, NhwcWinograd2Bf16):
-    algo = "winograd2_bf16_f32out"
-    priority = 11.84
-
-
-class NhwcWinograd2Bf16F32In(_F32In, NhwcWinograd2Bf16):
-    algo = "winograd2_bf16_f32in"
-    priority = 11.83
-
-
-class NhwcWinograd2Bf16F32IO(_F32In, _F32Out, NhwcWinograd2Bf16):
-    algo = "winograd2_bf16_f32io"
-    priority = 11.82
-
-
 class NhwcDepthwiseBf16(_Bf16, Routine):
     """Depthwise convolutions on bfloat16 images (``wb_dw_bf16.h``): the input widened as it is
     loaded, float32 weights and sums, one rounding at the store.  No fused residual or
@@ -318,11 +259,6 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
                                   epi.code, epi.p0, epi.p1, num_threads, cls.wide)
 
 
-class NhwcDepthwiseBf16F32Out(_F32Out, NhwcDepthwiseBf16):
-    algo = "depthwise_bf16_f32out"
-    priority = 9.9
-
-
 class NhwcDepthwiseWideBf16(NhwcDepthwiseBf16):
     """The input rows a band of output rows reads widened to float32 once, into the thread's
     scratch, and the float32 register kernel run on them (``wbd_rows_wide``): faster than the
@@ -338,6 +274,14 @@ class NhwcDepthwiseWideBf16(NhwcDepthwiseBf16):
         return super().applies(layer, specs) and tuple(geometry(layer)[2]) == (1, 1)
 
 
-class NhwcDepthwiseWideBf16F32Out(_F32Out, NhwcDepthwiseWideBf16):
-    algo = "depthwise_wide_bf16_f32out"
-    priority = 9.85
+def _forms(out, inp, io):
+    """The float32-edged forms at these priorities (the selection's order without a profile)."""
+    return [("f32out", (_F32Out,), out), ("f32in", (_F32In,), inp), ("f32io", (_F32In, _F32Out), io)]
+
+
+edge_forms(NhwcGemm1x1Bf16, globals(), _forms(11.9, 11.89, 11.88))
+edge_forms(NhwcIm2colBf16, globals(), _forms(11.7, 11.69, 11.68))
+edge_forms(NhwcImplicitBf16, globals(), _forms(11.79, 11.78, 11.77))
+edge_forms(NhwcWinograd2Bf16, globals(), _forms(11.84, 11.83, 11.82))
+edge_forms(NhwcDepthwiseBf16, globals(), [("f32out", (_F32Out,), 9.9)])
+edge_forms(NhwcDepthwiseWideBf16, globals(), [("f32out", (_F32Out,), 9.85)])

@@ -17,6 +17,7 @@ from ..ir.formats import Format
 from ..ir.graph import NCHW
 from . import Routine
 from . import conv_bf16
+from .edges import edge_forms
 from .eltwise import fused_activation
 from .linalg512 import c_is_bias, gemm_operands
 
@@ -125,31 +126,6 @@ class _F32Out:
     out_dtype = "float32"
 
 
-class MatMulBf16F32In(_F32In, MatMulBf16):
-    algo = "gemm_bf16_f32in"
-    priority = 11.9
-
-
-class MatMulBf16F32Out(_F32Out, MatMulBf16):
-    algo = "gemm_bf16_f32out"
-    priority = 11.89
-
-
-class MatMulBf16F32IO(_F32In, _F32Out, MatMulBf16):
-    algo = "gemm_bf16_f32io"
-    priority = 11.88
-
-
-class GemmBf16F32In(_F32In, GemmBf16):
-    algo = "gemm_bf16_f32in"
-    priority = 11.9
-
-
-class GemmBf16F32Out(_F32Out, GemmBf16):
-    algo = "gemm_bf16_f32out"
-    priority = 11.89
-
-
-class GemmBf16F32IO(_F32In, _F32Out, GemmBf16):
-    algo = "gemm_bf16_f32io"
-    priority = 11.88
+FORMS = [("f32in", (_F32In,), 11.9), ("f32out", (_F32Out,), 11.89), ("f32io", (_F32In, _F32Out), 11.88)]
+edge_forms(MatMulBf16, globals(), FORMS)
+edge_forms(GemmBf16, globals(), FORMS)

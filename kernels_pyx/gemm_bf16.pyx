@@ -1,7 +1,7 @@
 # isa-variants: avx512bf16
 # cython: language_level=3
 """bfloat16 GEMM with float32 accumulation (``wb_gemm_bf16.h``): the convolutions and matrix
-products of the ``cpu:bfloat16:*`` routines; and the depthwise convolution (``wb_dw_bf16.h``).
+products of the ``cpu:bfloat16:*`` routines (the depthwise ones are ``depthwise_bf16.pyx``'s).
 
 Only the ``_avx512bf16`` build runs the VDPBF16PS micro-kernel (``available``); the baseline
 build runs scalar loops on the same packed weights, with the same rounding, so the packing and
@@ -22,6 +22,7 @@ from wb_gemm_bf16 cimport (
     WBB_NATIVE, WBB_NR, WBB_MR, fill_epilogue, wb512_epi, wbb_epi, wbb_block, wbb_geo, wbb_handles, wbb_im2col,
     wbb_pack, wbb_packed_words)
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
+from _bf16_args cimport _geometry, _overlap, _ptr
 
 cnp.import_array()
 wb_pool_import()
@@ -35,15 +36,6 @@ cdef extern from "wb_implicit_bf16.h" nogil:
     void wbi_block(const wbb_geo* g, const uint16_t* xp, Py_ssize_t hp, Py_ssize_t wpd, const Py_ssize_t* toff,
                    int ntaps, Py_ssize_t n, const uint16_t* pb, void* c, int f32, const wbb_epi* ep, Py_ssize_t i0,
                    Py_ssize_t i1, Py_ssize_t p0, Py_ssize_t p1)
-
-cdef extern from "wb_dw_bf16.h" nogil:
-    void wbd_row(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
-                 const wb512_epi* e, Py_ssize_t row)
-    Py_ssize_t wbd_packed_floats(Py_ssize_t taps, Py_ssize_t c)
-    Py_ssize_t wbd_wide_floats(const wbb_geo* g)
-    void wbd_rows_wide(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
-                       const wb512_epi* e, Py_ssize_t r0, Py_ssize_t r1, float* scratch)
-    void wbd_pack(Py_ssize_t taps, Py_ssize_t c, const float* w, float* dst)
 
 
 #: True when this build runs the AVX512-BF16 micro-kernel (only the ``_avx512bf16`` variant does).
@@ -73,10 +65,6 @@ def _array(a, what, dtype, writeable=False):
     if writeable and not a.flags.writeable:
         raise ValueError(f"gemm_bf16: {what} is read-only")
     return a
-
-
-cdef inline void* _ptr(a):
-    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray> a)
 
 
 def check_epilogue(who, out, bias, residual, int act, post):
@@ -152,17 +140,6 @@ cdef void _pad_job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef Py_ssize_t r0 = job * g.pad_rows_per_job
     wbi_pad_rows(&g.geo, g.a, g.a_f32, g.hp, g.wpd, g.padded, r0,
                  min(r0 + g.pad_rows_per_job, g.geo.n * g.hp))
-
-
-cdef bint _overlap(a, b):
-    """Whether the byte ranges of ``a`` and ``b`` (C-contiguous, as :func:`_array` checked)
-    overlap: np.may_share_memory's answer without its cost, several times per layer per run."""
-    if b is None:
-        return False
-    cdef char* pa = <char*> cnp.PyArray_DATA(<cnp.ndarray> a)
-    cdef char* pb = <char*> cnp.PyArray_DATA(<cnp.ndarray> b)
-    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray> a), nb = cnp.PyArray_NBYTES(<cnp.ndarray> b)
-    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
 
 
 cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual, int act, double p0, double p1,
@@ -303,24 +280,6 @@ cdef Py_ssize_t _gather_tile(Py_ssize_t k):
     return max(WBB_MR, (1 << 17) // max(k, 1) // WBB_MR * WBB_MR)
 
 
-cdef int _geometry(wbb_geo* g, x, out, kernel, strides, dilations, pads, what, Py_ssize_t out_channels) except -1:
-    """Check a convolution of NHWC ``x`` into ``out`` (``out_channels`` channels) and fill ``g``."""
-    if x.ndim != 4 or out.ndim != 4:
-        raise ValueError(f"gemm_bf16: {what} {x.shape} and output {out.shape} must be 4-D (N, H, W, C)")
-    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = kernel, strides, dilations, pads
-    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb, pr) < 0:
-        raise ValueError(f"gemm_bf16: bad geometry kernel {kernel}, strides {strides}, dilations {dilations}, pads {pads}")
-    n, h, w, c = x.shape
-    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    if out.shape != (n, oh, ow, out_channels):
-        raise ValueError(f"gemm_bf16: {what} {x.shape} with kernel {kernel}, strides {strides}, dilations {dilations}, "
-                         f"pads {pads} gives (N, OH, OW) = {(n, oh, ow)}; output is {out.shape}")
-    g.n, g.h, g.w, g.c, g.oh, g.ow = n, h, w, c, oh, ow
-    g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl = kh, kw, sh, sw, dh, dw, pt, pl
-    return 0
-
-
 _local = threading.local()
 
 
@@ -342,7 +301,7 @@ def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residua
     right); the rest (``bind`` too) as :func:`gemm`."""
     x, out = _input(x), _output(out)
     cdef _Ctx g
-    _geometry(&g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
+    _geometry("gemm_bf16", &g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
     n, oh, ow, c, kh, kw = g.geo.n, g.geo.oh, g.geo.ow, g.geo.c, g.geo.kh, g.geo.kw
     cdef Py_ssize_t k = kh * kw * c
     _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads, _gather_tile(k))
@@ -357,7 +316,7 @@ def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, resid
     :func:`conv_im2col`, the same packed weights; the channel count must be even."""
     x, out = _input(x), _output(out)
     cdef _Ctx g
-    _geometry(&g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
+    _geometry("gemm_bf16", &g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
     n, oh, ow, c, kh, kw = g.geo.n, g.geo.oh, g.geo.ow, g.geo.c, g.geo.kh, g.geo.kw
     if c % 2:
         raise ValueError(f"gemm_bf16: the implicit convolution takes an even channel count, got {c}")
@@ -369,96 +328,3 @@ def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, resid
     g.pad = g.a_f32 or any(pads)
     g.padded = NULL if g.pad else <uint16_t*> g.a
     return _finish(&g, num_threads, ROW_TILE, False, bind, [out, x, wp, bias, residual, post, toff])
-
-
-cdef struct _DwCtx:
-    wbb_geo geo
-    const uint16_t* x
-    const float* w
-    const float* bias
-    void* out
-    int f32
-    wb512_epi e
-    Py_ssize_t rows_per_chunk
-    float* scratch       # wide: wbd_wide_floats per thread slot; NULL: the sliding form, row by row
-    Py_ssize_t scratch_floats
-
-
-cdef void _dw_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
-    cdef _DwCtx* d = <_DwCtx*> ctx
-    cdef Py_ssize_t r, end = min((chunk + 1) * d.rows_per_chunk, d.geo.n * d.geo.oh)
-    if d.scratch != NULL:
-        wbd_rows_wide(&d.geo, d.x, d.w, d.bias, d.out, d.f32, &d.e, chunk * d.rows_per_chunk, end,
-                      d.scratch + slot * d.scratch_floats)
-        return
-    for r in range(chunk * d.rows_per_chunk, end):
-        wbd_row(&d.geo, d.x, d.w, d.bias, d.out, d.f32, &d.e, r)
-
-
-def pack_depthwise(w, bias=None, bint plain=False):
-    """Depthwise weights ``w`` float32 (KH, KW, C) and ``bias`` (C,) or None, packed for
-    :func:`conv_depthwise`: per tap and block of 32 channels, the even channels then the odd ones
-    (``wb_dw_bf16.h``).  Returns ``(weights, bias)``, float32 (KH, KW, blocks * 32) and (blocks * 32,).
-    ``plain``: as they are instead, (KH, KW, C) and (C,), what a convolution of dilation 1 takes."""
-    w = _array(w, "weights", np.float32)
-    if w.ndim != 3:
-        raise ValueError(f"gemm_bf16: depthwise weights must be (KH, KW, C), got shape {w.shape}")
-    kh, kw, c = w.shape
-    b = np.zeros(c, np.float32) if bias is None else _array(np.ascontiguousarray(bias, np.float32), "bias", np.float32)
-    if b.shape != (c,):
-        raise ValueError(f"gemm_bf16: bias must have shape ({c},), got {b.shape}")
-    if plain:
-        return np.ascontiguousarray(w).copy(), b.copy()
-    row = wbd_packed_floats(1, c)
-    wp = np.empty((kh, kw, row), np.float32)
-    bp = np.empty(row, np.float32)
-    wbd_pack(kh * kw, c, <const float*> _ptr(w), <float*> _ptr(wp))
-    wbd_pack(1, c, <const float*> _ptr(b), <float*> _ptr(bp))
-    return wp, bp
-
-
-def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, double p0=0, double p1=0,
-                   int num_threads=1, bint wide=False):
-    """A depthwise NHWC convolution (one filter per channel): ``x`` (N, H, W, C) bfloat16; ``wp``,
-    ``bp`` the weights and bias from :func:`pack_depthwise`, packed, or plain for ``wide`` (dilation
-    1 only: the input rows widened once into each thread's scratch, the float32 register kernel run
-    on them); ``out`` (N, OH, OW, C) bfloat16 or float32; ``pads`` (top, left, bottom, right);
-    activation codes as :func:`gemm`.  Returns ``out``."""
-    x, out = _array(x, "input", BF16), _output(out)
-    wp, bp = _array(wp, "packed weights", np.float32), _array(bp, "packed bias", np.float32)
-    cdef _DwCtx d
-    _geometry(&d.geo, x, out, kernel, strides, dilations, pads, "depthwise input", x.shape[3] if x.ndim == 4 else -1)
-    n, oh, ow, c, kh, kw = d.geo.n, d.geo.oh, d.geo.ow, d.geo.c, d.geo.kh, d.geo.kw
-    if wide and not (WBB_NATIVE and d.geo.dh == 1 and d.geo.dw == 1):
-        raise ValueError(f"gemm_bf16: the wide depthwise form takes dilations (1, 1) in a native build; "
-                         f"got dilations {tuple(dilations)}")
-    row = c if wide else wbd_packed_floats(1, c)
-    if wp.shape != (kh, kw, row) or bp.shape != (row,):
-        raise ValueError(f"gemm_bf16: depthwise weights of kernel {kernel}, dilations {tuple(dilations)} and {c} "
-                         f"channels come as ({kh}, {kw}, {row}) and a bias of ({row},) (pack_depthwise, "
-                         f"plain={wide}); got {wp.shape} and {bp.shape}")
-    if not wbb_handles(act):
-        raise ValueError(f"gemm_bf16: activation code {act} is not applied by this build")
-    if num_threads < 1:
-        raise ValueError(f"gemm_bf16: num_threads must be >= 1, got {num_threads}")
-    for what, v in (("input", x), ("weights", wp), ("bias", bp)):
-        if _overlap(out, v):
-            raise ValueError(f"gemm_bf16: the output overlaps the {what}")
-    d.x, d.w, d.bias, d.out = <const uint16_t*> _ptr(x), <const float*> _ptr(wp), <const float*> _ptr(bp), _ptr(out)
-    d.f32 = out.dtype == np.float32
-    d.e.bias, d.e.bias_per_row, d.e.res, d.e.ld_res, d.e.res_post = NULL, 0, NULL, 0, 0
-    d.e.act, d.e.p0, d.e.p1, d.e.post_scale, d.e.post_shift = act, p0, p1, NULL, NULL
-    cdef Py_ssize_t rows = n * oh
-    # Chunks of rows worth wb_jobs_per_chunk's work each, every thread starting with several.
-    d.rows_per_chunk = wb_jobs_per_chunk(rows, ow * c * kh * kw, num_threads)
-    d.scratch, d.scratch_floats = NULL, 0
-    if wide and rows and c:
-        # Each chunk widens the KH - SH rows above its first output row again: two chunks a
-        # thread keep that small and still let a thread that runs ahead take another's.
-        d.rows_per_chunk = max(d.rows_per_chunk, (rows + 2 * num_threads - 1) // (2 * num_threads))
-        d.scratch_floats = wbd_wide_floats(&d.geo)
-        d.scratch = <float*> _ptr(_scratch(2 * num_threads * d.scratch_floats))
-    if rows and c:
-        with nogil:
-            wb_pool_run(_dw_chunk, &d, (rows + d.rows_per_chunk - 1) // d.rows_per_chunk, num_threads)
-    return out

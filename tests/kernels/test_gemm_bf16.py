@@ -164,7 +164,7 @@ def test_depthwise_matches_numpy(n, h, w, c, k, s, pad, code, bias, f32, build, 
     """Both forms (wide: the rows widened once into scratch, the float32 register kernel; else the
     sliding form) against a float64 reference; sigmoid (6) is applied after the register kernel's
     own activations."""
-    mod = _module(build)
+    mod = _module(build.replace("gemm_bf16", "depthwise_bf16"))   # the same build of the depthwise module
     if h + 2 * pad < k or w + 2 * pad < k or (code == 6 and build == "gemm_bf16"):
         return
     wide = wide and build != "gemm_bf16"   # the wide form needs the native build

@@ -1,7 +1,8 @@
 """The bfloat16 depthwise routines (``cpu:bfloat16:nhwc/depthwise_bf16``, ``depthwise_wide_bf16``
 and their ``_f32out``) on whole Conv layers, fused activations included, against the reference
 within the tolerance their rounding allows (:func:`routine_helpers.assert_routine_matches`); the
-kernels themselves are checked element by element in ``tests/kernels/test_gemm_bf16.py``."""
+kernels themselves (``depthwise_bf16.pyx``) are checked element by element in
+``tests/kernels/test_gemm_bf16.py``."""
 import ml_dtypes
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from routine_helpers import ACTIVATION_ATTRS, assert_routine_matches, conv_graph
 from workbench import routines
 from workbench.runtime import cpu
 
-NATIVE = cpu.kernel_module("gemm_bf16", "avx512bf16")
+NATIVE = cpu.kernel_module("depthwise_bf16", "avx512bf16")
 pytestmark = pytest.mark.skipif(NATIVE is None or not NATIVE.available, reason="this CPU lacks AVX512-BF16")
 FORMS = ["depthwise_bf16", "depthwise_bf16_f32out", "depthwise_wide_bf16", "depthwise_wide_bf16_f32out"]
 

@@ -237,7 +237,8 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
     @classmethod
     def applies(cls, layer, specs):
         mod = _kernels()
-        if mod is None or not depthwise_applies(layer, specs) or layer.attrs.get("residual"):
+        if (mod is None or _kernels("depthwise_bf16") is None or not depthwise_applies(layer, specs)
+                or layer.attrs.get("residual")):
             return False
         if layer.attrs.get("post_affine") is not None:
             return False
@@ -248,14 +249,14 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
     def prepare(cls, layer):
         w = np.asarray(layer.const(1), np.float32)
         b = layer.const(2) if len(layer.inputs) > 2 else None
-        wp, bp = _kernels().pack_depthwise(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), b, cls.wide)   # (KH, KW, C)
+        wp, bp = _kernels("depthwise_bf16").pack_depthwise(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), b, cls.wide)   # (KH, KW, C)
         return {"w": wp, "bias": bp, "epi": encode(layer, w.shape[0], extended=True), "geometry": geometry(layer)}
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         kernel, strides, dilations, pads, _ = state["geometry"]
         epi = state["epi"]
-        _kernels().conv_depthwise(args[0], state["w"], state["bias"], outs[0], kernel, strides, dilations, pads,
+        _kernels("depthwise_bf16").conv_depthwise(args[0], state["w"], state["bias"], outs[0], kernel, strides, dilations, pads,
                                   epi.code, epi.p0, epi.p1, num_threads, cls.wide)
 
 

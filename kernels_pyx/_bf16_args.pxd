@@ -1,0 +1,41 @@
+# cython: language_level=3
+# Argument checks shared by the bfloat16 kernel modules (gemm_bf16.pyx, depthwise_bf16.pyx): each
+# runs before any nogil code, so a bad shape is a ValueError naming the kernel, never a crash.
+cimport numpy as cnp
+
+from wb_gemm_bf16 cimport wbb_geo
+
+
+cdef inline void* _ptr(a):
+    return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray> a)
+
+
+cdef inline bint _overlap(a, b):
+    """Whether the byte ranges of ``a`` and ``b`` (C-contiguous arrays) overlap: np.may_share_memory's
+    answer without its cost, several times per layer per run."""
+    if b is None:
+        return False
+    cdef char* pa = <char*> cnp.PyArray_DATA(<cnp.ndarray> a)
+    cdef char* pb = <char*> cnp.PyArray_DATA(<cnp.ndarray> b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray> a), nb = cnp.PyArray_NBYTES(<cnp.ndarray> b)
+    return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
+
+
+cdef inline int _geometry(who, wbb_geo* g, x, out, kernel, strides, dilations, pads, what,
+                          Py_ssize_t out_channels) except -1:
+    """Check a convolution of NHWC ``x`` into ``out`` (``out_channels`` channels) and fill ``g``;
+    errors start with ``who``."""
+    if x.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"{who}: {what} {x.shape} and output {out.shape} must be 4-D (N, H, W, C)")
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = kernel, strides, dilations, pads
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb, pr) < 0:
+        raise ValueError(f"{who}: bad geometry kernel {kernel}, strides {strides}, dilations {dilations}, pads {pads}")
+    n, h, w, c = x.shape
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if out.shape != (n, oh, ow, out_channels):
+        raise ValueError(f"{who}: {what} {x.shape} with kernel {kernel}, strides {strides}, dilations {dilations}, "
+                         f"pads {pads} gives (N, OH, OW) = {(n, oh, ow)}; output is {out.shape}")
+    g.n, g.h, g.w, g.c, g.oh, g.ow = n, h, w, c, oh, ow
+    g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl = kh, kw, sh, sw, dh, dw, pt, pl
+    return 0

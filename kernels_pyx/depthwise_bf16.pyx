@@ -1,0 +1,130 @@
+# isa-variants: avx512bf16
+# cython: language_level=3
+"""Depthwise NHWC convolutions on bfloat16 images (``wb_dw_bf16.h``): float32 weights and sums,
+the epilogue in float32, one rounding at the store (or a float32 output).  Two forms: the sliding
+one widens each input vector as it loads it; the wide one widens a band of input rows once into
+the thread's scratch and runs the float32 AVX-512 register kernel on it (dilation 1).
+
+Only the ``_avx512bf16`` build runs the vector code; the baseline build runs the sliding form's
+scalar loop on the same packed weights.  Shapes, dtypes and overlaps are checked here, before any
+``nogil`` code.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport uint16_t
+
+from wb_gemm_bf16 cimport WBB_NATIVE, wb512_epi, wbb_geo, wbb_handles
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
+from _bf16_args cimport _geometry, _overlap, _ptr
+
+# the array checks and the per-thread scratch of the base build (no ISA-specific code in them)
+from workbench._kernels.gemm_bf16 import BF16, _array, _output, _scratch
+
+cnp.import_array()
+wb_pool_import()
+
+available = bool(WBB_NATIVE)
+
+
+cdef extern from "wb_dw_bf16.h" nogil:
+    void wbd_row(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
+                 const wb512_epi* e, Py_ssize_t row)
+    Py_ssize_t wbd_packed_floats(Py_ssize_t taps, Py_ssize_t c)
+    Py_ssize_t wbd_wide_floats(const wbb_geo* g)
+    void wbd_rows_wide(const wbb_geo* g, const uint16_t* x, const float* w, const float* bias, void* out, int f32,
+                       const wb512_epi* e, Py_ssize_t r0, Py_ssize_t r1, float* scratch)
+    void wbd_pack(Py_ssize_t taps, Py_ssize_t c, const float* w, float* dst)
+
+
+cdef struct _DwCtx:
+    wbb_geo geo
+    const uint16_t* x
+    const float* w
+    const float* bias
+    void* out
+    int f32
+    wb512_epi e
+    Py_ssize_t rows_per_chunk
+    float* scratch       # wide: wbd_wide_floats per thread slot; NULL: the sliding form, row by row
+    Py_ssize_t scratch_floats
+
+
+cdef void _dw_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    cdef _DwCtx* d = <_DwCtx*> ctx
+    cdef Py_ssize_t r, end = min((chunk + 1) * d.rows_per_chunk, d.geo.n * d.geo.oh)
+    if d.scratch != NULL:
+        wbd_rows_wide(&d.geo, d.x, d.w, d.bias, d.out, d.f32, &d.e, chunk * d.rows_per_chunk, end,
+                      d.scratch + slot * d.scratch_floats)
+        return
+    for r in range(chunk * d.rows_per_chunk, end):
+        wbd_row(&d.geo, d.x, d.w, d.bias, d.out, d.f32, &d.e, r)
+
+
+def pack_depthwise(w, bias=None, bint plain=False):
+    """Depthwise weights ``w`` float32 (KH, KW, C) and ``bias`` (C,) or None, packed for
+    :func:`conv_depthwise`: per tap and block of 32 channels, the even channels then the odd ones
+    (``wb_dw_bf16.h``).  Returns ``(weights, bias)``, float32 (KH, KW, blocks * 32) and (blocks * 32,).
+    ``plain``: as they are instead, (KH, KW, C) and (C,), what a convolution of dilation 1 takes."""
+    w = _array(w, "weights", np.float32)
+    if w.ndim != 3:
+        raise ValueError(f"depthwise_bf16: depthwise weights must be (KH, KW, C), got shape {w.shape}")
+    kh, kw, c = w.shape
+    b = np.zeros(c, np.float32) if bias is None else _array(np.ascontiguousarray(bias, np.float32), "bias", np.float32)
+    if b.shape != (c,):
+        raise ValueError(f"depthwise_bf16: bias must have shape ({c},), got {b.shape}")
+    if plain:
+        return np.ascontiguousarray(w).copy(), b.copy()
+    row = wbd_packed_floats(1, c)
+    wp = np.empty((kh, kw, row), np.float32)
+    bp = np.empty(row, np.float32)
+    wbd_pack(kh * kw, c, <const float*> _ptr(w), <float*> _ptr(wp))
+    wbd_pack(1, c, <const float*> _ptr(b), <float*> _ptr(bp))
+    return wp, bp
+
+
+def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, double p0=0, double p1=0,
+                   int num_threads=1, bint wide=False):
+    """A depthwise NHWC convolution (one filter per channel): ``x`` (N, H, W, C) bfloat16; ``wp``,
+    ``bp`` the weights and bias from :func:`pack_depthwise`, packed, or plain for ``wide`` (dilation
+    1 only: the input rows widened once into each thread's scratch, the float32 register kernel run
+    on them); ``out`` (N, OH, OW, C) bfloat16 or float32; ``pads`` (top, left, bottom, right);
+    activation codes as ``gemm_bf16.gemm``.  Returns ``out``."""
+    x, out = _array(x, "input", BF16), _output(out)
+    wp, bp = _array(wp, "packed weights", np.float32), _array(bp, "packed bias", np.float32)
+    cdef _DwCtx d
+    _geometry("depthwise_bf16", &d.geo, x, out, kernel, strides, dilations, pads, "depthwise input",
+              x.shape[3] if x.ndim == 4 else -1)
+    n, oh, ow, c, kh, kw = d.geo.n, d.geo.oh, d.geo.ow, d.geo.c, d.geo.kh, d.geo.kw
+    if wide and not (WBB_NATIVE and d.geo.dh == 1 and d.geo.dw == 1):
+        raise ValueError(f"depthwise_bf16: the wide depthwise form takes dilations (1, 1) in a native build; "
+                         f"got dilations {tuple(dilations)}")
+    row = c if wide else wbd_packed_floats(1, c)
+    if wp.shape != (kh, kw, row) or bp.shape != (row,):
+        raise ValueError(f"depthwise_bf16: depthwise weights of kernel {kernel}, dilations {tuple(dilations)} and {c} "
+                         f"channels come as ({kh}, {kw}, {row}) and a bias of ({row},) (pack_depthwise, "
+                         f"plain={wide}); got {wp.shape} and {bp.shape}")
+    if not wbb_handles(act):
+        raise ValueError(f"depthwise_bf16: activation code {act} is not applied by this build")
+    if num_threads < 1:
+        raise ValueError(f"depthwise_bf16: num_threads must be >= 1, got {num_threads}")
+    for what, v in (("input", x), ("weights", wp), ("bias", bp)):
+        if _overlap(out, v):
+            raise ValueError(f"depthwise_bf16: the output overlaps the {what}")
+    d.x, d.w, d.bias, d.out = <const uint16_t*> _ptr(x), <const float*> _ptr(wp), <const float*> _ptr(bp), _ptr(out)
+    d.f32 = out.dtype == np.float32
+    d.e.bias, d.e.bias_per_row, d.e.res, d.e.ld_res, d.e.res_post = NULL, 0, NULL, 0, 0
+    d.e.act, d.e.p0, d.e.p1, d.e.post_scale, d.e.post_shift = act, p0, p1, NULL, NULL
+    cdef Py_ssize_t rows = n * oh
+    # Chunks of rows worth wb_jobs_per_chunk's work each, every thread starting with several.
+    d.rows_per_chunk = wb_jobs_per_chunk(rows, ow * c * kh * kw, num_threads)
+    d.scratch, d.scratch_floats = NULL, 0
+    if wide and rows and c:
+        # Each chunk widens the KH - SH rows above its first output row again: two chunks a
+        # thread keep that small and still let a thread that runs ahead take another's.
+        d.rows_per_chunk = max(d.rows_per_chunk, (rows + 2 * num_threads - 1) // (2 * num_threads))
+        d.scratch_floats = wbd_wide_floats(&d.geo)
+        d.scratch = <float*> _ptr(_scratch(2 * num_threads * d.scratch_floats))
+    if rows and c:
+        with nogil:
+            wb_pool_run(_dw_chunk, &d, (rows + d.rows_per_chunk - 1) // d.rows_per_chunk, num_threads)
+    return out

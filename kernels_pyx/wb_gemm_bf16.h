@@ -193,7 +193,8 @@ WBB_AI __m512i wbb_pair(const uint16_t* p) {
  * an implicit-GEMM convolution's taps, read where they lie in the (padded) image. */
 WBB_AI void wbb_micro12_span(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
                              void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
-                             ptrdiff_t col0, const ptrdiff_t* toff, int ntaps, const int span) {
+                             ptrdiff_t col0, const ptrdiff_t* toff, int ntaps, const uint16_t* pf,
+                             const int span) {
     const uint16_t *a0 = a, *a1 = a + (mr > 1 ? 1 : 0) * lda, *a2 = a + (mr > 2 ? 2 : mr - 1) * lda,
                    *a3 = a + (mr > 3 ? 3 : mr - 1) * lda, *a4 = a + (mr > 4 ? 4 : mr - 1) * lda,
                    *a5 = a + (mr > 5 ? 5 : mr - 1) * lda, *a6 = a + (mr > 6 ? 6 : mr - 1) * lda,
@@ -203,15 +204,19 @@ WBB_AI void wbb_micro12_span(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int 
     WBB_ACC(0) WBB_ACC(1) WBB_ACC(2) WBB_ACC(3) WBB_ACC(4) WBB_ACC(5)
     WBB_ACC(6) WBB_ACC(7) WBB_ACC(8) WBB_ACC(9) WBB_ACC(10) WBB_ACC(11)
     __m512i b0, b1;
-    ptrdiff_t j, run = (toff != NULL ? k / ntaps : k) / 2 * 2;
+    ptrdiff_t j, run = (toff != NULL ? k / ntaps : k) / 2 * 2, pstep = pf != NULL ? 64 : 0;
     int t;
+    if (pf == NULL) pf = pb;   /* nothing to fetch ahead: the panel's own first line, cached */
     for (t = 0; t < (toff != NULL ? ntaps : 1); t++) {
         ptrdiff_t o = toff != NULL ? toff[t] : 0;
         _Pragma("GCC unroll 2")
         for (j = o; j < o + run; j += 2) {
             WBB_LOAD_B(pb)
             _mm_prefetch((const char*)(pb + 8 * 64), _MM_HINT_T0);
+            _mm_prefetch((const char*)pf, _MM_HINT_T1);
+            _mm_prefetch((const char*)(pf + 32), _MM_HINT_T1);
             pb += 64;
+            pf += pstep;
             WBB_ROW(0, wbb_pair(a0 + j)) WBB_ROW(1, wbb_pair(a1 + j)) WBB_ROW(2, wbb_pair(a2 + j))
             WBB_ROW(3, wbb_pair(a3 + j)) WBB_ROW(4, wbb_pair(a4 + j)) WBB_ROW(5, wbb_pair(a5 + j))
             WBB_ROW(6, wbb_pair(a6 + j)) WBB_ROW(7, wbb_pair(a7 + j)) WBB_ROW(8, wbb_pair(a8 + j))
@@ -236,13 +241,13 @@ WBB_AI void wbb_micro12_span(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int 
 /* wbb_micro12_span for the panel's live columns: one loop compiled per span. */
 static inline void wbb_micro12(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* pb,
                                void* c, ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0,
-                               ptrdiff_t col0, const ptrdiff_t* toff, int ntaps) {
+                               ptrdiff_t col0, const ptrdiff_t* toff, int ntaps, const uint16_t* pf) {
     if (nr > 24)
-        wbb_micro12_span(k, a, lda, mr, pb, c, ldc, f32, nr, ep, row0, col0, toff, ntaps, 2);
+        wbb_micro12_span(k, a, lda, mr, pb, c, ldc, f32, nr, ep, row0, col0, toff, ntaps, pf, 2);
     else if (nr > 16)
-        wbb_micro12_span(k, a, lda, mr, pb, c, ldc, f32, nr, ep, row0, col0, toff, ntaps, 1);
+        wbb_micro12_span(k, a, lda, mr, pb, c, ldc, f32, nr, ep, row0, col0, toff, ntaps, pf, 1);
     else
-        wbb_micro12_span(k, a, lda, mr, pb, c, ldc, f32, nr, ep, row0, col0, toff, ntaps, 0);
+        wbb_micro12_span(k, a, lda, mr, pb, c, ldc, f32, nr, ep, row0, col0, toff, ntaps, pf, 0);
 }
 
 /* The same for a tail of at most 4 rows: a third of the 12-row kernel's work. */
@@ -294,7 +299,8 @@ static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdif
             void* cb = (char*)c + (i * ldc + col0) * (f32 ? 4 : 2);
 #if WBB_NATIVE
             if (mr > 4)
-                wbb_micro12(k, a + (i - i0) * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0, NULL, 1);
+                wbb_micro12(k, a + (i - i0) * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0, NULL, 1,
+                            i == i0 && p + 1 < p1 ? bp + panel_words : NULL);
             else
                 wbb_micro4(k, a + (i - i0) * lda, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0, NULL, 1);
 #else

@@ -59,7 +59,8 @@ static inline void wbi_block(const wbb_geo* g, const uint16_t* xp, ptrdiff_t hp,
             void* cb = (char*)c + (i * n + col0) * (f32 ? 4 : 2);
 #if WBB_NATIVE
             if (mr > 4)
-                wbb_micro12(k, a, lda, mr, bp, cb, n, f32, nr, ep, i, col0, toff, ntaps);
+                wbb_micro12(k, a, lda, mr, bp, cb, n, f32, nr, ep, i, col0, toff, ntaps,
+                            i == i0 && p + 1 < p1 ? bp + panel_words : NULL);
             else
                 wbb_micro4(k, a, lda, mr, bp, cb, n, f32, nr, ep, i, col0, toff, ntaps);
 #else

@@ -17,8 +17,8 @@ from wb_gemm_bf16 cimport WBB_NATIVE, wb512_epi, wbb_geo, wbb_handles
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 from _bf16_args cimport _geometry, _overlap, _ptr
 
-# the array checks and the per-thread scratch of the base build (no ISA-specific code in them)
-from workbench._kernels.gemm_bf16 import BF16, _array, _output, _scratch
+# the array checks of the base build (no ISA-specific code in them)
+from workbench._kernels.gemm_bf16 import BF16, _array, _output
 
 cnp.import_array()
 wb_pool_import()
@@ -82,12 +82,24 @@ def pack_depthwise(w, bias=None, bint plain=False):
     return wp, bp
 
 
+def wide_scratch_bytes(shape, kernel, strides, pads, int num_threads=1):
+    """Bytes of the ``scratch`` the wide form of :func:`conv_depthwise` needs for an NHWC image
+    of ``shape`` with up to ``num_threads`` threads: two bands of widened rows a thread."""
+    cdef wbb_geo g
+    (g.n, g.h, g.w, g.c), (g.kh, g.kw), (g.sh, g.sw) = shape, kernel, strides
+    g.pt, g.pl, pb, pr = pads
+    g.dh = g.dw = 1
+    g.oh, g.ow = (g.h + g.pt + pb - g.kh) // g.sh + 1, (g.w + g.pl + pr - g.kw) // g.sw + 1
+    return 4 * 2 * max(num_threads, 1) * wbd_wide_floats(&g)
+
+
 def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, double p0=0, double p1=0,
-                   int num_threads=1, bint wide=False):
+                   int num_threads=1, bint wide=False, scratch=None):
     """A depthwise NHWC convolution (one filter per channel): ``x`` (N, H, W, C) bfloat16; ``wp``,
     ``bp`` the weights and bias from :func:`pack_depthwise`, packed, or plain for ``wide`` (dilation
-    1 only: the input rows widened once into each thread's scratch, the float32 register kernel run
-    on them); ``out`` (N, OH, OW, C) bfloat16 or float32; ``pads`` (top, left, bottom, right);
+    1 only: the input rows widened once into each thread's part of ``scratch``, at least
+    :func:`wide_scratch_bytes`, or a new array where None; the float32 register kernel run on
+    them); ``out`` (N, OH, OW, C) bfloat16 or float32; ``pads`` (top, left, bottom, right);
     activation codes as ``gemm_bf16.gemm``.  Returns ``out``."""
     x, out = _array(x, "input", BF16), _output(out)
     wp, bp = _array(wp, "packed weights", np.float32), _array(bp, "packed bias", np.float32)
@@ -123,7 +135,14 @@ def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, 
         # thread keep that small and still let a thread that runs ahead take another's.
         d.rows_per_chunk = max(d.rows_per_chunk, (rows + 2 * num_threads - 1) // (2 * num_threads))
         d.scratch_floats = wbd_wide_floats(&d.geo)
-        d.scratch = <float*> _ptr(_scratch(2 * num_threads * d.scratch_floats))
+        need = 4 * 2 * num_threads * d.scratch_floats
+        if scratch is None:
+            scratch = np.empty(need, np.uint8)
+        elif (not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable
+              or scratch.nbytes < need or (<size_t> _ptr(scratch)) % 4):
+            raise ValueError(f"depthwise_bf16: scratch must be a writeable C-contiguous array of at least {need} "
+                             f"bytes, 4-byte aligned; got {getattr(scratch, 'nbytes', scratch)!r} bytes")
+        d.scratch = <float*> _ptr(scratch)
     if rows and c:
         with nogil:
             wb_pool_run(_dw_chunk, &d, (rows + d.rows_per_chunk - 1) // d.rows_per_chunk, num_threads)

@@ -19,7 +19,6 @@ residual, ReLU/clip/leaky/hard sigmoid/hard swish, and sigmoid/tanh/SiLU/GELU th
 each block right after it is written, while it is in cache.
 Shapes are checked in the Python-visible functions before any ``nogil`` code.
 """
-import threading
 
 import numpy as np
 cimport numpy as cnp
@@ -187,19 +186,6 @@ def _in_place(out, residual, bint res_post=False):
     return same
 
 
-_local = threading.local()
-
-
-def _scratch(Py_ssize_t floats):
-    """A float32 work buffer of at least ``floats`` elements: one per Python thread, grown on
-    demand and reused, so steady-state inference allocates (and page-faults) nothing."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < floats:
-        buf = np.empty(max(floats, 1), np.float32)
-        _local.buf = buf
-    return buf[:max(floats, 1)]
-
-
 cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, double p0, double p1,
                            slope, post, list keep, bint res_post=False) except -1:
     """Check a :func:`conv1x1_nhwc` call and fill its job (``j.e`` = ``e``); ``keep`` gets the
@@ -231,30 +217,38 @@ cdef int _conv1x1_nhwc_job(Job* j, Epi* e, x, wp, bias, residual, out, int act, 
     return 0
 
 
-cdef void _run_job(Job* j, int num_threads):
+cdef int _run_job(Job* j, int num_threads, scratch) except -1:
     if j.m == 0 or j.n == 0:
-        return
-    abufs = _scratch(abuf_floats(num_threads))
-    cdef float* ab = _ptr(abufs)
+        return 0
+    keep = []
+    cdef float* ab = _floats(scratch, abuf_floats(num_threads), keep)
     with nogil:
         gemm_jobs(j, ab, num_threads)
+    return 0
+
+
+def conv1x1_scratch_bytes(int num_threads=1):
+    """Bytes of the ``scratch`` that :func:`conv1x1_nhwc` needs with up to ``num_threads``
+    threads: each thread's packed block of A."""
+    return 4 * abuf_floats(max(num_threads, 1))
 
 
 def conv1x1_nhwc(x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
-                 int num_threads=1, post=None, bint res_post=False):
+                 int num_threads=1, post=None, bint res_post=False, scratch=None):
     """1x1 stride-1 unpadded NHWC convolution ``out = act(x @ W^T + bias + residual)``.
 
     ``x`` (N, H, W, C), ``out`` (N, H, W, M); ``wp`` the weights (C, M) packed by :func:`pack_b`;
     ``bias``/``slope`` (M,) or None, ``residual`` as ``out`` or None, or ``out`` itself (the
     product is then added onto it in place); ``post`` None or (scale, shift), (M,) each:
     ``out = act(...) * scale + shift``.  ``res_post``: the residual is added last, after the
-    activation (and the affine), and may not be ``out``.  Returns ``out``.
+    activation (and the affine), and may not be ``out``.  ``scratch``: a workspace of at least
+    :func:`conv1x1_scratch_bytes` (None: this call allocates one).  Returns ``out``.
     """
     _threads(num_threads)
     cdef Job j
     cdef Epi e
     _conv1x1_nhwc_job(&j, &e, x, wp, bias, residual, out, act, p0, p1, slope, post, [], res_post)
-    _run_job(&j, num_threads)
+    _run_job(&j, num_threads, scratch)
     return out
 
 
@@ -265,26 +259,35 @@ cdef class Conv1x1Nhwc:
     cdef Job j
     cdef Epi e
     cdef list keep
+    cdef object scratch
 
     def __init__(self, x, wp, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None, post=None,
-                 bint res_post=False):
+                 bint res_post=False, scratch=None):
         self.keep = []
         _conv1x1_nhwc_job(&self.j, &self.e, x, wp, bias, residual, out, act, p0, p1, slope, post, self.keep,
                           res_post)
+        self.scratch = scratch
 
     def __call__(self, int num_threads):
         _threads(num_threads)
         cdef Job j = self.j   # gemm_jobs records its partition in the job: a copy per call
-        _run_job(&j, num_threads)
+        _run_job(&j, num_threads, self.scratch)
+
+
+def conv1x1_nchw_scratch_bytes(Py_ssize_t c, Py_ssize_t pixels, int num_threads=1):
+    """Bytes of the ``scratch`` that :func:`conv1x1_nchw` needs for ``c`` channels of ``pixels``
+    pixels with up to ``num_threads`` threads: an image's packed pixels and the threads' packed A."""
+    return 4 * (max(wb512_packed_b_floats(c, pixels), 1) + abuf_floats(max(num_threads, 1)))
 
 
 def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0, slope=None,
-                 int num_threads=1, bint res_post=False):
+                 int num_threads=1, bint res_post=False, scratch=None):
     """1x1 stride-1 unpadded NCHW convolution ``out[n] = act(W @ x[n] + bias + residual[n])``.
 
     ``x`` (N, C, H, W), ``w`` (M, C) (or (M, C, 1, 1)), ``out`` (N, M, H, W); each image's pixels
     are packed as B, then the jobs of that image run in parallel.  ``residual`` may be ``out``
-    itself (added onto in place), unless ``res_post`` (added after the activation).  Returns ``out``.
+    itself (added onto in place), unless ``res_post`` (added after the activation).  ``scratch``:
+    at least :func:`conv1x1_nchw_scratch_bytes` (None: this call allocates one).  Returns ``out``.
     """
     x, out, w = _array(x, "input", 4), _array(out, "output", 4, writeable=True), _array(w, "weights")
     _threads(num_threads)
@@ -307,17 +310,17 @@ def conv1x1_nchw(x, w, bias, residual, out, int act=0, double p0=0, double p1=0,
         return out
     cdef Py_ssize_t p = h * wd, i
     cdef Py_ssize_t npb = max(wb512_packed_b_floats(c, p), 1)
-    work = _scratch(npb + abuf_floats(num_threads))
-    pb, abufs = work[:npb], work[npb:]
+    keep = []
+    cdef float* work = _floats(scratch, npb + abuf_floats(num_threads), keep)
     cdef Job j
     j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = m, p, c, c, p, p
-    j.a, j.pb = _ptr(w), _ptr(pb)
+    j.a, j.pb = _ptr(w), work
     j.accumulate, j.channel_is_row, j.e = in_place, 1, &e
     cdef const float* xp = _ptr(x)
     cdef float* op = _ptr(out)
     cdef const float* rp = _ptr(residual)
-    cdef float* ab = _ptr(abufs)
-    cdef float* pbp = _ptr(pb)
+    cdef float* ab = work + npb
+    cdef float* pbp = work
     cdef Py_ssize_t images = n, cc = c, mm = m
     with nogil:
         for i in range(images):
@@ -343,23 +346,46 @@ def im2col_scratch_floats(bint nhwc, Py_ssize_t kg, int num_threads=1, Py_ssize_
     return per * num_threads
 
 
+def conv_im2col_scratch_bytes(bint nhwc, Py_ssize_t kg, Py_ssize_t m, Py_ssize_t n, Py_ssize_t p, bint implicit,
+                              int num_threads=1):
+    """Bytes of the ``scratch`` that :func:`conv_im2col` needs with up to ``num_threads`` threads
+    for depth ``kg``, ``m`` output channels and ``n`` images of ``p`` output pixels."""
+    if implicit:
+        return 4 * (IM2COL_ROWS * kg + m) * max(num_threads, 1)
+    return 4 * max(im2col_scratch_floats(nhwc, kg, t, n, p, m) for t in range(1, max(num_threads, 1) + 1))
+
+
+cdef float* _floats(scratch, Py_ssize_t need, list keep) except NULL:
+    """``need`` floats of the caller's ``scratch``, or (None) of a new array kept in ``keep``."""
+    if scratch is None:
+        buf = np.empty(max(need, 1), np.float32)
+        keep.append(buf)
+        return _ptr(buf)
+    if (not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable
+            or scratch.nbytes < 4 * need or (<size_t> cnp.PyArray_DATA(<cnp.ndarray> scratch)) % 4):
+        raise ValueError(f"gemm512: scratch must be a writeable C-contiguous array of at least {4 * need} bytes, "
+                         f"4-byte aligned; got {getattr(scratch, 'nbytes', scratch)!r} bytes")
+    return <float*> cnp.PyArray_DATA(<cnp.ndarray> scratch)
+
+
 def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,
                 double p0=0, double p1=0, slope=None, int num_threads=1, bint implicit=False, post=None,
-                bint res_post=False):
+                bint res_post=False, scratch=None):
     """Group-1 convolution by im2col on our SGEMM, either layout.
 
     ``x`` (N, C, H, W) or (N, H, W, C), ``out`` likewise; ``w`` for NCHW the weights (M, C*KH*KW),
     for NHWC ``pack_b`` of the weights (KH*KW*C, M) ordered (ki, kj, channel).  ``pads`` are
     (top, left, bottom, right).  ``implicit`` (NHWC, unit horizontal dilation): no im2col
     buffer where the taps lie inside the input; the GEMM reads them in place, one output row
-    per job.  ``post`` and ``res_post`` as for :func:`conv1x1_nhwc`.  Returns ``out``.
+    per job.  ``post`` and ``res_post`` as for :func:`conv1x1_nhwc`.  ``scratch``: a workspace of
+    at least :func:`conv_im2col_scratch_bytes` (None: this call allocates one).  Returns ``out``.
     """
     cdef Geo g
     cdef Epi e
     _threads(num_threads)
     _im2col_init(&g, &e, nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, act, p0, p1, slope,
                  implicit, post, [], res_post)
-    _im2col_go(&g, &e, nhwc, implicit, x, w, out, num_threads)
+    _im2col_go(&g, &e, nhwc, implicit, x, w, out, num_threads, scratch)
     return out
 
 
@@ -369,19 +395,20 @@ cdef class ConvIm2col:
     cdef Geo g
     cdef Epi e
     cdef bint nhwc, implicit
-    cdef object x, w, out
+    cdef object x, w, out, scratch
     cdef list keep
 
     def __init__(self, bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,
-                 double p0=0, double p1=0, slope=None, bint implicit=False, post=None, bint res_post=False):
+                 double p0=0, double p1=0, slope=None, bint implicit=False, post=None, bint res_post=False,
+                 scratch=None):
         self.keep = []
         _im2col_init(&self.g, &self.e, nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, act,
                      p0, p1, slope, implicit, post, self.keep, res_post)
-        self.nhwc, self.implicit, self.x, self.w, self.out = nhwc, implicit, x, w, out
+        self.nhwc, self.implicit, self.x, self.w, self.out, self.scratch = nhwc, implicit, x, w, out, scratch
 
     def __call__(self, int num_threads):
         _threads(num_threads)
-        _im2col_go(&self.g, &self.e, self.nhwc, self.implicit, self.x, self.w, self.out, num_threads)
+        _im2col_go(&self.g, &self.e, self.nhwc, self.implicit, self.x, self.w, self.out, num_threads, self.scratch)
 
 
 cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads,
@@ -433,16 +460,16 @@ cdef int _im2col_init(Geo* gp, Epi* e, bint nhwc, x, w, bias, residual, out, ker
     return 0
 
 
-cdef _im2col_go(Geo* gp, Epi* e, bint nhwc, bint implicit, x, w, out, int num_threads):
+cdef _im2col_go(Geo* gp, Epi* e, bint nhwc, bint implicit, x, w, out, int num_threads, scratch):
     """Run a convolution :func:`_im2col_init` checked, with ``num_threads`` threads."""
     cdef Geo g = gp[0]   # the jobs below point at this copy
     if g.n * g.p * g.m == 0:
         return
     if implicit:
-        _conv_implicit(&g, x, w, out, e, num_threads)
+        _conv_implicit(&g, x, w, out, e, num_threads, scratch)
         return
-    buf = _scratch(im2col_scratch_floats(nhwc, g.kg, num_threads, g.n, g.p, g.m))
-    cdef float* bp = _ptr(buf)
+    keep = []
+    cdef float* bp = _floats(scratch, im2col_scratch_floats(nhwc, g.kg, num_threads, g.n, g.p, g.m), keep)
     cdef const float* xp = _ptr(x)
     cdef const float* wp = _ptr(w)
     cdef float* op = _ptr(out)
@@ -498,13 +525,14 @@ cdef void _implicit_chunk(void* ctx, Py_ssize_t t, int slot) noexcept nogil:
                   _imin((r + 1) * c.span, c.g.n * c.g.p), j0, _imin(j0 + c.cw, c.g.m))
 
 
-cdef _conv_implicit(Geo* g, x, w, out, Epi* e, int nt):
+cdef _conv_implicit(Geo* g, x, w, out, Epi* e, int nt, scratch):
     """:func:`conv_im2col` with ``implicit``: jobs of equal spans of output pixels
     (:c:func:`implicit_span`), at least 96 each and up to four a thread, so that a thread held
     up by another process leaves work to the others (eight cost 3-5% more: every job ends on a
     part-filled strip); outputs too small for four jobs a thread split their channels too."""
     cdef Py_ssize_t per = IM2COL_ROWS * g.kg + g.m
-    buf = _scratch(per * nt)
+    keep = []
+    cdef float* bp = _floats(scratch, per * nt, keep)
     cdef Py_ssize_t pixels = g.n * g.p, panels = (g.m + WB512_NR - 1) // WB512_NR
     cdef Py_ssize_t rparts = max(1, min(4 * nt, pixels // 96)), cparts = 1
     if rparts < nt:
@@ -512,7 +540,7 @@ cdef _conv_implicit(Geo* g, x, w, out, Epi* e, int nt):
     if rparts < 4 * nt:
         cparts = min(panels, (4 * nt + rparts - 1) // rparts)
     cdef _ConvCtx c
-    c.g, c.x, c.w, c.out, c.e, c.buf, c.per = g, _ptr(x), _ptr(w), _ptr(out), e, _ptr(buf), per
+    c.g, c.x, c.w, c.out, c.e, c.buf, c.per = g, _ptr(x), _ptr(w), _ptr(out), e, bp, per
     c.span = (pixels + rparts - 1) // rparts
     c.cw = (panels + cparts - 1) // cparts * WB512_NR
     c.cparts = (panels * WB512_NR + c.cw - 1) // c.cw
@@ -549,12 +577,19 @@ cdef void _shuffle_row(const float* x, const float* wp, float* out, const Epi* e
                     orow[p * run + q] = src[q]
 
 
+def shuffle_scratch_bytes(Py_ssize_t w, Py_ssize_t cols, int num_threads=1):
+    """Bytes of the ``scratch`` that :func:`conv_transpose_shuffle_nhwc` needs for input rows of
+    ``w`` pixels and ``cols`` = kh*kw*M GEMM columns with up to ``num_threads`` threads."""
+    return 4 * (w * cols + wb512_abuf_floats()) * max(num_threads, 1)
+
+
 def conv_transpose_shuffle_nhwc(x, wp, out, bias, int kh, int kw, int act=0, double p0=0, double p1=0,
-                                slope=None, int num_threads=1):
+                                slope=None, int num_threads=1, scratch=None):
     """ConvTranspose with kernel == stride (``kh`` x ``kw``), no padding, group 1, NHWC:
     ``out (N, H*kh, W*kw, M)`` from ``x (N, H, W, C)`` and ``wp``, the weights (C, kh, kw, M)
     packed by :func:`pack_b` as a (C, kh*kw*M) matrix.  ``bias`` and ``slope`` (PRelu) are
-    expanded per GEMM column: (kh*kw*M,) each, or None.  Returns ``out``."""
+    expanded per GEMM column: (kh*kw*M,) each, or None.  ``scratch``: at least
+    :func:`shuffle_scratch_bytes` (None: this call allocates one).  Returns ``out``."""
     x, out = _array(x, "input", 4), _array(out, "output", 4, writeable=True)
     wp = _array(wp, "packed weights", 1)
     _threads(num_threads)
@@ -577,8 +612,9 @@ def conv_transpose_shuffle_nhwc(x, wp, out, bias, int kh, int kw, int act=0, dou
         return out
     cdef _ShuffleCtx job
     job.per = w * ld + wb512_abuf_floats()
-    buf = _scratch(job.per * max(1, num_threads))
-    job.buf, job.x, job.wp, job.out, job.e = _ptr(buf), _ptr(x), _ptr(wp), _ptr(out), &e
+    keep = []
+    job.buf = _floats(scratch, job.per * max(1, num_threads), keep)
+    job.x, job.wp, job.out, job.e = _ptr(x), _ptr(wp), _ptr(out), &e
     job.H, job.W, job.C, job.M, job.KH, job.KW = h, w, c, m, kh, kw
     cdef Py_ssize_t rows = n * h
     with nogil:

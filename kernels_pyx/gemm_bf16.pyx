@@ -11,7 +11,6 @@ Work is split over the shared thread pool (``wb_pool.h``) in (row tile, panel gr
 tiles outermost, so each thread starts on its own contiguous range of pixels.  Shapes, dtypes and
 overlaps are checked here, before any ``nogil`` code.
 """
-import threading
 
 import ml_dtypes
 import numpy as np
@@ -118,6 +117,8 @@ cdef struct _Ctx:
     Py_ssize_t hp, wpd, pad_rows_per_job
     bint pad             # the image is copied into a zero-bordered one first (else read in place)
     uint16_t* padded     # the zero-bordered image (read only, but written by the pad jobs first)
+    uint16_t* ws         # the caller's workspace (ws_words words) for the scratch, or NULL: a new one per call
+    Py_ssize_t ws_words
 
 
 cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
@@ -189,15 +190,26 @@ cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogi
     g.col_jobs = (g.panels + g.panels_per_job - 1) // g.panels_per_job if g.panels else 1
 
 
+cdef uint16_t* _words(_Ctx* g, Py_ssize_t need, list keep) except NULL:
+    """``need`` words of scratch: the caller's workspace, or (none given) a new array kept in ``keep``."""
+    if g.ws == NULL:
+        buf = np.empty(max(need, 1), np.uint16)
+        keep.append(buf)
+        return <uint16_t*> _ptr(buf)
+    if g.ws_words < need:
+        raise ValueError(f"gemm_bf16: a workspace of {2 * g.ws_words} bytes; this call needs {2 * need}")
+    return g.ws
+
+
 cdef int _launch(_Ctx* g, int num_threads, bint gather) except -1:
-    """Run the jobs; ``gather``: each job gathers its rows of A into this thread's scratch."""
+    """Run the jobs; ``gather``: each job gathers its rows of A into its thread's part of the scratch."""
+    keep = []
     if gather:
-        buf = _scratch(num_threads * g.row_tile * g.k)
-        g.scratch = <uint16_t*> _ptr(buf)
+        g.scratch = _words(g, num_threads * g.row_tile * g.k, keep)
     cdef Py_ssize_t rows
     if g.ntaps > 0 and g.pad and g.m > 0 and g.n > 0:
         rows = g.geo.n * g.hp
-        g.padded = <uint16_t*> _ptr(_scratch(rows * g.wpd * g.geo.c))
+        g.padded = _words(g, rows * g.wpd * g.geo.c, keep)
         g.pad_rows_per_job = wb_jobs_per_chunk(rows, g.wpd * g.geo.c, num_threads)
         with nogil:
             wb_pool_run(_pad_job, g, (rows + g.pad_rows_per_job - 1) // g.pad_rows_per_job, num_threads)
@@ -243,7 +255,7 @@ def _output(out):
 
 
 def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1=0, post=None,
-         bint res_post=False, int num_threads=1, bint bind=False):
+         bint res_post=False, int num_threads=1, bint bind=False, scratch=None):
     """``out = act(a @ B + bias + residual) * scale + shift`` (``post = (scale, shift)``; with
     ``res_post`` the residual comes last).
 
@@ -252,6 +264,8 @@ def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1
     matrix's rows); ``wp`` B packed by :func:`pack` for that k and n; ``bias``, ``scale``,
     ``shift`` float32 (n,) or None; ``residual`` of ``out``'s shape, bfloat16 or float32, or None.  Activation codes as ``routines/epilogue.py`` (:func:`handles` says which this build
     applies).  Returns ``out``; with ``bind``, runs nothing and returns a :class:`Call`.
+    ``scratch``: a workspace of at least :func:`im2col_scratch_bytes` for a float32 input (kept
+    by a :class:`Call`); None: each call allocates its own.
     """
     a, out = _input(a), _output(out)
     lead = a.ndim - 1
@@ -261,11 +275,12 @@ def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1
     cdef Py_ssize_t m = int(np.prod(tuple(a.shape)[:lead])), k = a.shape[lead]
     cdef Py_ssize_t tile = ROW_TILE if a.dtype == BF16 else _gather_tile(k)
     _setup(&g, a, wp, out, m, k, bias, residual, act, p0, p1, post, res_post, num_threads, tile)
+    _workspace(&g, scratch)
     if g.a_f32:   # rounded to bfloat16 row tile by row tile: a 1x1 convolution of a 1 x m image
         g.geo.n, g.geo.h, g.geo.w, g.geo.c, g.geo.oh, g.geo.ow = 1, 1, m, k, 1, m
         g.geo.kh = g.geo.kw = g.geo.sh = g.geo.sw = g.geo.dh = g.geo.dw = 1
         g.geo.pt = g.geo.pl = 0
-    return _finish(&g, num_threads, tile, g.a_f32, bind, [out, a, wp, bias, residual, post])
+    return _finish(&g, num_threads, tile, g.a_f32, bind, [out, a, wp, bias, residual, post, scratch])
 
 
 def _input(a):
@@ -280,22 +295,37 @@ cdef Py_ssize_t _gather_tile(Py_ssize_t k):
     return max(WBB_MR, (1 << 17) // max(k, 1) // WBB_MR * WBB_MR)
 
 
-_local = threading.local()
+def im2col_scratch_bytes(Py_ssize_t k, int num_threads=1):
+    """Bytes of the ``scratch`` that :func:`conv_im2col` of GEMM depth ``k`` (and :func:`gemm`
+    of a float32 input) needs with up to ``num_threads`` threads: each thread's gathered rows."""
+    return 2 * max(num_threads, 1) * min(<Py_ssize_t> ROW_TILE, _gather_tile(k)) * k
 
 
-def _scratch(Py_ssize_t words):
-    """A uint16 work buffer of at least ``words``: one per Python thread, grown on demand and
-    reused, so steady-state inference allocates (and page-faults) nothing."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < words:
-        buf = _local.buf = np.empty(max(words, 1), np.uint16)
-    return buf
+def implicit_scratch_bytes(shape, pads, bint f32_input):
+    """Bytes of the ``scratch`` that :func:`conv_implicit` needs for an NHWC image of ``shape``
+    (N, H, W, C): its zero-bordered copy, none where it is read in place (bfloat16, no padding)."""
+    n, h, w, c = shape
+    pt, pl, pb, pr = pads
+    return 2 * n * (h + pt + pb) * (w + pl + pr) * c if f32_input or any(pads) else 0
+
+
+cdef int _workspace(_Ctx* g, scratch) except -1:
+    """Point ``g`` at the caller's ``scratch`` (None: each call allocates its own)."""
+    g.ws, g.ws_words = NULL, 0
+    if scratch is not None:
+        if not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable:
+            raise ValueError("gemm_bf16: scratch must be a writeable C-contiguous NumPy array")
+        if cnp.PyArray_DATA(<cnp.ndarray> scratch) == NULL or (<size_t> _ptr(scratch)) % 2:
+            raise ValueError("gemm_bf16: scratch must be 2-byte aligned")
+        g.ws, g.ws_words = <uint16_t*> _ptr(scratch), scratch.nbytes // 2
+    return 0
 
 
 def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residual=None, int act=0, double p0=0,
-                double p1=0, post=None, bint res_post=False, int num_threads=1, bint bind=False):
+                double p1=0, post=None, bint res_post=False, int num_threads=1, bint bind=False, scratch=None):
     """A group-1 NHWC convolution: each job gathers its rows of the im2col matrix (taps in the
-    order kernel row, kernel column, channel) into its thread's scratch, then :func:`gemm`'s
+    order kernel row, kernel column, channel) into its thread's part of ``scratch`` (at least
+    :func:`im2col_scratch_bytes`), then :func:`gemm`'s
     product and epilogue.  ``x`` (N, H, W, C) bfloat16 or float32 (rounded as it is gathered); ``out`` (N, OH, OW, M) bfloat16 or
     float32; ``wp`` the (M, KH*KW*C) weights packed by :func:`pack`; ``pads`` (top, left, bottom,
     right); the rest (``bind`` too) as :func:`gemm`."""
@@ -305,15 +335,17 @@ def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residua
     n, oh, ow, c, kh, kw = g.geo.n, g.geo.oh, g.geo.ow, g.geo.c, g.geo.kh, g.geo.kw
     cdef Py_ssize_t k = kh * kw * c
     _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads, _gather_tile(k))
-    return _finish(&g, num_threads, _gather_tile(k), True, bind, [out, x, wp, bias, residual, post])
+    _workspace(&g, scratch)
+    return _finish(&g, num_threads, _gather_tile(k), True, bind, [out, x, wp, bias, residual, post, scratch])
 
 
 def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, residual=None, int act=0, double p0=0,
-                  double p1=0, post=None, bint res_post=False, int num_threads=1, bint bind=False):
+                  double p1=0, post=None, bint res_post=False, int num_threads=1, bint bind=False, scratch=None):
     """A group-1 NHWC convolution as an implicit GEMM (``wb_implicit_bf16.h``): the image copied
     once into a zero-bordered one (rounded to bfloat16 if float32; read in place when bfloat16 and
     unpadded), each block of pixels of an output row reading its taps there.  Arguments as
-    :func:`conv_im2col`, the same packed weights; the channel count must be even."""
+    :func:`conv_im2col`, the same packed weights, ``scratch`` at least
+    :func:`implicit_scratch_bytes`; the channel count must be even."""
     x, out = _input(x), _output(out)
     cdef _Ctx g
     _geometry("gemm_bf16", &g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
@@ -321,10 +353,11 @@ def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, resid
     if c % 2:
         raise ValueError(f"gemm_bf16: the implicit convolution takes an even channel count, got {c}")
     _setup(&g, x, wp, out, n * oh * ow, kh * kw * c, bias, residual, act, p0, p1, post, res_post, num_threads, ROW_TILE)
+    _workspace(&g, scratch)
     (pt, pl, pb, pr), (dh, dw) = pads, dilations
     g.hp, g.wpd = g.geo.h + pt + pb, g.geo.w + pl + pr
     toff = np.array([(i * dh * g.wpd + j * dw) * c for i in range(kh) for j in range(kw)], np.intp)
     g.ntaps, g.toff = kh * kw, <const Py_ssize_t*> _ptr(toff)
     g.pad = g.a_f32 or any(pads)
     g.padded = NULL if g.pad else <uint16_t*> g.a
-    return _finish(&g, num_threads, ROW_TILE, False, bind, [out, x, wp, bias, residual, post, toff])
+    return _finish(&g, num_threads, ROW_TILE, False, bind, [out, x, wp, bias, residual, post, toff, scratch])

@@ -108,7 +108,6 @@ cdef class Pool2d:
     cdef readonly int H, W, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl, o_a, o_b
     cdef readonly bint is_max
     cdef cnp.ndarray kh_lo, kh_hi, oh_lo, oh_hi, kw_lo, kw_hi, ow_lo, ow_hi, inv_h, inv_w
-    cdef object _scratch   # kept between calls: the executor allocates nothing per inference
 
     def __init__(self, in_hw, out_hw, kernel, strides, dilations, pads, bint is_max, bint count_include_pad=False):
         self.H, self.W = in_hw
@@ -134,18 +133,42 @@ cdef class Pool2d:
         cdef Py_ssize_t want = max(1, min(self.OH, (4 * nt + max(jobs, 1) - 1) // max(jobs, 1))) if nt > 1 else 1
         return (self.OH + want - 1) // want
 
-    def _scratch_of(self, Py_ssize_t n):
-        """A float32 work array of at least ``n`` floats, reused from call to call (each executor
-        has its own Pool2d in its prepared state, so concurrent runs never share it)."""
-        if self._scratch is None or self._scratch.size < n:
-            self._scratch = np.empty(n, np.float32)
-        return self._scratch
+    cdef Py_ssize_t _scratch_floats(self, Py_ssize_t n, Py_ssize_t c, bint nhwc, int nt):
+        """Floats of scratch rows :meth:`nchw` / :meth:`nhwc` use for ``n`` images of ``c``
+        channels on ``nt`` threads (0 where the window is folded without them)."""
+        cdef Py_ssize_t cb
+        if not nhwc:
+            if self.sh > 1 or self.KH < 3:
+                return 0
+            return self._rows_in(self._bands(n * c, nt)) * self.OW * nt
+        if WB_POOL512_NATIVE and self.KH * self.KW <= 2 * (self.KH + self.KW):
+            return 0
+        cb = min(c, CBLOCK)
+        return self._rows_in(self._bands(n * ((c + cb - 1) // cb), nt)) * self.OW * cb * nt
+
+    def scratch_bytes(self, Py_ssize_t n, Py_ssize_t c, bint nhwc, int num_threads=1):
+        """Bytes of the ``scratch`` :meth:`nchw` (``nhwc`` False) or :meth:`nhwc` needs for ``n``
+        images of ``c`` channels with up to ``num_threads`` threads."""
+        return 4 * max(self._scratch_floats(n, c, nhwc, t) for t in range(1, max(num_threads, 1) + 1))
+
+    cdef float* _scratch_of(self, scratch, Py_ssize_t n, list keep) except NULL:
+        """``n`` floats of the caller's ``scratch``, or (None) of a new array kept in ``keep``."""
+        if scratch is None:
+            buf = np.empty(max(n, 1), np.float32)
+            keep.append(buf)
+            return _f(buf)
+        if (not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable
+                or scratch.nbytes < 4 * n or (<size_t> cnp.PyArray_DATA(<cnp.ndarray> scratch)) % 4):
+            raise ValueError(f"Pool2d: scratch must be a writeable C-contiguous array of at least {4 * n} bytes, "
+                             f"4-byte aligned; got {getattr(scratch, 'nbytes', scratch)!r} bytes")
+        return <float*> cnp.PyArray_DATA(<cnp.ndarray> scratch)
 
     def _rows_in(self, Py_ssize_t band):
         return min(self.H, (band - 1) * self.sh + (self.KH - 1) * self.dh + 1)
 
-    def nchw(self, x, y, int num_threads=1):
-        """Pool ``x`` (N, C, H, W) into ``y`` (N, C, OH, OW); both float32, C-contiguous."""
+    def nchw(self, x, y, int num_threads=1, scratch=None):
+        """Pool ``x`` (N, C, H, W) into ``y`` (N, C, OH, OW); both float32, C-contiguous.
+        ``scratch``: at least :meth:`scratch_bytes` (None: this call allocates what it needs)."""
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[2:] != (self.H, self.W):
             raise ValueError(f"Pool2d.nchw: expected input (N, C, {self.H}, {self.W}), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
@@ -160,8 +183,8 @@ cdef class Pool2d:
             self._nchw_direct(_f(x), _f(y), planes, nt)
             return y
         cdef Py_ssize_t per = self._rows_in(band) * self.OW
-        scratch = self._scratch_of(per * nt)
-        self._nchw(_f(x), _f(y), planes, band, _f(scratch), per, nt)
+        keep = []
+        self._nchw(_f(x), _f(y), planes, band, self._scratch_of(scratch, per * nt, keep), per, nt)
         return y
 
     cdef void _ctx(self, _PoolCtx* c, const float* x, float* y, Py_ssize_t jobs, Py_ssize_t work,
@@ -184,9 +207,9 @@ cdef class Pool2d:
         with nogil:
             wb_pool_run(_direct_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
-    def nhwc(self, x, y, int num_threads=1):
+    def nhwc(self, x, y, int num_threads=1, scratch=None):
         """Pool ``x`` (N, H, W, C) into ``y`` (N, OH, OW, C); both float32, C-contiguous or channel
-        slices of wider NHWC buffers (a Concat's parts, a Split's views)."""
+        slices of wider NHWC buffers (a Concat's parts, a Split's views).  ``scratch`` as :meth:`nchw`."""
         if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[1:3] != (self.H, self.W):
             raise ValueError(f"Pool2d.nhwc: expected input (N, {self.H}, {self.W}, C), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
@@ -212,8 +235,8 @@ cdef class Pool2d:
         cdef Py_ssize_t C = x.shape[3], cb = min(C, CBLOCK), blocks = (C + cb - 1) // cb
         cdef Py_ssize_t band = self._bands(x.shape[0] * blocks, nt)
         cdef Py_ssize_t per = self._rows_in(band) * self.OW * cb
-        scratch = self._scratch_of(per * nt)
-        self._nhwc(_f(x), _f(y), x.shape[0], C, ldx, ldy, cb, band, _f(scratch), per, nt)
+        keep = []
+        self._nhwc(_f(x), _f(y), x.shape[0], C, ldx, ldy, cb, band, self._scratch_of(scratch, per * nt, keep), per, nt)
         return y
 
     cdef void _nchw(self, const float* x, float* y, Py_ssize_t planes, Py_ssize_t band, float* scratch,

@@ -152,6 +152,23 @@ class Routine:
         return None
 
     @classmethod
+    def workspace(cls, layer, specs, num_threads) -> int:
+        """Bytes of scratch a run with up to ``num_threads`` threads needs beside its inputs and
+        outputs (gathered im2col rows, a zero-bordered image, transform-domain tiles); 0 for none.
+        A compiled model's memory planner places the workspaces in its arena (one buffer they
+        share: steps run one at a time) and hands each over through :meth:`attach`."""
+        return 0
+
+    @classmethod
+    def attach(cls, state, workspace):
+        """``state`` (from :meth:`prepare`) given its workspace: a uint8 array of
+        :meth:`workspace` bytes, 64-byte aligned, used by one run at a time.  Routines that
+        declare a workspace keep it in their state for :meth:`run` and :meth:`bind`."""
+        if isinstance(state, dict):
+            state["workspace"] = workspace
+        return state
+
+    @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         """Compute ``layer``: read ``args`` (arrays in :meth:`input_layouts`, None for omitted
         inputs, constants included), write every array of ``outs`` in :meth:`output_layouts`."""
@@ -163,6 +180,27 @@ class Routine:
         life) as a callable of ``num_threads`` alone, checked once here instead of at every call;
         None (the default) to be called through :meth:`run`."""
         return None
+
+
+def prepared(routine, layer, specs, num_threads, workspace=None):
+    """``routine.prepare(layer)`` with its workspace attached: ``workspace`` (the planner's), or
+    a new aligned array where the routine declares one and none is given (the profiler's)."""
+    state = routine.prepare(layer)
+    need = routine.workspace(layer, specs, num_threads)
+    if need:
+        if workspace is None:
+            workspace = aligned_bytes(need)
+        elif workspace.nbytes < need:
+            raise ValueError(f"{routine.descriptor}: a workspace of {workspace.nbytes} bytes, {need} needed")
+        state = routine.attach(state, workspace)
+    return state
+
+
+def aligned_bytes(nbytes, align=64):
+    """A uint8 array of ``nbytes`` starting on an ``align``-byte boundary."""
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start: start + nbytes]
 
 
 def load_all():

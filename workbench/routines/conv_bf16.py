@@ -9,9 +9,10 @@ float32: where the next layer runs in float32 the selection can leave bfloat16 t
 cast adapt; ``_f32in`` reads a float32 image, rounded to bfloat16 as each job gathers its rows,
 so it can enter bfloat16 without one, and ``_f32io`` does both: float32 tensors between layers,
 bfloat16 arithmetic inside them.  A fused residual comes in the output's data type.  ``im2col_bf16`` (and its ``_f32out``) serves every other group-1 convolution: each
-job gathers its rows of the im2col matrix into its thread's scratch, then the same GEMM;
+job gathers its rows of the im2col matrix into its thread's part of the workspace, then the same GEMM;
 ``implicit_bf16`` (and its three float32-edged forms) the same product reading the taps where
-they lie in a zero-bordered copy of the image, no gather.  ``depthwise_bf16`` and
+they lie in a zero-bordered copy of the image, no gather.  The gathered rows and the bordered
+copy are each routine's declared workspace (:meth:`workspace`), placed by the memory planner.  ``depthwise_bf16`` and
 ``depthwise_wide_bf16`` (and their ``_f32out``) take the depthwise layers.  ``winograd2_bf16`` (and its
 ``_f32out``/``_f32in``/``_f32io``) runs 3x3 stride-1 layers as F(2x2,3x3) Winograd with the
 transform-domain products in bfloat16 (``kernels_pyx/winograd_bf16.pyx``): 2.25x fewer
@@ -111,12 +112,12 @@ class _Bf16Conv(_Bf16, _ConvGemm, register=False):
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        cls._conv(*cls._args(layer, state, args, outs), num_threads)
+        cls._conv(*cls._args(layer, state, args, outs), num_threads, scratch=state.get("workspace"))
 
     @classmethod
     def bind(cls, layer, state, args, outs):
         # checked once: a direct call's checks cost several microseconds a layer, every run
-        return cls._conv(*cls._args(layer, state, args, outs), 1, bind=True)
+        return cls._conv(*cls._args(layer, state, args, outs), 1, bind=True, scratch=state.get("workspace"))
 
 
 class NhwcGemm1x1Bf16(_Bf16Conv):
@@ -128,9 +129,14 @@ class NhwcGemm1x1Bf16(_Bf16Conv):
     def applies(cls, layer, specs):
         return super().applies(layer, specs) and tuple(geometry(layer)[1]) == (1, 1)
 
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        # a float32 image's rows are rounded to bfloat16 as each job gathers them
+        return _kernels().im2col_scratch_bytes(specs[0].shape[1], num_threads) if cls.in_dtype == "float32" else 0
+
     @staticmethod
-    def _conv(x, w, out, geo, *args, bind=False):
-        return _kernels().gemm(x, w, out, *args, bind=bind)
+    def _conv(x, w, out, geo, *args, bind=False, scratch=None):
+        return _kernels().gemm(x, w, out, *args, bind=bind, scratch=scratch)
 
 
 class _F32Out:
@@ -157,10 +163,15 @@ class NhwcIm2colBf16(_Bf16Conv):
         dominated = tuple(kernel) == (1, 1) and tuple(strides) == (1, 1) and not any(pads)
         return not dominated and super().applies(layer, specs)
 
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        kernel = geometry(layer)[0]
+        return _kernels().im2col_scratch_bytes(kernel[0] * kernel[1] * specs[0].shape[1], num_threads)
+
     @staticmethod
-    def _conv(x, w, out, geo, *args, bind=False):
+    def _conv(x, w, out, geo, *args, bind=False, scratch=None):
         kernel, strides, dilations, pads, _ = geo
-        return _kernels().conv_im2col(x, w, out, kernel, strides, dilations, pads, *args, bind=bind)
+        return _kernels().conv_im2col(x, w, out, kernel, strides, dilations, pads, *args, bind=bind, scratch=scratch)
 
 
 class NhwcImplicitBf16(_Bf16Conv):
@@ -178,10 +189,15 @@ class NhwcImplicitBf16(_Bf16Conv):
         # an odd channel count would split a pair of depth across two taps; 1x1 is gemm1x1's
         return specs[0].shape[1] % 2 == 0 and tuple(kernel) != (1, 1) and super().applies(layer, specs)
 
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        n, c, h, w = specs[0].shape
+        return _kernels().implicit_scratch_bytes((n, h, w, c), geometry(layer)[3], cls.in_dtype == "float32")
+
     @staticmethod
-    def _conv(x, w, out, geo, *args, bind=False):
+    def _conv(x, w, out, geo, *args, bind=False, scratch=None):
         kernel, strides, dilations, pads, _ = geo
-        return _kernels().conv_implicit(x, w, out, kernel, strides, dilations, pads, *args, bind=bind)
+        return _kernels().conv_implicit(x, w, out, kernel, strides, dilations, pads, *args, bind=bind, scratch=scratch)
 
 
 class NhwcWinograd2Bf16(_Bf16Conv):
@@ -211,6 +227,10 @@ class NhwcWinograd2Bf16(_Bf16Conv):
 
     # run checks its arrays on each call: a few microseconds against layers of 100 or more
     bind = classmethod(Routine.bind.__func__)
+
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        return 0   # V and Mo are the kernel's own (winograd_bf16._scratch says why)
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
@@ -256,8 +276,9 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
     def run(cls, layer, state, args, outs, num_threads):
         kernel, strides, dilations, pads, _ = state["geometry"]
         epi = state["epi"]
-        _kernels("depthwise_bf16").conv_depthwise(args[0], state["w"], state["bias"], outs[0], kernel, strides, dilations, pads,
-                                  epi.code, epi.p0, epi.p1, num_threads, cls.wide)
+        _kernels("depthwise_bf16").conv_depthwise(args[0], state["w"], state["bias"], outs[0], kernel, strides,
+                                                  dilations, pads, epi.code, epi.p0, epi.p1, num_threads, cls.wide,
+                                                  state.get("workspace"))
 
 
 class NhwcDepthwiseWideBf16(NhwcDepthwiseBf16):
@@ -273,6 +294,12 @@ class NhwcDepthwiseWideBf16(NhwcDepthwiseBf16):
     @classmethod
     def applies(cls, layer, specs):
         return super().applies(layer, specs) and tuple(geometry(layer)[2]) == (1, 1)
+
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        n, c, h, w = specs[0].shape
+        kernel, strides, _, pads, _ = geometry(layer)
+        return _kernels("depthwise_bf16").wide_scratch_bytes((n, h, w, c), kernel, strides, pads, num_threads)
 
 
 def _forms(out, inp, io):

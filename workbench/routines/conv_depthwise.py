@@ -10,7 +10,6 @@ MobileNetV2/V3's layers (2 threads) AVX2 ran 1.3-1.7x the baseline's speed and A
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
@@ -72,7 +71,7 @@ class _Depthwise(Routine, register=False):
         return {
             "w": cls._pack(w.reshape(c, k[0] * k[1])),
             "bias": np.ascontiguousarray(b if b is not None else np.zeros(c), np.float32),
-            "ep": ep, "k": k, "scratch": None,
+            "ep": ep, "k": k,
         }
 
     @classmethod
@@ -112,14 +111,23 @@ class _DepthwiseNCHW(_Depthwise, register=False):
         return np.ascontiguousarray(w)  # (C, K*K)
 
     @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        # each thread's padded, phase-split input plane
+        a, k = layer.attrs, tuple(layer.const(1).shape[2:])
+        h, w = specs[0].shape[2:]
+        return 4 * num_threads * _kernels(cls.isa).nchw_scratch_floats(k, a["strides"], a["pads"], h, w)
+
+    @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         x, a = args[0], layer.attrs
         need = num_threads * _kernels(cls.isa).nchw_scratch_floats(state["k"], a["strides"], a["pads"],
                                                                   x.shape[2], x.shape[3])
-        if state["scratch"] is None or state["scratch"].size < need:
-            # Input sizes are not known in prepare; one allocation on first run (or more threads).
-            state["scratch"] = np.empty(max(need, need // num_threads * (os.cpu_count() or 1)), np.float32)
-        cls._call(layer, state, args, outs[0], num_threads, state["scratch"])
+        ws = state.get("workspace")
+        if ws is None:   # a run outside an executor
+            ws = state["workspace"] = np.empty(4 * need, np.uint8)
+        elif ws.nbytes < 4 * need:
+            raise ValueError(f"{cls.descriptor}: a workspace of {ws.nbytes} bytes; this input needs {4 * need}")
+        cls._call(layer, state, args, outs[0], num_threads, ws[:4 * need].view(np.float32))
 
 
 def _variant(base, isa):

@@ -1,7 +1,7 @@
 """GEMM-based float32 2-D convolutions in both layouts: ``im2col`` and ``gemm1x1``.
 
-``cpu:float32:nchw/im2col`` gathers im2col columns ``(C/g*KH*KW, pixels)`` into a scratch
-buffer and multiplies ``W(M/g, C/g*KH*KW)`` by them; ``cpu:float32:nhwc/im2col`` gathers
+``cpu:float32:nchw/im2col`` gathers im2col columns ``(C/g*KH*KW, pixels)`` into its workspace
+(:meth:`Routine.workspace`) and multiplies ``W(M/g, C/g*KH*KW)`` by them; ``cpu:float32:nhwc/im2col`` gathers
 rows ``(pixels, KH*KW*C/g)`` and multiplies them by weights packed ``(KH*KW*C/g, M/g)`` per group.
 The ``gemm1x1`` routines take 1x1 unpadded convolutions as a plain GEMM on the input itself
 (stride 1) or on the strided pixels gathered first.  Bias, residual and activation are applied
@@ -12,8 +12,6 @@ of them, otherwise the GEMM of each tile is split over output channels.  The BLA
 single-threaded during the call, so its threads never compete with ours.
 """
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 
@@ -33,22 +31,6 @@ TILE_BYTES = 8 << 20
 # splits sooner: its split GEMM runs transposed, pixels on the BLAS's short side, which pays off
 # up to ResNet-50's 14x14 layers.
 MIN_PIXELS = {NCHW: 64, NHWC: 128}
-
-_local = threading.local()
-
-
-def scratch(floats):
-    """A float32 buffer of at least ``floats`` elements, shared by every layer run in this thread.
-
-    Layers run one after another, so one buffer per thread serves them all: per-layer buffers
-    would cost ResNet-50 over 100 MiB.  It only grows, in :meth:`_ConvGemm.prepare` (sized for
-    the default thread count), so :meth:`_ConvGemm.run` does not allocate.
-    """
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < floats:
-        buf = _local.buf = np.empty(max(floats, 1), np.float32)
-    return buf
-
 
 def _kernels():
     return cpu.kernel_module("conv_gemm")
@@ -147,9 +129,26 @@ class _ConvGemm(Routine, register=False):
         return state
 
     @classmethod
+    def _schedule(cls, layer, num_threads):
+        """``(tile, parallel_tiles, scratch floats)`` of ``layer`` run with ``num_threads``."""
+        w = layer.consts[1]
+        m, cg, kh, kw = w.shape
+        group = layer.attrs["group"]
+        n, _, oh, ow = layer.out_specs[0].shape
+        pixels, images = (n * oh * ow, 1) if cls.layout == NHWC else (oh * ow, n)
+        nhwc, kg, mg, direct = cls.layout == NHWC, cg * kh * kw, m // group, cls._direct(layer)
+        tile, par = schedule(pixels, images, group, kg, mg, num_threads, nhwc, direct)
+        return tile, par, _kernels().scratch_floats(nhwc, kg, mg, tile, par, direct, num_threads)
+
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        # the im2col columns, tile by tile: run with any thread count up to num_threads
+        return 4 * max(cls._schedule(layer, t)[2] for t in range(1, num_threads + 1))
+
+    @classmethod
     def _plan(cls, state, groups, num_threads):
         """``(tile, parallel_tiles, scratch floats, packed weights)`` for ``num_threads``, cached;
-        grows the shared scratch and packs the weights for the schedule if not done yet."""
+        packs the weights for the schedule if not done yet."""
         plan = state["plans"].get(num_threads)
         if plan is None:
             pixels, images = state["spans"]
@@ -157,7 +156,6 @@ class _ConvGemm(Routine, register=False):
             tile, par = schedule(pixels, images, groups, state["kg"], state["mg"], num_threads, nhwc,
                                  state["direct"])
             need = _kernels().scratch_floats(nhwc, state["kg"], state["mg"], tile, par, state["direct"], num_threads)
-            scratch(need)
             split = num_threads > 1 and not par
             if split not in state["packed"]:
                 state["packed"][split] = cls._pack(state["w"], groups, split)
@@ -175,9 +173,17 @@ class _ConvGemm(Routine, register=False):
         epi = state["epi"]
         fn = _kernels().conv2d_nhwc if cls.layout == NHWC else _kernels().conv2d_nchw
         with SerialBlas():
-            fn(args[0], w, bias, residual, outs[0], scratch(need) if need else None, kernel, strides,
+            fn(args[0], w, bias, residual, outs[0], _floats(state, need) if need else None, kernel, strides,
                dilations, pads, group, epi.code, epi.p0, epi.p1, epi.slope, tile, par, state["direct"], num_threads,
                residual_after_activation(layer))
+
+
+def _floats(state, need):
+    """``need`` float32s of the workspace (a new array where the state has none attached)."""
+    ws = state.get("workspace")
+    if ws is None:
+        return np.empty(need, np.float32)
+    return ws[:4 * need].view(np.float32)
 
 
 class _Nchw(_ConvGemm, register=False):

@@ -48,6 +48,7 @@ class _Gemm512(_ConvGemm, register=False):
         # the kernels accumulate onto it, which puts it under the activation
         return 3 if layer.attrs.get("residual") and not residual_after_activation(layer) else None
 
+
     @classmethod
     def prepare(cls, layer):
         w = np.asarray(layer.consts[1], np.float32)
@@ -69,19 +70,24 @@ class _Gemm512(_ConvGemm, register=False):
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         cls._conv(*cls._args(layer, state, args, outs), num_threads, post=state["epi"].post,
-                  res_post=residual_after_activation(layer))
+                  res_post=residual_after_activation(layer), scratch=state.get("workspace"))
 
 
 class NchwGemm1x1Avx512(_Gemm512):
     layout = NCHW
+
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        _, c, h, w = specs[0].shape
+        return _kernels().conv1x1_nchw_scratch_bytes(c, h * w, num_threads)
 
     @staticmethod
     def _pack(w):
         return np.ascontiguousarray(w)
 
     @staticmethod
-    def _conv(*args, post=None, res_post=False):
-        _kernels().conv1x1_nchw(*args, res_post=res_post)
+    def _conv(*args, post=None, res_post=False, scratch=None):
+        _kernels().conv1x1_nchw(*args, res_post=res_post, scratch=scratch)
 
 
 class NhwcGemm1x1Avx512(_Gemm512):
@@ -94,14 +100,18 @@ class NhwcGemm1x1Avx512(_Gemm512):
         # (M, C) read transposed: the kernel's panels of W^T (C, M).
         return _kernels().pack_b(np.ascontiguousarray(w), trans_b=True)
 
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        return _kernels().conv1x1_scratch_bytes(num_threads)
+
     @staticmethod
-    def _conv(*args, post=None, res_post=False):
-        _kernels().conv1x1_nhwc(*args, post=post, res_post=res_post)
+    def _conv(*args, post=None, res_post=False, scratch=None):
+        _kernels().conv1x1_nhwc(*args, post=post, res_post=res_post, scratch=scratch)
 
     @classmethod
     def bind(cls, layer, state, args, outs):
         return _kernels().Conv1x1Nhwc(*cls._args(layer, state, args, outs), post=state["epi"].post,
-                                      res_post=residual_after_activation(layer))
+                                      res_post=residual_after_activation(layer), scratch=state.get("workspace"))
 
 
 class _Im2col512(_ConvGemm, register=False):
@@ -144,14 +154,23 @@ class _Im2col512(_ConvGemm, register=False):
                 epi.code, epi.p0, epi.p1, epi.slope)
 
     @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        kh, kw = geometry(layer)[0]
+        n, m, oh, ow = layer.out_specs[0].shape
+        return _kernels().conv_im2col_scratch_bytes(cls.layout == NHWC, specs[0].shape[1] * kh * kw, m, n, oh * ow,
+                                                    cls.implicit, num_threads)
+
+    @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         _kernels().conv_im2col(*cls._args(layer, state, args, outs), num_threads, cls.implicit,
-                               post=state["epi"].post, res_post=residual_after_activation(layer))
+                               post=state["epi"].post, res_post=residual_after_activation(layer),
+                               scratch=state.get("workspace"))
 
     @classmethod
     def bind(cls, layer, state, args, outs):
         return _kernels().ConvIm2col(*cls._args(layer, state, args, outs), implicit=cls.implicit,
-                                     post=state["epi"].post, res_post=residual_after_activation(layer))
+                                     post=state["epi"].post, res_post=residual_after_activation(layer),
+                                     scratch=state.get("workspace"))
 
 
 class NchwIm2colAvx512(_Im2col512):

@@ -1,8 +1,7 @@
 """``cpu:float32:{nchw,nhwc}/gemm``: 2-D ConvTranspose as SGEMM + col2im (``workbench._kernels.col2im``).
 
 Weights are packed once in :meth:`prepare` (NHWC wants them as (C, KH, KW, M/group)); the GEMM's
-column buffer is scratch in the layer state, sized on the first run (prepare does not see the
-input shape).  Begin pads must be non-negative (the reference's slicing gives something else for
+column buffer, one image's, is the routine's declared workspace.  Begin pads must be non-negative (the reference's slicing gives something else for
 negative ones); negative end pads, ``output_padding`` and ``output_shape`` beyond the full size
 come out of the output size.  1-D ConvTranspose runs channels-first as a 2-D one of height 1.  ``{nchw,nhwc}/shuffle`` serves
 kernel == stride without padding (the 2x upsampling of UNet/FPN decoders); ``nhwc/shuffle_avx512``
@@ -50,7 +49,27 @@ class _ConvTranspose(Routine, register=False):
         b = layer.consts.get(2)
         code, p0, p1, slope = fused_activation(layer, layer.out_specs[0].shape)
         return {"w": np.ascontiguousarray(w), "bias": None if b is None else np.ascontiguousarray(b, np.float32),
-                "act": (code, p0, p1, slope), "scratch": None}
+                "act": (code, p0, p1, slope)}
+
+    @classmethod
+    def _columns(cls, layer, specs):
+        """Floats of the GEMM's columns: M * KH * KW per input pixel of one image."""
+        x = specs[0].shape
+        return layer.out_specs[0].shape[1] * int(np.prod(layer.attrs["kernel_shape"])) * int(np.prod(x[2:]))
+
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        return 4 * cls._columns(layer, specs)
+
+    @classmethod
+    def _scratch(cls, state, need):
+        """``need`` floats of the workspace (a new one for a run outside an executor)."""
+        ws = state.get("workspace")
+        if ws is None:
+            ws = state["workspace"] = np.empty(4 * need, np.uint8)
+        elif ws.nbytes < 4 * need:
+            raise ValueError(f"{cls.descriptor}: a workspace of {ws.nbytes} bytes; this input needs {4 * need}")
+        return ws[:4 * need].view(np.float32)
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
@@ -60,11 +79,10 @@ class _ConvTranspose(Routine, register=False):
         h, w = (x.shape[1], x.shape[2]) if cls.layout == NHWC else x.shape[2:]
         m = y.shape[3] if cls.layout == NHWC else y.shape[1]
         need = m * int(np.prod(layer.attrs["kernel_shape"])) * h * w
-        if state["scratch"] is None or state["scratch"].size < need:
-            state["scratch"] = np.empty(need, np.float32)
         kernel, strides, dilations, pads = _geometry(layer.attrs)
         code, p0, p1, slope = state["act"]
-        kernels("col2im").conv_transpose(x, state["w"], y, state["scratch"], cls.layout == NHWC, layer.attrs["group"],
+        kernels("col2im").conv_transpose(x, state["w"], y, cls._scratch(state, need), cls.layout == NHWC,
+                                         layer.attrs["group"],
                                          kernel, strides, dilations, pads, state["bias"], code, p0, p1, slope,
                                          num_threads)
 
@@ -90,10 +108,8 @@ class _Shuffle(_ConvTranspose, register=False):
     def run(cls, layer, state, args, outs, num_threads):
         x, y = args[0], outs[0]
         need = y.size // y.shape[0]   # M*KH*KW*H*W: one image's GEMM columns
-        if state["scratch"] is None or state["scratch"].size < need:
-            state["scratch"] = np.empty(need, np.float32)
         code, p0, p1, slope = state["act"]
-        kernels("col2im").conv_transpose_shuffle(x, state["w"], y, state["scratch"], cls.layout == NHWC,
+        kernels("col2im").conv_transpose_shuffle(x, state["w"], y, cls._scratch(state, need), cls.layout == NHWC,
                                                  state["bias"], code, p0, p1, slope, num_threads)
 
 
@@ -121,6 +137,13 @@ class ShuffleNhwcAvx512(ShuffleNhwc):
         return _gemm512() is not None and super().applies(layer, specs)
 
     @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        # each thread's GEMM columns of one input row
+        _, _, _, w = specs[0].shape
+        m = layer.out_specs[0].shape[1]
+        return _gemm512().shuffle_scratch_bytes(w, int(np.prod(layer.attrs["kernel_shape"])) * m, num_threads)
+
+    @classmethod
     def prepare(cls, layer):
         state = super().prepare(layer)   # w (C, KH, KW, M)
         w = state["w"]
@@ -137,7 +160,7 @@ class ShuffleNhwcAvx512(ShuffleNhwc):
         code, p0, p1, slope = state["cols_act"]
         kh, kw = layer.attrs["kernel_shape"]
         _gemm512().conv_transpose_shuffle_nhwc(args[0], state["packed"], outs[0], state["cols_bias"], kh, kw,
-                                               code, p0, p1, slope, num_threads)
+                                               code, p0, p1, slope, num_threads, state.get("workspace"))
 
 
 class ConvTransposeNchw(_ConvTranspose):

@@ -107,6 +107,25 @@ def plan(m, n, c, h, w, mo, num_threads, nhwc=False):
     return max(1, (7 << 19) // per_row), 1
 
 
+def _whole_lines(floats):
+    return -(-floats // 16) * 16
+
+
+def _carve(workspace, sizes, who):
+    """float32 arrays of ``sizes`` one after another in ``workspace``, each from a cache line (new
+    arrays where there is none)."""
+    if workspace is None:
+        return [np.empty(s, np.float32) for s in sizes]
+    if workspace.nbytes < sum(4 * _whole_lines(s) for s in sizes):
+        raise ValueError(f"{who}: a workspace of {workspace.nbytes} bytes; this run needs "
+                         f"{sum(4 * _whole_lines(s) for s in sizes)}")
+    out, at = [], 0
+    for s in sizes:
+        out.append(workspace[at: at + 4 * s].view(np.float32))
+        at += 4 * _whole_lines(s)
+    return out
+
+
 class _Winograd(Routine, register=False):
     """The Winograd routine; subclasses on another GEMM (``conv_winograd512``) override the
     hooks :meth:`kernels`, :meth:`pack`, :meth:`tile_plan` and :meth:`call`."""
@@ -149,6 +168,19 @@ class _Winograd(Routine, register=False):
                 "scratch": {}, "plan": None}
 
     @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        # V, Mo and the per-thread tiles, each from a cache line, for any thread count up to num_threads
+        n, c, h, w = specs[0].shape
+        _, mo, oh, ow = layer.out_specs[0].shape
+        need = 0
+        for t in range(1, num_threads + 1):
+            rows, mode = cls.tile_plan(n, c, oh, ow, mo, t)
+            sizes = cls.kernels().scratch_floats(cls.m, n, c, h, w, mo, layer.attrs["pads"], rows, mode, t,
+                                                 cls.layout == NHWC)
+            need = max(need, sum(4 * _whole_lines(s) for s in sizes))
+        return need
+
+    @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         if not _all_finite(args[0]):
             return cls._exact(layer, state, args, outs, num_threads)
@@ -160,9 +192,8 @@ class _Winograd(Routine, register=False):
         rows, mode = state["plan"] or cls.tile_plan(n, c, oh, ow, mo, num_threads)
         key = (x.shape, rows, mode, num_threads)
         if key not in state["scratch"]:
-            # Input sizes are only known at run time: allocate once per shape and plan.
             sizes = k.scratch_floats(cls.m, n, c, h, w, mo, a["pads"], rows, mode, num_threads, nhwc)
-            state["scratch"] = {key: [np.empty(s, np.float32) for s in sizes]}
+            state["scratch"] = {key: _carve(state.get("workspace"), sizes, cls.descriptor)}
         cls.call(k.nhwc if nhwc else k.nchw,
                  x, state["U"], state["bias"], out, *state["scratch"][key], cls.m, a["pads"],
                  residual=args[3] if a.get("residual") else None, act=ep.code, p0=ep.p0, p1=ep.p1,

@@ -57,12 +57,17 @@ class _Gemm512(Routine, register=False):
                 code, p0, p1, slope)
 
     @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        return _kernels().conv1x1_scratch_bytes(num_threads)
+
+    @classmethod
     def _run(cls, a, state, out, bias, num_threads):
-        _kernels().conv1x1_nhwc(*cls._args(a, state, out, bias), num_threads)
+        _kernels().conv1x1_nhwc(*cls._args(a, state, out, bias), num_threads, scratch=state.get("workspace"))
 
     @classmethod
     def bind(cls, layer, state, args, outs):
-        return _kernels().Conv1x1Nhwc(*cls._args(args[0], state, outs[0], state.get("bias")))
+        return _kernels().Conv1x1Nhwc(*cls._args(args[0], state, outs[0], state.get("bias")),
+                                      scratch=state.get("workspace"))
 
 
 class MatMulGemm512(_Gemm512):

@@ -74,12 +74,19 @@ class _GemmBf16(Routine, register=False):
         return (a, state["w"], out, state["bias"], None, code, p0, p1)
 
     @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        # a float32 A's rows are rounded to bfloat16 as each job gathers them
+        return _kernels().im2col_scratch_bytes(specs[0].shape[-1], num_threads) if cls.in_dtype == "float32" else 0
+
+    @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        _kernels().gemm(*cls._args(args[0], state, outs[0]), num_threads=num_threads)
+        _kernels().gemm(*cls._args(args[0], state, outs[0]), num_threads=num_threads,
+                        scratch=state.get("workspace"))
 
     @classmethod
     def bind(cls, layer, state, args, outs):
-        return _kernels().gemm(*cls._args(args[0], state, outs[0]), num_threads=1, bind=True)
+        return _kernels().gemm(*cls._args(args[0], state, outs[0]), num_threads=1, bind=True,
+                               scratch=state.get("workspace"))
 
 
 class MatMulBf16(_GemmBf16):

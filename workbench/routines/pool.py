@@ -38,20 +38,27 @@ class _Window(Routine, register=False):
         return {}
 
     @classmethod
-    def _plan(cls, layer, x, y):
-        """The window tables for 4-D physical arrays ``x`` -> ``y``."""
-        hw = (lambda a: a.shape[1:3]) if cls.layout == NHWC else (lambda a: a.shape[2:])
+    def _plan(cls, layer, in_hw, out_hw):
+        """The window tables for a pool of ``in_hw`` into ``out_hw`` pixels."""
         kernel, strides, dilations, pads = _as_2d(layer.attrs)
-        return kernels("pool").Pool2d(hw(x), hw(y), kernel, strides, dilations, pads, layer.op == "MaxPool",
+        return kernels("pool").Pool2d(in_hw, out_hw, kernel, strides, dilations, pads, layer.op == "MaxPool",
                                       bool(layer.attrs.get("count_include_pad", 0)))
+
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        # the scratch rows of a separable window
+        x, y = specs[0].shape, layer.out_specs[0].shape
+        return cls._plan(layer, (1, *x[2:])[-2:], (1, *y[2:])[-2:]).scratch_bytes(x[0], x[1], cls.layout == NHWC,
+                                                                                  num_threads)
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         x, y = args[0], outs[0]
         if x.ndim == 3:
             x, y = x[:, :, None, :], y[:, :, None, :]
-        plan = memo(state, x.shape, lambda: cls._plan(layer, x, y))
-        (plan.nchw if cls.layout == NCHW else plan.nhwc)(x, y, num_threads)
+        hw = (lambda a: a.shape[1:3]) if cls.layout == NHWC else (lambda a: a.shape[2:])
+        plan = memo(state, x.shape, lambda: cls._plan(layer, hw(x), hw(y)))
+        (plan.nchw if cls.layout == NCHW else plan.nhwc)(x, y, num_threads, state.get("workspace"))
 
 
 class PoolNchw(_Window):

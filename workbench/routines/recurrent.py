@@ -32,8 +32,8 @@ def _halves(hid):
 class _Direction:
     """One direction's recurrence on fixed buffers."""
 
-    def __init__(self, x, wt, rt, packed, bias, h0, c0, y, reverse):
-        """``packed``: (W^T, R^T) packed for gemm512, or None."""
+    def __init__(self, x, wt, rt, packed, bias, h0, c0, y, reverse, scratch=None):
+        """``packed``: (W^T, R^T) packed for gemm512, or None; ``scratch``: the GEMMs' workspace."""
         seq, batch, _ = x.shape
         hid = rt.shape[0]
         self.x, self.wt, self.rt, self.bias = x, wt, rt, bias
@@ -48,10 +48,10 @@ class _Direction:
         if k is not None and packed is not None and x.flags.c_contiguous:   # reshaped as a view
             # the projection of every step at once, the bias fused; step s: g = h @ R^T + xw[s]
             self.project = k.Conv1x1Nhwc(x.reshape(1, 1, seq * batch, -1), packed[0], bias, None,
-                                         self.xw.reshape(1, 1, seq * batch, -1))
+                                         self.xw.reshape(1, 1, seq * batch, -1), scratch=scratch)
             g4, h4 = self.g.reshape(1, 1, batch, -1), self.h.reshape(1, 1, batch, hid)
             self.steps = [[k.Conv1x1Nhwc(h4, packed[1][i], None, self.xw[s].reshape(1, 1, batch, -1)[..., cols],
-                                         g4[..., cols]) for i, cols in enumerate(_halves(hid))]
+                                         g4[..., cols], scratch=scratch) for i, cols in enumerate(_halves(hid))]
                           for s in range(seq)]
 
     def __call__(self, num_threads):
@@ -103,6 +103,11 @@ class LstmDirect(Routine):
                          for d in range(w.shape[0])]}
 
     @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        k = _gemm()   # the GEMMs' packed blocks of A, shared by the directions and steps in turn
+        return k.conv1x1_scratch_bytes(num_threads) if k is not None else 0
+
+    @classmethod
     def bind(cls, layer, state, args, outs):
         return cls._bound(layer, state, args, outs)
 
@@ -115,7 +120,8 @@ class LstmDirect(Routine):
         y, yh, yc = outs
         dirs = [_Direction(x, state["wt"][d], state["rt"][d], state["packed"][d], state["bias"][d],
                            None if h0 is None else h0[d], None if c0 is None else c0[d],
-                           None if y is None else y[:, d], layer.attrs["direction"] == "reverse" or d == 1)
+                           None if y is None else y[:, d], layer.attrs["direction"] == "reverse" or d == 1,
+                           state.get("workspace"))
                 for d in range(len(state["wt"]))]
 
         def call(num_threads):

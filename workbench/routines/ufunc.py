@@ -2,7 +2,7 @@
 
 For the long tail of ops that real exports contain but that carry little of a CNN's time
 (comparisons, unary math, reductions, gathers, LayerNorm, ...).  Every routine here computes
-into ``outs`` with ``out=`` (and scratch buffers kept in the prepared state), so unlike the
+into ``outs`` with ``out=`` (and temporaries in their declared workspace), so unlike the
 reference it allocates nothing per run; NumPy's C loops do the work.  Layout is the native one
 (NCHW for 4-D tensors).  Like the reference they take any dtype the op accepts (comparisons
 write bool, ArgMax int64); the descriptor's ``float32`` names the family, as the reference's does.
@@ -84,6 +84,20 @@ class Where(_Ufunc):
                   casting="unsafe")
 
 
+def _nbytes(shape, dtype):
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _temp(state, shape, dtype):
+    """An array of ``shape`` in the routine's workspace (a new one for a run outside an executor)."""
+    ws, need = state.get("workspace"), _nbytes(shape, dtype)
+    if ws is None:
+        ws = state["workspace"] = np.empty(need, np.uint8)
+    elif ws.nbytes < need:
+        raise ValueError(f"a workspace of {ws.nbytes} bytes; this input needs {need}")
+    return ws[:need].view(dtype).reshape(shape)
+
+
 # -- activations that need one scratch buffer -------------------------------------------------
 class Activation(_Ufunc):
     op = ("Elu", "Selu", "Softsign", "Mish")   # GELU, Erf: eltwise's vectorised routine
@@ -94,11 +108,16 @@ class Activation(_Ufunc):
 
     @classmethod
     def prepare(cls, layer):
-        return {"scratch": np.empty(layer.out_specs[0].shape, layer.out_specs[0].dtype)}
+        return {}
+
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        return _nbytes(layer.out_specs[0].shape, layer.out_specs[0].dtype)
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        x, y, s = args[0], outs[0], state["scratch"]
+        x, y = args[0], outs[0]
+        s = _temp(state, y.shape, y.dtype)
         a = layer.attrs
         if layer.op in ("Elu", "Selu"):
             np.minimum(x, 0, out=y)
@@ -128,9 +147,12 @@ class Reduce(_Ufunc):
 
     @classmethod
     def prepare(cls, layer):
-        if layer.op in ("ReduceL2", "ReduceSumSquare"):
-            return {"scratch": None}
         return {}
+
+    @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        # the squares, summed next
+        return _nbytes(specs[0].shape, specs[0].dtype) if layer.op in ("ReduceL2", "ReduceSumSquare") else 0
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
@@ -148,10 +170,9 @@ class Reduce(_Ufunc):
         if layer.op in REDUCE:
             REDUCE[layer.op](x, axis=axes, keepdims=True, out=keep)
             return
-        if state["scratch"] is None:
-            state["scratch"] = np.empty(x.shape, x.dtype)
-        np.multiply(x, x, out=state["scratch"])
-        np.sum(state["scratch"], axis=axes, keepdims=True, out=keep)
+        sq = _temp(state, x.shape, x.dtype)
+        np.multiply(x, x, out=sq)
+        np.sum(sq, axis=axes, keepdims=True, out=keep)
         if layer.op == "ReduceL2":
             np.sqrt(keep, out=keep)
 
@@ -231,6 +252,12 @@ class Normalization(_Ufunc):
         return specs[0].dtype in ("float32", "float64") and all(i in layer.consts for i in consts[layer.op])
 
     @classmethod
+    def workspace(cls, layer, specs, num_threads):
+        # the squared deviations, averaged next
+        out = layer.out_specs[0]
+        return 0 if layer.op == "BatchNormalization" else _nbytes(out.shape, out.dtype)
+
+    @classmethod
     def prepare(cls, layer):
         x_shape, dtype = layer.out_specs[0].shape, layer.out_specs[0].dtype
         cs = (1, -1) + (1,) * (len(x_shape) - 2)
@@ -245,8 +272,7 @@ class Normalization(_Ufunc):
             axes = tuple(range(layer.attrs["axis"] % len(x_shape), len(x_shape)))
             scale, bias = layer.consts[1], layer.consts.get(2)
         reduced = tuple(1 if i in axes else d for i, d in enumerate(x_shape))
-        return {"axes": axes, "scale": scale, "bias": bias, "scratch": np.empty(x_shape, dtype),
-                "stat": np.empty(reduced, dtype)}
+        return {"axes": axes, "scale": scale, "bias": bias, "stat": np.empty(reduced, dtype)}
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
@@ -255,7 +281,8 @@ class Normalization(_Ufunc):
             np.multiply(x, state["scale"], out=y)
             y += state["shift"]
             return
-        axes, s, stat = state["axes"], state["scratch"], state["stat"]
+        axes, stat = state["axes"], state["stat"]
+        s = _temp(state, x.shape, x.dtype)
         np.mean(x, axis=axes, keepdims=True, out=stat)
         np.subtract(x, stat, out=y)
         np.multiply(y, y, out=s)

@@ -3,10 +3,11 @@
 Compilation resolves the format of every tensor (the layout its producer's routine writes),
 inserts adapt steps where a reader wants another layout (one adapt per tensor and target
 format, shared by all readers), runs every routine's ``prepare`` once, and plans all buffers
-ahead (:mod:`workbench.runtime.memory`).  :meth:`CompiledModel.run` is then a walk over bound steps
-with no allocation but the returned outputs.
+ahead (:mod:`workbench.runtime.memory`), the routines' declared workspaces among them.
+:meth:`CompiledModel.run` is then a walk over bound steps with no allocation but the returned
+outputs.
 
-Concurrent callers: the arena and the routines' prepared state (scratch buffers included) belong
+Concurrent callers: the arena (workspaces included) and the routines' prepared state belong
 to one *executor*; a model keeps a pool of them, creates one when a caller finds none idle (up to
 ``max_concurrency``, beyond which callers wait), and reuses them, so every thread gets its own
 buffers and a single-threaded caller only ever uses the first.
@@ -28,11 +29,16 @@ from .denormals import flushed
 from ..errors import WorkbenchError, where
 from .interpreter import FeedCheck, copy_out, io_format_of
 from .governor import IDLE_GAP_S, ThreadGovernor
+from ..ir.formats import Format
 from ..ir.graph import NCHW, NHWC
 from .memory import Value, plan_memory
 from .pinning import caller_pinned
 from ..routines.tensor_ops import NHWC_AXIS
 from .slices import plan_slices, reshaped
+
+
+#: The key of the buffer the routines' workspaces share in the memory plan.
+WORKSPACE = ("workspace", Format("uint8", "workspace"))
 
 
 def default_threads():
@@ -204,7 +210,22 @@ class CompiledModel:
         for v in values.values():
             v.first = -1 if v.first is None else v.first
             v.last = max(v.last, v.first)
-        self.memory = plan_memory(values.values())
+        # The routines' declared workspaces: steps run one at a time, so they all share one
+        # buffer the size of the largest, live through the whole run, in a slot after the
+        # tensors' (whose placement it leaves as it was).
+        self.workspaces = {}
+        for kind, layer, _, _ in plan:
+            if kind == "layer":
+                r = self.routines[layer.name]
+                try:
+                    need = r.workspace(layer, g.input_specs(layer), self.num_threads)
+                except Exception as e:
+                    raise WorkbenchError(f"{where(layer)} with routine {r.descriptor}: workspace failed: {e}") from e
+                if need:
+                    self.workspaces[layer.name] = int(need)
+        resident = [Value(WORKSPACE, (max(self.workspaces.values()),), "uint8", first=-1, last=len(plan))
+                    ] if self.workspaces else []
+        self.memory = plan_memory(values.values(), resident)
         self._plan = plan
         self._pool_lock = threading.Lock()
         self._free = threading.BoundedSemaphore(self.max_concurrency)
@@ -216,7 +237,7 @@ class CompiledModel:
 
     def _new_executor(self):
         """An arena and the plan's steps bound to it; ``prepare`` runs again for each, because
-        routines keep scratch buffers in their state."""
+        a routine's state holds its workspace in this arena."""
         arenas, views = self.memory.allocate()
 
         def view(key):
@@ -311,7 +332,9 @@ class CompiledModel:
         if r.view_of_input is not None:
             return Step("layer", layer.name, r.descriptor, lambda: None, layer)
         try:
-            state = r.prepare(layer)
+            state = routines.prepared(r, layer, self.graph.input_specs(layer), self.num_threads,
+                                      views[WORKSPACE][:self.workspaces[layer.name]] if layer.name in self.workspaces
+                                      else None)
         except WorkbenchError:
             raise
         except Exception as e:

@@ -64,12 +64,14 @@ class MemoryPlan:
         return [arena], views
 
 
-def plan_memory(values) -> MemoryPlan:
+def plan_memory(values, resident=()) -> MemoryPlan:
     """Assign each :class:`Value` a slot; two values share a slot only if their lives are disjoint.
 
     A value is live from the step that writes it through the step that last reads it
     (inclusive: a step's outputs never alias its inputs).  Greedy by start time, best fit among
-    free slots, growing a free slot when none is large enough.
+    free slots, growing a free slot when none is large enough.  Each of ``resident`` (live
+    throughout: the routines' shared workspace) gets a slot of its own after all the others, so
+    that it moves no tensor's slot (nor its cache-set alignment).
     """
     values = sorted(values, key=lambda v: (v.first, -v.nbytes, str(v.key)))
     sizes, busy_until = [], []
@@ -87,4 +89,7 @@ def plan_memory(values) -> MemoryPlan:
             busy_until.append(-1)
         v.slot = slot
         busy_until[slot] = v.last
-    return MemoryPlan({v.key: v for v in values}, sizes)
+    for v in resident:
+        v.slot = len(sizes)
+        sizes.append(v.nbytes)
+    return MemoryPlan({v.key: v for v in list(values) + list(resident)}, sizes)

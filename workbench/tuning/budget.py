@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import WorkbenchError
 from ..ir.formats import Format
 from ..ir.graph import NCHW
+from .. import routines
 from ..routines import adapts
 from ..runtime.interpreter import ReferenceExecutor
 from .precision import as_nchw, low_precision, measure, reference_outputs
@@ -130,7 +131,7 @@ class LocalErrors(ReferenceExecutor):
     def _local(self, layer, routine, args, ref):
         graph, specs = self.graph, self.graph.input_specs(layer)
         if layer.name not in self.states:
-            self.states[layer.name] = routine.prepare(layer)
+            self.states[layer.name] = routines.prepared(routine, layer, specs, self.threads)
         ins = []
         for i, (a, spec, fmt) in enumerate(zip(args, specs, routine.input_formats(layer, specs))):
             if i in layer.consts or a is None or spec is None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import routines
 from ..routines.adapts import physical_shape
 from ..runtime.blas import blas_limit
 from ..runtime.compiled import default_threads
@@ -153,16 +154,18 @@ def layer_arrays(graph, layer, routine, seed=0):
 
 #: How :func:`time_routine` measures; part of the profile database's machine fingerprint, so
 #: that records taken another way are not mixed in.
-METHOD = "cold-weights-interleaved-2ms-ftz/8"
+METHOD = "cold-weights-interleaved-2ms-ftz/9"
 
 
 def _arrays_in(obj, found):
-    """Every NumPy array reachable through dicts, lists and tuples of ``obj``."""
+    """Every NumPy array reachable through dicts, lists and tuples of ``obj``, but a state's
+    workspace."""
     if isinstance(obj, np.ndarray):
         found.append(obj)
     elif isinstance(obj, dict):
-        for v in obj.values():
-            _arrays_in(v, found)
+        for k, v in obj.items():
+            if k != "workspace":
+                _arrays_in(v, found)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
             _arrays_in(v, found)
@@ -174,11 +177,11 @@ def time_routine(graph, layer, routine, repeats=20, warmup=3, num_threads=None, 
     ``min_time`` seconds of samples are collected).
 
     With ``cold_weights`` (the default) the layer's constants and the routine's prepared state
-    (packed or transformed weights, work buffers) are evicted from the caches before every run,
+    (packed or transformed weights) are evicted from the caches before every run,
     as they are inside a model, where the other layers' data has pushed them out since the last
-    inference; the inputs stay warm, as the producer just wrote them, and so do the outputs: the
-    executor's few buffers are reused from layer to layer, so an output lands in memory that a
-    recent layer touched.  (Timed hot, a routine with big transformed weights, such as Winograd
+    inference; the inputs stay warm, as the producer just wrote them, and so do the outputs and
+    the workspace: the executor's few buffers are reused from layer to layer, so these land in
+    memory that a recent layer touched.  (Timed hot, a routine with big transformed weights, such as Winograd
     F(4x4), looks up to 1.5x faster than it runs in the model; with its outputs evicted too,
     MobileNetV2's 1x1 expansions measured up to 1.7x slower than in the model.)
     """
@@ -205,7 +208,7 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
         key = (tuple(routine.input_formats(layer, specs)), tuple(routine.output_formats(layer)))
         args, outs = arrays[key] if key in arrays else arrays.setdefault(key, layer_arrays(graph, layer, routine))
         start = time.perf_counter()
-        state = routine.prepare(layer)
+        state = routines.prepared(routine, layer, specs, threads)
         timings[i] = Timing(prepare_s=time.perf_counter() - start)
         call = routine.bind(layer, state, args, outs)   # as the executor calls it
         run = ((lambda c=call: c(threads)) if call is not None

@@ -19,6 +19,7 @@ from _bf16_args cimport _geometry, _overlap, _ptr
 
 # the array checks of the base build (no ISA-specific code in them)
 from workbench._kernels.gemm_bf16 import BF16, _array, _output
+from workbench._kernels.checks import scratch_array
 
 cnp.import_array()
 wb_pool_import()
@@ -135,13 +136,7 @@ def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, 
         # thread keep that small and still let a thread that runs ahead take another's.
         d.rows_per_chunk = max(d.rows_per_chunk, (rows + 2 * num_threads - 1) // (2 * num_threads))
         d.scratch_floats = wbd_wide_floats(&d.geo)
-        need = 4 * 2 * num_threads * d.scratch_floats
-        if scratch is None:
-            scratch = np.empty(need, np.uint8)
-        elif (not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable
-              or scratch.nbytes < need or (<size_t> _ptr(scratch)) % 4):
-            raise ValueError(f"depthwise_bf16: scratch must be a writeable C-contiguous array of at least {need} "
-                             f"bytes, 4-byte aligned; got {getattr(scratch, 'nbytes', scratch)!r} bytes")
+        scratch = scratch_array(scratch, 4 * 2 * num_threads * d.scratch_floats, "depthwise_bf16")
         d.scratch = <float*> _ptr(scratch)
     if rows and c:
         with nogil:

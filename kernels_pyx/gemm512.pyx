@@ -31,6 +31,7 @@ from _implicit512 cimport _implicit_ok, implicit_span
 from conv_gemm cimport ACT_RUN_LAST, Epi, Geo, _imin
 from wb_pool cimport wb_pool_import, wb_pool_run
 
+from workbench._kernels.checks import scratch_array
 from workbench._kernels.conv_gemm import pixel_rows
 
 cnp.import_array()
@@ -357,15 +358,9 @@ def conv_im2col_scratch_bytes(bint nhwc, Py_ssize_t kg, Py_ssize_t m, Py_ssize_t
 
 cdef float* _floats(scratch, Py_ssize_t need, list keep) except NULL:
     """``need`` floats of the caller's ``scratch``, or (None) of a new array kept in ``keep``."""
-    if scratch is None:
-        buf = np.empty(max(need, 1), np.float32)
-        keep.append(buf)
-        return _ptr(buf)
-    if (not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable
-            or scratch.nbytes < 4 * need or (<size_t> cnp.PyArray_DATA(<cnp.ndarray> scratch)) % 4):
-        raise ValueError(f"gemm512: scratch must be a writeable C-contiguous array of at least {4 * need} bytes, "
-                         f"4-byte aligned; got {getattr(scratch, 'nbytes', scratch)!r} bytes")
-    return <float*> cnp.PyArray_DATA(<cnp.ndarray> scratch)
+    buf = scratch_array(scratch, 4 * need, "gemm512")
+    keep.append(buf)
+    return <float*> cnp.PyArray_DATA(<cnp.ndarray> buf)
 
 
 def conv_im2col(bint nhwc, x, w, bias, residual, out, kernel, strides, dilations, pads, int act=0,

@@ -23,6 +23,8 @@ from wb_gemm_bf16 cimport (
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 from _bf16_args cimport _geometry, _overlap, _ptr
 
+from workbench._kernels.checks import scratch_array
+
 cnp.import_array()
 wb_pool_import()
 
@@ -193,11 +195,12 @@ cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogi
 cdef uint16_t* _words(_Ctx* g, Py_ssize_t need, list keep) except NULL:
     """``need`` words of scratch: the caller's workspace, or (none given) a new array kept in ``keep``."""
     if g.ws == NULL:
-        buf = np.empty(max(need, 1), np.uint16)
+        buf = scratch_array(None, 2 * need, "gemm_bf16")
         keep.append(buf)
         return <uint16_t*> _ptr(buf)
     if g.ws_words < need:
-        raise ValueError(f"gemm_bf16: a workspace of {2 * g.ws_words} bytes; this call needs {2 * need}")
+        raise ValueError(f"gemm_bf16: scratch must be a writeable C-contiguous array of at least {2 * need} bytes, "
+                         f"2-byte aligned; got {2 * g.ws_words} bytes")
     return g.ws
 
 
@@ -313,10 +316,7 @@ cdef int _workspace(_Ctx* g, scratch) except -1:
     """Point ``g`` at the caller's ``scratch`` (None: each call allocates its own)."""
     g.ws, g.ws_words = NULL, 0
     if scratch is not None:
-        if not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable:
-            raise ValueError("gemm_bf16: scratch must be a writeable C-contiguous NumPy array")
-        if cnp.PyArray_DATA(<cnp.ndarray> scratch) == NULL or (<size_t> _ptr(scratch)) % 2:
-            raise ValueError("gemm_bf16: scratch must be 2-byte aligned")
+        scratch = scratch_array(scratch, 0, "gemm_bf16", 2)   # its size is checked against each call's need
         g.ws, g.ws_words = <uint16_t*> _ptr(scratch), scratch.nbytes // 2
     return 0
 

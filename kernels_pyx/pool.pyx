@@ -20,7 +20,7 @@ from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 from workbench._kernels.conv_gemm import pixel_rows
 
-from workbench._kernels.checks import float32_array
+from workbench._kernels.checks import float32_array, scratch_array
 
 cnp.import_array()
 wb_pool_import()
@@ -153,15 +153,9 @@ cdef class Pool2d:
 
     cdef float* _scratch_of(self, scratch, Py_ssize_t n, list keep) except NULL:
         """``n`` floats of the caller's ``scratch``, or (None) of a new array kept in ``keep``."""
-        if scratch is None:
-            buf = np.empty(max(n, 1), np.float32)
-            keep.append(buf)
-            return _f(buf)
-        if (not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable
-                or scratch.nbytes < 4 * n or (<size_t> cnp.PyArray_DATA(<cnp.ndarray> scratch)) % 4):
-            raise ValueError(f"Pool2d: scratch must be a writeable C-contiguous array of at least {4 * n} bytes, "
-                             f"4-byte aligned; got {getattr(scratch, 'nbytes', scratch)!r} bytes")
-        return <float*> cnp.PyArray_DATA(<cnp.ndarray> scratch)
+        buf = scratch_array(scratch, 4 * n, "Pool2d")
+        keep.append(buf)
+        return <float*> cnp.PyArray_DATA(<cnp.ndarray> buf)
 
     def _rows_in(self, Py_ssize_t band):
         return min(self.H, (band - 1) * self.sh + (self.KH - 1) * self.dh + 1)

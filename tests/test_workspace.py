@@ -163,3 +163,19 @@ def test_kernels_refuse_a_scratch_too_small():
     k.conv_im2col(True, x, w, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), num_threads=2,
                   scratch=np.empty(need, np.uint8))
     assert np.allclose(out[0, 1:-1, 1:-1], 72) and np.allclose(out[0, 0, 0], 32)
+
+
+def test_pool_rows_come_from_the_scratch_given():
+    """A separable pool's scratch rows: the size it declares suffices, one byte less is refused."""
+    pool = cpu.kernel_module("pool")
+    plan = pool.Pool2d((13, 11), (13, 11), (5, 5), (1, 1), (1, 1), (2, 2, 2, 2), True)
+    x = np.random.default_rng(4).standard_normal((2, 3, 13, 11)).astype(np.float32)
+    need = plan.scratch_bytes(2, 3, False, 1)
+    assert need > 0
+    y = np.empty_like(x)
+    plan.nchw(x, y, 1, np.empty(need, np.uint8))
+    padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)), constant_values=-np.inf)
+    want = np.lib.stride_tricks.sliding_window_view(padded, (5, 5), axis=(2, 3)).max(axis=(-2, -1))
+    np.testing.assert_array_equal(y, want)
+    with pytest.raises(ValueError, match=f"Pool2d: scratch must be .* at least {need} bytes"):
+        plan.nchw(x, y, 1, np.empty(need - 1, np.uint8))

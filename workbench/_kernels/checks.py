@@ -21,3 +21,16 @@ def float32_array(a, name, what, shape=None, size=None, min_size=None, writeable
         raise ValueError(f"{what}: {name} has {a.size} elements, expected {size}")
     if min_size is not None and a.size < min_size:
         raise ValueError(f"{what}: {name} has {a.size} elements, needs {min_size}")
+
+
+def scratch_array(scratch, nbytes, what, align=4):
+    """The caller's ``scratch`` (a routine's workspace), checked to be a writeable C-contiguous
+    array of at least ``nbytes`` bytes starting on an ``align``-byte boundary; or, where None, a
+    new array of that size for this call alone."""
+    if scratch is None:
+        return np.empty(max(nbytes, 1), np.uint8)
+    if (not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable
+            or scratch.nbytes < nbytes or scratch.ctypes.data % align):
+        raise ValueError(f"{what}: scratch must be a writeable C-contiguous array of at least {nbytes} bytes, "
+                         f"{align}-byte aligned; got {getattr(scratch, 'nbytes', type(scratch).__name__)!r} bytes")
+    return scratch

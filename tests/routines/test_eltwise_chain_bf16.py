@@ -181,3 +181,30 @@ def test_a_bfloat16_chain_writes_its_nhwc_concat_part_in_place():
     ar = np.maximum(feeds["a"], 0)
     want = np.concatenate([rounded(rounded(ar) * rounded(feeds["b"]) - rounded(ar)), rounded(ar)], axis=1)
     np.testing.assert_array_equal(compiled.run(feeds)["out"], want)
+
+
+@needs_bf16
+@settings(max_examples=20, **SETTINGS)
+@given(st.sampled_from(["Add", "Sub", "Mul", "Div"]), st.sampled_from(SHAPES), st.booleans(),
+       st.sampled_from([None, "Relu"]), st.booleans(), st.sampled_from(["nchw", "nhwc"]), st.integers(1, 3),
+       st.integers(0, 3))
+def test_a_lone_binary_layer_is_a_chain_of_one_step(op, shape, first, act, const, layout, threads, seed):
+    """An Add/Sub/Mul/Div that no chain took runs in bfloat16 as a one-step chain: the rounded
+    float32 layer, bit for bit, its operand broadcast, constant or not, its activation fused."""
+    assume(not (op == "Div" and act))
+    rng = np.random.default_rng(seed)
+    v = (rng.standard_normal(shape) + 3 * np.sign(rng.standard_normal(shape))).astype(np.float32)
+    ins, inits = [("x", [1, 6, 5, 7])], []
+    if const:
+        inits = [("v", rounded(v))]
+    else:
+        ins.append(("v", list(shape)))
+    out = "y" if act is None else "p"
+    nodes = [node(op, ["v", "x"] if first else ["x", "v"], [out], "op")]
+    if act is not None:
+        nodes.append(node(act, ["p"], ["y"], "act"))
+    graph = workbench.load(make_model(nodes, ins, [("y", [1, 6, 5, 7])], inits).SerializeToString())
+    assert [l.op for l in graph] == [op]
+    feeds = {k: (a + np.float32(3.0) * np.sign(a)).astype(np.float32)
+             for k, a in workbench.random_inputs(graph, seed=seed).items()}
+    assert_exact_bf16(graph, f"cpu:bfloat16:{layout}/direct", feeds, "op", threads)

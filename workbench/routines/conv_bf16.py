@@ -282,8 +282,8 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
 
 
 class NhwcDepthwiseWideBf16(NhwcDepthwiseBf16):
-    """The input rows a band of output rows reads widened to float32 once, into the thread's
-    scratch, and the float32 register kernel run on them (``wbd_rows_wide``): faster than the
+    """The input rows a band of output rows reads widened to float32 once, into the thread's part
+    of the workspace, and the float32 register kernel run on them (``wbd_rows_wide``): faster than the
     sliding form where each input is read by many taps (stride 1, larger images), slower where
     the widening is a larger share (stride 2, small maps).  Dilation 1 only."""
 

@@ -27,6 +27,7 @@ from .. import routines
 from .blas import SerialBlas
 from .denormals import flushed
 from ..errors import WorkbenchError, where
+from .in_place import in_place, root
 from .interpreter import FeedCheck, copy_out, io_format_of
 from .governor import IDLE_GAP_S, ThreadGovernor
 from ..ir.formats import Format
@@ -46,13 +47,6 @@ def default_threads():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
-
-
-def _root(alias, key):
-    """The key whose buffer ``key`` finally shares (following chains of aliases)."""
-    while key in alias:
-        key = alias[key]
-    return key
 
 
 @dataclass
@@ -172,14 +166,16 @@ class CompiledModel:
             plan.append(("layer", layer, in_keys, out_keys))
         self.output_keys = {o: need(o, io_format_of(g.spec(o), self.io_format)) for o in g.outputs if o not in g.constants}
         self.input_keys = {t: (t, fmt) for t, fmt in home.items()}
-        self.in_place = self._in_place(plan, alias)
+        self.in_place = in_place(plan, alias, self.routines, self._spec,
+                                 {key for t, key in self.input_keys.items() if t in g.inputs},
+                                 set(self.output_keys.values()))
         protected = {k for t, k in self.input_keys.items() if t in g.inputs} | set(self.output_keys.values())
         overwritten = {outs[0] for kind, layer, _, outs in plan if kind == "layer" and layer.name in self.in_place}
         self.slices = plan_slices(plan, alias, self.routines, lambda k: adapt.physical_shape(self._spec(k)),
                                   self._physical_axis, protected, reshapes=set(alias) - overwritten)
         self._chain = dict(alias)   # each view's own base, for building the views in order
         self._chain.update({k: s.base for k, s in self.slices.items()})
-        alias = {k: _root(self._chain, k) for k in self._chain}
+        alias = {k: root(self._chain, k) for k in self._chain}
         # Graph inputs read only by adapts: the adapts read the caller's array itself (no copy
         # into a buffer of ours first, which also left it all in the loading core's cache).
         readers = {}
@@ -280,32 +276,6 @@ class CompiledModel:
     def executors(self):
         """How many executors (arenas) this model has created so far."""
         return self._executors
-
-    def _in_place(self, plan, alias):
-        """Let each layer whose routine may overwrite an input (``Routine.in_place_input``, a
-        fused residual) write its output into that input's buffer, where the input is read by
-        nothing after it (nor twice by the layer), is no graph input or output, and has the
-        output's shape and dtype.  Adds the aliases; returns ``{layer name: input index}``."""
-        g = self.graph
-        graph_inputs = {key for t, key in self.input_keys.items() if t in g.inputs}
-        done = {}
-        for step, (kind, layer, ins, outs) in enumerate(plan):
-            if kind != "layer":
-                continue
-            i = self.routines[layer.name].in_place_input(layer)
-            if i is None or i >= len(ins) or ins[i] is None:
-                continue
-            base = _root(alias, ins[i])
-            if (base in graph_inputs or outs[0] in alias or sum(_root(alias, k) == base for k in ins if k) != 1
-                    or adapt.physical_shape(self._spec(base)) != adapt.physical_shape(self._spec(outs[0]))
-                    or self._spec(base).dtype != self._spec(outs[0]).dtype):
-                continue
-            later = [k for _, _, ks, _ in plan[step + 1:] for k in ks if k is not None]
-            if any(_root(alias, k) == base for k in later + list(self.output_keys.values())):
-                continue
-            alias[outs[0]] = base
-            done[layer.name] = i
-        return done
 
     def _physical_axis(self, layer, key):
         """The physical axis of ``key``'s array along which Concat/Split ``layer`` works."""

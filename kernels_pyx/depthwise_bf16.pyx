@@ -36,6 +36,14 @@ cdef extern from "wb_dw_bf16.h" nogil:
                        const wb512_epi* e, Py_ssize_t r0, Py_ssize_t r1, float* scratch)
     void wbd_pack(Py_ssize_t taps, Py_ssize_t c, const float* w, float* dst)
 
+cdef extern from "wb_dw_dot_bf16.h" nogil:
+    Py_ssize_t wbdd_packed_words(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t c)
+    void wbdd_pack(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t c, const float* w, uint16_t* dst)
+    void wbdd_pack_bias(Py_ssize_t c, const float* b, float* dst)
+    int wbdd_handles(const wbb_geo* g)
+    void wbdd_row(const wbb_geo* g, const uint16_t* x, const uint16_t* w, const float* bias, void* out, int f32,
+                  const wb512_epi* e, Py_ssize_t row)
+
 
 cdef struct _DwCtx:
     wbb_geo geo
@@ -48,6 +56,7 @@ cdef struct _DwCtx:
     Py_ssize_t rows_per_chunk
     float* scratch       # wide: wbd_wide_floats per thread slot; NULL: the sliding form, row by row
     Py_ssize_t scratch_floats
+    bint dot             # the VDPBF16PS form: w is bfloat16 words (wbdd_pack)
 
 
 cdef void _dw_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
@@ -56,6 +65,10 @@ cdef void _dw_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
     if d.scratch != NULL:
         wbd_rows_wide(&d.geo, d.x, d.w, d.bias, d.out, d.f32, &d.e, chunk * d.rows_per_chunk, end,
                       d.scratch + slot * d.scratch_floats)
+        return
+    if d.dot:
+        for r in range(chunk * d.rows_per_chunk, end):
+            wbdd_row(&d.geo, d.x, <const uint16_t*> d.w, d.bias, d.out, d.f32, &d.e, r)
         return
     for r in range(chunk * d.rows_per_chunk, end):
         wbd_row(&d.geo, d.x, d.w, d.bias, d.out, d.f32, &d.e, r)
@@ -83,6 +96,34 @@ def pack_depthwise(w, bias=None, bint plain=False):
     return wp, bp
 
 
+def pack_depthwise_dot(w, bias=None):
+    """Depthwise weights ``w`` float32 (KH, KW, C) and ``bias`` (C,) or None packed for the dot
+    form of :func:`conv_depthwise` (``wb_dw_dot_bf16.h``): the weights rounded to bfloat16 (to
+    nearest even) and interleaved in pairs of kernel rows, as raw uint16 words
+    (``wbdd_packed_words``); the bias float32, per block of 32 channels in the kernel's lane order.
+    Returns ``(weights, bias)``."""
+    w = _array(w, "weights", np.float32)
+    if w.ndim != 3:
+        raise ValueError(f"depthwise_bf16: depthwise weights must be (KH, KW, C), got shape {w.shape}")
+    kh, kw, c = w.shape
+    b = np.zeros(c, np.float32) if bias is None else _array(np.ascontiguousarray(bias, np.float32), "bias", np.float32)
+    if b.shape != (c,):
+        raise ValueError(f"depthwise_bf16: bias must have shape ({c},), got {b.shape}")
+    wp = np.empty(wbdd_packed_words(kh, kw, c), np.uint16)
+    bp = np.empty(wbd_packed_floats(1, c), np.float32)
+    wbdd_pack(kh, kw, c, <const float*> _ptr(w), <uint16_t*> _ptr(wp))
+    wbdd_pack_bias(c, <const float*> _ptr(b), <float*> _ptr(bp))
+    return wp, bp
+
+
+def dot_handles(kernel, strides, dilations):
+    """Whether the dot form (:func:`pack_depthwise_dot`) computes a layer of this geometry in this
+    build: kernel width 3 or 5, stride 1 or 2 across, dilations (1, 1), AVX512-BF16."""
+    cdef wbb_geo g
+    (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw) = kernel, strides, dilations
+    return bool(wbdd_handles(&g))
+
+
 def wide_scratch_bytes(shape, kernel, strides, pads, int num_threads=1):
     """Bytes of the ``scratch`` the wide form of :func:`conv_depthwise` needs for an NHWC image
     of ``shape`` with up to ``num_threads`` threads: two bands of widened rows a thread."""
@@ -95,15 +136,18 @@ def wide_scratch_bytes(shape, kernel, strides, pads, int num_threads=1):
 
 
 def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, double p0=0, double p1=0,
-                   int num_threads=1, bint wide=False, scratch=None):
+                   int num_threads=1, bint wide=False, scratch=None, bint dot=False):
     """A depthwise NHWC convolution (one filter per channel): ``x`` (N, H, W, C) bfloat16; ``wp``,
     ``bp`` the weights and bias from :func:`pack_depthwise`, packed, or plain for ``wide`` (dilation
     1 only: the input rows widened once into each thread's part of ``scratch``, at least
     :func:`wide_scratch_bytes`, or a new array where None; the float32 register kernel run on
-    them); ``out`` (N, OH, OW, C) bfloat16 or float32; ``pads`` (top, left, bottom, right);
+    them), or from :func:`pack_depthwise_dot` for ``dot`` (where :func:`dot_handles`); ``out``
+    (N, OH, OW, C) bfloat16 or float32; ``pads`` (top, left, bottom, right);
     activation codes as ``gemm_bf16.gemm``.  Returns ``out``."""
     x, out = _array(x, "input", BF16), _output(out)
-    wp, bp = _array(wp, "packed weights", np.float32), _array(bp, "packed bias", np.float32)
+    if not dot:
+        wp = _array(wp, "packed weights", np.float32)
+    bp = _array(bp, "packed bias", np.float32)
     cdef _DwCtx d
     _geometry("depthwise_bf16", &d.geo, x, out, kernel, strides, dilations, pads, "depthwise input",
               x.shape[3] if x.ndim == 4 else -1)
@@ -111,8 +155,18 @@ def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, 
     if wide and not (WBB_NATIVE and d.geo.dh == 1 and d.geo.dw == 1):
         raise ValueError(f"depthwise_bf16: the wide depthwise form takes dilations (1, 1) in a native build; "
                          f"got dilations {tuple(dilations)}")
+    if dot:
+        if wide or not wbdd_handles(&d.geo):
+            raise ValueError(f"depthwise_bf16: the dot form takes kernel widths 3 and 5, strides 1 and 2 across and "
+                             f"dilations (1, 1) in a native build, not both forms; got kernel {tuple(kernel)}, "
+                             f"strides {tuple(strides)}, dilations {tuple(dilations)}")
+        wp = _array(wp, "packed weights", np.uint16)
+        if wp.shape != (wbdd_packed_words(kh, kw, c),) or bp.shape != (wbd_packed_floats(1, c),):
+            raise ValueError(f"depthwise_bf16: dot-form weights of kernel {tuple(kernel)} and {c} channels come as "
+                             f"({wbdd_packed_words(kh, kw, c)},) words and a bias of ({wbd_packed_floats(1, c)},) "
+                             f"(pack_depthwise_dot); got {wp.shape} and {bp.shape}")
     row = c if wide else wbd_packed_floats(1, c)
-    if wp.shape != (kh, kw, row) or bp.shape != (row,):
+    if not dot and (wp.shape != (kh, kw, row) or bp.shape != (row,)):
         raise ValueError(f"depthwise_bf16: depthwise weights of kernel {kernel}, dilations {tuple(dilations)} and {c} "
                          f"channels come as ({kh}, {kw}, {row}) and a bias of ({row},) (pack_depthwise, "
                          f"plain={wide}); got {wp.shape} and {bp.shape}")
@@ -124,6 +178,7 @@ def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, 
         if _overlap(out, v):
             raise ValueError(f"depthwise_bf16: the output overlaps the {what}")
     d.x, d.w, d.bias, d.out = <const uint16_t*> _ptr(x), <const float*> _ptr(wp), <const float*> _ptr(bp), _ptr(out)
+    d.dot = dot
     d.f32 = out.dtype == np.float32
     d.e.bias, d.e.bias_per_row, d.e.res, d.e.ld_res, d.e.res_post = NULL, 0, NULL, 0, 0
     d.e.act, d.e.p0, d.e.p1, d.e.post_scale, d.e.post_shift = act, p0, p1, NULL, NULL

@@ -184,6 +184,40 @@ def test_depthwise_matches_numpy(n, h, w, c, k, s, pad, code, bias, f32, build, 
     assert np.all(np.abs(out.astype(np.float64) - ref) <= bound), np.abs(out.astype(np.float64) - ref).max()
 
 
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(n=st.integers(1, 2), h=st.integers(1, 13), w=st.integers(1, 21), c=st.integers(1, 70),
+       k=st.sampled_from([3, 5]), sh=st.sampled_from([1, 2, 3]), sw=st.sampled_from([1, 2]),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), code=st.sampled_from([0, 1, 2, 5, 6]), bias=st.booleans(),
+       f32=st.booleans(), threads=st.sampled_from([1, 2, 3]))
+@pytest.mark.skipif(len(BUILDS) < 2, reason="this CPU lacks AVX512-BF16: the dot form is the native build's only")
+def test_depthwise_dot_form_matches_numpy(n, h, w, c, k, sh, sw, pads, code, bias, f32, threads):
+    """The VDPBF16PS form (``wb_dw_dot_bf16.h``) against a float64 reference on the input and the
+    weights rounded to bfloat16: their products are exact, so the difference is the float32 sums'
+    rounding: at most (terms - 1) * 2^-24 of the sum of |products| for the k * k + 1 terms, times
+    the activation's slope (hard swish: up to 1.5), within 2^-18 of it; a bfloat16 output adds
+    its one rounding."""
+    mod = _module("depthwise_bf16_avx512bf16")
+    pt, pl, pb, pr = pads
+    if h + pt + pb < k or w + pl + pr < k:
+        return
+    rng = np.random.default_rng(h * 100 + w * 10 + c + k)
+    x = rng.standard_normal((n, h, w, c)).astype(BF16)
+    x[0, 0, 0, 0] = 0.0   # a zero column still adds the bias only
+    wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32) if bias else None
+    wp, bp = mod.pack_depthwise_dot(np.ascontiguousarray(wt[:, 0].transpose(1, 2, 0)), b)
+    oh, ow = (h + pt + pb - k) // sh + 1, (w + pl + pr - k) // sw + 1
+    out = np.full((n, oh, ow, c), np.nan, np.float32 if f32 else BF16)
+    mod.conv_depthwise(x, wp, bp, out, (k, k), (sh, sw), (1, 1), pads, code, -0.5, 1.5, threads, dot=True)
+    wr = wt.astype(BF16).astype(np.float32)
+    ref = _act(_conv_reference(x.astype(np.float32), wr, (sh, sw), pads) + (0 if b is None else b), code, -0.5, 1.5)
+    bound = 2.0 ** -18 * (_conv_reference(np.abs(x.astype(np.float32)), np.abs(wr), (sh, sw), pads)
+                          + (0 if b is None else np.abs(b))) + 1e-30
+    if not f32:
+        bound = bound + np.abs(ref) * 2.0 ** -8
+    assert np.all(np.abs(out.astype(np.float64) - ref) <= bound), np.abs(out.astype(np.float64) - ref).max()
+
+
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(h=st.integers(1, 12), c=st.integers(1, 40), m=st.integers(1, 40), k=st.sampled_from([1, 2, 3, 5]),
        s=st.sampled_from([1, 2]), pad=st.integers(0, 2), d=st.sampled_from([1, 2]), build=st.sampled_from(BUILDS),

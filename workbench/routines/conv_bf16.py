@@ -12,8 +12,8 @@ bfloat16 arithmetic inside them.  A fused residual comes in the output's data ty
 job gathers its rows of the im2col matrix into its thread's part of the workspace, then the same GEMM;
 ``implicit_bf16`` (and its three float32-edged forms) the same product reading the taps where
 they lie in a zero-bordered copy of the image, no gather.  The gathered rows and the bordered
-copy are each routine's declared workspace (:meth:`workspace`), placed by the memory planner.  ``depthwise_bf16`` and
-``depthwise_wide_bf16`` (and their ``_f32out``) take the depthwise layers.  ``winograd2_bf16`` (and its
+copy are each routine's declared workspace (:meth:`workspace`), placed by the memory planner.  ``depthwise_bf16``,
+``depthwise_wide_bf16`` and ``depthwise_dot_bf16`` (and their ``_f32out``) take the depthwise layers.  ``winograd2_bf16`` (and its
 ``_f32out``/``_f32in``/``_f32io``) runs 3x3 stride-1 layers as F(2x2,3x3) Winograd with the
 transform-domain products in bfloat16 (``kernels_pyx/winograd_bf16.pyx``): 2.25x fewer
 multiply-adds than im2col_bf16 for 1.3-1.6x its error (:data:`WINOGRAD_ERROR`).  F(4x4,3x3) is
@@ -302,6 +302,37 @@ class NhwcDepthwiseWideBf16(NhwcDepthwiseBf16):
         return _kernels("depthwise_bf16").wide_scratch_bytes((n, h, w, c), kernel, strides, pads, num_threads)
 
 
+class NhwcDepthwiseDotBf16(NhwcDepthwiseBf16):
+    """bfloat16 weights, two kernel rows' taps a VDPBF16PS (``wb_dw_dot_bf16.h``): an instruction
+    does the multiply-adds of two float32 FMAs and needs no widening, so it runs faster than the
+    float32 kernel on a float32 image (besides reading half the bytes).  Square 3x3 and 5x5
+    kernels, strides 1 and 2 across, dilation 1; the weights' rounding adds to the input's."""
+
+    algo = "depthwise_dot_bf16"
+    priority = 10.05
+
+    @classmethod
+    def applies(cls, layer, specs):
+        if not super().applies(layer, specs):
+            return False
+        kernel, strides, dilations, _, _ = geometry(layer)
+        return _kernels("depthwise_bf16").dot_handles(kernel, strides, dilations)
+
+    @classmethod
+    def prepare(cls, layer):
+        w = np.asarray(layer.const(1), np.float32)
+        b = layer.const(2) if len(layer.inputs) > 2 else None
+        wp, bp = _kernels("depthwise_bf16").pack_depthwise_dot(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), b)
+        return {"w": wp, "bias": bp, "epi": encode(layer, w.shape[0], extended=True), "geometry": geometry(layer)}
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        kernel, strides, dilations, pads, _ = state["geometry"]
+        epi = state["epi"]
+        _kernels("depthwise_bf16").conv_depthwise(args[0], state["w"], state["bias"], outs[0], kernel, strides,
+                                                  dilations, pads, epi.code, epi.p0, epi.p1, num_threads, dot=True)
+
+
 def _forms(out, inp, io):
     """The float32-edged forms at these priorities (the selection's order without a profile)."""
     return [("f32out", (_F32Out,), out), ("f32in", (_F32In,), inp), ("f32io", (_F32In, _F32Out), io)]
@@ -313,3 +344,4 @@ edge_forms(NhwcImplicitBf16, globals(), _forms(11.79, 11.78, 11.77))
 edge_forms(NhwcWinograd2Bf16, globals(), _forms(11.84, 11.83, 11.82))
 edge_forms(NhwcDepthwiseBf16, globals(), [("f32out", (_F32Out,), 9.9)])
 edge_forms(NhwcDepthwiseWideBf16, globals(), [("f32out", (_F32Out,), 9.85)])
+edge_forms(NhwcDepthwiseDotBf16, globals(), [("f32out", (_F32Out,), 9.95)])

@@ -124,3 +124,21 @@ def test_lstm_cell_kernel_checks_its_arguments():
         k.LstmCell(g, c, h, t, np.zeros((3, 1, 4), np.float32))
     with pytest.raises(ValueError, match="contiguous"):
         k.LstmCell(g, c, h, t, np.zeros((3, 2, 8), np.float32)[:, :, ::2])
+
+
+BF16_NATIVE = __import__("workbench.routines.conv_bf16", fromlist=["_kernels"])._kernels() is not None
+
+
+@pytest.mark.skipif(not BF16_NATIVE, reason="this CPU lacks AVX512-BF16")
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("batch, state, outputs, hid", [(1, False, ("y", "yh", "yc"), 16), (3, True, ("y", "yh", "yc"), 40),
+                                                        (2, True, ("yh",), 16), (1, False, ("y",), 96)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bfloat16_lstm_routine_matches_the_reference(direction, batch, state, outputs, hid, threads):
+    """The products on the bfloat16 GEMM, gates and states in float32: within the tolerance of the
+    rounding its error weight declares (W, R, x and each step's h rounded)."""
+    from routine_helpers import assert_routine_matches
+    rng = np.random.default_rng(8)
+    model = lstm_model(rng, seq=7, batch=batch, inp=5, hid=hid, direction=direction, state=state, outputs=outputs)
+    graph = workbench.load(model.SerializeToString())
+    assert_routine_matches(graph, "cpu:bfloat16:nchw/direct_f32io", expect_layers=["lstm"], num_threads=threads)

@@ -15,9 +15,10 @@
  * at a time over a sliding window: each kernel row's 3 S + KW input columns are loaded and
  * converted once and serve all four pixels' taps; a column outside the row reads as zero, so
  * borders and the row's end run there too.  On a Zen 4 this measured 1.5-2x slower than the
- * float32 AVX-512 kernel on a float32 image (the conversions share the FMA pipes), so the
- * selection mostly keeps float32 depthwise layers with casts around them; it is here for CPUs
- * and shapes where memory, not the pipes, is the limit.  Other kernels go a pixel at a time, taps checked.
+ * float32 AVX-512 kernel on a float32 image (the conversions share the FMA pipes); the dot form
+ * (wb_dw_dot_bf16.h: bfloat16 weights, no widening) takes the square 3x3 and 5x5 layers, and
+ * this one the other geometries and the layers where float32 weights matter.  Other kernels go a
+ * pixel at a time, taps checked.
  * Built without AVX512-BF16 the same function is a scalar loop on the same packed weights, with
  * the same rounding (WBB_NATIVE = 0). */
 #ifndef WB_DW_BF16_H

@@ -13,7 +13,9 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
   (JSON list of the data types tuning allowed) and ``workbench.precision_error`` (JSON: the plan's
   error against float32, :class:`~workbench.tuning.precision.PrecisionError`; empty for a float32 plan),
   ``workbench.max_error`` (the error budget tuning kept to; empty for none) and ``workbench.demoted``
-  (JSON list of the layers the budget kept in float32, :mod:`workbench.tuning.budget`).
+  (JSON list of the layers the budget kept in float32, :mod:`workbench.tuning.budget`) and
+  ``workbench.quant`` (JSON: the graph's quantization parameters by tensor,
+  :class:`~workbench.ir.quant.QuantTable`; empty where it has none).
 
 :func:`read` imports the file (the same fusion gives the same layers), reads the annotations
 back, checks them, and returns them as plain data (:class:`TunedRecord`); :func:`write` is its
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from . import routines
 from .errors import WorkbenchError, where
 from .ir.graph import NCHW, NHWC
+from .ir.quant import QuantError, QuantTable
 
 FORMAT = "routine-workbench tuned model 1"
 PREFIX = "workbench."
@@ -118,6 +121,7 @@ def write(record, path):
         "precision_error": json.dumps(record.precision_error) if record.precision_error else "",
         "max_error": repr(float(record.max_error)) if record.max_error is not None else "",
         "demoted": json.dumps(sorted(record.demoted)),
+        "quant": json.dumps(record.graph.quant.to_record()) if len(record.graph.quant) else "",
     }
     model = export_graph(record.graph, nodes, {PREFIX + k: v for k, v in meta.items()})
     save_model(model, path)
@@ -198,6 +202,12 @@ def read(source, name=None):
             annotated[node.name] = props
     graph = import_onnx(model)
     optimize(graph)
+    if meta.get("quant"):
+        quant = _field(where_, PREFIX + "quant", meta["quant"], json.loads)
+        try:
+            graph.quant = QuantTable.from_record(quant, graph.tensor_names())
+        except QuantError as e:
+            raise TunedModelError(f"{where_}: field {PREFIX}quant: {e}") from None
     layer_names = {layer.name for layer in graph}
     stray = sorted(set(annotated) - layer_names)
     unknown = sorted(set(demoted) - layer_names)

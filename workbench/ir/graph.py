@@ -14,6 +14,7 @@ import networkx as nx
 import numpy as np
 
 from .formats import Format
+from .quant import QuantTable
 
 # ONNX's own dimension order (channels first for 4-D activations).  Routines of later layers
 # may produce "nhwc"; the adapt layers convert between the two.
@@ -135,6 +136,9 @@ class Graph:
         Graph inputs in their declared order.
     outputs : list of str
         Names of the graph outputs.
+
+    ``quant`` holds its tensors' quantization parameters (:mod:`workbench.ir.quant`), apart from
+    the formats the selection chooses among.
     """
 
     def __init__(self, name="model", inputs=None, outputs=None):
@@ -145,6 +149,7 @@ class Graph:
         self.constants = {}
         self.dg = nx.DiGraph()
         self.meta = {}
+        self.quant = QuantTable()
         self._producer = {}
         self._order = None
         self._next_index = 0
@@ -178,6 +183,8 @@ class Graph:
         for layer in self:
             layer.inputs = [new if t == old else t for t in layer.inputs]
         self.outputs = [new if t == old else t for t in self.outputs]
+        if old in self.quant and new not in self.quant:   # the readers' tensor keeps its parameters
+            self.quant[new] = self.quant[old]
         self._invalidate()
 
     def touch(self):
@@ -229,6 +236,10 @@ class Graph:
     def edges(self):
         self._rebuild_edges()
         return self.dg.edges
+
+    def tensor_names(self):
+        """Every tensor the graph holds: its inputs and each layer's outputs."""
+        return set(self.inputs) | {t for layer in self for t in layer.outputs if t}
 
     def producer(self, tensor: str):
         """The layer writing ``tensor``, or None for graph inputs and unknown names."""

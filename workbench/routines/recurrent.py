@@ -33,9 +33,11 @@ class _Direction:
     """One direction's recurrence on fixed buffers."""
 
     def __init__(self, x, wt, rt, packed, bias, h0, c0, y, reverse, scratch=None):
-        """``packed``: (W^T, R^T) packed for gemm512, or None; ``scratch``: the GEMMs' workspace."""
+        """``packed``: (W^T, R^T) packed for gemm512, or None; ``scratch``: the GEMMs' workspace;
+        ``rt`` None where a subclass binds the products itself (it sets :attr:`project` and
+        :attr:`steps`; the hidden size is then the bias's quarter)."""
         seq, batch, _ = x.shape
-        hid = rt.shape[0]
+        hid = rt.shape[0] if rt is not None else bias.shape[0] // 4
         self.x, self.wt, self.rt, self.bias = x, wt, rt, bias
         self.xw = np.empty((seq, batch, 4 * hid), np.float32)
         self.g = np.empty((batch, 4 * hid), np.float32)

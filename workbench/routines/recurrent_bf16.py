@@ -22,9 +22,8 @@ class _Bf16Direction(_Direction):
 
     def __init__(self, x, packed, bias, h0, c0, y, reverse, scratch):
         seq, batch, _ = x.shape
-        hid = packed[2]
         k = conv_bf16._kernels()
-        super().__init__(x, None, np.empty((hid, 0), np.float32), None, bias, h0, c0, y, reverse)
+        super().__init__(x, None, None, None, bias, h0, c0, y, reverse)
         # the GEMM takes contiguous rows: a strided input is copied first, each run
         self.xc = None if x.flags.c_contiguous else np.empty(x.shape, np.float32)
         rows = (x if self.xc is None else self.xc).reshape(seq * batch, -1)
@@ -72,7 +71,7 @@ class LstmBf16(LstmDirect):
         hid = layer.attrs["hidden_size"]
         b = layer.consts.get(3)
         k = conv_bf16._kernels()
-        return {"packed": [(k.pack(np.ascontiguousarray(w[d], np.float32)), k.pack(np.ascontiguousarray(r[d], np.float32)), hid)
+        return {"packed": [(k.pack(np.ascontiguousarray(w[d], np.float32)), k.pack(np.ascontiguousarray(r[d], np.float32)))
                            for d in range(w.shape[0])],
                 "bias": [np.zeros(4 * hid, np.float32) if b is None else (b[d, :4 * hid] + b[d, 4 * hid:]).astype(np.float32)
                          for d in range(w.shape[0])]}

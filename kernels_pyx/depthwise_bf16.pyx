@@ -118,7 +118,7 @@ def pack_depthwise_dot(w, bias=None):
 
 def dot_handles(kernel, strides, dilations):
     """Whether the dot form (:func:`pack_depthwise_dot`) computes a layer of this geometry in this
-    build: kernel width 3 or 5, stride 1 or 2 across, dilations (1, 1), AVX512-BF16."""
+    build: a square kernel of 3, 5 or 7, stride 1 or 2 across, dilations (1, 1), AVX512-BF16."""
     cdef wbb_geo g
     (g.kh, g.kw), (g.sh, g.sw), (g.dh, g.dw) = kernel, strides, dilations
     return bool(wbdd_handles(&g))
@@ -157,7 +157,7 @@ def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, 
                          f"got dilations {tuple(dilations)}")
     if dot:
         if wide or not wbdd_handles(&d.geo):
-            raise ValueError(f"depthwise_bf16: the dot form takes kernel widths 3 and 5, strides 1 and 2 across and "
+            raise ValueError(f"depthwise_bf16: the dot form takes square kernels of 3, 5 and 7, strides 1 and 2 across and "
                              f"dilations (1, 1) in a native build, not both forms; got kernel {tuple(kernel)}, "
                              f"strides {tuple(strides)}, dilations {tuple(dilations)}")
         wp = _array(wp, "packed weights", np.uint16)

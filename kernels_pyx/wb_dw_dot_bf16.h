@@ -13,7 +13,7 @@
  * (high vector); the bias is packed to match and the store puts the channels back in order
  * (a VPERMW for a bfloat16 output, two VPERMT2PS for float32).
  *
- * wbdd_row computes one output row, P pixels at a time (kernel width 3: 8, width 5: 4) over a
+ * wbdd_row computes one output row, P pixels at a time (kernel width 3: 8; 5 and 7: 4) over a
  * sliding window of the P windows' columns: each column pair is loaded and interleaved once and
  * meets every weight it pairs with.  A column or row outside the image loads as zero, so borders
  * run here too.  Products of two bfloat16 values are exact in float32; the sums round in float32
@@ -82,14 +82,14 @@ WBB_AI void wbdd_store(__m512 lo, __m512 hi, const wb512_epi* e, void* out, int 
 /* P pixels (cnt stored) of output row oy from column ox, channel block bl under m: kernel KW x KW
  * at stride S across (constants where inlined), the window's rows kh0..kh1-1 inside the image
  * (the others load as zero).  `inside`: every column the P windows read lies inside the row.
- * The kernel width 5 form (P = 4); the loop over row pairs stays a loop, since unrolled, GCC
+ * The kernel width 5 and 7 forms (P = 4); the loop over row pairs stays a loop, since unrolled, GCC
  * kept the accumulators and interleaved columns of all pairs live at once and spilled them. */
 WBB_AI void wbdd_px(const int KW, const int S, const int P, const int inside, const wbb_geo* g, const uint16_t* x,
                     const uint16_t* w, const float* bias, void* out, int f32, const wb512_epi* e, ptrdiff_t b,
                     ptrdiff_t oy, ptrdiff_t ox, int cnt, ptrdiff_t bl, __mmask32 m, int kh0, int kh1) {
     const int N = (P - 1) * S + KW;
     const ptrdiff_t blocks = (g->c + 31) / 32, ix0 = ox * S - g->pl, c0 = bl * 32, iy0 = oy * g->sh - g->pt;
-    __m512 al[8], ah[8], wl[5], wh[5];
+    __m512 al[8], ah[8], wl[7], wh[7];
     int p, pr, kj, q;
     al[0] = _mm512_loadu_ps(bias + c0);
     ah[0] = _mm512_loadu_ps(bias + c0 + 16);
@@ -105,7 +105,7 @@ WBB_AI void wbdd_px(const int KW, const int S, const int P, const int inside, co
         const uint16_t* xa = x + ((b * g->h + iy0 + ra) * g->w + ix0) * g->c + c0;   /* read under ma only */
         const uint16_t* xb = xa + g->w * g->c;
         const uint16_t* wp = w + (pr * KW * blocks + bl) * 64;
-#pragma GCC unroll 5
+#pragma GCC unroll 7
         for (kj = 0; kj < KW; kj++) {
             wl[kj] = _mm512_castsi512_ps(_mm512_loadu_si512(wp + kj * blocks * 64));
             wh[kj] = _mm512_castsi512_ps(_mm512_loadu_si512(wp + kj * blocks * 64 + 32));
@@ -225,23 +225,29 @@ WBB_AI void wbdd_px3(const int S, const int inside, const wbb_geo* g, const uint
 #define WBDD_3_2(...) wbdd_px3(2, __VA_ARGS__)
 #define WBDD_5_1(...) wbdd_px(5, 1, 4, __VA_ARGS__)
 #define WBDD_5_2(...) wbdd_px(5, 2, 4, __VA_ARGS__)
+#define WBDD_7_1(...) wbdd_px(7, 1, 4, __VA_ARGS__)
+#define WBDD_7_2(...) wbdd_px(7, 2, 4, __VA_ARGS__)
 WBDD_FORM(wbdd_px_3_1, WBDD_3_1, 3, 1, 8)
 WBDD_FORM(wbdd_px_3_2, WBDD_3_2, 3, 2, 8)
 WBDD_FORM(wbdd_px_5_1, WBDD_5_1, 5, 1, 4)
 WBDD_FORM(wbdd_px_5_2, WBDD_5_2, 5, 2, 4)
+WBDD_FORM(wbdd_px_7_1, WBDD_7_1, 7, 1, 4)
+WBDD_FORM(wbdd_px_7_2, WBDD_7_2, 7, 2, 4)
 #undef WBDD_FORM
 #undef WBDD_3_1
 #undef WBDD_3_2
 #undef WBDD_5_1
 #undef WBDD_5_2
+#undef WBDD_7_1
+#undef WBDD_7_2
 
 typedef void (*wbdd_fn)(const wbb_geo*, const uint16_t*, const uint16_t*, const float*, void*, int,
                         const wb512_epi*, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, ptrdiff_t, __mmask32, int, int);
 #endif
 
-/* Whether this form computes the layer: a square kernel of 3 or 5, strides 1 or 2 across, dilation 1. */
+/* Whether this form computes the layer: a square kernel of 3, 5 or 7, strides 1 or 2 across, dilation 1. */
 static inline int wbdd_handles(const wbb_geo* g) {
-    return WBB_NATIVE && g->dh == 1 && g->dw == 1 && (g->kw == 3 || g->kw == 5) && g->kh == g->kw &&
+    return WBB_NATIVE && g->dh == 1 && g->dw == 1 && (g->kw == 3 || g->kw == 5 || g->kw == 7) && g->kh == g->kw &&
            (g->sw == 1 || g->sw == 2);
 }
 
@@ -253,7 +259,9 @@ static inline void wbdd_row(const wbb_geo* g, const uint16_t* x, const uint16_t*
     ptrdiff_t b = row / g->oh, oy = row % g->oh, ox, bl, iy0 = oy * g->sh - g->pt;
     int kh0 = iy0 < 0 ? (int)-iy0 : 0, kh1 = g->h - iy0 < g->kh ? (int)(g->h - iy0) : g->kh;
     int P = g->kw == 3 ? 8 : 4;
-    wbdd_fn fn = g->kw == 3 ? (g->sw == 1 ? wbdd_px_3_1 : wbdd_px_3_2) : (g->sw == 1 ? wbdd_px_5_1 : wbdd_px_5_2);
+    wbdd_fn fn = g->kw == 3   ? (g->sw == 1 ? wbdd_px_3_1 : wbdd_px_3_2)
+                 : g->kw == 5 ? (g->sw == 1 ? wbdd_px_5_1 : wbdd_px_5_2)
+                              : (g->sw == 1 ? wbdd_px_7_1 : wbdd_px_7_2);
     for (ox = 0; ox < g->ow; ox += P) {
         int cnt = g->ow - ox < P ? (int)(g->ow - ox) : P;
         for (bl = 0; bl * 32 < g->c; bl++) {

@@ -186,7 +186,7 @@ def test_depthwise_matches_numpy(n, h, w, c, k, s, pad, code, bias, f32, build, 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(n=st.integers(1, 2), h=st.integers(1, 13), w=st.integers(1, 21), c=st.integers(1, 70),
-       k=st.sampled_from([3, 5]), sh=st.sampled_from([1, 2, 3]), sw=st.sampled_from([1, 2]),
+       k=st.sampled_from([3, 5, 7]), sh=st.sampled_from([1, 2, 3]), sw=st.sampled_from([1, 2]),
        pads=st.tuples(*[st.integers(0, 3)] * 4), code=st.sampled_from([0, 1, 2, 5, 6]), bias=st.booleans(),
        f32=st.booleans(), threads=st.sampled_from([1, 2, 3]))
 @pytest.mark.skipif(len(BUILDS) < 2, reason="this CPU lacks AVX512-BF16: the dot form is the native build's only")

@@ -20,7 +20,7 @@ FORMS = ["depthwise_bf16", "depthwise_bf16_f32out", "depthwise_wide_bf16", "dept
 
 @settings(max_examples=30, deadline=None, derandomize=True, database=None)
 @given(form=st.sampled_from(FORMS), c=st.integers(1, 70), h=st.integers(3, 20), w=st.integers(3, 20),
-       k=st.sampled_from([3, 5]), s=st.sampled_from([1, 2]), pad=st.integers(0, 2),
+       k=st.sampled_from([3, 5, 7]), s=st.sampled_from([1, 2]), pad=st.integers(0, 3),
        activation=st.sampled_from([None, "Relu", "HardSwish", "Sigmoid", "LeakyRelu"]), threads=st.integers(1, 3))
 def test_depthwise_routines_match_the_reference(form, c, h, w, k, s, pad, activation, threads):
     if h + 2 * pad < k or w + 2 * pad < k:
@@ -49,10 +49,10 @@ def test_the_wide_and_dot_forms_take_dilation_1_only():
                               np.zeros((1, 7, 7, 8), np.float32), (3, 3), (1, 1), (1, 1), (0,) * 4, wide=True)
 
 
-def test_the_dot_form_takes_square_3x3_and_5x5_kernels_at_strides_1_and_2():
+def test_the_dot_form_takes_square_3_5_and_7_kernels_at_strides_1_and_2():
     """Other geometries are left to the other forms, and the kernel refuses them before running."""
     for kernel, strides, ok in [((3, 3), (1, 1), True), ((5, 5), (2, 2), True), ((3, 3), (2, 1), True),
-                                ((7, 7), (1, 1), False), ((3, 5), (1, 1), False), ((3, 3), (1, 3), False),
+                                ((7, 7), (1, 2), True), ((9, 9), (1, 1), False), ((3, 5), (1, 1), False), ((3, 3), (1, 3), False),
                                 ((1, 1), (1, 1), False)]:
         wt = np.ones((8, 1) + kernel, np.float32)
         g = conv_graph((1, 8, 12, 12), wt, attrs=dict(group=8, strides=list(strides)))
@@ -60,9 +60,9 @@ def test_the_dot_form_takes_square_3x3_and_5x5_kernels_at_strides_1_and_2():
         assert routines.get("Conv", "cpu:bfloat16:nhwc/depthwise_dot_bf16").applies(layer, g.input_specs(layer)) == ok
         assert NATIVE.dot_handles(kernel, strides, (1, 1)) == ok
     x = np.zeros((1, 9, 9, 8), ml_dtypes.bfloat16)
-    wp, bp = NATIVE.pack_depthwise_dot(np.ones((7, 7, 8), np.float32))
-    with pytest.raises(ValueError, match="kernel widths 3 and 5"):
-        NATIVE.conv_depthwise(x, wp, bp, np.zeros((1, 3, 3, 8), np.float32), (7, 7), (1, 1), (1, 1), (0,) * 4, dot=True)
+    wp, bp = NATIVE.pack_depthwise_dot(np.ones((9, 9, 8), np.float32))
+    with pytest.raises(ValueError, match="square kernels of 3, 5 and 7"):
+        NATIVE.conv_depthwise(x, wp, bp, np.zeros((1, 1, 1, 8), np.float32), (9, 9), (1, 1), (1, 1), (0,) * 4, dot=True)
     wp, bp = NATIVE.pack_depthwise_dot(np.ones((3, 3, 40), np.float32))   # packed for 40 channels, given 8
     with pytest.raises(ValueError, match="pack_depthwise_dot"):
         NATIVE.conv_depthwise(x, wp, bp, np.zeros((1, 7, 7, 8), np.float32), (3, 3), (1, 1), (1, 1), (0,) * 4, dot=True)

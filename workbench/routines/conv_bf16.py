@@ -305,7 +305,7 @@ class NhwcDepthwiseWideBf16(NhwcDepthwiseBf16):
 class NhwcDepthwiseDotBf16(NhwcDepthwiseBf16):
     """bfloat16 weights, two kernel rows' taps a VDPBF16PS (``wb_dw_dot_bf16.h``): an instruction
     does the multiply-adds of two float32 FMAs and needs no widening, so it runs faster than the
-    float32 kernel on a float32 image (besides reading half the bytes).  Square 3x3 and 5x5
+    float32 kernel on a float32 image (besides reading half the bytes).  Square 3x3, 5x5 and 7x7
     kernels, strides 1 and 2 across, dilation 1; the weights' rounding adds to the input's."""
 
     algo = "depthwise_dot_bf16"

@@ -59,11 +59,8 @@ static inline __attribute__((always_inline)) __m512 wb512_hard(__m512 v, int act
 #endif
 
 #if WB512_NATIVE
-/* The activation of one row of a block (two registers; m1 == 0: the second is padding, and the
- * transcendental functions skip it).  MAXPS/MINPS return their second operand when either is
- * NaN: the value goes second, so NaN propagates as in ONNX Runtime. */
-static inline __attribute__((always_inline)) void wb512_act(__m512* v0, __m512* v1, const wb512_epi* ep,
-                                                            __mmask16 m1) {
+/* wb512_act for codes 0 to 5 only (none, ReLU, clip, leaky ReLU, hard sigmoid, hard swish). */
+static inline __attribute__((always_inline)) void wb512_act_cheap(__m512* v0, __m512* v1, const wb512_epi* ep) {
     __m512 zero = _mm512_setzero_ps(), lo = _mm512_set1_ps(ep->p0), hi = _mm512_set1_ps(ep->p1);
     if (ep->act == 1) {
         *v0 = _mm512_max_ps(zero, *v0);
@@ -77,7 +74,17 @@ static inline __attribute__((always_inline)) void wb512_act(__m512* v0, __m512* 
     } else if (ep->act == 4 || ep->act == 5) {
         *v0 = wb512_hard(*v0, ep->act, ep->p0, ep->p1);
         *v1 = wb512_hard(*v1, ep->act, ep->p0, ep->p1);
-    } else if (ep->act != 0) {
+    }
+}
+
+/* The activation of one row of a block (two registers; m1 == 0: the second is padding, and the
+ * transcendental functions skip it).  MAXPS/MINPS return their second operand when either is
+ * NaN: the value goes second, so NaN propagates as in ONNX Runtime. */
+static inline __attribute__((always_inline)) void wb512_act(__m512* v0, __m512* v1, const wb512_epi* ep,
+                                                            __mmask16 m1) {
+    if (ep->act <= 5) {
+        wb512_act_cheap(v0, v1, ep);
+    } else {
         *v0 = wbm512_act(ep->act, *v0);
         if (m1) *v1 = wbm512_act(ep->act, *v1);
     }

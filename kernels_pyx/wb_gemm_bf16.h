@@ -118,9 +118,10 @@ WBB_AI void wbb_store_row(void* c, int f32, __m512 v0, __m512 v1, __mmask16 m0, 
     }
 }
 
-/* The epilogue on row `row` (absolute) of a block, columns col0.., then the store. */
+/* The epilogue on row `row` (absolute) of a block, columns col0.., then the store; `cheap`: the
+ * activation is one of codes 0-5 (the transcendental ones' code left out). */
 WBB_AI void wbb_finish(__m512 v0, __m512 v1, const wbb_epi* ep, ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
-                       __m512 bv1, __mmask16 m0, __mmask16 m1, void* c, int f32) {
+                       __m512 bv1, __mmask16 m0, __mmask16 m1, void* c, int f32, const int cheap) {
     __m512 r0 = _mm512_setzero_ps(), r1 = r0;
     if (ep->res != NULL) {
         ptrdiff_t at = row * ep->ld_res + col0;
@@ -140,7 +141,10 @@ WBB_AI void wbb_finish(__m512 v0, __m512 v1, const wbb_epi* ep, ptrdiff_t row, p
         v0 = _mm512_add_ps(v0, r0);
         v1 = _mm512_add_ps(v1, r1);
     }
-    wb512_act(&v0, &v1, &ep->e, m1);
+    if (cheap)   /* codes 0-5 only: the micro-kernels stage the others (wbb_staged) */
+        wb512_act_cheap(&v0, &v1, &ep->e);
+    else
+        wb512_act(&v0, &v1, &ep->e, m1);
     if (ep->e.post_scale != NULL)
         wb512_post(&v0, &v1, &ep->e, row, col0, m0, m1);
     if (ep->res != NULL && ep->res_post) {
@@ -148,6 +152,46 @@ WBB_AI void wbb_finish(__m512 v0, __m512 v1, const wbb_epi* ep, ptrdiff_t row, p
         v1 = _mm512_add_ps(v1, r1);
     }
     wbb_store_row(c, f32, v0, v1, m0, m1);
+}
+
+/* A transcendental activation (sigmoid, tanh, SiLU, GELU, erf, exp: codes 6 and up) takes some
+ * forty vector operations and a dozen registers.  Applied row by row in the micro-kernel, with the
+ * other rows' accumulators live, it spilled them, and inlined for each of the twelve rows it
+ * made the kernel too large for the instruction cache: such an epilogue cost as much as a K = 48
+ * product.  So the kernel stages the rows (bias and a leading residual added) in a float32 tile,
+ * and one out-of-line pass over the tile applies the rest. */
+static inline int wbb_staged(const wbb_epi* ep) { return ep->e.act >= 6; }
+
+/* The part of the epilogue before the activation, into `dst` (32 floats). */
+WBB_AI void wbb_stage(__m512 v0, __m512 v1, const wbb_epi* ep, ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
+                      __m512 bv1, __mmask16 m0, __mmask16 m1, float* dst) {
+    if (ep->bias != NULL) {
+        v0 = _mm512_add_ps(v0, bv0);
+        v1 = _mm512_add_ps(v1, bv1);
+    }
+    if (ep->res != NULL && !ep->res_post) {
+        ptrdiff_t at = row * ep->ld_res + col0;
+        v0 = _mm512_add_ps(v0, ep->res_f32 ? _mm512_maskz_loadu_ps(m0, (const float*)ep->res + at)
+                                           : wbb_load16((const uint16_t*)ep->res + at, m0));
+        v1 = _mm512_add_ps(v1, ep->res_f32 ? _mm512_maskz_loadu_ps(m1, (const float*)ep->res + at + 16)
+                                           : wbb_load16((const uint16_t*)ep->res + at + 16, m1));
+    }
+    _mm512_storeu_ps(dst, v0);
+    _mm512_storeu_ps(dst + 16, v1);
+}
+
+/* The rest of the epilogue on mr staged rows (tile: 32 floats a row), then the stores. */
+__attribute__((noinline)) static void wbb_finish_staged(const float* tile, int mr, const wbb_epi* ep,
+                                                        ptrdiff_t row0, ptrdiff_t col0, __mmask16 m0,
+                                                        __mmask16 m1, void* c, ptrdiff_t ldc, int f32) {
+    wbb_epi rest = *ep;   /* bias and a leading residual are in the tile already */
+    rest.bias = NULL;
+    if (!rest.res_post)
+        rest.res = NULL;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int i = 0; i < mr; i++)
+        wbb_finish(_mm512_loadu_ps(tile + 32 * i), _mm512_loadu_ps(tile + 32 * i + 16), &rest, row0 + i, col0,
+                   zero, zero, m0, m1, (char*)c + i * ldc * (f32 ? 4 : 2), f32, 0);
 }
 
 WBB_AI __m512i wbb_pair(const uint16_t* p) {
@@ -180,12 +224,22 @@ WBB_AI __m512i wbb_pair(const uint16_t* p) {
 /* The panel's column masks and bias, before the WBB_FINISH of each row. */
 #define WBB_EPILOGUE_SETUP \
     __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr); \
+    const int staged = wbb_staged(ep); \
+    float tile[12 * 32] __attribute__((aligned(64))); \
     __m512 bv0 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m0, ep->bias + col0) : _mm512_setzero_ps(); \
     __m512 bv1 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16) : _mm512_setzero_ps();
 #define WBB_FINISH(i) \
-    if (i < mr) \
-        wbb_finish(c##i##0, c##i##1, ep, row0 + i, col0, bv0, bv1, m0, m1, \
-                   (char*)c + (i) * ldc * (f32 ? 4 : 2), f32);
+    if (i < mr) { \
+        if (staged) \
+            wbb_stage(c##i##0, c##i##1, ep, row0 + i, col0, bv0, bv1, m0, m1, tile + 32 * (i)); \
+        else \
+            wbb_finish(c##i##0, c##i##1, ep, row0 + i, col0, bv0, bv1, m0, m1, \
+                       (char*)c + (i) * ldc * (f32 ? 4 : 2), f32, 1); \
+    }
+/* After the rows' WBB_FINISH: the staged epilogue's out-of-line pass. */
+#define WBB_FINISH_STAGED \
+    if (staged) \
+        wbb_finish_staged(tile, mr, ep, row0, col0, m0, m1, c, ldc, f32);
 
 /* Rows row0..row0+mr-1 (mr <= 12) of C, the 32 columns of one panel (nr live). a: A's row row0;
  * c: C at (row0, col0), ldc in elements.  toff NULL: A's rows are k contiguous words.  Else the
@@ -236,6 +290,7 @@ WBB_AI void wbb_micro12_span(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int 
     WBB_EPILOGUE_SETUP
     WBB_FINISH(0) WBB_FINISH(1) WBB_FINISH(2) WBB_FINISH(3) WBB_FINISH(4) WBB_FINISH(5)
     WBB_FINISH(6) WBB_FINISH(7) WBB_FINISH(8) WBB_FINISH(9) WBB_FINISH(10) WBB_FINISH(11)
+    WBB_FINISH_STAGED
 }
 
 /* wbb_micro12_span for the panel's live columns: one loop compiled per span. */
@@ -279,6 +334,7 @@ static inline void wbb_micro4(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int
     }
     WBB_EPILOGUE_SETUP
     WBB_FINISH(0) WBB_FINISH(1) WBB_FINISH(2) WBB_FINISH(3)
+    WBB_FINISH_STAGED
 }
 #endif
 

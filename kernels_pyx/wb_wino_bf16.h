@@ -154,7 +154,7 @@ static inline void wbw_outputs(const wbw_geo* g, ptrdiff_t t0, ptrdiff_t t1, ptr
                     if (yy >= g->oh) break;
                     px = (n * g->oh + yy) * g->ow + xx;
                     wbb_finish(o[r], _mm512_setzero_ps(), &g->ep, px, c0, bv, _mm512_setzero_ps(), k, 0,
-                               (char*)g->y + (px * M + c0) * es, g->y_f32);
+                               (char*)g->y + (px * M + c0) * es, g->y_f32, 0);
                 }
             }
         }

@@ -208,11 +208,20 @@ cdef void _gather_go(_GatherCtx c, int nt) noexcept nogil:
     if c.jobs == 0 or c.os[3] == 0:
         return
     c.group = wb_jobs_per_chunk(c.jobs, c.os[3], nt)
+    # Whole lines, several a chunk where there are lines enough to share (four chunks a thread),
+    # so that a chunk can copy the lines that repeat the one before.
+    if c.group >= c.os[2]:
+        c.group = c.group // c.os[2] * c.os[2]
+    elif c.jobs // c.os[2] >= 4 * nt:
+        c.group = c.os[2] * (c.jobs // c.os[2] // (4 * nt))
     wb_pool_run(_gather_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
 
 
 cdef void _gather_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
-    """Output rows (along the last axis) i * group ... of :func:`gather4`."""
+    """Output rows (along the last axis) i * group ... of :func:`gather4`, walked a line (the
+    rows of one (i0, i1)) at a time.  A line whose source line is the previous line's (nearest
+    upsampling repeats each one) is copied from that line where the chunk computed it and the lines
+    are contiguous: one long copy instead of a gather per pixel."""
     cdef const _GatherCtx* c = <const _GatherCtx*> ctx
     cdef const float* x = c.x
     cdef float* out = c.out
@@ -224,25 +233,41 @@ cdef void _gather_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
     cdef const int* t3 = c.t3
     cdef bint t3_run = c.t3_run
     cdef float fill = c.fill
-    cdef Py_ssize_t job, i0, i1, i2, l, rest, j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
+    cdef Py_ssize_t W = os[2], L = os[3], line_len = W * c.old
+    cdef Py_ssize_t job, i0, i1, i2, l, end, rest, p0, p1, j0 = i * c.group, j1 = min(j0 + c.group, c.jobs)
+    cdef const float* base
     cdef const float* src
     cdef float* o
-    for job in range(j0, j1):
-        i2 = job % os[2]
-        rest = job // os[2]
+    job = j0
+    while job < j1:
+        i2 = job % W
+        rest = job // W
         i1 = rest % os[1]
         i0 = rest // os[1]
+        end = min(j1, job + W - i2)
         o = out + job * c.old
-        if t0[i0] < 0 or t1[i1] < 0 or t2[i2] < 0:
-            for l in range(os[3]):
-                o[l] = fill
-            continue
-        src = x + ((t0[i0] * xs[1] + t1[i1]) * xs[2] + t2[i2]) * c.xld
-        if t3_run:
-            memcpy(o, src + t3[0], os[3] * sizeof(float))
-        else:
-            for l in range(os[3]):
-                o[l] = src[t3[l]] if t3[l] >= 0 else fill
+        if i2 == 0 and end - job == W and job - W >= j0 and c.old == L:
+            p1 = i1 - 1 if i1 > 0 else os[1] - 1
+            p0 = i0 if i1 > 0 else i0 - 1
+            if t0[p0] == t0[i0] and t1[p1] == t1[i1]:
+                memcpy(o, o - line_len, line_len * sizeof(float))
+                job = end
+                continue
+        base = x + (t0[i0] * xs[1] + t1[i1]) * xs[2] * c.xld
+        while job < end:
+            if t0[i0] < 0 or t1[i1] < 0 or t2[i2] < 0:
+                for l in range(L):
+                    o[l] = fill
+            else:
+                src = base + t2[i2] * c.xld
+                if t3_run:
+                    _move(<char*> o, <const char*> (src + t3[0]), L * sizeof(float))
+                else:
+                    for l in range(L):
+                        o[l] = src[t3[l]] if t3[l] >= 0 else fill
+            job += 1
+            i2 += 1
+            o += c.old
 
 
 def gather4(x, out, tables, float fill=0, int num_threads=1):

@@ -178,6 +178,41 @@ def test_resize_sizes_and_channel_scales():
         assert not any(_applies(g, f"cpu:float32:{lay}/gather") for lay in LAYOUTS)
 
 
+def _gather_reference(x, tables, fill):
+    """NumPy's indexing of ``x`` by the four tables, ``fill`` wherever an index is -1."""
+    idx = np.ix_(*[np.maximum(t, 0) for t in tables])
+    out = x[idx].copy()
+    hole = np.zeros(out.shape, bool)
+    for axis, t in enumerate(tables):
+        shape = [1] * 4
+        shape[axis] = t.size
+        hole |= (t < 0).reshape(shape)
+    out[hole] = fill
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows, lead", [(np.repeat(np.arange(9), 3), 2), (np.repeat(np.arange(40), 2), 1),
+                                        (np.array([-1, -1, 0, 0, 1, 1, 2, 2, -1, -1]), 3), (np.arange(30), 1)])
+def test_gather4_copies_repeated_lines_as_numpy_indexes(threads, rows, lead):
+    """Nearest upsampling repeats each source line: the kernel copies the repeat from the line it
+    just wrote (lines along axis 1, as many as chunks take whole lines); padding lines (-1) and
+    fills across the other axes as NumPy's indexing, on 1-3 threads."""
+    from workbench._kernels import tensor_ops as k
+    rng = np.random.default_rng(int(rows.size) + lead)
+    x = rng.standard_normal((lead, int(rows.max()) + 1, 6, 5)).astype(np.float32)
+    t = [np.arange(lead, dtype=np.int32), rows.astype(np.int32),
+         np.array([-1, 0, 0, 1, 2, 3, 3, 4, 5, 5, -1], np.int32), np.array([0, 1, 2, 3, 4, -1], np.int32)]
+    t[0][-1] = -1 if lead == 3 else t[0][-1]   # a whole image of padding
+    out = np.full([len(a) for a in t], np.nan, np.float32)
+    k.gather4(x, out, t, 2.5, threads)
+    np.testing.assert_array_equal(out, _gather_reference(x, t, np.float32(2.5)))
+    t[3] = np.arange(5, dtype=np.int32)   # whole pixels: the copied (not indexed) inner rows
+    out = np.full([len(a) for a in t], np.nan, np.float32)
+    k.gather4(x, out, t, 2.5, threads)
+    np.testing.assert_array_equal(out, _gather_reference(x, t, np.float32(2.5)))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_gather4_reads_and_writes_channel_slices(threads):
     """A nearest 2x upsample (and a padded crop) from and into channel slices of wider NHWC

@@ -79,29 +79,27 @@ WBB_AI void wbdd_store(__m512 lo, __m512 hi, const wb512_epi* e, void* out, int 
     }
 }
 
-/* P pixels (cnt stored) of output row oy from column ox, channel block bl under m: kernel KW x KW
- * at stride S across (constants where inlined), the window's rows kh0..kh1-1 inside the image
- * (the others load as zero).  `inside`: every column the P windows read lies inside the row.
- * The kernel width 5 and 7 forms (P = 4); the loop over row pairs stays a loop, since unrolled, GCC
- * kept the accumulators and interleaved columns of all pairs live at once and spilled them. */
-WBB_AI void wbdd_px(const int KW, const int S, const int P, const int inside, const wbb_geo* g, const uint16_t* x,
-                    const uint16_t* w, const float* bias, void* out, int f32, const wb512_epi* e, ptrdiff_t b,
-                    ptrdiff_t oy, ptrdiff_t ox, int cnt, ptrdiff_t bl, __mmask32 m, int kh0, int kh1) {
-    const int N = (P - 1) * S + KW;
-    const ptrdiff_t blocks = (g->c + 31) / 32, ix0 = ox * S - g->pl, c0 = bl * 32, iy0 = oy * g->sh - g->pt;
-    __m512 al[8], ah[8], wl[7], wh[7];
-    int p, pr, kj, q;
-    al[0] = _mm512_loadu_ps(bias + c0);
-    ah[0] = _mm512_loadu_ps(bias + c0 + 16);
-#pragma GCC unroll 8
-    for (p = 1; p < P; p++) {
-        al[p] = al[0];
-        ah[p] = ah[0];
+/* Four pixels (cnt stored) of output row oy from column ox, channel block bl under m: kernel
+ * KW x KW at stride S across (constants where inlined: the 5x5 and 7x7 forms), the window's rows
+ * kh0..kh1-1 inside the image (the others load as zero).  `inside`: every column the windows read
+ * lies inside the row.  The accumulators are named, not an array: GCC kept an array of them on
+ * the stack across the loop over row pairs. */
+#define WBDD_TAP(p, acc_l, acc_h)                                                                      \
+    if (q - (p) * S >= 0 && q - (p) * S < KW) {                                                        \
+        acc_l = _mm512_dpbf16_ps(acc_l, lo, (__m512bh)wl[q - (p) * S]);                                \
+        acc_h = _mm512_dpbf16_ps(acc_h, hi, (__m512bh)wh[q - (p) * S]);                                \
     }
-#pragma GCC unroll 1
-    for (pr = 0; pr < (KW + 1) / 2; pr++) {
+WBB_AI void wbdd_px4(const int KW, const int S, const int inside, const wbb_geo* g, const uint16_t* x,
+                     const uint16_t* w, const float* bias, void* out, int f32, const wb512_epi* e, ptrdiff_t b,
+                     ptrdiff_t oy, ptrdiff_t ox, int cnt, ptrdiff_t bl, __mmask32 m, int kh0, int kh1) {
+    const int N = 3 * S + KW;
+    const ptrdiff_t blocks = (g->c + 31) / 32, ix0 = ox * S - g->pl, c0 = bl * 32, iy0 = oy * g->sh - g->pt;
+    __m512 l0 = _mm512_loadu_ps(bias + c0), h0 = _mm512_loadu_ps(bias + c0 + 16);
+    __m512 l1 = l0, l2 = l0, l3 = l0, h1 = h0, h2 = h0, h3 = h0, wl[7], wh[7];
+    int pr, kj, q;
+    for (pr = kh0 / 2; 2 * pr < kh1; pr++) {
         const int ra = 2 * pr, rb = 2 * pr + 1;
-        const __mmask32 ma = ra >= kh0 && ra < kh1 ? m : 0, mb = rb >= kh0 && rb < kh1 ? m : 0;
+        const __mmask32 ma = ra >= kh0 ? m : 0, mb = rb < kh1 ? m : 0;
         const uint16_t* xa = x + ((b * g->h + iy0 + ra) * g->w + ix0) * g->c + c0;   /* read under ma only */
         const uint16_t* xb = xa + g->w * g->c;
         const uint16_t* wp = w + (pr * KW * blocks + bl) * 64;
@@ -110,27 +108,25 @@ WBB_AI void wbdd_px(const int KW, const int S, const int P, const int inside, co
             wl[kj] = _mm512_castsi512_ps(_mm512_loadu_si512(wp + kj * blocks * 64));
             wh[kj] = _mm512_castsi512_ps(_mm512_loadu_si512(wp + kj * blocks * 64 + 32));
         }
-#pragma GCC unroll 24
+#pragma GCC unroll 16
         for (q = 0; q < N; q++) {
             const int in = inside || (ix0 + q >= 0 && ix0 + q < g->w);
             __m512i va = _mm512_maskz_loadu_epi16(in ? ma : 0, xa + q * g->c);
             __m512i vb = _mm512_maskz_loadu_epi16(in ? mb : 0, xb + q * g->c);
             __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(va, vb), hi = (__m512bh)_mm512_unpackhi_epi16(va, vb);
-#pragma GCC unroll 8
-            for (p = 0; p < P; p++) {
-                const int k = q - p * S;
-                if (k >= 0 && k < KW) {
-                    al[p] = _mm512_dpbf16_ps(al[p], lo, (__m512bh)wl[k]);
-                    ah[p] = _mm512_dpbf16_ps(ah[p], hi, (__m512bh)wh[k]);
-                }
-            }
+            WBDD_TAP(0, l0, h0)
+            WBDD_TAP(1, l1, h1)
+            WBDD_TAP(2, l2, h2)
+            WBDD_TAP(3, l3, h3)
         }
     }
-#pragma GCC unroll 8
-    for (p = 0; p < P; p++)
-        if (p < cnt)
-            wbdd_store(al[p], ah[p], e, out, f32, ((b * g->oh + oy) * g->ow + ox + p) * g->c + c0, m);
+    const ptrdiff_t at = ((b * g->oh + oy) * g->ow + ox) * g->c + c0, C = g->c;
+    wbdd_store(l0, h0, e, out, f32, at, m);
+    if (cnt > 1) wbdd_store(l1, h1, e, out, f32, at + C, m);
+    if (cnt > 2) wbdd_store(l2, h2, e, out, f32, at + 2 * C, m);
+    if (cnt > 3) wbdd_store(l3, h3, e, out, f32, at + 3 * C, m);
 }
+#undef WBDD_TAP
 
 /* Kernel width 3: eight pixels in named accumulators, the column-by-column order written out
  * (an array of sixteen, indexed in loops, was kept on the stack by GCC, and the spills cost more
@@ -223,10 +219,10 @@ WBB_AI void wbdd_px3(const int S, const int inside, const wbb_geo* g, const uint
     }
 #define WBDD_3_1(...) wbdd_px3(1, __VA_ARGS__)
 #define WBDD_3_2(...) wbdd_px3(2, __VA_ARGS__)
-#define WBDD_5_1(...) wbdd_px(5, 1, 4, __VA_ARGS__)
-#define WBDD_5_2(...) wbdd_px(5, 2, 4, __VA_ARGS__)
-#define WBDD_7_1(...) wbdd_px(7, 1, 4, __VA_ARGS__)
-#define WBDD_7_2(...) wbdd_px(7, 2, 4, __VA_ARGS__)
+#define WBDD_5_1(...) wbdd_px4(5, 1, __VA_ARGS__)
+#define WBDD_5_2(...) wbdd_px4(5, 2, __VA_ARGS__)
+#define WBDD_7_1(...) wbdd_px4(7, 1, __VA_ARGS__)
+#define WBDD_7_2(...) wbdd_px4(7, 2, __VA_ARGS__)
 WBDD_FORM(wbdd_px_3_1, WBDD_3_1, 3, 1, 8)
 WBDD_FORM(wbdd_px_3_2, WBDD_3_2, 3, 2, 8)
 WBDD_FORM(wbdd_px_5_1, WBDD_5_1, 5, 1, 4)

@@ -74,18 +74,25 @@ cdef void _dw_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
         wbd_row(&d.geo, d.x, d.w, d.bias, d.out, d.f32, &d.e, r)
 
 
+def _weights_and_bias(w, bias):
+    """The checked (KH, KW, C) float32 weights and (C,) bias (zeros for None) of a depthwise layer."""
+    w = _array(w, "weights", np.float32)
+    if w.ndim != 3:
+        raise ValueError(f"depthwise_bf16: depthwise weights must be (KH, KW, C), got shape {w.shape}")
+    c = w.shape[2]
+    b = np.zeros(c, np.float32) if bias is None else _array(np.ascontiguousarray(bias, np.float32), "bias", np.float32)
+    if b.shape != (c,):
+        raise ValueError(f"depthwise_bf16: bias must have shape ({c},), got {b.shape}")
+    return w, b
+
+
 def pack_depthwise(w, bias=None, bint plain=False):
     """Depthwise weights ``w`` float32 (KH, KW, C) and ``bias`` (C,) or None, packed for
     :func:`conv_depthwise`: per tap and block of 32 channels, the even channels then the odd ones
     (``wb_dw_bf16.h``).  Returns ``(weights, bias)``, float32 (KH, KW, blocks * 32) and (blocks * 32,).
     ``plain``: as they are instead, (KH, KW, C) and (C,), what a convolution of dilation 1 takes."""
-    w = _array(w, "weights", np.float32)
-    if w.ndim != 3:
-        raise ValueError(f"depthwise_bf16: depthwise weights must be (KH, KW, C), got shape {w.shape}")
+    w, b = _weights_and_bias(w, bias)
     kh, kw, c = w.shape
-    b = np.zeros(c, np.float32) if bias is None else _array(np.ascontiguousarray(bias, np.float32), "bias", np.float32)
-    if b.shape != (c,):
-        raise ValueError(f"depthwise_bf16: bias must have shape ({c},), got {b.shape}")
     if plain:
         return np.ascontiguousarray(w).copy(), b.copy()
     row = wbd_packed_floats(1, c)
@@ -102,13 +109,8 @@ def pack_depthwise_dot(w, bias=None):
     nearest even) and interleaved in pairs of kernel rows, as raw uint16 words
     (``wbdd_packed_words``); the bias float32, per block of 32 channels in the kernel's lane order.
     Returns ``(weights, bias)``."""
-    w = _array(w, "weights", np.float32)
-    if w.ndim != 3:
-        raise ValueError(f"depthwise_bf16: depthwise weights must be (KH, KW, C), got shape {w.shape}")
+    w, b = _weights_and_bias(w, bias)
     kh, kw, c = w.shape
-    b = np.zeros(c, np.float32) if bias is None else _array(np.ascontiguousarray(bias, np.float32), "bias", np.float32)
-    if b.shape != (c,):
-        raise ValueError(f"depthwise_bf16: bias must have shape ({c},), got {b.shape}")
     wp = np.empty(wbdd_packed_words(kh, kw, c), np.uint16)
     bp = np.empty(wbd_packed_floats(1, c), np.float32)
     wbdd_pack(kh, kw, c, <const float*> _ptr(w), <uint16_t*> _ptr(wp))

@@ -265,11 +265,14 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
         epi = encode(layer, specs[0].shape[1], extended=True)
         return epi is not None and epi.code != 7 and mod.handles(epi.code)
 
+    dot = False    # the VDPBF16PS form: see NhwcDepthwiseDotBf16
+
     @classmethod
     def prepare(cls, layer):
         w = np.asarray(layer.const(1), np.float32)
         b = layer.const(2) if len(layer.inputs) > 2 else None
-        wp, bp = _kernels("depthwise_bf16").pack_depthwise(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), b, cls.wide)   # (KH, KW, C)
+        k, hwc = _kernels("depthwise_bf16"), np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))   # (KH, KW, C)
+        wp, bp = k.pack_depthwise_dot(hwc, b) if cls.dot else k.pack_depthwise(hwc, b, cls.wide)
         return {"w": wp, "bias": bp, "epi": encode(layer, w.shape[0], extended=True), "geometry": geometry(layer)}
 
     @classmethod
@@ -278,7 +281,7 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
         epi = state["epi"]
         _kernels("depthwise_bf16").conv_depthwise(args[0], state["w"], state["bias"], outs[0], kernel, strides,
                                                   dilations, pads, epi.code, epi.p0, epi.p1, num_threads, cls.wide,
-                                                  state.get("workspace"))
+                                                  state.get("workspace"), cls.dot)
 
 
 class NhwcDepthwiseWideBf16(NhwcDepthwiseBf16):
@@ -310,6 +313,7 @@ class NhwcDepthwiseDotBf16(NhwcDepthwiseBf16):
 
     algo = "depthwise_dot_bf16"
     priority = 10.05
+    dot = True
 
     @classmethod
     def applies(cls, layer, specs):
@@ -317,20 +321,6 @@ class NhwcDepthwiseDotBf16(NhwcDepthwiseBf16):
             return False
         kernel, strides, dilations, _, _ = geometry(layer)
         return _kernels("depthwise_bf16").dot_handles(kernel, strides, dilations)
-
-    @classmethod
-    def prepare(cls, layer):
-        w = np.asarray(layer.const(1), np.float32)
-        b = layer.const(2) if len(layer.inputs) > 2 else None
-        wp, bp = _kernels("depthwise_bf16").pack_depthwise_dot(np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), b)
-        return {"w": wp, "bias": bp, "epi": encode(layer, w.shape[0], extended=True), "geometry": geometry(layer)}
-
-    @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
-        kernel, strides, dilations, pads, _ = state["geometry"]
-        epi = state["epi"]
-        _kernels("depthwise_bf16").conv_depthwise(args[0], state["w"], state["bias"], outs[0], kernel, strides,
-                                                  dilations, pads, epi.code, epi.p0, epi.p1, num_threads, dot=True)
 
 
 def _forms(out, inp, io):

@@ -94,15 +94,20 @@ class LstmDirect(Routine):
     def prepare(cls, layer):
         w, r = layer.consts[1], layer.consts[2]
         hid = layer.attrs["hidden_size"]
-        b = layer.consts.get(3)
         rt = [np.ascontiguousarray(r[d].T) for d in range(r.shape[0])]
         k = _gemm()
         return {"wt": [np.ascontiguousarray(w[d].T) for d in range(w.shape[0])], "rt": rt,
                 "packed": [None if k is None else (k.pack_b(np.ascontiguousarray(w[d].T)),
                                                    [k.pack_b(np.ascontiguousarray(rt[d][:, c])) for c in _halves(hid)])
                            for d in range(w.shape[0])],
-                "bias": [np.zeros(4 * hid, np.float32) if b is None else (b[d, :4 * hid] + b[d, 4 * hid:])
-                         for d in range(w.shape[0])]}
+                "bias": cls._gate_bias(layer)}
+
+    @staticmethod
+    def _gate_bias(layer):
+        """Per direction, the gates' one bias: ONNX's input and recurrent biases summed (4 hidden)."""
+        w, b, hid = layer.consts[1], layer.consts.get(3), layer.attrs["hidden_size"]
+        return [np.zeros(4 * hid, np.float32) if b is None else (b[d, :4 * hid] + b[d, 4 * hid:]).astype(np.float32)
+                for d in range(w.shape[0])]
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
@@ -114,17 +119,21 @@ class LstmDirect(Routine):
         return cls._bound(layer, state, args, outs)
 
     @classmethod
+    def _direction(cls, state, d, x, h0, c0, y, reverse):
+        """Direction ``d``'s recurrence bound on these arrays (``h0``, ``c0``, ``y`` its own, or None)."""
+        return _Direction(x, state["wt"][d], state["rt"][d], state["packed"][d], state["bias"][d], h0, c0, y,
+                          reverse, state.get("workspace"))
+
+    @classmethod
     def _bound(cls, layer, state, args, outs):
         x = args[0]
         h0 = args[5] if len(args) > 5 else None
         c0 = args[6] if len(args) > 6 else None
         outs = list(outs) + [None] * (3 - len(outs))
         y, yh, yc = outs
-        dirs = [_Direction(x, state["wt"][d], state["rt"][d], state["packed"][d], state["bias"][d],
-                           None if h0 is None else h0[d], None if c0 is None else c0[d],
-                           None if y is None else y[:, d], layer.attrs["direction"] == "reverse" or d == 1,
-                           state.get("workspace"))
-                for d in range(len(state["wt"]))]
+        dirs = [cls._direction(state, d, x, None if h0 is None else h0[d], None if c0 is None else c0[d],
+                               None if y is None else y[:, d], layer.attrs["direction"] == "reverse" or d == 1)
+                for d in range(len(state["bias"]))]
 
         def call(num_threads):
             for d, (h, c) in enumerate([direction(num_threads) for direction in dirs]):

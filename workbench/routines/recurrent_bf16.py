@@ -68,13 +68,10 @@ class LstmBf16(LstmDirect):
     @classmethod
     def prepare(cls, layer):
         w, r = layer.consts[1], layer.consts[2]
-        hid = layer.attrs["hidden_size"]
-        b = layer.consts.get(3)
         k = conv_bf16._kernels()
         return {"packed": [(k.pack(np.ascontiguousarray(w[d], np.float32)), k.pack(np.ascontiguousarray(r[d], np.float32)))
                            for d in range(w.shape[0])],
-                "bias": [np.zeros(4 * hid, np.float32) if b is None else (b[d, :4 * hid] + b[d, 4 * hid:]).astype(np.float32)
-                         for d in range(w.shape[0])]}
+                "bias": cls._gate_bias(layer)}
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
@@ -84,21 +81,5 @@ class LstmBf16(LstmDirect):
                    k.im2col_scratch_bytes(layer.attrs["hidden_size"], num_threads))
 
     @classmethod
-    def _bound(cls, layer, state, args, outs):
-        x = args[0]
-        h0 = args[5] if len(args) > 5 else None
-        c0 = args[6] if len(args) > 6 else None
-        outs = list(outs) + [None] * (3 - len(outs))
-        y, yh, yc = outs
-        dirs = [_Bf16Direction(x, state["packed"][d], state["bias"][d], None if h0 is None else h0[d],
-                               None if c0 is None else c0[d], None if y is None else y[:, d],
-                               layer.attrs["direction"] == "reverse" or d == 1, state.get("workspace"))
-                for d in range(len(state["packed"]))]
-
-        def call(num_threads):
-            for d, (h, c) in enumerate([direction(num_threads) for direction in dirs]):
-                if yh is not None:
-                    yh[d] = h
-                if yc is not None:
-                    yc[d] = c
-        return call
+    def _direction(cls, state, d, x, h0, c0, y, reverse):
+        return _Bf16Direction(x, state["packed"][d], state["bias"][d], h0, c0, y, reverse, state.get("workspace"))

@@ -1,6 +1,7 @@
 # isa-variants: avx2, avx512
 # cython: language_level=3
-"""Cast adapts between float32 and bfloat16, alone or fused with the NCHW/NHWC transpose.
+"""Cast adapts between float32 and bfloat16, alone or fused with the NCHW/NHWC transpose, and
+that transpose on bfloat16 tensors.
 
 bfloat16 is the upper half of a float32.  float32 -> bfloat16 rounds to nearest, ties to even
 (what ``ml_dtypes`` and the AVX512-BF16 conversion instructions do), so a value past the largest
@@ -100,6 +101,29 @@ cdef void _up_t_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
                 d[c * rows + r] = _to_f32(s[r * cols + c])
 
 
+cdef void _same_t_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    """bfloat16 (batch, rows, cols) -> bfloat16 (batch, cols, rows), tile by tile."""
+    cdef _TransposeCtx* t = <_TransposeCtx*> ctx
+    cdef Py_ssize_t job, b, r0, c0, r, c, rows = t.rows, cols = t.cols
+    cdef const uint16_t* s
+    cdef uint16_t* d
+    for job in range(chunk * t.per, min((chunk + 1) * t.per, t.jobs)):
+        b = job // (t.row_tiles * t.col_tiles)
+        r0 = (job // t.col_tiles) % t.row_tiles * TILE
+        c0 = job % t.col_tiles * TILE
+        s = <const uint16_t*> t.src + b * rows * cols
+        d = <uint16_t*> t.dst + b * rows * cols
+        for c in range(c0, min(c0 + TILE, cols)):
+            for r in range(r0, min(r0 + TILE, rows)):
+                d[c * rows + r] = s[r * cols + c]
+
+
+cdef enum:
+    DOWN = 0   # float32 -> bfloat16
+    UP = 1     # bfloat16 -> float32
+    SAME = 2   # bfloat16 -> bfloat16
+
+
 def _check(src, dst, src_dtype, dst_dtype, dst_shape, what):
     if not isinstance(src, np.ndarray) or not isinstance(dst, np.ndarray):
         raise TypeError(f"{what}: expected NumPy arrays, got {type(src).__name__} -> {type(dst).__name__}")
@@ -127,7 +151,7 @@ cdef _flat(src, dst, bint down, int num_threads):
         wb_pool_run(_down_chunk if down else _up_chunk, &c, (blocks + c.per - 1) // c.per, nt)
 
 
-cdef _transposed(src, dst, Py_ssize_t batch, Py_ssize_t rows, Py_ssize_t cols, bint down, int num_threads):
+cdef _transposed(src, dst, Py_ssize_t batch, Py_ssize_t rows, Py_ssize_t cols, int kind, int num_threads):
     cdef _TransposeCtx t
     t.src = cnp.PyArray_DATA(<cnp.ndarray> src)
     t.dst = cnp.PyArray_DATA(<cnp.ndarray> dst)
@@ -139,7 +163,8 @@ cdef _transposed(src, dst, Py_ssize_t batch, Py_ssize_t rows, Py_ssize_t cols, b
         return
     t.per = wb_jobs_per_chunk(t.jobs, TILE * TILE, nt)
     with nogil:
-        wb_pool_run(_down_t_chunk if down else _up_t_chunk, &t, (t.jobs + t.per - 1) // t.per, nt)
+        wb_pool_run(_down_t_chunk if kind == DOWN else _up_t_chunk if kind == UP else _same_t_chunk, &t,
+                    (t.jobs + t.per - 1) // t.per, nt)
 
 
 def f32_to_bf16(src, dst, int num_threads=1):
@@ -162,7 +187,7 @@ def nchw_f32_to_nhwc_bf16(src, dst, int num_threads=1):
         raise ValueError(f"nchw_f32_to_nhwc_bf16: expected a 4-D source, got {getattr(src, 'shape', src)}")
     n, c, h, w = src.shape
     _check(src, dst, np.float32, BF16, (n, h, w, c), "nchw_f32_to_nhwc_bf16")
-    _transposed(src, dst, n, c, h * w, True, num_threads)
+    _transposed(src, dst, n, c, h * w, DOWN, num_threads)
     return dst
 
 
@@ -172,5 +197,25 @@ def nhwc_bf16_to_nchw_f32(src, dst, int num_threads=1):
         raise ValueError(f"nhwc_bf16_to_nchw_f32: expected a 4-D source, got {getattr(src, 'shape', src)}")
     n, h, w, c = src.shape
     _check(src, dst, BF16, np.float32, (n, c, h, w), "nhwc_bf16_to_nchw_f32")
-    _transposed(src, dst, n, h * w, c, False, num_threads)
+    _transposed(src, dst, n, h * w, c, UP, num_threads)
+    return dst
+
+
+def nchw_bf16_to_nhwc_bf16(src, dst, int num_threads=1):
+    """A bfloat16 NCHW tensor transposed to NHWC (the 16-bit words moved as they are)."""
+    if not isinstance(src, np.ndarray) or src.ndim != 4:
+        raise ValueError(f"nchw_bf16_to_nhwc_bf16: expected a 4-D source, got {getattr(src, 'shape', src)}")
+    n, c, h, w = src.shape
+    _check(src, dst, BF16, BF16, (n, h, w, c), "nchw_bf16_to_nhwc_bf16")
+    _transposed(src, dst, n, c, h * w, SAME, num_threads)
+    return dst
+
+
+def nhwc_bf16_to_nchw_bf16(src, dst, int num_threads=1):
+    """A bfloat16 NHWC tensor transposed to NCHW."""
+    if not isinstance(src, np.ndarray) or src.ndim != 4:
+        raise ValueError(f"nhwc_bf16_to_nchw_bf16: expected a 4-D source, got {getattr(src, 'shape', src)}")
+    n, h, w, c = src.shape
+    _check(src, dst, BF16, BF16, (n, c, h, w), "nhwc_bf16_to_nchw_bf16")
+    _transposed(src, dst, n, h * w, c, SAME, num_threads)
     return dst

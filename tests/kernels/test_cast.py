@@ -65,6 +65,14 @@ def test_fused_transposes_match_cast_then_transpose(n, c, h, w, build, threads):
     z = np.empty(x.shape, np.float32)
     m.nhwc_bf16_to_nchw_f32(y, z, threads)
     np.testing.assert_array_equal(z, y.astype(np.float32).transpose(0, 3, 1, 2))
+    # the bfloat16 transposes move the words as they are, NaN payloads included
+    y.view(np.uint16).flat[::7] = 0x7fc1
+    back = np.empty((n, c, h, w), BF16)
+    m.nhwc_bf16_to_nchw_bf16(y, back, threads)
+    np.testing.assert_array_equal(back.view(np.uint16), y.view(np.uint16).transpose(0, 3, 1, 2))
+    again = np.empty((n, h, w, c), BF16)
+    m.nchw_bf16_to_nhwc_bf16(back, again, threads)
+    np.testing.assert_array_equal(again.view(np.uint16), y.view(np.uint16))
 
 
 @pytest.mark.parametrize("call, src, dst, message", [
@@ -74,6 +82,8 @@ def test_fused_transposes_match_cast_then_transpose(n, c, h, w, build, threads):
     ("f32_to_bf16", np.zeros((4, 4), np.float32)[:, ::2], np.zeros((4, 2), BF16), "C-contiguous"),
     ("nchw_f32_to_nhwc_bf16", np.zeros((1, 2, 3, 4), np.float32), np.zeros((1, 2, 3, 4), BF16), "needs destination"),
     ("nhwc_bf16_to_nchw_f32", np.zeros((2, 3, 4), BF16), np.zeros((2, 3, 4), np.float32), "4-D"),
+    ("nchw_bf16_to_nhwc_bf16", np.zeros((1, 2, 3, 4), BF16), np.zeros((1, 2, 3, 4), BF16), "needs destination"),
+    ("nhwc_bf16_to_nchw_bf16", np.zeros((1, 2, 3, 4), np.float32), np.zeros((1, 4, 2, 3), BF16), "bfloat16 -> bfloat16"),
 ])
 def test_bad_arrays_are_refused_before_any_work(call, src, dst, message):
     with pytest.raises((TypeError, ValueError), match=message):
@@ -98,7 +108,8 @@ def _run(path, spec, x):
     (BF_NHWC, F32_NCHW, 1),
     (F32_NHWC, BF_NHWC, 1),
     (BF_NCHW, F32_NHWC, 2),    # no adapt does both: widened, then transposed
-    (BF_NCHW, BF_NHWC, 2),     # widened, then transposed and rounded again in one pass (exact)
+    (BF_NCHW, BF_NHWC, 1),     # the bfloat16 transpose
+    (BF_NHWC, BF_NCHW, 1),
 ])
 def test_paths_between_formats_compose_casts_and_transposes(src, dst, hops):
     spec = TensorSpec((1, 5, 3, 4)).with_format(src)

@@ -95,6 +95,23 @@ class NhwcToNchw(_Transpose):
         cpu.best_module("layout").nhwc_to_nchw(src, dst, num_threads)
 
 
+class Bf16NchwToNhwc(_Transpose):
+    """The transpose on bfloat16 tensors: half the bytes of the float32 one, no cast through it."""
+    src_layout, dst_layout, dtype = NCHW, NHWC, "bfloat16"
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        cpu.best_module("cast").nchw_bf16_to_nhwc_bf16(src, dst, num_threads)
+
+
+class Bf16NhwcToNchw(_Transpose):
+    src_layout, dst_layout, dtype = NHWC, NCHW, "bfloat16"
+
+    @classmethod
+    def run(cls, src, dst, num_threads):
+        cpu.best_module("cast").nhwc_bf16_to_nchw_bf16(src, dst, num_threads)
+
+
 class _CopyAdapt(Adapt):
     """Layouts other than 4-D ones are all the native order: converting them is a copy."""
 

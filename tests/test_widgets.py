@@ -348,10 +348,19 @@ def test_precision_control_tunes_with_bfloat16_and_the_headline_shows_the_error(
     if cpu.kernel_module("gemm_bf16", "avx512bf16") is None:
         assert s.low_precision == []   # nothing to choose from on this CPU
         return
-    # Pinned onto a bfloat16 routine, the plan has a bfloat16 layer and casts, and every view says so.
-    layer = next(l.name for l in s.graph if "cpu:bfloat16:nhwc/gemm1x1_bf16" in routines.routines_for(l.op)
-                 and routines.get(l.op, "cpu:bfloat16:nhwc/gemm1x1_bf16").applies(l, s.graph.input_specs(l)))
-    bench.act(bench.pin, layer, "cpu:bfloat16:nhwc/gemm1x1_bf16")
+    # Pinned onto a bfloat16 routine, and a reader of its output onto a float32 one, the plan has
+    # a bfloat16 layer and a cast between them (with the bfloat16 routines there are now, a
+    # plan may otherwise run bfloat16 from the first layer's float32-input form to the last
+    # layer's float32-output one with no cast adapt), and every view says so.
+    def float32_routine(l):
+        return next((d for d, r in routines.routines_for(l.op).items() if d.startswith("cpu:float32:")
+                     and r.available() and r.applies(l, s.graph.input_specs(l))), None)
+    layer, reader = next((l, c) for l in s.graph
+                         if "cpu:bfloat16:nhwc/gemm1x1_bf16" in routines.routines_for(l.op)
+                         and routines.get(l.op, "cpu:bfloat16:nhwc/gemm1x1_bf16").applies(l, s.graph.input_specs(l))
+                         for c in s.graph.consumers(l.outputs[0]) if float32_routine(c) is not None)
+    bench.act(bench.pin, layer.name, "cpu:bfloat16:nhwc/gemm1x1_bf16")
+    bench.act(bench.pin, reader.name, float32_routine(reader))
     bench.act(bench.retune)
     assert s.low_precision == ["bfloat16"]
     head = bench.summary.headline.value

@@ -51,6 +51,23 @@ def test_batchnorm_folds_into_gemm(rng, trans_b):
     assert graph.op_counts() == {"Gemm": 1}
 
 
+@pytest.mark.parametrize("group", [1, 2])
+def test_batchnorm_after_a_bias_add_folds_once_the_add_has(rng, group):
+    """ConvTranspose -> Add(bias) -> BatchNormalization -> Relu (PaddleOCR's DB head as exported):
+    the BN's producer is the Add when BN folding runs, so it becomes a ChannelAffine; folding the
+    Add into the ConvTranspose then leaves the affine right after it, and it folds too, the Relu
+    fused after it: one layer, against ONNX Runtime."""
+    w = rng.standard_normal((8, 6 // group, 2, 2)).astype(np.float32)
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["t"], name="ct", strides=[2, 2], group=group),
+             helper.make_node("Add", ["t", "bias"], ["u"], name="add"),
+             bn_node("bn", "u", "v", "bn"), helper.make_node("Relu", ["v"], ["y"], name="relu")]
+    model = make_model(nodes, [("x", [1, 8, 5, 7])], [("y", None)],
+                       [("w", w), ("bias", rng.standard_normal((1, 6, 1, 1)).astype(np.float32))] + bn_inits(rng, 6, "bn"))
+    graph, _ = assert_matches_onnxruntime(model)
+    assert graph.op_counts() == {"ConvTranspose": 1}
+    assert graph.layer("ct").attrs["activation"] == "Relu"
+
+
 def test_standalone_batchnorm_becomes_channel_affine(rng):
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), bn_node("bn", "r", "y", "bn")]
     model = make_model(nodes, [("x", [2, 3, 5, 4])], [("y", None)], bn_inits(rng, 3, "bn"))

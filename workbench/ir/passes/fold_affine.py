@@ -4,7 +4,8 @@ Exporters leave such chains where a framework has a learnable affine outside its
 (PaddleOCR's PP-LCNet: ``conv -> Mul(k) -> Add(b) -> hardswish -> Mul(k2) -> Add(b2) -> conv``),
 or where preprocessing is written into the graph.  A run of consecutive single-reader layers
 ``y = x (op) c`` with ``c`` constant along every axis but the channel axis 1 is ``y = a[c] x + b[c]``
-(composed in float64), which then goes, in order of preference:
+(composed in float64; a ChannelAffine, a BatchNormalization with nothing to fold into when
+fold_batchnorm ran, is such a layer too), which then goes, in order of preference:
 
 1. into the Conv/ConvTranspose/Gemm writing ``x`` when only the run reads it (weights * a, bias * a + b);
 2. into a ChannelAffine (a folded BatchNormalization) writing ``x``, with no activation;
@@ -36,6 +37,11 @@ def _channel_vector(c, shape):
 
 def affine_of(graph, layer):
     """``(x, a, b)`` with ``layer``'s output ``= a * x + b`` (vectors of 1 or C values), or None."""
+    if (layer.op == "ChannelAffine" and not layer.attrs.get("activation") and 1 in layer.consts
+            and 2 in layer.consts and layer.inputs[0]):
+        # a BatchNormalization that fold_batchnorm could not fold: its producer wrote through a
+        # bias Add then (ConvTranspose -> Add -> BatchNormalization), which this pass folds first
+        return layer.inputs[0], layer.consts[1].astype(np.float64), layer.consts[2].astype(np.float64)
     if (layer.op not in AFFINE_OPS or layer.attrs.get("activation") or len(layer.inputs) != 2
             or len(layer.consts) != 1 or len(layer.outputs) != 1):
         return None

@@ -61,67 +61,40 @@ cdef void _up_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
         d[i] = _to_f32(s[i])
 
 
-cdef struct _TransposeCtx:
-    const void* src
-    void* dst
-    Py_ssize_t rows, cols, row_tiles, col_tiles, jobs, per
-
-
-cdef void _down_t_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
-    """float32 (batch, rows, cols) -> bfloat16 (batch, cols, rows), tile by tile."""
-    cdef _TransposeCtx* t = <_TransposeCtx*> ctx
-    cdef Py_ssize_t job, b, r0, c0, r, c, rows = t.rows, cols = t.cols
-    cdef const uint32_t* s
-    cdef uint16_t* d
-    for job in range(chunk * t.per, min((chunk + 1) * t.per, t.jobs)):
-        b = job // (t.row_tiles * t.col_tiles)
-        r0 = (job // t.col_tiles) % t.row_tiles * TILE
-        c0 = job % t.col_tiles * TILE
-        s = <const uint32_t*> t.src + b * rows * cols
-        d = <uint16_t*> t.dst + b * rows * cols
-        for c in range(c0, min(c0 + TILE, cols)):
-            for r in range(r0, min(r0 + TILE, rows)):
-                d[c * rows + r] = _to_bf16(s[r * cols + c])
-
-
-cdef void _up_t_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
-    """bfloat16 (batch, rows, cols) -> float32 (batch, cols, rows), tile by tile."""
-    cdef _TransposeCtx* t = <_TransposeCtx*> ctx
-    cdef Py_ssize_t job, b, r0, c0, r, c, rows = t.rows, cols = t.cols
-    cdef const uint16_t* s
-    cdef uint32_t* d
-    for job in range(chunk * t.per, min((chunk + 1) * t.per, t.jobs)):
-        b = job // (t.row_tiles * t.col_tiles)
-        r0 = (job // t.col_tiles) % t.row_tiles * TILE
-        c0 = job % t.col_tiles * TILE
-        s = <const uint16_t*> t.src + b * rows * cols
-        d = <uint32_t*> t.dst + b * rows * cols
-        for c in range(c0, min(c0 + TILE, cols)):
-            for r in range(r0, min(r0 + TILE, rows)):
-                d[c * rows + r] = _to_f32(s[r * cols + c])
-
-
-cdef void _same_t_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
-    """bfloat16 (batch, rows, cols) -> bfloat16 (batch, cols, rows), tile by tile."""
-    cdef _TransposeCtx* t = <_TransposeCtx*> ctx
-    cdef Py_ssize_t job, b, r0, c0, r, c, rows = t.rows, cols = t.cols
-    cdef const uint16_t* s
-    cdef uint16_t* d
-    for job in range(chunk * t.per, min((chunk + 1) * t.per, t.jobs)):
-        b = job // (t.row_tiles * t.col_tiles)
-        r0 = (job // t.col_tiles) % t.row_tiles * TILE
-        c0 = job % t.col_tiles * TILE
-        s = <const uint16_t*> t.src + b * rows * cols
-        d = <uint16_t*> t.dst + b * rows * cols
-        for c in range(c0, min(c0 + TILE, cols)):
-            for r in range(r0, min(r0 + TILE, rows)):
-                d[c * rows + r] = s[r * cols + c]
-
-
 cdef enum:
     DOWN = 0   # float32 -> bfloat16
     UP = 1     # bfloat16 -> float32
     SAME = 2   # bfloat16 -> bfloat16
+
+
+cdef struct _TransposeCtx:
+    const void* src
+    void* dst
+    Py_ssize_t rows, cols, row_tiles, col_tiles, jobs, per
+    int kind
+
+
+cdef void _t_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    """(batch, rows, cols) -> (batch, cols, rows), tile by tile, converting as ``kind`` says."""
+    cdef _TransposeCtx* t = <_TransposeCtx*> ctx
+    cdef Py_ssize_t job, b, r0, c0, r, c, r1, c1, rows = t.rows, cols = t.cols, at
+    for job in range(chunk * t.per, min((chunk + 1) * t.per, t.jobs)):
+        b = job // (t.row_tiles * t.col_tiles)
+        r0 = (job // t.col_tiles) % t.row_tiles * TILE
+        c0 = job % t.col_tiles * TILE
+        r1, c1, at = min(r0 + TILE, rows), min(c0 + TILE, cols), b * rows * cols
+        if t.kind == DOWN:
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    (<uint16_t*> t.dst)[at + c * rows + r] = _to_bf16((<const uint32_t*> t.src)[at + r * cols + c])
+        elif t.kind == UP:
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    (<uint32_t*> t.dst)[at + c * rows + r] = _to_f32((<const uint16_t*> t.src)[at + r * cols + c])
+        else:
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    (<uint16_t*> t.dst)[at + c * rows + r] = (<const uint16_t*> t.src)[at + r * cols + c]
 
 
 def _check(src, dst, src_dtype, dst_dtype, dst_shape, what):
@@ -155,7 +128,7 @@ cdef _transposed(src, dst, Py_ssize_t batch, Py_ssize_t rows, Py_ssize_t cols, i
     cdef _TransposeCtx t
     t.src = cnp.PyArray_DATA(<cnp.ndarray> src)
     t.dst = cnp.PyArray_DATA(<cnp.ndarray> dst)
-    t.rows, t.cols = rows, cols
+    t.rows, t.cols, t.kind = rows, cols, kind
     t.row_tiles, t.col_tiles = (rows + TILE - 1) // TILE, (cols + TILE - 1) // TILE
     t.jobs = batch * t.row_tiles * t.col_tiles
     cdef int nt = max(num_threads, 1)
@@ -163,8 +136,7 @@ cdef _transposed(src, dst, Py_ssize_t batch, Py_ssize_t rows, Py_ssize_t cols, i
         return
     t.per = wb_jobs_per_chunk(t.jobs, TILE * TILE, nt)
     with nogil:
-        wb_pool_run(_down_t_chunk if kind == DOWN else _up_t_chunk if kind == UP else _same_t_chunk, &t,
-                    (t.jobs + t.per - 1) // t.per, nt)
+        wb_pool_run(_t_chunk, &t, (t.jobs + t.per - 1) // t.per, nt)
 
 
 def f32_to_bf16(src, dst, int num_threads=1):

@@ -25,23 +25,8 @@
 #ifndef WB_GEMM_BF16_H
 #define WB_GEMM_BF16_H
 
-#include <stddef.h>
-#include <stdint.h>
-#include <string.h>
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512BF16__)
-#define WBB_NATIVE 1
-#else
-#define WBB_NATIVE 0
-#endif
-
-#ifdef __AVX512F__
-#include <immintrin.h>
-#define WB512_NATIVE 1
-#else
-#define WB512_NATIVE 0
-#endif
-#include "sgemm_epi512.h"
+#include "wb_bf16.h"
+#include "wb_epi_bf16.h"
 
 #define WBB_NR 32   /* columns of a packed panel */
 #define WBB_MR 12   /* rows of the micro-kernel */
@@ -49,22 +34,6 @@
 /* uint16 words of B packed for depth k and n columns. */
 static inline ptrdiff_t wbb_packed_words(ptrdiff_t k, ptrdiff_t n) {
     return (n + WBB_NR - 1) / WBB_NR * ((k + 1) / 2) * 2 * WBB_NR;
-}
-
-/* float32 -> bfloat16, round to nearest even; a NaN stays a NaN (quietened, sign kept). */
-static inline uint16_t wbb_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-static inline float wbb_widen(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
 }
 
 /* Pack panels p0..p1-1 of B, given as float32 w(n, k) (row j holds column j of B: a
@@ -82,118 +51,7 @@ static inline void wbb_pack(ptrdiff_t k, ptrdiff_t n, const float* w, uint16_t* 
     }
 }
 
-/* The epilogue: wb512_epi's activation and affine (its bias_per_row 0, res NULL) plus a
- * residual of C's shape (leading dimension ld_res; bfloat16, or float32 when res_f32) and the bias. */
-typedef struct {
-    wb512_epi e;
-    const float* bias;
-    const void* res;
-    ptrdiff_t ld_res;
-    int res_post, res_f32;
-} wbb_epi;
-
-/* Element `at` of the residual, as float32. */
-static inline float wbb_res1(const wbb_epi* ep, ptrdiff_t at) {
-    return ep->res_f32 ? ((const float*)ep->res)[at] : wbb_widen(((const uint16_t*)ep->res)[at]);
-}
-
 #if WBB_NATIVE
-#define WBB_AI static inline __attribute__((always_inline))
-
-WBB_AI __m512 wbb_widen16(__m256i h) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-WBB_AI __m512 wbb_load16(const uint16_t* p, __mmask16 m) {
-    return wbb_widen16(_mm256_maskz_loadu_epi16(m, p));
-}
-
-WBB_AI void wbb_store_row(void* c, int f32, __m512 v0, __m512 v1, __mmask16 m0, __mmask16 m1) {
-    if (f32) {
-        _mm512_mask_storeu_ps((float*)c, m0, v0);
-        _mm512_mask_storeu_ps((float*)c + 16, m1, v1);
-    } else {
-        _mm256_mask_storeu_epi16((uint16_t*)c, m0, (__m256i)_mm512_cvtneps_pbh(v0));
-        _mm256_mask_storeu_epi16((uint16_t*)c + 16, m1, (__m256i)_mm512_cvtneps_pbh(v1));
-    }
-}
-
-/* The epilogue on row `row` (absolute) of a block, columns col0.., then the store; `cheap`: the
- * activation is one of codes 0-5 (the transcendental ones' code left out). */
-WBB_AI void wbb_finish(__m512 v0, __m512 v1, const wbb_epi* ep, ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
-                       __m512 bv1, __mmask16 m0, __mmask16 m1, void* c, int f32, const int cheap) {
-    __m512 r0 = _mm512_setzero_ps(), r1 = r0;
-    if (ep->res != NULL) {
-        ptrdiff_t at = row * ep->ld_res + col0;
-        if (ep->res_f32) {
-            r0 = _mm512_maskz_loadu_ps(m0, (const float*)ep->res + at);
-            r1 = _mm512_maskz_loadu_ps(m1, (const float*)ep->res + at + 16);
-        } else {
-            r0 = wbb_load16((const uint16_t*)ep->res + at, m0);
-            r1 = wbb_load16((const uint16_t*)ep->res + at + 16, m1);
-        }
-    }
-    if (ep->bias != NULL) {
-        v0 = _mm512_add_ps(v0, bv0);
-        v1 = _mm512_add_ps(v1, bv1);
-    }
-    if (ep->res != NULL && !ep->res_post) {
-        v0 = _mm512_add_ps(v0, r0);
-        v1 = _mm512_add_ps(v1, r1);
-    }
-    if (cheap)   /* codes 0-5 only: the micro-kernels stage the others (wbb_staged) */
-        wb512_act_cheap(&v0, &v1, &ep->e);
-    else
-        wb512_act(&v0, &v1, &ep->e, m1);
-    if (ep->e.post_scale != NULL)
-        wb512_post(&v0, &v1, &ep->e, row, col0, m0, m1);
-    if (ep->res != NULL && ep->res_post) {
-        v0 = _mm512_add_ps(v0, r0);
-        v1 = _mm512_add_ps(v1, r1);
-    }
-    wbb_store_row(c, f32, v0, v1, m0, m1);
-}
-
-/* A transcendental activation (sigmoid, tanh, SiLU, GELU, erf, exp: codes 6 and up) takes some
- * forty vector operations and a dozen registers.  Applied row by row in the micro-kernel, with the
- * other rows' accumulators live, it spilled them, and inlined for each of the twelve rows it
- * made the kernel too large for the instruction cache: such an epilogue cost as much as a K = 48
- * product.  So the kernel stages the rows (bias and a leading residual added) in a float32 tile,
- * and one out-of-line pass over the tile applies the rest. */
-static inline int wbb_staged(const wbb_epi* ep) { return ep->e.act >= 6; }
-
-/* The part of the epilogue before the activation, into `dst` (32 floats). */
-WBB_AI void wbb_stage(__m512 v0, __m512 v1, const wbb_epi* ep, ptrdiff_t row, ptrdiff_t col0, __m512 bv0,
-                      __m512 bv1, __mmask16 m0, __mmask16 m1, float* dst) {
-    if (ep->bias != NULL) {
-        v0 = _mm512_add_ps(v0, bv0);
-        v1 = _mm512_add_ps(v1, bv1);
-    }
-    if (ep->res != NULL && !ep->res_post) {
-        ptrdiff_t at = row * ep->ld_res + col0;
-        v0 = _mm512_add_ps(v0, ep->res_f32 ? _mm512_maskz_loadu_ps(m0, (const float*)ep->res + at)
-                                           : wbb_load16((const uint16_t*)ep->res + at, m0));
-        v1 = _mm512_add_ps(v1, ep->res_f32 ? _mm512_maskz_loadu_ps(m1, (const float*)ep->res + at + 16)
-                                           : wbb_load16((const uint16_t*)ep->res + at + 16, m1));
-    }
-    _mm512_storeu_ps(dst, v0);
-    _mm512_storeu_ps(dst + 16, v1);
-}
-
-/* The rest of the epilogue on mr staged rows (tile: 32 floats a row), then the stores. */
-__attribute__((noinline)) static void wbb_finish_staged(const float* tile, int mr, const wbb_epi* ep,
-                                                        ptrdiff_t row0, ptrdiff_t col0, __mmask16 m0,
-                                                        __mmask16 m1, void* c, ptrdiff_t ldc, int f32) {
-    wbb_epi rest = *ep;   /* bias and a leading residual are in the tile already */
-    rest.bias = NULL;
-    if (!rest.res_post)
-        rest.res = NULL;
-    const __m512 zero = _mm512_setzero_ps();
-    for (int i = 0; i < mr; i++)
-        wbb_finish(_mm512_loadu_ps(tile + 32 * i), _mm512_loadu_ps(tile + 32 * i + 16), &rest, row0 + i, col0,
-                   zero, zero, m0, m1, (char*)c + i * ldc * (f32 ? 4 : 2), f32, 0);
-}
-
 WBB_AI __m512i wbb_pair(const uint16_t* p) {
     int32_t t;
     memcpy(&t, p, 4);
@@ -391,20 +249,6 @@ typedef struct {
     int kh, kw, sh, sw, dh, dw, pt, pl;
 } wbb_geo;
 
-/* n float32 values to bfloat16, round to nearest even (NaN kept). */
-static inline void wbb_narrow(const float* src, uint16_t* dst, ptrdiff_t n) {
-    ptrdiff_t j = 0;
-#if WBB_NATIVE
-    for (; j + 16 <= n; j += 16)
-        _mm256_storeu_si256((__m256i*)(dst + j), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + j)));
-    if (j < n) {
-        __mmask16 m = (__mmask16)((1u << (n - j)) - 1);
-        _mm256_mask_storeu_epi16(dst + j, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + j)));
-        j = n;
-    }
-#endif
-    for (; j < n; j++) dst[j] = wbb_round(src[j]);
-}
 
 /* Rows i0..i1-1 of an NHWC image's im2col matrix into dst (row r at dst + (r - i0) * k): the
  * taps of output pixel i in the order (kernel row, kernel column, channel), k = kh * kw * c,

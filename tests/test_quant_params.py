@@ -82,13 +82,13 @@ def test_the_table_travels_in_a_tuned_file(tmp_path):
     s = workbench.Session.from_onnx(_tiny_model(), num_threads=1, db=str(tmp_path / "db.sqlite"))
     s.tune()
     out = s.graph.layer(next(iter(s.graph)).name).outputs[0]
-    s.quant["x"] = QuantParams([0.02], [-3], source="test")
-    s.quant[out] = QuantParams([0.1, 0.2, 0.3, 0.4], [0, 1, 2, 3], axis=1)
+    s.graph.quant["x"] = QuantParams([0.02], [-3], source="test")
+    s.graph.quant[out] = QuantParams([0.1, 0.2, 0.3, 0.4], [0, 1, 2, 3], axis=1)
     path = tmp_path / "tuned.onnx"
     s.export(str(path))
     back = workbench.Session.load(str(path))
-    assert back.quant.to_record() == s.quant.to_record()
-    assert back.quant["x"].source == "test"
+    assert back.graph.quant.to_record() == s.graph.quant.to_record()
+    assert back.graph.quant["x"].source == "test"
     x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(back.run({"x": x})["y"], s.run({"x": x})["y"])
 
@@ -102,7 +102,7 @@ def test_a_corrupt_table_in_a_tuned_file_is_named(tmp_path, edit, message):
     import onnx
     s = workbench.Session.from_onnx(_tiny_model(), num_threads=1, db=str(tmp_path / "db.sqlite"))
     s.tune()
-    s.quant["x"] = QuantParams([0.02], [-3])
+    s.graph.quant["x"] = QuantParams([0.02], [-3])
     path = tmp_path / "tuned.onnx"
     s.export(str(path))
     model = onnx.load(str(path))

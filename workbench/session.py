@@ -315,12 +315,6 @@ class Session(SessionFiles, SessionComparisons):
     def assignment(self):
         return dict(self._need_plan().choice)
 
-    @property
-    def quant(self):
-        """The graph's per-tensor quantization parameters (:class:`~workbench.ir.quant.QuantTable`),
-        which exported tuned files keep."""
-        return self.graph.quant
-
     def compile(self):
         """The :class:`~workbench.runtime.compiled.CompiledModel` of the current plan (cached)."""
         with self._compile_lock:   # concurrent first runs compile (and prepare) once

@@ -85,9 +85,14 @@ def test_tuning_with_bf16_prices_the_casts_and_reports_the_error(tmp_path):
     casts = {k: v for k, v in s.profiled.adapt.items() if k[1].dtype != k[2].dtype}
     assert casts and all(np.isfinite(r.median) for r in casts.values())
     # Pinned onto bfloat16, the plan feeds it bfloat16 (its producer writes it so, or a cast makes
-    # it), and the outputs stay close to ORT's.
-    s.pin("2", BF16_1X1).retune()
+    # it), and the outputs stay close to ORT's.  Its reader is pinned onto a float32 routine, so
+    # that a cast is certain: else the plan may convert only inside routines (a float32-input
+    # first layer, a float32-output last one) and have no cast adapt at all.
     pinned = list(s.graph)[2]
+    reader = s.graph.consumers(pinned.outputs[0])[0]
+    float32 = next(d for d, r in routines.routines_for(reader.op).items() if d.startswith("cpu:float32:nhwc/")
+                   and r.available() and r.applies(reader, s.graph.input_specs(reader)))
+    s.pin("2", BF16_1X1).pin(reader.name, float32).retune()
     assert s.plan.choice[pinned.name] == BF16_1X1 and s.low_precision == ["bfloat16"]
     x = pinned.inputs[0]
     written = s.plan.written[x]

@@ -107,6 +107,7 @@ def pack(w):
 
 cdef struct _Ctx:
     Py_ssize_t m, n, k, lda, ldc, row_tile, panels_per_job, col_jobs, panels
+    Py_ssize_t row_jobs, strips   # rows split into row_jobs jobs of whole 12-row strips, as even as may be
     const void* a
     const uint16_t* pb
     void* c
@@ -125,8 +126,8 @@ cdef struct _Ctx:
 
 cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef _Ctx* g = <_Ctx*> ctx
-    cdef Py_ssize_t i0 = job // g.col_jobs * g.row_tile, p0 = job % g.col_jobs * g.panels_per_job
-    cdef Py_ssize_t i1 = min(i0 + g.row_tile, g.m)
+    cdef Py_ssize_t r = job // g.col_jobs, p0 = job % g.col_jobs * g.panels_per_job
+    cdef Py_ssize_t i0 = r * g.strips // g.row_jobs * WBB_MR, i1 = min((r + 1) * g.strips // g.row_jobs * WBB_MR, g.m)
     cdef const uint16_t* a = <const uint16_t*> g.a + i0 * g.lda
     if g.ntaps > 0:
         wbi_block(&g.geo, g.padded, g.hp, g.wpd, g.toff, g.ntaps, g.n, g.pb, g.c, g.f32, &g.ep, i0, i1, p0,
@@ -184,7 +185,14 @@ cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogi
     cdef bint b_heavy = g.n >= 4 * m
     if num_threads > 1 and (m + g.row_tile - 1) // g.row_tile < 3 * num_threads and not b_heavy:
         g.row_tile = max(WBB_MR, min(g.row_tile, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_MR * WBB_MR))
-    cdef Py_ssize_t row_jobs = (m + g.row_tile - 1) // g.row_tile
+    # Row jobs of equal strips and, where they are the only split, as many as a multiple of the
+    # threads: with 676 rows in tiles of 96 (7 full, 1 of 4 rows) one thread took 4 full tiles,
+    # the other 3 and the short one, and the layer ran at 88% of twice the one-thread rate.
+    g.strips = (m + WBB_MR - 1) // WBB_MR
+    cdef Py_ssize_t row_jobs = max(1, (g.strips + g.row_tile // WBB_MR - 1) // (g.row_tile // WBB_MR))
+    if num_threads > 1 and row_jobs >= 3 * num_threads and row_jobs % num_threads:
+        row_jobs = min(g.strips, (row_jobs + num_threads - 1) // num_threads * num_threads)
+    g.row_jobs = row_jobs
     g.col_jobs = 1
     if num_threads > 1 and row_jobs < 3 * num_threads:
         g.col_jobs = min(g.panels, (3 * num_threads + row_jobs - 1) // row_jobs)
@@ -218,7 +226,7 @@ cdef int _launch(_Ctx* g, int num_threads, bint gather) except -1:
             wb_pool_run(_pad_job, g, (rows + g.pad_rows_per_job - 1) // g.pad_rows_per_job, num_threads)
     if g.m > 0 and g.n > 0:
         with nogil:
-            wb_pool_run(_job, g, (g.m + g.row_tile - 1) // g.row_tile * g.col_jobs, num_threads)
+            wb_pool_run(_job, g, g.row_jobs * g.col_jobs, num_threads)
     return 0
 
 

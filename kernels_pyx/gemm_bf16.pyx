@@ -106,7 +106,7 @@ def pack(w):
 
 
 cdef struct _Ctx:
-    Py_ssize_t m, n, k, lda, ldc, row_tile, panels_per_job, col_jobs, panels
+    Py_ssize_t m, n, k, lda, ldc, row_tile, col_jobs, panels
     Py_ssize_t row_jobs, strips   # rows split into row_jobs jobs of whole 12-row strips, as even as may be
     const void* a
     const uint16_t* pb
@@ -126,17 +126,17 @@ cdef struct _Ctx:
 
 cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef _Ctx* g = <_Ctx*> ctx
-    cdef Py_ssize_t r = job // g.col_jobs, p0 = job % g.col_jobs * g.panels_per_job
+    cdef Py_ssize_t r = job // g.col_jobs, q = job % g.col_jobs
+    cdef Py_ssize_t p0 = q * g.panels // g.col_jobs, p1 = (q + 1) * g.panels // g.col_jobs
     cdef Py_ssize_t i0 = r * g.strips // g.row_jobs * WBB_MR, i1 = min((r + 1) * g.strips // g.row_jobs * WBB_MR, g.m)
     cdef const uint16_t* a = <const uint16_t*> g.a + i0 * g.lda
     if g.ntaps > 0:
-        wbi_block(&g.geo, g.padded, g.hp, g.wpd, g.toff, g.ntaps, g.n, g.pb, g.c, g.f32, &g.ep, i0, i1, p0,
-                  min(p0 + g.panels_per_job, g.panels))
+        wbi_block(&g.geo, g.padded, g.hp, g.wpd, g.toff, g.ntaps, g.n, g.pb, g.c, g.f32, &g.ep, i0, i1, p0, p1)
         return
     if g.scratch != NULL:
         a = g.scratch + slot * g.row_tile * g.k
         wbb_im2col(&g.geo, g.a, g.a_f32, i0, i1, <uint16_t*> a)
-    wbb_block(g.n, g.k, a, g.lda, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0, min(p0 + g.panels_per_job, g.panels))
+    wbb_block(g.n, g.k, a, g.lda, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0, p1)
 
 
 cdef void _pad_job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
@@ -193,11 +193,14 @@ cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogi
     if num_threads > 1 and row_jobs >= 3 * num_threads and row_jobs % num_threads:
         row_jobs = min(g.strips, (row_jobs + num_threads - 1) // num_threads * num_threads)
     g.row_jobs = row_jobs
-    g.col_jobs = 1
+    # Column jobs likewise: near-equal groups of panels, and all the jobs a multiple of the
+    # threads where the panels allow (a 7x7 map's 5 jobs of 2 panels ran 3 on one thread).
+    cdef Py_ssize_t cols = 1
     if num_threads > 1 and row_jobs < 3 * num_threads:
-        g.col_jobs = min(g.panels, (3 * num_threads + row_jobs - 1) // row_jobs)
-    g.panels_per_job = (g.panels + g.col_jobs - 1) // g.col_jobs if g.col_jobs else g.panels
-    g.col_jobs = (g.panels + g.panels_per_job - 1) // g.panels_per_job if g.panels else 1
+        cols = min(g.panels, (3 * num_threads + row_jobs - 1) // row_jobs)
+        while (row_jobs * cols) % num_threads and cols < g.panels:
+            cols += 1
+    g.col_jobs = max(cols, 1)
 
 
 cdef uint16_t* _words(_Ctx* g, Py_ssize_t need, list keep) except NULL:

@@ -58,7 +58,7 @@ WBB_AI wbd_pair wbd_load32(const uint16_t* p, __mmask32 m) {
 
 /* The epilogue on one pixel's 32 channels and the store, in channel order. */
 WBB_AI void wbd_store32(wbd_pair a, const wb512_epi* e, void* out, int f32, ptrdiff_t at, __mmask32 m) {
-    wb512_act(&a.even, &a.odd, e, 0xFFFF);
+    wbb_act(&a.even, &a.odd, e, 0xFFFF);
     if (f32) {
         const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
         const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
@@ -210,7 +210,7 @@ static void wbd_rows_wide(const wbb_geo* g, const uint16_t* x, const float* w, c
                     __mmask16 m0 = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
                     __mmask16 m1 = left >= 32 ? (__mmask16)0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
                     __m512 v0 = _mm512_maskz_loadu_ps(m0, y + j), v1 = _mm512_maskz_loadu_ps(m1, y + j + 16);
-                    wb512_act(&v0, &v1, e, m1);
+                    wbb_act(&v0, &v1, e, m1);
                     _mm512_mask_storeu_ps(y + j, m0, v0);
                     _mm512_mask_storeu_ps(y + j + 16, m1, v1);
                 }

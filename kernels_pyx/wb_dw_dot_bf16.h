@@ -62,7 +62,7 @@ static inline void wbdd_pack_bias(ptrdiff_t c, const float* b, float* dst) {
 #if WBB_NATIVE
 /* The epilogue on a pixel's low and high sums and the store of its channels c0.. under m. */
 WBB_AI void wbdd_store(__m512 lo, __m512 hi, const wb512_epi* e, void* out, int f32, ptrdiff_t at, __mmask32 m) {
-    wb512_act(&lo, &hi, e, 0xFFFF);
+    wbb_act(&lo, &hi, e, 0xFFFF);
     if (f32) {
         /* channel j of 0..15: lane j / 8, position j % 8: low vector's 4 (j / 8) + j % 8 below 4,
          * else the high one's (index 16 + ...) */

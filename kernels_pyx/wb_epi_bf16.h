@@ -59,7 +59,7 @@ WBB_AI void wbb_finish(__m512 v0, __m512 v1, const wbb_epi* ep, ptrdiff_t row, p
     if (cheap)   /* codes 0-5 only: the micro-kernels stage the others (wbb_staged) */
         wb512_act_cheap(&v0, &v1, &ep->e);
     else
-        wb512_act(&v0, &v1, &ep->e, m1);
+        wbb_act(&v0, &v1, &ep->e, m1);
     if (ep->e.post_scale != NULL)
         wb512_post(&v0, &v1, &ep->e, row, col0, m0, m1);
     if (ep->res != NULL && ep->res_post) {

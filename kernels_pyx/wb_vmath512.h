@@ -79,6 +79,29 @@ WBM512_AI __m512 wbm512_sigmoid_lowp(__m512 x) {
 
 WBM512_AI __m512 wbm512_silu_lowp(__m512 x) { return _mm512_mul_ps(x, wbm512_sigmoid_lowp(x)); }
 
+/* x Phi(x) to about 2e-4 relative: Phi(-a) = erfc(a / sqrt 2) / 2 by Abramowitz and Stegun's
+ * 7.1.26 (1.5e-7 absolute; its coefficients halved here), the reciprocal and 2^x in their
+ * low-precision forms.  a = min(16, |x|): NaN passes. */
+WBM512_AI __m512 wbm512_gelu_lowp(__m512 x) {
+    __m512 a = _mm512_min_ps(_mm512_set1_ps(16.0f), _mm512_abs_ps(x));
+    __m512 t = _mm512_rcp14_ps(_mm512_fmadd_ps(a, _mm512_set1_ps(0.2316419f), _mm512_set1_ps(1.0f)));
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.5307027145f), t, _mm512_set1_ps(-0.7265760135f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.7107068705f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.142248368f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.127414796f));
+    __m512 e = wbm512_exp2_lowp(_mm512_mul_ps(_mm512_mul_ps(a, a), _mm512_set1_ps(-0.72134752044448170f)));
+    __m512 c = _mm512_mul_ps(_mm512_mul_ps(p, t), e);   /* Phi(-a) */
+    __mmask16 pos = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    return _mm512_mul_ps(x, _mm512_mask_sub_ps(c, pos, _mm512_set1_ps(1.0f), c));
+}
+
+/* 0.5 x (1 + tanh(u)) = x sigmoid(2u), as wbm512_gelu_tanh, with the low-precision sigmoid. */
+WBM512_AI __m512 wbm512_gelu_tanh_lowp(__m512 x) {
+    __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    __m512 u2 = _mm512_mul_ps(_mm512_set1_ps(1.5957691216057308f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+    return _mm512_mul_ps(x, wbm512_sigmoid_lowp(u2));
+}
+
 
 WBM512_AI __m512 wbm512_tanh(__m512 x) {
     __m512 a = _mm512_abs_ps(x), s = _mm512_mul_ps(a, a);
@@ -187,9 +210,15 @@ WBM512_AI __m512 wbm512_act(int code, __m512 v) {
     }
 }
 
-/* wbm512_act for the bfloat16 kernels: sigmoid and SiLU in their low-precision forms. */
+/* wbm512_act for the bfloat16 kernels: sigmoid, SiLU and both GELUs in their low-precision forms. */
 WBM512_AI __m512 wbm512_act_lowp(int code, __m512 v) {
-    return code == 6 ? wbm512_sigmoid_lowp(v) : code == 9 ? wbm512_silu_lowp(v) : wbm512_act(code, v);
+    switch (code) {
+    case 6: return wbm512_sigmoid_lowp(v);
+    case 9: return wbm512_silu_lowp(v);
+    case 10: return wbm512_gelu_lowp(v);
+    case 11: return wbm512_gelu_tanh_lowp(v);
+    default: return wbm512_act(code, v);
+    }
 }
 
 /* y[i] = f(x[i]) for a code wbm512_has; x may be y.  The switch sits outside the loops. */

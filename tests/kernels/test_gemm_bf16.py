@@ -36,6 +36,8 @@ def _act(x, code, p0, p1):
     if code == 10:
         from scipy.special import erf
         return x * 0.5 * (1 + erf(x / np.sqrt(2)))
+    if code == 11:
+        return x * 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
     return x
 
 
@@ -71,7 +73,7 @@ def test_native_build_where_the_cpu_has_it():
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(m=st.integers(1, 60), k=st.integers(1, 80), n=st.integers(1, 70), lead=st.sampled_from([(), (1,), (2, 1)]),
-       code=st.sampled_from([0, 1, 2, 3, 4, 5, 6, 9, 10]), bias=st.booleans(),
+       code=st.sampled_from([0, 1, 2, 3, 4, 5, 6, 9, 10, 11]), bias=st.booleans(),
        res=st.sampled_from([None, "pre", "post"]), post=st.booleans(), f32=st.booleans(), in32=st.booleans(),
        build=st.sampled_from(BUILDS), threads=st.sampled_from([1, 2]))
 def test_matches_numpy(m, k, n, lead, code, bias, res, post, f32, in32, build, threads):
@@ -101,6 +103,28 @@ def test_matches_numpy(m, k, n, lead, code, bias, res, post, f32, in32, build, t
     if code in (6, 9, 10, 11):
         bound = bound + np.abs(ref) * LOWP_ACT
     assert np.all(np.abs(got - ref) <= bound + 1e-5), np.abs(got - ref).max()
+
+
+@pytest.mark.skipif(len(BUILDS) < 2, reason="this CPU lacks AVX512-BF16: the low-precision forms are the native build's")
+@pytest.mark.parametrize("code", [6, 9, 10, 11])
+def test_low_precision_activations_on_a_dense_grid(code):
+    """Sigmoid, SiLU and both GELUs of the native epilogue (a 1x1 product by 1, float32 out) on
+    every bfloat16 value in [-20, 20] and the specials, against float64: within LOWP_ACT relative
+    where |y| > 1e-3, 1e-6 absolute below; infinities and NaN as the float32 forms give them."""
+    mod = _module("gemm_bf16_avx512bf16")
+    x = np.unique(np.linspace(-20, 20, 200001).astype(BF16))
+    x = np.concatenate([x, np.array([np.inf, -np.inf, np.nan], BF16)])
+    out = np.empty((x.size, 1), np.float32)
+    mod.gemm(x.reshape(-1, 1), mod.pack(np.ones((1, 1), np.float32)), out, act=code, num_threads=1)
+    got = out[:, 0].astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = _act(x.astype(np.float64), code, 0, 0)
+    fin = np.isfinite(x.astype(np.float32))
+    big = fin & (np.abs(want) > 1e-3)
+    assert np.max(np.abs(got[big] - want[big]) / np.abs(want[big])) <= LOWP_ACT
+    assert np.max(np.abs(got[fin & ~big] - want[fin & ~big])) <= 1e-6
+    special = {6: [1.0, 0.0, np.nan]}.get(code, [np.inf, np.nan, np.nan])   # f(inf), f(-inf), f(NaN)
+    np.testing.assert_array_equal(got[~fin], special)
 
 
 @pytest.mark.parametrize("build", BUILDS)

@@ -59,8 +59,13 @@ def _isa_variants(pyx):
     return []
 
 
+#: Every C header: a change to one rebuilds the modules (Cython tracks .pxd files, not the
+#: headers their extern blocks name, and an ISA variant's copied source does not change).
+HEADERS = sorted(os.path.relpath(h, HERE) for h in (HERE / "kernels_pyx").glob("*.h"))
+
+
 def _extension(name, source, flags):
-    return Extension(f"workbench._kernels.{name}", [source],
+    return Extension(f"workbench._kernels.{name}", [source], depends=HEADERS,
                      include_dirs=[numpy.get_include(), str(HERE / "kernels_pyx")],
                      extra_compile_args=COMPILE_ARGS + flags, extra_link_args=LINK_ARGS,
                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])

@@ -5,6 +5,7 @@
 # gemm512.pyx.  Parallel loops run on the shared pool (wb_pool.h): chunks, each thread starting
 # on its own contiguous range (so a thread keeps the same output pixels from layer to layer),
 # and the caller never waiting for a thread that took no work.
+from _wb512_epi cimport wb512_epi, wb512_epi_handles
 from conv_gemm cimport Epi, Geo, _cols_nchw_row, _cols_nhwc_pixel, _epilogue, _imin
 
 
@@ -16,17 +17,6 @@ cdef extern from "sgemm_avx512.h" nogil:
     Py_ssize_t wb512_abuf_floats()
     void wb512_pack_b(Py_ssize_t k, Py_ssize_t n, const float* b, Py_ssize_t ldb, int trans_b, float* dst,
                       Py_ssize_t p0, Py_ssize_t p1)
-    ctypedef struct wb512_epi:
-        const float* bias
-        int bias_per_row
-        const float* res
-        Py_ssize_t ld_res
-        int act
-        float p0, p1
-        const float* post_scale
-        const float* post_shift
-        int res_post
-    int wb512_epi_handles(int act)
     void wb512_gemm_direct(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a, Py_ssize_t lda,
                            const float* pb, float* c, Py_ssize_t ldc, int accumulate, float* abuf,
                            Py_ssize_t j0, Py_ssize_t j1, const wb512_epi* ep)

@@ -10,6 +10,7 @@ checked here, before any ``nogil`` code.
 import numpy as np
 cimport numpy as cnp
 
+from _wb512_epi cimport wb512_epi, wb512_epi_handles
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
 cnp.import_array()
@@ -19,17 +20,6 @@ wb_pool_import()
 cdef extern from "wb_stem512.h" nogil:
     int WBS_MAX_C
     int WBS_MAX_NZ
-    ctypedef struct wb512_epi:
-        const float* bias
-        int bias_per_row
-        const float* res
-        Py_ssize_t ld_res
-        int act
-        float p0, p1
-        const float* post_scale
-        const float* post_shift
-        int res_post
-    int wb512_epi_handles(int act)
     ctypedef struct wbs_geo:
         const float* x
         const float* wp

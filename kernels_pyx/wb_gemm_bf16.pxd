@@ -3,20 +3,12 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
+from _wb512_epi cimport wb512_epi
+
 cdef extern from "wb_gemm_bf16.h" nogil:
     int WBB_NATIVE
     int WBB_NR
     int WBB_MR
-    ctypedef struct wb512_epi:
-        const float* bias
-        int bias_per_row
-        const float* res
-        Py_ssize_t ld_res
-        int act
-        float p0, p1
-        const float* post_scale
-        const float* post_shift
-        int res_post
     ctypedef struct wbb_epi:
         wb512_epi e
         const float* bias

@@ -10,14 +10,29 @@ cdef inline void* _ptr(a):
     return NULL if a is None else cnp.PyArray_DATA(<cnp.ndarray> a)
 
 
+cdef inline Py_ssize_t _span(a):
+    """Bytes from ``a``'s first element to the end of its last (arrays with non-negative strides:
+    C-contiguous ones, and the channel slices an output may be); 0 when it is empty."""
+    cdef cnp.ndarray arr = <cnp.ndarray> a
+    if cnp.PyArray_SIZE(arr) == 0:
+        return 0
+    if cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        return cnp.PyArray_NBYTES(arr)
+    cdef Py_ssize_t span = cnp.PyArray_ITEMSIZE(arr)
+    cdef int k
+    for k in range(cnp.PyArray_NDIM(arr)):
+        span += (cnp.PyArray_DIM(arr, k) - 1) * cnp.PyArray_STRIDE(arr, k)
+    return span
+
+
 cdef inline bint _overlap(a, b):
-    """Whether the byte ranges of ``a`` and ``b`` (C-contiguous arrays) overlap: np.may_share_memory's
-    answer without its cost, several times per layer per run."""
+    """Whether the byte ranges of ``a`` and ``b`` overlap: np.may_share_memory's answer without its
+    cost, several times per layer per run."""
     if b is None:
         return False
     cdef char* pa = <char*> cnp.PyArray_DATA(<cnp.ndarray> a)
     cdef char* pb = <char*> cnp.PyArray_DATA(<cnp.ndarray> b)
-    cdef Py_ssize_t na = cnp.PyArray_NBYTES(<cnp.ndarray> a), nb = cnp.PyArray_NBYTES(<cnp.ndarray> b)
+    cdef Py_ssize_t na = _span(a), nb = _span(b)
     return na > 0 and nb > 0 and pa < pb + nb and pb < pa + na
 
 

@@ -35,8 +35,8 @@ cdef extern from "wb_implicit_bf16.h" nogil:
     void wbi_pad_rows(const wbb_geo* g, const void* x, int x_f32, Py_ssize_t hp, Py_ssize_t wpd, uint16_t* xp,
                       Py_ssize_t r0, Py_ssize_t r1)
     void wbi_block(const wbb_geo* g, const uint16_t* xp, Py_ssize_t hp, Py_ssize_t wpd, const Py_ssize_t* toff,
-                   int ntaps, Py_ssize_t n, const uint16_t* pb, void* c, int f32, const wbb_epi* ep, Py_ssize_t i0,
-                   Py_ssize_t i1, Py_ssize_t p0, Py_ssize_t p1)
+                   int ntaps, Py_ssize_t n, const uint16_t* pb, void* c, Py_ssize_t ldc, int f32, const wbb_epi* ep,
+                   Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t p0, Py_ssize_t p1)
 
 
 #: True when this build runs the AVX512-BF16 micro-kernel (only the ``_avx512bf16`` variant does).
@@ -131,7 +131,8 @@ cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef Py_ssize_t i0 = r * g.strips // g.row_jobs * WBB_MR, i1 = min((r + 1) * g.strips // g.row_jobs * WBB_MR, g.m)
     cdef const uint16_t* a = <const uint16_t*> g.a + i0 * g.lda
     if g.ntaps > 0:
-        wbi_block(&g.geo, g.padded, g.hp, g.wpd, g.toff, g.ntaps, g.n, g.pb, g.c, g.f32, &g.ep, i0, i1, p0, p1)
+        wbi_block(&g.geo, g.padded, g.hp, g.wpd, g.toff, g.ntaps, g.n, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0,
+                  p1)
         return
     if g.scratch != NULL:
         a = g.scratch + slot * g.row_tile * g.k
@@ -163,7 +164,7 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
             raise ValueError(f"gemm_bf16: the output overlaps the {what}")
     if m > 0 and n > 0 and k == 0:
         raise ValueError("gemm_bf16: depth 0")
-    g.m, g.n, g.k, g.lda, g.ldc = m, n, k, k, n
+    g.m, g.n, g.k, g.lda, g.ldc = m, n, k, k, _row_stride(out)
     g.a, g.pb, g.c, g.f32 = _ptr(a), <const uint16_t*> _ptr(wp), _ptr(out), out.dtype == np.float32
     g.a_f32 = a.dtype == np.float32
     g.scratch = NULL
@@ -262,10 +263,41 @@ cdef object _finish(_Ctx* g, int num_threads, Py_ssize_t max_tile, bint gather, 
 
 
 def _output(out):
+    """The output: C-contiguous, or (an NHWC Concat part written in place) rows of contiguous
+    channels evenly spaced in a larger buffer (:func:`_row_stride`)."""
     if not isinstance(out, np.ndarray) or out.dtype not in (BF16, np.float32):
         raise TypeError(f"gemm_bf16: output must be a bfloat16 or float32 NumPy array, got "
                         f"{getattr(out, 'dtype', type(out).__name__)}")
-    return _array(out, "output", out.dtype, writeable=True)
+    if not out.flags.writeable:
+        raise ValueError("gemm_bf16: output is read-only")
+    _row_stride(out)
+    return out
+
+
+cdef Py_ssize_t _row_stride(a) except -1:
+    """Elements from one row (all but the last axis) of ``a`` to the next: the last axis when
+    C-contiguous, else the stride of a channel slice of a larger buffer (its last axis contiguous,
+    the rows evenly spaced); ValueError otherwise."""
+    cdef cnp.ndarray arr = <cnp.ndarray> a
+    cdef int nd = cnp.PyArray_NDIM(arr), k
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(arr), ld = cnp.PyArray_DIM(arr, nd - 1) if nd else 1, span = 1
+    cdef bint ok = True, inner = False
+    if cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        return ld
+    ok = nd >= 1 and cnp.PyArray_STRIDE(arr, nd - 1) == item
+    for k in range(nd - 2, -1, -1):   # the innermost row axis of more than one entry sets the stride
+        if cnp.PyArray_DIM(arr, k) > 1:
+            if not inner:
+                inner, ld = True, cnp.PyArray_STRIDE(arr, k) // item
+                ok = ok and cnp.PyArray_STRIDE(arr, k) % item == 0 and ld >= cnp.PyArray_DIM(arr, nd - 1)
+            elif cnp.PyArray_STRIDE(arr, k) != item * ld * span:
+                ok = False
+        if inner:
+            span *= cnp.PyArray_DIM(arr, k)
+    if not ok:
+        raise ValueError(f"gemm_bf16: output must be C-contiguous or a channel slice of a larger buffer, "
+                         f"got strides {a.strides} for shape {a.shape}")
+    return ld
 
 
 def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1=0, post=None,

@@ -41,10 +41,10 @@ static inline void wbi_pad_rows(const wbb_geo* g, const void* x, int x_f32, ptrd
 
 /* Output pixels i0..i1-1 (of n * oh * ow), panels p0..p1-1 of the n output channels, from the
  * padded image xp (hp x wpd pixels an image); toff: the ntaps tap offsets in words, in the packed
- * weights' order; c out (n * oh * ow, n) bfloat16 or float32. */
+ * weights' order; c out (n * oh * ow pixels ldc elements apart, n channels) bfloat16 or float32. */
 static inline void wbi_block(const wbb_geo* g, const uint16_t* xp, ptrdiff_t hp, ptrdiff_t wpd, const ptrdiff_t* toff,
-                             int ntaps, ptrdiff_t n, const uint16_t* pb, void* c, int f32, const wbb_epi* ep,
-                             ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1) {
+                             int ntaps, ptrdiff_t n, const uint16_t* pb, void* c, ptrdiff_t ldc, int f32,
+                             const wbb_epi* ep, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1) {
     ptrdiff_t k = ntaps * g->c, panel_words = (k + 1) / 2 * 2 * WBB_NR, plane = g->oh * g->ow, lda = g->sw * g->c;
     ptrdiff_t p, i;
     for (p = p0; p < p1; p++) {
@@ -56,13 +56,13 @@ static inline void wbi_block(const wbb_geo* g, const uint16_t* xp, ptrdiff_t hp,
             int mr = (int)(i1 - i < WBB_MR ? i1 - i : WBB_MR);
             if (mr > left) mr = (int)left;
             const uint16_t* a = xp + ((b * hp + oy * g->sh) * wpd + ox * g->sw) * g->c;
-            void* cb = (char*)c + (i * n + col0) * (f32 ? 4 : 2);
+            void* cb = (char*)c + (i * ldc + col0) * (f32 ? 4 : 2);
 #if WBB_NATIVE
             if (mr > 4)
-                wbb_micro12(k, a, lda, mr, bp, cb, n, f32, nr, ep, i, col0, toff, ntaps,
+                wbb_micro12(k, a, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0, toff, ntaps,
                             i == i0 && p + 1 < p1 ? bp + panel_words : NULL);
             else
-                wbb_micro4(k, a, lda, mr, bp, cb, n, f32, nr, ep, i, col0, toff, ntaps);
+                wbb_micro4(k, a, lda, mr, bp, cb, ldc, f32, nr, ep, i, col0, toff, ntaps);
 #else
             int r, j, t;
             ptrdiff_t q, run = g->c;
@@ -80,9 +80,9 @@ static inline void wbi_block(const wbb_geo* g, const uint16_t* xp, ptrdiff_t hp,
                     if (ep->e.post_scale != NULL) s = s * ep->e.post_scale[col] + ep->e.post_shift[col];
                     if (ep->res != NULL && ep->res_post) s += wbb_res1(ep, at);
                     if (f32)
-                        ((float*)cb)[r * n + j] = s;
+                        ((float*)cb)[r * ldc + j] = s;
                     else
-                        ((uint16_t*)cb)[r * n + j] = wbb_round(s);
+                        ((uint16_t*)cb)[r * ldc + j] = wbb_round(s);
                 }
 #endif
             i += mr;

@@ -1,13 +1,20 @@
 """``cpu:bfloat16:nhwc/implicit_bf16`` and its float32-edged forms on whole Conv layers: within
 the tolerance of their rounding of the reference, bit for bit the outputs of the im2col_bf16 form
-with the same edges, and never offered where a pair of depth would cross a tap (odd channels)."""
+with the same edges, never offered where a pair of depth would cross a tap (odd channels), and
+writing NHWC Concat parts in place."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from routine_helpers import assert_routine_matches, conv_graph, run_with_routine
+import workbench
+from onnx import helper
+from onnx_helpers import make_model
+from routine_helpers import assert_routine_matches, bkey, compiled_in, conv_graph, run_with_routine
 from workbench import routines
 from workbench.runtime import cpu
+from workbench.runtime.compiled import CompiledModel
+from workbench.runtime.interpreter import ReferenceExecutor
+from workbench.tuning.precision import compare, tolerance
 
 NATIVE = cpu.kernel_module("gemm_bf16", "avx512bf16")
 pytestmark = pytest.mark.skipif(NATIVE is None or not NATIVE.available, reason="this CPU lacks AVX512-BF16")
@@ -38,3 +45,31 @@ def test_odd_channels_and_1x1_layers_are_not_offered():
         layer = g.layer("conv")
         for edge in EDGES:
             assert not routines.get("Conv", f"cpu:bfloat16:nhwc/implicit_bf16{edge}").applies(layer, g.input_specs(layer))
+
+
+@pytest.mark.parametrize("edge", ["", "_f32out"])
+@pytest.mark.parametrize("second", ["implicit_bf16", "im2col_bf16"])
+def test_convolutions_write_their_nhwc_concat_parts_in_place(edge, second):
+    """A 1x1 and a 3x3 bfloat16 convolution joined by a Concat write their outputs as channel
+    slices of its buffer (no copy), and the model still matches the reference."""
+    rng = np.random.default_rng(5)
+    w1 = rng.standard_normal((6, 8, 1, 1)).astype(np.float32)
+    w2 = rng.standard_normal((10, 8, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w1"], ["a"], name="c1"),
+             helper.make_node("Conv", ["r", "w2"], ["b"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["a", "b"], ["out"], name="cat", axis=1)]
+    model = make_model(nodes, [("x", [1, 8, 7, 9])], [("out", [1, 16, 7, 9])], [("w1", w1), ("w2", w2)])
+    graph = workbench.load(model.SerializeToString())
+    # float32 image in; the parts, and so the Concat, in bfloat16 ("") or float32 ("_f32out")
+    dtype, form = ("float32", "_f32io") if edge else ("bfloat16", "_f32in")
+    wanted = {"c1": f"cpu:bfloat16:nhwc/gemm1x1_bf16{form}", "c2": f"cpu:bfloat16:nhwc/{second}{form}",
+              "cat": f"cpu:{dtype}:nhwc/copy"}
+    base = compiled_in(graph, "nhwc").assignment
+    assignment = {l.name: wanted.get(l.name) or base[l.name] for l in graph}
+    compiled = CompiledModel(graph, assignment, num_threads=2)
+    for part in ("a", "b"):
+        assert compiled.slices[bkey(part, "nhwc", dtype)].base == bkey("out", "nhwc", dtype)
+    feeds = {"x": rng.standard_normal((1, 8, 7, 9)).astype(np.float32)}
+    err = compare([compiled.run(feeds)], [ReferenceExecutor(graph).run(feeds)])
+    assert err.max_rel < tolerance(2), err

@@ -147,6 +147,8 @@ def conv_depthwise(x, wp, bp, out, kernel, strides, dilations, pads, int act=0, 
     (N, OH, OW, C) bfloat16 or float32; ``pads`` (top, left, bottom, right);
     activation codes as ``gemm_bf16.gemm``.  Returns ``out``."""
     x, out = _array(x, "input", BF16), _output(out)
+    if not out.flags.c_contiguous:   # gemm_bf16's _output takes channel slices too; these kernels do not
+        raise ValueError("depthwise_bf16: the output must be C-contiguous")
     if not dot:
         wp = _array(wp, "packed weights", np.float32)
     bp = _array(bp, "packed bias", np.float32)

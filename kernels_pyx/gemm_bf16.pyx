@@ -274,6 +274,11 @@ def _output(out):
     return out
 
 
+def row_stride(a):
+    """:func:`_row_stride` for the other bfloat16 modules."""
+    return _row_stride(a)
+
+
 cdef Py_ssize_t _row_stride(a) except -1:
     """Elements from one row (all but the last axis) of ``a`` to the next: the last axis when
     C-contiguous, else the stride of a channel slice of a larger buffer (its last axis contiguous,

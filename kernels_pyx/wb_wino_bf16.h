@@ -26,9 +26,9 @@ typedef struct {
     const void* x;          /* (n, h, w, c), bfloat16 or float32 (x_f32) */
     const uint16_t* U;      /* point k's packed weights at U + k * us */
     ptrdiff_t us;
-    void* y;                /* (n, oh, ow, mo), bfloat16 or float32 (y_f32) */
+    void* y;                /* (n, oh, ow, mo), bfloat16 or float32 (y_f32), pixels ldo elements apart */
     wbb_epi ep;             /* the epilogue; its residual has y's shape (ld_res = mo) */
-    ptrdiff_t n, h, w, c, mo, oh, ow, pt, pl, th, tw, tiles;
+    ptrdiff_t n, h, w, c, mo, oh, ow, pt, pl, th, tw, tiles, ldo;
     int m, a2, x_f32, y_f32;
 } wbw_geo;
 
@@ -154,7 +154,7 @@ static inline void wbw_outputs(const wbw_geo* g, ptrdiff_t t0, ptrdiff_t t1, ptr
                     if (yy >= g->oh) break;
                     px = (n * g->oh + yy) * g->ow + xx;
                     wbb_finish(o[r], _mm512_setzero_ps(), &g->ep, px, c0, bv, _mm512_setzero_ps(), k, 0,
-                               (char*)g->y + (px * M + c0) * es, g->y_f32, 0);
+                               (char*)g->y + (px * g->ldo + c0) * es, g->y_f32, 0);
                 }
             }
         }

@@ -36,7 +36,7 @@ cdef extern from "wb_wino_bf16.h" nogil:
         Py_ssize_t us
         void* y
         wbb_epi ep
-        Py_ssize_t n, h, w, c, mo, oh, ow, pt, pl, th, tw, tiles
+        Py_ssize_t n, h, w, c, mo, oh, ow, pt, pl, th, tw, tiles, ldo
         int m, a2, x_f32, y_f32
     int wbw_native()
     int wbw_inputs(const wbw_geo* g, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t tb, Py_ssize_t nt, uint16_t* V)
@@ -50,9 +50,9 @@ available = bool(wbw_native())
 
 # the checks of the GEMM build of the same instruction set (which activations its epilogue has)
 if available:
-    from workbench._kernels.gemm_bf16_avx512bf16 import _array, _input, _output, check_epilogue
+    from workbench._kernels.gemm_bf16_avx512bf16 import _array, _input, _output, check_epilogue, row_stride
 else:
-    from workbench._kernels.gemm_bf16 import _array, _input, _output, check_epilogue
+    from workbench._kernels.gemm_bf16 import _array, _input, _output, check_epilogue, row_stride
 
 cdef enum:
     ROW_TILE = 96   # mode 0 product job: tiles (GEMM rows), 8 strips of the 12-row micro-kernel
@@ -223,6 +223,7 @@ def conv(x, PU, out, int m, pads, bias=None, residual=None, int act=0, double p0
     cdef wbw_geo* g = &ctx.g
     g.x, g.U, g.us, g.y = _ptr(x), <const uint16_t*> _ptr(PU), _us(c, mo), _ptr(out)
     g.n, g.h, g.w, g.c, g.mo, g.oh, g.ow, g.pt, g.pl = n, h, w, c, mo, oh, ow, pt, pl
+    g.ldo = row_stride(out)   # a channel slice of a larger buffer: an NHWC Concat part
     g.th, g.tw, g.m, g.a2 = -(-oh // m), -(-ow // m), m, (m + 2) ** 2
     g.tiles = n * g.th * g.tw
     g.x_f32, g.y_f32 = x.dtype == np.float32, out.dtype == np.float32

@@ -70,7 +70,7 @@ class _Bf16:
 
 class _Bf16Conv(_Bf16, _ConvGemm, register=False):
     post_affine = True
-    strided_out = True   # C's leading dimension: an NHWC Concat part written in place
+    strided_out = True   # C's (Winograd: the output transform's) pixel stride: an NHWC Concat part in place
     #: The data type the image arrives in: bfloat16, or float32 rounded as each job gathers it.
     in_dtype = "bfloat16"
 
@@ -204,7 +204,6 @@ class NhwcImplicitBf16(_Bf16Conv):
 class NhwcWinograd2Bf16(_Bf16Conv):
     algo = "winograd2_bf16"
     priority = 11.85
-    strided_out = False   # the output transform writes whole pixels
     m = 2
     #: Each output sums, through A^T, products of V and U entries that each mix several inputs
     #: and weights: with every magnitude 1, the first-order bound of F(2x2,3x3)'s rounding is

@@ -1,5 +1,5 @@
 # cython: language_level=3
-# Argument checks shared by the bfloat16 kernel modules (gemm_bf16.pyx, depthwise_bf16.pyx): each
+# Argument checks shared by the bfloat16 kernel modules (gemm_bf16, depthwise_bf16, winograd_bf16): each
 # runs before any nogil code, so a bad shape is a ValueError naming the kernel, never a crash.
 cimport numpy as cnp
 
@@ -23,6 +23,32 @@ cdef inline Py_ssize_t _span(a):
     for k in range(cnp.PyArray_NDIM(arr)):
         span += (cnp.PyArray_DIM(arr, k) - 1) * cnp.PyArray_STRIDE(arr, k)
     return span
+
+
+cdef inline Py_ssize_t _row_stride(a, who) except -1:
+    """Elements from one row (all but the last axis) of ``a`` to the next: the last axis when
+    C-contiguous, else the stride of a channel slice of a larger buffer (its last axis contiguous,
+    the rows evenly spaced); ValueError otherwise."""
+    cdef cnp.ndarray arr = <cnp.ndarray> a
+    cdef int nd = cnp.PyArray_NDIM(arr), k
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(arr), ld = cnp.PyArray_DIM(arr, nd - 1) if nd else 1, span = 1
+    cdef bint ok = True, inner = False
+    if cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        return ld
+    ok = nd >= 1 and cnp.PyArray_STRIDE(arr, nd - 1) == item
+    for k in range(nd - 2, -1, -1):   # the innermost row axis of more than one entry sets the stride
+        if cnp.PyArray_DIM(arr, k) > 1:
+            if not inner:
+                inner, ld = True, cnp.PyArray_STRIDE(arr, k) // item
+                ok = ok and cnp.PyArray_STRIDE(arr, k) % item == 0 and ld >= cnp.PyArray_DIM(arr, nd - 1)
+            elif cnp.PyArray_STRIDE(arr, k) != item * ld * span:
+                ok = False
+        if inner:
+            span *= cnp.PyArray_DIM(arr, k)
+    if not ok:
+        raise ValueError(f"{who}: output must be C-contiguous or a channel slice of a larger buffer, "
+                         f"got strides {a.strides} for shape {a.shape}")
+    return ld
 
 
 cdef inline bint _overlap(a, b):

@@ -153,41 +153,36 @@ def bf16_to_f32(src, dst, int num_threads=1):
     return dst
 
 
+def _transpose4(src, dst, src_dtype, dst_dtype, bint to_nhwc, int kind, who, int num_threads):
+    """The checked NCHW <-> NHWC transpose of a 4-D ``src`` into ``dst``, converting as ``kind`` says."""
+    if not isinstance(src, np.ndarray) or src.ndim != 4:
+        raise ValueError(f"{who}: expected a 4-D source, got {getattr(src, 'shape', src)}")
+    if to_nhwc:
+        n, c, h, w = src.shape
+        _check(src, dst, src_dtype, dst_dtype, (n, h, w, c), who)
+        _transposed(src, dst, n, c, h * w, kind, num_threads)
+    else:
+        n, h, w, c = src.shape
+        _check(src, dst, src_dtype, dst_dtype, (n, c, h, w), who)
+        _transposed(src, dst, n, h * w, c, kind, num_threads)
+    return dst
+
+
 def nchw_f32_to_nhwc_bf16(src, dst, int num_threads=1):
     """A float32 NCHW tensor written as bfloat16 NHWC in one pass."""
-    if not isinstance(src, np.ndarray) or src.ndim != 4:
-        raise ValueError(f"nchw_f32_to_nhwc_bf16: expected a 4-D source, got {getattr(src, 'shape', src)}")
-    n, c, h, w = src.shape
-    _check(src, dst, np.float32, BF16, (n, h, w, c), "nchw_f32_to_nhwc_bf16")
-    _transposed(src, dst, n, c, h * w, DOWN, num_threads)
-    return dst
+    return _transpose4(src, dst, np.float32, BF16, True, DOWN, "nchw_f32_to_nhwc_bf16", num_threads)
 
 
 def nhwc_bf16_to_nchw_f32(src, dst, int num_threads=1):
     """A bfloat16 NHWC tensor written as float32 NCHW in one pass."""
-    if not isinstance(src, np.ndarray) or src.ndim != 4:
-        raise ValueError(f"nhwc_bf16_to_nchw_f32: expected a 4-D source, got {getattr(src, 'shape', src)}")
-    n, h, w, c = src.shape
-    _check(src, dst, BF16, np.float32, (n, c, h, w), "nhwc_bf16_to_nchw_f32")
-    _transposed(src, dst, n, h * w, c, UP, num_threads)
-    return dst
+    return _transpose4(src, dst, BF16, np.float32, False, UP, "nhwc_bf16_to_nchw_f32", num_threads)
 
 
 def nchw_bf16_to_nhwc_bf16(src, dst, int num_threads=1):
     """A bfloat16 NCHW tensor transposed to NHWC (the 16-bit words moved as they are)."""
-    if not isinstance(src, np.ndarray) or src.ndim != 4:
-        raise ValueError(f"nchw_bf16_to_nhwc_bf16: expected a 4-D source, got {getattr(src, 'shape', src)}")
-    n, c, h, w = src.shape
-    _check(src, dst, BF16, BF16, (n, h, w, c), "nchw_bf16_to_nhwc_bf16")
-    _transposed(src, dst, n, c, h * w, SAME, num_threads)
-    return dst
+    return _transpose4(src, dst, BF16, BF16, True, SAME, "nchw_bf16_to_nhwc_bf16", num_threads)
 
 
 def nhwc_bf16_to_nchw_bf16(src, dst, int num_threads=1):
     """A bfloat16 NHWC tensor transposed to NCHW."""
-    if not isinstance(src, np.ndarray) or src.ndim != 4:
-        raise ValueError(f"nhwc_bf16_to_nchw_bf16: expected a 4-D source, got {getattr(src, 'shape', src)}")
-    n, h, w, c = src.shape
-    _check(src, dst, BF16, BF16, (n, c, h, w), "nhwc_bf16_to_nchw_bf16")
-    _transposed(src, dst, n, h * w, c, SAME, num_threads)
-    return dst
+    return _transpose4(src, dst, BF16, BF16, False, SAME, "nhwc_bf16_to_nchw_bf16", num_threads)

@@ -21,7 +21,7 @@ from wb_gemm_bf16 cimport (
     WBB_NATIVE, WBB_NR, WBB_MR, fill_epilogue, wb512_epi, wbb_epi, wbb_block, wbb_geo, wbb_handles, wbb_im2col,
     wbb_pack, wbb_packed_words)
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
-from _bf16_args cimport _geometry, _overlap, _ptr
+from _bf16_args cimport _geometry, _overlap, _ptr, _row_stride
 
 from workbench._kernels.checks import scratch_array
 
@@ -164,7 +164,7 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
             raise ValueError(f"gemm_bf16: the output overlaps the {what}")
     if m > 0 and n > 0 and k == 0:
         raise ValueError("gemm_bf16: depth 0")
-    g.m, g.n, g.k, g.lda, g.ldc = m, n, k, k, _row_stride(out)
+    g.m, g.n, g.k, g.lda, g.ldc = m, n, k, k, _row_stride(out, "gemm_bf16")
     g.a, g.pb, g.c, g.f32 = _ptr(a), <const uint16_t*> _ptr(wp), _ptr(out), out.dtype == np.float32
     g.a_f32 = a.dtype == np.float32
     g.scratch = NULL
@@ -270,39 +270,8 @@ def _output(out):
                         f"{getattr(out, 'dtype', type(out).__name__)}")
     if not out.flags.writeable:
         raise ValueError("gemm_bf16: output is read-only")
-    _row_stride(out)
+    _row_stride(out, "gemm_bf16")
     return out
-
-
-def row_stride(a):
-    """:func:`_row_stride` for the other bfloat16 modules."""
-    return _row_stride(a)
-
-
-cdef Py_ssize_t _row_stride(a) except -1:
-    """Elements from one row (all but the last axis) of ``a`` to the next: the last axis when
-    C-contiguous, else the stride of a channel slice of a larger buffer (its last axis contiguous,
-    the rows evenly spaced); ValueError otherwise."""
-    cdef cnp.ndarray arr = <cnp.ndarray> a
-    cdef int nd = cnp.PyArray_NDIM(arr), k
-    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(arr), ld = cnp.PyArray_DIM(arr, nd - 1) if nd else 1, span = 1
-    cdef bint ok = True, inner = False
-    if cnp.PyArray_IS_C_CONTIGUOUS(arr):
-        return ld
-    ok = nd >= 1 and cnp.PyArray_STRIDE(arr, nd - 1) == item
-    for k in range(nd - 2, -1, -1):   # the innermost row axis of more than one entry sets the stride
-        if cnp.PyArray_DIM(arr, k) > 1:
-            if not inner:
-                inner, ld = True, cnp.PyArray_STRIDE(arr, k) // item
-                ok = ok and cnp.PyArray_STRIDE(arr, k) % item == 0 and ld >= cnp.PyArray_DIM(arr, nd - 1)
-            elif cnp.PyArray_STRIDE(arr, k) != item * ld * span:
-                ok = False
-        if inner:
-            span *= cnp.PyArray_DIM(arr, k)
-    if not ok:
-        raise ValueError(f"gemm_bf16: output must be C-contiguous or a channel slice of a larger buffer, "
-                         f"got strides {a.strides} for shape {a.shape}")
-    return ld
 
 
 def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1=0, post=None,

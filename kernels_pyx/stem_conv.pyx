@@ -63,7 +63,7 @@ def pack(w):
     return out
 
 
-def scratch_floats(shape, kernel, strides, pads, out_w, int num_threads=1):
+def scratch_floats(shape, kernel, strides, out_w, int num_threads=1):
     """float32 elements of the ``scratch`` :func:`conv` needs for an NCHW input ``shape``."""
     cdef wbs_geo g
     g.c, g.kh, g.sw = shape[1], kernel[0], strides[1]

@@ -21,6 +21,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
+from _bf16_args cimport _row_stride
 from wb_gemm_bf16 cimport WBB_NR, fill_epilogue, wbb_epi, wbb_pack, wbb_packed_words
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 
@@ -50,9 +51,9 @@ available = bool(wbw_native())
 
 # the checks of the GEMM build of the same instruction set (which activations its epilogue has)
 if available:
-    from workbench._kernels.gemm_bf16_avx512bf16 import _array, _input, _output, check_epilogue, row_stride
+    from workbench._kernels.gemm_bf16_avx512bf16 import _array, _input, _output, check_epilogue
 else:
-    from workbench._kernels.gemm_bf16 import _array, _input, _output, check_epilogue, row_stride
+    from workbench._kernels.gemm_bf16 import _array, _input, _output, check_epilogue
 
 cdef enum:
     ROW_TILE = 96   # mode 0 product job: tiles (GEMM rows), 8 strips of the 12-row micro-kernel
@@ -223,7 +224,7 @@ def conv(x, PU, out, int m, pads, bias=None, residual=None, int act=0, double p0
     cdef wbw_geo* g = &ctx.g
     g.x, g.U, g.us, g.y = _ptr(x), <const uint16_t*> _ptr(PU), _us(c, mo), _ptr(out)
     g.n, g.h, g.w, g.c, g.mo, g.oh, g.ow, g.pt, g.pl = n, h, w, c, mo, oh, ow, pt, pl
-    g.ldo = row_stride(out)   # a channel slice of a larger buffer: an NHWC Concat part
+    g.ldo = _row_stride(out, "winograd_bf16")   # a channel slice of a larger buffer: an NHWC Concat part
     g.th, g.tw, g.m, g.a2 = -(-oh // m), -(-ow // m), m, (m + 2) ** 2
     g.tiles = n * g.th * g.tw
     g.x_f32, g.y_f32 = x.dtype == np.float32, out.dtype == np.float32

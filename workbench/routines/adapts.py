@@ -42,6 +42,9 @@ class Adapt:
     #: Writes a 4-D output whose (H, W) planes are each contiguous but lie apart (a slice of a
     #: larger buffer along its flattened spatial axis, :mod:`workbench.runtime.slices`).
     planes_out: ClassVar[bool] = False
+    #: ``(kernel module, function)`` that :meth:`run` calls as ``function(src, dst, num_threads)``
+    #: in the best build of the module for this CPU.
+    kernel: ClassVar[tuple] = None
 
     def __init_subclass__(cls, register=True, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -67,7 +70,8 @@ class Adapt:
 
     @classmethod
     def run(cls, src, dst, num_threads):
-        raise NotImplementedError
+        module, function = cls.kernel
+        getattr(cpu.best_module(module), function)(src, dst, num_threads)
 
 
 class _Transpose(Adapt, register=False):
@@ -80,36 +84,24 @@ class _Transpose(Adapt, register=False):
 
 class NchwToNhwc(_Transpose):
     src_layout, dst_layout = NCHW, NHWC
-
-    @classmethod
-    def run(cls, src, dst, num_threads):
-        cpu.best_module("layout").nchw_to_nhwc(src, dst, num_threads)
+    kernel = ("layout", "nchw_to_nhwc")
 
 
 class NhwcToNchw(_Transpose):
     src_layout, dst_layout = NHWC, NCHW
     planes_out = True
-
-    @classmethod
-    def run(cls, src, dst, num_threads):
-        cpu.best_module("layout").nhwc_to_nchw(src, dst, num_threads)
+    kernel = ("layout", "nhwc_to_nchw")
 
 
 class Bf16NchwToNhwc(_Transpose):
     """The transpose on bfloat16 tensors: half the bytes of the float32 one, no cast through it."""
     src_layout, dst_layout, dtype = NCHW, NHWC, "bfloat16"
-
-    @classmethod
-    def run(cls, src, dst, num_threads):
-        cpu.best_module("cast").nchw_bf16_to_nhwc_bf16(src, dst, num_threads)
+    kernel = ("cast", "nchw_bf16_to_nhwc_bf16")
 
 
 class Bf16NhwcToNchw(_Transpose):
     src_layout, dst_layout, dtype = NHWC, NCHW, "bfloat16"
-
-    @classmethod
-    def run(cls, src, dst, num_threads):
-        cpu.best_module("cast").nhwc_bf16_to_nchw_bf16(src, dst, num_threads)
+    kernel = ("cast", "nhwc_bf16_to_nchw_bf16")
 
 
 class _CopyAdapt(Adapt):
@@ -131,10 +123,7 @@ class _Cast(Adapt, register=False):
 class F32ToBf16Nchw(_Cast):
     src_layout = dst_layout = NCHW
     dst_dtype = "bfloat16"
-
-    @classmethod
-    def run(cls, src, dst, num_threads):
-        cpu.best_module("cast").f32_to_bf16(src, dst, num_threads)
+    kernel = ("cast", "f32_to_bf16")
 
 
 class F32ToBf16Nhwc(F32ToBf16Nchw):
@@ -145,10 +134,7 @@ class Bf16ToF32Nchw(_Cast):
     src_layout = dst_layout = NCHW
     dtype = "bfloat16"
     dst_dtype = "float32"
-
-    @classmethod
-    def run(cls, src, dst, num_threads):
-        cpu.best_module("cast").bf16_to_f32(src, dst, num_threads)
+    kernel = ("cast", "bf16_to_f32")
 
 
 class Bf16ToF32Nhwc(Bf16ToF32Nchw):
@@ -159,18 +145,12 @@ class NchwF32ToNhwcBf16(Adapt):
     """The cast fused with the transpose: one pass over the tensor instead of two."""
 
     src_layout, dst_layout, dst_dtype = NCHW, NHWC, "bfloat16"
-
-    @classmethod
-    def run(cls, src, dst, num_threads):
-        cpu.best_module("cast").nchw_f32_to_nhwc_bf16(src, dst, num_threads)
+    kernel = ("cast", "nchw_f32_to_nhwc_bf16")
 
 
 class NhwcBf16ToNchwF32(Adapt):
     src_layout, dst_layout, dtype, dst_dtype = NHWC, NCHW, "bfloat16", "float32"
-
-    @classmethod
-    def run(cls, src, dst, num_threads):
-        cpu.best_module("cast").nhwc_bf16_to_nchw_f32(src, dst, num_threads)
+    kernel = ("cast", "nhwc_bf16_to_nchw_f32")
 
 
 class Chain:

@@ -74,9 +74,8 @@ class NchwInStem(Routine):
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
-        kernel, strides, _, pads, _ = geometry(layer)
-        return 4 * _kernels().scratch_floats(specs[0].shape, kernel, strides, pads, layer.out_specs[0].shape[3],
-                                             num_threads)
+        kernel, strides, _, _, _ = geometry(layer)
+        return 4 * _kernels().scratch_floats(specs[0].shape, kernel, strides, layer.out_specs[0].shape[3], num_threads)
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):

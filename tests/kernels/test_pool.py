@@ -2,6 +2,7 @@
 the thread count, whoever calls and however many call at once."""
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -90,3 +91,18 @@ def test_workers_that_sleep_after_every_job_still_serve_and_are_woken():
         assert seen == {0, 1}
     finally:
         _pool.set_spin_ns(old)
+
+
+def test_workers_notice_when_another_process_takes_their_cores():
+    # Two busy processes, one for each CPU: the caller and the worker each lose their CPU for
+    # scheduler slices in the middle of long chunks, which their clocks show (CPU time behind
+    # wall time), and the pool switches its workers to the short spin.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    from workbench.bench.load import busy_process
+    with busy_process(), busy_process():
+        deadline = time.monotonic() + 20
+        while not _pool.contended() and time.monotonic() < deadline:
+            slots, runs = _pool.probe(16, 2, spin=2_000_000)
+            assert (runs == 1).all()
+        assert _pool.contended()

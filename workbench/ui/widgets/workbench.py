@@ -75,10 +75,10 @@ class Workbench(w.VBox):
         goes to the browser as it is set, so the page shows this while the kernel is busy."""
         buttons = list(self.controls.buttons.values())
         before = [b.disabled for b in buttons]
+        self.status(what + " ...")   # first: the page may be watching for the class
         for b in buttons:
             b.disabled = True
         self.add_class("wb-busy")
-        self.status(what + " ...")
         try:
             yield
         finally:

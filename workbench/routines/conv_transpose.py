@@ -122,7 +122,7 @@ class ShuffleNhwc(_Shuffle):
 
 
 class ShuffleNhwcAvx512(ShuffleNhwc):
-    """:class:`ShuffleNhwc` on our AVX-512 GEMM (``gemm512.conv_transpose_shuffle_nhwc``): the
+    """:class:`ShuffleNhwc` on our AVX-512 GEMM (``conv_shuffle512.conv_transpose_shuffle_nhwc``): the
     weights packed once, one GEMM per input row with bias and activation fused per column, its
     runs copied straight to their output rows.  The BLAS version runs OpenBLAS from inside the
     pool's threads, on its Haswell kernels; a detector head's 24 -> 1 channel layer (N = 4 GEMM
@@ -134,14 +134,15 @@ class ShuffleNhwcAvx512(ShuffleNhwc):
 
     @classmethod
     def applies(cls, layer, specs):
-        return _gemm512() is not None and super().applies(layer, specs)
+        return _gemm512() is not None and _gemm512("conv_shuffle512") is not None and super().applies(layer, specs)
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
         # each thread's GEMM columns of one input row
         _, _, _, w = specs[0].shape
         m = layer.out_specs[0].shape[1]
-        return _gemm512().shuffle_scratch_bytes(w, int(np.prod(layer.attrs["kernel_shape"])) * m, num_threads)
+        return _gemm512("conv_shuffle512").shuffle_scratch_bytes(w, int(np.prod(layer.attrs["kernel_shape"])) * m,
+                                                                 num_threads)
 
     @classmethod
     def prepare(cls, layer):
@@ -159,8 +160,9 @@ class ShuffleNhwcAvx512(ShuffleNhwc):
     def run(cls, layer, state, args, outs, num_threads):
         code, p0, p1, slope = state["cols_act"]
         kh, kw = layer.attrs["kernel_shape"]
-        _gemm512().conv_transpose_shuffle_nhwc(args[0], state["packed"], outs[0], state["cols_bias"], kh, kw,
-                                               code, p0, p1, slope, num_threads, state.get("workspace"))
+        _gemm512("conv_shuffle512").conv_transpose_shuffle_nhwc(args[0], state["packed"], outs[0], state["cols_bias"],
+                                                                kh, kw, code, p0, p1, slope, num_threads,
+                                                                state.get("workspace"))
 
 
 class ConvTransposeNchw(_ConvTranspose):

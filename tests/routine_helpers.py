@@ -112,6 +112,27 @@ def conv_graph(x_shape, w, bias=None, attrs=None, activation=None, residual=Fals
     return workbench.load(model.SerializeToString())
 
 
+def conv_transpose_graph(x_shape, w, bias=None, act=None, **attrs):
+    """A one-ConvTranspose graph (``x`` -> ``y``), optionally followed by an activation (PRelu:
+    a per-channel slope), imported with fusion: one layer."""
+    from onnx import helper
+    from onnx_helpers import make_model
+    inits, names = [("W", w)], ["x", "W"]
+    if bias is not None:
+        inits.append(("B", bias))
+        names.append("B")
+    nodes = [helper.make_node("ConvTranspose", names, ["t" if act else "y"], **attrs)]
+    if act == "PRelu":
+        nodes.append(helper.make_node("PRelu", ["t", "s"], ["y"]))
+        inits.append(("s", np.linspace(0.1, 0.5, w.shape[1] * attrs.get("group", 1), dtype=np.float32)
+                      .reshape(-1, 1, 1)))
+    elif act:
+        nodes.append(helper.make_node(act, ["t"], ["y"]))
+    g = workbench.load(make_model(nodes, [("x", list(x_shape))], [("y", None)], initializers=inits).SerializeToString())
+    assert [layer.op for layer in g] == ["ConvTranspose"]
+    return g
+
+
 def bkey(tensor, layout, dtype="float32"):
     """A compiled model's buffer key: the tensor and the format it is held in."""
     from workbench.ir.formats import Format

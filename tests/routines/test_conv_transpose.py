@@ -8,7 +8,7 @@ from onnx import helper
 
 import workbench
 from onnx_helpers import make_model
-from routine_helpers import assert_routine_matches, parallel_even_when_small
+from routine_helpers import assert_routine_matches, conv_transpose_graph as _graph, parallel_even_when_small
 from workbench import routines
 from workbench.routines import conv_transpose
 
@@ -20,23 +20,6 @@ DESCRIPTORS = ["cpu:float32:nchw/gemm", "cpu:float32:nhwc/gemm"]
 def _parallel_even_when_small():
     with parallel_even_when_small("col2im"):
         yield
-
-
-def _graph(x_shape, w, bias=None, act=None, **attrs):
-    inits, names = [("W", w)], ["x", "W"]
-    if bias is not None:
-        inits.append(("B", bias))
-        names.append("B")
-    nodes = [helper.make_node("ConvTranspose", names, ["t" if act else "y"], **attrs)]
-    if act == "PRelu":
-        nodes.append(helper.make_node("PRelu", ["t", "s"], ["y"]))
-        inits.append(("s", np.linspace(0.1, 0.5, w.shape[1] * attrs.get("group", 1), dtype=np.float32)
-                      .reshape(-1, 1, 1)))
-    elif act:
-        nodes.append(helper.make_node(act, ["t"], ["y"]))
-    g = workbench.load(make_model(nodes, [("x", list(x_shape))], [("y", None)], initializers=inits).SerializeToString())
-    assert [layer.op for layer in g] == ["ConvTranspose"]
-    return g
 
 
 @st.composite

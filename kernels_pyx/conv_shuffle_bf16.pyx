@@ -4,8 +4,10 @@
 (``wb_gemm_bf16.h``'s GEMM): each output pixel is one tap of one input pixel, so output row
 ``i * KH + kh`` is input row ``i`` times the weights of kernel row ``kh``, (C, KW * M), a GEMM whose
 C rows (the input pixels) lie KW * M apart in that output row.  Every job writes its output row in
-place, bias and activation fused, with no column buffer and no shuffle pass (the float32 form,
-``conv_shuffle512``, copies its GEMM's columns out).
+place, bias and activation fused, with no column buffer and no shuffle pass.  Where all
+KH * KW * M columns fit one 32-column panel (a head's last, 1-channel layer) the KH products would
+each fill a few lanes of the same panel: there one GEMM of all the columns goes to the thread's
+scratch and its runs are copied out (``narrow``), as ``conv_shuffle512`` does.
 
 Only the ``_avx512bf16`` build runs the VDPBF16PS kernel (``available``); the baseline build runs
 the same scalar loops as ``gemm_bf16``'s.  Shapes, dtypes and overlaps are checked here, before
@@ -14,6 +16,7 @@ any ``nogil`` code.
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
+from libc.string cimport memcpy
 
 from wb_gemm_bf16 cimport (
     WBB_NATIVE, WBB_NR, fill_epilogue, wbb_epi, wbb_block, wbb_handles, wbb_pack, wbb_packed_words)
@@ -35,23 +38,48 @@ def handles(int act):
     return bool(wbb_handles(act))
 
 
+cdef inline bint _narrow(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t m) noexcept nogil:
+    """Whether all the kernel's columns fit one panel: one GEMM, then a copy (see the module)."""
+    return kh > 1 and kh * kw * m <= WBB_NR
+
+
+def packed_words(Py_ssize_t c, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t m):
+    """16-bit words of ``c`` x (``kh`` x ``kw``) x ``m`` weights packed by :func:`pack`."""
+    if _narrow(kh, kw, m):
+        return wbb_packed_words(c, kh * kw * m)
+    return kh * wbb_packed_words(c, kw * m)
+
+
+def scratch_bytes(Py_ssize_t w, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t m, int num_threads=1):
+    """Bytes of the ``scratch`` :func:`conv_transpose_shuffle` needs for input rows of ``w``
+    pixels with up to ``num_threads`` threads: 0, or (``narrow``) each thread's GEMM columns of a
+    row in float32."""
+    return 4 * w * kh * kw * m * max(num_threads, 1) if _narrow(kh, kw, m) else 0
+
+
 def pack(w):
     """float32 ConvTranspose weights ``w`` (C, M, KH, KW) rounded to bfloat16 and packed as KH
-    matrices, kernel row kh's (C, KW * M) with columns in (kw, m) order, one after the other: a
-    1-D uint16 array of KH * ``wbb_packed_words(C, KW * M)`` words."""
+    matrices, kernel row kh's (C, KW * M) with columns in (kw, m) order, one after the other; or,
+    ``narrow``, as the one (C, KH * KW * M) matrix, columns in (kh, kw, m) order.  A 1-D uint16
+    array of :func:`packed_words` words."""
     w = _array(w, "weights", np.float32)
     if w.ndim != 4:
         raise ValueError(f"conv_shuffle_bf16: weights must be 4-D (C, M, KH, KW), got shape {w.shape}")
     cdef Py_ssize_t c = w.shape[0], m = w.shape[1], kh = w.shape[2], kw = w.shape[3]
     cdef Py_ssize_t cols = kw * m, per = wbb_packed_words(c, cols), panels = (cols + WBB_NR - 1) // WBB_NR
+    if _narrow(kh, kw, m):   # one matrix of every column
+        kh, cols = 1, kh * kw * m
+        per, panels = wbb_packed_words(c, cols), 1
+        # the packer takes (n, k): row j is output column j = (kh, kw, m), over the C inputs
+        mats = [np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(cols, c))]
+    else:   # row j of kernel row r's is output column j = (kw, m)
+        mats = [np.ascontiguousarray(w[:, :, r, :].transpose(2, 1, 0).reshape(cols, c)) for r in range(kh)]
     out = np.empty(max(kh * per, 1), np.uint16)
     cdef uint16_t* dst = <uint16_t*> _ptr(out)
     cdef const float* src
     cdef Py_ssize_t r
     for r in range(kh):
-        # the packer takes (n, k): row j is output column j = (kw, m) of kernel row r, over the C inputs
-        row = np.ascontiguousarray(w[:, :, r, :].transpose(2, 1, 0).reshape(cols, c))
-        src = <const float*> _ptr(row)
+        src = <const float*> _ptr(mats[r])
         with nogil:
             wbb_pack(c, cols, src, dst + r * per, 0, panels)
     return out
@@ -63,6 +91,8 @@ cdef struct _Ctx:
     char* out
     Py_ssize_t H, W, C, KH, cols, per, panels, col_jobs, item
     int f32
+    bint narrow
+    char* scratch     # narrow: W * KH * cols elements of the output's type per thread slot
     wbb_epi ep
 
 
@@ -70,6 +100,16 @@ cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     """Input row ``job // (KH * col_jobs)`` (image-major) times kernel row ``kh``: output row
     ``row * KH + kh``, the panels of column group ``q``."""
     cdef _Ctx* g = <_Ctx*> ctx
+    cdef Py_ssize_t ld, kh_, p, run
+    cdef char* buf
+    if g.narrow:   # all the columns of input row ``job``, then each (kh, pixel) run to its place
+        ld, run = g.KH * g.cols, g.cols * g.item
+        buf = g.scratch + slot * g.W * ld * g.item
+        wbb_block(ld, g.C, g.x + job * g.W * g.C, g.C, g.pb, buf, ld, g.f32, &g.ep, 0, g.W, 0, 1)
+        for kh_ in range(g.KH):
+            for p in range(g.W):
+                memcpy(g.out + ((job * g.KH + kh_) * g.W + p) * run, buf + (p * ld * g.item + kh_ * run), run)
+        return
     cdef Py_ssize_t row = job // (g.KH * g.col_jobs), rest = job % (g.KH * g.col_jobs)
     cdef Py_ssize_t kh = rest // g.col_jobs, q = rest % g.col_jobs
     cdef Py_ssize_t p0 = q * g.panels // g.col_jobs, p1 = (q + 1) * g.panels // g.col_jobs
@@ -78,12 +118,13 @@ cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
 
 
 def conv_transpose_shuffle(x, wp, out, int kh, int kw, bias=None, int act=0, double p0=0, double p1=0,
-                           int num_threads=1):
+                           int num_threads=1, scratch=None):
     """``out (N, H*kh, W*kw, M)`` (bfloat16 or float32) from bfloat16 ``x (N, H, W, C)`` and ``wp``
     (weights packed by :func:`pack`): a ConvTranspose with kernel == stride ``kh`` x ``kw``, no
     padding, group 1; ``bias`` float32 per GEMM column, (kw * M,) in (kw, m) order (M's bias
 repeated kw times), or None; activation code ``act`` (``routines/epilogue.py``)
-    with its parameters.  Returns ``out``."""
+    with its parameters.  ``scratch``: at least :func:`scratch_bytes` (None: this call allocates
+what it needs).  Returns ``out``."""
     x = _array(x, "input", BF16)
     if not isinstance(out, np.ndarray) or out.dtype not in (BF16, np.float32):
         raise TypeError(f"conv_shuffle_bf16: output must be a bfloat16 or float32 NumPy array, got "
@@ -102,9 +143,9 @@ repeated kw times), or None; activation code ``act`` (``routines/epilogue.py``)
         raise ValueError(f"conv_shuffle_bf16: a {kh}x{kw} stride-{kh}x{kw} ConvTranspose of {x.shape} gives "
                          f"{(n, h * kh, w * kw, m)}, output is {out.shape}")
     cdef Py_ssize_t cols = kw * m, per = wbb_packed_words(c, cols)
-    if wp.ndim != 1 or wp.size != max(kh * per, 1):
+    if wp.ndim != 1 or wp.size != max(packed_words(c, kh, kw, m), 1):
         raise ValueError(f"conv_shuffle_bf16: packed weights hold {wp.size} words; {c} input channels, a "
-                         f"{kh}x{kw} kernel and {m} outputs need {kh * per}")
+                         f"{kh}x{kw} kernel and {m} outputs need {packed_words(c, kh, kw, m)}")
     if not wbb_handles(act):
         raise ValueError(f"conv_shuffle_bf16: activation code {act} is not applied by this build")
     if bias is not None and _array(bias, "bias", np.float32).shape != (cols,):
@@ -117,6 +158,18 @@ repeated kw times), or None; activation code ``act`` (``routines/epilogue.py``)
     if c == 0:
         raise ValueError("conv_shuffle_bf16: depth 0 (the input has no channels)")
     cdef _Ctx g
+    g.narrow = _narrow(kh, kw, m)
+    if g.narrow and bias is not None:   # per column (kh, kw, m)
+        bias = np.tile(bias, kh)
+    if g.narrow:
+        need = scratch_bytes(w, kh, kw, m, num_threads)
+        if scratch is None:
+            scratch = np.empty(need, np.uint8)
+        elif not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable \
+                or scratch.nbytes < need:
+            raise ValueError(f"conv_shuffle_bf16: scratch must be a writeable C-contiguous array of at least "
+                             f"{need} bytes")
+        g.scratch = <char*> _ptr(scratch)
     g.x, g.pb, g.out = <const uint16_t*> _ptr(x), <const uint16_t*> _ptr(wp), <char*> _ptr(out)
     g.H, g.W, g.C, g.KH, g.cols, g.per = h, w, c, kh, cols, per
     g.panels = (cols + WBB_NR - 1) // WBB_NR
@@ -126,6 +179,10 @@ repeated kw times), or None; activation code ``act`` (``routines/epilogue.py``)
     # Jobs are (input row, kernel row), rows outermost so each thread keeps a contiguous band of
     # the image; where they are too few to give every thread 3, the panels are split as well.
     cdef Py_ssize_t rows = n * h
+    if g.narrow:
+        with nogil:
+            wb_pool_run(_job, &g, rows, num_threads)
+        return out
     g.col_jobs = 1
     while rows * kh * g.col_jobs < 3 * num_threads and g.col_jobs < g.panels:
         g.col_jobs += 1

@@ -355,22 +355,24 @@ def test_residual_given_as_the_output_is_added_in_place(nhwc, threads):
 def test_conv_transpose_shuffle_matches_numpy_and_refuses_bad_buffers():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 5, 6)).astype(np.float32)            # (N, H, W, C)
-    w = rng.standard_normal((6, 2, 3, 4)).astype(np.float32)            # (C, KH, KW, M)
-    bias = rng.standard_normal(4).astype(np.float32)
-    want = np.einsum("nhwc,cijm->nhiwjm", x, w).reshape(2, 6, 15, 4) + bias
-    wp = g.pack_b(w.reshape(6, -1))
-    for threads in (1, 2):
-        out = np.full((2, 6, 15, 4), np.nan, np.float32)
-        shuffle.conv_transpose_shuffle_nhwc(x, wp, out, np.tile(bias, 6), 2, 3, num_threads=threads)
-        assert _rel_err(out, want) < 1e-5
+    for m in (4, 8):   # 24 GEMM columns: one panel, the narrow path; 48: written in place
+        w = rng.standard_normal((6, 2, 3, m)).astype(np.float32)        # (C, KH, KW, M)
+        bias = rng.standard_normal(m).astype(np.float32)
+        want = np.einsum("nhwc,cijm->nhiwjm", x, w).reshape(2, 6, 15, m) + bias
+        wp = shuffle.pack(w)
+        assert wp.size == shuffle.packed_floats(6, 2, 3, m)
+        for threads in (1, 2):
+            out = np.full((2, 6, 15, m), np.nan, np.float32)
+            shuffle.conv_transpose_shuffle_nhwc(x, wp, out, np.tile(bias, 3), 2, 3, num_threads=threads)
+            assert _rel_err(out, want) < 1e-5
     with pytest.raises(ValueError, match="gives"):
-        shuffle.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 14, 4), None, 2, 3)
+        shuffle.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 14, 8), None, 2, 3)
     with pytest.raises(ValueError, match="packed weights"):
-        shuffle.conv_transpose_shuffle_nhwc(x, wp[:10], _f32(2, 6, 15, 4), None, 2, 3)
+        shuffle.conv_transpose_shuffle_nhwc(x, wp[:10], _f32(2, 6, 15, 8), None, 2, 3)
     with pytest.raises(ValueError, match="bias"):
-        shuffle.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), bias, 2, 3)
+        shuffle.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 8), np.tile(bias, 6), 2, 3)
     with pytest.raises(ValueError, match="positive"):
-        shuffle.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 4), None, 0, 3)
+        shuffle.conv_transpose_shuffle_nhwc(x, wp, _f32(2, 6, 15, 8), None, 0, 3)
 
 
 def test_overlapping_buffers_are_refused_contiguous_or_not():

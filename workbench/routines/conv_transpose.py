@@ -123,8 +123,8 @@ class ShuffleNhwc(_Shuffle):
 
 class ShuffleNhwcAvx512(ShuffleNhwc):
     """:class:`ShuffleNhwc` on our AVX-512 GEMM (``conv_shuffle512.conv_transpose_shuffle_nhwc``): the
-    weights packed once, one GEMM per input row with bias and activation fused per column, its
-    runs copied straight to their output rows.  The BLAS version runs OpenBLAS from inside the
+    weights packed once per kernel row, one GEMM per (input row, kernel row) with bias and
+    activation fused per column, written in place into its output row.  The BLAS version runs OpenBLAS from inside the
     pool's threads, on its Haswell kernels; a detector head's 24 -> 1 channel layer (N = 4 GEMM
     columns) was its worst case."""
 
@@ -138,22 +138,20 @@ class ShuffleNhwcAvx512(ShuffleNhwc):
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
-        # each thread's GEMM columns of one input row
-        _, _, _, w = specs[0].shape
-        m = layer.out_specs[0].shape[1]
-        return _gemm512("conv_shuffle512").shuffle_scratch_bytes(w, int(np.prod(layer.attrs["kernel_shape"])) * m,
+        kh, kw = layer.attrs["kernel_shape"]
+        return _gemm512("conv_shuffle512").shuffle_scratch_bytes(specs[0].shape[3], kh, kw, layer.out_specs[0].shape[1],
                                                                  num_threads)
 
     @classmethod
     def prepare(cls, layer):
         state = super().prepare(layer)   # w (C, KH, KW, M)
         w = state["w"]
-        kk = w.shape[1] * w.shape[2]
         code, p0, p1, slope = state["act"]
+        # per GEMM column (kw, m): M's values repeated kw times
         tile = (lambda v: None if v is None else np.ascontiguousarray(np.tile(np.broadcast_to(
-            np.asarray(v, np.float32).reshape(-1), (w.shape[3],)), kk)))
-        state.update(packed=_gemm512().pack_b(np.ascontiguousarray(w.reshape(w.shape[0], -1))),
-                     cols_bias=tile(state["bias"]), cols_act=(code, p0, p1, tile(slope)))
+            np.asarray(v, np.float32).reshape(-1), (w.shape[3],)), w.shape[2])))
+        state.update(packed=_gemm512("conv_shuffle512").pack(w), cols_bias=tile(state["bias"]),
+                     cols_act=(code, p0, p1, tile(slope)))
         return state
 
     @classmethod

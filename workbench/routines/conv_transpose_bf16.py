@@ -60,14 +60,15 @@ class NhwcShuffleBf16(_Shuffle):
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
-        return 0
+        kh, kw = layer.attrs["kernel_shape"]
+        return _kernels().scratch_bytes(specs[0].shape[3], kh, kw, layer.out_specs[0].shape[1], num_threads)
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         kh, kw = layer.attrs["kernel_shape"]
         code, p0, p1 = state["act"]
         _kernels().conv_transpose_shuffle(args[0], state["w"], outs[0], kh, kw, state["bias"], code, p0, p1,
-                                          num_threads)
+                                          num_threads, state.get("workspace"))
 
 
 edge_forms(NhwcShuffleBf16, globals(), [("f32out", (_F32Out,), 11.89)])

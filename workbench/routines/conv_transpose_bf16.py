@@ -15,6 +15,7 @@ import numpy as np
 from ..ir.formats import Format
 from ..ir.graph import NHWC
 from ..runtime import cpu
+from . import conv_bf16
 from .conv_bf16 import REQUIRES, _F32Out
 from .conv_transpose import _Shuffle
 from .edges import edge_forms
@@ -22,6 +23,9 @@ from .eltwise import fused_activation
 
 
 def _kernels():
+    # offered where the bfloat16 GEMM is (conv_bf16 says whether this machine has bfloat16 at all)
+    if conv_bf16._kernels() is None:
+        return None
     mod = cpu.kernel_module("conv_shuffle_bf16", "avx512bf16")
     return mod if mod is not None and mod.available else None
 

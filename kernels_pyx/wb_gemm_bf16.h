@@ -58,7 +58,14 @@ WBB_AI __m512i wbb_pair(const uint16_t* p) {
     return _mm512_set1_epi32(t);
 }
 
-#define WBB_ACC(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = c##i##0;
+/* The panel's column masks and bias, before the accumulators: each starts from the bias (zero
+ * past nr), so the epilogue adds none (for K = 16, a MobileNet expansion, the 24 adds were an
+ * eighth of the products). */
+#define WBB_BIAS_SETUP \
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr); \
+    __m512 bv0 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m0, ep->bias + col0) : _mm512_setzero_ps(); \
+    __m512 bv1 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16) : _mm512_setzero_ps();
+#define WBB_ACC(i) __m512 c##i##0 = bv0, c##i##1 = bv1;
 /* The panel's second 16 columns: all of them (span 2), the first 8 in a ymm (span 1: a panel of
  * 17 to 24 live columns, at half a zmm's cost on cores that split zmm operations in two), or none
  * (span 0: at most 16 live).  A ymm operation zeroes the register's upper half, so the zmm
@@ -79,25 +86,24 @@ WBB_AI __m512i wbb_pair(const uint16_t* p) {
     b0 = _mm512_loadu_si512(p); \
     b1 = span == 2 ? _mm512_loadu_si512((p) + 32) \
                    : span == 1 ? _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)((p) + 32))) : b0;
-/* The panel's column masks and bias, before the WBB_FINISH of each row. */
+/* Before the WBB_FINISH of each row: the rest of the epilogue, the bias being in the sums. */
 #define WBB_EPILOGUE_SETUP \
-    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr); \
     const int staged = wbb_staged(ep); \
     float tile[12 * 32] __attribute__((aligned(64))); \
-    __m512 bv0 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m0, ep->bias + col0) : _mm512_setzero_ps(); \
-    __m512 bv1 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16) : _mm512_setzero_ps();
+    wbb_epi rest = *ep; \
+    rest.bias = NULL;
 #define WBB_FINISH(i) \
     if (i < mr) { \
         if (staged) \
-            wbb_stage(c##i##0, c##i##1, ep, row0 + i, col0, bv0, bv1, m0, m1, tile + 32 * (i)); \
+            wbb_stage(c##i##0, c##i##1, &rest, row0 + i, col0, bv0, bv1, m0, m1, tile + 32 * (i)); \
         else \
-            wbb_finish(c##i##0, c##i##1, ep, row0 + i, col0, bv0, bv1, m0, m1, \
+            wbb_finish(c##i##0, c##i##1, &rest, row0 + i, col0, bv0, bv1, m0, m1, \
                        (char*)c + (i) * ldc * (f32 ? 4 : 2), f32, 1); \
     }
 /* After the rows' WBB_FINISH: the staged epilogue's out-of-line pass. */
 #define WBB_FINISH_STAGED \
     if (staged) \
-        wbb_finish_staged(tile, mr, ep, row0, col0, m0, m1, c, ldc, f32);
+        wbb_finish_staged(tile, mr, &rest, row0, col0, m0, m1, c, ldc, f32);
 
 /* Rows row0..row0+mr-1 (mr <= 12) of C, the 32 columns of one panel (nr live). a: A's row row0;
  * c: C at (row0, col0), ldc in elements.  toff NULL: A's rows are k contiguous words.  Else the
@@ -113,6 +119,7 @@ WBB_AI void wbb_micro12_span(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int 
                    *a7 = a + (mr > 7 ? 7 : mr - 1) * lda, *a8 = a + (mr > 8 ? 8 : mr - 1) * lda,
                    *a9 = a + (mr > 9 ? 9 : mr - 1) * lda, *a10 = a + (mr > 10 ? 10 : mr - 1) * lda,
                    *a11 = a + (mr > 11 ? 11 : mr - 1) * lda;
+    WBB_BIAS_SETUP
     WBB_ACC(0) WBB_ACC(1) WBB_ACC(2) WBB_ACC(3) WBB_ACC(4) WBB_ACC(5)
     WBB_ACC(6) WBB_ACC(7) WBB_ACC(8) WBB_ACC(9) WBB_ACC(10) WBB_ACC(11)
     __m512i b0, b1;
@@ -169,6 +176,7 @@ static inline void wbb_micro4(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int
                               ptrdiff_t col0, const ptrdiff_t* toff, int ntaps) {
     const uint16_t *a0 = a, *a1 = a + (mr > 1 ? 1 : 0) * lda, *a2 = a + (mr > 2 ? 2 : mr - 1) * lda,
                    *a3 = a + (mr > 3 ? 3 : mr - 1) * lda;
+    WBB_BIAS_SETUP
     WBB_ACC(0) WBB_ACC(1) WBB_ACC(2) WBB_ACC(3)
     __m512i b0, b1;
     ptrdiff_t j, run = (toff != NULL ? k / ntaps : k) / 2 * 2;

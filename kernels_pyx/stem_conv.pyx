@@ -1,7 +1,8 @@
-# isa-variants: avx512
+# isa-variants: avx512, avx512bf16
 # cython: language_level=3
 """A network's first convolution from the caller's float32 NCHW image to an NHWC output (float32
 or bfloat16), for images of at most 4 channels and up to 64 output channels (``wb_stem512.h``).
+The ``_avx512bf16`` build rounds a bfloat16 output with one instruction a vector.
 
 Jobs are output rows on the shared pool (``wb_pool.h``), each thread with its own padded-rows
 scratch.  Only the ``_avx512`` build computes (``available``); shapes, dtypes and scratch are

@@ -60,7 +60,12 @@ static inline int wbs_native(void) { return 1; }
 
 #define WBS_AI static inline __attribute__((always_inline))
 
-/* float32 -> bfloat16 bits, nearest even, a NaN quietened (wbb_round's rule), 16 lanes. */
+/* float32 -> bfloat16 bits, nearest even, a NaN quietened (wbb_round's rule), 16 lanes: one
+ * VCVTNEPS2BF16 where the build has AVX512-BF16 (the emulation's ten integer operations a vector
+ * took as many vector-pipe slots as a third of the tile's FMAs), else integer operations. */
+#ifdef __AVX512BF16__
+WBS_AI __m256i wbs_round16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+#else
 WBS_AI __m256i wbs_round16(__m512 v) {
     __m512i u = _mm512_castps_si512(v);
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
@@ -69,6 +74,7 @@ WBS_AI __m256i wbs_round16(__m512 v) {
     r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
     return _mm512_cvtepi32_epi16(r);
 }
+#endif
 
 WBS_AI void wbs_store(const wbs_geo* g, ptrdiff_t px, int z, __m512 v, __mmask16 k) {
     ptrdiff_t at = px * g->m + (ptrdiff_t)z * 16;
@@ -89,8 +95,15 @@ WBS_AI void wbs_tile(const wbs_geo* g, const float* rows, ptrdiff_t row, ptrdiff
     const float* wt = g->wp;
     int p, z;
     ptrdiff_t t;
+    /* The sums start from the bias (zero past m), so the epilogue adds none. */
+    __m512 bias[4];
+    _Pragma("GCC unroll 4")
+    for (z = 0; z < NZ; z++)
+        bias[z] = g->ep.bias != NULL ? _mm512_maskz_loadu_ps(wb512_mask_lo((int)(g->m - z * 16 < 16 ? g->m - z * 16 : 16)),
+                                                             g->ep.bias + z * 16)
+                                     : _mm512_setzero_ps();
     _Pragma("GCC unroll 24")
-    for (p = 0; p < P * NZ; p++) acc[p] = _mm512_setzero_ps();
+    for (p = 0; p < P * NZ; p++) acc[p] = bias[p % NZ];
     for (t = 0; t < taps; t++, wt += ld) {
         const float* r = base + g->toff[t];
         __m512 wv[4];
@@ -104,16 +117,17 @@ WBS_AI void wbs_tile(const wbs_geo* g, const float* rows, ptrdiff_t row, ptrdiff
         }
     }
     const ptrdiff_t px0 = row * g->ow + ox0;
+    wb512_epi rest = g->ep;
+    rest.bias = NULL;
+    const __m512 zero = _mm512_setzero_ps();
     for (z = 0; z < NZ; z += 2) {
         ptrdiff_t col0 = (ptrdiff_t)z * 16;
         int live0 = (int)(g->m - col0 < 16 ? g->m - col0 : 16);
         int live1 = z + 1 < NZ ? (int)(g->m - col0 - 16 < 16 ? g->m - col0 - 16 : 16) : 0;
         __mmask16 m0 = wb512_mask_lo(live0), m1 = live1 > 0 ? wb512_mask_lo(live1) : 0;
-        __m512 bv0 = g->ep.bias != NULL ? _mm512_maskz_loadu_ps(m0, g->ep.bias + col0) : _mm512_setzero_ps();
-        __m512 bv1 = g->ep.bias != NULL && m1 ? _mm512_maskz_loadu_ps(m1, g->ep.bias + col0 + 16) : _mm512_setzero_ps();
         for (p = 0; p < cnt; p++) {
             __m512 v0 = acc[p * NZ + z], v1 = z + 1 < NZ ? acc[p * NZ + z + 1] : _mm512_setzero_ps();
-            wb512_epi_regs(&v0, &v1, &g->ep, px0 + p, col0, bv0, bv1, m0, m1);
+            wb512_epi_regs(&v0, &v1, &rest, px0 + p, col0, zero, zero, m0, m1);
             wbs_store(g, px0 + p, z, v0, m0);
             if (m1) wbs_store(g, px0 + p, z + 1, v1, m1);
         }

@@ -22,8 +22,8 @@ from .conv_gemm import geometry
 from .epilogue import encode
 
 
-def _kernels():
-    mod = cpu.kernel_module("stem_conv", "avx512")
+def _kernels(isa="avx512"):
+    mod = cpu.kernel_module("stem_conv", isa)
     return mod if mod is not None and mod.available else None
 
 
@@ -35,13 +35,17 @@ class NchwInStem(Routine):
     uses_blas = False
     requires = "needs a CPU with AVX-512F and the stem_conv_avx512 build (python setup.py build_ext --inplace)"
 
+    @staticmethod
+    def _mod():
+        return _kernels()
+
     @classmethod
     def available(cls):
-        return _kernels() is not None
+        return cls._mod() is not None
 
     @classmethod
     def applies(cls, layer, specs):
-        mod = _kernels()
+        mod = cls._mod()
         if mod is None or len(specs) < 2 or specs[0] is None or 0 in layer.consts or layer.attrs.get("residual"):
             return False
         x, w, out = specs[0], layer.consts.get(1), layer.out_specs[0]
@@ -69,25 +73,30 @@ class NchwInStem(Routine):
         bias = layer.consts.get(2)
         epi = encode(layer, w.shape[0], extended=True, post_affine=True)
         post = None if epi.post is None else tuple(np.ascontiguousarray(p, np.float32) for p in epi.post)
-        return {"w": _kernels().pack(w), "geometry": geometry(layer), "epi": epi, "post": post,
+        return {"w": cls._mod().pack(w), "geometry": geometry(layer), "epi": epi, "post": post,
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
         kernel, strides, _, _, _ = geometry(layer)
-        return 4 * _kernels().scratch_floats(specs[0].shape, kernel, strides, layer.out_specs[0].shape[3], num_threads)
+        return 4 * cls._mod().scratch_floats(specs[0].shape, kernel, strides, layer.out_specs[0].shape[3], num_threads)
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         kernel, strides, _, pads, _ = state["geometry"]
         epi, ws = state["epi"], state.get("workspace")
-        _kernels().conv(args[0], state["w"], outs[0], kernel, strides, pads, state["bias"], epi.code, epi.p0, epi.p1,
+        cls._mod().conv(args[0], state["w"], outs[0], kernel, strides, pads, state["bias"], epi.code, epi.p0, epi.p1,
                         state["post"], None if ws is None else ws.view(np.float32), num_threads)
 
 
 class NchwInStemBf16(NchwInStem):
     dtype = "bfloat16"
     requires = conv_bf16.REQUIRES
+
+    @staticmethod
+    def _mod():
+        # the build that rounds to bfloat16 with VCVTNEPS2BF16, where this CPU has it
+        return _kernels("avx512bf16") or _kernels()
 
     @classmethod
     def available(cls):

@@ -150,6 +150,17 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t
     const float *q0 = s->a[0] + aoff, *q3 = s->a[1] + aoff, *q6 = s->a[2] + aoff, *q9 = s->a[3] + aoff;
     __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
     int i;
+    /* A product in one K block (the common case for a short depth) starts from the per-column
+     * bias, and its epilogue then adds none: with K = 16 those adds were an eighth of the FMAs. */
+    wb512_epi folded;
+    const int fold = ep != NULL && !load && ep->bias != NULL && !ep->bias_per_row;
+    if (fold) {
+        __m512 f0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0), f1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
+        c00 = c10 = c20 = c30 = c40 = c50 = c60 = c70 = c80 = c90 = c100 = c110 = f0;
+        c01 = c11 = c21 = c31 = c41 = c51 = c61 = c71 = c81 = c91 = c101 = c111 = f1;
+        folded = *ep;
+        folded.bias = NULL;
+    }
     /* What the stores will read (C from the previous K block, the residual): fetch it now, so
      * the loads after the k loop do not wait on L2 or memory.  A C written fresh is fetched for
      * writing: an output buffer not touched since the last run is out of the caches, and its
@@ -192,11 +203,13 @@ static inline void wb512_micro_da(ptrdiff_t kcb, const wb512_strip* s, ptrdiff_t
         WB512_STORE_S(0) WB512_STORE_S(1) WB512_STORE_S(2) WB512_STORE_S(3) WB512_STORE_S(4) WB512_STORE_S(5)
         WB512_STORE_S(6) WB512_STORE_S(7) WB512_STORE_S(8) WB512_STORE_S(9) WB512_STORE_S(10) WB512_STORE_S(11)
     } else {
+        const wb512_epi* epx = fold ? &folded : ep;
         __m512 bv0 = _mm512_setzero_ps(), bv1 = bv0;
-        if (ep->bias != NULL && !ep->bias_per_row) {
-            bv0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
-            bv1 = _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16);
+        if (epx->bias != NULL && !epx->bias_per_row) {
+            bv0 = _mm512_maskz_loadu_ps(m0, epx->bias + col0);
+            bv1 = _mm512_maskz_loadu_ps(m1, epx->bias + col0 + 16);
         }
+        const wb512_epi* ep = epx;   /* the stores' epilogue, the bias left out where the sums hold it */
         WB512_STORE_EPI(0) WB512_STORE_EPI(1) WB512_STORE_EPI(2) WB512_STORE_EPI(3)
         WB512_STORE_EPI(4) WB512_STORE_EPI(5) WB512_STORE_EPI(6) WB512_STORE_EPI(7)
         WB512_STORE_EPI(8) WB512_STORE_EPI(9) WB512_STORE_EPI(10) WB512_STORE_EPI(11)
@@ -225,6 +238,14 @@ static inline void wb512_micro_da16(ptrdiff_t kcb, const wb512_strip* s, ptrdiff
     const float *q0 = s->a[0] + aoff, *q3 = s->a[1] + aoff, *q6 = s->a[2] + aoff, *q9 = s->a[3] + aoff;
     __mmask16 m0 = wb512_mask_lo(nr);
     int i;
+    wb512_epi folded;   /* the bias in the sums, as wb512_micro_da */
+    const int fold = ep != NULL && !load && ep->bias != NULL && !ep->bias_per_row;
+    if (fold) {
+        c00 = c10 = c20 = c30 = c40 = c50 = c60 = c70 = c80 = c90 = c100 = c110 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
+        folded = *ep;
+        folded.bias = NULL;
+        ep = &folded;
+    }
     for (i = 0; i < WB512_MR; i++) {
         if (load) _mm_prefetch((const char*)(s->c[i] + col0), _MM_HINT_T0);
         else __builtin_prefetch(s->c[i] + col0, 1, 3);

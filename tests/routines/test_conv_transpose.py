@@ -4,10 +4,7 @@ end pads included), output_padding, output_shape, fused activations, both layout
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
-from onnx import helper
 
-import workbench
-from onnx_helpers import make_model
 from routine_helpers import assert_routine_matches, conv_transpose_graph as _graph, parallel_even_when_small
 from workbench import routines
 from workbench.routines import conv_transpose
@@ -131,11 +128,14 @@ def test_shuffle_applies_only_to_kernel_equals_stride(attrs):
 
 def test_shuffle_nan_propagates():
     from routine_helpers import run_with_routine
+    from workbench.routines import conv_transpose_bf16
     g = _graph((1, 3, 4, 5), np.random.default_rng(0).standard_normal((3, 2, 2, 2)).astype(np.float32),
                kernel_shape=[2, 2], strides=[2, 2])
     x = np.random.default_rng(1).standard_normal((1, 3, 4, 5)).astype(np.float32)
     x[0, 1, 2, 3] = np.nan
-    for d in SHUFFLE:
+    bf16 = (["cpu:bfloat16:nhwc/shuffle_bf16", "cpu:bfloat16:nhwc/shuffle_bf16_f32out"]
+            if conv_transpose_bf16._kernels() is not None else [])
+    for d in SHUFFLE + bf16:
         ours, ref, used = run_with_routine(g, d, feeds={"x": x})
         assert used
         np.testing.assert_array_equal(np.isnan(ours["y"]), np.isnan(ref["y"]))

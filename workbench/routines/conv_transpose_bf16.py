@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.formats import Format
 from ..ir.graph import NHWC
 from ..runtime import cpu
 from . import conv_bf16

@@ -6,13 +6,15 @@
 output row; each is written in place with the bias and activation fused, with no column buffer
 to copy out.  Where all KH * KW * M columns fit one 32-column panel (a head's last, 1-channel
 layer) the KH products would each fill a few lanes of the same panel: there one GEMM of all the
-columns goes to the thread's scratch and its runs are copied out (``narrow``).  Like ``gemm512``, only the ``_avx512`` build runs the AVX-512 kernel
-(``available``).  Shapes are checked (``_gemm512_args``) before any ``nogil`` code.
+columns goes to the thread's scratch and its runs are copied out (``narrow``).  Like
+``gemm512``, only the ``_avx512`` build runs the AVX-512 kernel (``available``).  Shapes are
+checked (``_gemm512_args``) before any ``nogil`` code.
 """
 
 cimport numpy as cnp
 
-from _gemm512_jobs cimport WB512_NATIVE, WB512_NR, Job, _rows, pack_b_par, wb512_abuf_floats, wb512_epi_handles, wb512_packed_b_floats
+from _gemm512_jobs cimport (WB512_NATIVE, WB512_NR, Job, _rows, pack_b_par, wb512_abuf_floats, wb512_epi_handles,
+                            wb512_packed_b_floats)
 from conv_gemm cimport Epi
 from wb_pool cimport wb_pool_import, wb_pool_run
 
@@ -78,7 +80,8 @@ def pack(w, int num_threads=1):
     (C, KH * KW * M) matrix."""
     w = _array(w, "weights", 4)
     _threads(num_threads)
-    cdef Py_ssize_t c = w.shape[0], kh = w.shape[1], run = w.shape[2] * w.shape[3], per = wb512_packed_b_floats(c, run), r
+    cdef Py_ssize_t c = w.shape[0], kh = w.shape[1], run = w.shape[2] * w.shape[3], r
+    cdef Py_ssize_t per = wb512_packed_b_floats(c, run)
     if _narrow(kh, w.shape[2], w.shape[3]):
         kh, run, per = 1, kh * run, wb512_packed_b_floats(c, kh * run)
     out = np.empty(max(kh * per, 1), np.float32)

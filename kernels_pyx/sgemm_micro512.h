@@ -241,7 +241,8 @@ static inline void wb512_micro_da16(ptrdiff_t kcb, const wb512_strip* s, ptrdiff
     wb512_epi folded;   /* the bias in the sums, as wb512_micro_da */
     const int fold = ep != NULL && !load && ep->bias != NULL && !ep->bias_per_row;
     if (fold) {
-        c00 = c10 = c20 = c30 = c40 = c50 = c60 = c70 = c80 = c90 = c100 = c110 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
+        __m512 f0 = _mm512_maskz_loadu_ps(m0, ep->bias + col0);
+        c00 = c10 = c20 = c30 = c40 = c50 = c60 = c70 = c80 = c90 = c100 = c110 = f0;
         folded = *ep;
         folded.bias = NULL;
         ep = &folded;

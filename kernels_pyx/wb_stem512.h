@@ -98,10 +98,11 @@ WBS_AI void wbs_tile(const wbs_geo* g, const float* rows, ptrdiff_t row, ptrdiff
     /* The sums start from the bias (zero past m), so the epilogue adds none. */
     __m512 bias[4];
     _Pragma("GCC unroll 4")
-    for (z = 0; z < NZ; z++)
-        bias[z] = g->ep.bias != NULL ? _mm512_maskz_loadu_ps(wb512_mask_lo((int)(g->m - z * 16 < 16 ? g->m - z * 16 : 16)),
-                                                             g->ep.bias + z * 16)
+    for (z = 0; z < NZ; z++) {
+        int live = (int)(g->m - z * 16 < 16 ? g->m - z * 16 : 16);
+        bias[z] = g->ep.bias != NULL ? _mm512_maskz_loadu_ps(wb512_mask_lo(live), g->ep.bias + z * 16)
                                      : _mm512_setzero_ps();
+    }
     _Pragma("GCC unroll 24")
     for (p = 0; p < P * NZ; p++) acc[p] = bias[p % NZ];
     for (t = 0; t < taps; t++, wt += ld) {

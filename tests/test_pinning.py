@@ -52,3 +52,38 @@ def test_a_run_leaves_the_callers_cpus_as_they_were():
     cm.run_timed({"x": x})
     assert os.sched_getaffinity(0) == before
     np.testing.assert_array_equal(out, workbench.ReferenceExecutor(graph).run({"x": x})["y"])
+
+
+def _task_affinities():
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            out.append(os.sched_getaffinity(int(tid)))
+        except OSError:   # the thread ended meanwhile
+            pass
+    return out
+
+
+def test_a_contended_caller_moves_and_its_worker_follows():
+    """Runs whose caller waited for its CPU over a tenth of their time move the caller to the
+    other CPU, and worker 1 takes the caller's old one at its next job; quiet runs move nothing."""
+    first = _pool.caller_cpu()
+    if first < 0:   # fewer than 2 CPUs, or WB_POOL_PIN=0: nothing is pinned, nothing moves
+        _pool.caller_report(60_000_000, 0)
+        assert _pool.caller_cpu() == -1
+        return
+    for _ in range(10):   # 100 ms of runs, all of them on the CPU: no move
+        _pool.caller_report(10_000_000, 10_000_000)
+    assert _pool.caller_cpu() == first
+    _pool.caller_report(60_000_000, 30_000_000)   # half the window waiting for the CPU
+    moved = _pool.caller_cpu()
+    assert moved != first and moved in os.sched_getaffinity(0)
+    assert _pool.worker_cpu(1) != moved
+    if len(os.sched_getaffinity(0)) == 2:
+        assert _pool.worker_cpu(1) == first
+    slots, runs = _pool.probe(64, 2, 20000)   # a job: the worker re-pins before taking chunks
+    assert (runs == 1).all()
+    if (slots == 1).any():
+        assert {_pool.worker_cpu(1)} in _task_affinities()
+    _pool.caller_report(60_000_000, 30_000_000)   # contended again: it moves on (back, on 2 CPUs)
+    assert _pool.caller_cpu() != moved

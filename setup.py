@@ -26,6 +26,7 @@ ISA_FLAGS = {
                "-mprefer-vector-width=512", "-mprfchw"],
 }
 ISA_FLAGS["avx512bf16"] = ISA_FLAGS["avx512"] + ["-mavx512bf16"]
+ISA_FLAGS["amx"] = ISA_FLAGS["avx512bf16"] + ["-mamx-tile", "-mamx-bf16"]
 LINK_ARGS = ["-pthread"]
 
 

@@ -1,11 +1,14 @@
-# isa-variants: avx512bf16
+# isa-variants: avx512bf16, amx
 # cython: language_level=3
 """bfloat16 GEMM with float32 accumulation (``wb_gemm_bf16.h``): the convolutions and matrix
 products of the ``cpu:bfloat16:*`` routines (the depthwise ones are ``depthwise_bf16.pyx``'s).
 
 Only the ``_avx512bf16`` build runs the VDPBF16PS micro-kernel (``available``); the baseline
 build runs scalar loops on the same packed weights, with the same rounding, so the packing and
-the epilogue are tested on CPUs without AVX512-BF16 too.
+the epilogue are tested on CPUs without AVX512-BF16 too.  The ``_amx`` build runs :func:`gemm`
+and :func:`conv_im2col` on AMX tiles (``wb_gemm_amx.h``, ``amx``), with its own packing (the
+depth padded to whole tiles: :func:`packed_words` differs); its :func:`conv_implicit` keeps the
+VDPBF16PS kernel on that packing.
 
 Work is split over the shared thread pool (``wb_pool.h``) in (row tile, panel group) jobs, row
 tiles outermost, so each thread starts on its own contiguous range of pixels.  Shapes, dtypes and
@@ -18,7 +21,7 @@ cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
 from wb_gemm_bf16 cimport (
-    WBB_NATIVE, WBB_NR, WBB_MR, fill_epilogue, wb512_epi, wbb_epi, wbb_block, wbb_geo, wbb_handles, wbb_im2col,
+    WBB_AMX, WBB_NATIVE, WBB_NR, WBB_ROWS, wbb_ready, fill_epilogue, wb512_epi, wbb_epi, wbb_block, wbb_geo, wbb_handles, wbb_im2col,
     wbb_pack, wbb_packed_words)
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 from _bf16_args cimport _geometry, _overlap, _ptr, _row_stride
@@ -39,11 +42,14 @@ cdef extern from "wb_implicit_bf16.h" nogil:
                    Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t p0, Py_ssize_t p1)
 
 
-#: True when this build runs the AVX512-BF16 micro-kernel (only the ``_avx512bf16`` variant does).
-available = bool(WBB_NATIVE)
+#: True when this build runs the AVX512-BF16 micro-kernel (the ``_avx512bf16`` and ``_amx``
+#: variants), the latter only where Linux grants the process the AMX tile state.
+available = bool(WBB_NATIVE) and bool(wbb_ready())
+#: True in the ``_amx`` build: :func:`gemm` and :func:`conv_im2col` run on AMX tiles.
+amx = bool(WBB_AMX)
 
 cdef enum:
-    ROW_TILE = 96   # rows of a job: 8 strips of the 12-row micro-kernel
+    ROW_TILE = 96   # rows of a job: 8 strips of the 12-row micro-kernel (3 blocks of 32 rows: AMX)
 
 
 def handles(int act):
@@ -52,8 +58,10 @@ def handles(int act):
 
 
 def packed_words(Py_ssize_t k, Py_ssize_t n):
-    """16-bit words of weights of depth ``k`` and ``n`` columns packed by :func:`pack`."""
-    return wbb_packed_words(k, n)
+    """16-bit words of weights of depth ``k`` and ``n`` columns packed by :func:`pack`: the panels,
+    then the depth in two words (the AMX build pads the depth to 32, so the size alone would let
+    weights of depth 6 pass for depth 8)."""
+    return wbb_packed_words(k, n) + 2
 
 
 def _array(a, what, dtype, writeable=False):
@@ -96,12 +104,13 @@ def pack(w):
     if w.ndim != 2:
         raise ValueError(f"gemm_bf16: weights must be 2-D (n, k), got shape {w.shape}")
     cdef Py_ssize_t n = w.shape[0], k = w.shape[1]
-    out = np.empty(max(wbb_packed_words(k, n), 1), np.uint16)
+    out = np.empty(wbb_packed_words(k, n) + 2, np.uint16)
     cdef const float* src = <const float*> _ptr(w)
     cdef uint16_t* dst = <uint16_t*> _ptr(out)
     cdef Py_ssize_t panels = (n + WBB_NR - 1) // WBB_NR
     with nogil:
         wbb_pack(k, n, src, dst, 0, panels)
+    out[-2:] = (k & 0xffff, (k >> 16) & 0xffff)
     return out
 
 
@@ -128,7 +137,7 @@ cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef _Ctx* g = <_Ctx*> ctx
     cdef Py_ssize_t r = job // g.col_jobs, q = job % g.col_jobs
     cdef Py_ssize_t p0 = q * g.panels // g.col_jobs, p1 = (q + 1) * g.panels // g.col_jobs
-    cdef Py_ssize_t i0 = r * g.strips // g.row_jobs * WBB_MR, i1 = min((r + 1) * g.strips // g.row_jobs * WBB_MR, g.m)
+    cdef Py_ssize_t i0 = r * g.strips // g.row_jobs * WBB_ROWS, i1 = min((r + 1) * g.strips // g.row_jobs * WBB_ROWS, g.m)
     cdef const uint16_t* a = <const uint16_t*> g.a + i0 * g.lda
     if g.ntaps > 0:
         wbi_block(&g.geo, g.padded, g.hp, g.wpd, g.toff, g.ntaps, g.n, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0,
@@ -155,9 +164,11 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     if num_threads < 1:
         raise ValueError(f"gemm_bf16: num_threads must be >= 1, got {num_threads}")
     cdef Py_ssize_t n = out.shape[out.ndim - 1]
-    if wp.ndim != 1 or wp.size != max(wbb_packed_words(k, n), 1):
-        raise ValueError(f"gemm_bf16: packed weights hold {wp.size} words; depth {k} and {n} columns "
-                         f"need {wbb_packed_words(k, n)}")
+    if (wp.ndim != 1 or wp.size != wbb_packed_words(k, n) + 2
+            or int(wp[wp.size - 2]) + (int(wp[wp.size - 1]) << 16) != k):
+        depth = int(wp[-2]) + (int(wp[-1]) << 16) if wp.ndim == 1 and wp.size >= 2 else "?"
+        raise ValueError(f"gemm_bf16: packed weights hold {wp.size} words of depth {depth}; depth {k} and {n} "
+                         f"columns need {wbb_packed_words(k, n) + 2}")
     residual = check_epilogue("gemm_bf16", out, bias, residual, act, post)
     for what, v in (("input", a), ("packed weights", wp), ("residual", residual), ("bias", bias)):
         if _overlap(out, v):
@@ -185,12 +196,12 @@ cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogi
     # would read all of B once per tile.
     cdef bint b_heavy = g.n >= 4 * m
     if num_threads > 1 and (m + g.row_tile - 1) // g.row_tile < 3 * num_threads and not b_heavy:
-        g.row_tile = max(WBB_MR, min(g.row_tile, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_MR * WBB_MR))
+        g.row_tile = max(WBB_ROWS, min(g.row_tile, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_ROWS * WBB_ROWS))
     # Row jobs of equal strips and, where they are the only split, as many as a multiple of the
     # threads: with 676 rows in tiles of 96 (7 full, 1 of 4 rows) one thread took 4 full tiles,
     # the other 3 and the short one, and the layer ran at 88% of twice the one-thread rate.
-    g.strips = (m + WBB_MR - 1) // WBB_MR
-    cdef Py_ssize_t row_jobs = max(1, (g.strips + g.row_tile // WBB_MR - 1) // (g.row_tile // WBB_MR))
+    g.strips = (m + WBB_ROWS - 1) // WBB_ROWS
+    cdef Py_ssize_t row_jobs = max(1, (g.strips + g.row_tile // WBB_ROWS - 1) // (g.row_tile // WBB_ROWS))
     if num_threads > 1 and row_jobs >= 3 * num_threads and row_jobs % num_threads:
         row_jobs = min(g.strips, (row_jobs + num_threads - 1) // num_threads * num_threads)
     g.row_jobs = row_jobs
@@ -312,7 +323,7 @@ def _input(a):
 
 cdef Py_ssize_t _gather_tile(Py_ssize_t k):
     """Rows of a gathered tile: about 256 KiB of bfloat16, so that it stays in L2 beside the weight panel."""
-    return max(WBB_MR, (1 << 17) // max(k, 1) // WBB_MR * WBB_MR)
+    return max(WBB_ROWS, (1 << 17) // max(k, 1) // WBB_ROWS * WBB_ROWS)
 
 
 def im2col_scratch_bytes(Py_ssize_t k, int num_threads=1):

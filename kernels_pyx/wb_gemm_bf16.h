@@ -31,15 +31,30 @@
 #define WBB_NR 32   /* columns of a packed panel */
 #define WBB_MR 12   /* rows of the micro-kernel */
 
+/* The AMX build (wb_gemm_amx.h) runs the blocks on tiles: its panels hold the depth padded to
+ * whole tiles of 32, and its jobs take rows in blocks of 32 (two tiles). */
+#if WBB_NATIVE && defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define WBB_AMX 1
+#define WBB_KPAD 32
+#define WBB_ROWS 32
+#else
+#define WBB_AMX 0
+#define WBB_KPAD 2
+#define WBB_ROWS WBB_MR
+#endif
+
+/* The depth a panel holds: k padded with zero weights to a whole pair (to a whole tile: AMX). */
+static inline ptrdiff_t wbb_depth_pad(ptrdiff_t k) { return (k + WBB_KPAD - 1) / WBB_KPAD * WBB_KPAD; }
+
 /* uint16 words of B packed for depth k and n columns. */
 static inline ptrdiff_t wbb_packed_words(ptrdiff_t k, ptrdiff_t n) {
-    return (n + WBB_NR - 1) / WBB_NR * ((k + 1) / 2) * 2 * WBB_NR;
+    return (n + WBB_NR - 1) / WBB_NR * wbb_depth_pad(k) * WBB_NR;
 }
 
 /* Pack panels p0..p1-1 of B, given as float32 w(n, k) (row j holds column j of B: a
  * convolution's (out channels, in channels) weights), rounding each weight to bfloat16. */
 static inline void wbb_pack(ptrdiff_t k, ptrdiff_t n, const float* w, uint16_t* dst, ptrdiff_t p0, ptrdiff_t p1) {
-    ptrdiff_t kp = (k + 1) / 2, p, q, j, e;
+    ptrdiff_t kp = wbb_depth_pad(k) / 2, p, q, j, e;
     for (p = p0; p < p1; p++) {
         uint16_t* d = dst + p * kp * 2 * WBB_NR;
         for (q = 0; q < kp; q++)
@@ -207,11 +222,23 @@ static inline void wbb_micro4(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int
 /* Activation codes the epilogue applies in this build. */
 static inline int wbb_handles(int act) { return WBB_NATIVE ? wb512_epi_handles(act) : (act >= 0 && act <= 5); }
 
+#if WBB_AMX
+#include "wb_gemm_amx.h"
+/* Whether this build's blocks can run: the kernel granted the process the tile state. */
+static int wbb_ready(void) { return wba_permit(); }
+#else
+static int wbb_ready(void) { return WBB_NATIVE; }
+#endif
+
 /* Rows i0..i1-1 of C, panels p0..p1-1; a points at A's row i0. */
 static inline void wbb_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, const uint16_t* pb, void* c,
                              ptrdiff_t ldc, int f32, const wbb_epi* ep, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0,
                              ptrdiff_t p1) {
-    ptrdiff_t panel_words = (k + 1) / 2 * 2 * WBB_NR, p, i;
+#if WBB_AMX
+    wba_block(n, k, a, lda, pb, c, ldc, f32, ep, i0, i1, p0, p1);
+    return;
+#endif
+    ptrdiff_t panel_words = wbb_depth_pad(k) * WBB_NR, p, i;
     for (p = p0; p < p1; p++) {
         ptrdiff_t col0 = p * WBB_NR;
         int nr = (int)(n - col0 < WBB_NR ? n - col0 : WBB_NR);

@@ -9,6 +9,9 @@ cdef extern from "wb_gemm_bf16.h" nogil:
     int WBB_NATIVE
     int WBB_NR
     int WBB_MR
+    int WBB_AMX
+    int WBB_ROWS
+    int wbb_ready()
     ctypedef struct wbb_epi:
         wb512_epi e
         const float* bias

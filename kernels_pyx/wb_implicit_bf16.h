@@ -45,7 +45,7 @@ static inline void wbi_pad_rows(const wbb_geo* g, const void* x, int x_f32, ptrd
 static inline void wbi_block(const wbb_geo* g, const uint16_t* xp, ptrdiff_t hp, ptrdiff_t wpd, const ptrdiff_t* toff,
                              int ntaps, ptrdiff_t n, const uint16_t* pb, void* c, ptrdiff_t ldc, int f32,
                              const wbb_epi* ep, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1) {
-    ptrdiff_t k = ntaps * g->c, panel_words = (k + 1) / 2 * 2 * WBB_NR, plane = g->oh * g->ow, lda = g->sw * g->c;
+    ptrdiff_t k = ntaps * g->c, panel_words = wbb_depth_pad(k) * WBB_NR, plane = g->oh * g->ow, lda = g->sw * g->c;
     ptrdiff_t p, i;
     for (p = p0; p < p1; p++) {
         ptrdiff_t col0 = p * WBB_NR;

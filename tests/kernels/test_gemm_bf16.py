@@ -12,6 +12,8 @@ from workbench.runtime import cpu
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 BUILDS = ["gemm_bf16"] + (["gemm_bf16_avx512bf16"] if cpu.kernel_module("gemm_bf16", "avx512bf16") else [])
+#: The AMX build, where the CPU has it: gemm and conv_im2col on tiles (its conv_implicit is the VDPBF16PS one).
+AMX = ["gemm_bf16_amx"] if cpu.kernel_module("gemm_bf16", "amx") else []
 
 
 def _module(name):
@@ -69,13 +71,17 @@ def test_native_build_where_the_cpu_has_it():
     assert _module("gemm_bf16").available is False
     if cpu.supports("avx512bf16"):
         assert "gemm_bf16_avx512bf16" in BUILDS and _module("gemm_bf16_avx512bf16").available
+    if cpu.supports("amx"):
+        assert AMX and _module("gemm_bf16_amx").available and _module("gemm_bf16_amx").amx
+    for build in BUILDS:
+        assert not _module(build).amx
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(m=st.integers(1, 60), k=st.integers(1, 80), n=st.integers(1, 70), lead=st.sampled_from([(), (1,), (2, 1)]),
        code=st.sampled_from([0, 1, 2, 3, 4, 5, 6, 9, 10, 11]), bias=st.booleans(),
        res=st.sampled_from([None, "pre", "post"]), post=st.booleans(), f32=st.booleans(), in32=st.booleans(),
-       build=st.sampled_from(BUILDS), threads=st.sampled_from([1, 2]))
+       build=st.sampled_from(BUILDS + AMX), threads=st.sampled_from([1, 2]))
 def test_matches_numpy(m, k, n, lead, code, bias, res, post, f32, in32, build, threads):
     """``in32``: the input arrives in float32 (rounded to bfloat16 as it is gathered), and so does
     the residual.  Codes 6 and up (sigmoid, SiLU, GELU: the native build's staged epilogue) have
@@ -127,7 +133,7 @@ def test_low_precision_activations_on_a_dense_grid(code):
     np.testing.assert_array_equal(got[~fin], special)
 
 
-@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("build", BUILDS + AMX)
 def test_output_rounds_to_nearest_even_like_ml_dtypes(build):
     """With k = 1 and a weight of 1 the product is exact, so the stored word is exactly
     ml_dtypes' rounding of the float32 sum a + bias."""
@@ -141,7 +147,7 @@ def test_output_rounds_to_nearest_even_like_ml_dtypes(build):
     np.testing.assert_array_equal(out.view(np.uint16), ref.view(np.uint16))
 
 
-@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("build", BUILDS + AMX)
 def test_nan_and_inf_propagate(build):
     mod = _module(build)
     a = np.ones((13, 6), BF16)
@@ -152,7 +158,7 @@ def test_nan_and_inf_propagate(build):
     assert np.all(out[[0, 1, 3, 4, 6]] == 6)
 
 
-@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("build", BUILDS + AMX)
 def test_bad_arguments_are_refused(build):
     mod = _module(build)
     a, w = np.ones((4, 8), BF16), mod.pack(np.ones((3, 8), np.float32))
@@ -264,7 +270,7 @@ def test_depthwise_dot_form_matches_numpy(n, h, w, c, k, sh, sw, pads, code, bia
 
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(h=st.integers(1, 12), c=st.integers(1, 40), m=st.integers(1, 40), k=st.sampled_from([1, 2, 3, 5]),
-       s=st.sampled_from([1, 2]), pad=st.integers(0, 2), d=st.sampled_from([1, 2]), build=st.sampled_from(BUILDS),
+       s=st.sampled_from([1, 2]), pad=st.integers(0, 2), d=st.sampled_from([1, 2]), build=st.sampled_from(BUILDS + AMX),
        threads=st.sampled_from([1, 2]))
 def test_im2col_convolution_matches_numpy(h, c, m, k, s, pad, d, build, threads):
     mod = _module(build)
@@ -284,7 +290,7 @@ def test_im2col_convolution_matches_numpy(h, c, m, k, s, pad, d, build, threads)
     assert np.all(np.abs(out - ref) <= bound)
 
 
-@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("build", BUILDS + AMX)
 def test_a_bound_call_computes_what_a_direct_call_does(build):
     """``bind=True`` checks once and returns a Call; calling it (at any thread count, the
     schedule redone when it changes) gives the direct call's result."""

@@ -14,16 +14,21 @@ from workbench.runtime import cpu
 
 NATIVE = cpu.kernel_module("gemm_bf16", "avx512bf16")
 pytestmark = pytest.mark.skipif(NATIVE is None or not NATIVE.available, reason="this CPU lacks AVX512-BF16")
-MATMUL = sorted(d for d in routines.routines_for("MatMul") if ":bfloat16:" in d)
-GEMM = sorted(d for d in routines.routines_for("Gemm") if ":bfloat16:" in d)
+MATMUL = sorted(d for d, r in routines.routines_for("MatMul").items() if ":bfloat16:" in d and r.available())
+GEMM = sorted(d for d, r in routines.routines_for("Gemm").items() if ":bfloat16:" in d and r.available())
 SETTINGS = dict(deadline=None, derandomize=True, database=None)
 ACTIVATIONS = [None, "Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid", "Tanh"]
 
 
 def test_every_form_is_registered():
-    forms = ["gemm_bf16", "gemm_bf16_f32in", "gemm_bf16_f32io", "gemm_bf16_f32out"]
-    assert [d.rsplit("/", 1)[1] for d in MATMUL] == forms
-    assert [d.rsplit("/", 1)[1] for d in GEMM] == forms
+    """The VDPBF16PS forms, and the AMX ones (offered where the CPU and the kernel allow tiles)."""
+    forms = [f"gemm_{a}{e}" for a in ("amx", "bf16") for e in ("", "_f32in", "_f32io", "_f32out")]
+    for op in ("MatMul", "Gemm"):
+        table = routines.routines_for(op)
+        assert sorted(d.rsplit("/", 1)[1] for d in table if ":bfloat16:" in d) == forms
+        amx = cpu.kernel_module("gemm_bf16", "amx")
+        assert all(table[d].available() == (amx is not None and amx.available) for d in table if "_amx" in d)
+    assert len(MATMUL) == len(GEMM) == (8 if any("_amx" in d for d in MATMUL) else 4)
 
 
 def _activation_nodes(activation, last, inits):

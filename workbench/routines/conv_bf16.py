@@ -41,10 +41,12 @@ from .epilogue import encode
 
 REQUIRES = ("needs a CPU with AVX512-BF16 (cpu flag avx512_bf16) and the gemm_bf16_avx512bf16 build "
             "(python setup.py build_ext --inplace)")
+REQUIRES_AMX = ("needs a CPU with AMX (cpu flags amx_tile, amx_bf16), Linux 5.16 or later, and the gemm_bf16_amx "
+                "build (python setup.py build_ext --inplace)")
 
 
-def _kernels(name="gemm_bf16"):
-    mod = cpu.kernel_module(name, "avx512bf16")
+def _kernels(name="gemm_bf16", isa="avx512bf16"):
+    mod = cpu.kernel_module(name, isa)
     return mod if mod is not None and mod.available else None
 
 
@@ -62,10 +64,16 @@ class _Bf16:
     layout = NHWC
     uses_blas = False
     requires = REQUIRES
+    isa = "avx512bf16"   # the build of gemm_bf16 whose GEMM the routine runs
 
     @classmethod
     def available(cls):
-        return _kernels() is not None
+        return _kernels() is not None and cls.gemm() is not None
+
+    @classmethod
+    def gemm(cls):
+        """The gemm_bf16 module of this routine's build, or None where it cannot run."""
+        return _kernels("gemm_bf16", cls.isa)
 
 
 class _Bf16Conv(_Bf16, _ConvGemm, register=False):
@@ -84,7 +92,7 @@ class _Bf16Conv(_Bf16, _ConvGemm, register=False):
 
     @classmethod
     def applies(cls, layer, specs):
-        mod = _kernels()
+        mod = cls.gemm()
         if mod is None or not super().applies(layer, specs) or geometry(layer)[4] != 1:
             return False
         epi = encode(layer, layer.out_specs[0].shape[1], extended=True, post_affine=True)
@@ -96,7 +104,7 @@ class _Bf16Conv(_Bf16, _ConvGemm, register=False):
         m = w.shape[0]
         bias = layer.consts.get(2)
         # GEMM depth in the gather's order: (kernel row, kernel column, channel).
-        return {"w": _kernels().pack(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(m, -1))),
+        return {"w": cls.gemm().pack(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(m, -1))),
                 "epi": encode(layer, m, extended=True, post_affine=True), "geometry": geometry(layer),
                 "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
@@ -133,11 +141,11 @@ class NhwcGemm1x1Bf16(_Bf16Conv):
     @classmethod
     def workspace(cls, layer, specs, num_threads):
         # a float32 image's rows are rounded to bfloat16 as each job gathers them
-        return _kernels().im2col_scratch_bytes(specs[0].shape[1], num_threads) if cls.in_dtype == "float32" else 0
+        return cls.gemm().im2col_scratch_bytes(specs[0].shape[1], num_threads) if cls.in_dtype == "float32" else 0
 
-    @staticmethod
-    def _conv(x, w, out, geo, *args, bind=False, scratch=None):
-        return _kernels().gemm(x, w, out, *args, bind=bind, scratch=scratch)
+    @classmethod
+    def _conv(cls, x, w, out, geo, *args, bind=False, scratch=None):
+        return cls.gemm().gemm(x, w, out, *args, bind=bind, scratch=scratch)
 
 
 class _F32Out:
@@ -167,12 +175,12 @@ class NhwcIm2colBf16(_Bf16Conv):
     @classmethod
     def workspace(cls, layer, specs, num_threads):
         kernel = geometry(layer)[0]
-        return _kernels().im2col_scratch_bytes(kernel[0] * kernel[1] * specs[0].shape[1], num_threads)
+        return cls.gemm().im2col_scratch_bytes(kernel[0] * kernel[1] * specs[0].shape[1], num_threads)
 
-    @staticmethod
-    def _conv(x, w, out, geo, *args, bind=False, scratch=None):
+    @classmethod
+    def _conv(cls, x, w, out, geo, *args, bind=False, scratch=None):
         kernel, strides, dilations, pads, _ = geo
-        return _kernels().conv_im2col(x, w, out, kernel, strides, dilations, pads, *args, bind=bind, scratch=scratch)
+        return cls.gemm().conv_im2col(x, w, out, kernel, strides, dilations, pads, *args, bind=bind, scratch=scratch)
 
 
 class NhwcImplicitBf16(_Bf16Conv):
@@ -193,12 +201,31 @@ class NhwcImplicitBf16(_Bf16Conv):
     @classmethod
     def workspace(cls, layer, specs, num_threads):
         n, c, h, w = specs[0].shape
-        return _kernels().implicit_scratch_bytes((n, h, w, c), geometry(layer)[3], cls.in_dtype == "float32")
+        return cls.gemm().implicit_scratch_bytes((n, h, w, c), geometry(layer)[3], cls.in_dtype == "float32")
 
-    @staticmethod
-    def _conv(x, w, out, geo, *args, bind=False, scratch=None):
+    @classmethod
+    def _conv(cls, x, w, out, geo, *args, bind=False, scratch=None):
         kernel, strides, dilations, pads, _ = geo
-        return _kernels().conv_implicit(x, w, out, kernel, strides, dilations, pads, *args, bind=bind, scratch=scratch)
+        return cls.gemm().conv_implicit(x, w, out, kernel, strides, dilations, pads, *args, bind=bind, scratch=scratch)
+
+
+class _Amx:
+    """The same product on AMX tiles (the ``gemm_bf16_amx`` build, ``wb_gemm_amx.h``): one
+    TDPBF16PS does a 16x32 by 32x16 block's multiply-adds, 256 times a VDPBF16PS's, with the same
+    float32 sums and epilogue.  Its weights are packed for that build (the depth padded to whole
+    tiles of 32)."""
+    isa = "amx"
+    requires = REQUIRES_AMX
+
+
+class NhwcGemm1x1Amx(_Amx, NhwcGemm1x1Bf16):
+    algo = "gemm1x1_amx"
+    priority = 12.5
+
+
+class NhwcIm2colAmx(_Amx, NhwcIm2colBf16):
+    algo = "im2col_amx"
+    priority = 12.4
 
 
 class NhwcWinograd2Bf16(_Bf16Conv):
@@ -330,6 +357,8 @@ def _forms(out, inp, io):
 
 
 edge_forms(NhwcGemm1x1Bf16, globals(), _forms(11.9, 11.89, 11.88))
+edge_forms(NhwcGemm1x1Amx, globals(), _forms(12.49, 12.48, 12.47))
+edge_forms(NhwcIm2colAmx, globals(), _forms(12.39, 12.38, 12.37))
 edge_forms(NhwcIm2colBf16, globals(), _forms(11.7, 11.69, 11.68))
 edge_forms(NhwcImplicitBf16, globals(), _forms(11.79, 11.78, 11.77))
 edge_forms(NhwcWinograd2Bf16, globals(), _forms(11.84, 11.83, 11.82))

@@ -1,4 +1,5 @@
-"""``cpu:bfloat16:nchw/gemm_bf16``: MatMul and Gemm with constant weights on the AVX512-BF16 GEMM.
+"""``cpu:bfloat16:nchw/gemm_bf16``: MatMul and Gemm with constant weights on the AVX512-BF16 GEMM
+(``gemm_amx``: the same on AMX tiles, where the CPU has them).
 
 The product is the one ``conv_bf16``'s 1x1 routine runs (``gemm_bf16.gemm``: the left operand's
 rows against B packed once, in :meth:`prepare`, rounded to bfloat16), with bias and activation
@@ -46,10 +47,15 @@ class _GemmBf16(Routine, register=False):
     priority = 12
     in_dtype = "bfloat16"
     out_dtype = "bfloat16"
+    isa = "avx512bf16"   # the build of gemm_bf16 whose GEMM the routine runs
 
     @classmethod
     def available(cls):
-        return _kernels() is not None
+        return _kernels() is not None and cls.gemm() is not None
+
+    @classmethod
+    def gemm(cls):
+        return conv_bf16._kernels("gemm_bf16", cls.isa)
 
     @classmethod
     def input_formats(cls, layer, specs):
@@ -76,16 +82,16 @@ class _GemmBf16(Routine, register=False):
     @classmethod
     def workspace(cls, layer, specs, num_threads):
         # a float32 A's rows are rounded to bfloat16 as each job gathers them
-        return _kernels().im2col_scratch_bytes(specs[0].shape[-1], num_threads) if cls.in_dtype == "float32" else 0
+        return cls.gemm().im2col_scratch_bytes(specs[0].shape[-1], num_threads) if cls.in_dtype == "float32" else 0
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        _kernels().gemm(*cls._args(args[0], state, outs[0]), num_threads=num_threads,
+        cls.gemm().gemm(*cls._args(args[0], state, outs[0]), num_threads=num_threads,
                         scratch=state.get("workspace"))
 
     @classmethod
     def bind(cls, layer, state, args, outs):
-        return _kernels().gemm(*cls._args(args[0], state, outs[0]), num_threads=1, bind=True,
+        return cls.gemm().gemm(*cls._args(args[0], state, outs[0]), num_threads=1, bind=True,
                                scratch=state.get("workspace"))
 
 
@@ -96,13 +102,13 @@ class MatMulBf16(_GemmBf16):
 
     @classmethod
     def applies(cls, layer, specs):
-        return (_kernels() is not None and 0 not in layer.consts and cls._float_operands(layer, specs)
+        return (cls.gemm() is not None and 0 not in layer.consts and cls._float_operands(layer, specs)
                 and len(specs[0].shape) >= 2 and int(np.prod(specs[0].shape, dtype=np.int64)) > 0)
 
     @classmethod
     def prepare(cls, layer):
         bias = layer.consts.get(2)   # fused from an Add (passes/fuse_matmul_bias.py)
-        return {"w": _kernels().pack(np.ascontiguousarray(np.asarray(layer.consts[1], np.float32).T)),
+        return {"w": cls.gemm().pack(np.ascontiguousarray(np.asarray(layer.consts[1], np.float32).T)),
                 "act": _activation(layer), "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
 
@@ -114,15 +120,31 @@ class GemmBf16(_GemmBf16):
 
     @classmethod
     def applies(cls, layer, specs):
-        return (_kernels() is not None and not layer.attrs["transA"] and len(specs[0].shape) == 2 and c_is_bias(layer)
+        return (cls.gemm() is not None and not layer.attrs["transA"] and len(specs[0].shape) == 2 and c_is_bias(layer)
                 and cls._float_operands(layer, specs) and min(layer.out_specs[0].shape) > 0 and specs[0].shape[1] > 0)
 
     @classmethod
     def prepare(cls, layer):
         b, bias = gemm_operands(layer)
         # pack takes B^T, (N, K): a transB operand already is
-        return {"w": _kernels().pack(np.ascontiguousarray(b if layer.attrs["transB"] else b.T)), "bias": bias,
+        return {"w": cls.gemm().pack(np.ascontiguousarray(b if layer.attrs["transB"] else b.T)), "bias": bias,
                 "act": _activation(layer)}
+
+
+class _Amx:
+    """The product on AMX tiles (the ``gemm_bf16_amx`` build; see ``conv_bf16._Amx``)."""
+    isa = "amx"
+    requires = conv_bf16.REQUIRES_AMX
+
+
+class MatMulAmx(_Amx, MatMulBf16):
+    algo = "gemm_amx"
+    priority = 12.5
+
+
+class GemmAmx(_Amx, GemmBf16):
+    algo = "gemm_amx"
+    priority = 12.5
 
 
 class _F32In:
@@ -136,3 +158,6 @@ class _F32Out:
 FORMS = [("f32in", (_F32In,), 11.9), ("f32out", (_F32Out,), 11.89), ("f32io", (_F32In, _F32Out), 11.88)]
 edge_forms(MatMulBf16, globals(), FORMS)
 edge_forms(GemmBf16, globals(), FORMS)
+AMX_FORMS = [("f32in", (_F32In,), 12.49), ("f32out", (_F32Out,), 12.48), ("f32io", (_F32In, _F32Out), 12.47)]
+edge_forms(MatMulAmx, globals(), AMX_FORMS)
+edge_forms(GemmAmx, globals(), AMX_FORMS)

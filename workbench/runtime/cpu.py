@@ -25,6 +25,7 @@ ISA_REQUIRES = {
     "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
 }
 ISA_REQUIRES["avx512bf16"] = ISA_REQUIRES["avx512"] | {"avx512_bf16"}
+ISA_REQUIRES["amx"] = ISA_REQUIRES["avx512bf16"] | {"amx_tile", "amx_bf16"}
 
 
 def supports(isa: str) -> bool:

@@ -1,0 +1,76 @@
+"""The AMX convolutions (``cpu:bfloat16:nhwc/gemm1x1_amx``, ``im2col_amx`` and their float32-edged
+forms) on whole Conv layers: within the tolerance of their rounding of the reference, and within
+float32 summation-order error of the VDPBF16PS routine with the same edges (the same bfloat16
+operands and float32 sums, added in another order); NaN and infinity reach their pixels."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from routine_helpers import assert_routine_matches, conv_graph, run_with_routine
+from workbench import routines
+from workbench.runtime import cpu
+
+AMX = cpu.kernel_module("gemm_bf16", "amx")
+pytestmark = pytest.mark.skipif(AMX is None or not AMX.available, reason="this CPU (or kernel) lacks AMX-BF16")
+EDGES = ["", "_f32out", "_f32in", "_f32io"]
+
+
+def test_every_form_is_registered_and_available():
+    conv = {d for d in routines.routines_for("Conv") if "_amx" in d}
+    assert conv == {f"cpu:bfloat16:nhwc/{a}{e}" for a in ("gemm1x1_amx", "im2col_amx") for e in EDGES}
+    assert all(routines.get("Conv", d).available() for d in conv)
+
+
+def _compare_with_vnni(g, algo, edge):
+    ours, _, used = run_with_routine(g, f"cpu:bfloat16:nhwc/{algo}_amx{edge}", layers=["conv"])
+    assert used == ["conv"]
+    vnni, _, _ = run_with_routine(g, f"cpu:bfloat16:nhwc/{algo}_bf16{edge}", layers=["conv"])
+    for name, v in vnni.items():
+        a, b = ours[name].astype(np.float64), v.astype(np.float64)
+        # float32 sums in another order; a bfloat16 output may round to the neighbouring value
+        step = 1e-5 if edge in ("_f32out", "_f32io") else 2.0 ** -7
+        assert np.abs(a - b).max() <= step * np.abs(b).max() + 1e-6, (name, np.abs(a - b).max())
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(edge=st.sampled_from(EDGES), c=st.integers(1, 80), m=st.integers(1, 70), h=st.integers(1, 12),
+       w=st.integers(1, 40), activation=st.sampled_from([None, "Relu", "HardSwish", "Sigmoid"]),
+       residual=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_1x1_matches_the_reference_and_the_vnni_routine(edge, c, m, h, w, activation, residual, seed):
+    rng = np.random.default_rng(seed)
+    wt = (rng.standard_normal((m, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
+    g = conv_graph((1, c, h, w), wt, rng.standard_normal(m).astype(np.float32), activation=activation,
+                   residual=residual)
+    assert_routine_matches(g, f"cpu:bfloat16:nhwc/gemm1x1_amx{edge}", expect_layers=["conv"], seed=seed)
+    _compare_with_vnni(g, "gemm1x1", edge)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(edge=st.sampled_from(EDGES), c=st.integers(1, 40), m=st.integers(1, 50), h=st.integers(3, 14),
+       k=st.sampled_from([1, 2, 3, 5]), s=st.sampled_from([1, 2]), pad=st.integers(0, 2), d=st.sampled_from([1, 2]),
+       activation=st.sampled_from([None, "Relu", "Clip"]), seed=st.integers(0, 2 ** 16))
+def test_im2col_matches_the_reference_and_the_vnni_routine(edge, c, m, h, k, s, pad, d, activation, seed):
+    if h + 2 * pad < d * (k - 1) + 1 or (k == 1 and s == 1 and pad == 0):
+        return
+    rng = np.random.default_rng(seed)
+    wt = (rng.standard_normal((m, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    g = conv_graph((1, c, h, h + 3), wt, rng.standard_normal(m).astype(np.float32),
+                   attrs=dict(strides=[s, s], pads=[pad] * 4, dilations=[d, d]), activation=activation)
+    assert_routine_matches(g, f"cpu:bfloat16:nhwc/im2col_amx{edge}", expect_layers=["conv"], seed=seed)
+    _compare_with_vnni(g, "im2col", edge)
+
+
+@pytest.mark.parametrize("algo", ["gemm1x1_amx", "im2col_amx"])
+def test_nan_and_inf_reach_their_pixels(algo):
+    rng = np.random.default_rng(2)
+    k = 1 if algo == "gemm1x1_amx" else 3
+    g = conv_graph((1, 40, 9, 11), (rng.standard_normal((24, 40, k, k)) / 10).astype(np.float32),
+                   attrs=dict(pads=[k // 2] * 4))
+    x = rng.standard_normal((1, 40, 9, 11)).astype(np.float32)
+    x[0, 5, 2, 3], x[0, 39, 7, 10] = np.nan, np.inf
+    ours, ref, used = run_with_routine(g, f"cpu:bfloat16:nhwc/{algo}_f32io", feeds={"x": x})
+    assert used == ["conv"]
+    (name, r), = ref.items()
+    got = ours[name].astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(r))
+    assert np.isnan(r).any()

@@ -235,7 +235,7 @@ cdef int _launch(_Ctx* g, int num_threads, bint gather) except -1:
     cdef Py_ssize_t rows
     if g.ntaps > 0 and g.pad and g.m > 0 and g.n > 0:
         rows = g.geo.n * g.hp
-        g.padded = _words(g, rows * g.wpd * g.geo.c, keep)
+        g.padded = _words(g, rows * g.wpd * g.geo.c + (_amx_slack(g.geo.c, g.geo.sw) if WBB_AMX else 0), keep)
         g.pad_rows_per_job = wb_jobs_per_chunk(rows, g.wpd * g.geo.c, num_threads)
         with nogil:
             wb_pool_run(_pad_job, g, (rows + g.pad_rows_per_job - 1) // g.pad_rows_per_job, num_threads)
@@ -332,12 +332,21 @@ def im2col_scratch_bytes(Py_ssize_t k, int num_threads=1):
     return 2 * max(num_threads, 1) * min(<Py_ssize_t> ROW_TILE, _gather_tile(k)) * k
 
 
-def implicit_scratch_bytes(shape, pads, bint f32_input):
+def implicit_scratch_bytes(shape, pads, bint f32_input, strides=(1, 1)):
     """Bytes of the ``scratch`` that :func:`conv_implicit` needs for an NHWC image of ``shape``
-    (N, H, W, C): its zero-bordered copy, none where it is read in place (bfloat16, no padding)."""
+    (N, H, W, C) and ``strides``: its zero-bordered copy, none where it is read in place (bfloat16,
+    no padding).  The AMX build always copies, with room past the end for the 16 rows a tile
+    loads at the last pixel (``wba_implicit_block``)."""
     n, h, w, c = shape
     pt, pl, pb, pr = pads
+    if WBB_AMX:
+        return 2 * (n * (h + pt + pb) * (w + pl + pr) * c + _amx_slack(c, strides[1]))
     return 2 * n * (h + pt + pb) * (w + pl + pr) * c if f32_input or any(pads) else 0
+
+
+cdef Py_ssize_t _amx_slack(Py_ssize_t c, Py_ssize_t sw):
+    """Words past the bordered image that an AMX tile's rows past the last pixel may read."""
+    return 16 * sw * c + 32
 
 
 cdef int _workspace(_Ctx* g, scratch) except -1:
@@ -386,6 +395,6 @@ def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, resid
     g.hp, g.wpd = g.geo.h + pt + pb, g.geo.w + pl + pr
     toff = np.array([(i * dh * g.wpd + j * dw) * c for i in range(kh) for j in range(kw)], np.intp)
     g.ntaps, g.toff = kh * kw, <const Py_ssize_t*> _ptr(toff)
-    g.pad = g.a_f32 or any(pads)
+    g.pad = g.a_f32 or any(pads) or WBB_AMX   # AMX tiles read past the last pixel: never the input itself
     g.padded = NULL if g.pad else <uint16_t*> g.a
     return _finish(&g, num_threads, ROW_TILE, False, bind, [out, x, wp, bias, residual, post, toff, scratch])

@@ -139,4 +139,5 @@ static inline void wba_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdif
     _tile_release();
 }
 
+
 #endif

@@ -39,12 +39,112 @@ static inline void wbi_pad_rows(const wbb_geo* g, const void* x, int x_f32, ptrd
     }
 }
 
+#if WBB_AMX
+/* The stage rows of a block (wba_tiles' C) to C: ``rows`` rows from stage row ``from``, the first
+ * being output pixel ``pix``. */
+static inline void wba_finish_rows(const float* stage, int from, int rows, int wide, void* c, ptrdiff_t ldc, int f32,
+                                   int nr, const wbb_epi* ep, ptrdiff_t pix, ptrdiff_t col0) {
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
+    __m512 bv0 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m0, ep->bias + col0) : _mm512_setzero_ps();
+    __m512 bv1 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16) : _mm512_setzero_ps();
+    const int cheap = !wbb_staged(ep);
+    for (int i = 0; i < rows; i++) {
+        const float* s = stage + 32 * (from + i);
+        __m512 v0 = _mm512_load_ps(s), v1 = wide ? _mm512_load_ps(s + 16) : _mm512_setzero_ps();
+        void* cr = (char*)c + ((pix + i) * ldc + col0) * (f32 ? 4 : 2);
+        if (cheap)
+            wbb_finish(v0, v1, ep, pix + i, col0, bv0, bv1, m0, m1, cr, f32, 1);
+        else
+            wbb_finish(v0, v1, ep, pix + i, col0, bv0, bv1, m0, m1, cr, f32, 0);
+    }
+}
+
+/* wbi_block (wb_implicit_bf16.h) on tiles, for c a multiple of 32: output pixels i0..i1-1,
+ * panels p0..p1-1.  An A tile is up to 16 pixels of one output row, read where their taps lie in
+ * the zero-bordered image xp, sw * c words apart: tap t's channels 32q.. at toff[t] + 32q from each
+ * pixel's start, the packed depth's order.  A tile of fewer pixels (the row's end) still loads 16
+ * rows, the others the next pixels of the bordered image (or up to 16 * sw * c words past its end:
+ * the workspace holds that slack); their products land in stage rows that are never stored. */
+static inline void wba_implicit_block(const wbb_geo* g, const uint16_t* xp, ptrdiff_t hp, ptrdiff_t wpd,
+                                      const ptrdiff_t* toff, int ntaps, ptrdiff_t n, const uint16_t* pb, void* c,
+                                      ptrdiff_t ldc, int f32, const wbb_epi* ep, ptrdiff_t i0, ptrdiff_t i1,
+                                      ptrdiff_t p0, ptrdiff_t p1) {
+    float stage[32 * 32] __attribute__((aligned(64)));
+    ptrdiff_t k = ntaps * g->c, panel_words = wbb_depth_pad(k) * WBB_NR, plane = g->oh * g->ow;
+    ptrdiff_t stride = g->sw * g->c * 2, chunks = g->c / 32, p, i;
+    if (i1 <= i0 || p1 <= p0)
+        return;
+    wba_configure();
+    for (p = p0; p < p1; p++) {
+        ptrdiff_t col0 = p * WBB_NR;
+        int nr = (int)(n - col0 < WBB_NR ? n - col0 : WBB_NR), wide = nr > 16;
+        const uint16_t* bp = pb + p * panel_words;
+        for (i = i0; i < i1;) {
+            /* two runs of pixels, each within one output row */
+            const uint16_t* base[2] = {NULL, NULL};
+            int rows[2] = {0, 0};
+            ptrdiff_t at = i;
+            for (int t = 0; t < 2 && at < i1; t++) {
+                ptrdiff_t b = at / plane, oy = at % plane / g->ow, ox = at % g->ow, left = g->ow - ox;
+                ptrdiff_t r = i1 - at < 16 ? i1 - at : 16;
+                rows[t] = (int)(r < left ? r : left);
+                base[t] = xp + ((b * hp + oy * g->sh) * wpd + ox * g->sw) * g->c;
+                at += rows[t];
+            }
+            const int two = rows[1] > 0;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            const uint16_t* b = bp;
+            for (int t = 0; t < ntaps; t++)
+                for (ptrdiff_t q = 0; q < chunks; q++, b += 32 * WBB_NR) {
+                    ptrdiff_t off = toff[t] + 32 * q;
+                    _tile_loadd(6, b, 4 * WBB_NR);
+                    if (wide)
+                        _tile_loadd(7, b + 32, 4 * WBB_NR);
+                    _tile_loadd(4, base[0] + off, stride);
+                    _tile_dpbf16ps(0, 4, 6);
+                    if (wide)
+                        _tile_dpbf16ps(1, 4, 7);
+                    if (two) {
+                        _tile_loadd(5, base[1] + off, stride);
+                        _tile_dpbf16ps(2, 5, 6);
+                        if (wide)
+                            _tile_dpbf16ps(3, 5, 7);
+                    }
+                }
+            _tile_stored(0, stage, 128);
+            if (wide)
+                _tile_stored(1, stage + 16, 128);
+            if (two) {
+                _tile_stored(2, stage + 16 * 32, 128);
+                if (wide)
+                    _tile_stored(3, stage + 16 * 32 + 16, 128);
+            }
+            wba_finish_rows(stage, 0, rows[0], wide, c, ldc, f32, nr, ep, i, col0);
+            if (two)
+                wba_finish_rows(stage, 16, rows[1], wide, c, ldc, f32, nr, ep, i + rows[0], col0);
+            i = at;
+        }
+    }
+    _tile_release();
+}
+
+#endif
+
 /* Output pixels i0..i1-1 (of n * oh * ow), panels p0..p1-1 of the n output channels, from the
  * padded image xp (hp x wpd pixels an image); toff: the ntaps tap offsets in words, in the packed
  * weights' order; c out (n * oh * ow pixels ldc elements apart, n channels) bfloat16 or float32. */
 static inline void wbi_block(const wbb_geo* g, const uint16_t* xp, ptrdiff_t hp, ptrdiff_t wpd, const ptrdiff_t* toff,
                              int ntaps, ptrdiff_t n, const uint16_t* pb, void* c, ptrdiff_t ldc, int f32,
                              const wbb_epi* ep, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t p0, ptrdiff_t p1) {
+#if WBB_AMX
+    if (g->c % 32 == 0) {
+        wba_implicit_block(g, xp, hp, wpd, toff, ntaps, n, pb, c, ldc, f32, ep, i0, i1, p0, p1);
+        return;
+    }
+#endif
     ptrdiff_t k = ntaps * g->c, panel_words = wbb_depth_pad(k) * WBB_NR, plane = g->oh * g->ow, lda = g->sw * g->c;
     ptrdiff_t p, i;
     for (p = p0; p < p1; p++) {

@@ -1,5 +1,5 @@
-"""The AMX convolutions (``cpu:bfloat16:nhwc/gemm1x1_amx``, ``im2col_amx`` and their float32-edged
-forms) on whole Conv layers: within the tolerance of their rounding of the reference, and within
+"""The AMX convolutions (``cpu:bfloat16:nhwc/gemm1x1_amx``, ``im2col_amx``, ``implicit_amx`` and
+their float32-edged forms) on whole Conv layers: within the tolerance of their rounding of the reference, and within
 float32 summation-order error of the VDPBF16PS routine with the same edges (the same bfloat16
 operands and float32 sums, added in another order); NaN and infinity reach their pixels."""
 import numpy as np
@@ -17,7 +17,7 @@ EDGES = ["", "_f32out", "_f32in", "_f32io"]
 
 def test_every_form_is_registered_and_available():
     conv = {d for d in routines.routines_for("Conv") if "_amx" in d}
-    assert conv == {f"cpu:bfloat16:nhwc/{a}{e}" for a in ("gemm1x1_amx", "im2col_amx") for e in EDGES}
+    assert conv == {f"cpu:bfloat16:nhwc/{a}{e}" for a in ("gemm1x1_amx", "im2col_amx", "implicit_amx") for e in EDGES}
     assert all(routines.get("Conv", d).available() for d in conv)
 
 
@@ -60,14 +60,39 @@ def test_im2col_matches_the_reference_and_the_vnni_routine(edge, c, m, h, k, s, 
     _compare_with_vnni(g, "im2col", edge)
 
 
-@pytest.mark.parametrize("algo", ["gemm1x1_amx", "im2col_amx"])
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(edge=st.sampled_from(EDGES), c=st.sampled_from([32, 64, 96]), m=st.integers(1, 50), h=st.integers(3, 12),
+       w=st.integers(3, 40), k=st.sampled_from([2, 3, 5]), s=st.sampled_from([1, 2]), pad=st.integers(0, 2),
+       d=st.sampled_from([1, 2]), residual=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_implicit_matches_the_reference_and_the_vnni_routine(edge, c, m, h, w, k, s, pad, d, residual, seed):
+    """Rows of 3 to 40 pixels: tiles that end inside a row, and a batch of two images (the last
+    tile's rows past the image read the workspace's slack)."""
+    if min(h, w) + 2 * pad < d * (k - 1) + 1:
+        return
+    rng = np.random.default_rng(seed)
+    wt = (rng.standard_normal((m, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    g = conv_graph((2, c, h, w), wt, rng.standard_normal(m).astype(np.float32),
+                   attrs=dict(strides=[s, s], pads=[pad] * 4, dilations=[d, d]), activation="Relu", residual=residual)
+    assert_routine_matches(g, f"cpu:bfloat16:nhwc/implicit_amx{edge}", expect_layers=["conv"], seed=seed)
+    _compare_with_vnni(g, "implicit", edge)
+
+
+def test_implicit_needs_channels_in_whole_tiles():
+    for c in (16, 48, 40):
+        g = conv_graph((1, c, 6, 6), np.ones((4, c, 3, 3), np.float32))
+        layer = g.layer("conv")
+        offered = routines.get("Conv", "cpu:bfloat16:nhwc/implicit_amx").applies(layer, g.input_specs(layer))
+        assert offered == (c % 32 == 0)
+
+
+@pytest.mark.parametrize("algo", ["gemm1x1_amx", "im2col_amx", "implicit_amx"])
 def test_nan_and_inf_reach_their_pixels(algo):
     rng = np.random.default_rng(2)
     k = 1 if algo == "gemm1x1_amx" else 3
-    g = conv_graph((1, 40, 9, 11), (rng.standard_normal((24, 40, k, k)) / 10).astype(np.float32),
+    g = conv_graph((1, 64, 9, 11), (rng.standard_normal((24, 64, k, k)) / 10).astype(np.float32),
                    attrs=dict(pads=[k // 2] * 4))
-    x = rng.standard_normal((1, 40, 9, 11)).astype(np.float32)
-    x[0, 5, 2, 3], x[0, 39, 7, 10] = np.nan, np.inf
+    x = rng.standard_normal((1, 64, 9, 11)).astype(np.float32)
+    x[0, 5, 2, 3], x[0, 63, 7, 10] = np.nan, np.inf
     ours, ref, used = run_with_routine(g, f"cpu:bfloat16:nhwc/{algo}_f32io", feeds={"x": x})
     assert used == ["conv"]
     (name, r), = ref.items()

@@ -201,7 +201,8 @@ class NhwcImplicitBf16(_Bf16Conv):
     @classmethod
     def workspace(cls, layer, specs, num_threads):
         n, c, h, w = specs[0].shape
-        return cls.gemm().implicit_scratch_bytes((n, h, w, c), geometry(layer)[3], cls.in_dtype == "float32")
+        _, strides, _, pads, _ = geometry(layer)
+        return cls.gemm().implicit_scratch_bytes((n, h, w, c), pads, cls.in_dtype == "float32", tuple(strides))
 
     @classmethod
     def _conv(cls, x, w, out, geo, *args, bind=False, scratch=None):
@@ -226,6 +227,17 @@ class NhwcGemm1x1Amx(_Amx, NhwcGemm1x1Bf16):
 class NhwcIm2colAmx(_Amx, NhwcIm2colBf16):
     algo = "im2col_amx"
     priority = 12.4
+
+
+class NhwcImplicitAmx(_Amx, NhwcImplicitBf16):
+    """implicit_bf16 on tiles: a tile is 16 pixels of an output row, each tap's channels read
+    where they lie in the bordered image, 32 at a time, so the channel count must be a multiple of 32."""
+    algo = "implicit_amx"
+    priority = 12.45
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return specs[0].shape[1] % 32 == 0 and super().applies(layer, specs)
 
 
 class NhwcWinograd2Bf16(_Bf16Conv):
@@ -359,6 +371,7 @@ def _forms(out, inp, io):
 edge_forms(NhwcGemm1x1Bf16, globals(), _forms(11.9, 11.89, 11.88))
 edge_forms(NhwcGemm1x1Amx, globals(), _forms(12.49, 12.48, 12.47))
 edge_forms(NhwcIm2colAmx, globals(), _forms(12.39, 12.38, 12.37))
+edge_forms(NhwcImplicitAmx, globals(), _forms(12.44, 12.43, 12.42))
 edge_forms(NhwcIm2colBf16, globals(), _forms(11.7, 11.69, 11.68))
 edge_forms(NhwcImplicitBf16, globals(), _forms(11.79, 11.78, 11.77))
 edge_forms(NhwcWinograd2Bf16, globals(), _forms(11.84, 11.83, 11.82))

@@ -58,8 +58,40 @@ static inline void wba_copy_a(const uint16_t* a, ptrdiff_t lda, int rows, int he
                                                    : _mm512_setzero_si512());
 }
 
+/* C tiles 0 and 1 (2 and 3: the second A tile's rows; 1 and 3: only where ``wide``) into the
+ * staging tile, 32 floats a row. */
+static inline void wba_store(float* stage, int two, int wide) {
+    _tile_stored(0, stage, 128);
+    if (wide)
+        _tile_stored(1, stage + 16, 128);
+    if (two) {
+        _tile_stored(2, stage + 16 * 32, 128);
+        if (wide)
+            _tile_stored(3, stage + 16 * 32 + 16, 128);
+    }
+}
+
+/* The stage rows of a block (wba_tiles' C) to C: ``rows`` rows from stage row ``from``, the first
+ * being output pixel ``pix``. */
+static inline void wba_finish_rows(const float* stage, int from, int rows, int wide, void* c, ptrdiff_t ldc, int f32,
+                                   int nr, const wbb_epi* ep, ptrdiff_t pix, ptrdiff_t col0) {
+    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
+    __m512 bv0 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m0, ep->bias + col0) : _mm512_setzero_ps();
+    __m512 bv1 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16) : _mm512_setzero_ps();
+    const int cheap = !wbb_staged(ep);
+    for (int i = 0; i < rows; i++) {
+        const float* s = stage + 32 * (from + i);
+        __m512 v0 = _mm512_load_ps(s), v1 = wide ? _mm512_load_ps(s + 16) : _mm512_setzero_ps();
+        void* cr = (char*)c + ((pix + i) * ldc + col0) * (f32 ? 4 : 2);
+        if (cheap)
+            wbb_finish(v0, v1, ep, pix + i, col0, bv0, bv1, m0, m1, cr, f32, 1);
+        else
+            wbb_finish(v0, v1, ep, pix + i, col0, bv0, bv1, m0, m1, cr, f32, 0);
+    }
+}
+
 /* C rows row0..row0+mr-1 (mr <= 32), the 32 columns of panel bp (nr live) at col0; a: A's row row0;
- * c: C at (row0, col0).  abuf: 32 x 32 words; stage: 32 x 32 floats (64-byte aligned). */
+ * c: C (row 0).  abuf: 32 x 32 words; stage: 32 x 32 floats (64-byte aligned). */
 static inline void wba_tiles(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int mr, const uint16_t* bp, void* c,
                              ptrdiff_t ldc, int f32, int nr, const wbb_epi* ep, ptrdiff_t row0, ptrdiff_t col0,
                              uint16_t* abuf, float* stage) {
@@ -94,26 +126,8 @@ static inline void wba_tiles(ptrdiff_t k, const uint16_t* a, ptrdiff_t lda, int 
                 _tile_dpbf16ps(3, 5, 7);
         }
     }
-    _tile_stored(0, stage, 128);
-    if (wide)
-        _tile_stored(1, stage + 16, 128);
-    if (two) {
-        _tile_stored(2, stage + 16 * 32, 128);
-        if (wide)
-            _tile_stored(3, stage + 16 * 32 + 16, 128);
-    }
-    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
-    __m512 bv0 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m0, ep->bias + col0) : _mm512_setzero_ps();
-    __m512 bv1 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16) : _mm512_setzero_ps();
-    const int cheap = !wbb_staged(ep);
-    for (int i = 0; i < mr; i++) {
-        __m512 v0 = _mm512_load_ps(stage + 32 * i), v1 = wide ? _mm512_load_ps(stage + 32 * i + 16) : _mm512_setzero_ps();
-        void* cr = (char*)c + i * ldc * (f32 ? 4 : 2);
-        if (cheap)
-            wbb_finish(v0, v1, ep, row0 + i, col0, bv0, bv1, m0, m1, cr, f32, 1);
-        else
-            wbb_finish(v0, v1, ep, row0 + i, col0, bv0, bv1, m0, m1, cr, f32, 0);
-    }
+    wba_store(stage, two, wide);
+    wba_finish_rows(stage, 0, mr, wide, c, ldc, f32, nr, ep, row0, col0);
 }
 
 /* wbb_block on tiles: rows i0..i1-1 of C, panels p0..p1-1; a points at A's row i0. */
@@ -132,8 +146,7 @@ static inline void wba_block(ptrdiff_t n, ptrdiff_t k, const uint16_t* a, ptrdif
         const uint16_t* bp = pb + p * panel_words;
         for (i = i0; i < i1; i += 32) {
             int mr = (int)(i1 - i < 32 ? i1 - i : 32);
-            wba_tiles(k, a + (i - i0) * lda, lda, mr, bp, (char*)c + (i * ldc + col0) * (f32 ? 4 : 2), ldc, f32, nr,
-                      ep, i, col0, abuf, stage);
+            wba_tiles(k, a + (i - i0) * lda, lda, mr, bp, c, ldc, f32, nr, ep, i, col0, abuf, stage);
         }
     }
     _tile_release();

@@ -40,25 +40,6 @@ static inline void wbi_pad_rows(const wbb_geo* g, const void* x, int x_f32, ptrd
 }
 
 #if WBB_AMX
-/* The stage rows of a block (wba_tiles' C) to C: ``rows`` rows from stage row ``from``, the first
- * being output pixel ``pix``. */
-static inline void wba_finish_rows(const float* stage, int from, int rows, int wide, void* c, ptrdiff_t ldc, int f32,
-                                   int nr, const wbb_epi* ep, ptrdiff_t pix, ptrdiff_t col0) {
-    __mmask16 m0 = wb512_mask_lo(nr), m1 = wb512_mask_hi(nr);
-    __m512 bv0 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m0, ep->bias + col0) : _mm512_setzero_ps();
-    __m512 bv1 = ep->bias != NULL ? _mm512_maskz_loadu_ps(m1, ep->bias + col0 + 16) : _mm512_setzero_ps();
-    const int cheap = !wbb_staged(ep);
-    for (int i = 0; i < rows; i++) {
-        const float* s = stage + 32 * (from + i);
-        __m512 v0 = _mm512_load_ps(s), v1 = wide ? _mm512_load_ps(s + 16) : _mm512_setzero_ps();
-        void* cr = (char*)c + ((pix + i) * ldc + col0) * (f32 ? 4 : 2);
-        if (cheap)
-            wbb_finish(v0, v1, ep, pix + i, col0, bv0, bv1, m0, m1, cr, f32, 1);
-        else
-            wbb_finish(v0, v1, ep, pix + i, col0, bv0, bv1, m0, m1, cr, f32, 0);
-    }
-}
-
 /* wbi_block (wb_implicit_bf16.h) on tiles, for c a multiple of 32: output pixels i0..i1-1,
  * panels p0..p1-1.  An A tile is up to 16 pixels of one output row, read where their taps lie in
  * the zero-bordered image xp, sw * c words apart: tap t's channels 32q.. at toff[t] + 32q from each
@@ -114,14 +95,7 @@ static inline void wba_implicit_block(const wbb_geo* g, const uint16_t* xp, ptrd
                             _tile_dpbf16ps(3, 5, 7);
                     }
                 }
-            _tile_stored(0, stage, 128);
-            if (wide)
-                _tile_stored(1, stage + 16, 128);
-            if (two) {
-                _tile_stored(2, stage + 16 * 32, 128);
-                if (wide)
-                    _tile_stored(3, stage + 16 * 32 + 16, 128);
-            }
+            wba_store(stage, two, wide);
             wba_finish_rows(stage, 0, rows[0], wide, c, ldc, f32, nr, ep, i, col0);
             if (two)
                 wba_finish_rows(stage, 16, rows[1], wide, c, ldc, f32, nr, ep, i + rows[0], col0);

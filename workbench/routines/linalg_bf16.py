@@ -131,18 +131,12 @@ class GemmBf16(_GemmBf16):
                 "act": _activation(layer)}
 
 
-class _Amx:
-    """The product on AMX tiles (the ``gemm_bf16_amx`` build; see ``conv_bf16._Amx``)."""
-    isa = "amx"
-    requires = conv_bf16.REQUIRES_AMX
-
-
-class MatMulAmx(_Amx, MatMulBf16):
+class MatMulAmx(conv_bf16._Amx, MatMulBf16):
     algo = "gemm_amx"
     priority = 12.5
 
 
-class GemmAmx(_Amx, GemmBf16):
+class GemmAmx(conv_bf16._Amx, GemmBf16):
     algo = "gemm_amx"
     priority = 12.5
 

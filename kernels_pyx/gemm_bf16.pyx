@@ -21,7 +21,8 @@ cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
 from wb_gemm_bf16 cimport (
-    WBB_AMX, WBB_NATIVE, WBB_NR, WBB_ROWS, wbb_ready, fill_epilogue, wb512_epi, wbb_epi, wbb_block, wbb_geo, wbb_handles, wbb_im2col,
+    WBB_AMX, WBB_NATIVE, WBB_NR, WBB_ROWS, wbb_ready, fill_epilogue, wb512_epi, wbb_epi, wbb_block, wbb_geo,
+    wbb_handles, wbb_im2col,
     wbb_pack, wbb_packed_words)
 from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
 from _bf16_args cimport _geometry, _overlap, _ptr, _row_stride
@@ -137,7 +138,8 @@ cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef _Ctx* g = <_Ctx*> ctx
     cdef Py_ssize_t r = job // g.col_jobs, q = job % g.col_jobs
     cdef Py_ssize_t p0 = q * g.panels // g.col_jobs, p1 = (q + 1) * g.panels // g.col_jobs
-    cdef Py_ssize_t i0 = r * g.strips // g.row_jobs * WBB_ROWS, i1 = min((r + 1) * g.strips // g.row_jobs * WBB_ROWS, g.m)
+    cdef Py_ssize_t i0 = r * g.strips // g.row_jobs * WBB_ROWS
+    cdef Py_ssize_t i1 = min((r + 1) * g.strips // g.row_jobs * WBB_ROWS, g.m)
     cdef const uint16_t* a = <const uint16_t*> g.a + i0 * g.lda
     if g.ntaps > 0:
         wbi_block(&g.geo, g.padded, g.hp, g.wpd, g.toff, g.ntaps, g.n, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0,
@@ -196,7 +198,8 @@ cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogi
     # would read all of B once per tile.
     cdef bint b_heavy = g.n >= 4 * m
     if num_threads > 1 and (m + g.row_tile - 1) // g.row_tile < 3 * num_threads and not b_heavy:
-        g.row_tile = max(WBB_ROWS, min(g.row_tile, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_ROWS * WBB_ROWS))
+        g.row_tile = max(WBB_ROWS,
+                         min(g.row_tile, (m + 3 * num_threads - 1) // (3 * num_threads) // WBB_ROWS * WBB_ROWS))
     # Row jobs of equal strips and, where they are the only split, as many as a multiple of the
     # threads: with 676 rows in tiles of 96 (7 full, 1 of 4 rows) one thread took 4 full tiles,
     # the other 3 and the short one, and the layer ran at 88% of twice the one-thread rate.

@@ -255,7 +255,8 @@ static void wb_pool_caller_report_impl(long wall, long cpu) {
         int next = (base + 1) % wb_pool_ncpus;
         for (int k = 1; k < wb_pool_ncpus; k++) {
             int i = (base + k) % wb_pool_ncpus;
-            if (i >= WB_POOL_MAX || now >= atomic_load_explicit(&wb_pool_cpu_contended_until[i], memory_order_relaxed)) {
+            if (i >= WB_POOL_MAX
+                || now >= atomic_load_explicit(&wb_pool_cpu_contended_until[i], memory_order_relaxed)) {
                 next = i;
                 break;
             }

@@ -28,6 +28,10 @@ def _graphs():
     yield "conv3x3", conv_graph([1, 20, 9, 13], rng.standard_normal((12, 20, 3, 3)).astype(np.float32),
                                 rng.standard_normal(12).astype(np.float32), dict(pads=[1, 1, 1, 1]),
                                 residual=True, activation="LeakyRelu")
+    # channels in whole AMX tiles (implicit_amx), a row of 13 pixels: tiles end inside rows
+    yield "conv3x3_c32", conv_graph([1, 32, 7, 13], rng.standard_normal((40, 32, 3, 3)).astype(np.float32),
+                                    rng.standard_normal(40).astype(np.float32), dict(pads=[1, 1, 1, 1]),
+                                    activation="Relu")
     yield "depthwise", conv_graph([2, 20, 11, 17], dw, rng.standard_normal(20).astype(np.float32),
                                   dict(group=20, pads=[1, 1, 1, 1], strides=[2, 1]), activation="Clip")
     from onnx import helper

@@ -1,13 +1,44 @@
-# isa-variants: avx2, avx512
+# isa-variants: avx2, avx512, avx512bf16
 # cython: language_level=3
 """The elementwise half of an LSTM step, bound once: from the gate pre-activations ``g`` (batch,
 4 hidden, in ONNX's i, o, f, c order) update the cell state ``c`` and the hidden state ``h`` in
 place and write ``h`` into row ``s`` of the output, in one call: sigmoid and tanh are
-``wb_vmath.h``'s vectorised polynomials, so a step costs no Python-level array operation."""
+``wb_vmath.h``'s vectorised polynomials, so a step costs no Python-level array operation.
+
+``LstmSteps`` runs whole directions instead (``wb_lstm.h``): every step's product, gates and
+states in C, the directions side by side on the kernel pool's threads."""
 import numpy as np
 cimport numpy as cnp
+from libc.stdint cimport uint16_t
+from libc.stdlib cimport free, malloc
+
+from wb_pool cimport wb_pool_import, wb_pool_run
 
 cnp.import_array()
+wb_pool_import()
+
+cdef extern from "wb_lstm.h" nogil:
+    enum: WBL_NB
+    enum: WBL_UNITS
+    ctypedef struct wbl_dir:
+        const void* r
+        const float* xw
+        float* hf
+        uint16_t* hb
+        float* h
+        float* c
+        float* y
+        Py_ssize_t ys0, ys1, seq, batch, hid
+        int reverse, bf16
+    Py_ssize_t wbl_blocks(Py_ssize_t hid)
+    Py_ssize_t wbl_hpad(Py_ssize_t hid)
+    int wbl_native(int bf16)
+    void wbl_run(const wbl_dir* d)
+    void wbl_run_split(const wbl_dir* d, int nt)
+
+#: Whether this build runs LstmSteps with vector kernels: float32 and bfloat16 weights.
+native_float32 = bool(wbl_native(0))
+native_bfloat16 = bool(wbl_native(1))
 
 cdef extern from "wb_vmath.h" nogil:
     int wbm_map(int code, const float* x, float* y, Py_ssize_t n)
@@ -84,3 +115,111 @@ cdef class LstmCell:
                     yr = self.y + s * self.ys0 + b * self.ys1
                     for j in range(H):
                         yr[j] = h[j]
+
+
+def packed_shape(Py_ssize_t hid, bint bf16):
+    """The shape of one direction's R packed by :func:`pack_steps`: (blocks, H, 4 units)
+    float32, or (blocks, ceil(H / 2), 4 units, 2) bfloat16 (as uint16) pairs."""
+    if bf16:
+        return (wbl_blocks(hid), (hid + 1) // 2, WBL_NB, 2)
+    return (wbl_blocks(hid), hid, WBL_NB)
+
+
+def pack_steps(r, bint bf16):
+    """One direction's recurrent weights ``r`` (4H, H), ONNX's gate order i, o, f, c, packed for
+    :class:`LstmSteps`: blocks of ``units`` hidden units, each the four gates' columns of its
+    units for every k (zero beyond H); bfloat16 rounded to nearest even, as uint16."""
+    import ml_dtypes
+    r = np.asarray(r, np.float32)
+    if r.ndim != 2 or r.shape[0] != 4 * r.shape[1]:
+        raise ValueError(f"recurrent: R must have shape (4 hidden, hidden), got {r.shape}")
+    hid = r.shape[1]
+    nblk, pad = wbl_blocks(hid), wbl_hpad(hid)
+    depth = 2 * ((hid + 1) // 2) if bf16 else hid
+    cols = np.zeros((4, pad, depth), np.float32)          # gate, unit, k
+    cols[:, :hid, :hid] = r.reshape(4, hid, hid)
+    # block, gate, unit in block, k  ->  block, k, (gate, unit): the block's columns for each k
+    blocks = cols.reshape(4, nblk, WBL_UNITS, depth).transpose(1, 3, 0, 2).reshape(nblk, depth, WBL_NB)
+    if not bf16:
+        return np.ascontiguousarray(blocks)
+    pairs = blocks.reshape(nblk, depth // 2, 2, WBL_NB).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(pairs).astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+cdef void _run_direction(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    wbl_run((<wbl_dir*> ctx) + i)
+
+
+cdef class LstmSteps:
+    """``LstmSteps(dirs, bf16)``: the recurrence of one or two directions bound once; each of
+    ``dirs`` a dict of ``r`` (:func:`pack_steps`), ``xw`` (seq,
+    batch, 4H) the projection, ``h`` and ``c`` (batch, H) the states (initial in, last out), ``y``
+    None or (seq, batch, H) with its last axis contiguous, and ``reverse``.  ``steps(num_threads)``
+    runs every step: the directions side by side, one per thread, or (``split``) one after the
+    other, each step's product shared out over ``num_threads`` threads."""
+    cdef wbl_dir* dirs
+    cdef Py_ssize_t n
+    cdef list keep
+
+    def __cinit__(self):
+        self.dirs, self.n = NULL, 0
+
+    def __init__(self, dirs, bint bf16):
+        if not 1 <= len(dirs) <= 2:
+            raise ValueError(f"recurrent: LstmSteps takes one or two directions, got {len(dirs)}")
+        if not wbl_native(bf16):
+            raise RuntimeError("recurrent: this build has no vector kernel for LstmSteps "
+                               f"({'bfloat16' if bf16 else 'float32'} weights)")
+        self.keep = []
+        self.dirs = <wbl_dir*> malloc(len(dirs) * sizeof(wbl_dir))
+        if self.dirs == NULL:
+            raise MemoryError()
+        for i, d in enumerate(dirs):
+            self._bind(i, d, bf16)
+        self.n = len(dirs)
+
+    cdef _bind(self, Py_ssize_t i, dict d, bint bf16):
+        xw, h, c, y, r = d["xw"], d["h"], d["c"], d.get("y"), d["r"]
+        if not isinstance(xw, np.ndarray) or xw.ndim != 3:
+            raise ValueError("recurrent: xw must be a (seq, batch, 4 hidden) array")
+        if not isinstance(h, np.ndarray) or h.ndim != 2:
+            raise ValueError("recurrent: h must be a (batch, hidden) array")
+        seq, batch, hid = xw.shape[0], xw.shape[1], h.shape[1]
+        for name, a in (("xw", xw), ("h", h), ("c", c)):
+            _check(a, name, (seq, batch, 4 * hid) if name == "xw" else (batch, hid))
+            if not a.flags.c_contiguous:
+                raise ValueError(f"recurrent: {name} must be C-contiguous")
+        want = packed_shape(hid, bf16)
+        if (not isinstance(r, np.ndarray) or r.dtype != (np.uint16 if bf16 else np.float32)
+                or tuple(r.shape) != want or not r.flags.c_contiguous):
+            raise ValueError(f"recurrent: r must be a C-contiguous {'uint16' if bf16 else 'float32'} "
+                             f"array of shape {want}, got {getattr(r, 'dtype', type(r).__name__)} "
+                             f"{getattr(r, 'shape', '')}")
+        cdef wbl_dir* p = self.dirs + i
+        hf, hb = np.zeros((2, batch, wbl_hpad(hid)), np.float32), np.zeros((2, batch, wbl_hpad(hid)), np.uint16)
+        p.r, p.xw = cnp.PyArray_DATA(r), <const float*> cnp.PyArray_DATA(xw)
+        p.hf, p.hb = <float*> cnp.PyArray_DATA(hf), <uint16_t*> cnp.PyArray_DATA(hb)
+        p.h, p.c = <float*> cnp.PyArray_DATA(h), <float*> cnp.PyArray_DATA(c)
+        p.seq, p.batch, p.hid, p.reverse, p.bf16 = seq, batch, hid, bool(d.get("reverse")), bf16
+        p.y, p.ys0, p.ys1 = NULL, 0, 0
+        if y is not None:
+            if not isinstance(y, np.ndarray) or y.ndim != 3 or tuple(y.shape) != (seq, batch, hid):
+                raise ValueError(f"recurrent: y must have shape {(seq, batch, hid)}, got {getattr(y, 'shape', y)}")
+            _check(y, "y", y.shape)
+            if y.strides[2] != 4 or min(y.strides) < 0 or y.strides[0] % 4 or y.strides[1] % 4:
+                raise ValueError(f"recurrent: y's last axis must be contiguous, got strides {y.strides}")
+            p.y, p.ys0, p.ys1 = <float*> cnp.PyArray_DATA(y), y.strides[0] // 4, y.strides[1] // 4
+        self.keep.append((r, xw, hf, hb, h, c, y))
+
+    def steps(self, int num_threads=1, bint split=False):
+        cdef int nt = max(1, min(num_threads, <int> self.n))
+        cdef Py_ssize_t i
+        with nogil:
+            if split:
+                for i in range(self.n):
+                    wbl_run_split(self.dirs + i, max(1, num_threads))
+            else:
+                wb_pool_run(_run_direction, <void*> self.dirs, self.n, nt)
+
+    def __dealloc__(self):
+        free(self.dirs)

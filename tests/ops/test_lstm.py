@@ -96,6 +96,72 @@ def test_lstm_routine_matches_the_reference(direction, batch, state, outputs, th
     assert_routine_matches(graph, "cpu:float32:nchw/direct", rtol=1e-5, expect_layers=["lstm"], num_threads=threads)
 
 
+STEPS = ["cpu:float32:nchw/steps_dirs", "cpu:float32:nchw/steps_split", "cpu:bfloat16:nchw/steps_dirs_f32io",
+         "cpu:bfloat16:nchw/steps_split_f32io"]
+
+
+def _offered(descriptor):
+    from workbench import routines
+    routines.load_all()
+    return routines.get("LSTM", descriptor).available()
+
+
+@pytest.mark.parametrize("descriptor", STEPS)
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("batch, state, outputs, hid", [(1, False, ("y", "yh", "yc"), 16), (3, True, ("y", "yh", "yc"), 40),
+                                                        (2, True, ("yh",), 33), (1, False, ("y",), 96)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_step_kernels_match_the_reference(descriptor, direction, batch, state, outputs, hid, threads):
+    """The whole recurrence in C, one direction per thread or each step's blocks of units split
+    over the threads: hidden sizes that fill no block (16), end inside one (40, 33: odd, so the
+    bfloat16 pairs end in padding) and span several (96)."""
+    if not _offered(descriptor):
+        pytest.skip(f"{descriptor} is not offered on this machine")
+    from routine_helpers import assert_routine_matches
+    rng = np.random.default_rng(9)
+    model = lstm_model(rng, seq=7, batch=batch, inp=5, hid=hid, direction=direction, state=state, outputs=outputs)
+    graph = workbench.load(model.SerializeToString())
+    kwargs = dict(rtol=1e-5) if ":float32:" in descriptor else {}
+    assert_routine_matches(graph, descriptor, expect_layers=["lstm"], num_threads=threads, **kwargs)
+
+
+def test_lstm_step_kernel_packs_and_checks_its_arguments():
+    """pack_steps' layout read back by a NumPy loop of the same recurrence; bad arrays refused
+    with their names before any kernel runs."""
+    from workbench.routines.recurrent_steps import _steps_kernel
+    k = _steps_kernel(False)
+    if k is None:
+        pytest.skip("no AVX-512 build of the recurrent kernels")
+    rng = np.random.default_rng(10)
+    hid, seq, batch = 37, 4, 2
+    r = rng.standard_normal((4 * hid, hid)).astype(np.float32) * 0.3
+    xw = rng.standard_normal((seq, batch, 4 * hid)).astype(np.float32)
+    h0, c0 = rng.standard_normal((batch, hid)).astype(np.float32), rng.standard_normal((batch, hid)).astype(np.float32)
+    h, c, y = h0.copy(), c0.copy(), np.zeros((seq, batch, hid), np.float32)
+    k.LstmSteps([dict(r=k.pack_steps(r, False), xw=xw, h=h, c=c, y=y, reverse=True)], False).steps(1)
+    sig = lambda v: 1 / (1 + np.exp(-v.astype(np.float64)))
+    hh, cc = h0.astype(np.float64), c0.astype(np.float64)
+    for s in reversed(range(seq)):
+        g = hh @ r.T.astype(np.float64) + xw[s]
+        i, o, f, cn = sig(g[:, :hid]), sig(g[:, hid:2 * hid]), sig(g[:, 2 * hid:3 * hid]), np.tanh(g[:, 3 * hid:])
+        cc = f * cc + i * cn
+        hh = o * np.tanh(cc)
+        np.testing.assert_allclose(y[s], hh, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h, hh, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c, cc, rtol=1e-5, atol=1e-6)
+    good = dict(r=k.pack_steps(r, False), xw=xw, h=h, c=c, y=y)
+    with pytest.raises(ValueError, match="r must be a C-contiguous float32 array"):
+        k.LstmSteps([dict(good, r=np.zeros((2, 3), np.float32))], False)
+    with pytest.raises(ValueError, match="c must have shape"):
+        k.LstmSteps([dict(good, c=np.zeros((batch, hid + 1), np.float32))], False)
+    with pytest.raises(ValueError, match="y must have shape"):
+        k.LstmSteps([dict(good, y=np.zeros((seq + 1, batch, hid), np.float32))], False)
+    with pytest.raises(ValueError, match="one or two directions"):
+        k.LstmSteps([good] * 3, False)
+    with pytest.raises(ValueError, match=r"R must have shape \(4 hidden, hidden\)"):
+        k.pack_steps(r[:, :-1], False)
+
+
 def test_lstm_routine_leaves_sequence_lengths_and_peepholes_to_the_reference():
     from workbench import routines
     rng = np.random.default_rng(7)

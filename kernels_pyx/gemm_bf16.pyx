@@ -49,8 +49,14 @@ available = bool(WBB_NATIVE) and bool(wbb_ready())
 #: True in the ``_amx`` build: :func:`gemm` and :func:`conv_im2col` run on AMX tiles.
 amx = bool(WBB_AMX)
 
+# A job reads its panels from L2 at least once: a fifth of the cost of reading them from memory.
+cdef double L2_WEIGHT = 0.2
+
 cdef enum:
-    ROW_TILE = 96   # rows of a job: 8 strips of the 12-row micro-kernel (3 blocks of 32 rows: AMX)
+    ROW_TILE = 96   # rows a gathering job takes at most: 8 strips of the 12-row micro-kernel (3 blocks of 32 rows: AMX)
+    A_BUDGET = 786432     # bytes of A a job may count on keeping in L2 across its panels
+    B_RESIDENT = 1048576  # bytes of packed weights that stay in L2 from one row job to the next
+    ANY_ROWS = 1 << 30  # max_tile of a call that gathers nothing: a job may take any number of rows
 
 
 def handles(int act):
@@ -118,6 +124,7 @@ def pack(w):
 cdef struct _Ctx:
     Py_ssize_t m, n, k, lda, ldc, row_tile, col_jobs, panels
     Py_ssize_t row_jobs, strips   # rows split into row_jobs jobs of whole 12-row strips, as even as may be
+    Py_ssize_t a_row_bytes        # bytes of A one row of C reads (the scheduler's estimate of A's size)
     const void* a
     const uint16_t* pb
     void* c
@@ -184,13 +191,26 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     g.ntaps = 0
     fill_epilogue(&g.ep, bias, residual, n, act, p0, p1, post, res_post)
     g.panels = (n + WBB_NR - 1) // WBB_NR
+    g.a_row_bytes = 2 * k
     _schedule(g, num_threads, max_tile)
     return 0
 
 
 cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogil:
-    """The jobs for ``num_threads``: row tiles first; where they are too few to give every thread
-    3 jobs, shorter tiles, then the panels split into groups as well."""
+    """The jobs for ``num_threads``: the rows in ``row_jobs`` groups of whole strips (at most
+    ``max_tile`` rows each: a gathering call's scratch holds that many), the panels in
+    ``col_jobs`` groups.  A job runs its panels in turn, each over all its rows: a panel is read
+    once from memory and again from L2 for each block of rows."""
+    g.strips = (g.m + WBB_ROWS - 1) // WBB_ROWS
+    if 2.0 * wbb_packed_words(g.k, g.n) <= B_RESIDENT:
+        _schedule_rows(g, num_threads, max_tile)
+    else:
+        _schedule_deep(g, num_threads, max_tile)
+
+
+cdef void _schedule_rows(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogil:
+    """Weights that stay in L2: row tiles first; where they are too few to give every thread 3
+    jobs, shorter tiles, then the panels split into groups as well."""
     cdef Py_ssize_t m = g.m
     g.row_tile = min(ROW_TILE, max_tile)
     # Where B outweighs A (a classifier: 32 rows against 8210 columns) every job takes all the
@@ -203,7 +223,6 @@ cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogi
     # Row jobs of equal strips and, where they are the only split, as many as a multiple of the
     # threads: with 676 rows in tiles of 96 (7 full, 1 of 4 rows) one thread took 4 full tiles,
     # the other 3 and the short one, and the layer ran at 88% of twice the one-thread rate.
-    g.strips = (m + WBB_ROWS - 1) // WBB_ROWS
     cdef Py_ssize_t row_jobs = max(1, (g.strips + g.row_tile // WBB_ROWS - 1) // (g.row_tile // WBB_ROWS))
     if num_threads > 1 and row_jobs >= 3 * num_threads and row_jobs % num_threads:
         row_jobs = min(g.strips, (row_jobs + num_threads - 1) // num_threads * num_threads)
@@ -216,6 +235,42 @@ cdef void _schedule(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogi
         while (row_jobs * cols) % num_threads and cols < g.panels:
             cols += 1
     g.col_jobs = max(cols, 1)
+
+
+cdef void _schedule_deep(_Ctx* g, int num_threads, Py_ssize_t max_tile) noexcept nogil:
+    """Weights too large to stay in L2 (deep layers: 14x14x512 holds 0.26 MB of image against
+    4.7 MB of weights): every row job reads all of B from memory again, and each panel group
+    reads the rows of A once where a job's rows fit in L2 (A_BUDGET), else once a panel.  The
+    split of least traffic (row_jobs x B + col_jobs x A, and a fifth of B again from L2 for
+    every row job); among splits within 3% of it, the one with the most jobs (up to 3 a
+    thread); the jobs number a multiple of the threads (or at least 4 a thread), and at least 2
+    a thread where there are as many."""
+    cdef Py_ssize_t rj, cj, jobs, best_r = 0, best_c = 1, best_jobs = 0, per, lo, want, cap, sweep
+    cdef double a_bytes = <double> g.m * g.a_row_bytes, b_bytes = 2.0 * wbb_packed_words(g.k, g.n)
+    cdef double cost, least = -1
+    per = max(1, max_tile // WBB_ROWS)          # strips a job may take
+    g.row_tile = per * WBB_ROWS
+    lo = (g.strips + per - 1) // per
+    want = min(2 * num_threads, g.strips * g.panels) if num_threads > 1 else 1
+    cap = 3 * num_threads
+    for sweep in range(2):   # the least traffic, then the most jobs within 3% of it
+        for cj in range(1, g.panels + 1):
+            for rj in range(lo, g.strips + 1):
+                jobs = rj * cj
+                if jobs < want or (jobs % num_threads != 0 and jobs < 4 * num_threads):
+                    continue
+                cost = (a_bytes * cj if a_bytes / rj <= A_BUDGET else a_bytes * g.panels) + \
+                       (1 + L2_WEIGHT) * b_bytes * rj
+                if sweep == 0:
+                    if least < 0 or cost < least:
+                        least, best_r, best_c = cost, rj, cj
+                elif cost <= least * 1.03 and best_jobs < jobs <= cap:
+                    best_r, best_c, best_jobs = rj, cj, jobs
+                if jobs > cap:
+                    break
+    if best_r == 0:   # too few strips and panels to share out: one job each
+        best_r, best_c = max(lo, g.strips), g.panels
+    g.row_jobs, g.col_jobs = best_r, max(best_c, 1)
 
 
 cdef uint16_t* _words(_Ctx* g, Py_ssize_t need, list keep) except NULL:
@@ -256,6 +311,11 @@ cdef class Call:
     cdef int nt
     cdef bint gather
     cdef object keep   # the arrays g points into
+
+    @property
+    def jobs(self):
+        """(row groups, panel groups) of the split for the threads last asked for."""
+        return self.g.row_jobs, self.g.col_jobs
 
     def __call__(self, int num_threads):
         if num_threads < 1:
@@ -307,7 +367,7 @@ def gemm(a, wp, out, bias=None, residual=None, int act=0, double p0=0, double p1
         raise ValueError(f"gemm_bf16: input {a.shape} and output {out.shape} must share all but the last axis")
     cdef _Ctx g
     cdef Py_ssize_t m = int(np.prod(tuple(a.shape)[:lead])), k = a.shape[lead]
-    cdef Py_ssize_t tile = ROW_TILE if a.dtype == BF16 else _gather_tile(k)
+    cdef Py_ssize_t tile = ANY_ROWS if a.dtype == BF16 else _gather_rows(k)
     _setup(&g, a, wp, out, m, k, bias, residual, act, p0, p1, post, res_post, num_threads, tile)
     _workspace(&g, scratch)
     if g.a_f32:   # rounded to bfloat16 row tile by row tile: a 1x1 convolution of a 1 x m image
@@ -324,6 +384,11 @@ def _input(a):
     return _array(a, "input", BF16)
 
 
+cdef Py_ssize_t _gather_rows(Py_ssize_t k):
+    """Rows a gathering job takes at most (its thread's share of the scratch)."""
+    return min(<Py_ssize_t> ROW_TILE, _gather_tile(k))
+
+
 cdef Py_ssize_t _gather_tile(Py_ssize_t k):
     """Rows of a gathered tile: about 256 KiB of bfloat16, so that it stays in L2 beside the weight panel."""
     return max(WBB_ROWS, (1 << 17) // max(k, 1) // WBB_ROWS * WBB_ROWS)
@@ -332,7 +397,7 @@ cdef Py_ssize_t _gather_tile(Py_ssize_t k):
 def im2col_scratch_bytes(Py_ssize_t k, int num_threads=1):
     """Bytes of the ``scratch`` that :func:`conv_im2col` of GEMM depth ``k`` (and :func:`gemm`
     of a float32 input) needs with up to ``num_threads`` threads: each thread's gathered rows."""
-    return 2 * max(num_threads, 1) * min(<Py_ssize_t> ROW_TILE, _gather_tile(k)) * k
+    return 2 * max(num_threads, 1) * _gather_rows(k) * k
 
 
 def implicit_scratch_bytes(shape, pads, bint f32_input, strides=(1, 1)):
@@ -374,9 +439,9 @@ def conv_im2col(x, wp, out, kernel, strides, dilations, pads, bias=None, residua
     _geometry("gemm_bf16", &g.geo, x, out, kernel, strides, dilations, pads, "input", out.shape[out.ndim - 1] if out.ndim else -1)
     n, oh, ow, c, kh, kw = g.geo.n, g.geo.oh, g.geo.ow, g.geo.c, g.geo.kh, g.geo.kw
     cdef Py_ssize_t k = kh * kw * c
-    _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads, _gather_tile(k))
+    _setup(&g, x, wp, out, n * oh * ow, k, bias, residual, act, p0, p1, post, res_post, num_threads, _gather_rows(k))
     _workspace(&g, scratch)
-    return _finish(&g, num_threads, _gather_tile(k), True, bind, [out, x, wp, bias, residual, post, scratch])
+    return _finish(&g, num_threads, _gather_rows(k), True, bind, [out, x, wp, bias, residual, post, scratch])
 
 
 def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, residual=None, int act=0, double p0=0,
@@ -392,7 +457,9 @@ def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, resid
     n, oh, ow, c, kh, kw = g.geo.n, g.geo.oh, g.geo.ow, g.geo.c, g.geo.kh, g.geo.kw
     if c % 2:
         raise ValueError(f"gemm_bf16: the implicit convolution takes an even channel count, got {c}")
-    _setup(&g, x, wp, out, n * oh * ow, kh * kw * c, bias, residual, act, p0, p1, post, res_post, num_threads, ROW_TILE)
+    _setup(&g, x, wp, out, n * oh * ow, kh * kw * c, bias, residual, act, p0, p1, post, res_post, num_threads, ANY_ROWS)
+    g.a_row_bytes = 2 * c * g.geo.sh * g.geo.sw   # the image, not its taps: each pixel read from L2 by its neighbours' taps
+    _schedule(&g, num_threads, ANY_ROWS)
     _workspace(&g, scratch)
     (pt, pl, pb, pr), (dh, dw) = pads, dilations
     g.hp, g.wpd = g.geo.h + pt + pb, g.geo.w + pl + pr
@@ -400,4 +467,4 @@ def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, resid
     g.ntaps, g.toff = kh * kw, <const Py_ssize_t*> _ptr(toff)
     g.pad = g.a_f32 or any(pads) or WBB_AMX   # AMX tiles read past the last pixel: never the input itself
     g.padded = NULL if g.pad else <uint16_t*> g.a
-    return _finish(&g, num_threads, ROW_TILE, False, bind, [out, x, wp, bias, residual, post, toff, scratch])
+    return _finish(&g, num_threads, ANY_ROWS, False, bind, [out, x, wp, bias, residual, post, toff, scratch])

@@ -363,3 +363,38 @@ def test_implicit_convolution_checks_its_arguments():
     with pytest.raises(ValueError, match="gives \\(N, OH, OW\\)"):
         mod.conv_implicit(np.ones((1, 5, 5, 4), BF16), mod.pack(np.ones((4, 36), np.float32)),
                           np.empty((1, 5, 5, 4), BF16), (3, 3), (1, 1), (1, 1), (0,) * 4)
+
+
+@pytest.mark.parametrize("build", BUILDS + AMX)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_weights_too_large_for_l2_are_shared_out_by_panels(build, threads):
+    """A deep layer (1.2 MB of packed weights, 25 pixels): every job takes all the rows and a
+    share of the panels, so each panel is read from memory once; the outputs are the im2col
+    convolution's bit for bit and within the summation bound of NumPy's."""
+    mod = _module(build)
+    rng = np.random.default_rng(31)
+    c, m = 128, 512
+    x = rng.standard_normal((1, 5, 5, c)).astype(BF16)
+    wt = rng.standard_normal((m, 3, 3, c)).astype(np.float32)
+    wp = mod.pack(wt.reshape(m, -1))
+    geo = ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    want, got = np.empty((1, 5, 5, m), np.float32), np.full((1, 5, 5, m), np.nan, np.float32)
+    mod.conv_im2col(x, wp, want, *geo, num_threads=threads)
+    call = mod.conv_implicit(x, wp, got, *geo, num_threads=threads, bind=True)
+    call(threads)
+    np.testing.assert_array_equal(got, want)
+    if threads > 1:
+        assert call.jobs[0] == 1 and call.jobs[1] >= threads, call.jobs
+    xp = np.pad(x.astype(np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = np.stack([xp[0, i:i + 5, j:j + 5] for i in range(3) for j in range(3)], 2).reshape(25, -1)
+    ref, bound = _reference(cols.astype(BF16), wt.reshape(m, -1), None, None, 0, 0, 0, None, False)
+    assert np.all(np.abs(got.reshape(25, m) - ref) <= bound)
+    a = rng.standard_normal((196, 512)).astype(BF16)
+    w = rng.standard_normal((2048, 512)).astype(np.float32)
+    out = np.empty((196, 2048), np.float32)
+    call = mod.gemm(a, mod.pack(w), out, bind=True)
+    call(threads)
+    ref, bound = _reference(a, w, None, None, 0, 0, 0, None, False)
+    assert np.all(np.abs(out - ref) <= bound)
+    if threads > 1:
+        assert call.jobs[0] < 196 // 32 and call.jobs[0] * call.jobs[1] >= 2 * threads, call.jobs

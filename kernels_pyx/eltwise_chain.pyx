@@ -138,6 +138,7 @@ cdef struct _Job:
     float p0[MAX_STEPS]
     float p1[MAX_STEPS]
     Py_ssize_t chunk, chunks, jobs, group
+    Py_ssize_t rows                # > 1: short rows, taken this many at a time (_chunk_rows)
 
 
 cdef inline void _step(int op, float* o, const float* a, Py_ssize_t sa, const float* b, Py_ssize_t sb,
@@ -260,6 +261,79 @@ cdef void _chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
             b0 += m
 
 
+cdef inline const float* _block_operand(const _Job* c, int ref, float (*tmp)[BLOCK], float (*wide)[BLOCK],
+                                       float (*pat)[TILE]) noexcept nogil:
+    """Operand ``ref`` of a gathered block: an earlier step's result, a pattern, or a gathered input."""
+    if ref < 0:
+        return tmp[-ref - 1]
+    if c.kind[ref] == 1:
+        return &pat[c.pat[ref]][0]
+    return wide[ref]
+
+
+cdef void _chunk_rows(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+    """_chunk for short rows (a channel slice of an NHWC tensor: 24 channels a pixel written into a
+    Concat's 96): a block is ``rows`` rows of the third loop, each input's gathered end to end
+    (widened where bfloat16), the steps run once over them all, and the rows scattered back to
+    the output; a row at a time, the setup of each row cost more than its arithmetic."""
+    cdef _Job* c = <_Job*> ctx
+    cdef float tmp[MAX_STEPS][BLOCK]
+    cdef float wide[MAX_INPUTS][BLOCK]
+    cdef float pat[MAX_PATTERNS][TILE]
+    cdef const char* tiled[MAX_PATTERNS]
+    cdef const Py_ssize_t* d = c.d
+    cdef Py_ssize_t job, rest, i0, i1, i2, nr, r, k, m, j, at, n = d[3]
+    cdef Py_ssize_t blocks = (d[2] + c.rows - 1) // c.rows
+    cdef int s, ref
+    cdef const float* pa
+    cdef const float* pb
+    cdef const char* src
+    cdef char* po
+    for k in range(MAX_PATTERNS):
+        tiled[k] = NULL
+    for job in range(i * c.group, min(c.jobs, (i + 1) * c.group)):
+        i2 = (job % blocks) * c.rows
+        rest = job // blocks
+        i1 = rest % d[1]
+        i0 = rest // d[1]
+        nr = min(c.rows, d[2] - i2)
+        m = nr * n
+        for k in range(c.nin):
+            at = i0 * c.st[k][0] + i1 * c.st[k][1]
+            if c.kind[k] == 1:   # one row's pattern, the same for every row (stride 0 along them)
+                src = c.x[k] + at * (2 if c.bf[k] else 4)
+                if tiled[c.pat[k]] != src:
+                    tiled[c.pat[k]] = src
+                    j = 0
+                    while j + c.unit[k] <= TILE:
+                        if c.bf[k]:
+                            wbc_widen(&pat[c.pat[k]][j], <const uint16_t*> src, 1, c.unit[k])
+                        else:
+                            memcpy(&pat[c.pat[k]][j], src, c.unit[k] * sizeof(float))
+                        j += c.unit[k]
+                continue
+            for r in range(nr):
+                src = c.x[k] + (at + (i2 + r) * c.st[k][2]) * (2 if c.bf[k] else 4)
+                if c.bf[k]:
+                    wbc_widen(&wide[k][r * n], <const uint16_t*> src, c.st[k][3], n)
+                elif c.st[k][3] == 1:
+                    memcpy(&wide[k][r * n], src, n * sizeof(float))
+                else:
+                    for j in range(n):
+                        wide[k][r * n + j] = (<const float*> src)[j * c.st[k][3]]
+        for s in range(c.nsteps):
+            pa = _block_operand(c, c.a[s], tmp, wide, pat)
+            pb = _block_operand(c, c.b[s], tmp, wide, pat)
+            _step(c.op[s], tmp[s], pa, 1, pb, 1, m)
+            _act_row(tmp[s], m, c.act[s], c.p0[s], c.p1[s], 0)
+        for r in range(nr):
+            po = c.out + (i0 * c.so[0] + i1 * c.so[1] + (i2 + r) * c.so[2]) * (2 if c.out_bf else 4)
+            if c.out_bf:
+                wbc_round(<uint16_t*> po, &tmp[c.nsteps - 1][r * n], n)
+            else:
+                memcpy(po, &tmp[c.nsteps - 1][r * n], n * sizeof(float))
+
+
 def _pattern_last(pattern, Py_ssize_t n):
     """The last element a row of ``n`` reads through ``pattern`` (None: none past its base)."""
     if pattern is None:
@@ -354,6 +428,16 @@ cdef class Chain:
             self.job.act[j], self.job.p0[j], self.job.p1[j] = act, p0, p1
         self.job.nsteps, self.job.nin = len(steps), len(inputs)
         self.job.out = <char*> cnp.PyArray_DATA(<cnp.ndarray> out)
+        # short rows of bfloat16 are taken several at a time (each is widened or rounded through
+        # a buffer anyway; float32 rows, read and written where they lie, gained nothing), where
+        # every patterned input is one per-row pattern the rows share (a per-channel operand)
+        # and the rows hold whole periods of it
+        self.job.rows = 1
+        if (self.job.out_bf or any(self.job.bf[k] for k in range(len(inputs)))) and dims[3] * 4 <= BLOCK \
+                and dims[2] > 1 and all(
+                self.job.kind[k] == 0 or (self.job.kind[k] == 1 and self.job.st[k][2] == 0
+                                          and dims[3] % self.job.unit[k] == 0) for k in range(len(inputs))):
+            self.job.rows = min(BLOCK // dims[3], dims[2])
         self.keep = (tuple(inputs), out)
 
     def __call__(self, int num_threads):
@@ -361,6 +445,12 @@ cdef class Chain:
         cdef const Py_ssize_t* d = job.d
         cdef Py_ssize_t outer = d[0] * d[1] * d[2], size = outer * d[3]
         cdef int nt = 1 if size < GRAIN else max(num_threads, 1)
+        if job.rows > 1:
+            job.jobs = d[0] * d[1] * ((d[2] + job.rows - 1) // job.rows)
+            job.group = wb_jobs_per_chunk(job.jobs, job.rows * d[3], nt)
+            with nogil:
+                wb_pool_run(_chunk_rows, &job, (job.jobs + job.group - 1) // job.group, nt)
+            return 1
         # the inner row split only where the outer loops give too few jobs to share out
         cdef Py_ssize_t want = 8 * nt if nt > 1 else 1
         cdef Py_ssize_t chunk = d[3] if outer >= want else max(min(d[3], max(1024, -(-d[3] * outer // want))), 1)

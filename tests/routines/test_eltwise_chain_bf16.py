@@ -74,6 +74,31 @@ def test_the_kernel_widens_and_rounds_bfloat16(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_kernel_takes_short_bfloat16_rows_several_at_a_time(isa, threads):
+    """Rows of 24 channels written into a 96-channel buffer (an NHWC Concat part): blocks of
+    several rows gathered end to end, a per-channel pattern, a float32 input read every other
+    element, 23 rows (not a whole number of blocks) over 3 outer rows; NaN kept."""
+    k = cpu.kernel_module("eltwise_chain", isa)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 23, 24)).astype(np.float32).astype(BF16)
+    x[1, 7, 5] = np.nan
+    se = rng.standard_normal(24).astype(np.float32).astype(BF16)
+    f = rng.standard_normal((3, 23, 48)).astype(np.float32)            # read at even positions
+    big = np.zeros((1, 3, 23, 96), BF16)
+    out = big[..., 24:48]
+    chain = k.Chain([x, se, f], [[0, 23 * 24, 24, 1], [0, 0, 0, 0], [0, 23 * 48, 48, 2]], out, [1, 3, 23, 24],
+                    [("Mul", 0, 1, 0, 0.0, 0.0), ("Add", -1, 0, 0, 0.0, 0.0), ("Sub", -2, 2, 1, 0.0, 0.0)],
+                    rows=[None, (24, 0), None])
+    chain(threads)
+    wide = x.astype(np.float32)
+    want = np.maximum(wide * se.astype(np.float32) + wide - f[:, :, ::2], 0).astype(BF16)
+    np.testing.assert_array_equal(out[0].astype(np.float32), want.astype(np.float32))
+    assert np.isnan(out[0, 1, 7, 5].astype(np.float32))
+    assert not big[..., :24].astype(np.float32).any() and not big[..., 48:].astype(np.float32).any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_the_kernel_repeats_a_bfloat16_source(isa):
     """A nearest upsample's bfloat16 source read where it lies (the repeated row pattern)."""
     k = cpu.kernel_module("eltwise_chain", isa)

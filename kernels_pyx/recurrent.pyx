@@ -118,8 +118,9 @@ cdef class LstmCell:
 
 
 def packed_shape(Py_ssize_t hid, bint bf16):
-    """The shape of one direction's R packed by :func:`pack_steps`: (blocks, H, 4 units)
-    float32, or (blocks, ceil(H / 2), 4 units, 2) bfloat16 (as uint16) pairs."""
+    """The shape of one direction's R packed by :func:`pack_steps`: (blocks, H, columns) float32,
+    or (blocks, ceil(H / 2), columns, 2) bfloat16 (as uint16) pairs; a block's columns are its
+    hidden units' four gates."""
     if bf16:
         return (wbl_blocks(hid), (hid + 1) // 2, WBL_NB, 2)
     return (wbl_blocks(hid), hid, WBL_NB)
@@ -127,8 +128,8 @@ def packed_shape(Py_ssize_t hid, bint bf16):
 
 def pack_steps(r, bint bf16):
     """One direction's recurrent weights ``r`` (4H, H), ONNX's gate order i, o, f, c, packed for
-    :class:`LstmSteps`: blocks of ``units`` hidden units, each the four gates' columns of its
-    units for every k (zero beyond H); bfloat16 rounded to nearest even, as uint16."""
+    :class:`LstmSteps`: blocks of 32 hidden units, each the four gates' columns of its units for
+    every k (zero beyond H); bfloat16 rounded to nearest even, as uint16."""
     import ml_dtypes
     r = np.asarray(r, np.float32)
     if r.ndim != 2 or r.shape[0] != 4 * r.shape[1]:

@@ -91,14 +91,12 @@ class _Steps:
 
     @classmethod
     def prepare(cls, layer):
-        state = super().prepare(layer)
+        # W packed once for the projection's GEMM, R in the steps' own layout: nothing else of
+        # the step-by-step routines' state (their R packing) is built
         k = _steps_kernel(cls.bf16)
-        state["steps"] = [k.pack_steps(r, cls.bf16) for r in layer.consts[2]]
-        # only W's packing is used here: the steps read R in their own layout
-        state["packed"] = [(p[0], None) for p in state["packed"]]
-        state.pop("rt", None)
-        state.pop("wt", None)
-        return state
+        return {"packed": [(cls._pack_w(np.ascontiguousarray(w, np.float32)), None) for w in layer.consts[1]],
+                "steps": [k.pack_steps(r, cls.bf16) for r in layer.consts[2]],
+                "bias": cls._gate_bias(layer)}
 
     @classmethod
     def bind(cls, layer, state, args, outs):
@@ -119,6 +117,10 @@ class _Float32(_Steps):
         return _gemm() is not None and super().applies(layer, specs)
 
     @staticmethod
+    def _pack_w(w):
+        return _gemm().pack_b(np.ascontiguousarray(w.T))
+
+    @staticmethod
     def _projection(state, d, rows, xw):
         # gemm512's 1x1-convolution kernel over (1, 1, rows, depth) images, the bias fused
         return _gemm().Conv1x1Nhwc(rows.reshape(1, 1, *rows.shape), state["packed"][d][0], state["bias"][d], None,
@@ -134,12 +136,9 @@ def _bf16_gemm():
 class _Bfloat16(_Steps):
     bf16 = True
 
-    @classmethod
-    def prepare(cls, layer):
-        state = super().prepare(layer)
-        k = _bf16_gemm()
-        state["packed"] = [(k.pack(np.ascontiguousarray(w, np.float32)), None) for w in layer.consts[1]]
-        return state
+    @staticmethod
+    def _pack_w(w):
+        return _bf16_gemm().pack(w)
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):

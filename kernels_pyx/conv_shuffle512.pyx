@@ -12,6 +12,7 @@ checked (``_gemm512_args``) before any ``nogil`` code.
 """
 
 cimport numpy as cnp
+from workbench._kernels.buffers import aligned_empty
 
 from _gemm512_jobs cimport (WB512_NATIVE, WB512_NR, Job, _rows, pack_b_par, wb512_abuf_floats, wb512_epi_handles,
                             wb512_packed_b_floats)
@@ -84,7 +85,7 @@ def pack(w, int num_threads=1):
     cdef Py_ssize_t per = wb512_packed_b_floats(c, run)
     if _narrow(kh, w.shape[2], w.shape[3]):
         kh, run, per = 1, kh * run, wb512_packed_b_floats(c, kh * run)
-    out = np.empty(max(kh * per, 1), np.float32)
+    out = aligned_empty(max(kh * per, 1), np.float32)
     cdef const float* src = _ptr(w)
     cdef float* dst = _ptr(out)
     with nogil:

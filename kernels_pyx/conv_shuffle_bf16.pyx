@@ -14,6 +14,7 @@ the same scalar loops as ``gemm_bf16``'s.  Shapes, dtypes and overlaps are check
 any ``nogil`` code.
 """
 import numpy as np
+from workbench._kernels.buffers import aligned_empty
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 from libc.string cimport memcpy
@@ -74,7 +75,7 @@ def pack(w):
         mats = [np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(cols, c))]
     else:   # row j of kernel row r's is output column j = (kw, m)
         mats = [np.ascontiguousarray(w[:, :, r, :].transpose(2, 1, 0).reshape(cols, c)) for r in range(kh)]
-    out = np.empty(max(kh * per, 1), np.uint16)
+    out = aligned_empty(max(kh * per, 1), np.uint16)
     cdef uint16_t* dst = <uint16_t*> _ptr(out)
     cdef const float* src
     cdef Py_ssize_t r
@@ -164,7 +165,7 @@ what it needs).  Returns ``out``."""
     if g.narrow:
         need = scratch_bytes(w, kh, kw, m, num_threads)
         if scratch is None:
-            scratch = np.empty(need, np.uint8)
+            scratch = aligned_empty(need, np.uint8)
         elif not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable \
                 or scratch.nbytes < need:
             raise ValueError(f"conv_shuffle_bf16: scratch must be a writeable C-contiguous array of at least "

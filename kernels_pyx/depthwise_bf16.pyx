@@ -10,6 +10,7 @@ scalar loop on the same packed weights.  Shapes, dtypes and overlaps are checked
 ``nogil`` code.
 """
 import numpy as np
+from workbench._kernels.buffers import aligned_empty
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
@@ -96,8 +97,8 @@ def pack_depthwise(w, bias=None, bint plain=False):
     if plain:
         return np.ascontiguousarray(w).copy(), b.copy()
     row = wbd_packed_floats(1, c)
-    wp = np.empty((kh, kw, row), np.float32)
-    bp = np.empty(row, np.float32)
+    wp = aligned_empty((kh, kw, row), np.float32)
+    bp = aligned_empty(row, np.float32)
     wbd_pack(kh * kw, c, <const float*> _ptr(w), <float*> _ptr(wp))
     wbd_pack(1, c, <const float*> _ptr(b), <float*> _ptr(bp))
     return wp, bp
@@ -111,8 +112,8 @@ def pack_depthwise_dot(w, bias=None):
     Returns ``(weights, bias)``."""
     w, b = _weights_and_bias(w, bias)
     kh, kw, c = w.shape
-    wp = np.empty(wbdd_packed_words(kh, kw, c), np.uint16)
-    bp = np.empty(wbd_packed_floats(1, c), np.float32)
+    wp = aligned_empty(wbdd_packed_words(kh, kw, c), np.uint16)
+    bp = aligned_empty(wbd_packed_floats(1, c), np.float32)
     wbdd_pack(kh, kw, c, <const float*> _ptr(w), <uint16_t*> _ptr(wp))
     wbdd_pack_bias(c, <const float*> _ptr(b), <float*> _ptr(bp))
     return wp, bp

@@ -23,6 +23,7 @@ Shapes are checked in the Python-visible functions before any ``nogil`` code.
 """
 
 import numpy as np
+from workbench._kernels.buffers import aligned_empty
 cimport numpy as cnp
 
 from _gemm512_jobs cimport (WB512_NATIVE, WB512_NR, Job, gemm_jobs, pack_b_par, wb512_abuf_floats,
@@ -56,7 +57,7 @@ def pack_b(b, bint trans_b=False, int num_threads=1):
     b = _array(b, "b", 2)
     _threads(num_threads)
     k, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
-    out = np.empty(max(wb512_packed_b_floats(k, n), 1), np.float32)
+    out = aligned_empty(max(wb512_packed_b_floats(k, n), 1), np.float32)
     cdef const float* bp = _ptr(b)
     cdef float* dp = _ptr(out)
     cdef Py_ssize_t kk = k, nn = n, ldb = b.shape[1]
@@ -84,8 +85,8 @@ def sgemm(a, b, c, bint trans_b=False, bint accumulate=False, int num_threads=1)
         raise ValueError("gemm512: c overlaps an input")
     if m == 0 or n == 0:
         return c
-    pb = np.empty(max(wb512_packed_b_floats(k, n), 1), np.float32)
-    abufs = np.empty(abuf_floats(num_threads), np.float32)
+    pb = aligned_empty(max(wb512_packed_b_floats(k, n), 1), np.float32)
+    abufs = aligned_empty(abuf_floats(num_threads), np.float32)
     cdef Job j
     j.m, j.n, j.k, j.lda, j.ldc, j.ld_res = m, n, k, k, n, 0
     j.a, j.pb, j.c = _ptr(a), _ptr(pb), _ptr(c)

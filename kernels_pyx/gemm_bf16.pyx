@@ -17,6 +17,7 @@ overlaps are checked here, before any ``nogil`` code.
 
 import ml_dtypes
 import numpy as np
+from workbench._kernels.buffers import aligned_empty
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
@@ -41,6 +42,9 @@ cdef extern from "wb_implicit_bf16.h" nogil:
     void wbi_block(const wbb_geo* g, const uint16_t* xp, Py_ssize_t hp, Py_ssize_t wpd, const Py_ssize_t* toff,
                    int ntaps, Py_ssize_t n, const uint16_t* pb, void* c, Py_ssize_t ldc, int f32, const wbb_epi* ep,
                    Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t p0, Py_ssize_t p1)
+    bint wba_runs_apply(const wbb_geo* g)
+    void wbi_runs(const wbb_geo* g, const uint16_t* x, Py_ssize_t n, const uint16_t* pb, void* c, Py_ssize_t ldc,
+                  int f32, const wbb_epi* ep, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t p0, Py_ssize_t p1)
 
 
 #: True when this build runs the AVX512-BF16 micro-kernel (the ``_avx512bf16`` and ``_amx``
@@ -57,6 +61,15 @@ cdef enum:
 def handles(int act):
     """Whether the epilogue applies activation code ``act`` (``routines/epilogue.py``) in this build."""
     return bool(wbb_handles(act))
+
+
+def reads_runs(Py_ssize_t c, int kw, int dw):
+    """Whether this build's :func:`conv_implicit` reads each kernel row's taps as one run (AMX,
+    channels not a multiple of 32, ``wb_amx_runs.h``); where it does not, AMX tiles take whole
+    32-channel pieces of each tap, and other channel counts go to the VDPBF16PS micro-kernel."""
+    cdef wbb_geo geo
+    geo.c, geo.kw, geo.dw = c, kw, dw
+    return bool(WBB_AMX) and bool(wba_runs_apply(&geo))
 
 
 def packed_words(Py_ssize_t k, Py_ssize_t n):
@@ -106,7 +119,7 @@ def pack(w):
     if w.ndim != 2:
         raise ValueError(f"gemm_bf16: weights must be 2-D (n, k), got shape {w.shape}")
     cdef Py_ssize_t n = w.shape[0], k = w.shape[1]
-    out = np.empty(wbb_packed_words(k, n) + 2, np.uint16)
+    out = aligned_empty(wbb_packed_words(k, n) + 2, np.uint16)
     cdef const float* src = <const float*> _ptr(w)
     cdef uint16_t* dst = <uint16_t*> _ptr(out)
     cdef Py_ssize_t panels = (n + WBB_NR - 1) // WBB_NR
@@ -131,6 +144,7 @@ cdef struct _Ctx:
     const Py_ssize_t* toff
     Py_ssize_t hp, wpd, pad_rows_per_job
     bint pad             # the image is copied into a zero-bordered one first (else read in place)
+    bint in_place        # AMX runs of kernel rows read the image itself, borders implied (wb_amx_runs.h)
     uint16_t* padded     # the zero-bordered image (read only, but written by the pad jobs first)
     uint16_t* ws         # the caller's workspace (ws_words words) for the scratch, or NULL: a new one per call
     Py_ssize_t ws_words
@@ -143,6 +157,9 @@ cdef void _job(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef Py_ssize_t i0 = r * g.strips // g.row_jobs * WBB_ROWS
     cdef Py_ssize_t i1 = min((r + 1) * g.strips // g.row_jobs * WBB_ROWS, g.m)
     cdef const uint16_t* a = <const uint16_t*> g.a + i0 * g.lda
+    if g.in_place:
+        wbi_runs(&g.geo, <const uint16_t*> g.a, g.n, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0, p1)
+        return
     if g.ntaps > 0:
         wbi_block(&g.geo, g.padded, g.hp, g.wpd, g.toff, g.ntaps, g.n, g.pb, g.c, g.ldc, g.f32, &g.ep, i0, i1, p0,
                   p1)
@@ -184,6 +201,7 @@ cdef int _setup(_Ctx* g, a, wp, out, Py_ssize_t m, Py_ssize_t k, bias, residual,
     g.a_f32 = a.dtype == np.float32
     g.scratch = NULL
     g.ntaps = 0
+    g.in_place = False
     fill_epilogue(&g.ep, bias, residual, n, act, p0, p1, post, res_post)
     g.panels = (n + WBB_NR - 1) // WBB_NR
     g.a_row_bytes = 2 * k
@@ -321,13 +339,16 @@ def im2col_scratch_bytes(Py_ssize_t k, int num_threads=1):
     return 2 * max(num_threads, 1) * _gather_rows(k) * k
 
 
-def implicit_scratch_bytes(shape, pads, bint f32_input, strides=(1, 1)):
+def implicit_scratch_bytes(shape, pads, bint f32_input, strides=(1, 1), kernel=None, dilations=(1, 1)):
     """Bytes of the ``scratch`` that :func:`conv_implicit` needs for an NHWC image of ``shape``
     (N, H, W, C) and ``strides``: its zero-bordered copy, none where it is read in place (bfloat16,
-    no padding).  The AMX build always copies, with room past the end for the 16 rows a tile
-    loads at the last pixel (``wba_implicit_block``)."""
+    no padding).  The AMX build copies, with room past the end for the 16 rows a tile loads at the
+    last pixel (``wba_implicit_block``), except a bfloat16 image whose kernel rows it reads as
+    runs (``wb_amx_runs.h``: give ``kernel`` and ``dilations`` to know)."""
     n, h, w, c = shape
     pt, pl, pb, pr = pads
+    if kernel is not None and not f32_input and reads_runs(c, kernel[1], dilations[1]):
+        return 0
     if WBB_AMX:
         return 2 * (n * (h + pt + pb) * (w + pl + pr) * c + _amx_slack(c, strides[1]))
     return 2 * n * (h + pt + pb) * (w + pl + pr) * c if f32_input or any(pads) else 0
@@ -386,6 +407,9 @@ def conv_implicit(x, wp, out, kernel, strides, dilations, pads, bias=None, resid
     g.hp, g.wpd = g.geo.h + pt + pb, g.geo.w + pl + pr
     toff = np.array([(i * dh * g.wpd + j * dw) * c for i in range(kh) for j in range(kw)], np.intp)
     g.ntaps, g.toff = kh * kw, <const Py_ssize_t*> _ptr(toff)
-    g.pad = g.a_f32 or any(pads) or WBB_AMX   # AMX tiles read past the last pixel: never the input itself
+    # AMX tiles read past the last pixel: never the input itself, but where runs of kernel rows
+    # are read, which copy the tiles that would
+    g.in_place = WBB_AMX and not g.a_f32 and wba_runs_apply(&g.geo)
+    g.pad = not g.in_place and (g.a_f32 or any(pads) or WBB_AMX)
     g.padded = NULL if g.pad else <uint16_t*> g.a
     return _finish(&g, num_threads, ANY_ROWS, False, bind, [out, x, wp, bias, residual, post, toff, scratch])

@@ -8,6 +8,7 @@ place and write ``h`` into row ``s`` of the output, in one call: sigmoid and tan
 ``LstmSteps`` runs whole directions instead (``wb_lstm.h``): every step's product, gates and
 states in C, the directions side by side on the kernel pool's threads."""
 import numpy as np
+from workbench._kernels.buffers import aligned_array
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 from libc.stdlib cimport free, malloc
@@ -142,9 +143,9 @@ def pack_steps(r, bint bf16):
     # block, gate, unit in block, k  ->  block, k, (gate, unit): the block's columns for each k
     blocks = cols.reshape(4, nblk, WBL_UNITS, depth).transpose(1, 3, 0, 2).reshape(nblk, depth, WBL_NB)
     if not bf16:
-        return np.ascontiguousarray(blocks)
+        return aligned_array(blocks)
     pairs = blocks.reshape(nblk, depth // 2, 2, WBL_NB).transpose(0, 1, 3, 2)
-    return np.ascontiguousarray(pairs).astype(ml_dtypes.bfloat16).view(np.uint16)
+    return aligned_array(np.ascontiguousarray(pairs).astype(ml_dtypes.bfloat16).view(np.uint16))
 
 
 cdef void _run_direction(void* ctx, Py_ssize_t i, int slot) noexcept nogil:

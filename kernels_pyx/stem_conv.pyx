@@ -9,6 +9,7 @@ scratch.  Only the ``_avx512`` build computes (``available``); shapes, dtypes an
 checked here, before any ``nogil`` code.
 """
 import numpy as np
+from workbench._kernels.buffers import aligned_empty, aligned_zeros
 cimport numpy as cnp
 
 from _wb512_epi cimport wb512_epi, wb512_epi_handles
@@ -59,7 +60,7 @@ def pack(w):
                          f"got {w.shape}")
     m = w.shape[0]
     nz = (m + 15) // 16
-    out = np.zeros((w.shape[1] * w.shape[2] * w.shape[3], nz * 16), np.float32)
+    out = aligned_zeros((w.shape[1] * w.shape[2] * w.shape[3], nz * 16), np.float32)
     out[:, :m] = w.reshape(m, -1).T
     return out
 
@@ -150,7 +151,7 @@ def conv(x, wp, out, kernel, strides, pads, bias=None, int act=0, double p0=0, d
     g.toff, g.taps = <const Py_ssize_t*> _ptr(toff), toff.size
     need = num_threads * ctx.per_slot
     if scratch is None:
-        scratch = np.empty(need, np.float32)
+        scratch = aligned_empty(need, np.float32)
     if not isinstance(scratch, np.ndarray) or scratch.dtype != np.float32 or not scratch.flags.c_contiguous \
             or not scratch.flags.writeable or scratch.size < need:
         raise ValueError(f"stem_conv: scratch must be a writeable C-contiguous float32 array of at least {need} "

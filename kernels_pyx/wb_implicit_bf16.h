@@ -15,6 +15,7 @@
 #define WB_IMPLICIT_BF16_H
 
 #include "wb_gemm_bf16.h"
+#include "wb_amx_runs.h"
 
 /* Rows r0..r1-1 of the padded image (n * hp rows of wpd pixels, hp = h + pt + pb, wpd = w + pl +
  * pr): the input's rows with zero borders, rounded to bfloat16 where x is float32. */
@@ -116,6 +117,12 @@ static inline void wbi_block(const wbb_geo* g, const uint16_t* xp, ptrdiff_t hp,
 #if WBB_AMX
     if (g->c % 32 == 0) {
         wba_implicit_block(g, xp, hp, wpd, toff, ntaps, n, pb, c, ldc, f32, ep, i0, i1, p0, p1);
+        return;
+    }
+    if (wba_runs_apply(g)) {
+        wba_image im = {xp, hp, wpd, 0, 0, 0};
+        im.words = PTRDIFF_MAX;   /* the workspace's slack covers the last tile's rows */
+        wba_runs_block(g, &im, n, pb, c, ldc, f32, ep, i0, i1, p0, p1);
         return;
     }
 #endif

@@ -18,6 +18,7 @@ layers around it split pixels the same way) and taking others' blocks only once 
 The baseline build compiles a scalar micro-kernel and says so with ``available = False``.
 """
 import numpy as np
+from workbench._kernels.buffers import aligned_zeros
 cimport numpy as cnp
 from _winograd_stages cimport Geo, _inputs, _outputs
 from conv_gemm cimport ACT_RUN_LAST
@@ -216,7 +217,7 @@ def pack_u(U, bint nhwc):
     A2 = U.shape[0]
     C, M = (U.shape[1], U.shape[2]) if nhwc else (U.shape[2], U.shape[1])
     cdef Py_ssize_t us = _u_stride(nhwc, C, M), k, cc = C, mm = M, na = A2
-    out = np.zeros(A2 * us, np.float32)
+    out = aligned_zeros(A2 * us, np.float32)
     cdef const float* src = _p(U)
     cdef float* dst = _p(out)
     with nogil:

@@ -18,6 +18,7 @@ here, before any ``nogil`` code.
 import threading
 
 import numpy as np
+from workbench._kernels.buffers import aligned_empty, aligned_zeros
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
 
@@ -77,7 +78,7 @@ def pack(U):
         raise ValueError(f"winograd_bf16: transformed weights must be ((m+2)**2, C, M) with m 2 or 4, got {U.shape}")
     a2, c, mo = U.shape
     cdef Py_ssize_t us = _us(c, mo), k
-    out = np.zeros(a2 * us, np.uint16)
+    out = aligned_zeros(a2 * us, np.uint16)
     for k in range(a2):
         w = np.ascontiguousarray(U[k].T)   # (M, C): wbb_pack takes the n columns' rows of depth k
         wbb_pack(c, mo, <const float*> cnp.PyArray_DATA(w), <uint16_t*> cnp.PyArray_DATA(out) + k * us,
@@ -174,9 +175,9 @@ def _scratch(Py_ssize_t words, Py_ssize_t floats):
     (bimodal, by placement), against none of that with the two apart (not understood yet)."""
     v, mo = getattr(_local, "v", None), getattr(_local, "mo", None)
     if v is None or v.size < words:
-        v = _local.v = np.empty(max(words, 1), np.uint16)
+        v = _local.v = aligned_empty(max(words, 1), np.uint16)
     if mo is None or mo.size < floats:
-        mo = _local.mo = np.empty(max(floats, 1), np.float32)
+        mo = _local.mo = aligned_empty(max(floats, 1), np.float32)
     return v, mo
 
 

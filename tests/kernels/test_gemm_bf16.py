@@ -351,6 +351,40 @@ def test_implicit_convolution_is_the_im2col_one_bit_for_bit(n, h, w, c, m, k, s,
     np.testing.assert_array_equal(got.astype(np.float32), want.astype(np.float32))
 
 
+@pytest.mark.skipif(not AMX, reason="this CPU (or kernel) lacks AMX-BF16")
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 40), c=st.sampled_from([2, 4, 12, 24, 40, 48, 100]),
+       m=st.integers(1, 70), k=st.sampled_from([1, 2, 3, 5]), s=st.sampled_from([1, 2, 3]),
+       pads=st.tuples(*[st.integers(0, 2)] * 4), f32_in=st.booleans(), threads=st.sampled_from([1, 2, 3]))
+def test_amx_runs_of_kernel_rows_match_numpy(n, h, w, c, m, k, s, pads, f32_in, threads):
+    """Channel counts that are not a multiple of 32: each kernel row's taps read as one run,
+    a bfloat16 image in place (border pixels' tiles copied, kernel rows in the padding skipped),
+    a float32 one from its bordered copy; rows up to 40 pixels, so tiles end inside rows."""
+    mod = _module(AMX[0])
+    if h + pads[0] + pads[2] < k or w + pads[1] + pads[3] < k:
+        return
+    assert mod.reads_runs(c, k, 1) == (k * c <= 1024)
+    rng = np.random.default_rng(h * 1000 + w * 100 + c * 10 + m)
+    x = rng.standard_normal((n, h, w, c)).astype(BF16)
+    wt = rng.standard_normal((m, c, k, k)).astype(np.float32)
+    wp = mod.pack(np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(m, -1)))
+    geo = ((k, k), (s, s), (1, 1), pads)
+    ref = _conv_reference(x.astype(np.float32), wt.astype(BF16).astype(np.float32), (s, s), pads)
+    bound = 2e-6 * _conv_reference(np.abs(x.astype(np.float32)), np.abs(wt.astype(BF16).astype(np.float32)),
+                                   (s, s), pads) + 1e-6
+    out = np.full(ref.shape, np.nan, np.float32)
+    scratch = np.empty(mod.implicit_scratch_bytes((n, h, w, c), pads, f32_in, (s, s), (k, k)) + 64, np.uint8)
+    mod.conv_implicit(x.astype(np.float32) if f32_in else x, wp, out, *geo, num_threads=threads, scratch=scratch)
+    assert np.all(np.abs(out - ref) <= bound), np.abs(out - ref).max()
+
+
+def test_packed_weights_start_on_a_cache_line():
+    """AMX tile rows and AVX-512 loads of the panels each take one line, not two."""
+    for build in BUILDS + AMX:
+        for n, k in ((3, 5), (70, 300), (512, 4608)):
+            assert _module(build).pack(np.ones((n, k), np.float32)).ctypes.data % 64 == 0
+
+
 def test_implicit_convolution_checks_its_arguments():
     mod = _module(BUILDS[-1])
     wp = mod.pack(np.ones((4, 27), np.float32))

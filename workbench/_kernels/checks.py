@@ -2,6 +2,8 @@
 that every kernel refuses a bad array with the same words."""
 import numpy as np
 
+from workbench._kernels.buffers import aligned_empty
+
 
 def float32_array(a, name, what, shape=None, size=None, min_size=None, writeable=False):
     """Raise unless ``a`` is a C-contiguous float32 NumPy array (of ``shape``, of exactly ``size``
@@ -28,7 +30,7 @@ def scratch_array(scratch, nbytes, what, align=4):
     array of at least ``nbytes`` bytes starting on an ``align``-byte boundary; or, where None, a
     new array of that size for this call alone."""
     if scratch is None:
-        return np.empty(max(nbytes, 1), np.uint8)
+        return aligned_empty(max(nbytes, 1), np.uint8)
     if (not isinstance(scratch, np.ndarray) or not scratch.flags.c_contiguous or not scratch.flags.writeable
             or scratch.nbytes < nbytes or scratch.ctypes.data % align):
         raise ValueError(f"{what}: scratch must be a writeable C-contiguous array of at least {nbytes} bytes, "

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._kernels.buffers import aligned_empty
 from ..ir.formats import Format
 from ..ir.graph import NCHW
 
@@ -198,9 +199,7 @@ def prepared(routine, layer, specs, num_threads, workspace=None):
 
 def aligned_bytes(nbytes, align=64):
     """A uint8 array of ``nbytes`` starting on an ``align``-byte boundary."""
-    raw = np.empty(nbytes + align, np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start: start + nbytes]
+    return aligned_empty(nbytes, np.uint8, align)
 
 
 def load_all():

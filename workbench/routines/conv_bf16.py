@@ -201,8 +201,9 @@ class NhwcImplicitBf16(_Bf16Conv):
     @classmethod
     def workspace(cls, layer, specs, num_threads):
         n, c, h, w = specs[0].shape
-        _, strides, _, pads, _ = geometry(layer)
-        return cls.gemm().implicit_scratch_bytes((n, h, w, c), pads, cls.in_dtype == "float32", tuple(strides))
+        kernel, strides, dilations, pads, _ = geometry(layer)
+        return cls.gemm().implicit_scratch_bytes((n, h, w, c), pads, cls.in_dtype == "float32", tuple(strides),
+                                                 tuple(kernel), tuple(dilations))
 
     @classmethod
     def _conv(cls, x, w, out, geo, *args, bind=False, scratch=None):
@@ -230,14 +231,19 @@ class NhwcIm2colAmx(_Amx, NhwcIm2colBf16):
 
 
 class NhwcImplicitAmx(_Amx, NhwcImplicitBf16):
-    """implicit_bf16 on tiles: a tile is 16 pixels of an output row, each tap's channels read
-    where they lie in the bordered image, 32 at a time, so the channel count must be a multiple of 32."""
+    """implicit_bf16 on tiles: a tile is 16 pixels of an output row, read where they lie in the
+    bordered image.  With a multiple of 32 channels each tap's channels are read 32 at a time;
+    with fewer or others, and no dilation across, each kernel row's taps as one run of KW x C
+    words, 32 at a time and a narrower tail (``wba_runs_block``)."""
     algo = "implicit_amx"
     priority = 12.45
 
     @classmethod
     def applies(cls, layer, specs):
-        return specs[0].shape[1] % 32 == 0 and super().applies(layer, specs)
+        kernel, _, dilations, _, _ = geometry(layer)
+        c, gemm = specs[0].shape[1], cls.gemm()
+        return ((c % 32 == 0 or gemm is not None and gemm.reads_runs(c, kernel[1], dilations[1]))
+                and super().applies(layer, specs))
 
 
 class NhwcWinograd2Bf16(_Bf16Conv):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._kernels.buffers import aligned_array
 from ..runtime import cpu
 from ..ir.graph import NCHW, NHWC
 from ..ir.ops.conv import residual_after_activation
@@ -70,7 +71,7 @@ class _Depthwise(Routine, register=False):
         ep = encode(layer, c, extended=True)
         return {
             "w": cls._pack(w.reshape(c, k[0] * k[1])),
-            "bias": np.ascontiguousarray(b if b is not None else np.zeros(c), np.float32),
+            "bias": aligned_array(b if b is not None else np.zeros(c), np.float32),
             "ep": ep, "k": k,
         }
 
@@ -89,7 +90,7 @@ class _DepthwiseNHWC(_Depthwise, register=False):
 
     @staticmethod
     def _pack(w):
-        return np.ascontiguousarray(w.T)  # (K*K, C): channels innermost
+        return aligned_array(w.T)  # (K*K, C): channels innermost
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
@@ -108,7 +109,7 @@ class _DepthwiseNCHW(_Depthwise, register=False):
 
     @staticmethod
     def _pack(w):
-        return np.ascontiguousarray(w)  # (C, K*K)
+        return aligned_array(w)  # (C, K*K)
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):

@@ -74,6 +74,25 @@ def test_the_kernel_widens_and_rounds_bfloat16(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 24, 40])
+def test_the_kernel_rounds_ties_to_even_and_keeps_nan_on_short_rows(isa, n):
+    """Float32 sums exactly halfway between two bfloat16 values, rows of 1 to 40 (the AVX-512
+    build's masked tails), NaN, infinities and the largest finite values: as ml_dtypes rounds."""
+    k = cpu.kernel_module("eltwise_chain", isa)
+    rng = np.random.default_rng(n)
+    base = rng.standard_normal((7, n)).astype(np.float32).astype(BF16).astype(np.float32)
+    bits = base.view(np.uint32) | np.uint32(0x8000) * (rng.integers(0, 2, base.shape).astype(np.uint32))
+    x = bits.view(np.float32)                             # half of them exactly on a tie
+    x.flat[:6] = [np.nan, np.inf, -np.inf, 3.3895314e38, -3.3895314e38, 1.0 + 2.0 ** -8]
+    zero = np.zeros(n, np.float32)
+    big = np.zeros((1, 1, 7, n + 8), BF16)
+    out = big[..., 4:4 + n]
+    k.Chain([x, zero], [[0, 0, n, 1], [0, 0, 0, 1]], out, [1, 1, 7, n], [("Add", 0, 1, 0, 0.0, 0.0)])(2)
+    np.testing.assert_array_equal(out[0, 0].view(np.uint16), x.astype(BF16).view(np.uint16))
+    assert not big[..., :4].astype(np.float32).any() and not big[..., 4 + n:].astype(np.float32).any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_the_kernel_takes_short_bfloat16_rows_several_at_a_time(isa, threads):
     """Rows of 24 channels written into a 96-channel buffer (an NHWC Concat part): blocks of
@@ -205,6 +224,29 @@ def test_a_bfloat16_chain_writes_its_nhwc_concat_part_in_place():
     feeds = {k: rng.standard_normal(v).astype(np.float32) for k, v in (("a", (1, 6, 4, 5)), ("b", (1, 6, 4, 5)))}
     ar = np.maximum(feeds["a"], 0)
     want = np.concatenate([rounded(rounded(ar) * rounded(feeds["b"]) - rounded(ar)), rounded(ar)], axis=1)
+    np.testing.assert_array_equal(compiled.run(feeds)["out"], want)
+
+
+@needs_bf16
+def test_a_squeeze_excite_sum_written_into_its_concat_part_reads_the_scale_as_a_pattern():
+    """``x * se + x`` into a channel slice of a Concat: the per-channel scale read through a
+    periodic pattern (one a job) while the rows are taken several at a time."""
+    rng = np.random.default_rng(6)
+    nodes = [node("Relu", ["a"], ["ar"], "relu"), node("Mul", ["ar", "se"], ["m"], "mul"),
+             node("Add", ["m", "ar"], ["c"], "add"), node("Concat", ["c", "ar"], ["out"], "cat", axis=1)]
+    model = make_model(nodes, [("a", [1, 24, 5, 7]), ("se", [1, 24, 1, 1])], [("out", [1, 48, 5, 7])])
+    graph = workbench.load(model.SerializeToString())
+    layer = graph.layer("add")
+    assert layer.op == "EltwiseChain"
+    from workbench.runtime.compiled import CompiledModel
+    assignment = {"relu": "cpu:float32:nhwc/direct", "add": "cpu:bfloat16:nhwc/direct", "cat": "cpu:bfloat16:nhwc/copy"}
+    assignment = {l.name: assignment.get(l.name, compiled_in(graph, "nhwc").assignment[l.name]) for l in graph}
+    compiled = CompiledModel(graph, assignment, num_threads=2)
+    assert compiled.slices[bkey("c", "nhwc", "bfloat16")].base == bkey("out", "nhwc", "bfloat16")
+    feeds = {"a": rng.standard_normal((1, 24, 5, 7)).astype(np.float32),
+             "se": rng.standard_normal((1, 24, 1, 1)).astype(np.float32)}
+    ar = rounded(np.maximum(feeds["a"], 0))
+    want = np.concatenate([rounded(ar * rounded(feeds["se"]) + ar), ar], axis=1)
     np.testing.assert_array_equal(compiled.run(feeds)["out"], want)
 
 

@@ -136,7 +136,11 @@ class _Chain(Routine, register=False):
             return _physical_to_logical([x // v.itemsize for x in v.strides], nhwc and v.ndim == 4)
         dims, strides = broadcast_loops(layer.out_specs[0].shape, [(s, nhwc and len(s) == 4, strides(v))
                                                                    for s, v in zip(logical, xs)], nhwc, coalesce=False)
-        return xs, dims, strides, None
+        # a per-channel operand of a channel slice's short rows: one pattern a job, not a row each
+        rows = [(dims[3], 0) if list(st) == [0, 0, 0, 1] and dims[3] <= MAX_PERIOD else None for st in strides]
+        if sum(r is not None for r in rows) > MAX_PATTERNS:
+            rows = None
+        return xs, dims, strides, rows
 
     @classmethod
     def _kernel(cls, layer, state, args, out):

@@ -17,8 +17,9 @@
  * borders and the row's end run there too.  On a Zen 4 this measured 1.5-2x slower than the
  * float32 AVX-512 kernel on a float32 image (the conversions share the FMA pipes); the dot form
  * (wb_dw_dot_bf16.h: bfloat16 weights, no widening) takes the square 3x3 and 5x5 layers, and
- * this one the other geometries and the layers where float32 weights matter.  Other kernels go a
- * pixel at a time, taps checked.
+ * this one the other geometries and the layers where float32 weights matter.  Images of 16
+ * channels go two pixels to a vector (wb_dw_pairs_bf16.h).  Other kernels go a pixel at a time,
+ * taps checked.
  * Built without AVX512-BF16 the same function is a scalar loop on the same packed weights, with
  * the same rounding (WBB_NATIVE = 0). */
 #ifndef WB_DW_BF16_H
@@ -150,6 +151,8 @@ static void wbd_px1(const wbb_geo* g, const uint16_t* x, const float* w, const f
 }
 #endif
 
+#include "wb_dw_pairs_bf16.h"
+
 #if WBB_NATIVE
 /* Input rows a band holds: at least a window's, else about 384 KiB of float32, so that a band
  * and the output row stay in L2 while the kernel passes over them KH times. */
@@ -246,6 +249,13 @@ static inline void wbd_row(const wbb_geo* g, const uint16_t* x, const float* w, 
     int kh0, kh1, kw0, kw1;
     wbd_taps(oy, g->sh, g->pt, g->kh, g->dh, g->h, &kh0, &kh1);
 #if WBB_NATIVE
+    int per = 0;
+    wbd_pairs_fn pairs = wbd_pairs(g, &per);
+    if (pairs != NULL) {
+        for (ox = 0; ox < g->ow; ox += per)
+            pairs(g, x, w, bias, out, f32, e, b, oy, ox, g->ow - ox < per ? (int)(g->ow - ox) : per, kh0, kh1);
+        return;
+    }
     wbd_px8_fn slide = wbd_slide(g);
     for (ox = 0; ox < g->ow;) {
         int run = slide != NULL ? (g->ow - ox < WBD_P ? (int)(g->ow - ox) : WBD_P) : 1;

@@ -232,6 +232,38 @@ def test_depthwise_matches_numpy(n, h, w, c, k, s, pad, code, bias, f32, build, 
     assert np.all(np.abs(out.astype(np.float64) - ref) <= bound), np.abs(out.astype(np.float64) - ref).max()
 
 
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 23), k=st.sampled_from([3, 5, 7]),
+       sh=st.sampled_from([1, 2]), pads=st.tuples(*[st.integers(0, 3)] * 4), code=st.sampled_from([0, 2, 5, 6]),
+       f32=st.booleans(), build=st.sampled_from(BUILDS), threads=st.sampled_from([1, 2, 3]))
+def test_depthwise_of_16_channels_two_pixels_a_vector_matches_numpy(n, h, w, k, sh, pads, code, f32, build,
+                                                                   threads):
+    """Sixteen channels at stride 1 across (wb_dw_pairs_bf16.h): pairs of pixels in one vector,
+    rows of odd length (the last pair half stored), taps past either end of the row, NaN and
+    infinity kept to their windows."""
+    mod = _module(build.replace("gemm_bf16", "depthwise_bf16"))
+    (pt, pl, pb, pr), c = pads, 16
+    if h + pt + pb < k or w + pl + pr < k or (code == 6 and build == "gemm_bf16"):
+        return
+    rng = np.random.default_rng(h * 100 + w * 10 + k)
+    x = rng.standard_normal((n, h, w, c)).astype(BF16)
+    x[0, h // 2, w - 1, 3], x[n - 1, 0, 0, 12] = np.nan, np.inf
+    wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    wp, bp = mod.pack_depthwise(np.ascontiguousarray(wt[:, 0].transpose(1, 2, 0)), b)
+    oh, ow = (h + pt + pb - k) // sh + 1, (w + pl + pr - k) + 1
+    out = np.full((n, oh, ow, c), -7, np.float32 if f32 else BF16)
+    mod.conv_depthwise(x, wp, bp, out, (k, k), (sh, 1), (1, 1), pads, code, -0.5, 1.5, threads)
+    ref = _act(_conv_reference(x.astype(np.float32), wt, (sh, 1), pads) + b, code, -0.5, 1.5)
+    got = out.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    finite = np.isfinite(ref)
+    assert np.array_equal(got[~finite & ~np.isnan(ref)], ref[~finite & ~np.isnan(ref)])
+    bound = 1e-5 * (np.abs(x.astype(np.float64)[np.isfinite(x.astype(np.float64))]).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + 1)
+    bound = bound + np.abs(ref[finite]) * ((0 if f32 else 2.0 ** -8) + (LOWP_ACT if code == 6 else 0))
+    assert np.all(np.abs(got[finite] - ref[finite]) <= bound), np.abs(got[finite] - ref[finite]).max()
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(n=st.integers(1, 2), h=st.integers(1, 13), w=st.integers(1, 21), c=st.integers(1, 70),
        k=st.sampled_from([3, 5, 7]), sh=st.sampled_from([1, 2, 3]), sw=st.sampled_from([1, 2]),

@@ -26,8 +26,10 @@ cdef extern from "wb_pool_bf16.h" nogil:
                             Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt, Py_ssize_t pl,
                             const int* kh_lo, const int* kh_hi, const int* kw_lo, const int* kw_hi,
                             const float* inv_h, const float* inv_w, int is_max)
-    void wbp_global(const uint16_t* x, uint16_t* y, Py_ssize_t hw, Py_ssize_t C, Py_ssize_t b, Py_ssize_t c0,
-                    Py_ssize_t c1, int is_max)
+    void wbp_global_part(const uint16_t* x, float* part, Py_ssize_t hw, Py_ssize_t C, Py_ssize_t b, Py_ssize_t p0,
+                         Py_ssize_t p1, int is_max)
+    void wbp_global_finish(const float* parts, Py_ssize_t nparts, uint16_t* y, Py_ssize_t hw, Py_ssize_t C,
+                           int is_max)
 
 #: True when this build computes (only the ``_avx512bf16`` variant does).
 available = bool(wbp_native())
@@ -141,24 +143,22 @@ cdef class Pool2dBf16:
 cdef struct _GlobalCtx:
     const uint16_t* x
     uint16_t* y
-    Py_ssize_t hw, C, blocks, jobs, group
+    float* parts          # (N, chunks, C): each job's max or sum over its pixels
+    Py_ssize_t hw, C, chunks, jobs
     int is_max
 
 
-cdef enum:
-    CBLOCK = 64   # channels per job: four registers
-
-
-cdef void _global_chunk(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
+cdef void _global_chunk(void* ctx, Py_ssize_t job, int slot) noexcept nogil:
     cdef const _GlobalCtx* c = <const _GlobalCtx*> ctx
-    cdef Py_ssize_t job, c0
-    for job in range(i * c.group, min((i + 1) * c.group, c.jobs)):
-        c0 = job % c.blocks * CBLOCK
-        wbp_global(c.x, c.y, c.hw, c.C, job // c.blocks, c0, min(c0 + CBLOCK, c.C), c.is_max)
+    cdef Py_ssize_t k = job % c.chunks
+    wbp_global_part(c.x, c.parts + job * c.C, c.hw, c.C, job // c.chunks, k * c.hw // c.chunks,
+                    (k + 1) * c.hw // c.chunks, c.is_max)
 
 
 def global_pool_nhwc(x, y, bint is_max, int num_threads=1):
-    """Mean or max over H and W of ``x`` (N, H, W, C) into ``y`` (N, 1, 1, C), both bfloat16."""
+    """Mean or max over H and W of ``x`` (N, H, W, C) into ``y`` (N, 1, 1, C), both bfloat16.
+    Each image's pixels are shared out in chunks (a 96-channel map's two blocks of channels gave
+    one thread two thirds of it, and each read every line), their maxima or sums combined last."""
     _image(x, "input")
     _image(y, "output", writeable=True)
     if tuple(y.shape) != (x.shape[0], 1, 1, x.shape[3]):
@@ -169,10 +169,15 @@ def global_pool_nhwc(x, y, bint is_max, int num_threads=1):
         return y
     cdef _GlobalCtx c
     c.x, c.y, c.hw, c.C, c.is_max = <const uint16_t*> _p(x), <uint16_t*> _p(y), x.shape[1] * x.shape[2], x.shape[3], is_max
-    c.blocks = (c.C + CBLOCK - 1) // CBLOCK
-    c.jobs = x.shape[0] * c.blocks
     cdef int nt = _threads(x.size, num_threads)
-    c.group = wb_jobs_per_chunk(c.jobs, c.hw * CBLOCK, nt)
+    cdef Py_ssize_t n = x.shape[0], b
+    # about 3 jobs a thread over all the images, none of fewer than 4096 elements
+    c.chunks = max(1, min(c.hw, min((3 * nt + n - 1) // n, x.size // n // 4096)))
+    c.jobs = n * c.chunks
+    parts = np.empty(c.jobs * c.C, np.float32)
+    c.parts = <float*> _p(parts)
     with nogil:
-        wb_pool_run(_global_chunk, &c, (c.jobs + c.group - 1) // c.group, nt)
+        wb_pool_run(_global_chunk, &c, c.jobs, nt)
+        for b in range(n):
+            wbp_global_finish(c.parts + b * c.chunks * c.C, c.chunks, c.y + b * c.C, c.hw, c.C, c.is_max)
     return y

@@ -34,34 +34,61 @@ static inline void wbp_store(uint16_t* p, __mmask16 m, __m512 v) {
 #define WB_POOL_STORE(p, m, v) wbp_store(p, m, v)
 #include "wb_pool512_row.inc"
 
-/* Channels c0..c1-1 (at most 64: four registers) of image b: the max or mean over its hw pixels
- * of x (N, hw, C) into y (N, C).  A NaN anywhere in a channel makes its maximum NaN. */
-static inline void wbp_global(const uint16_t* x, uint16_t* y, ptrdiff_t hw, ptrdiff_t C, ptrdiff_t b,
-                              ptrdiff_t c0, ptrdiff_t c1, int is_max) {
-    __m512 acc[4];
-    __mmask16 mask[4], nan[4] = {0, 0, 0, 0};
-    int v, nv = (int)((c1 - c0 + 15) / 16);
-    ptrdiff_t p;
-    const uint16_t* img = x + b * hw * C + c0;
-    for (v = 0; v < nv; v++) {
-        ptrdiff_t left = c1 - c0 - 16 * v;
-        mask[v] = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-        acc[v] = _mm512_set1_ps(is_max ? -__builtin_inff() : 0.0f);
-    }
-    for (p = 0; p < hw; p++)
+/* Pixels p0..p1-1 of image b of x (N, hw, C): each channel's max (NaN where any is NaN) or sum
+ * into part (C floats).  Channels go 64 at a time (four registers), pixels two at a time into
+ * two sets of registers, so that the adds do not wait on each other. */
+static inline void wbp_global_part(const uint16_t* x, float* part, ptrdiff_t hw, ptrdiff_t C, ptrdiff_t b,
+                                   ptrdiff_t p0, ptrdiff_t p1, int is_max) {
+    const uint16_t* img = x + b * hw * C;
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += 64) {
+        __m512 acc[2][4];
+        __mmask16 mask[4], nan[4] = {0, 0, 0, 0};
+        int v, nv = (int)((C - c0 < 64 ? C - c0 + 15 : 79) / 16);
+        ptrdiff_t p;
         for (v = 0; v < nv; v++) {
-            __m512 e = wbp_load(mask[v], img + p * C + 16 * v);
+            ptrdiff_t left = C - c0 - 16 * v;
+            mask[v] = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+            acc[0][v] = acc[1][v] = _mm512_set1_ps(is_max ? -__builtin_inff() : 0.0f);
+        }
+        for (p = p0; p < p1; p++)
+            for (v = 0; v < nv; v++) {
+                __m512 e = wbp_load(mask[v], img + p * C + c0 + 16 * v);
+                if (is_max) {
+                    nan[v] |= _mm512_cmp_ps_mask(e, e, _CMP_UNORD_Q);
+                    acc[p & 1][v] = _mm512_max_ps(acc[p & 1][v], e);
+                } else {
+                    acc[p & 1][v] = _mm512_add_ps(acc[p & 1][v], e);
+                }
+            }
+        for (v = 0; v < nv; v++) {
+            __m512 r = is_max ? _mm512_mask_mov_ps(_mm512_max_ps(acc[0][v], acc[1][v]), nan[v],
+                                                   _mm512_set1_ps(__builtin_nanf("")))
+                              : _mm512_add_ps(acc[0][v], acc[1][v]);
+            _mm512_mask_storeu_ps(part + c0 + 16 * v, mask[v], r);
+        }
+    }
+}
+
+/* y (C,) of one image from its nparts parts (nparts x C floats, wbp_global_part's): the max (NaN
+ * where a part is NaN) or the mean of hw pixels, rounded to bfloat16. */
+static inline void wbp_global_finish(const float* parts, ptrdiff_t nparts, uint16_t* y, ptrdiff_t hw, ptrdiff_t C,
+                                     int is_max) {
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += 16) {
+        __mmask16 m = C - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c0)) - 1);
+        __m512 r = _mm512_maskz_loadu_ps(m, parts + c0);
+        __mmask16 nan = _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
+        for (ptrdiff_t k = 1; k < nparts; k++) {
+            __m512 e = _mm512_maskz_loadu_ps(m, parts + k * C + c0);
             if (is_max) {
-                nan[v] |= _mm512_cmp_ps_mask(e, e, _CMP_UNORD_Q);
-                acc[v] = _mm512_max_ps(acc[v], e);
+                nan |= _mm512_cmp_ps_mask(e, e, _CMP_UNORD_Q);
+                r = _mm512_max_ps(r, e);
             } else {
-                acc[v] = _mm512_add_ps(acc[v], e);
+                r = _mm512_add_ps(r, e);
             }
         }
-    for (v = 0; v < nv; v++) {
-        __m512 r = is_max ? _mm512_mask_mov_ps(acc[v], nan[v], _mm512_set1_ps(__builtin_nanf("")))
-                          : _mm512_mul_ps(acc[v], _mm512_set1_ps(1.0f / (float)(hw > 0 ? hw : 1)));
-        wbp_store(y + b * C + c0 + 16 * v, mask[v], r);
+        r = is_max ? _mm512_mask_mov_ps(r, nan, _mm512_set1_ps(__builtin_nanf("")))
+                   : _mm512_mul_ps(r, _mm512_set1_ps(1.0f / (float)(hw > 0 ? hw : 1)));
+        wbp_store(y + c0, m, r);
     }
 }
 
@@ -75,7 +102,9 @@ static inline int wb_pool512_row_bf16(const uint16_t* x, uint16_t* y, ptrdiff_t 
                                       int is_max) {
     return 0;
 }
-static inline void wbp_global(const uint16_t* x, uint16_t* y, ptrdiff_t hw, ptrdiff_t C, ptrdiff_t b,
-                              ptrdiff_t c0, ptrdiff_t c1, int is_max) {}
+static inline void wbp_global_part(const uint16_t* x, float* part, ptrdiff_t hw, ptrdiff_t C, ptrdiff_t b,
+                                   ptrdiff_t p0, ptrdiff_t p1, int is_max) {}
+static inline void wbp_global_finish(const float* parts, ptrdiff_t nparts, uint16_t* y, ptrdiff_t hw, ptrdiff_t C,
+                                     int is_max) {}
 #endif
 #endif

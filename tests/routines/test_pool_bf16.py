@@ -48,6 +48,29 @@ def test_global_pools_match_reference(op, n, c, hw, keep, threads, seed):
                            seed=seed)
 
 
+@pytest.mark.parametrize("shape", [(1, 40, 50, 24), (2, 31, 33, 96), (1, 64, 64, 150), (3, 2, 2, 7)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_global_pools_of_large_maps_share_out_the_pixels(shape, threads):
+    """Maps large enough to be cut into chunks of pixels (each job a max or sum of its own, combined
+    last): the mean within float32 summation error, the max exact, a NaN in a late chunk kept."""
+    bf = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(shape[3])
+    x = rng.standard_normal(shape).astype(bf)
+    x[-1, -1, -2, shape[3] // 2] = np.nan
+    wide = x.astype(np.float64)
+    for is_max in (False, True):
+        y = np.full((shape[0], 1, 1, shape[3]), 7, bf)
+        NATIVE.global_pool_nhwc(x, y, is_max, num_threads=threads)
+        ref = (np.max if is_max else np.mean)(wide, axis=(1, 2), keepdims=True)
+        got = y.astype(np.float64)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        ok = ~np.isnan(ref)
+        if is_max:
+            np.testing.assert_array_equal(got[ok], ref[ok])
+        else:
+            assert np.all(np.abs(got[ok] - ref[ok]) <= 2.0 ** -8 * np.abs(ref[ok]) + 1e-5)
+
+
 def test_a_max_pool_is_exact_on_bfloat16_values():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 40, 11, 13)).astype(ml_dtypes.bfloat16).astype(np.float32)

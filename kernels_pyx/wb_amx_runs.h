@@ -132,6 +132,25 @@ static inline void wba_configure_runs(int t, int wide) {
     _tile_loadconfig(&cfg);
 }
 
+/* One depth step q: A tile TA and B tile TB of the step's shape, TX the second A (narrow panels)
+ * or B (wide) of that shape.  Tile numbers are immediates, hence a macro. */
+#define WBA_RUN_STEP(TA, TB, TX, q)                          \
+    do {                                                     \
+        _tile_loadd(TB, b, 4 * WBB_NR);                      \
+        if (use0) {                                          \
+            _tile_loadd(TA, a0 + 32 * (q), s0 * 2);          \
+            _tile_dpbf16ps(0, TA, TB);                       \
+            if (wide) {                                      \
+                _tile_loadd(TX, b + 32, 4 * WBB_NR);         \
+                _tile_dpbf16ps(1, TA, TX);                   \
+            }                                                \
+        }                                                    \
+        if (use1) {                                          \
+            _tile_loadd(TX, a1 + 32 * (q), s1 * 2);          \
+            _tile_dpbf16ps(1, TX, TB);                       \
+        }                                                    \
+    } while (0)
+
 /* Output pixels i0..i1-1 (of n * oh * ow), panels p0..p1-1 of the n output channels (weights pb
  * packed as for conv_im2col), from image im; c out (pixels ldc elements apart) bfloat16 or float32. */
 static void wba_runs_block(const wbb_geo* g, const wba_image* im, ptrdiff_t n, const uint16_t* pb, void* c,
@@ -171,35 +190,10 @@ static void wba_runs_block(const wbb_geo* g, const wba_image* im, ptrdiff_t n, c
                 for (ptrdiff_t q = 0; q <= full; q++, b += 32 * WBB_NR) {
                     if (q == full && tail == 0)
                         break;
-                    if (q < full) {
-                        _tile_loadd(4, b, 4 * WBB_NR);
-                        if (use0) {
-                            _tile_loadd(2, a0 + 32 * q, s0 * 2);
-                            _tile_dpbf16ps(0, 2, 4);
-                            if (wide) {
-                                _tile_loadd(6, b + 32, 4 * WBB_NR);
-                                _tile_dpbf16ps(1, 2, 6);
-                            }
-                        }
-                        if (use1) {
-                            _tile_loadd(6, a1 + 32 * q, s1 * 2);
-                            _tile_dpbf16ps(1, 6, 4);
-                        }
-                    } else {
-                        _tile_loadd(5, b, 4 * WBB_NR);
-                        if (use0) {
-                            _tile_loadd(3, a0 + 32 * q, s0 * 2);
-                            _tile_dpbf16ps(0, 3, 5);
-                            if (wide) {
-                                _tile_loadd(7, b + 32, 4 * WBB_NR);
-                                _tile_dpbf16ps(1, 3, 7);
-                            }
-                        }
-                        if (use1) {
-                            _tile_loadd(7, a1 + 32 * q, s1 * 2);
-                            _tile_dpbf16ps(1, 7, 5);
-                        }
-                    }
+                    if (q < full)
+                        WBA_RUN_STEP(2, 4, 6, q);
+                    else
+                        WBA_RUN_STEP(3, 5, 7, q);
                 }
             }
             _tile_stored(0, stage, 128);

@@ -8,6 +8,8 @@ Only the ``_avx512bf16`` build computes (``available``); arrays and shapes are c
 before any ``nogil`` code.  Arrays are bfloat16 (``ml_dtypes``), C-contiguous.
 """
 import ml_dtypes
+import threading
+
 import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport uint16_t
@@ -140,6 +142,9 @@ cdef class Pool2dBf16:
         return y
 
 
+_local = threading.local()   # global_pool_nhwc's partial results
+
+
 cdef struct _GlobalCtx:
     const uint16_t* x
     uint16_t* y
@@ -174,7 +179,9 @@ def global_pool_nhwc(x, y, bint is_max, int num_threads=1):
     # about 3 jobs a thread over all the images, none of fewer than 4096 elements
     c.chunks = max(1, min(c.hw, min((3 * nt + n - 1) // n, x.size // n // 4096)))
     c.jobs = n * c.chunks
-    parts = np.empty(c.jobs * c.C, np.float32)
+    parts = getattr(_local, "parts", None)
+    if parts is None or parts.size < c.jobs * c.C:   # one buffer a Python thread, grown and reused
+        parts = _local.parts = np.empty(c.jobs * c.C, np.float32)
     c.parts = <float*> _p(parts)
     with nogil:
         wb_pool_run(_global_chunk, &c, c.jobs, nt)

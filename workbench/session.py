@@ -24,6 +24,7 @@ from .ir.formats import parse_precisions
 from .ir.graph import NCHW, NHWC
 from .runtime.compiled import CompiledModel, default_threads
 from .session_comparisons import SessionComparisons
+from .session_precision import SessionPrecision
 from .session_files import NotTunedError, SessionFiles
 from .tuning import filters as assign_mod
 from .tuning import search
@@ -43,7 +44,7 @@ def _precisions(values):
         raise WorkbenchError(str(e)) from None
 
 
-class Session(SessionFiles, SessionComparisons):
+class Session(SessionFiles, SessionComparisons, SessionPrecision):
     """A model being tuned.
 
     Parameters
@@ -225,15 +226,6 @@ class Session(SessionFiles, SessionComparisons):
             if self.budget is not None and dict(self.plan.choice) != fitted:
                 self._fit_budget(error_inputs)   # in-context costs moved the plan: its error anew
         return self.plan
-
-    def _fit_budget(self, inputs):
-        from .tuning.budget import fit
-        report = fit(self, self.max_error, inputs)
-        if self.budget is not None:   # a second fit: it started from the first one's demotions
-            report.demoted = self.budget.demoted + [n for n in report.demoted if n not in self.budget.demoted]
-            report.before = self.budget.before
-        self.budget = report
-        return report
 
     def calibrate(self, rounds=3, runs=5, inputs=None):
         """Time the plan's routines and adapts inside the model and select again on those times

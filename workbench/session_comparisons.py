@@ -1,7 +1,6 @@
 """What a :class:`~workbench.session.Session`'s plan is measured against: the greedy plan and
 every single-family plan (priced on the same profile), the other plans and ONNX Runtime timed
-side by side (:meth:`compare`), and the float32 reference, for a plan that computes in a lower
-precision (:meth:`precision_error`).  A mixin: it reads the session's graph, profile and plan."""
+side by side (:meth:`compare`).  A mixin: it reads the session's graph, profile and plan."""
 from __future__ import annotations
 
 from . import routines
@@ -59,21 +58,6 @@ class SessionComparisons:
                                           + (", ..." if len(fallbacks) > 3 else ""))
             plans[fam] = search.plan_of(prob, choice, f"family {fam}")
         return plans
-
-    def precision_error(self, inputs=None, samples=3):
-        """The plan's outputs against the float32 NumPy reference (max error, cosine, top-1
-        agreement; :mod:`workbench.tuning.precision`), on ``inputs`` (a list of feeds) or
-        ``samples`` seeded random ones; kept as :attr:`precision` until the plan changes."""
-        from .tuning.precision import measure
-        self._need_plan()
-        self.precision = measure(self, inputs, samples)
-        return self.precision
-
-    @property
-    def low_precision(self):
-        """The data types other than float32 the plan computes in ([] for a float32 plan)."""
-        from .tuning.precision import low_precision
-        return low_precision(self._need_plan().choice)
 
     def compare(self, runs=10, families=True, greedy=True, onnxruntime=True):
         """The plan measured beside every single-family plan, the greedy plan and ONNX Runtime,

@@ -16,7 +16,9 @@ the output's peak, cosine, top-1 agreement).
 A third plan keeps to OpenVINO's error: the bfloat16-allowed session selected again under an
 error budget (``Session.tune(max_error=...)``, :mod:`workbench.tuning.budget`) of 0.9 times OpenVINO
 bf16's error, measured first.  The budget is fitted on six other seeded inputs (seeds 100-105),
-so the error reported for it, on the shared ones, is measured on inputs the fit never saw.  Writes
+so the error reported for it, on the shared ones, is measured on inputs the fit never saw.  The
+bfloat16 routines' bias correction is calibrated on the session's default inputs (seeds 1000-1003,
+:mod:`workbench.tuning.input_stats`), apart from both.  Writes
 ``DIR/precision.{md,json}``.
 """
 from __future__ import annotations

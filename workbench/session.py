@@ -93,6 +93,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         self.measured = None        # measure.Latency of the whole tuned model
         self.comparison = None      # compare.Comparison of the plan against the others
         self.precision = None       # precision.PrecisionError of the plan against float32
+        self.calibration = None     # what the bias correction's means were calibrated on (calibrate_means)
         self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
         self.tuned_metadata = None  # model metadata of a loaded tuned file
         self.loaded_costs = None    # {layer: {descriptor: s}} a loaded tuned file was tuned with
@@ -174,7 +175,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         return make_problem(self.graph, costs, adapt_costs, allowed, self.io_format)
 
     def tune(self, filters=None, pins=None, progress=False, in_context=False, precisions=None, max_error=None,
-             error_inputs=None):
+             error_inputs=None, calibration_inputs=None):
         """Profile (what the database lacks) and select the fastest plan; returns the :class:`~workbench.tuning.search.Plan`.
 
         ``filters``: routine filter strings (see :mod:`workbench.tuning.filters`); ``pins``:
@@ -189,6 +190,9 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         its error stay float32 until the plan is within it (:mod:`workbench.tuning.budget`; the
         report is kept as :attr:`budget`).  It replaces the session's budget when given;
         ``session.max_error = None`` drops it.
+        ``calibration_inputs``: feeds the bias correction of bfloat16 routines is calibrated on
+        (:meth:`calibrate_means`; without them, the first tuning that allows bfloat16 draws
+        seeded random ones).
         ``in_context``: then time the plan inside the model and select again on those times
         (:meth:`calibrate`), so that the prediction is what a run costs.  Off by default: the
         selection is then a function of the profile database alone (the same plan from the
@@ -216,6 +220,8 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
             self.max_error = checked(max_error)
         if self.profiled is None:
             self.profile(progress=progress)
+        if self.precisions != routines.FLOAT32_ONLY and (calibration_inputs is not None or self.calibration is None):
+            self.calibrate_means(calibration_inputs)
         self.demoted, self.budget = set(), None
         self.retune()
         if self.max_error is not None and self.low_precision:

@@ -32,7 +32,7 @@ class SessionFiles:
             pins=dict(self.pins), filters=list(self.filters), adapts_into=self._adapts_into(),
             precisions=list(self.precisions),
             precision_error=self.precision.to_dict() if self.precision is not None else None,
-            max_error=self.max_error, demoted=sorted(self.demoted))
+            max_error=self.max_error, demoted=sorted(self.demoted), calibration=self.calibration)
 
     def _adapts_into(self):
         """``{layer: [[tensor, from, to], ...]}``: the plan's adapts, by the layers that read them."""
@@ -53,6 +53,7 @@ class SessionFiles:
         session.pins = dict(record.pins)
         session.precisions = tuple(record.precisions)
         session.max_error, session.demoted = record.max_error, set(record.demoted)
+        session.calibration = record.calibration
         if record.precision_error is not None:
             from .tuning.precision import PrecisionError
             session.precision = PrecisionError.from_dict(record.precision_error)

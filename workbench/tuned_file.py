@@ -5,7 +5,9 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
 
 - each layer's node: ``workbench.routine`` (the descriptor), ``workbench.adapts`` (JSON list of
   ``[tensor, from, to]`` adapts feeding it), ``workbench.cost_ms``, ``workbench.candidates``
-  (JSON ``{descriptor: ms}``: why this routine), ``workbench.pinned``;
+  (JSON ``{descriptor: ms}``: why this routine), ``workbench.pinned``, and where calibrated
+  ``workbench.input_mean`` (base64 of little-endian float32: its input's mean per channel, from
+  which bfloat16 routines correct their biases, :mod:`workbench.routines.bias_correction`);
 - the model: ``workbench.format``, ``workbench.version``, ``workbench.fingerprint`` and
   ``workbench.fingerprint_facts`` (the machine), ``workbench.num_threads``,
   ``workbench.io_format``, ``workbench.predicted_ms``, ``workbench.measured_ms``,
@@ -13,7 +15,8 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
   (JSON list of the data types tuning allowed) and ``workbench.precision_error`` (JSON: the plan's
   error against float32, :class:`~workbench.tuning.precision.PrecisionError`; empty for a float32 plan),
   ``workbench.max_error`` (the error budget tuning kept to; empty for none) and ``workbench.demoted``
-  (JSON list of the layers the budget kept in float32, :mod:`workbench.tuning.budget`) and
+  (JSON list of the layers the budget kept in float32, :mod:`workbench.tuning.budget`),
+  ``workbench.calibration`` (what bias correction's means were calibrated on; empty for none) and
   ``workbench.quant`` (JSON: the graph's quantization parameters by tensor,
   :class:`~workbench.ir.quant.QuantTable`; empty where it has none).
 
@@ -25,11 +28,16 @@ session can :meth:`~workbench.session.Session.retune`), so this module knows not
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import routines
+from .routines import bias_correction
+from .routines.bias_correction import MEAN
 from .errors import WorkbenchError, where
 from .ir.graph import NCHW, NHWC
 from .ir.quant import QuantError, QuantTable
@@ -81,6 +89,7 @@ class TunedRecord:
     precision_error: dict = None
     max_error: float = None
     demoted: list = field(default_factory=list)
+    calibration: str = None
 
     def fingerprint_differs(self, num_threads):
         """The machine facts (``fingerprint_facts`` keys) in which this machine, running with
@@ -109,6 +118,9 @@ def write(record, path):
             PREFIX + "candidates": json.dumps({d: round(v * 1e3, 6) for d, v in sorted(c.items(), key=lambda kv: kv[1])}),
             PREFIX + "pinned": "1" if layer.name in record.pins else "0",
         }
+        mean = layer.meta.get(MEAN)
+        if mean is not None:
+            nodes[layer.name][PREFIX + MEAN] = base64.b64encode(np.asarray(mean, "<f4").tobytes()).decode("ascii")
     meta = {
         "format": FORMAT, "version": __version__,
         "fingerprint": fingerprint(record.num_threads),
@@ -121,6 +133,7 @@ def write(record, path):
         "precision_error": json.dumps(record.precision_error) if record.precision_error else "",
         "max_error": repr(float(record.max_error)) if record.max_error is not None else "",
         "demoted": json.dumps(sorted(record.demoted)),
+        "calibration": record.calibration or "",
         "quant": json.dumps(record.graph.quant.to_record()) if len(record.graph.quant) else "",
     }
     model = export_graph(record.graph, nodes, {PREFIX + k: v for k, v in meta.items()})
@@ -159,6 +172,13 @@ def _names(text):
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ValueError("expected a JSON list of layer names")
     return values
+
+
+def _mean(text, n):
+    values = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), "<f4")
+    if n is None or values.shape != (n,) or not np.isfinite(values).all():
+        raise ValueError(f"expected {n} finite float32 values (the layer's input channels), got {values.size}")
+    return values.astype(np.float32)
 
 
 def read(source, name=None):
@@ -237,10 +257,14 @@ def read(source, name=None):
             raise TunedModelError(f"{where_}: {where(layer)} field {PREFIX}candidates must be a JSON object")
         costs[layer.name] = {d: float(ms) / 1e3 for d, ms in candidates.items()}
         choice[layer.name] = descriptor
+        if PREFIX + MEAN in props:
+            layer.meta[MEAN] = _field(f"{where_}: {where(layer)}", PREFIX + MEAN, props[PREFIX + MEAN],
+                                      lambda text, n=bias_correction.channels(layer): _mean(text, n))
     measured = meta.get("measured_ms") or None
     return TunedRecord(graph, choice, costs, threads, meta["io_format"], predicted / 1e3,
                        plan_method=meta.get("plan_method", "?"),
                        measured_s=_field(where_, PREFIX + "measured_ms", measured, float) / 1e3 if measured else None,
                        pins=dict(pins), filters=list(filters), fingerprint=meta["fingerprint"],
                        fingerprint_facts=facts, metadata=meta, precisions=list(precisions),
-                       precision_error=error, max_error=max_error, demoted=demoted)
+                       precision_error=error, max_error=max_error, demoted=demoted,
+                       calibration=meta.get("calibration") or None)

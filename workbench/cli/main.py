@@ -49,7 +49,7 @@ def cmd_run(args):
     assignment, fallbacks = assign(graph, args.routine or ())
     for fb in fallbacks:
         print(f"note: layer {fb.layer!r}: no {fb.wanted} routine applies; using {fb.chosen}")
-    from .tune import low_precision_check
+    from .precision import low_precision_check
     low_precision_check(args, assignment)
     compiled = CompiledModel(graph, assignment, num_threads=args.threads)
     feeds = random_inputs(graph, seed=args.seed)

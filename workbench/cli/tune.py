@@ -18,6 +18,7 @@ from ..errors import InputError, WorkbenchError
 from .. import routines
 from ..ir.formats import parse_precisions
 from ..tuning.precision import PrecisionError
+from .precision import calibration_feeds, low_precision_check, precision_line
 
 
 # -- argument parsing --------------------------------------------------------------------------
@@ -67,6 +68,9 @@ def add_parsers(sub, model_args):
                          "its error stay float32 until the plan is within it")
     sp.add_argument("--in-context", action="store_true",
                     help="time the plan inside the model and select again on those times (Session.calibrate)")
+    sp.add_argument("--calibration", metavar="FILE.npz",
+                    help="inputs to calibrate bfloat16 routines' bias correction on: one array per model input, "
+                         "its first axis the samples (default: seeded random inputs)")
     sp.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace of one tuned inference")
     sp.add_argument("--csv", metavar="OUT.csv", help="write the per-layer plan as CSV")
     sp.set_defaults(func=cmd_tune)
@@ -182,7 +186,8 @@ def cmd_tune(args):
         _profile(session, args)
         if args.max_error is not None and not args.max_error >= 0:
             raise WorkbenchError(f"--max-error: an error budget is a number >= 0, got {args.max_error}")
-        plan = session.tune(in_context=args.in_context, max_error=args.max_error)
+        plan = session.tune(in_context=args.in_context, max_error=args.max_error,
+                            calibration_inputs=calibration_feeds(args.calibration, session) if args.calibration else None)
         if session.context is not None:
             c = session.context
             print(f"in context: {c.rounds} plan(s) timed, {c.challenged} layer(s) timed with their runner-up, "
@@ -266,33 +271,6 @@ def _reject_options(args, model, what):
         raise WorkbenchError(
             f"{args.model} is a tuned file: {', '.join(bad)} {verb} not apply to it ({what} its stored plan); "
             f"retune instead: workbench tune {args.model} -o NEW.onnx [--routine FILTER]")
-
-
-def low_precision_check(args, choice):
-    """``--check`` of a plan (``{layer: descriptor}``) that computes in a lower precision: at
-    the tolerance such a plan's rounding allows (:func:`workbench.tuning.precision.tolerance`)
-    unless ``--rtol`` is given, and said.  bfloat16 keeps 8 bits of mantissa: its outputs differ
-    from float32 by design, and 1e-4 would fail every such plan."""
-    from ..tuning.precision import low_precision, rounding_layers, tolerance
-    low = low_precision(choice)
-    if low and args.check and args.rtol is None:
-        n = sum(d.split(":")[1] != "float32" for d in choice.values())
-        weighted = rounding_layers(choice)
-        args.rtol = round(tolerance(weighted), 4)
-        print(f"{n} layer(s) compute in {', '.join(low)}: --check uses rtol {args.rtol} = 4 x 2^-8 x sqrt({weighted:g}) "
-              f"(Winograd layers weigh 64/9; give --rtol to change it)")
-
-
-def precision_line(session):
-    """What the plan computes in and, for a lower precision, its error against float32 (measured
-    here when not yet known)."""
-    low = session.low_precision
-    allowed = ", ".join(session.precisions)
-    if not low:
-        return f"precision: float32 throughout ({allowed} allowed)"
-    n = sum(d.split(":")[1] != "float32" for d in session.plan.choice.values())
-    error = session.precision if session.precision is not None else session.precision_error()
-    return f"precision: {n} layer(s) in {', '.join(low)} ({allowed} allowed); {error}"
 
 
 def _meta_ms(meta, key, missing):

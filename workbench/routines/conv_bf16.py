@@ -31,7 +31,7 @@ from ..ir.formats import Format
 from ..ir.graph import NHWC
 from ..ir.ops.conv import residual_after_activation
 from ..runtime import cpu
-from . import Routine
+from . import Routine, bias_correction
 from .conv_depthwise import depthwise_applies
 from .edges import edge_forms
 from .conv_gemm import _ConvGemm, geometry
@@ -102,7 +102,7 @@ class _Bf16Conv(_Bf16, _ConvGemm, register=False):
     def prepare(cls, layer):
         w = np.asarray(layer.consts[1], np.float32)
         m = w.shape[0]
-        bias = layer.consts.get(2)
+        bias = bias_correction.conv(layer, w, layer.consts.get(2))
         # GEMM depth in the gather's order: (kernel row, kernel column, channel).
         return {"w": cls.gemm().pack(np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(m, -1))),
                 "epi": encode(layer, m, extended=True, post_affine=True), "geometry": geometry(layer),
@@ -317,6 +317,8 @@ class NhwcDepthwiseBf16(_Bf16, Routine):
     def prepare(cls, layer):
         w = np.asarray(layer.const(1), np.float32)
         b = layer.const(2) if len(layer.inputs) > 2 else None
+        if cls.dot:   # the other forms multiply by the float32 weights
+            b = bias_correction.conv(layer, w, b)
         k, hwc = _kernels("depthwise_bf16"), np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))   # (KH, KW, C)
         wp, bp = k.pack_depthwise_dot(hwc, b) if cls.dot else k.pack_depthwise(hwc, b, cls.wide)
         return {"w": wp, "bias": bp, "epi": encode(layer, w.shape[0], extended=True), "geometry": geometry(layer)}

@@ -17,7 +17,7 @@ import numpy as np
 from ..ir.formats import Format
 from ..ir.graph import NCHW
 from . import Routine
-from . import conv_bf16
+from . import bias_correction, conv_bf16
 from .edges import edge_forms
 from .eltwise import fused_activation
 from .linalg512 import c_is_bias, gemm_operands
@@ -107,8 +107,9 @@ class MatMulBf16(_GemmBf16):
 
     @classmethod
     def prepare(cls, layer):
-        bias = layer.consts.get(2)   # fused from an Add (passes/fuse_matmul_bias.py)
-        return {"w": cls.gemm().pack(np.ascontiguousarray(np.asarray(layer.consts[1], np.float32).T)),
+        b = np.asarray(layer.consts[1], np.float32)
+        bias = bias_correction.matmul(layer, b, layer.consts.get(2))   # fused from an Add (passes/fuse_matmul_bias.py)
+        return {"w": cls.gemm().pack(np.ascontiguousarray(b.T)),
                 "act": _activation(layer), "bias": None if bias is None else np.ascontiguousarray(bias, np.float32)}
 
 
@@ -126,6 +127,7 @@ class GemmBf16(_GemmBf16):
     @classmethod
     def prepare(cls, layer):
         b, bias = gemm_operands(layer)
+        bias = bias_correction.matmul(layer, b.T if layer.attrs["transB"] else b, bias)
         # pack takes B^T, (N, K): a transB operand already is
         return {"w": cls.gemm().pack(np.ascontiguousarray(b if layer.attrs["transB"] else b.T)), "bias": bias,
                 "act": _activation(layer)}

@@ -67,7 +67,8 @@ def precision(session):
     here on first sight: it is shown wherever the plan's latency is): a dict with ``allowed``,
     ``low`` (the data types besides float32), ``layers`` (how many compute in them), ``error``
     (:class:`~workbench.tuning.precision.PrecisionError` or None), ``budget`` (what the error
-    budget did, :mod:`workbench.tuning.budget`, or None) and ``text``."""
+    budget did, :mod:`workbench.tuning.budget`, or None), ``calibration`` (what bias correction
+    was calibrated on, or None) and ``text``."""
     plan = need_plan(session)
     low = session.low_precision
     n = sum(d.split(":")[1] != "float32" for d in plan.choice.values())
@@ -75,9 +76,12 @@ def precision(session):
     if low:
         error = session.precision if session.precision is not None else session.precision_error()
         text = f"{n} layer(s) in {', '.join(low)}; {error}"
+        if session.calibration:
+            text += f"; biases corrected on {session.calibration}"
     else:
         text = "float32 throughout"
     budget = str(session.budget) if session.budget is not None else None
     if budget:
         text += f"; {budget}"
-    return dict(allowed=list(session.precisions), low=low, layers=n, error=error, budget=budget, text=text)
+    return dict(allowed=list(session.precisions), low=low, layers=n, error=error, budget=budget,
+                calibration=session.calibration if low else None, text=text)

@@ -2,11 +2,7 @@
 ``--check`` for one, and the ``--calibration`` inputs of ``tune``."""
 from __future__ import annotations
 
-import zipfile
-
-import numpy as np
-
-from ..errors import WorkbenchError
+from ..errors import InputError
 
 
 def low_precision_check(args, choice):
@@ -38,23 +34,9 @@ def precision_line(session):
 
 
 def calibration_feeds(path, session):
-    """The feeds of a ``--calibration`` file: sample ``i`` of each input is its array's ``[i]``."""
-    from ..runtime.interpreter import io_shape
+    """The feeds of ``--calibration PATH`` (:mod:`workbench.tuning.calibration_data`)."""
+    from ..tuning import calibration_data
     try:
-        with np.load(path) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise WorkbenchError(f"--calibration {path}: cannot read it as a .npz file of arrays ({e})") from None
-    missing = [n for n in session.graph.inputs if n not in arrays]
-    if missing:
-        raise WorkbenchError(f"--calibration {path}: no array for input(s) {missing} (it holds {sorted(arrays)})")
-    counts = set()
-    for name, spec in session.graph.inputs.items():
-        want = io_shape(spec, session.io_format)
-        if tuple(arrays[name].shape[1:]) != tuple(want):
-            raise WorkbenchError(f"--calibration {path}: array {name!r} has shape {arrays[name].shape}; expected "
-                                 f"(samples, {', '.join(map(str, want))})")
-        counts.add(arrays[name].shape[0])
-    if len(counts) != 1 or 0 in counts:
-        raise WorkbenchError(f"--calibration {path}: the arrays hold different or no sample counts {sorted(counts)}")
-    return [{n: np.ascontiguousarray(arrays[n][i]) for n in session.graph.inputs} for i in range(counts.pop())]
+        return calibration_data.load(path, session.graph.inputs, session.io_format)
+    except InputError as e:
+        raise InputError(f"--calibration: {e}") from None

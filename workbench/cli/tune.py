@@ -68,9 +68,10 @@ def add_parsers(sub, model_args):
                          "its error stay float32 until the plan is within it")
     sp.add_argument("--in-context", action="store_true",
                     help="time the plan inside the model and select again on those times (Session.calibrate)")
-    sp.add_argument("--calibration", metavar="FILE.npz",
-                    help="inputs to calibrate bfloat16 routines' bias correction on: one array per model input, "
-                         "its first axis the samples (default: seeded random inputs)")
+    sp.add_argument("--calibration", metavar="PATH",
+                    help="inputs to calibrate bfloat16 routines' bias correction on: a directory of .npy (one "
+                         "input) or .npz (an array per input name) files, or one such file holding a stack of "
+                         "samples along a first axis (default: seeded random inputs)")
     sp.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace of one tuned inference")
     sp.add_argument("--csv", metavar="OUT.csv", help="write the per-layer plan as CSV")
     sp.set_defaults(func=cmd_tune)

@@ -26,6 +26,7 @@ ISA_REQUIRES = {
 }
 ISA_REQUIRES["avx512bf16"] = ISA_REQUIRES["avx512"] | {"avx512_bf16"}
 ISA_REQUIRES["amx"] = ISA_REQUIRES["avx512bf16"] | {"amx_tile", "amx_bf16"}
+ISA_REQUIRES["avx512vnni"] = ISA_REQUIRES["avx512"] | {"avx512_vnni"}
 
 
 def supports(isa: str) -> bool:

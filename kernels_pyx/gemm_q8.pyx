@@ -1,0 +1,137 @@
+# isa-variants: avx512vnni
+# cython: language_level=3
+"""qint8 GEMM (``wb_gemm_q8.h``): uint8 activations times per-channel int8 weights, exact int32
+sums, and a requantizing epilogue writing float32 (a fused dequantize) or uint8.
+
+Only the ``_avx512vnni`` build runs the VPDPBUSD micro-kernel (``available``); the baseline build
+runs scalar loops on the same packing with the same arithmetic, so the packing and the epilogue
+are tested on any CPU.  Work is split over the shared thread pool (``wb_pool.h``) in (row block,
+column block) jobs.  Shapes, dtypes and the int32 range of the sums are checked here, before any
+``nogil`` code.
+"""
+import numpy as np
+from workbench._kernels.buffers import aligned_zeros
+cimport numpy as cnp
+from libc.stdint cimport int8_t, int32_t, uint8_t
+
+from wb_pool cimport wb_jobs_per_chunk, wb_pool_import, wb_pool_run
+
+cnp.import_array()
+wb_pool_import()
+
+
+cdef extern from "wb_gemm_q8.h" nogil:
+    int WBQ_NATIVE
+    int WBQ_MR
+    ctypedef struct wbq_args:
+        const uint8_t* a
+        Py_ssize_t lda, K
+        const int8_t* w
+        Py_ssize_t groups, N
+        const int32_t* comp
+        const float* mult
+        const float* bias
+        void* out
+        Py_ssize_t ldo
+        int out_u8, relu, zo
+    void wbq_job(const wbq_args* p, Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t b0, Py_ssize_t b1)
+    void wbq_pack(const int8_t* w, Py_ssize_t N, Py_ssize_t K, int8_t* dst)
+
+available = bool(WBQ_NATIVE)
+
+#: The longest depth whose sums stay inside int32 (255 * 128 per term).
+MAX_DEPTH = (2 ** 31 - 1) // (255 * 128)
+
+
+def pack(w):
+    """int8 weights ``w`` (N, K) -> ``(packed, sums)``: the VPDPBUSD layout (int8, 64-byte aligned)
+    and each column's weight sum (int32 (N,), for the activations' zero point)."""
+    w = np.ascontiguousarray(w)
+    if w.dtype != np.int8 or w.ndim != 2 or min(w.shape) < 1:
+        raise ValueError(f"gemm_q8.pack: weights must be int8 (N, K) with N, K >= 1, got {w.dtype} {w.shape}")
+    cdef Py_ssize_t n = w.shape[0], k = w.shape[1]
+    if k > MAX_DEPTH:
+        raise ValueError(f"gemm_q8.pack: depth {k} > {MAX_DEPTH}: the int32 sums could overflow")
+    packed = aligned_zeros(((n + 15) // 16, (k + 3) // 4, 64), np.int8)
+    cdef const int8_t[:, ::1] wv = w
+    cdef int8_t[:, :, ::1] pv = packed
+    with nogil:
+        wbq_pack(&wv[0, 0], n, k, &pv[0, 0, 0])
+    return packed, w.sum(axis=1, dtype=np.int32)
+
+
+cdef enum:
+    ROWS = 48     # rows a job: a multiple of the micro-tile's
+    COLS = 8      # 16-column blocks a job
+
+
+cdef struct _Ctx:
+    wbq_args args
+    Py_ssize_t M, blocks, row_blocks, col_blocks, per
+
+
+cdef void _chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    cdef _Ctx* c = <_Ctx*> ctx
+    cdef Py_ssize_t job, rb, cb
+    cdef Py_ssize_t j0 = chunk * c.per, j1 = min(j0 + c.per, c.row_blocks * c.col_blocks)
+    for job in range(j0, j1):
+        rb, cb = job // c.col_blocks, job % c.col_blocks
+        wbq_job(&c.args, rb * ROWS, min((rb + 1) * ROWS, c.M), cb * COLS, min((cb + 1) * COLS, c.blocks))
+
+
+def gemm(a, packed, Py_ssize_t n, comp, mult, bias, out, int zo=0, bint relu=False, int num_threads=1):
+    """``out = epilogue(a @ w.T - comp)`` for uint8 ``a`` (M, K) and ``packed`` from :func:`pack`
+    of ``w`` (n, K): float32 ``out`` gets ``s * mult + bias`` (``relu``: max with 0), uint8 ``out``
+    ``clamp(round_even(s * mult + bias) + zo, relu ? zo : 0, 255)``; ``comp``, int32 (n,), is
+    usually the activations' zero point times the weight sums, ``mult`` and ``bias`` float32 (n,)."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 2 or a.strides[1] != 1 or a.shape[0] < 1:
+        raise ValueError(f"gemm_q8.gemm: a must be uint8 (M, K) with unit column stride, got "
+                         f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
+    if (not isinstance(packed, np.ndarray) or packed.dtype != np.int8 or packed.ndim != 3
+            or packed.shape != ((n + 15) // 16, (k + 3) // 4, 64) or not packed.flags.c_contiguous
+            or packed.ctypes.data % 64):
+        raise ValueError(f"gemm_q8.gemm: packed weights for ({n}, {k}) must be int8 "
+                         f"{((n + 15) // 16, (k + 3) // 4, 64)}, C-contiguous and 64-byte aligned (gemm_q8.pack), "
+                         f"got {getattr(packed, 'shape', type(packed))}")
+    for name, v, dt in (("comp", comp, np.int32), ("mult", mult, np.float32), ("bias", bias, np.float32)):
+        if not isinstance(v, np.ndarray) or v.dtype != dt or v.shape != (n,) or not v.flags.c_contiguous:
+            raise ValueError(f"gemm_q8.gemm: {name} must be {np.dtype(dt)} ({n},) contiguous, got "
+                             f"{getattr(v, 'dtype', type(v))} {getattr(v, 'shape', '')}")
+    if (not isinstance(out, np.ndarray) or out.dtype not in (np.float32, np.uint8) or out.shape != (m, n)
+            or out.strides[1] != out.itemsize):
+        raise ValueError(f"gemm_q8.gemm: out must be float32 or uint8 ({m}, {n}) with unit column stride, got "
+                         f"{getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
+    if out.dtype == np.uint8 and not 0 <= zo <= 255:
+        raise ValueError(f"gemm_q8.gemm: a uint8 output's zero point must lie in [0, 255], got {zo}")
+    if np.shares_memory(a, out):
+        raise ValueError("gemm_q8.gemm: out overlaps a")
+    cdef const uint8_t[:, :] av = a
+    cdef const int8_t[:, :, ::1] pv = packed
+    cdef const int32_t[::1] cv = comp
+    cdef const float[::1] mv = mult
+    cdef const float[::1] bv = bias
+    cdef cnp.ndarray o = out
+    cdef _Ctx c
+    c.args.a = &av[0, 0]
+    c.args.lda = a.strides[0]
+    c.args.K = k
+    c.args.w = &pv[0, 0, 0]
+    c.args.groups = (k + 3) // 4
+    c.args.N = n
+    c.args.comp = &cv[0]
+    c.args.mult = &mv[0]
+    c.args.bias = &bv[0]
+    c.args.out = <void*> cnp.PyArray_DATA(o)
+    c.args.ldo = out.strides[0] // out.itemsize
+    c.args.out_u8 = out.dtype == np.uint8
+    c.args.relu = relu
+    c.args.zo = zo
+    c.M = m
+    c.row_blocks = (m + ROWS - 1) // ROWS
+    c.blocks = (n + 15) // 16
+    c.col_blocks = (c.blocks + COLS - 1) // COLS
+    c.per = wb_jobs_per_chunk(c.row_blocks * c.col_blocks, ROWS * COLS * 16 * k // 64 + 1, num_threads)
+    with nogil:
+        wb_pool_run(_chunk, &c, (c.row_blocks * c.col_blocks + c.per - 1) // c.per, num_threads)
+    return out

@@ -1,0 +1,161 @@
+/* qint8 GEMM: uint8 activations times int8 weights, exact int32 sums (VPDPBUSD), and a
+ * requantizing epilogue.
+ *
+ * out[m, n] = epilogue((sum_k a[m, k] * w[n, k]) - comp[n])
+ *   float32 out: y = sum * mult[n] + bias[n]   (max(y, 0) with relu)
+ *   uint8 out:   clamp(rne(sum * mult[n] + bias[n]) + zo, relu ? zo : 0, 255)
+ * where comp[n] = za * sum_k w[n, k] takes the activations' zero point out (u8 x s8 multiplies
+ * raw bytes), mult[n] = s_a * s_w[n] (/ s_out) and bias[n] the bias in output units.
+ *
+ * Packed weights: 16-column blocks, each ceil(K/4) groups of 64 bytes; in a group, column j's
+ * four weights k = 4g..4g+3 at bytes 4j..4j+3 (zero past N and K), one VPDPBUSD operand.  A
+ * row's last group, where K % 4 != 0, is read through a zero-filled copy: no byte past a row is
+ * read.  Without AVX512-VNNI the same arithmetic runs in scalar loops (WBQ_NATIVE 0).
+ */
+#ifndef WB_GEMM_Q8_H
+#define WB_GEMM_Q8_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#include <immintrin.h>
+
+#define WBQ_MR 6     /* rows of a micro-tile */
+#define WBQ_NB 2     /* 16-column blocks of a micro-tile */
+
+typedef struct {
+    const uint8_t* a; ptrdiff_t lda, K;
+    const int8_t* w; ptrdiff_t groups;          /* packed weights, ceil(K/4) groups a block */
+    ptrdiff_t N;
+    const int32_t* comp; const float* mult; const float* bias;
+    void* out; ptrdiff_t ldo; int out_u8, relu, zo;
+} wbq_args;
+
+static inline int32_t wbq_a4(const uint8_t* row, ptrdiff_t k, ptrdiff_t K) {
+    int32_t v = 0;
+    memcpy(&v, row + k, (size_t)(K - k < 4 ? K - k : 4));
+    return v;
+}
+
+static inline void wbq_store(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, ptrdiff_t cols, const int32_t* sums) {
+    for (ptrdiff_t j = 0; j < cols; j++) {
+        ptrdiff_t n = n0 + j;
+        float y = fmaf((float)(sums[j] - p->comp[n]), p->mult[n], p->bias[n]);
+        if (p->out_u8) {
+            float r = nearbyintf(y) + (float)p->zo;
+            float lo = p->relu ? (float)p->zo : 0.0f;
+            r = r < lo ? lo : (r > 255.0f ? 255.0f : r);
+            ((uint8_t*)p->out)[m * p->ldo + n] = (uint8_t)r;
+        } else {
+            ((float*)p->out)[m * p->ldo + n] = p->relu && !(y >= 0.0f) && y == y ? 0.0f : y;
+        }
+    }
+}
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define WBQ_NATIVE 1
+
+static inline void wbq_epilogue(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m512i acc) {
+    ptrdiff_t cols = p->N - n0 < 16 ? p->N - n0 : 16;
+    __mmask16 k = (__mmask16)((1u << cols) - 1u);
+    __m512i s = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(k, p->comp + n0));
+    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_maskz_loadu_ps(k, p->mult + n0),
+                               _mm512_maskz_loadu_ps(k, p->bias + n0));
+    if (p->out_u8) {
+        /* bounded first: a float past int32 converts to INT_MIN, which would clamp to 0 */
+        y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-1e9f)), _mm512_set1_ps(1e9f));
+        __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(y), _mm512_set1_epi32(p->zo));   /* MXCSR: to nearest even */
+        q = _mm512_max_epi32(q, _mm512_set1_epi32(p->relu ? p->zo : 0));
+        q = _mm512_min_epi32(q, _mm512_set1_epi32(255));
+        _mm_mask_storeu_epi8((uint8_t*)p->out + m * p->ldo + n0, k, _mm512_cvtepi32_epi8(q));
+    } else {
+        if (p->relu)   /* max(y, 0) with a NaN kept: the comparison is false for it */
+            y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps());
+        _mm512_mask_storeu_ps((float*)p->out + m * p->ldo + n0, k, y);
+    }
+}
+
+/* Rows m0..m0+MR, column blocks b0..b0+NBK: the fixed-size micro-tile the compiler keeps in
+ * registers (MR and NBK are constants at each call site). */
+static inline __attribute__((always_inline)) void wbq_tile(const wbq_args* p, ptrdiff_t m0, ptrdiff_t b0,
+                                                            const int MR, const int NBK) {
+    __m512i acc[WBQ_MR][WBQ_NB];
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NBK; c++) acc[r][c] = _mm512_setzero_si512();
+    const int8_t* w = p->w + b0 * p->groups * 64;
+    ptrdiff_t full = p->K / 4, g;
+    for (g = 0; g < full; g++) {
+        __m512i b[WBQ_NB];
+        for (int c = 0; c < NBK; c++) b[c] = _mm512_load_si512((const void*)(w + (c * p->groups + g) * 64));
+        for (int r = 0; r < MR; r++) {
+            int32_t v;
+            memcpy(&v, p->a + (m0 + r) * p->lda + 4 * g, 4);
+            __m512i av = _mm512_set1_epi32(v);
+            for (int c = 0; c < NBK; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], av, b[c]);
+        }
+    }
+    if (full * 4 < p->K) {
+        __m512i b[WBQ_NB];
+        for (int c = 0; c < NBK; c++) b[c] = _mm512_load_si512((const void*)(w + (c * p->groups + g) * 64));
+        for (int r = 0; r < MR; r++) {
+            __m512i av = _mm512_set1_epi32(wbq_a4(p->a + (m0 + r) * p->lda, 4 * g, p->K));
+            for (int c = 0; c < NBK; c++) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], av, b[c]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int c = 0; c < NBK; c++) wbq_epilogue(p, m0 + r, (b0 + c) * 16, acc[r][c]);
+}
+
+#define WBQ_ROWS(NBK)                                                                    \
+    switch (rows) {                                                                      \
+        case 6: wbq_tile(p, m0, b0, 6, NBK); break;                                      \
+        case 5: wbq_tile(p, m0, b0, 5, NBK); break;                                      \
+        case 4: wbq_tile(p, m0, b0, 4, NBK); break;                                      \
+        case 3: wbq_tile(p, m0, b0, 3, NBK); break;                                      \
+        case 2: wbq_tile(p, m0, b0, 2, NBK); break;                                      \
+        default: wbq_tile(p, m0, b0, 1, NBK); break;                                     \
+    }
+
+/* One job: rows m0..m1 against column blocks b0..b1. */
+static void wbq_job(const wbq_args* p, ptrdiff_t m0_, ptrdiff_t m1, ptrdiff_t b0_, ptrdiff_t b1) {
+    for (ptrdiff_t b0 = b0_; b0 < b1; b0 += WBQ_NB) {
+        int nbk = b1 - b0 < WBQ_NB ? (int)(b1 - b0) : WBQ_NB;
+        for (ptrdiff_t m0 = m0_; m0 < m1; m0 += WBQ_MR) {
+            int rows = m1 - m0 < WBQ_MR ? (int)(m1 - m0) : WBQ_MR;
+            if (nbk == 2) { WBQ_ROWS(2) } else { WBQ_ROWS(1) }
+        }
+    }
+}
+
+#else
+#define WBQ_NATIVE 0
+
+static void wbq_job(const wbq_args* p, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t b0, ptrdiff_t b1) {
+    int32_t sums[16];
+    for (ptrdiff_t b = b0; b < b1; b++) {
+        const int8_t* w = p->w + b * p->groups * 64;
+        ptrdiff_t n0 = b * 16, cols = p->N - n0 < 16 ? p->N - n0 : 16;
+        for (ptrdiff_t m = m0; m < m1; m++) {
+            const uint8_t* row = p->a + m * p->lda;
+            for (ptrdiff_t j = 0; j < cols; j++) {
+                int32_t s = 0;
+                for (ptrdiff_t k = 0; k < p->K; k++)
+                    s += (int32_t)row[k] * (int32_t)w[(k / 4) * 64 + 4 * j + (k % 4)];
+                sums[j] = s;
+            }
+            wbq_store(p, m, n0, cols, sums);
+        }
+    }
+}
+#endif
+
+/* Weights (N, K) int8 into dst (ceil(N/16) * ceil(K/4) * 64 bytes, zeroed by the caller). */
+static void wbq_pack(const int8_t* w, ptrdiff_t N, ptrdiff_t K, int8_t* dst) {
+    ptrdiff_t groups = (K + 3) / 4;
+    for (ptrdiff_t n = 0; n < N; n++)
+        for (ptrdiff_t k = 0; k < K; k++)
+            dst[((n / 16) * groups + k / 4) * 64 + (n % 16) * 4 + k % 4] = w[n * K + k];
+}
+
+#endif

@@ -1,0 +1,111 @@
+"""The qint8 GEMM (kernels_pyx/gemm_q8.pyx, wb_gemm_q8.h) against an integer NumPy reference: the
+int32 sums exact, the requantized uint8 outputs within 1 LSB (exact where no tie is near), the
+float32 (dequantized) outputs to float32 rounding; both builds, odd shapes, strides, threads, and
+every malformed argument a ValueError before any kernel runs."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from workbench.runtime import cpu
+
+BUILDS = [b for b in (cpu.kernel_module("gemm_q8"), cpu.kernel_module("gemm_q8", "avx512vnni")) if b is not None]
+IDS = ["baseline", "avx512vnni"][:len(BUILDS)]
+
+
+def test_the_vnni_build_is_here_where_the_cpu_has_it():
+    assert BUILDS and not BUILDS[0].available
+    if cpu.supports("avx512vnni"):
+        assert len(BUILDS) == 2 and BUILDS[1].available
+
+
+def _case(rng, m, n, k, za=7):
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    sums = a.astype(np.int64) @ w.astype(np.int64).T
+    comp = (za * w.astype(np.int64).sum(axis=1)).astype(np.int32)
+    return a, w, sums, comp
+
+
+@pytest.mark.parametrize("mod", BUILDS, ids=IDS)
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 30), n=st.integers(1, 70), k=st.integers(1, 77), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 16))
+def test_sums_are_exact(mod, m, n, k, threads, seed):
+    rng = np.random.default_rng(seed)
+    a, w, sums, comp = _case(rng, m, n, k)
+    packed, wsum = mod.pack(w)
+    np.testing.assert_array_equal(wsum, w.astype(np.int64).sum(axis=1))
+    out = np.full((m, n), np.nan, np.float32)
+    mod.gemm(a, packed, n, comp, np.ones(n, np.float32), np.zeros(n, np.float32), out, num_threads=threads)
+    np.testing.assert_array_equal(out.astype(np.int64), sums - comp)   # |sums| < 2^24: exact in float32
+
+
+@pytest.mark.parametrize("mod", BUILDS, ids=IDS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_requantized_outputs_within_one_lsb(mod, relu, rng):
+    m, n, k, zo = 37, 45, 150, 19
+    a, w, sums, comp = _case(rng, m, n, k)
+    mult = rng.uniform(1e-4, 2e-3, n).astype(np.float32)
+    bias = rng.uniform(-30, 30, n).astype(np.float32)
+    packed, _ = mod.pack(w)
+    out = np.zeros((m, n), np.uint8)
+    mod.gemm(a, packed, n, comp, mult, bias, out, zo=zo, relu=relu, num_threads=2)
+    y = (sums - comp) * mult.astype(np.float64) + bias
+    want = np.clip(np.rint(y) + zo, zo if relu else 0, 255)
+    diff = np.abs(out.astype(np.int64) - want)
+    assert diff.max() <= 1
+    assert (diff == 0).mean() > 0.99
+    assert (want == 255).any() and (want == (zo if relu else 0)).any()   # both clamps were exercised
+    f = np.zeros((m, n), np.float32)
+    mod.gemm(a, packed, n, comp, mult, bias, f, relu=relu, num_threads=2)
+    ref = np.maximum(y, 0) if relu else y
+    np.testing.assert_allclose(f, ref, rtol=2e-6, atol=2e-5)
+
+
+@pytest.mark.parametrize("mod", BUILDS, ids=IDS)
+def test_strided_rows_and_output(mod, rng):
+    m, n, k = 13, 20, 33
+    big = rng.integers(0, 256, (m, k + 11), dtype=np.uint8)
+    a = big[:, 3:3 + k]
+    w = rng.integers(-128, 128, (n, k), dtype=np.int8)
+    packed, _ = mod.pack(w)
+    out = np.zeros((m, n + 5), np.float32)
+    mod.gemm(a, packed, n, np.zeros(n, np.int32), np.ones(n, np.float32), np.zeros(n, np.float32), out[:, :n])
+    np.testing.assert_array_equal(out[:, :n].astype(np.int64), a.astype(np.int64) @ w.astype(np.int64).T)
+    assert not out[:, n:].any()
+
+
+def test_the_builds_agree_bit_for_bit(rng):
+    if len(BUILDS) < 2:
+        pytest.skip("no VNNI build on this CPU")
+    a, w, _, comp = _case(rng, 50, 70, 99)
+    mult, bias = rng.uniform(1e-4, 1e-3, 70).astype(np.float32), rng.uniform(-5, 5, 70).astype(np.float32)
+    outs = []
+    for mod in BUILDS:
+        packed, _ = mod.pack(w)
+        o = np.zeros((50, 70), np.uint8)
+        mod.gemm(a, packed, 70, comp, mult, bias, o, zo=3)
+        outs.append(o)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_bad_arguments_are_value_errors():
+    mod = BUILDS[-1]
+    w = np.ones((4, 8), np.int8)
+    packed, _ = mod.pack(w)
+    a, out = np.ones((2, 8), np.uint8), np.zeros((2, 4), np.float32)
+    ok = dict(comp=np.zeros(4, np.int32), mult=np.ones(4, np.float32), bias=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="weights must be int8"):
+        mod.pack(w.astype(np.int16))
+    with pytest.raises(ValueError, match="depth .* could overflow"):
+        mod.pack(np.zeros((1, mod.MAX_DEPTH + 1), np.int8))
+    with pytest.raises(ValueError, match="a must be uint8"):
+        mod.gemm(a.astype(np.int8), packed, 4, out=out, **ok)
+    with pytest.raises(ValueError, match="packed weights for \\(4, 9\\)"):
+        mod.gemm(np.ones((2, 9), np.uint8), packed, 4, out=out, **ok)
+    with pytest.raises(ValueError, match="mult must be float32 \\(4,\\)"):
+        mod.gemm(a, packed, 4, out=out, **{**ok, "mult": np.ones(3, np.float32)})
+    with pytest.raises(ValueError, match="out must be float32 or uint8 \\(2, 4\\)"):
+        mod.gemm(a, packed, 4, out=np.zeros((2, 4), np.int32), **ok)
+    with pytest.raises(ValueError, match="zero point must lie"):
+        mod.gemm(a, packed, 4, out=np.zeros((2, 4), np.uint8), zo=300, **ok)

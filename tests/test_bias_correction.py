@@ -233,3 +233,26 @@ def test_cli_tune_calibrates_on_a_file(tmp_path, capsys):
     assert main(args + ["--calibration", str(good)]) == 0
     assert "biases corrected on 3 given input(s)" in capsys.readouterr().out
     assert Session.load(str(out)).calibration == "3 given input(s)"
+
+
+@needs_bf16
+def test_cli_tune_calibrates_on_images(tmp_path, capsys):
+    from PIL import Image
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    w = np.random.default_rng(1).standard_normal((16, 3, 3, 3)).astype(np.float32)
+    src, out = tmp_path / "m.onnx", tmp_path / "t.onnx"
+    src.write_bytes(make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 16, 8, 8])], [("w", w)]).SerializeToString())
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(pics / f"{i}.png")
+    assert main(["tune", str(src), "-o", str(out), "--db", str(tmp_path / "db.sqlite"), "--runs", "0",
+                 "--precision", "bf16", "--routine", "cpu:bfloat16:*", "--calibration", str(pics),
+                 "--scale", "1/255", "--mean", "0.5", "--bgr"]) == 0
+    assert "biases corrected on 2 given input(s)" in capsys.readouterr().out
+    s = Session.load(str(out))
+    conv, = list(s.graph)
+    want = np.mean([np.asarray(Image.open(pics / f"{i}.png"), np.float32)[..., ::-1] / 255 - 0.5 for i in range(2)],
+                   axis=(0, 1, 2))
+    np.testing.assert_allclose(conv.meta[MEAN], want, rtol=1e-5)

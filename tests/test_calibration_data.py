@@ -51,10 +51,10 @@ def test_each_misfit_is_a_clear_error(tmp_path, rng):
         calibration_data.load(tmp_path / "missing", ONE)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match="holds no .npy or .npz files"):
+    with pytest.raises(InputError, match="holds no .npy, .npz or image files"):
         calibration_data.load(empty, ONE)
     (tmp_path / "x.txt").write_text("1 2 3")
-    with pytest.raises(InputError, match="expected a .npz or .npy file"):
+    with pytest.raises(InputError, match="expected a .npz, .npy or image file"):
         calibration_data.load(tmp_path / "x.txt", ONE)
     np.save(tmp_path / "s.npy", _arr(rng, 1, 3, 4, 4))
     with pytest.raises(InputError, match=r"s.npy: a .npy file serves a model with one input; this one has \['img', 'scale'\]"):
@@ -74,3 +74,23 @@ def test_each_misfit_is_a_clear_error(tmp_path, rng):
     np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="o.npy: cannot read it"):
         calibration_data.load(tmp_path / "o.npy", ONE)
+
+
+def test_a_directory_of_images_preprocessed_as_stated(tmp_path, rng):
+    from PIL import Image
+    pixels = [rng.integers(0, 256, (6, 5, 3), dtype=np.uint8) for _ in range(2)]
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(tmp_path / f"img{i}.png")
+    np.save(tmp_path / "z.npy", np.zeros((1, 3, 6, 5), np.float32))
+    spec = {"x": TensorSpec((1, 3, 6, 5), "float32")}
+    feeds = calibration_data.load(tmp_path, spec, image_options=dict(scale=1 / 255, mean=(0.5, 0.4, 0.3),
+                                                                         std=(0.2, 0.25, 0.3), bgr=True))
+    assert len(feeds) == 3
+    for f, p in zip(feeds, pixels):
+        want = ((p[..., ::-1].astype(np.float32) / 255 - np.array([0.5, 0.4, 0.3], np.float32))
+                / np.array([0.2, 0.25, 0.3], np.float32)).transpose(2, 0, 1)[None]
+        np.testing.assert_allclose(f["x"], want, rtol=1e-5, atol=1e-6)
+    nhwc = calibration_data.load(tmp_path / "img0.png", spec, io_format="nhwc")   # a channels-last session
+    np.testing.assert_allclose(nhwc[0]["x"], pixels[0][None].astype(np.float32))
+    with pytest.raises(InputError, match="an image serves a model with one input"):
+        calibration_data.load(tmp_path, TWO)

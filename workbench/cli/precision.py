@@ -33,10 +33,15 @@ def precision_line(session):
     return f"precision: {n} layer(s) in {', '.join(low)} ({allowed} allowed); {error}{calibrated}"
 
 
-def calibration_feeds(path, session):
-    """The feeds of ``--calibration PATH`` (:mod:`workbench.tuning.calibration_data`)."""
+def calibration_feeds(args, session):
+    """The feeds of ``--calibration PATH`` (:mod:`workbench.tuning.calibration_data`), images
+    preprocessed by ``--mean/--std/--scale/--bgr``."""
+    from ..images import parse_floats
     from ..tuning import calibration_data
+    options = dict(mean=parse_floats(args.mean, "--mean") if args.mean else None,
+                   std=parse_floats(args.std, "--std") if args.std else None,
+                   scale=parse_floats(args.scale, "--scale")[0] if args.scale else None, bgr=args.bgr)
     try:
-        return calibration_data.load(path, session.graph.inputs, session.io_format)
+        return calibration_data.load(args.calibration, session.graph.inputs, session.io_format, options)
     except InputError as e:
         raise InputError(f"--calibration: {e}") from None

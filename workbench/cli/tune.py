@@ -71,7 +71,12 @@ def add_parsers(sub, model_args):
     sp.add_argument("--calibration", metavar="PATH",
                     help="inputs to calibrate bfloat16 routines' bias correction on: a directory of .npy (one "
                          "input) or .npz (an array per input name) files, or one such file holding a stack of "
-                         "samples along a first axis (default: seeded random inputs)")
+                         "samples along a first axis, or for a one-image-input model image files "
+                         "(default: seeded random inputs)")
+    sp.add_argument("--mean", metavar="M[,M,M]", help="--calibration images: per-channel mean subtracted after --scale")
+    sp.add_argument("--std", metavar="S[,S,S]", help="--calibration images: per-channel std divided by after --mean")
+    sp.add_argument("--scale", metavar="F", help="--calibration images: multiply the 0..255 pixels first (e.g. 1/255)")
+    sp.add_argument("--bgr", action="store_true", help="--calibration images: channels in BGR order")
     sp.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace of one tuned inference")
     sp.add_argument("--csv", metavar="OUT.csv", help="write the per-layer plan as CSV")
     sp.set_defaults(func=cmd_tune)
@@ -188,7 +193,7 @@ def cmd_tune(args):
         if args.max_error is not None and not args.max_error >= 0:
             raise WorkbenchError(f"--max-error: an error budget is a number >= 0, got {args.max_error}")
         plan = session.tune(in_context=args.in_context, max_error=args.max_error,
-                            calibration_inputs=calibration_feeds(args.calibration, session) if args.calibration else None)
+                            calibration_inputs=calibration_feeds(args, session) if args.calibration else None)
         if session.context is not None:
             c = session.context
             print(f"in context: {c.rounds} plan(s) timed, {c.challenged} layer(s) timed with their runner-up, "

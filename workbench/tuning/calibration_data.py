@@ -3,13 +3,15 @@
 ``PATH`` is one of:
 
 - a directory of ``.npy`` files (a model with one input: each file one sample, or a stack of
-  samples along a first axis) and/or ``.npz`` files (one array per input name, likewise), read in
+  samples along a first axis) and/or ``.npz`` files (one array per input name, likewise), and,
+  for a model with one image input, image files (PNG, JPEG, BMP), each one sample preprocessed
+  by :func:`workbench.images.load_image` with ``image_options`` (resized to the input's H, W,
+  then ``scale``, ``mean``/``std`` per channel and ``bgr``, as its docstring states); read in
   name order;
 - one ``.npz`` file, one array per input name, each a stack of samples along its first axis;
 - one ``.npy`` file, a stack of samples of a single-input model's input.
 
-Each sample has the input's shape exactly (in the session's io_format).  Images are turned into
-such arrays by :func:`workbench.images.load_image` (its docstring states the preprocessing).
+Each sample has the input's shape exactly (in the session's io_format).
 """
 from __future__ import annotations
 
@@ -22,6 +24,17 @@ from ..errors import InputError
 from ..runtime.interpreter import io_shape
 
 SUFFIXES = (".npy", ".npz")
+
+
+def _image(path, inputs, io_format, options):
+    from .. import images
+    if len(inputs) != 1:
+        raise InputError(f"calibration file {path}: an image serves a model with one input; this one has {list(inputs)}")
+    (name, spec), = inputs.items()
+    x = images.load_image(path, list(spec.shape), dtype=spec.dtype, name=name, **(options or {}))
+    if io_format == "nhwc" and x.ndim == 4:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return [{name: x}]
 
 
 def _arrays(path):
@@ -63,22 +76,25 @@ def _samples(path, arrays, inputs, io_format):
     return [{n: np.ascontiguousarray(arrays[n][i]) for n in names} for i in range(count)]
 
 
-def load(path, inputs, io_format="nchw"):
+def load(path, inputs, io_format="nchw", image_options=None):
     """The calibration feeds at ``path`` (see the module doc) for a model with ``inputs``
-    (``{name: TensorSpec}``); :class:`~workbench.errors.InputError` naming the file and the
+    (``{name: TensorSpec}``); ``image_options``: :func:`workbench.images.load_image`'s ``mean``,
+    ``std``, ``scale``, ``bgr``.  :class:`~workbench.errors.InputError` naming the file and the
     problem where one does not fit."""
+    from ..images import is_image
     path = Path(path)
     if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in SUFFIXES and f.is_file())
+        files = sorted(f for f in path.iterdir() if f.is_file() and (f.suffix.lower() in SUFFIXES or is_image(f)))
         if not files:
-            raise InputError(f"calibration directory {path} holds no .npy or .npz files")
+            raise InputError(f"calibration directory {path} holds no .npy, .npz or image files")
     elif path.is_file():
-        if path.suffix.lower() not in SUFFIXES:
-            raise InputError(f"calibration file {path}: expected a .npz or .npy file, or a directory of them")
+        if path.suffix.lower() not in SUFFIXES and not is_image(path):
+            raise InputError(f"calibration file {path}: expected a .npz, .npy or image file, or a directory of them")
         files = [path]
     else:
         raise InputError(f"calibration data {path}: no such file or directory")
     feeds = []
     for f in files:
-        feeds += _samples(f, _arrays(f), inputs, io_format)
+        feeds += (_image(f, inputs, io_format, image_options) if is_image(f)
+                  else _samples(f, _arrays(f), inputs, io_format))
     return feeds

@@ -11,4 +11,4 @@ routines' business):
 from .base import OPS, Op, check, get, same_as_input  # noqa: F401
 
 # Importing the families registers their ops.
-from . import activation, elementwise, conv, pool, linalg, normalization, tensor, shape, resize, reduce, recurrent  # noqa: E402,F401,E501
+from . import activation, elementwise, conv, pool, linalg, normalization, tensor, shape, resize, reduce, recurrent, quantized  # noqa: E402,F401,E501

@@ -13,6 +13,7 @@ dtypes are checked before any ``nogil`` loop runs.
 """
 import ml_dtypes
 import numpy as np
+from workbench._kernels.checks import conversion_pair as _pair
 cimport numpy as cnp
 from libc.stdint cimport uint16_t, uint32_t
 
@@ -97,19 +98,6 @@ cdef void _t_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
                     (<uint16_t*> t.dst)[at + c * rows + r] = (<const uint16_t*> t.src)[at + r * cols + c]
 
 
-def _check(src, dst, src_dtype, dst_dtype, dst_shape, what):
-    if not isinstance(src, np.ndarray) or not isinstance(dst, np.ndarray):
-        raise TypeError(f"{what}: expected NumPy arrays, got {type(src).__name__} -> {type(dst).__name__}")
-    if src.dtype != src_dtype or dst.dtype != dst_dtype:
-        raise TypeError(f"{what}: expected {np.dtype(src_dtype)} -> {np.dtype(dst_dtype)} arrays, got {src.dtype} -> {dst.dtype}")
-    if tuple(dst.shape) != tuple(dst_shape):
-        raise ValueError(f"{what}: source {src.shape} needs destination {tuple(dst_shape)}, got {dst.shape}")
-    if not src.flags.c_contiguous or not dst.flags.c_contiguous:
-        raise ValueError(f"{what}: source and destination must be C-contiguous")
-    if not dst.flags.writeable:
-        raise ValueError(f"{what}: destination is read-only")
-
-
 cdef _flat(src, dst, bint down, int num_threads):
     cdef _FlatCtx c
     c.src = cnp.PyArray_DATA(<cnp.ndarray> src)
@@ -141,14 +129,14 @@ cdef _transposed(src, dst, Py_ssize_t batch, Py_ssize_t rows, Py_ssize_t cols, i
 
 def f32_to_bf16(src, dst, int num_threads=1):
     """``dst[...] = src`` rounded to bfloat16 (nearest, ties to even); any shape, both C-contiguous."""
-    _check(src, dst, np.float32, BF16, src.shape, "f32_to_bf16")
+    _pair(src, dst, np.float32, BF16, src.shape, "f32_to_bf16")
     _flat(src, dst, True, num_threads)
     return dst
 
 
 def bf16_to_f32(src, dst, int num_threads=1):
     """``dst[...] = src`` widened to float32 (exact); any shape, both C-contiguous."""
-    _check(src, dst, BF16, np.float32, src.shape, "bf16_to_f32")
+    _pair(src, dst, BF16, np.float32, src.shape, "bf16_to_f32")
     _flat(src, dst, False, num_threads)
     return dst
 
@@ -159,11 +147,11 @@ def _transpose4(src, dst, src_dtype, dst_dtype, bint to_nhwc, int kind, who, int
         raise ValueError(f"{who}: expected a 4-D source, got {getattr(src, 'shape', src)}")
     if to_nhwc:
         n, c, h, w = src.shape
-        _check(src, dst, src_dtype, dst_dtype, (n, h, w, c), who)
+        _pair(src, dst, src_dtype, dst_dtype, (n, h, w, c), who)
         _transposed(src, dst, n, c, h * w, kind, num_threads)
     else:
         n, h, w, c = src.shape
-        _check(src, dst, src_dtype, dst_dtype, (n, c, h, w), who)
+        _pair(src, dst, src_dtype, dst_dtype, (n, c, h, w), who)
         _transposed(src, dst, n, h * w, c, kind, num_threads)
     return dst
 

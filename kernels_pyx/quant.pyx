@@ -10,6 +10,7 @@ does.  Work is split over the shared thread pool (``wb_pool.h``); shapes and dty
 before any ``nogil`` loop runs.
 """
 import numpy as np
+from workbench._kernels.checks import conversion_pair as _pair
 cimport numpy as cnp
 from libc.stdint cimport uint8_t
 
@@ -82,17 +83,6 @@ def _params(scale, zero_point):
     return s, z
 
 
-def _check(src, dst, sdt, ddt, shape, who):
-    if not isinstance(src, np.ndarray) or not isinstance(dst, np.ndarray):
-        raise TypeError(f"{who}: expected NumPy arrays, got {type(src).__name__} -> {type(dst).__name__}")
-    if src.dtype != sdt or dst.dtype != ddt:
-        raise TypeError(f"{who}: expected {np.dtype(sdt)} -> {np.dtype(ddt)} arrays, got {src.dtype} -> {dst.dtype}")
-    if tuple(dst.shape) != tuple(shape):
-        raise ValueError(f"{who}: source {src.shape} needs destination {tuple(shape)}, got {dst.shape}")
-    if not src.flags.c_contiguous or not dst.flags.c_contiguous or not dst.flags.writeable:
-        raise ValueError(f"{who}: source and destination must be C-contiguous, the destination writeable")
-
-
 cdef _run(src, dst, float scale, float zp, bint down, int transpose, int num_threads):
     """transpose: 0 none, 1 NCHW -> NHWC, 2 NHWC -> NCHW (4-D)."""
     cdef _Ctx c
@@ -132,7 +122,7 @@ def _shape(src, transpose, who):
 def quantize(src, dst, scale, zero_point, int transpose=0, int num_threads=1):
     """float32 ``src`` -> uint8 ``dst`` (QuantizeLinear); ``transpose`` 1: NCHW -> NHWC, 2: NHWC -> NCHW."""
     s, z = _params(scale, zero_point)
-    _check(src, dst, np.float32, np.uint8, _shape(src, transpose, "quantize"), "quantize")
+    _pair(src, dst, np.float32, np.uint8, _shape(src, transpose, "quantize"), "quantize")
     _run(src, dst, s, z, True, transpose, num_threads)
     return dst
 
@@ -140,6 +130,6 @@ def quantize(src, dst, scale, zero_point, int transpose=0, int num_threads=1):
 def dequantize(src, dst, scale, zero_point, int transpose=0, int num_threads=1):
     """uint8 ``src`` -> float32 ``dst`` (DequantizeLinear); ``transpose`` as :func:`quantize`."""
     s, z = _params(scale, zero_point)
-    _check(src, dst, np.uint8, np.float32, _shape(src, transpose, "dequantize"), "dequantize")
+    _pair(src, dst, np.uint8, np.float32, _shape(src, transpose, "dequantize"), "dequantize")
     _run(src, dst, s, z, False, transpose, num_threads)
     return dst

@@ -25,6 +25,21 @@ def float32_array(a, name, what, shape=None, size=None, min_size=None, writeable
         raise ValueError(f"{what}: {name} has {a.size} elements, needs {min_size}")
 
 
+def conversion_pair(src, dst, src_dtype, dst_dtype, dst_shape, what):
+    """Raise unless ``src`` and ``dst`` are C-contiguous NumPy arrays of ``src_dtype`` and
+    ``dst_dtype``, ``dst`` writeable and of ``dst_shape`` (a conversion kernel's two arrays)."""
+    if not isinstance(src, np.ndarray) or not isinstance(dst, np.ndarray):
+        raise TypeError(f"{what}: expected NumPy arrays, got {type(src).__name__} -> {type(dst).__name__}")
+    if src.dtype != src_dtype or dst.dtype != dst_dtype:
+        raise TypeError(f"{what}: expected {np.dtype(src_dtype)} -> {np.dtype(dst_dtype)} arrays, got {src.dtype} -> {dst.dtype}")
+    if tuple(dst.shape) != tuple(dst_shape):
+        raise ValueError(f"{what}: source {src.shape} needs destination {tuple(dst_shape)}, got {dst.shape}")
+    if not src.flags.c_contiguous or not dst.flags.c_contiguous:
+        raise ValueError(f"{what}: source and destination must be C-contiguous")
+    if not dst.flags.writeable:
+        raise ValueError(f"{what}: destination is read-only")
+
+
 def scratch_array(scratch, nbytes, what, align=4):
     """The caller's ``scratch`` (a routine's workspace), checked to be a writeable C-contiguous
     array of at least ``nbytes`` bytes starting on an ``align``-byte boundary; or, where None, a

@@ -135,3 +135,97 @@ def gemm(a, packed, Py_ssize_t n, comp, mult, bias, out, int zo=0, bint relu=Fal
     with nogil:
         wb_pool_run(_chunk, &c, (c.row_blocks * c.col_blocks + c.per - 1) // c.per, num_threads)
     return out
+
+
+cdef extern from "wb_dw_q8.h" nogil:
+    ctypedef struct wbd_args:
+        const uint8_t* x
+        Py_ssize_t H, W, C
+        const int32_t* w
+        Py_ssize_t Cp, KH, KW, SH, SW, DH, DW, PT, PL, OH, OW
+        int zx
+        wbq_args epi
+    void wbd_row(const wbd_args* p, Py_ssize_t n, Py_ssize_t oh)
+
+
+def pack_depthwise(w):
+    """Depthwise int8 weights ``w`` (C, 1, KH, KW) -> int32 (KH * KW, C rounded up to 16), 64-byte
+    aligned, zero past C: what :func:`depthwise` multiplies by."""
+    w = np.asarray(w)
+    if w.dtype != np.int8 or w.ndim != 4 or w.shape[1] != 1 or min(w.shape) < 1:
+        raise ValueError(f"gemm_q8.pack_depthwise: weights must be int8 (C, 1, KH, KW), got {w.dtype} {w.shape}")
+    c, _, kh, kw = w.shape
+    out = aligned_zeros((kh * kw, (c + 15) // 16 * 16), np.int32)
+    out[:, :c] = w[:, 0].reshape(c, kh * kw).T
+    return out
+
+
+cdef struct _DwCtx:
+    wbd_args args
+    Py_ssize_t rows, per
+
+
+cdef void _dw_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
+    cdef _DwCtx* c = <_DwCtx*> ctx
+    cdef Py_ssize_t r
+    for r in range(chunk * c.per, min((chunk + 1) * c.per, c.rows)):
+        wbd_row(&c.args, r // c.args.OH, r % c.args.OH)
+
+
+def depthwise(x, wp, kernel, strides, dilations, pads, int zx, mult, bias, out, int zo=0, bint relu=False,
+              int num_threads=1):
+    """qint8 depthwise convolution of uint8 NHWC ``x`` (N, H, W, C) with ``wp`` from
+    :func:`pack_depthwise`: ``sum (x - zx) * w`` over each window, then :func:`gemm`'s epilogue
+    per channel into float32 or uint8 ``out`` (N, OH, OW, C); ``pads`` (top, left, bottom, right)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or not x.flags.c_contiguous:
+        raise ValueError(f"gemm_q8.depthwise: x must be a C-contiguous uint8 (N, H, W, C) array, got "
+                         f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
+    cdef Py_ssize_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
+    kh, kw = (int(v) for v in kernel)
+    sh, sw = (int(v) for v in strides)
+    dh, dw = (int(v) for v in dilations)
+    pt, pl, pb, pr = (int(v) for v in pads)
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb, pr) < 0 or min(n, h, w, c) < 1:
+        raise ValueError(f"gemm_q8.depthwise: bad geometry kernel {kernel} strides {strides} dilations {dilations} "
+                         f"pads {pads} for x {x.shape}")
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"gemm_q8.depthwise: the output of x {x.shape} with kernel {kernel} is empty")
+    cp = (c + 15) // 16 * 16
+    if (not isinstance(wp, np.ndarray) or wp.dtype != np.int32 or wp.shape != (kh * kw, cp)
+            or not wp.flags.c_contiguous or wp.ctypes.data % 64):
+        raise ValueError(f"gemm_q8.depthwise: packed weights must be int32 ({kh * kw}, {cp}), C-contiguous and "
+                         f"64-byte aligned (pack_depthwise), got {getattr(wp, 'shape', type(wp))}")
+    if not 0 <= zx <= 255:
+        raise ValueError(f"gemm_q8.depthwise: the image's zero point must lie in [0, 255], got {zx}")
+    for name, v in (("mult", mult), ("bias", bias)):
+        if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.shape != (c,) or not v.flags.c_contiguous:
+            raise ValueError(f"gemm_q8.depthwise: {name} must be float32 ({c},) contiguous")
+    if (not isinstance(out, np.ndarray) or out.dtype not in (np.float32, np.uint8) or out.shape != (n, oh, ow, c)
+            or not out.flags.c_contiguous or np.shares_memory(x, out)):
+        raise ValueError(f"gemm_q8.depthwise: out must be a C-contiguous float32 or uint8 ({n}, {oh}, {ow}, {c}) "
+                         f"array apart from x, got {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
+    if out.dtype == np.uint8 and not 0 <= zo <= 255:
+        raise ValueError(f"gemm_q8.depthwise: a uint8 output's zero point must lie in [0, 255], got {zo}")
+    comp = np.zeros(c, np.int32)
+    cdef const uint8_t[:, :, :, ::1] xv = x
+    cdef const int32_t[:, ::1] wv = wp
+    cdef const int32_t[::1] cv = comp
+    cdef const float[::1] mv = mult
+    cdef const float[::1] bv = bias
+    cdef cnp.ndarray o = out
+    cdef _DwCtx d
+    d.args.x, d.args.H, d.args.W, d.args.C = &xv[0, 0, 0, 0], h, w, c
+    d.args.w, d.args.Cp, d.args.KH, d.args.KW = &wv[0, 0], cp, kh, kw
+    d.args.SH, d.args.SW, d.args.DH, d.args.DW, d.args.PT, d.args.PL = sh, sw, dh, dw, pt, pl
+    d.args.OH, d.args.OW, d.args.zx = oh, ow, zx
+    d.args.epi.comp, d.args.epi.mult, d.args.epi.bias = &cv[0], &mv[0], &bv[0]
+    d.args.epi.out = <void*> cnp.PyArray_DATA(o)
+    d.args.epi.ldo, d.args.epi.N = c, c
+    d.args.epi.out_u8, d.args.epi.relu, d.args.epi.zo = out.dtype == np.uint8, relu, zo
+    d.rows = n * oh
+    d.per = wb_jobs_per_chunk(d.rows, ow * c * kh * kw, num_threads)
+    with nogil:
+        wb_pool_run(_dw_chunk, &d, (d.rows + d.per - 1) // d.per, num_threads)
+    return out

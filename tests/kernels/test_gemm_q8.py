@@ -109,3 +109,66 @@ def test_bad_arguments_are_value_errors():
         mod.gemm(a, packed, 4, out=np.zeros((2, 4), np.int32), **ok)
     with pytest.raises(ValueError, match="zero point must lie"):
         mod.gemm(a, packed, 4, out=np.zeros((2, 4), np.uint8), zo=300, **ok)
+
+
+def _dw_reference(x, w, zx, kernel, strides, dilations, pads):
+    """Brute force: int64 sums of (x - zx) * w over each window, taps in the padding skipped."""
+    n, h, wd, c = x.shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = kernel, strides, dilations, pads
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    out = np.zeros((n, oh, ow, c), np.int64)
+    xs = x.astype(np.int64) - zx
+    for i in range(kh):
+        for j in range(kw):
+            for y in range(oh):
+                iy = y * sh - pt + i * dh
+                if not 0 <= iy < h:
+                    continue
+                for z in range(ow):
+                    iz = z * sw - pl + j * dw
+                    if 0 <= iz < wd:
+                        out[:, y, z, :] += xs[:, iy, iz, :] * w[:, 0, i, j].astype(np.int64)
+    return out
+
+
+@pytest.mark.parametrize("mod", BUILDS, ids=IDS)
+@settings(max_examples=20, deadline=None)
+@given(c=st.sampled_from([1, 5, 16, 37]), k=st.sampled_from([(3, 3), (5, 5), (1, 7)]), s=st.sampled_from([1, 2]),
+       d=st.sampled_from([1, 2]), pads=st.tuples(*[st.integers(0, 2)] * 4), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 16))
+def test_depthwise_sums_are_exact(mod, c, k, s, d, pads, threads, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (2, 9, 11, c), dtype=np.uint8)
+    w = rng.integers(-128, 128, (c, 1, *k), dtype=np.int8)
+    zx = int(rng.integers(0, 256))
+    want = _dw_reference(x, w, zx, k, (s, s), (d, d), pads)
+    if want.size == 0 or min(want.shape) < 1:
+        return
+    out = np.full(want.shape, np.nan, np.float32)
+    mod.depthwise(x, mod.pack_depthwise(w), k, (s, s), (d, d), pads, zx, np.ones(c, np.float32),
+                  np.zeros(c, np.float32), out, num_threads=threads)
+    np.testing.assert_array_equal(out.astype(np.int64), want)
+
+
+@pytest.mark.parametrize("mod", BUILDS, ids=IDS)
+def test_depthwise_requantizes_within_one_lsb(mod, rng):
+    c = 40
+    x = rng.integers(0, 256, (1, 14, 14, c), dtype=np.uint8)
+    w = rng.integers(-128, 128, (c, 1, 3, 3), dtype=np.int8)
+    mult, bias = rng.uniform(1e-3, 8e-3, c).astype(np.float32), rng.uniform(-20, 20, c).astype(np.float32)
+    want = _dw_reference(x, w, 100, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)) * mult.astype(np.float64) + bias
+    out = np.zeros((1, 14, 14, c), np.uint8)
+    mod.depthwise(x, mod.pack_depthwise(w), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 100, mult, bias, out, zo=7,
+                  relu=True, num_threads=2)
+    q = np.clip(np.rint(want) + 7, 7, 255)
+    diff = np.abs(out.astype(np.int64) - q)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    with pytest.raises(ValueError, match="packed weights must be int32 \\(9, 48\\)"):
+        mod.depthwise(x, np.zeros((9, 40), np.int32), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 100, mult, bias, out)
+    with pytest.raises(ValueError, match="x must be a C-contiguous uint8"):
+        mod.depthwise(x.astype(np.int8), mod.pack_depthwise(w), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 100, mult,
+                      bias, out)
+    with pytest.raises(ValueError, match="out must be"):
+        mod.depthwise(x, mod.pack_depthwise(w), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 100, mult, bias,
+                      np.zeros((1, 12, 12, c), np.uint8))

@@ -149,14 +149,17 @@ cdef extern from "wb_dw_q8.h" nogil:
 
 
 def pack_depthwise(w):
-    """Depthwise int8 weights ``w`` (C, 1, KH, KW) -> int32 (KH * KW, C rounded up to 16), 64-byte
-    aligned, zero past C: what :func:`depthwise` multiplies by."""
+    """Depthwise int8 weights ``w`` (C, 1, KH, KW) -> int32 (ceil(KH * KW / 2), C rounded up to
+    16), 64-byte aligned: per pair of taps (in row, column order) and channel, the two weights as
+    int16, the first in the low half (zero past C and past the last tap)."""
     w = np.asarray(w)
     if w.dtype != np.int8 or w.ndim != 4 or w.shape[1] != 1 or min(w.shape) < 1:
         raise ValueError(f"gemm_q8.pack_depthwise: weights must be int8 (C, 1, KH, KW), got {w.dtype} {w.shape}")
     c, _, kh, kw = w.shape
-    out = aligned_zeros((kh * kw, (c + 15) // 16 * 16), np.int32)
-    out[:, :c] = w[:, 0].reshape(c, kh * kw).T
+    taps = np.zeros(((kh * kw + 1) // 2 * 2, c), np.int16)
+    taps[:kh * kw] = w[:, 0].reshape(c, kh * kw).T
+    out = aligned_zeros((taps.shape[0] // 2, (c + 15) // 16 * 16), np.int32)
+    out[:, :c] = taps.reshape(-1, 2, c).transpose(0, 2, 1).copy().view(np.int32)[..., 0]
     return out
 
 
@@ -193,9 +196,9 @@ def depthwise(x, wp, kernel, strides, dilations, pads, int zx, mult, bias, out, 
     if oh < 1 or ow < 1:
         raise ValueError(f"gemm_q8.depthwise: the output of x {x.shape} with kernel {kernel} is empty")
     cp = (c + 15) // 16 * 16
-    if (not isinstance(wp, np.ndarray) or wp.dtype != np.int32 or wp.shape != (kh * kw, cp)
+    if (not isinstance(wp, np.ndarray) or wp.dtype != np.int32 or wp.shape != ((kh * kw + 1) // 2, cp)
             or not wp.flags.c_contiguous or wp.ctypes.data % 64):
-        raise ValueError(f"gemm_q8.depthwise: packed weights must be int32 ({kh * kw}, {cp}), C-contiguous and "
+        raise ValueError(f"gemm_q8.depthwise: packed weights must be int32 ({(kh * kw + 1) // 2}, {cp}), C-contiguous and "
                          f"64-byte aligned (pack_depthwise), got {getattr(wp, 'shape', type(wp))}")
     if not 0 <= zx <= 255:
         raise ValueError(f"gemm_q8.depthwise: the image's zero point must lie in [0, 255], got {zx}")

@@ -211,10 +211,8 @@ def depthwise(x, wp, kernel, strides, dilations, pads, int zx, mult, bias, out, 
                          f"array apart from x, got {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
     if out.dtype == np.uint8 and not 0 <= zo <= 255:
         raise ValueError(f"gemm_q8.depthwise: a uint8 output's zero point must lie in [0, 255], got {zo}")
-    comp = np.zeros(c, np.int32)
     cdef const uint8_t[:, :, :, ::1] xv = x
     cdef const int32_t[:, ::1] wv = wp
-    cdef const int32_t[::1] cv = comp
     cdef const float[::1] mv = mult
     cdef const float[::1] bv = bias
     cdef cnp.ndarray o = out
@@ -223,7 +221,7 @@ def depthwise(x, wp, kernel, strides, dilations, pads, int zx, mult, bias, out, 
     d.args.w, d.args.Cp, d.args.KH, d.args.KW = &wv[0, 0], cp, kh, kw
     d.args.SH, d.args.SW, d.args.DH, d.args.DW, d.args.PT, d.args.PL = sh, sw, dh, dw, pt, pl
     d.args.OH, d.args.OW, d.args.zx = oh, ow, zx
-    d.args.epi.comp, d.args.epi.mult, d.args.epi.bias = &cv[0], &mv[0], &bv[0]
+    d.args.epi.comp, d.args.epi.mult, d.args.epi.bias = NULL, &mv[0], &bv[0]
     d.args.epi.out = <void*> cnp.PyArray_DATA(o)
     d.args.epi.ldo, d.args.epi.N = c, c
     d.args.epi.out_u8, d.args.epi.relu, d.args.epi.zo = out.dtype == np.uint8, relu, zo

@@ -1,7 +1,6 @@
 /* qint8 depthwise convolution, NHWC: uint8 image, int8 weights per channel, exact int32 sums of
  * (x - zx) * w over each window (taps in the padding count as real zeros), and gemm_q8's
- * requantizing epilogue (wb_gemm_q8.h; its comp is zero here, the zero point being taken out tap
- * by tap).  The taps go two at a time, in (row, column) order: the packed weights hold, per pair
+ * requantizing epilogue (wb_gemm_q8.h; with no comp, the zero point being taken out tap by tap).  The taps go two at a time, in (row, column) order: the packed weights hold, per pair
  * of taps and channel, one int32 of two int16 (the first tap low), and the image's two taps are
  * put side by side the same way, so that one VPDPWSSD multiplies and adds both into 16 channels'
  * sums.  One job: one output row of one image. */
@@ -15,7 +14,7 @@ typedef struct {
     const int32_t* w;                             /* (ceil(KH * KW / 2), Cp) tap pairs, Cp = C rounded up to 16 */
     ptrdiff_t Cp, KH, KW, SH, SW, DH, DW, PT, PL, OH, OW;
     int zx;
-    wbq_args epi;                                 /* comp (zeros), mult, bias, out, ldo = C, zo, relu, N = C */
+    wbq_args epi;                                 /* comp NULL, mult, bias, out, ldo = C, zo, relu, N = C */
 } wbd_args;
 
 static void wbd_row(const wbd_args* p, ptrdiff_t n, ptrdiff_t oh) {

@@ -5,7 +5,7 @@
  *   float32 out: y = sum * mult[n] + bias[n]   (max(y, 0) with relu)
  *   uint8 out:   clamp(rne(sum * mult[n] + bias[n]) + zo, relu ? zo : 0, 255)
  * where comp[n] = za * sum_k w[n, k] takes the activations' zero point out (u8 x s8 multiplies
- * raw bytes), mult[n] = s_a * s_w[n] (/ s_out) and bias[n] the bias in output units.
+ * raw bytes; NULL: none), mult[n] = s_a * s_w[n] (/ s_out) and bias[n] the bias in output units.
  *
  * Packed weights: 16-column blocks, each ceil(K/4) groups of 64 bytes; in a group, column j's
  * four weights k = 4g..4g+3 at bytes 4j..4j+3 (zero past N and K), one VPDPBUSD operand.  A
@@ -41,7 +41,7 @@ static inline int32_t wbq_a4(const uint8_t* row, ptrdiff_t k, ptrdiff_t K) {
 static inline void wbq_store(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, ptrdiff_t cols, const int32_t* sums) {
     for (ptrdiff_t j = 0; j < cols; j++) {
         ptrdiff_t n = n0 + j;
-        float y = fmaf((float)(sums[j] - p->comp[n]), p->mult[n], p->bias[n]);
+        float y = fmaf((float)(sums[j] - (p->comp ? p->comp[n] : 0)), p->mult[n], p->bias[n]);
         if (p->out_u8) {
             float r = nearbyintf(y) + (float)p->zo;
             float lo = p->relu ? (float)p->zo : 0.0f;
@@ -59,7 +59,7 @@ static inline void wbq_store(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, ptrdi
 static inline void wbq_epilogue(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m512i acc) {
     ptrdiff_t cols = p->N - n0 < 16 ? p->N - n0 : 16;
     __mmask16 k = (__mmask16)((1u << cols) - 1u);
-    __m512i s = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(k, p->comp + n0));
+    __m512i s = p->comp ? _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(k, p->comp + n0)) : acc;
     __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_maskz_loadu_ps(k, p->mult + n0),
                                _mm512_maskz_loadu_ps(k, p->bias + n0));
     if (p->out_u8) {

@@ -2,8 +2,9 @@
  * requantizing epilogue.
  *
  * out[m, n] = epilogue((sum_k a[m, k] * w[n, k]) - comp[n])
- *   float32 out: y = sum * mult[n] + bias[n]   (max(y, 0) with relu)
- *   uint8 out:   clamp(rne(sum * mult[n] + bias[n]) + zo, relu ? zo : 0, 255)
+ *   y = sum * mult[n] + bias[n] (+ rmult * res[m, n], a uint8 or float32 residual; none if NULL)
+ *   float32 out: clamp(y, flo, fhi), a NaN kept
+ *   uint8 out:   clamp(rne(y) + zo, qlo, qhi)
  * where comp[n] = za * sum_k w[n, k] takes the activations' zero point out (u8 x s8 multiplies
  * raw bytes; NULL: none), mult[n] = s_a * s_w[n] (/ s_out) and bias[n] the bias in output units.
  *
@@ -29,7 +30,8 @@ typedef struct {
     const int8_t* w; ptrdiff_t groups;          /* packed weights, ceil(K/4) groups a block */
     ptrdiff_t N;
     const int32_t* comp; const float* mult; const float* bias;
-    void* out; ptrdiff_t ldo; int out_u8, relu, zo;
+    const void* res; ptrdiff_t ldr; int res_u8; float rmult;
+    void* out; ptrdiff_t ldo; int out_u8, zo, qlo, qhi; float flo, fhi;
 } wbq_args;
 
 static inline int32_t wbq_a4(const uint8_t* row, ptrdiff_t k, ptrdiff_t K) {
@@ -42,13 +44,17 @@ static inline void wbq_store(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, ptrdi
     for (ptrdiff_t j = 0; j < cols; j++) {
         ptrdiff_t n = n0 + j;
         float y = fmaf((float)(sums[j] - (p->comp ? p->comp[n] : 0)), p->mult[n], p->bias[n]);
+        if (p->res)
+            y = fmaf(p->res_u8 ? (float)((const uint8_t*)p->res)[m * p->ldr + n]
+                               : ((const float*)p->res)[m * p->ldr + n], p->rmult, y);
         if (p->out_u8) {
             float r = nearbyintf(y) + (float)p->zo;
-            float lo = p->relu ? (float)p->zo : 0.0f;
-            r = r < lo ? lo : (r > 255.0f ? 255.0f : r);
+            r = r >= (float)p->qlo ? r : (float)p->qlo;   /* a NaN to the low end */
+            r = r > (float)p->qhi ? (float)p->qhi : r;
             ((uint8_t*)p->out)[m * p->ldo + n] = (uint8_t)r;
         } else {
-            ((float*)p->out)[m * p->ldo + n] = p->relu && !(y >= 0.0f) && y == y ? 0.0f : y;
+            y = y < p->flo ? p->flo : (y > p->fhi ? p->fhi : y);   /* a NaN kept */
+            ((float*)p->out)[m * p->ldo + n] = y;
         }
     }
 }
@@ -62,16 +68,22 @@ static inline void wbq_epilogue(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __
     __m512i s = p->comp ? _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(k, p->comp + n0)) : acc;
     __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_maskz_loadu_ps(k, p->mult + n0),
                                _mm512_maskz_loadu_ps(k, p->bias + n0));
+    if (p->res) {
+        __m512 r = p->res_u8
+            ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, (const uint8_t*)p->res + m * p->ldr + n0)))
+            : _mm512_maskz_loadu_ps(k, (const float*)p->res + m * p->ldr + n0);
+        y = _mm512_fmadd_ps(r, _mm512_set1_ps(p->rmult), y);
+    }
     if (p->out_u8) {
-        /* bounded first: a float past int32 converts to INT_MIN, which would clamp to 0 */
+        /* bounded first (a NaN to the low end): a float past int32 converts to INT_MIN */
         y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-1e9f)), _mm512_set1_ps(1e9f));
         __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(y), _mm512_set1_epi32(p->zo));   /* MXCSR: to nearest even */
-        q = _mm512_max_epi32(q, _mm512_set1_epi32(p->relu ? p->zo : 0));
-        q = _mm512_min_epi32(q, _mm512_set1_epi32(255));
+        q = _mm512_max_epi32(q, _mm512_set1_epi32(p->qlo));
+        q = _mm512_min_epi32(q, _mm512_set1_epi32(p->qhi));
         _mm_mask_storeu_epi8((uint8_t*)p->out + m * p->ldo + n0, k, _mm512_cvtepi32_epi8(q));
     } else {
-        if (p->relu)   /* max(y, 0) with a NaN kept: the comparison is false for it */
-            y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps());
+        /* max/min return their second operand where one is a NaN: y's NaN is kept */
+        y = _mm512_min_ps(_mm512_set1_ps(p->fhi), _mm512_max_ps(_mm512_set1_ps(p->flo), y));
         _mm512_mask_storeu_ps((float*)p->out + m * p->ldo + n0, k, y);
     }
 }

@@ -6,6 +6,7 @@ import numpy as np
 import workbench
 from workbench import routines
 from workbench.runtime.compiled import CompiledModel
+from workbench.tuning.ranges import calibrate
 from workbench.tuning.precision import tolerance
 
 REFERENCE = "cpu:float32:nchw/reference"
@@ -38,6 +39,9 @@ def run_with_routine(graph, descriptor, layers=None, num_threads=2, seed=0, feed
         if wanted:
             used.append(layer.name)
     feeds = feeds or workbench.random_inputs(graph, seed=seed)
+    if used and any(routines.get(graph.layer(n).op, descriptor).quantized for n in used) and not len(graph.quant):
+        # qint8: calibrated on the inputs it runs (and a few more), so that nothing saturates
+        calibrate(graph, [feeds] + [workbench.random_inputs(graph, seed=seed + 1 + i) for i in range(3)])
     ours = CompiledModel(graph, assignment, num_threads=num_threads).run(feeds)
     ref = workbench.ReferenceExecutor(graph).run(feeds)
     return ours, ref, used

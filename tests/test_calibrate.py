@@ -48,7 +48,7 @@ def calibrated(tmp_path_factory):
     s.profile(repeats=2)
     alone = s.tune()
     alone_choice = dict(alone.choice)
-    s.calibrate(runs=3)
+    s.time_in_context(runs=3)
     return s, model, alone_choice
 
 

@@ -22,6 +22,7 @@ from .routines import adapts
 from .errors import WorkbenchError, where
 from .ir.formats import parse_precisions
 from .ir.graph import NCHW, NHWC
+from .ir.quant import QuantError
 from .runtime.compiled import CompiledModel, default_threads
 from .session_comparisons import SessionComparisons
 from .session_precision import SessionPrecision
@@ -94,6 +95,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         self.comparison = None      # compare.Comparison of the plan against the others
         self.precision = None       # precision.PrecisionError of the plan against float32
         self.calibration = None     # what the bias correction's means were calibrated on (calibrate_means)
+        self.quant_calibration = None   # what the qint8 ranges were calibrated on (calibrate)
         self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
         self.tuned_metadata = None  # model metadata of a loaded tuned file
         self.loaded_costs = None    # {layer: {descriptor: s}} a loaded tuned file was tuned with
@@ -192,9 +194,10 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         ``session.max_error = None`` drops it.
         ``calibration_inputs``: feeds the bias correction of bfloat16 routines is calibrated on
         (:meth:`calibrate_means`; without them, the first tuning that allows bfloat16 draws
-        seeded random ones).
+        seeded random ones), and with qint8 allowed the quantization ranges too
+        (:meth:`calibrate`, which qint8 needs before it is tuned).
         ``in_context``: then time the plan inside the model and select again on those times
-        (:meth:`calibrate`), so that the prediction is what a run costs.  Off by default: the
+        (:meth:`time_in_context`), so that the prediction is what a run costs.  Off by default: the
         selection is then a function of the profile database alone (the same plan from the
         same records, and no model runs when the database has them all).
         """
@@ -218,22 +221,29 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         if max_error is not None:
             from .tuning.budget import checked
             self.max_error = checked(max_error)
-        if self.profiled is None:
-            self.profile(progress=progress)
+        if "qint8" in self.precisions:
+            if calibration_inputs is not None:
+                self.calibrate(calibration_inputs)
+            elif not len(self.graph.quant):
+                raise QuantError("qint8 needs calibration data: call calibrate(inputs) first (workbench tune "
+                                 "--calibration DIR), or calibrate(synthetic=True) to time qint8 on random inputs, "
+                                 "whose ranges say nothing of real data")
         if self.precisions != routines.FLOAT32_ONLY and (calibration_inputs is not None or self.calibration is None):
             self.calibrate_means(calibration_inputs)
+        if self.profiled is None:
+            self.profile(progress=progress)
         self.demoted, self.budget = set(), None
         self.retune()
         if self.max_error is not None and self.low_precision:
             self._fit_budget(error_inputs)
         if in_context:
             fitted = dict(self.plan.choice)
-            self.calibrate()
+            self.time_in_context()
             if self.budget is not None and dict(self.plan.choice) != fitted:
                 self._fit_budget(error_inputs)   # in-context costs moved the plan: its error anew
         return self.plan
 
-    def calibrate(self, rounds=3, runs=5, inputs=None):
+    def time_in_context(self, rounds=3, runs=5, inputs=None):
         """Time the plan's routines and adapts inside the model and select again on those times
         (see :mod:`workbench.tuning.in_context`); returns the :class:`~workbench.tuning.in_context.Context`."""
         from .tuning.in_context import calibrate

@@ -24,6 +24,40 @@ class SessionPrecision:
         from .tuning.precision import low_precision
         return low_precision(self._need_plan().choice)
 
+    def calibrate(self, inputs=None, method="minmax", percentile=99.999, synthetic=False):
+        """Calibrate the quantization ranges qint8 routines need: the float32 reference runs
+        ``inputs`` (a list of feeds in the session's io_format, or a path that
+        :func:`~workbench.tuning.calibration_data.load` reads) and every float activation gets
+        per-tensor uint8 parameters by ``method`` (``minmax``, ``percentile``, ``mse``,
+        ``entropy``; :mod:`workbench.tuning.ranges`), kept in ``graph.quant`` and the tuned file.
+        Bias correction's means are calibrated on the same inputs (:meth:`calibrate_means`).
+        ``synthetic=True`` without inputs draws seeded random ones, with a warning: their ranges
+        are not the data's, fit for timing qint8 and nothing else.  Returns the parameters by tensor."""
+        import warnings
+        from .ir.quant import QuantError
+        from .tuning import calibration_data, input_stats, ranges
+        from .tuning.precision import as_nchw
+        if inputs is None:
+            if not synthetic:
+                raise QuantError("missing calibration data: calibrate(inputs) needs a list of feeds or a path "
+                                 "(calibrate(synthetic=True) draws random ones, for timing only)")
+            warnings.warn("calibrating qint8 on seeded random inputs: the ranges are not your data's, "
+                          "so the plan's accuracy on real inputs is unknown", stacklevel=2)
+            feeds = input_stats.default_inputs(self)
+        elif isinstance(inputs, (str, bytes)) or hasattr(inputs, "__fspath__"):
+            feeds = calibration_data.load(inputs, self.graph.inputs, self.io_format)
+        else:
+            feeds = list(inputs)
+        if not feeds:
+            raise QuantError("missing calibration data: no inputs given")
+        self.calibrate_means(feeds)
+        self.graph.quant = type(self.graph.quant)()
+        table = ranges.calibrate(self.graph, [as_nchw(self, f) for f in feeds], method, percentile)
+        kind = "seeded random" if inputs is None else "given"
+        self.quant_calibration = f"{method} over {len(feeds)} {kind} input(s)"
+        self.profiled, self.plan, self._compiled, self.precision = None, None, None, None
+        return table
+
     def calibrate_means(self, inputs=None):
         """Calibrate bias correction (:mod:`workbench.routines.bias_correction`): the float32
         reference runs ``inputs`` (a list of feeds in the session's io_format; default: seeded

@@ -32,7 +32,7 @@ def add_parser(sub, model_args):
     sp.add_argument("--idle-runs", type=int, default=10, help="first-run-after-idle samples per engine (default 10; "
                                                              "0 skips)")
     sp.add_argument("--in-context", action="store_true",
-                    help="tune with the plan timed inside the model (Session.calibrate)")
+                    help="tune with the plan timed inside the model (Session.time_in_context)")
     sp.add_argument("--load", action="store_true",
                     help="also time every engine with another process keeping one core busy")
     sp.add_argument("--op-runs", type=int, default=5, help="runs behind the per-op-type totals (default 5; 0 skips)")

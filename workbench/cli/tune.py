@@ -67,7 +67,7 @@ def add_parsers(sub, model_args):
                          "the output's peak (e.g. 0.01); the layers where bfloat16 buys the least time for "
                          "its error stay float32 until the plan is within it")
     sp.add_argument("--in-context", action="store_true",
-                    help="time the plan inside the model and select again on those times (Session.calibrate)")
+                    help="time the plan inside the model and select again on those times (Session.time_in_context)")
     sp.add_argument("--calibration", metavar="PATH",
                     help="inputs to calibrate bfloat16 routines' bias correction on: a directory of .npy (one "
                          "input) or .npz (an array per input name) files, or one such file holding a stack of "

@@ -7,6 +7,11 @@ as float32.  bfloat16 arrays are NumPy arrays of ``ml_dtypes.bfloat16`` (two byt
 half of a float32): ONNX already depends on ml_dtypes, and with it ``np.dtype("bfloat16")``,
 casts and reductions work as for any NumPy type, so the references and tests need no
 conversions of their own.
+
+qint8 is a data type of routines, not of arrays: a float tensor that qint8 routines pass between
+them is held as ``uint8`` (:data:`QUANTIZED`), its scale and zero point in the graph's
+:class:`~workbench.ir.quant.QuantTable`, so its format is ``uint8:nhwc``; :func:`storage` maps a
+routine's data type to the arrays it holds floats in.
 """
 from __future__ import annotations
 
@@ -15,8 +20,16 @@ from dataclasses import dataclass
 import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy: np.dtype("bfloat16"))
 import numpy as np
 
-#: The data types a format may have, by name.
-DTYPES = ("float32", "bfloat16")
+#: The data types routines compute floats in, by name (a plan's precisions).
+DTYPES = ("float32", "bfloat16", "qint8")
+#: The array type of a quantized float tensor: asymmetric 8-bit, the activations' type on
+#: VNNI's u8 x s8 multiply-add.
+QUANTIZED = "uint8"
+
+
+def storage(dtype) -> str:
+    """The NumPy type holding floats computed in ``dtype`` (a :data:`DTYPES` name)."""
+    return QUANTIZED if dtype == "qint8" else dtype
 
 
 @dataclass(frozen=True, order=True)
@@ -46,7 +59,7 @@ class Format:
 
 
 #: Short names accepted wherever a data type is asked for.
-ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16"}
+ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "int8": "qint8", "q8": "qint8"}
 
 
 def parse_precisions(values) -> tuple:

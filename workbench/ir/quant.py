@@ -117,6 +117,17 @@ class QuantParams:
             raise QuantError(f"malformed quantization parameters {record!r}: {e}") from None
 
 
+def per_tensor(params, who, dtype="uint8"):
+    """``(scale, zero point)`` of per-tensor ``dtype`` ``params`` (activations' parameters);
+    QuantError naming ``who`` where there are none or they are not such."""
+    if params is None:
+        raise QuantError(f"{who}: the tensor has no quantization parameters (calibrate first)")
+    if params.per_channel or params.dtype != dtype:
+        raise QuantError(f"{who}: activations are quantized per tensor to {dtype}, got "
+                         f"{len(params.scale)} scale(s) of {params.dtype}")
+    return params.scale[0], params.zero_point[0]
+
+
 class QuantTable:
     """The quantization parameters of a graph's tensors, by tensor name (empty until calibration
     or a quantized model fills it)."""

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from .._kernels.buffers import aligned_empty
-from ..ir.formats import Format
+from ..ir.formats import Format, storage
 from ..ir.graph import NCHW
 
 _REGISTRY: dict = {}   # op -> {descriptor: Routine subclass}
@@ -86,6 +86,10 @@ class Routine:
                                  f"{table[cls.descriptor].__qualname__} and {cls.__qualname__}")
             table[cls.descriptor] = cls
 
+    #: Whether :meth:`prepare` takes the graph's quantization parameters too, as
+    #: ``prepare(layer, quant)`` (a :class:`~workbench.ir.quant.QuantTable`): qint8 routines,
+    #: whose integers mean what the tensors' scales and zero points say.
+    quantized: ClassVar[bool] = False
     #: What the routine needs of the machine beyond the baseline build, said when it is missing.
     requires: ClassVar[str] = ""
 
@@ -125,7 +129,7 @@ class Routine:
 
     @classmethod
     def _dtype_of(cls, spec):
-        return cls.dtype if np.dtype(spec.dtype).kind == "f" else spec.dtype
+        return storage(cls.dtype) if np.dtype(spec.dtype).kind == "f" else spec.dtype
 
     @classmethod
     def reads_strided(cls, layer, index):
@@ -145,6 +149,12 @@ class Routine:
         """Default rank among the routines that apply to ``layer`` (higher first), for when no
         profile says otherwise: :attr:`priority`, unless a routine knows its shape limits."""
         return cls.priority
+
+    @classmethod
+    def quant_tensors(cls, layer):
+        """The tensors whose quantization parameters :meth:`prepare` reads (its uint8 inputs and
+        outputs): a graph that has none for one of them (not calibrated) offers it no such layer."""
+        return ()
 
     # -- how it runs -----------------------------------------------------------------------
     @classmethod
@@ -183,10 +193,11 @@ class Routine:
         return None
 
 
-def prepared(routine, layer, specs, num_threads, workspace=None):
+def prepared(routine, layer, specs, num_threads, workspace=None, quant=None):
     """``routine.prepare(layer)`` with its workspace attached: ``workspace`` (the planner's), or
-    a new aligned array where the routine declares one and none is given (the profiler's)."""
-    state = routine.prepare(layer)
+    a new aligned array where the routine declares one and none is given (the profiler's).
+    ``quant``: the graph's :class:`~workbench.ir.quant.QuantTable`, for a :attr:`~Routine.quantized` one."""
+    state = routine.prepare(layer, quant) if routine.quantized else routine.prepare(layer)
     need = routine.workspace(layer, specs, num_threads)
     if need:
         if workspace is None:
@@ -254,5 +265,6 @@ def applicable(graph, layer, precisions=FLOAT32_ONLY):
     one of ``precisions`` (data type names; None: every one)."""
     specs = graph.input_specs(layer)
     found = [r for r in routines_for(layer.op).values()
-             if (precisions is None or r.dtype in precisions) and r.applies(layer, specs)]
+             if (precisions is None or r.dtype in precisions) and r.applies(layer, specs)
+             and all(t in graph.quant for t in r.quant_tensors(layer))]
     return sorted(found, key=lambda r: (-r.preference(layer, specs), r.descriptor))

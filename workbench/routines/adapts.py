@@ -3,7 +3,9 @@ a data type and a layout; devices later).
 
 An :class:`Adapt` converts a tensor from its format :attr:`~Adapt.src` to :attr:`~Adapt.dst`.
 :func:`path` finds the shortest chain of declared adapts between two formats (over the graph of
-formats), so a missing direct pair is composed.
+formats), so a missing direct pair is composed.  Quantize and dequantize adapts (float32 <->
+qint8, held as uint8) read the tensor's quantization parameters, which callers pass to
+:meth:`Adapt.run`.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import networkx as nx
 import numpy as np
 
 from ..runtime import cpu
-from ..ir.formats import Format
+from ..ir.formats import QUANTIZED, Format
 from ..ir.graph import NCHW, NHWC, TensorSpec
+from ..ir.quant import per_tensor
 
 _ADAPTS: dict = {}   # (src Format, dst Format) -> Adapt subclass
 
@@ -45,6 +48,9 @@ class Adapt:
     #: ``(kernel module, function)`` that :meth:`run` calls as ``function(src, dst, num_threads)``
     #: in the best build of the module for this CPU.
     kernel: ClassVar[tuple] = None
+    #: Whether :meth:`run` needs the tensor's :class:`~workbench.ir.quant.QuantParams` (a
+    #: quantize or dequantize): callers pass them as ``params``.
+    quantized: ClassVar[bool] = False
 
     def __init_subclass__(cls, register=True, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -69,7 +75,9 @@ class Adapt:
         return False
 
     @classmethod
-    def run(cls, src, dst, num_threads):
+    def run(cls, src, dst, num_threads, params=None):
+        """Convert ``src`` into ``dst``; ``params``: the tensor's quantization parameters (read
+        by :attr:`quantized` adapts only)."""
         module, function = cls.kernel
         getattr(cpu.best_module(module), function)(src, dst, num_threads)
 
@@ -108,7 +116,7 @@ class _CopyAdapt(Adapt):
     """Layouts other than 4-D ones are all the native order: converting them is a copy."""
 
     @classmethod
-    def run(cls, src, dst, num_threads):
+    def run(cls, src, dst, num_threads, params=None):
         np.copyto(dst, src.reshape(dst.shape))
 
 
@@ -153,6 +161,77 @@ class NhwcBf16ToNchwF32(Adapt):
     kernel = ("cast", "nhwc_bf16_to_nchw_f32")
 
 
+# -- quantize and dequantize: float32 <-> qint8 (held as uint8) with the tensor's one scale and
+# zero point, in either layout and fused with the transpose (one pass where two would do); the
+# parameters are the tensor's (the graph's QuantTable), passed to run() by its callers.
+
+#: The kernels' transpose codes (kernels_pyx/quant.pyx).
+_TRANSPOSE = {(NCHW, NCHW): 0, (NHWC, NHWC): 0, (NCHW, NHWC): 1, (NHWC, NCHW): 2}
+
+
+class _Quant(Adapt, register=False):
+    quantized = True
+    function = ""
+
+    @classmethod
+    def applies(cls, spec):
+        return cls.src_layout == cls.dst_layout or len(spec.shape) == 4
+
+    @classmethod
+    def run(cls, src, dst, num_threads, params=None):
+        scale, zero = per_tensor(params, cls.name)
+        getattr(cpu.best_module("quant"), cls.function)(
+            src, dst, scale, zero, _TRANSPOSE[(cls.src_layout, cls.dst_layout)], num_threads)
+
+
+class QuantizeNchw(_Quant):
+    src_layout = dst_layout = NCHW
+    dst_dtype = QUANTIZED
+    function = "quantize"
+
+
+class QuantizeNhwc(QuantizeNchw):
+    src_layout = dst_layout = NHWC
+
+
+class QuantizeNchwToNhwc(QuantizeNchw):
+    src_layout, dst_layout = NCHW, NHWC
+
+
+class DequantizeNchw(_Quant):
+    src_layout = dst_layout = NCHW
+    dtype, dst_dtype = QUANTIZED, "float32"
+    function = "dequantize"
+
+
+class DequantizeNhwc(DequantizeNchw):
+    src_layout = dst_layout = NHWC
+
+
+class DequantizeNhwcToNchw(DequantizeNchw):
+    src_layout, dst_layout = NHWC, NCHW
+
+
+class _QuantizedTranspose(_Transpose, register=False):
+    """The transpose of a quantized tensor: its integers move, its parameters stay.  Plans meet it
+    where it is a view (a pooled (N, C, 1, 1) tensor before a Flatten); elsewhere a NumPy copy."""
+
+    dtype = QUANTIZED
+    axes = ()
+
+    @classmethod
+    def run(cls, src, dst, num_threads, params=None):
+        dst[...] = src.transpose(cls.axes)
+
+
+class QuantizedNchwToNhwc(_QuantizedTranspose):
+    src_layout, dst_layout, axes = NCHW, NHWC, (0, 2, 3, 1)
+
+
+class QuantizedNhwcToNchw(_QuantizedTranspose):
+    src_layout, dst_layout, axes = NHWC, NCHW, (0, 3, 1, 2)
+
+
 class Chain:
     """A :func:`path` of several adapts run as one conversion of ``spec`` (how the profiler
     prices a pair that no single adapt converts: the whole chain, its intermediate buffers
@@ -167,9 +246,13 @@ class Chain:
     def is_view(self, spec):
         return all(a.is_view(spec) for a in self.hops)
 
-    def run(self, src, dst, num_threads):
+    @property
+    def quantized(self):
+        return any(a.quantized for a in self.hops)
+
+    def run(self, src, dst, num_threads, params=None):
         for a, out in zip(self.hops, self._between + [dst]):
-            a.run(src, out, num_threads)
+            a.run(src, out, num_threads, params)
             src = out
 
 

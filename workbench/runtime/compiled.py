@@ -296,8 +296,9 @@ class CompiledModel:
         if kind == "adapt":
             src, dst = views[in_keys[0]], views[out_keys[0]]
             a, t, fed = payload, in_keys[0][0], ex.fed
-            run = ((lambda: a.run(fed[t], dst, ex.threads)) if t in self._direct and in_keys[0] == self.input_keys[t]
-                   else (lambda: a.run(src, dst, ex.threads)))
+            params = self.graph.quant.require(t, f"adapt {a.name}") if a.quantized else None
+            run = ((lambda: a.run(fed[t], dst, ex.threads, params)) if t in self._direct and in_keys[0] == self.input_keys[t]
+                   else (lambda: a.run(src, dst, ex.threads, params)))
             return Step("adapt", adapt.step_name(t, a), a.name, run)
         layer, r = payload, self.routines[payload.name]
         if r.view_of_input is not None:
@@ -305,7 +306,7 @@ class CompiledModel:
         try:
             state = routines.prepared(r, layer, self.graph.input_specs(layer), self.num_threads,
                                       views[WORKSPACE][:self.workspaces[layer.name]] if layer.name in self.workspaces
-                                      else None)
+                                      else None, quant=self.graph.quant)
         except WorkbenchError:
             raise
         except Exception as e:

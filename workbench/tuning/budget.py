@@ -82,13 +82,14 @@ def checked(max_error):
     return float(max_error)
 
 
-def _to(array, spec, src, dst, threads):
-    """``array`` holding ``spec`` in format ``src``, converted to ``dst`` by the registered adapts."""
+def _to(array, spec, src, dst, threads, params=None):
+    """``array`` holding ``spec`` in format ``src``, converted to ``dst`` by the registered adapts
+    (``params``: the tensor's quantization parameters, for a quantize or dequantize)."""
     if src == dst:
         return array
     held = spec.with_format(src)
     out = np.empty(adapts.physical_shape(spec.with_format(dst)), np.dtype(dst.dtype))
-    adapts.Chain(adapts.path(held, dst), held).run(np.ascontiguousarray(array), out, threads)
+    adapts.Chain(adapts.path(held, dst), held).run(np.ascontiguousarray(array), out, threads, params)
     return out
 
 
@@ -131,18 +132,19 @@ class LocalErrors(ReferenceExecutor):
     def _local(self, layer, routine, args, ref):
         graph, specs = self.graph, self.graph.input_specs(layer)
         if layer.name not in self.states:
-            self.states[layer.name] = routines.prepared(routine, layer, specs, self.threads)
+            self.states[layer.name] = routines.prepared(routine, layer, specs, self.threads, quant=graph.quant)
         ins = []
         for i, (a, spec, fmt) in enumerate(zip(args, specs, routine.input_formats(layer, specs))):
             if i in layer.consts or a is None or spec is None:
                 ins.append(a)
             else:
-                ins.append(_to(a, spec, Format(spec.dtype, NCHW), fmt, self.threads))
+                ins.append(_to(a, spec, Format(spec.dtype, NCHW), fmt, self.threads,
+                               graph.quant.get(layer.inputs[i])))
         outs = [np.empty(adapts.physical_shape(s.with_format(fmt)), np.dtype(fmt.dtype))
                 for s, fmt in zip(layer.out_specs, routine.output_formats(layer))]
         routine.run(layer, self.states[layer.name], ins, outs, self.threads)
-        for out, want, spec, fmt in zip(outs, ref, layer.out_specs, routine.output_formats(layer)):
-            got = _to(out, spec, fmt, Format(spec.dtype, NCHW), self.threads)
+        for out, want, spec, fmt, t in zip(outs, ref, layer.out_specs, routine.output_formats(layer), layer.outputs):
+            got = _to(out, spec, fmt, Format(spec.dtype, NCHW), self.threads, graph.quant.get(t))
             yield _diff_peak(got.reshape(np.shape(want)), want)
 
 

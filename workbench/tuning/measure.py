@@ -208,7 +208,7 @@ def time_routines(graph, layer, candidates, repeats=20, warmup=3, num_threads=No
         key = (tuple(routine.input_formats(layer, specs)), tuple(routine.output_formats(layer)))
         args, outs = arrays[key] if key in arrays else arrays.setdefault(key, layer_arrays(graph, layer, routine))
         start = time.perf_counter()
-        state = routines.prepared(routine, layer, specs, threads)
+        state = routines.prepared(routine, layer, specs, threads, quant=graph.quant)
         timings[i] = Timing(prepare_s=time.perf_counter() - start)
         call = routine.bind(layer, state, args, outs)   # as the executor calls it
         run = ((lambda c=call: c(threads)) if call is not None

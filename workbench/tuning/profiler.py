@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import routines
-from ..ir.formats import Format
+from ..ir.formats import QUANTIZED, Format
+from ..ir.quant import QuantParams
 from ..ir.graph import NCHW
 from ..routines import adapts as adapts_mod
 from ..runtime.compiled import default_threads
@@ -61,11 +62,13 @@ def _time_adapt(spec, a, repeats, threads):
     src_spec, dst_spec = spec.with_format(a.src), spec.with_format(a.dst)
     src = np.random.default_rng(0).standard_normal(adapts_mod.physical_shape(src_spec)).astype(src_spec.dtype)
     dst = np.empty(adapts_mod.physical_shape(dst_spec), dst_spec.dtype)
-    a.run(src, dst, threads)
+    # the time of a quantize does not depend on the scale: any will do where none is calibrated
+    params = QuantParams((0.05,), (128,), QUANTIZED) if a.quantized else None
+    a.run(src, dst, threads, params)
     t = Timing()
     for _ in range(repeats):
         t0 = time.perf_counter()
-        a.run(src, dst, threads)
+        a.run(src, dst, threads, params)
         t.samples.append(time.perf_counter() - t0)
     return t
 

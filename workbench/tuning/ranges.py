@@ -212,4 +212,21 @@ def calibrate(graph, inputs, method="minmax", percentile=99.999, dtype="uint8", 
     for name, st in stats.items():
         lo, hi = clip_range(st, method, percentile, dtype)
         graph.quant[name] = table[name] = params(lo, hi, dtype, source)
+    table.update(share_passthrough(graph))
     return table
+
+
+#: Ops whose output holds only values of their input, in the same order or not: the output is
+#: quantized with the input's parameters, so that qint8 routines move integers without requantizing.
+PASSTHROUGH = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose")
+
+
+def share_passthrough(graph):
+    """Give each :data:`PASSTHROUGH` layer's output its input's parameters (in graph order, so
+    chains of them share one); returns ``{tensor: QuantParams}`` of the outputs changed."""
+    changed = {}
+    for layer in graph:
+        if (layer.op in PASSTHROUGH and layer.inputs and layer.inputs[0] in graph.quant and layer.outputs
+                and layer.outputs[0]):
+            graph.quant[layer.outputs[0]] = changed[layer.outputs[0]] = graph.quant[layer.inputs[0]]
+    return changed

@@ -28,6 +28,7 @@ ISA_FLAGS = {
 ISA_FLAGS["avx512bf16"] = ISA_FLAGS["avx512"] + ["-mavx512bf16"]
 ISA_FLAGS["amx"] = ISA_FLAGS["avx512bf16"] + ["-mamx-tile", "-mamx-bf16"]
 ISA_FLAGS["avx512vnni"] = ISA_FLAGS["avx512"] + ["-mavx512vnni"]
+ISA_FLAGS["amxint8"] = ISA_FLAGS["avx512vnni"] + ["-mamx-tile", "-mamx-int8"]
 LINK_ARGS = ["-pthread"]
 
 

@@ -1,4 +1,4 @@
-# isa-variants: avx512vnni
+# isa-variants: avx512vnni, amxint8
 # cython: language_level=3
 """qint8 GEMM (``wb_gemm_q8.h``): uint8 activations times per-channel int8 weights, exact int32
 sums, and a requantizing epilogue writing float32 (a fused dequantize) or uint8.
@@ -23,6 +23,8 @@ wb_pool_import()
 
 cdef extern from "wb_gemm_q8.h" nogil:
     int WBQ_NATIVE
+    int WBQ_AMX
+    int wbq_permit()
     int WBQ_MR
     ctypedef struct wbq_args:
         const uint8_t* a
@@ -41,9 +43,17 @@ cdef extern from "wb_gemm_q8.h" nogil:
         int out_u8, zo, qlo, qhi
         float flo, fhi
     void wbq_job(const wbq_args* p, Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t b0, Py_ssize_t b1)
-    void wbq_pack(const int8_t* w, Py_ssize_t N, Py_ssize_t K, int8_t* dst)
+    void wbq_pack(const int8_t* w, Py_ssize_t N, Py_ssize_t K, Py_ssize_t groups, int8_t* dst)
 
-available = bool(WBQ_NATIVE)
+#: Whether this build runs the VNNI micro-kernel; the amxint8 build runs AMX tiles instead, where
+#: the kernel grants them (``amx``).
+amx = bool(WBQ_AMX) and bool(wbq_permit())
+available = bool(WBQ_NATIVE) and (amx or not WBQ_AMX)
+
+
+def depth_groups(Py_ssize_t k):
+    """Groups of four of a depth of ``k``, rounded up to whole AMX tiles (16 groups)."""
+    return ((k + 3) // 4 + 15) // 16 * 16
 
 #: The longest depth whose sums stay inside int32 (255 * 128 per term).
 MAX_DEPTH = (2 ** 31 - 1) // (255 * 128)
@@ -58,11 +68,12 @@ def pack(w):
     cdef Py_ssize_t n = w.shape[0], k = w.shape[1]
     if k > MAX_DEPTH:
         raise ValueError(f"gemm_q8.pack: depth {k} > {MAX_DEPTH}: the int32 sums could overflow")
-    packed = aligned_zeros(((n + 15) // 16, (k + 3) // 4, 64), np.int8)
+    cdef Py_ssize_t groups = depth_groups(k)
+    packed = aligned_zeros(((n + 15) // 16, groups, 64), np.int8)
     cdef const int8_t[:, ::1] wv = w
     cdef int8_t[:, :, ::1] pv = packed
     with nogil:
-        wbq_pack(&wv[0, 0], n, k, &pv[0, 0, 0])
+        wbq_pack(&wv[0, 0], n, k, groups, &pv[0, 0, 0])
     return packed, w.sum(axis=1, dtype=np.int32)
 
 
@@ -120,17 +131,17 @@ cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, 
 cdef _weights(wbq_args* e, packed, Py_ssize_t n, Py_ssize_t k, comp, mult, bias, who):
     """Fill ``e``'s weight fields, checked: ``packed`` for (n, k), ``comp`` (or None), ``mult``, ``bias``."""
     if (not isinstance(packed, np.ndarray) or packed.dtype != np.int8 or packed.ndim != 3
-            or packed.shape != ((n + 15) // 16, (k + 3) // 4, 64) or not packed.flags.c_contiguous
+            or packed.shape != ((n + 15) // 16, depth_groups(k), 64) or not packed.flags.c_contiguous
             or packed.ctypes.data % 64):
         raise ValueError(f"{who}: packed weights for ({n}, {k}) must be int8 "
-                         f"{((n + 15) // 16, (k + 3) // 4, 64)}, C-contiguous and 64-byte aligned (gemm_q8.pack), "
+                         f"{((n + 15) // 16, depth_groups(k), 64)}, C-contiguous and 64-byte aligned (gemm_q8.pack), "
                          f"got {getattr(packed, 'shape', type(packed))}")
     for name, v, dt in (("comp", comp, np.int32), ("mult", mult, np.float32), ("bias", bias, np.float32)):
         if (v is not None or name != "comp") and (not isinstance(v, np.ndarray) or v.dtype != dt or v.shape != (n,)
                                                   or not v.flags.c_contiguous):
             raise ValueError(f"{who}: {name} must be {np.dtype(dt)} ({n},) contiguous, got "
                              f"{getattr(v, 'dtype', type(v))} {getattr(v, 'shape', '')}")
-    e.K, e.N, e.groups = k, n, (k + 3) // 4
+    e.K, e.N, e.groups = k, n, depth_groups(k)
     e.w = <const int8_t*> cnp.PyArray_DATA(<cnp.ndarray> packed)
     e.comp = NULL if comp is None else <const int32_t*> cnp.PyArray_DATA(<cnp.ndarray> comp)
     e.mult = <const float*> cnp.PyArray_DATA(<cnp.ndarray> mult)

@@ -21,32 +21,7 @@
 #ifndef WB_GEMM_AMX_H
 #define WB_GEMM_AMX_H
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
-/* Palette 1: eight tiles of up to 16 rows of 64 bytes. */
-typedef struct {
-    uint8_t palette, start_row;
-    uint8_t reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} wba_tilecfg;
-
-/* Ask Linux for the AMX tile data state (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); 1 if granted. */
-static int wba_permit(void) {
-    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-}
-
-static inline void wba_configure(void) {
-    wba_tilecfg cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
-    _tile_loadconfig(&cfg);
-}
+#include "wb_amx.h"
 
 /* Rows 0..rows-1 of A (at a, lda apart), depth k0..k0+kt-1 (kt <= 32), into buf: 32 words a row,
  * zeros past kt and past ``rows`` up to ``height`` rows. */

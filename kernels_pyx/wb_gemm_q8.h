@@ -8,10 +8,17 @@
  * where comp[n] = za * sum_k w[n, k] takes the activations' zero point out (u8 x s8 multiplies
  * raw bytes; NULL: none), mult[n] = s_a * s_w[n] (/ s_out) and bias[n] the bias in output units.
  *
- * Packed weights: 16-column blocks, each ceil(K/4) groups of 64 bytes; in a group, column j's
- * four weights k = 4g..4g+3 at bytes 4j..4j+3 (zero past N and K), one VPDPBUSD operand.  A
- * row's last group, where K % 4 != 0, is read through a zero-filled copy: no byte past a row is
- * read.  Without AVX512-VNNI the same arithmetic runs in scalar loops (WBQ_NATIVE 0).
+ * Packed weights: 16-column blocks, each ``groups`` groups of 64 bytes (ceil(K/4) rounded up to
+ * 16: whole AMX tiles); in a group, column j's four weights k = 4g..4g+3 at bytes 4j..4j+3 (zero
+ * past N and K), one VPDPBUSD operand, and 16 groups in a row are an AMX B tile as TDPBUSD
+ * reads it.  A row's last group, where K % 4 != 0, is read through a zero-filled copy: no byte
+ * past a row is read.  Without AVX512-VNNI the same arithmetic runs in scalar loops (WBQ_NATIVE 0).
+ *
+ * The amxint8 build runs blocks of 32 rows by 32 columns on AMX tiles (WBQ_AMX): TDPBUSD
+ * multiplies a 16 x 64 tile of A by a 64 x 16 tile of B into 16 x 16 int32 sums, 16384
+ * multiply-adds where a VPDPBUSD does 64; four C tiles, two of A, two of B.  A's rows are read in
+ * place where a block has 16 or 32 rows and the depth fills the tile, else through a
+ * zero-filled copy; the sums go through a staging tile to the same epilogue.
  */
 #ifndef WB_GEMM_Q8_H
 #define WB_GEMM_Q8_H
@@ -88,6 +95,75 @@ static inline void wbq_epilogue(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __
     }
 }
 
+#if defined(__AMX_INT8__) && defined(__AMX_TILE__)
+#define WBQ_AMX 1
+#include "wb_amx.h"
+
+/* One job on tiles: rows m0..m1 against column blocks b0..b1. */
+static void wbq_job_amx(const wbq_args* p, ptrdiff_t m0_, ptrdiff_t m1, ptrdiff_t b0_, ptrdiff_t b1) {
+    uint8_t abuf[32 * 64] __attribute__((aligned(64)));
+    int32_t stage[32 * 32] __attribute__((aligned(64)));
+    const ptrdiff_t K = p->K, G = p->groups;
+    wba_configure();
+    for (ptrdiff_t b0 = b0_; b0 < b1; b0 += 2) {
+        const int wide = b1 - b0 >= 2;
+        const int8_t* w = p->w + b0 * G * 64;
+        for (ptrdiff_t m0 = m0_; m0 < m1; m0 += 32) {
+            const int mr = m1 - m0 < 32 ? (int)(m1 - m0) : 32;
+            const int two = mr > 16, height = two ? 32 : 16, in_place = mr == height;
+            const uint8_t* a = p->a + m0 * p->lda;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (ptrdiff_t k0 = 0; k0 < K; k0 += 64) {
+                _tile_loadd(6, w + k0 / 4 * 64, 64);
+                if (wide)
+                    _tile_loadd(7, w + (G + k0 / 4) * 64, 64);
+                if (in_place && k0 + 64 <= K) {
+                    _tile_loadd(4, a + k0, p->lda);
+                    if (two)
+                        _tile_loadd(5, a + 16 * p->lda + k0, p->lda);
+                } else {
+                    const int kt = K - k0 < 64 ? (int)(K - k0) : 64;
+                    const __mmask64 m = kt >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << kt) - 1);
+                    for (int i = 0; i < height; i++)
+                        _mm512_store_si512(abuf + 64 * i, i < mr ? _mm512_maskz_loadu_epi8(m, a + i * p->lda + k0)
+                                                                 : _mm512_setzero_si512());
+                    _tile_loadd(4, abuf, 64);
+                    if (two)
+                        _tile_loadd(5, abuf + 16 * 64, 64);
+                }
+                _tile_dpbusd(0, 4, 6);
+                if (wide)
+                    _tile_dpbusd(1, 4, 7);
+                if (two) {
+                    _tile_dpbusd(2, 5, 6);
+                    if (wide)
+                        _tile_dpbusd(3, 5, 7);
+                }
+            }
+            _tile_stored(0, stage, 128);
+            if (wide)
+                _tile_stored(1, stage + 16, 128);
+            if (two) {
+                _tile_stored(2, stage + 16 * 32, 128);
+                if (wide)
+                    _tile_stored(3, stage + 16 * 32 + 16, 128);
+            }
+            for (int r = 0; r < mr; r++)
+                for (int c = 0; c <= wide && (b0 + c) * 16 < p->N; c++)
+                    wbq_epilogue(p, m0 + r, (b0 + c) * 16, _mm512_load_si512((const void*)(stage + 32 * r + 16 * c)));
+        }
+    }
+    _tile_release();
+}
+static int wbq_permit(void) { return wba_permit(); }
+#else
+#define WBQ_AMX 0
+static int wbq_permit(void) { return 0; }
+#endif
+
 /* Rows m0..m0+MR, column blocks b0..b0+NBK: the fixed-size micro-tile the compiler keeps in
  * registers (MR and NBK are constants at each call site). */
 static inline __attribute__((always_inline)) void wbq_tile(const wbq_args* p, ptrdiff_t m0, ptrdiff_t b0,
@@ -131,6 +207,10 @@ static inline __attribute__((always_inline)) void wbq_tile(const wbq_args* p, pt
 
 /* One job: rows m0..m1 against column blocks b0..b1. */
 static void wbq_job(const wbq_args* p, ptrdiff_t m0_, ptrdiff_t m1, ptrdiff_t b0_, ptrdiff_t b1) {
+#if WBQ_AMX
+    wbq_job_amx(p, m0_, m1, b0_, b1);
+    return;
+#endif
     for (ptrdiff_t b0 = b0_; b0 < b1; b0 += WBQ_NB) {
         int nbk = b1 - b0 < WBQ_NB ? (int)(b1 - b0) : WBQ_NB;
         for (ptrdiff_t m0 = m0_; m0 < m1; m0 += WBQ_MR) {
@@ -142,6 +222,8 @@ static void wbq_job(const wbq_args* p, ptrdiff_t m0_, ptrdiff_t m1, ptrdiff_t b0
 
 #else
 #define WBQ_NATIVE 0
+#define WBQ_AMX 0
+static int wbq_permit(void) { return 0; }
 
 static void wbq_job(const wbq_args* p, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t b0, ptrdiff_t b1) {
     int32_t sums[16];
@@ -162,9 +244,8 @@ static void wbq_job(const wbq_args* p, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t b0,
 }
 #endif
 
-/* Weights (N, K) int8 into dst (ceil(N/16) * ceil(K/4) * 64 bytes, zeroed by the caller). */
-static void wbq_pack(const int8_t* w, ptrdiff_t N, ptrdiff_t K, int8_t* dst) {
-    ptrdiff_t groups = (K + 3) / 4;
+/* Weights (N, K) int8 into dst (ceil(N/16) * groups * 64 bytes, zeroed by the caller). */
+static void wbq_pack(const int8_t* w, ptrdiff_t N, ptrdiff_t K, ptrdiff_t groups, int8_t* dst) {
     for (ptrdiff_t n = 0; n < N; n++)
         for (ptrdiff_t k = 0; k < K; k++)
             dst[((n / 16) * groups + k / 4) * 64 + (n % 16) * 4 + k % 4] = w[n * K + k];

@@ -8,14 +8,19 @@ from hypothesis import given, settings, strategies as st
 
 from workbench.runtime import cpu
 
-BUILDS = [b for b in (cpu.kernel_module("gemm_q8"), cpu.kernel_module("gemm_q8", "avx512vnni")) if b is not None]
-IDS = ["baseline", "avx512vnni"][:len(BUILDS)]
+_ALL = [("baseline", cpu.kernel_module("gemm_q8")), ("avx512vnni", cpu.kernel_module("gemm_q8", "avx512vnni")),
+        ("amxint8", cpu.kernel_module("gemm_q8", "amxint8"))]
+_ALL = [(name, b) for name, b in _ALL if b is not None and (name != "amxint8" or b.available)]
+BUILDS = [b for _, b in _ALL]
+IDS = [name for name, _ in _ALL]
 
 
-def test_the_vnni_build_is_here_where_the_cpu_has_it():
+def test_the_vnni_and_amx_builds_are_here_where_the_cpu_has_them():
     assert BUILDS and not BUILDS[0].available
     if cpu.supports("avx512vnni"):
-        assert len(BUILDS) == 2 and BUILDS[1].available
+        assert "avx512vnni" in IDS and BUILDS[IDS.index("avx512vnni")].available
+    if cpu.supports("amxint8"):   # present; available where Linux grants the tiles
+        assert cpu.kernel_module("gemm_q8", "amxint8") is not None
 
 
 def _case(rng, m, n, k, za=7):
@@ -86,7 +91,8 @@ def test_the_builds_agree_bit_for_bit(rng):
         o = np.zeros((50, 70), np.uint8)
         mod.gemm(a, packed, 70, comp, mult, bias, o, zo=3)
         outs.append(o)
-    np.testing.assert_array_equal(outs[0], outs[1])
+    for o in outs[1:]:
+        np.testing.assert_array_equal(outs[0], o)
 
 
 def test_bad_arguments_are_value_errors():
@@ -101,8 +107,8 @@ def test_bad_arguments_are_value_errors():
         mod.pack(np.zeros((1, mod.MAX_DEPTH + 1), np.int8))
     with pytest.raises(ValueError, match="a must be uint8"):
         mod.gemm(a.astype(np.int8), packed, 4, out=out, **ok)
-    with pytest.raises(ValueError, match="packed weights for \\(4, 9\\)"):
-        mod.gemm(np.ones((2, 9), np.uint8), packed, 4, out=out, **ok)
+    with pytest.raises(ValueError, match="packed weights for \\(4, 80\\)"):   # more groups than packed
+        mod.gemm(np.ones((2, 80), np.uint8), packed, 4, out=out, **ok)
     with pytest.raises(ValueError, match="mult must be float32 \\(4,\\)"):
         mod.gemm(a, packed, 4, out=out, **{**ok, "mult": np.ones(3, np.float32)})
     with pytest.raises(ValueError, match="out must be float32 or uint8 \\(2, 4\\)"):

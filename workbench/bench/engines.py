@@ -99,6 +99,55 @@ def onnxruntime(model, feeds, threads):
                             "graph_optimization_level": "ORT_ENABLE_ALL", "provider": "CPUExecutionProvider"})
 
 
+def ort_quantized(model, calibration):
+    """``model`` quantized by ONNX Runtime's ``quantize_static`` as its int8 CPU path is meant to
+    be used: QDQ, uint8 activations, int8 weights per channel, MinMax ranges over
+    ``calibration`` (a list of NCHW feeds); the quantized ModelProto, or None when onnxruntime
+    is not installed."""
+    try:
+        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                              quantize_static)
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        return None
+    import onnx
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rest = iter(calibration)
+
+        def get_next(self):
+            return next(self.rest, None)
+
+    if hasattr(model, "SerializeToString"):
+        model = model.SerializeToString()
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, out = (os.path.join(tmp, f) for f in ("model.onnx", "pre.onnx", "int8.onnx"))
+        if isinstance(model, bytes):
+            with open(src, "wb") as f:
+                f.write(model)
+        else:
+            src = os.fspath(model)
+        try:
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+        except Exception:   # the pre-processing is an optimisation of the result, not needed for it
+            pre = src
+        quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True)
+        return onnx.load(out)
+
+
+def onnxruntime_int8(model, feeds, threads, calibration):
+    """ONNX Runtime on ``model`` quantized by :func:`ort_quantized` on ``calibration``, or None."""
+    quantized = ort_quantized(model, calibration)
+    engine = None if quantized is None else onnxruntime(quantized, feeds, threads)
+    if engine is not None:
+        engine.name = "onnxruntime-int8"
+        engine.settings.update(quantization="quantize_static QDQ u8s8 per-channel MinMax",
+                               calibration_inputs=len(calibration))
+    return engine
+
+
 def openvino(model, feeds, threads, precision="f32"):
     """OpenVINO on the CPU in ``precision`` (its INFERENCE_PRECISION_HINT: f32, or bf16 where the
     CPU has it), reshaped to the static shapes of ``feeds``; None when it is not installed (a

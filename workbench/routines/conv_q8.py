@@ -3,8 +3,8 @@
 ``cpu:qint8:nhwc/gemm_vnni`` runs any ungrouped 2-D convolution as a GEMM of uint8 pixels by
 int8 weights: a 1x1 unit-stride unpadded one on the image itself, the others on windows gathered
 a tile of output rows at a time into the workspace (the padding filled with the image's zero
-point, which is real zero).  ``cpu:qint8:nhwc/depthwise_vnni`` runs depthwise ones, taps two at a
-time.  Each writes uint8 in the output tensor's parameters; the ``..._f32`` twins write float32,
+point, which is real zero).  ``cpu:qint8:nhwc/gemm_amx`` is the same on AMX tiles, where the
+CPU has them.  ``cpu:qint8:nhwc/depthwise_vnni`` runs depthwise ones, taps two at a time.  Each writes uint8 in the output tensor's parameters; the ``..._f32`` twins write float32,
 a dequantize fused into the epilogue, so a plan can leave qint8 at any convolution without an
 adapt.  A fused residual is read in the output's data type; a fused ReLU or Clip is a clamp.
 """
@@ -16,7 +16,7 @@ from ..ir.graph import NHWC
 from ..ir.ops.conv import residual_after_activation
 from . import Routine
 from .conv_gemm import geometry
-from .qint8 import REQUIRES, Requant, clamp, kernels, out_format, params, quantize_weights
+from .qint8 import REQUIRES, REQUIRES_AMX, Requant, clamp, kernels, out_format, params, quantize_weights
 
 
 class _ConvQ8(Routine, register=False):
@@ -86,10 +86,15 @@ class _ConvQ8(Routine, register=False):
 
 class _GemmQ8(_ConvQ8, register=False):
     algo = "gemm_vnni"
+    isa = "avx512vnni"
+
+    @classmethod
+    def available(cls):
+        return kernels(cls.isa) is not None
 
     @classmethod
     def _shape_applies(cls, layer, specs):
-        return layer.attrs["group"] == 1
+        return layer.attrs["group"] == 1 and cls.available()
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
@@ -118,7 +123,7 @@ class _GemmQ8(_ConvQ8, register=False):
     def _conv(cls, layer, state, args, outs):
         kernel, strides, dilations, pads, _ = geometry(layer)
         rq = state["rq"]
-        return kernels().Conv(args[0], state["packed"], outs[0].shape[3], state["comp"], rq.mult, rq.bias, outs[0],
+        return kernels(cls.isa).Conv(args[0], state["packed"], outs[0].shape[3], state["comp"], rq.mult, rq.bias, outs[0],
                               kernel, strides, dilations, pads, fill=rq.zx, workspace=state.get("workspace"),
                               zo=rq.zo, lo=rq.lo, hi=rq.hi, res=args[3] if layer.attrs.get("residual") else None,
                               rmult=rq.rmult)
@@ -134,6 +139,20 @@ class NhwcGemmQ8(_GemmQ8):
 
 class NhwcGemmQ8F32(_GemmQ8):
     algo = "gemm_vnni_f32"
+    out_float = True
+
+
+class NhwcGemmAmxQ8(_GemmQ8):
+    """The same GEMM on AMX tiles: eight times VNNI's multiply-adds an instruction, where the
+    depth is enough to keep them busy (the profiler finds where)."""
+
+    algo = "gemm_amx"
+    isa = "amxint8"
+    requires = REQUIRES_AMX
+
+
+class NhwcGemmAmxQ8F32(NhwcGemmAmxQ8):
+    algo = "gemm_amx_f32"
     out_float = True
 
 

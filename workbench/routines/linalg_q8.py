@@ -3,8 +3,9 @@
 
 At batch 1 a classifier's product streams its weights once per run: in int8 they are a quarter of
 float32's bytes (VGG-16's first fully connected layer: 103 MB instead of 411).  ``gemm_vnni``
-writes the output tensor's uint8, ``gemm_vnni_f32`` float32 (a fused dequantize: the logits of
-a classifier leave qint8 there).  Operands are not images: they keep their native order.
+writes the output tensor's uint8, ``gemm_vnni_f32`` float32 (a fused dequantize: the logits of a
+classifier leave qint8 there); ``gemm_amx`` and ``gemm_amx_f32`` run the product on AMX tiles
+where the CPU has them.  Operands are not images: they keep their native order.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 from ..ir.graph import NCHW
 from . import Routine
 from .linalg512 import c_is_bias, gemm_operands
-from .qint8 import REQUIRES, Requant, clamp, kernels, out_format, params, quantize_weights
+from .qint8 import REQUIRES, REQUIRES_AMX, Requant, clamp, kernels, out_format, params, quantize_weights
 
 
 class _GemmQ8(Routine, register=False):
@@ -25,15 +26,16 @@ class _GemmQ8(Routine, register=False):
     algo = "gemm_vnni"
     priority = 5
     out_float = False
+    isa = "avx512vnni"
 
     @classmethod
     def available(cls):
-        return kernels() is not None
+        return kernels(cls.isa) is not None
 
     @classmethod
     def _operands(cls, layer, specs):
         b = layer.consts.get(1)
-        return (kernels() is not None and specs[0] is not None and specs[0].dtype == "float32" and 0 not in layer.consts
+        return (cls.available() and specs[0] is not None and specs[0].dtype == "float32" and 0 not in layer.consts
                 and layer.out_specs[0].dtype == "float32" and b is not None and np.asarray(b).dtype == np.float32
                 and np.ndim(b) == 2 and min(np.shape(b)) > 0 and len(layer.outputs) == 1
                 and clamp(layer, layer.out_specs[0].shape[-1]) is not None)
@@ -63,7 +65,7 @@ class _GemmQ8(Routine, register=False):
     def run(cls, layer, state, args, outs, num_threads):
         a, out, rq = args[0], outs[0], state["rq"]
         n = out.shape[-1]
-        kernels().gemm(a.reshape(-1, a.shape[-1]), state["packed"], n, state["comp"], rq.mult, rq.bias,
+        kernels(cls.isa).gemm(a.reshape(-1, a.shape[-1]), state["packed"], n, state["comp"], rq.mult, rq.bias,
                        out.reshape(-1, n), zo=rq.zo, lo=rq.lo, hi=rq.hi, num_threads=num_threads)
 
 
@@ -109,4 +111,26 @@ class MatMulQ8F32(MatMulQ8):
 
 class GemmQ8F32(GemmQ8):
     algo = "gemm_vnni_f32"
+    out_float = True
+
+
+class MatMulAmxQ8(MatMulQ8):
+    algo = "gemm_amx"
+    isa = "amxint8"
+    requires = REQUIRES_AMX
+
+
+class GemmAmxQ8(GemmQ8):
+    algo = "gemm_amx"
+    isa = "amxint8"
+    requires = REQUIRES_AMX
+
+
+class MatMulAmxQ8F32(MatMulAmxQ8):
+    algo = "gemm_amx_f32"
+    out_float = True
+
+
+class GemmAmxQ8F32(GemmAmxQ8):
+    algo = "gemm_amx_f32"
     out_float = True

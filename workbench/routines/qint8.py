@@ -18,13 +18,15 @@ from ..runtime import cpu
 from .epilogue import encode
 
 
-def kernels():
-    """The AVX512-VNNI build of the qint8 kernels, or None where this CPU or build lacks it."""
-    mod = cpu.kernel_module("gemm_q8", "avx512vnni")
+def kernels(isa="avx512vnni"):
+    """The ``isa`` build of the qint8 kernels (``avx512vnni``; ``amxint8``: its GEMM on AMX
+    tiles), or None where this CPU, its kernel or the build lacks it."""
+    mod = cpu.kernel_module("gemm_q8", isa)
     return mod if mod is not None and mod.available else None
 
 
 REQUIRES = "AVX512-VNNI (the gemm_q8_avx512vnni build)"
+REQUIRES_AMX = "AMX-INT8 tiles granted by the kernel (the gemm_q8_amxint8 build)"
 
 
 def quantize_weights(w):

@@ -27,6 +27,7 @@ ISA_REQUIRES = {
 ISA_REQUIRES["avx512bf16"] = ISA_REQUIRES["avx512"] | {"avx512_bf16"}
 ISA_REQUIRES["amx"] = ISA_REQUIRES["avx512bf16"] | {"amx_tile", "amx_bf16"}
 ISA_REQUIRES["avx512vnni"] = ISA_REQUIRES["avx512"] | {"avx512_vnni"}
+ISA_REQUIRES["amxint8"] = ISA_REQUIRES["avx512vnni"] | {"amx_tile", "amx_int8"}
 
 
 def supports(isa: str) -> bool:

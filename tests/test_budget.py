@@ -141,7 +141,7 @@ def test_cli_tune_with_a_budget_prints_it_and_the_file_keeps_it(tmp_path, capsys
     assert main(["tune", str(src), "-o", str(out), "--db", db, "--precision", "bf16", "--max-error", "0.004",
                  "--runs", "0"]) == 0
     text = capsys.readouterr().out
-    assert "error budget 0.004: met" in text, text
+    assert "error budget max error 0.004: met" in text, text
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert float(meta["workbench.max_error"]) == 0.004
     demoted = json.loads(meta["workbench.demoted"])

@@ -84,6 +84,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         self.pins = {}              # layer name -> descriptor
         self.precisions = routines.FLOAT32_ONLY   # data types tuning may choose routines of
         self.max_error = None       # error budget against float32 (tuning.budget), None: none
+        self.min_cosine = None      # cosine budget against float32 (tuning.budget), None: none
         self.demoted = set()        # layers the error budget keeps in float32
         self.budget = None          # budget.BudgetReport of the last fit
         self.plan = None            # search.Plan
@@ -96,6 +97,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         self.precision = None       # precision.PrecisionError of the plan against float32
         self.calibration = None     # what the bias correction's means were calibrated on (calibrate_means)
         self.quant_calibration = None   # what the qint8 ranges were calibrated on (calibrate)
+        self.calibration_inputs = None  # the feeds calibrate() was given (error budgets are checked on them)
         self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
         self.tuned_metadata = None  # model metadata of a loaded tuned file
         self.loaded_costs = None    # {layer: {descriptor: s}} a loaded tuned file was tuned with
@@ -177,7 +179,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         return make_problem(self.graph, costs, adapt_costs, allowed, self.io_format)
 
     def tune(self, filters=None, pins=None, progress=False, in_context=False, precisions=None, max_error=None,
-             error_inputs=None, calibration_inputs=None):
+             error_inputs=None, calibration_inputs=None, min_cosine=None):
         """Profile (what the database lacks) and select the fastest plan; returns the :class:`~workbench.tuning.search.Plan`.
 
         ``filters``: routine filter strings (see :mod:`workbench.tuning.filters`); ``pins``:
@@ -188,10 +190,11 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         measures by how much.
         ``max_error``: an error budget, the largest difference from float32 over the output's
         peak (``PrecisionError.max_rel``) the plan may have on ``error_inputs`` (feeds; default
-        three seeded random ones): the layers where a lower precision buys the least time for
-        its error stay float32 until the plan is within it (:mod:`workbench.tuning.budget`; the
-        report is kept as :attr:`budget`).  It replaces the session's budget when given;
-        ``session.max_error = None`` drops it.
+        the inputs given to :meth:`calibrate`, else three seeded random ones): the layers where a
+        lower precision buys the least time for its error stay float32 until the plan is within
+        it (:mod:`workbench.tuning.budget`; the report is kept as :attr:`budget`).  It replaces the session's budget when given;
+        ``session.max_error = None`` drops it.  ``min_cosine``: the same for the lowest cosine
+        similarity of an output with float32's (both may be set; the plan keeps to both).
         ``calibration_inputs``: feeds the bias correction of bfloat16 routines is calibrated on
         (:meth:`calibrate_means`; without them, the first tuning that allows bfloat16 draws
         seeded random ones), and with qint8 allowed the quantization ranges too
@@ -218,23 +221,27 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
             except WorkbenchError:
                 self.pins = old
                 raise
-        if max_error is not None:
-            from .tuning.budget import checked
-            self.max_error = checked(max_error)
-        if "qint8" in self.precisions:
-            if calibration_inputs is not None:
-                self.calibrate(calibration_inputs)
-            elif not len(self.graph.quant):
-                raise QuantError("qint8 needs calibration data: call calibrate(inputs) first (workbench tune "
-                                 "--calibration DIR), or calibrate(synthetic=True) to time qint8 on random inputs, "
-                                 "whose ranges say nothing of real data")
-        if self.precisions != routines.FLOAT32_ONLY and (calibration_inputs is not None or self.calibration is None):
+        if max_error is not None or min_cosine is not None:
+            from .tuning.budget import Budget
+            budget = Budget(max_error, min_cosine)   # checked before anything runs
+            self.max_error = budget.max_error if max_error is not None else self.max_error
+            self.min_cosine = budget.min_cosine if min_cosine is not None else self.min_cosine
+        quantized = "qint8" in self.precisions
+        if quantized and calibration_inputs is not None:
+            self.calibrate(calibration_inputs)   # the ranges, and the means too
+        elif quantized and not len(self.graph.quant):
+            raise QuantError("qint8 needs calibration data: call calibrate(inputs) first (workbench tune "
+                             "--calibration DIR), or calibrate(synthetic=True) to time qint8 on random inputs, "
+                             "whose ranges say nothing of real data")
+        elif self.precisions != routines.FLOAT32_ONLY and (calibration_inputs is not None or self.calibration is None):
             self.calibrate_means(calibration_inputs)
         if self.profiled is None:
             self.profile(progress=progress)
         self.demoted, self.budget = set(), None
         self.retune()
-        if self.max_error is not None and self.low_precision:
+        if error_inputs is None:
+            error_inputs = self.calibration_inputs   # the budget holds on the data calibrated on
+        if (self.max_error is not None or self.min_cosine is not None) and self.low_precision:
             self._fit_budget(error_inputs)
         if in_context:
             fitted = dict(self.plan.choice)

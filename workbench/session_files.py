@@ -32,7 +32,8 @@ class SessionFiles:
             pins=dict(self.pins), filters=list(self.filters), adapts_into=self._adapts_into(),
             precisions=list(self.precisions),
             precision_error=self.precision.to_dict() if self.precision is not None else None,
-            max_error=self.max_error, demoted=sorted(self.demoted), calibration=self.calibration)
+            max_error=self.max_error, demoted=sorted(self.demoted), calibration=self.calibration,
+            min_cosine=self.min_cosine, quant_calibration=self.quant_calibration)
 
     def _adapts_into(self):
         """``{layer: [[tensor, from, to], ...]}``: the plan's adapts, by the layers that read them."""
@@ -54,6 +55,7 @@ class SessionFiles:
         session.precisions = tuple(record.precisions)
         session.max_error, session.demoted = record.max_error, set(record.demoted)
         session.calibration = record.calibration
+        session.min_cosine, session.quant_calibration = record.min_cosine, record.quant_calibration
         if record.precision_error is not None:
             from .tuning.precision import PrecisionError
             session.precision = PrecisionError.from_dict(record.precision_error)

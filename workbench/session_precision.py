@@ -55,6 +55,7 @@ class SessionPrecision:
         table = ranges.calibrate(self.graph, [as_nchw(self, f) for f in feeds], method, percentile)
         kind = "seeded random" if inputs is None else "given"
         self.quant_calibration = f"{method} over {len(feeds)} {kind} input(s)"
+        self.calibration_inputs = None if inputs is None else feeds
         self.profiled, self.plan, self._compiled, self.precision = None, None, None, None
         return table
 
@@ -82,7 +83,8 @@ class SessionPrecision:
 
     def _fit_budget(self, inputs):
         from .tuning.budget import fit
-        report = fit(self, self.max_error, inputs)
+        from .tuning.budget import Budget
+        report = fit(self, Budget(self.max_error, self.min_cosine), inputs)
         if self.budget is not None:   # a second fit: it started from the first one's demotions
             report.demoted = self.budget.demoted + [n for n in report.demoted if n not in self.budget.demoted]
             report.before = self.budget.before

@@ -14,9 +14,11 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
   ``workbench.plan_method``, ``workbench.filters``, ``workbench.pins``, ``workbench.precisions``
   (JSON list of the data types tuning allowed) and ``workbench.precision_error`` (JSON: the plan's
   error against float32, :class:`~workbench.tuning.precision.PrecisionError`; empty for a float32 plan),
-  ``workbench.max_error`` (the error budget tuning kept to; empty for none) and ``workbench.demoted``
+  ``workbench.max_error`` and ``workbench.min_cosine`` (the error budget tuning kept to; empty
+  for none) and ``workbench.demoted``
   (JSON list of the layers the budget kept in float32, :mod:`workbench.tuning.budget`),
-  ``workbench.calibration`` (what bias correction's means were calibrated on; empty for none) and
+  ``workbench.calibration`` (what bias correction's means were calibrated on; empty for none),
+  ``workbench.quant_calibration`` (what the quantization ranges were calibrated on) and
   ``workbench.quant`` (JSON: the graph's quantization parameters by tensor,
   :class:`~workbench.ir.quant.QuantTable`; empty where it has none).
 
@@ -90,6 +92,8 @@ class TunedRecord:
     max_error: float = None
     demoted: list = field(default_factory=list)
     calibration: str = None
+    min_cosine: float = None
+    quant_calibration: str = None
 
     def fingerprint_differs(self, num_threads):
         """The machine facts (``fingerprint_facts`` keys) in which this machine, running with
@@ -134,6 +138,8 @@ def write(record, path):
         "max_error": repr(float(record.max_error)) if record.max_error is not None else "",
         "demoted": json.dumps(sorted(record.demoted)),
         "calibration": record.calibration or "",
+        "min_cosine": repr(float(record.min_cosine)) if record.min_cosine is not None else "",
+        "quant_calibration": record.quant_calibration or "",
         "quant": json.dumps(record.graph.quant.to_record()) if len(record.graph.quant) else "",
     }
     model = export_graph(record.graph, nodes, {PREFIX + k: v for k, v in meta.items()})
@@ -164,6 +170,13 @@ def _budget(text):
     value = float(text)
     if not value >= 0:
         raise ValueError("an error budget is a number >= 0")
+    return value
+
+
+def _cosine(text):
+    value = float(text)
+    if not -1 <= value <= 1:
+        raise ValueError("a cosine budget lies in [-1, 1]")
     return value
 
 
@@ -213,6 +226,9 @@ def read(source, name=None):
     max_error = meta.get("max_error") or None
     if max_error is not None:
         max_error = _field(where_, PREFIX + "max_error", max_error, _budget)
+    min_cosine = meta.get("min_cosine") or None
+    if min_cosine is not None:
+        min_cosine = _field(where_, PREFIX + "min_cosine", min_cosine, _cosine)
     demoted = _field(where_, PREFIX + "demoted", meta.get("demoted", "[]"), _names)
 
     annotated = {}
@@ -267,4 +283,5 @@ def read(source, name=None):
                        pins=dict(pins), filters=list(filters), fingerprint=meta["fingerprint"],
                        fingerprint_facts=facts, metadata=meta, precisions=list(precisions),
                        precision_error=error, max_error=max_error, demoted=demoted,
-                       calibration=meta.get("calibration") or None)
+                       calibration=meta.get("calibration") or None, min_cosine=min_cosine,
+                       quant_calibration=meta.get("quant_calibration") or None)

@@ -16,7 +16,7 @@ EDGES = ["", "_f32out", "_f32in", "_f32io"]
 
 
 def test_every_form_is_registered_and_available():
-    conv = {d for d in routines.routines_for("Conv") if "_amx" in d}
+    conv = {d for d in routines.routines_for("Conv") if "_amx" in d and ":bfloat16:" in d}
     assert conv == {f"cpu:bfloat16:nhwc/{a}{e}" for a in ("gemm1x1_amx", "im2col_amx", "implicit_amx") for e in EDGES}
     assert all(routines.get("Conv", d).available() for d in conv)
 

@@ -1,5 +1,5 @@
 """The CLI's words on precision: a lower-precision plan's line in ``tune``, the tolerance of
-``--check`` for one, and the ``--calibration`` inputs of ``tune``."""
+``--check`` for one, and the ``--calibration`` inputs of ``tune`` (qint8's ranges among them)."""
 from __future__ import annotations
 
 from ..errors import InputError
@@ -30,7 +30,25 @@ def precision_line(session):
     n = sum(d.split(":")[1] != "float32" for d in session.plan.choice.values())
     error = session.precision if session.precision is not None else session.precision_error()
     calibrated = f"; biases corrected on {session.calibration}" if session.calibration else ""
+    if "qint8" in low and session.quant_calibration:
+        calibrated += f"; qint8 ranges: {session.quant_calibration}"
     return f"precision: {n} layer(s) in {', '.join(low)} ({allowed} allowed); {error}{calibrated}"
+
+
+def quantize_ranges(session, args, feeds):
+    """Calibrate ``session``'s qint8 ranges on ``feeds`` (``--calibration``), or on seeded random
+    inputs with ``--synthetic-calibration`` (warned); a clear error without either."""
+    import warnings
+    from ..ir.quant import QuantError
+    if feeds is None and not args.synthetic_calibration:
+        raise QuantError("--precision qint8 needs calibration data: --calibration DIR (.npy/.npz files or images), "
+                         "or --synthetic-calibration to time qint8 on random inputs")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session.calibrate(feeds, method=args.calibration_method, synthetic=feeds is None)
+    for w in caught:
+        print("warning: " + " ".join(str(w.message).split()))
+    print(f"calibrated qint8 ranges: {session.quant_calibration}")
 
 
 def calibration_feeds(args, session):

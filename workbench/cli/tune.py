@@ -18,7 +18,7 @@ from ..errors import InputError, WorkbenchError
 from .. import routines
 from ..ir.formats import parse_precisions
 from ..tuning.precision import PrecisionError
-from .precision import calibration_feeds, low_precision_check, precision_line
+from .precision import calibration_feeds, low_precision_check, precision_line, quantize_ranges
 
 
 # -- argument parsing --------------------------------------------------------------------------
@@ -44,9 +44,9 @@ def add_parsers(sub, model_args):
         sp.add_argument("--repeats", type=int, default=10, help="timed runs per routine and adapt (default 10)")
         sp.add_argument("--jsonl", metavar="OUT.jsonl", help="write the profile records as JSON lines")
         sp.add_argument("--precision", default="float32", metavar="DTYPES",
-                        help="data types the plan may compute in, comma separated: float32 (the default) or "
-                             "float32,bfloat16 (bf16 for short); a lower precision changes the outputs, and "
-                             "tune measures and prints the error against float32")
+                        help="data types the plan may compute in, comma separated: float32 (the default), "
+                             "bfloat16 (bf16) and qint8 (int8; needs --calibration); a lower precision changes "
+                             "the outputs, and tune measures and prints the error against float32")
 
     sp = sub.add_parser("profile", help="measure every layer x routine and every adapt (through the database)")
     common(sp)
@@ -66,10 +66,20 @@ def add_parsers(sub, model_args):
                     help="error budget for a lower precision: the plan's largest difference from float32 over "
                          "the output's peak (e.g. 0.01); the layers where bfloat16 buys the least time for "
                          "its error stay float32 until the plan is within it")
+    sp.add_argument("--min-cosine", type=float, metavar="C",
+                    help="accuracy budget for lower precisions: every output's cosine similarity with float32 "
+                         "on the calibration inputs at least C (e.g. 0.99); the layers where a lower precision "
+                         "buys the least time for its error stay float32 until the plan is within it")
+    sp.add_argument("--calibration-method", default="minmax", choices=("minmax", "percentile", "mse", "entropy"),
+                    help="how qint8 ranges are chosen from the calibration inputs (default minmax)")
+    sp.add_argument("--synthetic-calibration", action="store_true",
+                    help="calibrate qint8 on seeded random inputs when no --calibration is given: for timing "
+                         "only, the ranges say nothing of real data (a warning says so)")
     sp.add_argument("--in-context", action="store_true",
                     help="time the plan inside the model and select again on those times (Session.time_in_context)")
     sp.add_argument("--calibration", metavar="PATH",
-                    help="inputs to calibrate bfloat16 routines' bias correction on: a directory of .npy (one "
+                    help="inputs to calibrate qint8 ranges and bfloat16 routines' bias correction on (and to "
+                         "check the error budget on): a directory of .npy (one "
                          "input) or .npz (an array per input name) files, or one such file holding a stack of "
                          "samples along a first axis, or for a one-image-input model image files "
                          "(default: seeded random inputs)")
@@ -189,11 +199,16 @@ def cmd_tune(args):
         for layer, descriptor in args.pin or ():
             session.pin(layer, descriptor)
         session.allowed()          # a filter leaving a layer without a routine fails here
-        _profile(session, args)
         if args.max_error is not None and not args.max_error >= 0:
             raise WorkbenchError(f"--max-error: an error budget is a number >= 0, got {args.max_error}")
-        plan = session.tune(in_context=args.in_context, max_error=args.max_error,
-                            calibration_inputs=calibration_feeds(args, session) if args.calibration else None)
+        if args.min_cosine is not None and not -1 <= args.min_cosine <= 1:
+            raise WorkbenchError(f"--min-cosine: a cosine budget is a number in [-1, 1], got {args.min_cosine}")
+        feeds = calibration_feeds(args, session) if args.calibration else None
+        if "qint8" in session.precisions:
+            quantize_ranges(session, args, feeds)
+        _profile(session, args)
+        plan = session.tune(in_context=args.in_context, max_error=args.max_error, min_cosine=args.min_cosine,
+                            calibration_inputs=None if "qint8" in session.precisions else feeds)
         if session.context is not None:
             c = session.context
             print(f"in context: {c.rounds} plan(s) timed, {c.challenged} layer(s) timed with their runner-up, "

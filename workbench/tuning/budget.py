@@ -1,6 +1,7 @@
 """Selection under an error budget: the fastest plan whose error against float32 stays within
-``max_error`` (the largest absolute difference over the output's peak magnitude, as
-:class:`~workbench.tuning.precision.PrecisionError` reports it).
+a :class:`Budget`: ``max_error`` (the largest absolute difference over the output's peak
+magnitude, as :class:`~workbench.tuning.precision.PrecisionError` reports it) and/or
+``min_cosine`` (the lowest cosine similarity of an output with float32's).
 
 The selection itself prices time only; a plan it returns with bfloat16 allowed may round more
 than the user accepts (OpenVINO's bfloat16 ResNet-50 is 0.0126 off at the peak; the DP's plan
@@ -43,12 +44,49 @@ from .precision import as_nchw, low_precision, measure, reference_outputs
 ROUNDS = 3
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What a plan's error against float32 may be: ``max_error`` (max_rel at most) and/or
+    ``min_cosine`` (cosine at least); None for a bound not set."""
+
+    max_error: float = None
+    min_cosine: float = None
+
+    def __post_init__(self):
+        if self.max_error is not None:
+            object.__setattr__(self, "max_error", checked(self.max_error))
+        if self.min_cosine is not None:
+            c = self.min_cosine
+            if isinstance(c, bool) or not isinstance(c, numbers.Real) or not -1 <= c <= 1:
+                raise WorkbenchError(f"min_cosine: a cosine budget is a number in [-1, 1] (e.g. 0.99), got {c!r}")
+            object.__setattr__(self, "min_cosine", float(c))
+
+    @property
+    def empty(self):
+        return self.max_error is None and self.min_cosine is None
+
+    def within(self, err) -> bool:
+        """Whether ``err`` (a PrecisionError) keeps to every bound set."""
+        return ((self.max_error is None or err.max_rel <= self.max_error)
+                and (self.min_cosine is None or err.cosine >= self.min_cosine))
+
+    def __str__(self):
+        parts = ([] if self.max_error is None else [f"max error {self.max_error:.3g}"]) + \
+                ([] if self.min_cosine is None else [f"cosine >= {self.min_cosine:.6g}"])
+        return "error budget " + (", ".join(parts) or "none")
+
+    @staticmethod
+    def of(err):
+        """``err``'s figures as the budget reads them."""
+        return f"max error {err.max_rel:.3g}, cosine {err.cosine:.6f}"
+
+
 @dataclass
 class BudgetReport:
     """What :func:`fit` did: the budget, the error of the plan it started from and of the plan it
     kept, the layers it kept in float32 (in ranking order), and the plans it measured."""
 
-    max_error: float
+    budget: Budget
     before: object = None            # PrecisionError of the unconstrained plan
     after: object = None             # PrecisionError of the plan kept
     demoted: list = field(default_factory=list)
@@ -57,19 +95,23 @@ class BudgetReport:
     low_left: bool = False           # the plan kept still computes below float32
 
     @property
+    def max_error(self):
+        return self.budget.max_error
+
+    @property
     def met(self):
-        return self.after is not None and self.after.max_rel <= self.max_error
+        return self.after is not None and self.budget.within(self.after)
 
     def __str__(self):
-        if self.before is not None and self.before.max_rel <= self.max_error:
-            return f"error budget {self.max_error:.3g}: met by the fastest plan ({self.before.max_rel:.3g})"
+        if self.before is not None and self.budget.within(self.before):
+            return f"{self.budget}: met by the fastest plan ({Budget.of(self.before)})"
         state = ("met" if self.met else f"MISSED (after {ROUNDS} rounds of ranking)" if self.low_left
                  else "MISSED (the float32 plan itself is further off)")
-        return (f"error budget {self.max_error:.3g}: {state}; {len(self.demoted)} layer(s) kept in float32 "
-                f"({self.before.max_rel:.3g} -> {self.after.max_rel:.3g}, {self.evaluated} plan(s) measured)")
+        return (f"{self.budget}: {state}; {len(self.demoted)} layer(s) kept in float32 "
+                f"({Budget.of(self.before)} -> {Budget.of(self.after)}, {self.evaluated} plan(s) measured)")
 
     def to_dict(self):
-        return {"max_error": self.max_error, "demoted": list(self.demoted),
+        return {"max_error": self.budget.max_error, "min_cosine": self.budget.min_cosine, "demoted": list(self.demoted),
                 "before": self.before.to_dict() if self.before is not None else None,
                 "after": self.after.to_dict() if self.after is not None else None}
 
@@ -177,17 +219,19 @@ def rank(local, loss):
     return sorted(local, key=lambda n: (-(local[n] ** 2) / loss[n], n))
 
 
-def fit(session, max_error, inputs=None, samples=3, seed=0):
+def fit(session, budget, inputs=None, samples=3, seed=0):
     """Demote the fewest low-precision layers of ``session``'s plan (by :func:`rank`) to keep its
-    error within ``max_error``; sets ``session.demoted`` and the plan, returns a :class:`BudgetReport`.
+    error within ``budget`` (a :class:`Budget`, or a number: a ``max_error``); sets
+    ``session.demoted`` and the plan, returns a :class:`BudgetReport`.
 
     ``inputs``: a list of feeds in the session's io_format (default: ``samples`` seeded random ones)."""
-    max_error = checked(max_error)
+    if not isinstance(budget, Budget):
+        budget = Budget(max_error=budget)
     if inputs is None:
         inputs = [session.random_inputs(seed=seed + i) for i in range(samples)]
     refs = reference_outputs(session, inputs)
     nchw = [as_nchw(session, f) for f in inputs]
-    report = BudgetReport(float(max_error))
+    report = BudgetReport(budget)
 
     def error_of(demoted):
         session.demoted = set(demoted)
@@ -198,7 +242,7 @@ def fit(session, max_error, inputs=None, samples=3, seed=0):
     base = set(session.demoted)
     err = report.before = error_of(base)
     for _ in range(ROUNDS):
-        if err.max_rel <= max_error or not low_precision(session.plan.choice):
+        if budget.within(err) or not low_precision(session.plan.choice):
             break
         local = local_errors(session, nchw)
         report.local.update(local)
@@ -207,7 +251,7 @@ def fit(session, max_error, inputs=None, samples=3, seed=0):
         while hi - lo > 1:
             mid = (lo + hi) // 2
             e = error_of(base | set(order[:mid]))
-            if e.max_rel <= max_error:
+            if budget.within(e):
                 hi, hi_err = mid, e
             else:
                 lo = mid

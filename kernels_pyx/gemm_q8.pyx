@@ -186,26 +186,40 @@ cdef extern from "wb_dw_q8.h" nogil:
     ctypedef struct wbd_args:
         const uint8_t* x
         Py_ssize_t H, W, C
-        const int32_t* w
-        Py_ssize_t Cp, KH, KW, SH, SW, DH, DW, PT, PL, OH, OW
-        int zx
+        const int8_t* w
+        const uint8_t* zrow
+        Py_ssize_t pairs, KH, KW, SH, SW, DH, DW, PT, PL, OH, OW
         wbq_args epi
     void wbd_row(const wbd_args* p, Py_ssize_t n, Py_ssize_t oh)
 
 
 def pack_depthwise(w):
-    """Depthwise int8 weights ``w`` (C, 1, KH, KW) -> int32 (ceil(KH * KW / 2), C rounded up to
-    16), 64-byte aligned: per pair of taps (in row, column order) and channel, the two weights as
-    int16, the first in the low half (zero past C and past the last tap)."""
+    """Depthwise int8 weights ``w`` (C, 1, KH, KW) -> ``(packed, sums)``: int8 (ceil(C / 64),
+    ceil(KH * KW / 2), 4, 64), 64-byte aligned, the four VPDPBUSD operands of each 64-channel block
+    and pair of taps (in row, column order) that ``wb_dw_q8.h`` describes (zero past C and past
+    the last tap), and each channel's weight sum (int32 (C,), for the image's zero point)."""
     w = np.asarray(w)
     if w.dtype != np.int8 or w.ndim != 4 or w.shape[1] != 1 or min(w.shape) < 1:
         raise ValueError(f"gemm_q8.pack_depthwise: weights must be int8 (C, 1, KH, KW), got {w.dtype} {w.shape}")
     c, _, kh, kw = w.shape
-    taps = np.zeros(((kh * kw + 1) // 2 * 2, c), np.int16)
-    taps[:kh * kw] = w[:, 0].reshape(c, kh * kw).T
-    out = aligned_zeros((taps.shape[0] // 2, (c + 15) // 16 * 16), np.int32)
-    out[:, :c] = taps.reshape(-1, 2, c).transpose(0, 2, 1).copy().view(np.int32)[..., 0]
-    return out
+    pairs, blocks = (kh * kw + 1) // 2, (c + 63) // 64
+    taps = np.zeros((pairs * 2, blocks * 64), np.int8)
+    taps[:kh * kw, :c] = w[:, 0].reshape(c, kh * kw).T
+    # (tap pair, tap of the pair, block, lane L, lane channel j): channel 64b + 16L + j
+    t = taps.reshape(pairs, 2, blocks, 4, 16)
+    out = np.zeros((blocks, pairs, 4, 4, 4, 4), np.int8)   # (block, pair, vector, lane, dword i, byte)
+    for hi in (0, 1):
+        for odd in (0, 1):
+            j = 8 * hi + 2 * np.arange(4) + odd            # the lane channels of dwords i = 0..3
+            for e in (0, 1):                                # the pair's first or second tap
+                out[:, :, 2 * hi + odd, :, :, 2 * odd + e] = t[:, e][..., j].transpose(1, 0, 2, 3)
+    packed = aligned_zeros((blocks, pairs, 4, 64), np.int8)
+    packed[...] = out.reshape(blocks, pairs, 4, 64)
+    return packed, w.reshape(c, -1).sum(axis=1, dtype=np.int32)
+
+
+#: The most taps a depthwise window may have (wb_dw_q8.h's WBD_MAX_TAPS, less the odd one's partner).
+MAX_TAPS = 63
 
 
 cdef struct _DwCtx:
@@ -220,57 +234,76 @@ cdef void _dw_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
         wbd_row(&c.args, r // c.args.OH, r % c.args.OH)
 
 
-def depthwise(x, wp, kernel, strides, dilations, pads, int zx, mult, bias, out, int zo=0, bint relu=False,
-              lo=None, hi=None, int num_threads=1):
-    """qint8 depthwise convolution of uint8 NHWC ``x`` (N, H, W, C) with ``wp`` from
-    :func:`pack_depthwise`: ``sum (x - zx) * w`` over each window, then :func:`gemm`'s epilogue
-    (no residual) per channel into float32 or uint8 ``out`` (N, OH, OW, C); ``pads`` (top, left,
-    bottom, right)."""
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or not x.flags.c_contiguous:
-        raise ValueError(f"gemm_q8.depthwise: x must be a C-contiguous uint8 (N, H, W, C) array, got "
-                         f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
-    cdef Py_ssize_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
-    kh, kw = (int(v) for v in kernel)
-    sh, sw = (int(v) for v in strides)
-    dh, dw = (int(v) for v in dilations)
-    pt, pl, pb, pr = (int(v) for v in pads)
-    if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb, pr) < 0 or min(n, h, w, c) < 1:
-        raise ValueError(f"gemm_q8.depthwise: bad geometry kernel {kernel} strides {strides} dilations {dilations} "
-                         f"pads {pads} for x {x.shape}")
-    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
-    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"gemm_q8.depthwise: the output of x {x.shape} with kernel {kernel} is empty")
-    cp = (c + 15) // 16 * 16
-    if (not isinstance(wp, np.ndarray) or wp.dtype != np.int32 or wp.shape != ((kh * kw + 1) // 2, cp)
-            or not wp.flags.c_contiguous or wp.ctypes.data % 64):
-        raise ValueError(f"gemm_q8.depthwise: packed weights must be int32 ({(kh * kw + 1) // 2}, {cp}), C-contiguous and "
-                         f"64-byte aligned (pack_depthwise), got {getattr(wp, 'shape', type(wp))}")
-    if not 0 <= zx <= 255:
-        raise ValueError(f"gemm_q8.depthwise: the image's zero point must lie in [0, 255], got {zx}")
-    for name, v in (("mult", mult), ("bias", bias)):
-        if not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.shape != (c,) or not v.flags.c_contiguous:
-            raise ValueError(f"gemm_q8.depthwise: {name} must be float32 ({c},) contiguous")
-    if (not isinstance(out, np.ndarray) or out.dtype not in (np.float32, np.uint8) or out.shape != (n, oh, ow, c)
-            or not out.flags.c_contiguous or np.shares_memory(x, out)):
-        raise ValueError(f"gemm_q8.depthwise: out must be a C-contiguous float32 or uint8 ({n}, {oh}, {ow}, {c}) "
-                         f"array apart from x, got {getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
+cdef class Depthwise:
+    """A qint8 depthwise convolution of uint8 NHWC ``x`` (N, H, W, C) bound to its arrays, checked
+    once: ``wp`` from :func:`pack_depthwise`, ``comp`` int32 (C,) the image's zero point times
+    the weight sums, ``zrow`` at least C bytes of that zero point (what taps in the padding read),
+    then :func:`gemm`'s epilogue (no residual) per channel into float32 or uint8 ``out``
+    (N, OH, OW, C); ``pads`` (top, left, bottom, right)."""
+
     cdef _DwCtx d
-    _epilogue(&d.args.epi, out.reshape(-1, c), n * oh * ow, c, zo, relu, lo, hi, None, 1.0, "gemm_q8.depthwise")
-    cdef const uint8_t[:, :, :, ::1] xv = x
-    cdef const int32_t[:, ::1] wv = wp
-    cdef const float[::1] mv = mult
-    cdef const float[::1] bv = bias
-    d.args.x, d.args.H, d.args.W, d.args.C = &xv[0, 0, 0, 0], h, w, c
-    d.args.w, d.args.Cp, d.args.KH, d.args.KW = &wv[0, 0], cp, kh, kw
-    d.args.SH, d.args.SW, d.args.DH, d.args.DW, d.args.PT, d.args.PL = sh, sw, dh, dw, pt, pl
-    d.args.OH, d.args.OW, d.args.zx = oh, ow, zx
-    d.args.epi.comp, d.args.epi.mult, d.args.epi.bias = NULL, &mv[0], &bv[0]
-    d.args.epi.N = c
-    d.rows = n * oh
-    d.per = wb_jobs_per_chunk(d.rows, ow * c * kh * kw, num_threads)
-    with nogil:
-        wb_pool_run(_dw_chunk, &d, (d.rows + d.per - 1) // d.per, num_threads)
+    cdef object refs
+
+    def __init__(self, x, wp, kernel, strides, dilations, pads, comp, mult, bias, out, zrow, int zo=0,
+                 bint relu=False, lo=None, hi=None):
+        who = "gemm_q8.depthwise"
+        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or not x.flags.c_contiguous:
+            raise ValueError(f"{who}: x must be a C-contiguous uint8 (N, H, W, C) array, got "
+                             f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}")
+        n, h, w, c = x.shape
+        kh, kw = (int(v) for v in kernel)
+        sh, sw = (int(v) for v in strides)
+        dh, dw = (int(v) for v in dilations)
+        pt, pl, pb, pr = (int(v) for v in pads)
+        if min(kh, kw, sh, sw, dh, dw) < 1 or min(pt, pl, pb, pr) < 0 or min(n, h, w, c) < 1:
+            raise ValueError(f"{who}: bad geometry kernel {kernel} strides {strides} dilations {dilations} "
+                             f"pads {pads} for x {x.shape}")
+        oh, ow = out_size(h, kh, sh, dh, pt, pb), out_size(w, kw, sw, dw, pl, pr)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{who}: the output of x {x.shape} with kernel {kernel} is empty")
+        pairs = (kh * kw + 1) // 2
+        if kh * kw > MAX_TAPS:
+            raise ValueError(f"{who}: a {kh}x{kw} window has more than {MAX_TAPS} taps")
+        if (not isinstance(wp, np.ndarray) or wp.dtype != np.int8 or wp.shape != ((c + 63) // 64, pairs, 4, 64)
+                or not wp.flags.c_contiguous or wp.ctypes.data % 64):
+            raise ValueError(f"{who}: packed weights must be int8 {((c + 63) // 64, pairs, 4, 64)}, C-contiguous and "
+                             f"64-byte aligned (pack_depthwise), got {getattr(wp, 'shape', type(wp))}")
+        if (not isinstance(zrow, np.ndarray) or zrow.dtype != np.uint8 or zrow.ndim != 1 or zrow.size < c
+                or not zrow.flags.c_contiguous):
+            raise ValueError(f"{who}: zrow must be a contiguous uint8 array of at least {c} bytes")
+        if (not isinstance(out, np.ndarray) or out.shape != (n, oh, ow, c) or not out.flags.c_contiguous
+                or np.shares_memory(x, out)):
+            raise ValueError(f"{who}: out must be a C-contiguous ({n}, {oh}, {ow}, {c}) array apart from x, "
+                             f"got {getattr(out, 'shape', type(out))}")
+        for name, v, dt in (("comp", comp, np.int32), ("mult", mult, np.float32), ("bias", bias, np.float32)):
+            if not isinstance(v, np.ndarray) or v.dtype != dt or v.shape != (c,) or not v.flags.c_contiguous:
+                raise ValueError(f"{who}: {name} must be {np.dtype(dt)} ({c},) contiguous")
+        _epilogue(&self.d.args.epi, out.reshape(-1, c), n * oh * ow, c, zo, relu, lo, hi, None, 1.0, who)
+        self.d.args.epi.comp = <const int32_t*> cnp.PyArray_DATA(<cnp.ndarray> comp)
+        self.d.args.epi.mult = <const float*> cnp.PyArray_DATA(<cnp.ndarray> mult)
+        self.d.args.epi.bias = <const float*> cnp.PyArray_DATA(<cnp.ndarray> bias)
+        self.d.args.epi.N = c
+        self.d.args.x = <const uint8_t*> cnp.PyArray_DATA(<cnp.ndarray> x)
+        self.d.args.H, self.d.args.W, self.d.args.C = h, w, c
+        self.d.args.w = <const int8_t*> cnp.PyArray_DATA(<cnp.ndarray> wp)
+        self.d.args.zrow = <const uint8_t*> cnp.PyArray_DATA(<cnp.ndarray> zrow)
+        self.d.args.pairs, self.d.args.KH, self.d.args.KW = pairs, kh, kw
+        self.d.args.SH, self.d.args.SW, self.d.args.DH, self.d.args.DW = sh, sw, dh, dw
+        self.d.args.PT, self.d.args.PL, self.d.args.OH, self.d.args.OW = pt, pl, oh, ow
+        self.d.rows = n * oh
+        self.refs = (x, wp, comp, mult, bias, out, zrow)
+
+    def __call__(self, int num_threads=1):
+        cdef int nt = max(num_threads, 1)
+        with nogil:
+            self.d.per = wb_jobs_per_chunk(self.d.rows, self.d.args.OW * self.d.args.C * self.d.args.KH * self.d.args.KW, nt)
+            wb_pool_run(_dw_chunk, &self.d, (self.d.rows + self.d.per - 1) // self.d.per, nt)
+
+
+def depthwise(x, wp, kernel, strides, dilations, pads, comp, mult, bias, out, zrow, int zo=0, bint relu=False,
+              lo=None, hi=None, int num_threads=1):
+    """:class:`Depthwise` bound and run once; returns ``out``."""
+    Depthwise(x, wp, kernel, strides, dilations, pads, comp, mult, bias, out, zrow, zo, relu, lo, hi)(num_threads)
     return out
 
 
@@ -303,7 +336,9 @@ cdef void _col_chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
 
 
 def out_size(Py_ssize_t size, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d, Py_ssize_t pb, Py_ssize_t pe):
-    return (size + pb + pe - (k - 1) * d - 1) // s + 1
+    """Output positions of a window of ``k`` taps ``d`` apart at stride ``s`` (0 where none fits)."""
+    cdef Py_ssize_t span = size + pb + pe - (k - 1) * d
+    return 0 if span < 1 else (span - 1) // s + 1
 
 
 def im2col(x, kernel, strides, dilations, pads, int fill, out, int num_threads=1):

@@ -69,12 +69,26 @@ static inline void wbq_store(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, ptrdi
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define WBQ_NATIVE 1
 
-static inline void wbq_epilogue(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m512i acc) {
+/* The epilogue's per-column constants of columns n0..n0+15 (a kernel loading them once for many rows). */
+typedef struct {
+    __mmask16 k;
+    __m512i comp;
+    __m512 mult, bias;
+} wbq_consts;
+
+static inline wbq_consts wbq_load(const wbq_args* p, ptrdiff_t n0) {
+    wbq_consts c;
     ptrdiff_t cols = p->N - n0 < 16 ? p->N - n0 : 16;
-    __mmask16 k = (__mmask16)((1u << cols) - 1u);
-    __m512i s = p->comp ? _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(k, p->comp + n0)) : acc;
-    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_maskz_loadu_ps(k, p->mult + n0),
-                               _mm512_maskz_loadu_ps(k, p->bias + n0));
+    c.k = (__mmask16)((1u << cols) - 1u);
+    c.comp = p->comp ? _mm512_maskz_loadu_epi32(c.k, p->comp + n0) : _mm512_setzero_si512();
+    c.mult = _mm512_maskz_loadu_ps(c.k, p->mult + n0);
+    c.bias = _mm512_maskz_loadu_ps(c.k, p->bias + n0);
+    return c;
+}
+
+static inline void wbq_finish(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m512i acc, const wbq_consts* c) {
+    const __mmask16 k = c->k;
+    __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, c->comp)), c->mult, c->bias);
     if (p->res) {
         __m512 r = p->res_u8
             ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, (const uint8_t*)p->res + m * p->ldr + n0)))
@@ -93,6 +107,11 @@ static inline void wbq_epilogue(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __
         y = _mm512_min_ps(_mm512_set1_ps(p->fhi), _mm512_max_ps(_mm512_set1_ps(p->flo), y));
         _mm512_mask_storeu_ps((float*)p->out + m * p->ldo + n0, k, y);
     }
+}
+
+static inline void wbq_epilogue(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m512i acc) {
+    wbq_consts c = wbq_load(p, n0);
+    wbq_finish(p, m, n0, acc, &c);
 }
 
 #if defined(__AMX_INT8__) && defined(__AMX_TILE__)
@@ -151,9 +170,11 @@ static void wbq_job_amx(const wbq_args* p, ptrdiff_t m0_, ptrdiff_t m1, ptrdiff_
                 if (wide)
                     _tile_stored(3, stage + 16 * 32 + 16, 128);
             }
-            for (int r = 0; r < mr; r++)
-                for (int c = 0; c <= wide && (b0 + c) * 16 < p->N; c++)
-                    wbq_epilogue(p, m0 + r, (b0 + c) * 16, _mm512_load_si512((const void*)(stage + 32 * r + 16 * c)));
+            for (int c = 0; c <= wide && (b0 + c) * 16 < p->N; c++) {
+                const wbq_consts k = wbq_load(p, (b0 + c) * 16);
+                for (int r = 0; r < mr; r++)
+                    wbq_finish(p, m0 + r, (b0 + c) * 16, _mm512_load_si512((const void*)(stage + 32 * r + 16 * c)), &k);
+            }
         }
     }
     _tile_release();

@@ -138,26 +138,32 @@ def _dw_reference(x, w, zx, kernel, strides, dilations, pads):
     return out
 
 
+def _dw(mod, x, w, zx):
+    """pack_depthwise's weights, with the zero point's compensation and padding row."""
+    wp, sums = mod.pack_depthwise(w)
+    np.testing.assert_array_equal(sums, w.reshape(w.shape[0], -1).astype(np.int64).sum(axis=1))
+    return wp, (sums * np.int32(zx)).astype(np.int32), np.full(x.shape[3], zx, np.uint8)
+
+
 @pytest.mark.parametrize("mod", BUILDS, ids=IDS)
-@settings(max_examples=20, deadline=None)
-@given(c=st.sampled_from([1, 5, 16, 37]), k=st.sampled_from([(3, 3), (5, 5), (1, 7)]), s=st.sampled_from([1, 2]),
-       d=st.sampled_from([1, 2]), pads=st.tuples(*[st.integers(0, 2)] * 4), threads=st.sampled_from([1, 2]),
-       seed=st.integers(0, 2 ** 16))
+@settings(max_examples=25, deadline=None)
+@given(c=st.sampled_from([1, 5, 16, 37, 64, 100, 130]), k=st.sampled_from([(3, 3), (5, 5), (1, 7), (2, 2)]),
+       s=st.sampled_from([1, 2]), d=st.sampled_from([1, 2]), pads=st.tuples(*[st.integers(0, 2)] * 4),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 16))
 def test_depthwise_sums_are_exact(mod, c, k, s, d, pads, threads, seed):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (2, 9, 11, c), dtype=np.uint8)
     w = rng.integers(-128, 128, (c, 1, *k), dtype=np.int8)
     zx = int(rng.integers(0, 256))
-    wp = mod.pack_depthwise(w)
+    wp, comp, zrow = _dw(mod, x, w, zx)
+    ones, zeros = np.ones(c, np.float32), np.zeros(c, np.float32)
     if min(9 + pads[0] + pads[2] - (k[0] - 1) * d, 11 + pads[1] + pads[3] - (k[1] - 1) * d) < 1:
         with pytest.raises(ValueError, match="is empty"):
-            mod.depthwise(x, wp, k, (s, s), (d, d), pads, zx, np.ones(c, np.float32), np.zeros(c, np.float32),
-                          np.zeros((2, 1, 1, c), np.float32))
+            mod.depthwise(x, wp, k, (s, s), (d, d), pads, comp, ones, zeros, np.zeros((2, 1, 1, c), np.float32), zrow)
         return
     want = _dw_reference(x, w, zx, k, (s, s), (d, d), pads)
     out = np.full(want.shape, np.nan, np.float32)
-    mod.depthwise(x, wp, k, (s, s), (d, d), pads, zx, np.ones(c, np.float32), np.zeros(c, np.float32), out,
-                  num_threads=threads)
+    mod.depthwise(x, wp, k, (s, s), (d, d), pads, comp, ones, zeros, out, zrow, num_threads=threads)
     np.testing.assert_array_equal(out.astype(np.int64), want)
 
 
@@ -169,16 +175,19 @@ def test_depthwise_requantizes_within_one_lsb(mod, rng):
     mult, bias = rng.uniform(1e-3, 8e-3, c).astype(np.float32), rng.uniform(-20, 20, c).astype(np.float32)
     want = _dw_reference(x, w, 100, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)) * mult.astype(np.float64) + bias
     out = np.zeros((1, 14, 14, c), np.uint8)
-    mod.depthwise(x, mod.pack_depthwise(w), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 100, mult, bias, out, zo=7,
-                  relu=True, num_threads=2)
+    wp, comp, zrow = _dw(mod, x, w, 100)
+    geo = ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
+    mod.depthwise(x, wp, *geo, comp, mult, bias, out, zrow, zo=7, relu=True, num_threads=2)
     q = np.clip(np.rint(want) + 7, 7, 255)
     diff = np.abs(out.astype(np.int64) - q)
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
-    with pytest.raises(ValueError, match="packed weights must be int32 \\(5, 48\\)"):
-        mod.depthwise(x, np.zeros((5, 40), np.int32), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 100, mult, bias, out)
+    with pytest.raises(ValueError, match="packed weights must be int8 \\(1, 5, 4, 64\\)"):
+        mod.depthwise(x, np.zeros((5, 40), np.int32), *geo, comp, mult, bias, out, zrow)
     with pytest.raises(ValueError, match="x must be a C-contiguous uint8"):
-        mod.depthwise(x.astype(np.int8), mod.pack_depthwise(w), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 100, mult,
-                      bias, out)
+        mod.depthwise(x.astype(np.int8), wp, *geo, comp, mult, bias, out, zrow)
     with pytest.raises(ValueError, match="out must be"):
-        mod.depthwise(x, mod.pack_depthwise(w), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 100, mult, bias,
-                      np.zeros((1, 12, 12, c), np.uint8))
+        mod.depthwise(x, wp, *geo, comp, mult, bias, np.zeros((1, 12, 12, c), np.uint8), zrow)
+    with pytest.raises(ValueError, match="zrow must be"):
+        mod.depthwise(x, wp, *geo, comp, mult, bias, out, zrow[:10])
+    with pytest.raises(ValueError, match="comp must be int32"):
+        mod.depthwise(x, wp, *geo, comp[:3], mult, bias, out, zrow)

@@ -128,9 +128,10 @@ def test_bound_steps_match_run_bit_for_bit(monkeypatch, op, descriptor, threads)
         for out in ref:
             np.testing.assert_array_equal(bound[out], unbound[out], err_msg=f"{name}: {out}")
             scale = max(float(np.abs(ref[out]).max()), 1e-6)
-            # bfloat16 routines: within the tolerance their rounding allows; qint8 ones: a few
-            # steps of 8-bit ranges (tests/routines/test_qint8.py checks them to the integer)
-            rtol = tolerance(len(used)) if ":bfloat16:" in descriptor else 0.06 if ":qint8:" in descriptor else 1e-4
+            # bfloat16 routines: within the tolerance their rounding allows; qint8 ones: the
+            # input's 8-bit steps summed over a window, against a peak that a Clip may cut to
+            # 0.9 (tests/routines/test_qint8.py checks them to the integer)
+            rtol = tolerance(len(used)) if ":bfloat16:" in descriptor else 0.15 if ":qint8:" in descriptor else 1e-4
             assert float(np.abs(bound[out] - ref[out]).max()) / scale < rtol
 
 

@@ -163,19 +163,30 @@ class _DepthwiseQ8(_ConvQ8, register=False):
     def _shape_applies(cls, layer, specs):
         w, c = layer.consts[1], specs[0].shape[1]
         return (layer.attrs["group"] == c and w.shape[0] == c and w.shape[1] == 1
-                and not layer.attrs.get("residual"))
+                and w.shape[2] * w.shape[3] <= kernels().MAX_TAPS and not layer.attrs.get("residual"))
 
     @classmethod
     def prepare(cls, layer, quant=None):
         q, scales = quantize_weights(np.asarray(layer.consts[1], np.float32))
-        return {"w": kernels().pack_depthwise(q), "rq": cls._requant(layer, quant, scales)}
+        packed, sums = kernels().pack_depthwise(q)
+        rq = cls._requant(layer, quant, scales)
+        return {"w": packed, "comp": np.ascontiguousarray(sums * np.int32(rq.zx), np.int32), "rq": rq,
+                "zrow": np.full(q.shape[0], rq.zx, np.uint8)}
+
+    @classmethod
+    def _conv(cls, layer, state, args, outs):
+        kernel, strides, dilations, pads, _ = geometry(layer)
+        rq = state["rq"]
+        return kernels().Depthwise(args[0], state["w"], kernel, strides, dilations, pads, state["comp"], rq.mult,
+                                   rq.bias, outs[0], state["zrow"], zo=rq.zo, lo=rq.lo, hi=rq.hi)
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        return cls._conv(layer, state, args, outs)
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        kernel, strides, dilations, pads, _ = geometry(layer)
-        rq = state["rq"]
-        kernels().depthwise(args[0], state["w"], kernel, strides, dilations, pads, rq.zx, rq.mult, rq.bias, outs[0],
-                            zo=rq.zo, lo=rq.lo, hi=rq.hi, num_threads=num_threads)
+        cls._conv(layer, state, args, outs)(num_threads)
 
 
 class NhwcDepthwiseQ8(_DepthwiseQ8):

@@ -80,7 +80,12 @@ def _row(name, args, db):
     runners = {p: (lambda m=compiled[p]: m.run(feeds)) for p in PLANS}
     engine_list = [engines.Engine(p, runners[p], None) for p in PLANS]
     ort = engines.onnxruntime(model, feeds, args.threads)
-    q8 = engines.ort_quantized(model, cal)
+    try:
+        q8 = engines.ort_quantized(model, cal)
+    except Exception as e:   # noqa: BLE001 - a model ORT cannot quantize still has our plans and the others
+        q8, peer_notes = None, [f"ORT int8: {type(e).__name__}: {str(e)[:200]}"]
+    else:
+        peer_notes = []
     ort8 = None if q8 is None else engines.onnxruntime(q8, feeds, args.threads)
     ov = engines.openvino(model, feeds, args.threads, precision="bf16")
     for key, e in (("ort", ort), ("ort_int8", ort8), ("ov_bf16", ov)):
@@ -91,7 +96,8 @@ def _row(name, args, db):
     idle = wb_bench.first_after_idle(engine_list, args.idle_runs, args.idle / 1e3)
     lat = {k: v.median * 1e3 for k, v in timed.items()}
     row = {"model": name, **{f"{k}_ms": v for k, v in lat.items()}, "tune_all_s": tune_all,
-           "budget": plans["mixed"][1]}
+           "budget": plans["mixed"][1], "peer_notes": peer_notes,
+           "same_plan_as_qint8": plans["mixed"][0] == plans["qint8"][0]}
     row["mixed_vs_best_own"] = lat["mixed"] / min(lat["fp32"], lat["qint8"])
     if "ort_int8" in lat:
         row["mixed_vs_ort_int8"] = lat["mixed"] / lat["ort_int8"]
@@ -155,7 +161,9 @@ def main(argv=None):
              f"idle/warm: the first run after {args.idle:g} ms idle over the warm median.", "",
              "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
-    lines += [f"- {r['model']}: {r['budget']}" for r in rows if r.get("budget")]
+    lines += [f"- {r['model']}: {r['budget']}" + ("; the mixed plan is the qint8 plan" if r.get("same_plan_as_qint8")
+                                                  else "") for r in rows if r.get("budget")]
+    lines += [f"- {r['model']}: {n}" for r in rows for n in r.get("peer_notes", [])]
     lines += [f"- {n}" for n in notes]
     (out / "qint8.md").write_text("\n".join(lines) + "\n")
     (out / "qint8.json").write_text(json.dumps({"rows": rows, "notes": notes, "args": vars(args),

@@ -19,7 +19,8 @@ def run(name, tmp_path, **overrides):
 
 def test_every_notebook_is_tested():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == [
-        "01_quickstart", "02_pin_and_retune", "03_routine_families", "04_your_model", "05_detector", "05_precision"]
+        "01_quickstart", "02_pin_and_retune", "03_routine_families", "04_your_model", "05_detector", "05_precision",
+        "06_mixed_precision"]
 
 
 def test_01_quickstart(tmp_path):
@@ -100,3 +101,27 @@ def test_05_precision(tmp_path):
     b = r["budget"]   # half the mixed plan's error: met by keeping layers float32, at a price in time
     assert b is not None and b["demoted"] and b["after"]["max_rel"] <= b["max_error"] == e["max_rel"] / 2
     assert r["budget_predicted_ms"] >= r["mixed_predicted_ms"] * (1 - 1e-9)
+
+
+def test_06_mixed_precision(tmp_path):
+    pytest.importorskip("sklearn", reason="the notebook trains on scikit-learn's digits (the ui extra installs it)")
+    from workbench.routines.qint8 import kernels
+    r = run("06_mixed_precision", tmp_path, RUNS=3, CALIBRATION=32)
+    acc = r["accuracy"]
+    assert r["test_accuracy"] > 0.9 and acc["float32"] == pytest.approx(r["test_accuracy"], abs=2e-3)
+    # the acceptance: the mixed plan's top-1 within 1 point of float32's on the held-out digits
+    assert abs(acc["mixed"] - acc["float32"]) <= 0.01
+    assert r["cosine"]["float32"] > 1 - 1e-9 and r["cosine"]["mixed"] >= 0.99
+    assert r["predicted_ms"]["mixed"] <= r["predicted_ms"]["float32"] * (1 + 1e-9)
+    assert set(r["measured_ms"]) == {"float32", "qint8", "mixed"}
+    front = r["frontier"]
+    assert front[0]["kept"] == 0 and any(p["pareto"] for p in front)
+    assert front[-1]["layers"].get("float32") == sum(front[-1]["layers"].values())
+    if kernels() is None:
+        assert r["qint8_layers"]["qint8"] == 0
+        return
+    assert r["qint8_layers"]["qint8"] >= 3 and r["sensitivity"]   # the qint8 plan: every layer it can
+    assert all(0 < c <= 1 + 1e-9 for c in r["sensitivity"].values())
+    # the tighter budget (a quarter of the free plan's distance from float32) keeps layers in float32
+    assert r["table_has_sensitivity"]
+    assert r["tight_met"] and r["tight_kept"] and set(r["tight_kept"]) <= set(r["frontier"][-1]["demoted"])

@@ -114,3 +114,73 @@ def test_cli_tune_with_qint8(tmp_path, capsys):
     assert Session.load(out).min_cosine == 0.99
     assert main(base + ["--precision", "qint8", "--synthetic-calibration"]) == 0
     assert "seeded random" in capsys.readouterr().out
+
+
+@needs_vnni
+def test_the_frontier_walks_from_the_fastest_plan_to_float32(tmp_path):
+    s = _session(tmp_path)
+    cal = _feeds(s)
+    s.calibrate(cal)
+    s.tune(precisions=["qint8"])
+    before = dict(s.plan.choice)
+    points = s.frontier()
+    assert dict(s.plan.choice) == before   # the session's plan is as it was
+    assert points[0].kept == 0 and points[0].layers.get("qint8", 0) > 0
+    last = points[-1]
+    assert last.layers == {"float32": len(s.graph)} and last.error.cosine > 1 - 1e-9
+    assert [p.kept for p in points] == sorted({p.kept for p in points})
+    # pareto: exactly the points no other beats on both latency and cosine (brute force)
+    for p in points:
+        beaten = any(q.predicted_s <= p.predicted_s and q.error.cosine >= p.error.cosine
+                     and (q.predicted_s, q.error.cosine) != (p.predicted_s, p.error.cosine) for q in points)
+        assert p.pareto == (not beaten)
+    assert any(p.pareto for p in points) and points[0].pareto   # the fastest plan is never beaten on latency
+    d = points[0].to_dict()
+    assert d["predicted_ms"] == pytest.approx(points[0].predicted_s * 1e3) and d["layers"] == points[0].layers
+
+
+@needs_vnni
+def test_sensitivity_is_the_error_with_only_that_layer_low(tmp_path):
+    from workbench.runtime.compiled import CompiledModel
+    from workbench.runtime.interpreter import ReferenceExecutor
+    s = _session(tmp_path)
+    cal = _feeds(s, 3)
+    s.calibrate(cal)
+    s.tune(precisions=["qint8"])
+    sens = s.sensitivity()
+    low = {n for n, d in s.plan.choice.items() if ":qint8:" in d}
+    assert set(sens) <= low and len(sens) >= len(low) - 1   # a view routine's layer computes nothing
+    name, err = min(sens.items(), key=lambda kv: kv[1].cosine)
+    # by hand: every other layer on a float32 routine, this one on its qint8 routine
+    costs, _ = s.costs()
+    choice = {n: (d if n == name or ":float32:" in d else
+                  min((k for k in costs[n] if ":float32:" in k), key=costs[n].get)) for n, d in s.plan.choice.items()}
+    model = CompiledModel(s.graph, choice, num_threads=2)
+    want = compare([model.run(f) for f in cal], [ReferenceExecutor(s.graph).run(f) for f in cal])
+    assert err.cosine == pytest.approx(want.cosine, abs=1e-12) and err.max_rel == pytest.approx(want.max_rel)
+    rows = {r["name"]: r for r in s.layer_rows()}
+    assert rows[name]["sensitivity"] is err and rows[name]["precision"] == "qint8"
+    s.tune(precisions=["float32"])   # another plan: the sensitivities were of the old one
+    assert s.sensitivities == {}
+
+
+@needs_vnni
+def test_pin_precision(tmp_path):
+    from workbench.errors import PinError
+    s = _session(tmp_path)
+    conv = next(layer.name for layer in s.graph if layer.op == "Conv" and layer.attrs["group"] == 1
+                and s.graph.input_specs(layer)[0].shape[1] > 3)
+    with pytest.raises(PinError, match="calibrate\\(\\) first"):
+        s.pin_precision(conv, "qint8")
+    with pytest.raises(PinError, match="unknown precision"):
+        s.pin_precision(conv, "int4")
+    s.calibrate(_feeds(s))
+    s.pin_precision(conv, "int8")   # an alias
+    s.tune(precisions=["float32"])  # qint8 not allowed elsewhere, but this layer is pinned to it
+    assert ":qint8:" in s.plan.choice[conv]
+    assert all(":float32:" in d for n, d in s.plan.choice.items() if n != conv)
+    s.unpin_precision(conv).pin_precision(conv, "float32")
+    s.tune(precisions=["qint8"])
+    assert ":float32:" in s.plan.choice[conv] and s.low_precision == ["qint8"]
+    with pytest.raises(PinError, match="no precision pin"):
+        s.unpin_precision(next(iter(s.graph)).name)

@@ -44,3 +44,7 @@ class InputError(WorkbenchError):
 def where(layer):
     """Describe a layer for an error message: ``node 'conv_12' (Conv)``."""
     return f"node {layer.name!r} ({layer.op})"
+
+
+class PinError(WorkbenchError):
+    """A pin that names an unknown layer, an unknown routine or precision, or one that does not apply."""

@@ -19,23 +19,20 @@ import numpy as np
 
 from . import routines
 from .routines import adapts
-from .errors import WorkbenchError, where
+from .errors import PinError, WorkbenchError, where
 from .ir.formats import parse_precisions
 from .ir.graph import NCHW, NHWC
 from .ir.quant import QuantError
 from .runtime.compiled import CompiledModel, default_threads
 from .session_comparisons import SessionComparisons
 from .session_precision import SessionPrecision
+from .session_rows import SessionRows
 from .session_files import NotTunedError, SessionFiles
 from .tuning import filters as assign_mod
 from .tuning import search
 from .tuning.profiler import adapt_pairs
 from .tuning.profiler import problem as make_problem
 from .tuning.profiler import profile as run_profile
-
-
-class PinError(WorkbenchError):
-    """A pin that names an unknown layer, an unknown routine, or a routine that does not apply."""
 
 
 def _precisions(values):
@@ -45,7 +42,7 @@ def _precisions(values):
         raise WorkbenchError(str(e)) from None
 
 
-class Session(SessionFiles, SessionComparisons, SessionPrecision):
+class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows):
     """A model being tuned.
 
     Parameters
@@ -82,6 +79,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         self.profiled = None        # Profile
         self.filters = []           # filter strings
         self.pins = {}              # layer name -> descriptor
+        self.precision_pins = {}    # layer name -> the data type it must compute in (pin_precision)
         self.precisions = routines.FLOAT32_ONLY   # data types tuning may choose routines of
         self.max_error = None       # error budget against float32 (tuning.budget), None: none
         self.min_cosine = None      # cosine budget against float32 (tuning.budget), None: none
@@ -98,6 +96,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         self.calibration = None     # what the bias correction's means were calibrated on (calibrate_means)
         self.quant_calibration = None   # what the qint8 ranges were calibrated on (calibrate)
         self.calibration_inputs = None  # the feeds calibrate() was given (error budgets are checked on them)
+        self.sensitivities = {}     # layer -> PrecisionError with only it below float32 (sensitivity())
         self.tuned_on = None        # fingerprint facts of the machine a loaded file was tuned on
         self.tuned_metadata = None  # model metadata of a loaded tuned file
         self.loaded_costs = None    # {layer: {descriptor: s}} a loaded tuned file was tuned with
@@ -262,6 +261,8 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         allowed, self.fallbacks = assign_mod.allowed(self.graph, self.filters, self.precisions)
         for layer in self.demoted:
             allowed[layer] = [d for d in allowed[layer] if d.split(":")[1] == "float32"] or allowed[layer]
+        for layer, dtype in self.precision_pins.items():
+            allowed[layer] = self._precision_routines(layer, dtype)
         for layer, descriptor in self.pins.items():
             allowed[layer] = [descriptor]
         return allowed
@@ -293,7 +294,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         before, self.plan = self.plan, search.solve(prob)
         self.search_s = time.perf_counter() - t0
         if before is None or dict(before.choice) != dict(self.plan.choice):
-            self._compiled, self.precision = None, None
+            self._compiled, self.precision, self.sensitivities = None, None, {}
         self.measured, self.comparison = None, None
         return self.plan
 
@@ -381,33 +382,6 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision):
         return model.run_timed(feeds)[1]
 
     # -- what the plan is, layer by layer ---------------------------------------------------
-    def layer_rows(self):
-        """One dict per layer: index, name, op, routine, cost (ms), its spread, the best other
-        routine and its cost, whether pinned, the adapts feeding it."""
-        plan = self._need_plan()
-        if self.profiled is None and self.loaded_costs is not None:
-            costs = self.loaded_costs   # a loaded tuned file: the costs it was tuned with
-        else:
-            costs, _ = self.costs()
-        adapts_in = {}
-        for (tensor, src, dst), readers in plan.readers.items():
-            steps = adapts.steps_of(tensor, self.graph.spec(tensor), src, dst)
-            for r in readers:
-                adapts_in.setdefault(r, []).extend(steps)
-        rows = []
-        for i, layer in enumerate(self.graph):
-            chosen = plan.choice[layer.name]
-            c = costs.get(layer.name, {})
-            others = sorted((v, d) for d, v in c.items() if d != chosen)
-            rec = self.profiled.routine.get(layer.name, {}).get(chosen) if self.profiled is not None else None
-            rows.append(dict(index=i, name=layer.name, op=layer.op, routine=chosen,
-                             cost_ms=c.get(chosen, float("nan")) * 1e3,
-                             spread_ms=(rec.spread * 1e3) if rec else float("nan"),
-                             runner_up=others[0][1] if others else "", runner_up_ms=others[0][0] * 1e3 if others else float("nan"),
-                             candidates=len(c), pinned=layer.name in self.pins,
-                             adapts=adapts_in.get(layer.name, [])))
-        return rows
-
     def __repr__(self):
         state = "untuned" if self.plan is None else (f"tuned ({self.plan.method}), predicted "
                                                        f"{self.plan.cost * 1e3:.2f} ms")

@@ -81,6 +81,71 @@ class SessionPrecision:
         self._compiled, self.precision = None, None
         return means
 
+    def _error_inputs(self, inputs, samples=3):
+        """``inputs``, else the calibration inputs, else ``samples`` seeded random ones."""
+        if inputs is not None:
+            return list(inputs)
+        if self.calibration_inputs is not None:
+            return list(self.calibration_inputs)
+        return [self.random_inputs(seed=i) for i in range(samples)]
+
+    def sensitivity(self, inputs=None):
+        """Each low-precision layer's sensitivity: the error of the outputs against float32 (a
+        :class:`~workbench.tuning.precision.PrecisionError`) when only that layer of the plan
+        computes below float32 (:func:`workbench.tuning.frontier.sensitivity`), on ``inputs``
+        (default: the calibration inputs).  Kept as :attr:`sensitivities` for this plan."""
+        from .tuning.frontier import sensitivity
+        self._need_plan()
+        self.sensitivities = sensitivity(self, self._error_inputs(inputs))
+        return self.sensitivities
+
+    def frontier(self, inputs=None, steps=None):
+        """The latency/error Pareto frontier between the fastest plan and float32
+        (:func:`workbench.tuning.frontier.frontier`): a list of points, each a plan with a
+        growing set of layers kept in float32, its predicted latency and measured error on
+        ``inputs`` (default: the calibration inputs), ``pareto`` where no point beats it."""
+        from .tuning.frontier import frontier
+        return frontier(self, self._error_inputs(inputs), steps)
+
+    def pin_precision(self, layer, dtype):
+        """Keep ``layer`` (name or index) in data type ``dtype`` (float32, bfloat16, qint8 or an
+        alias), whatever :attr:`precisions` allows elsewhere: the selection then chooses among its
+        routines of that type only (a routine pin still wins).  Takes effect at the next
+        :meth:`retune`; returns the session.  PinError where no routine of that type applies."""
+        from .errors import PinError
+        from .ir.formats import parse_precisions
+        target = self.layer(layer)
+        try:
+            dtype = parse_precisions([dtype])[-1]
+        except ValueError as e:
+            raise PinError(f"pin {target.name} to a precision: {e}") from None
+        self._precision_routines(target.name, dtype)   # validated now, not at the next retune
+        self.precision_pins[target.name] = dtype
+        return self
+
+    def unpin_precision(self, layer):
+        """Drop ``layer``'s precision pin; returns the session."""
+        from .errors import PinError
+        name = self.layer(layer).name
+        if self.precision_pins.pop(name, None) is None:
+            raise PinError(f"layer {name!r} has no precision pin (pinned: {', '.join(self.precision_pins) or 'none'})")
+        return self
+
+    def _precision_routines(self, name, dtype):
+        """The descriptors of ``dtype`` routines that apply to layer ``name`` (the reference only
+        where nothing else does); PinError where none does."""
+        from . import routines
+        from .errors import PinError, where
+        from .tuning.profiler import candidates
+        layer = self.graph.layer(name)
+        found = [r.descriptor for r in candidates(self.graph, layer, (dtype,))]
+        if not found:
+            needs = " (calibrate() first: qint8 routines need the tensors' ranges)" if dtype == "qint8" else ""
+            ok = sorted({r.dtype for r in routines.applicable(self.graph, layer, precisions=None)})
+            raise PinError(f"pin {name} to {dtype}: no {dtype} routine applies to {where(layer)}{needs}; "
+                           f"its routines compute in {', '.join(ok)}")
+        return found
+
     def _fit_budget(self, inputs):
         from .tuning.budget import fit
         from .tuning.budget import Budget

@@ -103,7 +103,8 @@ def ort_quantized(model, calibration):
     """``model`` quantized by ONNX Runtime's ``quantize_static`` as its int8 CPU path is meant to
     be used: QDQ, uint8 activations, int8 weights per channel, MinMax ranges over
     ``calibration`` (a list of NCHW feeds); the quantized ModelProto, or None when onnxruntime
-    is not installed."""
+    is not installed.  A model below opset 13 is converted to 13 first (per-channel
+    DequantizeLinear needs it)."""
     try:
         from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                               quantize_static)
@@ -119,15 +120,15 @@ def ort_quantized(model, calibration):
         def get_next(self):
             return next(self.rest, None)
 
-    if hasattr(model, "SerializeToString"):
-        model = model.SerializeToString()
+    proto = model if hasattr(model, "SerializeToString") else onnx.load_from_string(model) if isinstance(
+        model, bytes) else onnx.load(os.fspath(model))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:   # per-channel DequantizeLinear (its axis) needs opset 13
+        from onnx import version_converter
+        proto = version_converter.convert_version(proto, 13)
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, out = (os.path.join(tmp, f) for f in ("model.onnx", "pre.onnx", "int8.onnx"))
-        if isinstance(model, bytes):
-            with open(src, "wb") as f:
-                f.write(model)
-        else:
-            src = os.fspath(model)
+        onnx.save(proto, src)
         try:
             quant_pre_process(src, pre, skip_symbolic_shape=True)
         except Exception:   # the pre-processing is an optimisation of the result, not needed for it

@@ -4,8 +4,9 @@
 int8 weights: a 1x1 unit-stride unpadded one on the image itself, the others on windows gathered
 a tile of output rows at a time into the workspace (the padding filled with the image's zero
 point, which is real zero).  ``cpu:qint8:nhwc/gemm_amx`` is the same on AMX tiles, where the
-CPU has them.  ``cpu:qint8:nhwc/depthwise_vnni`` runs depthwise ones, taps two at a time.  Each writes uint8 in the output tensor's parameters; the ``..._f32`` twins write float32,
-a dequantize fused into the epilogue, so a plan can leave qint8 at any convolution without an
+CPU has them.  ``cpu:qint8:nhwc/depthwise_vnni`` runs depthwise ones, taps two at a time.  Each
+writes uint8 in the output tensor's parameters; the ``..._f32`` twins write float32, a
+dequantize fused into the epilogue, so a plan can leave qint8 at any convolution without an
 adapt.  A fused residual is read in the output's data type; a fused ReLU or Clip is a clamp.
 """
 from __future__ import annotations
@@ -75,6 +76,19 @@ class _ConvQ8(Routine, register=False):
         return tuple(tensors)
 
     @classmethod
+    def _conv(cls, layer, state, args, outs):
+        """The kernel bound to these arrays, checked: a callable of ``num_threads``."""
+        raise NotImplementedError
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        return cls._conv(layer, state, args, outs)
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        cls._conv(layer, state, args, outs)(num_threads)
+
+    @classmethod
     def _requant(cls, layer, quant, scales):
         who = f"{cls.descriptor} on {layer.name}"
         residual = layer.attrs.get("residual") and not cls.out_float
@@ -113,24 +127,16 @@ class _GemmQ8(_ConvQ8, register=False):
         m = w.shape[0]
         packed, sums = kernels().pack(np.ascontiguousarray(q.transpose(0, 2, 3, 1).reshape(m, -1)))
         rq = cls._requant(layer, quant, scales)
-        return {"packed": packed, "comp": np.ascontiguousarray(sums * np.int32(rq.zx), np.int32), "rq": rq}
-
-    @classmethod
-    def bind(cls, layer, state, args, outs):
-        return cls._conv(layer, state, args, outs)
+        return {"packed": packed, "comp": rq.compensation(sums), "rq": rq}
 
     @classmethod
     def _conv(cls, layer, state, args, outs):
         kernel, strides, dilations, pads, _ = geometry(layer)
         rq = state["rq"]
-        return kernels(cls.isa).Conv(args[0], state["packed"], outs[0].shape[3], state["comp"], rq.mult, rq.bias, outs[0],
-                              kernel, strides, dilations, pads, fill=rq.zx, workspace=state.get("workspace"),
-                              zo=rq.zo, lo=rq.lo, hi=rq.hi, res=args[3] if layer.attrs.get("residual") else None,
-                              rmult=rq.rmult)
-
-    @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
-        cls._conv(layer, state, args, outs)(num_threads)
+        return kernels(cls.isa).Conv(args[0], state["packed"], outs[0].shape[3], state["comp"], rq.mult, rq.bias,
+                                     outs[0], kernel, strides, dilations, pads, fill=rq.zx,
+                                     workspace=state.get("workspace"), zo=rq.zo, lo=rq.lo, hi=rq.hi,
+                                     res=args[3] if layer.attrs.get("residual") else None, rmult=rq.rmult)
 
 
 class NhwcGemmQ8(_GemmQ8):
@@ -170,7 +176,7 @@ class _DepthwiseQ8(_ConvQ8, register=False):
         q, scales = quantize_weights(np.asarray(layer.consts[1], np.float32))
         packed, sums = kernels().pack_depthwise(q)
         rq = cls._requant(layer, quant, scales)
-        return {"w": packed, "comp": np.ascontiguousarray(sums * np.int32(rq.zx), np.int32), "rq": rq,
+        return {"w": packed, "comp": rq.compensation(sums), "rq": rq,
                 "zrow": np.full(q.shape[0], rq.zx, np.uint8)}
 
     @classmethod
@@ -179,14 +185,6 @@ class _DepthwiseQ8(_ConvQ8, register=False):
         rq = state["rq"]
         return kernels().Depthwise(args[0], state["w"], kernel, strides, dilations, pads, state["comp"], rq.mult,
                                    rq.bias, outs[0], state["zrow"], zo=rq.zo, lo=rq.lo, hi=rq.hi)
-
-    @classmethod
-    def bind(cls, layer, state, args, outs):
-        return cls._conv(layer, state, args, outs)
-
-    @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
-        cls._conv(layer, state, args, outs)(num_threads)
 
 
 class NhwcDepthwiseQ8(_DepthwiseQ8):

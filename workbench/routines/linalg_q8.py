@@ -59,7 +59,7 @@ class _GemmQ8(Routine, register=False):
         rq = Requant(params(quant, layer.inputs[0], who), scales, bias,
                      None if cls.out_float else params(quant, layer.outputs[0], who),
                      clamp(layer, w.shape[0]))
-        return {"packed": packed, "comp": np.ascontiguousarray(sums * np.int32(rq.zx), np.int32), "rq": rq}
+        return {"packed": packed, "comp": rq.compensation(sums), "rq": rq}
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):

@@ -78,6 +78,11 @@ class Requant:
         self.lo = None if lo is None else lo / so
         self.hi = None if hi is None else hi / so
 
+    def compensation(self, sums):
+        """The image's zero point times the weight sums per channel (int32): what the kernels take
+        out of sums of raw uint8 bytes."""
+        return np.ascontiguousarray(np.asarray(sums, np.int64) * self.zx, np.int32)
+
 
 def params(quant, tensor, who):
     """``(scale, zero point)`` of ``tensor``'s per-tensor uint8 parameters in ``quant``."""

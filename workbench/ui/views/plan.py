@@ -116,6 +116,9 @@ def plan_rows(session, sort="layer order"):
     """One dict per layer, in the order ``sort`` names (:data:`PLAN_SORTS`):
 
     ``index``, ``name``, ``op``, ``output`` (shapes), ``routine`` and its profiled ``ms``;
+    ``precision``, the data type it computes in, and ``sensitivity_cosine``, the outputs' cosine
+    with float32 when only this layer computes below it (None until ``Session.sensitivity`` ran;
+    ``sensitivity``: the same as text, six decimals);
     ``adapt_ms``: the adapts counted for this layer (:func:`~workbench.ui.views.layer_times`),
     ``total_ms`` the two together; ``adapts``: the adapt steps inserted before it;
     ``runner_up``: the fastest other profiled routine (``Session.layer_rows``) and its
@@ -132,8 +135,11 @@ def plan_rows(session, sort="layer order"):
         name = row["name"]
         routine_delta = row["runner_up_ms"] - row["cost_ms"] if row["runner_up"] else None
         adapt_delta = ms(deltas[name]) if name in deltas else None
+        sens = row["sensitivity"]
         rows.append(dict(index=row["index"], name=name, op=row["op"],
                          output=", ".join(str(s) for s in layer.out_specs), routine=row["routine"],
+                         precision=row["precision"], sensitivity_cosine=None if sens is None else sens.cosine,
+                         sensitivity=None if sens is None else f"{sens.cosine:.6f}",
                          ms=row["cost_ms"], adapt_ms=adapt_ms[name], total_ms=row["cost_ms"] + adapt_ms[name],
                          runner_up=row["runner_up"] or None, runner_up_ms=row["runner_up_ms"] if row["runner_up"] else None,
                          routine_delta_ms=routine_delta, adapt_delta_ms=adapt_delta,

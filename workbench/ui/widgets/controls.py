@@ -1,5 +1,6 @@
-"""The controls: the selected layer, pin/unpin it (a dropdown of the routines that apply to it),
-routine filters, the data types tuning may use, retune, reprofile layers (the selected one, or those named), measure, compare, export.  Each button
+"""The controls: the selected layer, pin/unpin it (a dropdown of the routines that apply to it) or
+pin its data type, routine filters, the data types tuning may use and the error budget,
+per-layer sensitivity, retune, reprofile layers (the selected one, or those named), measure, compare, export.  Each button
 calls one :class:`Workbench` action (a Session method, then every view refreshes)."""
 from __future__ import annotations
 
@@ -26,14 +27,24 @@ class Controls:
                               layout=w.Layout(width="420px"))
         self.reprofile_layers = w.Text(placeholder="the selected layer, or names/indices, comma-separated",
                                        layout=w.Layout(width="340px"))
-        self.precision = w.Dropdown(options=[("float32 only", "float32"), ("float32 + bfloat16", "float32,bfloat16")],
-                                    value=",".join(bench.session.precisions), description="precision",
-                                    layout=w.Layout(width="260px"))
+        choices = [("float32 only", "float32"), ("float32 + bfloat16", "float32,bfloat16"),
+                   ("float32 + qint8", "float32,qint8"), ("float32 + bfloat16 + qint8", "float32,bfloat16,qint8")]
+        current = ",".join(bench.session.precisions)
+        if current not in [v for _, v in choices]:
+            choices.append((current.replace(",", " + "), current))
+        self.precision = w.Dropdown(options=choices, value=current, description="precision",
+                                    layout=w.Layout(width="300px"))
         self.precision.add_class("wb-precision-choice")
         self.max_error = w.Text(value="" if bench.session.max_error is None else repr(bench.session.max_error),
                                 description="max error", placeholder="none, e.g. 0.01",
                                 layout=w.Layout(width="220px"))
         self.max_error.add_class("wb-max-error")
+        self.min_cosine = w.Text(value="" if bench.session.min_cosine is None else repr(bench.session.min_cosine),
+                                 description="min cosine", placeholder="none, e.g. 0.99",
+                                 layout=w.Layout(width="220px"))
+        self.min_cosine.add_class("wb-min-cosine")
+        self.layer_precision = w.Dropdown(options=["float32", "bfloat16", "qint8"], description="layer in",
+                                          layout=w.Layout(width="200px"))
         self.export_path = w.Text(value=bench.export_path, description="export to")
         self.runs = w.BoundedIntText(value=10, min=1, max=1000, description="runs", layout=w.Layout(width="140px"))
         self.runs.add_class("wb-runs")
@@ -48,7 +59,14 @@ class Controls:
             "retune": _button("Retune", "wb-retune", "select again on the cached profiles", lambda: b.act(b.retune)),
             "precision": _button("Apply precision", "wb-apply-precision",
                                  "tune again with these data types allowed (profiling their routines and casts)",
-                                 lambda: b.act(b.set_precisions, self.precision.value, self.max_error.value)),
+                                 lambda: b.act(b.set_precisions, self.precision.value, self.max_error.value,
+                                               self.min_cosine.value)),
+            "pin_precision": _button("Pin precision", "wb-pin-precision",
+                                     "keep the selected layer in this data type (Retune to apply)",
+                                     lambda: b.act(b.pin_precision, self.layer.value, self.layer_precision.value)),
+            "sensitivity": _button("Sensitivity", "wb-sensitivity",
+                                   "measure each low-precision layer's error alone (shown in the plan table)",
+                                   lambda: b.act(b.sensitivity)),
             "reprofile": _button("Reprofile", "wb-reprofile", "measure these layers again, then retune",
                                  lambda: b.act(b.reprofile, self.layers_to_reprofile())),
             "measure": _button("Measure", "wb-measure", "time the tuned model", lambda: b.act(b.measure, self.runs.value)),
@@ -61,7 +79,8 @@ class Controls:
             w.HBox([self.layer, self.routine, bt["pin"], bt["unpin"]]),
             w.HBox([self.reprofile_layers, bt["reprofile"]]),
             w.HBox([self.filters, bt["filters"], bt["retune"]]),
-            w.HBox([self.precision, self.max_error, bt["precision"]]),
+            w.HBox([self.precision, self.max_error, self.min_cosine, bt["precision"]]),
+            w.HBox([self.layer_precision, bt["pin_precision"], bt["sensitivity"]]),
             w.HBox([self.runs, bt["measure"], bt["compare"], self.export_path, bt["export"]]),
             self.status])
 

@@ -12,7 +12,8 @@ from .. import views
 from .figures import finite, pane
 from .html import table
 
-COLUMNS = [("index", "#"), ("name", "layer"), ("op", "op"), ("routine", "routine"), ("ms", "ms"),
+COLUMNS = [("index", "#"), ("name", "layer"), ("op", "op"), ("routine", "routine"), ("precision", "precision"),
+           ("sensitivity", "cosine alone"), ("ms", "ms"),
            ("adapt_ms", "adapt ms"), ("runner_up", "runner-up"), ("runner_up_ms", "runner-up ms"),
            ("routine_delta_ms", "Δ routine ms"), ("adapt_delta_ms", "Δ adapts ms"), ("switch_ms", "switching costs ms"),
            ("decision", "pinned/chosen"), ("output", "output"), ("adapts", "adapts before it")]

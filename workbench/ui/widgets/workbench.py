@@ -127,24 +127,38 @@ class Workbench(w.VBox):
             self.refresh()
         self.status(f"filters {', '.join(filters) or 'none'}: predicted {self.session.plan.cost * 1e3:.3f} ms")
 
-    def set_precisions(self, precisions, max_error=""):
+    def set_precisions(self, precisions, max_error="", min_cosine=""):
         """Tune with ``precisions`` (comma separated) allowed, under the error budget ``max_error``
-        (text: a number, or empty for none)."""
+        and ``min_cosine`` (texts: a number, or empty for none)."""
         wanted = [p for p in str(precisions).split(",") if p]
-        text = str(max_error).strip()
-        try:
-            budget = float(text) if text else None
-        except ValueError:
-            raise WorkbenchError(f"max error: expected a number such as 0.01 (or nothing for no budget), "
-                                 f"got {text!r}") from None
+        budget = _number(max_error, "max error", "0.01")
+        cosine = _number(min_cosine, "min cosine", "0.99")
         with self.busy(f"tuning with {', '.join(wanted)} allowed (profiling the routines and casts the profile "
                        f"lacks), then measuring the plan's error against float32"):
             if budget is None:
                 self.session.max_error = None
-            self.session.tune(precisions=wanted, max_error=budget)
+            if cosine is None:
+                self.session.min_cosine = None
+            self.session.tune(precisions=wanted, max_error=budget, min_cosine=cosine)
             self.refresh()
         self.status(f"precision {', '.join(self.session.precisions)}: predicted {self.session.plan.cost * 1e3:.3f} ms; "
                     f"{views.precision(self.session)['text']}")
+
+    def pin_precision(self, layer, dtype):
+        self.session.pin_precision(layer, dtype)
+        self.selected = self.session.layer(layer).name
+        self.refresh()
+        self.status(f"pinned {self.selected} to {dtype}: Retune to apply ({len(self.session.precision_pins)} "
+                    f"precision pins)")
+
+    def sensitivity(self):
+        with self.busy("measuring each low-precision layer's error alone (the outputs against float32 with only "
+                       "that layer below it)"):
+            sens = self.session.sensitivity()
+            self.refresh()
+        worst = min(sens.items(), key=lambda kv: kv[1].cosine, default=None)
+        self.status(f"sensitivity of {len(sens)} layer(s)" +
+                    (f"; most sensitive: {worst[0]} (cosine {worst[1].cosine:.6f} alone)" if worst else ""))
 
     def reprofile(self, layers):
         names = [self.session.layer(k).name for k in layers]
@@ -181,3 +195,13 @@ class Workbench(w.VBox):
             self.session.export(path)
             self.refresh()
         self.status(f"exported the tuned model to {path}")
+
+
+def _number(text, what, example):
+    """``text`` as a float, None when empty; WorkbenchError naming ``what`` otherwise."""
+    text = str(text).strip()
+    try:
+        return float(text) if text else None
+    except ValueError:
+        raise WorkbenchError(f"{what}: expected a number such as {example} (or nothing for no budget), "
+                             f"got {text!r}") from None

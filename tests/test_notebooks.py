@@ -124,4 +124,7 @@ def test_06_mixed_precision(tmp_path):
     assert all(0 < c <= 1 + 1e-9 for c in r["sensitivity"].values())
     # the tighter budget (a quarter of the free plan's distance from float32) keeps layers in float32
     assert r["table_has_sensitivity"]
-    assert r["tight_met"] and r["tight_kept"] and set(r["tight_kept"]) <= set(r["frontier"][-1]["demoted"])
+    # (where the free plan, chosen on this machine's timings, has any layer below float32)
+    free_low = sum(n for k, n in front[0]["layers"].items() if k != "float32")
+    assert r["tight_met"] and bool(r["tight_kept"]) == bool(free_low)
+    assert set(r["tight_kept"]) <= set(front[-1]["demoted"])

@@ -36,8 +36,10 @@ cdef extern from "wb_gemm_q8.h" nogil:
         const float* bias
         const void* res
         Py_ssize_t ldr
-        int res_u8
+        int res_u8, rzp
         float rmult
+        int mid, zmid
+        float mmid
         void* out
         Py_ssize_t ldo
         int out_u8, zo, qlo, qhi
@@ -96,9 +98,12 @@ cdef void _chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
         wbq_job(&c.args, rb * ROWS, min((rb + 1) * ROWS, c.M), cb * COLS, min((cb + 1) * COLS, c.blocks))
 
 
-cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, lo, hi, res, float rmult, who):
+cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, lo, hi, res, float rmult, who,
+               int rzp=0, mid=None):
     """Fill ``e``'s epilogue fields (all but comp, mult and bias) for ``out`` (m rows of n),
-    checked: the clamp to [lo, hi] in output units (``relu``: lo = 0), the residual ``res``."""
+    checked: the clamp to [lo, hi] in output units (``relu``: lo = 0), the residual ``res``
+    (``(res - rzp) * rmult``), ``mid``: ``(zero point, multiplier)`` of the intermediate uint8
+    rounding before the residual (None: none)."""
     if (not isinstance(out, np.ndarray) or out.dtype not in (np.float32, np.uint8) or out.ndim != 2
             or out.shape != (m, n) or out.strides[1] != out.itemsize or out.strides[0] % out.itemsize):
         raise ValueError(f"{who}: out must be float32 or uint8 ({m}, {n}) with unit column stride, got "
@@ -115,7 +120,14 @@ cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, 
     e.flo, e.fhi = lo, hi
     e.qlo = int(min(max(np.rint(lo) + zo, 0), 255)) if np.isfinite(lo) else 0
     e.qhi = int(min(max(np.rint(hi) + zo, 0), 255)) if np.isfinite(hi) else 255
-    e.res, e.ldr, e.res_u8, e.rmult = NULL, 0, 0, rmult
+    e.res, e.ldr, e.res_u8, e.rmult, e.rzp = NULL, 0, 0, rmult, 0
+    e.mid, e.zmid, e.mmid = 0, 0, 1.0
+    if mid is not None:
+        zmid, mmid = int(mid[0]), float(mid[1])
+        if not 0 <= zmid <= 255 or not np.isfinite(mmid):
+            raise ValueError(f"{who}: the intermediate rounding's zero point must lie in [0, 255] and its multiplier "
+                             f"be finite, got {mid!r}")
+        e.mid, e.zmid, e.mmid = 1, zmid, mmid
     if res is not None:
         if (not isinstance(res, np.ndarray) or res.dtype not in (np.float32, np.uint8) or res.ndim != 2
                 or res.shape != (m, n) or res.strides[1] != res.itemsize or res.strides[0] % res.itemsize):
@@ -126,6 +138,9 @@ cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, 
             raise ValueError(f"{who}: the residual overlaps out other than as the same array")
         e.res, e.ldr, e.res_u8 = <const void*> cnp.PyArray_DATA(<cnp.ndarray> res), res.strides[0] // res.itemsize, \
             res.dtype == np.uint8
+        if res.dtype == np.uint8 and not 0 <= rzp <= 255:
+            raise ValueError(f"{who}: a uint8 residual's zero point must lie in [0, 255], got {rzp}")
+        e.rzp = rzp if res.dtype == np.uint8 else 0
 
 
 cdef _weights(wbq_args* e, packed, Py_ssize_t n, Py_ssize_t k, comp, mult, bias, who):
@@ -159,20 +174,21 @@ cdef void _run_gemm(_Ctx* c, Py_ssize_t m, int nt) noexcept nogil:
 
 
 def gemm(a, packed, Py_ssize_t n, comp, mult, bias, out, int zo=0, bint relu=False, lo=None, hi=None, res=None,
-         float rmult=1.0, int num_threads=1):
+         float rmult=1.0, int num_threads=1, int rzp=0, mid=None):
     """``out = epilogue(a @ w.T - comp)`` for uint8 ``a`` (M, K) and ``packed`` from :func:`pack`
     of ``w`` (n, K): ``y = s * mult + bias (+ rmult * res)``, clamped to ``[lo, hi]`` (``relu``:
     lo = 0); float32 ``out`` gets ``y``, uint8 ``out`` ``clamp(round_even(y) + zo, 0, 255)``;
     ``comp``, int32 (n,) or None, is usually the activations' zero point times the weight sums,
     ``mult`` and ``bias`` float32 (n,); ``res``, float32 or uint8 (M, n), a residual (it may be
-    ``out`` itself)."""
+    ``out`` itself) added as ``(res - rzp) * rmult``, after the sums are rounded to an intermediate
+    uint8 tensor where ``mid`` is ``(zero point, multiplier)`` (``wb_gemm_q8.h``)."""
     if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 2 or a.strides[1] != 1 or a.shape[0] < 1:
         raise ValueError(f"gemm_q8.gemm: a must be uint8 (M, K) with unit column stride, got "
                          f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
     cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
     cdef _Ctx c
     _weights(&c.args, packed, n, k, comp, mult, bias, "gemm_q8.gemm")
-    _epilogue(&c.args, out, m, n, zo, relu, lo, hi, res, rmult, "gemm_q8.gemm")
+    _epilogue(&c.args, out, m, n, zo, relu, lo, hi, res, rmult, "gemm_q8.gemm", rzp, mid)
     if np.shares_memory(a, out):
         raise ValueError("gemm_q8.gemm: out overlaps a")
     c.args.a = <const uint8_t*> cnp.PyArray_DATA(<cnp.ndarray> a)
@@ -414,7 +430,7 @@ cdef class Conv:
 
     def __init__(self, x, packed, Py_ssize_t n, comp, mult, bias, out, kernel, strides, dilations, pads,
                  int fill=0, workspace=None, int zo=0, bint relu=False, lo=None, hi=None, res=None,
-                 float rmult=1.0):
+                 float rmult=1.0, int rzp=0, mid=None):
         who = "gemm_q8.Conv"
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or not x.flags.c_contiguous:
             raise ValueError(f"{who}: x must be a C-contiguous uint8 (N, H, W, C) array, got "
@@ -437,7 +453,7 @@ cdef class Conv:
                              f"{getattr(res, 'shape', type(res))}")
         _weights(&self.g.args, packed, n, k, comp, mult, bias, who)
         _epilogue(&self.g.args, out.reshape(-1, n), nb * oh * ow, n, zo, relu, lo, hi,
-                  None if res is None else res.reshape(-1, n), rmult, who)
+                  None if res is None else res.reshape(-1, n), rmult, who, rzp, mid)
         if not 0 <= fill <= 255:
             raise ValueError(f"{who}: the fill must lie in [0, 255], got {fill}")
         self.direct, self.tile, self.rows = direct, tile, nb * oh

@@ -2,7 +2,11 @@
  * requantizing epilogue.
  *
  * out[m, n] = epilogue((sum_k a[m, k] * w[n, k]) - comp[n])
- *   y = sum * mult[n] + bias[n] (+ rmult * res[m, n], a uint8 or float32 residual; none if NULL)
+ *   y = sum * mult[n] + bias[n]
+ *   with mid: y = (clamp(rne(y) + zmid, 0, 255) - zmid) * mmid (rounded to an intermediate
+ *             tensor's uint8 first, as a pre-quantized model rounds a Conv's output before its add)
+ *   y += (res[m, n] - rzp) * rmult (a uint8 residual, its zero point rzp; a float32 one with rzp 0;
+ *        none if res is NULL)
  *   float32 out: clamp(y, flo, fhi), a NaN kept
  *   uint8 out:   clamp(rne(y) + zo, qlo, qhi)
  * where comp[n] = za * sum_k w[n, k] takes the activations' zero point out (u8 x s8 multiplies
@@ -37,7 +41,8 @@ typedef struct {
     const int8_t* w; ptrdiff_t groups;          /* packed weights, ceil(K/4) groups a block */
     ptrdiff_t N;
     const int32_t* comp; const float* mult; const float* bias;
-    const void* res; ptrdiff_t ldr; int res_u8; float rmult;
+    const void* res; ptrdiff_t ldr; int res_u8, rzp; float rmult;
+    int mid, zmid; float mmid;
     void* out; ptrdiff_t ldo; int out_u8, zo, qlo, qhi; float flo, fhi;
 } wbq_args;
 
@@ -51,8 +56,14 @@ static inline void wbq_store(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, ptrdi
     for (ptrdiff_t j = 0; j < cols; j++) {
         ptrdiff_t n = n0 + j;
         float y = fmaf((float)(sums[j] - (p->comp ? p->comp[n] : 0)), p->mult[n], p->bias[n]);
+        if (p->mid) {
+            float r1 = nearbyintf(y) + (float)p->zmid;
+            r1 = r1 >= 0.0f ? r1 : 0.0f;   /* a NaN to the low end */
+            r1 = r1 > 255.0f ? 255.0f : r1;
+            y = (r1 - (float)p->zmid) * p->mmid;
+        }
         if (p->res)
-            y = fmaf(p->res_u8 ? (float)((const uint8_t*)p->res)[m * p->ldr + n]
+            y = fmaf(p->res_u8 ? (float)((int32_t)((const uint8_t*)p->res)[m * p->ldr + n] - p->rzp)
                                : ((const float*)p->res)[m * p->ldr + n], p->rmult, y);
         if (p->out_u8) {
             float r = nearbyintf(y) + (float)p->zo;
@@ -89,9 +100,16 @@ static inline wbq_consts wbq_load(const wbq_args* p, ptrdiff_t n0) {
 static inline void wbq_finish(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m512i acc, const wbq_consts* c) {
     const __mmask16 k = c->k;
     __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, c->comp)), c->mult, c->bias);
+    if (p->mid) {
+        y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-1e9f)), _mm512_set1_ps(1e9f));
+        __m512i q1 = _mm512_add_epi32(_mm512_cvtps_epi32(y), _mm512_set1_epi32(p->zmid));
+        q1 = _mm512_min_epi32(_mm512_max_epi32(q1, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+        y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q1, _mm512_set1_epi32(p->zmid))), _mm512_set1_ps(p->mmid));
+    }
     if (p->res) {
         __m512 r = p->res_u8
-            ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, (const uint8_t*)p->res + m * p->ldr + n0)))
+            ? _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, (const uint8_t*)p->res + m * p->ldr + n0)),
+                                                  _mm512_set1_epi32(p->rzp)))
             : _mm512_maskz_loadu_ps(k, (const float*)p->res + m * p->ldr + n0);
         y = _mm512_fmadd_ps(r, _mm512_set1_ps(p->rmult), y);
     }

@@ -51,7 +51,8 @@ class SessionPrecision:
         if not feeds:
             raise QuantError("missing calibration data: no inputs given")
         self.calibrate_means(feeds)
-        self.graph.quant = type(self.graph.quant)()
+        model = self.graph.meta.get("model_quant", {})   # a pre-quantized model's parameters stay
+        self.graph.quant = type(self.graph.quant)({t: p for t, p in self.graph.quant.items() if t in model})
         table = ranges.calibrate(self.graph, [as_nchw(self, f) for f in feeds], method, percentile)
         kind = "seeded random" if inputs is None else "given"
         self.quant_calibration = f"{method} over {len(feeds)} {kind} input(s)"

@@ -21,6 +21,7 @@ from ..ir import ops
 from ..errors import ModelFileError, ModelImportError, ShapeError, UnsupportedOpsError, WorkbenchError
 from ..ir.graph import Graph, Layer, TensorSpec
 from ..ir.passes.constant_folding import fold_node
+from ..ir.passes.fuse_qdq import bias_quant, weight_quant
 
 _MISSING = object()
 #: Ops handled by the importer itself rather than by an :class:`~workbench.ir.ops.Op`.
@@ -334,6 +335,7 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
                                    f"node output)") from None
 
     used_names = set()
+    folded_dq = {}   # tensor -> (int8 constant, attrs) of a folded DequantizeLinear of weights
     for index in _node_order(list(g.node), set(consts) | set(inputs)):
         node = g.node[index]
         name = node.name or f"{node.op_type}_{index}"
@@ -346,7 +348,13 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
         view = NodeView(node, name, opset, consts, spec_of)
         layer = _make_layer(view, index, spec_of)
         if fold_node(layer, consts, spec_of):
+            if layer.op == "DequantizeLinear" and 0 in layer.consts:
+                folded_dq[layer.outputs[0]] = (layer.consts[0], layer.attrs)
             continue
+        if len(layer.inputs) > 1 and layer.inputs[1] in folded_dq:
+            weight_quant(layer, *folded_dq[layer.inputs[1]])
+        if len(layer.inputs) > 2 and layer.inputs[2] in folded_dq:
+            bias_quant(layer, *folded_dq[layer.inputs[2]])
         graph.add_layer(layer)
         layer.out_specs = ops.get(layer.op).infer(layer, graph.input_specs(layer))
     for out in graph.outputs:

@@ -264,7 +264,14 @@ def applicable(graph, layer, precisions=FLOAT32_ONLY):
     """Routines that apply to ``layer`` (a graph layer), best default first: those computing in
     one of ``precisions`` (data type names; None: every one)."""
     specs = graph.input_specs(layer)
+    # a pre-quantized model's tensors (ir/passes/fuse_qdq.py) are read in uint8 alone, whatever
+    # the precisions: where the model rounds them
+    model = graph.meta.get("model_quant", {})
+    quantized = [i for i, t in enumerate(layer.inputs) if t in model and i not in layer.consts]
+    if quantized:
+        precisions = None
     found = [r for r in routines_for(layer.op).values()
              if (precisions is None or r.dtype in precisions) and r.applies(layer, specs)
-             and all(t in graph.quant for t in r.quant_tensors(layer))]
+             and all(t in graph.quant for t in r.quant_tensors(layer))
+             and all(r.input_formats(layer, specs)[i].dtype == "uint8" for i in quantized)]
     return sorted(found, key=lambda r: (-r.preference(layer, specs), r.descriptor))

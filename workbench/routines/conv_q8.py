@@ -15,9 +15,11 @@ import numpy as np
 
 from ..ir.graph import NHWC
 from ..ir.ops.conv import residual_after_activation
+from ..ir.passes.fuse_qdq import PRE_RESIDUAL
 from . import Routine
 from .conv_gemm import geometry
-from .qint8 import REQUIRES, REQUIRES_AMX, Requant, clamp, kernels, out_format, params, quantize_weights
+from .qint8 import (REQUIRES, REQUIRES_AMX, Requant, clamp, kernels, layer_weights, model_bias, out_format,
+                    params)
 
 
 class _ConvQ8(Routine, register=False):
@@ -92,10 +94,14 @@ class _ConvQ8(Routine, register=False):
     def _requant(cls, layer, quant, scales):
         who = f"{cls.descriptor} on {layer.name}"
         residual = layer.attrs.get("residual") and not cls.out_float
-        return Requant(params(quant, layer.inputs[0], who), scales, layer.consts.get(2),
+        mid = layer.meta.get(PRE_RESIDUAL)   # a pre-quantized model's rounding before the add
+        x = params(quant, layer.inputs[0], who)
+        return Requant(x, scales, layer.consts.get(2),
                        None if cls.out_float else params(quant, layer.outputs[0], who),
                        clamp(layer, layer.out_specs[0].shape[1]),
-                       params(quant, layer.inputs[3], who) if residual else None)
+                       params(quant, layer.inputs[3], who) if residual else None,
+                       None if mid is None or not layer.attrs.get("residual") else (mid.scale[0], mid.zero_point[0]),
+                       model_bias(layer, x[0], scales))
 
 
 class _GemmQ8(_ConvQ8, register=False):
@@ -123,7 +129,7 @@ class _GemmQ8(_ConvQ8, register=False):
     @classmethod
     def prepare(cls, layer, quant=None):
         w = np.asarray(layer.consts[1], np.float32)
-        q, scales = quantize_weights(w)
+        q, scales = layer_weights(layer, w)
         m = w.shape[0]
         packed, sums = kernels().pack(np.ascontiguousarray(q.transpose(0, 2, 3, 1).reshape(m, -1)))
         rq = cls._requant(layer, quant, scales)
@@ -136,7 +142,8 @@ class _GemmQ8(_ConvQ8, register=False):
         return kernels(cls.isa).Conv(args[0], state["packed"], outs[0].shape[3], state["comp"], rq.mult, rq.bias,
                                      outs[0], kernel, strides, dilations, pads, fill=rq.zx,
                                      workspace=state.get("workspace"), zo=rq.zo, lo=rq.lo, hi=rq.hi,
-                                     res=args[3] if layer.attrs.get("residual") else None, rmult=rq.rmult)
+                                     res=args[3] if layer.attrs.get("residual") else None, rmult=rq.rmult,
+                                     rzp=rq.rzp, mid=rq.mid)
 
 
 class NhwcGemmQ8(_GemmQ8):
@@ -173,7 +180,7 @@ class _DepthwiseQ8(_ConvQ8, register=False):
 
     @classmethod
     def prepare(cls, layer, quant=None):
-        q, scales = quantize_weights(np.asarray(layer.consts[1], np.float32))
+        q, scales = layer_weights(layer, np.asarray(layer.consts[1], np.float32))
         packed, sums = kernels().pack_depthwise(q)
         rq = cls._requant(layer, quant, scales)
         return {"w": packed, "comp": rq.compensation(sums), "rq": rq,

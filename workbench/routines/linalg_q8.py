@@ -14,7 +14,7 @@ import numpy as np
 from ..ir.graph import NCHW
 from . import Routine
 from .linalg512 import c_is_bias, gemm_operands
-from .qint8 import REQUIRES, REQUIRES_AMX, Requant, clamp, kernels, out_format, params, quantize_weights
+from .qint8 import REQUIRES, REQUIRES_AMX, Requant, clamp, kernels, layer_weights, model_bias, out_format, params
 
 
 class _GemmQ8(Routine, register=False):
@@ -54,11 +54,11 @@ class _GemmQ8(Routine, register=False):
         who = f"{cls.descriptor} on {layer.name}"
         if w.shape[1] > kernels().MAX_DEPTH:
             raise ValueError(f"{who}: depth {w.shape[1]} > {kernels().MAX_DEPTH}: the int32 sums could overflow")
-        q, scales = quantize_weights(w)
+        q, scales = layer_weights(layer, w)
         packed, sums = kernels().pack(np.ascontiguousarray(q))
-        rq = Requant(params(quant, layer.inputs[0], who), scales, bias,
-                     None if cls.out_float else params(quant, layer.outputs[0], who),
-                     clamp(layer, w.shape[0]))
+        x = params(quant, layer.inputs[0], who)
+        rq = Requant(x, scales, bias, None if cls.out_float else params(quant, layer.outputs[0], who),
+                     clamp(layer, w.shape[0]), int_bias=model_bias(layer, x[0], scales))
         return {"packed": packed, "comp": rq.compensation(sums), "rq": rq}
 
     @classmethod

@@ -8,6 +8,8 @@ executor reinterprets the buffer, and the output shares the input's parameters a
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir.graph import NCHW, NHWC
 from ..ir.quant import QuantError
 from ..runtime import cpu
@@ -92,13 +94,16 @@ class _GlobalAverageQ8(_Q8, register=False):
         who = f"{cls.descriptor} on {layer.name}"
         sx, zx = params(quant, layer.inputs[0], who)
         so, zo = (1.0, 0) if cls.out_float else params(quant, layer.outputs[0], who)
-        return {"zx": zx, "zo": zo, "scale": sx / so}
+        return {"zx": zx, "zo": zo, "sx": np.float32(sx), "so": np.float32(so), "mult": {}}
 
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         x = args[0]
         hw = x.shape[1] * x.shape[2]
-        _pool_kernels().global_average(x, outs[0], state["zx"], state["scale"] / hw, state["zo"], num_threads)
+        mult = state["mult"].get(hw)
+        if mult is None:   # in float32, step by step, as ONNX Runtime's QLinearGlobalAveragePool: the same ties
+            mult = state["mult"][hw] = float(state["sx"] / (state["so"] * np.float32(hw)))
+        _pool_kernels().global_average(x, outs[0], state["zx"], mult, state["zo"], num_threads)
 
 
 class GlobalAverageQ8(_GlobalAverageQ8):

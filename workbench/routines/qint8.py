@@ -41,6 +41,31 @@ def quantize_weights(w):
     return q.reshape(w.shape), scales
 
 
+def layer_weights(layer, w):
+    """``(int8 q, scales)`` of ``layer``'s weights ``w`` (output channels first): the
+    pre-quantized model's own (ir/passes/fuse_qdq.py's ``capture_weights``) where it has them and
+    they match ``w``'s shape, else :func:`quantize_weights` of ``w``."""
+    own = layer.meta.get("weight_quant")
+    if own is not None and own[0].size == np.size(w) and own[0].shape[0] == np.shape(w)[0]:
+        q = own[0].reshape(np.shape(w))
+        real = q.reshape(len(q), -1) * np.asarray(own[1], np.float64)[:, None]
+        # the same weights (a Gemm's alpha, or a pass that rescaled them, would make them others)
+        if np.allclose(real, np.asarray(w, np.float64).reshape(len(q), -1), rtol=1e-6, atol=1e-30):
+            return q, np.asarray(own[1], np.float64)
+    return quantize_weights(w)
+
+
+def model_bias(layer, x_scale, scales):
+    """The pre-quantized model's int32 bias of ``layer`` (``layer.meta["bias_quant"]``), where its
+    scales are the input's times the weights' (what an integer convolution adds to its sums),
+    else None."""
+    own = layer.meta.get("bias_quant")
+    if own is None or np.size(own[0]) != len(scales):
+        return None
+    want = np.float32(x_scale) * np.asarray(scales, np.float32)
+    return own[0] if np.allclose(np.asarray(own[1], np.float32), want, rtol=1e-6) else None
+
+
 def clamp(layer, channels):
     """``(lo, hi)``: the fused activation as a clamp of the output (None for none), or None where
     the layer's activation is not one (a qint8 epilogue clamps; it computes nothing else)."""
@@ -58,30 +83,45 @@ def out_format(out_float, layout):
 class Requant:
     """The epilogue's constants for sums of ``x`` (params ``sx, zx``) times weights of
     per-channel ``scales``, plus ``bias`` (float, O), into float32 (``out`` None) or uint8 of
-    ``out = (so, zo)``: ``mult``, ``bias`` (float32, output units), ``zo``, the clamp in output
-    units, and for a residual of params ``res`` (``(sr, zr)``; None: float32) its ``rmult``."""
+    ``out = (so, zo)``: ``mult``, ``bias`` (float32), ``zo``, the clamp in output units; for a
+    uint8 residual of params ``res`` (``(sr, zr)``; None: float32) its ``rmult`` and ``rzp``; and
+    with ``mid = (s1, z1)`` the sums rounded to that uint8 tensor first (``mult`` and ``bias`` in
+    its units, ``mid`` then ``(z1, s1 / so)`` for the kernel), as a pre-quantized model rounds a
+    Conv's output before its residual add.  ``int_bias``: the model's own int32 bias (in units of
+    ``sx * scales``), added to the sums before they are scaled, with the multipliers rounded to
+    float32 step by step as ONNX Runtime's QLinearConv rounds them: the same rounding ties."""
 
-    def __init__(self, x, scales, bias, out=None, bounds=(None, None), res=None):
+    def __init__(self, x, scales, bias, out=None, bounds=(None, None), res=None, mid=None, int_bias=None):
         sx, self.zx = x
         so, self.zo = out if out is not None else (1.0, 0)
         n = len(scales)
-        b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(n)
-        self.mult = np.ascontiguousarray(sx * np.asarray(scales) / so, np.float32)
-        shift = 0.0
-        self.rmult = 1.0 / so
+        first = so if mid is None else mid[0]   # the scale the sums are first expressed in
+        f = np.float32
+        self.int_bias = None
+        if int_bias is not None:
+            self.int_bias = np.asarray(int_bias, np.int64).reshape(n)
+            self.mult = np.ascontiguousarray((f(sx) * np.asarray(scales, f)) / f(first), f)
+            self.bias = np.zeros(n, f)
+        else:
+            b = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(n)
+            self.mult = np.ascontiguousarray(sx * np.asarray(scales) / first, f)
+            self.bias = np.ascontiguousarray(b / first, f)
+        self.mid = None if mid is None else (int(mid[1]), float(f(mid[0]) / f(so)))
+        self.rmult, self.rzp = float(f(1.0) / f(so)), 0
         if res is not None:
-            sr, zr = res
-            self.rmult = sr / so
-            shift = zr * self.rmult
-        self.bias = np.ascontiguousarray(b / so - shift, np.float32)
+            sr, self.rzp = res
+            self.rmult = float(f(sr) / f(so))
         lo, hi = bounds
         self.lo = None if lo is None else lo / so
         self.hi = None if hi is None else hi / so
 
     def compensation(self, sums):
         """The image's zero point times the weight sums per channel (int32): what the kernels take
-        out of sums of raw uint8 bytes."""
-        return np.ascontiguousarray(np.asarray(sums, np.int64) * self.zx, np.int32)
+        out of sums of raw uint8 bytes (less the model's integer bias, where it has one)."""
+        comp = np.asarray(sums, np.int64) * self.zx
+        if self.int_bias is not None:
+            comp = comp - self.int_bias
+        return np.ascontiguousarray(comp, np.int32)
 
 
 def params(quant, tensor, who):

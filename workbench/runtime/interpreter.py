@@ -176,10 +176,41 @@ class Interpreter:
 
 
 class ReferenceExecutor(Interpreter):
-    """Runs every layer with its NumPy reference (:meth:`workbench.ir.ops.Op.compute`)."""
+    """Runs every layer with its NumPy reference (:meth:`workbench.ir.ops.Op.compute`); a
+    pre-quantized model's tensors (``graph.meta["model_quant"]``) rounded to their parameters
+    as the model's QuantizeLinear/DequantizeLinear pairs round them."""
+
+    def __init__(self, graph):
+        super().__init__(graph)
+        self._rounded = {t: graph.quant[t] for t in graph.meta.get("model_quant", {}) if t in graph.quant}
+
+    def run(self, feeds):
+        if self._rounded and any(t in self._rounded for t in feeds):
+            feeds = {t: (self._rounded[t].dequantize(self._rounded[t].quantize(v)) if t in self._rounded else v)
+                     for t, v in check_inputs(self.graph, feeds).items()}
+        return super().run(feeds)
 
     def run_layer(self, layer, args):
-        return ops.get(layer.op).compute(layer, args)
+        mid = layer.meta.get("pre_residual_quant")
+        if mid is not None and layer.attrs.get("residual") and not layer.attrs.get("residual_after_activation"):
+            out = [_round_before_residual(layer, args, mid)]
+        else:
+            out = ops.get(layer.op).compute(layer, args)
+        if self._rounded:
+            out = [self._rounded[t].dequantize(self._rounded[t].quantize(v)) if t in self._rounded else v
+                   for t, v in zip(layer.outputs, out)]
+        return out
+
+
+def _round_before_residual(layer, args, params):
+    """A residual Conv whose own output the model rounds (``params``) before the add: the
+    convolution alone, rounded, then the residual and the activation."""
+    from dataclasses import replace
+    from ..ir.ops.activation import epilogue
+    bare = replace(layer, attrs={k: v for k, v in layer.attrs.items()
+                                 if k not in ("residual", "activation", "activation_params")})
+    y = ops.get("Conv").compute(bare, args[:3])[0]
+    return epilogue(layer, params.dequantize(params.quantize(y)) + args[3])
 
 
 class TimedReferenceExecutor(ReferenceExecutor):

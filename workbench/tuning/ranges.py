@@ -209,7 +209,10 @@ def calibrate(graph, inputs, method="minmax", percentile=99.999, dtype="uint8", 
     stats = observe(graph, inputs, method, tensors)
     source = f"{method}" + (f" {percentile}" if method == "percentile" else "") + f" over {len(inputs)} input(s)"
     table = {}
+    model = graph.meta.get("model_quant", {})   # a pre-quantized model's own parameters stay
     for name, st in stats.items():
+        if name in model:
+            continue
         lo, hi = clip_range(st, method, percentile, dtype)
         graph.quant[name] = table[name] = params(lo, hi, dtype, source)
     table.update(share_passthrough(graph))
@@ -225,8 +228,9 @@ def share_passthrough(graph):
     """Give each :data:`PASSTHROUGH` layer's output its input's parameters (in graph order, so
     chains of them share one); returns ``{tensor: QuantParams}`` of the outputs changed."""
     changed = {}
+    model = graph.meta.get("model_quant", {})
     for layer in graph:
         if (layer.op in PASSTHROUGH and layer.inputs and layer.inputs[0] in graph.quant and layer.outputs
-                and layer.outputs[0]):
+                and layer.outputs[0] and layer.outputs[0] not in model):
             graph.quant[layer.outputs[0]] = changed[layer.outputs[0]] = graph.quant[layer.inputs[0]]
     return changed

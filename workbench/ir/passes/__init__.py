@@ -15,6 +15,7 @@ from .fuse_residual import fuse_residual_adds
 from .fuse_post_affine import fuse_post_affine
 from .fuse_eltwise_chain import fuse_eltwise_chains
 from .fuse_upsample_read import fuse_upsample_reads
+from .fuse_qdq import fuse_qdq
 
 #: The default pipeline: (name, pass).  Each pass takes a Graph, edits it in place and returns
 #: the names of the layers it removed or rewrote, for the report.
@@ -35,6 +36,7 @@ PIPELINE = (
     ("fuse_post_affine", fuse_post_affine),
     ("fuse_eltwise_chains", fuse_eltwise_chains),
     ("fuse_upsample_reads", fuse_upsample_reads),
+    ("fuse_qdq", fuse_qdq),
 )
 
 

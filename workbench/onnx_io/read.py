@@ -86,6 +86,7 @@ class NodeView:
 
     def __init__(self, proto, name, opset, consts, spec_of):
         self.proto, self.name, self.op_type, self.opset = proto, name, proto.op_type, opset
+        self.domain = _domain(proto)
         self.inputs, self.outputs = list(proto.input), list(proto.output)
         self._attrs = {a.name: a for a in proto.attribute}
         self._consts, self._spec_of = consts, spec_of
@@ -134,22 +135,31 @@ class NodeView:
         return value
 
 
+def _opsets(model):
+    """``{domain: version}`` the model imports, the default domain as ""."""
+    return {("" if imp.domain in ("", "ai.onnx") else imp.domain): imp.version for imp in model.opset_import}
+
+
 def _default_opset(model):
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return imp.version
-    return 1
+    return _opsets(model).get("", 1)
+
+
+def _domain(node):
+    return "" if node.domain in ("", "ai.onnx") else node.domain
 
 
 def unsupported_ops(model):
-    """Op type -> node names for every node the importer cannot take (empty dict if none)."""
-    bad = {}
+    """Op type (``domain.op`` outside the default domain) -> node names for every node the
+    importer cannot take (empty dict if none)."""
+    bad, opsets = {}, _opsets(model)
     for i, node in enumerate(model.graph.node):
         name = node.name or f"{node.op_type}_{i}"
-        if node.domain not in ("", "ai.onnx"):
-            bad.setdefault(f"{node.domain}.{node.op_type}", []).append(name)
-        elif node.op_type not in STRUCTURAL_OPS and (ops.get(node.op_type) is None or node.op_type in INTERNAL_OPS):
-            bad.setdefault(node.op_type, []).append(name)
+        domain = _domain(node)
+        if not domain and node.op_type in STRUCTURAL_OPS:
+            continue
+        op = ops.lookup(domain, node.op_type, opsets.get(domain, 1))
+        if op is None or op.op_type in INTERNAL_OPS:
+            bad.setdefault(f"{domain}.{node.op_type}" if domain else node.op_type, []).append(name)
     return bad
 
 
@@ -322,7 +332,8 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
         if unknown:
             raise ShapeError(f"shapes given for unknown input(s) {sorted(unknown)}; the model's inputs are {list(inputs)}")
     graph = Graph(name or g.name or "model", inputs=inputs, outputs=[o.name for o in g.output])
-    graph.meta.update(opset=opset, producer=f"{model.producer_name} {model.producer_version}".strip(),
+    opsets = _opsets(model)
+    graph.meta.update(opset=opset, opsets=opsets, producer=f"{model.producer_name} {model.producer_version}".strip(),
                       source_nodes=len(g.node), source_op_counts=_op_counts(g.node))
 
     def spec_of(tensor):
@@ -345,7 +356,7 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
         if node.op_type == "Constant":
             consts[node.output[0]] = _constant_value(node, name)
             continue
-        view = NodeView(node, name, opset, consts, spec_of)
+        view = NodeView(node, name, opsets.get(_domain(node), 1), consts, spec_of)
         layer = _make_layer(view, index, spec_of)
         if fold_node(layer, consts, spec_of):
             if layer.op == "DequantizeLinear" and 0 in layer.consts:
@@ -384,7 +395,7 @@ def _constant_value(node, name):
 
 
 def _make_layer(view, index, spec_of):
-    op = ops.get(view.op_type)
+    op = ops.lookup(view.domain, view.op_type, view.opset)
     try:
         attrs = op.normalize(view)
     except WorkbenchError:
@@ -397,9 +408,9 @@ def _make_layer(view, index, spec_of):
     consts = {i: view.const(i) for i, t in enumerate(inputs) if t and view.const(i) is not None}
     # What export needs to write the node back as ONNX: its attributes as they were, and the
     # constant inputs that normalisation turned into attributes.
-    source = {"op_type": view.op_type, "attributes": [copy_attr(a) for a in view.proto.attribute],
+    source = {"op_type": view.op_type, "domain": view.domain, "attributes": [copy_attr(a) for a in view.proto.attribute],
               "taken": {i: (view.inputs[i], view.const(i)) for i in sorted(view.consumed)}}
-    return Layer(name=view.name, op=view.op_type, inputs=inputs, outputs=list(view.outputs), attrs=attrs,
+    return Layer(name=view.name, op=op.op_type, inputs=inputs, outputs=list(view.outputs), attrs=attrs,
                  consts=consts, meta={"index": index, "onnx": source})
 
 

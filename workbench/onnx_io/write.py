@@ -41,6 +41,7 @@ class _Writer:
         self.opset = opset
         self.nodes = []
         self.initializers = {}   # name -> TensorProto
+        self.domains = set()     # domains other than the default the nodes are in
         self._values = {}        # name -> the array it holds
 
     def const(self, name, value):
@@ -57,8 +58,10 @@ class _Writer:
             self.initializers[name] = numpy_helper.from_array(value, name)
         return name
 
-    def node(self, op, inputs, outputs, name, attributes=(), metadata=None, **attrs):
-        n = helper.make_node(op, inputs, outputs, name=name, **attrs)
+    def node(self, op, inputs, outputs, name, attributes=(), metadata=None, domain="", **attrs):
+        n = helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs)
+        if domain:
+            self.domains.add(domain)
         n.attribute.extend(attributes)
         for k, v in (metadata or {}).items():
             n.metadata_props.add(key=k, value=str(v))
@@ -266,7 +269,9 @@ def _emit(w, layer, metadata):
         while ins and ins[-1] == "":
             ins.pop()
         outs = [raw] + list(layer.outputs[1:])
-        w.node(layer.op, ins, outs, layer.name, attributes=attributes, metadata=metadata)
+        source = layer.meta.get("onnx") or {}
+        w.node(source.get("op_type", layer.op) if source.get("domain") else layer.op, ins, outs, layer.name,
+               attributes=attributes, metadata=metadata, domain=source.get("domain", ""))
     x = raw
     post = a.get("post_affine")
     after = residual and bool(a.get("residual_after_activation"))
@@ -310,8 +315,9 @@ def export_graph(graph, node_metadata=None, model_metadata=None, producer="workb
             outputs.append(helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)),
                                                          list(s.shape)))
     g = helper.make_graph(w.nodes, graph.name, inputs, outputs, initializer=list(w.initializers.values()))
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer,
-                              producer_version=__version__)
+    versions = graph.meta.get("opsets", {})
+    imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, int(versions.get(d, 1))) for d in sorted(w.domains)]
+    model = helper.make_model(g, opset_imports=imports, producer_name=producer, producer_version=__version__)
     model.ir_version = max(MIN_IR_VERSION, helper.find_min_ir_version_for(list(model.opset_import)))
     for k, v in (model_metadata or {}).items():
         model.metadata_props.add(key=k, value=str(v))

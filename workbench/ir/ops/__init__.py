@@ -8,7 +8,7 @@ routines' business):
 - ``infer(layer, specs)``: static shape inference, input specs -> output specs;
 - ``compute(layer, args)``: the NumPy reference, the oracle every routine is checked against.
 """
-from .base import OPS, Op, check, get, same_as_input  # noqa: F401
+from .base import IMPORTS, OPS, Op, check, get, lookup, same_as_input  # noqa: F401
 
 # Importing the families registers their ops.
-from . import activation, elementwise, conv, pool, linalg, normalization, tensor, shape, resize, reduce, recurrent, quantized  # noqa: E402,F401,E501
+from . import activation, elementwise, conv, pool, linalg, normalization, tensor, shape, resize, reduce, recurrent, quantized, quantized_ms  # noqa: E402,F401,E501

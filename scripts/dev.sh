@@ -44,7 +44,7 @@ extras="ui"
 # The set-up is current when the stamp holds the digest of what it builds from and lists the
 # extras asked for (a set-up for the tests, ui,test,peers, serves the other jobs too).
 digest="$( { .venv/bin/python -c 'import sys; print(sys.version)'; cat pyproject.toml setup.py;
-             find kernels_pyx -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.h' \) -print0 | sort -z | xargs -0 cat;
+             find kernels_pyx -type f \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.h' \) -print0 | sort -z | xargs -0 cat;
            } | sha256sum | cut -d' ' -f1)"
 stamp=.venv/.workbench-setup
 current() {

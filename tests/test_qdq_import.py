@@ -38,7 +38,7 @@ def test_the_pairs_become_quantized_tensors(quantized):
     assert all(WEIGHTS in c.meta and BIAS in c.meta for c in convs)
     # the model's integers are its weights: the folded float weights are exactly scale * q
     c = convs[len(convs) // 2]
-    q8, scales = c.meta[WEIGHTS]
+    q8, scales, _ = c.meta[WEIGHTS]
     np.testing.assert_allclose(q8.reshape(len(q8), -1) * scales[:, None], c.consts[1].reshape(len(q8), -1),
                                rtol=1e-6)
     # the fused graph's reference keeps the model's rounding: it agrees with the unfused model's
@@ -72,3 +72,27 @@ def test_the_plan_matches_onnx_runtime_int8(quantized, tmp_path):
     # bit-exact but where an intermediate value lies on a rounding tie that ORT's float arithmetic
     # rounds the other way (README: Pre-quantized models); the step then travels to the output
     assert exact >= 9 and worst <= 8, (exact, worst)
+
+
+@needs_vnni
+def test_the_tuned_file_is_still_the_quantized_model(quantized, tmp_path):
+    name, q = quantized
+    s = Session.from_onnx(q, num_threads=2, db=str(tmp_path / "db.sqlite"))
+    s.tune()
+    path = tmp_path / "tuned.onnx"
+    s.export(path, measure_runs=2)
+    import onnx
+    written = onnx.load(str(path))
+    count = lambda m, op: sum(n.op_type == op for n in m.graph.node)   # noqa: E731
+    for op in ("QuantizeLinear", "DequantizeLinear"):   # every pair, weights and biases as integers again
+        assert count(written, op) == count(q, op)
+    t = Session.load(path)
+    assert set(t.graph.meta[MODEL_QUANT]) == set(s.graph.meta[MODEL_QUANT])
+    sess = engines.ort_session(str(path), 2)
+    names = [o.name for o in sess.get_outputs()]
+    f = random_inputs(s.graph, 5)
+    ours, again, theirs = s.run(f), t.run(f), dict(zip(names, sess.run(names, f)))
+    ref = engines.ort_session(q, 2).run(names, f)
+    for k, r in zip(names, ref):
+        np.testing.assert_array_equal(ours[k], again[k])
+        np.testing.assert_array_equal(theirs[k], r)   # ONNX Runtime runs the tuned file as the model

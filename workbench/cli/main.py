@@ -17,7 +17,7 @@ from .common import _load_graph, _load_inputs, _parse_input, _parse_resolution, 
 
 def cmd_info(args):
     from ..ui import report
-    from ..onnx_io.read import unsupported_ops
+    from ..onnx_io.support import unsupported_ops
     model = _read(args.model)
     bad = unsupported_ops(model)
     if bad:

@@ -233,6 +233,9 @@ def cmd_tune(args):
         print(precision_line(session))
         if session.budget is not None:
             print(session.budget)
+        elif session.max_error is not None or session.min_cosine is not None:
+            from ..tuning.budget import Budget
+            print(f"{Budget(session.max_error, session.min_cosine)}: met by the fastest plan (float32 throughout)")
         greedy = session.greedy_plan()
         print(f"vs greedy (fastest routine per layer, adapts then added): {greedy.cost * 1e3:.4f} ms predicted"
               f"{_saving(plan.cost, greedy.cost)}")

@@ -142,6 +142,9 @@ class QuantTable:
             raise TypeError(f"quantization parameters of {tensor!r} must be QuantParams, got {type(params).__name__}")
         self._entries[str(tensor)] = params
 
+    def pop(self, tensor, default=None):
+        return self._entries.pop(tensor, default)
+
     def __getitem__(self, tensor) -> QuantParams:
         return self._entries[tensor]
 

@@ -23,11 +23,9 @@ from ..ir.graph import Graph, Layer, TensorSpec
 from ..ir.passes.constant_folding import fold_node
 from ..ir.passes.fuse_qdq import bias_quant, weight_quant
 
+from .support import _default_opset, _domain, _opsets, unsupported_ops
+
 _MISSING = object()
-#: Ops handled by the importer itself rather than by an :class:`~workbench.ir.ops.Op`.
-STRUCTURAL_OPS = ("Constant",)
-#: Our own ops: valid inside a Graph, never accepted from a file.
-INTERNAL_OPS = ("ChannelAffine",)
 
 
 def read_model(source) -> onnx.ModelProto:
@@ -133,34 +131,6 @@ class NodeView:
                       f"values are supported (shapes must be static)")
         self.consumed.add(i)
         return value
-
-
-def _opsets(model):
-    """``{domain: version}`` the model imports, the default domain as ""."""
-    return {("" if imp.domain in ("", "ai.onnx") else imp.domain): imp.version for imp in model.opset_import}
-
-
-def _default_opset(model):
-    return _opsets(model).get("", 1)
-
-
-def _domain(node):
-    return "" if node.domain in ("", "ai.onnx") else node.domain
-
-
-def unsupported_ops(model):
-    """Op type (``domain.op`` outside the default domain) -> node names for every node the
-    importer cannot take (empty dict if none)."""
-    bad, opsets = {}, _opsets(model)
-    for i, node in enumerate(model.graph.node):
-        name = node.name or f"{node.op_type}_{i}"
-        domain = _domain(node)
-        if not domain and node.op_type in STRUCTURAL_OPS:
-            continue
-        op = ops.lookup(domain, node.op_type, opsets.get(domain, 1))
-        if op is None or op.op_type in INTERNAL_OPS:
-            bad.setdefault(f"{domain}.{node.op_type}" if domain else node.op_type, []).append(name)
-    return bad
 
 
 def _dims(vi):

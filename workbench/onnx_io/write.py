@@ -31,6 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..ir.graph import Layer
+from ..ir.passes.fuse_qdq import BIAS, MODEL_QUANT, PRE_RESIDUAL, WEIGHTS
 
 #: IR version 10 is the first whose NodeProto carries metadata_props.
 MIN_IR_VERSION = 10
@@ -265,7 +266,7 @@ def _emit(w, layer, metadata):
             ins[i] = w.const(name, value)
         for i, value in layer.consts.items():
             if i < n_inputs:
-                ins[i] = w.const(ins[i], value)
+                ins[i] = _integer_const(w, layer, i, ins[i]) or w.const(ins[i], value)
         while ins and ins[-1] == "":
             ins.pop()
         outs = [raw] + list(layer.outputs[1:])
@@ -275,6 +276,9 @@ def _emit(w, layer, metadata):
     x = raw
     post = a.get("post_affine")
     after = residual and bool(a.get("residual_after_activation"))
+    mid = layer.meta.get(PRE_RESIDUAL)
+    if residual and not after and mid is not None:   # the model rounds the Conv's output before its add
+        x = _qdq(w, x, mid, f"{layer.name}/raw", part_of)
     if residual and not after:
         y = out if not act else f"{layer.name}/sum"
         w.node("Add", [x, layer.inputs[3]], [y], f"{layer.name}/residual", metadata=part_of)
@@ -294,14 +298,56 @@ def _emit(w, layer, metadata):
                f"{layer.name}/post_shift", metadata=part_of)
 
 
+def _integer_const(w, layer, i, name):
+    """A pre-quantized model's weights (input 1) or bias (input 2) written as it had them: the
+    integers and a DequantizeLinear (the name of its output), or None for a float constant."""
+    if i == 1 and WEIGHTS in layer.meta:
+        q, scales, axis = layer.meta[WEIGHTS]
+        q = np.moveaxis(q, 0, axis)
+        scale, zero = np.asarray(scales, np.float32), np.zeros(len(scales), np.int8)
+    elif i == 2 and BIAS in layer.meta:
+        q, scale = layer.meta[BIAS]
+        q, axis, scale, zero = np.asarray(q, np.int32), 0, np.asarray(scale, np.float32), np.zeros(len(q), np.int32)
+    else:
+        return None
+    if scale.size > 1 and w.opset < 13:
+        return None   # per-channel DequantizeLinear needs opset 13: the float weights stand
+    out = f"{name}_DequantizeLinear_Output"
+    w.node("DequantizeLinear", [w.const(f"{name}_quantized", q), w.const(f"{name}_scale", scale),
+                                w.const(f"{name}_zero_point", zero)], [out], f"{name}_DequantizeLinear",
+           **({"axis": int(axis)} if scale.size > 1 else {}))
+    return out
+
+
+def _qdq(w, tensor, params, base, metadata=None):
+    """``tensor`` through a QuantizeLinear/DequantizeLinear pair of ``params`` (uint8, per tensor),
+    as a pre-quantized model writes it; returns the DequantizeLinear's output."""
+    s, z = w.const(f"{base}_scale", np.float32(params.scale[0])), w.const(f"{base}_zero_point", np.uint8(params.zero_point[0]))
+    w.node("QuantizeLinear", [tensor, s, z], [f"{base}_QuantizeLinear_Output"], f"{base}_QuantizeLinear", metadata=metadata)
+    w.node("DequantizeLinear", [f"{base}_QuantizeLinear_Output", s, z], [f"{base}_DequantizeLinear_Output"],
+           f"{base}_DequantizeLinear", metadata=metadata)
+    return f"{base}_DequantizeLinear_Output"
+
+
 def export_graph(graph, node_metadata=None, model_metadata=None, producer="workbench"):
     """``graph`` as an :class:`onnx.ModelProto` (see the module docstring)."""
+    from dataclasses import replace
+
     from .._version import __version__
     opset = int(graph.meta.get("opset", 17))
     w = _Writer(opset)
     node_metadata = node_metadata or {}
+    # A pre-quantized model's quantized tensors get their QuantizeLinear/DequantizeLinear pairs
+    # back (ir/passes/fuse_qdq.py took them out): readers read the DequantizeLinear's output.
+    model_quant = {t: graph.quant[t] for t in graph.meta.get(MODEL_QUANT, {}) if t in graph.quant}
+    read = {t: _qdq(w, t, model_quant[t], t) for t in graph.inputs if t in model_quant}
     for layer in graph:
+        if read and any(t in read for t in layer.inputs):
+            layer = replace(layer, inputs=[read.get(t, t) for t in layer.inputs])
         _emit(w, layer, node_metadata.get(layer.name))
+        for t in layer.outputs:
+            if t in model_quant:
+                read[t] = _qdq(w, t, model_quant[t], t)
     inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)), list(s.shape))
               for t, s in graph.inputs.items()]
     outputs = []

@@ -45,7 +45,7 @@ def layer_weights(layer, w):
     """``(int8 q, scales)`` of ``layer``'s weights ``w`` (output channels first): the
     pre-quantized model's own (ir/passes/fuse_qdq.py's ``capture_weights``) where it has them and
     they match ``w``'s shape, else :func:`quantize_weights` of ``w``."""
-    own = layer.meta.get("weight_quant")
+    own = layer.meta.get("weight_quant")   # (q, scales, the model's output axis)
     if own is not None and own[0].size == np.size(w) and own[0].shape[0] == np.shape(w)[0]:
         q = own[0].reshape(np.shape(w))
         real = q.reshape(len(q), -1) * np.asarray(own[1], np.float64)[:, None]

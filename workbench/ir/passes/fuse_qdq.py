@@ -26,7 +26,8 @@ import numpy as np
 
 from ..quant import QuantParams
 
-#: ``layer.meta`` key: ``(int8 weights as the model stores them, float64 scales per output channel)``.
+#: ``layer.meta`` key: ``(int8 weights, output channels first; float64 scales per output channel;
+#: the output channels' axis in the model's weights)``.
 WEIGHTS = "weight_quant"
 #: ``layer.meta`` key: ``(the int32 bias as the model stores it, its float32 scales)``.
 BIAS = "bias_quant"
@@ -53,7 +54,7 @@ def weight_quant(layer, q, attrs):
     if scale.size not in (1, q.shape[out_axis]) or (scale.size > 1 and attrs["axis"] % q.ndim != out_axis):
         return False
     layer.meta[WEIGHTS] = (np.ascontiguousarray(np.moveaxis(q, out_axis, 0)),
-                           np.broadcast_to(scale, (q.shape[out_axis],)).copy())
+                           np.broadcast_to(scale, (q.shape[out_axis],)).copy(), out_axis)
     return True
 
 
@@ -147,7 +148,8 @@ def fuse_qdq(graph):
     names = graph.tensor_names()
     for t in list(model):
         if t not in names and t not in graph.inputs:
-            del model[t]   # fused away (a Conv's output inside its residual add)
+            del model[t]   # fused away (a Conv's output inside its residual add: PRE_RESIDUAL keeps it)
+            graph.quant.pop(t)
             continue
         for reader in graph.consumers(t):
             if not _served(graph, reader, t):

@@ -1,0 +1,39 @@
+"""Which of a model's nodes the importer takes: each node's op looked up by its domain, op type and
+that domain's opset version in the model (:func:`workbench.ir.ops.lookup`), and every node no
+class reads listed at once (:func:`unsupported_ops`)."""
+from __future__ import annotations
+
+from ..ir import ops
+
+#: Ops handled by the importer itself rather than by an :class:`~workbench.ir.ops.Op`.
+STRUCTURAL_OPS = ("Constant",)
+#: Our own ops: valid inside a Graph, never accepted from a file.
+INTERNAL_OPS = ("ChannelAffine",)
+
+
+def _opsets(model):
+    """``{domain: version}`` the model imports, the default domain as ""."""
+    return {("" if imp.domain in ("", "ai.onnx") else imp.domain): imp.version for imp in model.opset_import}
+
+
+def _default_opset(model):
+    return _opsets(model).get("", 1)
+
+
+def _domain(node):
+    return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+def unsupported_ops(model):
+    """Op type (``domain.op`` outside the default domain) -> node names for every node the
+    importer cannot take (empty dict if none)."""
+    bad, opsets = {}, _opsets(model)
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        domain = _domain(node)
+        if not domain and node.op_type in STRUCTURAL_OPS:
+            continue
+        op = ops.lookup(domain, node.op_type, opsets.get(domain, 1))
+        if op is None or op.op_type in INTERNAL_OPS:
+            bad.setdefault(f"{domain}.{node.op_type}" if domain else node.op_type, []).append(name)
+    return bad

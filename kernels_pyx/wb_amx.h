@@ -36,4 +36,18 @@ static inline void wba_configure(void) {
     _tile_loadconfig(&cfg);
 }
 
+/* C tiles 0 and 1 (2 and 3: the second A tile's rows; 1 and 3: only where ``wide``) into the
+ * staging tile, 32 four-byte sums (float32 or int32) a row. */
+static inline void wba_store(void* stage, int two, int wide) {
+    char* s = (char*)stage;
+    _tile_stored(0, s, 128);
+    if (wide)
+        _tile_stored(1, s + 64, 128);
+    if (two) {
+        _tile_stored(2, s + 16 * 128, 128);
+        if (wide)
+            _tile_stored(3, s + 16 * 128 + 64, 128);
+    }
+}
+
 #endif

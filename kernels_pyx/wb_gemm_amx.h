@@ -33,19 +33,6 @@ static inline void wba_copy_a(const uint16_t* a, ptrdiff_t lda, int rows, int he
                                                    : _mm512_setzero_si512());
 }
 
-/* C tiles 0 and 1 (2 and 3: the second A tile's rows; 1 and 3: only where ``wide``) into the
- * staging tile, 32 floats a row. */
-static inline void wba_store(float* stage, int two, int wide) {
-    _tile_stored(0, stage, 128);
-    if (wide)
-        _tile_stored(1, stage + 16, 128);
-    if (two) {
-        _tile_stored(2, stage + 16 * 32, 128);
-        if (wide)
-            _tile_stored(3, stage + 16 * 32 + 16, 128);
-    }
-}
-
 /* The stage rows of a block (wba_tiles' C) to C: ``rows`` rows from stage row ``from``, the first
  * being output pixel ``pix``. */
 static inline void wba_finish_rows(const float* stage, int from, int rows, int wide, void* c, ptrdiff_t ldc, int f32,

@@ -180,14 +180,7 @@ static void wbq_job_amx(const wbq_args* p, ptrdiff_t m0_, ptrdiff_t m1, ptrdiff_
                         _tile_dpbusd(3, 5, 7);
                 }
             }
-            _tile_stored(0, stage, 128);
-            if (wide)
-                _tile_stored(1, stage + 16, 128);
-            if (two) {
-                _tile_stored(2, stage + 16 * 32, 128);
-                if (wide)
-                    _tile_stored(3, stage + 16 * 32 + 16, 128);
-            }
+            wba_store(stage, two, wide);
             for (int c = 0; c <= wide && (b0 + c) * 16 < p->N; c++) {
                 const wbq_consts k = wbq_load(p, (b0 + c) * 16);
                 for (int r = 0; r < mr; r++)

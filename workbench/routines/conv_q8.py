@@ -16,26 +16,15 @@ import numpy as np
 from ..ir.graph import NHWC
 from ..ir.ops.conv import residual_after_activation
 from ..ir.passes.fuse_qdq import PRE_RESIDUAL
-from . import Routine
 from .conv_gemm import geometry
-from .qint8 import (REQUIRES, REQUIRES_AMX, Requant, clamp, kernels, layer_weights, model_bias, out_format,
-                    params)
+from .qint8 import OnAmx, QRoutine, Requant, clamp, kernels, layer_weights, model_bias, out_format, params
 
 
-class _ConvQ8(Routine, register=False):
+class _ConvQ8(QRoutine, register=False):
     op = "Conv"
-    dtype = "qint8"
     layout = NHWC
-    quantized = True
-    uses_blas = False
-    requires = REQUIRES
-    priority = 5
     #: Writes float32 (a fused dequantize) instead of the output tensor's uint8.
     out_float = False
-
-    @classmethod
-    def available(cls):
-        return kernels() is not None
 
     @classmethod
     def applies(cls, layer, specs):
@@ -106,11 +95,6 @@ class _ConvQ8(Routine, register=False):
 
 class _GemmQ8(_ConvQ8, register=False):
     algo = "gemm_vnni"
-    isa = "avx512vnni"
-
-    @classmethod
-    def available(cls):
-        return kernels(cls.isa) is not None
 
     @classmethod
     def _shape_applies(cls, layer, specs):
@@ -155,13 +139,9 @@ class NhwcGemmQ8F32(_GemmQ8):
     out_float = True
 
 
-class NhwcGemmAmxQ8(_GemmQ8):
+class NhwcGemmAmxQ8(OnAmx, _GemmQ8):
     """The same GEMM on AMX tiles: eight times VNNI's multiply-adds an instruction, where the
     depth is enough to keep them busy (the profiler finds where)."""
-
-    algo = "gemm_amx"
-    isa = "amxint8"
-    requires = REQUIRES_AMX
 
 
 class NhwcGemmAmxQ8F32(NhwcGemmAmxQ8):

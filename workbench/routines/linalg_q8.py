@@ -12,25 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.graph import NCHW
-from . import Routine
 from .linalg512 import c_is_bias, gemm_operands
-from .qint8 import REQUIRES, REQUIRES_AMX, Requant, clamp, kernels, layer_weights, model_bias, out_format, params
+from .qint8 import OnAmx, QRoutine, Requant, clamp, kernels, layer_weights, model_bias, out_format, params
 
 
-class _GemmQ8(Routine, register=False):
-    dtype = "qint8"
+class _GemmQ8(QRoutine, register=False):
     layout = NCHW
-    quantized = True
-    uses_blas = False
-    requires = REQUIRES
     algo = "gemm_vnni"
-    priority = 5
     out_float = False
-    isa = "avx512vnni"
-
-    @classmethod
-    def available(cls):
-        return kernels(cls.isa) is not None
 
     @classmethod
     def _operands(cls, layer, specs):
@@ -114,16 +103,12 @@ class GemmQ8F32(GemmQ8):
     out_float = True
 
 
-class MatMulAmxQ8(MatMulQ8):
-    algo = "gemm_amx"
-    isa = "amxint8"
-    requires = REQUIRES_AMX
+class MatMulAmxQ8(OnAmx, MatMulQ8):
+    pass
 
 
-class GemmAmxQ8(GemmQ8):
-    algo = "gemm_amx"
-    isa = "amxint8"
-    requires = REQUIRES_AMX
+class GemmAmxQ8(OnAmx, GemmQ8):
+    pass
 
 
 class MatMulAmxQ8F32(MatMulAmxQ8):

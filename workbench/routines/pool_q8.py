@@ -13,26 +13,13 @@ import numpy as np
 from ..ir.graph import NCHW, NHWC
 from ..ir.quant import QuantError
 from ..runtime import cpu
-from . import Routine
 from .pool import _as_2d
-from .qint8 import REQUIRES, kernels, out_format, params
+from .qint8 import QRoutine, out_format, params
 from .tensor_ops import ViewNchw
 
 
 def _pool_kernels():
     return cpu.best_module("pool_q8")
-
-
-class _Q8(Routine, register=False):
-    dtype = "qint8"
-    quantized = True
-    uses_blas = False
-    requires = REQUIRES
-    priority = 5
-
-    @classmethod
-    def available(cls):
-        return kernels() is not None
 
 
 def same_params(quant, layer, who):
@@ -46,15 +33,8 @@ def same_params(quant, layer, who):
     return params(quant, layer.inputs[0], who)
 
 
-class MaxPoolQ8(_Q8):
-    op = "MaxPool"
-    layout = NHWC
-    algo = "direct"
-
-    @classmethod
-    def applies(cls, layer, specs):
-        return (cls.available() and len(specs[0].shape) == 4 and len(layer.attrs["kernel_shape"]) == 2
-                and len(layer.outputs) == 1 and specs[0].dtype == "float32")
+class _MovesIntegers(QRoutine, register=False):
+    """A routine whose output holds its input's integers: the two tensors share their parameters."""
 
     @classmethod
     def quant_tensors(cls, layer):
@@ -65,13 +45,24 @@ class MaxPoolQ8(_Q8):
         same_params(quant, layer, f"{cls.descriptor} on {layer.name}")
         return {}
 
+
+class MaxPoolQ8(_MovesIntegers):
+    op = "MaxPool"
+    layout = NHWC
+    algo = "direct"
+
+    @classmethod
+    def applies(cls, layer, specs):
+        return (cls.available() and len(specs[0].shape) == 4 and len(layer.attrs["kernel_shape"]) == 2
+                and len(layer.outputs) == 1 and specs[0].dtype == "float32")
+
     @classmethod
     def run(cls, layer, state, args, outs, num_threads):
         kernel, strides, dilations, pads = _as_2d(layer.attrs)
         _pool_kernels().maxpool(args[0], outs[0], kernel, strides, dilations, pads, num_threads)
 
 
-class _GlobalAverageQ8(_Q8, register=False):
+class _GlobalAverageQ8(QRoutine, register=False):
     op = "GlobalAveragePool"
     layout = NHWC
     algo = "direct"
@@ -115,7 +106,7 @@ class GlobalAverageQ8F32(_GlobalAverageQ8):
     out_float = True
 
 
-class ViewQ8(_Q8, ViewNchw):
+class ViewQ8(_MovesIntegers, ViewNchw):
     """Flatten, Reshape and the like on a uint8 tensor: its output is its input's buffer and
     parameters."""
 
@@ -125,12 +116,3 @@ class ViewQ8(_Q8, ViewNchw):
     @classmethod
     def applies(cls, layer, specs):
         return cls.available() and ViewNchw.applies(layer, specs) and specs[0].dtype == "float32"
-
-    @classmethod
-    def quant_tensors(cls, layer):
-        return (layer.inputs[0], layer.outputs[0])
-
-    @classmethod
-    def prepare(cls, layer, quant=None):
-        same_params(quant, layer, f"{cls.descriptor} on {layer.name}")
-        return None

@@ -15,6 +15,7 @@ import numpy as np
 from ..ir.formats import QUANTIZED, Format
 from ..ir.quant import per_tensor
 from ..runtime import cpu
+from . import Routine
 from .epilogue import encode
 
 
@@ -27,6 +28,30 @@ def kernels(isa="avx512vnni"):
 
 REQUIRES = "AVX512-VNNI (the gemm_q8_avx512vnni build)"
 REQUIRES_AMX = "AMX-INT8 tiles granted by the kernel (the gemm_q8_amxint8 build)"
+
+
+class QRoutine(Routine, register=False):
+    """What every qint8 routine declares: its data type, that its prepare reads the graph's
+    quantization parameters, our own kernels only, and the build it needs (``isa``)."""
+
+    dtype = "qint8"
+    quantized = True
+    uses_blas = False
+    requires = REQUIRES
+    priority = 5
+    isa = "avx512vnni"
+
+    @classmethod
+    def available(cls):
+        return kernels(cls.isa) is not None
+
+
+class OnAmx:
+    """Mixed in before a qint8 GEMM routine: the same routine on AMX tiles (the amxint8 build)."""
+
+    algo = "gemm_amx"
+    isa = "amxint8"
+    requires = REQUIRES_AMX
 
 
 def quantize_weights(w):

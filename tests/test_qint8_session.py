@@ -195,8 +195,12 @@ def test_pin_precision(tmp_path):
     s.tune(precisions=["float32"])  # qint8 not allowed elsewhere, but this layer is pinned to it
     assert ":qint8:" in s.plan.choice[conv]
     assert all(":float32:" in d for n, d in s.plan.choice.items() if n != conv)
+    path = tmp_path / "pinned.onnx"
+    s.export(path, measure_runs=2)
+    assert Session.load(path).precision_pins == {conv: "qint8"}   # the tuned file keeps the pin
     s.unpin_precision(conv).pin_precision(conv, "float32")
     s.tune(precisions=["qint8"])
+    _qint8_cheap(s)   # qint8 wherever it is allowed, but the pinned layer
     assert ":float32:" in s.plan.choice[conv] and s.low_precision == ["qint8"]
     with pytest.raises(PinError, match="no precision pin"):
         s.unpin_precision(next(iter(s.graph)).name)

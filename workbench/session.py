@@ -191,9 +191,10 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows):
         peak (``PrecisionError.max_rel``) the plan may have on ``error_inputs`` (feeds; default
         the inputs given to :meth:`calibrate`, else three seeded random ones): the layers where a
         lower precision buys the least time for its error stay float32 until the plan is within
-        it (:mod:`workbench.tuning.budget`; the report is kept as :attr:`budget`).  It replaces the session's budget when given;
-        ``session.max_error = None`` drops it.  ``min_cosine``: the same for the lowest cosine
-        similarity of an output with float32's (both may be set; the plan keeps to both).
+        it (:mod:`workbench.tuning.budget`; the report is kept as :attr:`budget`).  It replaces
+        the session's budget when given; ``session.max_error = None`` drops it.  ``min_cosine``:
+        the same for the lowest cosine similarity of an output with float32's (both may be set;
+        the plan keeps to both).
         ``calibration_inputs``: feeds the bias correction of bfloat16 routines is calibrated on
         (:meth:`calibrate_means`; without them, the first tuning that allows bfloat16 draws
         seeded random ones), and with qint8 allowed the quantization ranges too

@@ -33,7 +33,8 @@ class SessionFiles:
             precisions=list(self.precisions),
             precision_error=self.precision.to_dict() if self.precision is not None else None,
             max_error=self.max_error, demoted=sorted(self.demoted), calibration=self.calibration,
-            min_cosine=self.min_cosine, quant_calibration=self.quant_calibration)
+            min_cosine=self.min_cosine, quant_calibration=self.quant_calibration,
+            precision_pins=dict(self.precision_pins))
 
     def _adapts_into(self):
         """``{layer: [[tensor, from, to], ...]}``: the plan's adapts, by the layers that read them."""
@@ -56,6 +57,7 @@ class SessionFiles:
         session.max_error, session.demoted = record.max_error, set(record.demoted)
         session.calibration = record.calibration
         session.min_cosine, session.quant_calibration = record.min_cosine, record.quant_calibration
+        session.precision_pins = dict(record.precision_pins)
         if record.precision_error is not None:
             from .tuning.precision import PrecisionError
             session.precision = PrecisionError.from_dict(record.precision_error)

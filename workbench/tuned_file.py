@@ -11,7 +11,8 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
 - the model: ``workbench.format``, ``workbench.version``, ``workbench.fingerprint`` and
   ``workbench.fingerprint_facts`` (the machine), ``workbench.num_threads``,
   ``workbench.io_format``, ``workbench.predicted_ms``, ``workbench.measured_ms``,
-  ``workbench.plan_method``, ``workbench.filters``, ``workbench.pins``, ``workbench.precisions``
+  ``workbench.plan_method``, ``workbench.filters``, ``workbench.pins``,
+  ``workbench.precision_pins`` (JSON: layer -> the data type it was pinned to), ``workbench.precisions``
   (JSON list of the data types tuning allowed) and ``workbench.precision_error`` (JSON: the plan's
   error against float32, :class:`~workbench.tuning.precision.PrecisionError`; empty for a float32 plan),
   ``workbench.max_error`` and ``workbench.min_cosine`` (the error budget tuning kept to; empty
@@ -94,6 +95,7 @@ class TunedRecord:
     calibration: str = None
     min_cosine: float = None
     quant_calibration: str = None
+    precision_pins: dict = field(default_factory=dict)
 
     def fingerprint_differs(self, num_threads):
         """The machine facts (``fingerprint_facts`` keys) in which this machine, running with
@@ -139,6 +141,7 @@ def write(record, path):
         "demoted": json.dumps(sorted(record.demoted)),
         "calibration": record.calibration or "",
         "min_cosine": repr(float(record.min_cosine)) if record.min_cosine is not None else "",
+        "precision_pins": json.dumps(record.precision_pins) if record.precision_pins else "",
         "quant_calibration": record.quant_calibration or "",
         "quant": json.dumps(record.graph.quant.to_record()) if len(record.graph.quant) else "",
     }
@@ -170,6 +173,14 @@ def _budget(text):
     value = float(text)
     if not value >= 0:
         raise ValueError("an error budget is a number >= 0")
+    return value
+
+
+def _precision_pins(text):
+    from .ir.formats import DTYPES
+    value = json.loads(text)
+    if not isinstance(value, dict) or not all(isinstance(k, str) and v in DTYPES for k, v in value.items()):
+        raise ValueError(f"expected an object of layer: one of {', '.join(DTYPES)}")
     return value
 
 
@@ -230,6 +241,7 @@ def read(source, name=None):
     if min_cosine is not None:
         min_cosine = _field(where_, PREFIX + "min_cosine", min_cosine, _cosine)
     demoted = _field(where_, PREFIX + "demoted", meta.get("demoted", "[]"), _names)
+    precision_pins = _field(where_, PREFIX + "precision_pins", meta.get("precision_pins") or "{}", _precision_pins)
 
     annotated = {}
     for node in model.graph.node:
@@ -246,9 +258,10 @@ def read(source, name=None):
             raise TunedModelError(f"{where_}: field {PREFIX}quant: {e}") from None
     layer_names = {layer.name for layer in graph}
     stray = sorted(set(annotated) - layer_names)
-    unknown = sorted(set(demoted) - layer_names)
+    unknown = sorted((set(demoted) | set(precision_pins)) - layer_names)
     if unknown:
-        raise TunedModelError(f"{where_}: field {PREFIX}demoted names {unknown[:5]}, no layers of the imported graph")
+        raise TunedModelError(f"{where_}: fields {PREFIX}demoted/{PREFIX}precision_pins name {unknown[:5]}, no layers "
+                              f"of the imported graph")
     if stray:
         raise TunedModelError(f"{where_}: node(s) {stray[:5]} carry {PREFIX}routine but are no layer of the "
                               f"imported graph (the file was edited after tuning)")
@@ -284,4 +297,4 @@ def read(source, name=None):
                        fingerprint_facts=facts, metadata=meta, precisions=list(precisions),
                        precision_error=error, max_error=max_error, demoted=demoted,
                        calibration=meta.get("calibration") or None, min_cosine=min_cosine,
-                       quant_calibration=meta.get("quant_calibration") or None)
+                       quant_calibration=meta.get("quant_calibration") or None, precision_pins=precision_pins)

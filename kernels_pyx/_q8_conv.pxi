@@ -96,7 +96,8 @@ cdef class Conv:
     each call gathers the windows of a tile of output rows into ``workspace`` (``fill``: the
     image's zero point in the padding; none for a direct 1x1) and runs :func:`gemm` on them with
     ``packed`` from :func:`pack` of weights (n, KH * KW * C) in (row, column, channel) order,
-    into float32 or uint8 ``out`` (N, OH, OW, n); ``res`` (same shape, or None) the residual."""
+    into float32 or uint8 ``out`` (N, OH, OW, n); ``res`` (same shape, or None) the residual,
+    ``act`` an activation (:func:`gemm`)."""
 
     cdef _Ctx g
     cdef _ColCtx col
@@ -108,7 +109,7 @@ cdef class Conv:
 
     def __init__(self, x, packed, Py_ssize_t n, comp, mult, bias, out, kernel, strides, dilations, pads,
                  int fill=0, workspace=None, int zo=0, bint relu=False, lo=None, hi=None, res=None,
-                 float rmult=1.0, int rzp=0, mid=None):
+                 float rmult=1.0, int rzp=0, mid=None, act=None):
         who = "gemm_q8.Conv"
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or not x.flags.c_contiguous:
             raise ValueError(f"{who}: x must be a C-contiguous uint8 (N, H, W, C) array, got "
@@ -131,7 +132,7 @@ cdef class Conv:
                              f"{getattr(res, 'shape', type(res))}")
         _weights(&self.g.args, packed, n, k, comp, mult, bias, who)
         _epilogue(&self.g.args, out.reshape(-1, n), nb * oh * ow, n, zo, relu, lo, hi,
-                  None if res is None else res.reshape(-1, n), rmult, who, rzp, mid)
+                  None if res is None else res.reshape(-1, n), rmult, who, rzp, mid, act)
         if not 0 <= fill <= 255:
             raise ValueError(f"{who}: the fill must lie in [0, 255], got {fill}")
         self.direct, self.tile, self.rows = direct, tile, nb * oh

@@ -56,14 +56,14 @@ cdef class Depthwise:
     """A qint8 depthwise convolution of uint8 NHWC ``x`` (N, H, W, C) bound to its arrays, checked
     once: ``wp`` from :func:`pack_depthwise`, ``comp`` int32 (C,) the image's zero point times
     the weight sums, ``zrow`` at least C bytes of that zero point (what taps in the padding read),
-    then :func:`gemm`'s epilogue (no residual) per channel into float32 or uint8 ``out``
+    then :func:`gemm`'s epilogue (no residual; ``act`` an activation) per channel into float32 or uint8 ``out``
     (N, OH, OW, C); ``pads`` (top, left, bottom, right)."""
 
     cdef _DwCtx d
     cdef object refs
 
     def __init__(self, x, wp, kernel, strides, dilations, pads, comp, mult, bias, out, zrow, int zo=0,
-                 bint relu=False, lo=None, hi=None):
+                 bint relu=False, lo=None, hi=None, act=None):
         who = "gemm_q8.depthwise"
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or not x.flags.c_contiguous:
             raise ValueError(f"{who}: x must be a C-contiguous uint8 (N, H, W, C) array, got "
@@ -96,7 +96,7 @@ cdef class Depthwise:
         for name, v, dt in (("comp", comp, np.int32), ("mult", mult, np.float32), ("bias", bias, np.float32)):
             if not isinstance(v, np.ndarray) or v.dtype != dt or v.shape != (c,) or not v.flags.c_contiguous:
                 raise ValueError(f"{who}: {name} must be {np.dtype(dt)} ({c},) contiguous")
-        _epilogue(&self.d.args.epi, out.reshape(-1, c), n * oh * ow, c, zo, relu, lo, hi, None, 1.0, who)
+        _epilogue(&self.d.args.epi, out.reshape(-1, c), n * oh * ow, c, zo, relu, lo, hi, None, 1.0, who, 0, None, act)
         self.d.args.epi.comp = <const int32_t*> cnp.PyArray_DATA(<cnp.ndarray> comp)
         self.d.args.epi.mult = <const float*> cnp.PyArray_DATA(<cnp.ndarray> mult)
         self.d.args.epi.bias = <const float*> cnp.PyArray_DATA(<cnp.ndarray> bias)
@@ -119,7 +119,7 @@ cdef class Depthwise:
 
 
 def depthwise(x, wp, kernel, strides, dilations, pads, comp, mult, bias, out, zrow, int zo=0, bint relu=False,
-              lo=None, hi=None, int num_threads=1):
+              lo=None, hi=None, int num_threads=1, act=None):
     """:class:`Depthwise` bound and run once; returns ``out``."""
-    Depthwise(x, wp, kernel, strides, dilations, pads, comp, mult, bias, out, zrow, zo, relu, lo, hi)(num_threads)
+    Depthwise(x, wp, kernel, strides, dilations, pads, comp, mult, bias, out, zrow, zo, relu, lo, hi, act)(num_threads)
     return out

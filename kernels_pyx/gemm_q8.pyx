@@ -40,6 +40,8 @@ cdef extern from "wb_gemm_q8.h" nogil:
         float rmult
         int mid, zmid
         float mmid
+        int act
+        float ap0, ap1, amult, ainv
         void* out
         Py_ssize_t ldo
         int out_u8, zo, qlo, qhi
@@ -98,12 +100,18 @@ cdef void _chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
         wbq_job(&c.args, rb * ROWS, min((rb + 1) * ROWS, c.M), cb * COLS, min((cb + 1) * COLS, c.blocks))
 
 
+#: Activation codes (``workbench/routines/epilogue.py``) the epilogue computes besides a clamp.
+ACTIVATIONS = (3, 4, 5, 6, 8, 9, 10, 11)
+
+
 cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, lo, hi, res, float rmult, who,
-               int rzp=0, mid=None):
+               int rzp=0, mid=None, act=None):
     """Fill ``e``'s epilogue fields (all but comp, mult and bias) for ``out`` (m rows of n),
     checked: the clamp to [lo, hi] in output units (``relu``: lo = 0), the residual ``res``
     (``(res - rzp) * rmult``), ``mid``: ``(zero point, multiplier)`` of the intermediate uint8
-    rounding before the residual (None: none)."""
+    rounding before the residual (None: none), ``act``: ``(code, p0, p1, scale)``, an activation of
+    :data:`ACTIVATIONS` applied to ``y * scale`` (real values; 1 for float32 ``out``, the output's
+    scale for uint8), its result divided by ``scale`` (None: none)."""
     if (not isinstance(out, np.ndarray) or out.dtype not in (np.float32, np.uint8) or out.ndim != 2
             or out.shape != (m, n) or out.strides[1] != out.itemsize or out.strides[0] % out.itemsize):
         raise ValueError(f"{who}: out must be float32 or uint8 ({m}, {n}) with unit column stride, got "
@@ -122,6 +130,13 @@ cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, 
     e.qhi = int(min(max(np.rint(hi) + zo, 0), 255)) if np.isfinite(hi) else 255
     e.res, e.ldr, e.res_u8, e.rmult, e.rzp = NULL, 0, 0, rmult, 0
     e.mid, e.zmid, e.mmid = 0, 0, 1.0
+    e.act, e.ap0, e.ap1, e.amult, e.ainv = 0, 0.0, 0.0, 1.0, 1.0
+    if act is not None:
+        code, p0, p1, scale = int(act[0]), float(act[1]), float(act[2]), float(act[3])
+        if code not in ACTIVATIONS or not (np.isfinite(scale) and scale > 0) or not (np.isfinite(p0) and np.isfinite(p1)):
+            raise ValueError(f"{who}: the activation must be (code in {ACTIVATIONS}, finite p0, p1, a positive "
+                             f"finite scale), got {act!r}")
+        e.act, e.ap0, e.ap1, e.amult, e.ainv = code, p0, p1, scale, 1.0 / scale
     if mid is not None:
         zmid, mmid = int(mid[0]), float(mid[1])
         if not 0 <= zmid <= 255 or not np.isfinite(mmid):
@@ -174,21 +189,22 @@ cdef void _run_gemm(_Ctx* c, Py_ssize_t m, int nt) noexcept nogil:
 
 
 def gemm(a, packed, Py_ssize_t n, comp, mult, bias, out, int zo=0, bint relu=False, lo=None, hi=None, res=None,
-         float rmult=1.0, int num_threads=1, int rzp=0, mid=None):
+         float rmult=1.0, int num_threads=1, int rzp=0, mid=None, act=None):
     """``out = epilogue(a @ w.T - comp)`` for uint8 ``a`` (M, K) and ``packed`` from :func:`pack`
     of ``w`` (n, K): ``y = s * mult + bias (+ rmult * res)``, clamped to ``[lo, hi]`` (``relu``:
     lo = 0); float32 ``out`` gets ``y``, uint8 ``out`` ``clamp(round_even(y) + zo, 0, 255)``;
     ``comp``, int32 (n,) or None, is usually the activations' zero point times the weight sums,
     ``mult`` and ``bias`` float32 (n,); ``res``, float32 or uint8 (M, n), a residual (it may be
     ``out`` itself) added as ``(res - rzp) * rmult``, after the sums are rounded to an intermediate
-    uint8 tensor where ``mid`` is ``(zero point, multiplier)`` (``wb_gemm_q8.h``)."""
+    uint8 tensor where ``mid`` is ``(zero point, multiplier)``, and ``act`` (``(code, p0, p1,
+    scale)``) an activation before the clamp (``wb_gemm_q8.h``)."""
     if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 2 or a.strides[1] != 1 or a.shape[0] < 1:
         raise ValueError(f"gemm_q8.gemm: a must be uint8 (M, K) with unit column stride, got "
                          f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
     cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
     cdef _Ctx c
     _weights(&c.args, packed, n, k, comp, mult, bias, "gemm_q8.gemm")
-    _epilogue(&c.args, out, m, n, zo, relu, lo, hi, res, rmult, "gemm_q8.gemm", rzp, mid)
+    _epilogue(&c.args, out, m, n, zo, relu, lo, hi, res, rmult, "gemm_q8.gemm", rzp, mid, act)
     if np.shares_memory(a, out):
         raise ValueError("gemm_q8.gemm: out overlaps a")
     c.args.a = <const uint8_t*> cnp.PyArray_DATA(<cnp.ndarray> a)

@@ -7,6 +7,9 @@
  *             tensor's uint8 first, as a pre-quantized model rounds a Conv's output before its add)
  *   y += (res[m, n] - rzp) * rmult (a uint8 residual, its zero point rzp; a float32 one with rzp 0;
  *        none if res is NULL)
+ *   y = act(y) in real units (act: an activation that is not a clamp, epilogue.py's codes 3-6 and
+ *       8-11: leaky ReLU, hard sigmoid, hard swish, sigmoid, tanh, SiLU, GELU; amult the output's
+ *       scale and ainv its inverse: y is in the output's units, scaled to real values and back)
  *   float32 out: clamp(y, flo, fhi), a NaN kept
  *   uint8 out:   clamp(rne(y) + zo, qlo, qhi)
  * where comp[n] = za * sum_k w[n, k] takes the activations' zero point out (u8 x s8 multiplies
@@ -32,6 +35,7 @@
 #include <string.h>
 #include <math.h>
 #include <immintrin.h>
+#include "wb_vmath.h"
 
 #define WBQ_MR 6     /* rows of a micro-tile */
 #define WBQ_NB 2     /* 16-column blocks of a micro-tile */
@@ -43,6 +47,7 @@ typedef struct {
     const int32_t* comp; const float* mult; const float* bias;
     const void* res; ptrdiff_t ldr; int res_u8, rzp; float rmult;
     int mid, zmid; float mmid;
+    int act; float ap0, ap1, amult, ainv;       /* the activation in real units (0: none) */
     void* out; ptrdiff_t ldo; int out_u8, zo, qlo, qhi; float flo, fhi;
 } wbq_args;
 
@@ -50,6 +55,26 @@ static inline int32_t wbq_a4(const uint8_t* row, ptrdiff_t k, ptrdiff_t K) {
     int32_t v = 0;
     memcpy(&v, row + k, (size_t)(K - k < 4 ? K - k : 4));
     return v;
+}
+
+/* act of epilogue.py's codes 3-6 and 8-11 on one real value, as the float32 kernels compute it */
+static inline float wbq_act1(int act, float t, float p0, float p1) {
+    switch (act) {
+    case 3: return t < 0.0f ? t * p0 : t;
+    case 4: case 5: {
+        float a = act == 4 ? p0 : 1.0f / 6.0f, b = act == 4 ? p1 : 0.5f;
+        float h = t * a + b;
+        h = h > 0.0f ? h : 0.0f;
+        h = h < 1.0f ? h : 1.0f;
+        return t != t ? t : (act == 4 ? h : t * h);
+    }
+    case 6: return wbm_sigmoid(t);
+    case 8: return wbm_tanh(t);
+    case 9: return wbm_silu(t);
+    case 10: return wbm_gelu(t);
+    case 11: return wbm_gelu_tanh(t);
+    default: return t;
+    }
 }
 
 static inline void wbq_store(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, ptrdiff_t cols, const int32_t* sums) {
@@ -65,6 +90,8 @@ static inline void wbq_store(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, ptrdi
         if (p->res)
             y = fmaf(p->res_u8 ? (float)((int32_t)((const uint8_t*)p->res)[m * p->ldr + n] - p->rzp)
                                : ((const float*)p->res)[m * p->ldr + n], p->rmult, y);
+        if (p->act)
+            y = wbq_act1(p->act, y * p->amult, p->ap0, p->ap1) * p->ainv;
         if (p->out_u8) {
             float r = nearbyintf(y) + (float)p->zo;
             r = r >= (float)p->qlo ? r : (float)p->qlo;   /* a NaN to the low end */
@@ -97,6 +124,22 @@ static inline wbq_consts wbq_load(const wbq_args* p, ptrdiff_t n0) {
     return c;
 }
 
+/* wbq_act1 on 16 values: the same operations as the float32 kernels' (sgemm_epi512.h), a NaN kept */
+static inline __m512 wbq_act(const wbq_args* p, __m512 y) {
+    const __m512 am = _mm512_set1_ps(p->amult), zero = _mm512_setzero_ps();
+    __m512 t = _mm512_mul_ps(y, am);
+    if (p->act == 3) {
+        t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_LT_OQ), t, _mm512_set1_ps(p->ap0));
+    } else if (p->act == 4 || p->act == 5) {
+        __m512 a = _mm512_set1_ps(p->act == 4 ? p->ap0 : 1.0f / 6.0f), b = _mm512_set1_ps(p->act == 4 ? p->ap1 : 0.5f);
+        __m512 h = _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(zero, _mm512_fmadd_ps(t, a, b)));
+        t = p->act == 4 ? h : _mm512_mul_ps(t, h);
+    } else {
+        t = wbm512_act(p->act, t);
+    }
+    return _mm512_mul_ps(t, _mm512_set1_ps(p->ainv));
+}
+
 static inline void wbq_finish(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m512i acc, const wbq_consts* c) {
     const __mmask16 k = c->k;
     __m512 y = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, c->comp)), c->mult, c->bias);
@@ -113,6 +156,8 @@ static inline void wbq_finish(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m5
             : _mm512_maskz_loadu_ps(k, (const float*)p->res + m * p->ldr + n0);
         y = _mm512_fmadd_ps(r, _mm512_set1_ps(p->rmult), y);
     }
+    if (p->act)
+        y = wbq_act(p, y);
     if (p->out_u8) {
         /* bounded first (a NaN to the low end): a float past int32 converts to INT_MIN */
         y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-1e9f)), _mm512_set1_ps(1e9f));

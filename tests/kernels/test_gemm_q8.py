@@ -67,6 +67,44 @@ def test_requantized_outputs_within_one_lsb(mod, relu, rng):
     np.testing.assert_allclose(f, ref, rtol=2e-6, atol=2e-5)
 
 
+def _erf(v):
+    from math import erf
+    return np.vectorize(erf)(v)
+
+
+#: NumPy formulas of the epilogue's computed activations (epilogue.py's codes), p0 and p1 as passed.
+COMPUTED = {3: lambda v, a, b: np.where(v < 0, a * v, v), 4: lambda v, a, b: np.clip(a * v + b, 0, 1),
+            5: lambda v, a, b: v * np.clip(v / 6 + 0.5, 0, 1), 6: lambda v, a, b: 1 / (1 + np.exp(-v)),
+            8: lambda v, a, b: np.tanh(v), 9: lambda v, a, b: v / (1 + np.exp(-v)),
+            10: lambda v, a, b: 0.5 * v * (1 + _erf(v / np.sqrt(2))),
+            11: lambda v, a, b: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)))}
+
+
+@pytest.mark.parametrize("mod", BUILDS, ids=IDS)
+@pytest.mark.parametrize("code", sorted(COMPUTED))
+def test_computed_activations_in_real_units(mod, code, rng):
+    """An activation applied to the real values (the uint8 output's scale taken out and put back),
+    after a residual: float32 outputs to float32 rounding, uint8 within 1 LSB."""
+    m, n, k, zo, so, p0, p1 = 29, 37, 70, 100, 0.03, 0.2, 0.45
+    a, w, sums, comp = _case(rng, m, n, k)
+    mult = rng.uniform(2e-4, 1.2e-3, n).astype(np.float32)
+    bias = rng.uniform(-2, 2, n).astype(np.float32)
+    res = rng.standard_normal((m, n)).astype(np.float32)
+    packed, _ = mod.pack(w)
+    real = (sums - comp) * mult.astype(np.float64) + bias + res
+    f = np.zeros((m, n), np.float32)
+    mod.gemm(a, packed, n, comp, mult, bias, f, res=res, act=(code, p0, p1, 1.0), num_threads=2)
+    want = COMPUTED[code](real, p0, p1)
+    np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+    q = np.zeros((m, n), np.uint8)   # the same sums in the output's units
+    mod.gemm(a, packed, n, comp, mult / np.float32(so), bias / np.float32(so), q, zo=zo, res=res,
+             rmult=1 / so, act=(code, p0, p1, so), num_threads=2)
+    diff = np.abs(q.astype(np.int64) - np.clip(np.rint(want / so) + zo, 0, 255))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.97
+    with pytest.raises(ValueError, match="activation"):
+        mod.gemm(a, packed, n, comp, mult, bias, f, act=(1, 0, 0, 1.0))
+
+
 @pytest.mark.parametrize("mod", BUILDS, ids=IDS)
 def test_strided_rows_and_output(mod, rng):
     m, n, k = 13, 20, 33

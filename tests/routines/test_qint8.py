@@ -47,6 +47,13 @@ def _conv_sums(xq, zx, wq, strides, pads, group):
     return out
 
 
+#: NumPy formulas of the activations (routine_helpers' parameters): a clamp or computed in real units.
+ACT = {None: lambda v: v, "Relu": lambda v: np.maximum(v, 0), "Clip": lambda v: np.clip(v, -0.4, 0.9),
+       "LeakyRelu": lambda v: np.where(v < 0, 0.15 * v, v), "HardSigmoid": lambda v: np.clip(0.3 * v + 0.4, 0, 1),
+       "HardSwish": lambda v: v * np.clip(v / 6 + 0.5, 0, 1), "Sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+       "Tanh": np.tanh}
+
+
 def _run(descriptor, layer, graph, args, out_dtype, threads=2):
     r = routines.get(layer.op, descriptor)
     state = routines.prepared(r, layer, graph.input_specs(layer), threads, quant=graph.quant)
@@ -60,7 +67,7 @@ def _run(descriptor, layer, graph, args, out_dtype, threads=2):
 @needs_vnni
 @settings(max_examples=30, deadline=None)
 @given(c=st.integers(1, 40), o=st.integers(1, 40), k=st.sampled_from([1, 3, 5]), s=st.sampled_from([1, 2]),
-       pad=st.integers(0, 2), act=st.sampled_from([None, "Relu", "Clip"]), residual=st.booleans(),
+       pad=st.integers(0, 2), act=st.sampled_from(sorted(ACT, key=str)), residual=st.booleans(),
        out_float=st.booleans(), threads=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 16))
 def test_conv_matches_the_integer_reference(c, o, k, s, pad, act, residual, out_float, threads, seed):
     rng = np.random.default_rng(seed)
@@ -84,8 +91,7 @@ def test_conv_matches_the_integer_reference(c, o, k, s, pad, act, residual, out_
         rf = rng.standard_normal(real.shape).astype(np.float32)
         real = real + (rf if out_float else (rq.astype(np.float64) - 77) * 0.1)
         args.append(rf if out_float else rq)
-    lo, hi = {None: (-np.inf, np.inf), "Relu": (0, np.inf), "Clip": (-0.4, 0.9)}[act]   # conv_graph's Clip
-    real = np.clip(real, lo, hi)
+    real = ACT[act](real)
     descriptor = "cpu:qint8:nhwc/gemm_vnni" + ("_f32" if out_float else "")
     got = _run(descriptor, layer, graph, args, np.float32 if out_float else np.uint8, threads)
     if out_float:
@@ -98,7 +104,7 @@ def test_conv_matches_the_integer_reference(c, o, k, s, pad, act, residual, out_
 
 @needs_vnni
 @settings(max_examples=20, deadline=None)
-@given(c=st.integers(1, 50), k=st.sampled_from([3, 5]), s=st.sampled_from([1, 2]), act=st.sampled_from([None, "Relu", "Clip"]),
+@given(c=st.integers(1, 50), k=st.sampled_from([3, 5]), s=st.sampled_from([1, 2]), act=st.sampled_from(sorted(ACT, key=str)),
        out_float=st.booleans(), seed=st.integers(0, 2 ** 16))
 def test_depthwise_matches_the_integer_reference(c, k, s, act, out_float, seed):
     rng = np.random.default_rng(seed)
@@ -111,7 +117,7 @@ def test_depthwise_matches_the_integer_reference(c, k, s, act, out_float, seed):
     xq = rng.integers(0, 256, (1, 9, 10, c), dtype=np.uint8)
     wq, sw = _weights_reference(w)
     real = _conv_sums(xq, px.zero_point[0], wq, (s, s), (k // 2,) * 4, c) * (px.scale[0] * sw) + b
-    real = np.clip(real, *{None: (-np.inf, np.inf), "Relu": (0, np.inf), "Clip": (-0.4, 0.9)}[act])
+    real = ACT[act](real)
     got = _run("cpu:qint8:nhwc/depthwise_vnni" + ("_f32" if out_float else ""), layer, graph, [xq, None, None],
                np.float32 if out_float else np.uint8)
     if out_float:

@@ -7,7 +7,8 @@ point, which is real zero).  ``cpu:qint8:nhwc/gemm_amx`` is the same on AMX tile
 CPU has them.  ``cpu:qint8:nhwc/depthwise_vnni`` runs depthwise ones, taps two at a time.  Each
 writes uint8 in the output tensor's parameters; the ``..._f32`` twins write float32, a
 dequantize fused into the epilogue, so a plan can leave qint8 at any convolution without an
-adapt.  A fused residual is read in the output's data type; a fused ReLU or Clip is a clamp.
+adapt.  A fused residual is read in the output's data type; a fused ReLU or Clip is a clamp, other
+activations (hard swish, SiLU, sigmoid, ...) are computed in real units before the rounding.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ..ir.graph import NHWC
 from ..ir.ops.conv import residual_after_activation
 from ..ir.passes.fuse_qdq import PRE_RESIDUAL
 from .conv_gemm import geometry
-from .qint8 import OnAmx, QRoutine, Requant, clamp, kernels, layer_weights, model_bias, out_format, params
+from .qint8 import OnAmx, QRoutine, Requant, activation, kernels, layer_weights, model_bias, out_format, params
 
 
 class _ConvQ8(QRoutine, register=False):
@@ -40,7 +41,7 @@ class _ConvQ8(QRoutine, register=False):
             return False
         if kernels().MAX_DEPTH < w[0].size:
             return False
-        return clamp(layer, out.shape[1]) is not None and cls._shape_applies(layer, specs)
+        return activation(layer, out.shape[1]) is not None and cls._shape_applies(layer, specs)
 
     @classmethod
     def _shape_applies(cls, layer, specs):
@@ -87,7 +88,7 @@ class _ConvQ8(QRoutine, register=False):
         x = params(quant, layer.inputs[0], who)
         return Requant(x, scales, layer.consts.get(2),
                        None if cls.out_float else params(quant, layer.outputs[0], who),
-                       clamp(layer, layer.out_specs[0].shape[1]),
+                       activation(layer, layer.out_specs[0].shape[1]),
                        params(quant, layer.inputs[3], who) if residual else None,
                        None if mid is None or not layer.attrs.get("residual") else (mid.scale[0], mid.zero_point[0]),
                        model_bias(layer, x[0], scales))
@@ -127,7 +128,7 @@ class _GemmQ8(_ConvQ8, register=False):
                                      outs[0], kernel, strides, dilations, pads, fill=rq.zx,
                                      workspace=state.get("workspace"), zo=rq.zo, lo=rq.lo, hi=rq.hi,
                                      res=args[3] if layer.attrs.get("residual") else None, rmult=rq.rmult,
-                                     rzp=rq.rzp, mid=rq.mid)
+                                     rzp=rq.rzp, mid=rq.mid, act=rq.act)
 
 
 class NhwcGemmQ8(_GemmQ8):
@@ -171,7 +172,7 @@ class _DepthwiseQ8(_ConvQ8, register=False):
         kernel, strides, dilations, pads, _ = geometry(layer)
         rq = state["rq"]
         return kernels().Depthwise(args[0], state["w"], kernel, strides, dilations, pads, state["comp"], rq.mult,
-                                   rq.bias, outs[0], state["zrow"], zo=rq.zo, lo=rq.lo, hi=rq.hi)
+                                   rq.bias, outs[0], state["zrow"], zo=rq.zo, lo=rq.lo, hi=rq.hi, act=rq.act)
 
 
 class NhwcDepthwiseQ8(_DepthwiseQ8):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ir.graph import NCHW
 from .linalg512 import c_is_bias, gemm_operands
-from .qint8 import OnAmx, QRoutine, Requant, clamp, kernels, layer_weights, model_bias, out_format, params
+from .qint8 import OnAmx, QRoutine, Requant, activation, kernels, layer_weights, model_bias, out_format, params
 
 
 class _GemmQ8(QRoutine, register=False):
@@ -27,7 +27,7 @@ class _GemmQ8(QRoutine, register=False):
         return (cls.available() and specs[0] is not None and specs[0].dtype == "float32" and 0 not in layer.consts
                 and layer.out_specs[0].dtype == "float32" and b is not None and np.asarray(b).dtype == np.float32
                 and np.ndim(b) == 2 and min(np.shape(b)) > 0 and len(layer.outputs) == 1
-                and clamp(layer, layer.out_specs[0].shape[-1]) is not None)
+                and activation(layer, layer.out_specs[0].shape[-1]) is not None)
 
     @classmethod
     def output_formats(cls, layer):
@@ -47,7 +47,7 @@ class _GemmQ8(QRoutine, register=False):
         packed, sums = kernels().pack(np.ascontiguousarray(q))
         x = params(quant, layer.inputs[0], who)
         rq = Requant(x, scales, bias, None if cls.out_float else params(quant, layer.outputs[0], who),
-                     clamp(layer, w.shape[0]), int_bias=model_bias(layer, x[0], scales))
+                     activation(layer, w.shape[0]), int_bias=model_bias(layer, x[0], scales))
         return {"packed": packed, "comp": rq.compensation(sums), "rq": rq}
 
     @classmethod
@@ -55,7 +55,7 @@ class _GemmQ8(QRoutine, register=False):
         a, out, rq = args[0], outs[0], state["rq"]
         n = out.shape[-1]
         kernels(cls.isa).gemm(a.reshape(-1, a.shape[-1]), state["packed"], n, state["comp"], rq.mult, rq.bias,
-                       out.reshape(-1, n), zo=rq.zo, lo=rq.lo, hi=rq.hi, num_threads=num_threads)
+                       out.reshape(-1, n), zo=rq.zo, lo=rq.lo, hi=rq.hi, num_threads=num_threads, act=rq.act)
 
 
 class MatMulQ8(_GemmQ8):

@@ -91,13 +91,21 @@ def model_bias(layer, x_scale, scales):
     return own[0] if np.allclose(np.asarray(own[1], np.float32), want, rtol=1e-6) else None
 
 
-def clamp(layer, channels):
-    """``(lo, hi)``: the fused activation as a clamp of the output (None for none), or None where
-    the layer's activation is not one (a qint8 epilogue clamps; it computes nothing else)."""
-    ep = encode(layer, channels)
-    if ep is None or ep.code not in (0, 1, 2) or ep.slope is not None:
+#: Activations the epilogue computes in real units before it rounds (epilogue.py's codes: leaky
+#: ReLU, hard sigmoid, hard swish, sigmoid, tanh, SiLU, both GELUs); ReLU and Clip are clamps.
+COMPUTED = (3, 4, 5, 6, 8, 9, 10, 11)
+
+
+def activation(layer, channels):
+    """``((lo, hi), act)``: the fused activation as a clamp of the output (``lo``/``hi`` None for
+    none) or as ``act = (code, p0, p1)`` of :data:`COMPUTED` (else None); None where the
+    epilogue cannot apply it (a PRelu, a post-activation affine)."""
+    ep = encode(layer, channels, extended=True)
+    if ep is None or ep.slope is not None:
         return None
-    return {0: (None, None), 1: (0.0, None), 2: (ep.p0, ep.p1)}[ep.code]
+    if ep.code in (0, 1, 2):
+        return {0: (None, None), 1: (0.0, None), 2: (ep.p0, ep.p1)}[ep.code], None
+    return ((None, None), (ep.code, ep.p0, ep.p1)) if ep.code in COMPUTED else None
 
 
 def out_format(out_float, layout):
@@ -108,7 +116,8 @@ def out_format(out_float, layout):
 class Requant:
     """The epilogue's constants for sums of ``x`` (params ``sx, zx``) times weights of
     per-channel ``scales``, plus ``bias`` (float, O), into float32 (``out`` None) or uint8 of
-    ``out = (so, zo)``: ``mult``, ``bias`` (float32), ``zo``, the clamp in output units; for a
+    ``out = (so, zo)``: ``mult``, ``bias`` (float32), ``zo``, the clamp in output units and the
+    computed activation (``act``, from :func:`activation`; the kernels' ``(code, p0, p1, so)``); for a
     uint8 residual of params ``res`` (``(sr, zr)``; None: float32) its ``rmult`` and ``rzp``; and
     with ``mid = (s1, z1)`` the sums rounded to that uint8 tensor first (``mult`` and ``bias`` in
     its units, ``mid`` then ``(z1, s1 / so)`` for the kernel), as a pre-quantized model rounds a
@@ -116,7 +125,7 @@ class Requant:
     ``sx * scales``), added to the sums before they are scaled, with the multipliers rounded to
     float32 step by step as ONNX Runtime's QLinearConv rounds them: the same rounding ties."""
 
-    def __init__(self, x, scales, bias, out=None, bounds=(None, None), res=None, mid=None, int_bias=None):
+    def __init__(self, x, scales, bias, out=None, act=((None, None), None), res=None, mid=None, int_bias=None):
         sx, self.zx = x
         so, self.zo = out if out is not None else (1.0, 0)
         n = len(scales)
@@ -136,9 +145,10 @@ class Requant:
         if res is not None:
             sr, self.rzp = res
             self.rmult = float(f(sr) / f(so))
-        lo, hi = bounds
+        (lo, hi), computed = act
         self.lo = None if lo is None else lo / so
         self.hi = None if hi is None else hi / so
+        self.act = None if computed is None else tuple(computed) + (so,)
 
     def compensation(self, sums):
         """The image's zero point times the weight sums per channel (int32): what the kernels take

@@ -40,7 +40,7 @@ cdef extern from "wb_gemm_q8.h" nogil:
         float rmult
         int mid, zmid
         float mmid
-        int act
+        int act, act_first
         float ap0, ap1, amult, ainv
         void* out
         Py_ssize_t ldo
@@ -100,8 +100,9 @@ cdef void _chunk(void* ctx, Py_ssize_t chunk, int slot) noexcept nogil:
         wbq_job(&c.args, rb * ROWS, min((rb + 1) * ROWS, c.M), cb * COLS, min((cb + 1) * COLS, c.blocks))
 
 
-#: Activation codes (``workbench/routines/epilogue.py``) the epilogue computes besides a clamp.
-ACTIVATIONS = (3, 4, 5, 6, 8, 9, 10, 11)
+#: Activation codes (``workbench/routines/epilogue.py``) the epilogue computes (ReLU and clip too:
+#: before a residual, where the clamp of the output cannot stand for them).
+ACTIVATIONS = (1, 2, 3, 4, 5, 6, 8, 9, 10, 11)
 
 
 cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, lo, hi, res, float rmult, who,
@@ -109,9 +110,10 @@ cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, 
     """Fill ``e``'s epilogue fields (all but comp, mult and bias) for ``out`` (m rows of n),
     checked: the clamp to [lo, hi] in output units (``relu``: lo = 0), the residual ``res``
     (``(res - rzp) * rmult``), ``mid``: ``(zero point, multiplier)`` of the intermediate uint8
-    rounding before the residual (None: none), ``act``: ``(code, p0, p1, scale)``, an activation of
-    :data:`ACTIVATIONS` applied to ``y * scale`` (real values; 1 for float32 ``out``, the output's
-    scale for uint8), its result divided by ``scale`` (None: none)."""
+    rounding before the residual (None: none), ``act``: ``(code, p0, p1, scale[, first])``, an
+    activation of :data:`ACTIVATIONS` applied to ``y * scale`` (real values; 1 for float32 ``out``,
+    the output's scale for uint8), its result divided by ``scale``, after the residual or with
+    ``first`` true before it (None: none)."""
     if (not isinstance(out, np.ndarray) or out.dtype not in (np.float32, np.uint8) or out.ndim != 2
             or out.shape != (m, n) or out.strides[1] != out.itemsize or out.strides[0] % out.itemsize):
         raise ValueError(f"{who}: out must be float32 or uint8 ({m}, {n}) with unit column stride, got "
@@ -130,9 +132,12 @@ cdef _epilogue(wbq_args* e, out, Py_ssize_t m, Py_ssize_t n, int zo, bint relu, 
     e.qhi = int(min(max(np.rint(hi) + zo, 0), 255)) if np.isfinite(hi) else 255
     e.res, e.ldr, e.res_u8, e.rmult, e.rzp = NULL, 0, 0, rmult, 0
     e.mid, e.zmid, e.mmid = 0, 0, 1.0
-    e.act, e.ap0, e.ap1, e.amult, e.ainv = 0, 0.0, 0.0, 1.0, 1.0
+    e.act, e.act_first, e.ap0, e.ap1, e.amult, e.ainv = 0, 0, 0.0, 0.0, 1.0, 1.0
     if act is not None:
+        if len(act) not in (4, 5):
+            raise ValueError(f"{who}: the activation must be (code, p0, p1, scale[, first]), got {act!r}")
         code, p0, p1, scale = int(act[0]), float(act[1]), float(act[2]), float(act[3])
+        e.act_first = len(act) == 5 and bool(act[4])
         if code not in ACTIVATIONS or not (np.isfinite(scale) and scale > 0) or not (np.isfinite(p0) and np.isfinite(p1)):
             raise ValueError(f"{who}: the activation must be (code in {ACTIVATIONS}, finite p0, p1, a positive "
                              f"finite scale), got {act!r}")

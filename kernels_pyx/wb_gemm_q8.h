@@ -7,9 +7,10 @@
  *             tensor's uint8 first, as a pre-quantized model rounds a Conv's output before its add)
  *   y += (res[m, n] - rzp) * rmult (a uint8 residual, its zero point rzp; a float32 one with rzp 0;
  *        none if res is NULL)
- *   y = act(y) in real units (act: an activation that is not a clamp, epilogue.py's codes 3-6 and
- *       8-11: leaky ReLU, hard sigmoid, hard swish, sigmoid, tanh, SiLU, GELU; amult the output's
- *       scale and ainv its inverse: y is in the output's units, scaled to real values and back)
+ *   y = act(y) in real units (act: epilogue.py's codes 1-6 and 8-11: ReLU, clip, leaky ReLU, hard
+ *       sigmoid, hard swish, sigmoid, tanh, SiLU, GELU; amult the output's scale and ainv its
+ *       inverse: y is in the output's units, scaled to real values and back), after the residual
+ *       or, with act_first, before it (a residual added after the activation)
  *   float32 out: clamp(y, flo, fhi), a NaN kept
  *   uint8 out:   clamp(rne(y) + zo, qlo, qhi)
  * where comp[n] = za * sum_k w[n, k] takes the activations' zero point out (u8 x s8 multiplies
@@ -47,7 +48,7 @@ typedef struct {
     const int32_t* comp; const float* mult; const float* bias;
     const void* res; ptrdiff_t ldr; int res_u8, rzp; float rmult;
     int mid, zmid; float mmid;
-    int act; float ap0, ap1, amult, ainv;       /* the activation in real units (0: none) */
+    int act, act_first; float ap0, ap1, amult, ainv;   /* the activation in real units (0: none) */
     void* out; ptrdiff_t ldo; int out_u8, zo, qlo, qhi; float flo, fhi;
 } wbq_args;
 
@@ -60,6 +61,8 @@ static inline int32_t wbq_a4(const uint8_t* row, ptrdiff_t k, ptrdiff_t K) {
 /* act of epilogue.py's codes 3-6 and 8-11 on one real value, as the float32 kernels compute it */
 static inline float wbq_act1(int act, float t, float p0, float p1) {
     switch (act) {
+    case 1: return t < 0.0f ? 0.0f : t;   /* a NaN kept */
+    case 2: return t < p0 ? p0 : (t > p1 ? p1 : t);
     case 3: return t < 0.0f ? t * p0 : t;
     case 4: case 5: {
         float a = act == 4 ? p0 : 1.0f / 6.0f, b = act == 4 ? p1 : 0.5f;
@@ -87,10 +90,12 @@ static inline void wbq_store(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, ptrdi
             r1 = r1 > 255.0f ? 255.0f : r1;
             y = (r1 - (float)p->zmid) * p->mmid;
         }
+        if (p->act && p->act_first)
+            y = wbq_act1(p->act, y * p->amult, p->ap0, p->ap1) * p->ainv;
         if (p->res)
             y = fmaf(p->res_u8 ? (float)((int32_t)((const uint8_t*)p->res)[m * p->ldr + n] - p->rzp)
                                : ((const float*)p->res)[m * p->ldr + n], p->rmult, y);
-        if (p->act)
+        if (p->act && !p->act_first)
             y = wbq_act1(p->act, y * p->amult, p->ap0, p->ap1) * p->ainv;
         if (p->out_u8) {
             float r = nearbyintf(y) + (float)p->zo;
@@ -128,7 +133,11 @@ static inline wbq_consts wbq_load(const wbq_args* p, ptrdiff_t n0) {
 static inline __m512 wbq_act(const wbq_args* p, __m512 y) {
     const __m512 am = _mm512_set1_ps(p->amult), zero = _mm512_setzero_ps();
     __m512 t = _mm512_mul_ps(y, am);
-    if (p->act == 3) {
+    if (p->act == 1) {
+        t = _mm512_max_ps(zero, t);   /* the value second: a NaN kept */
+    } else if (p->act == 2) {
+        t = _mm512_min_ps(_mm512_set1_ps(p->ap1), _mm512_max_ps(_mm512_set1_ps(p->ap0), t));
+    } else if (p->act == 3) {
         t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_LT_OQ), t, _mm512_set1_ps(p->ap0));
     } else if (p->act == 4 || p->act == 5) {
         __m512 a = _mm512_set1_ps(p->act == 4 ? p->ap0 : 1.0f / 6.0f), b = _mm512_set1_ps(p->act == 4 ? p->ap1 : 0.5f);
@@ -149,6 +158,8 @@ static inline void wbq_finish(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m5
         q1 = _mm512_min_epi32(_mm512_max_epi32(q1, _mm512_setzero_si512()), _mm512_set1_epi32(255));
         y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q1, _mm512_set1_epi32(p->zmid))), _mm512_set1_ps(p->mmid));
     }
+    if (p->act && p->act_first)
+        y = wbq_act(p, y);
     if (p->res) {
         __m512 r = p->res_u8
             ? _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, (const uint8_t*)p->res + m * p->ldr + n0)),
@@ -156,7 +167,7 @@ static inline void wbq_finish(const wbq_args* p, ptrdiff_t m, ptrdiff_t n0, __m5
             : _mm512_maskz_loadu_ps(k, (const float*)p->res + m * p->ldr + n0);
         y = _mm512_fmadd_ps(r, _mm512_set1_ps(p->rmult), y);
     }
-    if (p->act)
+    if (p->act && !p->act_first)
         y = wbq_act(p, y);
     if (p->out_u8) {
         /* bounded first (a NaN to the low end): a float past int32 converts to INT_MIN */

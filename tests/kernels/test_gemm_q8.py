@@ -102,7 +102,7 @@ def test_computed_activations_in_real_units(mod, code, rng):
     diff = np.abs(q.astype(np.int64) - np.clip(np.rint(want / so) + zo, 0, 255))
     assert diff.max() <= 1 and (diff == 0).mean() > 0.97
     with pytest.raises(ValueError, match="activation"):
-        mod.gemm(a, packed, n, comp, mult, bias, f, act=(1, 0, 0, 1.0))
+        mod.gemm(a, packed, n, comp, mult, bias, f, act=(7, 0, 0, 1.0))   # PRelu: a slope per channel
 
 
 @pytest.mark.parametrize("mod", BUILDS, ids=IDS)

@@ -156,6 +156,13 @@ class Routine:
         outputs): a graph that has none for one of them (not calibrated) offers it no such layer."""
         return ()
 
+    @classmethod
+    def quant_applies(cls, layer, quant):
+        """Whether the parameters in ``quant`` (a :class:`~workbench.ir.quant.QuantTable` holding
+        every :meth:`quant_tensors` tensor) suit this routine: a routine that moves integers needs
+        its output quantized as its input is."""
+        return True
+
     # -- how it runs -----------------------------------------------------------------------
     @classmethod
     def prepare(cls, layer):
@@ -272,6 +279,6 @@ def applicable(graph, layer, precisions=FLOAT32_ONLY):
         precisions = None
     found = [r for r in routines_for(layer.op).values()
              if (precisions is None or r.dtype in precisions) and r.applies(layer, specs)
-             and all(t in graph.quant for t in r.quant_tensors(layer))
+             and all(t in graph.quant for t in r.quant_tensors(layer)) and r.quant_applies(layer, graph.quant)
              and all(r.input_formats(layer, specs)[i].dtype == "uint8" for i in quantized)]
     return sorted(found, key=lambda r: (-r.preference(layer, specs), r.descriptor))

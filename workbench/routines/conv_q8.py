@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.graph import NHWC
-from ..ir.ops.conv import residual_after_activation
 from ..ir.passes.fuse_qdq import PRE_RESIDUAL
 from .conv_gemm import geometry
 from .qint8 import OnAmx, QRoutine, Requant, activation, kernels, layer_weights, model_bias, out_format, params
@@ -36,7 +35,7 @@ class _ConvQ8(QRoutine, register=False):
             return False
         if len(specs) > 2 and specs[2] is not None and 2 not in layer.consts:
             return False   # a bias computed at run time
-        if layer.attrs.get("residual") and (residual_after_activation(layer) or len(specs) < 4 or specs[3] is None
+        if layer.attrs.get("residual") and (len(specs) < 4 or specs[3] is None
                                             or specs[3].shape != out.shape or specs[3].dtype != "float32"):
             return False
         if kernels().MAX_DEPTH < w[0].size:

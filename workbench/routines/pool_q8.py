@@ -23,22 +23,29 @@ def _pool_kernels():
 
 
 def same_params(quant, layer, who):
-    """The parameters of ``layer``'s input, which its output must share (QuantError otherwise)."""
+    """The parameters of ``layer``'s input, which its outputs must share (QuantError otherwise)."""
     x = quant.require(layer.inputs[0], who)
-    y = quant.require(layer.outputs[0], who)
-    if x != y and (x.scale, x.zero_point, x.dtype) != (y.scale, y.zero_point, y.dtype):
-        raise QuantError(f"{who}: output {layer.outputs[0]!r} is quantized apart from input {layer.inputs[0]!r} "
-                         f"({y.scale[0]:.4g}/{y.zero_point[0]} vs {x.scale[0]:.4g}/{x.zero_point[0]}); "
-                         f"calibrate again (calibration shares them)")
+    for out in (t for t in layer.outputs if t):
+        y = quant.require(out, who)
+        if x != y and (x.scale, x.zero_point, x.dtype) != (y.scale, y.zero_point, y.dtype):
+            raise QuantError(f"{who}: output {out!r} is quantized apart from input {layer.inputs[0]!r} "
+                             f"({y.scale[0]:.4g}/{y.zero_point[0]} vs {x.scale[0]:.4g}/{x.zero_point[0]}); "
+                             f"calibrate again (calibration shares them)")
     return params(quant, layer.inputs[0], who)
 
 
 class _MovesIntegers(QRoutine, register=False):
-    """A routine whose output holds its input's integers: the two tensors share their parameters."""
+    """A routine whose outputs hold its input's integers: the tensors share their parameters."""
 
     @classmethod
     def quant_tensors(cls, layer):
-        return (layer.inputs[0], layer.outputs[0])
+        return (layer.inputs[0],) + tuple(t for t in layer.outputs if t)
+
+    @classmethod
+    def quant_applies(cls, layer, quant):
+        x = quant[layer.inputs[0]]
+        return all(quant[t] == x or (quant[t].scale, quant[t].zero_point, quant[t].dtype) == (x.scale, x.zero_point, x.dtype)
+                   for t in layer.outputs if t)
 
     @classmethod
     def prepare(cls, layer, quant=None):

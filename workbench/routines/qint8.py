@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.formats import QUANTIZED, Format
+from ..ir.ops.conv import residual_after_activation
 from ..ir.quant import per_tensor
 from ..runtime import cpu
 from . import Routine
@@ -92,20 +93,23 @@ def model_bias(layer, x_scale, scales):
 
 
 #: Activations the epilogue computes in real units before it rounds (epilogue.py's codes: leaky
-#: ReLU, hard sigmoid, hard swish, sigmoid, tanh, SiLU, both GELUs); ReLU and Clip are clamps.
+#: ReLU, hard sigmoid, hard swish, sigmoid, tanh, SiLU, both GELUs); ReLU and Clip are clamps of
+#: the output, but computed too where a residual comes after them.
 COMPUTED = (3, 4, 5, 6, 8, 9, 10, 11)
 
 
 def activation(layer, channels):
     """``((lo, hi), act)``: the fused activation as a clamp of the output (``lo``/``hi`` None for
-    none) or as ``act = (code, p0, p1)`` of :data:`COMPUTED` (else None); None where the
-    epilogue cannot apply it (a PRelu, a post-activation affine)."""
+    none) or as ``act = (code, p0, p1, first)`` computed (else None; ``first``: before the fused
+    residual, which the layer adds after it); None where the epilogue cannot apply it (a PRelu,
+    a post-activation affine)."""
     ep = encode(layer, channels, extended=True)
     if ep is None or ep.slope is not None:
         return None
-    if ep.code in (0, 1, 2):
+    first = residual_after_activation(layer)
+    if ep.code == 0 or (ep.code in (1, 2) and not first):
         return {0: (None, None), 1: (0.0, None), 2: (ep.p0, ep.p1)}[ep.code], None
-    return ((None, None), (ep.code, ep.p0, ep.p1)) if ep.code in COMPUTED else None
+    return ((None, None), (ep.code, ep.p0, ep.p1, first)) if ep.code in COMPUTED + (1, 2) else None
 
 
 def out_format(out_float, layout):
@@ -117,7 +121,7 @@ class Requant:
     """The epilogue's constants for sums of ``x`` (params ``sx, zx``) times weights of
     per-channel ``scales``, plus ``bias`` (float, O), into float32 (``out`` None) or uint8 of
     ``out = (so, zo)``: ``mult``, ``bias`` (float32), ``zo``, the clamp in output units and the
-    computed activation (``act``, from :func:`activation`; the kernels' ``(code, p0, p1, so)``); for a
+    computed activation (``act``, from :func:`activation`; the kernels' ``(code, p0, p1, so, first)``); for a
     uint8 residual of params ``res`` (``(sr, zr)``; None: float32) its ``rmult`` and ``rzp``; and
     with ``mid = (s1, z1)`` the sums rounded to that uint8 tensor first (``mult`` and ``bias`` in
     its units, ``mid`` then ``(z1, s1 / so)`` for the kernel), as a pre-quantized model rounds a
@@ -148,7 +152,7 @@ class Requant:
         (lo, hi), computed = act
         self.lo = None if lo is None else lo / so
         self.hi = None if hi is None else hi / so
-        self.act = None if computed is None else tuple(computed) + (so,)
+        self.act = None if computed is None else (*computed[:3], so, computed[3])
 
     def compensation(self, sums):
         """The image's zero point times the weight sums per channel (int32): what the kernels take

@@ -221,16 +221,20 @@ def calibrate(graph, inputs, method="minmax", percentile=99.999, dtype="uint8", 
 
 #: Ops whose output holds only values of their input, in the same order or not: the output is
 #: quantized with the input's parameters, so that qint8 routines move integers without requantizing.
-PASSTHROUGH = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose")
+PASSTHROUGH = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Transpose", "Split",
+               "Slice", "Resize", "Upsample")
 
 
 def share_passthrough(graph):
-    """Give each :data:`PASSTHROUGH` layer's output its input's parameters (in graph order, so
-    chains of them share one); returns ``{tensor: QuantParams}`` of the outputs changed."""
+    """Give each :data:`PASSTHROUGH` layer's outputs its input's parameters (in graph order, so
+    chains of them share one; a linear Resize's values lie inside its input's range too); returns
+    ``{tensor: QuantParams}`` of the outputs changed."""
     changed = {}
     model = graph.meta.get("model_quant", {})
     for layer in graph:
-        if (layer.op in PASSTHROUGH and layer.inputs and layer.inputs[0] in graph.quant and layer.outputs
-                and layer.outputs[0] and layer.outputs[0] not in model):
-            graph.quant[layer.outputs[0]] = changed[layer.outputs[0]] = graph.quant[layer.inputs[0]]
+        if layer.op not in PASSTHROUGH or not layer.inputs or layer.inputs[0] not in graph.quant:
+            continue
+        for out in layer.outputs[:None if layer.op == "Split" else 1]:
+            if out and out not in model:
+                graph.quant[out] = changed[out] = graph.quant[layer.inputs[0]]
     return changed

@@ -103,7 +103,7 @@ def _served(graph, layer, tensor):
         formats = r.input_formats(layer, specs)
         if any(f is not None and x in quantized and f.dtype != "uint8" for x, f in zip(layer.inputs, formats)):
             continue
-        if not all(t in graph.quant for t in r.quant_tensors(layer)):
+        if not all(t in graph.quant for t in r.quant_tensors(layer)) or not r.quant_applies(layer, graph.quant):
             continue
         try:
             r.prepare(layer, graph.quant)   # parameters the routine cannot work with (a MaxPool's)

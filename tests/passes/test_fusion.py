@@ -175,8 +175,9 @@ def test_yolo_bottleneck_shortcut_fuses_after_the_activation(rng, k, shortcut_fi
     specs = graph.input_specs(conv)
     taken = [d for d, r in routines.routines_for("Conv").items() if r.applies(conv, specs)]
     assert not any("depthwise" in d for d in taken) and (k == 1 or any("winograd" in d for d in taken))
-    for d in taken:
-        assert_routine_matches(graph, d, layers=["cv2"], expect_layers=["cv2"], num_threads=2)
+    for d in taken:   # qint8: its 8-bit steps (tests/routines/test_qint8_eltwise.py checks it to the integer)
+        assert_routine_matches(graph, d, rtol=0.03 if ":qint8:" in d else 1e-4, layers=["cv2"], expect_layers=["cv2"],
+                               num_threads=2)
     check_round_trip(graph, model)
 
 

@@ -79,7 +79,7 @@ def _graphs():
     model = make_model(nodes, [("x", [5, 2, 6])], [("y", None), ("yh", None), ("yc", None)], consts, opset=14)
     yield "lstm", workbench.load(model.SerializeToString())
     nodes = [helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")]
-    model = make_model(nodes, [("x", [1, 6, 5, 7])], [("y", None)],
+    model = make_model(nodes, [("x", [1, 8, 5, 7])], [("y", None)],   # whole groups of 4 uint8 channels
                        [("scales", np.array([1, 1, 2, 2], np.float32))], opset=9)
     yield "upsample", workbench.load(model.SerializeToString())
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1, 3]), helper.make_node("Softmax", ["t"], ["p"], axis=1),

@@ -192,7 +192,7 @@ class _BinaryQ8(_ElementwiseQ8, register=False):
                 "act": None if computed is None else (*computed[:3], so)}
 
     @classmethod
-    def bind(cls, layer, state, args, outs):
+    def _bound(cls, layer, state, args, outs):
         a, b = args
         out = outs[0]
         dims = collapse(out.shape, a.shape, b.shape)
@@ -200,8 +200,12 @@ class _BinaryQ8(_ElementwiseQ8, register=False):
                                  state["zo"], state["lo"], state["hi"], state["act"])
 
     @classmethod
+    def bind(cls, layer, state, args, outs):
+        return cls._bound(layer, state, args, outs)
+
+    @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        cls.bind(layer, state, args, outs)(num_threads)
+        cls._bound(layer, state, args, outs)(num_threads)
 
 
 class BinaryNchwQ8(_BinaryQ8):
@@ -255,7 +259,7 @@ class _ConcatQ8(_ElementwiseQ8, register=False):
         return {"tables": tables}
 
     @classmethod
-    def bind(cls, layer, state, args, outs):
+    def _bound(cls, layer, state, args, outs):
         whole = outs[0]
         axis = _physical_axis(layer.attrs["axis"], whole.ndim, cls.layout)
         outer = int(np.prod(whole.shape[:axis], dtype=np.int64))
@@ -278,8 +282,12 @@ class _ConcatQ8(_ElementwiseQ8, register=False):
         return run
 
     @classmethod
+    def bind(cls, layer, state, args, outs):
+        return cls._bound(layer, state, args, outs)
+
+    @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        cls.bind(layer, state, args, outs)(num_threads)
+        cls._bound(layer, state, args, outs)(num_threads)
 
 
 class ConcatNchwQ8(_ConcatQ8):

@@ -202,7 +202,7 @@ def gemm(a, packed, Py_ssize_t n, comp, mult, bias, out, int zo=0, bint relu=Fal
     ``mult`` and ``bias`` float32 (n,); ``res``, float32 or uint8 (M, n), a residual (it may be
     ``out`` itself) added as ``(res - rzp) * rmult``, after the sums are rounded to an intermediate
     uint8 tensor where ``mid`` is ``(zero point, multiplier)``, and ``act`` (``(code, p0, p1,
-    scale)``) an activation before the clamp (``wb_gemm_q8.h``)."""
+    scale[, first])``) an activation before the clamp (:func:`_epilogue`, ``wb_gemm_q8.h``)."""
     if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 2 or a.strides[1] != 1 or a.shape[0] < 1:
         raise ValueError(f"gemm_q8.gemm: a must be uint8 (M, K) with unit column stride, got "
                          f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")

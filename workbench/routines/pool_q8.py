@@ -22,12 +22,17 @@ def _pool_kernels():
     return cpu.best_module("pool_q8")
 
 
+def _shared(x, y):
+    """Whether parameters ``x`` and ``y`` map integers to the same values."""
+    return x == y or (x.scale, x.zero_point, x.dtype) == (y.scale, y.zero_point, y.dtype)
+
+
 def same_params(quant, layer, who):
     """The parameters of ``layer``'s input, which its outputs must share (QuantError otherwise)."""
     x = quant.require(layer.inputs[0], who)
     for out in (t for t in layer.outputs if t):
         y = quant.require(out, who)
-        if x != y and (x.scale, x.zero_point, x.dtype) != (y.scale, y.zero_point, y.dtype):
+        if not _shared(x, y):
             raise QuantError(f"{who}: output {out!r} is quantized apart from input {layer.inputs[0]!r} "
                              f"({y.scale[0]:.4g}/{y.zero_point[0]} vs {x.scale[0]:.4g}/{x.zero_point[0]}); "
                              f"calibrate again (calibration shares them)")
@@ -43,9 +48,7 @@ class _MovesIntegers(QRoutine, register=False):
 
     @classmethod
     def quant_applies(cls, layer, quant):
-        x = quant[layer.inputs[0]]
-        return all(quant[t] == x or (quant[t].scale, quant[t].zero_point, quant[t].dtype) == (x.scale, x.zero_point, x.dtype)
-                   for t in layer.outputs if t)
+        return all(_shared(quant[layer.inputs[0]], quant[t]) for t in layer.outputs if t)
 
     @classmethod
     def prepare(cls, layer, quant=None):

@@ -121,8 +121,8 @@ class Requant:
     """The epilogue's constants for sums of ``x`` (params ``sx, zx``) times weights of
     per-channel ``scales``, plus ``bias`` (float, O), into float32 (``out`` None) or uint8 of
     ``out = (so, zo)``: ``mult``, ``bias`` (float32), ``zo``, the clamp in output units and the
-    computed activation (``act``, from :func:`activation`; the kernels' ``(code, p0, p1, so, first)``); for a
-    uint8 residual of params ``res`` (``(sr, zr)``; None: float32) its ``rmult`` and ``rzp``; and
+    computed activation (``act``, from :func:`activation`; the kernels' ``(code, p0, p1, so,
+    first)``); for a uint8 residual of params ``res`` (``(sr, zr)``; None: float32) its ``rmult`` and ``rzp``; and
     with ``mid = (s1, z1)`` the sums rounded to that uint8 tensor first (``mult`` and ``bias`` in
     its units, ``mid`` then ``(z1, s1 / so)`` for the kernel), as a pre-quantized model rounds a
     Conv's output before its residual add.  ``int_bias``: the model's own int32 bias (in units of

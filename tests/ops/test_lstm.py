@@ -77,10 +77,13 @@ def test_lstm_options(kwargs):
     assert_matches_onnxruntime(lstm_model(rng, direction="bidirectional", **kwargs), rtol=1e-5)
 
 
-def test_lstm_unsupported_activations_are_named():
+def test_lstm_unknown_activations_are_named():
     rng = np.random.default_rng(3)
-    model = lstm_model(rng, activations=["Relu", "Tanh", "Tanh"])
-    with pytest.raises(ModelImportError, match=r"'lstm' \(LSTM\).*activations"):
+    model = lstm_model(rng, activations=["Swish", "Tanh", "Tanh"])
+    with pytest.raises(ModelImportError, match=r"'lstm' \(LSTM\).*activation.*swish"):
+        workbench.load(model.SerializeToString())
+    model = lstm_model(rng, activations=["Sigmoid", "Tanh"])
+    with pytest.raises(ModelImportError, match=r"'lstm' \(LSTM\).*3 function\(s\) per direction"):
         workbench.load(model.SerializeToString())
 
 
@@ -165,7 +168,8 @@ def test_lstm_step_kernel_packs_and_checks_its_arguments():
 def test_lstm_routine_leaves_sequence_lengths_and_peepholes_to_the_reference():
     from workbench import routines
     rng = np.random.default_rng(7)
-    for kwargs in (dict(lens=[5, 2, 4]), dict(peep=True), dict(clip=0.5), dict(input_forget=1)):
+    for kwargs in (dict(lens=[5, 2, 4]), dict(peep=True), dict(clip=0.5), dict(input_forget=1),
+                   dict(activations=["HardSigmoid", "Tanh", "Tanh"])):
         graph = workbench.load(lstm_model(rng, **kwargs).SerializeToString())
         layer = graph.layer("lstm")
         assert [r.algo for r in routines.applicable(graph, layer)] == ["reference"], kwargs

@@ -14,6 +14,7 @@ write them).
 """
 import numpy as np
 
+from ..ir.ops.recurrent import LSTM
 from . import Routine
 from .eltwise import all_float32, kernels
 
@@ -86,7 +87,7 @@ class LstmDirect(Routine):
     @classmethod
     def applies(cls, layer, specs):
         a = layer.attrs
-        plain = (a["layout"] == 0 and a["clip"] is None and not a["input_forget"]
+        plain = (a["layout"] == 0 and a["clip"] is None and not a["input_forget"] and LSTM.default(layer)
                  and all(len(specs) <= i or specs[i] is None for i in (4, 7)))
         return plain and all_float32([s for s in specs[:4] + specs[5:7] if s is not None], layer.out_specs)
 

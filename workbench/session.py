@@ -106,13 +106,14 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows):
 
     @classmethod
     def from_onnx(cls, source, num_threads=None, db=None, batch=None, resolution=None, shapes=None, io_format=NCHW,
-                  fuse=True, **options):
+                  fuse=True, constants=None, **options):
         """Import ``source`` (path, bytes or ModelProto), with the fusion passes unless ``fuse``
-        is False (every ONNX node its own layer, constants still folded); see :func:`workbench.load`.
+        is False (every ONNX node its own layer, constants still folded); ``constants``: values of
+        inputs fixed for this use; see :func:`workbench.load`.
         ``options`` go to the constructor (``max_concurrency``, ``flush_denormals``)."""
         from .onnx_io.read import import_onnx
         from .ir.passes import optimize
-        graph = import_onnx(source, batch=batch, resolution=resolution, shapes=shapes)
+        graph = import_onnx(source, batch=batch, resolution=resolution, shapes=shapes, constants=constants)
         if fuse:
             optimize(graph)
         return cls(graph, num_threads=num_threads, db=db, io_format=io_format, **options)

@@ -95,6 +95,15 @@ def test_applies(make, accepted):
         assert routines.get("Conv", d).applies(conv, specs) == (d in accepted), d
 
 
+def test_every_conv_routine_answers_on_a_1d_convolution():
+    """An audio model's 1-D convolution (silero-vad's STFT): every routine says whether it applies
+    without failing on the 1-D attributes (the 2-D ones read four pads)."""
+    graph = _one_conv([1, 4, 9], [5, 4, 3])
+    conv = graph.layer("conv")
+    offered = [d for d, r in routines.routines_for("Conv").items() if r.applies(conv, graph.input_specs(conv))]
+    assert "cpu:float32:nchw/reference" in offered
+
+
 def test_resnet50_on_each_family():
     graph = workbench.load(zoo.build("resnet50", resolution=64).SerializeToString())
     feeds = workbench.random_inputs(graph, seed=3)

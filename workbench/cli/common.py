@@ -22,6 +22,27 @@ def _parse_shape(text):
     return name, shape
 
 
+def _parse_const(text):
+    """``NAME=V[,V...]`` -> ``(name, array)``: integers where every value is one, else floats."""
+    try:
+        name, values = text.split("=", 1)
+        parts = [v.strip() for v in values.split(",")]
+        if not name or not parts or not all(parts):
+            raise ValueError
+        try:
+            nums = [int(v) for v in parts]
+        except ValueError:
+            nums = [float(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,VALUE...], e.g. sr=16000, got {text!r}") from None
+    return name, np.array(nums[0] if len(nums) == 1 else nums)
+
+
+def _constants(args):
+    """``--const`` values by input name (None: none given)."""
+    return dict(getattr(args, "const", None) or []) or None
+
+
 def _parse_resolution(text):
     """``R`` or ``HxW`` -> int or (H, W)."""
     try:
@@ -86,7 +107,7 @@ def _shapes(args, model, arrays=None):
     shapes = dict(args.shape or [])
     for name, a in (arrays or {}).items():
         shapes.setdefault(name, a.shape)
-    names = _input_names(model)
+    names = [n for n in _input_names(model) if n not in (_constants(args) or {})]
     unknown = [n for n in shapes if n not in names]
     if unknown:
         raise InputError(f"unknown input name(s) {unknown}; {args.model} has inputs {names}")
@@ -99,7 +120,7 @@ def _load_graph(args, arrays=None, fuse=True, model=None):
     from ..ir.passes import optimize
     model = model if model is not None else _read(args.model)
     graph = import_onnx(model, batch=args.batch, resolution=getattr(args, "resolution", None),
-                        shapes=_shapes(args, model, arrays))
+                        shapes=_shapes(args, model, arrays), constants=_constants(args))
     if fuse:
         optimize(graph)
     return model, graph

@@ -12,7 +12,8 @@ import sys
 from .. import zoo
 from .._version import __version__
 from ..errors import WorkbenchError
-from .common import _load_graph, _load_inputs, _parse_input, _parse_resolution, _parse_shape, _read, _report_outputs
+from .common import (_load_graph, _load_inputs, _parse_const, _parse_input, _parse_resolution, _parse_shape, _read,
+                     _report_outputs)
 
 
 def cmd_info(args):
@@ -55,7 +56,8 @@ def cmd_run(args):
     feeds = random_inputs(graph, seed=args.seed)
     feeds.update(arrays)
     outputs = compiled.run(feeds)
-    return _report_outputs(args, outputs, lambda optimize=True: run_onnxruntime(model, feeds, optimize=optimize))
+    peer_feeds = {**feeds, **graph.meta.get("constant_inputs", {})}   # the original model takes them as inputs
+    return _report_outputs(args, outputs, lambda optimize=True: run_onnxruntime(model, peer_feeds, optimize=optimize))
 
 
 def cmd_routines(args):
@@ -117,6 +119,9 @@ def build_parser():
         sp.add_argument("--batch", type=int, help="batch size, when the batch dimension is symbolic")
         sp.add_argument("--resolution", type=_parse_resolution, metavar="R|HxW",
                         help="height and width of 4-D inputs, when symbolic (R for a square)")
+        sp.add_argument("--const", action="append", type=_parse_const, metavar="NAME=VALUE[,VALUE...]",
+                        help="an input fixed to this value: it folds at load, and an If on it takes its branch "
+                             "(a voice-activity model's sample rate: --const sr=16000); repeatable")
 
     def routine_args(sp):
         sp.add_argument("--routine", action="append", metavar="FILTER",

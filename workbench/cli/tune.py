@@ -117,7 +117,7 @@ def _open_db(args, threads):
 
 def _session(args):
     """The :class:`~workbench.session.Session` of ``args.model`` with its database opened."""
-    from .common import _read, _shapes
+    from .common import _constants, _read, _shapes
     from ..runtime.compiled import default_threads
     from ..session import Session
     from ..tuned_file import is_tuned
@@ -132,7 +132,7 @@ def _session(args):
     threads = int(args.threads or default_threads())
     db = _open_db(args, threads)
     session = Session.from_onnx(model, num_threads=threads, db=db, batch=args.batch, resolution=args.resolution,
-                                shapes=shapes)
+                                shapes=shapes, constants=_constants(args))
     session.precisions = precisions
     for note in routines.precision_notes(precisions):
         print(f"note: {note}")
@@ -274,7 +274,7 @@ def _fixed_shapes(model):
 def _reject_shape_options(args, model, what):
     """A tuned file's input shapes are fixed (its plan was measured for them): other shapes need
     the original model tuned again, which the tuned file does not name."""
-    bad = [opt for opt in ("shape", "batch", "resolution") if getattr(args, opt, None)]
+    bad = [opt for opt in ("shape", "batch", "resolution", "const") if getattr(args, opt, None)]
     if bad:
         flags = ", ".join(f"--{opt}" for opt in bad)
         raise WorkbenchError(
@@ -283,7 +283,8 @@ def _reject_shape_options(args, model, what):
             f"{' '.join(_SHAPE_HINT[opt] for opt in bad)} -o NEW.onnx")
 
 
-_SHAPE_HINT = {"shape": "--shape NAME=1x3xHxW", "batch": "--batch N", "resolution": "--resolution R"}
+_SHAPE_HINT = {"shape": "--shape NAME=1x3xHxW", "batch": "--batch N", "resolution": "--resolution R",
+               "const": "--const NAME=VALUE"}
 
 
 def _reject_options(args, model, what):

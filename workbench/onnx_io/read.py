@@ -23,6 +23,7 @@ from ..ir.graph import Graph, Layer, TensorSpec
 from ..ir.passes.constant_folding import fold_node
 from ..ir.passes.fuse_qdq import bias_quant, weight_quant
 
+from .control_flow import condition, inline_branch, reads
 from .support import _default_opset, _domain, _opsets, unsupported_ops
 
 _MISSING = object()
@@ -240,6 +241,7 @@ def symbolic_dims_message(model_inputs, missing):
 def _node_order(nodes, known):
     """Indices of ``nodes`` in dependency order (stable: source order where free)."""
     produced_by = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    read = [reads(n) for n in nodes]   # an If's branches read tensors its inputs do not name
     done, order, visiting = set(), [], set()
 
     def visit(i):
@@ -248,7 +250,7 @@ def _node_order(nodes, known):
         if i in visiting:
             raise ModelImportError(f"node {nodes[i].name!r} ({nodes[i].op_type}) is part of a cycle")
         visiting.add(i)
-        for t in nodes[i].input:
+        for t in read[i]:
             j = produced_by.get(t)
             if t and t not in known and j is not None:
                 visit(j)
@@ -261,7 +263,7 @@ def _node_order(nodes, known):
     return order
 
 
-def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> Graph:
+def import_onnx(source, batch=None, resolution=None, shapes=None, name=None, constants=None) -> Graph:
     """Import an ONNX model into a static-shaped :class:`Graph` (no fusion; see :func:`workbench.load`).
 
     Parameters
@@ -276,6 +278,10 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
     the CLI flags and keywords that give them.
     shapes : dict[str, tuple], optional
         Full shape per input name; takes precedence over ``batch``/``resolution``.
+    constants : dict[str, array-like], optional
+        Values of inputs that are fixed for this use of the model (a voice-activity model's
+        sample rate): they become constants, and what depends on them only folds at load (an
+        ``If`` on them is its chosen branch).  They are no longer inputs of the graph.
     """
     model = read_model(source)
     g = model.graph
@@ -291,6 +297,7 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
             consts[init.name] = numpy_helper.to_array(init)
         except Exception as e:  # noqa: BLE001 - onnx raises several types for bad tensors
             raise ModelFileError(f"initializer {init.name!r}: cannot be read ({e})") from None
+    consts.update(_constant_inputs(g, consts, constants))
     inputs, missing = {}, []
     model_inputs = [vi for vi in g.input if vi.name not in consts]
     for vi in model_inputs:
@@ -305,6 +312,8 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
     opsets = _opsets(model)
     graph.meta.update(opset=opset, opsets=opsets, producer=f"{model.producer_name} {model.producer_version}".strip(),
                       source_nodes=len(g.node), source_op_counts=_op_counts(g.node))
+    if constants:
+        graph.meta["constant_inputs"] = {k: consts[k] for k in constants}
 
     def spec_of(tensor):
         if tensor in consts:
@@ -317,14 +326,24 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
 
     used_names = set()
     folded_dq = {}   # tensor -> (int8 constant, attrs) of a folded DequantizeLinear of weights
-    for index in _node_order(list(g.node), set(consts) | set(inputs)):
-        node = g.node[index]
+    pending = [(i, g.node[i]) for i in _node_order(list(g.node), set(consts) | set(inputs))][::-1]
+    next_index = len(g.node)
+    while pending:
+        index, node = pending.pop()
         name = node.name or f"{node.op_type}_{index}"
         while name in used_names:
             name += "_"
         used_names.add(name)
         if node.op_type == "Constant":
             consts[node.output[0]] = _constant_value(node, name)
+            continue
+        if node.op_type == "If" and _domain(node) == "":
+            if node.input[0] not in consts:
+                raise ModelImportError(_run_time_condition(graph, node, name))
+            nodes, branch_consts = inline_branch(node, condition(consts[node.input[0]], name), name)
+            consts.update(branch_consts)
+            pending += [(next_index + k, n) for k, n in enumerate(nodes)][::-1]
+            next_index += len(nodes)
             continue
         view = NodeView(node, name, opsets.get(_domain(node), 1), consts, spec_of)
         layer = _make_layer(view, index, spec_of)
@@ -344,6 +363,52 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None) -> 
         elif out not in graph.inputs and graph.producer(out) is None:
             raise ModelImportError(f"graph output {out!r} is never produced")
     return graph
+
+
+def _constant_inputs(g, consts, constants):
+    """``constants`` (input name -> value) checked against the model's inputs and converted to
+    their data types and declared shapes."""
+    out = {}
+    declared = {vi.name: vi for vi in g.input if vi.name not in consts}
+    for k, v in (constants or {}).items():
+        vi = declared.get(k)
+        if vi is None:
+            raise ShapeError(f"a constant is given for {k!r}, which is not an input of the model; its inputs are "
+                             f"{list(declared)}")
+        t = vi.type.tensor_type
+        dtype = _np_dtype(t.elem_type, f"graph input {k!r}")
+        try:
+            a = np.asarray(v).astype(dtype)
+        except (TypeError, ValueError) as e:
+            raise ShapeError(f"the constant given for input {k!r} is not a {dtype} value: {e}") from None
+        if t.HasField("shape"):
+            dims = list(t.shape.dim)
+            if len(dims) != a.ndim and a.size == 1:
+                a = a.reshape([1] * len(dims))
+            fixed = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+            if len(dims) != a.ndim or any(f is not None and f != s for f, s in zip(fixed, a.shape)):
+                raise ShapeError(f"the constant given for input {k!r} has shape {a.shape}; the model declares "
+                                 f"{tuple(f if f is not None else '?' for f in fixed)}")
+        out[k] = a
+    return out
+
+
+def _run_time_condition(graph, node, name):
+    """The error for an If whose condition is known only at run time: what it depends on."""
+    deps, seen, todo = [], set(), [node.input[0]]
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in graph.inputs:
+            deps.append(t)
+        elif graph.producer(t) is not None:
+            todo.extend(x for x in graph.producer(t).inputs if x)
+    hint = ", ".join(f"{d}=VALUE" for d in sorted(deps)) or "NAME=VALUE"
+    return (f"node {name!r} (If): its condition {node.input[0]!r} is known only at run time (it depends on the "
+            f"input(s) {sorted(deps)}); an If is taken only where its condition folds at load: give such inputs as "
+            f"constants (Python: constants={{...}}; CLI: --const {hint}) to choose the branch")
 
 
 def _op_counts(nodes):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from ..ir import ops
 
-#: Ops handled by the importer itself rather than by an :class:`~workbench.ir.ops.Op`.
-STRUCTURAL_OPS = ("Constant",)
+#: Ops handled by the importer itself rather than by an :class:`~workbench.ir.ops.Op` (an If
+#: whose condition folds is its branch: ``control_flow.py``).
+STRUCTURAL_OPS = ("Constant", "If")
 #: Our own ops: valid inside a Graph, never accepted from a file.
 INTERNAL_OPS = ("ChannelAffine",)
 
@@ -26,9 +27,10 @@ def _domain(node):
 
 def unsupported_ops(model):
     """Op type (``domain.op`` outside the default domain) -> node names for every node the
-    importer cannot take (empty dict if none)."""
+    importer cannot take, in the graph or in an If's branches (empty dict if none)."""
+    from .control_flow import all_nodes
     bad, opsets = {}, _opsets(model)
-    for i, node in enumerate(model.graph.node):
+    for i, node in enumerate(all_nodes(model.graph)):
         name = node.name or f"{node.op_type}_{i}"
         domain = _domain(node)
         if not domain and node.op_type in STRUCTURAL_OPS:

@@ -167,10 +167,11 @@ class NhwcIm2colBf16(_Bf16Conv):
 
     @classmethod
     def applies(cls, layer, specs):
+        if not super().applies(layer, specs):
+            return False   # (a 2-D convolution from here on)
         kernel, strides, _, pads, _ = geometry(layer)
         # a 1x1 stride-1 unpadded layer is gemm1x1_bf16's: the same GEMM without the gather
-        dominated = tuple(kernel) == (1, 1) and tuple(strides) == (1, 1) and not any(pads)
-        return not dominated and super().applies(layer, specs)
+        return not (tuple(kernel) == (1, 1) and tuple(strides) == (1, 1) and not any(pads))
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
@@ -194,9 +195,10 @@ class NhwcImplicitBf16(_Bf16Conv):
 
     @classmethod
     def applies(cls, layer, specs):
-        kernel = geometry(layer)[0]
+        if not super().applies(layer, specs):
+            return False
         # an odd channel count would split a pair of depth across two taps; 1x1 is gemm1x1's
-        return specs[0].shape[1] % 2 == 0 and tuple(kernel) != (1, 1) and super().applies(layer, specs)
+        return specs[0].shape[1] % 2 == 0 and tuple(geometry(layer)[0]) != (1, 1)
 
     @classmethod
     def workspace(cls, layer, specs, num_threads):
@@ -240,10 +242,11 @@ class NhwcImplicitAmx(_Amx, NhwcImplicitBf16):
 
     @classmethod
     def applies(cls, layer, specs):
+        if not super().applies(layer, specs):
+            return False
         kernel, _, dilations, _, _ = geometry(layer)
         c, gemm = specs[0].shape[1], cls.gemm()
-        return ((c % 32 == 0 or gemm is not None and gemm.reads_runs(c, kernel[1], dilations[1]))
-                and super().applies(layer, specs))
+        return c % 32 == 0 or gemm is not None and gemm.reads_runs(c, kernel[1], dilations[1])
 
 
 class NhwcWinograd2Bf16(_Bf16Conv):
@@ -257,10 +260,12 @@ class NhwcWinograd2Bf16(_Bf16Conv):
 
     @classmethod
     def applies(cls, layer, specs):
+        if _kernels("winograd_bf16") is None or not super().applies(layer, specs):
+            return False
         kernel, strides, dilations, pads, _ = geometry(layer)
         # fewer channels than a vector: the transforms cost more than the products they save
-        return (_kernels("winograd_bf16") is not None and tuple(kernel) == (3, 3) and tuple(strides) == (1, 1)
-                and tuple(dilations) == (1, 1) and specs[0].shape[1] >= 16 and super().applies(layer, specs))
+        return (tuple(kernel) == (3, 3) and tuple(strides) == (1, 1) and tuple(dilations) == (1, 1)
+                and specs[0].shape[1] >= 16)
 
     @classmethod
     def prepare(cls, layer):

@@ -128,13 +128,14 @@ class _Im2col512(_ConvGemm, register=False):
 
     @classmethod
     def applies(cls, layer, specs):
+        if _kernels() is None or _kernels("conv_im2col512") is None or not super().applies(layer, specs):
+            return False   # (a 2-D convolution from here on)
         kernel, strides, _, pads, group = geometry(layer)
         # A 1x1 stride-1 unpadded layer is gemm1x1_avx512's: the same GEMM on the input read in
         # place, where this one copies it first (and cannot add a dying residual in place).
         # Offered too, it tied in the profile and lost in the model (ResNet-50's conv3 layers).
         dominated = tuple(kernel) == (1, 1) and tuple(strides) == (1, 1) and not any(pads)
-        return (_kernels() is not None and _kernels("conv_im2col512") is not None and super().applies(layer, specs)
-                and group == 1 and not dominated)
+        return group == 1 and not dominated
 
     @classmethod
     def prepare(cls, layer):

@@ -1,0 +1,99 @@
+"""If nodes whose condition folds at load (on shapes, or on inputs given as constants): the chosen
+branch inlined, against ONNX Runtime on the original model; nested Ifs reading a branch's own
+tensors, branch initializers, branch outputs that are outer tensors; and the errors for a
+condition known only at run time, an unsupported op inside a branch, and bad constants."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import workbench
+from onnx_helpers import make_model, relative_error
+from workbench.errors import ModelImportError, ShapeError, UnsupportedOpsError
+from workbench.onnx_io.ort import run_onnxruntime
+
+
+def _branch(nodes, outputs, inits=()):
+    return helper.make_graph(nodes, "branch", [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                                                   for o in outputs],
+                             initializer=[numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
+
+
+def _check(model, feeds, constants=None, **load):
+    graph = workbench.load(model.SerializeToString(), constants=constants, **load)
+    assert "If" not in graph.op_counts()
+    ours = workbench.ReferenceExecutor(graph).run(feeds)
+    theirs = run_onnxruntime(model, {**feeds, **{k: np.asarray(v) for k, v in (constants or {}).items()}})
+    assert set(ours) == set(theirs)
+    for k in theirs:
+        assert ours[k].shape == theirs[k].shape and relative_error(ours[k], theirs[k]) <= 1e-6, k
+    return graph
+
+
+def _shape_if_model():
+    """``y = relu(x) * 2`` where x's last dim is 5, else ``-x``; the then-branch holds an
+    initializer and a nested If (on the rank) reading the branch's own tensor."""
+    inner_then = _branch([helper.make_node("Mul", ["t/r", "two"], ["inner_y"])], ["inner_y"])
+    inner_else = _branch([helper.make_node("Neg", ["t/r"], ["inner_n"])], ["inner_n"])
+    then = _branch([helper.make_node("Relu", ["x"], ["t/r"]),
+                    helper.make_node("Shape", ["x"], ["t/s"]), helper.make_node("Size", ["t/s"], ["t/rank"]),
+                    helper.make_node("Equal", ["t/rank", "four"], ["t/c"]),
+                    helper.make_node("If", ["t/c"], ["t/y"], then_branch=inner_then, else_branch=inner_else)],
+                   ["t/y"], [("two", np.float32(2)), ("four", np.int64(4))])
+    other = _branch([helper.make_node("Neg", ["x"], ["e/y"])], ["e/y"])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "last"], ["d"]),
+             helper.make_node("Equal", ["d", "five"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], name="pick", then_branch=then, else_branch=other),
+             helper.make_node("Add", ["y", "x"], ["z"])]
+    return make_model(nodes, [("x", ["n", 3, 4, "w"])], [("z", None)],
+                      [("last", np.int64(3)), ("five", np.int64(5))], opset=16)
+
+
+@pytest.mark.parametrize("w", [5, 6])
+def test_an_if_on_shapes_is_its_branch(w):
+    model = _shape_if_model()
+    feeds = {"x": np.random.default_rng(w).standard_normal((2, 3, 4, w)).astype(np.float32)}
+    graph = _check(model, feeds, shapes={"x": (2, 3, 4, w)})
+    assert ("Relu" in graph.op_counts()) == (w == 5)
+
+
+def _flag_model():
+    """An If on a boolean input; the else-branch's output is its own initializer."""
+    then = _branch([helper.make_node("Sigmoid", ["x"], ["sg"])], ["sg"])
+    other = _branch([], ["half"], [("half", np.full((2, 7), 0.5, np.float32))])
+    nodes = [helper.make_node("If", ["flag"], ["y", ], name="gate", then_branch=then, else_branch=other),
+             helper.make_node("Mul", ["y", "x"], ["z"])]
+    return make_model(nodes, [("x", [2, 7]), ("flag", [], TensorProto.BOOL)], [("z", None)], opset=16)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_an_if_on_a_constant_input_is_its_branch(flag):
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 7)).astype(np.float32)}
+    graph = _check(_flag_model(), feeds, constants={"flag": flag})
+    assert "flag" not in graph.inputs and graph.meta["constant_inputs"]["flag"] == flag
+
+
+def test_a_run_time_condition_names_its_inputs_and_the_way_out():
+    with pytest.raises(ModelImportError, match=r"'gate' \(If\).*run time.*\['flag'\].*--const flag=VALUE"):
+        workbench.load(_flag_model().SerializeToString())
+
+
+def test_bad_constants_are_named():
+    with pytest.raises(ShapeError, match="'nope', which is not an input"):
+        workbench.load(_flag_model().SerializeToString(), constants={"nope": 1})
+    with pytest.raises(ShapeError, match="input 'flag' has shape"):
+        workbench.load(_flag_model().SerializeToString(), constants={"flag": [True, False]})
+
+
+def test_an_unsupported_op_inside_a_branch_is_named():
+    body = helper.make_graph([helper.make_node("Identity", ["v"], ["v2"])], "body",
+                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                              helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+                             [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("v2", TensorProto.FLOAT, None)])
+    then = _branch([helper.make_node("Loop", ["", "", "x"], ["l"], name="inner_loop", body=body)], ["l"])
+    other = _branch([helper.make_node("Neg", ["x"], ["n"])], ["n"])
+    model = make_model([helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)],
+                       [("x", [2]), ("flag", [], TensorProto.BOOL)], [("y", None)], opset=16)
+    with pytest.raises(UnsupportedOpsError, match="Loop.*inner_loop"):
+        workbench.load(model.SerializeToString(), constants={"flag": True})

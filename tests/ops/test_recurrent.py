@@ -20,15 +20,16 @@ ACTS = {"Sigmoid": (0, 0), "Tanh": (0, 0), "Relu": (0, 0), "Affine": (1, 1), "Le
         "Softplus": (0, 0)}
 
 
-def recurrent_model(op, rng, seq, batch, inp, hid, direction, layout, lens, state, bias, outputs, acts=None, **attrs):
+def recurrent_model(op, rng, seq, batch, inp, hid, direction, layout, lens, state, bias, outputs, acts=None,
+                    scale=0.5, **attrs):
     dirs = 2 if direction == "bidirectional" else 1
     g = GATES[op] * hid
-    inits = [("W", (rng.standard_normal((dirs, g, inp)) * 0.5).astype(np.float32)),
-             ("R", (rng.standard_normal((dirs, g, hid)) * 0.5).astype(np.float32))]
+    inits = [("W", (rng.standard_normal((dirs, g, inp)) * scale).astype(np.float32)),
+             ("R", (rng.standard_normal((dirs, g, hid)) * scale).astype(np.float32))]
     names = ["x", "W", "R", "", "", "", "", ""]
     inputs = [("x", [seq, batch, inp] if layout == 0 else [batch, seq, inp])]
     if bias:
-        inits.append(("B", rng.standard_normal((dirs, 2 * g)).astype(np.float32)))
+        inits.append(("B", (rng.standard_normal((dirs, 2 * g)) * 2 * scale).astype(np.float32)))
         names[3] = "B"
     if lens is not None:
         inits.append(("lens", np.asarray(lens, np.int32)))
@@ -113,7 +114,9 @@ def activations(draw, op, dirs):
 def test_every_activation_with_its_alpha_and_beta(op, direction, data, seed):
     acts = data.draw(activations(op, 2 if direction == "bidirectional" else 1))
     rng = np.random.default_rng(seed)
-    model = recurrent_model(op, rng, 4, 2, 3, 5, direction, 0, None, True, True, ("y", "yh"), acts=acts)
+    # small weights: unbounded activations (affine, softplus) as gates would otherwise let the
+    # state grow past float32 within a few steps, where infinities meet in the products
+    model = recurrent_model(op, rng, 4, 2, 3, 5, direction, 0, None, True, True, ("y", "yh"), acts=acts, scale=0.15)
     assert_matches_onnxruntime(model)
 
 

@@ -117,6 +117,7 @@ def bench(session, model, peers=("onnxruntime",), runs=30, warmup=3, idle_ms=50.
     from ..runtime.interpreter import random_inputs
     feeds = session.random_inputs()
     nchw = random_inputs(session.graph)   # the same values; the peers take NCHW whatever our io_format
+    nchw.update(session.graph.meta.get("constant_inputs", {}))   # and the inputs fixed at load, as inputs
     batch = int(next(iter(nchw.values())).shape[0]) if nchw and next(iter(nchw.values())).ndim else 1
     result = BenchResult(model=name or session.graph.name, batch=batch, threads=session.num_threads,
                          inputs={k: list(v.shape) for k, v in nchw.items()}, io_format=session.io_format,

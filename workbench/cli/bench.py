@@ -56,7 +56,7 @@ def open_model(args):
     """``(session, model, stem, how)``: the session to benchmark, the ModelProto the peers run,
     the report's name and how the plan was obtained."""
     from .. import zoo
-    from .common import _read, _shapes
+    from .common import _constants, _read, _shapes
     from ..bench import BenchError
     from .tune import _open_db, load_tuned
     from ..runtime.compiled import default_threads
@@ -75,7 +75,7 @@ def open_model(args):
         model = _read(args.model)   # a missing or broken file raises ModelFileError here
         stem = path.name[:-len(".onnx")] if path.name.endswith(".onnx") else path.stem
         if is_tuned(model):
-            given = [opt for opt, v in (("--shape", args.shape), ("--batch", args.batch),
+            given = [opt for opt, v in (("--shape", args.shape), ("--const", args.const), ("--batch", args.batch),
                                         ("--resolution", args.resolution), ("--db", args.db)) if v]
             if given:
                 raise BenchError(f"{args.model} is a tuned file: {', '.join(given)} do(es) not apply to it (bench "
@@ -89,7 +89,7 @@ def open_model(args):
     try:
         session = Session.from_onnx(model, num_threads=threads, db=db, batch=args.batch,
                                     resolution=None if args.model in zoo.NAMES and not path.exists() else args.resolution,
-                                    shapes=shapes)
+                                    shapes=shapes, constants=_constants(args))
         t0 = time.perf_counter()
         plan = session.tune(in_context=args.in_context)
         prof = session.profiled

@@ -25,6 +25,11 @@ def _elu(x, a, b):
         return np.where(x >= 0, x, a * (np.exp(np.minimum(x, 0)) - 1))
 
 
+def _softplus(x):
+    with np.errstate(over="ignore"):
+        return np.log1p(np.exp(x))
+
+
 #: ONNX's recurrent activations by lower-case name: ``(f(x, alpha, beta), default alpha, default
 #: beta)``, None where the function takes no such parameter (and consumes none of the attribute's).
 ACTIVATIONS = {
@@ -38,7 +43,8 @@ ACTIVATIONS = {
     "hardsigmoid": (lambda x, a, b: np.clip(a * x + b, 0, 1), 0.2, 0.5),
     "elu": (_elu, 1.0, None),
     "softsign": (lambda x, a, b: x / (1 + np.abs(x)), None, None),
-    "softplus": (lambda x, a, b: np.logaddexp(0, x), None, None),
+    # as ONNX Runtime computes it: log(1 + e^x), infinite where e^x overflows float32
+    "softplus": (lambda x, a, b: _softplus(x), None, None),
 }
 
 

@@ -62,6 +62,32 @@ class _ElementwiseQ8(QRoutine, register=False):
         return cls.layout == NCHW or all(len(s.shape) == 4 for s in list(specs) + list(layer.out_specs))
 
 
+class _Bound:
+    """A routine whose kernel call is bound to its arrays once (:meth:`_bound`)."""
+
+    @classmethod
+    def _bound(cls, layer, state, args, outs):
+        """The kernel call on these arrays, checked: a callable of ``num_threads``."""
+        raise NotImplementedError
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        return cls._bound(layer, state, args, outs)
+
+    @classmethod
+    def run(cls, layer, state, args, outs, num_threads):
+        cls._bound(layer, state, args, outs)(num_threads)
+
+
+def _variants(base, algo):
+    """Register ``base`` in both layouts, writing uint8 (``algo``) and float32 (``algo_f32``)."""
+    for layout in (NCHW, NHWC):
+        for out_float in (False, True):
+            name = f"{base.__name__.strip('_')}{layout.capitalize()}{'F32' if out_float else ''}"
+            globals()[name] = type(name, (base,), {"layout": layout, "out_float": out_float, "__module__": __name__,
+                                                   "algo": algo + ("_f32" if out_float else "")})
+
+
 class _TableQ8(_ElementwiseQ8, register=False):
     op = TABLE_OPS
     algo = "table"
@@ -109,24 +135,7 @@ class _TableQ8(_ElementwiseQ8, register=False):
         _kernels().lut(x.reshape(1, -1), outs[0].reshape(1, -1), state["table"], num_threads)
 
 
-class TableNchwQ8(_TableQ8):
-    layout = NCHW
-
-
-class TableNhwcQ8(_TableQ8):
-    layout = NHWC
-
-
-class TableNchwQ8F32(_TableQ8):
-    layout = NCHW
-    algo = "table_f32"
-    out_float = True
-
-
-class TableNhwcQ8F32(_TableQ8):
-    layout = NHWC
-    algo = "table_f32"
-    out_float = True
+_variants(_TableQ8, "table")
 
 
 def collapse(out_shape, a_shape, b_shape):
@@ -155,7 +164,7 @@ def collapse(out_shape, a_shape, b_shape):
     return dims if len(dims) <= 3 and dims[-1][1] in (0, 1) and dims[-1][2] in (0, 1) else None
 
 
-class _BinaryQ8(_ElementwiseQ8, register=False):
+class _BinaryQ8(_Bound, _ElementwiseQ8, register=False):
     op = BINARY_OPS
     algo = "direct"
 
@@ -199,36 +208,11 @@ class _BinaryQ8(_ElementwiseQ8, register=False):
         return _kernels().Binary(a, b, out, dims, state["op"], state["ra"], state["rb"], state["za"], state["zb"],
                                  state["zo"], state["lo"], state["hi"], state["act"])
 
-    @classmethod
-    def bind(cls, layer, state, args, outs):
-        return cls._bound(layer, state, args, outs)
 
-    @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
-        cls._bound(layer, state, args, outs)(num_threads)
+_variants(_BinaryQ8, "direct")
 
 
-class BinaryNchwQ8(_BinaryQ8):
-    layout = NCHW
-
-
-class BinaryNhwcQ8(_BinaryQ8):
-    layout = NHWC
-
-
-class BinaryNchwQ8F32(_BinaryQ8):
-    layout = NCHW
-    algo = "direct_f32"
-    out_float = True
-
-
-class BinaryNhwcQ8F32(_BinaryQ8):
-    layout = NHWC
-    algo = "direct_f32"
-    out_float = True
-
-
-class _ConcatQ8(_ElementwiseQ8, register=False):
+class _ConcatQ8(_Bound, _ElementwiseQ8, register=False):
     op = "Concat"
     algo = "table"
 
@@ -281,30 +265,5 @@ class _ConcatQ8(_ElementwiseQ8, register=False):
                 call(num_threads)
         return run
 
-    @classmethod
-    def bind(cls, layer, state, args, outs):
-        return cls._bound(layer, state, args, outs)
 
-    @classmethod
-    def run(cls, layer, state, args, outs, num_threads):
-        cls._bound(layer, state, args, outs)(num_threads)
-
-
-class ConcatNchwQ8(_ConcatQ8):
-    layout = NCHW
-
-
-class ConcatNhwcQ8(_ConcatQ8):
-    layout = NHWC
-
-
-class ConcatNchwQ8F32(_ConcatQ8):
-    layout = NCHW
-    algo = "table_f32"
-    out_float = True
-
-
-class ConcatNhwcQ8F32(_ConcatQ8):
-    layout = NHWC
-    algo = "table_f32"
-    out_float = True
+_variants(_ConcatQ8, "table")

@@ -14,10 +14,9 @@ import ml_dtypes
 import numpy as np
 
 from ..ir.graph import NCHW, NHWC
-from . import Routine
 from . import conv_bf16
-from .eltwise import as_stored, kernels
-from .tensor_ops import _Blocks, _Gather, ViewNchw
+from .eltwise import as_stored
+from .tensor_ops import _Blocks, _WholePixels, ViewNchw
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -57,32 +56,12 @@ class ViewNchwBf16(_Bf16Moves, ViewNchw):
         return cls.available() and super().applies(layer, specs) and specs[0].dtype == "float32"
 
 
-class GatherNhwcBf16(_Bf16Moves, _Gather):
-    layout = NHWC
-    # whole buffers only: a channel slice of a buffer with an odd channel count has no pairs
-    strided_in = strided_out = False
+class GatherNhwcBf16(_Bf16Moves, _WholePixels):
+    lanes = 2
 
     @classmethod
-    def applies(cls, layer, specs):
-        shape = specs[0].shape
-        if not (cls.available() and len(shape) == 4 and shape[1] % 2 == 0 and super().applies(layer, specs)):
-            return False
-        tables = cls._tables(layer, shape)
-        return tables[3].size == shape[1] and bool(np.all(tables[3] == np.arange(shape[1])))
-
-    @classmethod
-    def _call(cls, layer, state, args, outs):
-        x, y = args[0], outs[0]
-        n, h, w, c = x.shape
-        # the logical tables are the image's; the pairs' channel table is an identity of C/2
-        tables = state.get(x.shape)
-        if tables is None:
-            tables = cls._tables(layer, (n, c, h, w))
-            tables[3] = np.arange(c // 2, dtype=np.int32)
-            state[x.shape] = tables
-        fill = np.float32(0)
-        if layer.op == "Pad":
-            half = np.array(layer.attrs.get("value", 0.0), np.float32).astype(BF16).view(np.uint16).astype(np.uint32)
-            fill = np.array(half << 16 | half, np.uint32).view(np.float32)[()]
-        k = kernels("tensor_ops")
-        return k.gather4, (x.view(np.float32), y.view(np.float32), tables, fill), k.Gather4
+    def _fill(cls, layer):
+        if layer.op != "Pad":
+            return np.float32(0)
+        half = np.array(layer.attrs.get("value", 0.0), np.float32).astype(BF16).view(np.uint16).astype(np.uint32)
+        return np.array(half << 16 | half, np.uint32).view(np.float32)[()]

@@ -10,12 +10,9 @@ Their outputs hold their input's integers, so calibration gives them the input's
 (:func:`~workbench.tuning.ranges.share_passthrough`); where a model's own parameters differ
 these routines do not apply.
 """
-import numpy as np
-
 from ..ir.graph import NCHW, NHWC
-from .eltwise import kernels
 from .pool_q8 import _MovesIntegers
-from .tensor_ops import _Blocks, _Gather
+from .tensor_ops import _Blocks, _WholePixels
 
 
 class _SplitQ8(_MovesIntegers, _Blocks, register=False):
@@ -39,33 +36,10 @@ class SplitNhwcQ8(_SplitQ8):
     layout = NHWC
 
 
-class GatherNhwcQ8(_MovesIntegers, _Gather):
+class GatherNhwcQ8(_MovesIntegers, _WholePixels):
     op = ("Slice", "Resize", "Upsample")
-    layout = NHWC
-    # whole buffers only: a channel slice of a buffer has no whole groups of four
-    strided_in = strided_out = False
-
-    @classmethod
-    def applies(cls, layer, specs):
-        shape = specs[0].shape
-        if not (cls.available() and len(shape) == 4 and shape[1] % 4 == 0 and _Gather.applies(layer, specs)):
-            return False
-        tables = cls._tables(layer, shape)
-        return tables[3].size == shape[1] and bool(np.all(tables[3] == np.arange(shape[1])))
+    lanes = 4
 
     @classmethod
     def prepare(cls, layer, quant=None):
         return _MovesIntegers.prepare(layer, quant)
-
-    @classmethod
-    def _call(cls, layer, state, args, outs):
-        x, y = args[0], outs[0]
-        n, h, w, c = x.shape
-        # the logical tables are the image's; the groups' channel table is an identity of C/4
-        tables = state.get(x.shape)
-        if tables is None:
-            tables = cls._tables(layer, (n, c, h, w))
-            tables[3] = np.arange(c // 4, dtype=np.int32)
-            state[x.shape] = tables
-        k = kernels("tensor_ops")
-        return k.gather4, (x.view(np.float32), y.view(np.float32), tables, np.float32(0)), k.Gather4

@@ -39,7 +39,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 extras="ui"
-[ "$what" = "test" ] && extras="ui,test,peers"   # peers: OpenVINO, so the bench tests run it too
+[ "$what" = "test" ] && extras="ui,test,peers,tf"   # peers: OpenVINO, so the bench tests run it too; tf: the TensorFlow-file tests
 
 # The set-up is current when the stamp holds the digest of what it builds from and lists the
 # extras asked for (a set-up for the tests, ui,test,peers, serves the other jobs too).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, WorkbenchError
 
 
 def _parse_shape(text):
@@ -140,11 +140,17 @@ def _input_names(model):
     return [i.name for i in _model_inputs(model)]
 
 
-def _report_outputs(args, outputs, reference, before_check=None):
+def _report_outputs(args, outputs, reference, before_check=None, source=None, model=None, feeds=None):
     """Print ``outputs``, write them (``--output-dir``), compare with ``reference(optimize)``
     (``--check``: :func:`workbench.onnx_io.ort.compare` per output; ONNX Runtime runs twice, with and
-    without its graph optimisations, so its own spread is known)."""
+    without its graph optimisations, so its own spread is known).  A TensorFlow ``source`` is
+    checked against TensorFlow's own outputs on ``feeds`` instead (``model``: its conversion)."""
+    from ..onnx_io import tensorflow
     from ..onnx_io.ort import compare_all, oracle_noise
+    oracle = "onnxruntime"
+    if source is not None and tensorflow.kind(source) is not None:
+        oracle = "tensorflow"
+        reference = (lambda optimize=True: tensorflow.reference_outputs(source, model, feeds))
     for name, value in outputs.items():
         print(f"{name}: {value.shape} {value.dtype}  mean {value.mean():.6g}  std {value.std():.6g}")
     if args.output_dir:
@@ -156,8 +162,16 @@ def _report_outputs(args, outputs, reference, before_check=None):
     if before_check:
         print(before_check)
     if args.check:
-        ref = reference()
-        noise = oracle_noise(ref, reference(optimize=False))
+        try:
+            ref = reference()
+            noise = oracle_noise(ref, reference(optimize=False)) if oracle == "onnxruntime" else {}
+        except WorkbenchError:
+            raise
+        except Exception as e:   # noqa: BLE001 - the oracle's own failure, named as such
+            raise WorkbenchError(f"--check: {oracle} (the oracle) cannot run {args.model}: "
+                                 f"{type(e).__name__}: {str(e)[:500]}") from None
+        if oracle == "tensorflow":
+            print("check against TensorFlow's own outputs of the source file (the 'ort' figures below are TensorFlow's)")
         rtol = args.rtol if args.rtol is not None else 1e-4
         checks = compare_all(outputs, ref, rtol=rtol, atol=args.atol, noise=noise)
         for name, c in checks.items():

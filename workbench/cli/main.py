@@ -57,7 +57,8 @@ def cmd_run(args):
     feeds.update(arrays)
     outputs = compiled.run(feeds)
     peer_feeds = {**feeds, **graph.meta.get("constant_inputs", {})}   # the original model takes them as inputs
-    return _report_outputs(args, outputs, lambda optimize=True: run_onnxruntime(model, peer_feeds, optimize=optimize))
+    return _report_outputs(args, outputs, lambda optimize=True: run_onnxruntime(model, peer_feeds, optimize=optimize),
+                           source=args.model, model=model, feeds=peer_feeds)
 
 
 def cmd_routines(args):

@@ -1,4 +1,4 @@
-"""``If`` nodes whose condition is known at load: the chosen branch inlined in their place.
+"""Control flow known at load: an ``If`` becomes its chosen branch, a ``Loop`` its iterations.
 
 Exporters write ``If`` around what is decided by the input's shape (a squeeze only where a dim
 is 1, a state built only when none is given) and, in voice-activity models, by a sample-rate
@@ -8,6 +8,10 @@ into the graph where the ``If`` was, its local tensors renamed apart (prefixed w
 name) and its outputs becoming the ``If``'s.  A branch may read any tensor of the scopes around
 it; a nested ``If`` is inlined in turn when the walk reaches it.  A condition only known at run
 time is an error that names what it depends on.
+
+A ``Loop`` whose trip count and condition fold the same way (a recurrent layer a converter wrote
+as a while loop over the sequence, :class:`Unrolled`) is unrolled: each iteration's body goes in
+with the iteration number as a constant, so its condition folds too.
 """
 from __future__ import annotations
 
@@ -93,18 +97,125 @@ def inline_branch(node, cond, name):
         elif out:
             tail.append(helper.make_node("Identity", [names.get(t, t)], [out], name=f"{name}/{out}"))
     constants = {names[i.name]: onnx.numpy_helper.to_array(i) for i in branch.initializer}
-    nodes = []
-    for n in branch.node:
+    nodes = _copy_nodes(branch.node, names, prefix)
+    return nodes + tail, constants
+
+
+#: The most iterations a Loop is unrolled to.
+MAX_ITERATIONS = 4096
+#: The op type of the marker node that ends an unrolled iteration (never in a file).
+NEXT = "__workbench_loop_next"
+
+
+def _copy_nodes(nodes, names, prefix):
+    """Copies of ``nodes`` with tensors renamed by ``names`` (nested subgraphs' reads too) and
+    node names prefixed."""
+    out = []
+    for n in nodes:
         copy = onnx.NodeProto()
         copy.CopyFrom(n)
-        copy.name = prefix + (n.name or f"{n.op_type}_{len(nodes)}")
+        copy.name = prefix + (n.name or f"{n.op_type}_{len(out)}")
         copy.input[:] = [names.get(t, t) for t in n.input]
         copy.output[:] = [names.get(t, t) if t else t for t in n.output]
-        for a in copy.attribute:   # nested branches read the renamed tensors too
+        for a in copy.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
                 a.g.CopyFrom(_renamed(a.g, names))
             elif a.type == onnx.AttributeProto.GRAPHS:
                 for g in a.graphs:
                     g.CopyFrom(_renamed(g, names))
-        nodes.append(copy)
-    return nodes + tail, constants
+        out.append(copy)
+    return out
+
+
+class Unrolled:
+    """A Loop whose trip count and condition fold at load, unrolled one iteration at a time.
+
+    :meth:`start` and :meth:`step` return the nodes to import next: an iteration's body (its
+    tensors renamed ``LOOP/iI/...``, the iteration number and incoming condition as constants,
+    the loop-carried values read from the previous iteration), then a marker node (:data:`NEXT`)
+    whose turn comes once they are imported, when the iteration's outgoing condition must have
+    folded; after the last iteration, Identity nodes give the Loop its final values and
+    Unsqueeze/Concat nodes stack each scan output over the iterations.
+    """
+
+    def __init__(self, node, name, consts, opset):
+        self.node, self.name, self.opset = node, name, opset
+        self.body = next((a.g for a in node.attribute if a.name == "body"), None)
+        if self.body is None:
+            raise ModelImportError(f"node {name!r} (Loop): it has no body")
+        ins = list(node.input) + [""] * (2 - len(node.input))
+        trip, cond = ins[0], ins[1]
+        for what, t in (("trip count", trip), ("condition", cond)):
+            if t and t not in consts:
+                raise ModelImportError(f"node {name!r} (Loop): its {what} {t!r} is known only at run time; a Loop is "
+                                       f"taken only where its trip count and condition fold at load (unrolled)")
+        self.trip = None if not trip else int(np.asarray(consts[trip]).reshape(-1)[0])
+        self.keep = True if not cond else condition(consts[cond], name)
+        self.carried = list(ins[2:])
+        n = len(self.carried)
+        if len(self.body.input) != n + 2 or len(self.body.output) < n + 1:
+            raise ModelImportError(f"node {name!r} (Loop): its body takes {len(self.body.input)} inputs and gives "
+                                   f"{len(self.body.output)} outputs for {n} loop-carried value(s)")
+        self.scans = [[] for _ in range(len(self.body.output) - 1 - n)]
+        self.i = 0
+        self.cond_out = None
+        self.local = {t for b in self.body.node for t in b.output if t} | {x.name for x in self.body.initializer}
+
+    def start(self, consts):
+        return self._next(consts)
+
+    def step(self, consts):
+        """The marker's turn: the iteration's outgoing condition, then what comes next."""
+        if self.cond_out not in consts:
+            raise ModelImportError(f"node {self.name!r} (Loop): the condition its body computes is known only at run "
+                                   f"time; a Loop is taken only where it folds at load (unrolled)")
+        self.keep = condition(consts[self.cond_out], self.name)
+        self.i += 1
+        return self._next(consts)
+
+    def _next(self, consts):
+        if (self.trip is not None and self.i >= self.trip) or not self.keep:
+            return self._finish(consts)
+        if self.i >= MAX_ITERATIONS:
+            raise ModelImportError(f"node {self.name!r} (Loop): more than {MAX_ITERATIONS} iterations to unroll")
+        prefix = f"{self.name}/i{self.i}/"
+        names = {t: prefix + t for t in self.local}
+        it, cond_in = (x.name for x in self.body.input[:2])
+        names[it], names[cond_in] = prefix + "iteration", prefix + "cond_in"
+        consts[names[it]] = np.array(self.i, np.int64)
+        consts[names[cond_in]] = np.array(self.keep)
+        for x, t in zip(self.body.input[2:], self.carried):
+            names[x.name] = t
+        for init in self.body.initializer:
+            consts[names[init.name]] = onnx.numpy_helper.to_array(init)
+        nodes = _copy_nodes(self.body.node, names, prefix)
+        outs = [names.get(o.name, o.name) for o in self.body.output]
+        self.cond_out = outs[0]
+        self.carried = outs[1:1 + len(self.carried)]
+        for k, t in enumerate(outs[1 + len(self.carried):]):
+            self.scans[k].append(t)
+        marker = helper.make_node(NEXT, [t for t in outs if t not in consts], [], name=f"{self.name}/i{self.i}/next")
+        return nodes + [marker]
+
+    def _finish(self, consts):
+        n = len(self.carried)
+        outs = list(self.node.output) + [""] * (n + len(self.scans) - len(self.node.output))
+        nodes = [helper.make_node("Identity", [t], [o], name=f"{self.name}/{o}") for t, o in zip(self.carried, outs[:n])
+                 if o]
+        axes = f"{self.name}/axes0"
+        consts[axes] = np.array([0], np.int64)
+        for k, (parts, o) in enumerate(zip(self.scans, outs[n:])):
+            if not o:
+                continue
+            if not parts:
+                raise ModelImportError(f"node {self.name!r} (Loop): no iteration ran, so its scan output {o!r} has no "
+                                       f"shape")
+            stacked = []
+            for j, t in enumerate(parts):
+                u = f"{self.name}/scan{k}/{j}"
+                inputs = [t, axes] if self.opset >= 13 else [t]
+                extra = {} if self.opset >= 13 else {"axes": [0]}
+                nodes.append(helper.make_node("Unsqueeze", inputs, [u], name=u, **extra))
+                stacked.append(u)
+            nodes.append(helper.make_node("Concat", stacked, [o], name=f"{self.name}/{o}", axis=0))
+        return nodes

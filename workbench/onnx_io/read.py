@@ -23,7 +23,7 @@ from ..ir.graph import Graph, Layer, TensorSpec
 from ..ir.passes.constant_folding import fold_node
 from ..ir.passes.fuse_qdq import bias_quant, weight_quant
 
-from .control_flow import condition, inline_branch, reads
+from .control_flow import NEXT, Unrolled, condition, inline_branch, reads
 from .support import _default_opset, _domain, _opsets, unsupported_ops
 
 _MISSING = object()
@@ -32,7 +32,8 @@ _MISSING = object()
 def read_model(source) -> onnx.ModelProto:
     """Read an ONNX model from a path, bytes or a ModelProto, with clear errors.
 
-    External-data tensors are loaded from beside the file.
+    External-data tensors are loaded from beside the file.  A TensorFlow SavedModel directory, a
+    Keras ``.keras``/``.h5`` file or a ``.tflite`` file is converted first (:mod:`.tensorflow`).
     """
     if isinstance(source, onnx.ModelProto):
         return source
@@ -42,8 +43,11 @@ def read_model(source) -> onnx.ModelProto:
         path = Path(os.fspath(source))
         if not path.exists():
             raise ModelFileError(f"{path}: no such file")
+        from . import tensorflow
+        if tensorflow.kind(path) is not None:
+            return read_model(tensorflow.convert(path))
         if path.is_dir():
-            raise ModelFileError(f"{path}: is a directory, not an ONNX file")
+            raise ModelFileError(f"{path}: is a directory, not an ONNX file (nor a TensorFlow SavedModel)")
         data, where = path.read_bytes(), str(path)
     if not data:
         raise ModelFileError(f"{where}: file is empty")
@@ -328,6 +332,7 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None, con
     folded_dq = {}   # tensor -> (int8 constant, attrs) of a folded DequantizeLinear of weights
     pending = [(i, g.node[i]) for i in _node_order(list(g.node), set(consts) | set(inputs))][::-1]
     next_index = len(g.node)
+    loops = {}   # name -> Unrolled
     while pending:
         index, node = pending.pop()
         name = node.name or f"{node.op_type}_{index}"
@@ -337,11 +342,18 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None, con
         if node.op_type == "Constant":
             consts[node.output[0]] = _constant_value(node, name)
             continue
+        nodes = None
         if node.op_type == "If" and _domain(node) == "":
             if node.input[0] not in consts:
                 raise ModelImportError(_run_time_condition(graph, node, name))
             nodes, branch_consts = inline_branch(node, condition(consts[node.input[0]], name), name)
             consts.update(branch_consts)
+        elif node.op_type == "Loop" and _domain(node) == "":
+            loops[name] = Unrolled(node, name, consts, opset)
+            nodes = loops[name].start(consts)
+        elif node.op_type == NEXT:
+            nodes = loops[node.name.rsplit("/i", 1)[0]].step(consts)
+        if nodes is not None:   # what stands for the node, imported next
             pending += [(next_index + k, n) for k, n in enumerate(nodes)][::-1]
             next_index += len(nodes)
             continue

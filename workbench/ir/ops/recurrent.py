@@ -250,3 +250,38 @@ class RNN(_Recurrent):
         hid = layer.attrs["hidden_size"]
         g = xw_t + h @ r[d].T + (0 if b is None else b[d][hid:])
         return [activation(layer.attrs["activations"][d][0], cls._clip(layer, g))]
+
+
+class ReverseSequence(Op):
+    """ONNX ReverseSequence: along ``time_axis``, each batch entry's first ``sequence_lens[b]``
+    steps reversed, the rest kept (what a converter writes before a backward recurrence)."""
+
+    @classmethod
+    def normalize(cls, node):
+        batch_axis, time_axis = int(node.attr("batch_axis", 1)), int(node.attr("time_axis", 0))
+        if {batch_axis, time_axis} != {0, 1}:
+            node.fail(f"batch_axis and time_axis must be 0 and 1 (one each), got {batch_axis} and {time_axis}")
+        return {"batch_axis": batch_axis, "time_axis": time_axis}
+
+    @classmethod
+    def infer(cls, layer, specs):
+        x, lens = specs[0], specs[1]
+        check(len(x.shape) >= 2, layer, f"the input must have at least 2 dims, got {x.shape}")
+        check(lens.shape == (x.shape[layer.attrs["batch_axis"]],), layer,
+              f"sequence_lens must be ({x.shape[layer.attrs['batch_axis']]},), got {lens.shape}")
+        return [TensorSpec(x.shape, x.dtype)]
+
+    @classmethod
+    def compute(cls, layer, args):
+        x, lens = args[0], np.asarray(args[1], np.int64)
+        b_ax, t_ax = layer.attrs["batch_axis"], layer.attrs["time_axis"]
+        y = x.copy()
+        steps = x.shape[t_ax]
+        for b, n in enumerate(lens):
+            n = int(min(max(n, 0), steps))
+            src = [slice(None)] * x.ndim
+            src[b_ax], src[t_ax] = b, slice(n - 1, None, -1) if n else slice(0, 0)
+            dst = [slice(None)] * x.ndim
+            dst[b_ax], dst[t_ax] = b, slice(0, n)
+            y[tuple(dst)] = x[tuple(src)]
+        return [y]

@@ -91,9 +91,66 @@ def test_an_unsupported_op_inside_a_branch_is_named():
                               helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
                              [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
                               helper.make_tensor_value_info("v2", TensorProto.FLOAT, None)])
-    then = _branch([helper.make_node("Loop", ["", "", "x"], ["l"], name="inner_loop", body=body)], ["l"])
+    then = _branch([helper.make_node("Scan", ["x"], ["l"], name="inner_scan", body=body, num_scan_inputs=1)], ["l"])
     other = _branch([helper.make_node("Neg", ["x"], ["n"])], ["n"])
     model = make_model([helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)],
                        [("x", [2]), ("flag", [], TensorProto.BOOL)], [("y", None)], opset=16)
-    with pytest.raises(UnsupportedOpsError, match="Loop.*inner_loop"):
+    with pytest.raises(UnsupportedOpsError, match="Scan.*inner_scan"):
         workbench.load(model.SerializeToString(), constants={"flag": True})
+
+
+def _loop_model(trip, cond_limit=None, scan=True):
+    """``acc`` summed with ``x * i`` for i in 0..trip-1 (while i < cond_limit, if given), each
+    iteration's ``acc`` stacked as a scan output; the body reads x from outside."""
+    body_nodes = [helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["x", "fi"], ["xi"]), helper.make_node("Add", ["acc_in", "xi"], ["acc_out"]),
+                  helper.make_node("Identity", ["acc_out"], ["acc_scan"])]
+    if cond_limit is None:
+        body_nodes.append(helper.make_node("Identity", ["c_in"], ["c_out"]))
+    else:
+        body_nodes += [helper.make_node("Add", ["i", "one"], ["next"]), helper.make_node("Less", ["next", "limit"], ["c_out"])]
+    body = helper.make_graph(
+        body_nodes, "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)]
+        + ([helper.make_tensor_value_info("acc_scan", TensorProto.FLOAT, None)] if scan else []),
+        initializer=[numpy_helper.from_array(np.int64(1), "one"), numpy_helper.from_array(np.int64(cond_limit or 0), "limit")])
+    inits = [("acc0", np.zeros((2, 3), np.float32)), ("yes", np.array(True))]
+    ins = ["", "yes", "acc0"]
+    if trip is not None:
+        inits.append(("trip", np.int64(trip)))
+        ins[0] = "trip"
+    outs = ["final"] + (["stacked"] if scan else [])
+    node = helper.make_node("Loop", ins, outs, name="loop", body=body)
+    return make_model([node, helper.make_node("Relu", ["final"], ["y"])], [("x", [2, 3])],
+                      [("y", None)] + ([("stacked", None)] if scan else []), inits, opset=16)
+
+
+@pytest.mark.parametrize("trip, limit", [(5, None), (6, 3), (None, 4), (1, None)])
+def test_a_loop_that_folds_is_unrolled(trip, limit):
+    model = _loop_model(trip, limit)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)}
+    graph = _check(model, feeds)
+    assert "Loop" not in graph.op_counts()
+
+
+def test_a_loop_whose_condition_is_an_input_is_refused_by_name():
+    model = _loop_model(3)
+    model.graph.initializer.pop()   # trip: now a graph input, known only at run time
+    model.graph.input.append(helper.make_tensor_value_info("trip", TensorProto.INT64, []))
+    with pytest.raises(ModelImportError, match=r"'loop' \(Loop\).*trip count 'trip' is known only at run time"):
+        workbench.load(model.SerializeToString())
+
+
+@pytest.mark.parametrize("batch_axis, time_axis", [(1, 0), (0, 1)])
+def test_reverse_sequence_matches_onnxruntime(batch_axis, time_axis):
+    shape = [5, 3, 2] if time_axis == 0 else [3, 5, 2]
+    node = helper.make_node("ReverseSequence", ["x", "lens"], ["r"], batch_axis=batch_axis, time_axis=time_axis)
+    model = make_model([node, helper.make_node("Relu", ["r"], ["y"])], [("x", shape)], [("y", None)],
+                       [("lens", np.array([5, 2, 0], np.int64))], opset=16)
+    feeds = {"x": np.random.default_rng(2).standard_normal(shape).astype(np.float32)}
+    graph = workbench.load(model.SerializeToString())
+    ours = workbench.ReferenceExecutor(graph).run(feeds)
+    np.testing.assert_array_equal(ours["y"], run_onnxruntime(model, feeds)["y"])

@@ -27,6 +27,7 @@ from .runtime.compiled import CompiledModel, default_threads
 from .session_comparisons import SessionComparisons
 from .session_precision import SessionPrecision
 from .session_rows import SessionRows
+from .session_shapes import SessionShapes
 from .session_files import NotTunedError, SessionFiles
 from .tuning import filters as assign_mod
 from .tuning import search
@@ -42,7 +43,7 @@ def _precisions(values):
         raise WorkbenchError(str(e)) from None
 
 
-class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows):
+class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows, SessionShapes):
     """A model being tuned.
 
     Parameters
@@ -116,7 +117,9 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows):
         graph = import_onnx(source, batch=batch, resolution=resolution, shapes=shapes, constants=constants)
         if fuse:
             optimize(graph)
-        return cls(graph, num_threads=num_threads, db=db, io_format=io_format, **options)
+        session = cls(graph, num_threads=num_threads, db=db, io_format=io_format, **options)
+        session._remember_source(source, constants=constants, fuse=fuse)   # other input shapes import it again
+        return session
 
     # -- the pieces --------------------------------------------------------------------------
     @property
@@ -344,8 +347,13 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows):
 
     def run(self, inputs):
         """Run the tuned model on ``{input name: array}``; returns ``{output name: array}``
-        (new arrays; the inputs are not kept).  Thread-safe (see ``max_concurrency``)."""
-        return self.compile().run(inputs)
+        (new arrays; the inputs are not kept).  Thread-safe (see ``max_concurrency``).  Inputs of
+        other shapes than the graph's run on a plan for theirs, made on first use and kept
+        (:meth:`for_shapes`; a :class:`~workbench.session_shapes.NewShapeWarning` says what it cost)."""
+        shapes = self._logical(inputs)
+        if all(tuple(self.graph.inputs[k].shape) == v for k, v in shapes.items() if k in self.graph.inputs):
+            return self.compile().run(inputs)
+        return self.for_shapes({k: v for k, v in shapes.items() if k in self.graph.inputs}).run(inputs)
 
     def random_inputs(self, seed=0):
         """Seeded random inputs in this session's ``io_format``."""

@@ -67,3 +67,34 @@ def test_shapes_of_an_unknown_input_and_a_session_without_its_model(tmp_path):
     bare.tune()
     with pytest.raises(ShapeError, match="Session.from_onnx"):
         bare.run({"x": np.zeros((1, 3, 8, 30), np.float32)})
+
+
+def test_a_tuned_file_holds_several_shapes(tmp_path, capsys):
+    """``workbench tune --shape x=.. --shape x=..`` keeps a plan per shape; the file runs each
+    without profiling (no NewShapeWarning), another shape after planning it, and ONNX Runtime
+    runs the file at any width (its input keeps the symbolic dimension)."""
+    import onnx
+    from workbench.cli.main import main
+    from workbench.session import Session
+    src, out = tmp_path / "m.onnx", tmp_path / "tuned.onnx"
+    onnx.save(_model(), src)
+    db = str(tmp_path / "p.sqlite")
+    assert main(["tune", str(src), "--shape", "x=1x3x8x24", "--shape", "x=1x3x8x40", "-o", str(out), "--db", db,
+                 "--threads", "2", "--runs", "0"]) == 0
+    assert "also tuned for input shapes {'x': (1, 3, 8, 40)}" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NewShapeWarning)   # the stored shapes: no planning
+        loaded = Session.load(out, num_threads=2)
+        for width in (24, 40):
+            x = np.random.default_rng(width).standard_normal((1, 3, 8, width)).astype(np.float32)
+            got = loaded.run({"x": x})["y"]
+            assert relative_error(got, run_onnxruntime(_model(), {"x": x})["y"]) <= 1e-4
+            assert relative_error(got, run_onnxruntime(str(out), {"x": x})["y"]) <= 1e-4
+    assert loaded.for_shapes({"x": (1, 3, 8, 40)}).plan.method.startswith("loaded")
+    _, new = _run(loaded, np.zeros((1, 3, 8, 31), np.float32))
+    assert new and "(1, 3, 8, 31)" in str(new[0].message)
+    # the command line: a held shape runs as stored, another is planned (and says so), both checked
+    assert main(["run", str(out), "--shape", "x=1x3x8x40", "--check", "--threads", "2"]) == 0
+    assert "check passed" in capsys.readouterr().out
+    with pytest.warns(NewShapeWarning, match=r"\(1, 3, 8, 33\)"):
+        assert main(["run", str(out), "--shape", "x=1x3x8x33", "--check", "--threads", "2"]) == 0

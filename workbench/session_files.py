@@ -8,6 +8,7 @@ import warnings
 
 from . import tuned_file
 from .errors import WorkbenchError
+from .session_shapes import shape_key
 from .tuning import search
 from .tuning.profiler import problem as make_problem
 from .ui import exports
@@ -34,7 +35,8 @@ class SessionFiles:
             precision_error=self.precision.to_dict() if self.precision is not None else None,
             max_error=self.max_error, demoted=sorted(self.demoted), calibration=self.calibration,
             min_cosine=self.min_cosine, quant_calibration=self.quant_calibration,
-            precision_pins=dict(self.precision_pins))
+            precision_pins=dict(self.precision_pins), symbolic=dict(self._symbolic or {}),
+            shape_plans=self._shape_records())
 
     def _adapts_into(self):
         """``{layer: [[tensor, from, to], ...]}``: the plan's adapts, by the layers that read them."""
@@ -61,12 +63,11 @@ class SessionFiles:
         if record.precision_error is not None:
             from .tuning.precision import PrecisionError
             session.precision = PrecisionError.from_dict(record.precision_error)
-        # The adapts follow from the choice (the same ones the tuned plan had, graph outputs included);
-        # the cost is the one the file was tuned with.
-        structure = make_problem(record.graph, {n: {d: 0.0} for n, d in record.choice.items()}, {}, None,
-                                 session.io_format)
-        session.plan = search.plan_of(structure, record.choice, f"loaded ({record.plan_method})")
-        session.plan.cost = record.predicted_s
+        session._adopt(record.choice, record.predicted_s, f"loaded ({record.plan_method})")
+        if record.source is not None:   # other input shapes: imported from the file again
+            session._source, session._import = record.source, {"constants": None, "fuse": True}
+            session._symbolic = dict(record.symbolic)
+            session._stored_shapes = {shape_key(p["shapes"]): p for p in record.shape_plans}
         session.tuned_on = record.fingerprint_facts
         session.tuned_metadata = record.metadata
         session.loaded_costs = record.costs
@@ -77,6 +78,13 @@ class SessionFiles:
                 f"it runs, but its routines may not be the fastest here: retune with session.retune() or "
                 f"`workbench tune`"), stacklevel=stacklevel)
         return session
+
+    def _adopt(self, choice, predicted_s, method):
+        """Take ``choice`` (``{layer: descriptor}``) as the plan, at cost ``predicted_s``: the adapts
+        follow from it (the same ones the tuned plan had, graph outputs included)."""
+        structure = make_problem(self.graph, {n: {d: 0.0} for n, d in choice.items()}, {}, None, self.io_format)
+        self.plan = search.plan_of(structure, dict(choice), method)
+        self.plan.cost = predicted_s
 
     @classmethod
     def load(cls, source, num_threads=None, db=None, warn=True, name=None, stacklevel=2):

@@ -30,18 +30,43 @@ def shape_key(shapes):
     return tuple(sorted((str(k), tuple(int(d) for d in v)) for k, v in shapes.items()))
 
 
+def _fits(graph, choice):
+    """Whether ``choice`` names, for every layer of ``graph``, a routine that applies to it."""
+    from . import routines
+    for layer in graph:
+        d = choice.get(layer.name)
+        if d is None or d not in routines.routines_for(layer.op):
+            return False
+        if not routines.get(layer.op, d).applies(layer, graph.input_specs(layer)):
+            return False
+    return True
+
+
 class SessionShapes:
     """Plans kept per set of input shapes (mixed into :class:`~workbench.session.Session`)."""
 
-    _source = None            # the model the graph was imported from (ModelProto, path or bytes)
+    _source = None            # the model the graph was imported from (ModelProto)
     _import = None            # how: {"constants": ..., "fuse": ...}
+    _symbolic = None          # {input: {dim index: name}} the source leaves symbolic
     _other_shapes = None      # shape key -> Session
+    _stored_shapes = None     # shape key -> {"shapes", "choice", "predicted_ms"} of a loaded tuned file
     _shapes_lock = None
 
     def _remember_source(self, source, constants=None, fuse=True):
         from .onnx_io.read import read_model
+        from .tuned_file import _symbolic_of
         self._source = read_model(source)
         self._import = {"constants": constants, "fuse": fuse}
+        self._symbolic = {k: v for k, v in _symbolic_of(self._source).items() if k in self.graph.inputs}
+
+    def _shape_records(self):
+        """The plans for other shapes as a tuned file keeps them (made here, or loaded)."""
+        records = dict(self._stored_shapes or {})
+        for key, other in (self._other_shapes or {}).items():
+            if other.plan is not None:
+                records[key] = {"shapes": {k: list(v) for k, v in other.input_shapes().items()},
+                                "choice": dict(other.plan.choice), "predicted_ms": float(other.predicted_s * 1e3)}
+        return [records[k] for k in sorted(records)]
 
     def input_shapes(self):
         """``{input: logical shape}`` the session's graph was imported at (NCHW order)."""
@@ -111,6 +136,12 @@ class SessionShapes:
         other.calibration, other.quant_calibration = self.calibration, self.quant_calibration
         other.max_error, other.min_cosine = self.max_error, self.min_cosine
         other.precision_pins = {k: v for k, v in self.precision_pins.items() if k in graph}
+        other._symbolic = self._symbolic
+        other.precisions = self.precisions
+        stored = (self._stored_shapes or {}).get(shape_key(shapes))
+        if stored is not None and _fits(graph, stored["choice"]):   # a tuned file's plan for them: no profiling
+            other._adopt(stored["choice"], stored.get("predicted_ms", 0.0) / 1e3, "loaded (stored for these shapes)")
+            return other
         pins = {k: v for k, v in self.pins.items() if k in graph}
         other.tune(filters=self.filters, pins=pins, precisions=self.precisions)
         prof = other.profiled

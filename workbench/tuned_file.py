@@ -21,7 +21,11 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
   ``workbench.calibration`` (what bias correction's means were calibrated on; empty for none),
   ``workbench.quant_calibration`` (what the quantization ranges were calibrated on) and
   ``workbench.quant`` (JSON: the graph's quantization parameters by tensor,
-  :class:`~workbench.ir.quant.QuantTable`; empty where it has none).
+  :class:`~workbench.ir.quant.QuantTable`; empty where it has none), ``workbench.input_shapes``
+  (JSON ``{input: shape}``: the shapes the plan is for, where the file's inputs keep the source
+  model's symbolic dimensions) and ``workbench.shape_plans`` (JSON list of the plans for other
+  input shapes: ``{"shapes", "choice", "predicted_ms"}``; a session runs them without profiling,
+  :mod:`workbench.session_shapes`).
 
 :func:`read` imports the file (the same fusion gives the same layers), reads the annotations
 back, checks them, and returns them as plain data (:class:`TunedRecord`); :func:`write` is its
@@ -96,6 +100,12 @@ class TunedRecord:
     min_cosine: float = None
     quant_calibration: str = None
     precision_pins: dict = field(default_factory=dict)
+    #: ``{input: {dim index: name}}``: dimensions left symbolic in the file (other shapes run too)
+    symbolic: dict = field(default_factory=dict)
+    #: plans for other input shapes: ``[{"shapes": {input: shape}, "choice": {...}, "predicted_ms": ms}]``
+    shape_plans: list = field(default_factory=list)
+    #: the file's ModelProto (read): what other input shapes are imported from
+    source: object = None
 
     def fingerprint_differs(self, num_threads):
         """The machine facts (``fingerprint_facts`` keys) in which this machine, running with
@@ -144,9 +154,47 @@ def write(record, path):
         "precision_pins": json.dumps(record.precision_pins) if record.precision_pins else "",
         "quant_calibration": record.quant_calibration or "",
         "quant": json.dumps(record.graph.quant.to_record()) if len(record.graph.quant) else "",
+        "input_shapes": json.dumps({k: list(v.shape) for k, v in record.graph.inputs.items()}),
+        "shape_plans": json.dumps(record.shape_plans) if record.shape_plans else "",
     }
     model = export_graph(record.graph, nodes, {PREFIX + k: v for k, v in meta.items()})
+    _symbolic_dims(model, record.symbolic)
     save_model(model, path)
+
+
+def _symbolic_dims(model, symbolic):
+    """Give ``model``'s inputs back the source's symbolic dimensions (``{input: {index: name}}``),
+    and its outputs shapes of unnamed dimensions (they follow from the inputs)."""
+    if not any(symbolic.values()):
+        return
+    for vi in model.graph.input:
+        for index, name in symbolic.get(vi.name, {}).items():
+            dim = vi.type.tensor_type.shape.dim[int(index)]
+            dim.Clear()
+            dim.dim_param = str(name)
+    for vi in model.graph.output:
+        for dim in vi.type.tensor_type.shape.dim:
+            dim.Clear()
+
+
+def _shape_plans(text):
+    plans = json.loads(text)
+    ok = isinstance(plans, list) and all(
+        isinstance(p, dict) and isinstance(p.get("shapes"), dict) and isinstance(p.get("choice"), dict)
+        and all(isinstance(v, list) and all(isinstance(d, int) and d > 0 for d in v) for v in p["shapes"].values())
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in p["choice"].items())
+        and isinstance(p.get("predicted_ms", 0.0), (int, float)) for p in plans)
+    if not ok:
+        raise ValueError("expected a list of {shapes: {input: [dims]}, choice: {layer: routine}, predicted_ms}")
+    return plans
+
+
+def _input_shapes(text):
+    shapes = json.loads(text)
+    if not isinstance(shapes, dict) or not all(isinstance(v, list) and all(isinstance(d, int) and d > 0 for d in v)
+                                               for v in shapes.values()):
+        raise ValueError("expected {input: [positive dims]}")
+    return {k: tuple(v) for k, v in shapes.items()}
 
 
 def _field(where_, key, text, parse):
@@ -248,7 +296,11 @@ def read(source, name=None):
         props = {p.key: p.value for p in node.metadata_props}
         if PREFIX + "routine" in props:
             annotated[node.name] = props
-    graph = import_onnx(model)
+    shapes = meta.get("input_shapes") or None
+    if shapes is not None:
+        shapes = _field(where_, PREFIX + "input_shapes", shapes, _input_shapes)
+    plans = _field(where_, PREFIX + "shape_plans", meta.get("shape_plans") or "[]", _shape_plans)
+    graph = import_onnx(model, shapes=shapes)
     optimize(graph)
     if meta.get("quant"):
         quant = _field(where_, PREFIX + "quant", meta["quant"], json.loads)
@@ -297,4 +349,16 @@ def read(source, name=None):
                        fingerprint_facts=facts, metadata=meta, precisions=list(precisions),
                        precision_error=error, max_error=max_error, demoted=demoted,
                        calibration=meta.get("calibration") or None, min_cosine=min_cosine,
-                       quant_calibration=meta.get("quant_calibration") or None, precision_pins=precision_pins)
+                       quant_calibration=meta.get("quant_calibration") or None, precision_pins=precision_pins,
+                       symbolic=_symbolic_of(model), shape_plans=plans, source=model)
+
+
+def _symbolic_of(model):
+    """``{input: {dim index: name}}`` of the dimensions ``model``'s inputs leave symbolic."""
+    out = {}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+        named = {i: d.dim_param or f"{vi.name}_{i}" for i, d in enumerate(dims) if not d.HasField("dim_value")}
+        if named:
+            out[vi.name] = named
+    return out

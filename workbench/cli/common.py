@@ -102,9 +102,22 @@ def _load_inputs(args, model):
     return arrays
 
 
+def _shape_sets(args):
+    """The ``--shape`` values as sets of input shapes: an input given several times (``--shape
+    x=1x3x48x320 --shape x=1x3x48x640``) has its n-th value in the n-th set, where inputs given
+    fewer times keep their last."""
+    given = {}
+    for name, shape in args.shape or []:
+        given.setdefault(name, []).append(shape)
+    count = max((len(v) for v in given.values()), default=0)
+    return [{k: v[min(i, len(v) - 1)] for k, v in given.items()} for i in range(count)]
+
+
 def _shapes(args, model, arrays=None):
-    """``--shape`` values (and the shapes of ``--input`` arrays), checked against the model's inputs."""
-    shapes = dict(args.shape or [])
+    """``--shape`` values (the first set, :func:`_shape_sets`, and the shapes of ``--input``
+    arrays), checked against the model's inputs."""
+    sets = _shape_sets(args)
+    shapes = dict(sets[0]) if sets else {}
     for name, a in (arrays or {}).items():
         shapes.setdefault(name, a.shape)
     names = [n for n in _input_names(model) if n not in (_constants(args) or {})]

@@ -243,6 +243,7 @@ def cmd_tune(args):
         if families:
             fam, best = min(families.items(), key=lambda kv: (kv[1].cost, kv[0]))
             print(f"vs best single family ({fam}): {best.cost * 1e3:.4f} ms predicted{_saving(plan.cost, best.cost)}")
+        _other_shapes(session, args)
         session.export(args.output, measure_runs=0)
         print(f"wrote {args.output}")
         for path, write in ((args.jsonl, session.export_profile), (args.trace, session.export_trace),
@@ -287,6 +288,20 @@ _SHAPE_HINT = {"shape": "--shape NAME=1x3xHxW", "batch": "--batch N", "resolutio
                "const": "--const NAME=VALUE"}
 
 
+def _other_shapes(session, args):
+    """Tune the further ``--shape`` sets into the session (the tuned file keeps their plans)."""
+    import warnings
+    from .common import _shape_sets
+    from ..session_shapes import NewShapeWarning
+    for shapes in _shape_sets(args)[1:]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NewShapeWarning)
+            other = session.for_shapes(shapes)
+        how = "; ".join(str(w.message).split(": ", 1)[-1] for w in caught if issubclass(w.category, NewShapeWarning))
+        print(f"also tuned for input shapes {dict(other.input_shapes())}: predicted {other.predicted_s * 1e3:.4f} ms"
+              + (f" ({how})" if how else ""))
+
+
 def _reject_options(args, model, what):
     _reject_shape_options(args, model, f"{what} its stored plan at them")
     bad = [opt for opt, given in (("--routine (routine filters)", getattr(args, "routine", None)),
@@ -323,13 +338,25 @@ def run_tuned(args, model):
     from ..onnx_io.ort import run_onnxruntime
     from .common import _load_inputs, _report_outputs
     from ..runtime.interpreter import random_inputs
-    _reject_options(args, model, "it runs")
+    from .common import _shape_sets
+    shape_args = (args.shape, args.batch, getattr(args, "resolution", None))
+    args.shape, args.batch, args.resolution = None, None, None   # a tuned file runs other shapes (below)
+    try:
+        _reject_options(args, model, "it runs")
+    finally:
+        args.shape, args.batch, args.resolution = shape_args
+    if args.batch or getattr(args, "resolution", None):
+        raise WorkbenchError(f"{args.model} is a tuned file: give other input shapes with --shape NAME=DIMS (or "
+                             f"--input arrays of them); --batch and --resolution do not apply to it")
     arrays = _load_inputs(args, model)
     session = load_tuned(model, args.model, num_threads=args.threads)
-    unknown = [n for n in arrays if n not in session.graph.inputs]
+    unknown = [n for n in list(arrays) + [k for s in _shape_sets(args) for k in s] if n not in session.graph.inputs]
     if unknown:
         raise InputError(f"unknown input name(s) {unknown}; {args.model} has inputs {list(session.graph.inputs)}")
-    feeds = random_inputs(session.graph, seed=args.seed)
+    sets = _shape_sets(args)
+    shapes = {**(sets[0] if sets else {}), **{k: a.shape for k, a in arrays.items()}}
+    target = session.for_shapes(shapes) if shapes else session   # plans (and warns) where the file holds none
+    feeds = random_inputs(target.graph, seed=args.seed)
     feeds.update(arrays)
     outputs = session.run(feeds)
     low_precision_check(args, session.plan.choice)

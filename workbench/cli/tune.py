@@ -267,9 +267,18 @@ def _saving(tuned_s, other_s):
 
 # -- tuned files in run / routines / info ---------------------------------------------------
 def _fixed_shapes(model):
+    """The input shapes a tuned file's plan is for (its metadata; the file's inputs may keep the
+    source's symbolic dimensions)."""
     from .common import _model_inputs
     from ..onnx_io.read import _dims
-    return ", ".join(f"{vi.name} {'x'.join(str(d) for d in _dims(vi) or ['?'])}" for vi in _model_inputs(model))
+    from ..tuned_file import PREFIX
+    stored = {p.key: p.value for p in model.metadata_props}.get(PREFIX + "input_shapes")
+    try:
+        shapes = json.loads(stored) if stored else {}
+    except ValueError:
+        shapes = {}
+    return ", ".join(f"{vi.name} {'x'.join(str(d) for d in shapes.get(vi.name) or _dims(vi) or ['?'])}"
+                     for vi in _model_inputs(model))
 
 
 def _reject_shape_options(args, model, what):

@@ -16,6 +16,7 @@ from .fuse_post_affine import fuse_post_affine
 from .fuse_eltwise_chain import fuse_eltwise_chains
 from .fuse_upsample_read import fuse_upsample_reads
 from .fuse_qdq import fuse_qdq
+from .conv1d_as_2d import conv1d_as_2d
 
 #: The default pipeline: (name, pass).  Each pass takes a Graph, edits it in place and returns
 #: the names of the layers it removed or rewrote, for the report.
@@ -34,6 +35,7 @@ PIPELINE = (
     ("fuse_softmax_dot", fuse_softmax_dot),
     ("fuse_residual_adds", fuse_residual_adds),
     ("fuse_post_affine", fuse_post_affine),
+    ("conv1d_as_2d", conv1d_as_2d),
     ("fuse_eltwise_chains", fuse_eltwise_chains),
     ("fuse_upsample_reads", fuse_upsample_reads),
     ("fuse_qdq", fuse_qdq),

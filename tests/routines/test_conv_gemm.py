@@ -72,8 +72,8 @@ def _one_conv(x_shape, w_shape, **kw):
 
 
 @pytest.mark.parametrize("make, accepted", [
-    # 1-D convolution: not 4-D.
-    (lambda: _one_conv([1, 4, 9], [5, 4, 3]), ()),
+    # 1-D convolution: imported as a 2-D one of height 1 (ir/passes/conv1d_as_2d.py).
+    (lambda: _one_conv([1, 4, 9], [5, 4, 3]), IM2COL),
     (lambda: _one_conv([1, 4, 9, 9], [5, 4, 3, 3]), IM2COL),
     (lambda: _one_conv([1, 4, 9, 9], [5, 4, 1, 1]), IM2COL + GEMM1X1),
     # A padded 1x1 kernel needs im2col.
@@ -98,7 +98,11 @@ def test_applies(make, accepted):
 def test_every_conv_routine_answers_on_a_1d_convolution():
     """An audio model's 1-D convolution (silero-vad's STFT): every routine says whether it applies
     without failing on the 1-D attributes (the 2-D ones read four pads)."""
-    graph = _one_conv([1, 4, 9], [5, 4, 3])
+    from onnx import helper
+    from onnx_helpers import make_model
+    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], [("x", [1, 4, 9])], [("y", None)],
+                       [("w", np.ones((5, 4, 3), np.float32))])
+    graph = workbench.load(model.SerializeToString(), fuse=False)   # left 1-D
     conv = graph.layer("conv")
     offered = [d for d, r in routines.routines_for("Conv").items() if r.applies(conv, graph.input_specs(conv))]
     assert "cpu:float32:nchw/reference" in offered

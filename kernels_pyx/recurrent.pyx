@@ -225,3 +225,91 @@ cdef class LstmSteps:
 
     def __dealloc__(self):
         free(self.dirs)
+
+
+cdef class GruCell:
+    """``GruCell(xw, hr, h, zr, y)``: the elementwise half of a GRU step, bound once.  ``xw``
+    (seq, batch, 3H) the input projection with W's bias (ONNX's z, r, h order), ``hr`` (batch,
+    3H) the step's recurrent product with R's bias, ``h`` (batch, H) the state, ``zr`` (batch, 2H)
+    scratch, ``y`` None or (seq, batch, H) with its last axis contiguous.
+
+    ``gates(s)``: z and r of step ``s`` into ``zr``; ``reset(rh)``: ``rh = r * h`` (the reset
+    state whose product with R's h rows ``linear_before_reset = 0`` needs); ``update(s, scale)``:
+    ``n = tanh(xw[s]_h + (r * hr_h if scale else hr_h))``, ``h = (1 - z) n + z h``, row ``s`` of
+    ``y``."""
+    cdef float* xw
+    cdef float* hr
+    cdef float* h
+    cdef float* zr
+    cdef float* y
+    cdef Py_ssize_t seq, batch, hid, ys0, ys1
+    cdef tuple keep
+
+    def __init__(self, xw, hr, h, zr, y=None):
+        seq, batch, hid = xw.shape[0], h.shape[0], h.shape[1]
+        for name, a, shape in (("xw", xw, (seq, batch, 3 * hid)), ("hr", hr, (batch, 3 * hid)), ("h", h, (batch, hid)),
+                               ("zr", zr, (batch, 2 * hid))):
+            _check(a, name, shape)
+            if not a.flags.c_contiguous:
+                raise ValueError(f"recurrent: {name} must be C-contiguous")
+        self.seq, self.batch, self.hid = seq, batch, hid
+        self.xw, self.hr = <float*> cnp.PyArray_DATA(xw), <float*> cnp.PyArray_DATA(hr)
+        self.h, self.zr = <float*> cnp.PyArray_DATA(h), <float*> cnp.PyArray_DATA(zr)
+        self.y = NULL
+        if y is not None:
+            _check(y, "y", (seq, batch, hid))
+            if y.strides[2] != 4 or min(y.strides) < 0:
+                raise ValueError(f"recurrent: y's last axis must be contiguous, got strides {y.strides}")
+            self.y = <float*> cnp.PyArray_DATA(y)
+            self.ys0, self.ys1 = y.strides[0] // 4, y.strides[1] // 4
+        self.keep = (xw, hr, h, zr, y)
+
+    def _step(self, Py_ssize_t s):
+        if not 0 <= s < self.seq:
+            raise IndexError(f"recurrent: step {s} outside the {self.seq} steps")
+
+    def gates(self, Py_ssize_t s):
+        self._step(s)
+        cdef Py_ssize_t b, j, H = self.hid
+        cdef float* x
+        cdef float* r
+        cdef float* g
+        with nogil:
+            for b in range(self.batch):
+                x, r, g = self.xw + (s * self.batch + b) * 3 * H, self.hr + b * 3 * H, self.zr + b * 2 * H
+                for j in range(2 * H):
+                    g[j] = x[j] + r[j]
+                wbm_map(SIGMOID, g, g, 2 * H)
+
+    def reset(self, rh):
+        _check(rh, "rh", (self.batch, self.hid))
+        cdef float* out = <float*> cnp.PyArray_DATA(rh)
+        cdef Py_ssize_t b, j, H = self.hid
+        with nogil:
+            for b in range(self.batch):
+                for j in range(H):
+                    out[b * H + j] = self.zr[b * 2 * H + H + j] * self.h[b * H + j]
+
+    def update(self, Py_ssize_t s, bint scale):
+        self._step(s)
+        cdef Py_ssize_t b, j, H = self.hid
+        cdef float* x
+        cdef float* r
+        cdef float* g
+        cdef float* h
+        cdef float* n
+        cdef float* yr
+        with nogil:
+            for b in range(self.batch):
+                x, r = self.xw + (s * self.batch + b) * 3 * H + 2 * H, self.hr + b * 3 * H + 2 * H
+                g, h = self.zr + b * 2 * H, self.h + b * H
+                n = r   # the candidate overwrites the product it reads, in place
+                for j in range(H):
+                    n[j] = x[j] + (g[H + j] * r[j] if scale else r[j])
+                wbm_map(TANH, n, n, H)
+                for j in range(H):
+                    h[j] = (1.0 - g[j]) * n[j] + g[j] * h[j]
+                if self.y != NULL:
+                    yr = self.y + s * self.ys0 + b * self.ys1
+                    for j in range(H):
+                        yr[j] = h[j]

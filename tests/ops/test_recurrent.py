@@ -127,3 +127,17 @@ def test_default_parameters_of_the_activations(op):
     acts = [("LeakyRelu", [], []), ("HardSigmoid", [], [])][:PER_DIRECTION[op]]
     model = recurrent_model(op, rng, 4, 2, 3, 5, "forward", 0, None, False, True, ("y", "yh"), acts=acts)
     assert_matches_onnxruntime(model)
+
+
+@settings(max_examples=30, deadline=None)
+@given(op=st.sampled_from(["GRU", "RNN"]), case=st.data(), lbr=st.sampled_from([0, 1]), threads=st.sampled_from([1, 2]))
+def test_the_direct_routines_match_the_reference(op, case, lbr, threads):
+    """``cpu:float32:nchw/direct`` of GRU and RNN (routines/recurrent_gru.py) against the NumPy
+    reference inside a compiled model: directions, batch, initial states, omitted outputs."""
+    from routine_helpers import assert_routine_matches
+    c = case.draw(cases(op))
+    c.update(layout=0, lens=None)
+    rng = np.random.default_rng(c.pop("seed"))
+    model = recurrent_model(op, rng, **c, **({"linear_before_reset": lbr} if op == "GRU" else {}))
+    graph = workbench.load(model.SerializeToString())
+    assert_routine_matches(graph, "cpu:float32:nchw/direct", expect_layers=["rnn"], num_threads=threads)

@@ -78,6 +78,13 @@ def _graphs():
     nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "yh", "yc"], hidden_size=8, direction="bidirectional")]
     model = make_model(nodes, [("x", [5, 2, 6])], [("y", None), ("yh", None), ("yc", None)], consts, opset=14)
     yield "lstm", workbench.load(model.SerializeToString())
+    for op, gates, extra in (("GRU", 3, {"linear_before_reset": 1}), ("RNN", 1, {})):
+        consts = [("W", rng.standard_normal((2, 8 * gates, 6)).astype(np.float32) * 0.5),
+                  ("R", rng.standard_normal((2, 8 * gates, 8)).astype(np.float32) * 0.5),
+                  ("B", rng.standard_normal((2, 16 * gates)).astype(np.float32))]
+        nodes = [helper.make_node(op, ["x", "W", "R", "B"], ["y", "yh"], hidden_size=8, direction="bidirectional", **extra)]
+        model = make_model(nodes, [("x", [5, 2, 6])], [("y", None), ("yh", None)], consts, opset=14)
+        yield op.lower(), workbench.load(model.SerializeToString())
     nodes = [helper.make_node("Upsample", ["x", "scales"], ["y"], mode="nearest")]
     model = make_model(nodes, [("x", [1, 8, 5, 7])], [("y", None)],   # whole groups of 4 uint8 channels
                        [("scales", np.array([1, 1, 2, 2], np.float32))], opset=9)

@@ -4,6 +4,7 @@ tensors, branch initializers, branch outputs that are outer tensors; and the err
 condition known only at run time, an unsupported op inside a branch, and bad constants."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import workbench
@@ -48,7 +49,8 @@ def _shape_if_model():
                       [("last", np.int64(3)), ("five", np.int64(5))], opset=16)
 
 
-@pytest.mark.parametrize("w", [5, 6])
+@settings(max_examples=10, deadline=None)
+@given(w=st.integers(3, 9))
 def test_an_if_on_shapes_is_its_branch(w):
     model = _shape_if_model()
     feeds = {"x": np.random.default_rng(w).standard_normal((2, 3, 4, w)).astype(np.float32)}
@@ -128,10 +130,14 @@ def _loop_model(trip, cond_limit=None, scan=True):
                       [("y", None)] + ([("stacked", None)] if scan else []), inits, opset=16)
 
 
-@pytest.mark.parametrize("trip, limit", [(5, None), (6, 3), (None, 4), (1, None)])
-def test_a_loop_that_folds_is_unrolled(trip, limit):
-    model = _loop_model(trip, limit)
-    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)}
+@settings(max_examples=15, deadline=None)
+@given(trip=st.one_of(st.none(), st.integers(1, 7)), limit=st.one_of(st.none(), st.integers(1, 6)),
+       scan=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_a_loop_that_folds_is_unrolled(trip, limit, scan, seed):
+    if trip is None and limit is None:
+        limit = 3   # a loop with neither runs forever
+    model = _loop_model(trip, limit, scan)
+    feeds = {"x": np.random.default_rng(seed).standard_normal((2, 3)).astype(np.float32)}
     graph = _check(model, feeds)
     assert "Loop" not in graph.op_counts()
 

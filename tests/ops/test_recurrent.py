@@ -98,6 +98,12 @@ def test_rnn_matches_onnxruntime(case, clip):
     _check("RNN", case, **({} if clip is None else {"clip": clip}))
 
 
+@settings(max_examples=30, deadline=None)
+@given(case=cases("LSTM"), clip=st.sampled_from([None, 0.8]), input_forget=st.sampled_from([0, 1]))
+def test_lstm_matches_onnxruntime(case, clip, input_forget):
+    _check("LSTM", case, input_forget=input_forget, **({} if clip is None else {"clip": clip}))
+
+
 @st.composite
 def activations(draw, op, dirs):
     acts = []

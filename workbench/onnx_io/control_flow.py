@@ -53,6 +53,24 @@ def reads(node):
     return out
 
 
+def run_time_condition(graph, node, name):
+    """The error for an If whose condition is known only at run time: what it depends on."""
+    deps, seen, todo = [], set(), [node.input[0]]
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in graph.inputs:
+            deps.append(t)
+        elif graph.producer(t) is not None:
+            todo.extend(x for x in graph.producer(t).inputs if x)
+    hint = ", ".join(f"{d}=VALUE" for d in sorted(deps)) or "NAME=VALUE"
+    return (f"node {name!r} (If): its condition {node.input[0]!r} is known only at run time (it depends on the "
+            f"input(s) {sorted(deps)}); an If is taken only where its condition folds at load: give such inputs as "
+            f"constants (Python: constants={{...}}; CLI: --const {hint}) to choose the branch")
+
+
 def condition(value, name):
     """The truth of an If's constant condition ``value`` (one element)."""
     v = np.asarray(value)

@@ -63,7 +63,12 @@ class _ElementwiseQ8(QRoutine, register=False):
 
 
 class _Bound:
-    """A routine whose kernel call is bound to its arrays once (:meth:`_bound`)."""
+    """A routine whose kernel call is bound to its arrays once (:meth:`_bound`), reading every
+    input in uint8 (and writing its output so, unless ``out_float``)."""
+
+    @classmethod
+    def quant_tensors(cls, layer):
+        return tuple(layer.inputs) + (() if cls.out_float else (layer.outputs[0],))
 
     @classmethod
     def _bound(cls, layer, state, args, outs):
@@ -180,9 +185,6 @@ class _BinaryQ8(_Bound, _ElementwiseQ8, register=False):
         return (activation(layer, out[1] if len(out) > 1 else 1) is not None
                 and collapse(_to_physical(out, cls.layout), *shapes) is not None)
 
-    @classmethod
-    def quant_tensors(cls, layer):
-        return tuple(layer.inputs) + (() if cls.out_float else (layer.outputs[0],))
 
     @classmethod
     def prepare(cls, layer, quant=None):
@@ -222,9 +224,6 @@ class _ConcatQ8(_Bound, _ElementwiseQ8, register=False):
                 and all(s is not None and s.dtype == "float32" for s in specs)
                 and layer.out_specs[0].dtype == "float32" and layer.out_specs[0].size > 0 and cls._rank_ok(specs, layer))
 
-    @classmethod
-    def quant_tensors(cls, layer):
-        return tuple(layer.inputs) + (() if cls.out_float else (layer.outputs[0],))
 
     @classmethod
     def prepare(cls, layer, quant=None):

@@ -25,6 +25,13 @@ class _RecurrentDirect(Routine, register=False):
                  and (len(specs) <= 4 or specs[4] is None) and 1 in layer.consts and 2 in layer.consts)
         return plain and all_float32([s for i, s in enumerate(specs) if s is not None and i != 4], layer.out_specs)
 
+    @staticmethod
+    def _transposed(layer):
+        """Per direction, W^T and R^T (input or hidden, gates x hidden), contiguous."""
+        w, r = layer.consts[1], layer.consts[2]
+        return {"wt": [np.ascontiguousarray(w[d].T, np.float32) for d in range(w.shape[0])],
+                "rt": [np.ascontiguousarray(r[d].T, np.float32) for d in range(r.shape[0])]}
+
     @classmethod
     def _biases(cls, layer, gates):
         """Per direction, W's and R's biases (gates x hidden each)."""
@@ -66,11 +73,8 @@ class GruDirect(_RecurrentDirect):
 
     @classmethod
     def prepare(cls, layer):
-        w, r = layer.consts[1], layer.consts[2]
-        lbr = bool(layer.attrs["linear_before_reset"])
-        return {"wt": [np.ascontiguousarray(w[d].T, np.float32) for d in range(w.shape[0])],
-                "rt": [np.ascontiguousarray(r[d].T, np.float32) for d in range(r.shape[0])],   # (H, 3H)
-                "bias": cls._biases(layer, 3), "lbr": lbr}
+        return {**cls._transposed(layer), "bias": cls._biases(layer, 3),
+                "lbr": bool(layer.attrs["linear_before_reset"])}
 
     @classmethod
     def _direction(cls, state, d, x, h0, y, reverse):
@@ -117,10 +121,7 @@ class RnnDirect(_RecurrentDirect):
 
     @classmethod
     def prepare(cls, layer):
-        w, r = layer.consts[1], layer.consts[2]
-        return {"wt": [np.ascontiguousarray(w[d].T, np.float32) for d in range(w.shape[0])],
-                "rt": [np.ascontiguousarray(r[d].T, np.float32) for d in range(r.shape[0])],
-                "bias": [wb + rb for wb, rb in cls._biases(layer, 1)]}
+        return {**cls._transposed(layer), "bias": [wb + rb for wb, rb in cls._biases(layer, 1)]}
 
     @classmethod
     def _direction(cls, state, d, x, h0, y, reverse):

@@ -74,9 +74,20 @@ def test_an_if_on_a_constant_input_is_its_branch(flag):
     assert "flag" not in graph.inputs and graph.meta["constant_inputs"]["flag"] == flag
 
 
-def test_a_run_time_condition_names_its_inputs_and_the_way_out():
-    with pytest.raises(ModelImportError, match=r"'gate' \(If\).*run time.*\['flag'\].*--const flag=VALUE"):
-        workbench.load(_flag_model().SerializeToString())
+@pytest.mark.parametrize("flag", [True, False])
+def test_an_if_on_a_run_time_input_runs_the_branch_it_picks(flag):
+    """The condition an input: an If layer whose branches are graphs of their own, run by the
+    reference and by the branches routine (each branch compiled once with its own plan)."""
+    from routine_helpers import assert_routine_matches
+    model = _flag_model()
+    graph = workbench.load(model.SerializeToString())
+    assert graph.op_counts().get("If") == 1 and "flag" in graph.inputs
+    x = np.random.default_rng(3).standard_normal((2, 7)).astype(np.float32)
+    feeds = {"x": x, "flag": np.array(flag)}
+    ours = workbench.ReferenceExecutor(graph).run(feeds)
+    theirs = run_onnxruntime(model, feeds)
+    assert relative_error(ours["z"], theirs["z"]) <= 1e-6
+    assert_routine_matches(graph, "cpu:float32:nchw/branches", feeds=feeds, expect_layers=["gate"])
 
 
 def test_bad_constants_are_named():
@@ -160,3 +171,28 @@ def test_reverse_sequence_matches_onnxruntime(batch_axis, time_axis):
     graph = workbench.load(model.SerializeToString())
     ours = workbench.ReferenceExecutor(graph).run(feeds)
     np.testing.assert_array_equal(ours["y"], run_onnxruntime(model, feeds)["y"])
+
+
+def test_a_run_time_if_tunes_exports_and_names_a_branch_that_cannot_run(tmp_path):
+    """Tuned (the profile times the branch that runs at these shapes), exported as a tuned file that
+    runs again and in ONNX Runtime; a branch that does not import at the graph's shapes (a reshape
+    for other sizes) is an error naming it only when it is picked."""
+    from workbench.session import Session
+    from workbench.tuning.profiledb import ProfileDatabase
+    then = _branch([helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Relu", ["r"], ["t"])], ["t"],
+                   [("shape", np.array([7, 2], np.int64))])
+    other = _branch([helper.make_node("Reshape", ["x", "bad"], ["e"])], ["e"], [("bad", np.array([3, 5], np.int64))])
+    model = make_model([helper.make_node("If", ["flag"], ["y"], name="gate", then_branch=then, else_branch=other)],
+                       [("x", [2, 7]), ("flag", [], TensorProto.BOOL)], [("y", None)], opset=16)
+    s = Session.from_onnx(model, num_threads=2, db=ProfileDatabase(tmp_path / "p.sqlite", num_threads=2))
+    s.tune()
+    assert s.plan.choice["gate"] == "cpu:float32:nchw/branches"
+    x = np.random.default_rng(4).standard_normal((2, 7)).astype(np.float32)
+    feeds = {"x": x, "flag": np.array(True)}
+    want = run_onnxruntime(model, feeds)["y"]
+    np.testing.assert_array_equal(s.run(feeds)["y"], want)
+    s.export(tmp_path / "t.onnx", measure_runs=0)
+    np.testing.assert_array_equal(Session.load(tmp_path / "t.onnx").run(feeds)["y"], want)
+    np.testing.assert_array_equal(run_onnxruntime(str(tmp_path / "t.onnx"), feeds)["y"], want)
+    with pytest.raises(ShapeError, match=r"'gate' \(If\): the else branch cannot run at these input shapes"):
+        s.run({"x": x, "flag": np.array(False)})

@@ -123,7 +123,11 @@ def test_every_activation_with_its_alpha_and_beta(op, direction, data, seed):
     # small weights: unbounded activations (affine, softplus) as gates would otherwise let the
     # state grow past float32 within a few steps, where infinities meet in the products
     model = recurrent_model(op, rng, 4, 2, 3, 5, direction, 0, None, True, True, ("y", "yh"), acts=acts, scale=0.15)
-    assert_matches_onnxruntime(model)
+    graph = workbench.load(model.SerializeToString())
+    feeds = workbench.random_inputs(graph, seed=0)
+    ours, theirs = workbench.ReferenceExecutor(graph).run(feeds), run_onnxruntime(model, feeds)
+    for name, ref in theirs.items():   # an absolute floor: a gate may scale a state down to ~1e-6
+        np.testing.assert_allclose(ours[name], ref, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("op", ["GRU", "RNN"])

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import ModelImportError
+from ..errors import ModelImportError, UnsupportedOpsError, WorkbenchError
 
 
 def subgraphs(node):
@@ -51,24 +51,6 @@ def reads(node):
         out += [t for n in all_nodes(sub) for t in n.input if t and t not in inner]
         out += [vi.name for vi in sub.output if vi.name not in inner]
     return out
-
-
-def run_time_condition(graph, node, name):
-    """The error for an If whose condition is known only at run time: what it depends on."""
-    deps, seen, todo = [], set(), [node.input[0]]
-    while todo:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        if t in graph.inputs:
-            deps.append(t)
-        elif graph.producer(t) is not None:
-            todo.extend(x for x in graph.producer(t).inputs if x)
-    hint = ", ".join(f"{d}=VALUE" for d in sorted(deps)) or "NAME=VALUE"
-    return (f"node {name!r} (If): its condition {node.input[0]!r} is known only at run time (it depends on the "
-            f"input(s) {sorted(deps)}); an If is taken only where its condition folds at load: give such inputs as "
-            f"constants (Python: constants={{...}}; CLI: --const {hint}) to choose the branch")
 
 
 def condition(value, name):
@@ -237,3 +219,61 @@ class Unrolled:
                 stacked.append(u)
             nodes.append(helper.make_node("Concat", stacked, [o], name=f"{self.name}/{o}", axis=0))
         return nodes
+
+
+def branch_reads(graph_proto):
+    """The tensors a branch (and the subgraphs in it) reads from outside it, in first-read order."""
+    inner = {i.name for i in graph_proto.initializer} | {i.name for i in graph_proto.input}
+    for n in all_nodes(graph_proto):
+        inner.update(t for t in n.output if t)
+    seen = []
+    for t in [t for n in all_nodes(graph_proto) for t in n.input if t] + [vi.name for vi in graph_proto.output]:
+        if t not in inner and t not in seen:
+            seen.append(t)
+    return seen
+
+
+def branch_graphs(node, name, model, consts, spec_of):
+    """``(reads, {"then": Graph, "else": Graph})`` of an If whose condition is known only at run
+    time: each branch imported as a graph of its own (fused), whose inputs are the tensors it reads
+    from outside (``reads``, the ones not constant; constants go in as initializers).  A branch
+    that does not import at these shapes is the message why instead: running it is that error."""
+    from ..ir.passes import optimize
+    from .read import import_onnx
+    graphs, reads = {}, []
+    protos = {a.name.split("_")[0]: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
+    if set(protos) != {"then", "else"}:
+        raise ModelImportError(f"node {name!r} (If): it needs a then_branch and an else_branch")
+    for proto in protos.values():
+        reads += [t for t in branch_reads(proto) if t not in consts and t not in reads]
+    for which, proto in protos.items():
+        outside = branch_reads(proto)
+        inputs = []
+        for t in reads:
+            s = spec_of(t)
+            inputs.append(helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(np.dtype(s.dtype)),
+                                                        list(s.shape)))
+        inits = list(proto.initializer) + [onnx.numpy_helper.from_array(np.asarray(consts[t]), t)
+                                           for t in outside if t in consts]
+        g = helper.make_graph(list(proto.node), f"{name}/{which}", inputs, list(proto.output), initializer=inits)
+        sub = helper.make_model(g, opset_imports=list(model.opset_import))
+        sub.ir_version = model.ir_version
+        try:
+            graph = import_onnx(sub, name=f"{name}/{which}")
+        except UnsupportedOpsError:
+            raise
+        except WorkbenchError as e:   # a branch for other input shapes (an 8 kHz path fed 16 kHz frames)
+            graphs[which] = f"the {which} branch cannot run at these input shapes: {e}"
+            continue
+        optimize(graph)
+        graphs[which] = graph
+    ready = {w: g for w, g in graphs.items() if not isinstance(g, str)}
+    if not ready:
+        raise ModelImportError(f"node {name!r} (If): neither branch imports at these input shapes: "
+                               f"{graphs['then']}; {graphs['else']}")
+    if len(ready) == 2:
+        for k, (a, b) in enumerate(zip(*([g.spec(o) for o in g.outputs] for g in ready.values()))):
+            if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+                raise ModelImportError(f"node {name!r} (If): output {k} of its branches differs ({a} vs {b}); an "
+                                       f"If chosen at run time needs the same static shapes from both")
+    return reads, graphs

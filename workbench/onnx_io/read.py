@@ -23,7 +23,7 @@ from ..ir.graph import Graph, Layer, TensorSpec
 from ..ir.passes.constant_folding import fold_node
 from ..ir.passes.fuse_qdq import bias_quant, weight_quant
 
-from .control_flow import NEXT, Unrolled, condition, inline_branch, reads, run_time_condition
+from .control_flow import NEXT, Unrolled, branch_graphs, condition, inline_branch, reads
 from .input_shapes import _dims, _np_dtype, _resolve_input_shape, constant_inputs, symbolic_dims_message  # noqa: F401
 from .support import _default_opset, _domain, _opsets, unsupported_ops
 
@@ -233,9 +233,10 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None, con
             consts[node.output[0]] = _constant_value(node, name)
             continue
         nodes = None
+        if node.op_type == "If" and _domain(node) == "" and node.input[0] not in consts:
+            graph.add_layer(_if_layer(node, name, index, model, consts, spec_of))
+            continue
         if node.op_type == "If" and _domain(node) == "":
-            if node.input[0] not in consts:
-                raise ModelImportError(run_time_condition(graph, node, name))
             nodes, branch_consts = inline_branch(node, condition(consts[node.input[0]], name), name)
             consts.update(branch_consts)
         elif node.op_type == "Loop" and _domain(node) == "":
@@ -265,6 +266,23 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None, con
         elif out not in graph.inputs and graph.producer(out) is None:
             raise ModelImportError(f"graph output {out!r} is never produced")
     return graph
+
+
+def _if_layer(node, name, index, model, consts, spec_of):
+    """The layer of an If whose condition is known only at run time: the condition and what its
+    branches read as inputs, the branches as graphs of their own (``meta["branches"]``)."""
+    import hashlib
+    cond = spec_of(node.input[0])
+    if cond.dtype != "bool" or int(np.prod(cond.shape, dtype=np.int64)) != 1:
+        raise ModelImportError(f"node {name!r} (If): its condition must be one bool, got {cond}")
+    reads_, graphs = branch_graphs(node, name, model, consts, spec_of)
+    layer = Layer(name=name, op="If", inputs=[node.input[0]] + reads_, outputs=list(node.output),
+                  attrs={"branches": hashlib.sha256(node.SerializeToString()).hexdigest()[:24]},
+                  meta={"index": index, "branches": graphs,
+                        "onnx": {"op_type": "If", "domain": "", "taken": {},
+                                 "attributes": [copy_attr(a) for a in node.attribute]}})
+    layer.out_specs = ops.get("If").infer(layer, [cond] + [spec_of(t) for t in reads_])
+    return layer
 
 
 def _op_counts(nodes):

@@ -259,7 +259,8 @@ def _emit(w, layer, metadata):
                metadata=part_of)
     else:
         attributes, taken = _source_attributes(layer)
-        n_inputs = 3 if (layer.op == "Conv" and residual) else len(layer.inputs)
+        # a Conv's residual is written as its Add; an If reads its branches' tensors implicitly
+        n_inputs = 3 if (layer.op == "Conv" and residual) else 1 if layer.op == "If" else len(layer.inputs)
         ins = list(layer.inputs[:n_inputs])
         for i, (name, value) in taken.items():
             ins += [""] * (i + 1 - len(ins))

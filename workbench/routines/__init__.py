@@ -157,6 +157,12 @@ class Routine:
         return ()
 
     @classmethod
+    def profile_args(cls, layer, args):
+        """The arguments the profiler times a run on, from its random ones (non-float inputs are
+        zeros): a routine whose work depends on an input's value (an If's condition) sets it."""
+        return args
+
+    @classmethod
     def quant_applies(cls, layer, quant):
         """Whether the parameters in ``quant`` (a :class:`~workbench.ir.quant.QuantTable` holding
         every :meth:`quant_tensors` tensor) suit this routine: a routine that moves integers needs

@@ -149,7 +149,7 @@ def layer_arrays(graph, layer, routine, seed=0):
             args.append(np.zeros(physical_shape(spec.with_format(fmt)), spec.dtype))
     outs = [np.empty(physical_shape(s.with_format(fmt)), fmt.dtype)
             for s, fmt in zip(layer.out_specs, routine.output_formats(layer))]
-    return args, outs
+    return routine.profile_args(layer, args), outs
 
 
 #: How :func:`time_routine` measures; part of the profile database's machine fingerprint, so

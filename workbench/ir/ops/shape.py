@@ -6,6 +6,7 @@ With static shapes they are folded to constants at import, so their reference is
 import numpy as np
 
 from .base import Op
+from ...errors import ShapeError, where
 from ..graph import TensorSpec
 
 
@@ -59,3 +60,30 @@ class Range(Op):
         n = max(int(np.ceil((float(limit) - float(start)) / float(delta))), 0)
         return [(start + np.arange(n, dtype=np.float64 if start.dtype.kind == "f" else np.int64) * delta)
                 .astype(start.dtype)]
+
+
+class If(Op):
+    """An ONNX If whose condition is known only at run time (``onnx_io/control_flow.py``; one that
+    folds at load is its branch instead).  Inputs: the condition, then the tensors the branches
+    read; ``meta["branches"]``: the two imported graphs, each run on those tensors.  Both must give
+    outputs of the same static shapes."""
+
+    @classmethod
+    def infer(cls, layer, specs):
+        g = next(g for g in layer.meta["branches"].values() if not isinstance(g, str))
+        return [g.spec(o) for o in g.outputs]
+
+    @classmethod
+    def branch(cls, layer, cond):
+        """The graph of the branch ``cond`` picks (ShapeError where it cannot run at these shapes)."""
+        g = layer.meta["branches"]["then" if bool(np.asarray(cond).reshape(-1)[0]) else "else"]
+        if isinstance(g, str):
+            raise ShapeError(f"{where(layer)}: {g}")
+        return g
+
+    @classmethod
+    def compute(cls, layer, args):
+        from ...runtime.interpreter import ReferenceExecutor
+        g = cls.branch(layer, args[0])
+        outs = ReferenceExecutor(g).run(dict(zip(layer.inputs[1:], args[1:])))
+        return [outs[o] for o in g.outputs]

@@ -233,13 +233,13 @@ def branch_reads(graph_proto):
     return seen
 
 
-def branch_graphs(node, name, model, consts, spec_of):
+def branch_graphs(node, name, model, consts, spec_of, importer):
     """``(reads, {"then": Graph, "else": Graph})`` of an If whose condition is known only at run
     time: each branch imported as a graph of its own (fused), whose inputs are the tensors it reads
     from outside (``reads``, the ones not constant; constants go in as initializers).  A branch
-    that does not import at these shapes is the message why instead: running it is that error."""
+    that does not import at these shapes is the message why instead: running it is that error.
+    ``importer``: :func:`~workbench.onnx_io.read.import_onnx` (the reader this is part of)."""
     from ..ir.passes import optimize
-    from .read import import_onnx
     graphs, reads = {}, []
     protos = {a.name.split("_")[0]: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
     if set(protos) != {"then", "else"}:
@@ -259,7 +259,7 @@ def branch_graphs(node, name, model, consts, spec_of):
         sub = helper.make_model(g, opset_imports=list(model.opset_import))
         sub.ir_version = model.ir_version
         try:
-            graph = import_onnx(sub, name=f"{name}/{which}")
+            graph = importer(sub, name=f"{name}/{which}")
         except UnsupportedOpsError:
             raise
         except WorkbenchError as e:   # a branch for other input shapes (an 8 kHz path fed 16 kHz frames)

@@ -275,7 +275,7 @@ def _if_layer(node, name, index, model, consts, spec_of):
     cond = spec_of(node.input[0])
     if cond.dtype != "bool" or int(np.prod(cond.shape, dtype=np.int64)) != 1:
         raise ModelImportError(f"node {name!r} (If): its condition must be one bool, got {cond}")
-    reads_, graphs = branch_graphs(node, name, model, consts, spec_of)
+    reads_, graphs = branch_graphs(node, name, model, consts, spec_of, import_onnx)
     layer = Layer(name=name, op="If", inputs=[node.input[0]] + reads_, outputs=list(node.output),
                   attrs={"branches": hashlib.sha256(node.SerializeToString()).hexdigest()[:24]},
                   meta={"index": index, "branches": graphs,

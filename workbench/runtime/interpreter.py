@@ -194,6 +194,10 @@ class ReferenceExecutor(Interpreter):
         mid = layer.meta.get("pre_residual_quant")
         if mid is not None and layer.attrs.get("residual") and not layer.attrs.get("residual_after_activation"):
             out = [_round_before_residual(layer, args, mid)]
+        elif layer.op == "If":   # the branch it picks, by the same reference
+            branch = ops.get("If").branch(layer, args[0])
+            result = type(self)(branch).run(dict(zip(layer.inputs[1:], args[1:])))
+            out = [result[o] for o in branch.outputs]
         else:
             out = ops.get(layer.op).compute(layer, args)
         if self._rounded:

@@ -66,7 +66,8 @@ class If(Op):
     """An ONNX If whose condition is known only at run time (``onnx_io/control_flow.py``; one that
     folds at load is its branch instead).  Inputs: the condition, then the tensors the branches
     read; ``meta["branches"]``: the two imported graphs, each run on those tensors.  Both must give
-    outputs of the same static shapes."""
+    outputs of the same static shapes.  No NumPy ``compute``: the reference executor runs the
+    picked branch's graph itself (``runtime/interpreter.py``)."""
 
     @classmethod
     def infer(cls, layer, specs):
@@ -83,7 +84,5 @@ class If(Op):
 
     @classmethod
     def compute(cls, layer, args):
-        from ...runtime.interpreter import ReferenceExecutor
-        g = cls.branch(layer, args[0])
-        outs = ReferenceExecutor(g).run(dict(zip(layer.inputs[1:], args[1:])))
-        return [outs[o] for o in g.outputs]
+        raise NotImplementedError(f"{where(layer)}: an If runs a graph: the reference executor runs the branch "
+                                  f"it picks, the branches routine its compiled plan")

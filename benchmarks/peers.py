@@ -54,6 +54,21 @@ def _models(names):
     return list(dict.fromkeys(out))
 
 
+def each_model(names, row):
+    """``(rows, notes)``: ``row(name)`` for each model of ``names`` (``_models``), printed as it
+    comes; a model that cannot run is a note, and the others still run."""
+    rows, notes = [], []
+    for name in _models(names):
+        print(f"== {name}", flush=True)
+        try:
+            rows.append(row(name))
+        except Exception as e:   # noqa: BLE001 - one model that cannot run must not stop the others
+            notes.append(f"{name}: not benchmarked: {type(e).__name__}: {e}")
+        print(rows[-1] if rows and rows[-1]["model"] == name else notes[-1], flush=True)
+        gc.collect()   # this model's engines (thread pools, arenas) gone before the next is timed
+    return rows, notes
+
+
 def _open(name, threads, db, precisions=("float32",), **tune):
     """``(session, model proto or path, tuning seconds)`` of ``name``, tuned (``tune``: more
     arguments of :meth:`Session.tune <workbench.session.Session.tune>`)."""

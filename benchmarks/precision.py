@@ -24,7 +24,6 @@ bfloat16 routines' bias correction is calibrated on the session's default inputs
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from pathlib import Path
@@ -139,15 +138,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     db = ProfileDatabase(path=Path(args.db) if args.db else default_path(), num_threads=args.threads)
-    rows, notes = [], []
-    for name in peers._models(args.models):
-        print(f"== {name}", flush=True)
-        try:
-            rows.append(_row(name, args, db))
-        except Exception as e:   # noqa: BLE001 - one model that cannot run must not stop the others
-            notes.append(f"{name}: not benchmarked: {type(e).__name__}: {e}")
-        print(rows[-1] if rows and rows[-1]["model"] == name else notes[-1], flush=True)
-        gc.collect()
+    rows, notes = peers.each_model(args.models, lambda name: _row(name, args, db))
     lines = [f"# Precision: {args.threads} threads, batch 1, medians of {args.runs} interleaved rounds", "",
              "Errors against ONNX Runtime fp32 on three seeded inputs (max error over the output's peak, cosine, "
              "top-1 agreement where the output has a class axis).", "",

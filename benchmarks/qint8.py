@@ -21,7 +21,6 @@ Writes ``DIR/qint8.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -145,15 +144,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     db_path = Path(args.db) if args.db else out / f"qint8-{int(time.time())}.sqlite"
     db = ProfileDatabase(path=db_path, num_threads=args.threads)
-    rows, notes = [], []
-    for name in peers._models(args.models):
-        print(f"== {name}", flush=True)
-        try:
-            rows.append(_row(name, args, db))
-        except Exception as e:   # noqa: BLE001 - one model that cannot run must not stop the others
-            notes.append(f"{name}: not benchmarked: {type(e).__name__}: {e}")
-        print(rows[-1] if rows and rows[-1]["model"] == name else notes[-1], flush=True)
-        gc.collect()
+    rows, notes = peers.each_model(args.models, lambda name: _row(name, args, db))
     lines = [f"# qint8 and mixed precision: {args.threads} threads, batch 1, medians (ms) of {args.runs} "
              f"interleaved rounds", "",
              f"Mixed: float32, bfloat16 and qint8 allowed, cosine >= {args.min_cosine} against float32 on the "

@@ -16,7 +16,8 @@ import numpy as np
 from ..ir.graph import NCHW, NHWC
 from . import conv_bf16
 from .eltwise import as_stored
-from .tensor_ops import _Blocks, _WholePixels, ViewNchw
+from .tensor_ops import _Blocks, ViewNchw
+from .whole_pixels import _WholePixels
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 

@@ -12,7 +12,8 @@ these routines do not apply.
 """
 from ..ir.graph import NCHW, NHWC
 from .pool_q8 import _MovesIntegers
-from .tensor_ops import _Blocks, _WholePixels
+from .tensor_ops import _Blocks
+from .whole_pixels import _WholePixels
 
 
 class _SplitQ8(_MovesIntegers, _Blocks, register=False):

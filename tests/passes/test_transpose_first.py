@@ -92,7 +92,7 @@ def test_left_alone(rng, case):
     shape, perm = [1, 3, -1], [0, 2, 1]
     outputs = [("y", None)]
     if case == "other_perm":
-        perm = [1, 0, 2]
+        perm = [2, 1, 0]
     if case == "not_spatial":
         shape = [1, 12, 5]   # (N, C*H, W): not a flattening of the spatial axes
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),

@@ -173,7 +173,8 @@ class CompiledModel:
         protected = {k for t, k in self.input_keys.items() if t in g.inputs} | set(self.output_keys.values())
         overwritten = {outs[0] for kind, layer, _, outs in plan if kind == "layer" and layer.name in self.in_place}
         self.slices = plan_slices(plan, alias, self.routines, lambda k: adapt.physical_shape(self._spec(k)),
-                                  self._physical_axis, protected, reshapes=set(alias) - overwritten)
+                                  self._physical_axis, protected, reshapes=set(alias) - overwritten,
+                                  inputs={k for t, k in self.input_keys.items() if t in g.inputs})
         self._chain = dict(alias)   # each view's own base, for building the views in order
         self._chain.update({k: s.base for k, s in self.slices.items()})
         alias = {k: root(self._chain, k) for k in self._chain}
@@ -204,6 +205,8 @@ class CompiledModel:
                     values[owner(k)].last = max(values[owner(k)].last, step)
         for k in self.output_keys.values():
             values[owner(k)].last = len(plan)
+        for t in g.inputs:   # loaded before the first step, whichever step first cuts a view of it
+            values[owner(self.input_keys[t])].first = -1
         for v in values.values():
             v.first = -1 if v.first is None else v.first
             v.last = max(v.last, v.first)

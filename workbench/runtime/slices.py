@@ -81,7 +81,7 @@ def _contiguous(shape, axis):
     return int(np.prod(shape[:axis], dtype=np.int64)) == 1
 
 
-def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, reshapes=frozenset()):
+def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, reshapes=frozenset(), inputs=frozenset()):
     """Slices for the Split outputs and Concat parts of ``plan`` that can share a buffer.
 
     Parameters
@@ -101,6 +101,9 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
     reshapes : set
         Keys of ``alias`` that reinterpret their base in the same byte order (views, not outputs
         written over an input in place).
+    inputs : set
+        The keys of ``protected`` that are graph inputs copied into a buffer of their own: Split
+        outputs may be views of those.
 
     Returns
     -------
@@ -200,12 +203,15 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
     def is_blocks(layer):
         return getattr(routines[layer.name], "algo", "") == "copy" and layer.op in ("Concat", "Split")
 
-    # Split outputs: views of the input.
+    # Split outputs: views of the input (which may be a graph input, or a reshape of a tensor
+    # that nothing overwrites in place).
     for kind, layer, ins, outs in plan:
         if kind != "layer" or layer.op != "Split" or not is_blocks(layer) or ins[0] is None:
             continue
         base = ins[0]
-        if base in alias or base in targets or base in protected:
+        whole = alias.get(base, base)
+        if ((base in alias and base not in reshapes) or any(v == whole and k not in reshapes for k, v in alias.items())
+                or (whole in protected and whole not in inputs) or base in protected and base not in inputs):
             continue
         axis = physical_axis(layer, base)
         contiguous = _contiguous(shape_of(base), axis)

@@ -2,6 +2,8 @@
 from .constant_folding import fold_constants
 from .dead_nodes import remove_dead_layers
 from .identity import remove_identities
+from .reshapes import tidy_reshapes
+from .slices_as_split import slices_as_split
 from .rejoin_splits import rejoin_splits
 from .transpose_first import transpose_before_flatten
 from .fold_batchnorm import fold_batchnorm
@@ -17,12 +19,15 @@ from .fuse_eltwise_chain import fuse_eltwise_chains
 from .fuse_upsample_read import fuse_upsample_reads
 from .fuse_qdq import fuse_qdq
 from .conv1d_as_2d import conv1d_as_2d
+from .pow_as_mul import pow_as_mul
 
 #: The default pipeline: (name, pass).  Each pass takes a Graph, edits it in place and returns
 #: the names of the layers it removed or rewrote, for the report.
 PIPELINE = (
     ("fold_constants", fold_constants),
     ("remove_identities", remove_identities),
+    ("tidy_reshapes", tidy_reshapes),
+    ("slices_as_split", slices_as_split),
     ("rejoin_splits", rejoin_splits),
     ("transpose_before_flatten", transpose_before_flatten),
     ("remove_dead_layers", remove_dead_layers),
@@ -36,6 +41,7 @@ PIPELINE = (
     ("fuse_residual_adds", fuse_residual_adds),
     ("fuse_post_affine", fuse_post_affine),
     ("conv1d_as_2d", conv1d_as_2d),
+    ("pow_as_mul", pow_as_mul),
     ("fuse_eltwise_chains", fuse_eltwise_chains),
     ("fuse_upsample_reads", fuse_upsample_reads),
     ("fuse_qdq", fuse_qdq),

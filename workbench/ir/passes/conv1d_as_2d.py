@@ -5,20 +5,14 @@ Audio and sequence models (a voice-activity detector's STFT and encoder, text CN
 Conv left as it is runs on the NumPy reference.  After the fusion passes (so that BatchNorm,
 activations and residual adds are in the convolution already), each 1-D Conv becomes a 2-D one
 over (N, C, 1, L), its weights (O, C/g, 1, k), with a Reshape on each side (views in NCHW) and one
-for a fused residual.  Export writes the 2-D Conv between the Reshapes, which computes the same.
+for a fused residual; then :func:`~.reshapes.tidy_reshapes` lets one 2-D output go straight to the
+next 2-D input.  Export writes the 2-D Conv between the Reshapes, which computes the same.
 """
 import numpy as np
 from onnx import helper
 
 from ..graph import Layer, TensorSpec
-
-
-def _reshape(name, src, dst, shape, dtype, index):
-    """A Reshape layer ``src`` -> ``dst`` of ``shape``, with what export needs to write it back."""
-    return Layer(name=name, op="Reshape", inputs=[src], outputs=[dst], attrs={"shape": list(shape), "allowzero": 0},
-                 out_specs=[TensorSpec(tuple(shape), dtype)],
-                 meta={"index": index, "onnx": {"op_type": "Reshape", "attributes": [],
-                                                "taken": {1: (f"{name}.shape", np.array(shape, np.int64))}}})
+from .reshapes import reshape_layer as _reshape, tidy_reshapes
 
 
 def conv1d_as_2d(graph):
@@ -58,4 +52,6 @@ def conv1d_as_2d(graph):
         for layer in [before] + extra + [two_d, after]:
             graph.add_layer(layer)
         rewritten.append(conv.name)
+    if rewritten:   # one convolution feeding the next: (N, C, 1, L) from one to the other, no views between
+        tidy_reshapes(graph)
     return rewritten

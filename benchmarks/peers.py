@@ -1,6 +1,6 @@
 """Our tuned plan against ONNX Runtime and OpenVINO on the zoo and on real third-party models.
 
-    python benchmarks/peers.py [--models zoo real | NAME ...] [--runs 30] [--threads 2] [--load]
+    python benchmarks/peers.py [--models zoo real sequence | NAME ...] [--runs 30] [--threads 2] [--load]
                                [--idle 50] [--idle-runs 10] [--op-runs 5] [--db PATH] [--out DIR]
                                [--precision float32,bfloat16]
 
@@ -9,7 +9,8 @@ prediction is the plan timed inside the model, see :mod:`workbench.tuning.in_con
 ``workbench bench`` (the same code as the command: :func:`workbench.bench.bench`) beside ONNX Runtime (fp32, ORT_ENABLE_ALL)
 and OpenVINO (CPU, f32, static shapes; optional), all in one process, in interleaved rounds with
 idle pauses.  Real models come from :mod:`realmodels` (pinned wheels, SHA-256 checked) at their
-benchmark resolution.  Per model: the medians and our ratio to each peer, the first run after
+benchmark resolution, the sequence models (``--models sequence``: recurrent, control flow) at
+their shapes and constant inputs.  Per model: the medians and our ratio to each peer, the first run after
 ``--idle`` ms of each engine over its warm median, with ``--load`` each engine's slowdown with a
 busy process beside it, predicted vs measured, and our per-op time table beside ORT's profiler's.
 Writes ``artifacts/benchmarks/peers.{md,json}`` and one ``workbench bench`` report per model.
@@ -46,11 +47,13 @@ def _models(names):
             out += ZOO
         elif n == "real":
             out += list(realmodels.MODELS)
-        elif n in zoo.NAMES or n in realmodels.MODELS:
+        elif n == "sequence":
+            out += list(realmodels.SEQUENCE_MODELS)
+        elif n in zoo.NAMES or n in realmodels.ALL:
             out.append(n)
         else:
             raise SystemExit(f"peers.py: unknown model {n!r}; zoo: {', '.join(zoo.NAMES)}; "
-                             f"real: {', '.join(realmodels.MODELS)}")
+                             f"real: {', '.join(realmodels.MODELS)}; sequence: {', '.join(realmodels.SEQUENCE_MODELS)}")
     return list(dict.fromkeys(out))
 
 
@@ -76,9 +79,10 @@ def _open(name, threads, db, precisions=("float32",), **tune):
         model = zoo.build(name)
         session = Session.from_onnx(model, num_threads=threads, db=db)
     else:
-        m = realmodels.MODELS[name]
+        m = realmodels.ALL[name]
         model = realmodels.fetch(name)
-        session = Session.from_onnx(str(model), num_threads=threads, db=db, batch=1, resolution=m.resolution)
+        session = Session.from_onnx(str(model), num_threads=threads, db=db, batch=1, resolution=m.resolution,
+                                    shapes=m.shapes, constants=m.constants)
     t0 = time.perf_counter()
     session.tune(in_context=True, precisions=precisions, **tune)
     return session, model, time.perf_counter() - t0

@@ -196,3 +196,76 @@ def test_a_run_time_if_tunes_exports_and_names_a_branch_that_cannot_run(tmp_path
     np.testing.assert_array_equal(run_onnxruntime(str(tmp_path / "t.onnx"), feeds)["y"], want)
     with pytest.raises(ShapeError, match=r"'gate' \(If\): the else branch cannot run at these input shapes"):
         s.run({"x": x, "flag": np.array(False)})
+
+
+def _scan_rnn_model(batch, steps, hidden, in_axis, in_dir, out_axis, out_dir, second_output, opset, seed):
+    """An RNN cell written as a Scan over the sequence (as tf2onnx and scripted PyTorch write
+    one): state ``h`` (batch, hidden), ``h' = tanh(x_t W + h R + b)``, the new state also a scan
+    output; with ``second_output`` a second scan input (added to the output) and a second scan
+    output (its running sum), in the other direction."""
+    rng = np.random.default_rng(seed)
+    feat = 3
+    w = rng.standard_normal((feat, hidden)).astype(np.float32) * 0.5
+    r = rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.5
+    b = rng.standard_normal(hidden).astype(np.float32)
+    f32 = TensorProto.FLOAT
+    nodes = [helper.make_node("MatMul", ["x_t", "W"], ["xw"]), helper.make_node("MatMul", ["h_in", "R"], ["hr"]),
+             helper.make_node("Add", ["xw", "hr"], ["pre"]), helper.make_node("Add", ["pre", "b"], ["pre_b"]),
+             helper.make_node("Tanh", ["pre_b"], ["h_out"]), helper.make_node("Identity", ["h_out"], ["y_t"])]
+    ins = [helper.make_tensor_value_info("h_in", f32, [batch, hidden]), helper.make_tensor_value_info("x_t", f32, [batch, feat])]
+    outs = [helper.make_tensor_value_info("h_out", f32, [batch, hidden]), helper.make_tensor_value_info("y_t", f32, [batch, hidden])]
+    attrs = {"num_scan_inputs": 1, "scan_input_axes": [in_axis], "scan_input_directions": [in_dir],
+             "scan_output_axes": [out_axis], "scan_output_directions": [out_dir]}
+    if second_output:
+        nodes += [helper.make_node("Add", ["acc_in", "z_t"], ["acc_out"]), helper.make_node("Identity", ["acc_out"], ["s_t"])]
+        ins.insert(1, helper.make_tensor_value_info("acc_in", f32, [batch, hidden]))
+        ins.append(helper.make_tensor_value_info("z_t", f32, [batch, hidden]))
+        outs.insert(1, helper.make_tensor_value_info("acc_out", f32, [batch, hidden]))
+        outs.append(helper.make_tensor_value_info("s_t", f32, [batch, hidden]))
+        attrs = {"num_scan_inputs": 2, "scan_input_axes": [in_axis, 0], "scan_input_directions": [in_dir, 1 - in_dir],
+                 "scan_output_axes": [out_axis, -1], "scan_output_directions": [out_dir, 1 - out_dir]}
+    body = helper.make_graph(nodes, "cell", ins, outs, initializer=[numpy_helper.from_array(w, "W"),
+                                                                  numpy_helper.from_array(r, "R")])
+    x_shape = [batch, feat]
+    x_shape.insert(in_axis % 3, steps)
+    graph_ins = [("x", x_shape), ("h0", [batch, hidden])]
+    scan_ins, scan_outs = ["h0", "x"], ["h_last", "ys"]
+    if second_output:
+        graph_ins.append(("z", [steps, batch, hidden]))
+        scan_ins, scan_outs = ["h0", "acc0", "x", "z"], ["h_last", "acc_last", "ys", "sums"]
+    node = helper.make_node("Scan", scan_ins, scan_outs, name="scan", body=body, **attrs)
+    inits = [("b", b)] + ([("acc0", np.zeros((batch, hidden), np.float32))] if second_output else [])
+    return make_model([node, helper.make_node("Relu", ["h_last"], ["y"])], graph_ins,
+                      [("y", None), ("ys", None)] + ([("sums", None), ("acc_last", None)] if second_output else []),
+                      inits, opset=opset)
+
+
+@settings(max_examples=20, deadline=None)
+@given(batch=st.integers(1, 3), steps=st.integers(1, 6), hidden=st.integers(1, 9), in_axis=st.sampled_from([0, 1, -1]),
+       in_dir=st.integers(0, 1), out_axis=st.sampled_from([0, 1, 2, -1]), out_dir=st.integers(0, 1),
+       second=st.booleans(), opset=st.sampled_from([11, 16]), seed=st.integers(0, 2 ** 16))
+def test_a_scan_is_unrolled(batch, steps, hidden, in_axis, in_dir, out_axis, out_dir, second, opset, seed):
+    """Directions, axes (negative too), one or two scan inputs and outputs, batch > 1: the graph
+    (reference and the default compiled plan) computes what ONNX Runtime does."""
+    model = _scan_rnn_model(batch, steps, hidden, in_axis, in_dir, out_axis, out_dir, second, opset, seed)
+    rng = np.random.default_rng(seed + 1)
+    graph = workbench.load(model.SerializeToString())
+    feeds = {t: rng.standard_normal(s.shape).astype(np.float32) for t, s in graph.inputs.items()}
+    graph = _check(model, feeds)
+    assert "Scan" not in graph.op_counts()
+    session = workbench.Session(graph, num_threads=2)
+    session.tune()
+    ours, theirs = session.run(feeds), run_onnxruntime(model, feeds)
+    for k in theirs:
+        assert relative_error(ours[k], theirs[k]) <= 1e-4, k
+
+
+def test_a_scan_of_opset_8_or_ragged_inputs_is_refused_by_name():
+    model = _scan_rnn_model(2, 4, 3, 0, 0, 0, 0, True, 11, 0)
+    model.graph.input[2].type.tensor_type.shape.dim[0].dim_value = 5   # z: 5 steps, x: 4
+    with pytest.raises(ModelImportError, match=r"'scan' \(Scan\): its scan inputs differ in length \(\[4, 5\]\)"):
+        workbench.load(model.SerializeToString())
+    model = _scan_rnn_model(2, 4, 3, 0, 0, 0, 0, False, 11, 0)
+    model.opset_import[0].version = 8
+    with pytest.raises(ModelImportError, match=r"'scan' \(Scan\): the opset 8 Scan"):
+        workbench.load(model.SerializeToString())

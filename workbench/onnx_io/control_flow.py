@@ -11,7 +11,9 @@ time is an error that names what it depends on.
 
 A ``Loop`` whose trip count and condition fold the same way (a recurrent layer a converter wrote
 as a while loop over the sequence, :class:`Unrolled`) is unrolled: each iteration's body goes in
-with the iteration number as a constant, so its condition folds too.
+with the iteration number as a constant, so its condition folds too.  A ``Scan`` (a recurrent
+layer as a scan over the sequence axis) always runs as many iterations as its inputs are long,
+and is unrolled the same way (:func:`unroll_scan`).
 """
 from __future__ import annotations
 
@@ -219,6 +221,92 @@ class Unrolled:
                 stacked.append(u)
             nodes.append(helper.make_node("Concat", stacked, [o], name=f"{self.name}/{o}", axis=0))
         return nodes
+
+
+def unroll_scan(node, name, consts, spec_of, opset):
+    """The nodes that stand for Scan ``node`` (opset 9 on, called ``name``): its iterations
+    unrolled, as many as its scan inputs' length along their axes (known once shapes are).  Each
+    iteration's body reads the state the previous one left and, from every scan input, the
+    element of its turn (a Gather of a constant index, backwards where that input's direction is
+    1); each scan output stacks the iterations' values (Unsqueeze, Concat) along its axis, in
+    its direction.  The index constants and the body's initializers go into ``consts``."""
+    if opset < 9:
+        raise ModelImportError(f"node {name!r} (Scan): the opset {opset} Scan (a sequence_lens input and a batch "
+                               f"axis) is not supported; opset 9 and later are")
+    body = next((a.g for a in node.attribute if a.name == "body"), None)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "body"}
+    m = attrs.get("num_scan_inputs")
+    if body is None or m is None:
+        raise ModelImportError(f"node {name!r} (Scan): it needs a body and num_scan_inputs")
+    n = len(node.input) - m
+    k = len(body.output) - n
+    if n < 0 or len(body.input) != n + m or k < 0:
+        raise ModelImportError(f"node {name!r} (Scan): {len(node.input)} inputs with {m} scan input(s), and a body of "
+                               f"{len(body.input)} inputs and {len(body.output)} outputs, do not match")
+
+    def per_input(key, count, default=0):
+        values = list(attrs.get(key, [default] * count))
+        if len(values) != count:
+            raise ModelImportError(f"node {name!r} (Scan): {key} has {len(values)} entries for {count}")
+        return [int(v) for v in values]
+    in_axes, in_dirs = per_input("scan_input_axes", m), per_input("scan_input_directions", m)
+    out_axes, out_dirs = per_input("scan_output_axes", k), per_input("scan_output_directions", k)
+    scans = list(node.input[n:])
+    lengths = set()
+    for j, (t, axis) in enumerate(zip(scans, in_axes)):
+        shape = spec_of(t).shape
+        if not -len(shape) <= axis < len(shape):
+            raise ModelImportError(f"node {name!r} (Scan): scan input {t!r} of shape {tuple(shape)} has no axis {axis}")
+        in_axes[j] = axis % len(shape)
+        lengths.add(shape[in_axes[j]])
+    if len(lengths) != 1:
+        raise ModelImportError(f"node {name!r} (Scan): its scan inputs differ in length ({sorted(lengths)})")
+    steps = lengths.pop()
+    if steps > MAX_ITERATIONS:
+        raise ModelImportError(f"node {name!r} (Scan): {steps} iterations, more than {MAX_ITERATIONS} to unroll")
+    local = {t for b in body.node for t in b.output if t} | {x.name for x in body.initializer}
+    state, stacks, nodes = list(node.input[:n]), [[] for _ in range(k)], []
+    for i in range(steps):
+        prefix = f"{name}/i{i}/"
+        names = {t: prefix + t for t in local}
+        for x, t in zip(body.input[:n], state):
+            names[x.name] = t
+        for j, (x, t) in enumerate(zip(body.input[n:], scans)):
+            index, part = f"{prefix}index{j}", f"{prefix}{x.name}"
+            consts[index] = np.array(steps - 1 - i if in_dirs[j] else i, np.int64)
+            nodes.append(helper.make_node("Gather", [t, index], [part], name=part, axis=in_axes[j]))
+            names[x.name] = part
+        for init in body.initializer:
+            consts[names[init.name]] = onnx.numpy_helper.to_array(init)
+        nodes += _copy_nodes(body.node, names, prefix)
+        outs = [names.get(o.name, o.name) for o in body.output]
+        state = outs[:n]
+        for j, t in enumerate(outs[n:]):
+            stacks[j].append(t)
+    outputs = list(node.output) + [""] * (n + k - len(node.output))
+    nodes += [helper.make_node("Identity", [t], [o], name=f"{name}/{o}") for t, o in zip(state, outputs[:n]) if o]
+    for j, (parts, o) in enumerate(zip(stacks, outputs[n:])):
+        if not o:
+            continue
+        if not parts:
+            raise ModelImportError(f"node {name!r} (Scan): no iteration ran, so its scan output {o!r} has no shape")
+        rank = len(body.output[n + j].type.tensor_type.shape.dim) if body.output[n + j].type.HasField("tensor_type") \
+            else None
+        axis = out_axes[j]
+        if axis < 0:
+            if not rank:
+                raise ModelImportError(f"node {name!r} (Scan): scan output {o!r} has a negative axis and no declared rank")
+            axis += rank + 1
+        axes = f"{name}/out{j}/axes"
+        consts[axes] = np.array([axis], np.int64)
+        stacked = []
+        for i, t in enumerate(parts[::-1] if out_dirs[j] else parts):
+            u = f"{name}/out{j}/{i}"
+            nodes.append(helper.make_node("Unsqueeze", [t, axes] if opset >= 13 else [t], [u], name=u,
+                                          **({} if opset >= 13 else {"axes": [axis]})))
+            stacked.append(u)
+        nodes.append(helper.make_node("Concat", stacked, [o], name=f"{name}/{o}", axis=axis))
+    return nodes
 
 
 def branch_reads(graph_proto):

@@ -115,7 +115,7 @@ def symbolic_dims_message(model_inputs, missing):
                      f"{' '.join(shape_flags)} (Python: shapes={{{', '.join(shape_kw)}}})")
     else:
         lines.append(f"give them per input with {' '.join(shape_flags)} (Python: shapes={{{', '.join(shape_kw)}}})"
-                     + (f"; --batch N / --resolution R cover batch and H, W only" if quick else ""))
+                     + ("; --batch N / --resolution R cover batch and H, W only" if quick else ""))
     lines.append("with sizes in place of the names; --shape takes precedence over "
                  "--batch and --resolution")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from ..ir.graph import Graph, Layer, TensorSpec
 from ..ir.passes.constant_folding import fold_node
 from ..ir.passes.fuse_qdq import bias_quant, weight_quant
 
-from .control_flow import NEXT, Unrolled, branch_graphs, condition, inline_branch, reads
+from .control_flow import NEXT, Unrolled, branch_graphs, condition, inline_branch, reads, unroll_scan
 from .input_shapes import _dims, _np_dtype, _resolve_input_shape, constant_inputs, symbolic_dims_message  # noqa: F401
 from .support import _default_opset, _domain, _opsets, unsupported_ops
 
@@ -242,6 +242,8 @@ def import_onnx(source, batch=None, resolution=None, shapes=None, name=None, con
         elif node.op_type == "Loop" and _domain(node) == "":
             loops[name] = Unrolled(node, name, consts, opset)
             nodes = loops[name].start(consts)
+        elif node.op_type == "Scan" and _domain(node) == "":
+            nodes = unroll_scan(node, name, consts, spec_of, opset)
         elif node.op_type == NEXT:
             nodes = loops[node.name.rsplit("/i", 1)[0]].step(consts)
         if nodes is not None:   # what stands for the node, imported next

@@ -6,9 +6,9 @@ from __future__ import annotations
 from ..ir import ops
 
 #: Ops handled by the importer itself rather than by an :class:`~workbench.ir.ops.Op` (an If
-#: whose condition folds is its branch, a Loop whose trip count does its iterations:
-#: ``control_flow.py``).
-STRUCTURAL_OPS = ("Constant", "If", "Loop")
+#: whose condition folds is its branch, a Loop whose trip count folds and a Scan are their
+#: iterations: ``control_flow.py``).
+STRUCTURAL_OPS = ("Constant", "If", "Loop", "Scan")
 #: Our own ops: valid inside a Graph, never accepted from a file.
 INTERNAL_OPS = ("ChannelAffine",)
 

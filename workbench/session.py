@@ -31,6 +31,7 @@ from .session_shapes import SessionShapes
 from .session_files import NotTunedError, SessionFiles
 from .tuning import filters as assign_mod
 from .tuning import search
+from .tuning.branches import runtime_ifs, tune_branches
 from .tuning.profiler import adapt_pairs
 from .tuning.profiler import problem as make_problem
 from .tuning.profiler import profile as run_profile
@@ -239,6 +240,9 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows, S
                              "whose ranges say nothing of real data")
         elif self.precisions != routines.FLOAT32_ONLY and (calibration_inputs is not None or self.calibration is None):
             self.calibrate_means(calibration_inputs)
+        if runtime_ifs(self.graph):   # first: the If is profiled running its branches' plans
+            tune_branches(self, in_context=in_context)
+            self.profiled = None
         if self.profiled is None:
             self.profile(progress=progress)
         self.demoted, self.budget = set(), None

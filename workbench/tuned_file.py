@@ -7,7 +7,9 @@ runs it and gets the same outputs, annotated in ``metadata_props``:
   ``[tensor, from, to]`` adapts feeding it), ``workbench.cost_ms``, ``workbench.candidates``
   (JSON ``{descriptor: ms}``: why this routine), ``workbench.pinned``, and where calibrated
   ``workbench.input_mean`` (base64 of little-endian float32: its input's mean per channel, from
-  which bfloat16 routines correct their biases, :mod:`workbench.routines.bias_correction`);
+  which bfloat16 routines correct their biases, :mod:`workbench.routines.bias_correction`), and on
+  an If whose condition is known only at run time ``workbench.branch_plans`` (JSON ``{branch:
+  {layer: descriptor}}``: each branch's own plan, :mod:`workbench.tuning.branches`);
 - the model: ``workbench.format``, ``workbench.version``, ``workbench.fingerprint`` and
   ``workbench.fingerprint_facts`` (the machine), ``workbench.num_threads``,
   ``workbench.io_format``, ``workbench.predicted_ms``, ``workbench.measured_ms``,
@@ -48,6 +50,7 @@ from .routines.bias_correction import MEAN
 from .errors import WorkbenchError, where
 from .ir.graph import NCHW, NHWC
 from .ir.quant import QuantError, QuantTable
+from .tuning.branches import set_plans
 
 FORMAT = "routine-workbench tuned model 1"
 PREFIX = "workbench."
@@ -137,6 +140,8 @@ def write(record, path):
         mean = layer.meta.get(MEAN)
         if mean is not None:
             nodes[layer.name][PREFIX + MEAN] = base64.b64encode(np.asarray(mean, "<f4").tobytes()).decode("ascii")
+        if layer.meta.get("branch_plans"):
+            nodes[layer.name][PREFIX + "branch_plans"] = json.dumps(layer.meta["branch_plans"], sort_keys=True)
     meta = {
         "format": FORMAT, "version": __version__,
         "fingerprint": fingerprint(record.num_threads),
@@ -341,6 +346,9 @@ def read(source, name=None):
         if PREFIX + MEAN in props:
             layer.meta[MEAN] = _field(f"{where_}: {where(layer)}", PREFIX + MEAN, props[PREFIX + MEAN],
                                       lambda text, n=bias_correction.channels(layer): _mean(text, n))
+        if PREFIX + "branch_plans" in props:
+            set_plans(layer, _field(f"{where_}: {where(layer)}", PREFIX + "branch_plans", props[PREFIX + "branch_plans"],
+                                    lambda text, r=r, layer=layer: _branch_plans(text, r, layer)))
     measured = meta.get("measured_ms") or None
     return TunedRecord(graph, choice, costs, threads, meta["io_format"], predicted / 1e3,
                        plan_method=meta.get("plan_method", "?"),
@@ -351,6 +359,15 @@ def read(source, name=None):
                        calibration=meta.get("calibration") or None, min_cosine=min_cosine,
                        quant_calibration=meta.get("quant_calibration") or None, precision_pins=precision_pins,
                        symbolic=_symbolic_of(model), shape_plans=plans, source=model)
+
+
+def _branch_plans(text, routine, layer):
+    plans = json.loads(text)
+    check = getattr(routine, "check_plans", None)
+    if check is None:
+        raise ValueError(f"{routine.descriptor} runs no branches")
+    check(layer, plans)
+    return plans
 
 
 def _symbolic_of(model):

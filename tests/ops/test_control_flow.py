@@ -2,6 +2,8 @@
 branch inlined, against ONNX Runtime on the original model; nested Ifs reading a branch's own
 tensors, branch initializers, branch outputs that are outer tensors; and the errors for a
 condition known only at run time, an unsupported op inside a branch, and bad constants."""
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -98,17 +100,11 @@ def test_bad_constants_are_named():
 
 
 def test_an_unsupported_op_inside_a_branch_is_named():
-    body = helper.make_graph([helper.make_node("Identity", ["v"], ["v2"])], "body",
-                             [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                              helper.make_tensor_value_info("c", TensorProto.BOOL, []),
-                              helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
-                             [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
-                              helper.make_tensor_value_info("v2", TensorProto.FLOAT, None)])
-    then = _branch([helper.make_node("Scan", ["x"], ["l"], name="inner_scan", body=body, num_scan_inputs=1)], ["l"])
+    then = _branch([helper.make_node("Det", ["x"], ["l"], name="inner_det")], ["l"])
     other = _branch([helper.make_node("Neg", ["x"], ["n"])], ["n"])
     model = make_model([helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)],
-                       [("x", [2]), ("flag", [], TensorProto.BOOL)], [("y", None)], opset=16)
-    with pytest.raises(UnsupportedOpsError, match="Scan.*inner_scan"):
+                       [("x", [2, 2]), ("flag", [], TensorProto.BOOL)], [("y", None)], opset=16)
+    with pytest.raises(UnsupportedOpsError, match="Det.*inner_det"):
         workbench.load(model.SerializeToString(), constants={"flag": True})
 
 
@@ -269,3 +265,49 @@ def test_a_scan_of_opset_8_or_ragged_inputs_is_refused_by_name():
     model.opset_import[0].version = 8
     with pytest.raises(ModelImportError, match=r"'scan' \(Scan\): the opset 8 Scan"):
         workbench.load(model.SerializeToString())
+
+
+def test_a_run_time_if_has_tuned_branch_plans_kept_in_the_tuned_file(tmp_path):
+    """Tuning a session tunes each branch as a model of its own (its plan the selection's on the
+    profile, here the fast convolution rather than the reference); the compiled If runs that plan,
+    the tuned file keeps it, and an annotation naming a routine that does not apply is refused
+    with the layer named."""
+    import onnx
+    from workbench.session import Session
+    from workbench.tuned_file import TunedModelError
+    from workbench.tuning.profiledb import ProfileDatabase
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)   # read by both branches from outside
+    then = _branch([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4), helper.make_node("Relu", ["c"], ["t"])],
+                   ["t"])
+    other = _branch([helper.make_node("Conv", ["x", "w"], ["e"], pads=[1] * 4)], ["e"])
+    model = make_model([helper.make_node("If", ["flag"], ["y"], name="gate", then_branch=then, else_branch=other)],
+                       [("x", [1, 3, 9, 9]), ("flag", [], TensorProto.BOOL)], [("y", None)], [("w", w)], opset=16)
+    s = Session.from_onnx(model, num_threads=2, db=ProfileDatabase(tmp_path / "p.sqlite", num_threads=2))
+    s.tune()
+    gate = s.graph.layer("gate")
+    plans = gate.meta["branch_plans"]
+    assert set(plans) == {"then", "else"}
+    for which, graph in gate.meta["branches"].items():
+        (conv,) = [l for l in graph if l.op == "Conv"]
+        assert plans[which].keys() == {l.name for l in graph}
+        assert plans[which][conv.name] != "cpu:float32:nchw/reference"
+    x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        assert relative_error(s.run(feeds)["y"], run_onnxruntime(model, feeds)["y"]) <= 1e-4
+    s.export(tmp_path / "t.onnx", measure_runs=0)
+    again = Session.load(tmp_path / "t.onnx")
+    assert again.graph.layer("gate").meta["branch_plans"] == plans
+    feeds = {"x": x, "flag": np.array(False)}
+    assert relative_error(again.run(feeds)["y"], run_onnxruntime(model, feeds)["y"]) <= 1e-4
+    tuned = onnx.load(str(tmp_path / "t.onnx"))
+    (node,) = [n for n in tuned.graph.node if n.name == "gate"]
+    (prop,) = [p for p in node.metadata_props if p.key == "workbench.branch_plans"]
+    conv_name = next(l.name for l in gate.meta["branches"]["then"] if l.op == "Conv")
+    bad = {k: dict(v) for k, v in plans.items()}
+    bad["then"][conv_name] = "cpu:float32:nchw/softmax_rows"
+    prop.value = json.dumps(bad)
+    onnx.save(tuned, str(tmp_path / "bad.onnx"))
+    with pytest.raises(TunedModelError, match=r"'gate'.*branch_plans.*then branch layer"):
+        Session.load(tmp_path / "bad.onnx")

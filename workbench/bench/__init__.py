@@ -78,10 +78,17 @@ def machine_facts(threads):
 
 
 def peer_engines(names, model, feeds, threads, notes):
-    """The installed peers among ``names``; a note for each one that is not."""
+    """The installed peers among ``names``; a note for each one that is not, or that cannot read
+    the model (OpenVINO refuses a model whose If leaves a rank unknown)."""
     found = []
     for name in names:
-        e = engines.peer(name, model, feeds, threads)
+        try:
+            e = engines.peer(name, model, feeds, threads)
+        except Exception as err:   # noqa: BLE001 - a peer's own failure is a fact of the report
+            lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+            why = lines[-1][:200] if lines else ""   # OpenVINO's last line is its summary
+            notes.append(f"{name} cannot run this model ({type(err).__name__}: {why}): no {name} row")
+            continue
         if e is None:
             notes.append(f"{name} is not installed (pip install {name}): no {name} row")
         else:

@@ -321,6 +321,13 @@ def branch_reads(graph_proto):
     return seen
 
 
+def outer_constants(node, consts):
+    """``{name: value}`` of the constants an If's branches read from outside them (an export writes
+    them as initializers again: no layer of the graph reads them)."""
+    return {t: consts[t] for a in node.attribute if a.name in ("then_branch", "else_branch")
+            for t in branch_reads(a.g) if t in consts}
+
+
 def branch_graphs(node, name, model, consts, spec_of, importer):
     """``(reads, {"then": Graph, "else": Graph})`` of an If whose condition is known only at run
     time: each branch imported as a graph of its own (fused), whose inputs are the tensors it reads

@@ -23,7 +23,8 @@ from ..ir.graph import Graph, Layer, TensorSpec
 from ..ir.passes.constant_folding import fold_node
 from ..ir.passes.fuse_qdq import bias_quant, weight_quant
 
-from .control_flow import NEXT, Unrolled, branch_graphs, condition, inline_branch, reads, unroll_scan
+from .control_flow import (NEXT, Unrolled, branch_graphs, condition, inline_branch, outer_constants, reads,
+                           unroll_scan)
 from .input_shapes import _dims, _np_dtype, _resolve_input_shape, constant_inputs, symbolic_dims_message  # noqa: F401
 from .support import _default_opset, _domain, _opsets, unsupported_ops
 
@@ -280,7 +281,7 @@ def _if_layer(node, name, index, model, consts, spec_of):
     reads_, graphs = branch_graphs(node, name, model, consts, spec_of, import_onnx)
     layer = Layer(name=name, op="If", inputs=[node.input[0]] + reads_, outputs=list(node.output),
                   attrs={"branches": hashlib.sha256(node.SerializeToString()).hexdigest()[:24]},
-                  meta={"index": index, "branches": graphs,
+                  meta={"index": index, "branches": graphs, "outer_constants": outer_constants(node, consts),
                         "onnx": {"op_type": "If", "domain": "", "taken": {},
                                  "attributes": [copy_attr(a) for a in node.attribute]}})
     layer.out_specs = ops.get("If").infer(layer, [cond] + [spec_of(t) for t in reads_])

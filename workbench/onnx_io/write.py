@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import WorkbenchError, where
 from ..ir.graph import Layer
 from ..ir.passes.fuse_qdq import BIAS, MODEL_QUANT, PRE_RESIDUAL, WEIGHTS
 
@@ -259,6 +260,10 @@ def _emit(w, layer, metadata):
                metadata=part_of)
     else:
         attributes, taken = _source_attributes(layer)
+        for t, value in layer.meta.get("outer_constants", {}).items():   # what an If's branches read
+            if w.const(t, value) != t:
+                raise WorkbenchError(f"{where(layer)}: its branches read the constant {t!r}, and another constant "
+                                     f"of that name was written first; cannot export it")
         # a Conv's residual is written as its Add; an If reads its branches' tensors implicitly
         n_inputs = 3 if (layer.op == "Conv" and residual) else 1 if layer.op == "If" else len(layer.inputs)
         ins = list(layer.inputs[:n_inputs])

@@ -353,6 +353,21 @@ class CompiledModel:
                 gov.record(threads, end - t0, after_idle)
             return out
 
+    def run_into(self, arrays, outs, threads):
+        """Run as one step of another model (an If's branch): ``arrays`` ``{input: array}`` of the
+        graph's input shapes and types, unchecked, and the outputs copied into ``outs`` (in the
+        graph's output order; None skips one).  The caller's run holds the thread pinning, the
+        denormal flushing and the BLAS limit already."""
+        with self._executor() as ex:
+            ex.threads = threads
+            self._load(ex, arrays)
+            for step in ex.steps:
+                step.run()
+            for name, dst in zip(self.graph.outputs, outs):
+                if dst is not None:
+                    np.copyto(dst, self.graph.constants[name] if name in self.graph.constants
+                              else ex.views[self.output_keys[name]])
+
     def _load(self, ex, arrays):
         for name, a in arrays.items():
             if name in self._direct:

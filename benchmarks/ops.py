@@ -1,6 +1,6 @@
 """Single-op routines against ONNX Runtime on the shapes of issue 13 (Softmax, MatMul,
-ConvTranspose, detectors' convolutions, depthwise, pools, global pools, Resize, Concat), timed
-interleaved.
+ConvTranspose, detectors' convolutions, depthwise, pools, global pools, Resize, Concat) and of a
+recogniser's recurrence (LSTM, GRU, RNN), timed interleaved.
 
     python benchmarks/ops.py [--threads 2] [--runs 30] [--only softmax maxpool ...] [--out DIR]
 
@@ -60,6 +60,13 @@ def _resize(shape, mode, scale=2.0, ctm="asymmetric"):
 def _convt(c, m, hw, k, s, p):
     return _model("ConvTranspose", [("x", [1, c, hw, hw])], dict(kernel_shape=[k, k], strides=[s, s], pads=[p] * 4),
                   inits=[("w", _rand(c, m, k, k) * 0.1), ("b", _rand(m))])
+
+
+def _recurrent(op, seq, inp, hid, **attrs):
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op] * hid
+    inits = [("w", _rand(2, gates, inp, seed=1) * 0.05), ("r", _rand(2, gates, hid, seed=2) * 0.05),
+             ("b", _rand(2, 2 * gates, seed=3) * 0.1)]
+    return _model(op, [("x", [seq, 1, inp])], dict(hidden_size=hid, direction="bidirectional", **attrs), inits)
 
 
 def _conv(c, m, hw, k, s, group=1, silu=False):
@@ -140,6 +147,12 @@ CASES = {
         ("Resize nearest 2x 1x256x20x20", lambda: _resize([1, 256, 20, 20], "nearest")),
         ("Resize nearest 2x 1x128x40x40", lambda: _resize([1, 128, 40, 40], "nearest")),
         ("Resize linear 2x half_pixel 1x64x80x80", lambda: _resize([1, 64, 80, 80], "linear", ctm="half_pixel")),
+    ],
+    # A CRNN recogniser's bidirectional recurrence over 80 columns, and a smaller one.
+    "recurrent": [
+        ("LSTM bidirectional 80x1x512 h256", lambda: _recurrent("LSTM", 80, 512, 256)),
+        ("GRU bidirectional 80x1x512 h256", lambda: _recurrent("GRU", 80, 512, 256, linear_before_reset=1)),
+        ("RNN bidirectional 40x1x128 h128", lambda: _recurrent("RNN", 40, 128, 128)),
     ],
     "concat": [
         ("Concat 2x 1x128x40x40 axis 1", lambda: _model("Concat", [("a", [1, 128, 40, 40]), ("b", [1, 128, 40, 40])],

@@ -5,8 +5,9 @@
 place and write ``h`` into row ``s`` of the output, in one call: sigmoid and tanh are
 ``wb_vmath.h``'s vectorised polynomials, so a step costs no Python-level array operation.
 
-``LstmSteps`` runs whole directions instead (``wb_lstm.h``): every step's product, gates and
-states in C, the directions side by side on the kernel pool's threads."""
+``RecurrentSteps`` runs whole directions instead (``wb_lstm.h``): every step's product, gates and
+states in C, the directions side by side on the kernel pool's threads; an LSTM's, a GRU's or an
+RNN's."""
 import numpy as np
 from workbench._kernels.buffers import aligned_array
 cimport numpy as cnp
@@ -30,7 +31,12 @@ cdef extern from "wb_lstm.h" nogil:
         float* c
         float* y
         Py_ssize_t ys0, ys1, seq, batch, hid
-        int reverse, bf16
+        int reverse, bf16, kind
+        const float* rb
+    enum: WBL_LSTM
+    enum: WBL_GRU
+    enum: WBL_RNN
+    int wbl_gates(int kind)
     Py_ssize_t wbl_blocks(Py_ssize_t hid)
     Py_ssize_t wbl_hpad(Py_ssize_t hid)
     int wbl_native(int bf16)
@@ -118,30 +124,38 @@ cdef class LstmCell:
                         yr[j] = h[j]
 
 
-def packed_shape(Py_ssize_t hid, bint bf16):
+#: The cell kinds :class:`RecurrentSteps` runs, and their gates a hidden unit.
+KINDS = {"lstm": WBL_LSTM, "gru": WBL_GRU, "rnn": WBL_RNN}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def packed_shape(Py_ssize_t hid, bint bf16, int gates=4):
     """The shape of one direction's R packed by :func:`pack_steps`: (blocks, H, columns) float32,
     or (blocks, ceil(H / 2), columns, 2) bfloat16 (as uint16) pairs; a block's columns are its
-    hidden units' four gates."""
+    hidden units' gates (4 for an LSTM, 3 for a GRU, 1 for an RNN)."""
     if bf16:
-        return (wbl_blocks(hid), (hid + 1) // 2, WBL_NB, 2)
-    return (wbl_blocks(hid), hid, WBL_NB)
+        return (wbl_blocks(hid), (hid + 1) // 2, gates * WBL_UNITS, 2)
+    return (wbl_blocks(hid), hid, gates * WBL_UNITS)
 
 
-def pack_steps(r, bint bf16):
-    """One direction's recurrent weights ``r`` (4H, H), ONNX's gate order i, o, f, c, packed for
-    :class:`LstmSteps`: blocks of 32 hidden units, each the four gates' columns of its units for
-    every k (zero beyond H); bfloat16 rounded to nearest even, as uint16."""
+def pack_steps(r, bint bf16, int gates=4):
+    """One direction's recurrent weights ``r`` (gates x H, H), ONNX's gate order (i, o, f, c for
+    an LSTM, z, r, h for a GRU), packed for :class:`RecurrentSteps`: blocks of 32 hidden units,
+    each the gates' columns of its units for every k (zero beyond H); bfloat16 (LSTM only)
+    rounded to nearest even, as uint16."""
     import ml_dtypes
     r = np.asarray(r, np.float32)
-    if r.ndim != 2 or r.shape[0] != 4 * r.shape[1]:
-        raise ValueError(f"recurrent: R must have shape (4 hidden, hidden), got {r.shape}")
+    if gates not in (1, 3, 4) or (bf16 and gates != 4):
+        raise ValueError(f"recurrent: {gates} gates{' in bfloat16' if bf16 else ''} are not packed")
+    if r.ndim != 2 or r.shape[0] != gates * r.shape[1]:
+        raise ValueError(f"recurrent: R must have shape ({gates} hidden, hidden), got {r.shape}")
     hid = r.shape[1]
     nblk, pad = wbl_blocks(hid), wbl_hpad(hid)
     depth = 2 * ((hid + 1) // 2) if bf16 else hid
-    cols = np.zeros((4, pad, depth), np.float32)          # gate, unit, k
-    cols[:, :hid, :hid] = r.reshape(4, hid, hid)
+    cols = np.zeros((gates, pad, depth), np.float32)          # gate, unit, k
+    cols[:, :hid, :hid] = r.reshape(gates, hid, hid)
     # block, gate, unit in block, k  ->  block, k, (gate, unit): the block's columns for each k
-    blocks = cols.reshape(4, nblk, WBL_UNITS, depth).transpose(1, 3, 0, 2).reshape(nblk, depth, WBL_NB)
+    blocks = cols.reshape(gates, nblk, WBL_UNITS, depth).transpose(1, 3, 0, 2).reshape(nblk, depth, gates * WBL_UNITS)
     if not bf16:
         return aligned_array(blocks)
     pairs = blocks.reshape(nblk, depth // 2, 2, WBL_NB).transpose(0, 1, 3, 2)
@@ -152,13 +166,15 @@ cdef void _run_direction(void* ctx, Py_ssize_t i, int slot) noexcept nogil:
     wbl_run((<wbl_dir*> ctx) + i)
 
 
-cdef class LstmSteps:
-    """``LstmSteps(dirs, bf16)``: the recurrence of one or two directions bound once; each of
-    ``dirs`` a dict of ``r`` (:func:`pack_steps`), ``xw`` (seq,
-    batch, 4H) the projection, ``h`` and ``c`` (batch, H) the states (initial in, last out), ``y``
-    None or (seq, batch, H) with its last axis contiguous, and ``reverse``.  ``steps(num_threads)``
-    runs every step: the directions side by side, one per thread, or (``split``) one after the
-    other, each step's product shared out over ``num_threads`` threads."""
+cdef class RecurrentSteps:
+    """``RecurrentSteps(dirs, bf16, kind="lstm")``: the recurrence of one or two directions bound
+    once; each of ``dirs`` a dict of ``r`` (:func:`pack_steps`), ``xw`` (seq, batch, gates x H)
+    the projection, ``h`` (batch, H) the state and for an LSTM ``c`` the cell (initial in, last
+    out), for a GRU ``rb`` (H) Rb's h rows, ``y`` None or (seq, batch, H) with its last axis
+    contiguous, and ``reverse``.  ``steps(num_threads)`` runs every step: the directions side by
+    side, one per thread, or (``split``) one after the other, each step's product shared out over
+    ``num_threads`` threads.  ``kind`` "gru" (linear_before_reset = 1) and "rnn" (tanh) take
+    float32 weights."""
     cdef wbl_dir* dirs
     cdef Py_ssize_t n
     cdef list keep
@@ -166,11 +182,17 @@ cdef class LstmSteps:
     def __cinit__(self):
         self.dirs, self.n = NULL, 0
 
-    def __init__(self, dirs, bint bf16):
+    cdef int kind, gates
+
+    def __init__(self, dirs, bint bf16, kind="lstm"):
+        if kind not in KINDS or (bf16 and kind != "lstm"):
+            raise ValueError(f"recurrent: no {'bfloat16 ' if bf16 else ''}steps for kind {kind!r}; "
+                             f"kinds: {', '.join(KINDS)} (bfloat16: lstm)")
+        self.kind, self.gates = KINDS[kind], GATES[kind]
         if not 1 <= len(dirs) <= 2:
-            raise ValueError(f"recurrent: LstmSteps takes one or two directions, got {len(dirs)}")
+            raise ValueError(f"recurrent: RecurrentSteps takes one or two directions, got {len(dirs)}")
         if not wbl_native(bf16):
-            raise RuntimeError("recurrent: this build has no vector kernel for LstmSteps "
+            raise RuntimeError("recurrent: this build has no vector kernel for RecurrentSteps "
                                f"({'bfloat16' if bf16 else 'float32'} weights)")
         self.keep = []
         self.dirs = <wbl_dir*> malloc(len(dirs) * sizeof(wbl_dir))
@@ -181,17 +203,26 @@ cdef class LstmSteps:
         self.n = len(dirs)
 
     cdef _bind(self, Py_ssize_t i, dict d, bint bf16):
-        xw, h, c, y, r = d["xw"], d["h"], d["c"], d.get("y"), d["r"]
+        lstm, gru = self.kind == WBL_LSTM, self.kind == WBL_GRU
+        xw, h, y, r = d["xw"], d["h"], d.get("y"), d["r"]
+        c = d.get("c") if lstm else None
+        rb = d.get("rb") if gru else None
         if not isinstance(xw, np.ndarray) or xw.ndim != 3:
-            raise ValueError("recurrent: xw must be a (seq, batch, 4 hidden) array")
+            raise ValueError(f"recurrent: xw must be a (seq, batch, {self.gates} hidden) array")
         if not isinstance(h, np.ndarray) or h.ndim != 2:
             raise ValueError("recurrent: h must be a (batch, hidden) array")
         seq, batch, hid = xw.shape[0], xw.shape[1], h.shape[1]
-        for name, a in (("xw", xw), ("h", h), ("c", c)):
-            _check(a, name, (seq, batch, 4 * hid) if name == "xw" else (batch, hid))
+        for name, a, shape in (("xw", xw, (seq, batch, self.gates * hid)), ("h", h, (batch, hid)),
+                               ("c", c, (batch, hid)), ("rb", rb, (hid,))):
+            if a is None and ((name == "c" and not lstm) or (name == "rb" and not gru)):
+                continue
+            if name == "rb" and isinstance(a, np.ndarray) and not a.flags.writeable:
+                a = np.array(a)   # only read: a frozen prepared state's is as good as a copy of it
+                rb = a
+            _check(a, name, shape)
             if not a.flags.c_contiguous:
                 raise ValueError(f"recurrent: {name} must be C-contiguous")
-        want = packed_shape(hid, bf16)
+        want = packed_shape(hid, bf16, self.gates)
         if (not isinstance(r, np.ndarray) or r.dtype != (np.uint16 if bf16 else np.float32)
                 or tuple(r.shape) != want or not r.flags.c_contiguous):
             raise ValueError(f"recurrent: r must be a C-contiguous {'uint16' if bf16 else 'float32'} "
@@ -201,8 +232,11 @@ cdef class LstmSteps:
         hf, hb = np.zeros((2, batch, wbl_hpad(hid)), np.float32), np.zeros((2, batch, wbl_hpad(hid)), np.uint16)
         p.r, p.xw = cnp.PyArray_DATA(r), <const float*> cnp.PyArray_DATA(xw)
         p.hf, p.hb = <float*> cnp.PyArray_DATA(hf), <uint16_t*> cnp.PyArray_DATA(hb)
-        p.h, p.c = <float*> cnp.PyArray_DATA(h), <float*> cnp.PyArray_DATA(c)
+        p.h = <float*> cnp.PyArray_DATA(h)
+        p.c = <float*> cnp.PyArray_DATA(c) if c is not None else NULL
+        p.rb = <const float*> cnp.PyArray_DATA(rb) if rb is not None else NULL
         p.seq, p.batch, p.hid, p.reverse, p.bf16 = seq, batch, hid, bool(d.get("reverse")), bf16
+        p.kind = self.kind
         p.y, p.ys0, p.ys1 = NULL, 0, 0
         if y is not None:
             if not isinstance(y, np.ndarray) or y.ndim != 3 or tuple(y.shape) != (seq, batch, hid):
@@ -211,7 +245,7 @@ cdef class LstmSteps:
             if y.strides[2] != 4 or min(y.strides) < 0 or y.strides[0] % 4 or y.strides[1] % 4:
                 raise ValueError(f"recurrent: y's last axis must be contiguous, got strides {y.strides}")
             p.y, p.ys0, p.ys1 = <float*> cnp.PyArray_DATA(y), y.strides[0] // 4, y.strides[1] // 4
-        self.keep.append((r, xw, hf, hb, h, c, y))
+        self.keep.append((r, xw, hf, hb, h, c, rb, y))
 
     def steps(self, int num_threads=1, bint split=False):
         cdef int nt = max(1, min(num_threads, <int> self.n))
@@ -225,6 +259,10 @@ cdef class LstmSteps:
 
     def __dealloc__(self):
         free(self.dirs)
+
+
+#: The LSTM's name for it (its first user).
+LstmSteps = RecurrentSteps
 
 
 cdef class GruCell:

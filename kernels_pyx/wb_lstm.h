@@ -18,7 +18,13 @@
  * than it, are the next step's first.
  *
  * The gate pre-activations are in ONNX's i, o, f, c order; xw[s] = x[s] W^T + Wb + Rb is
- * computed beforehand, rows of 4H. */
+ * computed beforehand, rows of 4H.
+ *
+ * A GRU (linear_before_reset = 1, as PyTorch and Keras export it) and an RNN (tanh) run on the
+ * same blocks with 3 and 1 gates a unit: the GRU's z, r, h columns (xw holding x W^T + Wb, and Rb
+ * for z and r; Rb's h rows, which r scales with the product, apart in rb), h' = (1 - z) n + z h
+ * with n = tanh(xw_h + r (h R_h^T + Rb_h)); the RNN's h' = tanh(xw + h R^T).  Float32 weights
+ * only. */
 #ifndef WB_LSTM_H
 #define WB_LSTM_H
 
@@ -33,6 +39,9 @@
 #define WBL_NB (4 * WBL_UNITS)      /* gate columns per block: 8 vectors of 16 */
 #define WBL_SIGMOID 6               /* wb_vmath.h's codes */
 #define WBL_TANH 8
+#define WBL_LSTM 0                  /* the cell kinds */
+#define WBL_GRU 1
+#define WBL_RNN 2
 
 typedef struct {
     const void* r;        /* packed R^T: float32, or bfloat16 pairs where bf16 */
@@ -45,7 +54,12 @@ typedef struct {
     ptrdiff_t ys0, ys1;
     ptrdiff_t seq, batch, hid;
     int reverse, bf16;
+    int kind;             /* WBL_LSTM, WBL_GRU or WBL_RNN */
+    const float* rb;      /* GRU: Rb's h rows (H) */
 } wbl_dir;
+
+/* Gate columns a hidden unit has. */
+static inline int wbl_gates(int kind) { return kind == WBL_LSTM ? 4 : kind == WBL_GRU ? 3 : 1; }
 
 static inline ptrdiff_t wbl_blocks(ptrdiff_t hid) { return (hid + WBL_UNITS - 1) / WBL_UNITS; }
 static inline ptrdiff_t wbl_hpad(ptrdiff_t hid) { return wbl_blocks(hid) * WBL_UNITS; }
@@ -54,9 +68,38 @@ static inline ptrdiff_t wbl_pairs(ptrdiff_t hid) { return (hid + 1) / 2; }
 /* Whether this build has the vector kernels (the others take the scalar loops below). */
 static inline int wbl_native(int bf16) { return bf16 ? WBB_NATIVE : WB512_NATIVE; }
 
-/* acc[WBL_NB] = h[b] @ R^T over block blk's columns. */
+#if WB512_NATIVE
+/* acc[16 nv] = h @ the block's float32 columns w ([k][16 nv]); nv a constant where inlined. */
+static inline __attribute__((always_inline)) void wbl_f32_cols(const float* w, const float* hf, ptrdiff_t H,
+                                                               float* acc, const int nv) {
+    __m512 a[WBL_NB / 16];
+    for (int u = 0; u < nv; u++) a[u] = _mm512_setzero_ps();
+    for (ptrdiff_t k = 0; k < H; k++, w += 16 * nv) {
+        __m512 hk = _mm512_set1_ps(hf[k]);
+        for (int u = 0; u < nv; u++) a[u] = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 16 * u), a[u]);
+    }
+    for (int u = 0; u < nv; u++) _mm512_storeu_ps(acc + 16 * u, a[u]);
+}
+#endif
+
+/* acc[gates x WBL_UNITS] = h[b] @ R^T over block blk's columns. */
 static inline void wbl_product(const wbl_dir* d, ptrdiff_t blk, const float* hf, const uint16_t* hb, float* acc) {
     const ptrdiff_t H = d->hid;
+    if (d->kind != WBL_LSTM) {   /* float32, 3 or 1 gates */
+        const ptrdiff_t nb = wbl_gates(d->kind) * WBL_UNITS;
+        const float* w = (const float*)d->r + blk * H * nb;
+#if WB512_NATIVE
+        if (nb == 3 * WBL_UNITS) wbl_f32_cols(w, hf, H, acc, 3 * WBL_UNITS / 16);
+        else wbl_f32_cols(w, hf, H, acc, WBL_UNITS / 16);
+#else
+        for (ptrdiff_t j = 0; j < nb; j++) {
+            float s = 0.f;
+            for (ptrdiff_t k = 0; k < H; k++) s += hf[k] * w[k * nb + j];
+            acc[j] = s;
+        }
+#endif
+        return;
+    }
     if (d->bf16) {
         const ptrdiff_t kp = wbl_pairs(H);
         const uint16_t* w = (const uint16_t*)d->r + blk * kp * WBL_NB * 2;
@@ -97,9 +140,43 @@ static inline void wbl_product(const wbl_dir* d, ptrdiff_t blk, const float* hf,
     }
 }
 
+/* wbl_block for a GRU or an RNN. */
+static void wbl_block_gru_rnn(const wbl_dir* d, ptrdiff_t blk, ptrdiff_t step, ptrdiff_t s) {
+    const ptrdiff_t H = d->hid, hp = wbl_hpad(H), u0 = blk * WBL_UNITS, G = wbl_gates(d->kind);
+    const ptrdiff_t n = H - u0 < WBL_UNITS ? H - u0 : WBL_UNITS;
+    const ptrdiff_t cur = (step & 1) * d->batch * hp, nxt = d->batch * hp - cur;
+    float g[WBL_NB], t[WBL_UNITS];
+    for (ptrdiff_t b = 0; b < d->batch; b++) {
+        const float* xw = d->xw + (s * d->batch + b) * G * H + u0;
+        const float* hc = d->hf + cur + b * hp + u0;
+        float* hn = d->hf + nxt + b * hp + u0;
+        wbl_product(d, blk, d->hf + cur + b * hp, d->hb + cur + b * hp, g);
+        if (d->kind == WBL_RNN) {
+            for (ptrdiff_t j = 0; j < n; j++) t[j] = g[j] + xw[j];
+            wbm_map(WBL_TANH, t, hn, n);
+        } else {
+            for (int q = 0; q < 2; q++)
+                for (ptrdiff_t j = 0; j < n; j++) g[q * WBL_UNITS + j] += xw[q * H + j];
+            wbm_map(WBL_SIGMOID, g, g, 2 * WBL_UNITS);                 /* z, r */
+            for (ptrdiff_t j = 0; j < n; j++)
+                t[j] = xw[2 * H + j] + g[WBL_UNITS + j] * (g[2 * WBL_UNITS + j] + d->rb[u0 + j]);
+            wbm_map(WBL_TANH, t, t, n);
+            for (ptrdiff_t j = 0; j < n; j++) hn[j] = (1.f - g[j]) * t[j] + g[j] * hc[j];
+        }
+        if (d->y) {
+            float* yr = d->y + s * d->ys0 + b * d->ys1 + u0;
+            for (ptrdiff_t j = 0; j < n; j++) yr[j] = hn[j];
+        }
+    }
+}
+
 /* Block blk of step `step` (the output's row s), every batch row: its units' gates, c, and h
  * written to the other copy of the state (and to y[s]). */
 static void wbl_block(const wbl_dir* d, ptrdiff_t blk, ptrdiff_t step, ptrdiff_t s) {
+    if (d->kind != WBL_LSTM) {
+        wbl_block_gru_rnn(d, blk, step, s);
+        return;
+    }
     const ptrdiff_t H = d->hid, hp = wbl_hpad(H), u0 = blk * WBL_UNITS;
     const ptrdiff_t n = H - u0 < WBL_UNITS ? H - u0 : WBL_UNITS;
     const ptrdiff_t cur = (step & 1) * d->batch * hp, nxt = d->batch * hp - cur;

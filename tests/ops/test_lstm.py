@@ -165,6 +165,44 @@ def test_lstm_step_kernel_packs_and_checks_its_arguments():
         k.pack_steps(r[:, :-1], False)
 
 
+def test_gru_step_kernel_against_a_numpy_loop_and_its_checks():
+    """The GRU (linear_before_reset 1) on the LSTM's step kernel: 3 gates a unit, Rb's h rows
+    apart, against a float64 NumPy loop; what it refuses (bfloat16, a missing rb, an unknown
+    kind) named before any kernel runs."""
+    from workbench.routines.recurrent_steps import _steps_kernel
+    k = _steps_kernel(False)
+    if k is None:
+        pytest.skip("no AVX-512 build of the recurrent kernels")
+    rng = np.random.default_rng(11)
+    hid, seq, batch = 45, 5, 3
+    r = rng.standard_normal((3 * hid, hid)).astype(np.float32) * 0.3
+    xw = rng.standard_normal((seq, batch, 3 * hid)).astype(np.float32)
+    rb = rng.standard_normal(hid).astype(np.float32)
+    h0 = rng.standard_normal((batch, hid)).astype(np.float32)
+    h, y = h0.copy(), np.zeros((seq, batch, hid), np.float32)
+    k.RecurrentSteps([dict(r=k.pack_steps(r, False, 3), xw=xw, h=h, rb=rb, y=y)], False, "gru").steps(2, True)
+    sig = lambda v: 1 / (1 + np.exp(-v))
+    hh = h0.astype(np.float64)
+    for s in range(seq):
+        p = hh @ r.T.astype(np.float64)
+        z, rr = sig(xw[s][:, :hid] + p[:, :hid]), sig(xw[s][:, hid:2 * hid] + p[:, hid:2 * hid])
+        n = np.tanh(xw[s][:, 2 * hid:] + rr * (p[:, 2 * hid:] + rb))
+        hh = (1 - z) * n + z * hh
+        np.testing.assert_allclose(y[s], hh, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h, hh, rtol=1e-5, atol=1e-6)
+    good = dict(r=k.pack_steps(r, False, 3), xw=xw, h=h, rb=rb, y=y)
+    with pytest.raises(ValueError, match="no bfloat16 steps for kind 'gru'"):
+        k.RecurrentSteps([good], True, "gru")
+    with pytest.raises(ValueError, match="no steps for kind 'lru'"):
+        k.RecurrentSteps([good], False, "lru")
+    with pytest.raises(ValueError, match="rb must have shape"):
+        k.RecurrentSteps([dict(good, rb=np.zeros(hid + 1, np.float32))], False, "gru")
+    with pytest.raises(ValueError, match=r"xw must have shape"):
+        k.RecurrentSteps([dict(good, xw=np.zeros((seq, batch, 4 * hid), np.float32))], False, "gru")
+    with pytest.raises(ValueError, match="3 gates in bfloat16 are not packed"):
+        k.pack_steps(r, True, 3)
+
+
 def test_lstm_routine_leaves_sequence_lengths_and_peepholes_to_the_reference():
     from workbench import routines
     rng = np.random.default_rng(7)

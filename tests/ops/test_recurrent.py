@@ -139,15 +139,28 @@ def test_default_parameters_of_the_activations(op):
     assert_matches_onnxruntime(model)
 
 
-@settings(max_examples=30, deadline=None)
-@given(op=st.sampled_from(["GRU", "RNN"]), case=st.data(), lbr=st.sampled_from([0, 1]), threads=st.sampled_from([1, 2]))
-def test_the_direct_routines_match_the_reference(op, case, lbr, threads):
-    """``cpu:float32:nchw/direct`` of GRU and RNN (routines/recurrent_gru.py) against the NumPy
-    reference inside a compiled model: directions, batch, initial states, omitted outputs."""
+@settings(max_examples=40, deadline=None)
+@given(op=st.sampled_from(["GRU", "RNN"]), case=st.data(), lbr=st.sampled_from([0, 1]), threads=st.sampled_from([1, 2]),
+       algo=st.sampled_from(["direct", "steps_dirs", "steps_split"]))
+def test_the_fast_routines_match_the_reference(op, case, lbr, threads, algo):
+    """``cpu:float32:nchw/direct`` of GRU and RNN (routines/recurrent_gru.py) and the C step
+    kernels (``steps_dirs``, ``steps_split``: routines/recurrent_gru_steps.py; the GRU with
+    linear_before_reset 1) against the NumPy reference inside a compiled model: directions,
+    batch, initial states, omitted outputs, hidden sizes across the kernel's 32-unit blocks."""
     from routine_helpers import assert_routine_matches
+    from workbench import routines
     c = case.draw(cases(op))
     c.update(layout=0, lens=None)
+    if algo != "direct":
+        c["hid"] = case.draw(st.sampled_from([1, 5, 32, 33, 70]))
     rng = np.random.default_rng(c.pop("seed"))
     model = recurrent_model(op, rng, **c, **({"linear_before_reset": lbr} if op == "GRU" else {}))
     graph = workbench.load(model.SerializeToString())
-    assert_routine_matches(graph, "cpu:float32:nchw/direct", expect_layers=["rnn"], num_threads=threads)
+    descriptor = f"cpu:float32:nchw/{algo}"
+    layer = graph.layer("rnn")
+    applies = routines.get(op, descriptor).applies(layer, graph.input_specs(layer))
+    if algo != "direct" and op == "GRU" and lbr == 0:
+        assert not applies   # r scales h before its product: not the step kernel's form
+        return
+    assert applies
+    assert_routine_matches(graph, descriptor, expect_layers=["rnn"], num_threads=threads)

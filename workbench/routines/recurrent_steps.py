@@ -1,4 +1,5 @@
-"""LSTM with its whole recurrence in C (``kernels_pyx/wb_lstm.h``): each direction's input
+"""LSTM with its whole recurrence in C (``kernels_pyx/wb_lstm.h``; the GRU and RNN take the same
+kernel, :mod:`.recurrent_gru_steps`): each direction's input
 projection as one matrix product, then every step's ``h @ R^T``, gates and states in one kernel
 call, with no return to Python between steps.
 
@@ -44,19 +45,22 @@ class _Bound:
         seq, batch, _ = x.shape
         hid = layer.attrs["hidden_size"]
         ndir = len(state["bias"])
+        lstm = cls.kind == "lstm"
+        c0 = c0 if lstm else None
         # the projections take contiguous rows: a strided input is copied first, each run
         self.x, self.xc = x, (None if x.flags.c_contiguous else np.empty(x.shape, np.float32))
         rows = (x if self.xc is None else self.xc).reshape(seq * batch, -1)
         self.init = [(None if h0 is None else h0[d], None if c0 is None else c0[d]) for d in range(ndir)]
         self.states, self.projections, dirs = [], [], []
         for d in range(ndir):
-            xw = np.empty((seq, batch, 4 * hid), np.float32)
-            h, c = np.zeros((batch, hid), np.float32), np.zeros((batch, hid), np.float32)
+            xw = np.empty((seq, batch, cls.gates * hid), np.float32)
+            h, c = np.zeros((batch, hid), np.float32), np.zeros((batch, hid), np.float32) if lstm else None
             self.states.append((h, c))
             self.projections.append(cls._projection(state, d, rows, xw.reshape(seq * batch, -1)))
-            dirs.append(dict(r=state["steps"][d], xw=xw, h=h, c=c, y=None if y is None else y[:, d],
+            dirs.append(dict(r=state["steps"][d], xw=xw, h=h, c=c, rb=state["rb"][d] if "rb" in state else None,
+                             y=None if y is None else y[:, d],
                              reverse=layer.attrs["direction"] == "reverse" or d == 1))
-        self.steps = _steps_kernel(cls.bf16).LstmSteps(dirs, cls.bf16)
+        self.steps = _steps_kernel(cls.bf16).RecurrentSteps(dirs, cls.bf16, cls.kind)
         self.split = cls.split
 
     def __call__(self, num_threads):
@@ -66,20 +70,23 @@ class _Bound:
             project(num_threads)
         for (h, c), (h0, c0) in zip(self.states, self.init):
             h[...] = 0 if h0 is None else h0
-            c[...] = 0 if c0 is None else c0
+            if c is not None:
+                c[...] = 0 if c0 is None else c0
         self.steps.steps(num_threads, self.split)
         for d, (h, c) in enumerate(self.states):
             if self.yh is not None:
                 self.yh[d] = h
-            if self.yc is not None:
+            if self.yc is not None and c is not None:
                 self.yc[d] = c
 
 
 class _Steps:
-    """What the four routines share; ``bf16`` and ``split`` pick the kernel and the threading."""
+    """What the step routines share; ``bf16`` and ``split`` pick the kernel and the threading,
+    ``kind`` and ``gates`` the cell (the GRU's and RNN's in :mod:`.recurrent_gru_steps`)."""
     bf16 = False
     split = False
     uses_blas = False
+    kind, gates = "lstm", 4
 
     @classmethod
     def available(cls):
@@ -95,8 +102,12 @@ class _Steps:
         # the step-by-step routines' state (their R packing) is built
         k = _steps_kernel(cls.bf16)
         return {"packed": [(cls._pack_w(np.ascontiguousarray(w, np.float32)), None) for w in layer.consts[1]],
-                "steps": [k.pack_steps(r, cls.bf16) for r in layer.consts[2]],
-                "bias": cls._gate_bias(layer)}
+                "steps": [k.pack_steps(r, cls.bf16, cls.gates) for r in layer.consts[2]],
+                "bias": cls._gate_bias(layer), **cls._more_state(layer)}
+
+    @classmethod
+    def _more_state(cls, layer):
+        return {}
 
     @classmethod
     def bind(cls, layer, state, args, outs):

@@ -36,6 +36,7 @@ class RealModel:
     resolution: object = None   # the input size the benchmarks use where the model's is symbolic
     shapes: dict = None         # or every input's shape, by name
     constants: dict = None      # inputs fixed for the benchmarks (they fold at load)
+    inputs: dict = None         # inputs fed these values on every run (they stay inputs)
 
 
 _RAPIDOCR = dict(package="rapidocr-onnxruntime", version="1.4.4",
@@ -97,6 +98,14 @@ SEQUENCE_MODELS = {m.name: m for m in [
               sha256="1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
               what="Silero voice-activity detector v6 (STFT as a Conv, LSTM, an If on the sample rate and Ifs on "
                    "shapes), PyTorch export", shapes={"input": (1, 512), "state": (2, 1, 128)}, constants={"sr": 16000}),
+    # The same file with its sample rate an input: the If on it chosen at run time, its branch
+    # tuned as a graph of its own.
+    RealModel("silero_vad_sr_input", package="silero-vad", version="6.2.3", wheel="silero_vad-6.2.3-py3-none-any.whl",
+              wheel_sha256="7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
+              member="silero_vad/data/silero_vad.onnx",
+              sha256="1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+              what="silero-vad v6 with the sample rate fed at run time (the If decided per run)",
+              shapes={"input": (1, 512), "state": (2, 1, 128)}, inputs={"sr": 16000}),
 ]}
 ALL = {**MODELS, **SEQUENCE_MODELS}
 

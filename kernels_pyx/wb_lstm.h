@@ -85,11 +85,12 @@ static inline __attribute__((always_inline)) void wbl_f32_cols(const float* w, c
 /* acc[gates x WBL_UNITS] = h[b] @ R^T over block blk's columns. */
 static inline void wbl_product(const wbl_dir* d, ptrdiff_t blk, const float* hf, const uint16_t* hb, float* acc) {
     const ptrdiff_t H = d->hid;
-    if (d->kind != WBL_LSTM) {   /* float32, 3 or 1 gates */
+    if (!d->bf16) {   /* float32: 4, 3 or 1 gates */
         const ptrdiff_t nb = wbl_gates(d->kind) * WBL_UNITS;
         const float* w = (const float*)d->r + blk * H * nb;
 #if WB512_NATIVE
-        if (nb == 3 * WBL_UNITS) wbl_f32_cols(w, hf, H, acc, 3 * WBL_UNITS / 16);
+        if (nb == WBL_NB) wbl_f32_cols(w, hf, H, acc, WBL_NB / 16);
+        else if (nb == 3 * WBL_UNITS) wbl_f32_cols(w, hf, H, acc, 3 * WBL_UNITS / 16);
         else wbl_f32_cols(w, hf, H, acc, WBL_UNITS / 16);
 #else
         for (ptrdiff_t j = 0; j < nb; j++) {
@@ -100,44 +101,26 @@ static inline void wbl_product(const wbl_dir* d, ptrdiff_t blk, const float* hf,
 #endif
         return;
     }
-    if (d->bf16) {
-        const ptrdiff_t kp = wbl_pairs(H);
-        const uint16_t* w = (const uint16_t*)d->r + blk * kp * WBL_NB * 2;
+    /* bfloat16 pairs (LSTM only) */
+    const ptrdiff_t kp = wbl_pairs(H);
+    const uint16_t* w = (const uint16_t*)d->r + blk * kp * WBL_NB * 2;
 #if WBB_NATIVE
-        const uint32_t* hp = (const uint32_t*)hb;
-        __m512 a[WBL_NB / 16];
-        for (int u = 0; u < WBL_NB / 16; u++) a[u] = _mm512_setzero_ps();
-        for (ptrdiff_t k = 0; k < kp; k++, w += 2 * WBL_NB) {
-            __m512bh hk = (__m512bh)_mm512_set1_epi32((int)hp[k]);
-            for (int u = 0; u < WBL_NB / 16; u++)
-                a[u] = _mm512_dpbf16_ps(a[u], hk, (__m512bh)_mm512_loadu_si512(w + 32 * u));
-        }
-        for (int u = 0; u < WBL_NB / 16; u++) _mm512_storeu_ps(acc + 16 * u, a[u]);
-#else
-        for (ptrdiff_t j = 0; j < WBL_NB; j++) {
-            float s = 0.f;
-            for (ptrdiff_t k = 0; k < 2 * kp; k++) s += wbb_widen(hb[k]) * wbb_widen(w[(k / 2) * 2 * WBL_NB + 2 * j + k % 2]);
-            acc[j] = s;
-        }
-#endif
-    } else {
-        const float* w = (const float*)d->r + blk * H * WBL_NB;
-#if WB512_NATIVE
-        __m512 a[WBL_NB / 16];
-        for (int u = 0; u < WBL_NB / 16; u++) a[u] = _mm512_setzero_ps();
-        for (ptrdiff_t k = 0; k < H; k++, w += WBL_NB) {
-            __m512 hk = _mm512_set1_ps(hf[k]);
-            for (int u = 0; u < WBL_NB / 16; u++) a[u] = _mm512_fmadd_ps(hk, _mm512_loadu_ps(w + 16 * u), a[u]);
-        }
-        for (int u = 0; u < WBL_NB / 16; u++) _mm512_storeu_ps(acc + 16 * u, a[u]);
-#else
-        for (ptrdiff_t j = 0; j < WBL_NB; j++) {
-            float s = 0.f;
-            for (ptrdiff_t k = 0; k < H; k++) s += hf[k] * w[k * WBL_NB + j];
-            acc[j] = s;
-        }
-#endif
+    const uint32_t* hp = (const uint32_t*)hb;
+    __m512 a[WBL_NB / 16];
+    for (int u = 0; u < WBL_NB / 16; u++) a[u] = _mm512_setzero_ps();
+    for (ptrdiff_t k = 0; k < kp; k++, w += 2 * WBL_NB) {
+        __m512bh hk = (__m512bh)_mm512_set1_epi32((int)hp[k]);
+        for (int u = 0; u < WBL_NB / 16; u++)
+            a[u] = _mm512_dpbf16_ps(a[u], hk, (__m512bh)_mm512_loadu_si512(w + 32 * u));
     }
+    for (int u = 0; u < WBL_NB / 16; u++) _mm512_storeu_ps(acc + 16 * u, a[u]);
+#else
+    for (ptrdiff_t j = 0; j < WBL_NB; j++) {
+        float s = 0.f;
+        for (ptrdiff_t k = 0; k < 2 * kp; k++) s += wbb_widen(hb[k]) * wbb_widen(w[(k / 2) * 2 * WBL_NB + 2 * j + k % 2]);
+        acc[j] = s;
+    }
+#endif
 }
 
 /* wbl_block for a GRU or an RNN. */

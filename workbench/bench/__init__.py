@@ -18,6 +18,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..errors import WorkbenchError
 from ..tuning.measure import measure_latencies, settle
 from . import engines, load, ops, report  # noqa: F401  (the package's parts, for callers)
 from .engines import BenchError, Engine, parse_peers  # noqa: F401
@@ -97,7 +100,7 @@ def peer_engines(names, model, feeds, threads, notes):
 
 
 def bench(session, model, peers=("onnxruntime",), runs=30, warmup=3, idle_ms=50.0, idle_runs=10,
-          with_load=False, op_runs=5, name=None, on_busy=None):
+          with_load=False, op_runs=5, name=None, on_busy=None, inputs=None):
     """Benchmark the session's plan beside ``peers`` run on ``model`` (the ONNX file the session
     came from, a path, bytes or ModelProto).
 
@@ -115,6 +118,9 @@ def bench(session, model, peers=("onnxruntime",), runs=30, warmup=3, idle_ms=50.
         Timed runs behind the per-op-type totals (0 skips them).
     on_busy : callable, optional
         Called with the busy child's Popen while it runs (tests check it is gone afterwards).
+    inputs : dict, optional
+        Values some inputs take on every run, in every engine (a sample rate an If runs on); the
+        others are random.  Not 4-D images (their layout would differ between engines).
 
     Returns
     -------
@@ -125,6 +131,10 @@ def bench(session, model, peers=("onnxruntime",), runs=30, warmup=3, idle_ms=50.
     feeds = session.random_inputs()
     nchw = random_inputs(session.graph)   # the same values; the peers take NCHW whatever our io_format
     nchw.update(session.graph.meta.get("constant_inputs", {}))   # and the inputs fixed at load, as inputs
+    for k, v in (inputs or {}).items():
+        if k not in session.graph.inputs or len(session.graph.inputs[k].shape) == 4:
+            raise WorkbenchError(f"bench: inputs= names {k!r}, not a non-image input of the model")
+        feeds[k] = nchw[k] = np.asarray(v, session.graph.inputs[k].dtype).reshape(session.graph.inputs[k].shape)
     batch = int(next(iter(nchw.values())).shape[0]) if nchw and next(iter(nchw.values())).ndim else 1
     result = BenchResult(model=name or session.graph.name, batch=batch, threads=session.num_threads,
                          inputs={k: list(v.shape) for k, v in nchw.items()}, io_format=session.io_format,

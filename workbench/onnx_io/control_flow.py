@@ -295,7 +295,8 @@ def unroll_scan(node, name, consts, spec_of, opset):
         axis = out_axes[j]
         if axis < 0:
             if not rank:
-                raise ModelImportError(f"node {name!r} (Scan): scan output {o!r} has a negative axis and no declared rank")
+                raise ModelImportError(f"node {name!r} (Scan): scan output {o!r} has a negative axis and no "
+                                       f"declared rank")
             axis += rank + 1
         axes = f"{name}/out{j}/axes"
         consts[axes] = np.array([axis], np.int64)

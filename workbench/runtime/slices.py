@@ -211,7 +211,7 @@ def plan_slices(plan, alias, routines, shape_of, physical_axis, protected, resha
         base = ins[0]
         whole = alias.get(base, base)
         if ((base in alias and base not in reshapes) or any(v == whole and k not in reshapes for k, v in alias.items())
-                or (whole in protected and whole not in inputs) or base in protected and base not in inputs):
+                or any(k in protected and k not in inputs for k in (base, whole))):
             continue
         axis = physical_axis(layer, base)
         contiguous = _contiguous(shape_of(base), axis)

@@ -29,7 +29,7 @@ def tune_branches(session, in_context=False):
             if isinstance(graph, str):   # cannot run at these shapes: nothing to tune
                 continue
             child = type(session)(graph, num_threads=session.num_threads, db=session.db,
-                            flush_denormals=session.flush_denormals)
+                                  flush_denormals=session.flush_denormals)
             plans[which] = child.tune(in_context=in_context)
             choices[which] = dict(plans[which].choice)
         set_plans(layer, choices)

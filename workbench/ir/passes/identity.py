@@ -3,12 +3,14 @@
 Identity and (inference-mode) Dropout, and the no-ops exporters write once shapes are known:
 a Cast to the type the tensor already has, a Slice, Expand, Tile or Reshape-like op whose output
 has the input's shape, a Pad of nothing, a Transpose by the identity permutation, a Concat of one
-tensor, a reduction over axes that are all of size 1 (kept).  A voice-activity model's STFT slices every axis from 0 to INT64_MAX and casts float32 to float32,
-each a copy on every run.
+tensor, a reduction over axes that are all of size 1 (kept).  A voice-activity model's STFT
+slices every axis from 0 to INT64_MAX and casts float32 to float32, each a copy on every run.
 """
 from ..ops.reduce import _Reduce
 
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+#: Reductions that give back the element itself over an axis of size 1.
+REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
 
 
 def _same_spec(graph, layer):
@@ -37,7 +39,7 @@ def is_noop(graph, layer):
         return a["perm"] is not None and [p % rank for p in a["perm"]] == list(range(rank))
     if op == "Concat":
         return len(layer.inputs) == 1
-    if op.startswith("Reduce") and op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd"):
+    if op in REDUCTIONS:
         shape = graph.spec(layer.inputs[0]).shape
         return all(shape[i] == 1 for i in _Reduce._axes(layer, len(shape)))
     return False

@@ -15,9 +15,7 @@ import numpy as np
 from ..graph import Layer, TensorSpec
 from ..ops.reduce import _Reduce
 from .dead_nodes import remove_dead_layers
-from .identity import RESHAPES, bypass
-
-REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
+from .identity import REDUCTIONS, RESHAPES, bypass
 
 
 def reshape_layer(name, src, dst, shape, dtype, index, fused=None):

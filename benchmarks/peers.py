@@ -85,9 +85,8 @@ def _open(name, threads, db, precisions=("float32",), **tune):
                                     shapes=m.shapes, constants=m.constants)
     held = _held_inputs(name, session)
     t0 = time.perf_counter()
-    session.tune(in_context=not held, precisions=precisions, **tune)
-    if held:   # timed in context on the values the model runs with (a run-time If's condition)
-        session.time_in_context(inputs={**session.random_inputs(), **held})
+    # timed in context on the values the model runs with (a run-time If's condition)
+    session.tune(in_context=True, precisions=precisions, context_inputs={**session.random_inputs(), **held}, **tune)
     return session, model, time.perf_counter() - t0
 
 

@@ -183,7 +183,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows, S
         return make_problem(self.graph, costs, adapt_costs, allowed, self.io_format)
 
     def tune(self, filters=None, pins=None, progress=False, in_context=False, precisions=None, max_error=None,
-             error_inputs=None, calibration_inputs=None, min_cosine=None):
+             error_inputs=None, calibration_inputs=None, min_cosine=None, context_inputs=None):
         """Profile (what the database lacks) and select the fastest plan; returns the :class:`~workbench.tuning.search.Plan`.
 
         ``filters``: routine filter strings (see :mod:`workbench.tuning.filters`); ``pins``:
@@ -207,7 +207,9 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows, S
         ``in_context``: then time the plan inside the model and select again on those times
         (:meth:`time_in_context`), so that the prediction is what a run costs.  Off by default: the
         selection is then a function of the profile database alone (the same plan from the
-        same records, and no model runs when the database has them all).
+        same records, and no model runs when the database has them all).  ``context_inputs``: the
+        feeds it is timed on (default seeded random ones; a model whose If runs on an input's
+        value needs that value).
         """
         if precisions is not None:
             precisions = _precisions(precisions)
@@ -253,7 +255,7 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows, S
             self._fit_budget(error_inputs)
         if in_context:
             fitted = dict(self.plan.choice)
-            self.time_in_context()
+            self.time_in_context(inputs=context_inputs)
             if self.budget is not None and dict(self.plan.choice) != fitted:
                 self._fit_budget(error_inputs)   # in-context costs moved the plan: its error anew
         return self.plan

@@ -18,7 +18,6 @@ import time
 import numpy as np
 
 from . import routines
-from .routines import adapts
 from .errors import PinError, WorkbenchError, where
 from .ir.formats import parse_precisions
 from .ir.graph import NCHW, NHWC
@@ -368,16 +367,6 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows, S
         return {k: (v.transpose(0, 2, 3, 1).copy() if io_shape(self.graph.inputs[k], self.io_format) != v.shape else v)
                 for k, v in feeds.items()}
 
-    def measure(self, runs=30, warmup=3, inputs=None):
-        """Whole-model latency of the tuned plan: a :class:`~workbench.tuning.measure.Latency` of
-        ``runs`` turns after ``warmup`` (:func:`~workbench.tuning.measure.measure_latencies`, the
-        statistic :meth:`compare` and ``workbench bench`` report too), kept as :attr:`measured`."""
-        from .tuning.measure import measure_latencies
-        model = self.compile()
-        feeds = inputs if inputs is not None else self.random_inputs()
-        self.measured = measure_latencies({"tuned": lambda: model.run(feeds)}, runs, warmup=warmup)["tuned"]
-        return self.measured
-
     @property
     def predicted_s(self):
         """Predicted latency of the plan: the sum of its routines' and adapts' costs (in-context
@@ -389,13 +378,6 @@ class Session(SessionFiles, SessionComparisons, SessionPrecision, SessionRows, S
         """The part of a run outside its steps (input checks and loads, output copies, dispatch)
         that :meth:`calibrate` measured; 0 before."""
         return self.context.overhead_s if self.context is not None else 0.0
-
-    def timed_run(self, inputs=None):
-        """One inference with every step timed: ``[(Step, start s, duration s)]``."""
-        model = self.compile()
-        feeds = inputs if inputs is not None else self.random_inputs()
-        model.run(feeds)   # warm
-        return model.run_timed(feeds)[1]
 
     # -- what the plan is, layer by layer ---------------------------------------------------
     def __repr__(self):

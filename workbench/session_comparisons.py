@@ -1,6 +1,7 @@
 """What a :class:`~workbench.session.Session`'s plan is measured against: the greedy plan and
 every single-family plan (priced on the same profile), the other plans and ONNX Runtime timed
-side by side (:meth:`compare`).  A mixin: it reads the session's graph, profile and plan."""
+side by side (:meth:`compare`); and the plan's own latency (:meth:`measure`) and steps
+(:meth:`timed_run`).  A mixin: it reads the session's graph, profile and plan."""
 from __future__ import annotations
 
 from . import routines
@@ -17,7 +18,24 @@ def conv_families(graph=None):
 
 
 class SessionComparisons:
-    """The comparison methods of :class:`~workbench.session.Session`."""
+    """The comparison and timing methods of :class:`~workbench.session.Session`."""
+
+    def measure(self, runs=30, warmup=3, inputs=None):
+        """Whole-model latency of the tuned plan: a :class:`~workbench.tuning.measure.Latency` of
+        ``runs`` turns after ``warmup`` (:func:`~workbench.tuning.measure.measure_latencies`, the
+        statistic :meth:`compare` and ``workbench bench`` report too), kept as :attr:`measured`."""
+        from .tuning.measure import measure_latencies
+        model = self.compile()
+        feeds = inputs if inputs is not None else self.random_inputs()
+        self.measured = measure_latencies({"tuned": lambda: model.run(feeds)}, runs, warmup=warmup)["tuned"]
+        return self.measured
+
+    def timed_run(self, inputs=None):
+        """One inference with every step timed: ``[(Step, start s, duration s)]``."""
+        model = self.compile()
+        feeds = inputs if inputs is not None else self.random_inputs()
+        model.run(feeds)   # warm
+        return model.run_timed(feeds)[1]
 
     def greedy_plan(self):
         """The cheapest routine per layer (under filters and pins), ignoring adapts, costed with them."""

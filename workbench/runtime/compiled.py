@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from ..routines import adapts as adapt
 from .. import routines
 from .blas import SerialBlas
 from .denormals import flushed
+from .executor import Step, _Executor  # noqa: F401  (Step: what callers read off .steps)
 from ..errors import WorkbenchError, where
 from .in_place import in_place, root
 from .interpreter import FeedCheck, copy_out, io_format_of
@@ -47,29 +47,6 @@ def default_threads():
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
         return os.cpu_count() or 1
-
-
-@dataclass
-class Step:
-    """One bound unit of work: a layer under its routine, or an adapt on one tensor."""
-
-    kind: str          # "layer" or "adapt"
-    name: str          # layer name, or "adapt:<tensor>:<src>-><dst>"
-    what: str          # routine descriptor or adapt name
-    run: object        # zero-argument callable
-    layer: object = None
-
-
-@dataclass
-class _Executor:
-    """What one caller at a time runs: its own arena, the steps bound to it (with their own
-    prepared state) and the caller's arrays that adapts read in place during a run."""
-
-    arenas: list
-    views: dict
-    steps: list = field(default_factory=list)
-    fed: dict = field(default_factory=dict)
-    threads: int = 1   # this run's thread count, read by every step when it runs
 
 
 class CompiledModel:

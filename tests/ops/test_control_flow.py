@@ -21,14 +21,14 @@ def _branch(nodes, outputs, inits=()):
                              initializer=[numpy_helper.from_array(np.asarray(v), n) for n, v in inits])
 
 
-def _check(model, feeds, constants=None, **load):
+def _check(model, feeds, constants=None, rtol=1e-6, **load):
     graph = workbench.load(model.SerializeToString(), constants=constants, **load)
     assert "If" not in graph.op_counts()
     ours = workbench.ReferenceExecutor(graph).run(feeds)
     theirs = run_onnxruntime(model, {**feeds, **{k: np.asarray(v) for k, v in (constants or {}).items()}})
     assert set(ours) == set(theirs)
     for k in theirs:
-        assert ours[k].shape == theirs[k].shape and relative_error(ours[k], theirs[k]) <= 1e-6, k
+        assert ours[k].shape == theirs[k].shape and relative_error(ours[k], theirs[k]) <= rtol, k
     return graph
 
 
@@ -247,7 +247,7 @@ def test_a_scan_is_unrolled(batch, steps, hidden, in_axis, in_dir, out_axis, out
     rng = np.random.default_rng(seed + 1)
     graph = workbench.load(model.SerializeToString())
     feeds = {t: rng.standard_normal(s.shape).astype(np.float32) for t, s in graph.inputs.items()}
-    graph = _check(model, feeds)
+    graph = _check(model, feeds, rtol=1e-4)   # MatMul and Tanh: float32 sums in another order than ORT's
     assert "Scan" not in graph.op_counts()
     session = workbench.Session(graph, num_threads=2)
     session.tune()

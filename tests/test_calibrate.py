@@ -55,7 +55,9 @@ def calibrated(tmp_path_factory):
 def test_calibrated_plan_is_the_optimum_of_the_in_context_costs(calibrated):
     s, _, alone_choice = calibrated
     ctx = s.context
-    assert 1 <= ctx.rounds <= 3 and len(ctx.walls) == ctx.rounds and all(w > 0 for w in ctx.walls)
+    # three rounds, and a fourth timing the last plan where the three did not settle
+    assert 1 <= ctx.rounds <= 4 and len(ctx.walls) == ctx.rounds and all(w > 0 for w in ctx.walls)
+    assert ctx.rounds < 4 or ctx.plans_changed == 3
     costs, _ = s.costs()
     profiled, _ = s.costs(in_context=False)
     assert profiled == {l: {d: r.median for d, r in recs.items()} for l, recs in s.profiled.routine.items()}

@@ -34,7 +34,7 @@ def _graphs():
                                     activation="Relu")
     yield "depthwise", conv_graph([2, 20, 11, 17], dw, rng.standard_normal(20).astype(np.float32),
                                   dict(group=20, pads=[1, 1, 1, 1], strides=[2, 1]), activation="Clip")
-    from onnx import helper
+    from onnx import TensorProto, helper, numpy_helper
     from onnx_helpers import make_model
     consts = [("s", rng.standard_normal((1, 8, 1, 1)).astype(np.float32)),
               ("t", rng.standard_normal((1, 8, 1, 1)).astype(np.float32)),
@@ -94,6 +94,14 @@ def _graphs():
     model = make_model(nodes, [("x", [1, 4, 16, 300])], [("y", None)],
                        [("w", np.arange(16, dtype=np.float32).reshape(1, 16, 1, 1))])
     yield "softmax_dot", workbench.load(model.SerializeToString())
+    # an If on a run-time flag: a branch that is a Sigmoid, and one that is a constant
+    then = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["s"])], "then", [],
+                             [helper.make_tensor_value_info("s", TensorProto.FLOAT, None)])
+    other = helper.make_graph([], "else", [], [helper.make_tensor_value_info("half", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(np.full((2, 7), 0.5, np.float32), "half")])
+    nodes = [helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)]
+    model = make_model(nodes, [("x", [2, 7]), ("flag", [], TensorProto.BOOL)], [("y", None)], opset=16)
+    yield "if", workbench.load(model.SerializeToString())
 
 
 GRAPHS = dict(_graphs())

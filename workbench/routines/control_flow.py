@@ -72,6 +72,19 @@ class IfBranches(Routine):
                     raise ValueError(f"{which} branch layer {sub.name!r}: {choice[sub.name]} does not apply to it")
 
     @classmethod
+    def _call(cls, layer, state, args, outs):
+        feeds = dict(zip(layer.inputs[1:], args[1:]))   # the branches' inputs: made once, not per run
+        cond = args[0]
+
+        def call(num_threads):
+            graph = If.branch(layer, cond)
+            cls._model(layer, state, graph, num_threads).run_into(feeds, outs, num_threads)
+        return call
+
+    @classmethod
+    def bind(cls, layer, state, args, outs):
+        return cls._call(layer, state, args, outs)
+
+    @classmethod
     def run(cls, layer, state, args, outs, num_threads):
-        graph = If.branch(layer, args[0])
-        cls._model(layer, state, graph, num_threads).run_into(dict(zip(layer.inputs[1:], args[1:])), outs, num_threads)
+        cls._call(layer, state, args, outs)(num_threads)
